@@ -1,0 +1,155 @@
+"""Tuning probe: every int8 GEMM tile config of every backend, straight through zqkernels._C.
+
+Checks each config against a float64 reference on random data, then times it on the benchmark
+shape grid (inputs rotated past L2, CUDA-graph replays, median) next to torch._int_mm and
+torch._scaled_mm FP8 row-wise from the same run. Its output picks the M-bucket dispatch in
+src/cuda/*_dispatch.cu; the product benchmark is benchmarks/bench_w8a8.py.
+
+    python scripts/probe_gemm.py [--json out.json] [--backend sm90] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+
+import torch
+
+from zqkernels import _C
+
+L2_BYTES = 50 * 2**20
+
+
+def ref(xq, wq, sx, sw):
+    acc = xq.double() @ wq.double().t()
+    return (acc * sx.double()[:, None] * sw.double()[None, :]).to(torch.bfloat16)
+
+
+def call(backend, cfg, xq, wq, sx, sw, out, ws):
+    M, K = xq.shape
+    N = wq.shape[0]
+    _C.int8_gemm(backend, cfg, xq.data_ptr(), wq.data_ptr(), sx.data_ptr(), sw.data_ptr(), 0,
+                 out.data_ptr(), M, N, K, 0, ws.data_ptr() if ws is not None else 0,
+                 ws.numel() if ws is not None else 0, xq.device.index,
+                 torch.cuda.current_stream().cuda_stream)
+
+
+def time_graph(fns, reps=30):
+    """Capture one call per rotated input set into a graph; median time per call (seconds)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3 / len(fns))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    ap.add_argument("--backend", action="append")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    backends = args.backend or [b for b in ("sm90", "sm80") if _C.has_backend(b)]
+    Ms = [1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    if args.quick:
+        Ms = [16, 64, 256, 2048, 8192]
+    NKs = [(4096, 4096), (22016, 4096), (4096, 11008)]
+    problems = [(M, N, K) for (N, K) in NKs for M in Ms] + [(8192, 8192, 8192)]
+    rows = []
+    torch.manual_seed(0)
+
+    # Correctness of every config on awkward shapes first.
+    bad = 0
+    for be in backends:
+        for cfg, name in enumerate(_C.int8_gemm_configs(be)):
+            for (M, N, K) in [(1, 4104, 4112), (37, 24, 16), (128, 4096, 4096), (1000, 264, 1040)]:
+                xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
+                wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
+                sx = torch.rand(M, device=dev) * 1e-2 + 1e-3
+                sw = torch.rand(N, device=dev) * 1e-2 + 1e-3
+                out = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device=dev)
+                n = _C.int8_gemm_workspace_size(be, cfg, M, N, K, 0)
+                ws = torch.empty(max(n, 1), dtype=torch.uint8, device=dev) if n else None
+                call(be, cfg, xq, wq, sx, sw, out, ws)
+                torch.cuda.synchronize()
+                r = ref(xq, wq, sx, sw).float()
+                err = ((out.float() - r).norm() / r.norm()).item()
+                ok = err < 1e-2 and not out.isnan().any().item()
+                bad += not ok
+                print(f"check {be}/{name} M={M} N={N} K={K}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
+
+    for (M, N, K) in problems:
+        per_call = M * K + N * K + 2 * M * N
+        copies = max(2, math.ceil(2 * L2_BYTES / per_call))
+        copies = min(copies, 64)
+        xs = [torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev) for _ in range(copies)]
+        ws_ = [torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev) for _ in range(copies)]
+        sx = torch.rand(M, device=dev) + 0.5
+        sw = torch.rand(N, device=dev) + 0.5
+        outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(copies)]
+        row = {"M": M, "N": N, "K": K}
+        for be in backends:
+            for cfg, name in enumerate(_C.int8_gemm_configs(be)):
+                n = _C.int8_gemm_workspace_size(be, cfg, M, N, K, 0)
+                wsp = torch.empty(max(n, 1), dtype=torch.uint8, device=dev) if n else None
+                fns = [lambda i=i: call(be, cfg, xs[i], ws_[i], sx, sw, outs[i], wsp) for i in range(copies)]
+                try:
+                    row[f"{be}/{name}"] = time_graph(fns)
+                except RuntimeError as e:
+                    row[f"{be}/{name}"] = None
+                    print("  fail", be, name, str(e)[:200])
+        if M > 16:
+            wts = [w.t() for w in ws_]
+            row["int_mm"] = time_graph([lambda i=i: torch._int_mm(xs[i], wts[i]) for i in range(copies)])
+        xf = [x.to(torch.float8_e4m3fn) for x in xs]
+        wf = [w.to(torch.float8_e4m3fn) for w in ws_]
+        sa = torch.rand(M, 1, device=dev) + 0.5
+        sb = torch.rand(1, N, device=dev) + 0.5
+        row["fp8row"] = time_graph([lambda i=i: torch._scaled_mm(xf[i], wf[i].t(), scale_a=sa, scale_b=sb,
+                                                                 out_dtype=torch.bfloat16)
+                                    for i in range(copies)])
+        del xf, wf
+        xb = [torch.randn(M, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
+        wb = [torch.randn(N, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
+        row["bf16"] = time_graph([lambda i=i: torch.matmul(xb[i], wb[i].t()) for i in range(len(xb))])
+        del xb, wb
+        rows.append(row)
+        flops = 2 * M * N * K
+        cells = []
+        best = None
+        for k, v in row.items():
+            if k in ("M", "N", "K") or v is None:
+                continue
+            cells.append(f"{k.split('/')[-1][:22]}={v * 1e6:7.1f}us/{flops / v / 1e12:6.0f}T")
+            if "/" in k and (best is None or v < row[best]):
+                best = k
+        print(f"M={M:5d} N={N:5d} K={K:5d} best={best} | " + "  ".join(cells), flush=True)
+        del xs, ws_, outs
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    print("config check failures:", bad)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+// quantize_per_token.cu: token-wise symmetric INT8 quantization (ZeroQuant's dynamic activations).
+//
+// Computes, per row m of x [M, K] (bf16 / fp16 / fp32, unit column stride, any row stride):
+//   amax = max_k |x[m, k]|            (NaN-propagating: a NaN anywhere makes amax NaN)
+//   sx[m] = amax / 127                (fp32, IEEE division)
+//   inv   = 127 / amax                (fp32, IEEE division; the reference divides the same way)
+//   xq[m, k] = clamp(rint(x[m, k] * inv), -127, 127)   (round half to even)
+//   amax == 0 -> sx = 0, xq = 0 (never NaN).
+// python/zqkernels/reference.py::quantize_per_token_ref is the same math in torch; tests demand
+// bit-exact agreement.
+//
+// Memory-bound: x is read once and xq written once. One CTA per row; when the row fits
+// (<= kThreads * 16 vectors of 16 bytes = 32 KiB) it stays in registers between the amax
+// reduction and the quantization, so DRAM sees exactly one read. Wider or unaligned rows take a
+// two-pass path whose second read mostly hits L2.
+//
+// Limits: any M, K >= 1. The 16-byte path needs 16-byte aligned rows (base and row stride).
+// Test: tests/test_quant_gpu.py; time: benchmarks/bench_w8a8.py (quantize table).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <string>
+
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+constexpr int kThreads = 128;  // 4 warps: enough loads in flight per row, 16 CTAs per SM
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+// max(|.|) that propagates NaN (fmaxf would drop it and hide bad input behind a finite scale).
+__device__ __forceinline__ float nan_max(float m, float v) {
+  v = fabsf(v);
+  return (v > m || v != v) ? v : m;
+}
+
+__device__ __forceinline__ float block_amax(float v) {
+  __shared__ float warp_max[kThreads / 32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  v = warp_max[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; ++w) v = nan_max(v, warp_max[w]);
+  return v;
+}
+
+__device__ __forceinline__ int8_t quant(float v, float inv) {
+  int q = __float2int_rn(v * inv);  // round half to even, like torch.round
+  q = max(-127, min(127, q));
+  return static_cast<int8_t>(q);
+}
+
+// Scale from amax; writes sx and returns the multiplier.
+__device__ __forceinline__ float finish_scale(float amax, float* sx_row) {
+  if (threadIdx.x == 0) *sx_row = amax / 127.0f;
+  return amax == 0.f ? 0.f : 127.0f / amax;
+}
+
+// Register-resident path: kIters 16-byte vectors per thread cover the whole row.
+template <typename T, int kIters>
+__global__ void __launch_bounds__(kThreads)
+quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
+               float* __restrict__ sx, int K) {
+  constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte load
+  const int m = blockIdx.x;
+  const T* row = x + m * row_stride;
+  const int nvec = K / kVec;
+
+  uint4 buf[kIters];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < kIters; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < nvec) {
+      buf[i] = __ldg(reinterpret_cast<const uint4*>(row) + v);
+      const T* e = reinterpret_cast<const T*>(&buf[i]);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) amax = nan_max(amax, to_float(e[j]));
+    }
+  }
+  amax = block_amax(amax);
+  const float inv = finish_scale(amax, sx + m);
+
+  int8_t* out = xq + static_cast<int64_t>(m) * K;
+#pragma unroll
+  for (int i = 0; i < kIters; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < nvec) {
+      const T* e = reinterpret_cast<const T*>(&buf[i]);
+      int8_t q[kVec];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) q[j] = quant(to_float(e[j]), inv);
+      // kVec int8 = 4 (fp32) or 8 (16-bit) bytes: one aligned store.
+      if constexpr (kVec == 8) {
+        *reinterpret_cast<uint2*>(out + v * kVec) = *reinterpret_cast<const uint2*>(q);
+      } else {
+        *reinterpret_cast<uint32_t*>(out + v * kVec) = *reinterpret_cast<const uint32_t*>(q);
+      }
+    }
+  }
+}
+
+// General path: any K, any alignment. Two passes over the row (the second mostly from L2).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
+                   float* __restrict__ sx, int K) {
+  const int m = blockIdx.x;
+  const T* row = x + m * row_stride;
+  float amax = 0.f;
+  for (int k = threadIdx.x; k < K; k += kThreads) amax = nan_max(amax, to_float(row[k]));
+  amax = block_amax(amax);
+  const float inv = finish_scale(amax, sx + m);
+  int8_t* out = xq + static_cast<int64_t>(m) * K;
+  for (int k = threadIdx.x; k < K; k += kThreads) out[k] = quant(to_float(row[k]), inv);
+}
+
+template <typename T>
+std::string launch(const T* x, int64_t row_stride, int8_t* xq, float* sx, int M, int K,
+                   cudaStream_t stream) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (row_stride % kVec == 0) &&
+                       (K % kVec == 0);
+  const int nvec = K / kVec;
+  const int iters = (nvec + kThreads - 1) / kThreads;
+  const dim3 grid(M), block(kThreads);
+  if (aligned && iters <= 16) {
+    // Smallest register footprint that holds the row: fewer registers, more CTAs per SM.
+    if (iters <= 1) quant_rows_vec<T, 1><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+    else if (iters <= 2) quant_rows_vec<T, 2><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+    else if (iters <= 4) quant_rows_vec<T, 4><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+    else if (iters <= 8) quant_rows_vec<T, 8><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+    else quant_rows_vec<T, 16><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+  } else {
+    quant_rows_generic<T><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return std::string("quantize_per_token: launch failed: ") + cudaGetErrorString(err);
+  return {};
+}
+
+}  // namespace
+
+std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq,
+                                    float* sx, int M, int K, cudaStream_t stream) {
+  if (M <= 0 || K <= 0) return {};  // nothing to do; the Python layer never launches this
+  if (M > 2147483647) return "quantize_per_token: M too large";
+  switch (x_dtype) {
+    case DType::kBF16:
+      return launch(static_cast<const __nv_bfloat16*>(x), x_row_stride, xq, sx, M, K, stream);
+    case DType::kFP16:
+      return launch(static_cast<const __half*>(x), x_row_stride, xq, sx, M, K, stream);
+    case DType::kFP32:
+      return launch(static_cast<const float*>(x), x_row_stride, xq, sx, M, K, stream);
+  }
+  return "quantize_per_token: unsupported input dtype";
+}
+
+}  // namespace zq
