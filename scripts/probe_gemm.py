@@ -17,9 +17,22 @@ import statistics
 
 import torch
 
-from zqkernels import _C
+try:
+    from zqkernels import _C
+except ImportError:  # a bare CMake build tree on PYTHONPATH
+    import _C
 
 L2_BYTES = 50 * 2**20
+
+
+def rand_int8(shape, kind, dev):
+    """uniform: every int8 value equally likely (worst case for power); gauss: a Gaussian
+    quantized symmetrically per row, i.e. what QLinear really feeds the GEMM (|q| ~ 30 typical)."""
+    if kind == "uniform":
+        return torch.randint(-127, 128, shape, dtype=torch.int8, device=dev)
+    x = torch.randn(shape, device=dev)
+    s = x.abs().amax(-1, keepdim=True) / 127
+    return torch.round(x / s).clamp(-127, 127).to(torch.int8)
 
 
 def ref(xq, wq, sx, sw):
@@ -66,6 +79,9 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--backend", action="append")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--data", default="gauss", choices=["gauss", "uniform"])
+    ap.add_argument("--configs", default="", help="comma-separated config names to time (default all)")
+    ap.add_argument("--no-check", action="store_true")
     args = ap.parse_args()
     dev = torch.device("cuda")
     backends = args.backend or [b for b in ("sm90", "sm80") if _C.has_backend(b)]
@@ -79,7 +95,7 @@ def main():
 
     # Correctness of every config on awkward shapes first.
     bad = 0
-    for be in backends:
+    for be in backends if not args.no_check else []:
         for cfg, name in enumerate(_C.int8_gemm_configs(be)):
             for (M, N, K) in [(1, 4104, 4112), (37, 24, 16), (128, 4096, 4096), (1000, 264, 1040)]:
                 xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
@@ -101,14 +117,16 @@ def main():
         per_call = M * K + N * K + 2 * M * N
         copies = max(2, math.ceil(2 * L2_BYTES / per_call))
         copies = min(copies, 64)
-        xs = [torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev) for _ in range(copies)]
-        ws_ = [torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev) for _ in range(copies)]
+        xs = [rand_int8((M, K), args.data, dev) for _ in range(copies)]
+        ws_ = [rand_int8((N, K), args.data, dev) for _ in range(copies)]
         sx = torch.rand(M, device=dev) + 0.5
         sw = torch.rand(N, device=dev) + 0.5
         outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(copies)]
         row = {"M": M, "N": N, "K": K}
         for be in backends:
             for cfg, name in enumerate(_C.int8_gemm_configs(be)):
+                if args.configs and name not in args.configs.split(","):
+                    continue
                 n = _C.int8_gemm_workspace_size(be, cfg, M, N, K, 0)
                 wsp = torch.empty(max(n, 1), dtype=torch.uint8, device=dev) if n else None
                 fns = [lambda i=i: call(be, cfg, xs[i], ws_[i], sx, sw, outs[i], wsp) for i in range(copies)]
@@ -117,9 +135,22 @@ def main():
                 except RuntimeError as e:
                     row[f"{be}/{name}"] = None
                     print("  fail", be, name, str(e)[:200])
+        if be_auto := ("sm90" if _C.has_backend("sm90") else None):
+            if M <= 256 and hasattr(_C, "set_pdl"):
+                cfg = _C.int8_gemm_auto_config(be_auto, M, N, K)
+                n = _C.int8_gemm_workspace_size(be_auto, cfg, M, N, K, 0)
+                wsp = torch.empty(max(n, 1), dtype=torch.uint8, device=dev) if n else None
+                for pdl in (True, False):
+                    _C.set_pdl(pdl)
+                    fns = [lambda i=i: call(be_auto, cfg, xs[i], ws_[i], sx, sw, outs[i], wsp)
+                           for i in range(copies)]
+                    row[f"auto_pdl{int(pdl)}"] = time_graph(fns)
+                _C.set_pdl(True)
         if M > 16:
             wts = [w.t() for w in ws_]
             row["int_mm"] = time_graph([lambda i=i: torch._int_mm(xs[i], wts[i]) for i in range(copies)])
+        # fp8 operands from the same values (int8 magnitudes <= 127 are exact... up to e4m3's 3-bit
+        # mantissa): the same data distribution, hence the same power draw, as the int8 runs.
         xf = [x.to(torch.float8_e4m3fn) for x in xs]
         wf = [w.to(torch.float8_e4m3fn) for w in ws_]
         sa = torch.rand(M, 1, device=dev) + 0.5

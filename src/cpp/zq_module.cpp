@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -91,6 +92,15 @@ class DeviceGuard {
   int prev_ = 0, device_ = 0;
 };
 
+// Programmatic dependent launch for the sm90 GEMMs: on unless ZQKERNELS_PDL=0 (or set_pdl(False)).
+bool& pdl_flag() {
+  static bool on = [] {
+    const char* e = std::getenv("ZQKERNELS_PDL");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
 zq::DType out_dtype_from(int code) {
   if (code == 0) return zq::DType::kBF16;
   if (code == 1) return zq::DType::kFP16;
@@ -110,6 +120,7 @@ zq::Int8GemmArgs make_args(int M, int N, int K, int out_dtype, int device) {
   a.out_dtype = out_dtype_from(out_dtype);
   a.device = device;
   a.sm_count = sm_count(device);
+  a.pdl = pdl_flag();
   return a;
 }
 
@@ -149,30 +160,38 @@ NB_MODULE(_C, m) {
     return out;
   });
 
-  m.def("has_backend", [](const std::string& name) {
-    for (const auto& b : backends()) {
-      if (name == b.name) return true;
-    }
-    return false;
-  });
+  m.def(
+      "has_backend",
+      [](const std::string& name) {
+        for (const auto& b : backends()) {
+          if (name == b.name) return true;
+        }
+        return false;
+      },
+      nb::arg("backend"));
+
+  m.def("set_pdl", [](bool on) { pdl_flag() = on; }, nb::arg("enabled"),
+        "Enable/disable programmatic dependent launch of the sm90 GEMMs (default on; env ZQKERNELS_PDL=0).");
+  m.def("pdl_enabled", []() { return pdl_flag(); });
 
   m.def("int8_gemm_configs", [](const std::string& backend) {
     const Backend& b = get_backend(backend);
     std::vector<std::string> names;
     for (int i = 0; i < b.num_configs(); ++i) names.emplace_back(b.config_name(i));
     return names;
-  });
+  }, nb::arg("backend"));
 
   m.def("int8_gemm_auto_config", [](const std::string& backend, int M, int N, int K) {
     return get_backend(backend).auto_config(M, N, K);
-  });
+  }, nb::arg("backend"), nb::arg("M"), nb::arg("N"), nb::arg("K"));
 
   m.def("int8_gemm_workspace_size",
         [](const std::string& backend, int config, int M, int N, int K, int device) -> size_t {
           const Backend& b = get_backend(backend);
           zq::Int8GemmArgs a = make_args(M, N, K, 0, device);
           return b.workspace_size(a, resolve_config(b, config, M, N, K));
-        });
+        },
+        nb::arg("backend"), nb::arg("config"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"));
 
   m.def(
       "int8_gemm",

@@ -55,6 +55,14 @@ __device__ __forceinline__ float block_amax(float v) {
   return v;
 }
 
+// Lets a kernel launched after this one with programmatic dependent launch (the int8 GEMM) start
+// its prologue now; that kernel still waits for this grid to finish before reading xq / sx.
+__device__ __forceinline__ void allow_dependents_to_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ int8_t quant(float v, float inv) {
   int q = __float2int_rn(v * inv);  // round half to even, like torch.round
   q = max(-127, min(127, q));
@@ -73,6 +81,7 @@ __global__ void __launch_bounds__(kThreads)
 quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                float* __restrict__ sx, int K) {
   constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte load
+  allow_dependents_to_launch();
   const int m = blockIdx.x;
   const T* row = x + m * row_stride;
   const int nvec = K / kVec;
@@ -116,6 +125,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
 quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                    float* __restrict__ sx, int K) {
+  allow_dependents_to_launch();
   const int m = blockIdx.x;
   const T* row = x + m * row_stride;
   float amax = 0.f;

@@ -164,7 +164,7 @@ struct Int8Gemm {
     if (st != cutlass::Status::kSuccess) {
       return std::string("CUTLASS initialize failed: ") + cutlassGetStatusString(st);
     }
-    st = gemm.run(a.stream);
+    st = gemm.run(a.stream, /*cuda_adapter=*/nullptr, /*launch_with_pdl=*/a.pdl);
     if (st != cutlass::Status::kSuccess) {
       cudaError_t err = cudaGetLastError();
       return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +

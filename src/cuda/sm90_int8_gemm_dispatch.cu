@@ -11,10 +11,11 @@ namespace sm90 {
 GemmEntry entry_128x256x128_c2x1_coop(DType);
 GemmEntry entry_128x128x128_c2x1_pp(DType);
 GemmEntry entry_64x128x128_c1x2_pp(DType);
-GemmEntry entry_swap_128x16x256_coop_sk(DType);
+GemmEntry entry_swap_64x16x256_pp(DType);
+GemmEntry entry_swap_64x32x256_pp(DType);
+GemmEntry entry_swap_64x64x256_pp(DType);
 GemmEntry entry_swap_128x32x256_coop_sk(DType);
 GemmEntry entry_swap_128x64x256_coop_sk(DType);
-GemmEntry entry_swap_64x16x256_pp(DType);
 
 namespace {
 using EntryFn = GemmEntry (*)(DType);
@@ -23,10 +24,11 @@ constexpr EntryFn kConfigs[] = {
     entry_128x256x128_c2x1_coop,    // 0
     entry_128x128x128_c2x1_pp,      // 1
     entry_64x128x128_c1x2_pp,       // 2
-    entry_swap_128x16x256_coop_sk,  // 3
-    entry_swap_128x32x256_coop_sk,  // 4
-    entry_swap_128x64x256_coop_sk,  // 5
-    entry_swap_64x16x256_pp,        // 6
+    entry_swap_64x16x256_pp,        // 3
+    entry_swap_64x32x256_pp,        // 4
+    entry_swap_64x64x256_pp,        // 5
+    entry_swap_128x32x256_coop_sk,  // 6
+    entry_swap_128x64x256_coop_sk,  // 7
 };
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 }  // namespace
@@ -39,16 +41,20 @@ const char* sm90_int8_gemm_config_name(int config) {
   return sm90::kConfigs[config](DType::kBF16).name;
 }
 
-// M buckets. Decode-sized M is weight-bandwidth bound: swap-AB puts the tokens on the narrow
-// wgmma N side and stream-K spreads the weight stream over all 132 SMs. Larger M is
-// tensor-core bound: wide tiles, multicast clusters. Boundaries from benchmarks/results/.
-int sm90_int8_gemm_auto_config(int M, int /*N*/, int /*K*/) {
-  if (M <= 16) return 3;    // swap_128x16x256_coop_sk
-  if (M <= 32) return 4;    // swap_128x32x256_coop_sk
-  if (M <= 64) return 5;    // swap_128x64x256_coop_sk
-  if (M <= 128) return 2;   // 64x128x128_c1x2_pp
-  if (M <= 1024) return 1;  // 128x128x128_c2x1_pp
-  return 0;                 // 128x256x128_c2x1_coop
+// M buckets, from scripts/probe_gemm.py on an H100 (benchmarks/results/probe_*.json).
+// M <= 64 is weight-bandwidth bound: swap-AB puts the tokens on the narrow wgmma N side so a
+// 64-row weight tile is streamed once per token tile. 64 < M <= 256 with few output tiles
+// (N <= 8192: 32-64 CTA tiles for 132 SMs) uses stream-K to spread the K loop over every SM;
+// with many tiles, plain ping-pong tiles. Large M is tensor-core bound: 128x256 cooperative tiles
+// with the weight tile multicast across a 2-CTA cluster.
+int sm90_int8_gemm_auto_config(int M, int N, int /*K*/) {
+  if (M <= 16) return 3;                   // swap_64x16x256_pp
+  if (M <= 32) return 4;                   // swap_64x32x256_pp
+  if (M <= 64) return N <= 8192 ? 4 : 5;   // swap_64x32x256_pp | swap_64x64x256_pp
+  if (M <= 128) return 5;                  // swap_64x64x256_pp
+  if (M <= 256) return N <= 8192 ? 7 : 1;  // swap_128x64x256_coop_sk | 128x128x128_c2x1_pp
+  if (M <= 512) return 1;                  // 128x128x128_c2x1_pp
+  return 0;                                // 128x256x128_c2x1_coop
 }
 
 size_t sm90_int8_gemm_workspace_size(const Int8GemmArgs& args, int config) {

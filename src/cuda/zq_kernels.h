@@ -35,6 +35,9 @@ struct Int8GemmArgs {
   int device = 0;              // CUDA device ordinal the pointers live on (must be current)
   int sm_count = 0;            // multiprocessors of that device (persistent schedulers)
   cudaStream_t stream = nullptr;
+  // Programmatic dependent launch (sm90): the GEMM's prologue (barrier init, TMA descriptor
+  // prefetch) overlaps the previous kernel's tail; its loads still wait for that kernel to finish.
+  bool pdl = true;
 };
 
 // One GEMM backend = a family of tile configurations compiled for one architecture.
