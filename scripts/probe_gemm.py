@@ -82,6 +82,8 @@ def main():
     ap.add_argument("--data", default="gauss", choices=["gauss", "uniform"])
     ap.add_argument("--configs", default="", help="comma-separated config names to time (default all)")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--swizzle-sweep", action="store_true",
+                    help="time config 0/1 on the large problems under each scheduler swizzle/raster")
     args = ap.parse_args()
     dev = torch.device("cuda")
     backends = args.backend or [b for b in ("sm90", "sm80") if _C.has_backend(b)]
@@ -112,6 +114,25 @@ def main():
                 ok = err < 1e-2 and not out.isnan().any().item()
                 bad += not ok
                 print(f"check {be}/{name} M={M} N={N} K={K}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
+
+    if args.swizzle_sweep:
+        for (M, N, K) in [(8192, 8192, 8192), (8192, 22016, 4096), (4096, 4096, 11008), (2048, 22016, 4096)]:
+            xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
+            wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
+            sx = torch.rand(M, device=dev) + 0.5
+            sw = torch.rand(N, device=dev) + 0.5
+            outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(2)]
+            cells = []
+            for cfg in (0, 1):
+                for sz, ra in [(0, 0), (2, 0), (4, 0), (8, 0), (4, 1), (4, 2), (8, 2)]:
+                    _C.set_scheduler_tuning(sz, ra)
+                    fns = [lambda i=i, cfg=cfg: call("sm90", cfg, xs[i], wl[i], sx, sw, outs[i], None)
+                           for i in range(2)]
+                    t = time_graph(fns, reps=10)
+                    cells.append(f"c{cfg}/s{sz}r{ra}={2 * M * N * K / t / 1e12:5.0f}T")
+            _C.set_scheduler_tuning(0, 0)
+            print(f"swizzle M={M} N={N} K={K}: " + " ".join(cells), flush=True)
+        return
 
     for (M, N, K) in problems:
         per_call = M * K + N * K + 2 * M * N
@@ -158,11 +179,9 @@ def main():
         row["fp8row"] = time_graph([lambda i=i: torch._scaled_mm(xf[i], wf[i].t(), scale_a=sa, scale_b=sb,
                                                                  out_dtype=torch.bfloat16)
                                     for i in range(copies)])
-        del xf, wf
         xb = [torch.randn(M, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
         wb = [torch.randn(N, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
         row["bf16"] = time_graph([lambda i=i: torch.matmul(xb[i], wb[i].t()) for i in range(len(xb))])
-        del xb, wb
         rows.append(row)
         flops = 2 * M * N * K
         cells = []
@@ -174,7 +193,6 @@ def main():
             if "/" in k and (best is None or v < row[best]):
                 best = k
         print(f"M={M:5d} N={N:5d} K={K:5d} best={best} | " + "  ".join(cells), flush=True)
-        del xs, ws_, outs
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:

@@ -101,6 +101,9 @@ bool& pdl_flag() {
   return on;
 }
 
+// Scheduler tuning knobs for experiments (scripts/probe_gemm.py); 0 = library default.
+int g_swizzle = 0, g_raster = 0;
+
 zq::DType out_dtype_from(int code) {
   if (code == 0) return zq::DType::kBF16;
   if (code == 1) return zq::DType::kFP16;
@@ -121,6 +124,8 @@ zq::Int8GemmArgs make_args(int M, int N, int K, int out_dtype, int device) {
   a.device = device;
   a.sm_count = sm_count(device);
   a.pdl = pdl_flag();
+  a.swizzle = g_swizzle;
+  a.raster = g_raster;
   return a;
 }
 
@@ -173,6 +178,18 @@ NB_MODULE(_C, m) {
   m.def("set_pdl", [](bool on) { pdl_flag() = on; }, nb::arg("enabled"),
         "Enable/disable programmatic dependent launch of the sm90 GEMMs (default on; env ZQKERNELS_PDL=0).");
   m.def("pdl_enabled", []() { return pdl_flag(); });
+  m.def(
+      "set_scheduler_tuning",
+      [](int swizzle, int raster) {
+        if (swizzle != 0 && swizzle != 1 && swizzle != 2 && swizzle != 4 && swizzle != 8) {
+          throw std::invalid_argument("set_scheduler_tuning: swizzle must be 0, 1, 2, 4 or 8");
+        }
+        if (raster < 0 || raster > 2) throw std::invalid_argument("set_scheduler_tuning: raster must be 0, 1 or 2");
+        g_swizzle = swizzle;
+        g_raster = raster;
+      },
+      nb::arg("swizzle"), nb::arg("raster"),
+      "Experiment knob: sm90 persistent scheduler swizzle (0 default, 1/2/4/8) and raster (0 auto, 1 along M, 2 along N).");
 
   m.def("int8_gemm_configs", [](const std::string& backend) {
     const Backend& b = get_backend(backend);

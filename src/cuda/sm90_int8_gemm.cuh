@@ -141,6 +141,10 @@ struct Int8Gemm {
         {gm, gn, a.K, 1},
         {ptr_a, stride_a, ptr_b, stride_b},
         {fusion, nullptr, stride_d, static_cast<ElementOut*>(a.out), stride_d}};
+    if (a.swizzle > 0) args.scheduler.max_swizzle_size = a.swizzle;
+    using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
+    if (a.raster == 1) args.scheduler.raster_order = Raster::AlongM;
+    if (a.raster == 2) args.scheduler.raster_order = Raster::AlongN;
     args.hw_info.device_id = a.device;
     args.hw_info.sm_count = a.sm_count;
     return args;

@@ -38,6 +38,10 @@ struct Int8GemmArgs {
   // Programmatic dependent launch (sm90): the GEMM's prologue (barrier init, TMA descriptor
   // prefetch) overlaps the previous kernel's tail; its loads still wait for that kernel to finish.
   bool pdl = true;
+  // Persistent tile scheduler order (sm90): swizzle 0 = CUTLASS default (1), else 1/2/4/8 tiles;
+  // raster 0 = heuristic, 1 = along M, 2 = along N. Tuning knobs; the defaults come from the probe.
+  int swizzle = 0;
+  int raster = 0;
 };
 
 // One GEMM backend = a family of tile configurations compiled for one architecture.

@@ -5,7 +5,7 @@
 #      include/cutlass/cutlass.h and tools/util/include/.
 #   2. The pinned PyPI package nvidia-cutlass==${ZQ_CUTLASS_VERSION} if it is importable by the
 #      building Python (it ships the headers under cutlass_library/source/).
-#   3. Otherwise that wheel is downloaded with `python -m pip download` into the build tree and its
+#   3. Otherwise that wheel is downloaded with `python -I -m pip download` into the build tree and its
 #      headers extracted (needs network; set CUTLASS_DIR on offline machines).
 # Sets ZQ_CUTLASS_INCLUDE_DIRS.
 set(ZQ_CUTLASS_VERSION "4.2.0.0")
@@ -35,11 +35,18 @@ if(NOT CUTLASS_DIR)
   file(GLOB _zq_whl "${_zq_dl}/nvidia_cutlass-${ZQ_CUTLASS_VERSION}-*.whl")
   if(NOT _zq_whl)
     message(STATUS "zqkernels: downloading nvidia-cutlass==${ZQ_CUTLASS_VERSION} for its headers")
-    execute_process(
-      COMMAND "${Python_EXECUTABLE}" -m pip download --no-deps --only-binary=:all: --disable-pip-version-check
-              "nvidia-cutlass==${ZQ_CUTLASS_VERSION}" -d "${_zq_dl}"
-      RESULT_VARIABLE _zq_rc)
-    file(GLOB _zq_whl "${_zq_dl}/nvidia_cutlass-${ZQ_CUTLASS_VERSION}-*.whl")
+    # Under pip's build isolation the build interpreter sees only the isolated overlay, which has
+    # no pip; `python -I` (isolated mode) ignores that overlay and finds the environment's own pip.
+    foreach(_zq_flags "-I" "")
+      execute_process(
+        COMMAND "${Python_EXECUTABLE}" ${_zq_flags} -m pip download --no-deps --only-binary=:all:
+                --disable-pip-version-check "nvidia-cutlass==${ZQ_CUTLASS_VERSION}" -d "${_zq_dl}"
+        RESULT_VARIABLE _zq_rc OUTPUT_QUIET)
+      file(GLOB _zq_whl "${_zq_dl}/nvidia_cutlass-${ZQ_CUTLASS_VERSION}-*.whl")
+      if(_zq_whl)
+        break()
+      endif()
+    endforeach()
   endif()
   if(_zq_whl)
     file(ARCHIVE_EXTRACT INPUT "${_zq_whl}" DESTINATION "${CMAKE_BINARY_DIR}/_cutlass"

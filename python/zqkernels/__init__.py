@@ -1,0 +1,80 @@
+"""zqkernels: fast W8A8 (INT8 per-token activations x INT8 per-channel weights) kernels for
+post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference for every kernel.
+
+    import zqkernels
+    qlin = zqkernels.QLinear.from_linear(linear)         # or zqkernels.quantize_model(model)
+    xq, sx = zqkernels.quantize_per_token(x)              # x [M, K] -> int8 [M, K], float32 [M]
+    wq, sw = zqkernels.quantize_weight(w)                 # w [N, K] -> int8 [N, K], float32 [N]
+    y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
+
+CUDA tensors run the compiled kernels (``zqkernels._C``); CPU tensors run ``zqkernels.reference``.
+A build without CUDA kernels raises on CUDA tensors instead of falling back. ``python -m zqkernels
+info`` shows what this install can do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _ext
+from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
+from ._ops import int8_gemm, quantize_per_token, quantize_weight, resolve_gemm_backend, set_debug_checks
+from .nn import QLinear, quantize_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "info",
+    "int8_gemm",
+    "quantize_per_token",
+    "quantize_weight",
+    "QLinear",
+    "quantize_model",
+    "set_debug_checks",
+]
+
+
+def info() -> dict[str, Any]:
+    """What this install can do, as a dict (prints nothing; ``python -m zqkernels info`` prints it).
+
+    Keys: version, cuda_kernels (is ``_C`` present), compiled_archs, backends, gemm_configs
+    (config names per backend), torch, gpu (name and compute capability of cuda:0, or None), note.
+    """
+    C = _ext._C
+    backends = [b for b in ("sm90", "sm80") if C.has_backend(b)] if C is not None else []
+    gpu = None
+    if torch.cuda.is_available():
+        cc = torch.cuda.get_device_capability(0)
+        gpu = {"name": torch.cuda.get_device_name(0), "capability": f"{cc[0]}.{cc[1]}"}
+    if C is None:
+        if _ext.import_error is not None:
+            note = _ext.no_kernels_reason()
+        else:
+            note = (
+                "built without a CUDA toolkit: ops run the pure-torch reference on CPU tensors; "
+                "CUDA tensors raise"
+            )
+    elif gpu is None:
+        note = (
+            "CUDA kernels built, but torch sees no CUDA GPU: ops run the pure-torch reference on CPU tensors"
+        )
+    else:
+        try:
+            note = (
+                f"int8_gemm on cuda:0 runs backend {resolve_gemm_backend(torch.device('cuda', 0))!r} (auto)"
+            )
+        except RuntimeError as e:
+            note = str(e)
+    return {
+        "version": __version__,
+        "cuda_kernels": C is not None,
+        "compiled_archs": list(C.compiled_archs()) if C is not None else [],
+        "backends": backends,
+        "gemm_configs": {b: list(C.int8_gemm_configs(b)) for b in backends},
+        "torch": torch.__version__,
+        "gpu": gpu,
+        "note": note,
+    }

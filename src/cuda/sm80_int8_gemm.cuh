@@ -1,0 +1,301 @@
+// sm80_int8_gemm.cuh: W8A8 INT8 GEMM with the ZeroQuant scale epilogue for Ampere (sm_80).
+//
+// Computes (docs/SCALES.md):
+//   y[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+// with xq [M, K] int8 row-major, wq [N, K] int8 row-major, sx [M] / sw [N] float32, bias [N] in the
+// output type or absent (nullptr), y [M, N] bf16/fp16 row-major. The epilogue works in fp32
+// (float(acc), one multiply, one fma) and rounds once, to nearest even, at the store.
+//
+// Kernel: CUTLASS 2.x GemmUniversal. cp.async multistage smem pipeline, mma.sync m16n8k32
+// (s8 x s8 -> s32, .satfinite; it never saturates for K < 133,144, see SCALES.md), one output tile
+// per CTA (data-parallel, no split-K), and the 2.x epilogue visitor tree (EVT): accumulators go
+// through shared memory into the output thread map, then sx / sw / bias are applied as broadcast
+// vectors and the result is stored with 16-byte vector stores.
+//
+// GEMM orientation: A = xq (M x K, RowMajor), B = wq viewed as K x N ColumnMajor (that is the
+// nn.Linear [N, K] row-major weight as is, "TN"), D = y (M x N, RowMajor). Both operands are
+// K-contiguous, which is what ldmatrix-fed int8 mma.sync wants: no transpose anywhere.
+//
+// Limits: K % 16 == 0 (16-byte cp.async of int8 rows), N % 8 == 0 (16-byte output vectors; also
+// checked by CUTLASS's can_implement), xq / wq / out 16-byte aligned; sx / sw only need float
+// alignment and bias only element alignment (they are read one element at a time, see
+// VisitorRowBroadcastScalar). Any M >= 1: the ragged last M tile is predicated. Checked by the
+// caller (src/cpp/zq_module.cpp) and again by sm80_int8_gemm_run.
+// Archs: sm_80 and newer (mma.sync / cp.async / ldmatrix). The build compiles these sources for
+// sm_80 and sm_90 (and any other listed arch >= 80) so an H100 can run and test them.
+//
+// Build: -O3 -DNDEBUG --expt-relaxed-constexpr -std=c++17, one translation unit per tile config
+// (sm80_int8_gemm_<config>.cu), each ~70 s of nvcc for sm_80 + sm_90 (two at a time, 2 cores).
+// Test: the package's GPU GEMM tests with backend "sm80" (every config, against the float64
+// reference of docs/SCALES.md); time: the W8A8 benchmark with backend "sm80" (M swept per config).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+// Order matters: the 2.x visitor headers use cutlass::gemm::GemmCoord, NumericArrayConverter and
+// DefaultThreadMapTensorOp without including their headers, so those come first.
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/gemm_coord.h"
+#include "cutlass/numeric_conversion.h"
+#include "cutlass/numeric_types.h"
+#include "cutlass/epilogue/threadblock/default_thread_map_tensor_op.h"
+#include "cutlass/gemm/threadblock/threadblock_swizzle.h"
+#include "cutlass/epilogue/threadblock/fusion/visitors.hpp"
+#include "cutlass/gemm/kernel/default_gemm_universal_with_visitor.h"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+
+#include "gemm_registry.h"
+#include "zq_kernels.h"
+
+namespace zq::sm80 {
+
+using namespace cute;
+
+// ---------------------------------------------------------------------------------------------
+// A row-vector broadcast visitor (value per GEMM column n, here sw[n] and bias[n]) that loads its
+// elements one at a time.
+//
+// Why not CUTLASS's VisitorRowBroadcast: it loads 128-bit vectors, so it needs sw / bias to be
+// 16-byte aligned, but the Python layer accepts any float-aligned sw and element-aligned bias
+// (e.g. a slice w_scale[1:]); a misaligned vector load would be a sticky "misaligned address"
+// error that kills the CUDA context. The load happens once per CTA (a few tens of elements per
+// thread, before the epilogue loop), so scalar loads cost nothing measurable.
+// A null pointer reads as `null_default` (0 for bias), which makes bias a runtime option with a
+// single instantiation instead of a with/without-bias pair.
+// ---------------------------------------------------------------------------------------------
+template <class ThreadMap, class Element>
+struct VisitorRowBroadcastScalar {
+  struct Arguments {
+    Element const* ptr_row = nullptr;  // [N], unit stride, or nullptr
+    Element null_default = Element(0);
+  };
+  using Params = Arguments;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
+    return 0;
+  }
+
+  struct SharedStorage {};
+
+  CUTLASS_HOST_DEVICE VisitorRowBroadcastScalar() {}
+  CUTLASS_HOST_DEVICE VisitorRowBroadcastScalar(Params const& params, SharedStorage const&)
+      : params_ptr(&params) {}
+
+  Params const* params_ptr = nullptr;
+
+  template <class GTensor, class RTensor, class CTensor>
+  struct Callbacks : cutlass::epilogue::threadblock::EmptyCallbacks {
+    CUTLASS_DEVICE Callbacks(GTensor&& g, RTensor&& r, CTensor&& c, int n_, Params const* p)
+        : tC_gRow(cute::forward<GTensor>(g)),
+          tC_rRow(cute::forward<RTensor>(r)),
+          tC_cRow(cute::forward<CTensor>(c)),
+          n(n_),
+          params_ptr(p) {}
+
+    GTensor tC_gRow;  // (VECTOR, FRAGMENT_COLUMN) of this thread's columns, in global memory
+    RTensor tC_rRow;  // same, in registers
+    CTensor tC_cRow;  // same, (m, n, l) coordinates for the bounds check
+    int n;
+    Params const* params_ptr;
+
+    CUTLASS_DEVICE void begin_epilogue() {
+      if (params_ptr->ptr_row == nullptr) {
+        fill(tC_rRow, params_ptr->null_default);
+        return;
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tC_rRow); ++i) {
+        // Columns past N exist only in the ragged last N tile; their outputs are not stored.
+        tC_rRow(i) = get<1>(tC_cRow(i)) < n ? tC_gRow(i) : Element(0);
+      }
+    }
+
+    // The epilogue hands out one access vector (FragmentSize = the thread map's elements per
+    // access) per (row, column) iteration; a row broadcast depends on the column iteration only.
+    template <class ElementAccumulator, int FragmentSize>
+    CUTLASS_DEVICE auto visit(int /*iter_idx*/, int /*row_idx*/, int column_idx, int /*frg_idx*/,
+                              cutlass::Array<ElementAccumulator, FragmentSize> const&) {
+      Tensor r_frg = recast<cutlass::Array<Element, FragmentSize>>(coalesce(tC_rRow));
+      return r_frg(column_idx);
+    }
+  };
+
+  template <class ProblemShape>
+  CUTLASS_DEVICE auto get_callbacks(cutlass::gemm::GemmCoord tile_offset, int thread_idx,
+                                    ProblemShape problem_shape) {
+    // (M, N, L) view of the vector: stride 0 along m and l, 1 along n.
+    Tensor mRow = make_tensor(make_gmem_ptr(params_ptr->ptr_row), problem_shape, Stride<_0, _1, _0>{});
+    // The thread map's partition is (VECTOR, FRAGMENT_COLUMN, FRAGMENT_ROW, ITERATION_ROW,
+    // ITERATION_GROUP, ITERATION_CLUSTER); a row vector needs the first two at row 0 only.
+    Tensor tC_gRow = ThreadMap::partition(mRow, thread_idx, tile_offset)(_, _, _0{}, _0{}, _0{}, _0{});
+    Tensor tC_rRow = make_tensor_like(tC_gRow);
+    Tensor cRow = make_identity_tensor(mRow.shape());
+    Tensor tC_cRow = ThreadMap::partition(cRow, thread_idx, tile_offset)(_, _, _0{}, _0{}, _0{}, _0{});
+    return Callbacks<decltype(tC_gRow), decltype(tC_rRow), decltype(tC_cRow)>(
+        cute::move(tC_gRow), cute::move(tC_rRow), cute::move(tC_cRow), int(get<1>(problem_shape)),
+        params_ptr);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// A compile-time description of one tile configuration (one row of the dispatch table).
+// ---------------------------------------------------------------------------------------------
+template <class ThreadblockShape_,  // CTA tile (M, N, K); K-tile is one cp.async pipeline stage
+          class WarpShape_,         // per-warp tile; WarpShape::kK == ThreadblockShape::kK (no
+                                    // sliced-K: the bf16/fp16 <- int32 epilogue iterators that
+                                    // avoid smem bank conflicts do not support k-partitions)
+          int kStages_>             // smem pipeline depth (stages * (tbM + tbN) * tbK bytes)
+struct Config {
+  using ThreadblockShape = ThreadblockShape_;
+  using WarpShape = WarpShape_;
+  static constexpr int kStages = kStages_;
+  static_assert(ThreadblockShape::kK == WarpShape::kK, "sliced-K is not supported by this epilogue");
+};
+
+template <class Cfg, class ElementOut>
+struct Int8Gemm {
+  using ThreadblockShape = typename Cfg::ThreadblockShape;
+  using WarpShape = typename Cfg::WarpShape;
+  // The int8 mma.sync: m16n8k32, s8.s8.s32. OpMultiplyAddSaturate is the only int8 flavour CUTLASS
+  // wires up for sm_80 (.satfinite); with |acc| < 2^31 it is an exact integer sum.
+  using InstructionShape = cutlass::gemm::GemmShape<16, 8, 32>;
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+  using LayoutA = cutlass::layout::RowMajor;     // xq [M, K]
+  using LayoutB = cutlass::layout::ColumnMajor;  // wq [N, K] seen as K x N
+  using LayoutC = cutlass::layout::RowMajor;     // y  [M, N]
+  static constexpr int kAlignAB = 16;            // 16 bytes of int8 per cp.async
+  static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<ElementOut>::value;  // 16 bytes
+
+  // --- Epilogue visitor tree ------------------------------------------------------------------
+  // One epilogue stage: two would double the accumulator staging smem for little gain here (the
+  // epilogue runs once per tile, after a K loop of >= 1 stage).
+  static constexpr int kEpiStages = 1;
+  // The output thread map must be the one the default epilogue builds for (ElementOut, kAlignOut)
+  // so that the visitors see the same element-to-thread assignment as the smem load iterator.
+  using OutputTileThreadMap = cutlass::epilogue::threadblock::OutputTileThreadLayout<
+      ThreadblockShape, WarpShape, ElementOut, kAlignOut, kEpiStages>;
+
+  using Acc = cutlass::epilogue::threadblock::VisitorAccFetch;
+  // sx[m]: one value per row; CUTLASS's column broadcast already loads element-wise (copy_if).
+  using TokenScale = cutlass::epilogue::threadblock::VisitorColBroadcast<
+      OutputTileThreadMap, float, Stride<_1, _0, _0>>;
+  using ChannelScale = VisitorRowBroadcastScalar<OutputTileThreadMap, float>;  // sw[n]
+  using Bias = VisitorRowBroadcastScalar<OutputTileThreadMap, ElementOut>;     // bias[n] or 0
+
+  // t = sw[n] * float(acc)   (the int32 -> fp32 conversion is VisitorCompute's input conversion)
+  using ScaleAcc = cutlass::epilogue::threadblock::Sm80EVT<
+      cutlass::epilogue::threadblock::VisitorCompute<cutlass::multiplies, float, float, kRound>,
+      ChannelScale, Acc>;
+  // v = sx[m] * t + bias[n]   (one fp32 fma; bias converted to fp32 exactly)
+  using Scaled = cutlass::epilogue::threadblock::Sm80EVT<
+      cutlass::epilogue::threadblock::VisitorCompute<cutlass::homogeneous_multiply_add, float, float,
+                                                     kRound>,
+      TokenScale, ScaleAcc, Bias>;
+  // y = round_to_nearest_even(v) stored as ElementOut: the one rounding.
+  using StoreD = cutlass::epilogue::threadblock::VisitorAuxStore<
+      OutputTileThreadMap, ElementOut, kRound, Stride<int64_t, _1, int64_t>>;
+  using Fusion = cutlass::epilogue::threadblock::Sm80EVT<StoreD, Scaled>;
+
+  // GemmIdentityThreadblockSwizzle<8>: CTAs launched together cover an 8-tile-wide band of N for
+  // consecutive M tiles, so the weight panel they share stays in L2 (matters for large M).
+  using Kernel = typename cutlass::gemm::kernel::DefaultGemmWithVisitor<
+      int8_t, LayoutA, cutlass::ComplexTransform::kNone, kAlignAB,
+      int8_t, LayoutB, cutlass::ComplexTransform::kNone, kAlignAB,
+      ElementOut, LayoutC, kAlignOut,
+      int32_t,  // accumulator
+      float,    // epilogue compute type
+      cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80,
+      ThreadblockShape, WarpShape, InstructionShape,
+      Fusion,
+      cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>,
+      Cfg::kStages,
+      cutlass::arch::OpMultiplyAddSaturate,
+      kEpiStages>::GemmKernel;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments make_arguments(const Int8GemmArgs& a) {
+    auto* out = static_cast<ElementOut*>(a.out);
+    const auto* bias = static_cast<const ElementOut*>(a.bias);
+    const int64_t mn = int64_t(a.M) * a.N;
+
+    // The argument tree mirrors the visitor tree: {children..., node op}.
+    typename Fusion::Arguments fusion{
+        {                                    // Scaled
+         {a.sx, 0.f, {}},                    //   TokenScale
+         {                                   //   ScaleAcc
+          {a.sw, 0.f},                       //     ChannelScale
+          {},                                //     Acc
+          {}},                               //     multiplies
+         {bias, ElementOut(0.f)},            //   Bias (nullptr -> 0)
+         {}},                                //   multiply_add
+        {out, {int64_t(a.N), _1{}, mn}}};    // StoreD: row stride N
+
+    // C/D pointers and strides of the plain GemmUniversal are unused: the EVT stores D itself.
+    return typename Gemm::Arguments(
+        cutlass::gemm::GemmUniversalMode::kGemm, cutlass::gemm::GemmCoord{a.M, a.N, a.K},
+        /*batch_count (split-K slices)=*/1, fusion, a.xq, a.wq, /*ptr_C=*/nullptr, /*ptr_D=*/nullptr,
+        /*batch strides A, B, C, D=*/int64_t(a.M) * a.K, int64_t(a.N) * a.K, 0, 0,
+        /*stride_a (lda)=*/typename LayoutA::Stride(a.K), /*stride_b (ldb)=*/typename LayoutB::Stride(a.K),
+        /*stride_c=*/typename LayoutC::Stride(0), /*stride_d=*/typename LayoutC::Stride(0));
+  }
+
+  static size_t workspace_size(const Int8GemmArgs& a) {
+    // Data-parallel kGemm with one K slice needs none (the query returns 0); asked anyway so
+    // the contract holds if a config ever switches to a serial split-K swizzle.
+    return Gemm::get_workspace_size(make_arguments(a));
+  }
+
+  static std::string run(const Int8GemmArgs& a) {
+    auto args = make_arguments(a);
+    cutlass::Status st = Gemm::can_implement(args);
+    if (st != cutlass::Status::kSuccess) {
+      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
+    }
+    const size_t need = Gemm::get_workspace_size(args);
+    if (need > a.workspace_bytes) {
+      return "workspace too small: need " + std::to_string(need) + " bytes, got " +
+             std::to_string(a.workspace_bytes);
+    }
+    Gemm gemm;
+    // initialize() sets the >48 KiB dynamic-smem attribute once per thread and device, and builds
+    // the kernel params; it does not allocate or synchronize.
+    st = gemm.initialize(args, a.workspace, a.stream);
+    if (st != cutlass::Status::kSuccess) {
+      cudaError_t err = cudaGetLastError();
+      return std::string("CUTLASS initialize failed: ") + cutlassGetStatusString(st) + " (" +
+             cudaGetErrorString(err) + ")";
+    }
+    st = gemm.run(a.stream);
+    if (st != cutlass::Status::kSuccess) {
+      cudaError_t err = cudaGetLastError();
+      return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +
+             cudaGetErrorString(err) + ")";
+    }
+    return {};
+  }
+};
+
+// Type-erased entry points, one pair per (config, output type), defined in one translation unit
+// per config (sm80_int8_gemm_<config>.cu) so that the build parallelises.
+template <class Cfg>
+struct EntryPair {
+  static GemmEntry make(const char* name, DType t) {
+    if (t == DType::kFP16) {
+      return {name, &Int8Gemm<Cfg, cutlass::half_t>::workspace_size,
+              &Int8Gemm<Cfg, cutlass::half_t>::run};
+    }
+    return {name, &Int8Gemm<Cfg, cutlass::bfloat16_t>::workspace_size,
+            &Int8Gemm<Cfg, cutlass::bfloat16_t>::run};
+  }
+};
+
+}  // namespace zq::sm80

@@ -1,0 +1,107 @@
+"""Shared helpers for the zqkernels tests.
+
+CPU tests run everywhere. GPU tests carry ``requires_gpu``: they skip only where torch sees no CUDA
+GPU or this build has no CUDA kernels, and tests/test_gpu.py fails (not skips) when a GPU is
+present but the kernels are not. Errors inside a GPU test (OOM, launch failure) are failures.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+import torch
+import zqkernels
+from zqkernels import _ext
+
+HAVE_CUDA = torch.cuda.is_available()
+HAVE_KERNELS = _ext._C is not None
+requires_gpu = pytest.mark.skipif(
+    not (HAVE_CUDA and HAVE_KERNELS),
+    reason="needs a CUDA GPU and a zqkernels build with CUDA kernels",
+)
+
+OUT_DTYPES = (torch.bfloat16, torch.float16)
+X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# One output ulp, relative (2^-(mantissa bits)): the kernel's fp32 epilogue and the float64 reference
+# round the same real number once each, so they can land on adjacent representable values.
+GEMM_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_defaults():
+    """Every test starts from the same RNG state and with the debug checks off."""
+    torch.manual_seed(0)
+    previous = zqkernels.set_debug_checks(False)
+    yield
+    zqkernels.set_debug_checks(previous)
+
+
+def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Global dissimilarity 1 - 2<x,y> / (|x|^2 + |y|^2) (0 when equal; ~rel_err^2 / 2 when close)."""
+    x, y = x.double(), y.double()
+    denom = float((x * x).sum() + (y * y).sum())
+    return 0.0 if denom == 0 else 1.0 - 2.0 * float((x * y).sum()) / denom
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error ||y - ref|| / ||ref||."""
+    y, ref = y.double(), ref.double()
+    return float((y - ref).norm() / ref.norm())
+
+
+def assert_gemm_close(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
+    """Kernel output against ``int8_gemm_ref``: elementwise, globally, and by count of differences.
+
+    The kernel (int32 sum, fp32 epilogue, one rounding) and the reference (float64, one rounding)
+    compute the same real number up to fp32 rounding (~2^-24 relative), so:
+    - elementwise, |out - ref| <= rtol * |ref| + atol_row with rtol = one output ulp (GEMM_RTOL):
+      the two may round to adjacent values. atol_row = 1e-3 * max |ref| of the row (a fraction of a
+      bf16 ulp of the row's largest value, about one fp16 ulp) covers outputs near zero, where bias
+      and the scaled sum cancel, and subnormals; it is per row so a row with huge scales
+      (outliers) does not loosen the bound of the others.
+    - globally, calc_diff < 1e-5 (one-ulp differences everywhere would give ~1.5e-5 or more for bf16).
+    - they differ at all only where the real value lies within ~2^-24 of a rounding boundary: a
+      fraction ~2^-16 (bf16) or ~2^-13 (fp16) of outputs (measured by emulating the epilogue: 1e-5,
+      5e-5). At most 1% may differ: a wrong rounding mode (truncation) changes about half of them,
+      while staying within one ulp.
+    """
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (out.shape, out.dtype, ref.shape, ref.dtype)
+    o, r = out.double(), ref.double()
+    assert not torch.isnan(o).any(), f"{what}: NaN in the output ({int(torch.isnan(o).sum())} elements)"
+    if r.numel() == 0:
+        return
+    atol_row = 1e-3 * r.abs().amax(dim=1, keepdim=True)
+    err = (o - r).abs()
+    bad = err > GEMM_RTOL[out.dtype] * r.abs() + atol_row
+    if bad.any():
+        m, n = (int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} outputs off; first at [{m}, {n}]: "
+            f"got {float(o[m, n])}, expected {float(r[m, n])} (worst abs err {float(err.max())})"
+        )
+    d = calc_diff(o, r)
+    assert d < 1e-5, f"{what}: calc_diff {d:.3g} >= 1e-5"
+    differ = float((o != r).double().mean())
+    assert differ < 0.01, f"{what}: {differ:.1%} of outputs differ from the reference (expected ~0.005%)"
+
+
+def make_gemm_inputs(
+    M: int,
+    N: int,
+    K: int,
+    device: str = "cpu",
+    out_dtype: torch.dtype = torch.bfloat16,
+    bias: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> dict:
+    """Random int8 operands over the full range [-127, 127] and positive scales spanning 10x."""
+    g = generator
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    sx = torch.rand(M, generator=g) * 9e-3 + 1e-3
+    sw = torch.rand(N, generator=g) * 9e-3 + 1e-3
+    b = torch.randn(N, generator=g).to(out_dtype) if bias else None
+    args = dict(xq=xq, wq=wq, sx=sx, sw=sw, bias=b)
+    return {k: (v.to(device) if v is not None else None) for k, v in args.items()} | {"out_dtype": out_dtype}

@@ -1,0 +1,617 @@
+"""The functional ops on CPU: reference dispatch, torch.library registration, torch.compile, argument checks.
+
+CUDA-only checks (alignment, device mix, backend choice, a build without kernels) are exercised here
+too, without a GPU: fake CUDA tensors (FakeTensorMode) run the ops' fake implementations, which
+share every argument check with the real ones; a stub stands in for zqkernels._C where needed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import zqkernels
+from conftest import OUT_DTYPES, X_DTYPES, make_gemm_inputs
+from torch._subclasses.fake_tensor import FakeTensorMode
+from zqkernels import _ext, _ops
+from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref, quantize_weight_ref
+
+QUANT_OP = torch.ops.zqkernels.quantize_per_token.default
+GEMM_OP = torch.ops.zqkernels.int8_gemm.default
+
+
+def gemm(a: dict, **kw) -> torch.Tensor:
+    return zqkernels.int8_gemm(a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], a["out_dtype"], **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU tensors run the reference, bit for bit.
+
+
+@pytest.mark.parametrize("dtype", X_DTYPES)
+@pytest.mark.parametrize("M,K", [(1, 1), (3, 7), (17, 100), (64, 256)])
+def test_quantize_cpu_is_reference(dtype, M, K):
+    x = torch.randn(M, K).to(dtype)
+    xq, sx = zqkernels.quantize_per_token(x)
+    xq_ref, sx_ref = quantize_per_token_ref(x)
+    assert torch.equal(xq, xq_ref) and torch.equal(sx, sx_ref)
+
+
+def test_quantize_cpu_strided_rows():
+    big = torch.randn(10, 48, dtype=torch.bfloat16)
+    for x in (big[:, :40], big[::3], big[2:7, 8:]):
+        xq, sx = zqkernels.quantize_per_token(x)
+        xq_ref, sx_ref = quantize_per_token_ref(x.contiguous())
+        assert torch.equal(xq, xq_ref) and torch.equal(sx, sx_ref)
+
+
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("M,N,K", [(1, 8, 16), (5, 3, 7), (33, 24, 48)])
+def test_int8_gemm_cpu_is_reference(out_dtype, bias, M, N, K):
+    a = make_gemm_inputs(M, N, K, out_dtype=out_dtype, bias=bias)
+    out = gemm(a)
+    assert out.dtype == out_dtype and out.shape == (M, N)
+    assert torch.equal(out, int8_gemm_ref(**a))
+
+
+def test_quantize_weight_returns_constants():
+    lin = torch.nn.Linear(32, 16)
+    wq, sw = zqkernels.quantize_weight(lin.weight)
+    assert not sw.requires_grad and not wq.requires_grad
+    assert all(torch.equal(a, b) for a, b in zip((wq, sw), quantize_weight_ref(lin.weight.detach())))
+
+
+def test_quantize_then_gemm_approximates_float_matmul():
+    x = torch.randn(32, 128)
+    w = torch.randn(64, 128)
+    xq, sx = zqkernels.quantize_per_token(x)
+    wq, sw = zqkernels.quantize_weight(w)
+    y = zqkernels.int8_gemm(xq, wq, sx, sw, out_dtype=torch.float16).double()
+    ref = x.double() @ w.double().t()
+    assert float((y - ref).norm() / ref.norm()) < 0.02
+
+
+def test_empty_tensors_cpu():
+    for M, N, K in ((0, 8, 16), (4, 0, 16), (4, 8, 0), (0, 0, 0)):
+        a = make_gemm_inputs(M, N, K, bias=True)
+        out = gemm(a)
+        assert out.shape == (M, N) and out.dtype == torch.bfloat16
+        assert torch.equal(out, a["bias"].expand(M, N))  # K == 0: y = bias
+        a["bias"] = None
+        assert torch.equal(gemm(a), torch.zeros(M, N, dtype=torch.bfloat16))
+    for M, K in ((0, 16), (5, 0), (0, 0)):
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, dtype=torch.bfloat16))
+        assert xq.shape == (M, K) and xq.dtype == torch.int8
+        assert sx.shape == (M,) and (sx == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library registration and torch.compile.
+
+
+def test_op_schemas():
+    assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x) -> (Tensor, Tensor)"
+    assert str(GEMM_OP._schema) == (
+        "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
+        "ScalarType out_dtype, str backend, int config) -> Tensor"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_opcheck_quantize_per_token(dtype):
+    x = torch.randn(12, 40, dtype=dtype)
+    torch.library.opcheck(QUANT_OP, (x,))
+    torch.library.opcheck(QUANT_OP, (torch.randn(6, 64, dtype=dtype)[:, 8:48],))  # strided rows
+
+
+@pytest.mark.parametrize("out_dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
+def test_opcheck_int8_gemm(out_dtype, bias):
+    a = make_gemm_inputs(9, 24, 32, out_dtype=out_dtype, bias=bias)
+    torch.library.opcheck(GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", -1))
+
+
+def test_compile_fullgraph_cpu():
+    torch._dynamo.reset()
+
+    def f(x, wq, sw, bias):
+        xq, sx = zqkernels.quantize_per_token(x)
+        return zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
+
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    wq, sw = zqkernels.quantize_weight(torch.randn(24, 64))
+    bias = torch.randn(24, dtype=torch.bfloat16)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x, wq, sw, bias), f(x, wq, sw, bias))
+
+
+def test_compile_tracing_runs_the_argument_checks():
+    torch._dynamo.reset()
+
+    def f(xq, wq, sx, sw):
+        return zqkernels.int8_gemm(xq, wq, sx, sw)
+
+    a = make_gemm_inputs(4, 8, 16)
+    bad_wq = torch.zeros(8, 32, dtype=torch.int8)
+    with pytest.raises(
+        Exception, match=re.escape("int8_gemm: wq must be int8 [N, K] with K == xq.shape[1] (16)")
+    ):
+        torch.compile(f, backend="aot_eager", fullgraph=True)(a["xq"], bad_wq, a["sx"], a["sw"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: each case names the op and the argument.
+
+
+def _gemm_case(**changes):
+    def build():
+        a = make_gemm_inputs(4, 8, 16, bias=True)
+        a.update({k: (v() if callable(v) else v) for k, v in changes.items()})
+        return a
+
+    return build
+
+
+I8 = torch.int8
+GEMM_ERRORS = [
+    (
+        "xq_dtype",
+        _gemm_case(xq=lambda: torch.randn(4, 16)),
+        TypeError,
+        r"int8_gemm: xq must be int8 \[M, K\] \(from quantize_per_token\), got float32 \[4, 16\]",
+    ),
+    (
+        "xq_rank",
+        _gemm_case(xq=lambda: torch.zeros(2, 4, 16, dtype=I8)),
+        ValueError,
+        r"int8_gemm: xq must be 2-D int8 \[M, K\], got int8 \[2, 4, 16\]",
+    ),
+    (
+        "wq_dtype",
+        _gemm_case(wq=lambda: torch.zeros(8, 16, dtype=torch.float16)),
+        TypeError,
+        r"int8_gemm: wq must be int8 \[N, K\]",
+    ),
+    (
+        "wq_rank",
+        _gemm_case(wq=lambda: torch.zeros(128, dtype=I8)),
+        ValueError,
+        r"int8_gemm: wq must be 2-D int8 \[N, K\], got int8 \[128\]",
+    ),
+    (
+        "k_mismatch",
+        _gemm_case(wq=lambda: torch.zeros(8, 32, dtype=I8)),
+        ValueError,
+        re.escape("int8_gemm: wq must be int8 [N, K] with K == xq.shape[1] (16), got int8 [8, 32]"),
+    ),
+    (
+        "sx_dtype",
+        _gemm_case(sx=lambda: torch.ones(4, dtype=torch.bfloat16)),
+        TypeError,
+        r"int8_gemm: sx must be float32 \[M\] \(one scale per row of xq\), got bfloat16 \[4\]",
+    ),
+    (
+        "sx_shape_2d",
+        _gemm_case(sx=lambda: torch.ones(4, 1)),
+        ValueError,
+        re.escape("int8_gemm: sx must be float32 [M] with M == xq.shape[0] (4), got float32 [4, 1]"),
+    ),
+    (
+        "sx_shape_len",
+        _gemm_case(sx=lambda: torch.ones(5)),
+        ValueError,
+        re.escape("int8_gemm: sx must be float32 [M] with M == xq.shape[0] (4), got float32 [5]"),
+    ),
+    (
+        "sw_dtype",
+        _gemm_case(sw=lambda: torch.ones(8, dtype=torch.float64)),
+        TypeError,
+        r"int8_gemm: sw must be float32 \[N\]",
+    ),
+    (
+        "sw_shape",
+        _gemm_case(sw=lambda: torch.ones(7)),
+        ValueError,
+        re.escape("int8_gemm: sw must be float32 [N] with N == wq.shape[0] (8), got float32 [7]"),
+    ),
+    (
+        "bias_dtype",
+        _gemm_case(bias=lambda: torch.ones(8)),
+        TypeError,
+        r"int8_gemm: bias must have the output dtype \(bfloat16\), got float32 \[8\]",
+    ),
+    (
+        "bias_shape",
+        _gemm_case(bias=lambda: torch.ones(4, dtype=torch.bfloat16)),
+        ValueError,
+        re.escape("int8_gemm: bias must be [N] with N == wq.shape[0] (8), got bfloat16 [4]"),
+    ),
+    (
+        "bias_2d",
+        _gemm_case(bias=lambda: torch.ones(1, 8, dtype=torch.bfloat16)),
+        ValueError,
+        r"int8_gemm: bias must be \[N\]",
+    ),
+    (
+        "out_dtype",
+        _gemm_case(out_dtype=torch.float32, bias=None),
+        TypeError,
+        r"int8_gemm: out_dtype must be torch.bfloat16 or torch.float16, got torch.float32",
+    ),
+    (
+        "xq_noncontig",
+        _gemm_case(xq=lambda: torch.zeros(16, 4, dtype=I8).t()),
+        ValueError,
+        r"int8_gemm: xq must be contiguous \(row-major\), got int8 \[4, 16\] with strides \(1, 4\)",
+    ),
+    (
+        "wq_noncontig",
+        _gemm_case(wq=lambda: torch.zeros(8, 32, dtype=I8)[:, ::2]),
+        ValueError,
+        r"int8_gemm: wq must be contiguous",
+    ),
+    (
+        "sx_noncontig",
+        _gemm_case(sx=lambda: torch.ones(8)[::2]),
+        ValueError,
+        r"int8_gemm: sx must be contiguous",
+    ),
+    (
+        "sw_noncontig",
+        _gemm_case(sw=lambda: torch.ones(16)[::2]),
+        ValueError,
+        r"int8_gemm: sw must be contiguous",
+    ),
+    (
+        "bias_noncontig",
+        _gemm_case(bias=lambda: torch.ones(16, dtype=torch.bfloat16)[::2]),
+        ValueError,
+        r"int8_gemm: bias must be contiguous",
+    ),
+]
+
+
+@pytest.mark.parametrize("build,exc,match", [c[1:] for c in GEMM_ERRORS], ids=[c[0] for c in GEMM_ERRORS])
+def test_int8_gemm_bad_input(build, exc, match):
+    with pytest.raises(exc, match=match):
+        gemm(build())
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (
+            dict(backend="sm100"),
+            ValueError,
+            r"int8_gemm: backend must be one of 'auto', 'sm90', 'sm80', got 'sm100'",
+        ),
+        (
+            dict(backend=None),
+            RuntimeError,
+            r"zqkernels::int8_gemm\(\) Expected a value of type 'str' for argument "
+            r"'backend'",
+        ),  # the op schema rejects it
+        (
+            dict(config=-2),
+            ValueError,
+            r"int8_gemm: config must be -1 \(auto\) or a config index >= 0, got -2",
+        ),
+        (dict(backend="sm90"), RuntimeError, r"int8_gemm: backend 'sm90' is a CUDA kernel; CPU tensors run"),
+        (dict(backend="sm80"), RuntimeError, r"int8_gemm: backend 'sm80' is a CUDA kernel"),
+        (dict(config=0), RuntimeError, r"int8_gemm: config selects a CUDA kernel tile; .* config=-1, got 0"),
+    ],
+)
+def test_int8_gemm_bad_backend_or_config_on_cpu(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        gemm(make_gemm_inputs(4, 8, 16), **kw)
+
+
+QUANT_ERRORS = [
+    (
+        "int8",
+        lambda: torch.zeros(4, 16, dtype=I8),
+        TypeError,
+        r"quantize_per_token: x must be bfloat16, float16 or float32 \[M, K\], got int8 \[4, 16\]",
+    ),
+    (
+        "float64",
+        lambda: torch.zeros(4, 16, dtype=torch.float64),
+        TypeError,
+        r"quantize_per_token: x must be bfloat16",
+    ),
+    (
+        "rank3",
+        lambda: torch.zeros(2, 4, 16),
+        ValueError,
+        r"quantize_per_token: x must be 2-D \[M, K\] \(flatten leading dims .*\), got float32 \[2, 4, 16\]",
+    ),
+    ("rank1", lambda: torch.zeros(16), ValueError, r"quantize_per_token: x must be 2-D"),
+    (
+        "col_stride",
+        lambda: torch.zeros(16, 4).t(),
+        ValueError,
+        r"quantize_per_token: x must have unit stride along K \(x.stride\(1\) == 1\), got float32 \[4, 16\] "
+        r"with strides \(1, 4\)",
+    ),
+    (
+        "overlapping_rows",
+        lambda: torch.zeros(1, 16).expand(4, 16),
+        ValueError,
+        r"quantize_per_token: rows of x must not overlap \(x.stride\(0\) >= K == 16\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("build,exc,match", [c[1:] for c in QUANT_ERRORS], ids=[c[0] for c in QUANT_ERRORS])
+def test_quantize_per_token_bad_input(build, exc, match):
+    with pytest.raises(exc, match=match):
+        zqkernels.quantize_per_token(build())
+
+
+def test_quantize_weight_bad_input():
+    with pytest.raises(
+        TypeError, match=r"quantize_weight: w must be a floating-point tensor \[N, K\], got int8"
+    ):
+        zqkernels.quantize_weight(torch.zeros(4, 4, dtype=I8))
+    with pytest.raises(TypeError, match=r"quantize_weight: w must be a torch.Tensor"):
+        zqkernels.quantize_weight([[1.0]])
+    with pytest.raises(ValueError, match=r"quantize_weight: w must be 2-D \[N, K\]"):
+        zqkernels.quantize_weight(torch.zeros(16))
+    with pytest.raises(ValueError, match=r"quantize_weight: bits must be 8 or 4, got 2"):
+        zqkernels.quantize_weight(torch.zeros(4, 4), bits=2)
+    w = torch.randn(6, 8)
+    w[2, 3] = float("nan")
+    w[5, 0] = float("-inf")
+    with pytest.raises(
+        ValueError, match=r"quantize_weight: w has NaN/Inf values in 2 rows \(output channels \[2, 5\]\)"
+    ):
+        zqkernels.quantize_weight(w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Non-finite values: propagate by default, raise with the debug checks on.
+
+
+def test_non_finite_propagates_by_default():
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    x[1, 4] = float("nan")
+    xq, sx = zqkernels.quantize_per_token(x)
+    assert torch.isnan(sx[1]) and torch.isfinite(sx[[0, 2]]).all()
+    wq, sw = zqkernels.quantize_weight(torch.randn(8, 16))
+    y = zqkernels.int8_gemm(xq, wq, sx, sw)
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()  # the bad row is visible
+
+
+def test_debug_checks():
+    assert zqkernels.set_debug_checks(True) is False
+    x = torch.randn(3, 16)
+    x[2, 0] = float("inf")
+    with pytest.raises(
+        ValueError, match=r"quantize_per_token: x has 1 non-finite values \(NaN/Inf\) out of 48"
+    ):
+        zqkernels.quantize_per_token(x)
+    a = make_gemm_inputs(4, 8, 16, bias=True)
+    a["sw"][3] = float("nan")
+    with pytest.raises(ValueError, match=r"int8_gemm: sw has 1 non-finite values"):
+        gemm(a)
+    a = make_gemm_inputs(4, 8, 16, bias=True)
+    a["bias"][0] = float("inf")
+    with pytest.raises(ValueError, match=r"int8_gemm: bias has 1 non-finite values"):
+        gemm(a)
+    assert zqkernels.set_debug_checks(False) is True
+    gemm(a)  # off again: no check
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA-only checks, through the fake implementations (no GPU needed).
+
+
+def _fake_gemm_inputs(M=4, N=8, K=16, devices=None):
+    devices = devices or {}
+    shapes = dict(
+        xq=((M, K), I8),
+        wq=((N, K), I8),
+        sx=((M,), torch.float32),
+        sw=((N,), torch.float32),
+        bias=((N,), torch.bfloat16),
+    )
+    return {k: torch.empty(s, dtype=dt, device=devices.get(k, "cuda")) for k, (s, dt) in shapes.items()} | {
+        "out_dtype": torch.bfloat16
+    }
+
+
+@pytest.mark.parametrize(
+    "M,N,K,match",
+    [
+        (4, 8, 24, r"int8_gemm: K must be a multiple of 16 on CUDA \(TMA .*\), got K=24; pad .* to K=32"),
+        (4, 8, 100, r"int8_gemm: K must be a multiple of 16 on CUDA .* got K=100; .* to K=112"),
+        (
+            4,
+            12,
+            16,
+            r"int8_gemm: N must be a multiple of 8 on CUDA \(.*16-byte vectors.*\), got N=12; .* to N=16",
+        ),
+        (4, 8, 133_152, r"int8_gemm: K must be <= 133144 on CUDA \(K \* 127\^2 must fit the int32"),
+    ],
+)
+def test_cuda_alignment_checks(M, N, K, match):
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(M, N, K)
+        with pytest.raises(ValueError, match=match):
+            gemm(a)
+
+
+@pytest.mark.parametrize("name", ["wq", "sx", "sw", "bias"])
+def test_cuda_cpu_device_mix(name):
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(devices={name: "cpu"})
+        with pytest.raises(
+            ValueError,
+            match=rf"int8_gemm: all tensors must be on one device, but xq is on "
+            rf"cuda:0 and {name} is on cpu",
+        ):
+            gemm(a)
+        a = _fake_gemm_inputs(devices={"xq": "cpu"})
+        with pytest.raises(ValueError, match=r"xq is on cpu and wq is on cuda:0"):
+            gemm(a)
+
+
+def test_cpu_allows_unaligned_shapes():
+    a = make_gemm_inputs(3, 12, 24)  # N % 8 and K % 16 are CUDA-only limits
+    assert torch.equal(gemm(a), int8_gemm_ref(**a))
+
+
+def test_build_without_kernels_raises_on_cuda_tensors(monkeypatch):
+    monkeypatch.setattr(_ext, "_C", None)
+    monkeypatch.setattr(_ext, "import_error", None)
+    with FakeTensorMode():
+        with pytest.raises(
+            RuntimeError,
+            match=r"int8_gemm: this zqkernels build has no CUDA kernels \(installed "
+            r"without a CUDA toolkit.*\); CUDA tensors cannot run",
+        ):
+            gemm(_fake_gemm_inputs())
+        with pytest.raises(
+            RuntimeError, match=r"quantize_per_token: this zqkernels build has no CUDA kernels"
+        ):
+            zqkernels.quantize_per_token(torch.empty(4, 16, device="cuda"))
+    monkeypatch.setattr(_ext, "import_error", ImportError("libcudart.so.13: cannot open shared object file"))
+    with FakeTensorMode():
+        with pytest.raises(
+            RuntimeError,
+            match=r"int8_gemm: zqkernels._C is installed but failed to import "
+            r"\(ImportError: libcudart.so.13",
+        ):
+            gemm(_fake_gemm_inputs())
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu"])
+def test_unsupported_device_type(device):
+    with pytest.raises(RuntimeError, match=rf"int8_gemm: tensors on {device} are not supported; pass CUDA"):
+        _ops.resolve_gemm_backend(torch.device(device))
+
+
+def test_meta_tensors_infer_shapes():
+    a = {
+        k: (v.to("meta") if isinstance(v, torch.Tensor) else v)
+        for k, v in make_gemm_inputs(5, 24, 16, bias=True).items()
+    }
+    out = gemm(a)
+    assert out.device.type == "meta" and out.shape == (5, 24) and out.dtype == torch.bfloat16
+    xq, sx = zqkernels.quantize_per_token(torch.empty(5, 7, device="meta"))
+    assert xq.shape == (5, 7) and xq.dtype == I8 and sx.shape == (5,) and sx.dtype == torch.float32
+
+
+class StubC:
+    """The parts of zqkernels._C that backend selection reads."""
+
+    def __init__(self, backends, n_configs=3):
+        self.backends, self.n_configs = set(backends), n_configs
+
+    def has_backend(self, name):
+        return name in self.backends
+
+    def int8_gemm_configs(self, name):
+        return [f"{name}_tile{i}" for i in range(self.n_configs)]
+
+    def compiled_archs(self):
+        return ["sm_80", "sm_90", "sm_90a"]
+
+
+@pytest.mark.parametrize(
+    "cc,compiled,backend,expected",
+    [
+        ((9, 0), {"sm90", "sm80"}, "auto", "sm90"),
+        ((9, 0), {"sm80"}, "auto", "sm80"),
+        ((8, 0), {"sm90", "sm80"}, "auto", "sm80"),
+        ((8, 6), {"sm80"}, "auto", "sm80"),
+        ((10, 0), {"sm90", "sm80"}, "auto", "sm80"),  # trusts has_backend; sm90a SASS runs on 9.0 only
+        ((9, 0), {"sm90", "sm80"}, "sm80", "sm80"),  # the Ampere kernels, explicitly, on an H100
+        ((9, 0), {"sm90"}, "sm90", "sm90"),
+    ],
+)
+def test_backend_selection(monkeypatch, cc, compiled, backend, expected):
+    monkeypatch.setattr(_ext, "_C", StubC(compiled))
+    monkeypatch.setattr(_ops, "_capability", lambda device: cc)
+    assert _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, -1) == expected
+    assert _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, 2) == expected
+
+
+@pytest.mark.parametrize(
+    "cc,compiled,backend,config,exc,match",
+    [
+        (
+            (8, 9),
+            {"sm90"},
+            "auto",
+            -1,
+            RuntimeError,
+            r"int8_gemm: no int8 GEMM kernel of this build runs on cuda:0 \(compute capability 8.9\): compiled "
+            r"backends \['sm90'\]",
+        ),
+        (
+            (7, 5),
+            {"sm90", "sm80"},
+            "auto",
+            -1,
+            RuntimeError,
+            r"int8_gemm: the zqkernels kernels need compute capability >= 8.0 \(Ampere or newer\), cuda:0 has 7.5",
+        ),
+        (
+            (8, 0),
+            {"sm90", "sm80"},
+            "sm90",
+            -1,
+            RuntimeError,
+            r"int8_gemm: backend 'sm90' needs compute capability 9.0 \(H100/H200\), cuda:0 has 8.0",
+        ),
+        (
+            (9, 0),
+            {"sm90"},
+            "sm80",
+            -1,
+            RuntimeError,
+            r"int8_gemm: backend 'sm80' is not compiled into this build \(compiled: \['sm90'\]\)",
+        ),
+        (
+            (9, 0),
+            {"sm90"},
+            "auto",
+            3,
+            ValueError,
+            r"int8_gemm: config 3 out of range for backend 'sm90', which has 3 configs \(0..2: sm90_tile0, ",
+        ),
+        ((9, 0), {"sm90"}, "sm90", 7, ValueError, r"int8_gemm: config 7 out of range for backend 'sm90'"),
+    ],
+)
+def test_backend_selection_errors(monkeypatch, cc, compiled, backend, config, exc, match):
+    monkeypatch.setattr(_ext, "_C", StubC(compiled))
+    monkeypatch.setattr(_ops, "_capability", lambda device: cc)
+    with pytest.raises(exc, match=match):
+        _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, config)
+
+
+def test_fake_cuda_path_with_kernels(monkeypatch):
+    # With kernels present, the fake implementations check everything and infer the output.
+    monkeypatch.setattr(_ext, "_C", StubC({"sm90", "sm80"}))
+    monkeypatch.setattr(_ops, "_capability", lambda device: (9, 0))
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(M=3, N=24, K=48)
+        out = gemm(a, backend="sm80", config=1)
+        assert out.shape == (3, 24) and out.device.type == "cuda" and out.dtype == torch.bfloat16
+        xq, sx = zqkernels.quantize_per_token(torch.empty(3, 5, dtype=torch.float16, device="cuda"))
+        assert xq.shape == (3, 5) and sx.shape == (3,)
+        with pytest.raises(ValueError, match=r"config 3 out of range for backend 'sm80'"):
+            gemm(a, backend="sm80", config=3)
+
+
+def test_pointer_alignment_check():
+    buf = torch.zeros(64 + 16, dtype=I8)
+    _ops.check_aligned_ptr("int8_gemm", "xq", buf[16:])  # 16-byte offset of an aligned base: fine
+    with pytest.raises(
+        ValueError,
+        match=r"int8_gemm: xq must start at a 16-byte aligned address .* "
+        r"got data_ptr\(\) % 16 == 1 .*; pass xq.clone\(\)",
+    ):
+        _ops.check_aligned_ptr("int8_gemm", "xq", buf[1:])
