@@ -10,9 +10,12 @@
 // bit-exact agreement.
 //
 // Memory-bound: x is read once and xq written once. One CTA per row; when the row fits
-// (<= kThreads * 16 vectors of 16 bytes = 32 KiB) it stays in registers between the amax
-// reduction and the quantization, so DRAM sees exactly one read. Wider or unaligned rows take a
-// two-pass path whose second read mostly hits L2.
+// (<= 1024 threads * 4 vectors of 16 bytes = 64 KiB) it stays in registers between the amax
+// reduction and the quantization, so DRAM sees exactly one read. The CTA grows with the row
+// (128..1024 threads) while each thread holds at most 4 vectors: holding more per thread costs
+// registers, hence resident CTAs, hence loads in flight (16 per thread ran at 50% of copy
+// bandwidth for K = 11008 on an H100, against 84% for 4 per thread at K = 4096). Wider or
+// unaligned rows take a two-pass path whose second read mostly hits L2.
 //
 // Limits: any M, K >= 1. The 16-byte path needs 16-byte aligned rows (base and row stride).
 // Test: tests/test_quant_gpu.py; time: benchmarks/bench_w8a8.py (quantize table).
@@ -27,7 +30,7 @@
 namespace zq {
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps: enough loads in flight per row, 16 CTAs per SM
+constexpr int kGenericThreads = 128;  // the two-pass path's CTA
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
 template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
@@ -42,6 +45,7 @@ __device__ __forceinline__ float nan_max(float m, float v) {
   return (v > m || v != v) ? v : m;
 }
 
+template <int kThreads>
 __device__ __forceinline__ float block_amax(float v) {
   __shared__ float warp_max[kThreads / 32];
 #pragma unroll
@@ -75,8 +79,8 @@ __device__ __forceinline__ float finish_scale(float amax, float* sx_row) {
   return amax == 0.f ? 0.f : 127.0f / amax;
 }
 
-// Register-resident path: kIters 16-byte vectors per thread cover the whole row.
-template <typename T, int kIters>
+// Register-resident path: kThreads x kIters 16-byte vectors cover the whole row.
+template <typename T, int kThreads, int kIters>
 __global__ void __launch_bounds__(kThreads)
 quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                float* __restrict__ sx, int K) {
@@ -98,7 +102,7 @@ quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__
       for (int j = 0; j < kVec; ++j) amax = nan_max(amax, to_float(e[j]));
     }
   }
-  amax = block_amax(amax);
+  amax = block_amax<kThreads>(amax);
   const float inv = finish_scale(amax, sx + m);
 
   int8_t* out = xq + static_cast<int64_t>(m) * K;
@@ -122,18 +126,18 @@ quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__
 
 // General path: any K, any alignment. Two passes over the row (the second mostly from L2).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kGenericThreads)
 quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                    float* __restrict__ sx, int K) {
   allow_dependents_to_launch();
   const int m = blockIdx.x;
   const T* row = x + m * row_stride;
   float amax = 0.f;
-  for (int k = threadIdx.x; k < K; k += kThreads) amax = nan_max(amax, to_float(row[k]));
-  amax = block_amax(amax);
+  for (int k = threadIdx.x; k < K; k += kGenericThreads) amax = nan_max(amax, to_float(row[k]));
+  amax = block_amax<kGenericThreads>(amax);
   const float inv = finish_scale(amax, sx + m);
   int8_t* out = xq + static_cast<int64_t>(m) * K;
-  for (int k = threadIdx.x; k < K; k += kThreads) out[k] = quant(to_float(row[k]), inv);
+  for (int k = threadIdx.x; k < K; k += kGenericThreads) out[k] = quant(to_float(row[k]), inv);
 }
 
 template <typename T>
@@ -143,18 +147,17 @@ std::string launch(const T* x, int64_t row_stride, int8_t* xq, float* sx, int M,
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (row_stride % kVec == 0) &&
                        (K % kVec == 0);
   const int nvec = K / kVec;
-  const int iters = (nvec + kThreads - 1) / kThreads;
-  const dim3 grid(M), block(kThreads);
-  if (aligned && iters <= 16) {
-    // Smallest register footprint that holds the row: fewer registers, more CTAs per SM.
-    if (iters <= 1) quant_rows_vec<T, 1><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-    else if (iters <= 2) quant_rows_vec<T, 2><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-    else if (iters <= 4) quant_rows_vec<T, 4><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-    else if (iters <= 8) quant_rows_vec<T, 8><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-    else quant_rows_vec<T, 16><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-  } else {
-    quant_rows_generic<T><<<grid, block, 0, stream>>>(x, row_stride, xq, sx, K);
-  }
+  const dim3 grid(M);
+#define ZQ_QUANT_VEC(THREADS, ITERS) \
+  quant_rows_vec<T, THREADS, ITERS><<<grid, THREADS, 0, stream>>>(x, row_stride, xq, sx, K)
+  if (aligned && nvec <= 128) ZQ_QUANT_VEC(128, 1);
+  else if (aligned && nvec <= 256) ZQ_QUANT_VEC(128, 2);
+  else if (aligned && nvec <= 512) ZQ_QUANT_VEC(128, 4);
+  else if (aligned && nvec <= 1024) ZQ_QUANT_VEC(256, 4);
+  else if (aligned && nvec <= 2048) ZQ_QUANT_VEC(512, 4);
+  else if (aligned && nvec <= 4096) ZQ_QUANT_VEC(1024, 4);
+  else quant_rows_generic<T><<<grid, kGenericThreads, 0, stream>>>(x, row_stride, xq, sx, K);
+#undef ZQ_QUANT_VEC
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return std::string("quantize_per_token: launch failed: ") + cudaGetErrorString(err);
   return {};
