@@ -7,7 +7,6 @@ with programmatic dependent launch on and off, eagerly and under a CUDA graph.
 from __future__ import annotations
 
 import torch
-
 import zqkernels as zq
 from zqkernels import _C
 from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref
@@ -44,7 +43,8 @@ def main():
                 # Graph: quant + gemm captured together.
                 g = torch.cuda.CUDAGraph()
                 xs = x.clone()
-                zq.int8_gemm(*zq.quantize_per_token(xs), wq, sw)  # warm
+                xq0, sx0 = zq.quantize_per_token(xs)
+                zq.int8_gemm(xq0, wq, sx0, sw)  # warm
                 torch.cuda.synchronize()
                 with torch.cuda.graph(g):
                     a, b = zq.quantize_per_token(xs)
