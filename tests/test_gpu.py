@@ -294,6 +294,41 @@ def test_cuda_graph_capture_and_replay(M):
             assert torch.equal(static_y, q(new_x))  # integer accumulation: bit-identical
 
 
+@pytest.mark.parametrize("M", [1, 16, 37, 64, 128])
+def test_cuda_graph_quant_then_gemm_at_decode_shapes(M):
+    """quantize_per_token -> int8_gemm captured in one graph at an LLM decode shape.
+
+    The GEMM is launched with programmatic dependent launch, and inside a graph that becomes a
+    programmatic edge: the GEMM may start while the quant kernel runs, and only sees the quant
+    kernel's writes made before its trigger. A trigger placed too early once gave stale rows here
+    (eager launches and small shapes did not show it), so compare replays with the reference."""
+    N, K = 22016, 4096
+    wq, sw = zqkernels.quantize_weight(torch.randn(N, K, device=DEV, dtype=torch.bfloat16))
+
+    def forward(x):
+        xq, sx = zqkernels.quantize_per_token(x)
+        return zqkernels.int8_gemm(xq, wq, sx, sw)
+
+    static_x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        forward(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_y = forward(static_x)
+    wq_c, sw_c = wq.cpu(), sw.cpu()
+    for _ in range(4):
+        static_x.copy_(torch.randn_like(static_x))
+        g.replay()
+        torch.cuda.synchronize()
+        xq_r, sx_r = quantize_per_token_ref(static_x.cpu())
+        ref = int8_gemm_ref(xq_r, wq_c, sx_r, sw_c).float()
+        err = (static_y.cpu().float() - ref).norm(dim=1) / ref.norm(dim=1)
+        assert err.max().item() < 1e-2, f"rows with stale data: {torch.nonzero(err > 1e-2).flatten().tolist()}"
+
+
 def test_compile_inductor_cuda():
     torch._dynamo.reset()
     _, q = gaussian_qlinear()

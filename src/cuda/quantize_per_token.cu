@@ -60,8 +60,13 @@ __device__ __forceinline__ float block_amax(float v) {
 }
 
 // Lets a kernel launched after this one with programmatic dependent launch (the int8 GEMM) start
-// its prologue now; that kernel still waits for this grid to finish before reading xq / sx.
+// its prologue while this grid's last CTAs finish. Called by every thread AFTER its last global
+// store: when the launch pair is captured into a CUDA graph it becomes a programmatic edge, and
+// the dependent's griddepcontrol.wait then only guarantees visibility of writes made before the
+// trigger (triggering at kernel entry gave stale xq / sx rows under graph replay; eager launches
+// were fine because there the wait covers the whole grid). tests/test_gpu.py guards this.
 __device__ __forceinline__ void allow_dependents_to_launch() {
+  __syncthreads();  // the whole CTA's stores precede its trigger
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
@@ -85,7 +90,6 @@ __global__ void __launch_bounds__(kThreads)
 quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                float* __restrict__ sx, int K) {
   constexpr int kVec = 16 / sizeof(T);  // elements per 16-byte load
-  allow_dependents_to_launch();
   const int m = blockIdx.x;
   const T* row = x + m * row_stride;
   const int nvec = K / kVec;
@@ -122,6 +126,7 @@ quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__
       }
     }
   }
+  allow_dependents_to_launch();
 }
 
 // General path: any K, any alignment. Two passes over the row (the second mostly from L2).
@@ -129,7 +134,6 @@ template <typename T>
 __global__ void __launch_bounds__(kGenericThreads)
 quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__ xq,
                    float* __restrict__ sx, int K) {
-  allow_dependents_to_launch();
   const int m = blockIdx.x;
   const T* row = x + m * row_stride;
   float amax = 0.f;
@@ -138,6 +142,7 @@ quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restri
   const float inv = finish_scale(amax, sx + m);
   int8_t* out = xq + static_cast<int64_t>(m) * K;
   for (int k = threadIdx.x; k < K; k += kGenericThreads) out[k] = quant(to_float(row[k]), inv);
+  allow_dependents_to_launch();
 }
 
 template <typename T>
