@@ -82,6 +82,8 @@ def main():
     ap.add_argument("--data", default="gauss", choices=["gauss", "uniform"])
     ap.add_argument("--configs", default="", help="comma-separated config names to time (default all)")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--interleave", default="",
+                    help="comma-separated config ids: time them round-robin on the large problems")
     ap.add_argument("--swizzle-sweep", action="store_true",
                     help="time config 0/1 on the large problems under each scheduler swizzle/raster")
     args = ap.parse_args()
@@ -114,6 +116,24 @@ def main():
                 ok = err < 1e-2 and not out.isnan().any().item()
                 bad += not ok
                 print(f"check {be}/{name} M={M} N={N} K={K}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
+
+    if args.interleave:
+        ids = [int(c) for c in args.interleave.split(",")]
+        names = _C.int8_gemm_configs("sm90")
+        for (M, N, K) in [(8192, 8192, 8192), (8192, 22016, 4096), (8192, 4096, 11008), (4096, 4096, 4096)]:
+            xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
+            wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
+            sx = torch.rand(M, device=dev) + 0.5
+            sw = torch.rand(N, device=dev) + 0.5
+            outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(2)]
+            res = {c: [] for c in ids}
+            for _ in range(5):  # round-robin so every config sees the same thermal history
+                for c in ids:
+                    fns = [lambda i=i, c=c: call("sm90", c, xs[i], wl[i], sx, sw, outs[i], None) for i in range(2)]
+                    res[c].append(2 * M * N * K / time_graph(fns, reps=8) / 1e12)
+            cells = [f"{names[c]}={statistics.median(v):5.0f}T[{min(v):.0f}-{max(v):.0f}]" for c, v in res.items()]
+            print(f"interleave M={M} N={N} K={K}: " + "  ".join(cells), flush=True)
+        return
 
     if args.swizzle_sweep:
         for (M, N, K) in [(8192, 8192, 8192), (8192, 22016, 4096), (4096, 4096, 11008), (2048, 22016, 4096)]:
