@@ -1,6 +1,5 @@
-// sm90 int8 GEMM tile config "128x256x128_c2x1_coop": 2 consumer warpgroups share a 128x256 tile; the 2x1
-// cluster multicasts each weight tile to both CTAs. Kept for comparison (config 8): the 64-deep K tile
-// variant replaced it as the large-M default.
+// sm90 int8 GEMM tile config "128x256x128_c2x1_coop": large M (the default above M = 512): 2 consumer
+// warpgroups share a 128x256 tile; the 2x1 cluster multicasts each weight tile to both CTAs.
 // One translation unit per config so the build parallelises; the template is sm90_int8_gemm.cuh.
 #include "sm90_int8_gemm.cuh"
 

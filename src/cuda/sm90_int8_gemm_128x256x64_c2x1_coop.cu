@@ -1,6 +1,6 @@
-// sm90 int8 GEMM tile config "128x256x64_c2x1_coop": large M (the default above M = 512). A 64-deep K tile
-// doubles the pipeline stages of the 128-deep variant (config 8); round-robin timing on an H100 in its
-// power-capped regime measured it 3-8% faster (benchmarks/results/interleave_large_m_h100.txt).
+// sm90 int8 GEMM tile config "128x256x64_c2x1_coop": large-M alternative (config 8). A 64-deep K tile
+// doubles the pipeline stages of config 0; it won a round-robin timing by 3-8% and lost the full
+// benchmark by 1-4% on an H100 under its power cap (docs/PERF_NOTES.md), so it is not the default.
 // One translation unit per config so the build parallelises; the template is sm90_int8_gemm.cuh.
 #include "sm90_int8_gemm.cuh"
 

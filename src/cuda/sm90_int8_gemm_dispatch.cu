@@ -22,7 +22,7 @@ namespace {
 using EntryFn = GemmEntry (*)(DType);
 // Index = config id (stable within a build; tests and benchmarks sweep all of them).
 constexpr EntryFn kConfigs[] = {
-    entry_128x256x64_c2x1_coop,     // 0
+    entry_128x256x128_c2x1_coop,    // 0
     entry_128x128x128_c2x1_pp,      // 1
     entry_64x128x128_c1x2_pp,       // 2
     entry_swap_64x16x256_pp,        // 3
@@ -30,7 +30,7 @@ constexpr EntryFn kConfigs[] = {
     entry_swap_64x64x256_pp,        // 5
     entry_swap_128x32x256_coop_sk,  // 6
     entry_swap_128x64x256_coop_sk,  // 7
-    entry_128x256x128_c2x1_coop,    // 8 (the previous large-M default, kept for comparison)
+    entry_128x256x64_c2x1_coop,     // 8 (large-M alternative: see docs/PERF_NOTES.md)
 };
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
 }  // namespace
@@ -48,8 +48,9 @@ const char* sm90_int8_gemm_config_name(int config) {
 // 64-row weight tile is streamed once per token tile. 64 < M <= 256 with few output tiles
 // (N <= 8192: 32-64 CTA tiles for 132 SMs) uses stream-K to spread the K loop over every SM;
 // with many tiles, plain ping-pong tiles. Large M is tensor-core bound: 128x256 cooperative tiles
-// with the weight tile multicast across a 2-CTA cluster and a 64-deep K tile (more stages; 3-8%
-// faster than 128-deep in round-robin timing, benchmarks/results/interleave_large_m_h100.txt).
+// with the weight tile multicast across a 2-CTA cluster. (A 64-deep K tile, config 8, won a
+// round-robin comparison by 3-8% but lost the full benchmark by 1-4%: no measurable difference
+// under the H100's power cap, so the 128-deep original stays; docs/PERF_NOTES.md.)
 int sm90_int8_gemm_auto_config(int M, int N, int /*K*/) {
   if (M <= 16) return 3;                   // swap_64x16x256_pp
   if (M <= 32) return 4;                   // swap_64x32x256_pp
@@ -57,7 +58,7 @@ int sm90_int8_gemm_auto_config(int M, int N, int /*K*/) {
   if (M <= 128) return 5;                  // swap_64x64x256_pp
   if (M <= 256) return N <= 8192 ? 7 : 1;  // swap_128x64x256_coop_sk | 128x128x128_c2x1_pp
   if (M <= 512) return 1;                  // 128x128x128_c2x1_pp
-  return 0;                                // 128x256x64_c2x1_coop
+  return 0;                                // 128x256x128_c2x1_coop
 }
 
 size_t sm90_int8_gemm_workspace_size(const Int8GemmArgs& args, int config) {
