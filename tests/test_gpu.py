@@ -326,7 +326,9 @@ def test_cuda_graph_quant_then_gemm_at_decode_shapes(M):
         xq_r, sx_r = quantize_per_token_ref(static_x.cpu())
         ref = int8_gemm_ref(xq_r, wq_c, sx_r, sw_c).float()
         err = (static_y.cpu().float() - ref).norm(dim=1) / ref.norm(dim=1)
-        assert err.max().item() < 1e-2, f"rows with stale data: {torch.nonzero(err > 1e-2).flatten().tolist()}"
+        assert err.max().item() < 1e-2, (
+            f"rows with stale data: {torch.nonzero(err > 1e-2).flatten().tolist()}"
+        )
 
 
 def test_compile_inductor_cuda():
@@ -389,6 +391,22 @@ def test_gpu_alignment_errors():
         run_gemm(make_gemm_inputs(4, 12, 16, device=DEV))
     with pytest.raises(ValueError, match=r"QLinear.from_linear: in_features must be a multiple of 16"):
         QLinear.from_linear(nn.Linear(100, 64, device=DEV))
+
+
+@pytest.mark.parametrize("n", [3, 50257])
+def test_qlinear_unaligned_out_features_on_gpu(n):
+    """A vocabulary-sized head with out_features % 8 != 0 runs on the kernels via padded rows."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, n, dtype=torch.bfloat16, device=DEV)
+    q = QLinear.from_linear(lin)
+    x = torch.randn(3, 7, 256, dtype=torch.bfloat16, device=DEV)
+    with torch.no_grad():
+        y = q(x)
+        y_cpu = q.cpu()(x.cpu())
+    assert y.shape == (3, 7, n) and y.is_contiguous()
+    torch.testing.assert_close(
+        y.cpu().float(), y_cpu.float(), rtol=2**-7, atol=1e-3 * y_cpu.abs().max().item()
+    )
 
 
 def test_gpu_device_mix_errors():

@@ -154,15 +154,35 @@ def test_from_linear_errors():
         QLinear.from_linear(nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match=r"QLinear.from_linear: the linear's weight is on the meta device"):
         QLinear.from_linear(nn.Linear(16, 8, device="meta"))
-    # CPU (the reference) takes any shape; CUDA needs in_features % 16 == 0 and out_features % 8 == 0.
+    # CPU (the reference) takes any shape; CUDA needs in_features % 16 == 0 (out_features is padded).
     QLinear.from_linear(nn.Linear(10, 3))
     with FakeTensorMode():
-        for (k, n), match in (
-            ((24, 8), r"in_features must be a multiple of 16 for the CUDA kernels, got 24"),
-            ((32, 12), r"out_features must be a multiple of 8 for the CUDA kernels, got 12"),
+        with pytest.raises(
+            ValueError,
+            match=r"QLinear.from_linear: in_features must be a multiple of 16 for the CUDA kernels, got 24",
         ):
-            with pytest.raises(ValueError, match=rf"QLinear.from_linear: {match}"):
-                QLinear.from_linear(fake_cuda_linear(k, n))
+            QLinear.from_linear(fake_cuda_linear(24, 8))
+
+
+@pytest.mark.parametrize("n", [1, 3, 12, 50257 % 64 + 64])
+def test_qlinear_pads_unaligned_out_features(n):
+    """out_features % 8 != 0 (e.g. a 50257-token vocabulary head): rows padded with zeros inside,
+    output exactly nn.Linear's shape and contiguous, state dict round-trips, repr says so."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, n, dtype=torch.bfloat16)
+    q = QLinear.from_linear(lin)
+    np_ = (n + 7) // 8 * 8
+    assert q.weight_q.shape == (np_, 32) and q.weight_scale.shape == (np_,) and q.bias.shape == (np_,)
+    assert (q.weight_q[n:] == 0).all() and (q.weight_scale[n:] == 0).all() and (q.bias[n:] == 0).all()
+    x = torch.randn(2, 5, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y, ref = q(x), lin(x)
+    assert y.shape == ref.shape and y.is_contiguous()
+    assert ((y.float() - ref.float()).norm() / ref.float().norm()).item() < 3e-2
+    fresh = QLinear(32, n, bias=True, dtype=torch.bfloat16)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(x), y)
+    assert (f"weight rows padded to {np_}" in repr(q)) == (np_ != n)
 
 
 class _Attn(nn.Module):
@@ -224,9 +244,9 @@ def test_quantize_model_skip_patterns_and_root_linear():
 
 def test_quantize_model_names_the_layer_that_cannot_run_on_cuda():
     with FakeTensorMode():
-        net = nn.Sequential(nn.Identity(), fake_cuda_linear(32, 12))
+        net = nn.Sequential(nn.Identity(), fake_cuda_linear(24, 8))
         with pytest.raises(
-            ValueError, match=r"quantize_model: layer '1': QLinear.from_linear: out_features must"
+            ValueError, match=r"quantize_model: layer '1': QLinear.from_linear: in_features must"
         ):
             quantize_model(net)
 

@@ -16,6 +16,17 @@ __all__ = ["QLinear", "quantize_model", "SCHEMES"]
 SCHEMES = {"w8a8": "int8 per-token activations x int8 per-channel weights"}
 
 
+# The CUDA GEMM stores output rows in 16-byte vectors, so it needs N % 8 == 0. QLinear meets that for
+# any out_features by keeping its weight rows padded up to a multiple of 8 (zero weights, zero
+# scales, zero bias: the padded channels compute exactly 0 and are sliced off). The padding is the
+# same on every device, so a state dict moves freely between CPU and GPU modules.
+N_ALIGN = 8
+
+
+def _padded(n: int) -> int:
+    return (n + N_ALIGN - 1) // N_ALIGN * N_ALIGN
+
+
 def _check_scheme(op: str, scheme: str) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"{op}: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
@@ -25,8 +36,10 @@ class QLinear(nn.Module):
     """W8A8 linear layer: ``y = x @ w.T + b`` with int8 per-channel weights and int8 per-token activations.
 
     Build it with ``QLinear.from_linear(linear)`` (weights quantized once, here), or construct an
-    empty one and ``load_state_dict`` into it: the state is the buffers ``weight_q`` (int8 [N, K]),
-    ``weight_scale`` (float32 [N]) and ``bias`` (the linear's dtype, or None); no float weights.
+    empty one and ``load_state_dict`` into it: the state is the buffers ``weight_q`` (int8 [Np, K]),
+    ``weight_scale`` (float32 [Np]) and ``bias`` (the linear's dtype [Np], or None); no float
+    weights. ``Np`` is out_features rounded up to a multiple of 8 (the rows past out_features are
+    zero), so any out_features runs on the CUDA kernels; in_features must be a multiple of 16 there.
 
     forward(x): x [..., in_features] in bf16 or fp16, on the module's device; the output has x's
     dtype. Each call quantizes x per token (``quantize_per_token``) and runs ``int8_gemm``.
@@ -49,7 +62,7 @@ class QLinear(nn.Module):
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.scheme = scheme
-        n, k = self.out_features, self.in_features
+        n, k = _padded(self.out_features), self.in_features
         self.register_buffer("weight_q", torch.zeros((n, k), dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.zeros((n,), dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros((n,), dtype=dtype, device=device) if bias else None)
@@ -71,12 +84,11 @@ class QLinear(nn.Module):
                     f"{op}: in_features must be a multiple of 16 for the CUDA kernels, got "
                     f"{linear.in_features}; pad the layer, or leave it in float (quantize_model(skip=...))"
                 )
-            if linear.out_features % 8 != 0:
-                raise ValueError(
-                    f"{op}: out_features must be a multiple of 8 for the CUDA kernels, got "
-                    f"{linear.out_features}; pad the layer, or leave it in float (quantize_model(skip=...))"
-                )
         wq, sw = quantize_weight(w, bits=8)
+        n, np_ = linear.out_features, _padded(linear.out_features)
+        if np_ != n:  # zero rows: padded channels compute exactly 0 (see N_ALIGN)
+            wq = torch.nn.functional.pad(wq, (0, 0, 0, np_ - n))
+            sw = torch.nn.functional.pad(sw, (0, np_ - n))
         has_bias = linear.bias is not None
         # Built on the meta device (no allocation), then given the real buffers.
         mod = cls(
@@ -89,7 +101,14 @@ class QLinear(nn.Module):
         )
         mod.weight_q = wq
         mod.weight_scale = sw
-        mod.bias = linear.bias.detach().clone() if has_bias else None
+        if has_bias:
+            mod.bias = (
+                torch.nn.functional.pad(linear.bias.detach(), (0, np_ - n))
+                if np_ != n
+                else (linear.bias.detach().clone())
+            )
+        else:
+            mod.bias = None
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +142,9 @@ class QLinear(nn.Module):
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
         y = int8_gemm(xq, self.weight_q, sx, self.weight_scale, bias, out_dtype=x.dtype)
+        if y.shape[1] != self.out_features:
+            # Padded rows (out_features % 8 != 0): drop them; contiguous like nn.Linear's output.
+            y = y[:, : self.out_features].contiguous()
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse=True):
@@ -138,9 +160,11 @@ class QLinear(nn.Module):
                 self._buffers["weight_scale"] = bits.view(torch.float32)
 
     def extra_repr(self) -> str:
+        pad = _padded(self.out_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scheme={self.scheme} ({SCHEMES[self.scheme]})"
+            + (f", weight rows padded to {pad}" if pad != self.out_features else "")
         )
 
 
