@@ -21,8 +21,14 @@ def main():
     dev = torch.device("cuda")
     torch.manual_seed(0)
     bad_total = 0
-    for (M, N, K) in [(16, 22016, 4096), (128, 22016, 4096), (16, 4096, 4096), (64, 22016, 4096),
-                      (1, 22016, 4096), (37, 22016, 4096)]:
+    for M, N, K in [
+        (16, 22016, 4096),
+        (128, 22016, 4096),
+        (16, 4096, 4096),
+        (64, 22016, 4096),
+        (1, 22016, 4096),
+        (37, 22016, 4096),
+    ]:
         w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
         wq, sw = zq.quantize_weight(w)
         for pdl in (True, False):
@@ -55,9 +61,12 @@ def main():
                 n_bad = len(bad) + len(bad2) + len(bad3) + q_mis + s_mis
                 bad_total += n_bad
                 if n_bad or trial == 0:
-                    print(f"M={M} N={N} K={K} pdl={int(pdl)} t={trial}: quant mismatches q={q_mis} s={s_mis}; "
-                          f"eager bad rows {bad[:8]} (max {emax:.1e}); ref-quant bad {bad2[:8]} (max {emax2:.1e}); "
-                          f"graph bad {bad3[:8]} (max {emax3:.1e})", flush=True)
+                    print(
+                        f"M={M} N={N} K={K} pdl={int(pdl)} t={trial}: quant mismatches q={q_mis} s={s_mis}; "
+                        f"eager bad rows {bad[:8]} (max {emax:.1e}); ref-quant bad {bad2[:8]} (max {emax2:.1e}); "
+                        f"graph bad {bad3[:8]} (max {emax3:.1e})",
+                        flush=True,
+                    )
     _C.set_pdl(True)
     print("debug_linear: total bad", bad_total)
 

@@ -43,10 +43,24 @@ def ref(xq, wq, sx, sw):
 def call(backend, cfg, xq, wq, sx, sw, out, ws):
     M, K = xq.shape
     N = wq.shape[0]
-    _C.int8_gemm(backend, cfg, xq.data_ptr(), wq.data_ptr(), sx.data_ptr(), sw.data_ptr(), 0,
-                 out.data_ptr(), M, N, K, 0, ws.data_ptr() if ws is not None else 0,
-                 ws.numel() if ws is not None else 0, xq.device.index,
-                 torch.cuda.current_stream().cuda_stream)
+    _C.int8_gemm(
+        backend,
+        cfg,
+        xq.data_ptr(),
+        wq.data_ptr(),
+        sx.data_ptr(),
+        sw.data_ptr(),
+        0,
+        out.data_ptr(),
+        M,
+        N,
+        K,
+        0,
+        ws.data_ptr() if ws is not None else 0,
+        ws.numel() if ws is not None else 0,
+        xq.device.index,
+        torch.cuda.current_stream().cuda_stream,
+    )
 
 
 def time_graph(fns, reps=30):
@@ -82,10 +96,16 @@ def main():
     ap.add_argument("--data", default="gauss", choices=["gauss", "uniform"])
     ap.add_argument("--configs", default="", help="comma-separated config names to time (default all)")
     ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--interleave", default="",
-                    help="comma-separated config ids: time them round-robin on the large problems")
-    ap.add_argument("--swizzle-sweep", action="store_true",
-                    help="time config 0/1 on the large problems under each scheduler swizzle/raster")
+    ap.add_argument(
+        "--interleave",
+        default="",
+        help="comma-separated config ids: time them round-robin on the large problems",
+    )
+    ap.add_argument(
+        "--swizzle-sweep",
+        action="store_true",
+        help="time config 0/1 on the large problems under each scheduler swizzle/raster",
+    )
     args = ap.parse_args()
     dev = torch.device("cuda")
     backends = args.backend or [b for b in ("sm90", "sm80") if _C.has_backend(b)]
@@ -101,7 +121,7 @@ def main():
     bad = 0
     for be in backends if not args.no_check else []:
         for cfg, name in enumerate(_C.int8_gemm_configs(be)):
-            for (M, N, K) in [(1, 4104, 4112), (37, 24, 16), (128, 4096, 4096), (1000, 264, 1040)]:
+            for M, N, K in [(1, 4104, 4112), (37, 24, 16), (128, 4096, 4096), (1000, 264, 1040)]:
                 xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
                 wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
                 sx = torch.rand(M, device=dev) * 1e-2 + 1e-3
@@ -120,7 +140,7 @@ def main():
     if args.interleave:
         ids = [int(c) for c in args.interleave.split(",")]
         names = _C.int8_gemm_configs("sm90")
-        for (M, N, K) in [(8192, 8192, 8192), (8192, 22016, 4096), (8192, 4096, 11008), (4096, 4096, 4096)]:
+        for M, N, K in [(8192, 8192, 8192), (8192, 22016, 4096), (8192, 4096, 11008), (4096, 4096, 4096)]:
             xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
             wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
             sx = torch.rand(M, device=dev) + 0.5
@@ -129,14 +149,19 @@ def main():
             res = {c: [] for c in ids}
             for _ in range(5):  # round-robin so every config sees the same thermal history
                 for c in ids:
-                    fns = [lambda i=i, c=c: call("sm90", c, xs[i], wl[i], sx, sw, outs[i], None) for i in range(2)]
+                    fns = [
+                        lambda i=i, c=c: call("sm90", c, xs[i], wl[i], sx, sw, outs[i], None)
+                        for i in range(2)
+                    ]
                     res[c].append(2 * M * N * K / time_graph(fns, reps=8) / 1e12)
-            cells = [f"{names[c]}={statistics.median(v):5.0f}T[{min(v):.0f}-{max(v):.0f}]" for c, v in res.items()]
+            cells = [
+                f"{names[c]}={statistics.median(v):5.0f}T[{min(v):.0f}-{max(v):.0f}]" for c, v in res.items()
+            ]
             print(f"interleave M={M} N={N} K={K}: " + "  ".join(cells), flush=True)
         return
 
     if args.swizzle_sweep:
-        for (M, N, K) in [(8192, 8192, 8192), (8192, 22016, 4096), (4096, 4096, 11008), (2048, 22016, 4096)]:
+        for M, N, K in [(8192, 8192, 8192), (8192, 22016, 4096), (4096, 4096, 11008), (2048, 22016, 4096)]:
             xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
             wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
             sx = torch.rand(M, device=dev) + 0.5
@@ -146,15 +171,17 @@ def main():
             for cfg in (0, 1):
                 for sz, ra in [(0, 0), (2, 0), (4, 0), (8, 0), (4, 1), (4, 2), (8, 2)]:
                     _C.set_scheduler_tuning(sz, ra)
-                    fns = [lambda i=i, cfg=cfg: call("sm90", cfg, xs[i], wl[i], sx, sw, outs[i], None)
-                           for i in range(2)]
+                    fns = [
+                        lambda i=i, cfg=cfg: call("sm90", cfg, xs[i], wl[i], sx, sw, outs[i], None)
+                        for i in range(2)
+                    ]
                     t = time_graph(fns, reps=10)
                     cells.append(f"c{cfg}/s{sz}r{ra}={2 * M * N * K / t / 1e12:5.0f}T")
             _C.set_scheduler_tuning(0, 0)
             print(f"swizzle M={M} N={N} K={K}: " + " ".join(cells), flush=True)
         return
 
-    for (M, N, K) in problems:
+    for M, N, K in problems:
         per_call = M * K + N * K + 2 * M * N
         copies = max(2, math.ceil(2 * L2_BYTES / per_call))
         copies = min(copies, 64)
@@ -183,8 +210,10 @@ def main():
                 wsp = torch.empty(max(n, 1), dtype=torch.uint8, device=dev) if n else None
                 for pdl in (True, False):
                     _C.set_pdl(pdl)
-                    fns = [lambda i=i: call(be_auto, cfg, xs[i], ws_[i], sx, sw, outs[i], wsp)
-                           for i in range(copies)]
+                    fns = [
+                        lambda i=i: call(be_auto, cfg, xs[i], ws_[i], sx, sw, outs[i], wsp)
+                        for i in range(copies)
+                    ]
                     row[f"auto_pdl{int(pdl)}"] = time_graph(fns)
                 _C.set_pdl(True)
         if M > 16:
@@ -196,9 +225,14 @@ def main():
         wf = [w.to(torch.float8_e4m3fn) for w in ws_]
         sa = torch.rand(M, 1, device=dev) + 0.5
         sb = torch.rand(1, N, device=dev) + 0.5
-        row["fp8row"] = time_graph([lambda i=i: torch._scaled_mm(xf[i], wf[i].t(), scale_a=sa, scale_b=sb,
-                                                                 out_dtype=torch.bfloat16)
-                                    for i in range(copies)])
+        row["fp8row"] = time_graph(
+            [
+                lambda i=i: torch._scaled_mm(
+                    xf[i], wf[i].t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16
+                )
+                for i in range(copies)
+            ]
+        )
         xb = [torch.randn(M, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
         wb = [torch.randn(N, K, dtype=torch.bfloat16, device=dev) for _ in range(min(copies, 8))]
         row["bf16"] = time_graph([lambda i=i: torch.matmul(xb[i], wb[i].t()) for i in range(len(xb))])

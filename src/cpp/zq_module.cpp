@@ -179,6 +179,15 @@ NB_MODULE(_C, m) {
         "Enable/disable programmatic dependent launch of the sm90 GEMMs (default on; env ZQKERNELS_PDL=0).");
   m.def("pdl_enabled", []() { return pdl_flag(); });
   m.def(
+      "set_quantize_threads",
+      [](int threads) {
+        if (threads != 0 && threads != 128 && threads != 256 && threads != 512 && threads != 1024) {
+          throw std::invalid_argument("set_quantize_threads: threads must be 0 (auto), 128, 256, 512 or 1024");
+        }
+        zq::quantize_per_token_set_threads(threads);
+      },
+      nb::arg("threads"), "Experiment knob: threads per row of quantize_per_token's register path (0 = auto).");
+  m.def(
       "set_scheduler_tuning",
       [](int swizzle, int raster) {
         if (swizzle != 0 && swizzle != 1 && swizzle != 2 && swizzle != 4 && swizzle != 8) {

@@ -31,6 +31,7 @@ namespace zq {
 namespace {
 
 constexpr int kGenericThreads = 128;  // the two-pass path's CTA
+int g_threads_override = 0;           // 0 = automatic; 128/256/512/1024 for tuning experiments
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
 template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
@@ -153,15 +154,36 @@ std::string launch(const T* x, int64_t row_stride, int8_t* xq, float* sx, int M,
                        (K % kVec == 0);
   const int nvec = K / kVec;
   const dim3 grid(M);
+  // Threads per row: the smallest CTA that holds the row with <= 4 vectors per thread, unless a
+  // tuning override asks for another size (quantize_per_token_set_threads, for experiments).
+  int threads = 128;
+  while (threads < 1024 && nvec > threads * 4) threads *= 2;
+  if (g_threads_override > 0) threads = g_threads_override;
+  const int iters = (nvec + threads - 1) / threads;
 #define ZQ_QUANT_VEC(THREADS, ITERS) \
   quant_rows_vec<T, THREADS, ITERS><<<grid, THREADS, 0, stream>>>(x, row_stride, xq, sx, K)
-  if (aligned && nvec <= 128) ZQ_QUANT_VEC(128, 1);
-  else if (aligned && nvec <= 256) ZQ_QUANT_VEC(128, 2);
-  else if (aligned && nvec <= 512) ZQ_QUANT_VEC(128, 4);
-  else if (aligned && nvec <= 1024) ZQ_QUANT_VEC(256, 4);
-  else if (aligned && nvec <= 2048) ZQ_QUANT_VEC(512, 4);
-  else if (aligned && nvec <= 4096) ZQ_QUANT_VEC(1024, 4);
-  else quant_rows_generic<T><<<grid, kGenericThreads, 0, stream>>>(x, row_stride, xq, sx, K);
+// Instantiated only while threads x iters <= 4096 vectors (a 64 KiB row): beyond that the
+// per-thread buffer no longer fits the register budget of a large CTA and would spill.
+#define ZQ_QUANT_ITERS(THREADS)                                          \
+  if (iters <= 1) ZQ_QUANT_VEC(THREADS, 1);                              \
+  else if (iters <= 2) ZQ_QUANT_VEC(THREADS, 2);                         \
+  else if (iters <= 4) ZQ_QUANT_VEC(THREADS, 4);                         \
+  else if constexpr (THREADS <= 512) {                                   \
+    if (iters <= 8) ZQ_QUANT_VEC(THREADS, (THREADS <= 512 ? 8 : 1));     \
+    else if constexpr (THREADS <= 256) ZQ_QUANT_VEC(THREADS, (THREADS <= 256 ? 16 : 1)); \
+  }
+  if (!aligned || iters > 16 || threads * iters > 4096) {
+    quant_rows_generic<T><<<grid, kGenericThreads, 0, stream>>>(x, row_stride, xq, sx, K);
+  } else if (threads == 128) {
+    ZQ_QUANT_ITERS(128)
+  } else if (threads == 256) {
+    ZQ_QUANT_ITERS(256)
+  } else if (threads == 512) {
+    ZQ_QUANT_ITERS(512)
+  } else {
+    ZQ_QUANT_ITERS(1024)
+  }
+#undef ZQ_QUANT_ITERS
 #undef ZQ_QUANT_VEC
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return std::string("quantize_per_token: launch failed: ") + cudaGetErrorString(err);
@@ -169,6 +191,8 @@ std::string launch(const T* x, int64_t row_stride, int8_t* xq, float* sx, int M,
 }
 
 }  // namespace
+
+void quantize_per_token_set_threads(int threads) { g_threads_override = threads; }
 
 std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq,
                                     float* sx, int M, int K, cudaStream_t stream) {

@@ -67,6 +67,10 @@ ZQ_DECLARE_INT8_GEMM_BACKEND(sm80)
 //   amax == 0 gives sx = 0 and xq = 0 (never NaN).
 // x: [M, K] with row stride x_row_stride elements and unit column stride; any K >= 1.
 // xq: [M, K] contiguous; sx: [M].
+// Tuning knob for experiments: threads per row of the register-resident path (128, 256, 512 or
+// 1024; 0 = automatic). Not thread-safe; the default needs no call.
+void quantize_per_token_set_threads(int threads);
+
 std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride,
                                     int8_t* xq, float* sx, int M, int K, cudaStream_t stream);
 

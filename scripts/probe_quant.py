@@ -1,0 +1,74 @@
+"""Tuning probe for quantize_per_token: threads per row vs row width, in GB/s and % of copy.
+
+Checks every setting bit-exactly against the reference first, then times M=8192 rows of bf16
+(inputs rotated past L2, CUDA-graph replays, median). Picks the automatic CTA size in
+src/cuda/quantize_per_token.cu.
+
+    python scripts/probe_quant.py
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import zqkernels as zq
+from zqkernels import _C
+from zqkernels.reference import quantize_per_token_ref
+
+
+def time_graph(fns, reps=30):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for f in fns:
+            f()
+    g.replay()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) / 1e3 / len(fns))
+    return statistics.median(out)
+
+
+def copy_bw():
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = time_graph([lambda: dst.copy_(src)], reps=10)
+    return 2 * src.numel() / t
+
+
+def main():
+    dev = "cuda"
+    bw = copy_bw()
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
+    for K in (1024, 4096, 8192, 11008, 14336, 28672):
+        M = 8192
+        copies = max(2, -(-256 * 2**20 // (3 * M * K)))
+        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
+        cells = []
+        for threads in (0, 128, 256, 512, 1024):
+            _C.set_quantize_threads(threads)
+            xq, sx = zq.quantize_per_token(xs[0][:64])
+            rq, rs = quantize_per_token_ref(xs[0][:64].cpu())
+            exact = torch.equal(xq.cpu(), rq) and torch.equal(sx.cpu(), rs)
+            t = time_graph([lambda i=i: zq.quantize_per_token(xs[i]) for i in range(copies)])
+            gbs = (3 * M * K + 4 * M) / t
+            cells.append(
+                f"t{threads or 'auto'}={t * 1e6:6.1f}us {100 * gbs / bw:3.0f}%{'' if exact else ' MISMATCH'}"
+            )
+        _C.set_quantize_threads(0)
+        print(f"K={K:6d}: " + "  ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
