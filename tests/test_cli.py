@@ -41,10 +41,8 @@ def test_info_prints_nothing_and_is_json(capsys):
     if not HAVE_KERNELS:
         assert d["compiled_archs"] == [] and d["backends"] == [] and d["gemm_configs"] == {}
         if _ext.import_error is None:
-            assert d["note"] == (
-                "built without a CUDA toolkit: ops run the pure-torch reference on CPU "
-                "tensors; CUDA tensors raise"
-            )
+            assert d["note"].startswith("built without CUDA kernels (")
+            assert d["note"].endswith("ops run the pure-torch reference on CPU tensors; CUDA tensors raise")
     else:
         assert d["backends"] and set(d["backends"]) <= {"sm90", "sm80"}
         assert all(d["gemm_configs"][b] for b in d["backends"])

@@ -53,9 +53,10 @@ def info() -> dict[str, Any]:
         if _ext.import_error is not None:
             note = _ext.no_kernels_reason()
         else:
+            why = getattr(_ext.build_config, "build_reason", "") if _ext.build_config is not None else ""
             note = (
-                "built without a CUDA toolkit: ops run the pure-torch reference on CPU tensors; "
-                "CUDA tensors raise"
+                f"built without CUDA kernels ({why or 'no CUDA toolkit at build time'}): ops run the "
+                "pure-torch reference on CPU tensors; CUDA tensors raise"
             )
     elif gpu is None:
         note = (
