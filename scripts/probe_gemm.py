@@ -16,6 +16,7 @@ import math
 import statistics
 
 import torch
+from _timing import time_graph
 
 try:
     from zqkernels import _C
@@ -61,31 +62,6 @@ def call(backend, cfg, xq, wq, sx, sw, out, ws):
         xq.device.index,
         torch.cuda.current_stream().cuda_stream,
     )
-
-
-def time_graph(fns, reps=30):
-    """Capture one call per rotated input set into a graph; median time per call (seconds)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    for _ in range(3):
-        g.replay()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3 / len(fns))
-    return statistics.median(times)
 
 
 def main():

@@ -9,35 +9,11 @@ src/cuda/quantize_per_token.cu.
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 import zqkernels as zq
+from _timing import time_graph
 from zqkernels import _C
 from zqkernels.reference import quantize_per_token_ref
-
-
-def time_graph(fns, reps=30):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    g.replay()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) / 1e3 / len(fns))
-    return statistics.median(out)
 
 
 def copy_bw():

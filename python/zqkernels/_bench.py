@@ -737,16 +737,7 @@ def _measure_problem(
 ) -> dict[str, Any]:
     use_graph = device.type == "cuda" and (eager_above is None or M <= eager_above)
     pool = _Pool(M, N, K, device, seed)
-    row: dict[str, Any] = {
-        "M": M,
-        "N": N,
-        "K": K,
-        "errors": {},
-        "method": {},
-        "notes": {},
-        "n_copies": {},
-        "rotated_bytes": {},
-    }
+    row = _empty_row(M, N, K)
 
     # Correctness spot-check on copy 0 (also the first call of zq_gemm / zq_linear).
     xq, wq, sx, sw = (pool.get(k, 1)[0] for k in ("xq", "wq", "sx", "sw"))
@@ -1143,11 +1134,9 @@ def format_quant(qrows: list[dict[str, Any]], copy_bw: float) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fake_row(M: int, N: int, K: int, seed: int) -> dict[str, Any]:
-    import random
-
-    rnd = random.Random(seed)
-    row: dict[str, Any] = {
+def _empty_row(M: int, N: int, K: int) -> dict[str, Any]:
+    """A result row before any measurement (the shape every printer and the JSON expect)."""
+    return {
         "M": M,
         "N": N,
         "K": K,
@@ -1157,6 +1146,13 @@ def _fake_row(M: int, N: int, K: int, seed: int) -> dict[str, Any]:
         "n_copies": {},
         "rotated_bytes": {},
     }
+
+
+def _fake_row(M: int, N: int, K: int, seed: int) -> dict[str, Any]:
+    import random
+
+    rnd = random.Random(seed)
+    row = _empty_row(M, N, K)
     base = 2.0 * M * N * K / 700e12 * 1e6 + 8.0
     for c in COLUMNS:
         row[f"{c}_us"] = base * rnd.uniform(0.5, 2.5)
