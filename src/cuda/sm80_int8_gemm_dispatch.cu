@@ -29,8 +29,6 @@ constexpr EntryFn kConfigs[] = {
     entry_32x64x128_w32x32_s6,   // 3: small M (decode)
 };
 constexpr int kNumConfigs = sizeof(kConfigs) / sizeof(kConfigs[0]);
-
-bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 }  // namespace
 }  // namespace sm80
 
@@ -63,29 +61,8 @@ size_t sm80_int8_gemm_workspace_size(const Int8GemmArgs& args, int config) {
 }
 
 std::string sm80_int8_gemm_run(const Int8GemmArgs& args, int config) {
-  const std::string op = "sm80 int8_gemm: ";
-  if (config < 0 || config >= sm80::kNumConfigs) {
-    return op + "config " + std::to_string(config) + " out of range [0, " +
-           std::to_string(sm80::kNumConfigs) + ")";
-  }
-  if (args.out_dtype != DType::kBF16 && args.out_dtype != DType::kFP16) {
-    return op + "out_dtype must be bf16 (0) or fp16 (1), got " +
-           std::to_string(static_cast<int>(args.out_dtype));
-  }
-  if (args.M <= 0) return op + "M must be > 0, got " + std::to_string(args.M);
-  if (args.N <= 0) return op + "N must be > 0, got " + std::to_string(args.N);
-  if (args.K <= 0) return op + "K must be > 0, got " + std::to_string(args.K);
-  if (args.K % 16 != 0) return op + "K must be a multiple of 16, got " + std::to_string(args.K);
-  if (args.N % 8 != 0) return op + "N must be a multiple of 8, got " + std::to_string(args.N);
-  // The mainloop reads xq / wq with 16-byte cp.async and the epilogue writes 16-byte vectors: a
-  // misaligned base would be a sticky device fault, so refuse it here with a message instead.
-  // sx / sw / bias are read element-wise and need only their natural alignment.
-  if (args.xq == nullptr || !sm80::aligned(args.xq, 16)) return op + "xq must be a 16-byte aligned device pointer";
-  if (args.wq == nullptr || !sm80::aligned(args.wq, 16)) return op + "wq must be a 16-byte aligned device pointer";
-  if (args.out == nullptr || !sm80::aligned(args.out, 16)) return op + "out must be a 16-byte aligned device pointer";
-  if (args.sx == nullptr || !sm80::aligned(args.sx, 4)) return op + "sx must be a 4-byte aligned device pointer";
-  if (args.sw == nullptr || !sm80::aligned(args.sw, 4)) return op + "sw must be a 4-byte aligned device pointer";
-  if (args.bias != nullptr && !sm80::aligned(args.bias, 2)) return op + "bias must be 2-byte aligned (or null)";
+  const std::string err = check_int8_gemm_args("sm80", args, config, sm80::kNumConfigs);
+  if (!err.empty()) return err;
   return sm80::kConfigs[config](args.out_dtype).run(args);
 }
 

@@ -70,16 +70,8 @@ size_t sm90_int8_gemm_workspace_size(const Int8GemmArgs& args, int config) {
 }
 
 std::string sm90_int8_gemm_run(const Int8GemmArgs& args, int config) {
-  if (config < 0 || config >= sm90::kNumConfigs) {
-    return "sm90 int8_gemm: config " + std::to_string(config) + " out of range [0, " +
-           std::to_string(sm90::kNumConfigs) + ")";
-  }
-  if (args.out_dtype != DType::kBF16 && args.out_dtype != DType::kFP16) {
-    return "sm90 int8_gemm: out_dtype must be bf16 or fp16";
-  }
-  if (args.M <= 0 || args.N <= 0 || args.K <= 0) return "sm90 int8_gemm: M, N, K must be > 0";
-  if (args.K % 16 != 0) return "sm90 int8_gemm: K must be a multiple of 16, got " + std::to_string(args.K);
-  if (args.N % 8 != 0) return "sm90 int8_gemm: N must be a multiple of 8, got " + std::to_string(args.N);
+  const std::string err = check_int8_gemm_args("sm90", args, config, sm90::kNumConfigs);
+  if (!err.empty()) return err;
   return sm90::kConfigs[config](args.out_dtype).run(args);
 }
 
