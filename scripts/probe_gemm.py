@@ -36,6 +36,17 @@ def rand_int8(shape, kind, dev):
     return torch.round(x / s).clamp(-127, 127).to(torch.int8)
 
 
+def large_inputs(M, N, K, kind, dev):
+    """Two input sets (2 x the operands of a large problem is already far past L2) for the
+    large-M experiments: activations, weights, scales, outputs."""
+    xs = [rand_int8((M, K), kind, dev) for _ in range(2)]
+    wl = [rand_int8((N, K), kind, dev) for _ in range(2)]
+    sx = torch.rand(M, device=dev) + 0.5
+    sw = torch.rand(N, device=dev) + 0.5
+    outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(2)]
+    return xs, wl, sx, sw, outs
+
+
 def ref(xq, wq, sx, sw):
     acc = xq.double() @ wq.double().t()
     return (acc * sx.double()[:, None] * sw.double()[None, :]).to(torch.bfloat16)
@@ -117,11 +128,7 @@ def main():
         ids = [int(c) for c in args.interleave.split(",")]
         names = _C.int8_gemm_configs("sm90")
         for M, N, K in [(8192, 8192, 8192), (8192, 22016, 4096), (8192, 4096, 11008), (4096, 4096, 4096)]:
-            xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
-            wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
-            sx = torch.rand(M, device=dev) + 0.5
-            sw = torch.rand(N, device=dev) + 0.5
-            outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(2)]
+            xs, wl, sx, sw, outs = large_inputs(M, N, K, args.data, dev)
             res = {c: [] for c in ids}
             for _ in range(5):  # round-robin so every config sees the same thermal history
                 for c in ids:
@@ -138,11 +145,7 @@ def main():
 
     if args.swizzle_sweep:
         for M, N, K in [(8192, 8192, 8192), (8192, 22016, 4096), (4096, 4096, 11008), (2048, 22016, 4096)]:
-            xs = [rand_int8((M, K), args.data, dev) for _ in range(2)]
-            wl = [rand_int8((N, K), args.data, dev) for _ in range(2)]
-            sx = torch.rand(M, device=dev) + 0.5
-            sw = torch.rand(N, device=dev) + 0.5
-            outs = [torch.empty(M, N, dtype=torch.bfloat16, device=dev) for _ in range(2)]
+            xs, wl, sx, sw, outs = large_inputs(M, N, K, args.data, dev)
             cells = []
             for cfg in (0, 1):
                 for sz, ra in [(0, 0), (2, 0), (4, 0), (8, 0), (4, 1), (4, 2), (8, 2)]:

@@ -450,28 +450,22 @@ def copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES, reps: int = 3
 def git_commit(paths: Sequence[Any] = ()) -> str:
     """``git rev-parse --short HEAD`` of the first of ``paths`` inside a git work tree, with
     ``-dirty`` when tracked files differ from HEAD; ``"unknown"`` if none is."""
+
+    def git(p: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(p), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+
     for p in list(paths) + [Path(__file__).resolve().parent, Path.cwd()]:
         try:
             p = Path(p)
             if not p.is_dir():
                 p = p.parent
-            r = subprocess.run(
-                ["git", "-C", str(p), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
+            r = git(p, "rev-parse", "--short", "HEAD")
             if r.returncode != 0 or not r.stdout.strip():
                 continue
             commit = r.stdout.strip()
-            d = subprocess.run(
-                ["git", "-C", str(p), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
+            d = git(p, "status", "--porcelain", "--untracked-files=no")
             if d.returncode == 0 and d.stdout.strip():
                 commit += "-dirty"
             return commit
