@@ -20,8 +20,9 @@ import torch
 
 from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
-from ._ops import int8_gemm, quantize_per_token, quantize_weight, resolve_gemm_backend, set_debug_checks
+from .formats import GemmSpec
 from .nn import QLinear, quantize_model
+from .ops import gemm_tiles, int8_gemm, quantize_per_token, quantize_weight, resolve_gemm_backend, set_debug_checks
 
 __version__ = "0.1.0"
 
@@ -34,17 +35,20 @@ __all__ = [
     "QLinear",
     "quantize_model",
     "set_debug_checks",
+    "GemmSpec",
 ]
 
 
 def info() -> dict[str, Any]:
     """What this install can do, as a dict (prints nothing; ``python -m zqkernels info`` prints it).
 
-    Keys: version, cuda_kernels (is ``_C`` present), compiled_archs, backends, gemm_configs
-    (config names per backend), torch, gpu (name and compute capability of cuda:0, or None), note.
+    Keys: version, cuda_kernels (is ``_C`` present), compiled_archs, backends, gemm_tiles (tile
+    names per kernel family, e.g. "sm90_int8_rowwise"), torch, gpu (name and compute capability of
+    cuda:0, or None), note.
     """
     C = _ext._C
-    backends = [b for b in ("sm90", "sm80") if C.has_backend(b)] if C is not None else []
+    tiles = gemm_tiles()
+    backends = sorted({k[0] for k in C.gemm_kernels()}) if C is not None else []
     gpu = None
     if torch.cuda.is_available():
         cc = torch.cuda.get_device_capability(0)
@@ -74,7 +78,7 @@ def info() -> dict[str, Any]:
         "cuda_kernels": C is not None,
         "compiled_archs": list(C.compiled_archs()) if C is not None else [],
         "backends": backends,
-        "gemm_configs": {b: list(C.int8_gemm_configs(b)) for b in backends},
+        "gemm_tiles": tiles,
         "torch": torch.__version__,
         "gpu": gpu,
         "note": note,

@@ -1,10 +1,13 @@
 // zq_kernels.h: the torch-free, Python-free C++ API of every zqkernels CUDA kernel.
 //
-// Conventions (docs/SCALES.md holds the derivation):
-//   activations xq [M, K] int8 row-major, weights wq [N, K] int8 row-major (nn.Linear layout),
-//   sx [M] float32 (token-wise), sw [N] float32 (channel-wise), bias [N] in the output dtype,
-//   y[m, n] = sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n]), int32 accumulation,
-//   fp32 epilogue, one rounding to bf16/fp16 at the store.
+// GEMMs are described once (docs/SCALES.md holds the math, python/zqkernels/formats.py the
+// Python side of the same description): a *recipe* names the operand formats and the scaling
+// recipe ("int8_rowwise": int8 activations with one scale per token x int8 weights with one scale
+// per output channel), an *arch* the instruction set ("sm90": TMA + wgmma, "sm80": mma.sync), a
+// *tile* one CTA shape / schedule of that family. Kernels register per (arch, recipe, tile,
+// output type) in one generated table (cmake/gemm_tiles.cmake); dispatch tables of named tiles per
+// (arch, recipe) pick one by problem size (gemm_dispatch.cpp). A new format or scale recipe adds
+// a recipe and its tiles, never a new stack of entry points.
 //
 // Every entry point returns an empty std::string on success and a human-readable message
 // otherwise; nothing here throws, allocates device memory, or synchronizes the stream.
@@ -13,65 +16,90 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime.h>
 
 namespace zq {
 
-// Element types crossing the API. The numeric values are part of the Python binding ABI.
-enum class DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
+// Element types crossing the API. The numeric values are part of the Python binding ABI
+// (python/zqkernels/ops/_common.py: DTYPE_CODE).
+enum class DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2, kInt8 = 3 };
 
-struct Int8GemmArgs {
-  const int8_t* xq = nullptr;  // [M, K], row stride K, 16-byte aligned
-  const int8_t* wq = nullptr;  // [N, K], row stride K, 16-byte aligned
-  const float* sx = nullptr;   // [M]
-  const float* sw = nullptr;   // [N]
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kBF16: return "bf16";
+    case DType::kFP16: return "fp16";
+    case DType::kFP32: return "fp32";
+    case DType::kInt8: return "int8";
+  }
+  return "?";
+}
+
+// One GEMM call: y[m, n] = epilogue(sa[m] * sb[n] * sum_k a[m, k] * b[n, k]) (recipe-specific
+// formats; see each recipe's header). Rows of a and b are K-contiguous ("TN", nn.Linear layout).
+struct GemmArgs {
+  const void* a = nullptr;     // activations [M, K], rows lda elements apart, 16-byte aligned
+  int64_t lda = 0;             // >= K; lda * sizeof(element) % 16 == 0
+  const void* b = nullptr;     // weights [N, K], rows ldb elements apart, 16-byte aligned
+  int64_t ldb = 0;
+  const float* sa = nullptr;   // [M] per-token scales (per-tensor scales are expanded by the caller)
+  const float* sb = nullptr;   // [N] per-channel scales
   const void* bias = nullptr;  // [N] of out_dtype, or nullptr for none
-  void* out = nullptr;         // [M, N], row stride N, out_dtype, 16-byte aligned
-  int M = 0, N = 0, K = 0;     // all > 0; K % 16 == 0 and N % 8 == 0 (TMA / vector alignment)
-  DType out_dtype = DType::kBF16;  // kBF16 or kFP16
-  void* workspace = nullptr;   // device scratch of at least *_workspace_size() bytes (may be 0)
+  void* out = nullptr;         // [M, N] row-major (row stride N), out_dtype, 16-byte aligned
+  int M = 0, N = 0, K = 0;     // all > 0
+  DType out_dtype = DType::kBF16;
+  void* workspace = nullptr;   // device scratch of at least workspace_size() bytes (may be 0)
   size_t workspace_bytes = 0;
   int device = 0;              // CUDA device ordinal the pointers live on (must be current)
   int sm_count = 0;            // multiprocessors of that device (persistent schedulers)
   cudaStream_t stream = nullptr;
-  // Programmatic dependent launch (sm90): the GEMM's prologue (barrier init, TMA descriptor
-  // prefetch) overlaps the previous kernel's tail; its loads still wait for that kernel to finish.
-  bool pdl = true;
-  // Persistent tile scheduler order (sm90): swizzle 0 = CUTLASS default (1), else 1/2/4/8 tiles;
-  // raster 0 = heuristic, 1 = along M, 2 = along N. Tuning knobs; the defaults come from the probe.
-  int swizzle = 0;
-  int raster = 0;
 };
 
-// One GEMM backend = a family of tile configurations compiled for one architecture.
-// Config indices are stable within a build; names describe the tile ("128x256x128_c2x1_coop").
-// *_auto_config picks the measured-best config for a problem size (the M-bucket dispatch).
-#define ZQ_DECLARE_INT8_GEMM_BACKEND(prefix)                                           \
-  int prefix##_int8_gemm_num_configs();                                                \
-  const char* prefix##_int8_gemm_config_name(int config);                              \
-  int prefix##_int8_gemm_auto_config(int M, int N, int K);                             \
-  size_t prefix##_int8_gemm_workspace_size(const Int8GemmArgs& args, int config);      \
-  std::string prefix##_int8_gemm_run(const Int8GemmArgs& args, int config);
+// One compiled kernel: a (arch, recipe, tile, output type) row of the generated table.
+struct GemmKernel {
+  const char* arch;    // "sm90" | "sm80"
+  const char* recipe;  // "int8_rowwise"
+  const char* tile;    // "128x256x128_c2x1_coop", "swap_64x16x256_pp", ...
+  DType out_dtype;
+  bool dispatched;     // named by a dispatch table (false: built for experiments only)
+  size_t (*workspace_size)(const GemmArgs&);
+  std::string (*run)(const GemmArgs&);  // checks can_implement, then launches; "" on success
+};
 
-// Hopper (sm_90a): CUTLASS 3.x/4.x TMA warp-specialized kernels, epilogue visitor tree.
-ZQ_DECLARE_INT8_GEMM_BACKEND(sm90)
-// Ampere (sm_80, also compiled for sm_90 so it is testable on an H100): CUTLASS 2.x mma.sync.
-ZQ_DECLARE_INT8_GEMM_BACKEND(sm80)
+// Every kernel of this build, in table order (generated: gemm_kernels.gen.cpp).
+const std::vector<GemmKernel>& gemm_kernels();
 
-#undef ZQ_DECLARE_INT8_GEMM_BACKEND
+// The dispatch table's choice for a problem: the tile name, or nullptr if (arch, recipe, out)
+// has no table. Tables live in gemm_dispatch.cpp, one per (arch, recipe, output class).
+const char* gemm_select_tile(const std::string& arch, const std::string& recipe, DType out_dtype, int M,
+                             int N, int K);
 
-// Token-wise symmetric INT8 quantization, one pass over x:
+// Launch-time switches for experiments and debugging; never part of an op's signature.
+struct GemmTuning {
+  bool pdl = true;   // sm90: launch with programmatic dependent launch (kernels always wait)
+  int swizzle = 0;   // sm90 persistent scheduler: 0 = CUTLASS default, else 1/2/4/8
+  int raster = 0;    // 0 = heuristic, 1 = along M, 2 = along N
+};
+GemmTuning& gemm_tuning();
+
+// Token-wise symmetric INT8 quantization, one pass over x (docs/SCALES.md):
 //   amax[m] = max_k |x[m, k]|, sx[m] = amax / 127, inv = 127 / amax (fp32, IEEE division),
 //   xq[m, k] = clamp(rint(x[m, k] * inv), -127, 127) (round half to even);
-//   amax == 0 gives sx = 0 and xq = 0 (never NaN).
+//   amax == 0 gives sx = 0 and xq = 0 (never NaN); rows with amax < 2^-64 are scaled by 2^64
+//   (exact) before the division so that 127 / amax cannot overflow.
 // x: [M, K] with row stride x_row_stride elements and unit column stride; any K >= 1.
 // xq: [M, K] contiguous; sx: [M].
+std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq,
+                                    float* sx, int M, int K, cudaStream_t stream);
 // Tuning knob for experiments: threads per row of the register-resident path (128, 256, 512 or
 // 1024; 0 = automatic). Not thread-safe; the default needs no call.
 void quantize_per_token_set_threads(int threads);
 
-std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride,
-                                    int8_t* xq, float* sx, int M, int K, cudaStream_t stream);
+// Test support for programmatic dependent launch: a kernel that signals
+// griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`
+// from src to dst. A PDL-launched successor that reads dst before griddepcontrol.wait reads stale
+// data; tests/test_gemm_gpu.py launches a GEMM right after it, eagerly and in a CUDA graph.
+std::string debug_delayed_copy(const void* src, void* dst, size_t bytes, int spin_us, cudaStream_t stream);
 
 }  // namespace zq

@@ -1,4 +1,4 @@
-// quantize_per_token.cu: token-wise symmetric INT8 quantization (ZeroQuant's dynamic activations).
+// quantize.cu: token-wise symmetric INT8 quantization (ZeroQuant's dynamic activations).
 //
 // Computes, per row m of x [M, K] (bf16 / fp16 / fp32, unit column stride, any row stride):
 //   amax = max_k |x[m, k]|            (NaN-propagating: a NaN anywhere makes amax NaN)
@@ -6,8 +6,11 @@
 //   inv   = 127 / amax                (fp32, IEEE division; the reference divides the same way)
 //   xq[m, k] = clamp(rint(x[m, k] * inv), -127, 127)   (round half to even)
 //   amax == 0 -> sx = 0, xq = 0 (never NaN).
-// python/zqkernels/reference.py::quantize_per_token_ref is the same math in torch; tests demand
-// bit-exact agreement.
+//   amax < 2^-64 (tiny rows): x and amax are first multiplied by 2^64, which is exact, so that
+//   127 / amax cannot overflow to inf (it did for amax < ~3.7e-37, giving all-127 rows); the row
+//   then quantizes exactly like the same row scaled up, and sx = amax / 127 keeps the true scale.
+// python/zqkernels/reference/quantize.py is the same math in torch; tests demand bit-exact
+// agreement.
 //
 // Memory-bound: x is read once and xq written once. One CTA per row; when the row fits
 // (<= 1024 threads * 4 vectors of 16 bytes = 64 KiB) it stays in registers between the amax
@@ -18,7 +21,7 @@
 // unaligned rows take a two-pass path whose second read mostly hits L2.
 //
 // Limits: any M, K >= 1. The 16-byte path needs 16-byte aligned rows (base and row stride).
-// Test: tests/test_quant_gpu.py; time: benchmarks/bench_w8a8.py (quantize table).
+// Test: tests/test_quantize_gpu.py; time: benchmarks/bench_w8a8.py (quantize table).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -73,16 +76,21 @@ __device__ __forceinline__ void allow_dependents_to_launch() {
 #endif
 }
 
-__device__ __forceinline__ int8_t quant(float v, float inv) {
-  int q = __float2int_rn(v * inv);  // round half to even, like torch.round
+constexpr float kTiny = 0x1p-64f;  // rows with amax below this are pre-scaled by 2^64 (exact)
+constexpr float kTinyScale = 0x1p64f;
+
+__device__ __forceinline__ int8_t quant(float v, float inv, float pre) {
+  int q = __float2int_rn((v * pre) * inv);  // round half to even, like torch.round
   q = max(-127, min(127, q));
   return static_cast<int8_t>(q);
 }
 
-// Scale from amax; writes sx and returns the multiplier.
-__device__ __forceinline__ float finish_scale(float amax, float* sx_row) {
+// Scale from amax; writes sx and returns the multiplier `inv` and the pre-scale `pre` (1, or 2^64
+// for tiny rows): q = rint((x * pre) * inv).
+__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre) {
   if (threadIdx.x == 0) *sx_row = amax / 127.0f;
-  return amax == 0.f ? 0.f : 127.0f / amax;
+  pre = amax < kTiny ? kTinyScale : 1.0f;
+  return amax == 0.f ? 0.f : 127.0f / (amax * pre);
 }
 
 // Register-resident path: kThreads x kIters 16-byte vectors cover the whole row.
@@ -108,7 +116,8 @@ quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__
     }
   }
   amax = block_amax<kThreads>(amax);
-  const float inv = finish_scale(amax, sx + m);
+  float pre;
+  const float inv = finish_scale(amax, sx + m, pre);
 
   int8_t* out = xq + static_cast<int64_t>(m) * K;
 #pragma unroll
@@ -118,7 +127,7 @@ quant_rows_vec(const T* __restrict__ x, int64_t row_stride, int8_t* __restrict__
       const T* e = reinterpret_cast<const T*>(&buf[i]);
       int8_t q[kVec];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) q[j] = quant(to_float(e[j]), inv);
+      for (int j = 0; j < kVec; ++j) q[j] = quant(to_float(e[j]), inv, pre);
       // kVec int8 = 4 (fp32) or 8 (16-bit) bytes: one aligned store.
       if constexpr (kVec == 8) {
         *reinterpret_cast<uint2*>(out + v * kVec) = *reinterpret_cast<const uint2*>(q);
@@ -140,9 +149,10 @@ quant_rows_generic(const T* __restrict__ x, int64_t row_stride, int8_t* __restri
   float amax = 0.f;
   for (int k = threadIdx.x; k < K; k += kGenericThreads) amax = nan_max(amax, to_float(row[k]));
   amax = block_amax<kGenericThreads>(amax);
-  const float inv = finish_scale(amax, sx + m);
+  float pre;
+  const float inv = finish_scale(amax, sx + m, pre);
   int8_t* out = xq + static_cast<int64_t>(m) * K;
-  for (int k = threadIdx.x; k < K; k += kGenericThreads) out[k] = quant(to_float(row[k]), inv);
+  for (int k = threadIdx.x; k < K; k += kGenericThreads) out[k] = quant(to_float(row[k]), inv, pre);
   allow_dependents_to_launch();
 }
 

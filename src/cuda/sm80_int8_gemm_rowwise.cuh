@@ -1,9 +1,10 @@
-// sm80_int8_gemm.cuh: W8A8 INT8 GEMM with the ZeroQuant scale epilogue for Ampere (sm_80).
+// sm80_int8_gemm_rowwise.cuh: recipe "int8_rowwise" for Ampere (sm_80 and newer): W8A8 INT8 GEMM
+// with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
 //   y[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
-// with xq [M, K] int8 row-major, wq [N, K] int8 row-major, sx [M] / sw [N] float32, bias [N] in the
-// output type or absent (nullptr), y [M, N] bf16/fp16 row-major. The epilogue works in fp32
+// with xq [M, K] int8 (rows lda apart), wq [N, K] int8 (rows ldb apart), sx [M] / sw [N] float32,
+// bias [N] in the output type or absent (nullptr), y [M, N] bf16 / fp16 / fp32 row-major. The epilogue works in fp32
 // (float(acc), one multiply, one fma) and rounds once, to nearest even, at the store.
 //
 // Kernel: CUTLASS 2.x GemmUniversal. cp.async multistage smem pipeline, mma.sync m16n8k32
@@ -20,14 +21,14 @@
 // checked by CUTLASS's can_implement), xq / wq / out 16-byte aligned; sx / sw only need float
 // alignment and bias only element alignment (they are read one element at a time, see
 // VisitorRowBroadcastScalar). Any M >= 1: the ragged last M tile is predicated. Checked by the
-// caller (src/cpp/zq_module.cpp) and again by sm80_int8_gemm_run.
+// caller (python/zqkernels/ops/gemm.py) and again by check_int8_gemm_args.
 // Archs: sm_80 and newer (mma.sync / cp.async / ldmatrix). The build compiles these sources for
 // sm_80 and sm_90 (and any other listed arch >= 80) so an H100 can run and test them.
 //
-// Build: -O3 -DNDEBUG --expt-relaxed-constexpr -std=c++17, one translation unit per tile config
-// (sm80_int8_gemm_<config>.cu), each ~70 s of nvcc for sm_80 + sm_90 (two at a time, 2 cores).
-// Test: the package's GPU GEMM tests with backend "sm80" (every config, against the float64
-// reference of docs/SCALES.md); time: the W8A8 benchmark with backend "sm80" (M swept per config).
+// Build: -O3 -DNDEBUG --expt-relaxed-constexpr -std=c++17, one translation unit per tile, generated
+// from the table in cmake/gemm_tiles.cmake.
+// Test: tests/test_gemm_gpu.py with backend "sm80" (every tile, against the float64 reference of
+// docs/SCALES.md); time: the W8A8 benchmark with backend "sm80".
 #pragma once
 
 #include <cstdint>
@@ -146,22 +147,22 @@ struct VisitorRowBroadcastScalar {
 };
 
 // ---------------------------------------------------------------------------------------------
-// A compile-time description of one tile configuration (one row of the dispatch table).
+// One row of the tile table (cmake/gemm_tiles.cmake), as numbers.
 // ---------------------------------------------------------------------------------------------
-template <class ThreadblockShape_,  // CTA tile (M, N, K); K-tile is one cp.async pipeline stage
-          class WarpShape_,         // per-warp tile; WarpShape::kK == ThreadblockShape::kK (no
-                                    // sliced-K: the bf16/fp16 <- int32 epilogue iterators that
-                                    // avoid smem bank conflicts do not support k-partitions)
-          int kStages_>             // smem pipeline depth (stages * (tbM + tbN) * tbK bytes)
-struct Config {
-  using ThreadblockShape = ThreadblockShape_;
-  using WarpShape = WarpShape_;
+template <int kTileM, int kTileN, int kTileK,  // CTA tile; K-tile is one cp.async pipeline stage
+          int kWarpM, int kWarpN,              // per-warp tile; warp K == tile K (no sliced-K: the
+                                               // bf16/fp16 <- int32 epilogue iterators that avoid
+                                               // smem bank conflicts do not support k-partitions)
+          int kStages_>                        // smem pipeline depth (stages * (tbM + tbN) * tbK bytes)
+struct TileConfig {
+  using ThreadblockShape = cutlass::gemm::GemmShape<kTileM, kTileN, kTileK>;
+  using WarpShape = cutlass::gemm::GemmShape<kWarpM, kWarpN, kTileK>;
   static constexpr int kStages = kStages_;
   static_assert(ThreadblockShape::kK == WarpShape::kK, "sliced-K is not supported by this epilogue");
 };
 
 template <class Cfg, class ElementOut>
-struct Int8Gemm {
+struct Int8RowwiseGemm {
   using ThreadblockShape = typename Cfg::ThreadblockShape;
   using WarpShape = typename Cfg::WarpShape;
   // The int8 mma.sync: m16n8k32, s8.s8.s32. OpMultiplyAddSaturate is the only int8 flavour CUTLASS
@@ -222,7 +223,7 @@ struct Int8Gemm {
       kEpiStages>::GemmKernel;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-  static typename Gemm::Arguments make_arguments(const Int8GemmArgs& a) {
+  static typename Gemm::Arguments make_arguments(const GemmArgs& a) {
     auto* out = static_cast<ElementOut*>(a.out);
     const auto* bias = static_cast<const ElementOut*>(a.bias);
     const int64_t mn = int64_t(a.M) * a.N;
@@ -230,9 +231,9 @@ struct Int8Gemm {
     // The argument tree mirrors the visitor tree: {children..., node op}.
     typename Fusion::Arguments fusion{
         {                                    // Scaled
-         {a.sx, 0.f, {}},                    //   TokenScale
+         {a.sa, 0.f, {}},                    //   TokenScale
          {                                   //   ScaleAcc
-          {a.sw, 0.f},                       //     ChannelScale
+          {a.sb, 0.f},                       //     ChannelScale
           {},                                //     Acc
           {}},                               //     multiplies
          {bias, ElementOut(0.f)},            //   Bias (nullptr -> 0)
@@ -242,19 +243,21 @@ struct Int8Gemm {
     // C/D pointers and strides of the plain GemmUniversal are unused: the EVT stores D itself.
     return typename Gemm::Arguments(
         cutlass::gemm::GemmUniversalMode::kGemm, cutlass::gemm::GemmCoord{a.M, a.N, a.K},
-        /*batch_count (split-K slices)=*/1, fusion, a.xq, a.wq, /*ptr_C=*/nullptr, /*ptr_D=*/nullptr,
-        /*batch strides A, B, C, D=*/int64_t(a.M) * a.K, int64_t(a.N) * a.K, 0, 0,
-        /*stride_a (lda)=*/typename LayoutA::Stride(a.K), /*stride_b (ldb)=*/typename LayoutB::Stride(a.K),
+        /*batch_count (split-K slices)=*/1, fusion, a.a, a.b, /*ptr_C=*/nullptr, /*ptr_D=*/nullptr,
+        /*batch strides A, B, C, D=*/int64_t(a.M) * a.lda, int64_t(a.N) * a.ldb, 0, 0,
+        /*stride_a (lda)=*/typename LayoutA::Stride(a.lda), /*stride_b (ldb)=*/typename LayoutB::Stride(a.ldb),
         /*stride_c=*/typename LayoutC::Stride(0), /*stride_d=*/typename LayoutC::Stride(0));
   }
 
-  static size_t workspace_size(const Int8GemmArgs& a) {
+  static size_t workspace_size(const GemmArgs& a) {
     // Data-parallel kGemm with one K slice needs none (the query returns 0); asked anyway so
     // the contract holds if a config ever switches to a serial split-K swizzle.
     return Gemm::get_workspace_size(make_arguments(a));
   }
 
-  static std::string run(const Int8GemmArgs& a) {
+  static std::string run(const GemmArgs& a) {
+    std::string err = check_int8_gemm_args(a);
+    if (!err.empty()) return err;
     auto args = make_arguments(a);
     cutlass::Status st = Gemm::can_implement(args);
     if (st != cutlass::Status::kSuccess) {
@@ -284,18 +287,11 @@ struct Int8Gemm {
   }
 };
 
-// Type-erased entry points, one pair per (config, output type), defined in one translation unit
-// per config (sm80_int8_gemm_<config>.cu) so that the build parallelises.
-template <class Cfg>
-struct EntryPair {
-  static GemmEntry make(const char* name, DType t) {
-    if (t == DType::kFP16) {
-      return {name, &Int8Gemm<Cfg, cutlass::half_t>::workspace_size,
-              &Int8Gemm<Cfg, cutlass::half_t>::run};
-    }
-    return {name, &Int8Gemm<Cfg, cutlass::bfloat16_t>::workspace_size,
-            &Int8Gemm<Cfg, cutlass::bfloat16_t>::run};
-  }
-};
+// The registry row of one (tile, output type); called from the generated translation units.
+template <class Cfg, class ElementOut>
+GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
+  using G = Int8RowwiseGemm<Cfg, ElementOut>;
+  return {"sm80", "int8_rowwise", tile, out, dispatched, &G::workspace_size, &G::run};
+}
 
 }  // namespace zq::sm80

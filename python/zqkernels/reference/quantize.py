@@ -1,8 +1,4 @@
-"""Pure-torch references of every zqkernels kernel (docs/SCALES.md holds the math).
-
-They run on any device, share no code with the kernels, and round exactly where the kernels round,
-so tests can compare kernel against reference bit for bit (quantization) or to one output ulp (GEMM).
-CPU tensors passed to the public ops run these very functions.
+"""Reference of the quantization kernels (src/cuda/quantize.cu).
 
 Two torch details matter for bit-exactness, and both are avoided on purpose here:
 - ``127.0 / t`` is evaluated by torch as ``t.reciprocal() * 127`` (two roundings), not as an IEEE
@@ -13,14 +9,17 @@ Two torch details matter for bit-exactness, and both are avoided on purpose here
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-__all__ = ["quantize_per_token_ref", "quantize_weight_ref", "int8_gemm_ref", "QMAX"]
+__all__ = ["quantize_per_token_ref", "quantize_weight_ref", "QMAX"]
 
-# Largest quantized magnitude per bit width (symmetric grid, -qmax .. qmax; -2^(b-1) never used).
+# Largest quantized magnitude per bit width (symmetric grid, -qmax .. qmax).
 QMAX = {8: 127, 4: 7}
+
+# Rows whose amax is below 2^-64 are multiplied by 2^64 (exact) before dividing, so qmax / amax
+# cannot overflow fp32 (it did for amax < ~3.7e-37: every value became qmax).
+_TINY = 2.0**-64
+_TINY_SCALE = 2.0**64
 
 
 def _quantize_rows(v: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,9 +30,10 @@ def _quantize_rows(v: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tens
     amax = vf.abs().amax(dim=1) if cols > 0 else vf.new_zeros(rows)
     qmax_t = torch.full_like(amax, float(qmax))
     scale = amax / qmax_t  # fp32 IEEE division (NaN/Inf in a row propagate into its scale)
-    inv = qmax_t / amax  # fp32 IEEE division; inf for an all-zero row, replaced next
+    pre = torch.where(amax < _TINY, torch.full_like(amax, _TINY_SCALE), torch.ones_like(amax))
+    inv = qmax_t / (amax * pre)  # fp32 IEEE division; inf for an all-zero row, replaced next
     inv = torch.where(amax == 0, torch.zeros_like(inv), inv)
-    q = torch.round(vf * inv[:, None])  # fp32 multiply, round half to even
+    q = torch.round((vf * pre[:, None]) * inv[:, None])  # fp32 multiplies, round half to even
     q = q.clamp_(-qmax, qmax)
     # A row holding NaN/Inf has a NaN/Inf scale (visible); its q values are unspecified in the
     # kernels. Map NaN to 0 here so the reference itself is deterministic.
@@ -64,23 +64,3 @@ def quantize_weight_ref(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, t
     if w.dim() != 2:
         raise ValueError(f"quantize_weight_ref: w must be 2-D [N, K], got shape {list(w.shape)}")
     return _quantize_rows(w, QMAX[bits])
-
-
-def int8_gemm_ref(
-    xq: torch.Tensor,
-    wq: torch.Tensor,
-    sx: torch.Tensor,
-    sw: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    out_dtype: torch.dtype = torch.bfloat16,
-) -> torch.Tensor:
-    """y[m, n] = sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n]), rounded once to out_dtype.
-
-    The int8 products are summed in float64, which is exact (|acc| <= K * 127^2 << 2^53); the
-    scales and bias are applied in float64 too, so the only rounding is the final cast.
-    """
-    acc = xq.double() @ wq.double().t()
-    y = acc * (sx.double()[:, None] * sw.double()[None, :])
-    if bias is not None:
-        y = y + bias.double()
-    return y.to(out_dtype)

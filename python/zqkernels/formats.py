@@ -1,0 +1,83 @@
+"""Quantized formats and the GEMM spec: the Python side of the one description that keys every
+kernel (src/cuda/zq_kernels.h; the math is in docs/SCALES.md).
+
+A ``GemmSpec`` names the activation and weight formats, each operand's scale granularity, the
+scale kind and the epilogue. ``spec.recipe`` maps it to the kernel family that implements it
+(``"int8_rowwise"``: int8 per-token x int8 per-channel, float scales; per-tensor scales are the
+degenerate case of the same family). A spec with no kernel yet raises ``NotImplementedError``
+naming what is missing, never a fallback. New formats (FP8, INT4, FP4, group and integer scales)
+add values here and a recipe with its tiles in ``cmake/gemm_tiles.cmake``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GemmSpec", "QMAX", "ACT_FORMATS", "WEIGHT_FORMATS", "INT8_ROWWISE"]
+
+# Largest quantized magnitude per format (symmetric grids; int8 values may still hold -128 when
+# they come from elsewhere, e.g. compressed-tensors checkpoints, and the kernels accept it).
+QMAX = {"int8": 127, "int4": 7, "fp8_e4m3": 448.0, "fp4_e2m1": 6.0}
+
+ACT_FORMATS = ("int8", "fp8_e4m3", "bf16", "fp16")
+WEIGHT_FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
+ACT_SCALES = ("token", "tensor")
+WEIGHT_SCALES = ("channel", "tensor", "group")
+SCALE_KINDS = ("float", "pow2", "int")
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """One quantized GEMM: ``y = epilogue(sum_k dq(a)[m, k] * dq(w)[n, k])`` (docs/SCALES.md).
+
+    act / weight: operand formats. act_scale: "token" ([M] scales) or "tensor" ([1]).
+    weight_scale: "channel" ([N]), "tensor" ([1]) or "group" ([N, K // group_size]).
+    scale_kind: "float", "pow2" (power-of-two float scales) or "int" (integer scales with an
+    amplifier). activation: epilogue activation after bias. out_dtype is chosen per call.
+    """
+
+    act: str = "int8"
+    weight: str = "int8"
+    act_scale: str = "token"
+    weight_scale: str = "channel"
+    group_size: int = 0
+    scale_kind: str = "float"
+    activation: str = "none"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("act", self.act, ACT_FORMATS),
+            ("weight", self.weight, WEIGHT_FORMATS),
+            ("act_scale", self.act_scale, ACT_SCALES),
+            ("weight_scale", self.weight_scale, WEIGHT_SCALES),
+            ("scale_kind", self.scale_kind, SCALE_KINDS),
+            ("activation", self.activation, ACTIVATIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"GemmSpec: {name} must be one of {allowed}, got {value!r}")
+        if (self.weight_scale == "group") != (self.group_size > 0):
+            raise ValueError(
+                f"GemmSpec: group_size must be > 0 exactly when weight_scale == 'group', got "
+                f"weight_scale={self.weight_scale!r}, group_size={self.group_size}"
+            )
+
+    @property
+    def recipe(self) -> str:
+        """The kernel family implementing this spec; NotImplementedError if none exists yet."""
+        if (
+            self.act == "int8"
+            and self.weight == "int8"
+            and self.weight_scale in ("channel", "tensor")
+            and self.scale_kind == "float"
+            and self.activation == "none"
+        ):
+            return "int8_rowwise"
+        raise NotImplementedError(
+            f"GemmSpec: no kernel implements {self} yet (implemented: int8 activations with token or "
+            "tensor float scales x int8 weights with channel or tensor float scales, no epilogue "
+            "activation)"
+        )
+
+
+INT8_ROWWISE = GemmSpec()

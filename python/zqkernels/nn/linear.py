@@ -1,0 +1,229 @@
+"""QLinear: a quantized drop-in for nn.Linear. The module holds state and checks; a per-scheme
+handler (``SCHEMES``) creates the buffers, quantizes float weights, and computes the forward.
+New schemes (FP8, W4A8, group-wise) add a handler, not a module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..ops import _common as c
+from ..ops.gemm import _int8_gemm_cuda, int8_gemm
+from ..ops.quantize import _quantize_cuda, quantize_per_token, quantize_weight
+
+__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8"]
+
+# The CUDA GEMM stores output rows in 16-byte vectors, so it needs N % 8 == 0. QLinear meets that for
+# any out_features by keeping its weight rows padded up to a multiple of 8 (zero weights, zero
+# scales, zero bias: the padded channels compute exactly 0 and are sliced off). The padding is the
+# same on every device, so a state dict moves freely between CPU and GPU modules.
+N_ALIGN = 8
+_X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_STATE_VERSION = 1
+
+
+def _padded(n: int) -> int:
+    return (n + N_ALIGN - 1) // N_ALIGN * N_ALIGN
+
+
+class SchemeHandler:
+    """What a quantization scheme supplies to QLinear."""
+
+    name: str = ""
+    description: str = ""
+
+    def create_buffers(self, m: "QLinear", rows: int, bias: bool, dtype: torch.dtype, device) -> None:
+        raise NotImplementedError
+
+    def load_float(self, m: "QLinear", weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def apply(self, m: "QLinear", x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M, in_features] (row layout) -> y [M, padded out_features] in x2's dtype."""
+        raise NotImplementedError
+
+
+class W8A8(SchemeHandler):
+    """int8 per-token dynamic activations x int8 per-channel weights (ZeroQuant's W8A8).
+
+    State: ``weight_q`` int8 [Np, K], ``weight_scale`` float32 [Np], ``bias`` [Np] in the model's
+    dtype (or None). forward: ``quantize_per_token`` then ``int8_gemm`` with the output in x's dtype;
+    the int8 dot products are exact (int32), scales and bias are applied in fp32 and rounded once to
+    bf16 / fp16 / fp32 (an fp32 model gets an fp32 output from fp32 epilogue math).
+    """
+
+    name = "w8a8"
+    description = "int8 per-token activations x int8 per-channel weights"
+
+    def create_buffers(self, m, rows, bias, dtype, device):
+        m.register_buffer("weight_q", torch.zeros((rows, m.in_features), dtype=torch.int8, device=device))
+        m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
+        m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
+
+    def load_float(self, m, weight, bias):
+        wq, sw = quantize_weight(weight, bits=8)
+        rows = _padded(m.out_features)
+        pad = rows - m.out_features
+        if pad:  # zero rows: padded channels compute exactly 0 (see N_ALIGN)
+            wq = torch.nn.functional.pad(wq, (0, 0, 0, pad))
+            sw = torch.nn.functional.pad(sw, (0, pad))
+        m.weight_q = wq
+        m.weight_scale = sw
+        if bias is not None:
+            m.bias = torch.nn.functional.pad(bias.detach(), (0, pad)) if pad else bias.detach().clone()
+        else:
+            m.bias = None
+
+    def apply(self, m, x2):
+        dtype = x2.dtype
+        bias = m.bias
+        if bias is not None and bias.dtype != dtype:
+            bias = bias.to(dtype)
+        if x2.is_cuda and m._cuda_shapes_ok and c.eager(x2, m.weight_q):
+            # Eager fast path: the module's own buffers are known-good; only x needs checking.
+            xq, sx = _quantize_cuda(x2)
+            return _int8_gemm_cuda(xq, m.weight_q, sx, m.weight_scale, bias, dtype, "auto", None)
+        xq, sx = quantize_per_token(x2)
+        return int8_gemm(xq, m.weight_q, sx, m.weight_scale, bias, out_dtype=dtype)
+
+
+SCHEMES: dict[str, SchemeHandler] = {"w8a8": W8A8()}
+
+
+def _handler(op: str, scheme: str) -> SchemeHandler:
+    h = SCHEMES.get(scheme) if isinstance(scheme, str) else None
+    if h is None:
+        raise ValueError(f"{op}: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    return h
+
+
+class QLinear(nn.Module):
+    """Quantized linear layer: ``y = x @ w.T + b`` computed by a scheme (default "w8a8": int8
+    per-channel weights x int8 per-token activations; see ``SCHEMES``).
+
+    Build it with ``QLinear.from_linear(linear)`` (weights quantized once, here), or construct an
+    empty one and ``load_state_dict`` into it; the state holds no float weights. Weight rows are
+    padded to a multiple of 8 (``Np``; the rows past out_features are zero), so any out_features
+    runs on the CUDA kernels; in_features must be a multiple of 16 there. The state also records
+    in_features / out_features / scheme, and ``load_state_dict`` rejects a checkpoint of another
+    shape or scheme.
+
+    forward(x): x [..., in_features] in bf16, fp16 or fp32 on the module's device; the output has
+    x's dtype. Inference only: an x that requires grad (with grad mode on) raises.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: torch.dtype = torch.bfloat16,
+        device: Union[torch.device, str, None] = None,
+        scheme: str = "w8a8",
+    ) -> None:
+        super().__init__()
+        handler = _handler("QLinear", scheme)
+        if bias and not dtype.is_floating_point:
+            raise TypeError(f"QLinear: dtype (of the bias) must be a floating-point dtype, got {dtype}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.scheme = scheme
+        self._handler = handler
+        self._cuda_shapes_ok = self.in_features % 16 == 0
+        handler.create_buffers(self, _padded(self.out_features), bias, dtype, device)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: str = "w8a8") -> "QLinear":
+        """Quantize an nn.Linear with `scheme`; keeps its device."""
+        op = "QLinear.from_linear"
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"{op}: linear must be an nn.Linear, got {type(linear).__name__}")
+        _handler(op, scheme)
+        w = linear.weight.detach()
+        if w.is_meta:
+            raise ValueError(f"{op}: the linear's weight is on the meta device (no values to quantize)")
+        if w.device.type == "cuda" and linear.in_features % 16 != 0:
+            # The CUDA GEMM reads rows in 16-byte pieces.
+            raise ValueError(
+                f"{op}: in_features must be a multiple of 16 for the CUDA kernels, got "
+                f"{linear.in_features}; pad the layer, or leave it in float (quantize_model(skip=...))"
+            )
+        has_bias = linear.bias is not None
+        # Built on the meta device (no allocation), then given the real buffers.
+        mod = cls(linear.in_features, linear.out_features, bias=has_bias, dtype=w.dtype, device="meta", scheme=scheme)
+        mod._handler.load_float(mod, w, linear.bias)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "QLinear: training is not supported (int8 weights have no gradient and rounding is not "
+                "differentiable); run inference under torch.no_grad() or torch.inference_mode(), or "
+                "train the float nn.Linear and quantize afterwards"
+            )
+        if x.dtype not in _X_DTYPES:
+            raise TypeError(f"QLinear: x must be bfloat16, float16 or float32, got {x.dtype}")
+        shape = x.shape
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(
+                f"QLinear: x must be [..., in_features] with in_features == {self.in_features}, "
+                f"got shape {list(shape)}"
+            )
+        w = self.weight_q
+        if x.get_device() != w.get_device() or x.is_cuda != w.is_cuda:
+            raise ValueError(
+                f"QLinear: x is on {x.device} but the layer's weights are on {w.device}; "
+                "move one of them (module.to(device) or x.to(device))"
+            )
+        x2 = x.reshape(-1, self.in_features)  # a view whenever possible
+        if x2.stride(-1) != 1 and self.in_features > 1:
+            x2 = x2.contiguous()
+        y = self._handler.apply(self, x2)
+        n = self.out_features
+        if y.shape[1] != n:
+            # Padded rows (out_features % 8 != 0): drop them; contiguous like nn.Linear's output.
+            y = y[:, :n].contiguous()
+        return y.view(*shape[:-1], n)
+
+    # --- state: the buffers plus the layer's identity, checked on load --------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {
+            "version": _STATE_VERSION,
+            "scheme": self.scheme,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "out_features" not in state:
+            raise ValueError(f"QLinear.load_state_dict: unrecognised _extra_state {state!r}")
+        mine = self.get_extra_state()
+        for key in ("scheme", "in_features", "out_features"):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"QLinear.load_state_dict: the checkpoint has {key}={state.get(key)!r} but this layer "
+                    f"has {key}={mine[key]!r}; build the QLinear with the checkpoint's shape and scheme"
+                )
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) / .half() / .bfloat16() cast every floating-point buffer, but the kernels
+        # read float32 scales and a bf16 round trip would lose precision. Hand fn the scales' bits
+        # as int32 (integer tensors only move devices), then view them back as float32.
+        self._buffers["weight_scale"] = self._buffers["weight_scale"].view(torch.int32)
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            bits = self._buffers["weight_scale"]
+            if bits.dtype == torch.int32:
+                self._buffers["weight_scale"] = bits.view(torch.float32)
+
+    def extra_repr(self) -> str:
+        pad = _padded(self.out_features)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, scheme={self.scheme} ({self._handler.description})"
+            + (f", weight rows padded to {pad}" if pad != self.out_features else "")
+        )

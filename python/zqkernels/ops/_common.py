@@ -1,0 +1,163 @@
+"""What every op module shares: error wording, device facts cached per device, the eager test.
+
+Errors: TypeError for a wrong dtype, ValueError for a wrong shape, layout, alignment, device mix or
+option value, RuntimeError when this build or this GPU cannot run a valid call. Every message names
+the op and the argument and says what was expected and what came.
+
+Eager fast path: a public op called eagerly on plain tensors runs its implementation directly
+(checks + launch) instead of going through ``torch.ops.zqkernels.*``; the custom op's Python
+dispatch costs several times the kernel launch. Under torch.compile / torch.export tracing, a
+dispatch mode (FakeTensorMode, make_fx, FlopCounterMode, ...) or tensor subclasses, the call goes
+through the registered custom op, whose fake implementation runs the same checks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+
+DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}  # zq::DType in zq_kernels.h
+INT32_MAX = 2**31 - 1  # _C takes M, N, K as C ints
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+_is_compiling = torch.compiler.is_compiling
+_dispatch_stack_len = torch._C._len_torch_dispatch_stack
+
+_debug_checks = False
+
+
+def set_debug_checks(enabled: bool) -> bool:
+    """Turn the NaN/Inf input checks of the public ops on or off; returns the previous setting.
+
+    When on, ``quantize_per_token``, ``int8_gemm`` (and so ``QLinear``) raise ValueError on a
+    non-finite float input. Each check synchronizes the device (and breaks CUDA graph capture and
+    ``torch.compile(fullgraph=True)``): use it to debug, not in production. Off by default.
+    """
+    global _debug_checks
+    previous, _debug_checks = _debug_checks, bool(enabled)
+    return previous
+
+
+def debug_checks() -> bool:
+    return _debug_checks
+
+
+def eager(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when a call may skip the custom-op dispatch (see the module docstring)."""
+    if _is_compiling() or _dispatch_stack_len():
+        return False
+    for t in tensors:
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return True
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def desc(t: torch.Tensor) -> str:
+    """'int8 [4096, 4096]': how a message shows what it got."""
+    return f"{dtype_name(t.dtype)} {list(t.shape)}"
+
+
+def check_finite(op: str, name: str, t: Optional[torch.Tensor]) -> None:
+    """Syncs the device: debug checks and offline paths only."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{op}: {name} has {bad} non-finite values (NaN/Inf) out of {t.numel()}")
+
+
+def check_int32_sizes(op: str, **sizes: int) -> None:
+    for name, v in sizes.items():
+        if v > INT32_MAX:
+            raise ValueError(f"{op}: {name} must be < 2**31 (the kernels index with 32-bit ints), got {v}")
+
+
+def check_same_device(op: str, first: str, ref: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(
+                f"{op}: all tensors must be on one device, but {first} is on {ref.device} "
+                f"and {name} is on {t.device}"
+            )
+
+
+def check_contiguous(op: str, **tensors: Optional[torch.Tensor]) -> None:
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(
+                f"{op}: {name} must be contiguous (row-major), got {desc(t)} with strides "
+                f"{tuple(t.stride())}; pass {name}.contiguous()"
+            )
+
+
+def has_row_layout(x: torch.Tensor) -> bool:
+    """True if the rows of a 2-D x can be read in place: unit stride along K, rows not overlapping."""
+    M, K = x.shape
+    return (K <= 1 or x.stride(1) == 1) and (M <= 1 or x.stride(0) >= K)
+
+
+def check_rows(op: str, name: str, x: torch.Tensor) -> None:
+    """x [M, K] must have unit stride along K and rows that do not overlap (row stride >= K)."""
+    M, K = x.shape
+    if K > 1 and x.stride(1) != 1:
+        raise ValueError(
+            f"{op}: {name} must have unit stride along K ({name}.stride(1) == 1), got {desc(x)} with "
+            f"strides {tuple(x.stride())}; pass {name}.contiguous()"
+        )
+    if M > 1 and x.stride(0) < K:
+        raise ValueError(
+            f"{op}: rows of {name} must not overlap ({name}.stride(0) >= K == {K}), got {desc(x)} with "
+            f"strides {tuple(x.stride())}; pass {name}.contiguous()"
+        )
+
+
+def check_aligned_ptr(op: str, name: str, t: torch.Tensor, align: int = 16) -> None:
+    """Real tensors only (fake tensors have no address)."""
+    rem = t.data_ptr() % align
+    if rem != 0:
+        raise ValueError(
+            f"{op}: {name} must start at a {align}-byte aligned address (the kernels read it with TMA "
+            f"/ {align}-byte vectors), got data_ptr() % {align} == {rem} (a view with a storage "
+            f"offset?); pass {name}.clone()"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Device facts, computed once per device index.
+
+_capability: dict[int, tuple[int, int]] = {}
+
+
+def require_cuda_kernels(op: str, device: torch.device) -> tuple[int, int]:
+    """Raise unless zqkernels can run CUDA kernels on `device`; returns its compute capability."""
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"{op}: tensors on {device.type} are not supported; pass CUDA tensors (kernels) or CPU "
+            "tensors (pure-torch reference)"
+        )
+    if _ext._C is None:
+        raise RuntimeError(f"{op}: {_ext.no_kernels_reason()}")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cc = _capability.get(index)
+    if cc is None:
+        cc = _capability[index] = torch.cuda.get_device_capability(index)
+    if cc < (8, 0):
+        raise RuntimeError(
+            f"{op}: the zqkernels kernels need compute capability >= 8.0 (Ampere or newer), "
+            f"{device} has {cc[0]}.{cc[1]}"
+        )
+    return cc
+
+
+def current_stream(index: int) -> int:
+    """The raw cudaStream_t of torch's current stream on device `index` (no Stream object built)."""
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+if hasattr(torch._C, "_cuda_getCurrentRawStream"):  # CUDA builds of torch: ~10x cheaper
+    current_stream = torch._C._cuda_getCurrentRawStream  # noqa: F811

@@ -1,0 +1,332 @@
+"""GEMM ops: ``int8_gemm`` (kernels: src/cuda/sm90_int8_gemm_rowwise.cuh, sm80_int8_gemm_rowwise.cuh).
+
+The op is described by a ``formats.GemmSpec`` (today: ``INT8_ROWWISE``), whose recipe keys the
+kernel registry of ``zqkernels._C``: the kernel for a call is resolved once per (device, arch,
+tile, output dtype, M, N, K) and cached, so an eager call costs argument checks, one output
+allocation and one binding call. ``zqkernels::int8_gemm`` is the ``torch.library`` custom op
+(fake implementation included) that torch.compile / export / opcheck see.
+
+Dispatch never falls back silently:
+  CPU tensors  -> ``zqkernels.reference`` (the very functions the tests compare the kernels with)
+  CUDA tensors -> ``zqkernels._C``; a build without CUDA kernels, a GPU older than sm_80, or a backend
+                  / tile not compiled or not runnable on this GPU raises RuntimeError saying which.
+
+Non-finite inputs: finding a NaN/Inf needs a device sync, so the ops do not look; NaN/Inf propagate
+instead (visible, never silent). ``set_debug_checks(True)`` makes the public wrappers check.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..formats import INT8_ROWWISE
+from ..reference.gemm import int8_gemm_ref
+from . import _common as c
+
+__all__ = ["int8_gemm", "resolve_gemm_backend", "gemm_tiles", "BACKENDS", "INT8_MAX_K"]
+
+BACKENDS = ("auto", "sm90", "sm80")
+_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# The int32 accumulator holds any sum of K products of int8 values (which may include -128, as in
+# compressed-tensors checkpoints) while K * 128 * 128 <= 2^31 - 1 (docs/SCALES.md). Enforced on
+# every device, so CPU and GPU accept the same calls; src/cuda/gemm_registry.h checks it again.
+INT8_MAX_K = (2**31 - 1) // (128 * 128)  # 131,071
+_RECIPE = INT8_ROWWISE.recipe
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks, shared by the eager path and the fake implementation (one property at a time).
+
+
+def _check_scale(op: str, name: str, s: torch.Tensor, n: int, what: str, dim: str) -> None:
+    """s: float32 with n elements ([n], [n, 1] or [1, n]) or one element (per-tensor)."""
+    if s.dtype != torch.float32:
+        raise TypeError(f"{op}: {name} must be float32 [{dim}] ({what}) or [1] (per-tensor), got {c.desc(s)}")
+    numel = s.numel()
+    if s.dim() > 2 or (numel != n and numel != 1) or (s.dim() == 2 and s.shape[0] != 1 and s.shape[1] != 1):
+        raise ValueError(
+            f"{op}: {name} must be float32 [{dim}] with {dim} == {n} ({what}) or hold one per-tensor "
+            f"value ([1]), got {c.desc(s)}"
+        )
+
+
+def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
+    op = "int8_gemm"
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {out_dtype}")
+    if xq.dtype != torch.int8:
+        raise TypeError(f"{op}: xq must be int8 [M, K] (from quantize_per_token), got {c.desc(xq)}")
+    if xq.dim() != 2:
+        raise ValueError(f"{op}: xq must be 2-D int8 [M, K], got {c.desc(xq)}")
+    M, K = xq.shape
+    if wq.dtype != torch.int8:
+        raise TypeError(f"{op}: wq must be int8 [N, K] (from quantize_weight), got {c.desc(wq)}")
+    if wq.dim() != 2:
+        raise ValueError(f"{op}: wq must be 2-D int8 [N, K], got {c.desc(wq)}")
+    if wq.shape[1] != K:
+        raise ValueError(f"{op}: wq must be int8 [N, K] with K == xq.shape[1] ({K}), got {c.desc(wq)}")
+    N = wq.shape[0]
+    _check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
+    _check_scale(op, "sw", sw, N, "one scale per row of wq", "N")
+    if bias is not None:
+        if bias.dtype != out_dtype:
+            raise TypeError(
+                f"{op}: bias must have the output dtype ({c.dtype_name(out_dtype)}), got {c.desc(bias)}; "
+                "pass bias.to(out_dtype)"
+            )
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"{op}: bias must be [N] with N == wq.shape[0] ({N}), got {c.desc(bias)}")
+    c.check_same_device(op, "xq", xq, wq=wq, sx=sx, sw=sw, bias=bias)
+    c.check_rows(op, "xq", xq)
+    c.check_rows(op, "wq", wq)
+    c.check_contiguous(op, sx=sx, sw=sw, bias=bias)
+    c.check_int32_sizes(op, M=M, N=N, K=K)
+    if K > INT8_MAX_K:
+        raise ValueError(
+            f"{op}: K must be <= {INT8_MAX_K} (K * 128 * 128 must fit the int32 accumulator: int8 "
+            f"values may be -128), got K={K}; split K and add the partial outputs"
+        )
+    if xq.is_cuda:
+        if K % 16 != 0:
+            raise ValueError(
+                f"{op}: K must be a multiple of 16 on CUDA (TMA and the 16-byte vector loads read rows "
+                f"of xq and wq in 16-byte pieces), got K={K}; pad x's columns and w's columns with "
+                f"zeros to K={-(-K // 16) * 16}"
+            )
+        if N % 8 != 0:
+            raise ValueError(
+                f"{op}: N must be a multiple of 8 on CUDA (output rows are stored in 16-byte vectors), "
+                f"got N={N}; pad w with zero rows (and sw, bias) to N={-(-N // 8) * 8}"
+            )
+        for name, t in (("xq", xq), ("wq", wq)):
+            if t.shape[0] > 1 and t.stride(0) % 16 != 0:
+                raise ValueError(
+                    f"{op}: the row stride of {name} must be a multiple of 16 elements on CUDA (TMA), got "
+                    f"{name}.stride(0) == {t.stride(0)}; pass {name}.contiguous()"
+                )
+
+
+def _check_options(backend: str, tile: Optional[str]) -> None:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"int8_gemm: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if tile is not None and not isinstance(tile, str):
+        raise ValueError(f"int8_gemm: tile must be None (automatic) or a tile name (str), got {tile!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Where a call runs: backend per (device, request), kernel per problem; both cached.
+
+
+def _compiled_arches() -> list[str]:
+    C = _ext._C
+    return sorted({k[0] for k in C.gemm_kernels() if k[1] == _RECIPE}) if C is not None else []
+
+
+def gemm_tiles() -> dict[str, list[str]]:
+    """Tile names per kernel family of this build, e.g. {"sm90_int8_rowwise": ["swap_64x16x256_pp", ...]}."""
+    C = _ext._C
+    out: dict[str, list[str]] = {}
+    if C is None:
+        return out
+    for arch, recipe, tile, _code, _dispatched in C.gemm_kernels():
+        names = out.setdefault(f"{arch}_{recipe}", [])
+        if tile not in names:
+            names.append(tile)
+    return out
+
+
+_backend_cache: dict[tuple[int, str], str] = {}
+
+
+def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
+    """The backend that runs int8_gemm on `device`: 'reference' (CPU), 'meta', 'sm90' or 'sm80'.
+
+    backend='auto' on CUDA takes 'sm90' on compute capability 9.0 when compiled, else 'sm80' on
+    compute capability >= 8.0 when compiled. Raises (never falls back) when the choice cannot run.
+    """
+    op = "int8_gemm"
+    _check_options(backend, None)
+    if device.type == "meta":  # shape inference only
+        return "meta"
+    if device.type == "cpu":
+        if backend != "auto":
+            raise RuntimeError(
+                f"{op}: backend {backend!r} is a CUDA kernel; CPU tensors run the pure-torch reference "
+                "and take backend='auto'"
+            )
+        return "reference"
+    cc = c.require_cuda_kernels(op, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, backend)
+    hit = _backend_cache.get(key)
+    if hit is not None:
+        return hit
+    compiled = _compiled_arches()
+    archs = list(_ext._C.compiled_archs())
+    sm80_runs = "sm80" in compiled and (cc[0] == 8 or f"sm_{cc[0]}{cc[1]}" in archs)
+    if backend == "auto":
+        if cc == (9, 0) and "sm90" in compiled:
+            chosen = "sm90"
+        elif sm80_runs:
+            chosen = "sm80"
+        else:
+            raise RuntimeError(
+                f"{op}: no int8 GEMM kernel of this build runs on {device} (compute capability "
+                f"{cc[0]}.{cc[1]}): compiled backends {compiled or 'none'} (archs {archs}); sm90 needs "
+                "compute capability 9.0, sm80 needs 8.x or a listed arch. Rebuild with ZQ_CUDA_ARCHS "
+                "listing this GPU's arch (e.g. ZQ_CUDA_ARCHS='80;90a')"
+            )
+    else:
+        if backend not in compiled:
+            raise RuntimeError(
+                f"{op}: backend {backend!r} is not compiled into this build (compiled: {compiled or 'none'}); "
+                f"rebuild with ZQ_CUDA_ARCHS including {'90a' if backend == 'sm90' else '80'}"
+            )
+        if backend == "sm90" and cc != (9, 0):
+            raise RuntimeError(
+                f"{op}: backend 'sm90' needs compute capability 9.0 (H100/H200), {device} has "
+                f"{cc[0]}.{cc[1]}; use backend='auto'"
+            )
+        if backend == "sm80" and not sm80_runs:
+            raise RuntimeError(
+                f"{op}: backend 'sm80' has no code for compute capability {cc[0]}.{cc[1]} in this build "
+                f"(archs {archs}); rebuild with ZQ_CUDA_ARCHS listing it"
+            )
+        chosen = backend
+    _backend_cache[key] = chosen
+    return chosen
+
+
+_plans: dict[tuple, tuple[int, int]] = {}
+
+
+def _plan(index: int, device: torch.device, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int):
+    """(kernel id, workspace bytes) for a problem, cached."""
+    key = (index, backend, tile, out_dtype, M, N, K)
+    hit = _plans.get(key)
+    if hit is not None:
+        return hit
+    C = _ext._C
+    arch = resolve_gemm_backend(device, backend)
+    code = c.DTYPE_CODE[out_dtype]
+    name = tile if tile is not None else C.gemm_select(arch, _RECIPE, code, M, N, K)
+    kid = -1 if name is None else C.gemm_find(arch, _RECIPE, name, code)
+    if kid < 0:
+        have = [k[2] for k in C.gemm_kernels() if k[0] == arch and k[1] == _RECIPE and k[3] == code]
+        raise ValueError(
+            f"int8_gemm: tile {name!r} is not built for {arch}_{_RECIPE} with {c.dtype_name(out_dtype)} "
+            f"output; this build has {have or 'none'} (experimental tiles need -DZQ_EXPERIMENT_TILES=ON)"
+        )
+    plan = (kid, C.gemm_workspace_size(kid, M, N, K, index))
+    if len(_plans) > 4096:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
+
+
+def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile) -> torch.Tensor:
+    M, K = xq.shape
+    N = wq.shape[0]
+    out = torch.empty((M, N), dtype=out_dtype, device=xq.device)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:  # empty dot products: y = bias, or 0
+        return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
+    c.check_aligned_ptr("int8_gemm", "xq", xq)
+    c.check_aligned_ptr("int8_gemm", "wq", wq)
+    index = xq.get_device()
+    kid, ws = _plan(index, xq.device, backend, tile, out_dtype, M, N, K)
+    # Per-tensor scales are expanded to vectors (a tiny copy): the kernels read sx / sw as vectors,
+    # after griddepcontrol.wait (see sm90_int8_gemm_rowwise.cuh for why not a scalar broadcast).
+    if sx.numel() != M:
+        sx = sx.reshape(1).expand(M).contiguous()
+    if sw.numel() != N:
+        sw = sw.reshape(1).expand(N).contiguous()
+    workspace = torch.empty(ws, dtype=torch.uint8, device=xq.device) if ws > 0 else None
+    _ext._C.gemm_run(
+        kid,
+        xq.data_ptr(),
+        xq.stride(0) if M > 1 else K,
+        wq.data_ptr(),
+        wq.stride(0) if N > 1 else K,
+        sx.data_ptr(),
+        sw.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        M,
+        N,
+        K,
+        0 if workspace is None else workspace.data_ptr(),
+        ws,
+        index,
+        c.current_stream(index),
+    )
+    return out
+
+
+def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+    _check_options(backend, tile)
+    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
+    if xq.is_cuda:
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile)
+    where = resolve_gemm_backend(xq.device, backend)  # raises for other device types / CPU + backend
+    if tile is not None:
+        raise RuntimeError(
+            f"int8_gemm: tile selects a CUDA kernel; {where} tensors run the pure-torch reference and "
+            f"take tile=None, got {tile!r}"
+        )
+    return int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype)
+
+
+@torch.library.custom_op(
+    "zqkernels::int8_gemm",
+    mutates_args=(),
+    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, ScalarType out_dtype, str backend, "
+    "str tile) -> Tensor",
+)
+def _int8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+    return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None)
+
+
+@_int8_gemm_op.register_fake
+def _int8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+    _check_options(backend, tile or None)
+    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
+    resolve_gemm_backend(xq.device, backend)
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+_op = torch.ops.zqkernels.int8_gemm.default
+
+
+def int8_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    backend: str = "auto",
+    tile: Optional[str] = None,
+) -> torch.Tensor:
+    """W8A8 GEMM: y[m, n] = sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n]), as out_dtype.
+
+    xq int8 [M, K] and wq int8 [N, K] (nn.Linear layout; rows may be strided: unit stride along K,
+    row stride >= K), sx float32 [M] (per token) or [1] (per tensor), sw float32 [N] (per channel)
+    or [1], bias [N] of out_dtype (bf16, fp16 or fp32), all on one device; int8 values may include
+    -128 and K <= 131071. On CUDA, K % 16 == 0, N % 8 == 0, row strides multiples of 16 and xq, wq
+    start 16-byte aligned. The sum is exact (int32); scales and bias are applied in fp32 and the
+    result rounded once. ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a name from
+    ``zqkernels.info()["gemm_tiles"]``, None = the dispatch table's choice) select a CUDA kernel
+    explicitly, for tests and benchmarks; CPU tensors (the reference) take the defaults.
+    """
+    if c._debug_checks:
+        for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
+            c.check_finite("int8_gemm", name, t)
+    if c.eager(xq, wq, sx, sw, bias):
+        return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile)
+    return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "")

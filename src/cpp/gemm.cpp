@@ -1,0 +1,148 @@
+// gemm.cpp: bindings of the GEMM registry (src/cuda/zq_kernels.h). Python resolves a kernel once per
+// (device, recipe, arch, tile, output type, shape) with gemm_select / gemm_find /
+// gemm_workspace_size and caches it; each call is then one gemm_run with plain integers.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+#include "zq_kernels.h"
+
+namespace nb = nanobind;
+
+namespace zqb {
+namespace {
+
+zq::DType out_dtype_from(const char* op, int code) {
+  if (code >= 0 && code <= 2) return static_cast<zq::DType>(code);
+  fail(op, "out_dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(code));
+}
+
+const zq::GemmKernel& kernel_at(const char* op, int id) {
+  const auto& all = zq::gemm_kernels();
+  if (id < 0 || id >= static_cast<int>(all.size())) {
+    fail(op, "kernel id " + std::to_string(id) + " out of range [0, " + std::to_string(all.size()) + ")");
+  }
+  return all[id];
+}
+
+}  // namespace
+
+void bind_gemm(nb::module_& m) {
+  m.def(
+      "gemm_kernels",
+      []() {
+        std::vector<std::tuple<std::string, std::string, std::string, int, bool>> out;
+        for (const auto& k : zq::gemm_kernels()) {
+          out.emplace_back(k.arch, k.recipe, k.tile, static_cast<int>(k.out_dtype), k.dispatched);
+        }
+        return out;
+      },
+      "Every GEMM kernel of this build: (arch, recipe, tile, out_dtype code, dispatched), id = index.");
+
+  m.def(
+      "gemm_select",
+      [](const std::string& arch, const std::string& recipe, int out_dtype, int M, int N, int K)
+          -> std::optional<std::string> {
+        const char* t = zq::gemm_select_tile(arch, recipe, out_dtype_from("gemm_select", out_dtype), M, N, K);
+        if (t == nullptr) return std::nullopt;
+        return std::string(t);
+      },
+      nb::arg("arch"), nb::arg("recipe"), nb::arg("out_dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"),
+      "The dispatch table's tile for a problem, or None when (arch, recipe, out_dtype) has no table.");
+
+  m.def(
+      "gemm_find",
+      [](const std::string& arch, const std::string& recipe, const std::string& tile, int out_dtype) {
+        const zq::DType out = out_dtype_from("gemm_find", out_dtype);
+        const auto& all = zq::gemm_kernels();
+        for (size_t i = 0; i < all.size(); ++i) {
+          if (arch == all[i].arch && recipe == all[i].recipe && tile == all[i].tile && out == all[i].out_dtype) {
+            return static_cast<int>(i);
+          }
+        }
+        return -1;
+      },
+      nb::arg("arch"), nb::arg("recipe"), nb::arg("tile"), nb::arg("out_dtype"),
+      "Kernel id of (arch, recipe, tile, out_dtype), or -1 if this build does not have it.");
+
+  m.def(
+      "gemm_workspace_size",
+      [](int id, int M, int N, int K, int device) -> size_t {
+        const zq::GemmKernel& k = kernel_at("gemm_workspace_size", id);
+        if (M <= 0 || N <= 0 || K <= 0) fail("gemm_workspace_size", "M, N, K must be positive");
+        zq::GemmArgs a;
+        a.M = M;
+        a.N = N;
+        a.K = K;
+        a.lda = K;
+        a.ldb = K;
+        a.out_dtype = k.out_dtype;
+        a.device = device;
+        a.sm_count = sm_count(device);
+        return k.workspace_size(a);
+      },
+      nb::arg("kernel"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"));
+
+  m.def(
+      "gemm_run",
+      [](int id, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t sa, uintptr_t sb, uintptr_t bias,
+         uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,
+         uintptr_t stream) {
+        const zq::GemmKernel& k = kernel_at("gemm_run", id);
+        zq::GemmArgs g;
+        g.a = reinterpret_cast<const void*>(a);
+        g.lda = lda;
+        g.b = reinterpret_cast<const void*>(b);
+        g.ldb = ldb;
+        g.sa = reinterpret_cast<const float*>(sa);
+        g.sb = reinterpret_cast<const float*>(sb);
+        g.bias = reinterpret_cast<const void*>(bias);
+        g.out = reinterpret_cast<void*>(out);
+        g.M = M;
+        g.N = N;
+        g.K = K;
+        g.out_dtype = k.out_dtype;
+        g.workspace = reinterpret_cast<void*>(workspace);
+        g.workspace_bytes = workspace_bytes;
+        g.device = device;
+        g.sm_count = sm_count(device);
+        g.stream = reinterpret_cast<cudaStream_t>(stream);
+        DeviceGuard guard(device);
+        const std::string err = k.run(g);
+        if (!err.empty()) {
+          fail("gemm", std::string("[") + k.arch + "_" + k.recipe + "/" + k.tile + "/" + zq::dtype_name(k.out_dtype) +
+                           "] " + err);
+        }
+      },
+      nb::arg("kernel"), nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("ldb"), nb::arg("sa"), nb::arg("sb"),
+      nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("workspace"),
+      nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"),
+      "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). Never synchronizes.");
+
+  // Launch-time switches for experiments and debugging (never part of an op's signature).
+  m.def("_debug_set_pdl", [](bool on) { zq::gemm_tuning().pdl = on; }, nb::arg("enabled"),
+        "Launch the sm90 GEMMs with programmatic dependent launch (default on; env ZQKERNELS_PDL=0).");
+  m.def("_debug_pdl", []() { return zq::gemm_tuning().pdl; });
+  m.def(
+      "_debug_set_scheduler",
+      [](int swizzle, int raster) {
+        if (swizzle != 0 && swizzle != 1 && swizzle != 2 && swizzle != 4 && swizzle != 8) {
+          fail("_debug_set_scheduler", "swizzle must be 0, 1, 2, 4 or 8");
+        }
+        if (raster < 0 || raster > 2) fail("_debug_set_scheduler", "raster must be 0, 1 or 2");
+        zq::gemm_tuning().swizzle = swizzle;
+        zq::gemm_tuning().raster = raster;
+      },
+      nb::arg("swizzle"), nb::arg("raster"),
+      "sm90 persistent scheduler swizzle (0 default, 1/2/4/8) and raster (0 auto, 1 along M, 2 along N).");
+}
+
+}  // namespace zqb

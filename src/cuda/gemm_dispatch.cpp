@@ -1,0 +1,103 @@
+// gemm_dispatch.cpp: the dispatch tables. For each (arch, recipe, output class) a list of rules
+// "M <= max_m and N <= max_n -> tile", first match wins, naming tiles of the table in
+// cmake/gemm_tiles.cmake. Host code only. The Python layer caches the choice per problem shape, so
+// this runs once per (shape, device), not per call.
+#include <climits>
+#include <cstring>
+#include <string>
+
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+struct Rule {
+  int max_m;         // rule applies when M <= max_m
+  int max_n;         // ... and N <= max_n
+  const char* tile;  // a tile name of cmake/gemm_tiles.cmake
+};
+
+constexpr int kAny = INT_MAX;
+
+// sm90, int8_rowwise, bf16 / fp16 output. From scripts/probe_gemm.py and the full W8A8 benchmark on
+// an H100 (benchmarks/results/, docs/PERF_NOTES.md).
+// M <= 64 is weight-bandwidth bound: swap-AB puts the tokens on the narrow wgmma N side so a
+// 64-row weight tile is streamed once per token tile. 64 < M <= 256 with few output tiles
+// (N <= 8192: 32-64 CTA tiles for 132 SMs) uses stream-K to spread the K loop over every SM;
+// with many tiles, plain ping-pong tiles. Large M is tensor-core bound: 128x256 cooperative tiles
+// with the weight tile multicast across a 2-CTA cluster. M = 513..1024 with many output tiles:
+// ping-pong beat cooperative in 3 runs of 3 at N = 22016 (0.4-5.5%); at N = 4096 cooperative won.
+constexpr Rule kSm90Int8Rowwise16[] = {
+    {16, kAny, "swap_64x16x256_pp"},
+    {32, kAny, "swap_64x32x256_pp"},
+    {64, 8192, "swap_64x32x256_pp"},
+    {128, kAny, "swap_64x64x256_pp"},
+    {256, 8192, "swap_128x64x256_coop_sk"},
+    {512, kAny, "128x128x128_c2x1_pp"},
+    {1024, 8192, "128x256x128_c2x1_coop"},
+    {1024, kAny, "128x128x128_c2x1_pp"},
+    {kAny, kAny, "128x256x128_c2x1_coop"},
+};
+// fp32 output (callers that want full-precision outputs, e.g. vLLM-style test suites): two tiles
+// keep the build small; not tuned.
+constexpr Rule kSm90Int8Rowwise32[] = {
+    {64, kAny, "swap_64x32x256_pp"},
+    {kAny, kAny, "128x128x128_c2x1_pp"},
+};
+
+// sm80 (not yet measured on an A100; the reasoning, for 108 SMs and N ~ 4096):
+//   M <= 32    decode: bound by streaming the weight once. One 32-row M tile, 64-wide N tiles.
+//   M <= 128   64x64 tiles give (M / 64) * (N / 64) CTAs, enough to occupy the SMs.
+//   M <= 512   tensor-core bound, but 128x256 tiles would leave SMs idle; 128x128 doubles the CTAs.
+//   M > 512    128x256x64: the most reuse per byte of smem traffic, enough tiles to fill waves.
+constexpr Rule kSm80Int8Rowwise16[] = {
+    {32, kAny, "32x64x128_w32x32_s6"},
+    {128, kAny, "64x64x128_w32x32_s5"},
+    {512, kAny, "128x128x64_w64x64_s5"},
+    {kAny, kAny, "128x256x64_w64x64_s3"},
+};
+constexpr Rule kSm80Int8Rowwise32[] = {
+    {32, kAny, "32x64x128_w32x32_s6"},
+    {kAny, kAny, "128x128x64_w64x64_s5"},
+};
+
+struct Table {
+  const char* arch;
+  const char* recipe;
+  bool fp32_out;  // the table for fp32 output; the other serves bf16 and fp16
+  const Rule* rules;
+  size_t n;
+};
+
+template <size_t N>
+constexpr Table table(const char* arch, const char* recipe, bool fp32, const Rule (&r)[N]) {
+  return {arch, recipe, fp32, r, N};
+}
+
+constexpr Table kTables[] = {
+    table("sm90", "int8_rowwise", false, kSm90Int8Rowwise16),
+    table("sm90", "int8_rowwise", true, kSm90Int8Rowwise32),
+    table("sm80", "int8_rowwise", false, kSm80Int8Rowwise16),
+    table("sm80", "int8_rowwise", true, kSm80Int8Rowwise32),
+};
+
+}  // namespace
+
+const char* gemm_select_tile(const std::string& arch, const std::string& recipe, DType out_dtype, int M,
+                             int N, int /*K*/) {
+  const bool fp32 = out_dtype == DType::kFP32;
+  for (const Table& t : kTables) {
+    if (arch != t.arch || recipe != t.recipe || fp32 != t.fp32_out) continue;
+    for (size_t i = 0; i < t.n; ++i) {
+      if (M <= t.rules[i].max_m && N <= t.rules[i].max_n) return t.rules[i].tile;
+    }
+  }
+  return nullptr;
+}
+
+GemmTuning& gemm_tuning() {
+  static GemmTuning t;
+  return t;
+}
+
+}  // namespace zq

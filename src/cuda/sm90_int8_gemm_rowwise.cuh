@@ -1,0 +1,217 @@
+// sm90_int8_gemm_rowwise.cuh: recipe "int8_rowwise" on Hopper (sm_90a): W8A8 INT8 GEMM with
+// per-token activation scales and per-channel weight scales fused into the epilogue.
+//
+// Computes (docs/SCALES.md):
+//   y[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+// with xq [M, K] int8 (rows lda apart), wq [N, K] int8 (rows ldb apart), sx [M] / sw [N] float32,
+// bias [N] in the output type or absent, y [M, N] bf16 / fp16 / fp32 row-major. The epilogue works
+// in fp32 and rounds once. Per-tensor scales reach this kernel expanded to vectors (the Python
+// layer does it), because CUTLASS's dynamic scalar broadcast reads the scalar in the kernel
+// prologue, before griddepcontrol.wait: a per-tensor scale written by the previous kernel could
+// then be read stale under programmatic dependent launch.
+//
+// Kernel: CUTLASS 3.x/4.x GemmUniversal, TMA loads into a multistage smem pipeline, wgmma
+// (s8 x s8 -> s32), warp-specialized producer/consumer warpgroups, persistent tile scheduler, and an
+// epilogue visitor tree (EVT) that reads sx / sw / bias as broadcast vectors and stores with TMA.
+//
+// Two orientations:
+//   * normal  : GEMM (M, N, K) with A = xq, B = wq, D = y (row-major).
+//   * swap-AB : GEMM (N, M, K) with A = wq, B = xq, D = y^T stored column-major (i.e. y row-major).
+//               For decode-sized M (<= 64) the token dimension becomes the narrow wgmma N (8..64)
+//               instead of padding M up to a 64-row wgmma tile, so no tensor-core work is wasted
+//               and more CTAs stream the weight matrix: this path is weight-bandwidth bound.
+//
+// Programmatic dependent launch: this file must be compiled with CUTLASS_ENABLE_GDC_FOR_SM90
+// (cmake/gemm_tiles.cmake defines it), which makes the producer warp execute griddepcontrol.wait
+// before its first TMA load; the epilogue reads sx / sw / bias only after consuming data loaded
+// after that wait. Without the define the wait is compiled out and PDL would be a race.
+//
+// Limits: K % 16 == 0 and lda, ldb multiples of 16 (TMA: 16-byte strides), N % 8 == 0 (16-byte
+// output rows), 16-byte aligned xq / wq / out; sx / sw / bias need only element alignment (they
+// are loaded one element at a time: Alignment = 1 below). Any M >= 1 (TMA clips ragged tiles).
+// Checked by python/zqkernels/ops/gemm.py and again by check_int8_gemm_args.
+//
+// Build: -gencode=arch=compute_90a,code=sm_90a with -DNDEBUG (without NDEBUG ptxas serializes
+// wgmma, warning C7510). The tiles are instantiated from the table in cmake/gemm_tiles.cmake.
+// Test: tests/test_gemm_gpu.py; time: benchmarks/bench_w8a8.py.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/gemm/kernel/tile_scheduler.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+#include "gemm_registry.h"
+#include "zq_kernels.h"
+
+namespace zq::sm90 {
+
+using namespace cute;
+using namespace cutlass::epilogue::fusion;  // Sm90EVT, Sm90Compute, Sm90*Broadcast, Sm90AccFetch
+
+enum class Sched { kCooperative, kPingpong };
+
+// One row of the tile table (cmake/gemm_tiles.cmake), as numbers: CTA tile (M, N, K) of the GEMM
+// as CUTLASS sees it, the thread-block cluster (TMA multicast of the shared operand), the
+// mainloop schedule (cooperative: 2 consumer warpgroups split one tile; ping-pong: they alternate
+// tiles), stream-K or data-parallel persistent scheduling, and the swap-AB orientation.
+template <int kTileM, int kTileN, int kTileK, int kClusterM, int kClusterN, Sched kSched, bool kStreamK,
+          bool kSwapAB_>
+struct TileConfig {
+  using TileShape = Shape<Int<kTileM>, Int<kTileN>, Int<kTileK>>;
+  using ClusterShape = Shape<Int<kClusterM>, Int<kClusterN>, _1>;
+  using KernelSchedule = cute::conditional_t<kSched == Sched::kCooperative,
+                                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                             cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpiSchedule = cute::conditional_t<kSched == Sched::kCooperative,
+                                          cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                          cutlass::epilogue::TmaWarpSpecialized>;
+  using Scheduler = cute::conditional_t<kStreamK, cutlass::gemm::StreamKScheduler, void>;
+  static constexpr bool kSwapAB = kSwapAB_;
+};
+
+template <class Cfg, class ElementOut>
+struct Int8RowwiseGemm {
+  using TileShape = typename Cfg::TileShape;
+  static constexpr bool kSwapAB = Cfg::kSwapAB;
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+  // Operand layouts. Both operands are K-contiguous ("TN" GEMM), the only layout int8 wgmma takes
+  // from shared memory. In swap-AB, the weight [N, K] is A and the activation [M, K] is B.
+  using LayoutA = cutlass::layout::RowMajor;
+  using LayoutB = cutlass::layout::ColumnMajor;
+  // y is row-major [M, N]; as the swapped GEMM's D (N x M) that is column-major.
+  using LayoutD = cute::conditional_t<kSwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  static constexpr int kAlignAB = 16;                                            // 16 bytes of int8
+  static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementOut>::value;  // 16 bytes
+
+  // --- Epilogue visitor tree -------------------------------------------------------------------
+  // Broadcast along the GEMM's rows (a value per m of the GEMM) and along its columns. Alignment 1:
+  // element loads, so views such as sw[1:] (4-byte aligned) are read correctly; they happen once
+  // per output tile and cost nothing measurable.
+  using PerGemmRow = Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>, 1>;
+  using PerGemmCol = Sm90RowBroadcast<0, TileShape, float, float, Stride<_0, _1, _0>, 1>;
+  // bias lives on the output-feature axis: GEMM columns normally, GEMM rows when swapped.
+  // EnableNullptr (the default) makes a null bias pointer read as 0, so bias is a runtime option
+  // and needs no second instantiation.
+  using BiasRow = Sm90RowBroadcast<0, TileShape, ElementOut, float, Stride<_0, _1, _0>, 1>;
+  using BiasCol = Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>, 1>;
+
+  using TokenScale = cute::conditional_t<kSwapAB, PerGemmCol, PerGemmRow>;    // sx[m]
+  using ChannelScale = cute::conditional_t<kSwapAB, PerGemmRow, PerGemmCol>;  // sw[n]
+  using Bias = cute::conditional_t<kSwapAB, BiasCol, BiasRow>;
+
+  // t = sw[n] * float(acc)
+  using ScaleAcc = Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, kRound>, ChannelScale, Sm90AccFetch>;
+  // y = round(sx[m] * t + bias[n]): one fma in fp32, one rounding to the output type.
+  using Fusion = Sm90EVT<Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>,
+                         TokenScale, ScaleAcc, Bias>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Cfg::ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float,
+      void, LayoutD, kAlignD,  // no C operand: bias is a broadcast vector, not a matrix
+      ElementOut, LayoutD, kAlignD, typename Cfg::EpiSchedule, Fusion>::CollectiveOp;
+
+  // Stages: whatever smem remains after the epilogue's carve-out.
+  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, LayoutA, kAlignAB, int8_t, LayoutB,
+      kAlignAB, int32_t, TileShape, typename Cfg::ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      typename Cfg::KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue, typename Cfg::Scheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments make_arguments(const GemmArgs& a) {
+    using StrideA = typename Gemm::GemmKernel::StrideA;
+    using StrideB = typename Gemm::GemmKernel::StrideB;
+    using StrideD = typename Gemm::GemmKernel::StrideD;
+    // The GEMM's (M, N): swapped problems run N x M.
+    const int gm = kSwapAB ? a.N : a.M;
+    const int gn = kSwapAB ? a.M : a.N;
+    const auto* ptr_a = static_cast<const int8_t*>(kSwapAB ? a.b : a.a);
+    const auto* ptr_b = static_cast<const int8_t*>(kSwapAB ? a.a : a.b);
+    StrideA stride_a = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(gm, a.K, 1));
+    StrideB stride_b = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(gn, a.K, 1));
+    // Row strides of the operands (row-strided activations: a view of a wider buffer).
+    get<0>(stride_a) = kSwapAB ? a.ldb : a.lda;
+    get<0>(stride_b) = kSwapAB ? a.lda : a.ldb;
+    StrideD stride_d = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(gm, gn, 1));
+
+    const auto* bias = static_cast<const ElementOut*>(a.bias);
+    // Argument tree mirrors the visitor tree: {children..., op}.
+    typename Fusion::Arguments fusion{
+        {a.sa, 0.f, {}},            // TokenScale
+        {{a.sb, 0.f, {}}, {}, {}},  // ScaleAcc = {ChannelScale, AccFetch, multiplies}
+        {bias, ElementOut(0.f), {}},  // Bias (nullptr -> 0)
+        {}};                        // multiply_add
+
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  {gm, gn, a.K, 1},
+                                  {ptr_a, stride_a, ptr_b, stride_b},
+                                  {fusion, nullptr, stride_d, static_cast<ElementOut*>(a.out), stride_d}};
+    const GemmTuning& t = gemm_tuning();
+    if (t.swizzle > 0) args.scheduler.max_swizzle_size = t.swizzle;
+    using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
+    if (t.raster == 1) args.scheduler.raster_order = Raster::AlongM;
+    if (t.raster == 2) args.scheduler.raster_order = Raster::AlongN;
+    args.hw_info.device_id = a.device;
+    args.hw_info.sm_count = a.sm_count;
+    return args;
+  }
+
+  static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
+
+  static std::string run(const GemmArgs& a) {
+    std::string err = check_int8_gemm_args(a);
+    if (!err.empty()) return err;
+    auto args = make_arguments(a);
+    cutlass::Status st = Gemm::can_implement(args);
+    if (st != cutlass::Status::kSuccess) {
+      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
+    }
+    if (Gemm::get_workspace_size(args) > a.workspace_bytes) return "workspace too small";
+    // The dynamic-smem opt-in is a per-device function attribute: set it once per device instead
+    // of on every call (GemmUniversalAdapter::initialize would redo it each time).
+    static bool smem_ready[64] = {};
+    constexpr int kSmem = Kernel::SharedStorageSize;
+    if (a.device < 0 || a.device >= 64) return "device index out of range";
+    if (kSmem >= (48 << 10) && !smem_ready[a.device]) {
+      cudaError_t e = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      if (e != cudaSuccess) return std::string("cudaFuncSetAttribute failed: ") + cudaGetErrorString(e);
+      smem_ready[a.device] = true;
+    }
+    st = Kernel::initialize_workspace(args, a.workspace, a.stream, nullptr);  // stream-K: zeroes its locks
+    if (st != cutlass::Status::kSuccess) {
+      return std::string("CUTLASS workspace initialization failed: ") + cutlassGetStatusString(st);
+    }
+    typename Kernel::Params params = Kernel::to_underlying_arguments(args, a.workspace);
+    st = Gemm::run(params, a.stream, /*cuda_adapter=*/nullptr, /*launch_with_pdl=*/gemm_tuning().pdl);
+    if (st != cutlass::Status::kSuccess) {
+      cudaError_t e = cudaGetLastError();
+      return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" + cudaGetErrorString(e) + ")";
+    }
+    return {};
+  }
+};
+
+// The registry row of one (tile, output type); called from the generated translation units.
+template <class Cfg, class ElementOut>
+GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
+  using G = Int8RowwiseGemm<Cfg, ElementOut>;
+  return {"sm90", "int8_rowwise", tile, out, dispatched, &G::workspace_size, &G::run};
+}
+
+}  // namespace zq::sm90
