@@ -14,14 +14,18 @@ import argparse
 import json
 import math
 import statistics
+import sys
+from pathlib import Path
 
 import torch
-from _timing import time_graph
 
 try:
     from zqkernels import _C
 except ImportError:  # a bare CMake build tree on PYTHONPATH
     import _C
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from _common import time_graph  # noqa: E402  (the benchmarks' one timer)
 
 L2_BYTES = 50 * 2**20
 

@@ -1,11 +1,18 @@
-"""zqkernels.info(), ``python -m zqkernels`` (in process) and the demo."""
+"""zqkernels.info(), ``python -m zqkernels`` (in process and as a subprocess) and the demo.
+
+The benchmark harness lives in benchmarks/, outside the package: nothing here imports it (its CPU
+self-test runs as a subprocess from a source checkout)."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 import zqkernels
 from conftest import HAVE_CUDA, HAVE_KERNELS
 from zqkernels import _demo, _ext
@@ -29,7 +36,7 @@ def test_info_prints_nothing_and_is_json(capsys):
         "cuda_kernels",
         "compiled_archs",
         "backends",
-        "gemm_configs",
+        "gemm_tiles",
         "torch",
         "gpu",
         "note",
@@ -39,13 +46,15 @@ def test_info_prints_nothing_and_is_json(capsys):
     assert (d["gpu"] is None) is (not HAVE_CUDA)
     json.dumps(d)
     if not HAVE_KERNELS:
-        assert d["compiled_archs"] == [] and d["backends"] == [] and d["gemm_configs"] == {}
+        assert d["compiled_archs"] == [] and d["backends"] == [] and d["gemm_tiles"] == {}
         if _ext.import_error is None:
             assert d["note"].startswith("built without CUDA kernels (")
             assert d["note"].endswith("ops run the pure-torch reference on CPU tensors; CUDA tensors raise")
     else:
         assert d["backends"] and set(d["backends"]) <= {"sm90", "sm80"}
-        assert all(d["gemm_configs"][b] for b in d["backends"])
+        # tile names per kernel family ("<arch>_<recipe>"), each passed as int8_gemm(..., tile=name)
+        assert d["gemm_tiles"] and all(d["gemm_tiles"].values())
+        assert {family.split("_", 1)[0] for family in d["gemm_tiles"]} <= set(d["backends"])
 
 
 def test_main_info(capsys):
@@ -61,14 +70,72 @@ def test_main_help(capsys):
     assert all(cmd in out for cmd in ("info", "bench", "demo"))
 
 
-@pytest.mark.skipif(
-    _demo.gpu_ready()[0], reason="on a GPU, bench runs the benchmark (covered by the GPU scripts)"
-)
-def test_main_bench_without_gpu_runs_the_demo(capsys):
-    assert main([]) == 0  # no subcommand = bench
+REPO = Path(__file__).resolve().parent.parent
+NO_GPU = not _demo.gpu_ready()[0]
+
+
+def test_benchmark_code_is_not_in_the_package():
+    pkg = Path(zqkernels.__file__).parent
+    assert not (pkg / "_bench.py").exists()
+    quick = (pkg / "_quickbench.py").read_text()
+    assert len(quick.splitlines()) <= 160 and "subprocess" not in quick and "selftest" not in quick
+
+
+@pytest.mark.skipif(not NO_GPU, reason="on a GPU, no subcommand runs the benchmark (GPU scripts cover it)")
+def test_main_without_command_and_gpu_runs_the_demo(capsys):
+    assert main([]) == 0
     out = capsys.readouterr().out
-    assert "zqkernels bench needs a CUDA GPU that runs the zqkernels kernels" in out
+    assert out.startswith("zqkernels: no GPU benchmark here (")
     assert "W8A8 QLinear (bfloat16)" in out and "blocks.1.fc2" in out
+
+
+@pytest.mark.skipif(not NO_GPU, reason="needs a machine whose GPU cannot run the kernels")
+@pytest.mark.parametrize(
+    "argv, what", [(["bench"], "bench"), (["demo", "--device", "cuda"], "demo --device cuda")]
+)
+def test_gpu_command_without_gpu_is_a_one_line_error(capsys, argv, what):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"zqkernels {what}: needs a CUDA GPU that runs the zqkernels kernels; ")
+    if not torch.cuda.is_available() and torch.version.cuda is None:
+        assert lines[0].endswith(f"this torch ({torch.__version__}) is built without CUDA")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="needs a machine whose GPU cannot run the kernels")
+def test_demo_cuda_error_from_the_command_line():
+    """The same through ``python -m zqkernels``: exit status 2, one line on stderr, no traceback."""
+    r = subprocess.run(
+        [sys.executable, "-m", "zqkernels", "demo", "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("zqkernels demo --device cuda: needs a CUDA GPU")
+
+
+@pytest.mark.skipif(
+    not (REPO / "benchmarks" / "bench_w8a8.py").exists(), reason="not a source checkout (no benchmarks/)"
+)
+def test_benchmark_harness_selftest():
+    """benchmarks/bench_w8a8.py --selftest: tables, JSON and the measuring pipeline on CPU with a
+    stand-in for zqkernels (run as a script, as scripts/gpu_check.sh runs the benchmark)."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_w8a8.py"), "--selftest"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "selftest_format: ok" in r.stdout and "selftest_cpu: ok" in r.stdout
 
 
 def test_demo_numbers():

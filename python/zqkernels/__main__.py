@@ -1,9 +1,13 @@
 """``python -m zqkernels [info | bench | demo]`` (also installed as the ``zqkernels`` command).
 
 info   what this install can do (zqkernels.info()) as JSON
-bench  the W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels; otherwise
-       says so and runs the demo); the default subcommand
+bench  a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels); the full
+       benchmark is benchmarks/bench_w8a8.py in the source tree
 demo   quantize a small transformer built in code and report the accuracy cost
+
+Without a subcommand: bench where the GPU can run the kernels, otherwise the CPU demo (with a note).
+Asking explicitly for what this machine cannot run (``bench``, ``demo --device cuda``) prints a
+one-line error to stderr and exits with status 2.
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ import sys
 from typing import Optional, Sequence
 
 
+def _cannot(what: str, why: str) -> int:
+    print(f"zqkernels {what}: needs a CUDA GPU that runs the zqkernels kernels; {why}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m zqkernels", description="zqkernels: W8A8 INT8 kernels; the default command is bench"
+        prog="python -m zqkernels",
+        description="zqkernels: W8A8 INT8 kernels; without a command: bench on a GPU, else the CPU demo",
     )
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo}")
     sub.add_parser("info", help="print zqkernels.info() as JSON")
-    bench = sub.add_parser("bench", help="benchmark the W8A8 GEMM (GPU); the default")
-    bench.add_argument("--full", action="store_true", help="the whole shape grid (default: the short one)")
+    bench = sub.add_parser("bench", help="quick W8A8 GEMM benchmark (GPU only)")
     bench.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
     demo = sub.add_parser("demo", help="quantize a small transformer and report its accuracy")
     demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if it can run the kernels")
@@ -31,23 +40,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from . import _demo, info
 
-    command = args.command or "bench"
-    if command == "info":
+    if args.command == "info":
         print(json.dumps(info(), indent=2))
         return 0
-    if command == "bench":
+    if args.command in ("bench", None):
         ready, why = _demo.gpu_ready()
         if ready:
-            from . import _bench
+            from . import _quickbench
 
-            _bench.run(short=not getattr(args, "full", False), out_json=getattr(args, "json", None))
+            _quickbench.run(out_json=getattr(args, "json", None))
             return 0
-        print(
-            f"zqkernels bench needs a CUDA GPU that runs the zqkernels kernels ({why}); "
-            "running the CPU demo instead.\n"
-        )
+        if args.command == "bench":
+            return _cannot("bench", why)
+        print(f"zqkernels: no GPU benchmark here ({why}); running the CPU demo instead.\n")
         _demo.run(device="cpu", dtype=torch.bfloat16)
         return 0
+    if args.device == "cuda":
+        ready, why = _demo.gpu_ready()
+        if not ready:
+            return _cannot("demo --device cuda", why)
     _demo.run(device=args.device, dtype=torch.bfloat16)
     return 0
 

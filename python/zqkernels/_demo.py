@@ -10,6 +10,7 @@ CUDA tensors run the kernels; on CPU the same code runs the pure-torch reference
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._ops import resolve_gemm_backend
-from .nn import QLinear, quantize_model
+from . import QLinear, int8_gemm, quantize_model
+from ._ext import _C
 
 D_MODEL, N_HEADS, D_FFN, N_LAYERS, VOCAB, SEQ, BATCH = 256, 4, 1024, 2, 1000, 32, 2
 
@@ -73,14 +74,23 @@ def build_model(seed: int = 0, device: Optional[torch.device] = None) -> TinyLM:
     return TinyLM().to(device).eval()
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_ready() -> tuple[bool, str]:
-    """(True, '') if cuda:0 can run the zqkernels kernels, else (False, why)."""
+    """(True, '') if cuda:0 can run the zqkernels kernels, else (False, why) with a one-line why."""
     if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return False, f"this torch ({torch.__version__}) is built without CUDA"
         return False, "torch sees no CUDA GPU"
-    try:
-        resolve_gemm_backend(torch.device("cuda", 0))
-    except RuntimeError as e:
-        return False, str(e)
+    if _C is None:
+        return False, "this zqkernels build has no CUDA kernels (reinstall it with nvcc on PATH)"
+    try:  # the smallest GEMM the kernels take: says whether this GPU / build combination runs
+        xq = torch.ones(1, 16, dtype=torch.int8, device="cuda")
+        wq = torch.ones(8, 16, dtype=torch.int8, device="cuda")
+        int8_gemm(xq, wq, torch.ones(1, device="cuda"), torch.ones(8, device="cuda"))
+        torch.cuda.synchronize()
+    except Exception as e:  # noqa: BLE001 - any failure means: do not run the kernels here
+        lines = str(e).strip().splitlines()
+        return False, f"{type(e).__name__}: {lines[0] if lines else ''}"
     return True, ""
 
 
