@@ -74,13 +74,15 @@ def test_bias_dtype_follows_input():
 def test_state_dict_round_trip(bias):
     src = QLinear.from_linear(gaussian_linear(96, 40, bias=bias, dtype=torch.bfloat16))
     sd = src.state_dict()
-    assert set(sd) == ({"weight_q", "weight_scale", "bias"} if bias else {"weight_q", "weight_scale"})
-    assert not any(t.is_floating_point() and t.dim() == 2 for t in sd.values())  # no float weights
+    assert set(sd) == ({"weight_q", "weight_scale", "bias", "_extra_state"} if bias else {"weight_q", "weight_scale", "_extra_state"})
+    assert sd["_extra_state"] == {"version": 1, "scheme": "w8a8", "in_features": 96, "out_features": 40}
+    tensors = [t for t in sd.values() if isinstance(t, torch.Tensor)]
+    assert not any(t.is_floating_point() and t.dim() == 2 for t in tensors)  # no float weights
     dst = QLinear(96, 40, bias=bias, dtype=torch.bfloat16)
     dst.load_state_dict(sd)
     x = torch.randn(7, 96, dtype=torch.bfloat16)
     assert torch.equal(dst(x), src(x))
-    with pytest.raises(RuntimeError, match="size mismatch for weight_q"):
+    with pytest.raises(ValueError, match="the checkpoint has out_features=40 but this layer has out_features=48"):
         QLinear(96, 48, bias=bias).load_state_dict(sd)
 
 
@@ -121,10 +123,8 @@ def test_constructor_makes_loadable_zero_buffers():
 
 def test_forward_errors():
     q = QLinear.from_linear(gaussian_linear(64, 16, dtype=torch.bfloat16))
-    with pytest.raises(
-        TypeError, match=r"QLinear: x must be bfloat16 or float16, got torch.float32: .*ambiguous"
-    ):
-        q(torch.randn(2, 64))
+    with pytest.raises(TypeError, match=r"QLinear: x must be bfloat16, float16 or float32, got torch.float64"):
+        q(torch.randn(2, 64, dtype=torch.float64))
     with pytest.raises(
         ValueError,
         match=r"QLinear: x must be \[..., in_features\] with in_features == 64, got shape \[2, 32\]",
@@ -272,3 +272,51 @@ def test_public_api():
         "set_debug_checks",
     ):
         assert name in zqkernels.__all__ and callable(getattr(zqkernels, name))
+
+
+# ------------------------------------------------------------------------------------------------
+# Silent wrongs found by hand (core-v2 issue), each with a test that failed before the fix.
+
+
+def test_load_state_dict_rejects_other_out_features():
+    # 20 -> 12 and 20 -> 10 both pad to 16 weight rows: the buffers alone cannot tell them apart.
+    sd = QLinear.from_linear(gaussian_linear(32, 12)).state_dict()
+    with pytest.raises(ValueError, match=r"QLinear.load_state_dict: the checkpoint has out_features=12 but "
+                       r"this layer has out_features=10"):
+        QLinear(32, 10, dtype=torch.float32).load_state_dict(sd)
+    QLinear(32, 12, dtype=torch.float32).load_state_dict(sd)  # the matching shape loads
+
+
+def test_quantize_model_converts_every_use_of_a_shared_linear():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(32, 32)
+            self.b = self.a  # the same Linear under two names of one parent
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    m = Twice()
+    quantize_model(m)
+    assert isinstance(m.a, QLinear) and m.b is m.a
+
+
+def test_quantize_model_is_all_or_nothing():
+    m = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16))
+    with torch.no_grad():
+        m[1].weight[3, 5] = float("nan")  # the second layer cannot be quantized
+    with pytest.raises(ValueError, match=r"quantize_model: layer '1': quantize_weight: w has NaN/Inf"):
+        quantize_model(m)
+    assert type(m[0]) is nn.Linear and type(m[1]) is nn.Linear  # untouched
+
+
+def test_qlinear_fp32_model():
+    lin = gaussian_linear(64, 24, dtype=torch.float32)
+    q = QLinear.from_linear(lin)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        y = q(x)
+        ref = lin(x)
+    assert y.dtype == torch.float32
+    assert rel_err(y, ref) < 0.02

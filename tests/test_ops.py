@@ -14,7 +14,9 @@ import torch
 import zqkernels
 from conftest import OUT_DTYPES, X_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
-from zqkernels import _ext, _ops
+from zqkernels import _ext
+from zqkernels.ops import _common
+from zqkernels.ops import gemm as gemm_mod
 from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref, quantize_weight_ref
 
 QUANT_OP = torch.ops.zqkernels.quantize_per_token.default
@@ -95,7 +97,7 @@ def test_op_schemas():
     assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x) -> (Tensor, Tensor)"
     assert str(GEMM_OP._schema) == (
         "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
-        "ScalarType out_dtype, str backend, int config) -> Tensor"
+        "ScalarType out_dtype, str backend, str tile) -> Tensor"
     )
 
 
@@ -109,7 +111,7 @@ def test_opcheck_quantize_per_token(dtype):
 @pytest.mark.parametrize("out_dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
 def test_opcheck_int8_gemm(out_dtype, bias):
     a = make_gemm_inputs(9, 24, 32, out_dtype=out_dtype, bias=bias)
-    torch.library.opcheck(GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", -1))
+    torch.library.opcheck(GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", ""))
 
 
 def test_compile_fullgraph_cpu():
@@ -189,19 +191,19 @@ GEMM_ERRORS = [
         "sx_dtype",
         _gemm_case(sx=lambda: torch.ones(4, dtype=torch.bfloat16)),
         TypeError,
-        r"int8_gemm: sx must be float32 \[M\] \(one scale per row of xq\), got bfloat16 \[4\]",
+        r"int8_gemm: sx must be float32 \[M\] \(one scale per row of xq\) or \[1\] \(per-tensor\), got bfloat16 \[4\]",
     ),
     (
         "sx_shape_2d",
-        _gemm_case(sx=lambda: torch.ones(4, 1)),
+        _gemm_case(sx=lambda: torch.ones(2, 2)),
         ValueError,
-        re.escape("int8_gemm: sx must be float32 [M] with M == xq.shape[0] (4), got float32 [4, 1]"),
+        re.escape("int8_gemm: sx must be float32 [M] with M == 4 (one scale per row of xq) or hold one per-tensor value ([1]), got float32 [2, 2]"),
     ),
     (
         "sx_shape_len",
         _gemm_case(sx=lambda: torch.ones(5)),
         ValueError,
-        re.escape("int8_gemm: sx must be float32 [M] with M == xq.shape[0] (4), got float32 [5]"),
+        re.escape("int8_gemm: sx must be float32 [M] with M == 4 (one scale per row of xq) or hold one per-tensor value ([1]), got float32 [5]"),
     ),
     (
         "sw_dtype",
@@ -213,7 +215,7 @@ GEMM_ERRORS = [
         "sw_shape",
         _gemm_case(sw=lambda: torch.ones(7)),
         ValueError,
-        re.escape("int8_gemm: sw must be float32 [N] with N == wq.shape[0] (8), got float32 [7]"),
+        re.escape("int8_gemm: sw must be float32 [N] with N == 8 (one scale per row of wq) or hold one per-tensor value ([1]), got float32 [7]"),
     ),
     (
         "bias_dtype",
@@ -235,21 +237,21 @@ GEMM_ERRORS = [
     ),
     (
         "out_dtype",
-        _gemm_case(out_dtype=torch.float32, bias=None),
+        _gemm_case(out_dtype=torch.float64, bias=None),
         TypeError,
-        r"int8_gemm: out_dtype must be torch.bfloat16 or torch.float16, got torch.float32",
+        r"int8_gemm: out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got torch.float64",
     ),
     (
         "xq_noncontig",
         _gemm_case(xq=lambda: torch.zeros(16, 4, dtype=I8).t()),
         ValueError,
-        r"int8_gemm: xq must be contiguous \(row-major\), got int8 \[4, 16\] with strides \(1, 4\)",
+        r"int8_gemm: xq must have unit stride along K \(xq.stride\(1\) == 1\), got int8 \[4, 16\] with strides \(1, 4\)",
     ),
     (
         "wq_noncontig",
         _gemm_case(wq=lambda: torch.zeros(8, 32, dtype=I8)[:, ::2]),
         ValueError,
-        r"int8_gemm: wq must be contiguous",
+        r"int8_gemm: wq must have unit stride along K",
     ),
     (
         "sx_noncontig",
@@ -288,18 +290,17 @@ def test_int8_gemm_bad_input(build, exc, match):
         ),
         (
             dict(backend=None),
-            RuntimeError,
-            r"zqkernels::int8_gemm\(\) Expected a value of type 'str' for argument "
-            r"'backend'",
-        ),  # the op schema rejects it
-        (
-            dict(config=-2),
             ValueError,
-            r"int8_gemm: config must be -1 \(auto\) or a config index >= 0, got -2",
+            r"int8_gemm: backend must be one of 'auto', 'sm90', 'sm80', got None",
+        ),
+        (
+            dict(tile=3),
+            ValueError,
+            r"int8_gemm: tile must be None \(automatic\) or a tile name \(str\), got 3",
         ),
         (dict(backend="sm90"), RuntimeError, r"int8_gemm: backend 'sm90' is a CUDA kernel; CPU tensors run"),
         (dict(backend="sm80"), RuntimeError, r"int8_gemm: backend 'sm80' is a CUDA kernel"),
-        (dict(config=0), RuntimeError, r"int8_gemm: config selects a CUDA kernel tile; .* config=-1, got 0"),
+        (dict(tile="swap_64x16x256_pp"), RuntimeError, r"int8_gemm: tile selects a CUDA kernel; .* tile=None"),
     ],
 )
 def test_int8_gemm_bad_backend_or_config_on_cpu(kw, exc, match):
@@ -432,7 +433,7 @@ def _fake_gemm_inputs(M=4, N=8, K=16, devices=None):
             16,
             r"int8_gemm: N must be a multiple of 8 on CUDA \(.*16-byte vectors.*\), got N=12; .* to N=16",
         ),
-        (4, 8, 133_152, r"int8_gemm: K must be <= 133144 on CUDA \(K \* 127\^2 must fit the int32"),
+        (4, 8, 131_072, r"int8_gemm: K must be <= 131071 \(K \* 128 \* 128 must fit the int32 accumulator"),
     ],
 )
 def test_cuda_alignment_checks(M, N, K, match):
@@ -489,7 +490,7 @@ def test_build_without_kernels_raises_on_cuda_tensors(monkeypatch):
 @pytest.mark.parametrize("device", ["mps", "xpu"])
 def test_unsupported_device_type(device):
     with pytest.raises(RuntimeError, match=rf"int8_gemm: tensors on {device} are not supported; pass CUDA"):
-        _ops.resolve_gemm_backend(torch.device(device))
+        gemm_mod.resolve_gemm_backend(torch.device(device))
 
 
 def test_meta_tensors_infer_shapes():
@@ -504,19 +505,41 @@ def test_meta_tensors_infer_shapes():
 
 
 class StubC:
-    """The parts of zqkernels._C that backend selection reads."""
+    """The parts of zqkernels._C that backend and tile selection read."""
 
-    def __init__(self, backends, n_configs=3):
-        self.backends, self.n_configs = set(backends), n_configs
+    def __init__(self, backends, tiles=("t0", "t1", "t2")):
+        self.backends, self.tiles = sorted(backends), list(tiles)
 
-    def has_backend(self, name):
-        return name in self.backends
-
-    def int8_gemm_configs(self, name):
-        return [f"{name}_tile{i}" for i in range(self.n_configs)]
+    def gemm_kernels(self):
+        return [(b, "int8_rowwise", t, code, True) for b in self.backends for t in self.tiles for code in (0, 1)]
 
     def compiled_archs(self):
         return ["sm_80", "sm_90", "sm_90a"]
+
+    def gemm_select(self, arch, recipe, out_dtype, M, N, K):
+        return self.tiles[0]
+
+    def gemm_find(self, arch, recipe, tile, out_dtype):
+        for i, k in enumerate(self.gemm_kernels()):
+            if k[:4] == (arch, recipe, tile, out_dtype):
+                return i
+        return -1
+
+    def gemm_workspace_size(self, kid, M, N, K, device):
+        return 0
+
+
+@pytest.fixture
+def stub_gpu(monkeypatch):
+    """Install a StubC and a fake compute capability for cuda:0; returns a setter."""
+
+    def setup(compiled, cc):
+        monkeypatch.setattr(_ext, "_C", StubC(compiled))
+        monkeypatch.setattr(_common, "_capability", {0: cc})
+        monkeypatch.setattr(gemm_mod, "_backend_cache", {})
+        monkeypatch.setattr(gemm_mod, "_plans", {})
+
+    return setup
 
 
 @pytest.mark.parametrize(
@@ -526,26 +549,22 @@ class StubC:
         ((9, 0), {"sm80"}, "auto", "sm80"),
         ((8, 0), {"sm90", "sm80"}, "auto", "sm80"),
         ((8, 6), {"sm80"}, "auto", "sm80"),
-        ((10, 0), {"sm90", "sm80"}, "auto", "sm80"),  # trusts has_backend; sm90a SASS runs on 9.0 only
         ((9, 0), {"sm90", "sm80"}, "sm80", "sm80"),  # the Ampere kernels, explicitly, on an H100
         ((9, 0), {"sm90"}, "sm90", "sm90"),
     ],
 )
-def test_backend_selection(monkeypatch, cc, compiled, backend, expected):
-    monkeypatch.setattr(_ext, "_C", StubC(compiled))
-    monkeypatch.setattr(_ops, "_capability", lambda device: cc)
-    assert _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, -1) == expected
-    assert _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, 2) == expected
+def test_backend_selection(stub_gpu, cc, compiled, backend, expected):
+    stub_gpu(compiled, cc)
+    assert gemm_mod.resolve_gemm_backend(torch.device("cuda", 0), backend) == expected
 
 
 @pytest.mark.parametrize(
-    "cc,compiled,backend,config,exc,match",
+    "cc,compiled,backend,exc,match",
     [
         (
             (8, 9),
             {"sm90"},
             "auto",
-            -1,
             RuntimeError,
             r"int8_gemm: no int8 GEMM kernel of this build runs on cuda:0 \(compute capability 8.9\): compiled "
             r"backends \['sm90'\]",
@@ -554,15 +573,20 @@ def test_backend_selection(monkeypatch, cc, compiled, backend, expected):
             (7, 5),
             {"sm90", "sm80"},
             "auto",
-            -1,
             RuntimeError,
             r"int8_gemm: the zqkernels kernels need compute capability >= 8.0 \(Ampere or newer\), cuda:0 has 7.5",
+        ),
+        (
+            (10, 0),
+            {"sm90", "sm80"},
+            "auto",
+            RuntimeError,
+            r"int8_gemm: no int8 GEMM kernel of this build runs on cuda:0 \(compute capability 10.0\)",
         ),
         (
             (8, 0),
             {"sm90", "sm80"},
             "sm90",
-            -1,
             RuntimeError,
             r"int8_gemm: backend 'sm90' needs compute capability 9.0 \(H100/H200\), cuda:0 has 8.0",
         ),
@@ -570,48 +594,46 @@ def test_backend_selection(monkeypatch, cc, compiled, backend, expected):
             (9, 0),
             {"sm90"},
             "sm80",
-            -1,
             RuntimeError,
             r"int8_gemm: backend 'sm80' is not compiled into this build \(compiled: \['sm90'\]\)",
         ),
-        (
-            (9, 0),
-            {"sm90"},
-            "auto",
-            3,
-            ValueError,
-            r"int8_gemm: config 3 out of range for backend 'sm90', which has 3 configs \(0..2: sm90_tile0, ",
-        ),
-        ((9, 0), {"sm90"}, "sm90", 7, ValueError, r"int8_gemm: config 7 out of range for backend 'sm90'"),
     ],
 )
-def test_backend_selection_errors(monkeypatch, cc, compiled, backend, config, exc, match):
-    monkeypatch.setattr(_ext, "_C", StubC(compiled))
-    monkeypatch.setattr(_ops, "_capability", lambda device: cc)
+def test_backend_selection_errors(stub_gpu, cc, compiled, backend, exc, match):
+    stub_gpu(compiled, cc)
     with pytest.raises(exc, match=match):
-        _ops.resolve_gemm_backend(torch.device("cuda", 0), backend, config)
+        gemm_mod.resolve_gemm_backend(torch.device("cuda", 0), backend)
 
 
-def test_fake_cuda_path_with_kernels(monkeypatch):
+def test_tile_selection(stub_gpu):
+    stub_gpu({"sm90"}, (9, 0))
+    dev = torch.device("cuda", 0)
+    assert gemm_mod._plan(0, dev, "auto", None, torch.bfloat16, 4, 8, 16) == (0, 0)  # the table's choice
+    assert gemm_mod._plan(0, dev, "auto", "t1", torch.float16, 4, 8, 16) == (3, 0)
+    with pytest.raises(ValueError, match=r"int8_gemm: tile 'nope' is not built for sm90_int8_rowwise with "
+                       r"bfloat16 output; this build has \['t0', 't1', 't2'\]"):
+        gemm_mod._plan(0, dev, "auto", "nope", torch.bfloat16, 4, 8, 16)
+    with pytest.raises(ValueError, match=r"tile 't0' is not built .* with float32 output"):
+        gemm_mod._plan(0, dev, "auto", "t0", torch.float32, 4, 8, 16)
+
+
+def test_fake_cuda_path_with_kernels(stub_gpu):
     # With kernels present, the fake implementations check everything and infer the output.
-    monkeypatch.setattr(_ext, "_C", StubC({"sm90", "sm80"}))
-    monkeypatch.setattr(_ops, "_capability", lambda device: (9, 0))
+    stub_gpu({"sm90", "sm80"}, (9, 0))
     with FakeTensorMode():
         a = _fake_gemm_inputs(M=3, N=24, K=48)
-        out = gemm(a, backend="sm80", config=1)
+        out = gemm(a, backend="sm80", tile="t1")
         assert out.shape == (3, 24) and out.device.type == "cuda" and out.dtype == torch.bfloat16
         xq, sx = zqkernels.quantize_per_token(torch.empty(3, 5, dtype=torch.float16, device="cuda"))
         assert xq.shape == (3, 5) and sx.shape == (3,)
-        with pytest.raises(ValueError, match=r"config 3 out of range for backend 'sm80'"):
-            gemm(a, backend="sm80", config=3)
 
 
 def test_pointer_alignment_check():
     buf = torch.zeros(64 + 16, dtype=I8)
-    _ops.check_aligned_ptr("int8_gemm", "xq", buf[16:])  # 16-byte offset of an aligned base: fine
+    _common.check_aligned_ptr("int8_gemm", "xq", buf[16:])  # 16-byte offset of an aligned base: fine
     with pytest.raises(
         ValueError,
         match=r"int8_gemm: xq must start at a 16-byte aligned address .* "
         r"got data_ptr\(\) % 16 == 1 .*; pass xq.clone\(\)",
     ):
-        _ops.check_aligned_ptr("int8_gemm", "xq", buf[1:])
+        _common.check_aligned_ptr("int8_gemm", "xq", buf[1:])

@@ -22,7 +22,14 @@ from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .formats import GemmSpec
 from .nn import QLinear, quantize_model
-from .ops import gemm_tiles, int8_gemm, quantize_per_token, quantize_weight, resolve_gemm_backend, set_debug_checks
+from .ops import (
+    gemm_tiles,
+    int8_gemm,
+    quantize_per_token,
+    quantize_weight,
+    resolve_gemm_backend,
+    set_debug_checks,
+)
 
 __version__ = "0.1.0"
 

@@ -56,6 +56,9 @@ def _quantize_impl(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check_quantize_args(x)
     if x.is_cuda:
         return _quantize_cuda(x)
+    if x.is_meta:  # shape inference only
+        M, K = x.shape
+        return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
     if x.device.type != "cpu":
         c.require_cuda_kernels("quantize_per_token", x.device)  # raises: names the device type
     return quantize_per_token_ref(x)
