@@ -31,7 +31,7 @@ def main():
         w = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
         wq, sw = zq.quantize_weight(w)
         for pdl in (True, False):
-            _C.set_pdl(pdl)
+            _C._debug_set_pdl(pdl)
             for trial in range(4):
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 # CPU tensors run the pure-torch reference (zqkernels.reference) through the same API.
@@ -67,7 +67,7 @@ def main():
                         f"graph bad {bad3[:8]} (max {emax3:.1e})",
                         flush=True,
                     )
-    _C.set_pdl(True)
+    _C._debug_set_pdl(True)
     print("debug_linear: total bad", bad_total)
 
 

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # scripts/gpu_check.sh: everything the GPU machine has to do, in one call.
-#   build  -> pip install . (kernels for ZQ_CUDA_ARCHS, default "80;90a"), no network needed
-#   test   -> the whole pytest suite, GPU tests included
-#   bench  -> benchmarks/bench_w8a8.py (full, or --short with BENCH=short), JSON under $OUT
-# Usage: scripts/gpu_check.sh [steps...]   (default: build test bench)
+#   build     -> pip wheel (kernels for ZQ_CUDA_ARCHS, default "80;90a"), installed; the wheel is
+#                copied to $OUT so later calls can carry it (.wheelhouse/) while only Python changes
+#   install   -> instead of build: install the carried .wheelhouse/zqkernels-*.whl and overlay the
+#                working tree's python/zqkernels (Python-only changes, no compile)
+#   test      -> the whole pytest suite, GPU tests included
+#   sanitize  -> compute-sanitizer memcheck + racecheck over scripts/sanitize_check.py (every kernel)
+#   overhead  -> benchmarks/bench_overhead.py (eager host time per call vs torch)
+#   bench     -> benchmarks/bench_w8a8.py (full, or --short with BENCH=short), JSON under $OUT
+# Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
-STEPS="${*:-build test bench}"
+STEPS="${*:-build test sanitize overhead bench}"
 export PYTHONUNBUFFERED=1
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 export ZQ_CUDA_ARCHS="${ZQ_CUDA_ARCHS:-80;90a}"
@@ -30,26 +35,51 @@ fi
 
 if [[ " $STEPS " == *" build "* ]]; then
   tb=$(date +%s)
-  if python3 -m pip install --no-build-isolation --no-deps --no-index -v . >"$OUT/build.log" 2>&1; then
-    summary+=("build: ok in $(( $(date +%s) - tb )) s (archs $ZQ_CUDA_ARCHS)")
+  rm -rf /tmp/zq_wheel
+  if python3 -m pip wheel --no-build-isolation --no-deps --no-index -v -w /tmp/zq_wheel . >"$OUT/build.log" 2>&1 \
+     && python3 -m pip install --no-deps --force-reinstall /tmp/zq_wheel/zqkernels-*.whl >>"$OUT/build.log" 2>&1; then
+    cp /tmp/zq_wheel/zqkernels-*.whl "$OUT/" 2>/dev/null
+    summary+=("build: ok in $(( $(date +%s) - tb )) s (archs $ZQ_CUDA_ARCHS), wheel $(ls /tmp/zq_wheel)")
   else
     tail -60 "$OUT/build.log"
     echo "BUILD FAILED"
     exit 1
   fi
   grep -E "warning|C7510" "$OUT/build.log" | grep -v "^ *$" | head -20
+elif [[ " $STEPS " == *" install "* ]]; then
+  whl=$(ls .wheelhouse/zqkernels-*.whl | head -1)
+  python3 -m pip install -q --no-deps --force-reinstall "$whl" || exit 1
+  site=$(cd /tmp && python3 -c "import zqkernels, os; print(os.path.dirname(zqkernels.__file__))")
+  cp -r python/zqkernels/. "$site/"   # Python-only changes on top of the carried build
+  summary+=("install: $whl + working-tree Python")
 fi
 
 # Run from outside the source tree so `import zqkernels` takes the installed package (with _C).
-python3 -c "import zqkernels, json; print(json.dumps(zqkernels.info(), indent=1))" 2>&1 | tee "$OUT/info.txt"
+(cd /tmp && python3 -c "import zqkernels, json; print(json.dumps(zqkernels.info(), indent=1))") 2>&1 | tee "$OUT/info.txt"
 
 if [[ " $STEPS " == *" test "* ]]; then
   tt=$(date +%s)
-  python3 -m pytest -q -rs -x --timeout=300 -p no:cacheprovider tests ${PYTEST_ARGS:-} \
-    >"$OUT/pytest.log" 2>&1
+  python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider tests ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
   rc=$?
   tail -40 "$OUT/pytest.log"
   summary+=("tests: rc=$rc, $(tail -1 "$OUT/pytest.log") ($(( $(date +%s) - tt )) s)")
+fi
+
+if [[ " $STEPS " == *" sanitize "* ]]; then
+  ts=$(date +%s)
+  for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 250 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      python3 scripts/sanitize_check.py >"$OUT/sanitize_$tool.log" 2>&1
+    rc=$?
+    tail -4 "$OUT/sanitize_$tool.log"
+    summary+=("sanitize $tool: rc=$rc ($(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1))")
+  done
+  summary+=("sanitize: $(( $(date +%s) - ts )) s")
+fi
+
+if [[ " $STEPS " == *" overhead "* ]]; then
+  python3 benchmarks/bench_overhead.py --json "$OUT/bench_overhead.json" 2>&1 | tee "$OUT/overhead.log" | tail -30
+  summary+=("overhead: $OUT/overhead.log")
 fi
 
 if [[ " $STEPS " == *" bench "* ]]; then
@@ -57,7 +87,7 @@ if [[ " $STEPS " == *" bench "* ]]; then
   args=(--json "$OUT/bench_w8a8.json")
   [[ "${BENCH:-full}" == "short" ]] && args+=(--short)
   [[ -n "${BENCH_CONFIGS:-}" ]] && args+=(--configs)
-  python3 benchmarks/bench_w8a8.py "${args[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -80
+  python3 benchmarks/bench_w8a8.py "${args[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
   summary+=("bench: commit $commit, log $OUT/bench.log")
 fi
 

@@ -37,7 +37,7 @@ def main():
         xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
         cells = []
         for threads in (0, 128, 256, 512, 1024):
-            _C.set_quantize_threads(threads)
+            _C._debug_set_quantize_threads(threads)
             xq, sx = zq.quantize_per_token(xs[0][:64])
             rq, rs = zq.quantize_per_token(xs[0][:64].cpu())  # CPU tensors run the reference
             exact = torch.equal(xq.cpu(), rq) and torch.equal(sx.cpu(), rs)
@@ -46,7 +46,7 @@ def main():
             cells.append(
                 f"t{threads or 'auto'}={t * 1e6:6.1f}us {100 * gbs / bw:3.0f}%{'' if exact else ' MISMATCH'}"
             )
-        _C.set_quantize_threads(0)
+        _C._debug_set_quantize_threads(0)
         print(f"K={K:6d}: " + "  ".join(cells), flush=True)
 
 

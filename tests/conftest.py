@@ -26,7 +26,17 @@ X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # One output ulp, relative (2^-(mantissa bits)): the kernel's fp32 epilogue and the float64 reference
 # round the same real number once each, so they can land on adjacent representable values.
-GEMM_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10}
+# fp32 output: the fp32 epilogue rounds a few times (int32 -> fp32 above 2^24, the multiply, the
+# fma), each within 2^-24 relative: 2^-20 bounds them with room.
+GEMM_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 2**-20}
+DEV = "cuda"
+
+
+def poison_next_allocation(nbytes: int, byte: int) -> None:
+    """Fill a block of `nbytes` with `byte` and free it: the caching allocator tends to hand the same
+    block to the next allocation of that size on this stream, so output the kernel never writes shows
+    up as NaN (0xFF in bf16/fp16/fp32) or -128 (0x80 in int8, a value quantization never produces)."""
+    torch.empty(max(nbytes, 1), dtype=torch.uint8, device=DEV).fill_(byte)
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +93,8 @@ def assert_gemm_close(out: torch.Tensor, ref: torch.Tensor, what: str = "") -> N
         )
     d = calc_diff(o, r)
     assert d < 1e-5, f"{what}: calc_diff {d:.3g} >= 1e-5"
+    if out.dtype == torch.float32:
+        return  # several fp32 roundings: most outputs differ from the fp64 reference in the last bits
     differ = float((o != r).double().mean())
     assert differ < 0.01, f"{what}: {differ:.1%} of outputs differ from the reference (expected ~0.005%)"
 

@@ -1,0 +1,74 @@
+"""Every kernel once, on small awkward shapes, against the reference: the workload that
+scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck).
+
+Covers quantize_per_token (each input dtype, both the register path and the two-pass path), every
+GEMM kernel of the registry (each tile and output type, with bias, per-tensor scales and a row-
+strided xq), and the PDL probe followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's
+own exit code reports memory errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that
+out-of-bounds accesses are not hidden inside the caching allocator's blocks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import zqkernels
+from zqkernels import _ext
+from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref
+
+OUT = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32}
+
+
+def main() -> int:
+    torch.manual_seed(0)
+    C = _ext._C
+    dev = "cuda"
+    bad = 0
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for M, K in ((3, 4096), (5, 100), (2, 40000)):
+            x = torch.randn(M, K, device=dev, dtype=dtype)
+            xq, sx = zqkernels.quantize_per_token(x)
+            rq, rs = quantize_per_token_ref(x.cpu())
+            if not (torch.equal(xq.cpu(), rq) and torch.equal(sx.cpu(), rs)):
+                print(f"quantize mismatch {dtype} M={M} K={K}")
+                bad += 1
+    cc = torch.cuda.get_device_capability()
+    for arch, recipe, tile, code, _ in C.gemm_kernels():
+        if arch == "sm90" and cc != (9, 0):
+            continue
+        out_dtype = OUT[code]
+        for M, N, K in ((5, 24, 48), (70, 136, 272)):
+            xbuf = torch.randint(-128, 128, (M, K + 16), dtype=torch.int8, device=dev)
+            xq = xbuf[:, :K]
+            wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
+            sx = torch.rand(M, device=dev) * 1e-2
+            sw = torch.rand(1, device=dev) * 1e-2
+            bias = torch.randn(N, device=dev).to(out_dtype)
+            y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, out_dtype, backend=arch, tile=tile)
+            ref = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype)
+            err = float((y.double() - ref.double()).norm() / ref.double().norm())
+            if err > 1e-2:
+                print(f"gemm mismatch {arch}/{tile}/{out_dtype} M={M} N={N} K={K}: rel err {err:.3g}")
+                bad += 1
+    # PDL: a late producer, then a GEMM that must wait for it.
+    M, N, K = 16, 256, 512
+    xq = torch.randint(-127, 128, (M, K), dtype=torch.int8, device=dev)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
+    sx = torch.rand(M, device=dev)
+    sw = torch.rand(N, device=dev)
+    dst = torch.zeros_like(xq)
+    stream = torch.cuda.current_stream().cuda_stream
+    C._debug_delayed_copy(xq.data_ptr(), dst.data_ptr(), dst.numel(), 20, 0, stream)
+    y = zqkernels.int8_gemm(dst, wq, sx, sw)
+    ref = int8_gemm_ref(xq, wq, sx, sw)
+    if float((y.double() - ref.double()).norm() / ref.double().norm()) > 1e-2:
+        print("PDL probe: the GEMM read the producer's output before it was written")
+        bad += 1
+    torch.cuda.synchronize()
+    print(f"sanitize_check: {len(C.gemm_kernels())} GEMM kernels, quantize, PDL probe: {bad} mismatches")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
