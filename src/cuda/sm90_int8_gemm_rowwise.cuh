@@ -54,6 +54,14 @@
 
 namespace zq::sm90 {
 
+// Whether this translation unit's kernels execute griddepcontrol.wait before reading a
+// predecessor's output. Only then may they be launched with programmatic dependent launch.
+#if defined(CUTLASS_ENABLE_GDC_FOR_SM90)
+constexpr bool kWaitsForPredecessor = true;
+#else
+constexpr bool kWaitsForPredecessor = false;
+#endif
+
 using namespace cute;
 using namespace cutlass::epilogue::fusion;  // Sm90EVT, Sm90Compute, Sm90*Broadcast, Sm90AccFetch
 
@@ -198,7 +206,8 @@ struct Int8RowwiseGemm {
       return std::string("CUTLASS workspace initialization failed: ") + cutlassGetStatusString(st);
     }
     typename Kernel::Params params = Kernel::to_underlying_arguments(args, a.workspace);
-    st = Gemm::run(params, a.stream, /*cuda_adapter=*/nullptr, /*launch_with_pdl=*/gemm_tuning().pdl);
+    const bool pdl = gemm_tuning().pdl && kWaitsForPredecessor;  // PDL only for kernels that wait
+    st = Gemm::run(params, a.stream, /*cuda_adapter=*/nullptr, /*launch_with_pdl=*/pdl);
     if (st != cutlass::Status::kSuccess) {
       cudaError_t e = cudaGetLastError();
       return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" + cudaGetErrorString(e) + ")";
