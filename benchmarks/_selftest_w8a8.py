@@ -289,6 +289,8 @@ def selftest_cpu() -> None:
     assert len(rows) == 3 and len(doc["rows"]) == 3 and doc["header"]["device"] == "cpu"
     for r in rows:
         for c in ("zq_gemm", "zq_linear", "bf16", "fp8row"):
+            if c == "fp8row" and "only supports per-tensor scaling for CPU" in str(r["errors"].get(c, "")):
+                continue  # older torch CPU builds have no row-wise _scaled_mm: recorded as an error cell
             assert r[f"{c}_us"] is not None and r[f"{c}_us"] > 0, (c, r["errors"])
         assert r["gemm_rel_err"] < CHECK_TOL and r["linear_rel_err"] < CHECK_TOL, r
         cfg = r["configs"]

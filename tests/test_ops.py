@@ -8,6 +8,7 @@ share every argument check with the real ones; a stub stands in for zqkernels._C
 from __future__ import annotations
 
 import re
+import types
 
 import pytest
 import torch
@@ -607,7 +608,7 @@ def test_backend_selection_errors(stub_gpu, cc, compiled, backend, exc, match):
 
 def test_tile_selection(stub_gpu):
     stub_gpu({"sm90"}, (9, 0))
-    dev = torch.device("cuda", 0)
+    dev = types.SimpleNamespace(device=torch.device("cuda", 0))  # _plan reads only xq.device
     assert gemm_mod._plan(0, dev, "auto", None, torch.bfloat16, 4, 8, 16) == (0, 0)  # the table's choice
     assert gemm_mod._plan(0, dev, "auto", "t1", torch.float16, 4, 8, 16) == (3, 0)
     with pytest.raises(ValueError, match=r"int8_gemm: tile 'nope' is not built for sm90_int8_rowwise with "

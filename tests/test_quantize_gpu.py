@@ -130,6 +130,8 @@ def test_quantize_tiny_rows(dtype, exp):
     They now match the reference bit for bit, and quantize like the same row scaled up (exactly,
     where the scaled-down values are representable) and like an fp64 computation (within the one
     step that fp32 rounding of x * (127 / amax) can move a value at a tie)."""
+    if dtype == torch.bfloat16 and exp < -130:
+        pytest.skip("bf16's smallest subnormal is 2^-133: such rows are all zero")
     x = torch.randn(8, 512, device=DEV, dtype=torch.float32).to(dtype)
     tiny = (x.float() * 2.0**exp).to(dtype)
     check_quantize(tiny, f"tiny rows 2^{exp}")

@@ -82,7 +82,7 @@ class W8A8(SchemeHandler):
         bias = m.bias
         if bias is not None and bias.dtype != dtype:
             bias = bias.to(dtype)
-        if x2.is_cuda and m._cuda_shapes_ok and c.eager(x2, m.weight_q):
+        if x2.is_cuda and m._cuda_shapes_ok and x2.shape[0] <= c.INT32_MAX and c.eager(x2, m.weight_q):
             # Eager fast path: the module's own buffers are known-good; only x needs checking.
             xq, sx = _quantize_cuda(x2)
             return _int8_gemm_cuda(xq, m.weight_q, sx, m.weight_scale, bias, dtype, "auto", None)
@@ -178,15 +178,17 @@ class QLinear(nn.Module):
                 f"QLinear: x is on {x.device} but the layer's weights are on {w.device}; "
                 "move one of them (module.to(device) or x.to(device))"
             )
-        x2 = x.reshape(-1, self.in_features)  # a view whenever possible
-        if x2.stride(-1) != 1 and self.in_features > 1:
-            x2 = x2.contiguous()
+        K = self.in_features
+        x2 = x if len(shape) == 2 else x.reshape(-1, K)  # a view whenever possible
+        st = x2.stride()
+        if (K > 1 and st[1] != 1) or (x2.shape[0] > 1 and st[0] < K):
+            x2 = x2.contiguous()  # rows must be K-contiguous and not overlap (quantize_per_token)
         y = self._handler.apply(self, x2)
         n = self.out_features
         if y.shape[1] != n:
             # Padded rows (out_features % 8 != 0): drop them; contiguous like nn.Linear's output.
             y = y[:, :n].contiguous()
-        return y.view(*shape[:-1], n)
+        return y if len(shape) == 2 else y.view(*shape[:-1], n)
 
     # --- state: the buffers plus the layer's identity, checked on load --------------------------
     def get_extra_state(self) -> dict[str, Any]:

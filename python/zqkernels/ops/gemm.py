@@ -102,11 +102,52 @@ def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
                 f"got N={N}; pad w with zero rows (and sw, bias) to N={-(-N // 8) * 8}"
             )
         for name, t in (("xq", xq), ("wq", wq)):
-            if t.shape[0] > 1 and t.stride(0) % 16 != 0:
+            if t.shape[0] > 1 and K > 0 and t.stride(0) % 16 != 0:
                 raise ValueError(
                     f"{op}: the row stride of {name} must be a multiple of 16 elements on CUDA (TMA), got "
                     f"{name}.stride(0) == {t.stride(0)}; pass {name}.contiguous()"
                 )
+
+
+_I8 = torch.int8
+_F32 = torch.float32
+
+
+def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
+    """The common valid CUDA call, recognised in a few attribute reads (1-D scales, contiguous
+    operands or 16-aligned row strides). False means "run the full checks", which then either
+    raise the precise error or accept a rarer valid layout."""
+    if xq.dtype is not _I8 or wq.dtype is not _I8 or sx.dtype is not _F32 or sw.dtype is not _F32:
+        return False
+    if out_dtype is not torch.bfloat16 and out_dtype is not torch.float16 and out_dtype is not _F32:
+        return False
+    xs = xq.shape
+    ws = wq.shape
+    if len(xs) != 2 or len(ws) != 2:
+        return False
+    M, K = xs
+    N = ws[0]
+    if ws[1] != K or K % 16 or N % 8 or K > INT8_MAX_K or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
+        return False
+    xst = xq.stride()
+    wst = wq.stride()
+    if xst[1] != 1 or wst[1] != 1 or xst[0] < K or wst[0] < K or xst[0] % 16 or wst[0] % 16:
+        return False
+    if sx.dim() != 1 or sw.dim() != 1 or sx.stride(0) != 1 or sw.stride(0) != 1:
+        return False
+    sn = sx.shape[0]
+    wn = sw.shape[0]
+    if (sn != M and sn != 1) or (wn != N and wn != 1):
+        return False
+    d = xq.get_device()
+    if d < 0 or wq.get_device() != d or sx.get_device() != d or sw.get_device() != d:
+        return False
+    if bias is not None:
+        if bias.dtype is not out_dtype or bias.dim() != 1 or bias.shape[0] != N or bias.stride(0) != 1:
+            return False
+        if bias.get_device() != d:
+            return False
+    return True
 
 
 def _check_options(backend: str, tile: Optional[str]) -> None:
@@ -203,14 +244,14 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
 _plans: dict[tuple, tuple[int, int]] = {}
 
 
-def _plan(index: int, device: torch.device, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int):
+def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int):
     """(kernel id, workspace bytes) for a problem, cached."""
     key = (index, backend, tile, out_dtype, M, N, K)
     hit = _plans.get(key)
     if hit is not None:
         return hit
     C = _ext._C
-    arch = resolve_gemm_backend(device, backend)
+    arch = resolve_gemm_backend(xq.device, backend)
     code = c.DTYPE_CODE[out_dtype]
     name = tile if tile is not None else C.gemm_select(arch, _RECIPE, code, M, N, K)
     kid = -1 if name is None else C.gemm_find(arch, _RECIPE, name, code)
@@ -228,29 +269,33 @@ def _plan(index: int, device: torch.device, backend: str, tile: Optional[str], o
 
 
 def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile) -> torch.Tensor:
+    """Launch on CUDA; arguments already checked."""
     M, K = xq.shape
     N = wq.shape[0]
-    out = torch.empty((M, N), dtype=out_dtype, device=xq.device)
+    out = xq.new_empty((M, N), dtype=out_dtype)
     if M == 0 or N == 0:
         return out
     if K == 0:  # empty dot products: y = bias, or 0
         return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
-    c.check_aligned_ptr("int8_gemm", "xq", xq)
-    c.check_aligned_ptr("int8_gemm", "wq", wq)
+    pa = xq.data_ptr()
+    pb = wq.data_ptr()
+    if (pa | pb) & 15:
+        c.check_aligned_ptr("int8_gemm", "xq", xq)
+        c.check_aligned_ptr("int8_gemm", "wq", wq)
     index = xq.get_device()
-    kid, ws = _plan(index, xq.device, backend, tile, out_dtype, M, N, K)
+    kid, ws = _plan(index, xq, backend, tile, out_dtype, M, N, K)
     # Per-tensor scales are expanded to vectors (a tiny copy): the kernels read sx / sw as vectors,
     # after griddepcontrol.wait (see sm90_int8_gemm_rowwise.cuh for why not a scalar broadcast).
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
         sw = sw.reshape(1).expand(N).contiguous()
-    workspace = torch.empty(ws, dtype=torch.uint8, device=xq.device) if ws > 0 else None
+    workspace = xq.new_empty((ws,), dtype=torch.uint8) if ws > 0 else None
     _ext._C.gemm_run(
         kid,
-        xq.data_ptr(),
+        pa,
         xq.stride(0) if M > 1 else K,
-        wq.data_ptr(),
+        pb,
         wq.stride(0) if N > 1 else K,
         sx.data_ptr(),
         sw.data_ptr(),
@@ -268,6 +313,8 @@ def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile) -> torch.Ten
 
 
 def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+    if backend == "auto" and tile is None and _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype):
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile)
     _check_options(backend, tile)
     _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
     if xq.is_cuda:

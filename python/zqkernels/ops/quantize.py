@@ -39,8 +39,8 @@ def _quantize_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c.require_cuda_kernels("quantize_per_token", x.device)
         _cuda_ready.add(idx)
     M, K = x.shape
-    xq = torch.empty((M, K), dtype=torch.int8, device=x.device)
-    sx = torch.empty((M,), dtype=torch.float32, device=x.device)
+    xq = x.new_empty((M, K), dtype=torch.int8)
+    sx = x.new_empty((M,), dtype=torch.float32)
     if M == 0:
         return xq, sx
     if K == 0:  # max over an empty row is 0: scale 0, as for an all-zero row
