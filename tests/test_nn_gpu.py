@@ -104,3 +104,29 @@ def test_qlinear_fp32_model_on_gpu():
         y_cpu = q.cpu()(x.cpu())
     assert y.dtype == torch.float32 and rel_err(y, ref) < 0.02
     assert_gemm_close(y.cpu(), y_cpu, "fp32 QLinear cuda vs cpu")
+
+
+def test_qlinear_eager_scratch_reuse_across_layers_sizes_and_streams():
+    """Eager QLinear keeps xq / sx in per-stream scratch (ops/_common.scratch_ptr): layers of
+    different shapes, growing M and a second stream must each give the result of the checked
+    path, computed here from the public ops."""
+    torch.manual_seed(0)
+    layers = [QLinear.from_linear(nn.Linear(k, n, device=DEV, dtype=torch.bfloat16)) for k, n in
+              ((256, 512), (512, 264), (1024, 4096))]
+
+    def reference(q, x):
+        xq, sx = zqkernels.quantize_per_token(x.reshape(-1, x.shape[-1]).contiguous())
+        return zqkernels.int8_gemm(xq, q.weight_q, sx, q.weight_scale, q.bias)[:, : q.out_features]
+
+    side = torch.cuda.Stream()
+    with torch.inference_mode():
+        for M in (1, 7, 64, 300, 2, 4096):
+            for q in layers:
+                x = torch.randn(M, q.in_features, device=DEV, dtype=torch.bfloat16)
+                assert torch.equal(q(x), reference(q, x)), (M, q)
+            with torch.cuda.stream(side):
+                x = torch.randn(M, 256, device=DEV, dtype=torch.bfloat16)
+                y = layers[0](x)
+                r = reference(layers[0], x)
+            torch.cuda.current_stream().wait_stream(side)
+            assert torch.equal(y, r)

@@ -10,9 +10,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .. import _ext
 from ..ops import _common as c
-from ..ops.gemm import _int8_gemm_cuda, int8_gemm
-from ..ops.quantize import _quantize_cuda, quantize_per_token, quantize_weight
+from ..ops.gemm import _int8_gemm_cuda, _plan, int8_gemm
+from ..ops.quantize import _cuda_ready, _quantize_cuda, quantize_per_token, quantize_weight
 
 __all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8"]
 
@@ -84,10 +85,44 @@ class W8A8(SchemeHandler):
             bias = bias.to(dtype)
         if x2.is_cuda and m._cuda_shapes_ok and x2.shape[0] <= c.INT32_MAX and c.eager(x2, m.weight_q):
             # Eager fast path: the module's own buffers are known-good; only x needs checking.
+            y = _w8a8_scratch(m, x2, bias)
+            if y is not None:
+                return y
             xq, sx = _quantize_cuda(x2)
             return _int8_gemm_cuda(xq, m.weight_q, sx, m.weight_scale, bias, dtype, "auto", None)
         xq, sx = quantize_per_token(x2)
         return int8_gemm(xq, m.weight_q, sx, m.weight_scale, bias, out_dtype=dtype)
+
+
+def _w8a8_scratch(m: "QLinear", x2: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The eager W8A8 forward with xq / sx (and any GEMM workspace) in per-stream scratch
+    (ops/_common.scratch_ptr): two launches and one allocation (the output). None when scratch
+    may not be used (graph capture, large M); the caller then allocates them."""
+    M, K = x2.shape
+    if M == 0 or K == 0:
+        return None
+    index = x2.get_device()
+    if index not in _cuda_ready:
+        return None  # the first call on a device goes through the checked path
+    stream = c.current_stream(index)
+    wq = m.weight_q
+    N = wq.shape[0]
+    dtype = x2.dtype
+    kid, ws = _plan(index, x2, "auto", None, dtype, M, N, K)
+    off_sx = (M * K + 15) // 16 * 16
+    off_ws = off_sx + (4 * M + 15) // 16 * 16
+    base = c.scratch_ptr(index, stream, off_ws + ws, x2)
+    if base == 0:
+        return None
+    C = _ext._C
+    C.quantize_per_token(x2.data_ptr(), c.DTYPE_CODE[dtype], x2.stride(0), base, base + off_sx, M, K, index, stream)
+    out = x2.new_empty((M, N), dtype=dtype)
+    C.gemm_run(
+        kid, base, K, wq.data_ptr(), K, base + off_sx, m.weight_scale.data_ptr(),
+        0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
+        base + off_ws if ws > 0 else 0, ws, index, stream,
+    )
+    return out
 
 
 SCHEMES: dict[str, SchemeHandler] = {"w8a8": W8A8()}

@@ -161,3 +161,29 @@ def current_stream(index: int) -> int:
 
 if hasattr(torch._C, "_cuda_getCurrentRawStream"):  # CUDA builds of torch: ~10x cheaper
     current_stream = torch._C._cuda_getCurrentRawStream  # noqa: F811
+
+
+# ------------------------------------------------------------------------------------------------
+# Scratch for a layer's internal temporaries (QLinear's quantized activations and scales): one
+# buffer per (device, stream), reused by eager calls so that a small layer pays no allocations for
+# them. Stream order makes reuse safe on one stream (each kernel reading the previous call's
+# scratch has finished before the next call's quantize kernel, launched normally, starts); a
+# replaced buffer goes back to torch's caching allocator, which reuses it only in stream order.
+# Never used while a CUDA graph is being captured (the graph's private pool allocates instead),
+# nor above SCRATCH_MAX_BYTES (large calls: an allocation is negligible next to the kernels).
+SCRATCH_MAX_BYTES = 16 << 20
+_scratch_bufs: dict[tuple[int, int], torch.Tensor] = {}
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", lambda: False)
+
+
+def scratch_ptr(index: int, stream: int, nbytes: int, like: torch.Tensor) -> int:
+    """Address of >= nbytes of device scratch for (device, stream), or 0 if none may be used."""
+    if nbytes > SCRATCH_MAX_BYTES or _capturing():
+        return 0
+    key = (index, stream)
+    buf = _scratch_bufs.get(key)
+    if buf is None or buf.numel() < nbytes:
+        size = max(nbytes, 1 << 16, 2 * buf.numel() if buf is not None else 0)
+        buf = like.new_empty((min(size, SCRATCH_MAX_BYTES),), dtype=torch.uint8)
+        _scratch_bufs[key] = buf
+    return buf.data_ptr()
