@@ -4,7 +4,7 @@ At decode sizes a kernel runs for a few microseconds, so what Python, argument c
 dispatcher cost per call decides whether a layer is fast. This times each op eagerly at a tiny
 shape (M=32, N=K=256: torch._int_mm needs M > 16, so every op uses 32), as wall time of
 ``--calls`` back-to-back calls with one synchronize at the end, divided by the calls; the median
-of ``--repeats`` such runs, after a warm-up. The GPU work per call is far below the host cost, so
+of ``--repeats`` rounds, after a warm-up; rows are timed round-robin (one sample per row per round) and ratios are medians of per-round ratios, so host drift hits every row alike. The GPU work per call is far below the host cost, so
 this is host time (a row whose kernels were slower than its host path would show the kernel time).
 
     python benchmarks/bench_overhead.py [--json FILE] [--calls 2000] [--repeats 5] [--device cuda]
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="FILE", help="also write the results here")
     ap.add_argument("--calls", type=int, default=2000, help="back-to-back calls per sample (default 2000)")
-    ap.add_argument("--repeats", type=int, default=5, help="samples; the median is reported (default 5)")
+    ap.add_argument("--repeats", type=int, default=9, help="rounds; medians are reported (default 9)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: the reference path")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a ratio misses its target")
     args = ap.parse_args(argv)
@@ -118,23 +118,39 @@ def main(argv: list[str] | None = None) -> int:
         f"eager host time per call at M={M} N={N} K={K}: {args.calls} back-to-back calls, one sync, "
         f"median of {args.repeats}"
     )
+    # Round-robin: every round times each row once, so slow drift of the host (frequency, other
+    # load) hits all rows alike; ratios are taken per round (paired) and their median reported.
+    rows = build_rows(zq, dev)
     results: dict[str, Any] = {}
-    print(f"{'op':<32} {'us/call':>8} {'min':>8}")
-    for name, fn, mode in build_rows(zq, dev):
+    live = []
+    for name, fn, mode in rows:
         try:
-            r = host_us_per_call(fn, mode, sync, args.calls, args.repeats)
+            with mode():
+                for _ in range(max(50, args.calls // 10)):  # warm-up: caches, allocator, lazy init
+                    fn()
+            sync()
+            live.append((name, fn, mode))
+            results[name] = {"samples_us": []}
         except Exception as e:  # noqa: BLE001 - a row that cannot run is reported, the rest still runs
             results[name] = {"us": None, "error": f"{type(e).__name__}: {first_line(e)}"}
-            print(f"{name:<32} {'-':>8} {'-':>8}  {results[name]['error']}")
+    for _ in range(args.repeats):
+        for name, fn, mode in live:
+            r = host_us_per_call(fn, mode, sync, args.calls, 1)
+            results[name]["samples_us"].append(r["us"])
+    print(f"{'op':<32} {'us/call':>8} {'min':>8}")
+    for name, _fn, _mode in rows:
+        r = results[name]
+        if r.get("error"):
+            print(f"{name:<32} {'-':>8} {'-':>8}  {r['error']}")
             continue
-        results[name] = r
+        r["us"], r["us_min"] = statistics.median(r["samples_us"]), min(r["samples_us"])
         print(f"{name:<32} {r['us']:8.2f} {r['us_min']:8.2f}")
 
     ratios, missed = [], 0
-    print(f"\n{'ratio':<38} {'value':>6} {'target':>7}")
+    print(f"\n{'ratio (median of per-round ratios)':<38} {'value':>6} {'target':>7}")
     for label, num, den, target in RATIOS:
-        a, b = results[num].get("us"), results[den].get("us")
-        value = a / b if a and b else None
+        a, b = results[num].get("samples_us"), results[den].get("samples_us")
+        value = statistics.median(x / y for x, y in zip(a, b)) if a and b else None
         ok = value is not None and value <= target
         missed += not ok
         ratios.append({"ratio": label, "numerator": num, "denominator": den, "value": value,
