@@ -248,7 +248,7 @@ class _FakeZq:
         return q, s.flatten()
 
     @staticmethod
-    def int8_gemm(xq, wq, sx, sw, bias=None, out_dtype=torch.bfloat16, *, tile=None):
+    def int8_gemm(xq, wq, sx, sw, bias=None, out_dtype=torch.bfloat16, *, backend="auto", tile=None):
         if tile == "refuses":
             raise RuntimeError("int8_gemm: tile 'refuses' does not take this shape")
         y = (xq.float() @ wq.float().t()) * sx.float().view(-1, 1) * sw.float().view(1, -1)

@@ -248,12 +248,22 @@ def _torch_w8a8(x: torch.Tensor, wq_t: torch.Tensor, sw_row: torch.Tensor) -> to
     return (acc.float() * sx * sw_row).to(torch.bfloat16)
 
 
-def _calls(col: str, pool: _Pool, n: int, zq: Any, tile: str | None = None) -> list[Callable[[], Any]]:
+def _tile_kw(recipe: str, tile: str | None) -> dict[str, str]:
+    """int8_gemm keywords selecting `tile` of kernel family `recipe` ("sm80_int8_rowwise": arch sm80)."""
+    if tile is None:
+        return {}
+    return {"tile": tile, "backend": recipe.split("_", 1)[0]}
+
+
+def _calls(
+    col: str, pool: _Pool, n: int, zq: Any, tile: str | None = None, recipe: str = ""
+) -> list[Callable[[], Any]]:
     """One zero-argument callable per rotated copy; copy i's tensors are bound as defaults.
-    ``tile``: zq_gemm with that GEMM tile (``int8_gemm(..., tile=name)``) instead of the dispatch."""
+    ``tile``: zq_gemm with that GEMM tile of family ``recipe`` (``int8_gemm(..., backend=arch,
+    tile=name)``) instead of the dispatch."""
     g = pool.get
     if col == "zq_gemm":
-        kw = {} if tile is None else {"tile": tile}
+        kw = _tile_kw(recipe, tile)
         return [
             lambda a=a, b=b, c=c, d=d: zq.int8_gemm(a, b, c, d, **kw)
             for a, b, c, d in zip(g("xq", n), g("wq", n), g("sx", n), g("sw", n))
@@ -588,9 +598,11 @@ def _measure_problem(
             entry: dict[str, Any] = {"index": ci}
             try:
                 if ref is not None:
-                    entry["rel_err"] = rel_err(zq.int8_gemm(xq, wq, sx, sw, tile=name), ref)
+                    entry["rel_err"] = rel_err(zq.int8_gemm(xq, wq, sx, sw, **_tile_kw(recipe, name)), ref)
                 n = rotation_copies(input_bytes("zq_gemm", M, N, K), rotate_bytes)
-                res = time_calls(_calls("zq_gemm", pool, n, zq, tile=name), device, use_graph, target_s)
+                res = time_calls(
+                    _calls("zq_gemm", pool, n, zq, tile=name, recipe=recipe), device, use_graph, target_s
+                )
                 entry.update(us=res["us"], method=res["method"], reps=res["reps"])
             except Exception as e:  # noqa: BLE001 - some tiles do not take some shapes
                 entry.update(us=None, error=f"{type(e).__name__}: {first_line(e)}")
