@@ -41,4 +41,17 @@ inline std::string check_int8_gemm_args(const GemmArgs& a) {
   return {};
 }
 
+// The registry row of one GEMM instantiation G (a struct with static workspace_size / run);
+// each family's make_<recipe>() calls this from the generated translation units.
+template <class G>
+GemmKernel make_gemm_kernel(const char* arch, const char* recipe, const char* tile, DType out, bool dispatched) {
+  return {arch, recipe, tile, out, dispatched, &G::workspace_size, &G::run};
+}
+
+// The message of a failed launch: CUTLASS's status plus the CUDA error it left behind.
+inline std::string launch_failure(const char* status) {
+  const cudaError_t e = cudaGetLastError();
+  return std::string("CUTLASS launch failed: ") + status + " (" + cudaGetErrorString(e) + ")";
+}
+
 }  // namespace zq

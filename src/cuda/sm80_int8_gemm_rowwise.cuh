@@ -278,11 +278,7 @@ struct Int8RowwiseGemm {
              cudaGetErrorString(err) + ")";
     }
     st = gemm.run(a.stream);
-    if (st != cutlass::Status::kSuccess) {
-      cudaError_t err = cudaGetLastError();
-      return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" +
-             cudaGetErrorString(err) + ")";
-    }
+    if (st != cutlass::Status::kSuccess) return launch_failure(cutlassGetStatusString(st));
     return {};
   }
 };
@@ -290,8 +286,7 @@ struct Int8RowwiseGemm {
 // The registry row of one (tile, output type); called from the generated translation units.
 template <class Cfg, class ElementOut>
 GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
-  using G = Int8RowwiseGemm<Cfg, ElementOut>;
-  return {"sm80", "int8_rowwise", tile, out, dispatched, &G::workspace_size, &G::run};
+  return make_gemm_kernel<Int8RowwiseGemm<Cfg, ElementOut>>("sm80", "int8_rowwise", tile, out, dispatched);
 }
 
 }  // namespace zq::sm80

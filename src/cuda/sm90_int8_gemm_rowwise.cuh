@@ -273,10 +273,7 @@ struct Int8RowwiseGemm {
     }
     const bool pdl = gemm_tuning().pdl && kWaitsForPredecessor;  // PDL only for kernels that wait
     cutlass::Status st = Gemm::run(params, a.stream, /*cuda_adapter=*/nullptr, /*launch_with_pdl=*/pdl);
-    if (st != cutlass::Status::kSuccess) {
-      cudaError_t e = cudaGetLastError();
-      return std::string("CUTLASS launch failed: ") + cutlassGetStatusString(st) + " (" + cudaGetErrorString(e) + ")";
-    }
+    if (st != cutlass::Status::kSuccess) return launch_failure(cutlassGetStatusString(st));
     return {};
   }
 };
@@ -284,8 +281,7 @@ struct Int8RowwiseGemm {
 // The registry row of one (tile, output type); called from the generated translation units.
 template <class Cfg, class ElementOut>
 GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
-  using G = Int8RowwiseGemm<Cfg, ElementOut>;
-  return {"sm90", "int8_rowwise", tile, out, dispatched, &G::workspace_size, &G::run};
+  return make_gemm_kernel<Int8RowwiseGemm<Cfg, ElementOut>>("sm90", "int8_rowwise", tile, out, dispatched);
 }
 
 }  // namespace zq::sm90

@@ -1,4 +1,4 @@
-"""The functional ops on CPU: reference dispatch, torch.library registration, torch.compile, argument checks.
+"""int8_gemm on CPU (and the ops' shared registration / tracing / debug checks): reference dispatch, torch.library registration, torch.compile, argument checks.
 
 CUDA-only checks (alignment, device mix, backend choice, a build without kernels) are exercised here
 too, without a GPU: fake CUDA tensors (FakeTensorMode) run the ops' fake implementations, which
@@ -13,12 +13,12 @@ import types
 import pytest
 import torch
 import zqkernels
-from conftest import OUT_DTYPES, X_DTYPES, make_gemm_inputs
+from conftest import OUT_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from zqkernels import _ext
 from zqkernels.ops import _common
 from zqkernels.ops import gemm as gemm_mod
-from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref, quantize_weight_ref
+from zqkernels.reference import int8_gemm_ref
 
 QUANT_OP = torch.ops.zqkernels.quantize_per_token.default
 GEMM_OP = torch.ops.zqkernels.int8_gemm.default
@@ -32,23 +32,6 @@ def gemm(a: dict, **kw) -> torch.Tensor:
 # CPU tensors run the reference, bit for bit.
 
 
-@pytest.mark.parametrize("dtype", X_DTYPES)
-@pytest.mark.parametrize("M,K", [(1, 1), (3, 7), (17, 100), (64, 256)])
-def test_quantize_cpu_is_reference(dtype, M, K):
-    x = torch.randn(M, K).to(dtype)
-    xq, sx = zqkernels.quantize_per_token(x)
-    xq_ref, sx_ref = quantize_per_token_ref(x)
-    assert torch.equal(xq, xq_ref) and torch.equal(sx, sx_ref)
-
-
-def test_quantize_cpu_strided_rows():
-    big = torch.randn(10, 48, dtype=torch.bfloat16)
-    for x in (big[:, :40], big[::3], big[2:7, 8:]):
-        xq, sx = zqkernels.quantize_per_token(x)
-        xq_ref, sx_ref = quantize_per_token_ref(x.contiguous())
-        assert torch.equal(xq, xq_ref) and torch.equal(sx, sx_ref)
-
-
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("M,N,K", [(1, 8, 16), (5, 3, 7), (33, 24, 48)])
@@ -57,13 +40,6 @@ def test_int8_gemm_cpu_is_reference(out_dtype, bias, M, N, K):
     out = gemm(a)
     assert out.dtype == out_dtype and out.shape == (M, N)
     assert torch.equal(out, int8_gemm_ref(**a))
-
-
-def test_quantize_weight_returns_constants():
-    lin = torch.nn.Linear(32, 16)
-    wq, sw = zqkernels.quantize_weight(lin.weight)
-    assert not sw.requires_grad and not wq.requires_grad
-    assert all(torch.equal(a, b) for a, b in zip((wq, sw), quantize_weight_ref(lin.weight.detach())))
 
 
 def test_quantize_then_gemm_approximates_float_matmul():
@@ -100,13 +76,6 @@ def test_op_schemas():
         "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
         "ScalarType out_dtype, str backend, str tile) -> Tensor"
     )
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_opcheck_quantize_per_token(dtype):
-    x = torch.randn(12, 40, dtype=dtype)
-    torch.library.opcheck(QUANT_OP, (x,))
-    torch.library.opcheck(QUANT_OP, (torch.randn(6, 64, dtype=dtype)[:, 8:48],))  # strided rows
 
 
 @pytest.mark.parametrize("out_dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
@@ -307,68 +276,6 @@ def test_int8_gemm_bad_input(build, exc, match):
 def test_int8_gemm_bad_backend_or_config_on_cpu(kw, exc, match):
     with pytest.raises(exc, match=match):
         gemm(make_gemm_inputs(4, 8, 16), **kw)
-
-
-QUANT_ERRORS = [
-    (
-        "int8",
-        lambda: torch.zeros(4, 16, dtype=I8),
-        TypeError,
-        r"quantize_per_token: x must be bfloat16, float16 or float32 \[M, K\], got int8 \[4, 16\]",
-    ),
-    (
-        "float64",
-        lambda: torch.zeros(4, 16, dtype=torch.float64),
-        TypeError,
-        r"quantize_per_token: x must be bfloat16",
-    ),
-    (
-        "rank3",
-        lambda: torch.zeros(2, 4, 16),
-        ValueError,
-        r"quantize_per_token: x must be 2-D \[M, K\] \(flatten leading dims .*\), got float32 \[2, 4, 16\]",
-    ),
-    ("rank1", lambda: torch.zeros(16), ValueError, r"quantize_per_token: x must be 2-D"),
-    (
-        "col_stride",
-        lambda: torch.zeros(16, 4).t(),
-        ValueError,
-        r"quantize_per_token: x must have unit stride along K \(x.stride\(1\) == 1\), got float32 \[4, 16\] "
-        r"with strides \(1, 4\)",
-    ),
-    (
-        "overlapping_rows",
-        lambda: torch.zeros(1, 16).expand(4, 16),
-        ValueError,
-        r"quantize_per_token: rows of x must not overlap \(x.stride\(0\) >= K == 16\)",
-    ),
-]
-
-
-@pytest.mark.parametrize("build,exc,match", [c[1:] for c in QUANT_ERRORS], ids=[c[0] for c in QUANT_ERRORS])
-def test_quantize_per_token_bad_input(build, exc, match):
-    with pytest.raises(exc, match=match):
-        zqkernels.quantize_per_token(build())
-
-
-def test_quantize_weight_bad_input():
-    with pytest.raises(
-        TypeError, match=r"quantize_weight: w must be a floating-point tensor \[N, K\], got int8"
-    ):
-        zqkernels.quantize_weight(torch.zeros(4, 4, dtype=I8))
-    with pytest.raises(TypeError, match=r"quantize_weight: w must be a torch.Tensor"):
-        zqkernels.quantize_weight([[1.0]])
-    with pytest.raises(ValueError, match=r"quantize_weight: w must be 2-D \[N, K\]"):
-        zqkernels.quantize_weight(torch.zeros(16))
-    with pytest.raises(ValueError, match=r"quantize_weight: bits must be 8 or 4, got 2"):
-        zqkernels.quantize_weight(torch.zeros(4, 4), bits=2)
-    w = torch.randn(6, 8)
-    w[2, 3] = float("nan")
-    w[5, 0] = float("-inf")
-    with pytest.raises(
-        ValueError, match=r"quantize_weight: w has NaN/Inf values in 2 rows \(output channels \[2, 5\]\)"
-    ):
-        zqkernels.quantize_weight(w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -638,3 +545,4 @@ def test_pointer_alignment_check():
         r"got data_ptr\(\) % 16 == 1 .*; pass xq.clone\(\)",
     ):
         _common.check_aligned_ptr("int8_gemm", "xq", buf[1:])
+
