@@ -320,3 +320,13 @@ def test_qlinear_fp32_model():
         ref = lin(x)
     assert y.dtype == torch.float32
     assert rel_err(y, ref) < 0.02
+
+
+def test_torch_export_keeps_the_custom_ops():
+    q = QLinear.from_linear(gaussian_linear(64, 24, dtype=torch.bfloat16))
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ep = torch.export.export(q, (x,))
+        targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+        assert "zqkernels.quantize_per_token.default" in targets and "zqkernels.int8_gemm.default" in targets
+        assert torch.equal(ep.module()(x), q(x))

@@ -131,3 +131,11 @@ def test_qlinear_eager_scratch_reuse_across_layers_sizes_and_streams():
                 r = reference(layers[0], x)
             torch.cuda.current_stream().wait_stream(side)
             assert torch.equal(y, r)
+
+
+def test_torch_export_on_gpu():
+    q = QLinear.from_linear(nn.Linear(256, 72, device=DEV, dtype=torch.bfloat16))
+    x = torch.randn(3, 5, 256, device=DEV, dtype=torch.bfloat16)
+    with torch.no_grad():
+        ep = torch.export.export(q, (x,))
+        assert torch.equal(ep.module()(x), q(x))
