@@ -207,7 +207,9 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
         return hit
     compiled = _compiled_arches()
     archs = list(_ext._C.compiled_archs())
-    sm80_runs = "sm80" in compiled and (cc[0] == 8 or f"sm_{cc[0]}{cc[1]}" in archs)
+    # SASS runs on its own arch and on later minors of the same major (sm_80 code on 8.6 / 8.9).
+    sass = [(int(a[3]), int(a[4:])) for a in archs if a.startswith("sm_") and a[3:].isdigit()]
+    sm80_runs = "sm80" in compiled and any(mj == cc[0] and mn <= cc[1] for mj, mn in sass)
     if backend == "auto":
         if cc == (9, 0) and "sm90" in compiled:
             chosen = "sm90"
