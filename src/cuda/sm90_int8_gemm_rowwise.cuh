@@ -41,6 +41,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -184,24 +185,30 @@ struct Int8RowwiseGemm {
 
   static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
 
-  // Kernel parameters of recent calls. Building them costs several microseconds of host time
+  // Kernel parameters per call signature. Building them costs several microseconds of host time
   // (argument checks, three TMA descriptors encoded by the driver), more than the launch itself
-  // at decode sizes; eager loops repeat the same pointers (the caching allocator hands back the
-  // same blocks), so a hit skips straight to the launch. The key is every input of
-  // to_underlying_arguments; a few entries cover the layers of a model that share this kernel.
+  // at decode sizes. The key is every input of to_underlying_arguments; in a model's eager
+  // forward the same (layer weights, activation / output blocks from the caching allocator)
+  // signatures recur every step, so a map of a few thousand entries per kernel turns nearly every
+  // launch into a hit (a 16-entry cache missed on every one of BERT-large's 145 linears).
   struct ParamsKey {
     const void *a, *b, *sa, *sb, *bias, *out, *workspace;
     int64_t lda, ldb;
     int M, N, K, device, sm_count, swizzle, raster;
     bool operator==(const ParamsKey& o) const { return std::memcmp(this, &o, sizeof(ParamsKey)) == 0; }
   };
+  struct ParamsKeyHash {
+    size_t operator()(const ParamsKey& k) const {  // FNV-1a over the key's bytes (padding zeroed)
+      const auto* p = reinterpret_cast<const unsigned char*>(&k);
+      uint64_t h = 1469598103934665603ull;
+      for (size_t i = 0; i < sizeof(ParamsKey); ++i) h = (h ^ p[i]) * 1099511628211ull;
+      return static_cast<size_t>(h);
+    }
+  };
   struct ParamsCache {
-    static constexpr int kEntries = 16;
+    static constexpr size_t kMaxEntries = 4096;  // then start over: bounded memory, rare rebuilds
     std::mutex mu;
-    ParamsKey keys[kEntries];
-    typename Kernel::Params params[kEntries];
-    bool used[kEntries] = {};
-    int next = 0;
+    std::unordered_map<ParamsKey, typename Kernel::Params, ParamsKeyHash> map;
   };
 
   static ParamsKey key_of(const GemmArgs& a) {
@@ -245,23 +252,14 @@ struct Int8RowwiseGemm {
     typename Kernel::Params params;
     {
       std::lock_guard<std::mutex> lock(cache.mu);
-      int hit = -1;
-      for (int i = 0; i < ParamsCache::kEntries; ++i) {
-        if (cache.used[i] && cache.keys[i] == key) {
-          hit = i;
-          break;
-        }
-      }
-      if (hit >= 0) {
-        params = cache.params[hit];
+      auto it = cache.map.find(key);
+      if (it != cache.map.end()) {
+        params = it->second;
       } else {
         std::string err = build_params(a, params);
         if (!err.empty()) return err;
-        const int slot = cache.next;
-        cache.next = (cache.next + 1) % ParamsCache::kEntries;
-        cache.keys[slot] = key;
-        cache.params[slot] = params;
-        cache.used[slot] = true;
+        if (cache.map.size() >= ParamsCache::kMaxEntries) cache.map.clear();
+        cache.map.emplace(key, params);
       }
     }
     if constexpr (!std::is_void_v<typename Cfg::Scheduler>) {
