@@ -8,8 +8,8 @@ eagerly? Models (random weights, bf16, built in code or from transformers config
 - HF BERT-base (batch 1, seq 128) and BERT-large (batch 8, seq 128) from ``BertConfig``, when
   transformers is installed.
 
-Each is timed eagerly (back-to-back calls, one sync, per-call median of rounds) and as a captured
-CUDA graph (replays), bf16 and W8A8 in the same run. torch.compile modes are the fused-layer
+Each is timed eagerly (back-to-back calls, one sync; bf16 and W8A8 in alternating rounds, the
+speedup is the median of per-round ratios) and as a captured CUDA graph (replays), in one run. torch.compile modes are the fused-layer
 benchmark's job (issue: quantized models faster than bf16 end to end).
 
     python benchmarks/bench_models_eager.py [--json FILE]
@@ -64,18 +64,33 @@ class LlamaLayer(nn.Module):
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
 
+def _sample_ms(fn: Callable[[], Any], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 def eager_ms(fn: Callable[[], Any], rounds: int = 7, calls: int = 20) -> float:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    samples = []
+    return statistics.median(_sample_ms(fn, calls) for _ in range(rounds))
+
+
+def paired_eager_ms(fa: Callable[[], Any], fb: Callable[[], Any], rounds: int = 9, calls: int = 20):
+    """Eager ms of fa and fb, alternating rounds (host drift hits both alike): medians and the median
+    of per-round ratios a / b."""
+    for f in (fa, fb):
+        for _ in range(3):
+            f()
+    torch.cuda.synchronize()
+    a, b = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        samples.append((time.perf_counter() - t0) * 1e3 / calls)
-    return statistics.median(samples)
+        a.append(_sample_ms(fa, calls))
+        b.append(_sample_ms(fb, calls))
+    return statistics.median(a), statistics.median(b), statistics.median(x / y for x, y in zip(a, b))
 
 
 def graph_ms(fn: Callable[[], Any], rounds: int = 7, calls: int = 20) -> float | None:
@@ -154,16 +169,18 @@ def main(argv: list[str] | None = None) -> int:
                 quantized[id(model)] = zq.quantize_model(copy.deepcopy(model))
             qm = quantized[id(model)]
             ref, got = call(model), call(qm)
+            be, qe, ratio = paired_eager_ms(lambda: call(model), lambda: call(qm))
             r = {
                 "case": name,
-                "bf16_eager_ms": eager_ms(lambda: call(model)),
-                "w8a8_eager_ms": eager_ms(lambda: call(qm)),
+                "bf16_eager_ms": be,
+                "w8a8_eager_ms": qe,
+                "eager_speedup": ratio,
                 "bf16_graph_ms": graph_ms(lambda: call(model)),
                 "w8a8_graph_ms": graph_ms(lambda: call(qm)),
                 "cosine_vs_bf16": cosine(got, ref),
             }
             rows.append(r)
-            e = r["bf16_eager_ms"] / r["w8a8_eager_ms"]
+            e = ratio
             bg, qg = r["bf16_graph_ms"], r["w8a8_graph_ms"]
             gx = f"{bg / qg:5.2f}x" if bg and qg else "    -"
             fmt = lambda v: f"{v:10.3f}" if v else f"{'-':>10}"  # noqa: E731
