@@ -399,3 +399,15 @@ def test_gpu_backend_and_tile_errors():
                 run_gemm(a, backend)
     with pytest.raises(ValueError, match=r"int8_gemm: backend must be one of"):
         run_gemm(a, "sm75")
+
+
+def test_registry_can_implement_without_launching():
+    """Every registry row answers can-implement for a shape without a launch: aligned problems yes,
+    K % 16 != 0, N % 8 != 0, strides below K or past the int32 bound no, each saying why."""
+    for kid, (arch, _recipe, tile, _code, _d) in enumerate(C.gemm_kernels()):
+        assert C.gemm_can_implement(kid, 37, 24, 48, 48, 48) == "", (arch, tile)
+        assert C.gemm_can_implement(kid, 37, 24, 48, 64, 48) == "", (arch, tile)  # row-strided xq
+        assert "K must be a multiple of 16" in C.gemm_can_implement(kid, 4, 24, 40, 40, 40)
+        assert "N must be a multiple of 8" in C.gemm_can_implement(kid, 4, 20, 48, 48, 48)
+        assert "lda must be >= K" in C.gemm_can_implement(kid, 4, 24, 48, 32, 48)
+        assert "K must be <= 131071" in C.gemm_can_implement(kid, 4, 24, 131072, 131072, 131072)

@@ -92,6 +92,29 @@ void bind_gemm(nb::module_& m) {
       nb::arg("kernel"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"));
 
   m.def(
+      "gemm_can_implement",
+      [](int id, int M, int N, int K, int64_t lda, int64_t ldb) -> std::string {
+        const zq::GemmKernel& k = kernel_at("gemm_can_implement", id);
+        // Representative aligned non-null addresses: only shapes and strides are being asked about.
+        static const uintptr_t kAddr = 1 << 20;
+        zq::GemmArgs a;
+        a.a = reinterpret_cast<const void*>(kAddr);
+        a.b = reinterpret_cast<const void*>(kAddr);
+        a.sa = reinterpret_cast<const float*>(kAddr);
+        a.sb = reinterpret_cast<const float*>(kAddr);
+        a.out = reinterpret_cast<void*>(kAddr);
+        a.M = M;
+        a.N = N;
+        a.K = K;
+        a.lda = lda;
+        a.ldb = ldb;
+        a.out_dtype = k.out_dtype;
+        return k.can_implement(a);
+      },
+      nb::arg("kernel"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("lda"), nb::arg("ldb"),
+      "\"\" when kernel `kernel` takes this problem (shape and row strides), else why not.");
+
+  m.def(
       "gemm_run",
       [](int id, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t sa, uintptr_t sb, uintptr_t bias,
          uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,

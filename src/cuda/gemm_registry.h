@@ -41,11 +41,12 @@ inline std::string check_int8_gemm_args(const GemmArgs& a) {
   return {};
 }
 
-// The registry row of one GEMM instantiation G (a struct with static workspace_size / run);
+// The registry row of one GEMM instantiation G (a struct with static can_implement /
+// workspace_size / run);
 // each family's make_<recipe>() calls this from the generated translation units.
 template <class G>
 GemmKernel make_gemm_kernel(const char* arch, const char* recipe, const char* tile, DType out, bool dispatched) {
-  return {arch, recipe, tile, out, dispatched, &G::workspace_size, &G::run};
+  return {arch, recipe, tile, out, dispatched, &G::can_implement, &G::workspace_size, &G::run};
 }
 
 // The message of a failed launch: CUTLASS's status plus the CUDA error it left behind.

@@ -255,14 +255,22 @@ struct Int8RowwiseGemm {
     return Gemm::get_workspace_size(make_arguments(a));
   }
 
-  static std::string run(const GemmArgs& a) {
+  // Whether run() would accept the problem (shape, strides, alignment), without launching.
+  static std::string can_implement(const GemmArgs& a) {
     std::string err = check_int8_gemm_args(a);
     if (!err.empty()) return err;
-    auto args = make_arguments(a);
-    cutlass::Status st = Gemm::can_implement(args);
+    const cutlass::Status st = Gemm::can_implement(make_arguments(a));
     if (st != cutlass::Status::kSuccess) {
       return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
     }
+    return {};
+  }
+
+  static std::string run(const GemmArgs& a) {
+    std::string err = can_implement(a);
+    if (!err.empty()) return err;
+    auto args = make_arguments(a);
+    cutlass::Status st;
     const size_t need = Gemm::get_workspace_size(args);
     if (need > a.workspace_bytes) {
       return "workspace too small: need " + std::to_string(need) + " bytes, got " +

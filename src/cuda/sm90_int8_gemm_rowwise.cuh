@@ -185,6 +185,17 @@ struct Int8RowwiseGemm {
 
   static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
 
+  // Whether run() would accept the problem (shape, strides, alignment), without launching.
+  static std::string can_implement(const GemmArgs& a) {
+    std::string err = check_int8_gemm_args(a);
+    if (!err.empty()) return err;
+    const cutlass::Status st = Gemm::can_implement(make_arguments(a));
+    if (st != cutlass::Status::kSuccess) {
+      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
+    }
+    return {};
+  }
+
   // Kernel parameters per call signature. Building them costs several microseconds of host time
   // (argument checks, three TMA descriptors encoded by the driver), more than the launch itself
   // at decode sizes. The key is every input of to_underlying_arguments; in a model's eager
@@ -223,13 +234,9 @@ struct Int8RowwiseGemm {
 
   // Builds the params of a call not seen recently: every check runs here.
   static std::string build_params(const GemmArgs& a, typename Kernel::Params& params) {
-    std::string err = check_int8_gemm_args(a);
+    std::string err = can_implement(a);
     if (!err.empty()) return err;
     auto args = make_arguments(a);
-    cutlass::Status st = Gemm::can_implement(args);
-    if (st != cutlass::Status::kSuccess) {
-      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
-    }
     if (Gemm::get_workspace_size(args) > a.workspace_bytes) return "workspace too small";
     // The dynamic-smem opt-in is a per-device function attribute: set it once per device instead
     // of on every call (GemmUniversalAdapter::initialize would redo it each time).

@@ -63,6 +63,7 @@ struct GemmKernel {
   const char* tile;    // "128x256x128_c2x1_coop", "swap_64x16x256_pp", ...
   DType out_dtype;
   bool dispatched;     // named by a dispatch table (false: built for experiments only)
+  std::string (*can_implement)(const GemmArgs&);  // "" when run() would accept the problem
   size_t (*workspace_size)(const GemmArgs&);
   std::string (*run)(const GemmArgs&);  // checks can_implement, then launches; "" on success
 };
