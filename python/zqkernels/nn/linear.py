@@ -217,8 +217,7 @@ class QLinear(nn.Module):
             )
         K = self.in_features
         x2 = x if len(shape) == 2 else x.reshape(-1, K)  # a view whenever possible
-        st = x2.stride()
-        if (K > 1 and st[1] != 1) or (x2.shape[0] > 1 and st[0] < K):
+        if not c.has_row_layout(x2):
             x2 = x2.contiguous()  # rows must be K-contiguous and not overlap (quantize_per_token)
         y = self._handler.apply(self, x2)
         n = self.out_features

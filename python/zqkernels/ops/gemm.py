@@ -376,8 +376,6 @@ def int8_gemm(
     if c._debug_checks:
         for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
             c.check_finite("int8_gemm", name, t)
-    if not c._is_compiling() and not c._dispatch_stack_len():
-        P = c._PLAIN
-        if type(xq) in P and type(wq) in P and type(sx) in P and type(sw) in P and (bias is None or type(bias) in P):
-            return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile)  # eager: no dispatch
+    if c.eager(xq, wq, sx, sw, bias):
+        return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile)  # eager: no dispatch
     return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "")

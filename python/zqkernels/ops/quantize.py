@@ -56,11 +56,10 @@ _CODES = c.DTYPE_CODE
 
 
 def _quantize_impl(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.is_cuda and x.dtype in _CODES and x.dim() == 2:
+    if x.is_cuda and x.dtype in _CODES and x.dim() == 2 and c.has_row_layout(x):
         # The common call in a few reads; anything unusual takes the full checks (precise errors).
         M, K = x.shape
-        st = x.stride()
-        if (K <= 1 or st[1] == 1) and (M <= 1 or st[0] >= K) and M <= c.INT32_MAX and K <= c.INT32_MAX:
+        if M <= c.INT32_MAX and K <= c.INT32_MAX:
             return _quantize_cuda(x)
     _check_quantize_args(x)
     if x.is_cuda:
@@ -101,7 +100,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if c._debug_checks:
         c.check_finite("quantize_per_token", "x", x)
-    if type(x) in c._PLAIN and not c._is_compiling() and not c._dispatch_stack_len():
+    if c.eager(x):
         return _quantize_impl(x)  # eager: no custom-op dispatch (ops/_common.py)
     return _op(x)
 
