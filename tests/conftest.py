@@ -1,8 +1,8 @@
 """Shared helpers for the zqkernels tests.
 
 CPU tests run everywhere. GPU tests carry ``requires_gpu``: they skip only where torch sees no CUDA
-GPU or this build has no CUDA kernels, and tests/test_gpu.py fails (not skips) when a GPU is
-present but the kernels are not. Errors inside a GPU test (OOM, launch failure) are failures.
+GPU or this build has no CUDA kernels (tests/test_cli.py checks that info() says why). Errors
+inside a GPU test (OOM, launch failure) are failures, never skips.
 """
 
 from __future__ import annotations

@@ -64,11 +64,12 @@ __device__ __forceinline__ float block_amax(float v) {
 }
 
 // Lets a kernel launched after this one with programmatic dependent launch (the int8 GEMM) start
-// its prologue while this grid's last CTAs finish. Called by every thread AFTER its last global
-// store: when the launch pair is captured into a CUDA graph it becomes a programmatic edge, and
-// the dependent's griddepcontrol.wait then only guarantees visibility of writes made before the
-// trigger (triggering at kernel entry gave stale xq / sx rows under graph replay; eager launches
-// were fine because there the wait covers the whole grid). tests/test_gpu.py guards this.
+// its prologue while this grid's last CTAs finish. Only a scheduling hint: the GEMM's
+// griddepcontrol.wait returns once this whole grid has completed and its writes are visible, so
+// correctness never depends on where the trigger sits (docs/PERF_NOTES.md: the stale-rows bug once
+// blamed on an early trigger was the GEMM not waiting at all). Placed after each CTA's stores so
+// the dependent's CTAs do not take SMs from this grid too early.
+// tests/test_gemm_gpu.py::test_pdl_gemm_waits_for_a_late_producer guards the wait.
 __device__ __forceinline__ void allow_dependents_to_launch() {
   __syncthreads();  // the whole CTA's stores precede its trigger
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
