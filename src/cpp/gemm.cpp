@@ -33,6 +33,18 @@ const zq::GemmKernel& kernel_at(const char* op, int id) {
   return all[id];
 }
 
+// The shape part of a call's arguments, as every binding below builds it.
+zq::GemmArgs shape_args(const zq::GemmKernel& k, int M, int N, int K, int64_t lda, int64_t ldb) {
+  zq::GemmArgs a;
+  a.M = M;
+  a.N = N;
+  a.K = K;
+  a.lda = lda;
+  a.ldb = ldb;
+  a.out_dtype = k.out_dtype;
+  return a;
+}
+
 }  // namespace
 
 void bind_gemm(nb::module_& m) {
@@ -78,13 +90,7 @@ void bind_gemm(nb::module_& m) {
       [](int id, int M, int N, int K, int device) -> size_t {
         const zq::GemmKernel& k = kernel_at("gemm_workspace_size", id);
         if (M <= 0 || N <= 0 || K <= 0) fail("gemm_workspace_size", "M, N, K must be positive");
-        zq::GemmArgs a;
-        a.M = M;
-        a.N = N;
-        a.K = K;
-        a.lda = K;
-        a.ldb = K;
-        a.out_dtype = k.out_dtype;
+        zq::GemmArgs a = shape_args(k, M, N, K, K, K);
         a.device = device;
         a.sm_count = sm_count(device);
         return k.workspace_size(a);
@@ -97,18 +103,12 @@ void bind_gemm(nb::module_& m) {
         const zq::GemmKernel& k = kernel_at("gemm_can_implement", id);
         // Representative aligned non-null addresses: only shapes and strides are being asked about.
         static const uintptr_t kAddr = 1 << 20;
-        zq::GemmArgs a;
+        zq::GemmArgs a = shape_args(k, M, N, K, lda, ldb);
         a.a = reinterpret_cast<const void*>(kAddr);
         a.b = reinterpret_cast<const void*>(kAddr);
         a.sa = reinterpret_cast<const float*>(kAddr);
         a.sb = reinterpret_cast<const float*>(kAddr);
         a.out = reinterpret_cast<void*>(kAddr);
-        a.M = M;
-        a.N = N;
-        a.K = K;
-        a.lda = lda;
-        a.ldb = ldb;
-        a.out_dtype = k.out_dtype;
         return k.can_implement(a);
       },
       nb::arg("kernel"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("lda"), nb::arg("ldb"),
@@ -120,19 +120,13 @@ void bind_gemm(nb::module_& m) {
          uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,
          uintptr_t stream) {
         const zq::GemmKernel& k = kernel_at("gemm_run", id);
-        zq::GemmArgs g;
+        zq::GemmArgs g = shape_args(k, M, N, K, lda, ldb);
         g.a = reinterpret_cast<const void*>(a);
-        g.lda = lda;
         g.b = reinterpret_cast<const void*>(b);
-        g.ldb = ldb;
         g.sa = reinterpret_cast<const float*>(sa);
         g.sb = reinterpret_cast<const float*>(sb);
         g.bias = reinterpret_cast<const void*>(bias);
         g.out = reinterpret_cast<void*>(out);
-        g.M = M;
-        g.N = N;
-        g.K = K;
-        g.out_dtype = k.out_dtype;
         g.workspace = reinterpret_cast<void*>(workspace);
         g.workspace_bytes = workspace_bytes;
         g.device = device;

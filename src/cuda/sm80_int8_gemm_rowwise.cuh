@@ -47,6 +47,7 @@
 #include "cutlass/gemm/kernel/default_gemm_universal_with_visitor.h"
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 
+#include "cutlass_gemm_common.cuh"
 #include "gemm_registry.h"
 #include "zq_kernels.h"
 
@@ -256,15 +257,7 @@ struct Int8RowwiseGemm {
   }
 
   // Whether run() would accept the problem (shape, strides, alignment), without launching.
-  static std::string can_implement(const GemmArgs& a) {
-    std::string err = check_int8_gemm_args(a);
-    if (!err.empty()) return err;
-    const cutlass::Status st = Gemm::can_implement(make_arguments(a));
-    if (st != cutlass::Status::kSuccess) {
-      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
-    }
-    return {};
-  }
+  static std::string can_implement(const GemmArgs& a) { return int8_cutlass_can_implement<Int8RowwiseGemm>(a); }
 
   static std::string run(const GemmArgs& a) {
     std::string err = can_implement(a);

@@ -53,6 +53,7 @@
 #include "cutlass/gemm/kernel/tile_scheduler.hpp"
 #include "cutlass/util/packed_stride.hpp"
 
+#include "cutlass_gemm_common.cuh"
 #include "gemm_registry.h"
 #include "zq_kernels.h"
 
@@ -186,15 +187,7 @@ struct Int8RowwiseGemm {
   static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
 
   // Whether run() would accept the problem (shape, strides, alignment), without launching.
-  static std::string can_implement(const GemmArgs& a) {
-    std::string err = check_int8_gemm_args(a);
-    if (!err.empty()) return err;
-    const cutlass::Status st = Gemm::can_implement(make_arguments(a));
-    if (st != cutlass::Status::kSuccess) {
-      return std::string("CUTLASS cannot run this problem: ") + cutlassGetStatusString(st);
-    }
-    return {};
-  }
+  static std::string can_implement(const GemmArgs& a) { return int8_cutlass_can_implement<Int8RowwiseGemm>(a); }
 
   // Kernel parameters per call signature. Building them costs several microseconds of host time
   // (argument checks, three TMA descriptors encoded by the driver), more than the launch itself
