@@ -23,7 +23,13 @@ from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .formats import GemmSpec
 from .nn import QLinear, quantize_model
 from .ops import (
+    add_layernorm_quant,
+    add_rmsnorm_quant,
+    bias_gelu_quant,
     gemm_tiles,
+    layernorm_quant,
+    rmsnorm_quant,
+    silu_mul_quant,
     int8_gemm,
     quantize_per_token,
     quantize_weight,
@@ -39,6 +45,12 @@ __all__ = [
     "int8_gemm",
     "quantize_per_token",
     "quantize_weight",
+    "rmsnorm_quant",
+    "layernorm_quant",
+    "add_rmsnorm_quant",
+    "add_layernorm_quant",
+    "bias_gelu_quant",
+    "silu_mul_quant",
     "QLinear",
     "quantize_model",
     "set_debug_checks",

@@ -1,4 +1,5 @@
-// quantize.cpp: bindings of the quantization kernels (src/cuda/quantize.cu).
+// quantize.cpp: bindings of the quantization kernels (src/cuda/row_quant.cu): quantize_per_token
+// and the fused row ops (norm / activation + quantization) of python/zqkernels/ops/fused.py.
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
@@ -37,14 +38,63 @@ void bind_quantize(nb::module_& m) {
       nb::arg("K"), nb::arg("device"), nb::arg("stream"));
 
   m.def(
+      "row_quant",
+      [](int op, int dtype, uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
+         uintptr_t residual_out, int64_t residual_out_stride, int residual_mode, uintptr_t weight, uintptr_t bias,
+         float eps, uintptr_t xq, uintptr_t sx, int M, int K, int device, uintptr_t stream) {
+        const char* name = "row_quant";
+        if (op < 0 || op > 5) fail(name, "op code must be 0..5, got " + std::to_string(op));
+        if (dtype < 0 || dtype > 2) fail(name, "dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32)");
+        if (residual_mode < 0 || residual_mode > 2) fail(name, "residual_mode must be 0, 1 or 2");
+        if (M < 0 || K < 0) fail(name, "M and K must be >= 0");
+        if (M == 0 || K == 0) return;
+        const uintptr_t esize = dtype == 2 ? 4 : 2;
+        const int64_t width = op == 5 ? 2 * static_cast<int64_t>(K) : K;
+        if (M > 1 && x_stride < width) fail(name, "x row stride must be >= its width");
+        check_ptr(name, "x", x, esize);
+        if (residual != 0) check_ptr(name, "residual", residual, esize);
+        if (residual_out != 0) check_ptr(name, "residual_out", residual_out, esize);
+        if (weight != 0) check_ptr(name, "weight", weight, 4);
+        if (bias != 0) check_ptr(name, "bias", bias, 4);
+        check_ptr(name, "xq", xq, 1);
+        check_ptr(name, "sx", sx, 4);
+        zq::RowQuantArgs a;
+        a.op = static_cast<zq::RowOp>(op);
+        a.dtype = static_cast<zq::DType>(dtype);
+        a.x = reinterpret_cast<const void*>(x);
+        a.x_stride = M == 1 ? width : x_stride;
+        a.residual = reinterpret_cast<const void*>(residual);
+        a.residual_stride = M == 1 ? K : residual_stride;
+        a.residual_out = reinterpret_cast<void*>(residual_out);
+        a.residual_out_stride = M == 1 ? K : residual_out_stride;
+        a.residual_mode = static_cast<zq::ResidualMode>(residual_mode);
+        a.weight = reinterpret_cast<const float*>(weight);
+        a.bias = reinterpret_cast<const float*>(bias);
+        a.eps = eps;
+        a.xq = reinterpret_cast<int8_t*>(xq);
+        a.sx = reinterpret_cast<float*>(sx);
+        a.M = M;
+        a.K = K;
+        a.stream = reinterpret_cast<cudaStream_t>(stream);
+        DeviceGuard guard(device);
+        const std::string err = zq::row_quant(a);
+        if (!err.empty()) fail(name, err);
+      },
+      nb::arg("op"), nb::arg("dtype"), nb::arg("x"), nb::arg("x_stride"), nb::arg("residual"),
+      nb::arg("residual_stride"), nb::arg("residual_out"), nb::arg("residual_out_stride"), nb::arg("residual_mode"),
+      nb::arg("weight"), nb::arg("bias"), nb::arg("eps"), nb::arg("xq"), nb::arg("sx"), nb::arg("M"), nb::arg("K"),
+      nb::arg("device"), nb::arg("stream"),
+      "A row op fused with token-wise INT8 quantization (zq::row_quant; python/zqkernels/ops/fused.py).");
+
+  m.def(
       "_debug_set_quantize_threads",
       [](int threads) {
         if (threads != 0 && threads != 128 && threads != 256 && threads != 512 && threads != 1024) {
           fail("_debug_set_quantize_threads", "threads must be 0 (auto), 128, 256, 512 or 1024");
         }
-        zq::quantize_per_token_set_threads(threads);
+        zq::row_quant_set_threads(threads);
       },
-      nb::arg("threads"), "Experiment knob: threads per row of quantize_per_token's register path (0 = auto).");
+      nb::arg("threads"), "Experiment knob: threads per row of the row-quant kernels' register path (0 = auto).");
 }
 
 }  // namespace zqb

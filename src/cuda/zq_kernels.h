@@ -90,12 +90,48 @@ GemmTuning& gemm_tuning();
 //   amax == 0 gives sx = 0 and xq = 0 (never NaN); rows with amax < 2^-64 are scaled by 2^64
 //   (exact) before the division so that 127 / amax cannot overflow.
 // x: [M, K] with row stride x_row_stride elements and unit column stride; any K >= 1.
-// xq: [M, K] contiguous; sx: [M].
+// xq: [M, K] contiguous; sx: [M]. (row_quant with RowOp::kIdentity.)
 std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq,
                                     float* sx, int M, int K, cudaStream_t stream);
+
+// Row ops fused with token-wise INT8 quantization (src/cuda/row_quant.cu, docs/FUSED.md): one
+// CTA per row computes the op in fp32 and quantizes its output like quantize_per_token_int8.
+// The numeric values are part of the Python binding ABI (python/zqkernels/ops/fused.py).
+enum class RowOp : int {
+  kIdentity = 0,   // quantize_per_token
+  kRMSNorm = 1,    // x (+ residual) -> x * rsqrt(mean(x^2) + eps) * weight
+  kLayerNorm = 2,  // x (+ residual) -> (x - mean) * rsqrt(var + eps) * weight (+ bias)
+  kGelu = 3,       // gelu_erf(x (+ bias))
+  kGeluTanh = 4,   // gelu_tanh(x (+ bias))
+  kSiluMul = 5,    // x = [gate | up] (2K wide) -> silu(gate) * up
+};
+enum class ResidualMode : int {
+  kNone = 0,    // no residual output
+  kSum = 1,     // residual_out = x + residual (pre-LN: the updated residual stream)
+  kNormed = 2,  // residual_out = the normalised row, rounded to the input type (post-LN)
+};
+struct RowQuantArgs {
+  RowOp op = RowOp::kIdentity;
+  DType dtype = DType::kBF16;       // of x, residual and residual_out
+  const void* x = nullptr;          // [M, K] (kSiluMul: [M, 2K]), rows x_stride elements apart
+  int64_t x_stride = 0;
+  const void* residual = nullptr;   // [M, K] or nullptr (norm ops)
+  int64_t residual_stride = 0;
+  void* residual_out = nullptr;     // [M, K] (may alias residual), needed when residual_mode != kNone
+  int64_t residual_out_stride = 0;
+  ResidualMode residual_mode = ResidualMode::kNone;
+  const float* weight = nullptr;    // [K] fp32: the norm's weight (required by norm ops)
+  const float* bias = nullptr;      // [K] fp32 or nullptr: LayerNorm's bias, or the bias before GeLU
+  float eps = 0.f;
+  int8_t* xq = nullptr;             // [M, K] contiguous
+  float* sx = nullptr;              // [M]
+  int M = 0, K = 0;                 // K: the width of the output row
+  cudaStream_t stream = nullptr;
+};
+std::string row_quant(const RowQuantArgs& args);
 // Tuning knob for experiments: threads per row of the register-resident path (128, 256, 512 or
 // 1024; 0 = automatic). Not thread-safe; the default needs no call.
-void quantize_per_token_set_threads(int threads);
+void row_quant_set_threads(int threads);
 
 // Test support for programmatic dependent launch: a kernel that signals
 // griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`

@@ -8,7 +8,8 @@ mirroring ``zqkernels.ops``.
 
 from __future__ import annotations
 
+from .fused import row_quant_ref
 from .gemm import int8_gemm_ref
 from .quantize import QMAX, quantize_per_token_ref, quantize_weight_ref
 
-__all__ = ["quantize_per_token_ref", "quantize_weight_ref", "int8_gemm_ref", "QMAX"]
+__all__ = ["quantize_per_token_ref", "quantize_weight_ref", "int8_gemm_ref", "row_quant_ref", "QMAX"]

@@ -1,0 +1,327 @@
+"""Row ops fused with token-wise INT8 quantization (kernel: src/cuda/row_quant.cu).
+
+Each op reads its inputs once and writes the int8 activations (and their per-row scales) that the
+next W8A8 GEMM consumes, instead of writing a bf16 intermediate that ``quantize_per_token`` reads
+back. The math is the unfused sequence's, computed in fp32 (docs/FUSED.md):
+
+    rmsnorm_quant(x, w, eps)                    -> quant(x * rsqrt(mean(x^2) + eps) * w)
+    layernorm_quant(x, w, b, eps)               -> quant(layer_norm(x) * w + b)
+    add_rmsnorm_quant(x, res, w, eps)           -> quant(rmsnorm(x + res)), and x + res
+    add_layernorm_quant(x, res, w, b, eps, residual_out="sum" | "normed")
+                                                -> quant(layer_norm(x + res)), and x + res (pre-LN)
+                                                   or the normalised row (post-LN)
+    bias_gelu_quant(y, bias, approximate)       -> quant(gelu(y + bias))
+    silu_mul_quant(gate_up)                     -> quant(silu(gate) * up), gate_up = [gate | up]
+
+``quant`` returns ``(q int8 [M, K], s float32 [M])`` with exactly ``quantize_per_token``'s rounding.
+Inputs are bf16, fp16 or fp32 [M, K] with unit stride along K; weight / bias are [K] in any float
+dtype (float32 avoids a conversion per call). CPU tensors run ``zqkernels.reference.fused``; CUDA
+tensors the kernel. Each op is a ``torch.library`` custom op (torch.compile, export, CUDA graphs);
+eager calls on plain tensors skip the dispatcher.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..reference.fused import RESIDUAL_MODES, ROW_OPS, row_quant_ref
+from . import _common as c
+
+__all__ = [
+    "rmsnorm_quant",
+    "layernorm_quant",
+    "add_rmsnorm_quant",
+    "add_layernorm_quant",
+    "bias_gelu_quant",
+    "silu_mul_quant",
+]
+
+_cuda_ready: set[int] = set()
+_NORMS = ("rmsnorm", "layernorm")
+
+
+def _check(
+    name: str,
+    op: str,
+    x: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    residual_mode: str,
+) -> int:
+    """Full argument checks (precise errors); returns K, the output width."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in c.DTYPE_CODE:
+        raise TypeError(f"{name}: x must be bfloat16, float16 or float32 [M, K], got {c.desc(x)}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"{name}: x must be 2-D [M, K] (flatten leading dims with x.reshape(-1, x.shape[-1])), got {c.desc(x)}"
+        )
+    c.check_rows(name, "x", x)
+    M, W = x.shape
+    K = W
+    if op == "silu_mul":
+        if W % 2 != 0:
+            raise ValueError(f"{name}: gate_up must be [M, 2 * I] (gate then up), got odd width {W}")
+        K = W // 2
+    c.check_int32_sizes(name, M=M, K=W)
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"{name}: residual must be a torch.Tensor, got {type(residual).__name__}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"{name}: residual must have x's dtype {c.dtype_name(x.dtype)}, got {c.desc(residual)}")
+        if tuple(residual.shape) != (M, K):
+            raise ValueError(f"{name}: residual must be [M, K] == {[M, K]} like x, got {c.desc(residual)}")
+        c.check_rows(name, "residual", residual)
+        c.check_same_device(name, "x", x, residual=residual)
+    for pname, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if not isinstance(p, torch.Tensor) or not p.is_floating_point():
+            raise TypeError(f"{name}: {pname} must be a floating-point tensor [{K}], got {p!r:.60}")
+        if tuple(p.shape) != (K,):
+            raise ValueError(f"{name}: {pname} must be 1-D [K] == [{K}], got {c.desc(p)}")
+        c.check_same_device(name, "x", x, **{pname: p})
+    if op in _NORMS and weight is None:
+        raise ValueError(f"{name}: weight is required")
+    if not isinstance(eps, (int, float)) or not eps >= 0.0:
+        raise ValueError(f"{name}: eps must be a number >= 0, got {eps!r}")
+    if residual_mode not in RESIDUAL_MODES:
+        raise ValueError(f"{name}: residual_out must be 'sum' or 'normed', got {residual_mode!r}")
+    return K
+
+
+def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if p is None or (p.dtype == torch.float32 and p.is_contiguous()):
+        return p
+    return p.detach().to(torch.float32).contiguous()
+
+
+def _launch(
+    name: str,
+    op: str,
+    x: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    residual_mode: str,
+    residual_out: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel (x checked). residual_out: where a residual output goes (may be residual)."""
+    idx = x.get_device()
+    if idx not in _cuda_ready:
+        c.require_cuda_kernels(name, x.device)
+        _cuda_ready.add(idx)
+    M = x.shape[0]
+    K = x.shape[1] // 2 if op == "silu_mul" else x.shape[1]
+    q = x.new_empty((M, K), dtype=torch.int8)
+    s = x.new_empty((M,), dtype=torch.float32)
+    if M == 0:
+        return q, s
+    if K == 0:  # an empty row quantizes with scale 0; a normalised empty row has nothing to write
+        return q, s.zero_()
+    weight, bias = _f32(weight), _f32(bias)
+    _ext._C.row_quant(
+        ROW_OPS[op], c.DTYPE_CODE[x.dtype], x.data_ptr(), x.stride(0),
+        0 if residual is None else residual.data_ptr(), 0 if residual is None else residual.stride(0),
+        0 if residual_out is None else residual_out.data_ptr(),
+        0 if residual_out is None else residual_out.stride(0),
+        RESIDUAL_MODES[residual_mode] if residual_out is not None else 0,
+        0 if weight is None else weight.data_ptr(), 0 if bias is None else bias.data_ptr(), float(eps),
+        q.data_ptr(), s.data_ptr(), M, K, idx, c.current_stream(idx),
+    )
+    return q, s
+
+
+def _impl(
+    name: str,
+    op: str,
+    x: torch.Tensor,
+    residual: Optional[torch.Tensor],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    residual_mode: str,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Checked call on any device. Returns (q, s, residual output or None)."""
+    K = _check(name, op, x, residual, weight, bias, eps, residual_mode)
+    want_r = residual_mode != "none"
+    if want_r and residual is None and residual_mode == "sum":
+        raise ValueError(f"{name}: residual_out='sum' needs a residual")
+    if x.is_cuda:
+        r_out = None
+        if want_r:
+            r_out = residual if inplace else x.new_empty((x.shape[0], K))
+        q, s = _launch(name, op, x, residual, weight, bias, eps, residual_mode, r_out)
+        return q, s, r_out
+    if x.is_meta:
+        M = x.shape[0]
+        r = x.new_empty((M, K)) if want_r else None
+        return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32), (residual if inplace else r)
+    if x.device.type != "cpu":
+        c.require_cuda_kernels(name, x.device)  # raises: names the device type
+    q, s, r = row_quant_ref(op, x, residual, weight, bias, float(eps), residual_mode)
+    if inplace and r is not None:
+        residual.copy_(r)
+        r = residual
+    return q, s, r
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: one functional op (every output new) and one that updates the residual in place.
+
+_SCHEMA_ARGS = "int op, Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, int residual_mode"
+_OP_NAMES = {v: k for k, v in ROW_OPS.items()}
+_MODE_NAMES = {v: k for k, v in RESIDUAL_MODES.items()}
+
+
+def _empty_r(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((0,))
+
+
+@torch.library.custom_op(
+    "zqkernels::row_quant", mutates_args=(), schema=f"({_SCHEMA_ARGS}) -> (Tensor, Tensor, Tensor)"
+)
+def _row_quant_op(op, x, residual, weight, bias, eps, residual_mode):
+    q, s, r = _impl("row_quant", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode], False)
+    return q, s, (r if r is not None else _empty_r(x))
+
+
+@_row_quant_op.register_fake
+def _row_quant_fake(op, x, residual, weight, bias, eps, residual_mode):
+    name = _OP_NAMES[op]
+    K = _check("row_quant", name, x, residual, weight, bias, eps, _MODE_NAMES[residual_mode])
+    M = x.shape[0]
+    r = x.new_empty((M, K)) if residual_mode != 0 else _empty_r(x)
+    return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32), r
+
+
+@torch.library.custom_op(
+    "zqkernels::row_quant_", mutates_args=("residual",),
+    schema=f"({_SCHEMA_ARGS.replace('Tensor? residual', 'Tensor(a!) residual')}) -> (Tensor, Tensor)",
+)
+def _row_quant_inplace_op(op, x, residual, weight, bias, eps, residual_mode):
+    q, s, _ = _impl("row_quant_", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode], True)
+    return q, s
+
+
+@_row_quant_inplace_op.register_fake
+def _row_quant_inplace_fake(op, x, residual, weight, bias, eps, residual_mode):
+    K = _check("row_quant_", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode])
+    M = x.shape[0]
+    return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
+
+
+_functional = torch.ops.zqkernels.row_quant.default
+_inplace = torch.ops.zqkernels.row_quant_.default
+
+
+def _call(
+    name: str,
+    op: str,
+    x: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 0.0,
+    residual_mode: str = "none",
+    inplace: bool = False,
+):
+    if c._debug_checks:
+        for n, t in (("x", x), ("residual", residual)):
+            c.check_finite(name, n, t)
+    if c.eager(x, residual, weight, bias):
+        return _impl(name, op, x, residual, weight, bias, eps, residual_mode, inplace)
+    code, mode = ROW_OPS[op], RESIDUAL_MODES.get(residual_mode, -1)
+    if mode < 0:
+        _check(name, op, x, residual, weight, bias, eps, residual_mode)  # raises the precise error
+    if inplace:
+        q, s = _inplace(code, x, residual, weight, bias, float(eps), mode)
+        return q, s, residual
+    q, s, r = _functional(code, x, residual, weight, bias, float(eps), mode)
+    return q, s, (r if mode != 0 else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops.
+
+
+def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm then token-wise INT8 quantization: ``quant(x * rsqrt(mean(x^2) + eps) * weight)``.
+
+    x [M, K] bf16 / fp16 / fp32; weight [K]. Returns (q int8 [M, K], s float32 [M]).
+    """
+    q, s, _ = _call("rmsnorm_quant", "rmsnorm", x, None, weight, None, eps)
+    return q, s
+
+
+def layernorm_quant(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm (biased variance, like nn.LayerNorm) then token-wise INT8 quantization.
+
+    x [M, K]; weight and bias [K] (bias may be None). Returns (q int8 [M, K], s float32 [M]).
+    """
+    q, s, _ = _call("layernorm_quant", "layernorm", x, None, weight, bias, eps)
+    return q, s
+
+
+def add_rmsnorm_quant(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, inplace: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``r = x + residual`` (rounded to x's dtype), then ``rmsnorm_quant(r)``: the pre-norm block's
+    residual update and the next GEMM's input in one pass.
+
+    Returns (q, s, r); with ``inplace=True`` r is written into `residual` (and returned).
+    """
+    return _call("add_rmsnorm_quant", "rmsnorm", x, residual, weight, None, eps, "sum", inplace)
+
+
+def add_layernorm_quant(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    residual_out: str = "sum",
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``h = layer_norm(x + residual)`` quantized token-wise, plus the updated residual stream:
+
+    - ``residual_out="sum"`` (pre-LN blocks: GPT-2): returns (q, s, x + residual);
+    - ``residual_out="normed"`` (post-LN blocks: BERT): returns (q, s, h) with h rounded to x's dtype
+      (the next sub-layer's residual input).
+
+    With ``inplace=True`` the third output is written into `residual` (and returned).
+    """
+    if residual_out not in ("sum", "normed"):
+        raise ValueError(f"add_layernorm_quant: residual_out must be 'sum' or 'normed', got {residual_out!r}")
+    return _call("add_layernorm_quant", "layernorm", x, residual, weight, bias, eps, residual_out, inplace)
+
+
+def bias_gelu_quant(
+    y: torch.Tensor, bias: Optional[torch.Tensor] = None, approximate: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quant(gelu(y + bias))``; approximate='none' (erf, BERT) or 'tanh' (GPT-2's gelu_new).
+
+    y [M, K]; bias [K] or None. Returns (q int8 [M, K], s float32 [M]).
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"bias_gelu_quant: approximate must be 'none' or 'tanh', got {approximate!r}")
+    q, s, _ = _call("bias_gelu_quant", "gelu" if approximate == "none" else "gelu_tanh", y, None, None, bias)
+    return q, s
+
+
+def silu_mul_quant(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SwiGLU's ``quant(silu(gate) * up)`` with gate_up = [gate | up] of shape [M, 2 * I] (the output
+    of one GEMM over the concatenated gate and up weights). Returns (q int8 [M, I], s float32 [M])."""
+    q, s, _ = _call("silu_mul_quant", "silu_mul", gate_up)
+    return q, s
