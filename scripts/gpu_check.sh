@@ -59,7 +59,7 @@ fi
 
 if [[ " $STEPS " == *" test "* ]]; then
   tt=$(date +%s)
-  python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider tests ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
+  python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider ${PYTEST_TARGETS:-tests} ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
   rc=$?
   tail -40 "$OUT/pytest.log"
   summary+=("tests: rc=$rc, $(tail -1 "$OUT/pytest.log") ($(( $(date +%s) - tt )) s)")
