@@ -21,20 +21,20 @@ import torch
 from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .formats import GemmSpec
-from .nn import QLinear, quantize_model
+from .nn import LEVELS, QLinear, conversion_report, quantize_model
 from .ops import (
     add_layernorm_quant,
     add_rmsnorm_quant,
     bias_gelu_quant,
     gemm_tiles,
-    layernorm_quant,
-    rmsnorm_quant,
-    silu_mul_quant,
     int8_gemm,
+    layernorm_quant,
     quantize_per_token,
     quantize_weight,
     resolve_gemm_backend,
+    rmsnorm_quant,
     set_debug_checks,
+    silu_mul_quant,
 )
 
 __version__ = "0.1.0"
@@ -53,6 +53,8 @@ __all__ = [
     "silu_mul_quant",
     "QLinear",
     "quantize_model",
+    "conversion_report",
+    "LEVELS",
     "set_debug_checks",
     "GemmSpec",
 ]

@@ -3,59 +3,151 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 from torch import nn
 
+from .blocks import QuantizedBlock, block_class, resolve_level
 from .linear import QLinear, _handler
 
-__all__ = ["quantize_model"]
+__all__ = ["quantize_model", "conversion_report"]
 
 
 def _skipped(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
 
 
-def quantize_model(model: nn.Module, scheme: str = "w8a8", skip: Union[str, Iterable[str]] = ()) -> nn.Module:
-    """Replace every nn.Linear in `model` with ``QLinear.from_linear`` in place; returns the model.
+def _is_conv1d(m: nn.Module) -> bool:
+    """HF transformers' Conv1D (GPT-2 style): y = x @ weight + bias with weight [in, out]."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None
+
+
+def _as_linear(m: nn.Module) -> nn.Linear:
+    """An nn.Linear computing what the HF Conv1D `m` computes (weight transposed to [out, in])."""
+    w = m.weight.detach().t()
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    lin.bias = nn.Parameter(m.bias.detach(), requires_grad=False) if m.bias is not None else None
+    return lin
+
+
+def quantize_model(
+    model: nn.Module,
+    scheme: str = "w8a8",
+    skip: Union[str, Iterable[str]] = (),
+    *,
+    level: Union[str, dict[str, bool]] = "int8",
+    fused_blocks: bool = True,
+    verbose: bool = False,
+) -> nn.Module:
+    """Quantize `model` in place for inference; returns the model.
+
+    - Transformer layers of a recognised architecture (HF ``BertLayer`` / ``RobertaLayer``,
+      ``LlamaDecoderLayer`` / ``MistralDecoderLayer`` / ``Qwen2DecoderLayer``) become fused
+      quantized blocks (``zqkernels.nn.blocks``): merged QKV and gate|up GEMMs, quantization fused
+      into the norms and activations, and each block's last residual add fused with the next block's
+      input norm. `level` picks the precision of each GEMM role: a preset of ``blocks.LEVELS``
+      ("int8", "balanced", "accuracy") or a {role: int8?} dict. ``fused_blocks=False`` turns this off.
+    - Every other nn.Linear, and HF ``Conv1D`` (GPT-2: weight stored [in, out]), becomes a
+      ``QLinear`` of `scheme`.
 
     skip: module names to leave in float, as fnmatch patterns on the qualified name ('lm_head',
     '*.mlp.*'); a pattern naming a module also skips everything inside it ('encoder'). A Linear used
-    in several places (also twice within one parent) becomes one shared QLinear everywhere.
-    All or nothing: every layer is quantized first and the model is changed only if all succeed,
-    so a failure leaves it untouched. Linears inside nn.MultiheadAttention stay float: that module
-    reads their weights directly instead of calling them. If `model` is itself an nn.Linear, the
-    QLinear is returned.
+    in several places becomes one shared QLinear everywhere. All or nothing: every replacement is
+    built first and the model is changed only if all succeed. Linears inside nn.MultiheadAttention
+    stay float (that module reads their weights directly). What happened to each module is recorded
+    in ``conversion_report(model)`` (``verbose=True`` prints it). If `model` is itself an nn.Linear
+    (or Conv1D), the QLinear is returned.
     """
     _handler("quantize_model", scheme)
+    levels = resolve_level(level)
     patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+    report: list[dict[str, Any]] = []
 
-    def convert(name: str, linear: nn.Linear) -> QLinear:
+    def convert(name: str, linear: nn.Module) -> QLinear:
         try:
-            return QLinear.from_linear(linear, scheme)
+            lin = _as_linear(linear) if _is_conv1d(linear) else linear
+            return QLinear.from_linear(lin, scheme)
         except (ValueError, TypeError) as e:
             raise type(e)(f"quantize_model: layer {name!r}: {e}") from e
 
-    if isinstance(model, nn.Linear):
+    def convertible(m: nn.Module) -> bool:
+        return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
+
+    if convertible(model):
         return model if _skipped("", patterns) else convert("", model)
-    # Phase 1: find every (parent, attribute) slot holding a Linear to convert. _modules lists a
-    # module once per attribute, so a Linear registered twice in one parent is found twice.
-    slots: list[tuple[nn.Module, str, nn.Linear]] = []
+
+    # Phase 1: fused blocks (built, not installed yet). A layer that cannot be fused (unsupported
+    # variant) falls back to per-Linear conversion, with the reason recorded.
+    blocks: list[tuple[nn.Module, str, str, QuantizedBlock]] = []  # (parent, attr, name, block)
+    inside_block: list[str] = []
+    if fused_blocks and scheme == "w8a8":
+        for prefix, parent in model.named_modules():
+            if any(prefix == b or prefix.startswith(b + ".") for b in inside_block):
+                continue
+            for child_name, child in parent._modules.items():
+                name = f"{prefix}.{child_name}" if prefix else child_name
+                cls = block_class(child) if child is not None else None
+                if cls is None or _skipped(name, patterns):
+                    continue
+                try:
+                    blk = cls(child, levels)
+                except (ValueError, TypeError, AttributeError) as e:
+                    report.append({"module": name, "path": "per-linear", "why": f"not fused: {e}"})
+                    continue
+                blocks.append((parent, child_name, name, blk))
+                inside_block.append(name)
+                report.append({"module": name, "path": f"fused {cls.__name__}", "why": blk.extra_repr()})
+
+    def in_block(name: str) -> bool:
+        return any(name == b or name.startswith(b + ".") for b in inside_block)
+
+    # Phase 2: every remaining Linear / Conv1D slot. _modules lists a module once per attribute, so
+    # a Linear registered twice in one parent is found twice.
+    slots: list[tuple[nn.Module, str, nn.Module]] = []
     names: dict[int, str] = {}
     for prefix, parent in model.named_modules(remove_duplicate=False):
-        if isinstance(parent, nn.MultiheadAttention):
+        if isinstance(parent, nn.MultiheadAttention) or in_block(prefix):
             continue
         for child_name, child in parent._modules.items():
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if isinstance(child, nn.Linear) and not isinstance(child, QLinear) and not _skipped(name, patterns):
-                slots.append((parent, child_name, child))
-                names.setdefault(id(child), name)
-    # Phase 2: quantize each distinct Linear once (nothing in the model changes yet).
+            if child is None or not convertible(child) or in_block(name):
+                continue
+            if _skipped(name, patterns):
+                report.append({"module": name, "path": "float", "why": "skipped by pattern"})
+                continue
+            slots.append((parent, child_name, child))
+            names.setdefault(id(child), name)
     done: dict[int, QLinear] = {}
     for _parent, _attr, linear in slots:
         if id(linear) not in done:
             done[id(linear)] = convert(names[id(linear)], linear)
-    # Phase 3: install.
+            kind = "Conv1D" if _is_conv1d(linear) else "Linear"
+            report.append({"module": names[id(linear)], "path": f"QLinear ({scheme})", "why": f"from {kind}"})
+    # Phase 3: install, then chain consecutive blocks of one container (a layer list runs in order).
     for parent, attr, linear in slots:
         setattr(parent, attr, done[id(linear)])
+    for parent, attr, _name, blk in blocks:
+        setattr(parent, attr, blk)
+    by_parent: dict[int, list[QuantizedBlock]] = {}
+    for parent, _attr, _name, blk in blocks:
+        by_parent.setdefault(id(parent), []).append(blk)
+    for seq in by_parent.values():
+        for a, b in zip(seq, seq[1:]):
+            if type(a) is type(b):
+                a.link(b)
+    object.__setattr__(model, "_zq_report", report)
+    if verbose:
+        print(conversion_report(model))
     return model
+
+
+def conversion_report(model: nn.Module) -> str:
+    """What ``quantize_model`` did to each module of `model`, one line each."""
+    rows = getattr(model, "_zq_report", None)
+    if rows is None:
+        return "quantize_model has not converted this model"
+    if not rows:
+        return "quantize_model found nothing to convert"
+    width = max(len(r["module"]) for r in rows)
+    return "\n".join(f"{r['module']:<{width}}  {r['path']:<24} {r['why']}" for r in rows)

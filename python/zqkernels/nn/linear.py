@@ -46,6 +46,14 @@ class SchemeHandler:
         """x2 [M, in_features] (row layout) -> y [M, padded out_features] in x2's dtype."""
         raise NotImplementedError
 
+    # Fused blocks (nn/blocks.py) quantize activations inside the kernel that produces them (a
+    # norm or an activation) and hand them over already quantized, in the scheme's format.
+    act_format: str = ""  # "int8_per_token": (q int8 [M, K], s float32 [M]) from ops/fused.py
+
+    def apply_quantized(self, m: "QLinear", xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Pre-quantized activations -> y [M, padded out_features] in `dtype`."""
+        raise NotImplementedError
+
 
 class W8A8(SchemeHandler):
     """int8 per-token dynamic activations x int8 per-channel weights (ZeroQuant's W8A8).
@@ -58,6 +66,7 @@ class W8A8(SchemeHandler):
 
     name = "w8a8"
     description = "int8 per-token activations x int8 per-channel weights"
+    act_format = "int8_per_token"
 
     def create_buffers(self, m, rows, bias, dtype, device):
         m.register_buffer("weight_q", torch.zeros((rows, m.in_features), dtype=torch.int8, device=device))
@@ -92,6 +101,16 @@ class W8A8(SchemeHandler):
             xq, sx = _quantize_cuda(x2)
             return _int8_gemm_cuda(xq, wq, sx, sw, bias, dtype, "auto", None)
         xq, sx = quantize_per_token(x2)
+        return int8_gemm(xq, wq, sx, sw, bias, out_dtype=dtype)
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        buffers = m._buffers
+        wq, sw, bias = buffers["weight_q"], buffers["weight_scale"], buffers["bias"]
+        if bias is not None and bias.dtype != dtype:
+            bias = bias.to(dtype)
+        if xq.is_cuda and m._cuda_shapes_ok and c.eager(xq, sx, wq):
+            # xq / sx come from our own fused kernels (right dtype, layout and device).
+            return _int8_gemm_cuda(xq, wq, sx, sw, bias, dtype, "auto", None)
         return int8_gemm(xq, wq, sx, sw, bias, out_dtype=dtype)
 
 
@@ -225,6 +244,15 @@ class QLinear(nn.Module):
             # Padded rows (out_features % 8 != 0): drop them; contiguous like nn.Linear's output.
             y = y[:, :n].contiguous()
         return y if len(shape) == 2 else y.view(*shape[:-1], n)
+
+    def forward_quantized(self, xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The layer on activations already quantized in the scheme's format (``act_format``: for
+        w8a8, ``(xq int8 [M, in_features], sx float32 [M])`` as ``quantize_per_token`` or the fused
+        ops of ``zqkernels.ops.fused`` return them); output [M, out_features] in `dtype`. Used by the
+        fused blocks (zqkernels.nn.blocks); no checks beyond the GEMM's own."""
+        y = self._handler.apply_quantized(self, xq, sx, dtype)
+        n = self.out_features
+        return y if y.shape[1] == n else y[:, :n].contiguous()
 
     # --- state: the buffers plus the layer's identity, checked on load --------------------------
     def get_extra_state(self) -> dict[str, Any]:

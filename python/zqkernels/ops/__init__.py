@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ._common import has_row_layout, set_debug_checks
-from .gemm import BACKENDS, INT8_MAX_K, gemm_tiles, int8_gemm, resolve_gemm_backend
 from .fused import (
     add_layernorm_quant,
     add_rmsnorm_quant,
@@ -12,6 +11,7 @@ from .fused import (
     rmsnorm_quant,
     silu_mul_quant,
 )
+from .gemm import BACKENDS, INT8_MAX_K, gemm_tiles, int8_gemm, resolve_gemm_backend
 from .quantize import quantize_per_token, quantize_weight
 
 __all__ = [
