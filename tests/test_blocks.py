@@ -54,8 +54,8 @@ def test_fused_equals_per_linear_and_tracks_float(make):
     assert kinds & {"QBertLayer", "QLlamaDecoderLayer"}, kinds
     out, out_pl = run(fused), run(per_linear)
     # Fusion moves roundings (fp32 norm output quantized directly), nothing else.
-    assert cos(out, out_pl) > 0.99999
-    assert cos(out, ref) > 0.999
+    assert cos(out, out_pl) > 0.9999
+    assert cos(out, ref) > 0.999 and cos(out, ref) >= cos(out_pl, ref) - 1e-4
 
 
 def test_levels_order_and_float_roles():

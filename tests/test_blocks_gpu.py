@@ -47,8 +47,10 @@ def test_fused_matches_per_linear_and_float(make):
     fused = zqkernels.quantize_model(copy.deepcopy(m))
     per_linear = zqkernels.quantize_model(copy.deepcopy(m), fused_blocks=False)
     out, out_pl = hidden(fused, ids), hidden(per_linear, ids)
-    assert cos(out, out_pl) > 0.9999, cos(out, out_pl)
-    assert cos(out, ref) > 0.998, cos(out, ref)
+    # Fusion moves roundings (the norm's fp32 output is quantized without a bf16 round trip), so the
+    # quantization noise differs in detail, but it must be no worse than the per-Linear path's.
+    c_fused, c_pl = cos(out, ref), cos(out_pl, ref)
+    assert c_fused > 0.998 and c_fused >= c_pl - 2e-4, (c_fused, c_pl)
 
 
 def test_levels_order_on_gpu():
@@ -61,18 +63,25 @@ def test_levels_order_on_gpu():
 
 
 def test_graph_replay_equals_eager():
+    """The encoder stack (hand-over between blocks included) captured in one CUDA graph. The HF
+    model's own mask logic differs between eager (an all-ones mask is dropped after a host check)
+    and capture (kept: SDPA may then take its math path, which needs a cuBLAS handle), so the
+    comparison runs the encoder on the embeddings with no mask, as the model does eagerly."""
     m = zqkernels.quantize_model(bert_base())
     ids = torch.randint(0, 1000, (8, 128), device=DEV)
-    eager = hidden(m, ids)
+    with torch.no_grad():
+        emb = m.embeddings(ids)
+        eager = m.encoder(emb).last_hidden_state
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.no_grad():
+        torch.mm(emb[0], emb[0].t())  # cuBLAS handle for this thread, before capture
         for _ in range(2):
-            m(ids)
+            m.encoder(emb)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g), torch.no_grad():
-        out = m(ids).last_hidden_state
+    with torch.cuda.graph(g, stream=s), torch.no_grad():
+        out = m.encoder(emb).last_hidden_state
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
