@@ -96,6 +96,28 @@ def _check(
     return K
 
 
+def _fast_ok(op: str, x, residual, weight, bias) -> int:
+    """The common CUDA call (what the fused blocks make), recognised in a few attribute reads: returns
+    K, or -1 to take the full checks (which also produce the precise errors)."""
+    if not (type(x) in c._PLAIN and x.is_cuda and x.dtype in c.DTYPE_CODE and x.dim() == 2 and c.has_row_layout(x)):
+        return -1
+    M, W = x.shape
+    if W > c.INT32_MAX or M > c.INT32_MAX or (op == "silu_mul" and W % 2):
+        return -1
+    K = W // 2 if op == "silu_mul" else W
+    dev = x.device
+    if residual is not None and not (
+        residual.dtype is x.dtype and residual.shape == (M, K) and residual.device == dev and c.has_row_layout(residual)
+    ):
+        return -1
+    for p in (weight, bias):
+        if p is not None and not (p.dtype is torch.float32 and p.shape == (K,) and p.device == dev):
+            return -1
+    if op in _NORMS and weight is None:
+        return -1
+    return K
+
+
 def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if p is None or (p.dtype == torch.float32 and p.is_contiguous()):
         return p
@@ -151,7 +173,11 @@ def _impl(
     inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Checked call on any device. Returns (q, s, residual output or None)."""
-    K = _check(name, op, x, residual, weight, bias, eps, residual_mode)
+    K = _fast_ok(op, x, residual, weight, bias)
+    if K < 0:
+        K = _check(name, op, x, residual, weight, bias, eps, residual_mode)
+    elif residual_mode not in RESIDUAL_MODES or not eps >= 0.0:
+        _check(name, op, x, residual, weight, bias, eps, residual_mode)  # raises the precise error
     want_r = residual_mode != "none"
     if want_r and residual is None and residual_mode == "sum":
         raise ValueError(f"{name}: residual_out='sum' needs a residual")
