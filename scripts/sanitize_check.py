@@ -1,7 +1,8 @@
 """Every kernel once, on small awkward shapes, against the reference: the workload that
 scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck).
 
-Covers quantize_per_token (each input dtype, both the register path and the two-pass path), every
+Covers quantize_per_token (each input dtype, both the register path and the two-pass path), the
+fused row ops (register, element and streaming paths, residual outputs), every
 GEMM kernel of the registry (each tile and output type, with bias, per-tensor scales and a row-
 strided xq), and the PDL probe followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's
 own exit code reports memory errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that
@@ -32,6 +33,33 @@ def main() -> int:
             rq, rs = quantize_per_token_ref(x.cpu())
             if not (torch.equal(xq.cpu(), rq) and torch.equal(sx.cpu(), rs)):
                 print(f"quantize mismatch {dtype} M={M} K={K}")
+                bad += 1
+    # Fused row ops: register path, element path (K % 8 != 0) and streaming path (wide rows), with
+    # residual outputs (also in place).
+    from zqkernels.reference import row_quant_ref
+
+    for K in (1000, 1001, 40000):
+        x = torch.randn(3, K, device=dev, dtype=torch.bfloat16)
+        r = torch.randn(3, K, device=dev, dtype=torch.bfloat16)
+        w, b = torch.rand(K, device=dev), torch.randn(K, device=dev)
+        outs = {
+            "rmsnorm": zqkernels.rmsnorm_quant(x, w),
+            "add_layernorm normed": zqkernels.add_layernorm_quant(x, r.clone(), w, b, residual_out="normed", inplace=True),
+            "add_rmsnorm sum": zqkernels.add_rmsnorm_quant(x, r, w),
+            "gelu_tanh": zqkernels.bias_gelu_quant(x, b, "tanh"),
+            "silu_mul": zqkernels.silu_mul_quant(torch.cat([x, r], 1)),
+        }
+        refs = {
+            "rmsnorm": row_quant_ref("rmsnorm", x.cpu(), None, w.cpu(), None, 1e-6),
+            "add_layernorm normed": row_quant_ref("layernorm", x.cpu(), r.cpu(), w.cpu(), b.cpu(), 1e-5, "normed"),
+            "add_rmsnorm sum": row_quant_ref("rmsnorm", x.cpu(), r.cpu(), w.cpu(), None, 1e-6, "sum"),
+            "gelu_tanh": row_quant_ref("gelu_tanh", x.cpu(), None, None, b.cpu()),
+            "silu_mul": row_quant_ref("silu_mul", torch.cat([x, r], 1).cpu()),
+        }
+        for name, got in outs.items():
+            d = (got[0].cpu().int() - refs[name][0].int()).abs().max()
+            if int(d) > 1:
+                print(f"fused {name} K={K}: codes differ by {int(d)}")
                 bad += 1
     cc = torch.cuda.get_device_capability()
     for arch, recipe, tile, code, _ in C.gemm_kernels():
