@@ -1,6 +1,8 @@
-"""Helpers shared by the benchmarks (bench_w8a8.py, bench_overhead.py) and the tuning probes in
-scripts/: the one GPU timer, L2 rotation, copy bandwidth, provenance (device, torch, git commit) and
-JSON output. Nothing here imports zqkernels or touches CUDA at import time.
+"""Helpers shared by the benchmarks (bench_w8a8.py, bench_overhead.py, bench_models.py,
+bench_fused.py) and the tuning probes in scripts/: the one GPU timer, L2 rotation, copy bandwidth,
+wall-clock timing of back-to-back calls (whole models, host overhead), CUDA-graph capture of a
+callable, torch.compile settings, provenance (device, torch, git commit, package versions) and JSON
+output. Nothing here imports zqkernels or touches CUDA at import time.
 
 Scripts outside this directory import it with ``sys.path.insert(0, "<repo>/benchmarks")``.
 """
@@ -208,8 +210,148 @@ def ensure_alive(device: torch.device, after: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Wall-clock timing of back-to-back calls (whole models, eager host cost), graphs of a callable
+# ----------------------------------------------------------------------------------------------
+
+
+def error_text(e: BaseException) -> str:
+    """'TypeName: first line of the message', as the JSON files record errors."""
+    return f"{type(e).__name__}: {first_line(e)}"
+
+
+def sync_for(device: torch.device) -> Callable[[], None]:
+    """torch.cuda.synchronize for a CUDA device, a no-op otherwise."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def back_to_back(
+    fns: dict[str, Callable[[], Any]],
+    sync: Callable[[], None],
+    *,
+    rounds: int = 7,
+    target_round_s: float = 0.05,
+    warmup_s: float = 0.1,
+    calls: int | None = None,
+    max_calls: int = 100_000,
+) -> dict[str, dict[str, Any]]:
+    """Seconds per call of each zero-argument fn, as wall time of back-to-back calls with ONE sync
+    at the end of a round (what a caller sees: host and device work overlap, whichever is longer
+    shows), median over ``rounds``.
+
+    Warm-up: each fn runs about ``warmup_s`` (at least twice, back to back, after one synchronized
+    call), which also sizes its round: ``calls`` per round if given, else enough calls for
+    ``target_round_s``. Rounds alternate between the fns
+    (fn a, fn b, ..., fn a, ...), so drift of clocks or host load hits all of them alike.
+    Returns {name: {s, s_min, spread (p90-p10)/median, calls, rounds, samples_s}}.
+    """
+    per_round: dict[str, int] = {}
+    for name, fn in fns.items():
+        fn()
+        sync()
+        # One synchronized call bounds the time per call; the warm-up count follows from it, so a
+        # fast-to-launch, slow-to-run fn (a graph replay) cannot queue minutes of device work.
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        n = max(2, min(max_calls, math.ceil(warmup_s / max(time.perf_counter() - t0, 1e-9))))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        est = (time.perf_counter() - t0) / n
+        per_round[name] = (
+            calls if calls else max(1, min(max_calls, math.ceil(target_round_s / max(est, 1e-9))))
+        )
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            n = per_round[name]
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            samples[name].append((time.perf_counter() - t0) / n)
+    out = {}
+    for name, s in samples.items():
+        srt = sorted(s)
+        med = statistics.median(srt)
+        p10, p90 = srt[int(0.1 * (len(srt) - 1))], srt[int(0.9 * (len(srt) - 1))]
+        out[name] = {
+            "s": med,
+            "s_min": srt[0],
+            "spread": (p90 - p10) / med if med > 0 else None,
+            "calls": per_round[name],
+            "rounds": rounds,
+            "samples_s": s,
+        }
+    return out
+
+
+def capture_graph(fn: Callable[[], Any], device: torch.device, warmup: int = 3) -> tuple[Any, Any]:
+    """A CUDA graph of one call of ``fn`` (after ``warmup`` calls on a side stream, as torch
+    recommends before capture); returns (graph, output of the captured call). The output tensor is
+    rewritten by each ``graph.replay()`` (valid only after a replay)."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(s)
+    torch.cuda.synchronize(device)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out
+
+
+def cosine_f32(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two whole tensors, flattened, computed in float32."""
+    if a.shape != b.shape:
+        raise ValueError(f"cosine: shapes differ: {list(a.shape)} vs {list(b.shape)}")
+    return float(torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+
+
+def configure_dynamo(recompile_limit: int = 4096) -> dict[str, Any]:
+    """torch.compile settings for benchmarks that compile the same code for many shapes and modes:
+    recompile (cache size) limits high enough that no shape falls back to eager silently, and no
+    automatic dynamic shapes (every compile is static unless a benchmark marks a dim dynamic).
+    Returns the settings applied (for JSON headers)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    applied: dict[str, Any] = {}
+    for names, value in (
+        (("recompile_limit", "cache_size_limit"), recompile_limit),
+        (("accumulated_recompile_limit", "accumulated_cache_size_limit"), 4 * recompile_limit),
+        (("automatic_dynamic_shapes",), False),
+    ):
+        for name in names:
+            if hasattr(cfg, name):
+                setattr(cfg, name, value)
+                applied[name] = value
+                break
+    return applied
+
+
+# ----------------------------------------------------------------------------------------------
 # Provenance and output
 # ----------------------------------------------------------------------------------------------
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    """Installed distribution versions (None when missing), without importing the packages."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
 
 
 def git_commit(paths: Sequence[Any] = ()) -> str:
