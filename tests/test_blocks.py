@@ -83,16 +83,43 @@ def test_llama_generate_with_cache_matches_full_forward():
     assert torch.equal(full, out[0, 6:])
 
 
-def test_gpt2_conv1d_is_converted_not_skipped():
-    cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=500)
-    m = transformers.GPT2LMHeadModel(cfg).eval()
+def gpt2():
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=500)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_blocks_and_conv1d_per_linear():
+    m = gpt2()
     ref = run(m)
-    q = zqkernels.quantize_model(copy.deepcopy(m))
-    convs = [n for n, x in q.named_modules() if type(x).__name__ == "Conv1D"]
+    fused = zqkernels.quantize_model(copy.deepcopy(m))
+    assert all(type(b).__name__ == "QGPT2Block" for b in fused.transformer.h)
+    per_linear = zqkernels.quantize_model(copy.deepcopy(m), fused_blocks=False)
+    convs = [n for n, x in per_linear.named_modules() if type(x).__name__ == "Conv1D"]
     assert not convs, f"Conv1D left in float: {convs}"
-    assert cos(run(q), ref) > 0.999
-    report = zqkernels.conversion_report(q)
+    report = zqkernels.conversion_report(per_linear)
     assert "transformer.h.0.attn.c_attn" in report and "from Conv1D" in report
+    out, out_pl = run(fused), run(per_linear)
+    assert cos(out, out_pl) > 0.9999
+    assert cos(out, ref) > 0.999 and cos(out, ref) >= cos(out_pl, ref) - 1e-4
+
+
+def test_inference_mode_and_hand_over():
+    """Blocks hand the next block its quantized input; inference tensors (no version counter) too."""
+    m = zqkernels.quantize_model(bert())
+    with torch.no_grad():
+        a = m(IDS).last_hidden_state
+    with torch.inference_mode():
+        b = m(IDS).last_hidden_state
+    assert torch.equal(a, b)
+    # a block that is handed a different tensor quantizes it itself
+    blk0, blk1 = m.encoder.layer[0], m.encoder.layer[1]
+    with torch.no_grad():
+        x = torch.randn(2, 16, 64)
+        y = blk0(x)
+        assert blk1._handoff is not None and blk1._handoff[0] is y
+        z_handed = blk1(y)
+        z_fresh = blk1(y.clone())
+    assert cos(z_handed, z_fresh) > 0.99999
 
 
 def test_report_and_skip():

@@ -39,7 +39,12 @@ def hidden(model, ids):
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out.logits
 
 
-@pytest.mark.parametrize("make", [bert_base, llama, lambda: llama(attention_bias=True)])
+def gpt2(layers=3):
+    cfg = transformers.GPT2Config(n_embd=768, n_layer=layers, n_head=12, vocab_size=1000)
+    return transformers.GPT2LMHeadModel(cfg).to(DEV, torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("make", [bert_base, llama, lambda: llama(attention_bias=True), gpt2])
 def test_fused_matches_per_linear_and_float(make):
     m = make()
     ids = torch.randint(0, 1000, (4, 64), device=DEV)

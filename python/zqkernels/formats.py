@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GemmSpec", "QMAX", "ACT_FORMATS", "WEIGHT_FORMATS", "INT8_ROWWISE"]
+__all__ = ["GemmSpec", "QMAX", "ACT_FORMATS", "WEIGHT_FORMATS", "ACTIVATIONS", "OUT_QUANTS", "INT8_ROWWISE"]
 
 # Largest quantized magnitude per format (symmetric grids; int8 values may still hold -128 when
 # they come from elsewhere, e.g. compressed-tensors checkpoints, and the kernels accept it).
@@ -24,7 +24,10 @@ WEIGHT_FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
 ACT_SCALES = ("token", "tensor")
 WEIGHT_SCALES = ("channel", "tensor", "group")
 SCALE_KINDS = ("float", "pow2", "int")
-ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")  # order = zq::GemmActivation codes
+# Output quantization: "none" (bf16 / fp16 / fp32 output) or "int8_tensor" (int8 output with a static
+# per-tensor scale, ZeroQuant-HERO's, for a consumer that takes int8).
+OUT_QUANTS = ("none", "int8_tensor")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,12 @@ class GemmSpec:
     act / weight: operand formats. act_scale: "token" ([M] scales) or "tensor" ([1]).
     weight_scale: "channel" ([N]), "tensor" ([1]) or "group" ([N, K // group_size]).
     scale_kind: "float", "pow2" (power-of-two float scales) or "int" (integer scales with an
-    amplifier). activation: epilogue activation after bias. out_dtype is chosen per call.
+    amplifier). The epilogue: bias (optional per call), then ``activation`` ("none", "gelu",
+    "gelu_tanh", "silu"), then ``out_quant`` ("none", or "int8_tensor": int8 output with a static
+    per-tensor scale). The int8_rowwise kernels take the activation as a runtime value, so it does
+    not change the recipe; int8 output is an output type of the same recipe, built on the tiles its
+    dispatch tables name. out_dtype (and out_scale) are chosen per call. No residual add: see
+    docs/PERF_NOTES.md ("GEMM epilogue options").
     """
 
     act: str = "int8"
@@ -44,6 +52,7 @@ class GemmSpec:
     group_size: int = 0
     scale_kind: str = "float"
     activation: str = "none"
+    out_quant: str = "none"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -53,6 +62,7 @@ class GemmSpec:
             ("weight_scale", self.weight_scale, WEIGHT_SCALES),
             ("scale_kind", self.scale_kind, SCALE_KINDS),
             ("activation", self.activation, ACTIVATIONS),
+            ("out_quant", self.out_quant, OUT_QUANTS),
         ):
             if value not in allowed:
                 raise ValueError(f"GemmSpec: {name} must be one of {allowed}, got {value!r}")
@@ -70,13 +80,12 @@ class GemmSpec:
             and self.weight == "int8"
             and self.weight_scale in ("channel", "tensor")
             and self.scale_kind == "float"
-            and self.activation == "none"
         ):
-            return "int8_rowwise"
+            return "int8_rowwise"  # every activation and out_quant: runtime options of its kernels
         raise NotImplementedError(
             f"GemmSpec: no kernel implements {self} yet (implemented: int8 activations with token or "
-            "tensor float scales x int8 weights with channel or tensor float scales, no epilogue "
-            "activation)"
+            "tensor float scales x int8 weights with channel or tensor float scales, any epilogue "
+            "activation, output quantization none or int8_tensor)"
         )
 
 

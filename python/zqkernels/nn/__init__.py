@@ -3,7 +3,7 @@ fused quantized transformer blocks, and whole-model conversion (quantize_model).
 
 from __future__ import annotations
 
-from .blocks import LEVELS, ROLES, QBertLayer, QLlamaDecoderLayer, QuantizedBlock
+from .blocks import LEVELS, ROLES, QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock
 from .convert import conversion_report, quantize_model
 from .linear import SCHEMES, QLinear
 
@@ -17,4 +17,5 @@ __all__ = [
     "QuantizedBlock",
     "QBertLayer",
     "QLlamaDecoderLayer",
+    "QGPT2Block",
 ]

@@ -1,7 +1,7 @@
 """Quantized transformer blocks: a float HF block's weights behind fused kernels.
 
 A block replaces one HF transformers layer (``BertLayer``, ``LlamaDecoderLayer`` and its
-Mistral / Qwen2 relatives) with the same forward signature and output, computed as:
+Mistral / Qwen2 relatives, ``GPT2Block``) with the same forward signature and output, computed as:
 
 - the linears of a block merged where they share an input (q/k/v -> one QKV GEMM; LLaMA's gate and
   up -> one GEMM) and run as W8A8 ``QLinear`` GEMMs (bias in the GEMM epilogue);
@@ -31,9 +31,9 @@ from torch import nn
 
 from ..ops import fused as fz
 from ..ops.quantize import quantize_per_token
-from .linear import QLinear
+from .linear import QLinear, linear_from_conv1d
 
-__all__ = ["LEVELS", "ROLES", "QuantizedBlock", "QBertLayer", "QLlamaDecoderLayer", "resolve_level"]
+__all__ = ["LEVELS", "ROLES", "QuantizedBlock", "QBertLayer", "QLlamaDecoderLayer", "QGPT2Block", "resolve_level"]
 
 ROLES = ("qkv", "attn_out", "fc1", "fc2")
 
@@ -103,149 +103,21 @@ class _Meta:
         self.training = False
 
 
-def _attention_interface(config: Any):
+def _attention_function(attn: nn.Module):
+    """HF's attention function for this model's config (SDPA, eager, flash ...)."""
+    import sys
+
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    impl = getattr(config, "_attn_implementation", None) or "sdpa"
-    if impl == "eager":
-        return None
+    impl = getattr(attn.config, "_attn_implementation", None) or "sdpa"
+    if impl == "eager":  # each model defines its own eager attention next to its layers
+        return sys.modules[type(attn).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS[impl]
-
-
-class QuantizedBlock(nn.Module):
-    """What the fused blocks share: the precision map, the producer-side quantization, and the
-    hand-over of the next block's quantized input (``link``)."""
-
-    def __init__(self, level: dict[str, bool]) -> None:
-        super().__init__()
-        self.level = dict(level)
-        self._next: Optional["QuantizedBlock"] = None  # set by link(); not a submodule
-        self._handoff: Optional[tuple[torch.Tensor, int, Any]] = None
-
-    # -- chaining ---------------------------------------------------------------------------------
-    def link(self, nxt: Optional["QuantizedBlock"]) -> None:
-        """Let this block's last residual add also produce `nxt`'s quantized input (nxt must be
-        the block that consumes this block's output, with the same kind of input norm)."""
-        object.__setattr__(self, "_next", nxt)
-
-    def _take_handoff(self, x: torch.Tensor):
-        """The (q, s) or float input the previous block prepared for x, if x is still that tensor."""
-        if torch.compiler.is_compiling():
-            return None
-        h = self._handoff
-        if h is None:
-            return None
-        self._handoff = None
-        if h[0] is x and x._version == h[1]:
-            return h[2]
-        return None
-
-    def _give_handoff(self, out: torch.Tensor, prepared: Any) -> None:
-        if self._next is not None and not torch.compiler.is_compiling():
-            self._next._handoff = (out, out._version, prepared)
-
-    # -- one GEMM role ----------------------------------------------------------------------------
-    @staticmethod
-    def _linear(lin: nn.Module, inp, dtype: torch.dtype) -> torch.Tensor:
-        if isinstance(inp, tuple):
-            return lin.forward_quantized(inp[0], inp[1], dtype)
-        return lin(inp)
-
-    def extra_repr(self) -> str:
-        return "level=" + ", ".join(f"{r}={'int8' if self.level[r] else 'float'}" for r in ROLES)
-
-
-# ------------------------------------------------------------------------------------------------
-# BERT (post-LN)
-
-
-class QBertLayer(QuantizedBlock):
-    """A quantized ``transformers`` BertLayer (encoder, self-attention only, post-LN):
-
-        h1  = LayerNorm1(x + Wo(attention(Wqkv(x))))
-        out = LayerNorm2(h1 + W2(gelu(W1(h1))))
-
-    Kernels per layer (all roles INT8): quantize(x) [skipped when the previous block prepared it],
-    QKV GEMM, SDPA, quantize(attention output), O GEMM, add_layernorm_quant (h1 and its INT8
-    copy), FC1 GEMM, bias_gelu_quant, FC2 GEMM, add_layernorm_quant (out, and the next layer's
-    INT8 input).
-    """
-
-    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
-        super().__init__(level)
-        att = layer.attention
-        sa = att.self
-        if getattr(layer, "add_cross_attention", False) or getattr(sa, "is_decoder", False):
-            raise ValueError("QBertLayer: decoder / cross-attention BERT layers are not supported")
-        act = getattr(layer.intermediate, "intermediate_act_fn", None)
-        self.approximate = _gelu_kind(act)
-        if self.approximate is None:
-            raise ValueError(f"QBertLayer: the intermediate activation must be GeLU (erf or tanh), got {act!r}")
-        self.heads = sa.num_attention_heads
-        self.head_dim = sa.attention_head_size
-        self.hidden = sa.all_head_size
-        self._meta = _Meta(sa)
-        self._attn = _attention_interface(sa.config)
-        self.qkv = _merge_linears("QBertLayer qkv", [sa.query, sa.key, sa.value], level["qkv"])
-        self.attn_out = _merge_linears("QBertLayer attn_out", [att.output.dense], level["attn_out"])
-        self.fc1 = _merge_linears("QBertLayer fc1", [layer.intermediate.dense], level["fc1"])
-        self.fc2 = _merge_linears("QBertLayer fc2", [layer.output.dense], level["fc2"])
-        self.ln1, self.ln2 = att.output.LayerNorm, layer.output.LayerNorm
-        self.register_buffer("ln1_w", _f32(self.ln1.weight), persistent=False)
-        self.register_buffer("ln1_b", _f32(self.ln1.bias), persistent=False)
-        self.register_buffer("ln2_w", _f32(self.ln2.weight), persistent=False)
-        self.register_buffer("ln2_b", _f32(self.ln2.bias), persistent=False)
-
-    def _in(self, hidden_states: torch.Tensor, x2: torch.Tensor):
-        """The QKV input: the previous block's hand-over, else quantize x (or x itself in float)."""
-        got = self._take_handoff(hidden_states)
-        if got is not None:
-            return got
-        return quantize_per_token(x2) if self.level["qkv"] else x2
-
-    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
-        B, S, D = hidden_states.shape
-        dt = hidden_states.dtype
-        x2 = hidden_states.reshape(-1, D)
-        qkv = self._linear(self.qkv, self._in(hidden_states, x2), dt)
-        a2 = self._attend(qkv, B, S, attention_mask, kwargs)
-        o = self._linear(self.attn_out, quantize_per_token(a2) if self.level["attn_out"] else a2, dt)
-        # h1 = LN1(o + x): written over o (ours); its INT8 copy feeds FC1.
-        if self.level["fc1"]:
-            q1, s1, h1 = fz.add_layernorm_quant(
-                x2, o, self.ln1_w, self.ln1_b, self.ln1.eps, residual_out="normed", inplace=True
-            )
-            y1 = self._linear(self.fc1, (q1, s1), dt)
-        else:
-            h1 = self.ln1(o + x2)
-            y1 = self.fc1(h1)
-        inp2 = fz.bias_gelu_quant(y1, None, self.approximate) if self.level["fc2"] else F.gelu(y1, approximate=self.approximate)
-        y2 = self._linear(self.fc2, inp2, dt)
-        nxt = self._next
-        if nxt is not None and nxt.level["qkv"] and isinstance(nxt, QBertLayer):
-            q, s, out = fz.add_layernorm_quant(
-                h1, y2, self.ln2_w, self.ln2_b, self.ln2.eps, residual_out="normed", inplace=True
-            )
-            out = out.view(B, S, D)
-            self._give_handoff(out, (q, s))
-            return out
-        return self.ln2(y2 + h1).view(B, S, D)
-
-    def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, kwargs) -> torch.Tensor:
-        H, hd = self.heads, self.head_dim
-        q, k, v = (t.view(B, S, H, hd).transpose(1, 2) for t in qkv.split(self.hidden, dim=1))
-        if self._attn is None:  # config._attn_implementation == "eager": plain softmax attention
-            from transformers.models.bert.modeling_bert import eager_attention_forward as attn
-        else:
-            attn = self._attn
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("output_attentions", "past_key_values")}
-        out, _ = attn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
-        return out.reshape(B * S, self.hidden)
 
 
 def _gelu_kind(act: Any) -> Optional[str]:
     name = type(act).__name__
-    if name in ("GELUActivation",) or act is F.gelu:
+    if name == "GELUActivation" or act is F.gelu:
         return "none"
     if name in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "GELUPytorchTanh", "FastGELUActivation"):
         return "tanh"
@@ -254,8 +126,9 @@ def _gelu_kind(act: Any) -> Optional[str]:
     return None
 
 
-# ------------------------------------------------------------------------------------------------
-# LLaMA family (pre-RMSNorm, rotary, SwiGLU; QKV bias and grouped KV heads as in Mistral / Qwen2)
+def _version(t: torch.Tensor) -> int:
+    """The in-place-modification counter; inference tensors (torch.inference_mode) have none: -1."""
+    return -1 if t.is_inference() else t._version
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -263,41 +136,211 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-class QLlamaDecoderLayer(QuantizedBlock):
-    """A quantized LlamaDecoderLayer (also Mistral / Qwen2-style: attention bias, GQA):
+class QuantizedBlock(nn.Module):
+    """One transformer layer with fused quantization; subclasses only gather the float layer's
+    weights. The forward is shared:
 
-        r   = x + Wo(attention(rope(Wqkv(rmsnorm1(x)))))
-        out = r + Wdown(silu(Wgate(rmsnorm2(r))) * Wup(rmsnorm2(r)))
+        pre-norm  (LLaMA, GPT-2): r = x + O(attn(QKV(norm1(x)))); out = r + FC2(act(FC1(norm2(r))))
+        post-norm (BERT):         h = norm1(x + O(attn(QKV(x)))); out = norm2(h + FC2(act(FC1(h))))
 
-    Kernels per layer (all roles INT8): rmsnorm_quant(x) [or the previous block's hand-over],
-    QKV GEMM, rotary + KV cache + SDPA (torch), quantize(attention output), O GEMM,
-    add_rmsnorm_quant (r and its INT8 norm), gate|up GEMM, silu_mul_quant, down GEMM, and the last
-    residual add fused with the next layer's rmsnorm_quant.
+    Each INT8 GEMM's input comes quantized out of the kernel that makes it (the norm, the
+    activation, or quantize_per_token for attention's output); the last residual add also makes the
+    next block's quantized input (``link``).
     """
 
+    pre_norm = True
+    norm = "rmsnorm"  # or "layernorm"
+    rope = False
+
+    def __init__(self, level: dict[str, bool], attn: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.level = dict(level)
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.layer_idx = getattr(attn, "layer_idx", None)
+        self._meta = _Meta(attn)
+        self._attn_fn = _attention_function(attn)
+        self._next: Optional["QuantizedBlock"] = None  # set by link(); not a submodule
+        self._handoff: Optional[tuple[torch.Tensor, int, Any]] = None
+
+    def _set_norms(self, norm1: nn.Module, norm2: nn.Module) -> None:
+        """The float norm modules (float roles call them) and fp32 copies of their parameters (the
+        fused kernels read fp32)."""
+        self.norm1, self.norm2 = norm1, norm2
+        for i, n in ((1, norm1), (2, norm2)):
+            self.register_buffer(f"norm{i}_w", _f32(n.weight), persistent=False)
+            self.register_buffer(f"norm{i}_b", _f32(getattr(n, "bias", None)), persistent=False)
+            setattr(self, f"eps{i}", float(getattr(n, "variance_epsilon", getattr(n, "eps", 1e-6))))
+
+    def _set_linears(self, name: str, qkv: list, attn_out: list, fc1: list, fc2: list) -> None:
+        for role, parts in (("qkv", qkv), ("attn_out", attn_out), ("fc1", fc1), ("fc2", fc2)):
+            setattr(self, role, _merge_linears(f"{name} {role}", parts, self.level[role]))
+
+    # -- chaining ---------------------------------------------------------------------------------
+    def link(self, nxt: Optional["QuantizedBlock"]) -> None:
+        """Let this block's last residual add also produce `nxt`'s quantized input (nxt must be
+        the block that consumes this block's output)."""
+        object.__setattr__(self, "_next", nxt)
+
+    def _take_handoff(self, x: torch.Tensor):
+        """The (q, s) the previous block prepared for x, if x is still that tensor, unmodified."""
+        if torch.compiler.is_compiling():
+            return None
+        h = self._handoff
+        if h is None:
+            return None
+        self._handoff = None
+        if h[0] is x and _version(x) == h[1]:
+            return h[2]
+        return None
+
+    # -- the pieces of the forward ----------------------------------------------------------------
+    @staticmethod
+    def _linear(lin: nn.Module, inp, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(inp, tuple):
+            return lin.forward_quantized(inp[0], inp[1], dtype)
+        return lin(inp)
+
+    def _norm(self, i: int, x: torch.Tensor, residual: Optional[torch.Tensor], mode: str, int8: bool):
+        """Norm `i` of x (+ residual) -> (the next GEMM's input: (q, s) or float, the residual
+        output: x + residual ("sum"), the normalised row ("normed"), or None). The residual output
+        is written over `residual` (which must be the block's own temporary)."""
+        w, b, eps = getattr(self, f"norm{i}_w"), getattr(self, f"norm{i}_b"), getattr(self, f"eps{i}")
+        if int8:
+            if residual is None:
+                q, s, _ = fz._call("fused norm", self.norm, x, None, w, b, eps)
+                return (q, s), None
+            q, s, r = fz._call("fused add+norm", self.norm, x, residual, w, b, eps, mode, True)
+            return (q, s), r
+        module = getattr(self, f"norm{i}")
+        if residual is None:
+            return module(x), None
+        v = residual.add_(x)
+        h = module(v)
+        return h, (v if mode == "sum" else h)
+
+    def _act(self, y: torch.Tensor, int8: bool):
+        if self.act == "silu_mul":
+            if int8:
+                return fz.silu_mul_quant(y)
+            g, u = y.chunk(2, dim=1)
+            return F.silu(g) * u
+        return fz.bias_gelu_quant(y, None, self.act) if int8 else F.gelu(y, approximate=self.act)
+
+    def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs) -> torch.Tensor:
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        q, k, v = qkv.split((H * hd, KV * hd, KV * hd), dim=1)
+        q = q.view(B, S, H, hd).transpose(1, 2)
+        k = k.view(B, S, KV, hd).transpose(1, 2)
+        v = v.view(B, S, KV, hd).transpose(1, 2)
+        if self.rope:
+            if pos is None:
+                raise ValueError(f"{type(self).__name__}: position_embeddings (cos, sin) are required")
+            cos, sin = pos[0].unsqueeze(1), pos[1].unsqueeze(1)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
+            k, v = cache.update(k, v, self.layer_idx)
+        kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
+        out, _ = self._attn_fn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
+        return out.reshape(B * S, H * hd)
+
+    def _forward(self, hidden_states, mask=None, pos=None, cache=None, kwargs=None) -> torch.Tensor:
+        B, S, D = hidden_states.shape
+        dt = hidden_states.dtype
+        lv = self.level
+        x2 = hidden_states.reshape(-1, D)
+        inp = self._take_handoff(hidden_states)
+        if inp is None:
+            if self.pre_norm:
+                inp, _ = self._norm(1, x2, None, "none", lv["qkv"])
+            else:
+                inp = quantize_per_token(x2) if lv["qkv"] else x2
+        a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
+        o = self._linear(self.attn_out, quantize_per_token(a2) if lv["attn_out"] else a2, dt)
+        # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o
+        inp1, r = self._norm(2 if self.pre_norm else 1, x2, o, "sum" if self.pre_norm else "normed", lv["fc1"])
+        y = self._linear(self.fc2, self._act(self._linear(self.fc1, inp1, dt), lv["fc2"]), dt)
+        nxt = self._next
+        handoff = nxt is not None and type(nxt) is type(self) and nxt.level["qkv"] and not torch.compiler.is_compiling()
+        if self.pre_norm:
+            if handoff:  # out = r + y over y, plus the next block's norm1(out) quantized
+                prepared, out = nxt._norm(1, r, y, "sum", True)
+            else:
+                prepared, out = None, y.add_(r)
+        else:  # out = norm2(r + y) over y (quantized too when the next block wants it)
+            prepared, out = self._norm(2, r, y, "normed", handoff)
+        out = out.view(B, S, D)
+        if handoff:
+            nxt._handoff = (out, _version(out), prepared)
+        return out
+
+    def extra_repr(self) -> str:
+        return "level=" + ", ".join(f"{r}={'int8' if self.level[r] else 'float'}" for r in ROLES)
+
+
+_NOT_FOR_ATTENTION = ("output_attentions", "past_key_values", "cache_position", "use_cache", "position_ids")
+
+
+# ------------------------------------------------------------------------------------------------
+# The architectures: each gathers its float layer's weights; the forward is QuantizedBlock's.
+
+
+class QBertLayer(QuantizedBlock):
+    """A quantized ``transformers`` BertLayer / RobertaLayer (encoder self-attention, post-LN, GeLU).
+
+    Kernels per layer (all roles INT8): quantize(x) [or the previous block's hand-over], QKV GEMM,
+    SDPA, quantize(attention output), O GEMM, add_layernorm_quant (h1 and its INT8 copy), FC1 GEMM,
+    bias_gelu_quant, FC2 GEMM, add_layernorm_quant (the output, and the next layer's INT8 input).
+    """
+
+    pre_norm = False
+    norm = "layernorm"
+
     def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
-        super().__init__(level)
+        att = layer.attention
+        sa = att.self
+        super().__init__(level, sa, sa.num_attention_heads, sa.num_attention_heads, sa.attention_head_size)
+        if getattr(layer, "add_cross_attention", False) or getattr(sa, "is_decoder", False):
+            raise ValueError("QBertLayer: decoder / cross-attention BERT layers are not supported")
+        act = getattr(layer.intermediate, "intermediate_act_fn", None)
+        self.act = _gelu_kind(act)
+        if self.act is None:
+            raise ValueError(f"QBertLayer: the intermediate activation must be GeLU (erf or tanh), got {act!r}")
+        self._set_linears(
+            "QBertLayer", [sa.query, sa.key, sa.value], [att.output.dense], [layer.intermediate.dense],
+            [layer.output.dense],
+        )
+        self._set_norms(att.output.LayerNorm, layer.output.LayerNorm)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        return self._forward(hidden_states, attention_mask, None, None, kwargs)
+
+
+class QLlamaDecoderLayer(QuantizedBlock):
+    """A quantized LlamaDecoderLayer (also Mistral / Qwen2: attention bias, grouped KV heads).
+
+    Kernels per layer (all roles INT8): rmsnorm_quant(x) [or the previous block's hand-over], QKV
+    GEMM, rotary + KV cache + SDPA (torch), quantize(attention output), O GEMM, add_rmsnorm_quant
+    (r and its INT8 norm), gate|up GEMM, silu_mul_quant, down GEMM, and the last residual add fused
+    with the next layer's rmsnorm_quant.
+    """
+
+    rope = True
+    act = "silu_mul"
+
+    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
         att, mlp = layer.self_attn, layer.mlp
+        cfg = att.config
+        super().__init__(level, att, cfg.num_attention_heads, cfg.num_key_value_heads, att.head_dim)
         act = getattr(mlp, "act_fn", None)
         if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
             raise ValueError(f"QLlamaDecoderLayer: the MLP activation must be SiLU, got {act!r}")
-        cfg = att.config
-        self.head_dim = att.head_dim
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
-        self.layer_idx = att.layer_idx
-        self._meta = _Meta(att)
-        self._attn = _attention_interface(cfg)
-        self.qkv = _merge_linears("QLlamaDecoderLayer qkv", [att.q_proj, att.k_proj, att.v_proj], level["qkv"])
-        self.attn_out = _merge_linears("QLlamaDecoderLayer attn_out", [att.o_proj], level["attn_out"])
-        self.fc1 = _merge_linears("QLlamaDecoderLayer fc1", [mlp.gate_proj, mlp.up_proj], level["fc1"])
-        self.fc2 = _merge_linears("QLlamaDecoderLayer fc2", [mlp.down_proj], level["fc2"])
-        self.intermediate = mlp.gate_proj.out_features
-        self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.eps1 = float(getattr(self.norm1, "variance_epsilon", getattr(self.norm1, "eps", 1e-6)))
-        self.eps2 = float(getattr(self.norm2, "variance_epsilon", getattr(self.norm2, "eps", 1e-6)))
-        self.register_buffer("norm1_w", _f32(self.norm1.weight), persistent=False)
-        self.register_buffer("norm2_w", _f32(self.norm2.weight), persistent=False)
+        self._set_linears(
+            "QLlamaDecoderLayer", [att.q_proj, att.k_proj, att.v_proj], [att.o_proj],
+            [mlp.gate_proj, mlp.up_proj], [mlp.down_proj],
+        )
+        self._set_norms(layer.input_layernorm, layer.post_attention_layernorm)
 
     def forward(
         self,
@@ -309,56 +352,49 @@ class QLlamaDecoderLayer(QuantizedBlock):
         position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        B, S, D = hidden_states.shape
-        dt = hidden_states.dtype
-        x2 = hidden_states.reshape(-1, D)
-        inp = self._take_handoff(hidden_states)
-        if inp is None:
-            inp = fz.rmsnorm_quant(x2, self.norm1_w, self.eps1) if self.level["qkv"] else self.norm1(x2)
-        qkv = self._linear(self.qkv, inp, dt)
-        a2 = self._attend(qkv, B, S, attention_mask, position_embeddings, past_key_values, kwargs)
-        o = self._linear(self.attn_out, quantize_per_token(a2) if self.level["attn_out"] else a2, dt)
-        if self.level["fc1"]:
-            q1, s1, r = fz.add_rmsnorm_quant(x2, o, self.norm2_w, self.eps2, inplace=True)  # r over o
-            gu = self._linear(self.fc1, (q1, s1), dt)
-        else:
-            r = o.add_(x2)
-            gu = self.fc1(self.norm2(r))
-        if self.level["fc2"]:
-            inp2 = fz.silu_mul_quant(gu)
-        else:
-            g, u = gu.split(self.intermediate, dim=1)
-            inp2 = F.silu(g) * u
-        y = self._linear(self.fc2, inp2, dt)
-        nxt = self._next
-        if nxt is not None and nxt.level["qkv"] and isinstance(nxt, QLlamaDecoderLayer):
-            q, s, out = fz.add_rmsnorm_quant(r, y, nxt.norm1_w, nxt.eps1, inplace=True)  # out over y
-            out = out.view(B, S, D)
-            self._give_handoff(out, (q, s))
-            return out
-        return y.add_(r).view(B, S, D)
+        return self._forward(hidden_states, attention_mask, position_embeddings, past_key_values, kwargs)
 
-    def _attend(self, qkv, B, S, mask, pos, cache, kwargs) -> torch.Tensor:
-        H, KV, hd = self.heads, self.kv_heads, self.head_dim
-        q, k, v = qkv.split((H * hd, KV * hd, KV * hd), dim=1)
-        q = q.view(B, S, H, hd).transpose(1, 2)
-        k = k.view(B, S, KV, hd).transpose(1, 2)
-        v = v.view(B, S, KV, hd).transpose(1, 2)
-        if pos is None:
-            raise ValueError("QLlamaDecoderLayer: position_embeddings (cos, sin) are required, as for LlamaDecoderLayer")
-        cos, sin = pos
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)
-        if self._attn is None:
-            from transformers.models.llama.modeling_llama import eager_attention_forward as attn
-        else:
-            attn = self._attn
-        kwargs = {n: a for n, a in kwargs.items() if n not in ("output_attentions", "cache_position", "use_cache")}
-        out, _ = attn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
-        return out.reshape(B * S, H * hd)
+
+class QGPT2Block(QuantizedBlock):
+    """A quantized GPT2Block (pre-LN, Conv1D weights stored [in, out], tanh GeLU).
+
+    Kernels per layer (all roles INT8): layernorm_quant(x) [or the previous block's hand-over], QKV
+    GEMM, KV cache + SDPA (torch), quantize(attention output), O GEMM, add_layernorm_quant, FC GEMM,
+    bias_gelu_quant, projection GEMM, and the last residual add fused with the next block's
+    layernorm_quant.
+    """
+
+    norm = "layernorm"
+
+    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
+        att, mlp = layer.attn, layer.mlp
+        super().__init__(level, att, att.num_heads, att.num_heads, att.head_dim)
+        if hasattr(layer, "crossattention"):
+            raise ValueError("QGPT2Block: cross-attention GPT-2 blocks are not supported")
+        if att.reorder_and_upcast_attn and att.config._attn_implementation == "eager":
+            raise ValueError("QGPT2Block: reorder_and_upcast_attn (eager attention) is not supported")
+        self.act = _gelu_kind(getattr(mlp, "act", None))
+        if self.act is None:
+            raise ValueError(f"QGPT2Block: the MLP activation must be GeLU, got {getattr(mlp, 'act', None)!r}")
+        conv = linear_from_conv1d
+        self._set_linears(
+            "QGPT2Block", [conv(att.c_attn)], [conv(att.c_proj)], [conv(mlp.c_fc)], [conv(mlp.c_proj)]
+        )
+        self._set_norms(layer.ln_1, layer.ln_2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        past_key_values: Any = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        use_cache: Optional[bool] = False,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("QGPT2Block: encoder_hidden_states (cross-attention) are not supported")
+        return self._forward(hidden_states, attention_mask, None, past_key_values, kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,6 +406,7 @@ _BLOCKS: dict[str, type] = {
     "LlamaDecoderLayer": QLlamaDecoderLayer,
     "MistralDecoderLayer": QLlamaDecoderLayer,
     "Qwen2DecoderLayer": QLlamaDecoderLayer,
+    "GPT2Block": QGPT2Block,
 }
 
 

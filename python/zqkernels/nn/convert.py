@@ -9,26 +9,14 @@ from torch import nn
 
 from .blocks import QuantizedBlock, block_class, resolve_level
 from .linear import QLinear, _handler
+from .linear import is_conv1d as _is_conv1d
+from .linear import linear_from_conv1d as _as_linear
 
 __all__ = ["quantize_model", "conversion_report"]
 
 
 def _skipped(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
-
-
-def _is_conv1d(m: nn.Module) -> bool:
-    """HF transformers' Conv1D (GPT-2 style): y = x @ weight + bias with weight [in, out]."""
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None
-
-
-def _as_linear(m: nn.Module) -> nn.Linear:
-    """An nn.Linear computing what the HF Conv1D `m` computes (weight transposed to [out, in])."""
-    w = m.weight.detach().t()
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None, device="meta")
-    lin.weight = nn.Parameter(w, requires_grad=False)
-    lin.bias = nn.Parameter(m.bias.detach(), requires_grad=False) if m.bias is not None else None
-    return lin
 
 
 def quantize_model(
@@ -43,7 +31,7 @@ def quantize_model(
     """Quantize `model` in place for inference; returns the model.
 
     - Transformer layers of a recognised architecture (HF ``BertLayer`` / ``RobertaLayer``,
-      ``LlamaDecoderLayer`` / ``MistralDecoderLayer`` / ``Qwen2DecoderLayer``) become fused
+      ``LlamaDecoderLayer`` / ``MistralDecoderLayer`` / ``Qwen2DecoderLayer``, ``GPT2Block``) become fused
       quantized blocks (``zqkernels.nn.blocks``): merged QKV and gate|up GEMMs, quantization fused
       into the norms and activations, and each block's last residual add fused with the next block's
       input norm. `level` picks the precision of each GEMM role: a preset of ``blocks.LEVELS``

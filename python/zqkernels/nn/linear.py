@@ -15,7 +15,7 @@ from ..ops import _common as c
 from ..ops.gemm import _int8_gemm_cuda, _plan, int8_gemm
 from ..ops.quantize import _cuda_ready, _quantize_cuda, quantize_per_token, quantize_weight
 
-__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8"]
+__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8", "is_conv1d", "linear_from_conv1d"]
 
 # The CUDA GEMM stores output rows in 16-byte vectors, so it needs N % 8 == 0. QLinear meets that for
 # any out_features by keeping its weight rows padded up to a multiple of 8 (zero weights, zero
@@ -293,3 +293,18 @@ class QLinear(nn.Module):
             f"bias={self.bias is not None}, scheme={self.scheme} ({self._handler.description})"
             + (f", weight rows padded to {pad}" if pad != self.out_features else "")
         )
+
+
+def is_conv1d(m: nn.Module) -> bool:
+    """HF transformers' Conv1D (GPT-2 style): y = x @ weight + bias with weight [in, out]."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None
+
+
+def linear_from_conv1d(m: nn.Module) -> nn.Linear:
+    """An nn.Linear computing what the HF Conv1D `m` computes (weight transposed to [out, in]; the
+    tensors are views of m's, no copy)."""
+    w = m.weight.detach().t()
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    lin.bias = nn.Parameter(m.bias.detach(), requires_grad=False) if m.bias is not None else None
+    return lin

@@ -6,6 +6,13 @@ tile, output dtype, M, N, K) and cached, so an eager call costs argument checks,
 allocation and one binding call. ``zqkernels::int8_gemm`` is the ``torch.library`` custom op
 (fake implementation included) that torch.compile / export / opcheck see.
 
+Epilogue options (docs/SCALES.md, "Epilogue options"): ``activation`` ('none', 'gelu', 'gelu_tanh',
+'silu') is applied after the bias, in fp32, by every kernel (a runtime value in the kernel's
+parameters, no extra instantiation); ``out_dtype=torch.int8`` with ``out_scale`` (a Python float)
+quantizes the output with a static per-tensor scale, on the tiles built for int8 output (the
+int8-output dispatch tables of src/cuda/gemm_dispatch.cpp). No residual input: see
+docs/PERF_NOTES.md ("GEMM epilogue options") for why.
+
 Dispatch never falls back silently:
   CPU tensors  -> ``zqkernels.reference`` (the very functions the tests compare the kernels with)
   CUDA tensors -> ``zqkernels._C``; a build without CUDA kernels, a GPU older than sm_80, or a backend
@@ -19,17 +26,27 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import torch
 
 from .. import _ext
-from ..formats import INT8_ROWWISE
+from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import int8_gemm_ref
 from . import _common as c
 
 __all__ = ["int8_gemm", "resolve_gemm_backend", "gemm_tiles", "BACKENDS", "INT8_MAX_K"]
 
 BACKENDS = ("auto", "sm90", "sm80")
-_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
+# zq::DType codes of the output types (zq_kernels.h); int8 is an output type of the GEMMs only.
+_OUT_CODE = {**c.DTYPE_CODE, torch.int8: 3}
+# zq::GemmActivation codes (zq_kernels.h), in formats.ACTIVATIONS order.
+_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
+assert tuple(_ACT_CODE) == ("none", "gelu", "gelu_tanh", "silu")
+# out_scale reaches the kernels as a float32: it must stay a normal, finite float32 > 0.
+_F32_TINY = torch.finfo(torch.float32).tiny
+_F32_MAX = torch.finfo(torch.float32).max
 # The int32 accumulator holds any sum of K products of int8 values (which may include -128, as in
 # compressed-tensors checkpoints) while K * 128 * 128 <= 2^31 - 1 (docs/SCALES.md). Enforced on
 # every device, so CPU and GPU accept the same calls; src/cuda/gemm_registry.h checks it again.
@@ -53,10 +70,53 @@ def _check_scale(op: str, name: str, s: torch.Tensor, n: int, what: str, dim: st
         )
 
 
+def _check_epilogue(activation, out_dtype, out_scale) -> tuple[int, float]:
+    """(activation code, out_scale as passed to the kernel) of valid epilogue options, else raise."""
+    op = "int8_gemm"
+    code = _ACT_CODE.get(activation) if isinstance(activation, str) else None
+    if code is None:
+        raise ValueError(
+            f"{op}: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}"
+        )
+    if out_dtype is not torch.int8:
+        if out_scale is not None:
+            raise ValueError(
+                f"{op}: out_scale is the static scale of an int8 output and needs out_dtype=torch.int8, "
+                f"got out_scale={out_scale!r} with out_dtype={out_dtype}"
+            )
+        return code, 1.0
+    if out_scale is None:
+        raise ValueError(
+            f"{op}: out_dtype=torch.int8 needs out_scale, the static per-tensor output scale "
+            "(q = clamp(rint(y / out_scale), -127, 127)), got out_scale=None"
+        )
+    if isinstance(out_scale, torch.Tensor):
+        raise TypeError(
+            f"{op}: out_scale must be a Python float (a static scale, passed to the kernel by value), "
+            "got a torch.Tensor; pass float(out_scale) once, outside the model's forward (reading a "
+            "device tensor's value synchronizes)"
+        )
+    if isinstance(out_scale, bool) or not isinstance(out_scale, (float, int)):
+        raise TypeError(
+            f"{op}: out_scale must be a Python float (a static scale, passed to the kernel by value), "
+            f"got {type(out_scale).__name__} {out_scale!r}"
+        )
+    s = float(out_scale)
+    if not (math.isfinite(s) and _F32_TINY <= s <= _F32_MAX):
+        raise ValueError(
+            f"{op}: out_scale must be a finite float > 0 that float32 represents as a normal number "
+            f"([{_F32_TINY:.3g}, {_F32_MAX:.3g}]), got {out_scale!r}"
+        )
+    return code, s
+
+
 def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
     op = "int8_gemm"
     if out_dtype not in _OUT_DTYPES:
-        raise TypeError(f"{op}: out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {out_dtype}")
+        raise TypeError(
+            f"{op}: out_dtype must be torch.bfloat16, torch.float16, torch.float32 or torch.int8 "
+            f"(with out_scale), got {out_dtype}"
+        )
     if xq.dtype != torch.int8:
         raise TypeError(f"{op}: xq must be int8 [M, K] (from quantize_per_token), got {c.desc(xq)}")
     if xq.dim() != 2:
@@ -72,7 +132,13 @@ def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
     _check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
     _check_scale(op, "sw", sw, N, "one scale per row of wq", "N")
     if bias is not None:
-        if bias.dtype != out_dtype:
+        if out_dtype == torch.int8:
+            if bias.dtype != torch.float32:
+                raise TypeError(
+                    f"{op}: bias must be float32 for int8 output (it is added in fp32 before the "
+                    f"quantization), got {c.desc(bias)}; pass bias.float()"
+                )
+        elif bias.dtype != out_dtype:
             raise TypeError(
                 f"{op}: bias must have the output dtype ({c.dtype_name(out_dtype)}), got {c.desc(bias)}; "
                 "pass bias.to(out_dtype)"
@@ -101,6 +167,12 @@ def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
                 f"{op}: N must be a multiple of 8 on CUDA (output rows are stored in 16-byte vectors), "
                 f"got N={N}; pad w with zero rows (and sw, bias) to N={-(-N // 8) * 8}"
             )
+        if out_dtype == torch.int8 and N % 16 != 0:
+            raise ValueError(
+                f"{op}: N must be a multiple of 16 on CUDA for int8 output (output rows are stored in "
+                f"16-byte vectors of int8), got N={N}; pad w with zero rows (and sw, bias) to "
+                f"N={-(-N // 16) * 16}"
+            )
         for name, t in (("xq", xq), ("wq", wq)):
             if t.shape[0] > 1 and K > 0 and t.stride(0) % 16 != 0:
                 raise ValueError(
@@ -119,7 +191,11 @@ def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
     raise the precise error or accept a rarer valid layout."""
     if xq.dtype is not _I8 or wq.dtype is not _I8 or sx.dtype is not _F32 or sw.dtype is not _F32:
         return False
-    if out_dtype is not torch.bfloat16 and out_dtype is not torch.float16 and out_dtype is not _F32:
+    if out_dtype is torch.bfloat16 or out_dtype is torch.float16 or out_dtype is _F32:
+        bias_dtype, n_align = out_dtype, 8
+    elif out_dtype is _I8:
+        bias_dtype, n_align = _F32, 16  # int8 output: float32 bias, 16-byte rows of int8
+    else:
         return False
     xs = xq.shape
     ws = wq.shape
@@ -127,7 +203,7 @@ def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
         return False
     M, K = xs
     N = ws[0]
-    if ws[1] != K or K % 16 or N % 8 or K > INT8_MAX_K or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
+    if ws[1] != K or K % 16 or N % n_align or K > INT8_MAX_K or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
         return False
     xst = xq.stride()
     wst = wq.stride()
@@ -143,7 +219,7 @@ def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
     if d < 0 or wq.get_device() != d or sx.get_device() != d or sw.get_device() != d:
         return False
     if bias is not None:
-        if bias.dtype is not out_dtype or bias.dim() != 1 or bias.shape[0] != N or bias.stride(0) != 1:
+        if bias.dtype is not bias_dtype or bias.dim() != 1 or bias.shape[0] != N or bias.stride(0) != 1:
             return False
         if bias.get_device() != d:
             return False
@@ -247,14 +323,16 @@ _plans: dict[tuple, tuple[int, int]] = {}
 
 
 def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int):
-    """(kernel id, workspace bytes) for a problem, cached."""
+    """(kernel id, workspace bytes) for a problem, cached. The output class (bf16 / fp16, fp32, int8:
+    one dispatch table each) is part of the key through out_dtype; the activation is not (every
+    kernel runs every activation)."""
     key = (index, backend, tile, out_dtype, M, N, K)
     hit = _plans.get(key)
     if hit is not None:
         return hit
     C = _ext._C
     arch = resolve_gemm_backend(xq.device, backend)
-    code = c.DTYPE_CODE[out_dtype]
+    code = _OUT_CODE[out_dtype]
     name = tile if tile is not None else C.gemm_select(arch, _RECIPE, code, M, N, K)
     kid = -1 if name is None else C.gemm_find(arch, _RECIPE, name, code)
     if kid < 0:
@@ -270,15 +348,19 @@ def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_d
     return plan
 
 
-def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile) -> torch.Tensor:
-    """Launch on CUDA; arguments already checked."""
+def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0, out_scale: float = 1.0) -> torch.Tensor:
+    """Launch on CUDA; arguments already checked (act, out_scale: from _check_epilogue)."""
     M, K = xq.shape
     N = wq.shape[0]
     out = xq.new_empty((M, N), dtype=out_dtype)
     if M == 0 or N == 0:
         return out
-    if K == 0:  # empty dot products: y = bias, or 0
-        return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
+    if K == 0:  # empty dot products: y = act(bias or 0), quantized for int8 output
+        if act == 0 and out_dtype is not torch.int8:
+            return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
+        y = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act],
+                          out_scale=out_scale if out_dtype is torch.int8 else None)
+        return out.copy_(y)
     pa = xq.data_ptr()
     pb = wq.data_ptr()
     if (pa | pb) & 15:
@@ -310,39 +392,46 @@ def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile) -> torch.Ten
         ws,
         index,
         c.current_stream(index),
+        act,
+        out_scale,
     )
     return out
 
 
-def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
+    if activation == "none" and out_scale is None and out_dtype is not torch.int8:
+        act, scale = 0, 1.0  # the default epilogue: nothing to check
+    else:
+        act, scale = _check_epilogue(activation, out_dtype, out_scale)
     if backend == "auto" and tile is None and _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype):
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile)
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
     _check_options(backend, tile)
     _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
     if xq.is_cuda:
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile)
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
     where = resolve_gemm_backend(xq.device, backend)  # raises for other device types / CPU + backend
     if tile is not None:
         raise RuntimeError(
             f"int8_gemm: tile selects a CUDA kernel; {where} tensors run the pure-torch reference and "
             f"take tile=None, got {tile!r}"
         )
-    return int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype)
+    return int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation, out_scale=out_scale)
 
 
 @torch.library.custom_op(
     "zqkernels::int8_gemm",
     mutates_args=(),
     schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, ScalarType out_dtype, str backend, "
-    "str tile) -> Tensor",
+    "str tile, str activation=\"none\", float? out_scale=None) -> Tensor",
 )
-def _int8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile):
-    return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None)
+def _int8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
+    return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None, activation, out_scale)
 
 
 @_int8_gemm_op.register_fake
-def _int8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile):
+def _int8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
     _check_options(backend, tile or None)
+    _check_epilogue(activation, out_dtype, out_scale)
     _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
     resolve_gemm_backend(xq.device, backend)
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
@@ -361,21 +450,35 @@ def int8_gemm(
     *,
     backend: str = "auto",
     tile: Optional[str] = None,
+    activation: str = "none",
+    out_scale: Optional[float] = None,
 ) -> torch.Tensor:
-    """W8A8 GEMM: y[m, n] = sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n]), as out_dtype.
+    """W8A8 GEMM: y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n])), as out_dtype.
 
     xq int8 [M, K] and wq int8 [N, K] (nn.Linear layout; rows may be strided: unit stride along K,
     row stride >= K), sx float32 [M] (per token) or [1] (per tensor), sw float32 [N] (per channel)
-    or [1], bias [N] of out_dtype (bf16, fp16 or fp32), all on one device; int8 values may include
-    -128 and K <= 131071. On CUDA, K % 16 == 0, N % 8 == 0, row strides multiples of 16 and xq, wq
-    start 16-byte aligned. The sum is exact (int32); scales and bias are applied in fp32 and the
-    result rounded once. ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a name from
+    or [1], bias [N] of out_dtype (bf16, fp16 or fp32; float32 for int8 output), all on one device;
+    int8 values may include -128 and K <= 131071. On CUDA, K % 16 == 0, N % 8 == 0 (N % 16 == 0 for
+    int8 output), row strides multiples of 16 and xq, wq start 16-byte aligned. The sum is exact
+    (int32); scales, bias and the activation are applied in fp32 and the result rounded once.
+
+    activation: 'none', 'gelu' (erf), 'gelu_tanh' or 'silu', applied after the bias.
+    out_dtype=torch.int8 quantizes the output with a static per-tensor scale (ZeroQuant-HERO):
+    q = clamp(rint(act(y) / out_scale), -127, 127) (round half to even; NaN gives 0), with
+    out_scale a Python float > 0 (required with int8 output and only there).
+
+    ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a name from
     ``zqkernels.info()["gemm_tiles"]``, None = the dispatch table's choice) select a CUDA kernel
     explicitly, for tests and benchmarks; CPU tensors (the reference) take the defaults.
     """
     if c._debug_checks:
         for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
             c.check_finite("int8_gemm", name, t)
-    if c.eager(xq, wq, sx, sw, bias):
-        return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile)  # eager: no dispatch
-    return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "")
+    if c.eager(xq, wq, sx, sw, bias):  # eager: no dispatch
+        return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
+    if activation == "none" and out_scale is None:
+        return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "")
+    # The schema takes a float: check the options first, so that a bad one gets this op's message.
+    _, scale = _check_epilogue(activation, out_dtype, out_scale)
+    return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "", activation,
+               scale if out_dtype is torch.int8 else None)
