@@ -7,6 +7,7 @@ share every argument check with the real ones; a stub stands in for zqkernels._C
 
 from __future__ import annotations
 
+import math
 import re
 import types
 
@@ -16,6 +17,7 @@ import zqkernels
 from conftest import OUT_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from zqkernels import _ext
+from zqkernels.formats import GemmSpec
 from zqkernels.ops import _common
 from zqkernels.ops import gemm as gemm_mod
 from zqkernels.reference import int8_gemm_ref
@@ -74,7 +76,7 @@ def test_op_schemas():
     assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x) -> (Tensor, Tensor)"
     assert str(GEMM_OP._schema) == (
         "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
-        "ScalarType out_dtype, str backend, str tile) -> Tensor"
+        "ScalarType out_dtype, str backend, str tile, str activation=\"none\", float? out_scale=None) -> Tensor"
     )
 
 
@@ -209,7 +211,8 @@ GEMM_ERRORS = [
         "out_dtype",
         _gemm_case(out_dtype=torch.float64, bias=None),
         TypeError,
-        r"int8_gemm: out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got torch.float64",
+        r"int8_gemm: out_dtype must be torch.bfloat16, torch.float16, torch.float32 or torch.int8 \(with "
+        r"out_scale\), got torch.float64",
     ),
     (
         "xq_noncontig",
@@ -546,3 +549,276 @@ def test_pointer_alignment_check():
     ):
         _common.check_aligned_ptr("int8_gemm", "xq", buf[1:])
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Epilogue options: activation after the bias, int8 output with a static per-tensor scale.
+
+F = torch.nn.functional
+ACTS = ("gelu", "gelu_tanh", "silu")
+# torch's own implementations: the independent formula each activation of the reference is checked against.
+TORCH_ACT = {
+    "none": lambda v: v,
+    "gelu": lambda v: F.gelu(v),
+    "gelu_tanh": lambda v: F.gelu(v, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+def _pre_activation(a: dict) -> torch.Tensor:
+    """sx * sw * acc + bias in float64, written out here (no reference call)."""
+    acc = a["xq"].double() @ a["wq"].double().t()
+    y = acc * a["sx"].double().reshape(-1, 1) * a["sw"].double().reshape(1, -1)
+    return y if a["bias"] is None else y + a["bias"].double()
+
+
+@pytest.mark.parametrize("activation", ("none",) + ACTS)
+@pytest.mark.parametrize("out_dtype", (torch.bfloat16, torch.float16, torch.float32))
+@pytest.mark.parametrize("bias", [False, True])
+def test_activation_reference_matches_torch(activation, out_dtype, bias):
+    a = make_gemm_inputs(33, 24, 48, out_dtype=out_dtype, bias=bias)
+    out = gemm(a, activation=activation)  # CPU: the reference itself
+    assert out.dtype == out_dtype and out.shape == (33, 24)
+    assert torch.equal(out, int8_gemm_ref(**a, activation=activation))
+    # float64 reference vs torch's activation of the float64 pre-activation: rounding-level agreement
+    y64 = int8_gemm_ref(**dict(a, out_dtype=torch.float64), activation=activation)
+    expected = TORCH_ACT[activation](_pre_activation(a))
+    torch.testing.assert_close(y64, expected, rtol=1e-12, atol=1e-12)
+    # rounded once to out_dtype: at most one output ulp from rounding torch's value
+    torch.testing.assert_close(out, expected.to(out_dtype), rtol=2**-7 if out_dtype == torch.bfloat16 else 2**-10, atol=0)
+
+
+def test_activation_values_span_the_nonlinear_range():
+    """The shared test inputs put pre-activations on both sides of 0 and well into the tails."""
+    y = _pre_activation(make_gemm_inputs(64, 64, 1040, bias=True))
+    assert float(y.min()) < -4 and float(y.max()) > 4 and float((y.abs() < 1).double().mean()) > 0.05
+
+
+def _act_exact(activation: str, v: torch.Tensor) -> torch.Tensor:
+    """float64 values accurate to ~1e-15 relative everywhere, tails included (the textbook forms
+    cancel even in float64 below v ~ -6: 1 + erf(-5.66) is 1e-15)."""
+    if activation == "gelu":
+        return 0.5 * v * torch.special.erfc(-v / math.sqrt(2.0))
+    if activation == "gelu_tanh":
+        return v * torch.sigmoid(2 * math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3))
+    return v * torch.sigmoid(v)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_kernel_activation_formulas_in_fp32(activation):
+    """The kernels' cancellation-free fp32 forms (cutlass_gemm_common.cuh, docs/SCALES.md), emulated
+    with torch float32, are accurate to a few fp32 ulps (times the function's own conditioning in the
+    far tail) at every v, including the negative tail where the textbook 1 + erf / 1 + tanh forms
+    cancel in fp32."""
+    v = torch.cat([torch.linspace(-12, 12, 20001), torch.tensor([-80.0, 80.0])])  # float32 inputs
+    if activation == "gelu":
+        kern = 0.5 * v * torch.special.erfc(v * -0.70710678118654752440)
+        naive = 0.5 * v * (1 + torch.erf(v * 0.70710678118654752440))
+    elif activation == "gelu_tanh":
+        u = 0.79788456080286535588 * (v + 0.044715 * v * v * v)
+        kern = v / (1 + torch.exp(-2 * u))
+        naive = 0.5 * v * (1 + torch.tanh(u))
+    else:
+        kern = v / (1 + torch.exp(-v))
+        naive = kern
+    vd = v.double()
+    exact = _act_exact(activation, vd)
+    # the accurate float64 forms agree with torch's textbook ones where float64 does not cancel
+    mid = vd.abs() <= 5
+    torch.testing.assert_close(exact[mid], TORCH_ACT[activation](vd[mid]), rtol=1e-9, atol=0)
+    nz = exact.abs() > 1e-30  # below: not a normal float32 after the products anyway
+    rel = (kern.double() - exact).abs() / exact.abs()
+    assert float(rel[nz].max()) < 1e-5, float(rel[nz].max())
+    assert float(rel[nz & (vd.abs() <= 4)].max()) < 2e-6  # ~16 fp32 ulps: far below a bf16 / fp16 ulp
+    if activation != "silu":
+        naive_rel = (naive.double() - exact).abs() / exact.abs()
+        assert float(naive_rel[nz].max()) > 1e-2  # what the rewrite is for
+    assert torch.isfinite(kern).all() and abs(float(kern[-2])) < 1e-30 and float(kern[-1]) == 80.0
+
+
+@pytest.mark.parametrize("activation", ("none",) + ACTS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_output_reference(activation, bias):
+    a = make_gemm_inputs(40, 32, 64, out_dtype=torch.int8, bias=False)
+    if bias:
+        a["bias"] = torch.randn(32)  # float32: the bias of an int8 output
+    y = TORCH_ACT[activation](_pre_activation(a))
+    s = float(y.abs().max()) / 150  # the largest outputs saturate at +-127
+    q = gemm(a, activation=activation, out_scale=s)
+    assert q.dtype == torch.int8 and q.shape == (40, 32)
+    assert torch.equal(q, int8_gemm_ref(**a, activation=activation, out_scale=s))
+    s32 = float(torch.tensor(s, dtype=torch.float32))
+    expected = torch.clamp(torch.round(y / s32), -127, 127).to(torch.int8)
+    assert torch.equal(q, expected)
+    assert int(q.min()) >= -127 and int(q.max()) <= 127
+    assert (q.abs() == 127).any()  # saturation was exercised
+
+
+def test_int8_output_reference_rounding_and_specials():
+    # y = sx * acc with sw = 1: pick sx so that y / out_scale lands on halves, NaN and infinities.
+    xq = torch.ones(6, 16, dtype=torch.int8)
+    wq = torch.ones(16, 16, dtype=torch.int8)
+    sx = torch.tensor([0.5, 1.5, -2.5, float("nan"), float("inf"), -float("inf")]) / 16
+    sw = torch.ones(16)
+    q = zqkernels.int8_gemm(xq, wq, sx, sw, out_dtype=torch.int8, out_scale=1.0)
+    assert q[:, 0].tolist() == [0, 2, -2, 0, 127, -127]  # half to even; NaN -> 0; inf saturates
+    q = zqkernels.int8_gemm(xq, wq, sx, sw, out_dtype=torch.int8, out_scale=1e-3)
+    assert q[:3, 0].tolist() == [127, 127, -127]  # never -128
+
+
+def test_int8_output_uses_the_float32_scale():
+    a = make_gemm_inputs(8, 16, 32, out_dtype=torch.int8)
+    s = 0.1  # not a float32: the kernels get float32(0.1)
+    y = _pre_activation(a)
+    expected = torch.clamp(torch.round(y / float(torch.tensor(s, dtype=torch.float32))), -127, 127).to(torch.int8)
+    assert torch.equal(gemm(a, out_scale=s), expected)
+    assert torch.equal(gemm(a, out_scale=1), gemm(a, out_scale=1.0))  # an int is a float here
+
+
+def test_epilogue_k0_cpu():
+    bias = torch.randn(8)
+    for act in ("none",) + ACTS:
+        a = make_gemm_inputs(4, 8, 0, out_dtype=torch.float32)
+        a["bias"] = bias
+        torch.testing.assert_close(gemm(a, activation=act), TORCH_ACT[act](bias.double()).float().expand(4, 8))
+        a["out_dtype"] = torch.int8
+        q = gemm(a, activation=act, out_scale=0.05)
+        assert torch.equal(q, torch.round(TORCH_ACT[act](bias.double()) / float(torch.tensor(0.05))).clamp(-127, 127).to(torch.int8).expand(4, 8))
+
+
+@pytest.mark.parametrize("activation,out_dtype,out_scale", [("gelu", torch.bfloat16, None), ("silu", torch.int8, 0.25), ("none", torch.int8, 2.0)])
+def test_opcheck_int8_gemm_epilogue(activation, out_dtype, out_scale):
+    a = make_gemm_inputs(9, 32, 32, out_dtype=out_dtype)
+    a["bias"] = torch.randn(32).to(torch.float32 if out_dtype == torch.int8 else out_dtype)
+    torch.library.opcheck(
+        GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", "", activation, out_scale)
+    )
+
+
+def test_compile_fullgraph_epilogue_cpu():
+    torch._dynamo.reset()
+
+    def f(x, wq, sw, bias):
+        xq, sx = zqkernels.quantize_per_token(x)
+        h = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.int8, activation="gelu_tanh", out_scale=0.02)
+        g = zqkernels.int8_gemm(xq, wq, sx, sw, None, torch.bfloat16, activation="silu")
+        return h, g
+
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    wq, sw = zqkernels.quantize_weight(torch.randn(32, 64))
+    bias = torch.randn(32)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    for got, want in zip(compiled(x, wq, sw, bias), f(x, wq, sw, bias)):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+EPILOGUE_ERRORS = [
+    (
+        "activation_name",
+        dict(activation="relu"),
+        ValueError,
+        re.escape("int8_gemm: activation must be one of 'none', 'gelu', 'gelu_tanh', 'silu', got 'relu'"),
+    ),
+    (
+        "activation_none_value",
+        dict(activation=None),
+        ValueError,
+        re.escape("int8_gemm: activation must be one of 'none', 'gelu', 'gelu_tanh', 'silu', got None"),
+    ),
+    (
+        "int8_without_scale",
+        dict(out_dtype=torch.int8),
+        ValueError,
+        re.escape("int8_gemm: out_dtype=torch.int8 needs out_scale, the static per-tensor output scale (q = clamp(rint(y / out_scale), -127, 127)), got out_scale=None"),
+    ),
+    (
+        "scale_without_int8",
+        dict(out_scale=0.5),
+        ValueError,
+        re.escape("int8_gemm: out_scale is the static scale of an int8 output and needs out_dtype=torch.int8, got out_scale=0.5 with out_dtype=torch.bfloat16"),
+    ),
+    ("scale_zero", dict(out_dtype=torch.int8, out_scale=0.0), ValueError, r"int8_gemm: out_scale must be a finite float > 0 .*, got 0.0"),
+    ("scale_negative", dict(out_dtype=torch.int8, out_scale=-1.0), ValueError, r"int8_gemm: out_scale must be a finite float > 0 .*, got -1.0"),
+    ("scale_nan", dict(out_dtype=torch.int8, out_scale=float("nan")), ValueError, r"int8_gemm: out_scale must be a finite float > 0 .*, got nan"),
+    ("scale_inf", dict(out_dtype=torch.int8, out_scale=float("inf")), ValueError, r"int8_gemm: out_scale must be a finite float > 0 .*, got inf"),
+    ("scale_f32_subnormal", dict(out_dtype=torch.int8, out_scale=1e-40), ValueError, r"int8_gemm: out_scale must be .* normal number .*, got 1e-40"),
+    ("scale_f32_overflow", dict(out_dtype=torch.int8, out_scale=1e39), ValueError, r"int8_gemm: out_scale must be .*, got 1e\+39"),
+    (
+        "scale_tensor",
+        dict(out_dtype=torch.int8, out_scale=torch.tensor(0.5)),
+        TypeError,
+        r"int8_gemm: out_scale must be a Python float \(a static scale, passed to the kernel by value\), got a torch.Tensor; pass float\(out_scale\)",
+    ),
+    ("scale_str", dict(out_dtype=torch.int8, out_scale="0.5"), TypeError, r"int8_gemm: out_scale must be a Python float .*, got str '0.5'"),
+    ("scale_bool", dict(out_dtype=torch.int8, out_scale=True), TypeError, r"int8_gemm: out_scale must be a Python float .*, got bool True"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,match", [c[1:] for c in EPILOGUE_ERRORS], ids=[c[0] for c in EPILOGUE_ERRORS])
+@pytest.mark.parametrize("path", ["eager", "compile"])
+def test_int8_gemm_bad_epilogue_options(kw, exc, match, path):
+    a = make_gemm_inputs(4, 16, 16)
+    kw = dict(kw)
+    out_dtype = kw.pop("out_dtype", torch.bfloat16)
+    f = lambda: zqkernels.int8_gemm(a["xq"], a["wq"], a["sx"], a["sw"], None, out_dtype, **kw)  # noqa: E731
+    if path == "compile":  # the message is raised while tracing (dynamo wraps it in its own error)
+        torch._dynamo.reset()
+        f = torch.compile(f, backend="aot_eager", fullgraph=True)
+        exc = Exception
+    with pytest.raises(exc, match=match):
+        f()
+
+
+def test_int8_output_bias_must_be_float32():
+    a = make_gemm_inputs(4, 16, 16, out_dtype=torch.int8)
+    a["bias"] = torch.ones(16, dtype=torch.bfloat16)
+    with pytest.raises(
+        TypeError,
+        match=re.escape("int8_gemm: bias must be float32 for int8 output (it is added in fp32 before the quantization), got bfloat16 [16]; pass bias.float()"),
+    ):
+        gemm(a, out_scale=1.0)
+    a["bias"] = torch.ones(8)
+    with pytest.raises(ValueError, match=re.escape("int8_gemm: bias must be [N] with N == wq.shape[0] (16), got float32 [8]")):
+        gemm(a, out_scale=1.0)
+
+
+def test_int8_output_needs_n_multiple_of_16_on_cuda(stub_gpu):
+    stub_gpu({"sm90"}, (9, 0))
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(M=4, N=24, K=16)
+        a["bias"] = None
+        with pytest.raises(
+            ValueError,
+            match=r"int8_gemm: N must be a multiple of 16 on CUDA for int8 output \(.*\), got N=24; .* to N=32",
+        ):
+            gemm(dict(a, out_dtype=torch.int8), out_scale=1.0)
+        gemm(a)  # 16-bit output: N % 8 is enough (the fake implementation accepts it)
+
+
+def test_fake_cuda_epilogue(stub_gpu):
+    stub_gpu({"sm90", "sm80"}, (9, 0))
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(M=3, N=32, K=48)
+        a["bias"] = a["bias"].float()
+        out = gemm(dict(a, out_dtype=torch.int8), activation="gelu", out_scale=0.5)
+        assert out.shape == (3, 32) and out.device.type == "cuda" and out.dtype == torch.int8
+        a["bias"] = None
+        out = gemm(a, activation="silu")
+        assert out.dtype == torch.bfloat16
+
+
+def test_tile_selection_int8_output(stub_gpu):
+    stub_gpu({"sm90"}, (9, 0))  # the stub builds bf16 / fp16 kernels only
+    dev = types.SimpleNamespace(device=torch.device("cuda", 0))
+    with pytest.raises(ValueError, match=r"int8_gemm: tile 't0' is not built for sm90_int8_rowwise with int8 output"):
+        gemm_mod._plan(0, dev, "auto", None, torch.int8, 4, 16, 16)
+
+
+def test_gemm_spec_epilogue():
+    assert GemmSpec(activation="gelu").recipe == "int8_rowwise"  # a runtime option of the same kernels
+    assert GemmSpec(activation="silu", out_quant="int8_tensor").recipe == "int8_rowwise"
+    with pytest.raises(ValueError, match=r"GemmSpec: out_quant must be one of \('none', 'int8_tensor'\), got 'int8_token'"):
+        GemmSpec(out_quant="int8_token")
+    with pytest.raises(ValueError, match=r"GemmSpec: activation must be one of"):
+        GemmSpec(activation="relu")
+    assert tuple(gemm_mod._ACT_CODE) == zqkernels.formats.ACTIVATIONS

@@ -1,5 +1,6 @@
 """int8_gemm on the GPU against the float64 reference: every kernel of the registry, the dispatch,
-scale layouts, strides, bounds, programmatic dependent launch, CUDA graphs, and a seeded fuzz.
+scale layouts, strides, bounds, programmatic dependent launch, CUDA graphs, and a seeded fuzz; the
+epilogue options (activations on every kernel, int8 output on the kernels built for it).
 
 A backend is skipped only when this build did not compile it or this GPU cannot run it (sm90 needs
 compute capability 9.0); any error inside a test is a failure.
@@ -20,6 +21,7 @@ from conftest import (
     HAVE_KERNELS,
     OUT_DTYPES,
     assert_gemm_close,
+    calc_diff,
     make_gemm_inputs,
     poison_next_allocation,
     requires_gpu,
@@ -33,8 +35,8 @@ pytestmark = requires_gpu
 C = _ext._C
 
 
-OUT_CODE = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32}
-ALL_OUT = (torch.bfloat16, torch.float16, torch.float32)
+OUT_CODE = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32, 3: torch.int8}
+ALL_OUT = (torch.bfloat16, torch.float16, torch.float32)  # the float outputs every kernel family has
 
 
 def skip_reason(backend: str) -> Optional[str]:
@@ -48,13 +50,15 @@ def skip_reason(backend: str) -> Optional[str]:
     return None
 
 
-def kernel_params():
-    """One param per (arch, tile) of the registry, with the output dtypes built for it."""
+def kernel_params(int8_out: bool = False):
+    """One param per (arch, tile) of the registry, with the float output dtypes built for it (or,
+    with int8_out, one per tile built with int8 output)."""
     if not (HAVE_CUDA and HAVE_KERNELS):
         return []
     tiles: dict[tuple[str, str], list] = {}
     for arch, recipe, tile, code, _dispatched in C.gemm_kernels():
-        tiles.setdefault((arch, tile), []).append(OUT_CODE[code])
+        if (OUT_CODE[code] == torch.int8) == int8_out:
+            tiles.setdefault((arch, tile), []).append(OUT_CODE[code])
     return [pytest.param(arch, tile, outs, id=f"{arch}-{tile}") for (arch, tile), outs in tiles.items()]
 
 
@@ -404,10 +408,330 @@ def test_gpu_backend_and_tile_errors():
 def test_registry_can_implement_without_launching():
     """Every registry row answers can-implement for a shape without a launch: aligned problems yes,
     K % 16 != 0, N % 8 != 0, strides below K or past the int32 bound no, each saying why."""
-    for kid, (arch, _recipe, tile, _code, _d) in enumerate(C.gemm_kernels()):
-        assert C.gemm_can_implement(kid, 37, 24, 48, 48, 48) == "", (arch, tile)
-        assert C.gemm_can_implement(kid, 37, 24, 48, 64, 48) == "", (arch, tile)  # row-strided xq
+    for kid, (arch, _recipe, tile, code, _d) in enumerate(C.gemm_kernels()):
+        N = 32 if OUT_CODE[code] == torch.int8 else 24
+        assert C.gemm_can_implement(kid, 37, N, 48, 48, 48) == "", (arch, tile)
+        assert C.gemm_can_implement(kid, 37, N, 48, 64, 48) == "", (arch, tile)  # row-strided xq
+        if OUT_CODE[code] == torch.int8:
+            assert "N must be a multiple of 16 for int8 output" in C.gemm_can_implement(kid, 4, 24, 48, 48, 48)
         assert "K must be a multiple of 16" in C.gemm_can_implement(kid, 4, 24, 40, 40, 40)
         assert "N must be a multiple of 8" in C.gemm_can_implement(kid, 4, 20, 48, 48, 48)
         assert "lda must be >= K" in C.gemm_can_implement(kid, 4, 24, 48, 32, 48)
         assert "K must be <= 131071" in C.gemm_can_implement(kid, 4, 24, 131072, 131072, 131072)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Epilogue options: activation (every kernel, a runtime parameter) and int8 output with a static
+# per-tensor scale (the tiles built for it), against the float64 reference.
+
+ACTS = ("gelu", "gelu_tanh", "silu")
+EPI_M = [1, 17, 128, 1000, 4096]
+# The kernels evaluate the activation in fp32 with CUDA's erfcf / expf (<= 4 / 2 ulp) and IEEE
+# division; a function's conditioning |v f'(v) / f(v)| (<= ~10 where outputs are not tiny next to
+# their row) amplifies those few ulps to ~2^-20 relative. bf16 / fp16 outputs round that away
+# (assert_gemm_close: one output ulp); fp32 outputs get 2^-18 (tiny outputs: the per-row atol).
+FP32_ACT_RTOL = 2**-18
+
+
+def run_epilogue(a: dict, backend: str = "auto", tile: Optional[str] = None, activation: str = "none",
+                 out_scale: Optional[float] = None) -> torch.Tensor:
+    M, N = a["xq"].shape[0], a["wq"].shape[0]
+    if a["out_dtype"] == torch.int8:
+        poison_next_allocation(M * N, 0x80)  # -128: never produced by the int8 epilogue
+    else:
+        poison_next_allocation(M * N * 4, 0xFF)  # NaN
+    return zqkernels.int8_gemm(
+        a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], a["out_dtype"], backend=backend, tile=tile,
+        activation=activation, out_scale=out_scale,
+    )
+
+
+def assert_epilogue_close(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
+    """Kernel vs int8_gemm_ref (same activation, same out_scale).
+
+    int8: every code within +-1 of the reference (the kernel's fp32 y / out_scale and the float64
+    one may fall on either side of a .5), few codes differ at all, and no -128 (the poison value,
+    and never produced). bf16 / fp16: assert_gemm_close. fp32: FP32_ACT_RTOL plus the per-row atol.
+    """
+    assert out.shape == ref.shape and out.dtype == ref.dtype, (what, out.shape, out.dtype, ref.shape, ref.dtype)
+    if out.dtype == torch.int8:
+        if out.numel() == 0:
+            return
+        assert not (out == -128).any(), f"{what}: {int((out == -128).sum())} outputs are -128 (unwritten?)"
+        d = (out.int() - ref.int()).abs()
+        if int(d.max()) > 1:
+            m, n = (int(i) for i in (d > 1).nonzero()[0])
+            raise AssertionError(
+                f"{what}: {int((d > 1).sum())} codes off by more than 1; first at [{m}, {n}]: got "
+                f"{int(out[m, n])}, expected {int(ref[m, n])}"
+            )
+        differ = float((d != 0).double().mean())
+        assert differ < 0.01, f"{what}: {differ:.2%} of codes differ by 1 (expected ~0.01%)"
+        return
+    if out.dtype != torch.float32:
+        assert_gemm_close(out, ref, what)
+        return
+    o, r = out.double(), ref.double()
+    assert not torch.isnan(o).any(), f"{what}: NaN in the output"
+    if r.numel() == 0:
+        return
+    atol_row = 1e-3 * r.abs().amax(dim=1, keepdim=True)
+    bad = (o - r).abs() > FP32_ACT_RTOL * r.abs() + atol_row
+    if bad.any():
+        m, n = (int(i) for i in bad.nonzero()[0])
+        raise AssertionError(f"{what}: {int(bad.sum())} outputs off; first at [{m}, {n}]: got {float(o[m, n])}, "
+                             f"expected {float(r[m, n])}")
+    d = calc_diff(o, r)
+    assert d < 1e-9, f"{what}: calc_diff {d:.3g}"
+
+
+def int8_case(M: int, N: int, K: int, activation: str, bias: bool, headroom: float = 150.0):
+    """Inputs for an int8-output GEMM and a static out_scale putting the largest |act(y)| at
+    `headroom` codes (> 127: the largest outputs saturate)."""
+    a = make_gemm_inputs(M, N, K, device=DEV, out_dtype=torch.int8)
+    if bias:
+        a["bias"] = torch.randn(N, device=DEV)  # float32: the bias of an int8 output
+    y = int8_gemm_ref(**dict(a, out_dtype=torch.float64), activation=activation)
+    amax = float(y.abs().max()) if y.numel() else 1.0
+    return a, max(amax, 1e-6) / headroom
+
+
+@pytest.mark.parametrize("arch,tile,outs", kernel_params())
+def test_gemm_activation_every_kernel(arch, tile, outs):
+    """Every activation on every kernel (float outputs), M = 1 .. 4096, bias on and off."""
+    reason = skip_reason(arch)
+    if reason:
+        pytest.skip(reason)
+    for act in ACTS:
+        for N, K in ((24, 48), (264, 1040)):
+            for i, M in enumerate(EPI_M):
+                out_dtype, bias = outs[i % len(outs)], i % 2 == 0
+                a = make_gemm_inputs(M, N, K, device=DEV, out_dtype=out_dtype, bias=bias)
+                out = run_epilogue(a, arch, tile, activation=act)
+                ref = int8_gemm_ref(**a, activation=act)
+                assert_epilogue_close(out, ref, f"{arch}/{tile} {act} M={M} N={N} K={K} {out_dtype} bias={bias}")
+
+
+@pytest.mark.parametrize("arch,tile,outs", kernel_params(int8_out=True))
+def test_gemm_int8_output_every_kernel(arch, tile, outs):
+    """int8 output with a static scale on every kernel built for it: each activation, M = 1 .. 4096,
+    float32 bias on and off, the largest outputs saturating at +-127."""
+    reason = skip_reason(arch)
+    if reason:
+        pytest.skip(reason)
+    for act in ("none",) + ACTS:
+        for N, K in ((32, 48), (272, 1040)):
+            for i, M in enumerate(EPI_M):
+                a, s = int8_case(M, N, K, act, bias=i % 2 == 0)
+                q = run_epilogue(a, arch, tile, activation=act, out_scale=s)
+                ref = int8_gemm_ref(**a, activation=act, out_scale=s)
+                assert_epilogue_close(q, ref, f"{arch}/{tile} int8 {act} M={M} N={N} K={K} s={s:.3g}")
+                if M >= 128:
+                    assert (ref.abs() == 127).any() and (q.abs() == 127).any()  # saturation exercised
+
+
+@pytest.mark.parametrize("arch,tile,outs", kernel_params(int8_out=True))
+def test_gemm_int8_output_rounding_and_specials(arch, tile, outs):
+    """y / out_scale on exact halves (round half to even), NaN (-> 0), +-inf and huge values (-> +-127,
+    never -128): rows of sx chosen so that y = sx * 16 exactly (xq = wq = 1, K = 16, sw = 1)."""
+    reason = skip_reason(arch)
+    if reason:
+        pytest.skip(reason)
+    rows = [0.5, 1.5, -2.5, 3.5, float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 0.0]
+    M, N, K = len(rows), 16, 16
+    a = dict(
+        xq=torch.ones(M, K, dtype=torch.int8, device=DEV),
+        wq=torch.ones(N, K, dtype=torch.int8, device=DEV),
+        sx=torch.tensor(rows, device=DEV) / 16,
+        sw=torch.ones(N, device=DEV),
+        bias=None,
+        out_dtype=torch.int8,
+    )
+    q = run_epilogue(a, arch, tile, out_scale=1.0)
+    assert q[:, 0].tolist() == [0, 2, -2, 4, 0, 127, -127, 127, -127, 0]
+    assert (q == q[:, :1]).all()
+    for act in ACTS:  # NaN / inf through the activations: the reference's conventions
+        q = run_epilogue(a, arch, tile, activation=act, out_scale=1.0)
+        assert torch.equal(q, int8_gemm_ref(**a, activation=act, out_scale=1.0)), act
+
+
+@pytest.mark.parametrize("backend", ["auto", "sm90", "sm80"])
+def test_gemm_epilogue_dispatch(backend):
+    """The dispatch tables (16-bit, fp32 and int8 output classes) with every activation, over the M
+    buckets of the rules (and N past 8192)."""
+    reason = skip_reason(backend)
+    if reason:
+        pytest.skip(reason)
+    Ms = [1, 16, 17, 64, 65, 128, 256, 257, 513, 1000, 1025, 4096]
+    for j, (N, K) in enumerate(((4112, 1040), (8208, 272))):
+        for i, M in enumerate(Ms):
+            act = (("none",) + ACTS)[(i + j) % 4]
+            out_dtype = ALL_OUT[i % 3]
+            a = make_gemm_inputs(M, N, K, device=DEV, out_dtype=out_dtype, bias=i % 2 == 1)
+            what = f"{backend} {act} M={M} N={N} K={K}"
+            assert_epilogue_close(run_epilogue(a, backend, activation=act), int8_gemm_ref(**a, activation=act),
+                                  f"{what} {out_dtype}")
+            a, s = int8_case(M, N, K, act, bias=i % 2 == 0)
+            assert_epilogue_close(run_epilogue(a, backend, activation=act, out_scale=s),
+                                  int8_gemm_ref(**a, activation=act, out_scale=s), f"{what} int8")
+
+
+def test_gemm_epilogue_options_are_part_of_the_launch_cache():
+    """The sm90 launcher caches kernel parameters per call signature (pointers, shapes): the same
+    tensors with another activation or out_scale must not reuse stale parameters. The output
+    block is freed between calls, so the caching allocator hands the same address back."""
+    for M in (16, 1000):  # a swap-AB tile and a large-M tile
+        a = make_gemm_inputs(M, 272, 1040, device=DEV, bias=True)
+        for act in ("none", "gelu", "none", "silu", "gelu_tanh", "gelu"):
+            out = zqkernels.int8_gemm(a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], activation=act)
+            assert_epilogue_close(out, int8_gemm_ref(**a, activation=act), f"M={M} {act} (repeated pointers)")
+            del out
+        b, s = int8_case(M, 272, 1040, "gelu", bias=True)
+        for scale in (s, 2 * s, s, 0.5 * s):
+            q = zqkernels.int8_gemm(b["xq"], b["wq"], b["sx"], b["sw"], b["bias"], torch.int8, activation="gelu",
+                                    out_scale=scale)
+            assert_epilogue_close(q, int8_gemm_ref(**b, activation="gelu", out_scale=scale), f"M={M} s={scale:.3g}")
+            del q
+
+
+def test_gemm_epilogue_fuzz():
+    """300 seeded random cases of the epilogue options: activation, float / int8 output, bias,
+    per-tensor scales, row-strided xq, backend, against the float64 reference."""
+    rng = random.Random(4321)
+    backends = [b for b in ("auto", "sm80") if skip_reason(b) is None]
+    for case in range(300):
+        M = rng.choice([rng.randint(1, 16), rng.randint(17, 300), rng.randint(301, 2000)])
+        int8_out = rng.random() < 0.5
+        N = (16 if int8_out else 8) * rng.randint(1, 64)
+        K = 16 * rng.randint(1, 80)
+        act = rng.choice(("none",) + ACTS)
+        backend = rng.choice(backends)
+        if int8_out:
+            a, s = int8_case(M, N, K, act, bias=rng.random() < 0.5, headroom=rng.choice([100.0, 127.0, 300.0]))
+        else:
+            a = make_gemm_inputs(M, N, K, device=DEV, out_dtype=rng.choice(ALL_OUT), bias=rng.random() < 0.5)
+            s = None
+        if rng.random() < 0.2:
+            a["sx"] = a["sx"][:1].clone()
+        if rng.random() < 0.2:
+            a["sw"] = torch.cat([torch.ones(1, device=DEV), a["sw"]])[1:]
+        if rng.random() < 0.2:
+            pad = 16 * rng.randint(1, 4)
+            buf = torch.zeros(M, K + pad, dtype=torch.int8, device=DEV)
+            buf[:, :K] = a["xq"]
+            a["xq"] = buf[:, :K]
+        what = f"case {case}: M={M} N={N} K={K} {a['out_dtype']} {act} backend={backend} bias={a['bias'] is not None}"
+        out = run_epilogue(a, backend, activation=act, out_scale=s)
+        assert_epilogue_close(out, int8_gemm_ref(**a, activation=act, out_scale=s), what)
+
+
+def test_gemm_epilogue_empty_and_k0():
+    for M, N, K in ((0, 16, 16), (4, 0, 16), (4, 16, 0)):
+        a = make_gemm_inputs(M, N, K, device=DEV, out_dtype=torch.float32, bias=True)
+        for act in ACTS:
+            out = run_epilogue(a, activation=act)
+            assert out.shape == (M, N) and out.is_cuda
+            torch.testing.assert_close(out, int8_gemm_ref(**a, activation=act))
+            b = dict(a, out_dtype=torch.int8)
+            q = run_epilogue(b, activation=act, out_scale=0.01)
+            assert q.dtype == torch.int8 and q.shape == (M, N)
+            assert torch.equal(q, int8_gemm_ref(**b, activation=act, out_scale=0.01))
+
+
+@pytest.mark.parametrize("M", [1, 16, 128, 1000])
+def test_cuda_graph_quant_gemm_epilogue(M):
+    """quantize_per_token -> int8_gemm(gelu, int8 output) -> int8_gemm(silu, bf16) captured in one
+    CUDA graph (PDL edges between the kernels); replays with new inputs match the reference."""
+    N, K = 4096, 1024
+    w1q, sw1 = zqkernels.quantize_weight(torch.randn(N, K, device=DEV, dtype=torch.bfloat16))
+    w2q, sw2 = zqkernels.quantize_weight(torch.randn(K, N, device=DEV, dtype=torch.bfloat16))
+    b1 = torch.randn(N, device=DEV)
+    s1 = 0.05  # static scale of the int8 intermediate
+    s1_vec = torch.full((1,), s1, device=DEV)
+
+    def forward(x):
+        xq, sx = zqkernels.quantize_per_token(x)
+        h = zqkernels.int8_gemm(xq, w1q, sx, sw1, b1, torch.int8, activation="gelu", out_scale=s1)
+        return h, zqkernels.int8_gemm(h, w2q, s1_vec, sw2, None, torch.bfloat16, activation="silu")
+
+    static_x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        forward(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_h, static_y = forward(static_x)
+    for _ in range(3):
+        static_x.copy_(torch.randn_like(static_x))
+        g.replay()
+        torch.cuda.synchronize()
+        xq_r, sx_r = quantize_per_token_ref(static_x)
+        h_ref = int8_gemm_ref(xq_r, w1q, sx_r, sw1, b1, torch.int8, activation="gelu", out_scale=s1)
+        assert_epilogue_close(static_h, h_ref, f"graph replay M={M}: int8 gelu")
+        y_ref = int8_gemm_ref(static_h, w2q, s1_vec, sw2, None, torch.bfloat16, activation="silu")
+        assert_epilogue_close(static_y, y_ref, f"graph replay M={M}: bf16 silu")
+
+
+def test_pdl_gemm_epilogue_waits_for_a_late_producer():
+    """As test_pdl_gemm_waits_for_a_late_producer, with gelu and int8 output: the epilogue's
+    options are kernel parameters, the inputs are still read only after griddepcontrol.wait."""
+    if not C._debug_pdl():
+        pytest.skip("PDL is switched off (ZQKERNELS_PDL=0)")
+    for M in (16, 1000):
+        a, s = int8_case(M, 4096, 4096, "gelu", bias=True)
+        ref = int8_gemm_ref(**a, activation="gelu", out_scale=s)
+        stream = torch.cuda.current_stream().cuda_stream
+        for _ in range(3):
+            dst_x = torch.zeros_like(a["xq"])
+            dst_s = torch.zeros_like(a["sx"])
+            C._debug_delayed_copy(a["xq"].data_ptr(), dst_x.data_ptr(), dst_x.numel(), 50, 0, stream)
+            C._debug_delayed_copy(a["sx"].data_ptr(), dst_s.data_ptr(), 4 * dst_s.numel(), 50, 0, stream)
+            q = zqkernels.int8_gemm(dst_x, a["wq"], dst_s, a["sw"], a["bias"], torch.int8, activation="gelu",
+                                    out_scale=s)
+            assert_epilogue_close(q, ref, f"M={M}: eager PDL after a late producer, int8 gelu")
+
+
+def test_opcheck_cuda_epilogue():
+    a = make_gemm_inputs(9, 32, 48, device=DEV, bias=True)
+    torch.library.opcheck(
+        torch.ops.zqkernels.int8_gemm.default,
+        (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], torch.bfloat16, "auto", "", "gelu_tanh", None),
+    )
+    bias32 = torch.randn(32, device=DEV)
+    torch.library.opcheck(
+        torch.ops.zqkernels.int8_gemm.default,
+        (a["xq"], a["wq"], a["sx"], a["sw"], bias32, torch.int8, "auto", "", "silu", 0.03),
+    )
+
+
+def test_compile_epilogue_cuda():
+    torch._dynamo.reset()
+    a, s = int8_case(33, 272, 1040, "gelu", bias=True)
+
+    def f(xq, wq, sx, sw, bias):
+        return zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.int8, activation="gelu", out_scale=s)
+
+    args = (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"])
+    assert torch.equal(torch.compile(f, fullgraph=True)(*args), f(*args))
+
+
+def test_gpu_epilogue_errors():
+    a = make_gemm_inputs(4, 24, 16, device=DEV)
+    with pytest.raises(ValueError, match=r"int8_gemm: N must be a multiple of 16 on CUDA for int8 output"):
+        run_epilogue(dict(a, out_dtype=torch.int8), out_scale=1.0)
+    a = make_gemm_inputs(4, 32, 16, device=DEV, out_dtype=torch.int8)
+    a["bias"] = torch.ones(32, device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"int8_gemm: bias must be float32 for int8 output"):
+        run_epilogue(a, out_scale=1.0)
+    a["bias"] = None
+    with pytest.raises(ValueError, match=r"int8_gemm: out_dtype=torch.int8 needs out_scale"):
+        run_epilogue(a)
+    with pytest.raises(ValueError, match=r"int8_gemm: activation must be one of"):
+        run_epilogue(dict(a, out_dtype=torch.bfloat16), activation="gelu_erf")
+    for backend in ("sm90", "sm80"):
+        if skip_reason(backend) is None:
+            with pytest.raises(ValueError, match=rf"int8_gemm: tile 'swap_64x16x256_pp' is not built for {backend}_int8_rowwise with int8 output"):
+                run_epilogue(a, backend, "swap_64x16x256_pp", out_scale=1.0)

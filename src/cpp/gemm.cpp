@@ -1,6 +1,7 @@
 // gemm.cpp: bindings of the GEMM registry (src/cuda/zq_kernels.h). Python resolves a kernel once per
 // (device, recipe, arch, tile, output type, shape) with gemm_select / gemm_find /
-// gemm_workspace_size and caches it; each call is then one gemm_run with plain integers.
+// gemm_workspace_size and caches it; each call is then one gemm_run with plain integers (and the
+// epilogue's runtime options: activation code, int8 out_scale).
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -21,8 +22,13 @@ namespace zqb {
 namespace {
 
 zq::DType out_dtype_from(const char* op, int code) {
-  if (code >= 0 && code <= 2) return static_cast<zq::DType>(code);
-  fail(op, "out_dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(code));
+  if (code >= 0 && code <= 3) return static_cast<zq::DType>(code);
+  fail(op, "out_dtype code must be 0 (bf16), 1 (fp16), 2 (fp32) or 3 (int8), got " + std::to_string(code));
+}
+
+zq::GemmActivation activation_from(const char* op, int code) {
+  if (code >= 0 && code <= 3) return static_cast<zq::GemmActivation>(code);
+  fail(op, "activation code must be 0 (none), 1 (gelu), 2 (gelu_tanh) or 3 (silu), got " + std::to_string(code));
 }
 
 const zq::GemmKernel& kernel_at(const char* op, int id) {
@@ -118,9 +124,11 @@ void bind_gemm(nb::module_& m) {
       "gemm_run",
       [](int id, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t sa, uintptr_t sb, uintptr_t bias,
          uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,
-         uintptr_t stream) {
+         uintptr_t stream, int activation, float out_scale) {
         const zq::GemmKernel& k = kernel_at("gemm_run", id);
         zq::GemmArgs g = shape_args(k, M, N, K, lda, ldb);
+        g.activation = activation_from("gemm_run", activation);
+        g.out_scale = out_scale;
         g.a = reinterpret_cast<const void*>(a);
         g.b = reinterpret_cast<const void*>(b);
         g.sa = reinterpret_cast<const float*>(sa);
@@ -141,8 +149,10 @@ void bind_gemm(nb::module_& m) {
       },
       nb::arg("kernel"), nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("ldb"), nb::arg("sa"), nb::arg("sb"),
       nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("workspace"),
-      nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"),
-      "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). Never synchronizes.");
+      nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"), nb::arg("activation") = 0,
+      nb::arg("out_scale") = 1.0f,
+      "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). activation: 0 none, 1 gelu,\n"
+      "2 gelu_tanh, 3 silu; out_scale: the static scale of an int8 output (by value). Never synchronizes.");
 
   // Launch-time switches for experiments and debugging (never part of an op's signature).
   m.def("_debug_set_pdl", [](bool on) { zq::gemm_tuning().pdl = on; }, nb::arg("enabled"),

@@ -44,6 +44,18 @@ constexpr Rule kSm90Int8Rowwise32[] = {
     {64, kAny, "swap_64x32x256_pp"},
     {kAny, kAny, "128x128x128_c2x1_pp"},
 };
+// int8 output with a static per-tensor scale (ZeroQuant-HERO: the next consumer takes int8). Three
+// tiles keep the build small: one swap-AB tile for decode and the two large-M tiles, with the
+// large-M rules of the 16-bit table (the epilogue writes half the bytes of bf16 output, so the
+// mainloop decides there too). Not measured yet: 64 < M <= 256 runs a 128x128 tile where the
+// 16-bit table has swap-AB / stream-K tiles.
+constexpr Rule kSm90Int8Rowwise8[] = {
+    {64, kAny, "swap_64x32x256_pp"},
+    {512, kAny, "128x128x128_c2x1_pp"},
+    {1024, 8192, "128x256x128_c2x1_coop"},
+    {1024, kAny, "128x128x128_c2x1_pp"},
+    {kAny, kAny, "128x256x128_c2x1_coop"},
+};
 
 // sm80 (not yet measured on an A100; the reasoning, for 108 SMs and N ~ 4096):
 //   M <= 32    decode: bound by streaming the weight once. One 32-row M tile, 64-wide N tiles.
@@ -60,34 +72,50 @@ constexpr Rule kSm80Int8Rowwise32[] = {
     {32, kAny, "32x64x128_w32x32_s6"},
     {kAny, kAny, "128x128x64_w64x64_s5"},
 };
+// int8 output (static per-tensor scale): the same two tiles as fp32 output.
+constexpr Rule kSm80Int8Rowwise8[] = {
+    {32, kAny, "32x64x128_w32x32_s6"},
+    {kAny, kAny, "128x128x64_w64x64_s5"},
+};
+
+// Output classes: the types one table serves.
+enum class OutClass { k16, kFP32, kInt8 };  // bf16 / fp16; fp32; int8
+
+OutClass out_class(DType t) {
+  if (t == DType::kFP32) return OutClass::kFP32;
+  if (t == DType::kInt8) return OutClass::kInt8;
+  return OutClass::k16;
+}
 
 struct Table {
   const char* arch;
   const char* recipe;
-  bool fp32_out;  // the table for fp32 output; the other serves bf16 and fp16
+  OutClass out;
   const Rule* rules;
   size_t n;
 };
 
 template <size_t N>
-constexpr Table table(const char* arch, const char* recipe, bool fp32, const Rule (&r)[N]) {
-  return {arch, recipe, fp32, r, N};
+constexpr Table table(const char* arch, const char* recipe, OutClass out, const Rule (&r)[N]) {
+  return {arch, recipe, out, r, N};
 }
 
 constexpr Table kTables[] = {
-    table("sm90", "int8_rowwise", false, kSm90Int8Rowwise16),
-    table("sm90", "int8_rowwise", true, kSm90Int8Rowwise32),
-    table("sm80", "int8_rowwise", false, kSm80Int8Rowwise16),
-    table("sm80", "int8_rowwise", true, kSm80Int8Rowwise32),
+    table("sm90", "int8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
+    table("sm90", "int8_rowwise", OutClass::kFP32, kSm90Int8Rowwise32),
+    table("sm90", "int8_rowwise", OutClass::kInt8, kSm90Int8Rowwise8),
+    table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
+    table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),
+    table("sm80", "int8_rowwise", OutClass::kInt8, kSm80Int8Rowwise8),
 };
 
 }  // namespace
 
 const char* gemm_select_tile(const std::string& arch, const std::string& recipe, DType out_dtype, int M,
                              int N, int /*K*/) {
-  const bool fp32 = out_dtype == DType::kFP32;
+  const OutClass out = out_class(out_dtype);
   for (const Table& t : kTables) {
-    if (arch != t.arch || recipe != t.recipe || fp32 != t.fp32_out) continue;
+    if (arch != t.arch || recipe != t.recipe || out != t.out) continue;
     for (size_t i = 0; i < t.n; ++i) {
       if (M <= t.rules[i].max_m && N <= t.rules[i].max_n) return t.rules[i].tile;
     }

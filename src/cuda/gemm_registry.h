@@ -3,6 +3,7 @@
 // Kept apart from the CUTLASS templates so that host-only translation units stay light.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -14,6 +15,12 @@ namespace zq {
 // The largest K whose int32 dot product cannot wrap when both operands may hold any int8 value
 // including -128: K * 128 * 128 <= 2^31 - 1 (docs/SCALES.md). The Python layer raises past it.
 constexpr int kInt8MaxK = 2147483647 / (128 * 128);  // 131071
+
+// Bytes per bias element: the output type, except for int8 output, whose bias is float32 (an int8
+// bias would need a scale of its own; the epilogue adds bias in fp32 before quantizing anyway).
+inline size_t bias_bytes(DType out) {
+  return out == DType::kBF16 || out == DType::kFP16 ? 2 : 4;
+}
 
 // Checks every int8 x int8 GEMM runs before launching. The mainloops read a / b in 16-byte pieces
 // (TMA or cp.async) and the epilogues write 16-byte output vectors, so a violation would be a
@@ -36,8 +43,16 @@ inline std::string check_int8_gemm_args(const GemmArgs& a) {
   if (!aligned(a.out, 16)) return "out must be a 16-byte aligned device pointer";
   if (!aligned(a.sa, 4)) return "sa (sx) must be a 4-byte aligned device pointer";
   if (!aligned(a.sb, 4)) return "sb (sw) must be a 4-byte aligned device pointer";
-  const size_t out_bytes = a.out_dtype == DType::kFP32 ? 4 : 2;
-  if (a.bias != nullptr && !aligned(a.bias, out_bytes)) return "bias must be element-aligned (or null)";
+  const int act = static_cast<int>(a.activation);
+  if (act < 0 || act > 3) return "activation code must be 0..3 (none, gelu, gelu_tanh, silu), got " + std::to_string(act);
+  if (a.out_dtype == DType::kInt8) {
+    // 16-byte output rows of 1-byte elements (TMA store / 16-byte vector stores).
+    if (a.N % 16 != 0) return "N must be a multiple of 16 for int8 output, got " + std::to_string(a.N);
+    if (!(a.out_scale > 0.f) || !std::isfinite(a.out_scale)) {
+      return "out_scale must be finite and > 0 for int8 output, got " + std::to_string(a.out_scale);
+    }
+  }
+  if (a.bias != nullptr && !aligned(a.bias, bias_bytes(a.out_dtype))) return "bias must be element-aligned (or null)";
   return {};
 }
 

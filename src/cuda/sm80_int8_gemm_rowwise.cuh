@@ -2,10 +2,14 @@
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
-//   y[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+//   v[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+//   y[m, n] = act(v[m, n])                              act: none | gelu | gelu_tanh | silu
+//   bf16 / fp16 / fp32 output: y rounded once;  int8 output: clamp(rint(y / out_scale), -127, 127)
 // with xq [M, K] int8 (rows lda apart), wq [N, K] int8 (rows ldb apart), sx [M] / sw [N] float32,
-// bias [N] in the output type or absent (nullptr), y [M, N] bf16 / fp16 / fp32 row-major. The epilogue works in fp32
-// (float(acc), one multiply, one fma) and rounds once, to nearest even, at the store.
+// bias [N] in the output type (float32 for int8 output) or absent (nullptr), y [M, N] bf16 / fp16 /
+// fp32 / int8 row-major. The epilogue works in fp32 (float(acc), one multiply, one fma, the
+// activation) and rounds once, to nearest even. The activation mode and out_scale are runtime
+// values in the kernel parameters (one instantiation serves every activation).
 //
 // Kernel: CUTLASS 2.x GemmUniversal. cp.async multistage smem pipeline, mma.sync m16n8k32
 // (s8 x s8 -> s32, .satfinite; it never saturates for K < 133,144, see SCALES.md), one output tile
@@ -18,7 +22,7 @@
 // K-contiguous, which is what ldmatrix-fed int8 mma.sync wants: no transpose anywhere.
 //
 // Limits: K % 16 == 0 (16-byte cp.async of int8 rows), N % 8 == 0 (16-byte output vectors; also
-// checked by CUTLASS's can_implement), xq / wq / out 16-byte aligned; sx / sw only need float
+// checked by CUTLASS's can_implement; N % 16 == 0 for int8 output), xq / wq / out 16-byte aligned; sx / sw only need float
 // alignment and bias only element alignment (they are read one element at a time, see
 // VisitorRowBroadcastScalar). Any M >= 1: the ragged last M tile is predicated. Checked by the
 // caller (python/zqkernels/ops/gemm.py) and again by check_int8_gemm_args.
@@ -33,6 +37,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 // Order matters: the 2.x visitor headers use cutlass::gemm::GemmCoord, NumericArrayConverter and
 // DefaultThreadMapTensorOp without including their headers, so those come first.
@@ -148,6 +153,59 @@ struct VisitorRowBroadcastScalar {
 };
 
 // ---------------------------------------------------------------------------------------------
+// The activation (+ static int8 quantization) node: y = round(act(v)) as ElementOut, with the mode
+// and out_scale in its Arguments (kernel parameters; epi::ActArgs), so one instantiation serves
+// every activation. The math is epi::ActQuantFn (cutlass_gemm_common.cuh), shared with sm90.
+// CUTLASS's 2.x VisitorCompute has no Arguments, hence this node. With act = none it computes
+// exactly what the store's fp32 -> ElementOut conversion did before.
+// ---------------------------------------------------------------------------------------------
+template <class ElementOut>
+struct VisitorActQuant {
+  using Arguments = epi::ActArgs;
+  using Params = Arguments;
+  static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+  template <class ProblemShape>
+  static constexpr Params to_underlying_arguments(ProblemShape const&, Arguments const& args, void*) {
+    return args;
+  }
+
+  template <class ProblemShape>
+  static size_t get_workspace_size(ProblemShape const&, Arguments const&) {
+    return 0;
+  }
+
+  struct SharedStorage {};
+
+  CUTLASS_HOST_DEVICE VisitorActQuant() {}
+  CUTLASS_HOST_DEVICE VisitorActQuant(Params const& params, SharedStorage const&) : params_ptr(&params) {}
+
+  Params const* params_ptr = nullptr;
+
+  struct Callbacks : cutlass::epilogue::threadblock::EmptyCallbacks {
+    CUTLASS_DEVICE explicit Callbacks(Params const* p) : params_ptr(p) {}
+    Params const* params_ptr;
+
+    template <class ElementAccumulator, class ElementInput, int FragmentSize>
+    CUTLASS_DEVICE cutlass::Array<ElementOut, FragmentSize> visit(
+        int /*iter_idx*/, int /*row_idx*/, int /*column_idx*/, int /*frg_idx*/,
+        cutlass::Array<ElementAccumulator, FragmentSize> const&,
+        cutlass::Array<ElementInput, FragmentSize> const& frg_input) {
+      using Fragment = cutlass::Array<float, FragmentSize>;
+      cutlass::NumericArrayConverter<float, ElementInput, FragmentSize, kRound> to_float;
+      cutlass::NumericArrayConverter<ElementOut, float, FragmentSize, kRound> to_out;
+      using Fn = typename epi::ActQuant<ElementOut>::template Fn<Fragment>;
+      return to_out(Fn{}(to_float(frg_input), *params_ptr));
+    }
+  };
+
+  template <class ProblemShape>
+  CUTLASS_DEVICE auto get_callbacks(cutlass::gemm::GemmCoord, int, ProblemShape) {
+    return Callbacks(params_ptr);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
 // One row of the tile table (cmake/gemm_tiles.cmake), as numbers.
 // ---------------------------------------------------------------------------------------------
 template <int kTileM, int kTileN, int kTileK,  // CTA tile; K-tile is one cp.async pipeline stage
@@ -175,7 +233,12 @@ struct Int8RowwiseGemm {
   using LayoutB = cutlass::layout::ColumnMajor;  // wq [N, K] seen as K x N
   using LayoutC = cutlass::layout::RowMajor;     // y  [M, N]
   static constexpr int kAlignAB = 16;            // 16 bytes of int8 per cp.async
-  static constexpr int kAlignOut = 128 / cutlass::sizeof_bits<ElementOut>::value;  // 16 bytes
+  // Output vector: 16 bytes, except 8 bytes (8 elements) for int8 output. 16 int8 per access leave
+  // the output thread map of a 64-column tile (32x64x128) with zero row iterations (CUTLASS's
+  // RowArrangement static_assert); int8 rows are small next to the K loop, so 8-byte stores cost
+  // little. (The Python layer still asks N % 16 == 0 for int8 output, as sm90's TMA store needs.)
+  static constexpr int kAlignOut =
+      std::is_same_v<ElementOut, int8_t> ? 8 : 128 / cutlass::sizeof_bits<ElementOut>::value;
 
   // --- Epilogue visitor tree ------------------------------------------------------------------
   // One epilogue stage: two would double the accumulator staging smem for little gain here (the
@@ -190,8 +253,10 @@ struct Int8RowwiseGemm {
   // sx[m]: one value per row; CUTLASS's column broadcast already loads element-wise (copy_if).
   using TokenScale = cutlass::epilogue::threadblock::VisitorColBroadcast<
       OutputTileThreadMap, float, Stride<_1, _0, _0>>;
+  // An int8 output takes a float32 bias (the bias is added in fp32, before the quantization).
+  using ElementBias = cute::conditional_t<std::is_same_v<ElementOut, int8_t>, float, ElementOut>;
   using ChannelScale = VisitorRowBroadcastScalar<OutputTileThreadMap, float>;  // sw[n]
-  using Bias = VisitorRowBroadcastScalar<OutputTileThreadMap, ElementOut>;     // bias[n] or 0
+  using Bias = VisitorRowBroadcastScalar<OutputTileThreadMap, ElementBias>;    // bias[n] or 0
 
   // t = sw[n] * float(acc)   (the int32 -> fp32 conversion is VisitorCompute's input conversion)
   using ScaleAcc = cutlass::epilogue::threadblock::Sm80EVT<
@@ -202,10 +267,13 @@ struct Int8RowwiseGemm {
       cutlass::epilogue::threadblock::VisitorCompute<cutlass::homogeneous_multiply_add, float, float,
                                                      kRound>,
       TokenScale, ScaleAcc, Bias>;
-  // y = round_to_nearest_even(v) stored as ElementOut: the one rounding.
+  // y = round_to_nearest_even(act(v)) as ElementOut (int8: the static quantization): the one
+  // rounding.
+  using ActOut = cutlass::epilogue::threadblock::Sm80EVT<VisitorActQuant<ElementOut>, Scaled>;
+  // Stored as is (ElementOut -> ElementOut: no conversion left).
   using StoreD = cutlass::epilogue::threadblock::VisitorAuxStore<
       OutputTileThreadMap, ElementOut, kRound, Stride<int64_t, _1, int64_t>>;
-  using Fusion = cutlass::epilogue::threadblock::Sm80EVT<StoreD, Scaled>;
+  using Fusion = cutlass::epilogue::threadblock::Sm80EVT<StoreD, ActOut>;
 
   // GemmIdentityThreadblockSwizzle<8>: CTAs launched together cover an 8-tile-wide band of N for
   // consecutive M tiles, so the weight panel they share stays in L2 (matters for large M).
@@ -226,19 +294,21 @@ struct Int8RowwiseGemm {
 
   static typename Gemm::Arguments make_arguments(const GemmArgs& a) {
     auto* out = static_cast<ElementOut*>(a.out);
-    const auto* bias = static_cast<const ElementOut*>(a.bias);
+    const auto* bias = static_cast<const ElementBias*>(a.bias);
     const int64_t mn = int64_t(a.M) * a.N;
 
     // The argument tree mirrors the visitor tree: {children..., node op}.
     typename Fusion::Arguments fusion{
-        {                                    // Scaled
-         {a.sa, 0.f, {}},                    //   TokenScale
-         {                                   //   ScaleAcc
-          {a.sb, 0.f},                       //     ChannelScale
-          {},                                //     Acc
-          {}},                               //     multiplies
-         {bias, ElementOut(0.f)},            //   Bias (nullptr -> 0)
-         {}},                                //   multiply_add
+        {                                    // ActOut
+         {                                   //   Scaled
+          {a.sa, 0.f, {}},                   //     TokenScale
+          {                                  //     ScaleAcc
+           {a.sb, 0.f},                      //       ChannelScale
+           {},                               //       Acc
+           {}},                              //       multiplies
+          {bias, ElementBias(0.f)},          //     Bias (nullptr -> 0)
+          {}},                               //     multiply_add
+         epi::act_args(a)},                  //   activation mode, out_scale
         {out, {int64_t(a.N), _1{}, mn}}};    // StoreD: row stride N
 
     // C/D pointers and strides of the plain GemmUniversal are unused: the EVT stores D itself.

@@ -2,10 +2,14 @@
 // per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
-//   y[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+//   v[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+//   y[m, n] = act(v[m, n])                              act: none | gelu | gelu_tanh | silu
+//   bf16 / fp16 / fp32 output: y rounded once;  int8 output: clamp(rint(y / out_scale), -127, 127)
 // with xq [M, K] int8 (rows lda apart), wq [N, K] int8 (rows ldb apart), sx [M] / sw [N] float32,
-// bias [N] in the output type or absent, y [M, N] bf16 / fp16 / fp32 row-major. The epilogue works
-// in fp32 and rounds once. Per-tensor scales reach this kernel expanded to vectors (the Python
+// bias [N] in the output type (float32 for int8 output) or absent, y [M, N] bf16 / fp16 / fp32 /
+// int8 row-major. The epilogue works in fp32 and rounds once. The activation and out_scale are
+// runtime values in the kernel parameters (one instantiation serves every activation; out_scale is
+// passed by value, never read from memory). Per-tensor scales reach this kernel expanded to vectors (the Python
 // layer does it), because CUTLASS's dynamic scalar broadcast reads the scalar in the kernel
 // prologue, before griddepcontrol.wait: a per-tensor scale written by the previous kernel could
 // then be read stale under programmatic dependent launch.
@@ -27,7 +31,7 @@
 // after that wait. Without the define the wait is compiled out and PDL would be a race.
 //
 // Limits: K % 16 == 0 and lda, ldb multiples of 16 (TMA: 16-byte strides), N % 8 == 0 (16-byte
-// output rows), 16-byte aligned xq / wq / out; sx / sw / bias need only element alignment (they
+// output rows; N % 16 == 0 for int8 output), 16-byte aligned xq / wq / out; sx / sw / bias need only element alignment (they
 // are loaded one element at a time: Alignment = 1 below). Any M >= 1 (TMA clips ragged tiles).
 // Checked by python/zqkernels/ops/gemm.py and again by check_int8_gemm_args.
 //
@@ -115,8 +119,10 @@ struct Int8RowwiseGemm {
   // bias lives on the output-feature axis: GEMM columns normally, GEMM rows when swapped.
   // EnableNullptr (the default) makes a null bias pointer read as 0, so bias is a runtime option
   // and needs no second instantiation.
-  using BiasRow = Sm90RowBroadcast<0, TileShape, ElementOut, float, Stride<_0, _1, _0>, 1>;
-  using BiasCol = Sm90ColBroadcast<0, TileShape, ElementOut, float, Stride<_1, _0, _0>, 1>;
+  // An int8 output takes a float32 bias (the bias is added in fp32, before the quantization).
+  using ElementBias = cute::conditional_t<std::is_same_v<ElementOut, int8_t>, float, ElementOut>;
+  using BiasRow = Sm90RowBroadcast<0, TileShape, ElementBias, float, Stride<_0, _1, _0>, 1>;
+  using BiasCol = Sm90ColBroadcast<0, TileShape, ElementBias, float, Stride<_1, _0, _0>, 1>;
 
   using TokenScale = cute::conditional_t<kSwapAB, PerGemmCol, PerGemmRow>;    // sx[m]
   using ChannelScale = cute::conditional_t<kSwapAB, PerGemmRow, PerGemmCol>;  // sw[n]
@@ -124,9 +130,15 @@ struct Int8RowwiseGemm {
 
   // t = sw[n] * float(acc)
   using ScaleAcc = Sm90EVT<Sm90Compute<cutlass::multiplies, float, float, kRound>, ChannelScale, Sm90AccFetch>;
-  // y = round(sx[m] * t + bias[n]): one fma in fp32, one rounding to the output type.
-  using Fusion = Sm90EVT<Sm90Compute<cutlass::homogeneous_multiply_add, ElementOut, float, kRound>,
-                         TokenScale, ScaleAcc, Bias>;
+  // v = sx[m] * t + bias[n]: one fma in fp32.
+  using ScaleBias = Sm90EVT<Sm90Compute<cutlass::homogeneous_multiply_add, float, float, kRound>,
+                            TokenScale, ScaleAcc, Bias>;
+  // y = round(act(v)) (int8: round(clamp(rint(act(v) / out_scale)))): the one rounding to the output
+  // type. The node's Arguments carry the activation mode and out_scale (epi::ActArgs): a runtime
+  // choice, so this one instantiation serves every activation. With act = none it computes exactly
+  // what a multiply-add node rounding to ElementOut does.
+  using Fusion = Sm90EVT<Sm90Compute<epi::ActQuant<ElementOut>::template Fn, ElementOut, float, kRound>,
+                         ScaleBias>;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Cfg::ClusterShape,
@@ -162,13 +174,15 @@ struct Int8RowwiseGemm {
     get<0>(stride_b) = kSwapAB ? a.lda : a.ldb;
     StrideD stride_d = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(gm, gn, 1));
 
-    const auto* bias = static_cast<const ElementOut*>(a.bias);
+    const auto* bias = static_cast<const ElementBias*>(a.bias);
     // Argument tree mirrors the visitor tree: {children..., op}.
     typename Fusion::Arguments fusion{
-        {a.sa, 0.f, {}},            // TokenScale
-        {{a.sb, 0.f, {}}, {}, {}},  // ScaleAcc = {ChannelScale, AccFetch, multiplies}
-        {bias, ElementOut(0.f), {}},  // Bias (nullptr -> 0)
-        {}};                        // multiply_add
+        {                               // ScaleBias
+         {a.sa, 0.f, {}},               //   TokenScale
+         {{a.sb, 0.f, {}}, {}, {}},     //   ScaleAcc = {ChannelScale, AccFetch, multiplies}
+         {bias, ElementBias(0.f), {}},  //   Bias (nullptr -> 0)
+         {}},                           //   multiply_add
+        epi::act_args(a)};              // activation mode, out_scale
 
     typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                   {gm, gn, a.K, 1},
@@ -199,6 +213,8 @@ struct Int8RowwiseGemm {
     const void *a, *b, *sa, *sb, *bias, *out, *workspace;
     int64_t lda, ldb;
     int M, N, K, device, sm_count, swizzle, raster;
+    int act;          // the epilogue's runtime options are kernel parameters too
+    float out_scale;
     bool operator==(const ParamsKey& o) const { return std::memcmp(this, &o, sizeof(ParamsKey)) == 0; }
   };
   struct ParamsKeyHash {
@@ -222,6 +238,7 @@ struct Int8RowwiseGemm {
     k.a = a.a, k.b = a.b, k.sa = a.sa, k.sb = a.sb, k.bias = a.bias, k.out = a.out, k.workspace = a.workspace;
     k.lda = a.lda, k.ldb = a.ldb, k.M = a.M, k.N = a.N, k.K = a.K, k.device = a.device, k.sm_count = a.sm_count;
     k.swizzle = t.swizzle, k.raster = t.raster;
+    k.act = static_cast<int>(a.activation), k.out_scale = a.out_scale;
     return k;
   }
 

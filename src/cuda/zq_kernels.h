@@ -36,8 +36,31 @@ inline const char* dtype_name(DType t) {
   return "?";
 }
 
-// One GEMM call: y[m, n] = epilogue(sa[m] * sb[n] * sum_k a[m, k] * b[n, k]) (recipe-specific
-// formats; see each recipe's header). Rows of a and b are K-contiguous ("TN", nn.Linear layout).
+// The activation a GEMM epilogue applies after the bias, chosen per call (a runtime value in the
+// kernel's parameters: every kernel supports every activation, no extra instantiation). Computed
+// in fp32 before the one rounding to the output type (docs/SCALES.md). The numeric values are part
+// of the Python binding ABI (python/zqkernels/ops/gemm.py: _ACT_CODE).
+enum class GemmActivation : int {
+  kNone = 0,
+  kGelu = 1,      // v * Phi(v) = 0.5 * v * erfc(-v / sqrt(2))             (erf GeLU, BERT)
+  kGeluTanh = 2,  // 0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 v^3)))  (GPT-2's gelu_new)
+  kSilu = 3,      // v * sigmoid(v)
+};
+
+inline const char* activation_name(GemmActivation a) {
+  switch (a) {
+    case GemmActivation::kNone: return "none";
+    case GemmActivation::kGelu: return "gelu";
+    case GemmActivation::kGeluTanh: return "gelu_tanh";
+    case GemmActivation::kSilu: return "silu";
+  }
+  return "?";
+}
+
+// One GEMM call: y[m, n] = act(sa[m] * sb[n] * sum_k a[m, k] * b[n, k] + bias[n]) (recipe-specific
+// formats; see each recipe's header), rounded once to out_dtype; an int8 output is quantized with
+// the static per-tensor out_scale: q = clamp(rint(y / out_scale), -127, 127).
+// Rows of a and b are K-contiguous ("TN", nn.Linear layout).
 struct GemmArgs {
   const void* a = nullptr;     // activations [M, K], rows lda elements apart, 16-byte aligned
   int64_t lda = 0;             // >= K; lda * sizeof(element) % 16 == 0
@@ -45,10 +68,15 @@ struct GemmArgs {
   int64_t ldb = 0;
   const float* sa = nullptr;   // [M] per-token scales (per-tensor scales are expanded by the caller)
   const float* sb = nullptr;   // [N] per-channel scales
-  const void* bias = nullptr;  // [N] of out_dtype, or nullptr for none
+  const void* bias = nullptr;  // [N] of out_dtype (float32 when out_dtype is int8), or nullptr
   void* out = nullptr;         // [M, N] row-major (row stride N), out_dtype, 16-byte aligned
-  int M = 0, N = 0, K = 0;     // all > 0
+  int M = 0, N = 0, K = 0;     // all > 0 (int8 output: N % 16 == 0, 16-byte output rows)
   DType out_dtype = DType::kBF16;
+  GemmActivation activation = GemmActivation::kNone;
+  // int8 output only: the static per-tensor scale (finite, > 0), passed by value in the kernel
+  // parameters. A scalar read from device memory would happen in the kernel prologue, before
+  // griddepcontrol.wait (see sm90_int8_gemm_rowwise.cuh), so it is never a pointer.
+  float out_scale = 1.f;
   void* workspace = nullptr;   // device scratch of at least workspace_size() bytes (may be 0)
   size_t workspace_bytes = 0;
   int device = 0;              // CUDA device ordinal the pointers live on (must be current)
@@ -72,7 +100,8 @@ struct GemmKernel {
 const std::vector<GemmKernel>& gemm_kernels();
 
 // The dispatch table's choice for a problem: the tile name, or nullptr if (arch, recipe, out)
-// has no table. Tables live in gemm_dispatch.cpp, one per (arch, recipe, output class).
+// has no table. Tables live in gemm_dispatch.cpp, one per (arch, recipe, output class: bf16 /
+// fp16, fp32, int8).
 const char* gemm_select_tile(const std::string& arch, const std::string& recipe, DType out_dtype, int M,
                              int N, int K);
 

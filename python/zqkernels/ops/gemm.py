@@ -24,9 +24,8 @@ instead (visible, never silent). ``set_debug_checks(True)`` makes the public wra
 
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from typing import Optional
 
 import torch
 
