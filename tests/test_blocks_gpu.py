@@ -101,8 +101,9 @@ def test_compile_matches_eager(mode):
     cm = torch.compile(m, mode=mode)
     for _ in range(3):
         out = hidden(cm, ids)
-    # inductor may fuse the torch ops around our kernels differently (attention glue): not bitwise
-    assert cos(out, eager) > 0.99999
+    # Under compile a block quantizes its own input (no hand-over: the next block's input is the
+    # bf16-rounded output, not the fp32 norm), so a few codes differ and propagate: not bitwise.
+    assert cos(out, eager) > 0.9999
 
 
 def test_llama_decode_with_static_cache():
