@@ -31,7 +31,7 @@ Sides and modes (``--modes`` restricts; ids as in the table):
     bf16-eager   the bf16 model, eager                bf16-graph  torch.cuda.graph capture, replays
     bf16-compile torch.compile(model) (default mode)  bf16-ro     torch.compile(mode="reduce-overhead")
     zq-eager     zqkernels.quantize_model(deepcopy)   zq-graph    the same, captured as a CUDA graph
-    zq-compile   the same, torch.compile (default)
+    zq-compile   the same, torch.compile (default)   zq-ro       torch.compile(mode="reduce-overhead")
     ao-int8      torchao quantize_(deepcopy, Int8DynamicActivationInt8WeightConfig()), torch.compile
     ao-fp8       torchao quantize_(deepcopy, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())),
                  torch.compile
@@ -97,22 +97,22 @@ from _common import (  # noqa: E402
 MODEL_NAMES = ("bert-base", "bert-large", "llama-layer")
 MODES = (
     "bf16-eager", "bf16-graph", "bf16-compile", "bf16-ro",
-    "zq-eager", "zq-graph", "zq-compile",
+    "zq-eager", "zq-graph", "zq-compile", "zq-ro",
     "ao-int8", "ao-fp8",
 )  # fmt: skip
 BF16_MODES = ("bf16-eager", "bf16-graph", "bf16-compile", "bf16-ro")
-ZQ_MODES = ("zq-eager", "zq-graph", "zq-compile")
+ZQ_MODES = ("zq-eager", "zq-graph", "zq-compile", "zq-ro")
 AO_MODES = ("ao-int8", "ao-fp8")
 # mode -> (model variant it runs, how it runs)
 MODE_SPEC: dict[str, tuple[str, str]] = {
     "bf16-eager": ("bf16", "eager"), "bf16-graph": ("bf16", "graph"),
     "bf16-compile": ("bf16", "compile"), "bf16-ro": ("bf16", "reduce-overhead"),
-    "zq-eager": ("zq", "eager"), "zq-graph": ("zq", "graph"), "zq-compile": ("zq", "compile"),
+    "zq-eager": ("zq", "eager"), "zq-graph": ("zq", "graph"), "zq-compile": ("zq", "compile"), "zq-ro": ("zq", "reduce-overhead"),
     "ao-int8": ("ao-int8", "compile"), "ao-fp8": ("ao-fp8", "compile"),
 }  # fmt: skip
-COMPILED_ORDER = ("bf16-compile", "zq-compile", "bf16-ro", "ao-int8", "ao-fp8")
+COMPILED_ORDER = ("bf16-compile", "zq-compile", "bf16-ro", "zq-ro", "ao-int8", "ao-fp8")
 # The time budget admits these together (a case gets all or none of them); torchao modes one by one.
-COMPILED_CORE = ("bf16-compile", "zq-compile", "bf16-ro")
+COMPILED_CORE = ("bf16-compile", "zq-compile", "bf16-ro", "zq-ro")
 TAG = {"eager": "e", "graph": "g", "compile": "c", "reduce-overhead": "ro"}
 
 COS_MIN = 0.99  # zq-eager vs bf16-eager cosine below this fails the run (a broken conversion)

@@ -54,6 +54,10 @@ elif [[ " $STEPS " == *" install "* ]]; then
   summary+=("install: $whl + working-tree Python")
 fi
 
+# Peers for the benchmarks (torchao: a pure-Python abi3 wheel downloaded into .whl/, carried).
+ao=$(ls .whl/torchao-*.whl 2>/dev/null | head -1)
+if [[ -n "$ao" ]]; then python3 -m pip install -q --no-deps "$ao" >/dev/null 2>&1 || echo "torchao install failed"; fi
+
 # Run from outside the source tree so `import zqkernels` takes the installed package (with _C).
 (cd /tmp && python3 -c "import zqkernels, json; print(json.dumps(zqkernels.info(), indent=1))") 2>&1 | tee "$OUT/info.txt"
 
