@@ -66,10 +66,16 @@ struct Sum {
   __device__ float operator()(float a, float b) const { return a + b; }
 };
 
-// Reduction over the CTA (blockDim.x a multiple of 32, <= 1024); every thread gets the result in a
-// fixed order (deterministic for a given CTA size). smem is reusable on return.
-template <class Op>
-__device__ __forceinline__ float block_reduce(float v, Op op) {
+// Reduction over one row's threads: a warp (kWarpRow) or the whole CTA (blockDim.x a multiple of
+// 32, <= 1024). Every thread gets the result, combined in a fixed order (deterministic for a given
+// launch shape). smem is reusable on return.
+template <bool kWarpRow, class Op>
+__device__ __forceinline__ float row_reduce(float v, Op op) {
+  if constexpr (kWarpRow) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+  }
   __shared__ float part[32];
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -103,10 +109,10 @@ __device__ __forceinline__ int8_t quant(float v, float inv, float pre) {
   return static_cast<int8_t>(q);
 }
 
-// Scale from amax; writes sx and returns the multiplier `inv` and the pre-scale `pre` (1, or 2^64
-// for tiny rows): q = rint((y * pre) * inv).
-__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre) {
-  if (threadIdx.x == 0) *sx_row = amax / 127.0f;
+// Scale from amax; thread `tid` 0 of the row writes sx. Returns the multiplier `inv` and the
+// pre-scale `pre` (1, or 2^64 for tiny rows): q = rint((y * pre) * inv).
+__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre, int tid) {
+  if (tid == 0) *sx_row = amax / 127.0f;
   pre = amax < kTiny ? kTinyScale : 1.0f;
   return amax == 0.f ? 0.f : 127.0f / (amax * pre);
 }
@@ -209,10 +215,14 @@ __host__ __device__ constexpr bool is_norm(RowOp op) { return op == RowOp::kRMSN
 
 // kIters > 0: register-resident (kIters chunks of VEC per thread cover the row).
 // kIters == 0: streaming (any K; each pass re-reads and recomputes stage 1).
-template <typename T, RowOp kOp, int VEC, int kIters>
-__global__ void __launch_bounds__(1024)
+// kWarpRow: each warp owns one row (narrow rows: reductions are shuffles, no CTA barrier);
+// otherwise the CTA owns one row.
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow>
+__global__ void __launch_bounds__(kWarpRow ? 128 : 1024)
 row_quant_kernel(RowQuantArgs a) {
-  const int m = blockIdx.x;
+  const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
+  if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
+  const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
   const int K = a.K;
   Row<T> r;
   r.x = static_cast<const T*>(a.x) + m * a.x_stride;
@@ -222,14 +232,14 @@ row_quant_kernel(RowQuantArgs a) {
   r.b = a.bias;
   int8_t* out = a.xq + static_cast<int64_t>(m) * K;
   const int nchunks = K / VEC;  // VEC divides K on this path (the launcher checks)
-  const int stride = blockDim.x;
+  const int stride = kWarpRow ? 32 : blockDim.x;
   Stats st;
 
   if constexpr (kIters > 0) {
     T buf[kIters][VEC];
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int c = threadIdx.x + i * stride;
+      const int c = tid + i * stride;
       if (c < nchunks) stage1<kOp, T, VEC>(r, K, c * VEC, false, a.residual_mode, buf[i]);
     }
     if constexpr (is_norm(kOp)) {
@@ -237,37 +247,37 @@ row_quant_kernel(RowQuantArgs a) {
       if constexpr (kOp == RowOp::kLayerNorm) {
 #pragma unroll
         for (int i = 0; i < kIters; ++i)
-          if (threadIdx.x + i * stride < nchunks)
+          if (tid + i * stride < nchunks)
 #pragma unroll
             for (int j = 0; j < VEC; ++j) s += to_float(buf[i][j]);
-        st.mean = block_reduce(s, Sum{}) / K;
+        st.mean = row_reduce<kWarpRow>(s, Sum{}) / K;
         s = 0.f;
       }
 #pragma unroll
       for (int i = 0; i < kIters; ++i)
-        if (threadIdx.x + i * stride < nchunks)
+        if (tid + i * stride < nchunks)
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             const float d = to_float(buf[i][j]) - st.mean;
             s += d * d;
           }
-      st.rstd = rsqrtf(block_reduce(s, Sum{}) / K + a.eps);
+      st.rstd = rsqrtf(row_reduce<kWarpRow>(s, Sum{}) / K + a.eps);
     }
     float amax = 0.f;
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int c = threadIdx.x + i * stride;
+      const int c = tid + i * stride;
       if (c < nchunks) {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) amax = nan_max(amax, stage2<kOp>(to_float(buf[i][j]), c * VEC + j, r.w, r.b, st));
       }
     }
-    amax = block_reduce(amax, AbsMax{});
+    amax = row_reduce<kWarpRow>(amax, AbsMax{});
     float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre);
+    const float inv = finish_scale(amax, a.sx + m, pre, tid);
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int c = threadIdx.x + i * stride;
+      const int c = tid + i * stride;
       if (c < nchunks) {
         int8_t q[VEC];
         T y[VEC];
@@ -294,17 +304,17 @@ row_quant_kernel(RowQuantArgs a) {
     bool from_sum = false;
     if constexpr (is_norm(kOp)) {
       float s = 0.f;
-      for (int c = threadIdx.x; c < nchunks; c += stride) {
+      for (int c = tid; c < nchunks; c += stride) {
         T v[VEC];
         stage1<kOp, T, VEC>(r, K, c * VEC, false, a.residual_mode, v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) s += to_float(v[j]);
       }
-      s = block_reduce(s, Sum{});  // also orders the sum's writes before the next pass reads them
+      s = row_reduce<kWarpRow>(s, Sum{});  // also orders the sum's writes before the next pass reads them
       from_sum = sum_written;
       if constexpr (kOp == RowOp::kLayerNorm) st.mean = s / K;
       s = 0.f;
-      for (int c = threadIdx.x; c < nchunks; c += stride) {
+      for (int c = tid; c < nchunks; c += stride) {
         T v[VEC];
         stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
 #pragma unroll
@@ -313,19 +323,19 @@ row_quant_kernel(RowQuantArgs a) {
           s += d * d;
         }
       }
-      st.rstd = rsqrtf(block_reduce(s, Sum{}) / K + a.eps);
+      st.rstd = rsqrtf(row_reduce<kWarpRow>(s, Sum{}) / K + a.eps);
     }
     float amax = 0.f;
-    for (int c = threadIdx.x; c < nchunks; c += stride) {
+    for (int c = tid; c < nchunks; c += stride) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) amax = nan_max(amax, stage2<kOp>(to_float(v[j]), c * VEC + j, r.w, r.b, st));
     }
-    amax = block_reduce(amax, AbsMax{});
+    amax = row_reduce<kWarpRow>(amax, AbsMax{});
     float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre);
-    for (int c = threadIdx.x; c < nchunks; c += stride) {
+    const float inv = finish_scale(amax, a.sx + m, pre, tid);
+    for (int c = tid; c < nchunks; c += stride) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
 #pragma unroll
@@ -336,7 +346,13 @@ row_quant_kernel(RowQuantArgs a) {
       }
     }
   }
-  allow_dependents_to_launch();
+  if constexpr (kWarpRow) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // per warp: no CTA barrier
+#endif
+  } else {
+    allow_dependents_to_launch();
+  }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -351,7 +367,20 @@ std::string launch(const RowQuantArgs& a) {
                    rows_ok(a.residual_out, a.residual_out_stride) && aligned16(a.xq);
   const dim3 grid(a.M);
   if (!vec) {
-    row_quant_kernel<T, kOp, 1, 0><<<grid, kStreamThreads, 0, a.stream>>>(a);
+    row_quant_kernel<T, kOp, 1, 0, false><<<grid, kStreamThreads, 0, a.stream>>>(a);
+  } else if (a.K / kVec <= 32 * 8 && g_threads_override == 0) {
+    // Narrow rows (<= 2048 bf16 / fp16, 1024 fp32): a warp per row, 4 rows per 128-thread CTA.
+    const int nvec = a.K / kVec;
+    const dim3 wgrid((a.M + 3) / 4);
+    if (nvec <= 32) {
+      row_quant_kernel<T, kOp, kVec, 1, true><<<wgrid, 128, 0, a.stream>>>(a);
+    } else if (nvec <= 64) {
+      row_quant_kernel<T, kOp, kVec, 2, true><<<wgrid, 128, 0, a.stream>>>(a);
+    } else if (nvec <= 128) {
+      row_quant_kernel<T, kOp, kVec, 4, true><<<wgrid, 128, 0, a.stream>>>(a);
+    } else {
+      row_quant_kernel<T, kOp, kVec, 8, true><<<wgrid, 128, 0, a.stream>>>(a);
+    }
   } else {
     const int nvec = a.K / kVec;
     // The smallest CTA that holds the row with <= 4 vectors per thread (or the tuning override).
@@ -360,13 +389,13 @@ std::string launch(const RowQuantArgs& a) {
     if (g_threads_override > 0) threads = g_threads_override;
     const int iters = (nvec + threads - 1) / threads;
     if (iters <= 1) {
-      row_quant_kernel<T, kOp, kVec, 1><<<grid, threads, 0, a.stream>>>(a);
+      row_quant_kernel<T, kOp, kVec, 1, false><<<grid, threads, 0, a.stream>>>(a);
     } else if (iters <= 2) {
-      row_quant_kernel<T, kOp, kVec, 2><<<grid, threads, 0, a.stream>>>(a);
+      row_quant_kernel<T, kOp, kVec, 2, false><<<grid, threads, 0, a.stream>>>(a);
     } else if (iters <= 4) {
-      row_quant_kernel<T, kOp, kVec, 4><<<grid, threads, 0, a.stream>>>(a);
+      row_quant_kernel<T, kOp, kVec, 4, false><<<grid, threads, 0, a.stream>>>(a);
     } else {
-      row_quant_kernel<T, kOp, kVec, 0><<<grid, threads, 0, a.stream>>>(a);
+      row_quant_kernel<T, kOp, kVec, 0, false><<<grid, threads, 0, a.stream>>>(a);
     }
   }
   const cudaError_t err = cudaGetLastError();
