@@ -76,7 +76,7 @@ CUTLASS_DEVICE float silu(float v) { return __fdiv_rn(v, 1.f + expf(-v)); }
 // tiles): the kernels' code grew ~9x (15k instructions instead of 1.7k, instruction-cache
 // pressure beside the mainloop of the other consumer warpgroup) and their compile time ~2x. The
 // default path (act == 0) never calls it.
-__noinline__ __device__ float activate(float v, int act) {
+static __noinline__ __device__ float activate(float v, int act) {  // static: one per TU
   switch (act) {
     case 1: return gelu_erf(v);
     case 2: return gelu_tanh(v);
