@@ -668,7 +668,7 @@ def test_cuda_graph_quant_gemm_epilogue(M):
         static_x.copy_(torch.randn_like(static_x))
         g.replay()
         torch.cuda.synchronize()
-        xq_r, sx_r = quantize_per_token_ref(static_x)
+        xq_r, sx_r = (t.to(DEV) for t in quantize_per_token_ref(static_x.cpu()))  # as the other graph test
         h_ref = int8_gemm_ref(xq_r, w1q, sx_r, sw1, b1, torch.int8, activation="gelu", out_scale=s1)
         assert_epilogue_close(static_h, h_ref, f"graph replay M={M}: int8 gelu")
         y_ref = int8_gemm_ref(static_h, w2q, s1_vec, sw2, None, torch.bfloat16, activation="silu")
