@@ -151,6 +151,7 @@ def main():
         action="store_true",
         help=f"time {' and '.join(SWEEP_TILES)} on the large problems under each scheduler swizzle/raster",
     )
+    ap.add_argument("--problems", default="", help="M,N,K;M,N,K;... instead of the benchmark grid")
     args = ap.parse_args()
     dev = torch.device("cuda", torch.cuda.current_device())
     backends = args.backend or runnable_archs(dev)
@@ -159,6 +160,8 @@ def main():
         Ms = [16, 64, 256, 2048, 8192]
     NKs = [(4096, 4096), (22016, 4096), (4096, 11008)]
     problems = [(M, N, K) for (N, K) in NKs for M in Ms] + [(8192, 8192, 8192)]
+    if args.problems:
+        problems = [tuple(int(v) for v in p.split(",")) for p in args.problems.split(";") if p]
     wanted = [c for c in args.configs.split(",") if c]
     rows = []
     torch.manual_seed(0)

@@ -27,13 +27,21 @@ constexpr int kAny = INT_MAX;
 // with many tiles, plain ping-pong tiles. Large M is tensor-core bound: 128x256 cooperative tiles
 // with the weight tile multicast across a 2-CTA cluster. M = 513..1024 with many output tiles:
 // ping-pong beat cooperative in 3 runs of 3 at N = 22016 (0.4-5.5%); at N = 4096 cooperative won.
+// Encoder shapes (BERT: N = 768..4096, K = 768..4096; benchmarks/results/probe_bert_shapes_*):
+// with N <= 1024 at M = 1024 a 128x256 tile leaves 100 of 132 SMs idle (22.4 us at N = 1024,
+// K = 4096, against 14.9 us for swap_64x64); with N <= 3072, 128x128 ping-pong beat 128x256
+// (9.5 vs 10.2 us at N = 3072, K = 1024). At M = 128 and N <= 1024, swap_64x32 (4.6 vs 5.1 us at
+// K = 3072).
 constexpr Rule kSm90Int8Rowwise16[] = {
     {16, kAny, "swap_64x16x256_pp"},
     {32, kAny, "swap_64x32x256_pp"},
     {64, 8192, "swap_64x32x256_pp"},
+    {128, 1024, "swap_64x32x256_pp"},
     {128, kAny, "swap_64x64x256_pp"},
     {256, 8192, "swap_128x64x256_coop_sk"},
     {512, kAny, "128x128x128_c2x1_pp"},
+    {1024, 1024, "swap_64x64x256_pp"},
+    {1024, 3072, "128x128x128_c2x1_pp"},
     {1024, 8192, "128x256x128_c2x1_coop"},
     {1024, kAny, "128x128x128_c2x1_pp"},
     {kAny, kAny, "128x256x128_c2x1_coop"},
