@@ -4,8 +4,8 @@ scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck).
 Covers quantize_per_token (each input dtype, both the register path and the two-pass path), the
 fused row ops (register, element and streaming paths, residual outputs), every
 GEMM kernel of the registry (each tile and output type, with bias, per-tensor scales and a row-
-strided xq), and the PDL probe followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's
-own exit code reports memory errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that
+strided xq; int8 output with a static out_scale, a float32 bias and gelu), and the PDL probe
+followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's own exit code reports memory errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that
 out-of-bounds accesses are not hidden inside the caching allocator's blocks.
 """
 
@@ -18,7 +18,7 @@ import zqkernels
 from zqkernels import _ext
 from zqkernels.reference import int8_gemm_ref, quantize_per_token_ref
 
-OUT = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32}
+OUT = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32, 3: torch.int8}  # gemm_kernels() output codes
 
 
 def main() -> int:
@@ -66,13 +66,29 @@ def main() -> int:
         if arch == "sm90" and cc != (9, 0):
             continue
         out_dtype = OUT[code]
-        for M, N, K in ((5, 24, 48), (70, 136, 272)):
+        int8_out = out_dtype == torch.int8
+        # int8 output: N % 16 == 0 (16-byte rows for sm90's TMA store), a float32 bias, a static out_scale
+        shapes = ((5, 32, 48), (70, 144, 272)) if int8_out else ((5, 24, 48), (70, 136, 272))
+        for M, N, K in shapes:
             xbuf = torch.randint(-128, 128, (M, K + 16), dtype=torch.int8, device=dev)
             xq = xbuf[:, :K]
             wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, device=dev)
             sx = torch.rand(M, device=dev) * 1e-2
             sw = torch.rand(1, device=dev) * 1e-2
-            bias = torch.randn(N, device=dev).to(out_dtype)
+            bias = torch.randn(N, device=dev)
+            if int8_out:
+                act = "gelu"
+                y64 = int8_gemm_ref(xq, wq, sx, sw, bias, torch.float64, activation=act)
+                out_scale = max(float(y64.abs().max()), 1e-6) / 100  # largest |y| at 100 codes
+                y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, out_dtype, backend=arch, tile=tile, activation=act,
+                                        out_scale=out_scale)
+                ref = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=act, out_scale=out_scale)
+                d = int((y.int() - ref.int()).abs().max()) if y.numel() else 0
+                if d > 1:
+                    print(f"gemm mismatch {arch}/{tile}/{out_dtype} M={M} N={N} K={K}: codes differ by {d}")
+                    bad += 1
+                continue
+            bias = bias.to(out_dtype)
             y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, out_dtype, backend=arch, tile=tile)
             ref = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype)
             err = float((y.double() - ref.double()).norm() / ref.double().norm())

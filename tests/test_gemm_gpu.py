@@ -513,6 +513,43 @@ def test_gemm_activation_every_kernel(arch, tile, outs):
                 assert_epilogue_close(out, ref, f"{arch}/{tile} {act} M={M} N={N} K={K} {out_dtype} bias={bias}")
 
 
+@pytest.mark.parametrize("backend", ["auto", "sm90", "sm80"])
+def test_gemm_activation_tails(backend):
+    """The negative tails of the activations on bf16 output (fp32's exponent range): results down to
+    bf16's smallest subnormal (2^-133) are computed, not flushed to 0. The first kernels returned -0
+    once exp(-v) overflowed (silu below v = -88.7, gelu_tanh below v = -10.1), and the first
+    reference's textbook 1 + erf / 1 + tanh returned 0 below v = -8.4 / -7.2 (float64 cancellation).
+    Rows of sx put exact fp32 pre-activations v = sx * 16 on a grid over [-100, 20] (xq = wq = 1,
+    K = 16, sw = 1), so the kernel's v is the reference's v and only the activation differs."""
+    reason = skip_reason(backend)
+    if reason:
+        pytest.skip(reason)
+    v = torch.linspace(-100, 20, 2401)  # float32
+    M, N, K = v.numel(), 16, 16
+    a = dict(
+        xq=torch.ones(M, K, dtype=torch.int8, device=DEV),
+        wq=torch.ones(N, K, dtype=torch.int8, device=DEV),
+        sx=(v / 16).to(DEV),
+        sw=torch.ones(N, device=DEV),
+        bias=None,
+        out_dtype=torch.bfloat16,
+    )
+    for act in ACTS:
+        out = run_epilogue(a, backend, activation=act).double()
+        ref = int8_gemm_ref(**a, activation=act).double()
+        assert not torch.isnan(out).any(), act
+        flushed = (ref.abs() >= 2**-130) & (out == 0)  # a few subnormal ulps: not a rounding edge
+        assert not flushed.any(), (
+            f"{backend} {act}: {int(flushed[:, 0].sum())} tail values flushed to 0, first at v = "
+            f"{float(v[int(flushed[:, 0].nonzero()[0])])}"
+        )
+        ulp = 2**-7 * ref.abs() + 2**-133  # one bf16 ulp (subnormals: 2^-133)
+        bad = (out - ref).abs() > ulp
+        assert not bad.any(), f"{backend} {act}: {int(bad[:, 0].sum())} values off by more than one ulp"
+        differ = float((out != ref).double().mean())
+        assert differ < 0.01, f"{backend} {act}: {differ:.2%} of the tail outputs differ from the reference"
+
+
 @pytest.mark.parametrize("arch,tile,outs", kernel_params(int8_out=True))
 def test_gemm_int8_output_every_kernel(arch, tile, outs):
     """int8 output with a static scale on every kernel built for it: each activation, M = 1 .. 4096,

@@ -45,9 +45,13 @@ std::string int8_cutlass_can_implement(const GemmArgs& a) {
 //   gelu       0.5 * v * erfc(-v / sqrt(2))            (== 0.5 v (1 + erf(v / sqrt(2))))
 //   gelu_tanh  v / (1 + exp(-2u)), u = sqrt(2/pi) (v + 0.044715 v^3)   (== 0.5 v (1 + tanh(u)))
 //   silu       v / (1 + exp(-v))
-// The tails come out right: for very negative v, exp overflows to inf (v / inf = -0) and erfc
-// underflows to 0; for large v, exp(-v) -> 0 and erfc(-v) -> 2 give v. (v = -inf gives NaN, as the
-// reference's -inf * 0 does; v = +inf gives +inf.)
+// The tails come out right: for large v, exp(-v) -> 0 and erfc(-v) -> 2 give v. For very negative v
+// the results are tiny but not zero, and bf16 (fp32's exponent range) represents them: gelu(-13)
+// ~ -1e-38, silu(-95) ~ -5e-40, gelu_tanh(-10.5) ~ -5e-40. erfc goes smoothly through the fp32
+// subnormals to 0; exp(-z) in v / (1 + exp(-z)) (z = v, or 2u) would overflow for z < -88.7 and
+// flush those results to -0, so past z < -80 (where 1 + exp(-z) == exp(-z) in fp32) the two use
+// v * exp(z), which underflows gradually instead. (v = -inf gives NaN, as the reference's
+// -inf * 0 does; v = +inf gives +inf.)
 // Accurate CUDA math functions (erfcf, expf) and IEEE division: the build does not use
 // --use_fast_math.
 // ---------------------------------------------------------------------------------------------
@@ -64,12 +68,21 @@ inline ActArgs act_args(const GemmArgs& a) { return {static_cast<int>(a.activati
 
 CUTLASS_DEVICE float gelu_erf(float v) { return 0.5f * v * erfcf(v * -0.70710678118654752440f); }
 
-CUTLASS_DEVICE float gelu_tanh(float v) {
-  const float u = 0.79788456080286535588f * (v + 0.044715f * v * v * v);  // sqrt(2 / pi) * (...)
-  return __fdiv_rn(v, 1.f + expf(-2.f * u));
+// v * sigmoid(z) = v / (1 + exp(-z)); for z < -80 (exp(-z) > 5e34, so 1 + exp(-z) rounds to exp(-z)),
+// v * exp(z): the same value, without exp(-z) overflowing to inf (and the result to -0) for
+// z < -88.7. One expf either way (a select, no branch).
+CUTLASS_DEVICE float mul_sigmoid(float v, float z) {
+  const bool tail = z < -80.f;
+  const float e = expf(tail ? z : -z);
+  return tail ? v * e : __fdiv_rn(v, 1.f + e);
 }
 
-CUTLASS_DEVICE float silu(float v) { return __fdiv_rn(v, 1.f + expf(-v)); }
+CUTLASS_DEVICE float gelu_tanh(float v) {
+  const float u = 0.79788456080286535588f * (v + 0.044715f * v * v * v);  // sqrt(2 / pi) * (...)
+  return mul_sigmoid(v, 2.f * u);  // 0.5 (1 + tanh(u)) = sigmoid(2u)
+}
+
+CUTLASS_DEVICE float silu(float v) { return mul_sigmoid(v, v); }
 
 // The activation of one value, out of line: one copy of this code per kernel. Inlined, its three
 // branches were unrolled at every output value of the epilogue (64-128 per thread for the large

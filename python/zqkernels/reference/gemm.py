@@ -10,16 +10,25 @@ import torch
 __all__ = ["int8_gemm_ref", "ACTIVATIONS"]
 
 
-# The epilogue activations in float64, from their textbook definitions (docs/SCALES.md). The kernels
-# evaluate cancellation-free rewrites of the same functions in fp32; in float64 the textbook forms
-# are accurate far below any output rounding, and writing them differently keeps the reference an
-# independent check.
+# The epilogue activations in float64, in forms without cancellation (docs/SCALES.md). The textbook
+# forms 0.5 v (1 + erf(v / sqrt(2))) and 0.5 v (1 + tanh(u)) cancel for negative v even in float64:
+# 1 + erf(x) and 1 + tanh(u) are differences of numbers near 1 with a 1.1e-16 ulp, so they round
+# to 0 for v < -8.3 (gelu) and v < -6.1 (gelu_tanh), and lose all their digits before that, while
+# the true results (gelu(-10) = -7.6e-23, gelu_tanh(-8) = -3e-21, down to ~1e-40) are representable
+# in bf16 and fp32 and the kernels compute them: a reference that returns 0 there disagreed with the
+# kernels' bf16 outputs on 2-6% of the values of the GPU tests. Here gelu uses erfc(-v / sqrt(2))
+# (== 1 + erf(v / sqrt(2))) and gelu_tanh sigmoid(2u) (== 0.5 (1 + tanh(u))), accurate to a few
+# float64 ulps over the whole range, far below any output rounding. silu is v * sigmoid(v) (torch's
+# sigmoid is 1 / (1 + exp(-v)): no cancellation). tests/test_gemm.py checks them against mpmath.
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
 def _gelu(v: torch.Tensor) -> torch.Tensor:
-    return 0.5 * v * (1.0 + torch.erf(v / math.sqrt(2.0)))
+    return 0.5 * v * torch.special.erfc(-v / math.sqrt(2.0))
 
 
 def _gelu_tanh(v: torch.Tensor) -> torch.Tensor:
-    return 0.5 * v * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+    return v * torch.sigmoid(2.0 * _SQRT_2_OVER_PI * (v + 0.044715 * v**3))
 
 
 def _silu(v: torch.Tensor) -> torch.Tensor:
