@@ -5,8 +5,8 @@ Covers quantize_per_token (each input dtype, both the register path and the two-
 fused row ops (register, element and streaming paths, residual outputs), every
 GEMM kernel of the registry (each tile and output type, with bias, per-tensor scales and a row-
 strided xq; int8 output with a static out_scale, a float32 bias and gelu), and the PDL probe
-followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's own exit code reports memory errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that
-out-of-bounds accesses are not hidden inside the caching allocator's blocks.
+followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's own exit code reports memory
+errors and races. Run with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that out-of-bounds accesses are not hidden inside the caching allocator's blocks.
 """
 
 from __future__ import annotations
