@@ -124,6 +124,25 @@ __device__ __forceinline__ float gelu_tanh(float v) {
 }
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
+// VEC consecutive fp32 parameters (weight / bias) starting at p: 16-byte loads when VEC is a
+// multiple of 4 (the vector path requires 16-byte aligned parameters), else scalar; zeros for null.
+template <int VEC>
+__device__ __forceinline__ void load_params(const float* p, float (&out)[VEC]) {
+  if (p == nullptr) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = 0.f;
+  } else if constexpr (VEC % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(p) + q);
+      out[4 * q] = f.x, out[4 * q + 1] = f.y, out[4 * q + 2] = f.z, out[4 * q + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = __ldg(p + j);
+  }
+}
+
 // The kernel's view of one call (device pointers already offset to row m by the kernel).
 template <typename T>
 struct Row {
@@ -165,9 +184,11 @@ __device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_
     if constexpr (kOp == RowOp::kSiluMul) return;
   }
   if constexpr (kOp == RowOp::kGelu || kOp == RowOp::kGeluTanh) {
+    float bv[VEC];
+    load_params<VEC>(r.b != nullptr ? r.b + k : nullptr, bv);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      float f = to_float(v[j]) + (r.b != nullptr ? __ldg(r.b + k + j) : 0.f);
+      float f = to_float(v[j]) + bv[j];
       v[j] = from_float<T>(kOp == RowOp::kGelu ? gelu_erf(f) : gelu_tanh(f));
     }
   }
@@ -200,14 +221,19 @@ struct Stats {
 };
 
 // Stage 2 of one element.
-template <RowOp kOp>
-__device__ __forceinline__ float stage2(float v, int k, const float* w, const float* b, const Stats& s) {
-  if constexpr (kOp == RowOp::kRMSNorm) {
-    return v * s.rstd * __ldg(w + k);
-  } else if constexpr (kOp == RowOp::kLayerNorm) {
-    return (v - s.mean) * s.rstd * __ldg(w + k) + (b != nullptr ? __ldg(b + k) : 0.f);
+// Stage 2 of VEC consecutive elements starting at k: y = norm(v) (or v), in fp32.
+template <RowOp kOp, typename T, int VEC>
+__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
+                                       float (&y)[VEC]) {
+  if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
+    float wv[VEC], bv[VEC];
+    load_params<VEC>(w + k, wv);
+    load_params<VEC>(kOp == RowOp::kLayerNorm && b != nullptr ? b + k : nullptr, bv);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * wv[j] + bv[j];
   } else {
-    return v;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) y[j] = to_float(v[j]);
   }
 }
 
@@ -268,8 +294,10 @@ row_quant_kernel(RowQuantArgs a) {
     for (int i = 0; i < kIters; ++i) {
       const int c = tid + i * stride;
       if (c < nchunks) {
+        float y[VEC];
+        stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) amax = nan_max(amax, stage2<kOp>(to_float(buf[i][j]), c * VEC + j, r.w, r.b, st));
+        for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
       }
     }
     amax = row_reduce<kWarpRow>(amax, AbsMax{});
@@ -281,11 +309,12 @@ row_quant_kernel(RowQuantArgs a) {
       if (c < nchunks) {
         int8_t q[VEC];
         T y[VEC];
+        float f[VEC];
+        stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          const float f = stage2<kOp>(to_float(buf[i][j]), c * VEC + j, r.w, r.b, st);
-          q[j] = quant(f, inv, pre);
-          y[j] = from_float<T>(f);
+          q[j] = quant(f[j], inv, pre);
+          y[j] = from_float<T>(f[j]);
         }
         if constexpr (VEC == 8) {
           *reinterpret_cast<uint2*>(out + c * VEC) = *reinterpret_cast<const uint2*>(q);
@@ -329,8 +358,10 @@ row_quant_kernel(RowQuantArgs a) {
     for (int c = tid; c < nchunks; c += stride) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
+      float y[VEC];
+      stage2<kOp, T, VEC>(v, c * VEC, r.w, r.b, st, y);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) amax = nan_max(amax, stage2<kOp>(to_float(v[j]), c * VEC + j, r.w, r.b, st));
+      for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
     }
     amax = row_reduce<kWarpRow>(amax, AbsMax{});
     float pre;
@@ -338,11 +369,12 @@ row_quant_kernel(RowQuantArgs a) {
     for (int c = tid; c < nchunks; c += stride) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
+      float f[VEC];
+      stage2<kOp, T, VEC>(v, c * VEC, r.w, r.b, st, f);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        const float f = stage2<kOp>(to_float(v[j]), c * VEC + j, r.w, r.b, st);
-        out[c * VEC + j] = quant(f, inv, pre);
-        if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) r.res_out[c * VEC + j] = from_float<T>(f);
+        out[c * VEC + j] = quant(f[j], inv, pre);
+        if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) r.res_out[c * VEC + j] = from_float<T>(f[j]);
       }
     }
   }
@@ -364,7 +396,8 @@ std::string launch(const RowQuantArgs& a) {
     return p == nullptr || (aligned16(p) && stride % kVec == 0);
   };
   const bool vec = a.K % kVec == 0 && rows_ok(a.x, a.x_stride) && rows_ok(a.residual, a.residual_stride) &&
-                   rows_ok(a.residual_out, a.residual_out_stride) && aligned16(a.xq);
+                   rows_ok(a.residual_out, a.residual_out_stride) && aligned16(a.xq) &&
+                   (a.weight == nullptr || aligned16(a.weight)) && (a.bias == nullptr || aligned16(a.bias));
   const dim3 grid(a.M);
   if (!vec) {
     row_quant_kernel<T, kOp, 1, 0, false><<<grid, kStreamThreads, 0, a.stream>>>(a);
