@@ -6,6 +6,7 @@ import sys
 import torch
 import transformers
 import zqkernels
+from torch.profiler import ProfilerActivity, profile
 
 torch.manual_seed(0)
 dev = "cuda"
@@ -27,7 +28,7 @@ if "explain" in sys.argv:
         for fr in b.user_stack[-3:]:
             print("    ", fr.filename.split("site-packages/")[-1], fr.lineno, fr.name)
 
-from torch.profiler import ProfilerActivity, profile
+
 
 def prof(model, label):
     with torch.no_grad():

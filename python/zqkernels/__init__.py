@@ -22,20 +22,16 @@ from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .formats import GemmSpec
 from .nn import LEVELS, QLinear, conversion_report, quantize_model
+from .ops import fused as _fused
 from .ops import (
-    add_layernorm_quant,
-    add_rmsnorm_quant,
-    bias_gelu_quant,
     gemm_tiles,
     int8_gemm,
-    layernorm_quant,
     quantize_per_token,
     quantize_weight,
     resolve_gemm_backend,
-    rmsnorm_quant,
     set_debug_checks,
-    silu_mul_quant,
 )
+from .ops.fused import *  # noqa: F403 - the fused row ops (ops/fused.py __all__)
 
 __version__ = "0.1.0"
 
@@ -45,12 +41,7 @@ __all__ = [
     "int8_gemm",
     "quantize_per_token",
     "quantize_weight",
-    "rmsnorm_quant",
-    "layernorm_quant",
-    "add_rmsnorm_quant",
-    "add_layernorm_quant",
-    "bias_gelu_quant",
-    "silu_mul_quant",
+    *_fused.__all__,
     "QLinear",
     "quantize_model",
     "conversion_report",

@@ -22,7 +22,7 @@ eager calls on plain tensors skip the dispatcher.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -43,17 +43,22 @@ _cuda_ready: set[int] = set()
 _NORMS = ("rmsnorm", "layernorm")
 
 
-def _check(
-    name: str,
-    op: str,
-    x: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-    residual_mode: str,
-) -> int:
+class _Row(NamedTuple):
+    """One fused row-op call: the public op's name (for messages) and the kernel's arguments."""
+
+    name: str
+    op: str  # a key of ROW_OPS
+    x: torch.Tensor
+    residual: Optional[torch.Tensor] = None
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    eps: float = 0.0
+    residual_mode: str = "none"  # a key of RESIDUAL_MODES
+
+
+def _check(a: _Row) -> int:
     """Full argument checks (precise errors); returns K, the output width."""
+    name, op, x, residual, weight, bias, eps, residual_mode = a
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in c.DTYPE_CODE:
@@ -96,9 +101,10 @@ def _check(
     return K
 
 
-def _fast_ok(op: str, x, residual, weight, bias) -> int:
+def _fast_ok(a: _Row) -> int:
     """The common CUDA call (what the fused blocks make), recognised in a few attribute reads: returns
     K, or -1 to take the full checks (which also produce the precise errors)."""
+    _, op, x, residual, weight, bias, _, _ = a
     if not (type(x) in c._PLAIN and x.is_cuda and x.dtype in c.DTYPE_CODE and x.dim() == 2 and c.has_row_layout(x)):
         return -1
     M, W = x.shape
@@ -124,18 +130,9 @@ def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return p.detach().to(torch.float32).contiguous()
 
 
-def _launch(
-    name: str,
-    op: str,
-    x: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-    residual_mode: str,
-    residual_out: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the kernel (x checked). residual_out: where a residual output goes (may be residual)."""
+def _launch(a: _Row, residual_out: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel (a checked). residual_out: where a residual output goes (may be a.residual)."""
+    name, op, x, residual, weight, bias, eps, residual_mode = a
     idx = x.get_device()
     if idx not in _cuda_ready:
         c.require_cuda_kernels(name, x.device)
@@ -161,23 +158,12 @@ def _launch(
     return q, s
 
 
-def _impl(
-    name: str,
-    op: str,
-    x: torch.Tensor,
-    residual: Optional[torch.Tensor],
-    weight: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
-    eps: float,
-    residual_mode: str,
-    inplace: bool,
-) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def _impl(a: _Row, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Checked call on any device. Returns (q, s, residual output or None)."""
-    K = _fast_ok(op, x, residual, weight, bias)
-    if K < 0:
-        K = _check(name, op, x, residual, weight, bias, eps, residual_mode)
-    elif residual_mode not in RESIDUAL_MODES or not eps >= 0.0:
-        _check(name, op, x, residual, weight, bias, eps, residual_mode)  # raises the precise error
+    name, op, x, residual, weight, bias, eps, residual_mode = a
+    K = _fast_ok(a)
+    if K < 0 or residual_mode not in RESIDUAL_MODES or not eps >= 0.0:
+        K = _check(a)  # the precise errors
     want_r = residual_mode != "none"
     if want_r and residual is None and residual_mode == "sum":
         raise ValueError(f"{name}: residual_out='sum' needs a residual")
@@ -185,7 +171,7 @@ def _impl(
         r_out = None
         if want_r:
             r_out = residual if inplace else x.new_empty((x.shape[0], K))
-        q, s = _launch(name, op, x, residual, weight, bias, eps, residual_mode, r_out)
+        q, s = _launch(a, r_out)
         return q, s, r_out
     if x.is_meta:
         M = x.shape[0]
@@ -208,6 +194,11 @@ _OP_NAMES = {v: k for k, v in ROW_OPS.items()}
 _MODE_NAMES = {v: k for k, v in RESIDUAL_MODES.items()}
 
 
+def _row(name: str, op: int, x, residual, weight, bias, eps: float, mode: int) -> _Row:
+    """The _Row of a custom-op call (integer codes in the schema)."""
+    return _Row(name, _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES.get(mode, str(mode)))
+
+
 def _empty_r(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((0,))
 
@@ -216,14 +207,13 @@ def _empty_r(x: torch.Tensor) -> torch.Tensor:
     "zqkernels::row_quant", mutates_args=(), schema=f"({_SCHEMA_ARGS}) -> (Tensor, Tensor, Tensor)"
 )
 def _row_quant_op(op, x, residual, weight, bias, eps, residual_mode):
-    q, s, r = _impl("row_quant", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode], False)
+    q, s, r = _impl(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode), False)
     return q, s, (r if r is not None else _empty_r(x))
 
 
 @_row_quant_op.register_fake
 def _row_quant_fake(op, x, residual, weight, bias, eps, residual_mode):
-    name = _OP_NAMES[op]
-    K = _check("row_quant", name, x, residual, weight, bias, eps, _MODE_NAMES[residual_mode])
+    K = _check(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode))
     M = x.shape[0]
     r = x.new_empty((M, K)) if residual_mode != 0 else _empty_r(x)
     return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32), r
@@ -234,13 +224,13 @@ def _row_quant_fake(op, x, residual, weight, bias, eps, residual_mode):
     schema=f"({_SCHEMA_ARGS.replace('Tensor? residual', 'Tensor(a!) residual')}) -> (Tensor, Tensor)",
 )
 def _row_quant_inplace_op(op, x, residual, weight, bias, eps, residual_mode):
-    q, s, _ = _impl("row_quant_", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode], True)
+    q, s, _ = _impl(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode), True)
     return q, s
 
 
 @_row_quant_inplace_op.register_fake
 def _row_quant_inplace_fake(op, x, residual, weight, bias, eps, residual_mode):
-    K = _check("row_quant_", _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES[residual_mode])
+    K = _check(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode))
     M = x.shape[0]
     return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
 
@@ -263,11 +253,12 @@ def _call(
     if c._debug_checks:
         for n, t in (("x", x), ("residual", residual)):
             c.check_finite(name, n, t)
+    a = _Row(name, op, x, residual, weight, bias, eps, residual_mode)
     if c.eager(x, residual, weight, bias):
-        return _impl(name, op, x, residual, weight, bias, eps, residual_mode, inplace)
+        return _impl(a, inplace)
     code, mode = ROW_OPS[op], RESIDUAL_MODES.get(residual_mode, -1)
     if mode < 0:
-        _check(name, op, x, residual, weight, bias, eps, residual_mode)  # raises the precise error
+        _check(a)  # raises the precise error
     if inplace:
         q, s = _inplace(code, x, residual, weight, bias, float(eps), mode)
         return q, s, residual
