@@ -3,6 +3,7 @@ post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference
 
     import zqkernels
     qlin = zqkernels.QLinear.from_linear(linear)         # or zqkernels.quantize_model(model)
+    summary = zqkernels.quantize_(model, zqkernels.W8A8Config())  # torchao-style, with filter_fn=...
     xq, sx = zqkernels.quantize_per_token(x)              # x [M, K] -> int8 [M, K], float32 [M]
     wq, sw = zqkernels.quantize_weight(w)                 # w [N, K] -> int8 [N, K], float32 [N]
     y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
@@ -21,7 +22,21 @@ import torch
 from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .formats import GemmSpec
-from .nn import LEVELS, QLinear, conversion_report, quantize_model
+from .nn import (
+    LEVELS,
+    ZEROQUANT_W4_8,
+    ConversionSummary,
+    FP8Config,
+    QLinear,
+    QuantConfig,
+    W4A8Config,
+    W4A8FPConfig,
+    W8A8Config,
+    W8A8GroupConfig,
+    conversion_report,
+    quantize_,
+    quantize_model,
+)
 from .ops import fused as _fused
 from .ops import (
     gemm_tiles,
@@ -45,6 +60,15 @@ __all__ = [
     "QLinear",
     "quantize_model",
     "conversion_report",
+    "quantize_",
+    "QuantConfig",
+    "W8A8Config",
+    "W8A8GroupConfig",
+    "FP8Config",
+    "W4A8Config",
+    "W4A8FPConfig",
+    "ZEROQUANT_W4_8",
+    "ConversionSummary",
     "LEVELS",
     "set_debug_checks",
     "GemmSpec",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
@@ -50,71 +50,136 @@ def quantize_model(
     _handler("quantize_model", scheme)
     levels = resolve_level(level)
     patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+
+    def decide_linear(name: str, _module: nn.Module) -> tuple[bool, str]:
+        if _skipped(name, patterns):
+            return False, "skipped by pattern"
+        return True, scheme
+
+    def decide_block(name: str, _module: nn.Module) -> Optional[dict[str, bool]]:
+        if not fused_blocks or scheme != "w8a8" or _skipped(name, patterns):
+            return None
+        return levels
+
+    if _convertible(model):
+        return model if _skipped("", patterns) else _convert_one("quantize_model", "", model, scheme)
+    _convert(model, "quantize_model", decide_linear, decide_block)
+    if verbose:
+        print(conversion_report(model))
+    return model
+
+
+def _convertible(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
+
+
+def _convert_one(op: str, name: str, linear: nn.Module, scheme: str) -> QLinear:
+    try:
+        lin = _as_linear(linear) if _is_conv1d(linear) else linear
+        return QLinear.from_linear(lin, scheme)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{op}: layer {name!r}: {e}") from e
+
+
+def _convert(
+    model: nn.Module,
+    op: str,
+    decide_linear: Callable[[str, nn.Module], tuple[bool, str]],
+    decide_block: Callable[[str, nn.Module], Optional[dict[str, bool]]],
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The conversion machinery shared by quantize_model and quantize_ (model is changed in place).
+
+    decide_block(name, layer) -> precision levels to fuse a recognised transformer layer, or None to
+    look at its Linears one by one. decide_linear(name, linear) -> (True, scheme) to convert a Linear
+    / Conv1D slot, or (False, why) to leave it in float (recorded in the report). Every replacement
+    is built before the model is changed. Returns (and stores for conversion_report) the report rows.
+    """
     report: list[dict[str, Any]] = []
-
-    def convert(name: str, linear: nn.Module) -> QLinear:
+    bar = None
+    if progress:
         try:
-            lin = _as_linear(linear) if _is_conv1d(linear) else linear
-            return QLinear.from_linear(lin, scheme)
-        except (ValueError, TypeError) as e:
-            raise type(e)(f"quantize_model: layer {name!r}: {e}") from e
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=0, desc=op, unit="module")
 
-    def convertible(m: nn.Module) -> bool:
-        return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
+    def tick() -> None:
+        if bar is not None:
+            bar.update(1)
 
-    if convertible(model):
-        return model if _skipped("", patterns) else convert("", model)
+    def grow(n: int) -> None:
+        if bar is not None and n:
+            bar.total += n
+            bar.refresh()
 
     # Phase 1: fused blocks (built, not installed yet). A layer that cannot be fused (unsupported
     # variant) falls back to per-Linear conversion, with the reason recorded.
+    candidates: list[tuple[nn.Module, str, str, type, dict[str, bool]]] = []
+    taken: list[str] = []
+    for prefix, parent in model.named_modules():
+        if any(prefix == b or prefix.startswith(b + ".") for b in taken):
+            continue
+        for child_name, child in parent._modules.items():
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            cls = block_class(child) if child is not None else None
+            if cls is None:
+                continue
+            lv = decide_block(name, child)
+            if lv is None:
+                continue
+            candidates.append((parent, child_name, name, cls, lv))
+            taken.append(name)
+    grow(len(candidates))
     blocks: list[tuple[nn.Module, str, str, QuantizedBlock]] = []  # (parent, attr, name, block)
     inside_block: list[str] = []
-    if fused_blocks and scheme == "w8a8":
-        for prefix, parent in model.named_modules():
-            if any(prefix == b or prefix.startswith(b + ".") for b in inside_block):
-                continue
-            for child_name, child in parent._modules.items():
-                name = f"{prefix}.{child_name}" if prefix else child_name
-                cls = block_class(child) if child is not None else None
-                if cls is None or _skipped(name, patterns):
-                    continue
-                try:
-                    blk = cls(child, levels)
-                except (ValueError, TypeError, AttributeError) as e:
-                    report.append({"module": name, "path": "per-linear", "why": f"not fused: {e}"})
-                    continue
-                blocks.append((parent, child_name, name, blk))
-                inside_block.append(name)
-                report.append({"module": name, "path": f"fused {cls.__name__}", "why": blk.extra_repr()})
+    for parent, child_name, name, cls, lv in candidates:
+        try:
+            blk = cls(parent._modules[child_name], lv)
+        except (ValueError, TypeError, AttributeError) as e:
+            report.append({"module": name, "path": "per-linear", "why": f"not fused: {e}"})
+            tick()
+            continue
+        blocks.append((parent, child_name, name, blk))
+        inside_block.append(name)
+        report.append({"module": name, "path": f"fused {cls.__name__}", "why": blk.extra_repr()})
+        tick()
 
     def in_block(name: str) -> bool:
         return any(name == b or name.startswith(b + ".") for b in inside_block)
 
     # Phase 2: every remaining Linear / Conv1D slot. _modules lists a module once per attribute, so
     # a Linear registered twice in one parent is found twice.
-    slots: list[tuple[nn.Module, str, nn.Module]] = []
-    names: dict[int, str] = {}
+    slots: list[tuple[nn.Module, str, nn.Module, str]] = []
+    names: dict[tuple[int, str], str] = {}
     for prefix, parent in model.named_modules(remove_duplicate=False):
         if isinstance(parent, nn.MultiheadAttention) or in_block(prefix):
             continue
         for child_name, child in parent._modules.items():
             name = f"{prefix}.{child_name}" if prefix else child_name
-            if child is None or not convertible(child) or in_block(name):
+            if child is None or not _convertible(child) or in_block(name):
                 continue
-            if _skipped(name, patterns):
-                report.append({"module": name, "path": "float", "why": "skipped by pattern"})
+            ok, what = decide_linear(name, child)
+            if not ok:
+                report.append({"module": name, "path": "float", "why": what})
                 continue
-            slots.append((parent, child_name, child))
-            names.setdefault(id(child), name)
-    done: dict[int, QLinear] = {}
-    for _parent, _attr, linear in slots:
-        if id(linear) not in done:
-            done[id(linear)] = convert(names[id(linear)], linear)
+            slots.append((parent, child_name, child, what))
+            names.setdefault((id(child), what), name)
+    grow(len(names))
+    done: dict[tuple[int, str], QLinear] = {}
+    for _parent, _attr, linear, scheme in slots:
+        key = (id(linear), scheme)
+        if key not in done:
+            done[key] = _convert_one(op, names[key], linear, scheme)
             kind = "Conv1D" if _is_conv1d(linear) else "Linear"
-            report.append({"module": names[id(linear)], "path": f"QLinear ({scheme})", "why": f"from {kind}"})
+            report.append({"module": names[key], "path": f"QLinear ({scheme})", "why": f"from {kind}"})
+            tick()
+    if bar is not None:
+        bar.close()
     # Phase 3: install, then chain consecutive blocks of one container (a layer list runs in order).
-    for parent, attr, linear in slots:
-        setattr(parent, attr, done[id(linear)])
+    for parent, attr, linear, scheme in slots:
+        setattr(parent, attr, done[(id(linear), scheme)])
     for parent, attr, _name, blk in blocks:
         setattr(parent, attr, blk)
     by_parent: dict[int, list[QuantizedBlock]] = {}
@@ -125,9 +190,7 @@ def quantize_model(
             if type(a) is type(b):
                 a.link(b)
     object.__setattr__(model, "_zq_report", report)
-    if verbose:
-        print(conversion_report(model))
-    return model
+    return report
 
 
 def conversion_report(model: nn.Module) -> str:

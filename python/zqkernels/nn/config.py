@@ -1,0 +1,265 @@
+"""torchao-style conversion: ``quantize_(model, config, filter_fn=..., module_configs=...)``.
+
+A config object names a quantization scheme and its options. ``W8A8Config`` is the only scheme
+with kernels today; the other config classes describe the schemes that are planned, and applying
+one raises NotImplementedError naming the missing kernel (there is never a silent fallback).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+from torch import nn
+
+from .blocks import resolve_level
+from .convert import _convert, _convertible
+
+__all__ = [
+    "QuantConfig",
+    "W8A8Config",
+    "W8A8GroupConfig",
+    "FP8Config",
+    "W4A8Config",
+    "W4A8FPConfig",
+    "ZEROQUANT_W4_8",
+    "ConversionSummary",
+    "quantize_",
+]
+
+
+class QuantConfig:
+    """Base class of the quantization configs accepted by ``quantize_``."""
+
+    scheme: str = ""
+    # The kernel this scheme still lacks (None: implemented). Applying the config raises
+    # NotImplementedError naming it.
+    missing_kernel: Optional[str] = None
+
+    def _check_implemented(self) -> None:
+        if self.missing_kernel is not None:
+            raise NotImplementedError(
+                f"quantize_: {type(self).__name__} ({self.scheme}) is not implemented yet: zqkernels has "
+                f"no {self.missing_kernel}; use W8A8Config, or map these modules to None in module_configs "
+                "to leave them in float"
+            )
+
+
+def _check_group_size(cls: str, group_size: Any) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"{cls}: group_size must be a positive int, got {group_size!r}")
+
+
+@dataclass(frozen=True)
+class W8A8Config(QuantConfig):
+    """int8 per-token dynamic activations x int8 per-channel weights (ZeroQuant's W8A8).
+
+    level: the precision of each GEMM role inside fused transformer blocks, a preset of
+    ``zqkernels.LEVELS`` ("int8", "balanced", "accuracy") or a {role: int8?} dict.
+    fused_blocks: fuse recognised transformer layers (``zqkernels.nn.blocks``); False converts
+    every Linear to a QLinear on its own.
+    """
+
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
+    scheme = "w8a8"
+
+    def __post_init__(self) -> None:
+        resolve_level(self.level)
+
+
+@dataclass(frozen=True)
+class W8A8GroupConfig(QuantConfig):
+    """int8 activations x int8 weights with one scale per `group_size` input channels (planned)."""
+
+    group_size: int = 128
+    scheme = "w8a8 group-wise"
+    missing_kernel = "group-wise int8 GEMM kernel"
+
+    def __post_init__(self) -> None:
+        _check_group_size("W8A8GroupConfig", self.group_size)
+
+
+@dataclass(frozen=True)
+class FP8Config(QuantConfig):
+    """FP8 (e4m3) activations x FP8 weights (planned)."""
+
+    scheme = "fp8"
+    missing_kernel = "FP8 GEMM kernel"
+
+
+@dataclass(frozen=True)
+class W4A8Config(QuantConfig):
+    """int4 group-wise weights (`group_size` input channels per scale; `scale` "int" or "float")
+    x int8 per-token activations, ZeroQuant's W4A8 (planned)."""
+
+    group_size: int = 128
+    scale: str = "int"
+    scheme = "w4a8"
+    missing_kernel = "W4A8 (int4 weight x int8 activation) GEMM kernel"
+
+    def __post_init__(self) -> None:
+        _check_group_size("W4A8Config", self.group_size)
+        if self.scale not in ("int", "float"):
+            raise ValueError(f"W4A8Config: scale must be 'int' or 'float', got {self.scale!r}")
+
+
+@dataclass(frozen=True)
+class W4A8FPConfig(QuantConfig):
+    """int4 group-wise weights x FP8 activations (`scale_policy`: how the group scales are
+    represented, e.g. "M2"; planned)."""
+
+    group_size: int = 128
+    scale_policy: str = "M2"
+    scheme = "w4a8-fp"
+    missing_kernel = "W4A8-FP (int4 weight x FP8 activation) GEMM kernel"
+
+    def __post_init__(self) -> None:
+        _check_group_size("W4A8FPConfig", self.group_size)
+        if not isinstance(self.scale_policy, str):
+            raise TypeError(f"W4A8FPConfig: scale_policy must be a str, got {type(self.scale_policy).__name__}")
+
+
+ZEROQUANT_W4_8: dict[str, Optional[QuantConfig]] = {"*.mlp.*": W4A8Config(), "*": W8A8Config()}
+"""ZeroQuant's W4/8 mixed-precision preset for ``quantize_(model, W8A8Config(),
+module_configs=ZEROQUANT_W4_8)``: int4 weights (W4A8) in the MLP, W8A8 everywhere else.
+Not usable yet: W4A8 has no kernel, so applying it raises NotImplementedError today."""
+
+
+@dataclass
+class ConversionSummary:
+    """What ``quantize_`` did. converted: (module, how) pairs; skipped: (module, why) pairs of the
+    Linear / Conv1D modules left in float; notes: (module, note) pairs, e.g. a recognised layer
+    that could not be fused and was converted Linear by Linear."""
+
+    converted: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        head = f"quantize_: {len(self.converted)} converted, {len(self.skipped)} left in float"
+        rows = (
+            [(m, "converted", h) for m, h in self.converted]
+            + [(m, "float", w) for m, w in self.skipped]
+            + [(m, "note", n) for m, n in self.notes]
+        )
+        if not rows:
+            return head
+        width = max(len(r[0]) for r in rows)
+        return "\n".join([head] + [f"{m:<{width}}  {k:<9} {d}" for m, k, d in rows])
+
+
+def _check_config(arg: str, cfg: Any, allow_none: bool) -> None:
+    if cfg is None and allow_none:
+        return
+    if not isinstance(cfg, QuantConfig):
+        want = "a QuantConfig (e.g. W8A8Config())" + (" or None" if allow_none else "")
+        raise TypeError(f"quantize_: {arg} must be {want}, got {type(cfg).__name__}: {cfg!r}")
+    cfg._check_implemented()
+
+
+def quantize_(
+    model: nn.Module,
+    config: Optional[QuantConfig],
+    *,
+    filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+    module_configs: Optional[Mapping[str, Optional[QuantConfig]]] = None,
+    progress: bool = False,
+) -> ConversionSummary:
+    """Quantize `model` in place with `config`; returns a ``ConversionSummary``.
+
+    Same machinery as ``quantize_model`` (fused blocks for recognised transformer layers, QLinear
+    for every other nn.Linear / HF Conv1D; all replacements built before the model changes;
+    ``conversion_report(model)`` works afterwards), with torchao-style selection:
+
+    - filter_fn(module, fqn) -> bool: which Linear / Conv1D modules to convert (default: all).
+    - module_configs: {fnmatch pattern on the fqn: config or None}; the first matching pattern
+      wins, None leaves the module in float; modules no pattern matches get `config` (which may
+      be None: only the matched modules are converted). E.g. ``ZEROQUANT_W4_8``.
+    - By default ``lm_head`` and any Linear whose weight is the same Parameter as an nn.Embedding's
+      weight (tied embeddings) stay in float, so the tie survives; they are converted only when
+      selected explicitly: filter_fn returns True for them, or a module_configs pattern other than
+      "*" matches them.
+    - A recognised transformer layer is fused only when every Linear in it gets the same
+      W8A8Config with fused_blocks=True; otherwise its Linears are converted one by one.
+    - progress=True shows a tqdm progress bar over the modules being built (if tqdm is installed).
+
+    Configs of schemes without kernels (W8A8GroupConfig, FP8Config, W4A8Config, W4A8FPConfig)
+    raise NotImplementedError before anything changes.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
+    if _convertible(model):
+        raise TypeError(
+            "quantize_: model is itself a Linear and cannot be replaced in place; use "
+            "zqkernels.QLinear.from_linear (or quantize_model, which returns the QLinear)"
+        )
+    _check_config("config", config, allow_none=module_configs is not None)
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"quantize_: filter_fn must be callable(module, fqn) -> bool, got {type(filter_fn).__name__}")
+    patterns: list[tuple[str, Optional[QuantConfig]]] = []
+    if module_configs is not None:
+        if not isinstance(module_configs, Mapping):
+            raise TypeError(
+                f"quantize_: module_configs must be a dict of pattern -> config, got {type(module_configs).__name__}"
+            )
+        for pat, cfg in module_configs.items():
+            if not isinstance(pat, str):
+                raise TypeError(f"quantize_: module_configs keys must be fnmatch patterns (str), got {pat!r}")
+            _check_config(f"module_configs[{pat!r}]", cfg, allow_none=True)
+            patterns.append((pat, cfg))
+
+    embeddings = {
+        id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)
+    }
+
+    def resolve(name: str, module: nn.Module) -> tuple[Optional[QuantConfig], str]:
+        """-> (config, "") to convert, or (None, why) to leave in float."""
+        explicit = False
+        if filter_fn is not None:
+            if not filter_fn(module, name):
+                return None, "filter_fn returned False"
+            explicit = True
+        cfg = config
+        for pat, c in patterns:
+            if fnmatch.fnmatchcase(name, pat):
+                if c is None:
+                    return None, f"module_configs[{pat!r}] is None"
+                cfg, explicit = c, explicit or pat != "*"
+                break
+        else:
+            if cfg is None:
+                return None, "no module_configs pattern matches and config is None"
+        if not explicit:
+            tied = embeddings.get(id(getattr(module, "weight", None)))
+            if tied is not None:
+                return None, f"weight tied to input embedding {tied!r} (select it explicitly to convert)"
+            if name.rsplit(".", 1)[-1] == "lm_head":
+                return None, "lm_head left in float by default (select it explicitly to convert)"
+        return cfg, ""
+
+    def decide_linear(name: str, module: nn.Module) -> tuple[bool, str]:
+        cfg, why = resolve(name, module)
+        if cfg is None:
+            return False, why
+        assert isinstance(cfg, W8A8Config)  # the others raised in _check_config
+        return True, cfg.scheme
+
+    def decide_block(name: str, layer: nn.Module) -> Optional[dict[str, bool]]:
+        cfgs = [resolve(sub, m)[0] for sub, m in layer.named_modules(prefix=name) if _convertible(m)]
+        cfg = cfgs[0] if cfgs else None
+        if any(c != cfg for c in cfgs) or not isinstance(cfg, W8A8Config) or not cfg.fused_blocks:
+            return None
+        return resolve_level(cfg.level)
+
+    rows = _convert(model, "quantize_", decide_linear, decide_block, progress=progress)
+    summary = ConversionSummary()
+    for r in rows:
+        if r["path"] == "float":
+            summary.skipped.append((r["module"], r["why"]))
+        elif r["path"] == "per-linear":
+            summary.notes.append((r["module"], r["why"]))
+        else:
+            summary.converted.append((r["module"], f"{r['path']}: {r['why']}"))
+    return summary
