@@ -34,8 +34,10 @@ from .nn import (
     W8A8Config,
     W8A8GroupConfig,
     conversion_report,
+    load_quantized,
     quantize_,
     quantize_model,
+    save_quantized,
 )
 from .ops import fused as _fused
 from .ops import (
@@ -60,6 +62,8 @@ __all__ = [
     "QLinear",
     "quantize_model",
     "conversion_report",
+    "save_quantized",
+    "load_quantized",
     "quantize_",
     "QuantConfig",
     "W8A8Config",

@@ -5,6 +5,7 @@ the torchao-style quantize_ with config objects)."""
 from __future__ import annotations
 
 from .blocks import LEVELS, ROLES, QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock
+from .checkpoint import load_quantized, save_quantized
 from .config import (
     ZEROQUANT_W4_8,
     ConversionSummary,
@@ -23,6 +24,8 @@ __all__ = [
     "QLinear",
     "quantize_model",
     "conversion_report",
+    "save_quantized",
+    "load_quantized",
     "quantize_",
     "QuantConfig",
     "W8A8Config",
