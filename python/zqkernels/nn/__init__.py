@@ -19,9 +19,13 @@ from .config import (
 )
 from .convert import conversion_report, quantize_model
 from .linear import SCHEMES, QLinear
+from .lorc import LoRCReport, apply_lorc, lorc
 
 __all__ = [
     "QLinear",
+    "lorc",
+    "apply_lorc",
+    "LoRCReport",
     "quantize_model",
     "conversion_report",
     "save_quantized",

@@ -162,6 +162,13 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     """
     from safetensors.torch import save_file
 
+    for name, mod in model.named_modules():
+        if isinstance(mod, QLinear) and mod._buffers.get("lorc_a") is not None:
+            raise NotImplementedError(
+                f"save_quantized: {name!r} has LoRC factors (lorc_a / lorc_b, rank {mod.lorc_rank}); the "
+                "compressed-tensors layout has no such tensors. Save the model's state_dict instead "
+                "(torch.save), or remove them with layer.init_lorc(0)"
+            )
     os.makedirs(out_dir, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     quantized: list[str] = []

@@ -190,6 +190,10 @@ class QLinear(nn.Module):
         self._handler = handler
         self._cuda_shapes_ok = self.in_features % 16 == 0
         handler.create_buffers(self, _padded(self.out_features), bias, dtype, device)
+        # LoRC (ZeroQuant-V2 low-rank compensation, nn/lorc.py): y += (x @ lorc_a) @ lorc_b with
+        # lorc_a [in_features, r], lorc_b [r, out_features]; None (and not in the state) when absent.
+        self.register_buffer("lorc_a", None)
+        self.register_buffer("lorc_b", None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: str = "w8a8") -> "QLinear":
@@ -240,7 +244,9 @@ class QLinear(nn.Module):
             x2 = x2.contiguous()  # rows must be K-contiguous and not overlap (quantize_per_token)
         y = self._handler.apply(self, x2)
         n = self.out_features
-        if y.shape[1] != n:
+        if self._buffers["lorc_a"] is not None:  # the no-LoRC path pays this one dict read
+            y = self._lorc_add(x2, y)
+        elif y.shape[1] != n:
             # Padded rows (out_features % 8 != 0): drop them; contiguous like nn.Linear's output.
             y = y[:, :n].contiguous()
         return y if len(shape) == 2 else y.view(*shape[:-1], n)
@@ -251,17 +257,76 @@ class QLinear(nn.Module):
         ops of ``zqkernels.ops.fused`` return them); output [M, out_features] in `dtype`. Used by the
         fused blocks (zqkernels.nn.blocks); no checks beyond the GEMM's own."""
         y = self._handler.apply_quantized(self, xq, sx, dtype)
+        if self._buffers["lorc_a"] is not None:
+            # Fused blocks hand over only the quantized input: the LoRC term uses deq(xq) = xq * sx,
+            # so it differs from forward()'s (which uses float x) by E_r (x - deq(xq)), a
+            # second-order error (weight error x activation rounding).
+            return self._lorc_add(xq.to(torch.float32).mul_(sx.view(-1, 1)).to(dtype), y)
         n = self.out_features
         return y if y.shape[1] == n else y[:, :n].contiguous()
 
+    def _lorc_add(self, x2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y [M, Np] (the GEMM output, maybe padded) + (x2 @ lorc_a) @ lorc_b -> [M, out_features],
+        contiguous, in y's dtype. Two small torch GEMMs after the int8 one; fusing the rank-r update
+        into the GEMM's output write is future work (not measured here)."""
+        a, b = self._buffers["lorc_a"], self._buffers["lorc_b"]
+        dtype = y.dtype
+        if a.dtype != dtype:
+            a, b = a.to(dtype), b.to(dtype)
+        n = self.out_features
+        if y.shape[1] != n:
+            y = y[:, :n]
+        if x2.dtype != dtype:
+            x2 = x2.to(dtype)
+        return torch.addmm(y, x2 @ a, b)  # out of place: a new contiguous [M, n]
+
+    @property
+    def lorc_rank(self) -> int:
+        """The LoRC rank r (0: no LoRC)."""
+        a = self._buffers.get("lorc_a")
+        return 0 if a is None else int(a.shape[1])
+
+    def init_lorc(self, rank: int, dtype: Optional[torch.dtype] = None) -> "QLinear":
+        """Allocate zero LoRC factors of `rank` (lorc_a [in_features, rank], lorc_b [rank,
+        out_features]) so that ``load_state_dict`` can fill them from a LoRC checkpoint; rank 0
+        removes them. ``add_lorc`` computes real ones from the float weight."""
+        rank = int(rank)
+        if rank < 0 or rank > min(self.in_features, self.out_features):
+            raise ValueError(
+                f"QLinear.init_lorc: rank must be in [0, min(in_features, out_features)] = "
+                f"[0, {min(self.in_features, self.out_features)}], got {rank}"
+            )
+        if rank == 0:
+            self.lorc_a = None
+            self.lorc_b = None
+            return self
+        w = self._buffers["weight_q"]
+        if dtype is None:
+            bias = self._buffers.get("bias")
+            dtype = bias.dtype if bias is not None else torch.bfloat16
+        self.lorc_a = torch.zeros((self.in_features, rank), dtype=dtype, device=w.device)
+        self.lorc_b = torch.zeros((rank, self.out_features), dtype=dtype, device=w.device)
+        return self
+
+    def add_lorc(self, weight_float: torch.Tensor, rank: int = 8, dtype: Optional[torch.dtype] = None) -> dict:
+        """ZeroQuant-V2 LoRC: factor the quantization error of `weight_float` ([out_features,
+        in_features], the float weight this layer was quantized from) at `rank`; see
+        ``zqkernels.nn.lorc.lorc_factors``. Returns {"rank", "bytes", "weight_bytes", ...}."""
+        from .lorc import apply_lorc
+
+        return apply_lorc(self, weight_float, rank, dtype=dtype)
+
     # --- state: the buffers plus the layer's identity, checked on load --------------------------
     def get_extra_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "version": _STATE_VERSION,
             "scheme": self.scheme,
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
+        if self._buffers.get("lorc_a") is not None:
+            state["lorc_rank"] = self.lorc_rank  # absent when 0: older checkpoints read as rank 0
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict) or "out_features" not in state:
@@ -273,6 +338,12 @@ class QLinear(nn.Module):
                     f"QLinear.load_state_dict: the checkpoint has {key}={state.get(key)!r} but this layer "
                     f"has {key}={mine[key]!r}; build the QLinear with the checkpoint's shape and scheme"
                 )
+        theirs, ours = int(state.get("lorc_rank", 0)), self.lorc_rank
+        if theirs != ours:
+            raise ValueError(
+                f"QLinear.load_state_dict: the checkpoint has LoRC rank {theirs} but this layer has rank "
+                f"{ours}; call layer.init_lorc({theirs}) before loading"
+            )
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() / .bfloat16() cast every floating-point buffer, but the kernels
@@ -292,6 +363,7 @@ class QLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scheme={self.scheme} ({self._handler.description})"
             + (f", weight rows padded to {pad}" if pad != self.out_features else "")
+            + (f", lorc_rank={self.lorc_rank}" if self.lorc_rank else "")
         )
 
 
