@@ -21,6 +21,7 @@ import torch
 
 from . import _ext
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
+from .algorithms import gptq, gptq_quantize_weight
 from .formats import GemmSpec
 from .nn import (
     LEVELS,
@@ -79,6 +80,8 @@ __all__ = [
     "lorc",
     "apply_lorc",
     "LoRCReport",
+    "gptq",
+    "gptq_quantize_weight",
     "LEVELS",
     "set_debug_checks",
     "GemmSpec",

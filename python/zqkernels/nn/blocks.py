@@ -23,14 +23,15 @@ Inference only (dropout is not applied); eager, CUDA-graph capture and torch.com
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from contextvars import ContextVar
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops import fused as fz
-from ..ops.quantize import quantize_per_token
+from ..ops.quantize import quantize_per_token, quantize_weight
 from .linear import QLinear, linear_from_conv1d
 
 __all__ = ["LEVELS", "ROLES", "QuantizedBlock", "QBertLayer", "QLlamaDecoderLayer", "QGPT2Block", "resolve_level"]
@@ -65,6 +66,11 @@ def resolve_level(level: Union[str, dict[str, bool]]) -> dict[str, bool]:
     raise TypeError(f"quantize_model: level must be a preset name or a dict, got {type(level).__name__}")
 
 
+# Set by the conversion (convert._convert) while blocks are built: callable(linear) -> (wq, sw) or
+# None, the weight quantizer of each part of a merged linear (None: round to nearest).
+_WEIGHT_QUANTIZER: ContextVar[Optional[Callable[[nn.Module], Any]]] = ContextVar("_WEIGHT_QUANTIZER", default=None)
+
+
 def _merge_linears(op: str, linears: list[nn.Linear], int8: bool) -> nn.Module:
     """One linear over the concatenated output features of `linears` (same input): a W8A8 QLinear,
     or a float nn.Linear when the role stays in float. A missing bias of one part becomes zeros."""
@@ -83,7 +89,14 @@ def _merge_linears(op: str, linears: list[nn.Linear], int8: bool) -> nn.Module:
     merged.bias = nn.Parameter(b, requires_grad=False) if b is not None else None
     if not int8:
         return merged
+    quantizer = _WEIGHT_QUANTIZER.get()
     try:
+        if quantizer is not None:
+            # Each part quantized on its own (per-channel scales: the rows are independent), then
+            # concatenated; the parts share their input, so e.g. GPTQ uses the same Hessian for all.
+            parts = [quantizer(lin) or quantize_weight(lin.weight.detach(), bits=8) for lin in linears]
+            q = (torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0))
+            return QLinear.from_linear(merged, weight_quantizer=lambda _lin: q)
         return QLinear.from_linear(merged)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{op}: {e}") from e

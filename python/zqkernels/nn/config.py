@@ -166,6 +166,7 @@ def quantize_(
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     module_configs: Optional[Mapping[str, Optional[QuantConfig]]] = None,
     progress: bool = False,
+    weight_quantizer: Optional[Callable[[nn.Module], Any]] = None,
 ) -> ConversionSummary:
     """Quantize `model` in place with `config`; returns a ``ConversionSummary``.
 
@@ -184,6 +185,9 @@ def quantize_(
     - A recognised transformer layer is fused only when every Linear in it gets the same
       W8A8Config with fused_blocks=True; otherwise its Linears are converted one by one.
     - progress=True shows a tqdm progress bar over the modules being built (if tqdm is installed).
+    - weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or None,
+      used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
+      a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here.
 
     Configs of schemes without kernels (W8A8GroupConfig, FP8Config, W4A8Config, W4A8FPConfig)
     raise NotImplementedError before anything changes.
@@ -253,7 +257,11 @@ def quantize_(
             return None
         return resolve_level(cfg.level)
 
-    rows = _convert(model, "quantize_", decide_linear, decide_block, progress=progress)
+    if weight_quantizer is not None and not callable(weight_quantizer):
+        raise TypeError(
+            f"quantize_: weight_quantizer must be callable(linear) -> (wq, sw) or None, got {type(weight_quantizer).__name__}"
+        )
+    rows = _convert(model, "quantize_", decide_linear, decide_block, progress=progress, weight_quantizer=weight_quantizer)
     summary = ConversionSummary()
     for r in rows:
         if r["path"] == "float":

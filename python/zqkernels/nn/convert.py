@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
-from .blocks import QuantizedBlock, block_class, resolve_level
+from .blocks import _WEIGHT_QUANTIZER, QuantizedBlock, block_class, resolve_level
 from .linear import QLinear, _handler
 from .linear import is_conv1d as _is_conv1d
 from .linear import linear_from_conv1d as _as_linear
@@ -73,9 +73,11 @@ def _convertible(m: nn.Module) -> bool:
     return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
 
 
-def _convert_one(op: str, name: str, linear: nn.Module, scheme: str) -> QLinear:
+def _convert_one(op: str, name: str, linear: nn.Module, scheme: str, weight_quantizer=None) -> QLinear:
     try:
         lin = _as_linear(linear) if _is_conv1d(linear) else linear
+        if weight_quantizer is not None:
+            return QLinear.from_linear(lin, scheme, weight_quantizer=weight_quantizer)
         return QLinear.from_linear(lin, scheme)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{op}: layer {name!r}: {e}") from e
@@ -87,6 +89,7 @@ def _convert(
     decide_linear: Callable[[str, nn.Module], tuple[bool, str]],
     decide_block: Callable[[str, nn.Module], Optional[dict[str, bool]]],
     progress: bool = False,
+    weight_quantizer: Optional[Callable[[nn.Module], Any]] = None,
 ) -> list[dict[str, Any]]:
     """The conversion machinery shared by quantize_model and quantize_ (model is changed in place).
 
@@ -94,6 +97,8 @@ def _convert(
     look at its Linears one by one. decide_linear(name, linear) -> (True, scheme) to convert a Linear
     / Conv1D slot, or (False, why) to leave it in float (recorded in the report). Every replacement
     is built before the model is changed. Returns (and stores for conversion_report) the report rows.
+    weight_quantizer: optional callable(linear) -> (wq, sw) or None used instead of round-to-nearest
+    for every converted Linear, including the parts of the fused blocks' merged GEMMs (GPTQ).
     """
     report: list[dict[str, Any]] = []
     bar = None
@@ -135,12 +140,15 @@ def _convert(
     blocks: list[tuple[nn.Module, str, str, QuantizedBlock]] = []  # (parent, attr, name, block)
     inside_block: list[str] = []
     for parent, child_name, name, cls, lv in candidates:
+        token = _WEIGHT_QUANTIZER.set(weight_quantizer)
         try:
             blk = cls(parent._modules[child_name], lv)
         except (ValueError, TypeError, AttributeError) as e:
             report.append({"module": name, "path": "per-linear", "why": f"not fused: {e}"})
             tick()
             continue
+        finally:
+            _WEIGHT_QUANTIZER.reset(token)
         blocks.append((parent, child_name, name, blk))
         inside_block.append(name)
         report.append({"module": name, "path": f"fused {cls.__name__}", "why": blk.extra_repr()})
@@ -171,7 +179,7 @@ def _convert(
     for _parent, _attr, linear, scheme in slots:
         key = (id(linear), scheme)
         if key not in done:
-            done[key] = _convert_one(op, names[key], linear, scheme)
+            done[key] = _convert_one(op, names[key], linear, scheme, weight_quantizer)
             kind = "Conv1D" if _is_conv1d(linear) else "Linear"
             report.append({"module": names[key], "path": f"QLinear ({scheme})", "why": f"from {kind}"})
             tick()

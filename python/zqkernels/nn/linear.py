@@ -73,8 +73,10 @@ class W8A8(SchemeHandler):
         m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
         m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
 
-    def load_float(self, m, weight, bias):
-        wq, sw = quantize_weight(weight, bits=8)
+    def load_float(self, m, weight, bias, quantized=None):
+        # quantized: precomputed (wq int8 [N, K], sw float32 [N]) of `weight` (e.g. GPTQ's), checked
+        # by QLinear.from_linear; None rounds to nearest.
+        wq, sw = quantize_weight(weight, bits=8) if quantized is None else quantized
         rows = _padded(m.out_features)
         pad = rows - m.out_features
         if pad:  # zero rows: padded channels compute exactly 0 (see N_ALIGN)
@@ -196,8 +198,15 @@ class QLinear(nn.Module):
         self.register_buffer("lorc_b", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: str = "w8a8") -> "QLinear":
-        """Quantize an nn.Linear with `scheme`; keeps its device."""
+    def from_linear(
+        cls, linear: nn.Linear, scheme: str = "w8a8", *, weight_quantizer: Optional[Any] = None
+    ) -> "QLinear":
+        """Quantize an nn.Linear with `scheme`; keeps its device.
+
+        weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or
+        None, replacing the scheme's round-to-nearest weights (e.g. GPTQ, zqkernels.algorithms);
+        None from it (or no callable) keeps the default.
+        """
         op = "QLinear.from_linear"
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{op}: linear must be an nn.Linear, got {type(linear).__name__}")
@@ -214,7 +223,11 @@ class QLinear(nn.Module):
         has_bias = linear.bias is not None
         # Built on the meta device (no allocation), then given the real buffers.
         mod = cls(linear.in_features, linear.out_features, bias=has_bias, dtype=w.dtype, device="meta", scheme=scheme)
-        mod._handler.load_float(mod, w, linear.bias)
+        q = weight_quantizer(linear) if weight_quantizer is not None else None
+        if q is None:
+            mod._handler.load_float(mod, w, linear.bias)
+        else:
+            mod._handler.load_float(mod, w, linear.bias, quantized=_check_quantized(op, q, w))
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -365,6 +378,27 @@ class QLinear(nn.Module):
             + (f", weight rows padded to {pad}" if pad != self.out_features else "")
             + (f", lorc_rank={self.lorc_rank}" if self.lorc_rank else "")
         )
+
+
+def _check_quantized(op: str, q: Any, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight_quantizer's result: (wq int8 [N, K], sw float32 [N]) on w's device."""
+    N, K = w.shape
+    ok = isinstance(q, tuple) and len(q) == 2 and all(isinstance(t, torch.Tensor) for t in q)
+    if ok:
+        wq, sw = q
+        ok = (
+            wq.dtype == torch.int8 and tuple(wq.shape) == (N, K) and sw.dtype == torch.float32
+            and tuple(sw.shape) == (N,) and wq.device == w.device and sw.device == w.device
+        )
+    if not ok:
+        got = [
+            f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            for t in q
+        ] if isinstance(q, tuple) else type(q).__name__
+        raise TypeError(
+            f"{op}: weight_quantizer must return (wq int8 [{N}, {K}], sw float32 [{N}]) on {w.device}, got {got}"
+        )
+    return wq.contiguous(), sw.contiguous()
 
 
 def is_conv1d(m: nn.Module) -> bool:
