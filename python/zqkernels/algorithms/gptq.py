@@ -72,6 +72,16 @@ def _inverse_hessian_chol(H: torch.Tensor, damp: float, op: str) -> torch.Tensor
     )
 
 
+def _check_options(op: str, block_size: Any, damp: Any, act_order: Any) -> None:
+    """The GPTQ options shared by gptq_quantize_weight and gptq."""
+    if not _is_int(block_size) or block_size <= 0:
+        raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
+        raise ValueError(f"{op}: damp must be a finite number >= 0, got {damp!r}")
+    if not isinstance(act_order, bool):
+        raise TypeError(f"{op}: act_order must be a bool, got {type(act_order).__name__}")
+
+
 def gptq_quantize_weight(
     w: torch.Tensor,
     H: torch.Tensor,
@@ -115,12 +125,7 @@ def gptq_quantize_weight(
         )
     if not _is_int(bits) or not 2 <= bits <= 8:
         raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
-    if not _is_int(block_size) or block_size <= 0:
-        raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
-        raise ValueError(f"{op}: damp must be a finite number >= 0, got {damp!r}")
-    if not isinstance(act_order, bool):
-        raise TypeError(f"{op}: act_order must be a bool, got {type(act_order).__name__}")
+    _check_options(op, block_size, damp, act_order)
     if w.is_meta or H.is_meta:
         raise ValueError(f"{op}: w and H must hold values (not on the meta device)")
     W = w.detach().to(torch.float32).clone()
@@ -243,12 +248,7 @@ def gptq(
             f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or "
             f"tensors), got {type(calib_batches).__name__}"
         )
-    if not _is_int(block_size) or block_size <= 0:
-        raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
-        raise ValueError(f"{op}: damp must be a finite number >= 0, got {damp!r}")
-    if not isinstance(act_order, bool):
-        raise TypeError(f"{op}: act_order must be a bool, got {type(act_order).__name__}")
+    _check_options(op, block_size, damp, act_order)
 
     stats: dict[int, HessianAccumulator] = {}
     handles = []
