@@ -20,29 +20,11 @@ from typing import Any
 import torch
 
 from . import _ext
+from . import nn as _nn
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .algorithms import gptq, gptq_quantize_weight
 from .formats import GemmSpec
-from .nn import (
-    LEVELS,
-    ZEROQUANT_W4_8,
-    ConversionSummary,
-    FP8Config,
-    LoRCReport,
-    QLinear,
-    QuantConfig,
-    W4A8Config,
-    W4A8FPConfig,
-    W8A8Config,
-    W8A8GroupConfig,
-    apply_lorc,
-    conversion_report,
-    load_quantized,
-    lorc,
-    quantize_,
-    quantize_model,
-    save_quantized,
-)
+from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
 from .ops import fused as _fused
 from .ops import (
     gemm_tiles,
@@ -63,26 +45,9 @@ __all__ = [
     "quantize_per_token",
     "quantize_weight",
     *_fused.__all__,
-    "QLinear",
-    "quantize_model",
-    "conversion_report",
-    "save_quantized",
-    "load_quantized",
-    "quantize_",
-    "QuantConfig",
-    "W8A8Config",
-    "W8A8GroupConfig",
-    "FP8Config",
-    "W4A8Config",
-    "W4A8FPConfig",
-    "ZEROQUANT_W4_8",
-    "ConversionSummary",
-    "lorc",
-    "apply_lorc",
-    "LoRCReport",
+    *_nn.__all__,
     "gptq",
     "gptq_quantize_weight",
-    "LEVELS",
     "set_debug_checks",
     "GemmSpec",
 ]

@@ -4,19 +4,10 @@ the torchao-style quantize_ with config objects)."""
 
 from __future__ import annotations
 
+from . import config as _config
 from .blocks import LEVELS, ROLES, QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock
 from .checkpoint import load_quantized, save_quantized
-from .config import (
-    ZEROQUANT_W4_8,
-    ConversionSummary,
-    FP8Config,
-    QuantConfig,
-    W4A8Config,
-    W4A8FPConfig,
-    W8A8Config,
-    W8A8GroupConfig,
-    quantize_,
-)
+from .config import *  # noqa: F403 - quantize_, its config classes and summary (config.__all__)
 from .convert import conversion_report, quantize_model
 from .linear import SCHEMES, QLinear
 from .lorc import LoRCReport, apply_lorc, lorc
@@ -30,15 +21,7 @@ __all__ = [
     "conversion_report",
     "save_quantized",
     "load_quantized",
-    "quantize_",
-    "QuantConfig",
-    "W8A8Config",
-    "W8A8GroupConfig",
-    "FP8Config",
-    "W4A8Config",
-    "W4A8FPConfig",
-    "ZEROQUANT_W4_8",
-    "ConversionSummary",
+    *_config.__all__,
     "SCHEMES",
     "LEVELS",
     "ROLES",
