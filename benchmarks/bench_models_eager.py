@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, write_json  # noqa: E402
+from _common import capture_graph, environment, write_json  # noqa: E402
 
 
 class RMSNorm(nn.Module):
@@ -103,15 +103,7 @@ def graph_ms(fn: Callable[[], Any], rounds: int = 7, calls: int = 20) -> float |
 
 
 def _graph_ms(fn: Callable[[], Any], rounds: int, calls: int) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    g, _ = capture_graph(fn, torch.device("cuda", torch.cuda.current_device()))
     return eager_ms(g.replay, rounds, calls)
 
 
