@@ -6,6 +6,7 @@ post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference
     summary = zqkernels.quantize_(model, zqkernels.W8A8Config())  # torchao-style, with filter_fn=...
     xq, sx = zqkernels.quantize_per_token(x)              # x [M, K] -> int8 [M, K], float32 [M]
     wq, sw = zqkernels.quantize_weight(w)                 # w [N, K] -> int8 [N, K], float32 [N]
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="fp4", group_size=128)  # FP4 E2M1 (docs/FP8.md)
     y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
 
 CUDA tensors run the compiled kernels (``zqkernels._C``); CPU tensors run ``zqkernels.reference``.
@@ -25,8 +26,8 @@ from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
 from .algorithms import gptq, gptq_quantize_weight
 from .formats import GemmSpec
 from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
-from .ops import fused as _fused
 from .ops import (
+    dequantize,
     gemm_tiles,
     int8_gemm,
     quantize_per_token,
@@ -34,6 +35,7 @@ from .ops import (
     resolve_gemm_backend,
     set_debug_checks,
 )
+from .ops import fused as _fused
 from .ops.fused import *  # noqa: F403 - the fused row ops (ops/fused.py __all__)
 
 __version__ = "0.1.0"
@@ -44,6 +46,7 @@ __all__ = [
     "int8_gemm",
     "quantize_per_token",
     "quantize_weight",
+    "dequantize",
     *_fused.__all__,
     *_nn.__all__,
     "gptq",

@@ -4,7 +4,9 @@ kernel (src/cuda/zq_kernels.h; the math is in docs/SCALES.md).
 A ``GemmSpec`` names the activation and weight formats, each operand's scale granularity, the
 scale kind and the epilogue. ``spec.recipe`` maps it to the kernel family that implements it
 (``"int8_rowwise"``: int8 per-token x int8 per-channel, float scales; per-tensor scales are the
-degenerate case of the same family). A spec with no kernel yet raises ``NotImplementedError``
+degenerate case of the same family; ``"fp8_rowwise"``: the same with FP8 E4M3 operands;
+``"w4a8_fp"``: FP8 E4M3 activations x FP4 E2M1 weights with group scales, ``scale_kind`` "pow2" (M1 /
+M2, integer FP4 -> FP8 conversion) or "float" (free ratios), docs/FP8.md). A spec with no kernel yet raises ``NotImplementedError``
 naming what is missing, never a fallback. New formats (FP8, INT4, FP4, group and integer scales)
 add values here and a recipe with its tiles in ``cmake/gemm_tiles.cmake``.
 """
@@ -13,11 +15,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GemmSpec", "QMAX", "ACT_FORMATS", "WEIGHT_FORMATS", "ACTIVATIONS", "OUT_QUANTS", "INT8_ROWWISE"]
+__all__ = [
+    "GemmSpec",
+    "QMAX",
+    "ACT_FORMATS",
+    "WEIGHT_FORMATS",
+    "ACTIVATIONS",
+    "OUT_QUANTS",
+    "INT8_ROWWISE",
+    "FP8_E4M3_MAX",
+    "E2M1_VALUES",
+]
 
 # Largest quantized magnitude per format (symmetric grids; int8 values may still hold -128 when
 # they come from elsewhere, e.g. compressed-tensors checkpoints, and the kernels accept it).
 QMAX = {"int8": 127, "int4": 7, "fp8_e4m3": 448.0, "fp4_e2m1": 6.0}
+
+FP8_E4M3_MAX = 448.0  # largest finite torch.float8_e4m3fn (docs/FP8.md)
+# Magnitudes of the E2M1 codes 0..7 (code 8 + c is the negative of code c; docs/FP8.md).
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 ACT_FORMATS = ("int8", "fp8_e4m3", "bf16", "fp16")
 WEIGHT_FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
@@ -82,10 +98,25 @@ class GemmSpec:
             and self.scale_kind == "float"
         ):
             return "int8_rowwise"  # every activation and out_quant: runtime options of its kernels
+        if (
+            self.act == "fp8_e4m3"
+            and self.weight == "fp8_e4m3"
+            and self.weight_scale in ("channel", "tensor")
+            and self.scale_kind == "float"
+        ):
+            return "fp8_rowwise"
+        if (
+            self.act == "fp8_e4m3"
+            and self.weight == "fp4_e2m1"
+            and self.weight_scale == "group"
+            and self.scale_kind in ("pow2", "float")
+        ):
+            return "w4a8_fp"
         raise NotImplementedError(
-            f"GemmSpec: no kernel implements {self} yet (implemented: int8 activations with token or "
-            "tensor float scales x int8 weights with channel or tensor float scales, any epilogue "
-            "activation, output quantization none or int8_tensor)"
+            f"GemmSpec: no kernel implements {self} yet (implemented: int8 or fp8_e4m3 activations with "
+            "token or tensor float scales x the same format for weights with channel or tensor float "
+            "scales; fp8_e4m3 activations x fp4_e2m1 weights with group scales of kind pow2 or float; any "
+            "epilogue activation, output quantization none or int8_tensor)"
         )
 
 

@@ -6,11 +6,12 @@ from . import fused
 from ._common import has_row_layout, set_debug_checks
 from .fused import *  # noqa: F403 - the fused row ops, listed once in fused.__all__
 from .gemm import BACKENDS, INT8_MAX_K, gemm_tiles, int8_gemm, resolve_gemm_backend
-from .quantize import quantize_per_token, quantize_weight
+from .quantize import dequantize, quantize_per_token, quantize_weight
 
 __all__ = [
     "quantize_per_token",
     "quantize_weight",
+    "dequantize",
     "int8_gemm",
     *fused.__all__,
     "resolve_gemm_backend",

@@ -1,21 +1,51 @@
-"""Quantization ops: ``quantize_per_token`` (kernel: src/cuda/quantize.cu) and ``quantize_weight``.
+"""Quantization ops: ``quantize_per_token`` (kernel: src/cuda/quantize.cu), ``quantize_weight`` and
+``dequantize``.
 
 ``quantize_per_token`` is the ``torch.library`` custom op ``zqkernels::quantize_per_token`` with a
 fake implementation (torch.compile, export, opcheck); eager calls on plain tensors take the direct
-path (``_common.eager``). CPU tensors run ``zqkernels.reference``; CUDA tensors the kernel.
+path (``_common.eager``). CPU tensors run ``zqkernels.reference``; CUDA tensors the kernel. It
+quantizes to INT8 (default) or FP8 E4M3 (docs/FP8.md). Weights are quantized offline with torch
+ops on their device: INT8 / INT4 / FP8 per channel, FP4 E2M1 with ZeroQuant-FP group scales.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import torch
 
 from .. import _ext
-from ..reference.quantize import quantize_per_token_ref, quantize_weight_ref
+from ..reference.quantize import (
+    FP4_EXP_MAX,
+    FP4_EXP_MIN,
+    FP4_POLICIES,
+    e2m1_decode,
+    expand_groups,
+    fp4_to_fp8_float_ref,
+    pack_fp4,
+    quantize_fp4_ref,
+    quantize_per_token_fp8_ref,
+    quantize_per_token_ref,
+    quantize_weight_fp8_ref,
+    quantize_weight_ref,
+    unpack_fp4,
+)
 from . import _common as c
 
-__all__ = ["quantize_per_token", "quantize_weight"]
+__all__ = ["quantize_per_token", "quantize_weight", "dequantize"]
 
 _cuda_ready: set[int] = set()  # device indices that passed require_cuda_kernels
+
+_I8 = torch.int8
+_F8 = torch.float8_e4m3fn
+_OUT_FMT = {_I8: 0, _F8: 1}  # out_fmt of _C.quantize_per_token
+
+
+def _check_out_dtype(dtype: object) -> None:
+    if dtype not in _OUT_FMT:
+        raise TypeError(
+            f"quantize_per_token: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}"
+        )
 
 
 def _check_quantize_args(x: torch.Tensor) -> None:
@@ -32,104 +62,277 @@ def _check_quantize_args(x: torch.Tensor) -> None:
     c.check_int32_sizes(op, M=M, K=K)
 
 
-def _quantize_cuda(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch on CUDA; x already checked (2-D, row layout, supported dtype)."""
+def _quantize_cuda(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch on CUDA; x already checked (2-D, row layout, supported dtype), dtype int8 or fp8."""
     idx = x.get_device()
     if idx not in _cuda_ready:
         c.require_cuda_kernels("quantize_per_token", x.device)
         _cuda_ready.add(idx)
     M, K = x.shape
-    xq = x.new_empty((M, K), dtype=torch.int8)
+    xq = x.new_empty((M, K), dtype=dtype)
     sx = x.new_empty((M,), dtype=torch.float32)
     if M == 0:
         return xq, sx
     if K == 0:  # max over an empty row is 0: scale 0, as for an all-zero row
         return xq, sx.zero_()
-    _ext._C.quantize_per_token(
-        x.data_ptr(), c.DTYPE_CODE[x.dtype], x.stride(0), xq.data_ptr(), sx.data_ptr(), M, K, idx,
-        c.current_stream(idx),
-    )
+    if dtype is _I8:  # the int8 call stays as it was (out_fmt defaults to 0)
+        _ext._C.quantize_per_token(
+            x.data_ptr(), c.DTYPE_CODE[x.dtype], x.stride(0), xq.data_ptr(), sx.data_ptr(), M, K, idx,
+            c.current_stream(idx),
+        )
+    else:
+        _ext._C.quantize_per_token(
+            x.data_ptr(), c.DTYPE_CODE[x.dtype], x.stride(0), xq.data_ptr(), sx.data_ptr(), M, K, idx,
+            c.current_stream(idx), _OUT_FMT[dtype],
+        )
     return xq, sx
 
 
 _CODES = c.DTYPE_CODE
 
 
-def _quantize_impl(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_impl(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch.Tensor, torch.Tensor]:
+    """dtype already checked (int8 or float8_e4m3fn)."""
     if x.is_cuda and x.dtype in _CODES and x.dim() == 2 and c.has_row_layout(x):
         # The common call in a few reads; anything unusual takes the full checks (precise errors).
         M, K = x.shape
         if M <= c.INT32_MAX and K <= c.INT32_MAX:
-            return _quantize_cuda(x)
+            return _quantize_cuda(x, dtype)
     _check_quantize_args(x)
     if x.is_cuda:
-        return _quantize_cuda(x)
+        return _quantize_cuda(x, dtype)
     if x.is_meta:  # shape inference only
         M, K = x.shape
-        return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
+        return x.new_empty((M, K), dtype=dtype), x.new_empty((M,), dtype=torch.float32)
     if x.device.type != "cpu":
         c.require_cuda_kernels("quantize_per_token", x.device)  # raises: names the device type
-    return quantize_per_token_ref(x)
+    return quantize_per_token_ref(x) if dtype is _I8 else quantize_per_token_fp8_ref(x)
 
 
-@torch.library.custom_op("zqkernels::quantize_per_token", mutates_args=(), schema="(Tensor x) -> (Tensor, Tensor)")
-def _quantize_per_token_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _quantize_impl(x)
+# dtype has a default so that the int8 calls (and graphs traced before FP8 existed) keep their form.
+@torch.library.custom_op(
+    "zqkernels::quantize_per_token",
+    mutates_args=(),
+    schema="(Tensor x, ScalarType dtype=int8) -> (Tensor, Tensor)",
+)
+def _quantize_per_token_op(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_out_dtype(dtype)
+    return _quantize_impl(x, dtype)
 
 
 @_quantize_per_token_op.register_fake
-def _quantize_per_token_fake(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_per_token_fake(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_out_dtype(dtype)
     _check_quantize_args(x)
     if x.device.type not in ("cpu", "meta"):
         c.require_cuda_kernels("quantize_per_token", x.device)
     M, K = x.shape
-    return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
+    return x.new_empty((M, K), dtype=dtype), x.new_empty((M,), dtype=torch.float32)
 
 
 _op = torch.ops.zqkernels.quantize_per_token.default
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-wise symmetric INT8 quantization: x [M, K] -> (xq int8 [M, K], sx float32 [M]).
+def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-wise symmetric quantization: x [M, K] -> (xq [M, K] of ``dtype``, sx float32 [M]).
 
-    ``sx = amax / 127`` and ``xq = clamp(rint(x * (127 / amax)), -127, 127)`` per row, in fp32
-    (docs/SCALES.md); an all-zero row gives sx = 0, xq = 0; rows with amax < 2^-64 are scaled by
+    dtype=torch.int8 (default): ``sx = amax / 127`` and ``xq = clamp(rint(x * (127 / amax)), -127,
+    127)`` per row, in fp32 (docs/SCALES.md). dtype=torch.float8_e4m3fn: ``sx = amax / 448`` and
+    ``xq = fp8(x * (448 / amax))``, the fp32 product rounded to nearest even and saturated to +-448
+    (docs/FP8.md). Both: an all-zero row gives sx = 0, xq = 0; rows with amax < 2^-64 are scaled by
     2^64 first (exact), so tiny rows quantize like any other. x is bf16, fp16 or fp32; its rows may
     be strided but K must have unit stride. CPU tensors run the reference, CUDA tensors the kernel.
     A NaN/Inf in a row gives a NaN/Inf sx for that row (see ``set_debug_checks``).
     """
     if c._debug_checks:
         c.check_finite("quantize_per_token", "x", x)
+    if dtype is _I8:  # the hot path: nothing else to check
+        if c.eager(x):
+            return _quantize_impl(x)  # eager: no custom-op dispatch (ops/_common.py)
+        return _op(x)
+    _check_out_dtype(dtype)
     if c.eager(x):
-        return _quantize_impl(x)  # eager: no custom-op dispatch (ops/_common.py)
-    return _op(x)
+        return _quantize_impl(x, dtype)
+    return _op(x, dtype)
 
 
-def quantize_weight(w: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel-wise symmetric quantization of a weight [N, K] -> (wq int8 [N, K], sw float32 [N]).
+# quantize_weight's formats: fmt -> the bits it implies (None: the fmt takes no bits).
+_WEIGHT_FMTS = {"int8": 8, "int4": 4, "fp8": 8, "fp4": 4}
+_FP4_GROUP_SIZES = (32, 64, 128)
 
-    bits=8 gives values in [-127, 127]; bits=4 gives [-7, 7] in an int8 container. Weights are
-    quantized once, offline: this runs the reference math with torch ops on w's device, and it
-    always checks that w is finite (a sync; a NaN would poison a whole output channel). The results
-    are constants: no gradient flows back to w.
-    """
-    op = "quantize_weight"
+
+def _check_weight(op: str, w: object) -> None:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{op}: w must be a torch.Tensor [N, K], got {type(w).__name__}")
     if not w.is_floating_point():
         raise TypeError(f"{op}: w must be a floating-point tensor [N, K], got {c.desc(w)}")
     if w.dim() != 2:
         raise ValueError(f"{op}: w must be 2-D [N, K] (nn.Linear.weight layout), got {c.desc(w)}")
-    if bits not in (8, 4):
-        raise ValueError(f"{op}: bits must be 8 or 4, got {bits!r}")
-    wq, sw = quantize_weight_ref(w.detach(), bits)  # constants: no gradient flows to w
-    # A NaN/Inf anywhere in a row makes that row's scale NaN/Inf: checking the N scales is
-    # checking the N*K weights.
-    bad = ~torch.isfinite(sw)
+
+
+def _check_finite_rows(op: str, w: torch.Tensor) -> None:
+    """Raise naming the rows of w holding NaN/Inf (a sync; offline only)."""
+    bad = ~torch.isfinite(w).all(dim=1) if w.shape[1] > 0 else w.new_zeros(w.shape[0], dtype=torch.bool)
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
         raise ValueError(
             f"{op}: w has NaN/Inf values in {len(rows)} rows (output channels {rows[:8]}"
             f"{' ...' if len(rows) > 8 else ''}); a quantized channel would be NaN"
         )
-    return wq, sw
+
+
+def _resolve_fmt(op: str, bits: Optional[int], fmt: Optional[str]) -> str:
+    if bits is not None and bits not in (8, 4):
+        raise ValueError(f"{op}: bits must be 8 or 4, got {bits!r}")
+    if fmt is None:
+        return "int4" if bits == 4 else "int8"
+    if fmt not in _WEIGHT_FMTS:
+        raise ValueError(f"{op}: fmt must be one of {tuple(_WEIGHT_FMTS)} (or None: int by bits), got {fmt!r}")
+    if bits is not None and bits != _WEIGHT_FMTS[fmt]:
+        raise ValueError(
+            f"{op}: bits={bits} contradicts fmt={fmt!r} ({_WEIGHT_FMTS[fmt]} bits); pass fmt alone"
+        )
+    return fmt
+
+
+def _check_fp4_shape(op: str, N: int, K: int, group_size: Optional[int]) -> int:
+    """The group size (g = K for per channel) after checking it and the m16k64 layout's shape rules."""
+    if group_size is not None and (isinstance(group_size, bool) or group_size not in _FP4_GROUP_SIZES):
+        raise ValueError(
+            f"{op}: group_size must be one of {_FP4_GROUP_SIZES} or None (one group per row), got {group_size!r}"
+        )
+    if K == 0:
+        raise ValueError(f"{op}: fmt='fp4' needs K > 0 (a group scale per row), got w with K == 0")
+    g = K if group_size is None else group_size
+    if K % g != 0:
+        raise ValueError(
+            f"{op}: group_size {g} must divide K == {K} (K % {g} == {K % g}); pad K with zero weights "
+            f"to a multiple of {g} or choose another group_size"
+        )
+    if N % 16 != 0:
+        raise ValueError(
+            f"{op}: fmt='fp4' (packed layout m16k64) needs N % 16 == 0, got N == {N}; pad w with "
+            f"{-N % 16} zero rows (output channels)"
+        )
+    if K % 64 != 0:
+        raise ValueError(
+            f"{op}: fmt='fp4' (packed layout m16k64) needs K % 64 == 0, got K == {K}; pad w with "
+            f"{-K % 64} zero columns (and x with as many zeros)"
+        )
+    return g
+
+
+def quantize_weight(
+    w: torch.Tensor,
+    bits: Optional[int] = None,
+    *,
+    fmt: Optional[str] = None,
+    group_size: Optional[int] = None,
+    scale: Optional[str] = None,
+) -> Union[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Quantize a weight [N, K] offline, per channel or (FP4) per group.
+
+    - fmt None / "int8" / "int4" (bits 8 (default) or 4): symmetric integer, one scale per row ->
+      (wq int8 [N, K], sw float32 [N]), values in [-127, 127] or [-7, 7] (int8 container).
+    - fmt="fp8": FP8 E4M3 per channel -> (wq float8_e4m3fn [N, K], sw float32 [N]), the math of
+      ``quantize_per_token(..., torch.float8_e4m3fn)`` on the rows (docs/FP8.md).
+    - fmt="fp4": FP4 E2M1 with ZeroQuant-FP group scales -> (wq uint8 [N, K // 2] packed in layout
+      m16k64, sw float32 [N], sg): group_size 32, 64, 128 or None (per channel, g = K), scale
+      "m2" (default), "m1" (power-of-two ratios, sg int8 exponents in [-5, 0]) or "free" (sg
+      float32 ratios in (0, 1]). Needs N % 16 == 0 and K % 64 == 0 (the packed layout).
+
+    bits is the old way to say int8 / int4; with fmt it may only repeat fmt's width. group_size
+    and scale belong to fmt="fp4" only. This runs the reference math with torch ops on w's device
+    and always checks that w is finite (a sync; a NaN would poison a whole output channel). The
+    results are constants: no gradient flows back to w.
+    """
+    op = "quantize_weight"
+    _check_weight(op, w)
+    fmt = _resolve_fmt(op, bits, fmt)
+    if fmt != "fp4" and (group_size is not None or scale is not None):
+        raise ValueError(
+            f"{op}: group_size and scale apply to fmt='fp4' only, got fmt={fmt!r} with "
+            f"group_size={group_size!r}, scale={scale!r}"
+        )
+    if fmt == "fp4":
+        policy = "m2" if scale is None else scale
+        if policy not in FP4_POLICIES:
+            raise ValueError(f"{op}: scale must be one of {FP4_POLICIES} (fmt='fp4'), got {scale!r}")
+        N, K = w.shape
+        g = _check_fp4_shape(op, N, K, group_size)
+    _check_finite_rows(op, w)
+    w = w.detach()  # constants: no gradient flows to w
+    if fmt == "fp8":
+        return quantize_weight_fp8_ref(w)
+    if fmt == "fp4":
+        codes, sw, sg = quantize_fp4_ref(w, g, policy)
+        return pack_fp4(codes), sw, sg
+    return quantize_weight_ref(w, _WEIGHT_FMTS[fmt])
+
+
+def dequantize(
+    wq: torch.Tensor,
+    sw: torch.Tensor,
+    sg: Optional[torch.Tensor] = None,
+    *,
+    fmt: str,
+    group_size: Optional[int] = None,
+    shape: Optional[tuple[int, int]] = None,
+) -> torch.Tensor:
+    """The float32 weight [N, K] a quantized weight stands for: ``sw[n] * value(wq)[n, k]``.
+
+    fmt "int8" / "int4" (wq int8 [N, K]) and "fp8" (float8_e4m3fn [N, K]): ``wq * sw[n]``. fmt
+    "fp4": wq uint8 [N, K // 2] in layout m16k64, sg the group exponents (int8) or ratios (float32)
+    [N, K // g]; the value is the FP8 weight the W4A8-FP kernel multiplies, ``e2m1 * 2^e`` (exact)
+    or ``fp8(e2m1 * r)`` (free: rounded as the kernel rounds), so dequantize + a float GEMM is the
+    kernel's math. group_size (fp4) is inferred from sg when None; shape, when given, is checked
+    against the [N, K] the arguments imply. sw has N values (or one: per tensor).
+    """
+    op = "dequantize"
+    if fmt not in _WEIGHT_FMTS:
+        raise ValueError(f"{op}: fmt must be one of {tuple(_WEIGHT_FMTS)}, got {fmt!r}")
+    if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
+        got = c.desc(wq) if isinstance(wq, torch.Tensor) else type(wq).__name__
+        raise ValueError(f"{op}: wq must be a 2-D tensor, got {got}")
+    want = {"int8": torch.int8, "int4": torch.int8, "fp8": _F8, "fp4": torch.uint8}[fmt]
+    if wq.dtype != want:
+        raise TypeError(f"{op}: wq must be {c.dtype_name(want)} for fmt={fmt!r}, got {c.desc(wq)}")
+    N = wq.shape[0]
+    K = 2 * wq.shape[1] if fmt == "fp4" else wq.shape[1]
+    if shape is not None and tuple(shape) != (N, K):
+        raise ValueError(f"{op}: shape {tuple(shape)} does not match wq {c.desc(wq)} for fmt={fmt!r} ([{N}, {K}])")
+    if not isinstance(sw, torch.Tensor) or sw.dtype != torch.float32 or sw.numel() not in (N, 1):
+        got = c.desc(sw) if isinstance(sw, torch.Tensor) else type(sw).__name__
+        raise ValueError(f"{op}: sw must be float32 with N == {N} values (or 1), got {got}")
+    swc = sw.reshape(-1, 1)
+    if fmt != "fp4":
+        if sg is not None:
+            raise ValueError(f"{op}: sg applies to fmt='fp4' only, got sg with fmt={fmt!r}")
+        return wq.float() * swc
+    if not isinstance(sg, torch.Tensor):
+        raise ValueError(f"{op}: fmt='fp4' needs sg (group exponents or ratios [N, K // g]), got {sg!r}")
+    if sg.dtype not in (torch.int8, torch.float32):
+        raise TypeError(f"{op}: sg must be int8 (m1 / m2 exponents) or float32 (free ratios), got {c.desc(sg)}")
+    if group_size is None:  # infer g from sg [N, K // g]
+        if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
+            raise ValueError(
+                f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K} (G = K // group_size), "
+                f"got {c.desc(sg)}"
+            )
+        group_size = K // sg.shape[1]
+        if group_size == K:
+            group_size = None
+    g = _check_fp4_shape(op, N, K, group_size)
+    if tuple(sg.shape) != (N, K // g):
+        raise ValueError(f"{op}: sg must be [N, K // group_size] == [{N}, {K // g}] (group_size {g}), got {c.desc(sg)}")
+    if sg.dtype == torch.int8 and sg.numel() and not bool(((sg >= FP4_EXP_MIN) & (sg <= FP4_EXP_MAX)).all()):
+        raise ValueError(
+            f"{op}: sg (int8 exponents) must lie in [{FP4_EXP_MIN}, {FP4_EXP_MAX}], got values in "
+            f"[{int(sg.min())}, {int(sg.max())}]"
+        )
+    codes = unpack_fp4(wq, N, K)
+    if sg.dtype == torch.int8:
+        v = torch.ldexp(e2m1_decode(codes), expand_groups(sg, K).to(torch.int32))  # exact
+    else:
+        v = fp4_to_fp8_float_ref(codes, sg).float()
+    return v * swc

@@ -9,7 +9,39 @@ mirroring ``zqkernels.ops``.
 from __future__ import annotations
 
 from .fused import row_quant_ref
-from .gemm import int8_gemm_ref
-from .quantize import QMAX, quantize_per_token_ref, quantize_weight_ref
+from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref
+from .quantize import (
+    QMAX,
+    e2m1_decode,
+    e2m1_encode,
+    fp4_lut_convert_model,
+    fp4_to_fp8_float_ref,
+    fp4_to_fp8_ref,
+    pack_fp4,
+    quantize_fp4_ref,
+    quantize_per_token_fp8_ref,
+    quantize_per_token_ref,
+    quantize_weight_fp8_ref,
+    quantize_weight_ref,
+    unpack_fp4,
+)
 
-__all__ = ["quantize_per_token_ref", "quantize_weight_ref", "int8_gemm_ref", "row_quant_ref", "QMAX"]
+__all__ = [
+    "quantize_per_token_ref",
+    "quantize_weight_ref",
+    "quantize_per_token_fp8_ref",
+    "quantize_weight_fp8_ref",
+    "quantize_fp4_ref",
+    "e2m1_encode",
+    "e2m1_decode",
+    "pack_fp4",
+    "unpack_fp4",
+    "fp4_to_fp8_ref",
+    "fp4_to_fp8_float_ref",
+    "fp4_lut_convert_model",
+    "int8_gemm_ref",
+    "fp8_gemm_ref",
+    "w4a8_fp_gemm_ref",
+    "row_quant_ref",
+    "QMAX",
+]

@@ -1,4 +1,11 @@
-"""Reference of the GEMM kernels (src/cuda/*_gemm_*.cuh)."""
+"""Reference of the GEMM kernels (src/cuda/*_gemm_*.cuh).
+
+Every reference decodes its operands to the exact values the kernel multiplies, sums the products
+in float64 and applies scales, bias and activation in float64 (``_scaled_gemm``), so the only
+rounding is the final cast. The sums are exact: int8 products are integers below 2^14, and FP8
+E4M3 products (also FP8 x FP4-as-FP8) are multiples of 2^-18 below 2^18, so float64 holds every
+partial sum exactly while K < 2^17.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ["int8_gemm_ref", "ACTIVATIONS"]
+from .quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4
+
+__all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "ACTIVATIONS"]
 
 
 # The epilogue activations in float64, in forms without cancellation (docs/SCALES.md). The textbook
@@ -38,6 +47,32 @@ def _silu(v: torch.Tensor) -> torch.Tensor:
 ACTIVATIONS = {"none": lambda v: v, "gelu": _gelu, "gelu_tanh": _gelu_tanh, "silu": _silu}
 
 
+def _check_activation(op: str, activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+
+
+def _scaled_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    activation: str,
+) -> torch.Tensor:
+    """act(sx[m] * sw[n] * sum_k a[m, k] * b[n, k] (+ bias[n])) in float64, before the final rounding.
+
+    a, b hold the exact operand values (int8, float8 or float32 tensors); sx, sw have M / N elements
+    or one (per tensor)."""
+    acc = a.double() @ b.double().t()
+    sxd = sx.double().reshape(-1)
+    swd = sw.double().reshape(-1)
+    y = acc * (sxd[:, None] * swd[None, :])
+    if bias is not None:
+        y = y + bias.double()
+    return ACTIVATIONS[activation](y)
+
+
 def int8_gemm_ref(
     xq: torch.Tensor,
     wq: torch.Tensor,
@@ -60,23 +95,81 @@ def int8_gemm_ref(
     float32 the kernels receive): q = clamp(rint(y / out_scale), -127, 127), round half to even,
     NaN -> 0 (as the kernels' float-to-int conversion), +-inf -> +-127.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"int8_gemm_ref: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    _check_activation("int8_gemm_ref", activation)
     if (out_dtype == torch.int8) != (out_scale is not None):
         raise ValueError(
             f"int8_gemm_ref: out_scale goes with out_dtype=torch.int8 and only there, got "
             f"out_dtype={out_dtype}, out_scale={out_scale!r}"
         )
-    acc = xq.double() @ wq.double().t()
-    sxd = sx.double().reshape(-1)
-    swd = sw.double().reshape(-1)
-    y = acc * (sxd[:, None] * swd[None, :])
-    if bias is not None:
-        y = y + bias.double()
-    y = ACTIVATIONS[activation](y)
+    y = _scaled_gemm(xq, wq, sx, sw, bias, activation)
     if out_dtype != torch.int8:
         return y.to(out_dtype)
     s = float(torch.tensor(out_scale, dtype=torch.float32))  # the kernels' float32 scale
     q = torch.round(y / s)  # half to even
     q = torch.nan_to_num(q, nan=0.0).clamp(-127, 127)  # +-inf clamps to +-127
     return q.to(torch.int8)
+
+
+def fp8_gemm_ref(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+) -> torch.Tensor:
+    """FP8 E4M3 x FP8 E4M3: y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n])).
+
+    xq float8_e4m3fn [M, K], wq float8_e4m3fn [N, K] (decoded exactly); sx [M] or one value, sw [N]
+    or one value. Sums, scales, bias and activation in float64; one rounding to out_dtype.
+    """
+    op = "fp8_gemm_ref"
+    _check_activation(op, activation)
+    for name, t in (("xq", xq), ("wq", wq)):
+        if t.dtype != torch.float8_e4m3fn:
+            raise TypeError(f"{op}: {name} must be float8_e4m3fn, got {t.dtype}")
+    return _scaled_gemm(xq, wq, sx, sw, bias, activation).to(out_dtype)
+
+
+def w4a8_fp_gemm_ref(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    sx: torch.Tensor,
+    group_size: int,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+) -> torch.Tensor:
+    """FP8 E4M3 activations x FP4 E2M1 weights with group scales (ZeroQuant-FP W4A8, docs/FP8.md).
+
+    xq float8_e4m3fn [M, K]; wq uint8 [N, K // 2] packed in layout m16k64 (``pack_fp4``); sw float32
+    [N]; sg the group ratios [N, K // group_size]: int8 exponents (power-of-two policies m1 / m2,
+    weights ``fp8(e2m1 * 2^e)``, exact) or float32 ratios (policy free, weights
+    ``fp8(float32(e2m1) * r)``, rounded as the kernel rounds); sx [M] or one value. The weights are
+    decoded to exactly the FP8 values the kernel multiplies, then the float64 GEMM of fp8_gemm_ref:
+    ``y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * w8[n, k] (+ bias[n]))``, one final rounding.
+    """
+    op = "w4a8_fp_gemm_ref"
+    _check_activation(op, activation)
+    if xq.dtype != torch.float8_e4m3fn or xq.dim() != 2:
+        raise TypeError(f"{op}: xq must be float8_e4m3fn [M, K], got {xq.dtype} {list(xq.shape)}")
+    K = xq.shape[1]
+    N = wq.shape[0]
+    if sg.dim() != 2 or group_size <= 0 or K % group_size != 0 or tuple(sg.shape) != (N, K // group_size):
+        raise ValueError(
+            f"{op}: sg must be [N, K // group_size] == [{N}, {K // group_size if group_size > 0 else '?'}] "
+            f"(K == {K}, group_size == {group_size}), got {list(sg.shape)}"
+        )
+    codes = unpack_fp4(wq, N, K)
+    if sg.dtype == torch.int8:
+        w8 = fp4_to_fp8_ref(codes, sg)
+    elif sg.dtype == torch.float32:
+        w8 = fp4_to_fp8_float_ref(codes, sg)
+    else:
+        raise TypeError(f"{op}: sg must be int8 (exponents, m1 / m2) or float32 (ratios, free), got {sg.dtype}")
+    return _scaled_gemm(xq, w8, sx, sw, bias, activation).to(out_dtype)
