@@ -253,10 +253,10 @@ def expand_groups(t: torch.Tensor, K: int) -> torch.Tensor:
     return t.repeat_interleave(K // t.shape[1], dim=1)
 
 
-# The m16k64 layout (docs/FP8.md): n = 16 nt + 8 hi + r, k = 64 kc + 32 s + 16 q + 4 t + j; a code's
+# The m16k64 layout (docs/FP8.md): n = 16 nt + 8 hi + r, k = 64 kc + 16 t + 8 s + 4 q + j; a code's
 # nibble index in the flat stream is (((nt K/64 + kc) 8 + r) 4 + t) 32 + 8 (2 s + q) + 4 hi + j,
 # i.e. the index of the axes (nt, kc, r, t, s, q, hi, j) in row-major order.
-_PACK_AXES = (0, 3, 2, 6, 4, 5, 1, 7)  # from codes.reshape(NT, hi, r, KC, s, q, t, j)
+_PACK_AXES = (0, 3, 2, 4, 5, 6, 1, 7)  # from codes.reshape(NT, hi, r, KC, t, s, q, j)
 
 
 def _check_packable(op: str, N: int, K: int) -> None:
@@ -277,7 +277,7 @@ def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{op}: codes must be uint8 [N, K] (values 0..15), got {codes.dtype} {list(codes.shape)}")
     N, K = codes.shape
     _check_packable(op, N, K)
-    v = codes.reshape(N // 16, 2, 8, K // 64, 2, 2, 4, 4).permute(*_PACK_AXES).reshape(-1, 2)
+    v = codes.reshape(N // 16, 2, 8, K // 64, 4, 2, 2, 4).permute(*_PACK_AXES).reshape(-1, 2)
     packed = (v[:, 0] & 0xF) | ((v[:, 1] & 0xF) << 4)  # even nibble low, odd nibble high
     return packed.reshape(N, K // 2).contiguous()
 
