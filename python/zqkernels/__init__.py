@@ -28,12 +28,15 @@ from .formats import GemmSpec
 from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
 from .ops import (
     dequantize,
+    fp4_to_fp8,
+    fp8_gemm,
     gemm_tiles,
     int8_gemm,
     quantize_per_token,
     quantize_weight,
     resolve_gemm_backend,
     set_debug_checks,
+    w4a8_fp_gemm,
 )
 from .ops import fused as _fused
 from .ops.fused import *  # noqa: F403 - the fused row ops (ops/fused.py __all__)
@@ -44,6 +47,9 @@ __all__ = [
     "__version__",
     "info",
     "int8_gemm",
+    "fp8_gemm",
+    "w4a8_fp_gemm",
+    "fp4_to_fp8",
     "quantize_per_token",
     "quantize_weight",
     "dequantize",

@@ -16,8 +16,9 @@ void bind_quantize(nb::module_& m) {
   m.def(
       "quantize_per_token",
       [](uintptr_t x, int x_dtype, int64_t x_row_stride, uintptr_t xq, uintptr_t sx, int M, int K, int device,
-         uintptr_t stream) {
+         uintptr_t stream, int out_fmt) {
         const char* op = "quantize_per_token";
+        if (out_fmt != 0 && out_fmt != 1) fail(op, "out_fmt must be 0 (int8) or 1 (fp8 e4m3), got " + std::to_string(out_fmt));
         if (x_dtype < 0 || x_dtype > 2) {
           fail(op, "x_dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(x_dtype));
         }
@@ -29,20 +30,23 @@ void bind_quantize(nb::module_& m) {
         check_ptr(op, "xq", xq, 1);
         check_ptr(op, "sx", sx, 4);
         DeviceGuard guard(device);
-        const std::string err = zq::quantize_per_token_int8(
-            reinterpret_cast<const void*>(x), static_cast<zq::DType>(x_dtype), x_row_stride,
-            reinterpret_cast<int8_t*>(xq), reinterpret_cast<float*>(sx), M, K, reinterpret_cast<cudaStream_t>(stream));
+        const std::string err = zq::quantize_per_token(
+            reinterpret_cast<const void*>(x), static_cast<zq::DType>(x_dtype), x_row_stride, reinterpret_cast<void*>(xq),
+            out_fmt == 1 ? zq::DType::kFP8E4M3 : zq::DType::kInt8, reinterpret_cast<float*>(sx), M, K,
+            reinterpret_cast<cudaStream_t>(stream));
         if (!err.empty()) fail(op, err);
       },
       nb::arg("x"), nb::arg("x_dtype"), nb::arg("x_row_stride"), nb::arg("xq"), nb::arg("sx"), nb::arg("M"),
-      nb::arg("K"), nb::arg("device"), nb::arg("stream"));
+      nb::arg("K"), nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0,
+      "Token-wise quantization of x into xq: out_fmt 0 = int8 (sx = amax / 127), 1 = fp8 e4m3 (amax / 448).");
 
   m.def(
       "row_quant",
       [](int op, int dtype, uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
          uintptr_t residual_out, int64_t residual_out_stride, int residual_mode, uintptr_t weight, uintptr_t bias,
-         float eps, uintptr_t xq, uintptr_t sx, int M, int K, int device, uintptr_t stream) {
+         float eps, uintptr_t xq, uintptr_t sx, int M, int K, int device, uintptr_t stream, int out_fmt) {
         const char* name = "row_quant";
+        if (out_fmt != 0 && out_fmt != 1) fail(name, "out_fmt must be 0 (int8) or 1 (fp8 e4m3), got " + std::to_string(out_fmt));
         if (op < 0 || op > 5) fail(name, "op code must be 0..5, got " + std::to_string(op));
         if (dtype < 0 || dtype > 2) fail(name, "dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32)");
         if (residual_mode < 0 || residual_mode > 2) fail(name, "residual_mode must be 0, 1 or 2");
@@ -72,6 +76,7 @@ void bind_quantize(nb::module_& m) {
         a.bias = reinterpret_cast<const float*>(bias);
         a.eps = eps;
         a.xq = reinterpret_cast<int8_t*>(xq);
+        a.out = out_fmt == 1 ? zq::DType::kFP8E4M3 : zq::DType::kInt8;
         a.sx = reinterpret_cast<float*>(sx);
         a.M = M;
         a.K = K;
@@ -83,8 +88,9 @@ void bind_quantize(nb::module_& m) {
       nb::arg("op"), nb::arg("dtype"), nb::arg("x"), nb::arg("x_stride"), nb::arg("residual"),
       nb::arg("residual_stride"), nb::arg("residual_out"), nb::arg("residual_out_stride"), nb::arg("residual_mode"),
       nb::arg("weight"), nb::arg("bias"), nb::arg("eps"), nb::arg("xq"), nb::arg("sx"), nb::arg("M"), nb::arg("K"),
-      nb::arg("device"), nb::arg("stream"),
-      "A row op fused with token-wise INT8 quantization (zq::row_quant; python/zqkernels/ops/fused.py).");
+      nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0,
+      "A row op fused with token-wise INT8 (out_fmt 0) or FP8 e4m3 (1) quantization (zq::row_quant;\n"
+      "python/zqkernels/ops/fused.py).");
 
   m.def(
       "_debug_set_quantize_threads",

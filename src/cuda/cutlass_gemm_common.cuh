@@ -15,12 +15,12 @@
 
 namespace zq {
 
-// can_implement of an int8 x int8 family: the shared argument checks, then CUTLASS's own.
-// G: one instantiation of the family, with `Gemm` (a CUTLASS device adapter) and a static
-// make_arguments(const GemmArgs&).
+// can_implement of an 8-bit x 8-bit family: the shared argument checks, then CUTLASS's own.
+// G: one instantiation of the family, with `Gemm` (a CUTLASS device adapter), kMaxK (the
+// recipe's bound on K) and a static make_arguments(const GemmArgs&).
 template <class G>
-std::string int8_cutlass_can_implement(const GemmArgs& a) {
-  std::string err = check_int8_gemm_args(a);
+std::string cutlass_can_implement(const GemmArgs& a) {
+  std::string err = check_gemm_args(a, G::kMaxK);
   if (!err.empty()) return err;
   const cutlass::Status st = G::Gemm::can_implement(G::make_arguments(a));
   if (st != cutlass::Status::kSuccess) {

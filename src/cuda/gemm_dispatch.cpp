@@ -112,6 +112,11 @@ constexpr Table kTables[] = {
     table("sm90", "int8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
     table("sm90", "int8_rowwise", OutClass::kFP32, kSm90Int8Rowwise32),
     table("sm90", "int8_rowwise", OutClass::kInt8, kSm90Int8Rowwise8),
+    // FP8 (both accumulation modes): the int8 table's rules for now. Same bytes per element and
+    // the same wgmma tile shapes; the accurate mode's promotion adds mainloop work, so its best
+    // tiles may differ: benchmarks/bench_fp8.py measures the table, docs/FP8.md has the numbers.
+    table("sm90", "fp8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
+    table("sm90", "fp8_rowwise_fastacc", OutClass::k16, kSm90Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),
     table("sm80", "int8_rowwise", OutClass::kInt8, kSm80Int8Rowwise8),

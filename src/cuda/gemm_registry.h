@@ -22,11 +22,12 @@ inline size_t bias_bytes(DType out) {
   return out == DType::kBF16 || out == DType::kFP16 ? 2 : 4;
 }
 
-// Checks every int8 x int8 GEMM runs before launching. The mainloops read a / b in 16-byte pieces
+// Checks every 8-bit x 8-bit GEMM (int8 or e4m3 operands) runs before launching; max_k is the
+// recipe's bound on K (kInt8MaxK for int32 accumulators). The mainloops read a / b in 16-byte pieces
 // (TMA or cp.async) and the epilogues write 16-byte output vectors, so a violation would be a
 // sticky device fault or a silently wrong answer; sa / sb / bias are read element-wise and need
 // only natural alignment. Returns "" when the launch may go ahead, else "<what is wrong>".
-inline std::string check_int8_gemm_args(const GemmArgs& a) {
+inline std::string check_gemm_args(const GemmArgs& a, int max_k) {
   const auto aligned = [](const void* p, uintptr_t bytes) {
     return p != nullptr && reinterpret_cast<uintptr_t>(p) % bytes == 0;
   };
@@ -34,7 +35,7 @@ inline std::string check_int8_gemm_args(const GemmArgs& a) {
   if (a.N <= 0) return "N must be > 0, got " + std::to_string(a.N);
   if (a.K <= 0) return "K must be > 0, got " + std::to_string(a.K);
   if (a.K % 16 != 0) return "K must be a multiple of 16, got " + std::to_string(a.K);
-  if (a.K > kInt8MaxK) return "K must be <= " + std::to_string(kInt8MaxK) + " (int32 accumulator), got " + std::to_string(a.K);
+  if (a.K > max_k) return "K must be <= " + std::to_string(max_k) + " (int32 accumulator), got " + std::to_string(a.K);
   if (a.N % 8 != 0) return "N must be a multiple of 8, got " + std::to_string(a.N);
   if (a.lda < a.K || a.lda % 16 != 0) return "lda must be >= K and a multiple of 16, got " + std::to_string(a.lda);
   if (a.ldb < a.K || a.ldb % 16 != 0) return "ldb must be >= K and a multiple of 16, got " + std::to_string(a.ldb);

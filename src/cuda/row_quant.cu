@@ -1,4 +1,4 @@
-// row_quant.cu: every "row op, then token-wise INT8 quantization" kernel, from one template.
+// row_quant.cu: every "row op, then token-wise INT8 or FP8 quantization" kernel, from one template.
 //
 // One CTA per row m. Per element k of the row, in fp32 (docs/SCALES.md, docs/FUSED.md):
 //   stage 1  v[k] = the row op's input value, rounded to the input type T (as the unfused torch
@@ -12,7 +12,9 @@
 //   stage 2  y[k] = rms / layer normalisation of v with fp32 weight (and bias); y = v otherwise.
 //            residual_mode == kNormed writes round_T(y) to residual_out (post-LN blocks).
 //   stage 3  sx = amax(y) / 127, q[k] = clamp(rint(y[k] * (127 / amax)), -127, 127), exactly as
-//            quantize_per_token (NaN-propagating amax, zero rows -> 0, rows below 2^-64 pre-scaled).
+//            quantize_per_token (NaN-propagating amax, zero rows -> 0, rows below 2^-64 pre-scaled);
+//            FP8 E4M3 output (out == kFP8E4M3): sx = amax / 448, q[k] = e4m3_satfinite(y[k] * (448 /
+//            amax)) rounded to nearest even (docs/FP8.md).
 // python/zqkernels/reference/fused.py is the same math in torch.
 //
 // Memory: x (and residual) read once, q (and residual_out) written once. When the row fits, the
@@ -29,6 +31,7 @@
 // Test: tests/test_fused_gpu.py, tests/test_quantize_gpu.py; time: benchmarks/bench_fused.py.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 #include <string>
@@ -103,18 +106,25 @@ __device__ __forceinline__ void allow_dependents_to_launch() {
 constexpr float kTiny = 0x1p-64f;  // rows with amax below this are pre-scaled by 2^64 (exact)
 constexpr float kTinyScale = 0x1p64f;
 
-__device__ __forceinline__ int8_t quant(float v, float inv, float pre) {
-  int q = __float2int_rn((v * pre) * inv);  // round half to even, like torch.round
+// The quantized byte of one value: INT8 clamp(rint(y * inv), -127, 127) (round half to even, like
+// torch.round), or FP8 E4M3 of y * inv rounded to nearest even and saturated to +-448 (cvt.rn.satfinite,
+// as torch's cast after a clamp). `fp8` is uniform over the grid (a kernel parameter): one branch,
+// never divergent, and no second instantiation of every kernel.
+__device__ __forceinline__ int8_t quant(float v, float inv, float pre, bool fp8) {
+  const float y = (v * pre) * inv;
+  if (fp8) return static_cast<int8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));
+  int q = __float2int_rn(y);
   q = max(-127, min(127, q));
   return static_cast<int8_t>(q);
 }
 
-// Scale from amax; thread `tid` 0 of the row writes sx. Returns the multiplier `inv` and the
-// pre-scale `pre` (1, or 2^64 for tiny rows): q = rint((y * pre) * inv).
-__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre, int tid) {
-  if (tid == 0) *sx_row = amax / 127.0f;
+// Scale from amax; thread `tid` 0 of the row writes sx = amax / qmax (qmax: 127 for INT8, 448 for
+// FP8 E4M3). Returns the multiplier `inv` and the pre-scale `pre` (1, or 2^64 for tiny rows):
+// q = quant((y * pre) * inv).
+__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre, int tid, float qmax) {
+  if (tid == 0) *sx_row = amax / qmax;
   pre = amax < kTiny ? kTinyScale : 1.0f;
-  return amax == 0.f ? 0.f : 127.0f / (amax * pre);
+  return amax == 0.f ? 0.f : qmax / (amax * pre);
 }
 
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
@@ -256,7 +266,8 @@ row_quant_kernel(RowQuantArgs a) {
   r.res_out = a.residual_out != nullptr ? static_cast<T*>(a.residual_out) + m * a.residual_out_stride : nullptr;
   r.w = a.weight;
   r.b = a.bias;
-  int8_t* out = a.xq + static_cast<int64_t>(m) * K;
+  int8_t* out = a.xq + static_cast<int64_t>(m) * K;  // INT8 values or E4M3 bytes
+  const bool fp8 = a.out == DType::kFP8E4M3;
   const int nchunks = K / VEC;  // VEC divides K on this path (the launcher checks)
   const int stride = kWarpRow ? 32 : blockDim.x;
   Stats st;
@@ -302,7 +313,7 @@ row_quant_kernel(RowQuantArgs a) {
     }
     amax = row_reduce<kWarpRow>(amax, AbsMax{});
     float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre, tid);
+    const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int c = tid + i * stride;
@@ -313,7 +324,7 @@ row_quant_kernel(RowQuantArgs a) {
         stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          q[j] = quant(f[j], inv, pre);
+          q[j] = quant(f[j], inv, pre, fp8);
           y[j] = from_float<T>(f[j]);
         }
         if constexpr (VEC == 8) {
@@ -365,7 +376,7 @@ row_quant_kernel(RowQuantArgs a) {
     }
     amax = row_reduce<kWarpRow>(amax, AbsMax{});
     float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre, tid);
+    const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
     for (int c = tid; c < nchunks; c += stride) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
@@ -373,7 +384,7 @@ row_quant_kernel(RowQuantArgs a) {
       stage2<kOp, T, VEC>(v, c * VEC, r.w, r.b, st, f);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        out[c * VEC + j] = quant(f[j], inv, pre);
+        out[c * VEC + j] = quant(f[j], inv, pre, fp8);
         if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) r.res_out[c * VEC + j] = from_float<T>(f[j]);
       }
     }
@@ -462,6 +473,7 @@ std::string row_quant(const RowQuantArgs& a) {
     return "residual output needs a normalisation op and a residual_out pointer";
   }
   if (a.residual_mode == ResidualMode::kSum && a.residual == nullptr) return "residual sum without residual";
+  if (a.out != DType::kInt8 && a.out != DType::kFP8E4M3) return "output must be int8 or fp8_e4m3";
   switch (a.dtype) {
     case DType::kBF16: return dispatch_op<__nv_bfloat16>(a);
     case DType::kFP16: return dispatch_op<__half>(a);
@@ -471,14 +483,15 @@ std::string row_quant(const RowQuantArgs& a) {
   return "unsupported input dtype";
 }
 
-std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq, float* sx,
-                                    int M, int K, cudaStream_t stream) {
+std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx,
+                               int M, int K, cudaStream_t stream) {
   RowQuantArgs a;
   a.op = RowOp::kIdentity;
+  a.out = out;
   a.dtype = x_dtype;
   a.x = x;
   a.x_stride = x_row_stride;
-  a.xq = xq;
+  a.xq = static_cast<int8_t*>(xq);
   a.sx = sx;
   a.M = M;
   a.K = K;

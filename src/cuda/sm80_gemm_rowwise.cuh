@@ -1,4 +1,4 @@
-// sm80_int8_gemm_rowwise.cuh: recipe "int8_rowwise" for Ampere (sm_80 and newer): W8A8 INT8 GEMM
+// sm80_gemm_rowwise.cuh: recipe "int8_rowwise" for Ampere (sm_80 and newer): W8A8 INT8 GEMM
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
@@ -25,7 +25,7 @@
 // checked by CUTLASS's can_implement; N % 16 == 0 for int8 output), xq / wq / out 16-byte aligned; sx / sw only need float
 // alignment and bias only element alignment (they are read one element at a time, see
 // VisitorRowBroadcastScalar). Any M >= 1: the ragged last M tile is predicated. Checked by the
-// caller (python/zqkernels/ops/gemm.py) and again by check_int8_gemm_args.
+// caller (python/zqkernels/ops/gemm.py) and again by check_gemm_args.
 // Archs: sm_80 and newer (mma.sync / cp.async / ldmatrix). The build compiles these sources for
 // sm_80 and sm_90 (and any other listed arch >= 80) so an H100 can run and test them.
 //
@@ -222,6 +222,7 @@ struct TileConfig {
 
 template <class Cfg, class ElementOut>
 struct Int8RowwiseGemm {
+  static constexpr int kMaxK = kInt8MaxK;  // int32 accumulator (gemm_registry.h)
   using ThreadblockShape = typename Cfg::ThreadblockShape;
   using WarpShape = typename Cfg::WarpShape;
   // The int8 mma.sync: m16n8k32, s8.s8.s32. OpMultiplyAddSaturate is the only int8 flavour CUTLASS
@@ -327,7 +328,7 @@ struct Int8RowwiseGemm {
   }
 
   // Whether run() would accept the problem (shape, strides, alignment), without launching.
-  static std::string can_implement(const GemmArgs& a) { return int8_cutlass_can_implement<Int8RowwiseGemm>(a); }
+  static std::string can_implement(const GemmArgs& a) { return cutlass_can_implement<Int8RowwiseGemm>(a); }
 
   static std::string run(const GemmArgs& a) {
     std::string err = can_implement(a);

@@ -1,11 +1,18 @@
-// sm90_int8_gemm_rowwise.cuh: recipe "int8_rowwise" on Hopper (sm_90a): W8A8 INT8 GEMM with
-// per-token activation scales and per-channel weight scales fused into the epilogue.
+// sm90_gemm_rowwise.cuh: the row-wise-scaled 8-bit GEMM family on Hopper (sm_90a), three recipes
+// of one template (RowwiseGemm):
+//   "int8_rowwise"        W8A8 INT8:  int8 x int8 -> int32 accumulator (exact)
+//   "fp8_rowwise"         W8A8 FP8:   e4m3 x e4m3 -> fp32, accurate accumulation: the wgmma
+//                         partial sums (which Hopper accumulates with reduced precision) are
+//                         promoted into a separate fp32 accumulator every 4 MMAs (128 of K)
+//   "fp8_rowwise_fastacc" the same with the wgmma accumulator used throughout (faster; loses
+//                         precision as K grows: docs/FP8.md has the measured errors)
+// with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
-//   v[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k] (int32)
+//   v[m, n] = sx[m] * (sw[n] * acc[m, n]) + bias[n],   acc = sum_k xq[m, k] * wq[n, k]
 //   y[m, n] = act(v[m, n])                              act: none | gelu | gelu_tanh | silu
 //   bf16 / fp16 / fp32 output: y rounded once;  int8 output: clamp(rint(y / out_scale), -127, 127)
-// with xq [M, K] int8 (rows lda apart), wq [N, K] int8 (rows ldb apart), sx [M] / sw [N] float32,
+// with xq [M, K] int8 / e4m3 (rows lda apart), wq [N, K] of the same type (rows ldb apart), sx [M] / sw [N] float32,
 // bias [N] in the output type (float32 for int8 output) or absent, y [M, N] bf16 / fp16 / fp32 /
 // int8 row-major. The epilogue works in fp32 and rounds once. The activation and out_scale are
 // runtime values in the kernel parameters (one instantiation serves every activation; out_scale is
@@ -15,7 +22,7 @@
 // then be read stale under programmatic dependent launch.
 //
 // Kernel: CUTLASS 3.x/4.x GemmUniversal, TMA loads into a multistage smem pipeline, wgmma
-// (s8 x s8 -> s32), warp-specialized producer/consumer warpgroups, persistent tile scheduler, and an
+// (s8 x s8 -> s32, or e4m3 x e4m3 -> f32), warp-specialized producer/consumer warpgroups, persistent tile scheduler, and an
 // epilogue visitor tree (EVT) that reads sx / sw / bias as broadcast vectors and stores with TMA.
 //
 // Two orientations:
@@ -33,7 +40,7 @@
 // Limits: K % 16 == 0 and lda, ldb multiples of 16 (TMA: 16-byte strides), N % 8 == 0 (16-byte
 // output rows; N % 16 == 0 for int8 output), 16-byte aligned xq / wq / out; sx / sw / bias need only element alignment (they
 // are loaded one element at a time: Alignment = 1 below). Any M >= 1 (TMA clips ragged tiles).
-// Checked by python/zqkernels/ops/gemm.py and again by check_int8_gemm_args.
+// Checked by python/zqkernels/ops/gemm.py and again by check_gemm_args.
 //
 // Build: -gencode=arch=compute_90a,code=sm_90a with -DNDEBUG (without NDEBUG ptxas serializes
 // wgmma, warning C7510). The tiles are instantiated from the table in cmake/gemm_tiles.cmake.
@@ -95,19 +102,43 @@ struct TileConfig {
   static constexpr bool kSwapAB = kSwapAB_;
 };
 
-template <class Cfg, class ElementOut>
-struct Int8RowwiseGemm {
+// The operand type of each recipe, its accumulator, and the mainloop schedule: the FP8 fast-accumulation
+// schedules are distinct CUTLASS kernel schedules; the plain ones select, for FP8 inputs, CUTLASS's
+// FP8 mainloop with periodic promotion to fp32 (mma_promotion_interval = 4).
+template <class ElementAB_, bool kFastAccum>
+struct Operands {
+  using ElementAB = ElementAB_;
+  static constexpr bool kInt8 = std::is_same_v<ElementAB, int8_t>;
+  static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
+  static_assert(!(kInt8 && kFastAccum), "fast accumulation is an FP8 option");
+  using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;
+  // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
+  // no such bound (its precision is the matter, docs/FP8.md).
+  static constexpr int kMaxK = kInt8 ? kInt8MaxK : 0x7fffffff;
+  template <class Cfg>
+  using Schedule = cute::conditional_t<
+      !kFastAccum, typename Cfg::KernelSchedule,
+      cute::conditional_t<std::is_same_v<typename Cfg::KernelSchedule, cutlass::gemm::KernelTmaWarpSpecializedCooperative>,
+                          cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
+                          cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>>;
+};
+
+template <class Cfg, class Ops, class ElementOut>
+struct RowwiseGemm {
   using TileShape = typename Cfg::TileShape;
+  using ElementAB = typename Ops::ElementAB;
+  using ElementAcc = typename Ops::ElementAcc;
+  static constexpr int kMaxK = Ops::kMaxK;
   static constexpr bool kSwapAB = Cfg::kSwapAB;
   static constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
-  // Operand layouts. Both operands are K-contiguous ("TN" GEMM), the only layout int8 wgmma takes
+  // Operand layouts. Both operands are K-contiguous ("TN" GEMM), the only layout 8-bit wgmma takes
   // from shared memory. In swap-AB, the weight [N, K] is A and the activation [M, K] is B.
   using LayoutA = cutlass::layout::RowMajor;
   using LayoutB = cutlass::layout::ColumnMajor;
   // y is row-major [M, N]; as the swapped GEMM's D (N x M) that is column-major.
   using LayoutD = cute::conditional_t<kSwapAB, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
-  static constexpr int kAlignAB = 16;                                            // 16 bytes of int8
+  static constexpr int kAlignAB = 16;                                            // 16 bytes of 8-bit
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementOut>::value;  // 16 bytes
 
   // --- Epilogue visitor tree -------------------------------------------------------------------
@@ -142,17 +173,17 @@ struct Int8RowwiseGemm {
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Cfg::ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float,
+      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
       void, LayoutD, kAlignD,  // no C operand: bias is a broadcast vector, not a matrix
       ElementOut, LayoutD, kAlignD, typename Cfg::EpiSchedule, Fusion>::CollectiveOp;
 
   // Stages: whatever smem remains after the epilogue's carve-out.
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, LayoutA, kAlignAB, int8_t, LayoutB,
-      kAlignAB, int32_t, TileShape, typename Cfg::ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB, ElementAB, LayoutB,
+      kAlignAB, ElementAcc, TileShape, typename Cfg::ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      typename Cfg::KernelSchedule>::CollectiveOp;
+      typename Ops::template Schedule<Cfg>>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue, typename Cfg::Scheduler>;
@@ -165,8 +196,8 @@ struct Int8RowwiseGemm {
     // The GEMM's (M, N): swapped problems run N x M.
     const int gm = kSwapAB ? a.N : a.M;
     const int gn = kSwapAB ? a.M : a.N;
-    const auto* ptr_a = static_cast<const int8_t*>(kSwapAB ? a.b : a.a);
-    const auto* ptr_b = static_cast<const int8_t*>(kSwapAB ? a.a : a.b);
+    const auto* ptr_a = static_cast<const ElementAB*>(kSwapAB ? a.b : a.a);
+    const auto* ptr_b = static_cast<const ElementAB*>(kSwapAB ? a.a : a.b);
     StrideA stride_a = cutlass::make_cute_packed_stride(StrideA{}, cute::make_shape(gm, a.K, 1));
     StrideB stride_b = cutlass::make_cute_packed_stride(StrideB{}, cute::make_shape(gn, a.K, 1));
     // Row strides of the operands (row-strided activations: a view of a wider buffer).
@@ -201,7 +232,7 @@ struct Int8RowwiseGemm {
   static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
 
   // Whether run() would accept the problem (shape, strides, alignment), without launching.
-  static std::string can_implement(const GemmArgs& a) { return int8_cutlass_can_implement<Int8RowwiseGemm>(a); }
+  static std::string can_implement(const GemmArgs& a) { return cutlass_can_implement<RowwiseGemm>(a); }
 
   // Kernel parameters per call signature. Building them costs several microseconds of host time
   // (argument checks, three TMA descriptors encoded by the driver), more than the launch itself
@@ -293,10 +324,22 @@ struct Int8RowwiseGemm {
   }
 };
 
-// The registry row of one (tile, output type); called from the generated translation units.
+// The registry rows of one (tile, output type), one function per recipe; called from the generated
+// translation units (cmake/gemm_tiles.cmake).
 template <class Cfg, class ElementOut>
 GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<Int8RowwiseGemm<Cfg, ElementOut>>("sm90", "int8_rowwise", tile, out, dispatched);
+  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false>, ElementOut>>("sm90", "int8_rowwise", tile, out,
+                                                                                 dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {
+  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<cutlass::float_e4m3_t, false>, ElementOut>>(
+      "sm90", "fp8_rowwise", tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_fp8_rowwise_fastacc(const char* tile, DType out, bool dispatched) {
+  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<cutlass::float_e4m3_t, true>, ElementOut>>(
+      "sm90", "fp8_rowwise_fastacc", tile, out, dispatched);
 }
 
 }  // namespace zq::sm90

@@ -24,7 +24,7 @@ namespace zq {
 
 // Element types crossing the API. The numeric values are part of the Python binding ABI
 // (python/zqkernels/ops/_common.py: DTYPE_CODE).
-enum class DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2, kInt8 = 3 };
+enum class DType : int { kBF16 = 0, kFP16 = 1, kFP32 = 2, kInt8 = 3, kFP8E4M3 = 4 };
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -32,6 +32,7 @@ inline const char* dtype_name(DType t) {
     case DType::kFP16: return "fp16";
     case DType::kFP32: return "fp32";
     case DType::kInt8: return "int8";
+    case DType::kFP8E4M3: return "fp8_e4m3";
   }
   return "?";
 }
@@ -75,7 +76,7 @@ struct GemmArgs {
   GemmActivation activation = GemmActivation::kNone;
   // int8 output only: the static per-tensor scale (finite, > 0), passed by value in the kernel
   // parameters. A scalar read from device memory would happen in the kernel prologue, before
-  // griddepcontrol.wait (see sm90_int8_gemm_rowwise.cuh), so it is never a pointer.
+  // griddepcontrol.wait (see sm90_gemm_rowwise.cuh), so it is never a pointer.
   float out_scale = 1.f;
   void* workspace = nullptr;   // device scratch of at least workspace_size() bytes (may be 0)
   size_t workspace_bytes = 0;
@@ -113,18 +114,47 @@ struct GemmTuning {
 };
 GemmTuning& gemm_tuning();
 
-// Token-wise symmetric INT8 quantization, one pass over x (docs/SCALES.md):
-//   amax[m] = max_k |x[m, k]|, sx[m] = amax / 127, inv = 127 / amax (fp32, IEEE division),
-//   xq[m, k] = clamp(rint(x[m, k] * inv), -127, 127) (round half to even);
-//   amax == 0 gives sx = 0 and xq = 0 (never NaN); rows with amax < 2^-64 are scaled by 2^64
-//   (exact) before the division so that 127 / amax cannot overflow.
-// x: [M, K] with row stride x_row_stride elements and unit column stride; any K >= 1.
-// xq: [M, K] contiguous; sx: [M]. (row_quant with RowOp::kIdentity.)
-std::string quantize_per_token_int8(const void* x, DType x_dtype, int64_t x_row_stride, int8_t* xq,
-                                    float* sx, int M, int K, cudaStream_t stream);
+// W4A8-FP (ZeroQuant-FP, docs/FP8.md; src/cuda/w4a8_fp_gemm.cu, sm_90a builds only):
+//   y[m, n] = act(sa[m] * (sb[n] * sum_k a[m, k] * wf[n, k]) + bias[n]), rounded once to out_dtype,
+// a: FP8 E4M3 activations [M, K] (rows lda apart), b: FP4 E2M1 codes packed in layout m16k64,
+// wf: the FP8 value of a weight, e2m1 * 2^e (pow2: sg int8 exponents [N, K / group_size] in
+// [-5, 0]) or e4m3(e2m1 * r) (sg float32 ratios [N, K / group_size]).
+struct W4A8FPArgs {
+  const void* a = nullptr;     // [M, K] e4m3, 16-byte aligned, lda % 16 == 0
+  int64_t lda = 0;
+  const void* b = nullptr;     // packed codes, N * K / 2 bytes, 16-byte aligned
+  const void* sg = nullptr;    // group exponents (int8) or ratios (float32), [N, K / group_size]
+  bool pow2 = true;
+  int group_size = 0;          // multiple of 16 dividing K (K itself: per channel)
+  const float* sa = nullptr;   // [M]
+  const float* sb = nullptr;   // [N]
+  const void* bias = nullptr;  // [N] of out_dtype, or nullptr
+  void* out = nullptr;         // [M, N] row-major
+  int M = 0, N = 0, K = 0;     // N % 16 == 0, K % 64 == 0
+  DType out_dtype = DType::kBF16;
+  GemmActivation activation = GemmActivation::kNone;
+  int sm_count = 0;
+  cudaStream_t stream = nullptr;
+};
+std::string w4a8_fp_gemm(const W4A8FPArgs& args);
+// The weights of a W4A8-FP GEMM as FP8 E4M3 bytes, out [N, K] row-major: wf above, by the same
+// integer conversion the GEMM uses.
+std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,
+                       cudaStream_t stream);
 
-// Row ops fused with token-wise INT8 quantization (src/cuda/row_quant.cu, docs/FUSED.md): one
-// CTA per row computes the op in fp32 and quantizes its output like quantize_per_token_int8.
+// Token-wise symmetric quantization, one pass over x (docs/SCALES.md, docs/FP8.md):
+//   amax[m] = max_k |x[m, k]|, sx[m] = amax / qmax, inv = qmax / amax (fp32, IEEE division),
+//   INT8 (out = kInt8, qmax 127): xq[m, k] = clamp(rint(x[m, k] * inv), -127, 127) (half to even);
+//   FP8 (out = kFP8E4M3, qmax 448): xq[m, k] = e4m3(x[m, k] * inv), nearest even, saturating;
+//   amax == 0 gives sx = 0 and xq = 0 (never NaN); rows with amax < 2^-64 are scaled by 2^64
+//   (exact) before the division so that qmax / amax cannot overflow.
+// x: [M, K] with row stride x_row_stride elements and unit column stride; any K >= 1.
+// xq: [M, K] contiguous bytes; sx: [M]. (row_quant with RowOp::kIdentity.)
+std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx,
+                               int M, int K, cudaStream_t stream);
+
+// Row ops fused with token-wise INT8 / FP8 quantization (src/cuda/row_quant.cu, docs/FUSED.md): one
+// CTA per row computes the op in fp32 and quantizes its output like quantize_per_token.
 // The numeric values are part of the Python binding ABI (python/zqkernels/ops/fused.py).
 enum class RowOp : int {
   kIdentity = 0,   // quantize_per_token
@@ -152,7 +182,8 @@ struct RowQuantArgs {
   const float* weight = nullptr;    // [K] fp32: the norm's weight (required by norm ops)
   const float* bias = nullptr;      // [K] fp32 or nullptr: LayerNorm's bias, or the bias before GeLU
   float eps = 0.f;
-  int8_t* xq = nullptr;             // [M, K] contiguous
+  int8_t* xq = nullptr;             // [M, K] contiguous: INT8 values or E4M3 bytes (out)
+  DType out = DType::kInt8;         // kInt8 or kFP8E4M3
   float* sx = nullptr;              // [M]
   int M = 0, K = 0;                 // K: the width of the output row
   cudaStream_t stream = nullptr;

@@ -1,7 +1,9 @@
-"""GEMM ops: ``int8_gemm`` (kernels: src/cuda/sm90_int8_gemm_rowwise.cuh, sm80_int8_gemm_rowwise.cuh).
+"""GEMM ops: ``int8_gemm`` and ``fp8_gemm`` (kernels: src/cuda/sm90_gemm_rowwise.cuh,
+sm80_gemm_rowwise.cuh).
 
-The op is described by a ``formats.GemmSpec`` (today: ``INT8_ROWWISE``), whose recipe keys the
-kernel registry of ``zqkernels._C``: the kernel for a call is resolved once per (device, arch,
+Each op is described by a ``formats.GemmSpec`` whose recipe keys the kernel registry of
+``zqkernels._C`` (``int8_rowwise``; ``fp8_rowwise`` and ``fp8_rowwise_fastacc``, sm90 only). The two
+ops are one implementation parameterised by a ``_Family`` (operand dtype, K bound, output types): the kernel for a call is resolved once per (device, arch,
 tile, output dtype, M, N, K) and cached, so an eager call costs argument checks, one output
 allocation and one binding call. ``zqkernels::int8_gemm`` is the ``torch.library`` custom op
 (fake implementation included) that torch.compile / export / opcheck see.
@@ -25,16 +27,16 @@ instead (visible, never silent). ``set_debug_checks(True)`` makes the public wra
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from .. import _ext
 from ..formats import ACTIVATIONS, INT8_ROWWISE
-from ..reference.gemm import int8_gemm_ref
+from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from . import _common as c
 
-__all__ = ["int8_gemm", "resolve_gemm_backend", "gemm_tiles", "BACKENDS", "INT8_MAX_K"]
+__all__ = ["int8_gemm", "fp8_gemm", "resolve_gemm_backend", "gemm_tiles", "BACKENDS", "INT8_MAX_K", "ACCUMULATE"]
 
 BACKENDS = ("auto", "sm90", "sm80")
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
@@ -51,6 +53,24 @@ _F32_MAX = torch.finfo(torch.float32).max
 # every device, so CPU and GPU accept the same calls; src/cuda/gemm_registry.h checks it again.
 INT8_MAX_K = (2**31 - 1) // (128 * 128)  # 131,071
 _RECIPE = INT8_ROWWISE.recipe
+_FP8 = torch.float8_e4m3fn
+# fp8_gemm's accumulation modes -> recipes (docs/FP8.md: errors measured at K = 4096 and 16384).
+ACCUMULATE = {"accurate": "fp8_rowwise", "fast": "fp8_rowwise_fastacc"}
+
+
+class _Family(NamedTuple):
+    """What distinguishes the row-wise 8-bit GEMM ops; everything else is shared."""
+
+    op: str                  # public name, used in every message
+    operand: torch.dtype     # xq and wq
+    out_dtypes: tuple        # accepted output dtypes
+    max_k: int               # K bound (int32 accumulator for int8)
+    archs: tuple             # backends that have kernels for it
+    ref: Callable            # the CPU reference
+
+
+_INT8 = _Family("int8_gemm", torch.int8, _OUT_DTYPES, INT8_MAX_K, ("sm90", "sm80"), int8_gemm_ref)
+_FP8_FAMILY = _Family("fp8_gemm", _FP8, (torch.bfloat16, torch.float16), 2**31 - 1, ("sm90",), fp8_gemm_ref)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -69,9 +89,8 @@ def _check_scale(op: str, name: str, s: torch.Tensor, n: int, what: str, dim: st
         )
 
 
-def _check_epilogue(activation, out_dtype, out_scale) -> tuple[int, float]:
+def _check_epilogue(activation, out_dtype, out_scale, op: str = "int8_gemm") -> tuple[int, float]:
     """(activation code, out_scale as passed to the kernel) of valid epilogue options, else raise."""
-    op = "int8_gemm"
     code = _ACT_CODE.get(activation) if isinstance(activation, str) else None
     if code is None:
         raise ValueError(
@@ -109,24 +128,26 @@ def _check_epilogue(activation, out_dtype, out_scale) -> tuple[int, float]:
     return code, s
 
 
-def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
-    op = "int8_gemm"
-    if out_dtype not in _OUT_DTYPES:
+def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, fam: _Family = _INT8) -> None:
+    op = fam.op
+    ty = c.dtype_name(fam.operand)
+    if out_dtype not in fam.out_dtypes:
         raise TypeError(
-            f"{op}: out_dtype must be torch.bfloat16, torch.float16, torch.float32 or torch.int8 "
-            f"(with out_scale), got {out_dtype}"
+            f"{op}: out_dtype must be one of {', '.join(map(str, fam.out_dtypes))}"
+            f"{' (int8 with out_scale)' if torch.int8 in fam.out_dtypes else ''}, got {out_dtype}"
         )
-    if xq.dtype != torch.int8:
-        raise TypeError(f"{op}: xq must be int8 [M, K] (from quantize_per_token), got {c.desc(xq)}")
+    hint = "quantize_per_token" + ("" if fam.operand == torch.int8 else f"(x, dtype=torch.{ty})")
+    if xq.dtype != fam.operand:
+        raise TypeError(f"{op}: xq must be {ty} [M, K] (from {hint}), got {c.desc(xq)}")
     if xq.dim() != 2:
-        raise ValueError(f"{op}: xq must be 2-D int8 [M, K], got {c.desc(xq)}")
+        raise ValueError(f"{op}: xq must be 2-D {ty} [M, K], got {c.desc(xq)}")
     M, K = xq.shape
-    if wq.dtype != torch.int8:
-        raise TypeError(f"{op}: wq must be int8 [N, K] (from quantize_weight), got {c.desc(wq)}")
+    if wq.dtype != fam.operand:
+        raise TypeError(f"{op}: wq must be {ty} [N, K] (from quantize_weight), got {c.desc(wq)}")
     if wq.dim() != 2:
-        raise ValueError(f"{op}: wq must be 2-D int8 [N, K], got {c.desc(wq)}")
+        raise ValueError(f"{op}: wq must be 2-D {ty} [N, K], got {c.desc(wq)}")
     if wq.shape[1] != K:
-        raise ValueError(f"{op}: wq must be int8 [N, K] with K == xq.shape[1] ({K}), got {c.desc(wq)}")
+        raise ValueError(f"{op}: wq must be {ty} [N, K] with K == xq.shape[1] ({K}), got {c.desc(wq)}")
     N = wq.shape[0]
     _check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
     _check_scale(op, "sw", sw, N, "one scale per row of wq", "N")
@@ -149,7 +170,7 @@ def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype) -> None:
     c.check_rows(op, "wq", wq)
     c.check_contiguous(op, sx=sx, sw=sw, bias=bias)
     c.check_int32_sizes(op, M=M, N=N, K=K)
-    if K > INT8_MAX_K:
+    if K > fam.max_k:
         raise ValueError(
             f"{op}: K must be <= {INT8_MAX_K} (K * 128 * 128 must fit the int32 accumulator: int8 "
             f"values may be -128), got K={K}; split K and add the partial outputs"
@@ -184,15 +205,15 @@ _I8 = torch.int8
 _F32 = torch.float32
 
 
-def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
+def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, operand=_I8, max_k=INT8_MAX_K) -> bool:
     """The common valid CUDA call, recognised in a few attribute reads (1-D scales, contiguous
     operands or 16-aligned row strides). False means "run the full checks", which then either
     raise the precise error or accept a rarer valid layout."""
-    if xq.dtype is not _I8 or wq.dtype is not _I8 or sx.dtype is not _F32 or sw.dtype is not _F32:
+    if xq.dtype is not operand or wq.dtype is not operand or sx.dtype is not _F32 or sw.dtype is not _F32:
         return False
     if out_dtype is torch.bfloat16 or out_dtype is torch.float16 or out_dtype is _F32:
         bias_dtype, n_align = out_dtype, 8
-    elif out_dtype is _I8:
+    elif out_dtype is _I8 and operand is _I8:
         bias_dtype, n_align = _F32, 16  # int8 output: float32 bias, 16-byte rows of int8
     else:
         return False
@@ -202,7 +223,7 @@ def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
         return False
     M, K = xs
     N = ws[0]
-    if ws[1] != K or K % 16 or N % n_align or K > INT8_MAX_K or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
+    if ws[1] != K or K % 16 or N % n_align or K > max_k or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
         return False
     xst = xq.stride()
     wst = wq.stride()
@@ -225,20 +246,20 @@ def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype) -> bool:
     return True
 
 
-def _check_options(backend: str, tile: Optional[str]) -> None:
+def _check_options(backend: str, tile: Optional[str], op: str = "int8_gemm") -> None:
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"int8_gemm: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        raise ValueError(f"{op}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if tile is not None and not isinstance(tile, str):
-        raise ValueError(f"int8_gemm: tile must be None (automatic) or a tile name (str), got {tile!r}")
+        raise ValueError(f"{op}: tile must be None (automatic) or a tile name (str), got {tile!r}")
 
 
 # ------------------------------------------------------------------------------------------------
 # Where a call runs: backend per (device, request), kernel per problem; both cached.
 
 
-def _compiled_arches() -> list[str]:
+def _compiled_arches(recipe: str = _RECIPE) -> list[str]:
     C = _ext._C
-    return sorted({k[0] for k in C.gemm_kernels() if k[1] == _RECIPE}) if C is not None else []
+    return sorted({k[0] for k in C.gemm_kernels() if k[1] == recipe}) if C is not None else []
 
 
 def gemm_tiles() -> dict[str, list[str]]:
@@ -254,17 +275,19 @@ def gemm_tiles() -> dict[str, list[str]]:
     return out
 
 
-_backend_cache: dict[tuple[int, str], str] = {}
+_backend_cache: dict[tuple[int, str, str], str] = {}
 
 
-def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
-    """The backend that runs int8_gemm on `device`: 'reference' (CPU), 'meta', 'sm90' or 'sm80'.
+def resolve_gemm_backend(device: torch.device, backend: str = "auto", recipe: str = _RECIPE) -> str:
+    """The backend that runs a GEMM recipe (default: int8_gemm's) on `device`: 'reference' (CPU),
+    'meta', 'sm90' or 'sm80'.
 
     backend='auto' on CUDA takes 'sm90' on compute capability 9.0 when compiled, else 'sm80' on
-    compute capability >= 8.0 when compiled. Raises (never falls back) when the choice cannot run.
+    compute capability >= 8.0 when compiled (the FP8 recipes have sm90 kernels only). Raises (never
+    falls back) when the choice cannot run.
     """
-    op = "int8_gemm"
-    _check_options(backend, None)
+    op = "int8_gemm" if recipe == _RECIPE else "fp8_gemm"
+    _check_options(backend, None, op)
     if device.type == "meta":  # shape inference only
         return "meta"
     if device.type == "cpu":
@@ -276,11 +299,11 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
         return "reference"
     cc = c.require_cuda_kernels(op, device)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, backend)
+    key = (index, backend, recipe)
     hit = _backend_cache.get(key)
     if hit is not None:
         return hit
-    compiled = _compiled_arches()
+    compiled = _compiled_arches(recipe)
     archs = list(_ext._C.compiled_archs())
     # SASS runs on its own arch and on later minors of the same major (sm_80 code on 8.6 / 8.9).
     sass = [(int(a[3]), int(a[4:])) for a in archs if a.startswith("sm_") and a[3:].isdigit()]
@@ -291,11 +314,15 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
         elif sm80_runs:
             chosen = "sm80"
         else:
+            fp8 = "" if recipe == _RECIPE else (
+                " FP8 GEMMs need FP8 tensor cores and have Hopper (sm_90a) kernels only: they need "
+                "compute capability 9.0 (H100 / H200)."
+            )
             raise RuntimeError(
-                f"{op}: no int8 GEMM kernel of this build runs on {device} (compute capability "
+                f"{op}: no {recipe} GEMM kernel of this build runs on {device} (compute capability "
                 f"{cc[0]}.{cc[1]}): compiled backends {compiled or 'none'} (archs {archs}); sm90 needs "
                 "compute capability 9.0, sm80 needs 8.x or a listed arch. Rebuild with ZQ_CUDA_ARCHS "
-                "listing this GPU's arch (e.g. ZQ_CUDA_ARCHS='80;90a')"
+                f"listing this GPU's arch (e.g. ZQ_CUDA_ARCHS='80;90a').{fp8}"
             )
     else:
         if backend not in compiled:
@@ -321,23 +348,25 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto") -> str:
 _plans: dict[tuple, tuple[int, int]] = {}
 
 
-def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int):
+def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int,
+          recipe: str = _RECIPE):
     """(kernel id, workspace bytes) for a problem, cached. The output class (bf16 / fp16, fp32, int8:
     one dispatch table each) is part of the key through out_dtype; the activation is not (every
     kernel runs every activation)."""
-    key = (index, backend, tile, out_dtype, M, N, K)
+    key = (index, backend, tile, out_dtype, M, N, K, recipe)
     hit = _plans.get(key)
     if hit is not None:
         return hit
     C = _ext._C
-    arch = resolve_gemm_backend(xq.device, backend)
+    arch = resolve_gemm_backend(xq.device, backend, recipe)
     code = _OUT_CODE[out_dtype]
-    name = tile if tile is not None else C.gemm_select(arch, _RECIPE, code, M, N, K)
-    kid = -1 if name is None else C.gemm_find(arch, _RECIPE, name, code)
+    name = tile if tile is not None else C.gemm_select(arch, recipe, code, M, N, K)
+    kid = -1 if name is None else C.gemm_find(arch, recipe, name, code)
     if kid < 0:
-        have = [k[2] for k in C.gemm_kernels() if k[0] == arch and k[1] == _RECIPE and k[3] == code]
+        have = [k[2] for k in C.gemm_kernels() if k[0] == arch and k[1] == recipe and k[3] == code]
+        op = "int8_gemm" if recipe == _RECIPE else "fp8_gemm"
         raise ValueError(
-            f"int8_gemm: tile {name!r} is not built for {arch}_{_RECIPE} with {c.dtype_name(out_dtype)} "
+            f"{op}: tile {name!r} is not built for {arch}_{recipe} with {c.dtype_name(out_dtype)} "
             f"output; this build has {have or 'none'} (experimental tiles need -DZQ_EXPERIMENT_TILES=ON)"
         )
     plan = (kid, C.gemm_workspace_size(kid, M, N, K, index))
@@ -347,7 +376,8 @@ def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_d
     return plan
 
 
-def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0, out_scale: float = 1.0) -> torch.Tensor:
+def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0, out_scale: float = 1.0,
+                    recipe: str = _RECIPE) -> torch.Tensor:
     """Launch on CUDA; arguments already checked (act, out_scale: from _check_epilogue)."""
     M, K = xq.shape
     N = wq.shape[0]
@@ -357,8 +387,11 @@ def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0
     if K == 0:  # empty dot products: y = act(bias or 0), quantized for int8 output
         if act == 0 and out_dtype is not torch.int8:
             return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
-        y = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act],
-                          out_scale=out_scale if out_dtype is torch.int8 else None)
+        if recipe == _RECIPE:
+            y = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act],
+                              out_scale=out_scale if out_dtype is torch.int8 else None)
+        else:
+            y = fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act])
         return out.copy_(y)
     pa = xq.data_ptr()
     pb = wq.data_ptr()
@@ -366,9 +399,9 @@ def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0
         c.check_aligned_ptr("int8_gemm", "xq", xq)
         c.check_aligned_ptr("int8_gemm", "wq", wq)
     index = xq.get_device()
-    kid, ws = _plan(index, xq, backend, tile, out_dtype, M, N, K)
+    kid, ws = _plan(index, xq, backend, tile, out_dtype, M, N, K, recipe)
     # Per-tensor scales are expanded to vectors (a tiny copy): the kernels read sx / sw as vectors,
-    # after griddepcontrol.wait (see sm90_int8_gemm_rowwise.cuh for why not a scalar broadcast).
+    # after griddepcontrol.wait (see sm90_gemm_rowwise.cuh for why not a scalar broadcast).
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
@@ -481,3 +514,95 @@ def int8_gemm(
     _, scale = _check_epilogue(activation, out_dtype, out_scale)
     return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "", activation,
                scale if out_dtype is torch.int8 else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# fp8_gemm: the same implementation with the FP8 family (sm90 kernels only).
+
+
+def _check_accumulate(accumulate) -> str:
+    recipe = ACCUMULATE.get(accumulate) if isinstance(accumulate, str) else None
+    if recipe is None:
+        raise ValueError(
+            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every 128 of K, the default) or "
+            f"'fast' (Hopper's FP8 accumulator throughout), got {accumulate!r}"
+        )
+    return recipe
+
+
+def _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
+    fam = _FP8_FAMILY
+    recipe = _check_accumulate(accumulate)
+    act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, fam.op)
+    if backend == "auto" and tile is None and _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, _FP8, fam.max_k):
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
+    _check_options(backend, tile, fam.op)
+    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, fam)
+    if xq.is_cuda:
+        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
+    where = resolve_gemm_backend(xq.device, backend, recipe)
+    if tile is not None:
+        raise RuntimeError(
+            f"fp8_gemm: tile selects a CUDA kernel; {where} tensors run the pure-torch reference and "
+            f"take tile=None, got {tile!r}"
+        )
+    return fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation)
+
+
+@torch.library.custom_op(
+    "zqkernels::fp8_gemm",
+    mutates_args=(),
+    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, ScalarType out_dtype, str backend, "
+    "str tile, str activation=\"none\", str accumulate=\"accurate\") -> Tensor",
+)
+def _fp8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
+    return _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None, activation, accumulate)
+
+
+@_fp8_gemm_op.register_fake
+def _fp8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
+    recipe = _check_accumulate(accumulate)
+    _check_options(backend, tile or None, "fp8_gemm")
+    _check_epilogue(activation, out_dtype, None, "fp8_gemm")
+    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, _FP8_FAMILY)
+    resolve_gemm_backend(xq.device, backend, recipe)
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+_fp8_op = torch.ops.zqkernels.fp8_gemm.default
+
+
+def fp8_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    accumulate: str = "accurate",
+    backend: str = "auto",
+    tile: Optional[str] = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """W8A8 FP8 GEMM: y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * wq[n, k] (+ bias[n])), as out_dtype.
+
+    xq float8_e4m3fn [M, K] (``quantize_per_token(x, dtype=torch.float8_e4m3fn)``), wq float8_e4m3fn
+    [N, K] (``quantize_weight(w, fmt="fp8")``), sx float32 [M] or [1], sw float32 [N] or [1], bias [N]
+    of out_dtype (bf16 or fp16). On CUDA: compute capability 9.0 (FP8 tensor cores; Hopper kernels
+    only: an sm_80 GPU gets a RuntimeError saying so), K % 16 == 0, N % 8 == 0, row strides multiples
+    of 16, xq / wq 16-byte aligned.
+
+    accumulate: 'accurate' (default) promotes the tensor cores' partial sums into fp32 every 128 of
+    K; 'fast' keeps Hopper's FP8 accumulator (fewer mantissa bits than fp32) throughout: faster,
+    and less accurate as K grows (docs/FP8.md has both errors against an fp64 reference).
+    activation: 'none', 'gelu', 'gelu_tanh' or 'silu', applied after the bias in fp32.
+    CPU tensors run the float64 reference (``zqkernels.reference.fp8_gemm_ref``).
+    """
+    if c._debug_checks:
+        for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
+            c.check_finite("fp8_gemm", name, t)
+    if c.eager(xq, wq, sx, sw, bias):
+        return _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, accumulate)
+    _check_accumulate(accumulate)
+    return _fp8_op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "", activation, accumulate)

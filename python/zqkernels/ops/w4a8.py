@@ -1,0 +1,253 @@
+"""W4A8 GEMMs: ``w4a8_fp_gemm`` (ZeroQuant-FP: FP4 E2M1 weights x FP8 E4M3 activations; kernel:
+src/cuda/w4a8_fp_gemm.cu) and ``fp4_to_fp8`` (the kernel's weight conversion on its own).
+
+Formats and the packed layout: docs/FP8.md. The group scales say which kernel runs: int8
+exponents (policies "m1" / "m2": power-of-two ratios, converted by integer operations) or float32
+ratios (policy "free": convert, multiply in fp32, round to E4M3, the baseline).
+
+Paths by M (``path="auto"``):
+  M <= _STREAM_MAX_M  "stream": one kernel streams the packed weights once per 64 tokens, converts
+                      them in registers and runs FP8 mma.sync (decode is weight-bandwidth bound)
+  larger M            "convert": fp4_to_fp8 writes the FP8 weights [N, K] into a temporary, then the
+                      FP8 GEMM (``fp8_gemm``, accurate accumulation) runs on wgmma; the conversion
+                      costs ~1.5 N K bytes of traffic, small against 2 M N K flops at large M
+Both compute the same products; they differ only in how the fp32 partial sums are grouped.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..reference.gemm import w4a8_fp_gemm_ref
+from ..reference.quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4
+from . import _common as c
+from .gemm import _OUT_CODE, _check_epilogue, _check_scale, fp8_gemm
+
+__all__ = ["w4a8_fp_gemm", "fp4_to_fp8", "W4A8_PATHS"]
+
+W4A8_PATHS = ("auto", "stream", "convert")
+_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_FP8 = torch.float8_e4m3fn
+# Largest M the streaming kernel serves under path="auto" (benchmarks/bench_fp8.py measures it).
+_STREAM_MAX_M = 128
+_POW2_RANGE = (-5, 0)  # exponents the quantizer produces (docs/FP8.md); the kernel is exact there
+
+
+def _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype) -> int:
+    """All checks of a call; returns the group size."""
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be torch.bfloat16, torch.float16 or torch.float32, got {out_dtype}")
+    if xq.dtype != _FP8:
+        raise TypeError(
+            f"{op}: xq must be float8_e4m3fn [M, K] (from quantize_per_token(x, dtype=torch.float8_e4m3fn)), "
+            f"got {c.desc(xq)}"
+        )
+    if xq.dim() != 2:
+        raise ValueError(f"{op}: xq must be 2-D float8_e4m3fn [M, K], got {c.desc(xq)}")
+    M, K = xq.shape
+    if wq.dtype != torch.uint8 or wq.dim() != 2:
+        raise TypeError(
+            f"{op}: wq must be uint8 [N, K // 2] (FP4 codes packed by quantize_weight(w, fmt='fp4')), "
+            f"got {c.desc(wq)}"
+        )
+    N = wq.shape[0]
+    if 2 * wq.shape[1] != K:
+        raise ValueError(f"{op}: wq must be uint8 [N, K // 2] with K == xq.shape[1] ({K}), got {c.desc(wq)}")
+    if N % 16 != 0 or K % 64 != 0:
+        raise ValueError(
+            f"{op}: the packed FP4 layout needs N % 16 == 0 and K % 64 == 0 (docs/FP8.md), got N={N}, K={K}; "
+            f"pad w with zero rows to N={-(-N // 16) * 16} and zero columns to K={-(-K // 64) * 64} before quantizing"
+        )
+    if sg.dtype not in (torch.int8, torch.float32) or sg.dim() != 2 or sg.shape[0] != N:
+        raise TypeError(
+            f"{op}: sg must be the group scales [N, K // group_size] from quantize_weight: int8 exponents "
+            f"(policies 'm1' / 'm2') or float32 ratios (policy 'free'), with N == {N}; got {c.desc(sg)}"
+        )
+    G = sg.shape[1]
+    if G == 0 or K % G != 0 or (K // G) % 16 != 0:
+        raise ValueError(
+            f"{op}: sg must have K // group_size columns for a group size that divides K ({K}) and is a "
+            f"multiple of 16; got {G} columns"
+        )
+    _check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
+    _check_scale(op, "sw", sw, N, "one scale per output channel", "N")
+    if bias is not None:
+        if bias.dtype != out_dtype:
+            raise TypeError(
+                f"{op}: bias must have the output dtype ({c.dtype_name(out_dtype)}), got {c.desc(bias)}; "
+                "pass bias.to(out_dtype)"
+            )
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"{op}: bias must be [N] with N == wq.shape[0] ({N}), got {c.desc(bias)}")
+    c.check_same_device(op, "xq", xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=bias)
+    c.check_rows(op, "xq", xq)
+    c.check_contiguous(op, wq=wq, sg=sg, sx=sx, sw=sw, bias=bias)
+    c.check_int32_sizes(op, M=M, N=N, K=K)
+    if xq.is_cuda and xq.shape[0] > 1 and xq.stride(0) % 16 != 0:
+        raise ValueError(
+            f"{op}: the row stride of xq must be a multiple of 16 elements on CUDA (16-byte loads), got "
+            f"xq.stride(0) == {xq.stride(0)}; pass xq.contiguous()"
+        )
+    return K // G
+
+
+def _check_pow2_range(op: str, sg: torch.Tensor) -> None:
+    """Exponents outside the kernel's exact range (a sync: debug checks and offline paths only)."""
+    if sg.dtype == torch.int8 and sg.numel() > 0:
+        lo, hi = int(sg.min()), int(sg.max())
+        if lo < _POW2_RANGE[0] or hi > _POW2_RANGE[1]:
+            raise ValueError(
+                f"{op}: sg exponents must lie in [{_POW2_RANGE[0]}, {_POW2_RANGE[1]}] (power-of-two group "
+                f"ratios 2^e <= 1, docs/FP8.md), got [{lo}, {hi}]"
+            )
+
+
+def _require_sm90(op: str, device: torch.device) -> None:
+    cc = c.require_cuda_kernels(op, device)
+    if cc != (9, 0):
+        raise RuntimeError(
+            f"{op}: needs FP8 tensor cores and this build's W4A8-FP kernels are compiled for sm_90a only: "
+            f"compute capability 9.0 (H100 / H200) required, {device} has {cc[0]}.{cc[1]}"
+        )
+    if "sm_90a" not in list(_ext._C.compiled_archs()):
+        raise RuntimeError(f"{op}: this build has no sm_90a kernels; rebuild with ZQ_CUDA_ARCHS including 90a")
+
+
+_ready: set[int] = set()
+
+
+def _fp4_to_fp8_cuda(wq: torch.Tensor, sg: torch.Tensor, K: int) -> torch.Tensor:
+    N = wq.shape[0]
+    out = torch.empty((N, K), dtype=_FP8, device=wq.device)
+    idx = wq.get_device()
+    _ext._C.fp4_to_fp8(wq.data_ptr(), sg.data_ptr(), sg.dtype == torch.int8, K // sg.shape[1], N, K,
+                       out.data_ptr(), idx, c.current_stream(idx))
+    return out
+
+
+def _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
+    op = "w4a8_fp_gemm"
+    if path not in W4A8_PATHS:
+        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, op)
+    g = _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
+    M, K = xq.shape
+    N = wq.shape[0]
+    if not xq.is_cuda:
+        if xq.device.type == "meta":
+            return xq.new_empty((M, N), dtype=out_dtype)
+        if xq.device.type != "cpu":
+            c.require_cuda_kernels(op, xq.device)
+        return w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype, activation=activation)
+    idx = xq.get_device()
+    if idx not in _ready:
+        _require_sm90(op, xq.device)
+        _ready.add(idx)
+    if c._debug_checks:
+        _check_pow2_range(op, sg)
+    if M == 0:
+        return xq.new_empty((0, N), dtype=out_dtype)
+    if sx.numel() != M:
+        sx = sx.reshape(1).expand(M).contiguous()
+    if sw.numel() != N:
+        sw = sw.reshape(1).expand(N).contiguous()
+    if path == "convert" or (path == "auto" and M > _STREAM_MAX_M):
+        if out_dtype == torch.float32:
+            raise ValueError(f"{op}: float32 output is served by the streaming path only (path='stream')")
+        wf = _fp4_to_fp8_cuda(wq, sg, K)
+        return fp8_gemm(xq, wf, sx, sw, bias, out_dtype, activation=activation)
+    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
+        c.check_aligned_ptr(op, "xq", xq)
+        c.check_aligned_ptr(op, "wq", wq)
+    out = xq.new_empty((M, N), dtype=out_dtype)
+    _ext._C.w4a8_fp_gemm_run(
+        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg.data_ptr(), sg.dtype == torch.int8, g,
+        sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
+        _OUT_CODE[out_dtype], act, idx, c.current_stream(idx),
+    )
+    return out
+
+
+@torch.library.custom_op(
+    "zqkernels::w4a8_fp_gemm",
+    mutates_args=(),
+    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor sg, Tensor? bias, ScalarType out_dtype, "
+    "str activation=\"none\", str path=\"auto\") -> Tensor",
+)
+def _w4a8_fp_op(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto"):
+    return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+
+
+@_w4a8_fp_op.register_fake
+def _w4a8_fp_fake(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto"):
+    op = "w4a8_fp_gemm"
+    if path not in W4A8_PATHS:
+        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    if activation != "none":
+        _check_epilogue(activation, out_dtype, None, op)
+    _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
+    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
+
+
+_op = torch.ops.zqkernels.w4a8_fp_gemm.default
+
+
+def w4a8_fp_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+    path: str = "auto",
+) -> torch.Tensor:
+    """W4A8-FP GEMM (ZeroQuant-FP): y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * wf[n, k] (+ bias[n])).
+
+    xq float8_e4m3fn [M, K] with per-token sx float32 [M] (``quantize_per_token(x,
+    dtype=torch.float8_e4m3fn)``); wq, sw, sg from ``quantize_weight(w, fmt="fp4", group_size=g,
+    scale=policy)``: wq uint8 [N, K // 2] (FP4 codes, layout m16k64), sw float32 [N], sg [N, K // g]
+    int8 exponents (m1 / m2: wf = e2m1 * 2^e, converted with integer operations) or float32 ratios
+    (free: wf = e4m3(e2m1 * r), the float-scale baseline). The group size is K // sg.shape[1].
+    bias [N] of out_dtype (bf16, fp16 or fp32). On CUDA: compute capability 9.0, N % 16 == 0,
+    K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu' after the bias, in fp32.
+    path: 'auto' (by M), 'stream' or 'convert' (see the module docstring; for tests and benchmarks).
+    CPU tensors run the float64 reference.
+    """
+    if c._debug_checks:
+        for name, t in (("sx", sx), ("sw", sw), ("sg", sg), ("bias", bias)):
+            c.check_finite("w4a8_fp_gemm", name, t)
+        _check_pow2_range("w4a8_fp_gemm", sg)
+    if c.eager(xq, wq, sx, sw, sg, bias):
+        return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+    return _op(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+
+
+def fp4_to_fp8(wq: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:
+    """The FP8 E4M3 weights [N, K] a W4A8-FP GEMM multiplies: e2m1 * 2^e (int8 sg) or e4m3(e2m1 * r)
+    (float32 sg), by the kernels' integer conversion on CUDA (bit for bit what the GEMM uses) or the
+    reference on CPU. wq uint8 [N, K // 2] (layout m16k64), sg [N, K // g]."""
+    op = "fp4_to_fp8"
+    if wq.dtype != torch.uint8 or wq.dim() != 2:
+        raise TypeError(f"{op}: wq must be uint8 [N, K // 2] (packed FP4 codes), got {c.desc(wq)}")
+    N, K = wq.shape[0], 2 * wq.shape[1]
+    if N % 16 != 0 or K % 64 != 0:
+        raise ValueError(f"{op}: the packed layout needs N % 16 == 0 and K % 64 == 0, got N={N}, K={K}")
+    if sg.dtype not in (torch.int8, torch.float32) or sg.dim() != 2 or sg.shape[0] != N:
+        raise TypeError(f"{op}: sg must be int8 or float32 [N, K // group_size] with N == {N}, got {c.desc(sg)}")
+    G = sg.shape[1]
+    if G == 0 or K % G != 0 or (K // G) % 16 != 0:
+        raise ValueError(f"{op}: sg must have K // group_size columns (group size a multiple of 16 dividing {K}), got {G}")
+    c.check_same_device(op, "wq", wq, sg=sg)
+    c.check_contiguous(op, wq=wq, sg=sg)
+    if wq.is_cuda:
+        _require_sm90(op, wq.device)
+        return _fp4_to_fp8_cuda(wq, sg, K)
+    codes = unpack_fp4(wq, N, K)
+    return fp4_to_fp8_ref(codes, sg) if sg.dtype == torch.int8 else fp4_to_fp8_float_ref(codes, sg)
+

@@ -1,0 +1,382 @@
+// w4a8_fp_gemm.cu: W4A8-FP (ZeroQuant-FP): FP4 E2M1 weights with group scales x FP8 E4M3
+// per-token activations on FP8 tensor cores, for any GPU with FP8 mma.sync (sm_89+; built for
+// sm_90a here). docs/FP8.md defines the formats and the packed layout `m16k64`.
+//
+//   y[m, n] = act(sx[m] * (sw[n] * acc[m, n]) + bias[n]),
+//   acc[m, n] = sum_k xq[m, k] * wf[n, k],   wf = the FP8 value of the weight:
+//     pow2 scales (policies m1 / m2): wf = e2m1(code) * 2^e[n, k / g]   (exact; e in [-5, 0])
+//     float scales (policy free):     wf = e4m3(float(e2m1(code)) * r[n, k / g])   (fp32 product,
+//                                      rounded to nearest even, saturating)
+//
+// Two kernels:
+//  * w4a8_fp_stream: the GEMM for small and moderate M. A warp owns 16 weight rows (the A operand
+//    of mma.m16n8k32, swap-AB: the tokens are the MMA's narrow n = 8 side) and a strided share of
+//    the 64-wide K chunks; one 16-byte load per lane per chunk brings its FP4 codes of two MMA
+//    steps (the layout is made for it), and one 16-byte load per 8 tokens its activation bytes
+//    (the kernel feeds both operands the same permutation of k inside a chunk). The weights are
+//    converted in registers:
+//      pow2:  per group, the 8-byte table of the E4M3 magnitudes e2m1(c) * 2^e is built by adding
+//             e << 3 to the exponent fields of a constant table (two integer adds) and its
+//             negative by an OR of the sign bits; 4 codes become 4 E4M3 bytes with 3 byte permutes
+//             (prmt: magnitude from the positive and from the negative table, then a per-byte
+//             choice by the sign bit) and 3 logic ops. No float instruction touches a weight.
+//      float: the same permutes with e = 0 give e2m1(c) exactly; then per pair of weights
+//             e4m3x2 -> f16x2 -> 2 x f32, two fp32 multiplies by r, f32x2 -> e4m3x2 (the baseline
+//             ZeroQuant-FP's power-of-two constraint removes).
+//    Accumulation: each chunk's MMAs start from zero and their sum is added to fp32 totals
+//    (promotion every 64 of K: FP8 MMA accumulators are not full fp32 on Hopper). The warps that
+//    share a row tile reduce through shared memory; one writes the outputs.
+//    A CTA is 8 warps: R row tiles x (8 / R) K-slices, R chosen so that the grid fills the GPU.
+//  * fp4_to_fp8: the same conversion into a row-major E4M3 matrix [N, K] (large M runs it once and
+//    then the FP8 GEMM; the tests use it to check the conversion bit for bit).
+//
+// Limits (checked here and by python/zqkernels/ops/fp_gemm.py): N % 16 == 0, K % 64 == 0, group
+// size g % 16 == 0 dividing K (a lane's 16 consecutive k lie in one group), xq rows 16-byte
+// aligned, out any alignment (scalar stores).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+constexpr int kWarps = 8;  // per CTA
+constexpr int kBatch = 4;  // K chunks loaded ahead per warp
+
+// E4M3 bytes of the E2M1 magnitudes 0, 0.5, 1, 1.5 (low word) and 2, 3, 4, 6 (high word).
+constexpr uint32_t kLutLo = 0x3C383000u;
+constexpr uint32_t kLutHi = 0x4C484440u;
+
+struct Lut {
+  uint32_t pos_lo, pos_hi, neg_lo, neg_hi;
+};
+
+// The table of e2m1(c) * 2^e, e in [-5, 0]: e << 3 added to every exponent field but byte 0's
+// (code 0 stays 0). Bytes 1..3 of the low word are >= 0x30, so adding e * 8 >= -40 never borrows
+// across bytes; every exponent field stays in 1..9 (normal numbers).
+__device__ __forceinline__ Lut make_lut(int e) {
+  Lut l;
+  l.pos_lo = kLutLo + static_cast<uint32_t>(e * 0x08080800);
+  l.pos_hi = kLutHi + static_cast<uint32_t>(e * 0x08080808);
+  l.neg_lo = l.pos_lo | 0x80808080u;  // byte 0: -0, which the MMA takes as 0
+  l.neg_hi = l.pos_hi | 0x80808080u;
+  return l;
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Four E2M1 codes (bits 0-15 of x, code j in bits 4j..4j+3) -> four E4M3 bytes (byte j).
+__device__ __forceinline__ uint32_t convert4(uint32_t x, const Lut& l) {
+  const uint32_t idx = x & 0x7777u;                    // magnitude selectors (bit 3 clear)
+  const uint32_t p = prmt(l.pos_lo, l.pos_hi, idx);
+  const uint32_t n = prmt(l.neg_lo, l.neg_hi, idx);
+  const uint32_t sel = ((x >> 1) & 0x4444u) | 0x3210u;  // byte j from n (4 + j) when code j is negative
+  return prmt(p, n, sel);
+}
+
+// Four E4M3 bytes times a float ratio, rounded back to E4M3 (float-scale variant).
+__device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
+  uint32_t out = 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const __nv_fp8x2_storage_t pair = static_cast<__nv_fp8x2_storage_t>(v >> (16 * h));
+    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
+    f.x *= r;
+    f.y *= r;
+    const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+    out |= static_cast<uint32_t>(q) << (16 * h);
+  }
+  return out;
+}
+
+template <bool kPow2>
+struct RowScale;
+template <>
+struct RowScale<true> {
+  Lut l;
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { l = make_lut(static_cast<const int8_t*>(sg)[i]); }
+  __device__ __forceinline__ uint32_t operator()(uint32_t x) const { return convert4(x, l); }
+};
+template <>
+struct RowScale<false> {
+  float r;
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { r = __ldg(static_cast<const float*>(sg) + i); }
+  __device__ __forceinline__ uint32_t operator()(uint32_t x) const {
+    constexpr Lut l{kLutLo, kLutHi, kLutLo | 0x80808080u, kLutHi | 0x80808080u};
+    return scale4(convert4(x, l), r);
+  }
+};
+
+__device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {  // read once: keep it out of L1
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <typename T> __device__ __forceinline__ T out_cast(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 out_cast<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half out_cast<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ float out_cast<float>(float v) { return v; }
+template <typename T> __device__ __forceinline__ float bias_f(const T* b, int n) { return b ? static_cast<float>(b[n]) : 0.f; }
+template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bfloat16* b, int n) {
+  return b ? __bfloat162float(b[n]) : 0.f;
+}
+template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
+
+// kNT: MMAs of 8 tokens per warp (a CTA covers 8 * kNT tokens).
+template <int kNT, bool kPow2, typename OutT>
+__global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int R) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, t = lane & 3;
+  const int W = kWarps / R;
+  const int rt = blockIdx.x * R + warp / W;  // row tile (16 weight rows)
+  const int kp = warp % W;
+  const int nchunks = a.K >> 6;
+  const int G = a.K / a.group_size;
+  const int tok0 = blockIdx.y * 8 * kNT;
+  const bool active = rt < (a.N >> 4);
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the activations may come from the previous kernel
+#endif
+
+  float acc[kNT][4];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.f;
+
+  if (active) {
+    const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
+    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+    const uint8_t* xrow[kNT];
+    bool tok_ok[kNT];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;  // the MMA's B column (token) of this lane
+      tok_ok[j] = m < a.M;
+      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
+    }
+    for (int c0 = kp; c0 < nchunks; c0 += W * kBatch) {
+      uint4 wv[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + u * W;
+        if (c < nchunks) wv[u] = load_stream(wp + static_cast<int64_t>(c) * 32);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + u * W;
+        if (c >= nchunks) break;
+        uint4 xv[kNT];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          xv[j] = tok_ok[j] ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
+                            : make_uint4(0, 0, 0, 0);
+        }
+        const int grp = (c * 64 + 16 * t) / a.group_size;
+        RowScale<kPow2> s_lo, s_hi;
+        s_lo.load(a.sg, n_lo * G + grp);
+        s_hi.load(a.sg, (n_lo + 8) * G + grp);
+        const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+        float part[kNT][4];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          const uint32_t q0 = w[2 * s], q1 = w[2 * s + 1];
+          const uint32_t af[4] = {s_lo(q0), s_hi(q0 >> 16), s_lo(q1), s_hi(q1 >> 16)};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const uint32_t b0 = s == 0 ? xv[j].x : xv[j].z;
+            const uint32_t b1 = s == 0 ? xv[j].y : xv[j].w;
+            mma_e4m3(part[j], af, b0, b1);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
+      }
+    }
+  }
+
+  // Reduce the W K-slices of each row tile: slices 1..W-1 write, slice 0 adds.
+  __shared__ float red[kWarps][kNT * 4][32];
+  if (kp != 0) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
+  }
+  __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+  if (kp != 0 || !active) return;
+  for (int o = 1; o < W; ++o) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
+  }
+  const int act = static_cast<int>(a.activation);
+  const OutT* bias = static_cast<const OutT*>(a.bias);
+  OutT* out = static_cast<OutT*>(a.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
+    const int n = rt * 16 + r + 8 * h;
+    const float sw = a.sb[n];
+    const float b = bias_f(bias, n);
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int m = tok0 + j * 8 + 2 * t + i;
+        if (m >= a.M) continue;
+        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
+        if (act != 0) v = epi::activate(v, act);
+        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
+      }
+  }
+}
+
+template <bool kPow2>
+__global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int group_size, int N, int K, uint8_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // one lane-chunk
+  const int nchunks = K >> 6;
+  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
+  const int lane = static_cast<int>(i & 31);
+  const int64_t tc = i >> 5;
+  const int c = static_cast<int>(tc % nchunks);
+  const int rt = static_cast<int>(tc / nchunks);
+  const int r = lane >> 2, t = lane & 3;
+  const int G = K / group_size;
+  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+  const int grp = (c * 64 + 16 * t) / group_size;
+  RowScale<kPow2> s_lo, s_hi;
+  s_lo.load(sg, n_lo * G + grp);
+  s_hi.load(sg, (n_lo + 8) * G + grp);
+  const uint4 v = reinterpret_cast<const uint4*>(packed)[i];
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  uint32_t lo[4], hi[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {  // word q: k 16t + 4q .. + 3 of rows r (low half) and r + 8
+    lo[q] = s_lo(w[q]);
+    hi[q] = s_hi(w[q] >> 16);
+  }
+  const int64_t k0 = static_cast<int64_t>(c) * 64 + 16 * t;
+  *reinterpret_cast<uint4*>(out + n_lo * K + k0) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  *reinterpret_cast<uint4*>(out + (n_lo + 8) * K + k0) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+}
+
+std::string check_w4a8_fp(const W4A8FPArgs& a) {
+  if (a.M <= 0 || a.N <= 0 || a.K <= 0) return "M, N, K must be > 0";
+  if (a.N % 16 != 0) return "N must be a multiple of 16, got " + std::to_string(a.N);
+  if (a.K % 64 != 0) return "K must be a multiple of 64, got " + std::to_string(a.K);
+  if (a.group_size <= 0 || a.group_size % 16 != 0 || a.K % a.group_size != 0) {
+    return "group_size must be a multiple of 16 dividing K, got " + std::to_string(a.group_size);
+  }
+  if (a.lda < a.K || a.lda % 16 != 0) return "lda must be >= K and a multiple of 16";
+  const auto aligned = [](const void* p, uintptr_t n) { return p != nullptr && reinterpret_cast<uintptr_t>(p) % n == 0; };
+  if (!aligned(a.a, 16) || !aligned(a.b, 16)) return "xq and wq must be 16-byte aligned";
+  if (!aligned(a.sg, a.pow2 ? 1 : 4) || !aligned(a.sa, 4) || !aligned(a.sb, 4) || a.out == nullptr) {
+    return "null or misaligned scale / output pointer";
+  }
+  const int act = static_cast<int>(a.activation);
+  if (act < 0 || act > 3) return "activation code must be 0..3";
+  return {};
+}
+
+template <int kNT, bool kPow2, typename OutT>
+void launch_stream(const W4A8FPArgs& a) {
+  const int ntiles = a.N / 16;
+  const int ytiles = (a.M + 8 * kNT - 1) / (8 * kNT);
+  const int target = 2 * (a.sm_count > 0 ? a.sm_count : 132);
+  int R = kWarps;  // the most row tiles per CTA that still gives >= 2 CTAs per SM
+  while (R > 1 && ((ntiles + R - 1) / R) * ytiles < target) R /= 2;
+  const dim3 grid((ntiles + R - 1) / R, ytiles);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = a.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, w4a8_fp_stream<kNT, kPow2, OutT>, a, R);
+}
+
+template <bool kPow2, typename OutT>
+void dispatch_nt(const W4A8FPArgs& a) {
+  if (a.M <= 8) return launch_stream<1, kPow2, OutT>(a);
+  if (a.M <= 16) return launch_stream<2, kPow2, OutT>(a);
+  if (a.M <= 32) return launch_stream<4, kPow2, OutT>(a);
+  return launch_stream<8, kPow2, OutT>(a);
+}
+
+template <typename OutT>
+void dispatch_scale(const W4A8FPArgs& a) {
+  if (a.pow2) return dispatch_nt<true, OutT>(a);
+  return dispatch_nt<false, OutT>(a);
+}
+
+}  // namespace
+
+std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
+  std::string err = check_w4a8_fp(a);
+  if (!err.empty()) return err;
+  switch (a.out_dtype) {
+    case DType::kBF16: dispatch_scale<__nv_bfloat16>(a); break;
+    case DType::kFP16: dispatch_scale<__half>(a); break;
+    case DType::kFP32: dispatch_scale<float>(a); break;
+    default: return "out_dtype must be bf16, fp16 or fp32";
+  }
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
+  return {};
+}
+
+std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,
+                       cudaStream_t stream) {
+  if (N <= 0 || K <= 0 || N % 16 != 0 || K % 64 != 0) return "N must be a positive multiple of 16 and K of 64";
+  if (group_size <= 0 || group_size % 16 != 0 || K % group_size != 0) return "group_size must be a multiple of 16 dividing K";
+  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
+  const int block = 256;
+  const int64_t blocks = (threads + block - 1) / block;
+  auto* o = static_cast<uint8_t*>(out);
+  if (pow2) {
+    fp4_to_fp8_kernel<true><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
+  } else {
+    fp4_to_fp8_kernel<false><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
+  }
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
+  return {};
+}
+
+}  // namespace zq
