@@ -259,17 +259,22 @@ def test_fp4_m2_rounds_up_minimally():
     assert int(R.quantize_fp4_ref(heavy_tailed(N, K), g, "m2")[2][3, 0]) == -5  # the clamped group
 
 
-def test_fp4_m2_ratio_rounding_down_is_bumped():
-    """A group whose fp32 ratio s / sw rounds down onto a power of two gets the next exponent."""
-    w = torch.zeros(16, 64)
-    big = torch.tensor(3.0)
-    small = torch.nextafter(big / 2, torch.tensor(10.0))  # s / sw just above 1/2
-    w[:, 0], w[:, 32] = big, small
-    codes, sw, e = R.quantize_fp4_ref(w, 32, "m2")
-    ratio = (small / 6) / (big / 6)
-    if float(ratio) == 0.5:  # fp32 division rounded onto 2^-1: the reference must correct it
-        assert int(e[0, 1]) == 0
-    assert float(w[0, 32]) / (float(sw[0]) * 2.0 ** int(e[0, 1])) <= 6
+def test_fp4_power_of_two_boundaries():
+    """ceil(log2) is exact: a group at exactly 1/4 of its channel gets e = -2 (m2) and one a float32
+    ulp above gets e = -1; m1 maps s = 2^k exactly to 2^k."""
+    w = torch.zeros(16, 128)
+    w[:, 0] = 6.0 * 3  # channel scale s = 3
+    w[:, 32] = 6.0 * 0.75  # ratio exactly 1/4
+    w[:, 64] = torch.nextafter(torch.tensor(6.0 * 0.75), torch.tensor(100.0))  # just above 1/4
+    w[:, 96] = 6.0 * 0.75 * 2**-7  # below 2^-5: clamped
+    _, sw, e = R.quantize_fp4_ref(w, 32, "m2")
+    assert float(sw[0]) == 3 and e[0].tolist() == [0, -2, -1, -5]
+    w2 = torch.zeros(16, 64)
+    w2[:, 0], w2[:, 32] = 6.0 * 2.0, 6.0 * 0.5  # s = 2 and 0.5, powers of two already
+    _, sw, e = R.quantize_fp4_ref(w2, 32, "m1")
+    assert float(sw[0]) == 2 and e[0].tolist() == [0, -2]
+    w2[:, 32] = torch.nextafter(torch.tensor(3.0), torch.tensor(100.0))  # s just above 0.5 -> s' = 1
+    assert R.quantize_fp4_ref(w2, 32, "m1")[2][0].tolist() == [0, -1]
 
 
 @pytest.mark.parametrize("policy", ["free", "m1", "m2"])

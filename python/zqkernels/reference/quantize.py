@@ -192,9 +192,10 @@ def quantize_fp4_ref(
     Degenerate inputs give finite, harmless values rather than NaN: an all-zero group gets e = 0 /
     r = 1 (any ratio would do: its codes are all 0), an all-zero row sw = 0 with e = 0 / r = 1.
     Scales are computed in fp32 from amax / 6; the power-of-two rounding is exact (frexp), and for
-    m2 a group whose ratio rounded down to a power of two (fp32 division) is bumped up one, so that
-    ``sw * 2^e >= s`` holds exactly: no weight clips. Under free ``sw * r`` can fall one fp32 ulp
-    under s (|w| / (sw r) <= 6 (1 + 2^-23)); the encoder saturates at 6, so that is no clip either.
+    m2 ``sw * 2^e >= s`` is checked exactly (and e raised where the fp32 ratio fell short): no weight
+    clips. Under free ``sw * r`` can fall one fp32 ulp under s (|w| / (sw r) <= 6 (1 + 2^-23)); the
+    encoder saturates at 6, so that is no clip either. Rows with amax below ~6 * 2^-126 have
+    subnormal fp32 scales and lose precision (as any fp32 scale would).
     """
     op = "quantize_fp4_ref"
     _check_2d(op, "w", w, "N, K")
@@ -228,8 +229,10 @@ def quantize_fp4_ref(
             return _encode_groups(wf, sw, r, g), sw.contiguous(), r.contiguous()
         e = _ceil_log2(torch.where(zero_group, torch.ones_like(ratio), ratio))
         e = e.clamp(FP4_EXP_MIN, FP4_EXP_MAX)
-        # fp32 ratio may have rounded down onto a power of two: check sw * 2^e >= s exactly (float64
-        # holds both products exactly) and go one up where it failed (never past 0: sw >= s).
+        # Safety net: for normal fp32 s and sw the rounded ratio s / sw never falls onto a power of
+        # two from above (a ratio above 2^-k exceeds it by more than half an ulp), but with
+        # subnormal scales it can; check sw * 2^e >= s exactly (float64 holds both sides exactly)
+        # and go one up where it fails (never past 0: sw >= s).
         short = sw.double()[:, None] * torch.ldexp(torch.ones_like(s, dtype=torch.float64), e) < s.double()
         e = e + short.to(e.dtype)
         e = torch.where(zero_group, torch.zeros_like(e), e)
