@@ -46,14 +46,23 @@ def fp8_inputs(M, N, K, out_dtype=torch.bfloat16, bias=False):
     return dict(xq=xq, wq=wq, sx=sx, sw=sw, bias=b, out_dtype=out_dtype)
 
 
+def assert_fp8_close(out, ref, what=""):
+    """Accurate accumulation: one output ulp elementwise (and calc_diff < 1e-5), but no bound on how
+    many outputs differ: the FP8 MMA's own sum is not exact (conftest.assert_gemm_close)."""
+    assert_gemm_close(out, ref, what, exact_sum=False)
+
+
 def assert_fast_close(out, ref, what=""):
-    """Fast accumulation: Hopper's FP8 accumulator keeps fewer bits than fp32, so the bound is a
-    fraction of each row's scale rather than one output ulp (the measured error: docs/FP8.md)."""
+    """Fast accumulation: Hopper's FP8 accumulator keeps fewer bits than fp32 across the whole K, so
+    the bound is a fraction of each row's scale rather than one output ulp (the measured error:
+    docs/FP8.md, benchmarks/bench_fp8.py)."""
     o, r = out.double(), ref.double()
     assert not torch.isnan(o).any(), what
-    tol = 2**-7 * r.abs() + 2e-3 * r.abs().amax(dim=1, keepdim=True)
-    assert bool(((o - r).abs() <= tol).all()), f"{what}: max err {(o - r).abs().max():.3g}"
-    assert calc_diff(out, ref) < 1e-4, what
+    err = (o - r).abs()
+    tol = 2**-6 * r.abs() + 2e-2 * r.abs().amax(dim=1, keepdim=True)
+    worst = float((err / r.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)).max())
+    assert bool((err <= tol).all()), f"{what}: max err {err.max():.3g} ({worst:.3g} of its row's max)"
+    assert calc_diff(out, ref) < 1e-3, f"{what}: calc_diff {calc_diff(out, ref):.3g}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +122,7 @@ def test_fp8_gemm_every_kernel(recipe, tile, outs):
             out = zqkernels.fp8_gemm(**a, accumulate=acc, tile=tile)
             ref = fp8_gemm_ref(**a)
             what = f"{recipe}/{tile} M={M} N={N} K={K}"
-            (assert_gemm_close if acc == "accurate" else assert_fast_close)(out, ref, what)
+            (assert_fp8_close if acc == "accurate" else assert_fast_close)(out, ref, what)
 
 
 @needs_sm90
@@ -128,7 +137,7 @@ def test_fp8_gemm_dispatch_full_range_operands(acc):
         for act in ("none", "silu"):
             out = zqkernels.fp8_gemm(xq, wq, sx, sw, None, torch.bfloat16, accumulate=acc, activation=act)
             ref = fp8_gemm_ref(xq, wq, sx, sw, None, torch.bfloat16, activation=act)
-            (assert_gemm_close if acc == "accurate" else assert_fast_close)(out, ref, f"{M}x{N}x{K} {act}")
+            (assert_fp8_close if acc == "accurate" else assert_fast_close)(out, ref, f"{M}x{N}x{K} {act}")
 
 
 @needs_sm90
@@ -138,14 +147,15 @@ def test_fp8_gemm_accurate_beats_fast_at_long_k():
     M, N, K = 256, 512, 16384
     xq = (torch.rand(M, K, device=DEV) * 2 + 1).to(F8)  # positive: no cancellation, sums grow
     wq = (torch.rand(N, K, device=DEV) * 2 + 1).to(F8)
-    one_m, one_n = torch.ones(M, device=DEV), torch.ones(N, device=DEV)
+    # scales keep the sums (up to 9 * 16384) inside fp16's range; relative errors do not depend on them
+    one_m, one_n = torch.full((M,), 2.0**-8, device=DEV), torch.full((N,), 2.0**-8, device=DEV)
     ref = fp8_gemm_ref(xq, wq, one_m, one_n, None, torch.float16).double()
     errs = {}
     for acc in ("accurate", "fast"):
         out = zqkernels.fp8_gemm(xq, wq, one_m, one_n, None, torch.float16, accumulate=acc).double()
         errs[acc] = float(((out - ref).abs() / ref.abs()).max())
-    assert errs["accurate"] <= 2**-10, errs  # one fp16 ulp
-    assert errs["accurate"] <= errs["fast"], errs
+    assert errs["accurate"] <= 2**-8, errs  # a few fp16 ulps (the MMA's own sums are not fp32)
+    assert 8 * errs["accurate"] <= errs["fast"], errs
 
 
 @needs_sm90
@@ -229,7 +239,7 @@ def test_w4a8_fp_stream_sweep(policy, g):
             a = w4a8_inputs(M, N, K, g, policy, out_dtype, bias=i % 2 == 0)
             poison_next_allocation(M * N * 4, 0xFF)
             out = zqkernels.w4a8_fp_gemm(**a, path="stream")
-            assert_gemm_close(out, ref_of(a), f"stream {policy} g={g} M={M} N={N} K={K} {out_dtype}")
+            assert_fp8_close(out, ref_of(a), f"stream {policy} g={g} M={M} N={N} K={K} {out_dtype}")
 
 
 @needs_sm90
@@ -240,7 +250,7 @@ def test_w4a8_fp_convert_path_and_auto(policy):
         a = w4a8_inputs(M, N, K, g, policy, bias=True)
         for path in ("convert", "auto"):
             out = zqkernels.w4a8_fp_gemm(**a, path=path)
-            assert_gemm_close(out, ref_of(a), f"{path} {policy} M={M} N={N} K={K}")
+            assert_fp8_close(out, ref_of(a), f"{path} {policy} M={M} N={N} K={K}")
 
 
 @needs_sm90
@@ -249,7 +259,7 @@ def test_w4a8_fp_activation(act):
     for M in (3, 300):
         a = w4a8_inputs(M, 256, 512, 128, "m2", bias=True)
         out = zqkernels.w4a8_fp_gemm(**a, activation=act)
-        assert_gemm_close(out, ref_of(a, act), f"{act} M={M}")
+        assert_fp8_close(out, ref_of(a, act), f"{act} M={M}")
 
 
 @needs_sm90

@@ -73,7 +73,7 @@ def test_empty_tensors_cpu():
 
 
 def test_op_schemas():
-    assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x) -> (Tensor, Tensor)"
+    assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x, ScalarType dtype=1) -> (Tensor, Tensor)"
     assert str(GEMM_OP._schema) == (
         "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
         "ScalarType out_dtype, str backend, str tile, str activation=\"none\", float? out_scale=None) -> Tensor"

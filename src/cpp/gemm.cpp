@@ -215,6 +215,16 @@ void bind_gemm(nb::module_& m) {
         "Launch the sm90 GEMMs with programmatic dependent launch (default on; env ZQKERNELS_PDL=0).");
   m.def("_debug_pdl", []() { return zq::gemm_tuning().pdl; });
   m.def(
+      "_debug_set_fp8_promotion",
+      [](int k) {
+        if (k < 1) fail("_debug_set_fp8_promotion", "the interval must be >= 1 element of K");
+        const int previous = zq::gemm_tuning().fp8_promote_k;
+        zq::gemm_tuning().fp8_promote_k = k;
+        return previous;
+      },
+      nb::arg("k"),
+      "fp8_gemm accurate mode: promote to fp32 every k elements of K (rounded up to k-tiles); returns the previous.");
+  m.def(
       "_debug_set_scheduler",
       [](int swizzle, int raster) {
         if (swizzle != 0 && swizzle != 1 && swizzle != 2 && swizzle != 4 && swizzle != 8) {

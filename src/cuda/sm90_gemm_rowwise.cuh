@@ -3,7 +3,8 @@
 //   "int8_rowwise"        W8A8 INT8:  int8 x int8 -> int32 accumulator (exact)
 //   "fp8_rowwise"         W8A8 FP8:   e4m3 x e4m3 -> fp32, accurate accumulation: the wgmma
 //                         partial sums (which Hopper accumulates with reduced precision) are
-//                         promoted into a separate fp32 accumulator every 4 MMAs (128 of K)
+//                         promoted into a separate fp32 accumulator once per k-tile (128 or 256
+//                         of K, by tile)
 //   "fp8_rowwise_fastacc" the same with the wgmma accumulator used throughout (faster; loses
 //                         precision as K grows: docs/FP8.md has the measured errors)
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
@@ -115,6 +116,8 @@ struct Operands {
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
   // no such bound (its precision is the matter, docs/FP8.md).
   static constexpr int kMaxK = kInt8 ? kInt8MaxK : 0x7fffffff;
+  // The FP8 mainloop with promotion (accurate accumulation) takes a promotion interval in MMAs.
+  static constexpr bool kPromote = !kInt8 && !kFastAccum;
   template <class Cfg>
   using Schedule = cute::conditional_t<
       !kFastAccum, typename Cfg::KernelSchedule,
@@ -220,6 +223,15 @@ struct RowwiseGemm {
                                   {ptr_a, stride_a, ptr_b, stride_b},
                                   {fusion, nullptr, stride_d, static_cast<ElementOut*>(a.out), stride_d}};
     const GemmTuning& t = gemm_tuning();
+    if constexpr (Ops::kPromote) {
+      // Promote every fp8_promote_k of K (rounded up to whole k-tiles: the interval, in MMAs of
+      // K = 32, must be a multiple of the MMAs per k-tile). Each promotion drains the wgmma
+      // pipeline (warpgroup_wait<0>), so the interval trades speed against the precision of the
+      // low-precision partial sums: docs/FP8.md has the measured trade-off.
+      constexpr int kTileK = cute::size<2>(TileShape{});
+      const int ktiles = t.fp8_promote_k <= kTileK ? 1 : (t.fp8_promote_k + kTileK - 1) / kTileK;
+      args.mainloop.mma_promotion_interval = static_cast<uint32_t>(ktiles * (kTileK / 32));
+    }
     if (t.swizzle > 0) args.scheduler.max_swizzle_size = t.swizzle;
     using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
     if (t.raster == 1) args.scheduler.raster_order = Raster::AlongM;
@@ -246,6 +258,7 @@ struct RowwiseGemm {
     int M, N, K, device, sm_count, swizzle, raster;
     int act;          // the epilogue's runtime options are kernel parameters too
     float out_scale;
+    int promote;      // FP8 promotion interval (GemmTuning::fp8_promote_k)
     bool operator==(const ParamsKey& o) const { return std::memcmp(this, &o, sizeof(ParamsKey)) == 0; }
   };
   struct ParamsKeyHash {
@@ -270,6 +283,7 @@ struct RowwiseGemm {
     k.lda = a.lda, k.ldb = a.ldb, k.M = a.M, k.N = a.N, k.K = a.K, k.device = a.device, k.sm_count = a.sm_count;
     k.swizzle = t.swizzle, k.raster = t.raster;
     k.act = static_cast<int>(a.activation), k.out_scale = a.out_scale;
+    k.promote = t.fp8_promote_k;
     return k;
   }
 

@@ -102,16 +102,25 @@ __device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
 
 template <bool kPow2>
 struct RowScale;
+// raw(): the group's scale as 32 bits, loaded ahead of use; set(): the converter from it.
 template <>
 struct RowScale<true> {
   Lut l;
-  __device__ __forceinline__ void load(const void* sg, int64_t i) { l = make_lut(static_cast<const int8_t*>(sg)[i]); }
+  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
+    return static_cast<uint32_t>(static_cast<int32_t>(__ldg(static_cast<const signed char*>(sg) + i)));
+  }
+  __device__ __forceinline__ void set(uint32_t v) { l = make_lut(static_cast<int32_t>(v)); }
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
   __device__ __forceinline__ uint32_t operator()(uint32_t x) const { return convert4(x, l); }
 };
 template <>
 struct RowScale<false> {
   float r;
-  __device__ __forceinline__ void load(const void* sg, int64_t i) { r = __ldg(static_cast<const float*>(sg) + i); }
+  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
+    return __float_as_uint(__ldg(static_cast<const float*>(sg) + i));
+  }
+  __device__ __forceinline__ void set(uint32_t v) { r = __uint_as_float(v); }
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
   __device__ __forceinline__ uint32_t operator()(uint32_t x) const {
     constexpr Lut l{kLutLo, kLutHi, kLutLo | 0x80808080u, kLutHi | 0x80808080u};
     return scale4(convert4(x, l), r);
@@ -178,12 +187,45 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
     }
-    for (int c0 = kp; c0 < nchunks; c0 += W * kBatch) {
-      uint4 wv[kBatch];
+    // Software pipeline: the next batch of kBatch chunks is in flight while this one is converted
+    // and multiplied (the weights are read once, from DRAM: latency is what limits a warp). For
+    // few tokens the batch's activation loads (L2 hits) are issued up front too.
+    constexpr bool kHoistX = kNT <= 2;
+    const int step = W * kBatch;
+    // The group scales of rows r and r + 8 travel with their chunk (16 consecutive k of a lane lie
+    // in one group).
+    uint4 wv[kBatch];
+    uint32_t slo[kBatch], shi[kBatch];
+    const auto fetch = [&](int c, uint4& w, uint32_t& lo, uint32_t& hi) {
+      w = load_stream(wp + static_cast<int64_t>(c) * 32);
+      const int grp = (c * 64 + 16 * t) / a.group_size;
+      lo = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
+      hi = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+    };
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = kp + u * W;
+      if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
+    }
+    for (int c0 = kp; c0 < nchunks; c0 += step) {
+      uint4 nw[kBatch];
+      uint32_t nlo[kBatch], nhi[kBatch];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + u * W;
-        if (c < nchunks) wv[u] = load_stream(wp + static_cast<int64_t>(c) * 32);
+        const int c = c0 + step + u * W;
+        if (c < nchunks) fetch(c, nw[u], nlo[u], nhi[u]);
+      }
+      uint4 xh[kHoistX ? kBatch : 1][kNT];
+      if constexpr (kHoistX) {
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const int c = c0 + u * W;
+            xh[u][j] = tok_ok[j] && c < nchunks
+                           ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
+                           : make_uint4(0, 0, 0, 0);
+          }
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -192,13 +234,16 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
         uint4 xv[kNT];
 #pragma unroll
         for (int j = 0; j < kNT; ++j) {
-          xv[j] = tok_ok[j] ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
-                            : make_uint4(0, 0, 0, 0);
+          if constexpr (kHoistX) {
+            xv[j] = xh[u][j];
+          } else {
+            xv[j] = tok_ok[j] ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
+                              : make_uint4(0, 0, 0, 0);
+          }
         }
-        const int grp = (c * 64 + 16 * t) / a.group_size;
         RowScale<kPow2> s_lo, s_hi;
-        s_lo.load(a.sg, n_lo * G + grp);
-        s_hi.load(a.sg, (n_lo + 8) * G + grp);
+        s_lo.set(slo[u]);
+        s_hi.set(shi[u]);
         const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
         float part[kNT][4];
 #pragma unroll
@@ -220,6 +265,12 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
         for (int j = 0; j < kNT; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        wv[u] = nw[u];
+        slo[u] = nlo[u];
+        shi[u] = nhi[u];
       }
     }
   }

@@ -111,6 +111,9 @@ struct GemmTuning {
   bool pdl = true;   // sm90: launch with programmatic dependent launch (kernels always wait)
   int swizzle = 0;   // sm90 persistent scheduler: 0 = CUTLASS default, else 1/2/4/8
   int raster = 0;    // 0 = heuristic, 1 = along M, 2 = along N
+  // fp8_rowwise (accurate accumulation): promote the wgmma partial sums to fp32 every this many
+  // elements of K (rounded up to whole k-tiles of 128 / 256). docs/FP8.md: the measured trade-off.
+  int fp8_promote_k = 512;
 };
 GemmTuning& gemm_tuning();
 

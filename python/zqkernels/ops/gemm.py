@@ -132,9 +132,11 @@ def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, fam: _Family = _INT8)
     op = fam.op
     ty = c.dtype_name(fam.operand)
     if out_dtype not in fam.out_dtypes:
+        names = [f"torch.{c.dtype_name(d)}" for d in fam.out_dtypes]
+        allowed = ", ".join(names[:-1]) + " or " + names[-1]
         raise TypeError(
-            f"{op}: out_dtype must be one of {', '.join(map(str, fam.out_dtypes))}"
-            f"{' (int8 with out_scale)' if torch.int8 in fam.out_dtypes else ''}, got {out_dtype}"
+            f"{op}: out_dtype must be {allowed}{' (with out_scale)' if torch.int8 in fam.out_dtypes else ''}, "
+            f"got {out_dtype}"
         )
     hint = "quantize_per_token" + ("" if fam.operand == torch.int8 else f"(x, dtype=torch.{ty})")
     if xq.dtype != fam.operand:
@@ -319,7 +321,7 @@ def resolve_gemm_backend(device: torch.device, backend: str = "auto", recipe: st
                 "compute capability 9.0 (H100 / H200)."
             )
             raise RuntimeError(
-                f"{op}: no {recipe} GEMM kernel of this build runs on {device} (compute capability "
+                f"{op}: no {'int8' if recipe == _RECIPE else 'FP8'} GEMM kernel of this build runs on {device} (compute capability "
                 f"{cc[0]}.{cc[1]}): compiled backends {compiled or 'none'} (archs {archs}); sm90 needs "
                 "compute capability 9.0, sm80 needs 8.x or a listed arch. Rebuild with ZQ_CUDA_ARCHS "
                 f"listing this GPU's arch (e.g. ZQ_CUDA_ARCHS='80;90a').{fp8}"
@@ -524,7 +526,7 @@ def _check_accumulate(accumulate) -> str:
     recipe = ACCUMULATE.get(accumulate) if isinstance(accumulate, str) else None
     if recipe is None:
         raise ValueError(
-            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every 128 of K, the default) or "
+            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every k-tile of 128 or 256, the default) or "
             f"'fast' (Hopper's FP8 accumulator throughout), got {accumulate!r}"
         )
     return recipe
@@ -593,7 +595,7 @@ def fp8_gemm(
     only: an sm_80 GPU gets a RuntimeError saying so), K % 16 == 0, N % 8 == 0, row strides multiples
     of 16, xq / wq 16-byte aligned.
 
-    accumulate: 'accurate' (default) promotes the tensor cores' partial sums into fp32 every 128 of
+    accumulate: 'accurate' (default) promotes the tensor cores' partial sums into fp32 every 128-256 of
     K; 'fast' keeps Hopper's FP8 accumulator (fewer mantissa bits than fp32) throughout: faster,
     and less accurate as K grows (docs/FP8.md has both errors against an fp64 reference).
     activation: 'none', 'gelu', 'gelu_tanh' or 'silu', applied after the bias in fp32.
