@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common as cm  # noqa: E402
-
 import zqkernels  # noqa: E402
 from zqkernels import _ext  # noqa: E402
 from zqkernels.reference import fp8_gemm_ref  # noqa: E402
