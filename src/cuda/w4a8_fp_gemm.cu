@@ -37,6 +37,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -366,9 +367,25 @@ template <int kNT, bool kPow2, typename OutT>
 void launch_stream(const W4A8FPArgs& a) {
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + 8 * kNT - 1) / (8 * kNT);
-  const int target = 2 * (a.sm_count > 0 ? a.sm_count : 132);
-  int R = kWarps;  // the most row tiles per CTA that still gives >= 2 CTAs per SM
-  while (R > 1 && ((ntiles + R - 1) / R) * ytiles < target) R /= 2;
+  // Row tiles per CTA: the choice that wastes the least of the last wave (CTAs resident at once =
+  // occupancy x SMs; a decode GEMM is one or two waves, so a partial last wave idles the rest of
+  // the GPU), more row tiles per CTA on ties (their warps share activation loads in L1).
+  static int occupancy = 0;  // per instantiation; the same on every device of one model
+  if (occupancy == 0) {
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, w4a8_fp_stream<kNT, kPow2, OutT>, kWarps * 32, 0);
+    if (occupancy < 1) occupancy = 1;
+  }
+  const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
+  int R = 1;
+  double best = -1.0;
+  for (int cand = 1; cand <= kWarps; cand *= 2) {
+    const double ctas = static_cast<double>((ntiles + cand - 1) / cand) * ytiles;
+    const double eff = ctas / (slots * std::ceil(ctas / slots));
+    if (eff >= best - 1e-9) {
+      best = eff;
+      R = cand;
+    }
+  }
   const dim3 grid((ntiles + R - 1) / R, ytiles);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;

@@ -31,8 +31,10 @@ __all__ = ["w4a8_fp_gemm", "fp4_to_fp8", "W4A8_PATHS"]
 W4A8_PATHS = ("auto", "stream", "convert")
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _FP8 = torch.float8_e4m3fn
-# Largest M the streaming kernel serves under path="auto" (benchmarks/bench_fp8.py measures it).
-_STREAM_MAX_M = 128
+# Largest M the streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
+# benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
+# M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
+_STREAM_MAX_M = 32
 _POW2_RANGE = (-5, 0)  # exponents the quantizer produces (docs/FP8.md); the kernel is exact there
 
 
