@@ -1,8 +1,8 @@
 """torchao-style conversion: ``quantize_(model, config, filter_fn=..., module_configs=...)``.
 
-A config object names a quantization scheme and its options. ``W8A8Config`` is the only scheme
-with kernels today; the other config classes describe the schemes that are planned, and applying
-one raises NotImplementedError naming the missing kernel (there is never a silent fallback).
+A config object names a quantization scheme and its options. ``W8A8Config``, ``FP8Config`` and
+``W4A8FPConfig`` have kernels; the other config classes describe the schemes that are planned, and
+applying one raises NotImplementedError naming the missing kernel (there is never a silent fallback).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 
 from .blocks import resolve_level
 from .convert import _convert, _convertible
+from .linear import W4A8FP_GROUP_SIZES, W4A8FP_POLICIES
 
 __all__ = [
     "QuantConfig",
@@ -36,6 +37,11 @@ class QuantConfig:
     # The kernel this scheme still lacks (None: implemented). Applying the config raises
     # NotImplementedError naming it.
     missing_kernel: Optional[str] = None
+
+    def _qlinear_spec(self) -> Any:
+        """What the QLinear of a converted Linear is built with: the scheme name, or (scheme,
+        ((option, value), ...)) (nn/convert.py's Spec)."""
+        return self.scheme
 
     def _check_implemented(self) -> None:
         if self.missing_kernel is not None:
@@ -83,10 +89,11 @@ class W8A8GroupConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class FP8Config(QuantConfig):
-    """FP8 (e4m3) activations x FP8 weights (planned)."""
+    """FP8 (E4M3) per-token dynamic activations x FP8 per-channel weights: QLinear scheme "fp8"
+    (``fp8_gemm``, accurate accumulation). Fused transformer blocks are w8a8 only: every Linear
+    is converted to a QLinear on its own."""
 
     scheme = "fp8"
-    missing_kernel = "FP8 GEMM kernel"
 
 
 @dataclass(frozen=True)
@@ -107,18 +114,38 @@ class W4A8Config(QuantConfig):
 
 @dataclass(frozen=True)
 class W4A8FPConfig(QuantConfig):
-    """int4 group-wise weights x FP8 activations (`scale_policy`: how the group scales are
-    represented, e.g. "M2"; planned)."""
+    """ZeroQuant-FP W4A8: FP4 (E2M1) group-wise weights x FP8 (E4M3) per-token activations, QLinear
+    scheme "w4a8-fp" (``w4a8_fp_gemm``).
 
-    group_size: int = 128
-    scale_policy: str = "M2"
+    group_size: 32, 64, 128 (default) or None (one group per row: per channel).
+    scale_policy: how the group scales are represented (docs/FP8.md): "m2" (default), "m1"
+    (power-of-two ratios, int8 exponents) or "free" (float32 ratios); case-insensitive, stored
+    lower-case. Every converted Linear needs out_features % 16 == 0 and in_features % 64 == 0 (and
+    group_size dividing in_features): another shape raises ValueError naming the layer, before
+    the model changes; leave such layers in float with module_configs {pattern: None}. Fused
+    transformer blocks are w8a8 only: every Linear is converted to a QLinear on its own.
+    """
+
+    group_size: Optional[int] = 128
+    scale_policy: str = "m2"
     scheme = "w4a8-fp"
-    missing_kernel = "W4A8-FP (int4 weight x FP8 activation) GEMM kernel"
 
     def __post_init__(self) -> None:
-        _check_group_size("W4A8FPConfig", self.group_size)
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or g not in W4A8FP_GROUP_SIZES):
+            raise ValueError(
+                f"W4A8FPConfig: group_size must be one of {W4A8FP_GROUP_SIZES} or None (per channel), got {g!r}"
+            )
         if not isinstance(self.scale_policy, str):
             raise TypeError(f"W4A8FPConfig: scale_policy must be a str, got {type(self.scale_policy).__name__}")
+        if self.scale_policy.lower() not in W4A8FP_POLICIES:
+            raise ValueError(f"W4A8FPConfig: scale_policy must be one of {W4A8FP_POLICIES}, got {self.scale_policy!r}")
+        object.__setattr__(self, "scale_policy", self.scale_policy.lower())
+
+    def _qlinear_spec(self) -> Any:
+        # group_size None: per channel, i.e. one group of in_features per row; QLinear takes that as
+        # group_size=in_features, which differs per layer, so it is resolved at conversion.
+        return (self.scheme, (("group_size", self.group_size), ("scale_policy", self.scale_policy)))
 
 
 ZEROQUANT_W4_8: dict[str, Optional[QuantConfig]] = {"*.mlp.*": W4A8Config(), "*": W8A8Config()}
@@ -189,8 +216,11 @@ def quantize_(
       used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
       a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here.
 
-    Configs of schemes without kernels (W8A8GroupConfig, FP8Config, W4A8Config, W4A8FPConfig)
-    raise NotImplementedError before anything changes.
+    FP8Config and W4A8FPConfig convert each selected Linear to a QLinear of scheme "fp8" /
+    "w4a8-fp" (no fused blocks; weight_quantizer is w8a8-only and raises with them). A Linear
+    whose shape the scheme cannot run raises ValueError naming it, before anything changes.
+    Configs of schemes without kernels (W8A8GroupConfig, W4A8Config) raise NotImplementedError
+    before anything changes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
@@ -247,8 +277,12 @@ def quantize_(
         cfg, why = resolve(name, module)
         if cfg is None:
             return False, why
-        assert isinstance(cfg, W8A8Config)  # the others raised in _check_config
-        return True, cfg.scheme
+        spec = cfg._qlinear_spec()  # configs without kernels raised in _check_config
+        if isinstance(spec, tuple) and dict(spec[1]).get("group_size", 0) is None:
+            # W4A8FPConfig(group_size=None): per channel, one group of this layer's in_features
+            k = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
+            spec = (spec[0], tuple((n, k if n == "group_size" else v) for n, v in spec[1]))
+        return True, spec
 
     def decide_block(name: str, layer: nn.Module) -> Optional[dict[str, bool]]:
         cfgs = [resolve(sub, m)[0] for sub, m in layer.named_modules(prefix=name) if _convertible(m)]

@@ -73,12 +73,28 @@ def _convertible(m: nn.Module) -> bool:
     return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
 
 
-def _convert_one(op: str, name: str, linear: nn.Module, scheme: str, weight_quantizer=None) -> QLinear:
+# What decide_linear hands back for a Linear to convert: a scheme name, or (scheme, ((option,
+# value), ...)) for a scheme with per-layer options (QLinear(..., group_size=128)); hashable, so a
+# Linear shared by several slots with one spec becomes one QLinear.
+Spec = Union[str, tuple[str, tuple[tuple[str, Any], ...]]]
+
+
+def _split_spec(spec: Spec) -> tuple[str, dict[str, Any]]:
+    return (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+
+
+def _spec_label(spec: Spec) -> str:
+    scheme, options = _split_spec(spec)
+    return ", ".join([scheme] + [f"{k}={v}" for k, v in options.items()])
+
+
+def _convert_one(op: str, name: str, linear: nn.Module, spec: Spec, weight_quantizer=None) -> QLinear:
+    scheme, options = _split_spec(spec)
     try:
         lin = _as_linear(linear) if _is_conv1d(linear) else linear
         if weight_quantizer is not None:
-            return QLinear.from_linear(lin, scheme, weight_quantizer=weight_quantizer)
-        return QLinear.from_linear(lin, scheme)
+            return QLinear.from_linear(lin, scheme, weight_quantizer=weight_quantizer, **options)
+        return QLinear.from_linear(lin, scheme, **options)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{op}: layer {name!r}: {e}") from e
 
@@ -86,7 +102,7 @@ def _convert_one(op: str, name: str, linear: nn.Module, scheme: str, weight_quan
 def _convert(
     model: nn.Module,
     op: str,
-    decide_linear: Callable[[str, nn.Module], tuple[bool, str]],
+    decide_linear: Callable[[str, nn.Module], tuple[bool, Any]],
     decide_block: Callable[[str, nn.Module], Optional[dict[str, bool]]],
     progress: bool = False,
     weight_quantizer: Optional[Callable[[nn.Module], Any]] = None,
@@ -94,8 +110,9 @@ def _convert(
     """The conversion machinery shared by quantize_model and quantize_ (model is changed in place).
 
     decide_block(name, layer) -> precision levels to fuse a recognised transformer layer, or None to
-    look at its Linears one by one. decide_linear(name, linear) -> (True, scheme) to convert a Linear
-    / Conv1D slot, or (False, why) to leave it in float (recorded in the report). Every replacement
+    look at its Linears one by one. decide_linear(name, linear) -> (True, spec) to convert a Linear
+    / Conv1D slot (spec: a scheme name, or (scheme, ((option, value), ...)) for per-layer options), or
+    (False, why) to leave it in float (recorded in the report). Every replacement
     is built before the model is changed. Returns (and stores for conversion_report) the report rows.
     weight_quantizer: optional callable(linear) -> (wq, sw) or None used instead of round-to-nearest
     for every converted Linear, including the parts of the fused blocks' merged GEMMs (GPTQ).
@@ -181,7 +198,7 @@ def _convert(
         if key not in done:
             done[key] = _convert_one(op, names[key], linear, scheme, weight_quantizer)
             kind = "Conv1D" if _is_conv1d(linear) else "Linear"
-            report.append({"module": names[key], "path": f"QLinear ({scheme})", "why": f"from {kind}"})
+            report.append({"module": names[key], "path": f"QLinear ({_spec_label(scheme)})", "why": f"from {kind}"})
             tick()
     if bar is not None:
         bar.close()

@@ -12,16 +12,18 @@ from torch import nn
 
 from .. import _ext
 from ..ops import _common as c
-from ..ops.gemm import _int8_gemm_cuda, _plan, int8_gemm
+from ..ops.gemm import _int8_gemm_cuda, _plan, fp8_gemm, int8_gemm
 from ..ops.quantize import _cuda_ready, _quantize_cuda, quantize_per_token, quantize_weight
+from ..ops.w4a8 import w4a8_fp_gemm
 
-__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8", "is_conv1d", "linear_from_conv1d"]
+__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8", "FP8", "W4A8FP", "is_conv1d", "linear_from_conv1d"]
 
 # The CUDA GEMM stores output rows in 16-byte vectors, so it needs N % 8 == 0. QLinear meets that for
 # any out_features by keeping its weight rows padded up to a multiple of 8 (zero weights, zero
 # scales, zero bias: the padded channels compute exactly 0 and are sliced off). The padding is the
 # same on every device, so a state dict moves freely between CPU and GPU modules.
 N_ALIGN = 8
+_BITS_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # see QLinear._apply
 _X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _STATE_VERSION = 1
 
@@ -35,6 +37,20 @@ class SchemeHandler:
 
     name: str = ""
     description: str = ""
+    # Per-layer options this scheme takes as QLinear keyword arguments (QLinear(..., group_size=128));
+    # passing any other option (not None) raises. configure() checks and stores them on the module.
+    options: tuple[str, ...] = ()
+    # Floating-point buffers whose dtype is part of the format (scales the kernels read as float32,
+    # fp8 weights): Module.to(dtype) / .half() must not cast them (QLinear._apply).
+    fixed_dtype_buffers: tuple[str, ...] = ("weight_scale",)
+
+    def configure(self, m: "QLinear", options: dict[str, Any]) -> None:
+        """Check the layer's shape against the scheme's rules and store its options on `m` (as plain
+        attributes; they are recorded in the state's _extra_state). Called before create_buffers."""
+
+    def describe(self, m: "QLinear") -> str:
+        """The layer's options for extra_repr ("" when none)."""
+        return ""
 
     def create_buffers(self, m: "QLinear", rows: int, bias: bool, dtype: torch.dtype, device) -> None:
         raise NotImplementedError
@@ -152,7 +168,164 @@ def _w8a8_scratch(
     return out
 
 
-SCHEMES: dict[str, SchemeHandler] = {"w8a8": W8A8()}
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [n, ...] with zero rows appended up to `rows` (any dtype, fp8 included)."""
+    if t.shape[0] == rows:
+        return t.contiguous()
+    out = t.new_zeros((rows, *t.shape[1:]))
+    out[: t.shape[0]] = t
+    return out
+
+
+def _load_bias(m: "QLinear", bias: Optional[torch.Tensor], rows: int) -> None:
+    m.bias = None if bias is None else _pad_rows(bias.detach(), rows).clone()
+
+
+def _fp8_state(m: "QLinear", dtype: torch.dtype):
+    buffers = m._buffers
+    bias = buffers["bias"]
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
+    return buffers, bias
+
+
+_FP8 = torch.float8_e4m3fn
+
+
+class FP8(SchemeHandler):
+    """FP8 E4M3 per-token dynamic activations x FP8 E4M3 per-channel weights (docs/FP8.md).
+
+    State: ``weight_q`` float8_e4m3fn [Np, K], ``weight_scale`` float32 [Np], ``bias`` [Np] in the
+    model's dtype (or None). forward: ``quantize_per_token(x, dtype=torch.float8_e4m3fn)`` then
+    ``fp8_gemm`` (accumulate="accurate", the default) with the output in x's dtype (fp32 x: the GEMM
+    writes bf16, widened to fp32, and the bias is added in fp32). Rows are padded
+    to a multiple of 8 as for w8a8 (fp8_gemm needs N % 8 == 0 on CUDA).
+    """
+
+    name = "fp8"
+    description = "fp8 e4m3 per-token activations x fp8 e4m3 per-channel weights"
+    act_format = "fp8_per_token"  # (q float8_e4m3fn [M, K], s float32 [M]) from quantize_per_token
+    fixed_dtype_buffers = ("weight_q", "weight_scale")
+
+    def create_buffers(self, m, rows, bias, dtype, device):
+        m.register_buffer("weight_q", torch.zeros((rows, m.in_features), dtype=_FP8, device=device))
+        m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
+        m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
+
+    def load_float(self, m, weight, bias):
+        wq, sw = quantize_weight(weight, fmt="fp8")
+        rows = _padded(m.out_features)
+        m.weight_q = _pad_rows(wq, rows)
+        m.weight_scale = _pad_rows(sw, rows)
+        _load_bias(m, bias, rows)
+
+    def apply(self, m, x2):
+        xq, sx = quantize_per_token(x2, dtype=_FP8)
+        return self.apply_quantized(m, xq, sx, x2.dtype)
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        if dtype == torch.float32:
+            # fp8_gemm writes bf16 / fp16 only: an fp32 model gets the bf16 GEMM output widened, with
+            # the bias added in fp32. bf16's rounding (2^-9 relative) is far below the fp8 operands'
+            # quantization error (E4M3: 2^-4 relative per element).
+            wq, sw, bias = m._buffers["weight_q"], m._buffers["weight_scale"], m._buffers["bias"]
+            y = fp8_gemm(xq, wq, sx, sw, None, out_dtype=torch.bfloat16).float()
+            return y if bias is None else y.add_(bias.float())
+        buffers, bias = _fp8_state(m, dtype)
+        return fp8_gemm(xq, buffers["weight_q"], sx, buffers["weight_scale"], bias, out_dtype=dtype)
+
+
+W4A8FP_GROUP_SIZES = (32, 64, 128)
+W4A8FP_POLICIES = ("m2", "m1", "free")
+
+
+class W4A8FP(SchemeHandler):
+    """ZeroQuant-FP W4A8: FP4 E2M1 weights with group scales x FP8 E4M3 per-token activations.
+
+    Options (QLinear keyword arguments, recorded in the state): ``group_size`` 32, 64, 128
+    (default) or in_features (one group per row: per channel), and ``scale_policy`` "m2"
+    (default), "m1" (power-of-two group ratios, int8 exponents) or "free" (float32 ratios); see
+    docs/FP8.md. Shape rules of the packed layout m16k64: out_features % 16 == 0 and in_features %
+    64 == 0 (and group_size divides in_features); other shapes raise ValueError at construction.
+
+    State: ``weight_q`` uint8 [N, K // 2] (packed FP4 codes), ``weight_scale`` float32 [N],
+    ``weight_group_scale`` [N, K // group_size] (int8 exponents for m1 / m2, float32 ratios for
+    free), ``bias`` [N] in the model's dtype (or None). forward: ``quantize_per_token(x,
+    dtype=torch.float8_e4m3fn)`` then ``w4a8_fp_gemm`` with the output in x's dtype.
+    """
+
+    name = "w4a8-fp"
+    description = "fp8 e4m3 per-token activations x fp4 e2m1 group-wise weights"
+    act_format = "fp8_per_token"
+    options = ("group_size", "scale_policy")
+    fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
+
+    def configure(self, m, options):
+        N, K = m.out_features, m.in_features
+        g = options.get("group_size")
+        g = 128 if g is None else g
+        if isinstance(g, bool) or not isinstance(g, int) or (g not in W4A8FP_GROUP_SIZES and g != K):
+            raise ValueError(
+                f"QLinear: scheme 'w4a8-fp' needs group_size in {W4A8FP_GROUP_SIZES} or in_features ({K}: "
+                f"one group per row), got {g!r}"
+            )
+        policy = options.get("scale_policy")
+        policy = "m2" if policy is None else policy
+        if not isinstance(policy, str) or policy.lower() not in W4A8FP_POLICIES:
+            raise ValueError(f"QLinear: scheme 'w4a8-fp' needs scale_policy in {W4A8FP_POLICIES}, got {policy!r}")
+        if N % 16 != 0 or K % 64 != 0:
+            raise ValueError(
+                f"QLinear: scheme 'w4a8-fp' (packed FP4 layout m16k64) needs out_features % 16 == 0 and "
+                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
+                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
+                "another scheme"
+            )
+        if K % g != 0:
+            raise ValueError(
+                f"QLinear: scheme 'w4a8-fp' needs group_size to divide in_features, got group_size {g} and a "
+                f"layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in W4A8FP_GROUP_SIZES if K % s == 0]}"
+            )
+        m.group_size = g
+        m.scale_policy = policy.lower()
+
+    def describe(self, m):
+        g = "per channel" if m.group_size == m.in_features else m.group_size
+        return f"group_size={g}, scale_policy={m.scale_policy}"
+
+    def create_buffers(self, m, rows, bias, dtype, device):
+        K = m.in_features
+        sg_dtype = torch.float32 if m.scale_policy == "free" else torch.int8
+        m.register_buffer("weight_q", torch.zeros((rows, K // 2), dtype=torch.uint8, device=device))
+        m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
+        m.register_buffer(
+            "weight_group_scale", torch.zeros((rows, K // m.group_size), dtype=sg_dtype, device=device)
+        )
+        m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
+
+    def load_float(self, m, weight, bias):
+        g = None if m.group_size == m.in_features else m.group_size  # None: quantize_weight's per channel
+        wq, sw, sg = quantize_weight(weight, fmt="fp4", group_size=g, scale=m.scale_policy)
+        m.weight_q = wq.contiguous()
+        m.weight_scale = sw.contiguous()
+        m.weight_group_scale = sg.contiguous()
+        _load_bias(m, bias, m.out_features)  # out_features % 16 == 0: no padded rows
+
+    def apply(self, m, x2):
+        xq, sx = quantize_per_token(x2, dtype=_FP8)
+        return self.apply_quantized(m, xq, sx, x2.dtype)
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        buffers, bias = _fp8_state(m, dtype)
+        # float32 output is served by the streaming kernel only (ops/w4a8.py); other dtypes pick by M.
+        path = "stream" if dtype == torch.float32 and xq.is_cuda else "auto"
+        return w4a8_fp_gemm(
+            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
+            out_dtype=dtype, path=path,
+        )
+
+
+SCHEMES: dict[str, SchemeHandler] = {"w8a8": W8A8(), "fp8": FP8(), "w4a8-fp": W4A8FP()}
 
 
 def _handler(op: str, scheme: str) -> SchemeHandler:
@@ -164,7 +337,11 @@ def _handler(op: str, scheme: str) -> SchemeHandler:
 
 class QLinear(nn.Module):
     """Quantized linear layer: ``y = x @ w.T + b`` computed by a scheme (default "w8a8": int8
-    per-channel weights x int8 per-token activations; see ``SCHEMES``).
+    per-channel weights x int8 per-token activations; "fp8": FP8 E4M3 weights and activations;
+    "w4a8-fp": FP4 E2M1 group-wise weights x FP8 activations; see ``SCHEMES``).
+
+    Per-layer options of a scheme are keyword arguments (``group_size=``, ``scale_policy=``: w4a8-fp
+    only; see ``W4A8FP``); giving one to a scheme that does not take it raises ValueError.
 
     Build it with ``QLinear.from_linear(linear)`` (weights quantized once, here), or construct an
     empty one and ``load_state_dict`` into it; the state holds no float weights. Weight rows are
@@ -185,6 +362,9 @@ class QLinear(nn.Module):
         dtype: torch.dtype = torch.bfloat16,
         device: Union[torch.device, str, None] = None,
         scheme: str = "w8a8",
+        *,
+        group_size: Optional[int] = None,
+        scale_policy: Optional[str] = None,
     ) -> None:
         super().__init__()
         handler = _handler("QLinear", scheme)
@@ -194,6 +374,15 @@ class QLinear(nn.Module):
         self.out_features = int(out_features)
         self.scheme = scheme
         self._handler = handler
+        options = {"group_size": group_size, "scale_policy": scale_policy}
+        for key, value in options.items():
+            if value is not None and key not in handler.options:
+                takes = sorted(n for n, h in SCHEMES.items() if key in h.options)
+                raise ValueError(
+                    f"QLinear: {key} applies to scheme {' / '.join(repr(t) for t in takes)} only, got "
+                    f"{key}={value!r} with scheme {scheme!r}"
+                )
+        handler.configure(self, options)
         self._cuda_shapes_ok = self.in_features % 16 == 0
         handler.create_buffers(self, _padded(self.out_features), bias, dtype, device)
         # LoRC (ZeroQuant-V2 low-rank compensation, nn/lorc.py): y += (x @ lorc_a) @ lorc_b with
@@ -203,18 +392,32 @@ class QLinear(nn.Module):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, scheme: str = "w8a8", *, weight_quantizer: Optional[Any] = None
+        cls,
+        linear: nn.Linear,
+        scheme: str = "w8a8",
+        *,
+        weight_quantizer: Optional[Any] = None,
+        **options: Any,
     ) -> "QLinear":
         """Quantize an nn.Linear with `scheme`; keeps its device.
 
         weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or
         None, replacing the scheme's round-to-nearest weights (e.g. GPTQ, zqkernels.algorithms);
-        None from it (or no callable) keeps the default.
+        None from it (or no callable) keeps the default. Scheme "w8a8" only.
+        options: the scheme's per-layer options (``group_size=``, ``scale_policy=`` for "w4a8-fp").
         """
         op = "QLinear.from_linear"
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{op}: linear must be an nn.Linear, got {type(linear).__name__}")
         _handler(op, scheme)
+        unknown = sorted(set(options) - {"group_size", "scale_policy"})
+        if unknown:
+            raise TypeError(f"{op}: unexpected keyword argument(s) {unknown}")
+        if weight_quantizer is not None and scheme != "w8a8":
+            raise ValueError(
+                f"{op}: weight_quantizer produces int8 weights and applies to scheme 'w8a8' only, got "
+                f"scheme {scheme!r}"
+            )
         w = linear.weight.detach()
         if w.is_meta:
             raise ValueError(f"{op}: the linear's weight is on the meta device (no values to quantize)")
@@ -226,7 +429,13 @@ class QLinear(nn.Module):
             )
         has_bias = linear.bias is not None
         # Built on the meta device (no allocation), then given the real buffers.
-        mod = cls(linear.in_features, linear.out_features, bias=has_bias, dtype=w.dtype, device="meta", scheme=scheme)
+        try:
+            mod = cls(
+                linear.in_features, linear.out_features, bias=has_bias, dtype=w.dtype, device="meta",
+                scheme=scheme, **options,
+            )
+        except ValueError as e:
+            raise ValueError(str(e).replace("QLinear:", f"{op}:", 1)) from None
         q = weight_quantizer(linear) if weight_quantizer is not None else None
         if q is None:
             mod._handler.load_float(mod, w, linear.bias)
@@ -237,7 +446,7 @@ class QLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
-                "QLinear: training is not supported (int8 weights have no gradient and rounding is not "
+                "QLinear: training is not supported (quantized weights have no gradient and rounding is not "
                 "differentiable); run inference under torch.no_grad() or torch.inference_mode(), or "
                 "train the float nn.Linear and quantize afterwards"
             )
@@ -271,7 +480,9 @@ class QLinear(nn.Module):
     def forward_quantized(self, xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The layer on activations already quantized in the scheme's format (``act_format``: for
         w8a8, ``(xq int8 [M, in_features], sx float32 [M])`` as ``quantize_per_token`` or the fused
-        ops of ``zqkernels.ops.fused`` return them); output [M, out_features] in `dtype`. Used by the
+        ops of ``zqkernels.ops.fused`` return them; for fp8 and w4a8-fp, ``(xq float8_e4m3fn [M,
+        in_features], sx float32 [M])`` from ``quantize_per_token(x, dtype=torch.float8_e4m3fn)``);
+        output [M, out_features] in `dtype`. Used by the
         fused blocks (zqkernels.nn.blocks); no checks beyond the GEMM's own."""
         y = self._handler.apply_quantized(self, xq, sx, dtype)
         if self._buffers["lorc_a"] is not None:
@@ -341,6 +552,8 @@ class QLinear(nn.Module):
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
+        for key in self._handler.options:  # per-layer options of the scheme (w4a8-fp)
+            state[key] = getattr(self, key)
         if self._buffers.get("lorc_a") is not None:
             state["lorc_rank"] = self.lorc_rank  # absent when 0: older checkpoints read as rank 0
         return state
@@ -349,11 +562,12 @@ class QLinear(nn.Module):
         if not isinstance(state, dict) or "out_features" not in state:
             raise ValueError(f"QLinear.load_state_dict: unrecognised _extra_state {state!r}")
         mine = self.get_extra_state()
-        for key in ("scheme", "in_features", "out_features"):
+        for key in ("scheme", "in_features", "out_features", *self._handler.options):
             if state.get(key) != mine[key]:
                 raise ValueError(
                     f"QLinear.load_state_dict: the checkpoint has {key}={state.get(key)!r} but this layer "
-                    f"has {key}={mine[key]!r}; build the QLinear with the checkpoint's shape and scheme"
+                    f"has {key}={mine[key]!r}; build the QLinear with the checkpoint's shape, scheme and "
+                    "options"
                 )
         theirs, ours = int(state.get("lorc_rank", 0)), self.lorc_rank
         if theirs != ours:
@@ -364,21 +578,31 @@ class QLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() / .bfloat16() cast every floating-point buffer, but the kernels
-        # read float32 scales and a bf16 round trip would lose precision. Hand fn the scales' bits
-        # as int32 (integer tensors only move devices), then view them back as float32.
-        self._buffers["weight_scale"] = self._buffers["weight_scale"].view(torch.int32)
+        # read float32 scales (and fp8 weights) and a cast would lose precision or change the
+        # format. Hand fn those buffers' bits as integers of the same width (integer tensors only
+        # move devices), then view them back.
+        buffers = self._buffers
+        saved: dict[str, tuple[torch.dtype, torch.dtype]] = {}
+        for key in self._handler.fixed_dtype_buffers:
+            t = buffers.get(key)
+            if t is not None and t.is_floating_point():
+                bits = _BITS_DTYPE[t.element_size()]
+                saved[key] = (t.dtype, bits)
+                buffers[key] = t.view(bits)
         try:
             return super()._apply(fn, recurse)
         finally:
-            bits = self._buffers["weight_scale"]
-            if bits.dtype == torch.int32:
-                self._buffers["weight_scale"] = bits.view(torch.float32)
+            for key, (dtype, bits) in saved.items():
+                t = buffers[key]
+                if t is not None and t.dtype == bits:
+                    buffers[key] = t.view(dtype)
 
     def extra_repr(self) -> str:
         pad = _padded(self.out_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, scheme={self.scheme} ({self._handler.description})"
+            + (f", {self._handler.describe(self)}" if self._handler.options else "")
             + (f", weight rows padded to {pad}" if pad != self.out_features else "")
             + (f", lorc_rank={self.lorc_rank}" if self.lorc_rank else "")
         )
