@@ -42,7 +42,7 @@ def main() -> int:
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
     C = _ext._C
-    default = C._debug_set_fp8_promotion(1024)
+    default = C._debug_set_fp8_promotion(512)
     C._debug_set_fp8_promotion(default)
     ops = {s: [operands(*s, dev) for _ in range(2)] for s in SHAPES}
     errs_in = {K: operands(1024, 1024, K, dev, mean=0.5) for K in (4096, 16384)}

@@ -48,7 +48,7 @@ def fp8_inputs(M, N, K, out_dtype=torch.bfloat16, bias=False):
 
 def assert_fp8_close(out, ref, what=""):
     """Accurate accumulation: the FP8 MMA adds each run of products (up to the promotion interval,
-    1024 of K) with fewer mantissa bits than fp32 before the fp32 promotion, so the sum is not exact:
+    512 of K) with fewer mantissa bits than fp32 before the fp32 promotion, so the sum is not exact:
     elementwise within 4 output ulps of the fp64 value (plus 2e-3 of the row's largest output),
     calc_diff < 1e-5, and no bound on how many outputs differ (docs/FP8.md has the measured errors)."""
     o, r = out.double(), ref.double()

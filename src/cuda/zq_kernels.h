@@ -113,7 +113,7 @@ struct GemmTuning {
   int raster = 0;    // 0 = heuristic, 1 = along M, 2 = along N
   // fp8_rowwise (accurate accumulation): promote the wgmma partial sums to fp32 every this many
   // elements of K (rounded up to whole k-tiles of 128 / 256). docs/FP8.md: the measured trade-off.
-  int fp8_promote_k = 1024;
+  int fp8_promote_k = 512;
 };
 GemmTuning& gemm_tuning();
 
