@@ -10,9 +10,7 @@ import pytest
 import torch
 import zqkernels
 from zqkernels import (
-    FP8Config,
     W4A8Config,
-    W4A8FPConfig,
     W8A8Config,
     W8A8GroupConfig,
     quantize_,
@@ -159,9 +157,7 @@ def test_module_configs_mixed_precision():
     "cfg, kernel",
     [
         (W8A8GroupConfig(), "group-wise int8 GEMM"),
-        (FP8Config(), "FP8 GEMM"),
         (W4A8Config(), "W4A8"),
-        (W4A8FPConfig(), "W4A8-FP"),
     ],
 )
 def test_future_schemes_raise(cfg, kernel):
