@@ -145,11 +145,11 @@ def test_forward_errors():
 
 def test_from_linear_errors():
     with pytest.raises(
-        ValueError, match=r"QLinear.from_linear: scheme must be one of \['w8a8'\], got 'w4a8'"
+        ValueError, match=r"QLinear.from_linear: scheme must be one of \['fp8', 'w4a8-fp', 'w8a8'\], got 'w4a8'"
     ):
         QLinear.from_linear(nn.Linear(16, 8), scheme="w4a8")
-    with pytest.raises(ValueError, match=r"QLinear: scheme must be one of \['w8a8'\]"):
-        QLinear(16, 8, scheme="fp8")
+    with pytest.raises(ValueError, match=r"QLinear: scheme must be one of \['fp8', 'w4a8-fp', 'w8a8'\]"):
+        QLinear(16, 8, scheme="fp4")
     with pytest.raises(TypeError, match=r"QLinear.from_linear: linear must be an nn.Linear, got Conv1d"):
         QLinear.from_linear(nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match=r"QLinear.from_linear: the linear's weight is on the meta device"):
