@@ -39,6 +39,7 @@ def operands(M, N, K, dev, mean=0.0):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tiles", action="store_true", help="also time every fp8_rowwise tile at the default interval")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
     C = _ext._C
@@ -66,6 +67,18 @@ def main() -> int:
         measure(k, "accurate")
     C._debug_set_fp8_promotion(default)
     measure("fast", "fast")
+    if args.tiles:
+        tiles = sorted({k[2] for k in C.gemm_kernels() if k[1] == "fp8_rowwise"})
+        for tile in tiles:
+            row = {"tile": tile}
+            for s in SHAPES[:2]:
+                try:
+                    t = cm.time_calls([lambda o=o: zqkernels.fp8_gemm(*o, tile=tile) for o in ops[s]], dev)
+                    row[f"{s[0]}x{s[1]}x{s[2]}_tflops"] = 2 * s[0] * s[1] * s[2] / t["us"] / 1e6
+                except Exception as e:  # noqa: BLE001 - a tile that cannot run says why
+                    row[f"{s[0]}x{s[1]}x{s[2]}_error"] = cm.error_text(e)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.out:
         cm.write_json(args.out, {"environment": cm.environment(dev), "default_k": default, "rows": rows})
     return 0

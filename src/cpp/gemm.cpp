@@ -215,6 +215,16 @@ void bind_gemm(nb::module_& m) {
         "Launch the sm90 GEMMs with programmatic dependent launch (default on; env ZQKERNELS_PDL=0).");
   m.def("_debug_pdl", []() { return zq::gemm_tuning().pdl; });
   m.def(
+      "_debug_set_w4a8_variant",
+      [](int v) {
+        if (v < 0 || v > 3) fail("_debug_set_w4a8_variant", "variant must be 0..3");
+        const int previous = zq::gemm_tuning().w4a8_variant;
+        zq::gemm_tuning().w4a8_variant = v;
+        return previous;
+      },
+      nb::arg("variant"),
+      "w4a8_fp_gemm streaming kernel's loading schedule (0 default; 1..3 only in ZQ_EXPERIMENT_TILES builds).");
+  m.def(
       "_debug_set_fp8_promotion",
       [](int k) {
         if (k < 1) fail("_debug_set_fp8_promotion", "the interval must be >= 1 element of K");

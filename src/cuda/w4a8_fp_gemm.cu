@@ -48,7 +48,6 @@ namespace zq {
 namespace {
 
 constexpr int kWarps = 8;  // per CTA
-constexpr int kBatch = 4;  // K chunks loaded ahead per warp
 
 // E4M3 bytes of the E2M1 magnitudes 0, 0.5, 1, 1.5 (low word) and 2, 3, 4, 6 (high word).
 constexpr uint32_t kLutLo = 0x3C383000u;
@@ -154,8 +153,10 @@ template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bf
 }
 template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
 
-// kNT: MMAs of 8 tokens per warp (a CTA covers 8 * kNT tokens).
-template <int kNT, bool kPow2, typename OutT>
+// kNT: MMAs of 8 tokens per warp (a CTA covers 8 * kNT tokens). kBatch: K chunks of a warp loaded
+// together; kPipe: the next batch is loaded while this one is processed (software pipeline) instead
+// of after it. (kBatch, kPipe) per kNT: Variant below, from scripts/probe_w4a8_stream.py.
+template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int R) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
@@ -188,9 +189,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
     }
-    // Software pipeline: the next batch of kBatch chunks is in flight while this one is converted
-    // and multiplied (the weights are read once, from DRAM: latency is what limits a warp). For
-    // few tokens the batch's activation loads (L2 hits) are issued up front too.
+    // The weights are read once, from DRAM: latency is what limits a warp. kPipe: the next batch of
+    // kBatch chunks is in flight while this one is converted and multiplied. For few tokens the
+    // batch's activation loads (L1 / L2 hits) are issued up front too.
     constexpr bool kHoistX = kNT <= 2;
     const int step = W * kBatch;
     // The group scales of rows r and r + 8 travel with their chunk (16 consecutive k of a lane lie
@@ -203,18 +204,26 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       lo = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
       hi = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
     };
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = kp + u * W;
-      if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
-    }
-    for (int c0 = kp; c0 < nchunks; c0 += step) {
-      uint4 nw[kBatch];
-      uint32_t nlo[kBatch], nhi[kBatch];
+    if constexpr (kPipe) {
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + step + u * W;
-        if (c < nchunks) fetch(c, nw[u], nlo[u], nhi[u]);
+        const int c = kp + u * W;
+        if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
+      }
+    }
+    for (int c0 = kp; c0 < nchunks; c0 += step) {
+      constexpr int kNext = kPipe ? kBatch : 1;
+      uint4 nw[kNext];
+      uint32_t nlo[kNext], nhi[kNext];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if constexpr (kPipe) {
+          const int c = c0 + step + u * W;
+          if (c < nchunks) fetch(c, nw[u], nlo[u], nhi[u]);
+        } else {
+          const int c = c0 + u * W;
+          if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
+        }
       }
       uint4 xh[kHoistX ? kBatch : 1][kNT];
       if constexpr (kHoistX) {
@@ -267,11 +276,13 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
 #pragma unroll
           for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
       }
+      if constexpr (kPipe) {
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        wv[u] = nw[u];
-        slo[u] = nlo[u];
-        shi[u] = nhi[u];
+        for (int u = 0; u < kBatch; ++u) {
+          wv[u] = nw[u];
+          slo[u] = nlo[u];
+          shi[u] = nhi[u];
+        }
       }
     }
   }
@@ -363,8 +374,9 @@ std::string check_w4a8_fp(const W4A8FPArgs& a) {
   return {};
 }
 
-template <int kNT, bool kPow2, typename OutT>
+template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe>
 void launch_stream(const W4A8FPArgs& a) {
+  constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe>;
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + 8 * kNT - 1) / (8 * kNT);
   // Row tiles per CTA: the choice that wastes the least of the last wave (CTAs resident at once =
@@ -372,7 +384,7 @@ void launch_stream(const W4A8FPArgs& a) {
   // the GPU), more row tiles per CTA on ties (their warps share activation loads in L1).
   static int occupancy = 0;  // per instantiation; the same on every device of one model
   if (occupancy == 0) {
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, w4a8_fp_stream<kNT, kPow2, OutT>, kWarps * 32, 0);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
     if (occupancy < 1) occupancy = 1;
   }
   const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
@@ -396,15 +408,31 @@ void launch_stream(const W4A8FPArgs& a) {
   attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, w4a8_fp_stream<kNT, kPow2, OutT>, a, R);
+  cudaLaunchKernelEx(&cfg, kernel, a, R);
+}
+
+// The loading schedule: (kBatch, kPipe) = (4, true) by default; ZQ_EXPERIMENT_TILES builds also
+// (4, false), (8, false) and (2, true), chosen at run time by GemmTuning::w4a8_variant (1..3) for
+// scripts/probe_w4a8_stream.py.
+template <int kNT, bool kPow2, typename OutT>
+void launch_variant(const W4A8FPArgs& a) {
+#if defined(ZQ_EXPERIMENT_TILES)
+  switch (gemm_tuning().w4a8_variant) {
+    case 1: return launch_stream<kNT, kPow2, OutT, 4, false>(a);
+    case 2: return launch_stream<kNT, kPow2, OutT, 8, false>(a);
+    case 3: return launch_stream<kNT, kPow2, OutT, 2, true>(a);
+    default: break;
+  }
+#endif
+  launch_stream<kNT, kPow2, OutT, 4, true>(a);
 }
 
 template <bool kPow2, typename OutT>
 void dispatch_nt(const W4A8FPArgs& a) {
-  if (a.M <= 8) return launch_stream<1, kPow2, OutT>(a);
-  if (a.M <= 16) return launch_stream<2, kPow2, OutT>(a);
-  if (a.M <= 32) return launch_stream<4, kPow2, OutT>(a);
-  return launch_stream<8, kPow2, OutT>(a);
+  if (a.M <= 8) return launch_variant<1, kPow2, OutT>(a);
+  if (a.M <= 16) return launch_variant<2, kPow2, OutT>(a);
+  if (a.M <= 32) return launch_variant<4, kPow2, OutT>(a);
+  return launch_variant<8, kPow2, OutT>(a);
 }
 
 template <typename OutT>
