@@ -318,3 +318,40 @@ def test_w4a8_fp_errors():
             zqkernels.w4a8_fp_gemm(a["xq"], a["wq"], a["sx"], a["sw"], a["sg"] + 3)
         finally:
             zqkernels.set_debug_checks(prev)
+
+
+# ------------------------------------------------------------------------------------------------
+# QLinear schemes "fp8" and "w4a8-fp" on the GPU: the CUDA forward equals the CPU reference
+# composition of the same module (state copied), in eager mode and under a CUDA graph.
+
+
+@needs_sm90
+@pytest.mark.parametrize("scheme,opts", [("fp8", {}), ("w4a8-fp", {"group_size": 64, "scale_policy": "m2"}),
+                                         ("w4a8-fp", {"group_size": 128, "scale_policy": "free"})])
+@pytest.mark.parametrize("M", [1, 16, 200])
+def test_qlinear_fp_schemes_cuda_match_cpu(scheme, opts, M):
+    from torch import nn
+
+    lin = nn.Linear(512, 256, bias=True)
+    q_cpu = zqkernels.QLinear.from_linear(lin, scheme, **opts)
+    q_gpu = zqkernels.QLinear.from_linear(lin.to(DEV), scheme, **opts)
+    x = torch.randn(M, 512)
+    y_cpu = q_cpu(x.to(torch.bfloat16))
+    y_gpu = q_gpu(x.to(DEV, torch.bfloat16))
+    assert y_gpu.shape == (M, 256) and y_gpu.dtype == torch.bfloat16
+    assert_fp8_close(y_gpu.cpu(), y_cpu, f"QLinear {scheme} {opts} M={M}")
+    ref = lin(x.to(DEV)).float()
+    rel = float((y_gpu.float() - ref).norm() / ref.norm())
+    assert rel < (0.05 if scheme == "fp8" else 0.15), rel
+    g = torch.cuda.CUDAGraph()
+    xs = x.to(DEV, torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        q_gpu(xs)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        yg = q_gpu(xs)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(yg, y_gpu)

@@ -23,8 +23,8 @@
 //      float: the same permutes with e = 0 give e2m1(c) exactly; then per pair of weights
 //             e4m3x2 -> f16x2 -> 2 x f32, two fp32 multiplies by r, f32x2 -> e4m3x2 (the baseline
 //             ZeroQuant-FP's power-of-two constraint removes).
-//    Accumulation: each chunk's MMAs start from zero and their sum is added to fp32 totals
-//    (promotion every 64 of K: FP8 MMA accumulators are not full fp32 on Hopper). The warps that
+//    Accumulation: each batch's MMAs (kBatch chunks, 256 of K by default) start from zero and their
+//    sum is added to fp32 totals (FP8 MMA accumulators are not full fp32 on Hopper). The warps that
 //    share a row tile reduce through shared memory; one writes the outputs.
 //    A CTA is 8 warps: R row tiles x (8 / R) K-slices, R chosen so that the grid fills the GPU.
 //  * fp4_to_fp8: the same conversion into a row-major E4M3 matrix [N, K] (large M runs it once and
@@ -75,12 +75,21 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return d;
 }
 
-// Four E2M1 codes (bits 0-15 of x, code j in bits 4j..4j+3) -> four E4M3 bytes (byte j).
-__device__ __forceinline__ uint32_t convert4(uint32_t x, const Lut& l) {
-  const uint32_t idx = x & 0x7777u;                    // magnitude selectors (bit 3 clear)
+// The selectors of the 8 E2M1 codes of a word x (code j in bits 4j..4j+3), computed once for both
+// of its halves: idx = the magnitudes (bit 3 clear), sel = byte j from the negative table (4 + j)
+// when code j is negative. prmt reads only bits 0-15 of a selector, so the high half takes them
+// shifted right by 16.
+struct Sel {
+  uint32_t idx, sel;
+};
+__device__ __forceinline__ Sel selectors(uint32_t x) {
+  return {x & 0x77777777u, ((x >> 1) & 0x44444444u) | 0x32103210u};
+}
+
+// Four E2M1 codes (the low 16 bits of the selectors) -> four E4M3 bytes (byte j): 3 byte permutes.
+__device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const Lut& l) {
   const uint32_t p = prmt(l.pos_lo, l.pos_hi, idx);
   const uint32_t n = prmt(l.neg_lo, l.neg_hi, idx);
-  const uint32_t sel = ((x >> 1) & 0x4444u) | 0x3210u;  // byte j from n (4 + j) when code j is negative
   return prmt(p, n, sel);
 }
 
@@ -111,7 +120,7 @@ struct RowScale<true> {
   }
   __device__ __forceinline__ void set(uint32_t v) { l = make_lut(static_cast<int32_t>(v)); }
   __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
-  __device__ __forceinline__ uint32_t operator()(uint32_t x) const { return convert4(x, l); }
+  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const { return convert4(idx, sel, l); }
 };
 template <>
 struct RowScale<false> {
@@ -121,9 +130,9 @@ struct RowScale<false> {
   }
   __device__ __forceinline__ void set(uint32_t v) { r = __uint_as_float(v); }
   __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
-  __device__ __forceinline__ uint32_t operator()(uint32_t x) const {
+  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const {
     constexpr Lut l{kLutLo, kLutHi, kLutLo | 0x80808080u, kLutHi | 0x80808080u};
-    return scale4(convert4(x, l), r);
+    return scale4(convert4(idx, sel, l), r);
   }
 };
 
@@ -237,6 +246,13 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
                            : make_uint4(0, 0, 0, 0);
           }
       }
+      // This batch's MMAs accumulate from zero; their sum is promoted into the fp32 totals after
+      // the batch (every kBatch * 64 of K: FP8 MMA accumulators are not full fp32 on Hopper).
+      float part[kNT][4];
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * W;
@@ -255,15 +271,11 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
         s_lo.set(slo[u]);
         s_hi.set(shi[u]);
         const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-        float part[kNT][4];
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-          const uint32_t q0 = w[2 * s], q1 = w[2 * s + 1];
-          const uint32_t af[4] = {s_lo(q0), s_hi(q0 >> 16), s_lo(q1), s_hi(q1 >> 16)};
+          const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
+          const uint32_t af[4] = {s_lo(q0.idx, q0.sel), s_hi(q0.idx >> 16, q0.sel >> 16), s_lo(q1.idx, q1.sel),
+                                  s_hi(q1.idx >> 16, q1.sel >> 16)};
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
             const uint32_t b0 = s == 0 ? xv[j].x : xv[j].z;
@@ -271,11 +283,11 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
             mma_e4m3(part[j], af, b0, b1);
           }
         }
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
       }
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
       if constexpr (kPipe) {
 #pragma unroll
         for (int u = 0; u < kBatch; ++u) {
@@ -348,8 +360,9 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
   uint32_t lo[4], hi[4];
 #pragma unroll
   for (int q = 0; q < 4; ++q) {  // word q: k 16t + 4q .. + 3 of rows r (low half) and r + 8
-    lo[q] = s_lo(w[q]);
-    hi[q] = s_hi(w[q] >> 16);
+    const Sel x = selectors(w[q]);
+    lo[q] = s_lo(x.idx, x.sel);
+    hi[q] = s_hi(x.idx >> 16, x.sel >> 16);
   }
   const int64_t k0 = static_cast<int64_t>(c) * 64 + 16 * t;
   *reinterpret_cast<uint4*>(out + n_lo * K + k0) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
