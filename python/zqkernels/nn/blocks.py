@@ -292,7 +292,14 @@ class QuantizedBlock(nn.Module):
         return "level=" + ", ".join(f"{r}={'int8' if self.level[r] else 'float'}" for r in ROLES)
 
 
-_NOT_FOR_ATTENTION = ("output_attentions", "past_key_values", "cache_position", "use_cache", "position_ids")
+_NOT_FOR_ATTENTION = ("output_attentions", "past_key_values", "cache", "cache_position", "use_cache", "position_ids")
+
+
+def _cache_arg(past_key_values: Any, kwargs: dict) -> Any:
+    """The KV cache, under either name: transformers >= 5.2x passes it as ``cache`` (deprecating
+    ``past_key_values``); missing it would silently decode without the cache."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else past_key_values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -365,7 +372,8 @@ class QLlamaDecoderLayer(QuantizedBlock):
         position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        return self._forward(hidden_states, attention_mask, position_embeddings, past_key_values, kwargs)
+        return self._forward(hidden_states, attention_mask, position_embeddings, _cache_arg(past_key_values, kwargs),
+                             kwargs)
 
 
 class QGPT2Block(QuantizedBlock):
@@ -407,7 +415,7 @@ class QGPT2Block(QuantizedBlock):
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:
             raise ValueError("QGPT2Block: encoder_hidden_states (cross-attention) are not supported")
-        return self._forward(hidden_states, attention_mask, None, past_key_values, kwargs)
+        return self._forward(hidden_states, attention_mask, None, _cache_arg(past_key_values, kwargs), kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
