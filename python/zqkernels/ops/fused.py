@@ -54,11 +54,18 @@ class _Row(NamedTuple):
     bias: Optional[torch.Tensor] = None
     eps: float = 0.0
     residual_mode: str = "none"  # a key of RESIDUAL_MODES
+    dtype: torch.dtype = torch.int8  # the quantized output: int8 or float8_e4m3fn (docs/FP8.md)
+
+
+_QDTYPES = (torch.int8, torch.float8_e4m3fn)
+_OUT_FMT = {torch.int8: 0, torch.float8_e4m3fn: 1}  # out_fmt of _C.row_quant
 
 
 def _check(a: _Row) -> int:
     """Full argument checks (precise errors); returns K, the output width."""
-    name, op, x, residual, weight, bias, eps, residual_mode = a
+    name, op, x, residual, weight, bias, eps, residual_mode, dtype = a
+    if dtype not in _QDTYPES:
+        raise TypeError(f"{name}: dtype must be torch.int8 or torch.float8_e4m3fn (the quantized output), got {dtype!r}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in c.DTYPE_CODE:
@@ -104,7 +111,9 @@ def _check(a: _Row) -> int:
 def _fast_ok(a: _Row) -> int:
     """The common CUDA call (what the fused blocks make), recognised in a few attribute reads: returns
     K, or -1 to take the full checks (which also produce the precise errors)."""
-    _, op, x, residual, weight, bias, _, _ = a
+    _, op, x, residual, weight, bias, _, _, dtype = a
+    if dtype is not torch.int8 and dtype is not torch.float8_e4m3fn:
+        return -1
     if not (type(x) in c._PLAIN and x.is_cuda and x.dtype in c.DTYPE_CODE and x.dim() == 2 and c.has_row_layout(x)):
         return -1
     M, W = x.shape
@@ -132,14 +141,14 @@ def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def _launch(a: _Row, residual_out: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel (a checked). residual_out: where a residual output goes (may be a.residual)."""
-    name, op, x, residual, weight, bias, eps, residual_mode = a
+    name, op, x, residual, weight, bias, eps, residual_mode, dtype = a
     idx = x.get_device()
     if idx not in _cuda_ready:
         c.require_cuda_kernels(name, x.device)
         _cuda_ready.add(idx)
     M = x.shape[0]
     K = x.shape[1] // 2 if op == "silu_mul" else x.shape[1]
-    q = x.new_empty((M, K), dtype=torch.int8)
+    q = x.new_empty((M, K), dtype=dtype)
     s = x.new_empty((M,), dtype=torch.float32)
     if M == 0:
         return q, s
@@ -153,14 +162,14 @@ def _launch(a: _Row, residual_out: Optional[torch.Tensor]) -> tuple[torch.Tensor
         0 if residual_out is None else residual_out.stride(0),
         RESIDUAL_MODES[residual_mode] if residual_out is not None else 0,
         0 if weight is None else weight.data_ptr(), 0 if bias is None else bias.data_ptr(), float(eps),
-        q.data_ptr(), s.data_ptr(), M, K, idx, c.current_stream(idx),
+        q.data_ptr(), s.data_ptr(), M, K, idx, c.current_stream(idx), _OUT_FMT[dtype],
     )
     return q, s
 
 
 def _impl(a: _Row, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Checked call on any device. Returns (q, s, residual output or None)."""
-    name, op, x, residual, weight, bias, eps, residual_mode = a
+    name, op, x, residual, weight, bias, eps, residual_mode, dtype = a
     K = _fast_ok(a)
     if K < 0 or residual_mode not in RESIDUAL_MODES or not eps >= 0.0:
         K = _check(a)  # the precise errors
@@ -176,10 +185,10 @@ def _impl(a: _Row, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[
     if x.is_meta:
         M = x.shape[0]
         r = x.new_empty((M, K)) if want_r else None
-        return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32), (residual if inplace else r)
+        return x.new_empty((M, K), dtype=dtype), x.new_empty((M,), dtype=torch.float32), (residual if inplace else r)
     if x.device.type != "cpu":
         c.require_cuda_kernels(name, x.device)  # raises: names the device type
-    q, s, r = row_quant_ref(op, x, residual, weight, bias, float(eps), residual_mode)
+    q, s, r = row_quant_ref(op, x, residual, weight, bias, float(eps), residual_mode, dtype=dtype)
     if inplace and r is not None:
         residual.copy_(r)
         r = residual
@@ -189,14 +198,17 @@ def _impl(a: _Row, inplace: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[
 # ------------------------------------------------------------------------------------------------
 # Custom ops: one functional op (every output new) and one that updates the residual in place.
 
-_SCHEMA_ARGS = "int op, Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, int residual_mode"
+_SCHEMA_ARGS = (
+    "int op, Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, int residual_mode, "
+    "ScalarType dtype=int8"
+)
 _OP_NAMES = {v: k for k, v in ROW_OPS.items()}
 _MODE_NAMES = {v: k for k, v in RESIDUAL_MODES.items()}
 
 
-def _row(name: str, op: int, x, residual, weight, bias, eps: float, mode: int) -> _Row:
+def _row(name: str, op: int, x, residual, weight, bias, eps: float, mode: int, dtype=torch.int8) -> _Row:
     """The _Row of a custom-op call (integer codes in the schema)."""
-    return _Row(name, _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES.get(mode, str(mode)))
+    return _Row(name, _OP_NAMES[op], x, residual, weight, bias, eps, _MODE_NAMES.get(mode, str(mode)), dtype)
 
 
 def _empty_r(x: torch.Tensor) -> torch.Tensor:
@@ -206,33 +218,33 @@ def _empty_r(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op(
     "zqkernels::row_quant", mutates_args=(), schema=f"({_SCHEMA_ARGS}) -> (Tensor, Tensor, Tensor)"
 )
-def _row_quant_op(op, x, residual, weight, bias, eps, residual_mode):
-    q, s, r = _impl(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode), False)
+def _row_quant_op(op, x, residual, weight, bias, eps, residual_mode, dtype=torch.int8):
+    q, s, r = _impl(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode, dtype), False)
     return q, s, (r if r is not None else _empty_r(x))
 
 
 @_row_quant_op.register_fake
-def _row_quant_fake(op, x, residual, weight, bias, eps, residual_mode):
-    K = _check(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode))
+def _row_quant_fake(op, x, residual, weight, bias, eps, residual_mode, dtype=torch.int8):
+    K = _check(_row("row_quant", op, x, residual, weight, bias, eps, residual_mode, dtype))
     M = x.shape[0]
     r = x.new_empty((M, K)) if residual_mode != 0 else _empty_r(x)
-    return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32), r
+    return x.new_empty((M, K), dtype=dtype), x.new_empty((M,), dtype=torch.float32), r
 
 
 @torch.library.custom_op(
     "zqkernels::row_quant_", mutates_args=("residual",),
     schema=f"({_SCHEMA_ARGS.replace('Tensor? residual', 'Tensor(a!) residual')}) -> (Tensor, Tensor)",
 )
-def _row_quant_inplace_op(op, x, residual, weight, bias, eps, residual_mode):
-    q, s, _ = _impl(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode), True)
+def _row_quant_inplace_op(op, x, residual, weight, bias, eps, residual_mode, dtype=torch.int8):
+    q, s, _ = _impl(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode, dtype), True)
     return q, s
 
 
 @_row_quant_inplace_op.register_fake
-def _row_quant_inplace_fake(op, x, residual, weight, bias, eps, residual_mode):
-    K = _check(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode))
+def _row_quant_inplace_fake(op, x, residual, weight, bias, eps, residual_mode, dtype=torch.int8):
+    K = _check(_row("row_quant_", op, x, residual, weight, bias, eps, residual_mode, dtype))
     M = x.shape[0]
-    return x.new_empty((M, K), dtype=torch.int8), x.new_empty((M,), dtype=torch.float32)
+    return x.new_empty((M, K), dtype=dtype), x.new_empty((M,), dtype=torch.float32)
 
 
 _functional = torch.ops.zqkernels.row_quant.default
@@ -249,20 +261,21 @@ def _call(
     eps: float = 0.0,
     residual_mode: str = "none",
     inplace: bool = False,
+    dtype: torch.dtype = torch.int8,
 ):
     if c._debug_checks:
         for n, t in (("x", x), ("residual", residual)):
             c.check_finite(name, n, t)
-    a = _Row(name, op, x, residual, weight, bias, eps, residual_mode)
+    a = _Row(name, op, x, residual, weight, bias, eps, residual_mode, dtype)
     if c.eager(x, residual, weight, bias):
         return _impl(a, inplace)
     code, mode = ROW_OPS[op], RESIDUAL_MODES.get(residual_mode, -1)
-    if mode < 0:
+    if mode < 0 or dtype not in _QDTYPES:
         _check(a)  # raises the precise error
     if inplace:
-        q, s = _inplace(code, x, residual, weight, bias, float(eps), mode)
+        q, s = _inplace(code, x, residual, weight, bias, float(eps), mode, dtype)
         return q, s, residual
-    q, s, r = _functional(code, x, residual, weight, bias, float(eps), mode)
+    q, s, r = _functional(code, x, residual, weight, bias, float(eps), mode, dtype)
     return q, s, (r if mode != 0 else None)
 
 
@@ -270,35 +283,41 @@ def _call(
 # Public ops.
 
 
-def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def rmsnorm_quant(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, dtype: torch.dtype = torch.int8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm then token-wise INT8 quantization: ``quant(x * rsqrt(mean(x^2) + eps) * weight)``.
 
     x [M, K] bf16 / fp16 / fp32; weight [K]. Returns (q int8 [M, K], s float32 [M]).
+    Every fused op takes ``dtype=torch.float8_e4m3fn`` for FP8 E4M3 output (s = amax / 448, as
+    ``quantize_per_token(..., dtype=torch.float8_e4m3fn)``; docs/FP8.md).
     """
-    q, s, _ = _call("rmsnorm_quant", "rmsnorm", x, None, weight, None, eps)
+    q, s, _ = _call("rmsnorm_quant", "rmsnorm", x, None, weight, None, eps, dtype=dtype)
     return q, s
 
 
 def layernorm_quant(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, eps: float = 1e-5, *,
+    dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm (biased variance, like nn.LayerNorm) then token-wise INT8 quantization.
 
     x [M, K]; weight and bias [K] (bias may be None). Returns (q int8 [M, K], s float32 [M]).
     """
-    q, s, _ = _call("layernorm_quant", "layernorm", x, None, weight, bias, eps)
+    q, s, _ = _call("layernorm_quant", "layernorm", x, None, weight, bias, eps, dtype=dtype)
     return q, s
 
 
 def add_rmsnorm_quant(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, inplace: bool = False
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, inplace: bool = False,
+    dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``r = x + residual`` (rounded to x's dtype), then ``rmsnorm_quant(r)``: the pre-norm block's
     residual update and the next GEMM's input in one pass.
 
     Returns (q, s, r); with ``inplace=True`` r is written into `residual` (and returned).
     """
-    return _call("add_rmsnorm_quant", "rmsnorm", x, residual, weight, None, eps, "sum", inplace)
+    return _call("add_rmsnorm_quant", "rmsnorm", x, residual, weight, None, eps, "sum", inplace, dtype)
 
 
 def add_layernorm_quant(
@@ -310,6 +329,7 @@ def add_layernorm_quant(
     *,
     residual_out: str = "sum",
     inplace: bool = False,
+    dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``h = layer_norm(x + residual)`` quantized token-wise, plus the updated residual stream:
 
@@ -321,11 +341,12 @@ def add_layernorm_quant(
     """
     if residual_out not in ("sum", "normed"):
         raise ValueError(f"add_layernorm_quant: residual_out must be 'sum' or 'normed', got {residual_out!r}")
-    return _call("add_layernorm_quant", "layernorm", x, residual, weight, bias, eps, residual_out, inplace)
+    return _call("add_layernorm_quant", "layernorm", x, residual, weight, bias, eps, residual_out, inplace, dtype)
 
 
 def bias_gelu_quant(
-    y: torch.Tensor, bias: Optional[torch.Tensor] = None, approximate: str = "none"
+    y: torch.Tensor, bias: Optional[torch.Tensor] = None, approximate: str = "none", *,
+    dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``quant(gelu(y + bias))``; approximate='none' (erf, BERT) or 'tanh' (GPT-2's gelu_new).
 
@@ -333,12 +354,13 @@ def bias_gelu_quant(
     """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"bias_gelu_quant: approximate must be 'none' or 'tanh', got {approximate!r}")
-    q, s, _ = _call("bias_gelu_quant", "gelu" if approximate == "none" else "gelu_tanh", y, None, None, bias)
+    q, s, _ = _call("bias_gelu_quant", "gelu" if approximate == "none" else "gelu_tanh", y, None, None, bias,
+                    dtype=dtype)
     return q, s
 
 
-def silu_mul_quant(gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def silu_mul_quant(gate_up: torch.Tensor, *, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
     """SwiGLU's ``quant(silu(gate) * up)`` with gate_up = [gate | up] of shape [M, 2 * I] (the output
     of one GEMM over the concatenated gate and up weights). Returns (q int8 [M, I], s float32 [M])."""
-    q, s, _ = _call("silu_mul_quant", "silu_mul", gate_up)
+    q, s, _ = _call("silu_mul_quant", "silu_mul", gate_up, dtype=dtype)
     return q, s

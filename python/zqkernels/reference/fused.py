@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ..formats import FP8_E4M3_MAX
 from .quantize import QMAX, _quantize_rows
 
 __all__ = ["row_quant_ref", "ROW_OPS", "RESIDUAL_MODES"]
@@ -42,9 +43,12 @@ def row_quant_ref(
     bias: Optional[torch.Tensor] = None,
     eps: float = 0.0,
     residual_mode: str = "none",
+    *,
+    dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """op: one of ROW_OPS; x [M, K] (silu_mul: [M, 2K]); residual [M, K] (norm ops); weight / bias
-    [K] (any float dtype, used in fp32); residual_mode: 'none' | 'sum' | 'normed'."""
+    [K] (any float dtype, used in fp32); residual_mode: 'none' | 'sum' | 'normed'; dtype: the
+    quantized output, int8 (qmax 127) or float8_e4m3fn (qmax 448, docs/FP8.md)."""
     if op not in ROW_OPS:
         raise ValueError(f"row_quant_ref: op must be one of {sorted(ROW_OPS)}, got {op!r}")
     dt = x.dtype
@@ -77,5 +81,10 @@ def row_quant_ref(
             r_out = y.to(dt)
     else:
         y = vf
-    q, s = _quantize_rows(y, QMAX[8])
+    if dtype == torch.float8_e4m3fn:
+        q, s = _quantize_rows(y, FP8_E4M3_MAX, fp8=True)
+    elif dtype == torch.int8:
+        q, s = _quantize_rows(y, QMAX[8])
+    else:
+        raise TypeError(f"row_quant_ref: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}")
     return q, s, r_out
