@@ -162,10 +162,39 @@ template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bf
 }
 template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
 
+// One chunk of 64 of K for one warp: convert the lane's 32 codes (rows r, r + 8) with the group
+// scales' converters and run the 2 x kNT MMAs into part.
+template <int kNT, bool kPow2>
+__device__ __forceinline__ void mma_chunk(const uint4& wv, uint32_t slo, uint32_t shi, const uint4 (&xv)[kNT],
+                                          float (&part)[kNT][4]) {
+  RowScale<kPow2> s_lo, s_hi;
+  s_lo.set(slo);
+  s_hi.set(shi);
+  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
+    const uint32_t af[4] = {s_lo(q0.idx, q0.sel), s_hi(q0.idx >> 16, q0.sel >> 16), s_lo(q1.idx, q1.sel),
+                            s_hi(q1.idx >> 16, q1.sel >> 16)};
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) mma_e4m3(part[j], af, s == 0 ? xv[j].x : xv[j].z, s == 0 ? xv[j].y : xv[j].w);
+  }
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(addr), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory"); }
+
 // kNT: MMAs of 8 tokens per warp (a CTA covers 8 * kNT tokens). kBatch: K chunks of a warp loaded
 // together; kPipe: the next batch is loaded while this one is processed (software pipeline) instead
 // of after it. (kBatch, kPipe) per kNT: Variant below, from scripts/probe_w4a8_stream.py.
-template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe>
+// kRing > 0: instead, each warp keeps kRing chunks in flight in a shared-memory ring filled by
+// cp.async (no registers held by loads in flight; the group scales ride a register ring).
+template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int R) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
@@ -198,6 +227,49 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
     }
+    if constexpr (kRing > 0) {
+      __shared__ uint4 ring[kWarps][kRing > 0 ? kRing : 1][32];
+      uint32_t rlo[kRing > 0 ? kRing : 1], rhi[kRing > 0 ? kRing : 1];
+      const auto issue = [&](int c, int slot) {  // chunk c into the ring (nothing past the end)
+        if (c < nchunks) {
+          cp_async16(&ring[warp][slot][lane], wp + static_cast<int64_t>(c) * 32);
+          const int grp = (c * 64 + 16 * t) / a.group_size;
+          rlo[slot] = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
+          rhi[slot] = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+        }
+        cp_async_commit();  // one group per slot, empty past the end: uniform counting
+      };
+#pragma unroll
+      for (int u = 0; u < kRing; ++u) issue(kp + u * W, u);
+      for (int c0 = kp; c0 < nchunks; c0 += kRing * W) {
+        float part[kNT][4];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
+#pragma unroll
+        for (int u = 0; u < kRing; ++u) {
+          const int c = c0 + u * W;
+          if (c >= nchunks) break;
+          cp_async_wait<kRing - 1>();  // this lane's copy of chunk c has landed (it reads only its own)
+          const uint4 wv = ring[warp][u][lane];
+          uint4 xv[kNT];
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            xv[j] = tok_ok[j] ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
+                              : make_uint4(0, 0, 0, 0);
+          }
+          const uint32_t lo = rlo[u], hi = rhi[u];
+          mma_chunk<kNT, kPow2>(wv, lo, hi, xv, part);
+          issue(c + kRing * W, u);  // after the slot's value is in registers (and used): no WAR race
+        }
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[j][i] += part[j][i];
+      }
+      cp_async_wait<0>();
+    } else {
     // The weights are read once, from DRAM: latency is what limits a warp. kPipe: the next batch of
     // kBatch chunks is in flight while this one is converted and multiplied. For few tokens the
     // batch's activation loads (L1 / L2 hits) are issued up front too.
@@ -297,6 +369,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
         }
       }
     }
+    }
   }
 
   // Reduce the W K-slices of each row tile: slices 1..W-1 write, slice 0 adds.
@@ -387,9 +460,9 @@ std::string check_w4a8_fp(const W4A8FPArgs& a) {
   return {};
 }
 
-template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe>
+template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
 void launch_stream(const W4A8FPArgs& a) {
-  constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe>;
+  constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe, kRing>;
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + 8 * kNT - 1) / (8 * kNT);
   // Row tiles per CTA: the choice that wastes the least of the last wave (CTAs resident at once =
@@ -425,8 +498,8 @@ void launch_stream(const W4A8FPArgs& a) {
 }
 
 // The loading schedule: (kBatch, kPipe) = (4, true) by default; ZQ_EXPERIMENT_TILES builds also
-// (4, false), (8, false) and (2, true), chosen at run time by GemmTuning::w4a8_variant (1..3) for
-// scripts/probe_w4a8_stream.py.
+// (4, false), (8, false), (2, true) and, for M <= 16, the shared-memory ring of 8 or 4 chunks per
+// warp, chosen at run time by GemmTuning::w4a8_variant (1..5) for scripts/probe_w4a8_stream.py.
 template <int kNT, bool kPow2, typename OutT>
 void launch_variant(const W4A8FPArgs& a) {
 #if defined(ZQ_EXPERIMENT_TILES)
@@ -434,6 +507,8 @@ void launch_variant(const W4A8FPArgs& a) {
     case 1: return launch_stream<kNT, kPow2, OutT, 4, false>(a);
     case 2: return launch_stream<kNT, kPow2, OutT, 8, false>(a);
     case 3: return launch_stream<kNT, kPow2, OutT, 2, true>(a);
+    case 4: if constexpr (kNT <= 2) return launch_stream<kNT, kPow2, OutT, 4, true, 8>(a); break;
+    case 5: if constexpr (kNT <= 2) return launch_stream<kNT, kPow2, OutT, 4, true, 4>(a); break;
     default: break;
   }
 #endif

@@ -114,7 +114,7 @@ struct GemmTuning {
   // fp8_rowwise (accurate accumulation): promote the wgmma partial sums to fp32 every this many
   // elements of K (rounded up to whole k-tiles of 128 / 256). docs/FP8.md: the measured trade-off.
   int fp8_promote_k = 512;
-  // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..3 experiments, built only
+  // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..5 experiments, built only
   // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_fp_gemm.cu).
   int w4a8_variant = 0;
 };
