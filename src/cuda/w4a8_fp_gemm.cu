@@ -497,7 +497,7 @@ void launch_stream(const W4A8FPArgs& a) {
   cudaLaunchKernelEx(&cfg, kernel, a, R);
 }
 
-// The loading schedule: (kBatch, kPipe) = (4, true) by default; ZQ_EXPERIMENT_TILES builds also
+// The loading schedule: the defaults below; ZQ_EXPERIMENT_TILES builds also
 // (4, false), (8, false), (2, true) and, for M <= 16, the shared-memory ring of 8 or 4 chunks per
 // warp, chosen at run time by GemmTuning::w4a8_variant (1..5) for scripts/probe_w4a8_stream.py.
 template <int kNT, bool kPow2, typename OutT>
@@ -512,7 +512,18 @@ void launch_variant(const W4A8FPArgs& a) {
     default: break;
   }
 #endif
-  launch_stream<kNT, kPow2, OutT, 4, true>(a);
+  // The defaults, from scripts/probe_w4a8_stream.py on an H100
+  // (benchmarks/results/w4a8_stream_schedules_ring_*): M <= 8, the 4-chunk shared-memory ring
+  // (1.78 against 1.67 TB/s at M = 1 on 24576 x 14336, 1.45 against 1.27 on 22016 x 4096); M <= 16,
+  // register batches of 4 pipelined for power-of-two scales (1.44 TB/s against 1.25 for the ring)
+  // and of 2 for float scales (whose conversion needs more registers: 1.13 against 0.93 TB/s).
+  if constexpr (kNT == 1) {
+    launch_stream<kNT, kPow2, OutT, 4, true, 4>(a);
+  } else if constexpr (kNT == 2 && !kPow2) {
+    launch_stream<kNT, kPow2, OutT, 2, true>(a);
+  } else {
+    launch_stream<kNT, kPow2, OutT, 4, true>(a);
+  }
 }
 
 template <bool kPow2, typename OutT>
