@@ -1,5 +1,5 @@
 """w4a8_fp_gemm streaming kernel: the loading schedules against each other (needs a build with
--DZQ_EXPERIMENT_TILES=ON, which compiles the experimental schedules of src/cuda/w4a8_fp_gemm.cu).
+-DZQ_EXPERIMENT_TILES=ON, which compiles the experimental schedules of src/cuda/w4a8_gemm.cu).
 
     python scripts/probe_w4a8_stream.py [--out FILE]
 

@@ -154,7 +154,7 @@ void bind_gemm(nb::module_& m) {
       "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). activation: 0 none, 1 gelu,\n"
       "2 gelu_tanh, 3 silu; out_scale: the static scale of an int8 output (by value). Never synchronizes.");
 
-  // W4A8-FP (docs/FP8.md): one hand-written kernel family, no registry (src/cuda/w4a8_fp_gemm.cu).
+  // W4A8-FP (docs/FP8.md): one hand-written kernel family, no registry (src/cuda/w4a8_gemm.cu).
   m.def(
       "w4a8_fp_gemm_run",
       [](uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, bool pow2, int group_size, uintptr_t sa, uintptr_t sb,
@@ -191,6 +191,43 @@ void bind_gemm(nb::module_& m) {
       nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("out_dtype"),
       nb::arg("activation"), nb::arg("device"), nb::arg("stream"),
       "W4A8-FP GEMM (FP4 codes in layout m16k64 x FP8 activations); pointers are ints, bias 0 = none.");
+  m.def(
+      "w4a8_int_gemm_run",
+      [](uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, bool int_scales, int group_size, uintptr_t sa,
+         uintptr_t sb, uintptr_t bias, uintptr_t out, int M, int N, int K, int out_dtype, int activation,
+         int flush_steps, int device, uintptr_t stream) {
+        const char* op = "w4a8_gemm";
+#ifdef ZQ_HAVE_SM90
+        zq::W4A8IntArgs g;
+        g.a = reinterpret_cast<const void*>(a);
+        g.lda = lda;
+        g.b = reinterpret_cast<const void*>(b);
+        g.sg = reinterpret_cast<const void*>(sg);
+        g.int_scales = int_scales;
+        g.group_size = group_size;
+        g.flush_steps = flush_steps;
+        g.sa = reinterpret_cast<const float*>(sa);
+        g.sb = reinterpret_cast<const float*>(sb);
+        g.bias = reinterpret_cast<const void*>(bias);
+        g.out = reinterpret_cast<void*>(out);
+        g.M = M;
+        g.N = N;
+        g.K = K;
+        g.out_dtype = out_dtype_from(op, out_dtype);
+        g.activation = activation_from(op, activation);
+        g.sm_count = sm_count(device);
+        g.stream = reinterpret_cast<cudaStream_t>(stream);
+        DeviceGuard guard(device);
+        const std::string err = zq::w4a8_int_gemm(g);
+        if (!err.empty()) fail(op, err);
+#else
+        fail(op, "this build has no sm_90a kernels (ZQ_CUDA_ARCHS without 90a)");
+#endif
+      },
+      nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("sg"), nb::arg("int_scales"), nb::arg("group_size"),
+      nb::arg("sa"), nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"),
+      nb::arg("out_dtype"), nb::arg("activation"), nb::arg("flush_steps"), nb::arg("device"), nb::arg("stream"),
+      "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations).");
   m.def(
       "fp4_to_fp8",
       [](uintptr_t packed, uintptr_t sg, bool pow2, int group_size, int N, int K, uintptr_t out, int device,

@@ -115,12 +115,12 @@ struct GemmTuning {
   // elements of K (rounded up to whole k-tiles of 128 / 256). docs/FP8.md: the measured trade-off.
   int fp8_promote_k = 512;
   // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..5 experiments, built only
-  // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_fp_gemm.cu).
+  // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_gemm.cu).
   int w4a8_variant = 0;
 };
 GemmTuning& gemm_tuning();
 
-// W4A8-FP (ZeroQuant-FP, docs/FP8.md; src/cuda/w4a8_fp_gemm.cu, sm_90a builds only):
+// W4A8-FP (ZeroQuant-FP, docs/FP8.md; src/cuda/w4a8_gemm.cu, sm_90a builds only):
 //   y[m, n] = act(sa[m] * (sb[n] * sum_k a[m, k] * wf[n, k]) + bias[n]), rounded once to out_dtype,
 // a: FP8 E4M3 activations [M, K] (rows lda apart), b: FP4 E2M1 codes packed in layout m16k64,
 // wf: the FP8 value of a weight, e2m1 * 2^e (pow2: sg int8 exponents [N, K / group_size] in
@@ -143,6 +143,31 @@ struct W4A8FPArgs {
   cudaStream_t stream = nullptr;
 };
 std::string w4a8_fp_gemm(const W4A8FPArgs& args);
+// W4A8 with integer (or float) group scales (Integer Scale, docs/W4A8.md; src/cuda/w4a8_gemm.cu):
+//   y[m, n] = act(sa[m] * sb[n] * sum_j sg[n, j] * P[m, n, j] + bias[n]),
+//   P[m, n, j] = sum_{k in group j} a[m, k] * q[n, k] (int32), a int8 [M, K], q INT4 codes in
+//   layout m16k32; sg int32 (integer scales: int32 multiply-adds, flushed to fp32 every
+//   flush_steps MMA steps of 32 k) or float32 (one int -> float conversion and FMA per step).
+struct W4A8IntArgs {
+  const void* a = nullptr;     // [M, K] int8, 16-byte aligned, lda % 16 == 0
+  int64_t lda = 0;
+  const void* b = nullptr;     // packed INT4 codes, N * K / 2 bytes, 16-byte aligned
+  const void* sg = nullptr;    // [N, K / group_size] int32 or float32
+  bool int_scales = true;
+  int group_size = 0;          // multiple of 32 dividing K
+  int flush_steps = 0;         // integer scales: steps between flushes, * 2^15 * max(sg) < 2^31
+  const float* sa = nullptr;   // [M]
+  const float* sb = nullptr;   // [N]
+  const void* bias = nullptr;  // [N] of out_dtype, or nullptr
+  void* out = nullptr;         // [M, N] row-major
+  int M = 0, N = 0, K = 0;     // N % 16 == 0, K % 64 == 0
+  DType out_dtype = DType::kBF16;
+  GemmActivation activation = GemmActivation::kNone;
+  int sm_count = 0;
+  cudaStream_t stream = nullptr;
+};
+std::string w4a8_int_gemm(const W4A8IntArgs& args);
+
 // The weights of a W4A8-FP GEMM as FP8 E4M3 bytes, out [N, K] row-major: wf above, by the same
 // integer conversion the GEMM uses.
 std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,

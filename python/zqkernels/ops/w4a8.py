@@ -1,5 +1,5 @@
 """W4A8 GEMMs: ``w4a8_fp_gemm`` (ZeroQuant-FP: FP4 E2M1 weights x FP8 E4M3 activations; kernel:
-src/cuda/w4a8_fp_gemm.cu) and ``fp4_to_fp8`` (the kernel's weight conversion on its own).
+src/cuda/w4a8_gemm.cu) and ``fp4_to_fp8`` (the kernel's weight conversion on its own).
 
 Formats and the packed layout: docs/FP8.md. The group scales say which kernel runs: int8
 exponents (policies "m1" / "m2": power-of-two ratios, converted by integer operations) or float32

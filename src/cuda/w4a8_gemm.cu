@@ -162,6 +162,52 @@ template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bf
 }
 template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
 
+// The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
+// (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
+// y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
+template <int kNT, typename OutT, class Args>
+__device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4], int warp, int lane, int kp, int W,
+                                            bool active, int rt, int tok0) {
+  __shared__ float red[kWarps][kNT * 4][32];
+  if (kp != 0) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
+  }
+  __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+  if (kp != 0 || !active) return;
+  for (int o = 1; o < W; ++o) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
+  }
+  const int r = lane >> 2, t = lane & 3;
+  const int act = static_cast<int>(a.activation);
+  const OutT* bias = static_cast<const OutT*>(a.bias);
+  OutT* out = static_cast<OutT*>(a.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
+    const int n = rt * 16 + r + 8 * h;
+    const float sw = a.sb[n];
+    const float b = bias_f(bias, n);
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int m = tok0 + j * 8 + 2 * t + i;
+        if (m >= a.M) continue;
+        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
+        if (act != 0) v = epi::activate(v, act);
+        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
+      }
+  }
+}
+
 // One chunk of 64 of K for one warp: convert the lane's 32 codes (rows r, r + 8) with the group
 // scales' converters and run the 2 x kNT MMAs into part.
 template <int kNT, bool kPow2>
@@ -372,44 +418,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
     }
   }
 
-  // Reduce the W K-slices of each row tile: slices 1..W-1 write, slice 0 adds.
-  __shared__ float red[kWarps][kNT * 4][32];
-  if (kp != 0) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
-  }
-  __syncthreads();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-  if (kp != 0 || !active) return;
-  for (int o = 1; o < W; ++o) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
-  }
-  const int act = static_cast<int>(a.activation);
-  const OutT* bias = static_cast<const OutT*>(a.bias);
-  OutT* out = static_cast<OutT*>(a.out);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
-    const int n = rt * 16 + r + 8 * h;
-    const float sw = a.sb[n];
-    const float b = bias_f(bias, n);
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int m = tok0 + j * 8 + 2 * t + i;
-        if (m >= a.M) continue;
-        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
-        if (act != 0) v = epi::activate(v, act);
-        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
-      }
-  }
+  finish_tile<kNT, OutT>(a, acc, warp, lane, kp, W, active, rt, tok0);
 }
 
 template <bool kPow2>
@@ -442,17 +451,22 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
   *reinterpret_cast<uint4*>(out + (n_lo + 8) * K + k0) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
 
-std::string check_w4a8_fp(const W4A8FPArgs& a) {
+// The checks every streaming GEMM runs before a launch. group_multiple: the group size must be a
+// multiple of it (16: a lane's 16 k in one group; 32: an MMA step in one group); sg_bytes: the
+// element size of the group scales.
+template <class Args>
+std::string check_stream_args(const Args& a, int group_multiple, uintptr_t sg_bytes) {
   if (a.M <= 0 || a.N <= 0 || a.K <= 0) return "M, N, K must be > 0";
   if (a.N % 16 != 0) return "N must be a multiple of 16, got " + std::to_string(a.N);
   if (a.K % 64 != 0) return "K must be a multiple of 64, got " + std::to_string(a.K);
-  if (a.group_size <= 0 || a.group_size % 16 != 0 || a.K % a.group_size != 0) {
-    return "group_size must be a multiple of 16 dividing K, got " + std::to_string(a.group_size);
+  if (a.group_size <= 0 || a.group_size % group_multiple != 0 || a.K % a.group_size != 0) {
+    return "group_size must be a multiple of " + std::to_string(group_multiple) + " dividing K, got " +
+           std::to_string(a.group_size);
   }
   if (a.lda < a.K || a.lda % 16 != 0) return "lda must be >= K and a multiple of 16";
   const auto aligned = [](const void* p, uintptr_t n) { return p != nullptr && reinterpret_cast<uintptr_t>(p) % n == 0; };
   if (!aligned(a.a, 16) || !aligned(a.b, 16)) return "xq and wq must be 16-byte aligned";
-  if (!aligned(a.sg, a.pow2 ? 1 : 4) || !aligned(a.sa, 4) || !aligned(a.sb, 4) || a.out == nullptr) {
+  if (!aligned(a.sg, sg_bytes) || !aligned(a.sa, 4) || !aligned(a.sb, 4) || a.out == nullptr) {
     return "null or misaligned scale / output pointer";
   }
   const int act = static_cast<int>(a.activation);
@@ -460,19 +474,14 @@ std::string check_w4a8_fp(const W4A8FPArgs& a) {
   return {};
 }
 
-template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
-void launch_stream(const W4A8FPArgs& a) {
-  constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe, kRing>;
+// Launch a streaming kernel over the row tiles: R row tiles per CTA, the choice that wastes the
+// least of the last wave (CTAs resident at once = occupancy x SMs; a decode GEMM is one or two
+// waves, so a partial last wave idles the rest of the GPU), more row tiles per CTA on ties (their
+// warps share activation loads in L1). occupancy: the kernel's CTAs per SM (the caller caches it).
+template <class Args>
+void launch_row_tiles(void (*kernel)(Args, int), const Args& a, int tokens_per_cta, int occupancy) {
   const int ntiles = a.N / 16;
-  const int ytiles = (a.M + 8 * kNT - 1) / (8 * kNT);
-  // Row tiles per CTA: the choice that wastes the least of the last wave (CTAs resident at once =
-  // occupancy x SMs; a decode GEMM is one or two waves, so a partial last wave idles the rest of
-  // the GPU), more row tiles per CTA on ties (their warps share activation loads in L1).
-  static int occupancy = 0;  // per instantiation; the same on every device of one model
-  if (occupancy == 0) {
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
-    if (occupancy < 1) occupancy = 1;
-  }
+  const int ytiles = (a.M + tokens_per_cta - 1) / tokens_per_cta;
   const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
   int R = 1;
   double best = -1.0;
@@ -484,9 +493,8 @@ void launch_stream(const W4A8FPArgs& a) {
       R = cand;
     }
   }
-  const dim3 grid((ntiles + R - 1) / R, ytiles);
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
+  cfg.gridDim = dim3((ntiles + R - 1) / R, ytiles);
   cfg.blockDim = dim3(kWarps * 32);
   cfg.stream = a.stream;
   cudaLaunchAttribute attr[1];
@@ -495,6 +503,20 @@ void launch_stream(const W4A8FPArgs& a) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   cudaLaunchKernelEx(&cfg, kernel, a, R);
+}
+
+template <class Args>
+int occupancy_of(void (*kernel)(Args, int)) {
+  int occupancy = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
+  return occupancy < 1 ? 1 : occupancy;
+}
+
+template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
+void launch_stream(const W4A8FPArgs& a) {
+  constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe, kRing>;
+  static const int occupancy = occupancy_of(kernel);  // per instantiation; the same on every H100
+  launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
 
 // The loading schedule: the defaults below; ZQ_EXPERIMENT_TILES builds also
@@ -540,10 +562,176 @@ void dispatch_scale(const W4A8FPArgs& a) {
   return dispatch_nt<false, OutT>(a);
 }
 
+// ---------------------------------------------------------------------------------------------
+// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> INT8 by the same
+// byte permutes with a constant table (sign extension), INT8 mma.sync into an int32 step result P
+// (one MMA step = 32 consecutive k, inside one group), then per step:
+//   int scales:   acc_i += s_int * P  (integer multiply-add; acc_i flushed to fp32 every F steps,
+//                 F * 2^15 * max(s_int) < 2^31: no overflow for any input, docs/W4A8.md)
+//   float scales: acc_f += r * float(P)  (the int32 -> float conversion and FMA per group)
+// and one conversion at the end: y = act(sx[m] * sw[n] * acc + bias[n]).
+
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+
+template <int kNT, bool kIntScale, typename OutT>
+__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
+  constexpr int kBatch = 4;
+  constexpr Lut kInt4Lut{0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu};  // -> 0..7, -8..-1
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, t = lane & 3;
+  const int W = kWarps / R;
+  const int rt = blockIdx.x * R + warp / W;
+  const int kp = warp % W;
+  const int nchunks = a.K >> 6;
+  const int G = a.K / a.group_size;
+  const int tok0 = blockIdx.y * 8 * kNT;
+  const bool active = rt < (a.N >> 4);
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+
+  float accf[kNT][4];
+  int32_t acci[kNT][4];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
+
+  if (active) {
+    const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
+    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+    const uint8_t* xrow[kNT];
+    bool tok_ok[kNT];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      tok_ok[j] = m < a.M;
+      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 8 * t;
+    }
+    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group).
+    const auto scale_at = [&](int64_t row, int c, int s) -> uint32_t {
+      const int grp = (c * 64 + 32 * s) / a.group_size;
+      return static_cast<const uint32_t*>(a.sg)[row * G + grp];  // int32 or float32 bits
+    };
+    int steps = 0;
+    const int step = W * kBatch;
+    uint4 wv[kBatch];
+    uint32_t sc[kBatch][4];
+    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
+      w = load_stream(wp + static_cast<int64_t>(c) * 32);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        scv[2 * s] = scale_at(n_lo, c, s);
+        scv[2 * s + 1] = scale_at(n_lo + 8, c, s);
+      }
+    };
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = kp + u * W;
+      if (c < nchunks) fetch(c, wv[u], sc[u]);
+    }
+    for (int c0 = kp; c0 < nchunks; c0 += step) {
+      uint4 nw[kBatch];
+      uint32_t nsc[kBatch][4];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + step + u * W;
+        if (c < nchunks) fetch(c, nw[u], nsc[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + u * W;
+        if (c >= nchunks) break;
+        uint2 xv[kNT][2];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int s = 0; s < 2; ++s)
+            xv[j][s] = tok_ok[j] ? __ldg(reinterpret_cast<const uint2*>(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s))
+                                 : make_uint2(0, 0);
+        const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
+          const uint32_t af[4] = {convert4(q0.idx, q0.sel, kInt4Lut), convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut),
+                                  convert4(q1.idx, q1.sel, kInt4Lut), convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut)};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            int32_t p[4];
+            mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+            if constexpr (kIntScale) {
+              const int32_t lo = static_cast<int32_t>(sc[u][2 * s]), hi = static_cast<int32_t>(sc[u][2 * s + 1]);
+              acci[j][0] += lo * p[0];
+              acci[j][1] += lo * p[1];
+              acci[j][2] += hi * p[2];
+              acci[j][3] += hi * p[3];
+            } else {
+              const float lo = __uint_as_float(sc[u][2 * s]), hi = __uint_as_float(sc[u][2 * s + 1]);
+              accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+              accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+              accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+              accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+            }
+          }
+          if constexpr (kIntScale) {
+            if (++steps == a.flush_steps) {  // the overflow bound: flush before it can be reached
+              steps = 0;
+#pragma unroll
+              for (int j = 0; j < kNT; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        wv[u] = nw[u];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]);
+
+  finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
+}
+
+template <int kNT, bool kIntScale, typename OutT>
+void launch_int(const W4A8IntArgs& a) {
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
+  static const int occupancy = occupancy_of(kernel);
+  launch_row_tiles(kernel, a, 8 * kNT, occupancy);
+}
+
+template <bool kIntScale, typename OutT>
+void dispatch_int(const W4A8IntArgs& a) {
+  if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
+  if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
+  if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
+  return launch_int<8, kIntScale, OutT>(a);
+}
+
+template <typename OutT>
+void dispatch_int_scale(const W4A8IntArgs& a) {
+  if (a.int_scales) return dispatch_int<true, OutT>(a);
+  return dispatch_int<false, OutT>(a);
+}
+
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
-  std::string err = check_w4a8_fp(a);
+  std::string err = check_stream_args(a, 16, a.pow2 ? 1 : 4);
   if (!err.empty()) return err;
   switch (a.out_dtype) {
     case DType::kBF16: dispatch_scale<__nv_bfloat16>(a); break;
@@ -568,6 +756,21 @@ std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int gro
     fp4_to_fp8_kernel<true><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
   } else {
     fp4_to_fp8_kernel<false><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
+  }
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
+  return {};
+}
+
+std::string w4a8_int_gemm(const W4A8IntArgs& a) {
+  std::string err = check_stream_args(a, 32, 4);
+  if (!err.empty()) return err;
+  if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  switch (a.out_dtype) {
+    case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
+    case DType::kFP16: dispatch_int_scale<__half>(a); break;
+    case DType::kFP32: dispatch_int_scale<float>(a); break;
+    default: return "out_dtype must be bf16, fp16 or fp32";
   }
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
