@@ -5,7 +5,8 @@
 fake implementation (torch.compile, export, opcheck); eager calls on plain tensors take the direct
 path (``_common.eager``). CPU tensors run ``zqkernels.reference``; CUDA tensors the kernel. It
 quantizes to INT8 (default) or FP8 E4M3 (docs/FP8.md). Weights are quantized offline with torch
-ops on their device: INT8 / INT4 / FP8 per channel, FP4 E2M1 with ZeroQuant-FP group scales.
+ops on their device: INT8 / INT4 / FP8 per channel, FP4 E2M1 with ZeroQuant-FP group scales, INT4
+with integer or float group scales (docs/W4A8.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from .. import _ext
 from ..reference.quantize import (
+    INT4_SCALES,
     FP4_EXP_MAX,
     FP4_EXP_MIN,
     FP4_POLICIES,
@@ -23,12 +25,16 @@ from ..reference.quantize import (
     expand_groups,
     fp4_to_fp8_float_ref,
     pack_fp4,
+    _check_alpha,
+    pack_int4,
     quantize_fp4_ref,
+    quantize_int4_group_ref,
     quantize_per_token_fp8_ref,
     quantize_per_token_ref,
     quantize_weight_fp8_ref,
     quantize_weight_ref,
     unpack_fp4,
+    unpack_int4,
 )
 from . import _common as c
 
@@ -159,6 +165,7 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch
 # quantize_weight's formats: fmt -> the bits it implies (None: the fmt takes no bits).
 _WEIGHT_FMTS = {"int8": 8, "int4": 4, "fp8": 8, "fp4": 4}
 _FP4_GROUP_SIZES = (32, 64, 128)
+_INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
 def _check_weight(op: str, w: object) -> None:
@@ -197,29 +204,49 @@ def _resolve_fmt(op: str, bits: Optional[int], fmt: Optional[str]) -> str:
 
 def _check_fp4_shape(op: str, N: int, K: int, group_size: Optional[int]) -> int:
     """The group size (g = K for per channel) after checking it and the m16k64 layout's shape rules."""
-    if group_size is not None and (isinstance(group_size, bool) or group_size not in _FP4_GROUP_SIZES):
+    return _check_packed_shape(op, N, K, group_size, "fmt='fp4'", "m16k64", _FP4_GROUP_SIZES)
+
+
+def _divisor_hint(K: int, sizes: tuple) -> str:
+    """For INT4: which group sizes K takes, with the real models that need care."""
+    fits = [g for g in sizes if K % g == 0]
+    return (
+        f"; K == {K} takes group_size {fits} or None" if fits else f"; K == {K} takes only group_size=None"
+    ) + (" (e.g. Falcon-7B's hidden size 4544 = 71 * 64 takes 32 or 64, not 128 or 256; LLaMA's 4096, 11008, "
+         "14336 and 28672 take all four)")
+
+
+def _check_packed_shape(
+    op: str, N: int, K: int, group_size: Optional[int], what: str, layout: str, sizes: tuple, hint: bool = False
+) -> int:
+    """The group size (g = K for per channel) after checking it and a packed layout's shape rules."""
+    if group_size is not None and (isinstance(group_size, bool) or group_size not in sizes):
         raise ValueError(
-            f"{op}: group_size must be one of {_FP4_GROUP_SIZES} or None (one group per row), got {group_size!r}"
+            f"{op}: group_size must be one of {sizes} or None (one group per row), got {group_size!r}"
         )
     if K == 0:
-        raise ValueError(f"{op}: fmt='fp4' needs K > 0 (a group scale per row), got w with K == 0")
+        raise ValueError(f"{op}: {what} needs K > 0 (a group scale per row), got w with K == 0")
     g = K if group_size is None else group_size
     if K % g != 0:
         raise ValueError(
             f"{op}: group_size {g} must divide K == {K} (K % {g} == {K % g}); pad K with zero weights "
-            f"to a multiple of {g} or choose another group_size"
+            f"to a multiple of {g} or choose another group_size" + (_divisor_hint(K, sizes) if hint else "")
         )
     if N % 16 != 0:
         raise ValueError(
-            f"{op}: fmt='fp4' (packed layout m16k64) needs N % 16 == 0, got N == {N}; pad w with "
+            f"{op}: {what} (packed layout {layout}) needs N % 16 == 0, got N == {N}; pad w with "
             f"{-N % 16} zero rows (output channels)"
         )
     if K % 64 != 0:
         raise ValueError(
-            f"{op}: fmt='fp4' (packed layout m16k64) needs K % 64 == 0, got K == {K}; pad w with "
+            f"{op}: {what} (packed layout {layout}) needs K % 64 == 0, got K == {K}; pad w with "
             f"{-K % 64} zero columns (and x with as many zeros)"
         )
     return g
+
+
+def _check_int4_shape(op: str, N: int, K: int, group_size: Optional[int]) -> int:
+    return _check_packed_shape(op, N, K, group_size, "INT4 group scales", "m16k32", _INT4_GROUP_SIZES, hint=True)
 
 
 def quantize_weight(
@@ -229,8 +256,9 @@ def quantize_weight(
     fmt: Optional[str] = None,
     group_size: Optional[int] = None,
     scale: Optional[str] = None,
+    alpha: Optional[int] = None,
 ) -> Union[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Quantize a weight [N, K] offline, per channel or (FP4) per group.
+    """Quantize a weight [N, K] offline, per channel or (FP4, INT4) per group.
 
     - fmt None / "int8" / "int4" (bits 8 (default) or 4): symmetric integer, one scale per row ->
       (wq int8 [N, K], sw float32 [N]), values in [-127, 127] or [-7, 7] (int8 container).
@@ -240,20 +268,39 @@ def quantize_weight(
       m16k64, sw float32 [N], sg): group_size 32, 64, 128 or None (per channel, g = K), scale
       "m2" (default), "m1" (power-of-two ratios, sg int8 exponents in [-5, 0]) or "free" (sg
       float32 ratios in (0, 1]). Needs N % 16 == 0 and K % 64 == 0 (the packed layout).
+    - bits=4 / fmt="int4" WITH group_size or scale: INT4 with group scales for ``w4a8_gemm``
+      (docs/W4A8.md) -> (wq uint8 [N, K // 2] packed in layout m16k32, sw float32 [N], sg):
+      group_size 32, 64, 128, 256 or None (g = K); scale "int" (default: sg int32 = rint(r * alpha),
+      alpha a power of two in [2^0, 2^15], default the heuristic) or "float" (sg float32 ratios).
+      Needs N % 16 == 0 and K % 64 == 0. Without group_size and scale, bits=4 keeps its old meaning
+      (int8 container, one scale per row).
 
     bits is the old way to say int8 / int4; with fmt it may only repeat fmt's width. group_size
-    and scale belong to fmt="fp4" only. This runs the reference math with torch ops on w's device
+    and scale belong to fmt="fp4" and to 4-bit integers, alpha to scale="int" only. This runs the reference math with torch ops on w's device
     and always checks that w is finite (a sync; a NaN would poison a whole output channel). The
     results are constants: no gradient flows back to w.
     """
     op = "quantize_weight"
     _check_weight(op, w)
     fmt = _resolve_fmt(op, bits, fmt)
-    if fmt != "fp4" and (group_size is not None or scale is not None):
+    if fmt not in ("fp4", "int4") and (group_size is not None or scale is not None or alpha is not None):
         raise ValueError(
-            f"{op}: group_size and scale apply to fmt='fp4' only, got fmt={fmt!r} with "
-            f"group_size={group_size!r}, scale={scale!r}"
+            f"{op}: group_size and scale apply to fmt='fp4' only (and to 4-bit integers: bits=4 / "
+            f"fmt='int4'), got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, alpha={alpha!r}"
         )
+    int4_group = fmt == "int4" and (group_size is not None or scale is not None)
+    if alpha is not None and not (int4_group and scale in (None, "int")):
+        raise ValueError(
+            f"{op}: alpha applies to INT4 integer group scales only (bits=4 with group_size, scale='int'), "
+            f"got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, alpha={alpha!r}"
+        )
+    if int4_group:
+        kind = "int" if scale is None else scale
+        if kind not in INT4_SCALES:
+            raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (bits=4 / fmt='int4'), got {scale!r}")
+        if alpha is not None:
+            _check_alpha(op, alpha)
+        g = _check_int4_shape(op, *w.shape, group_size)
     if fmt == "fp4":
         policy = "m2" if scale is None else scale
         if policy not in FP4_POLICIES:
@@ -267,6 +314,9 @@ def quantize_weight(
     if fmt == "fp4":
         codes, sw, sg = quantize_fp4_ref(w, g, policy)
         return pack_fp4(codes), sw, sg
+    if int4_group:
+        codes, sw, sg = quantize_int4_group_ref(w, g, kind, alpha)
+        return pack_int4(codes), sw, sg
     return quantize_weight_ref(w, _WEIGHT_FMTS[fmt])
 
 
@@ -285,8 +335,11 @@ def dequantize(
     "fp4": wq uint8 [N, K // 2] in layout m16k64, sg the group exponents (int8) or ratios (float32)
     [N, K // g]; the value is the FP8 weight the W4A8-FP kernel multiplies, ``e2m1 * 2^e`` (exact)
     or ``fp8(e2m1 * r)`` (free: rounded as the kernel rounds), so dequantize + a float GEMM is the
-    kernel's math. group_size (fp4) is inferred from sg when None; shape, when given, is checked
-    against the [N, K] the arguments imply. sw has N values (or one: per tensor).
+    kernel's math. fmt "int4" WITH sg: wq uint8 [N, K // 2] in layout m16k32 (``quantize_weight(w,
+    bits=4, group_size=g, scale=...)``), sg int32 integer scales or float32 ratios [N, K // g]; the
+    value is ``sw[n] * sg[n, k // g] * q[n, k]``, computed in float64 and rounded once to float32.
+    group_size (fp4, int4) is inferred from sg when None; shape, when given, is checked against the
+    [N, K] the arguments imply. sw has N values (or one: per tensor).
     """
     op = "dequantize"
     if fmt not in _WEIGHT_FMTS:
@@ -294,37 +347,31 @@ def dequantize(
     if not isinstance(wq, torch.Tensor) or wq.dim() != 2:
         got = c.desc(wq) if isinstance(wq, torch.Tensor) else type(wq).__name__
         raise ValueError(f"{op}: wq must be a 2-D tensor, got {got}")
+    packed = fmt == "fp4" or (fmt == "int4" and sg is not None)
     want = {"int8": torch.int8, "int4": torch.int8, "fp8": _F8, "fp4": torch.uint8}[fmt]
+    want = torch.uint8 if packed else want
     if wq.dtype != want:
-        raise TypeError(f"{op}: wq must be {c.dtype_name(want)} for fmt={fmt!r}, got {c.desc(wq)}")
+        with_sg = " with sg (packed INT4 with group scales)" if fmt == "int4" and packed else ""
+        raise TypeError(f"{op}: wq must be {c.dtype_name(want)} for fmt={fmt!r}{with_sg}, got {c.desc(wq)}")
     N = wq.shape[0]
-    K = 2 * wq.shape[1] if fmt == "fp4" else wq.shape[1]
+    K = 2 * wq.shape[1] if packed else wq.shape[1]
     if shape is not None and tuple(shape) != (N, K):
         raise ValueError(f"{op}: shape {tuple(shape)} does not match wq {c.desc(wq)} for fmt={fmt!r} ([{N}, {K}])")
     if not isinstance(sw, torch.Tensor) or sw.dtype != torch.float32 or sw.numel() not in (N, 1):
         got = c.desc(sw) if isinstance(sw, torch.Tensor) else type(sw).__name__
         raise ValueError(f"{op}: sw must be float32 with N == {N} values (or 1), got {got}")
     swc = sw.reshape(-1, 1)
-    if fmt != "fp4":
+    if not packed:
         if sg is not None:
-            raise ValueError(f"{op}: sg applies to fmt='fp4' only, got sg with fmt={fmt!r}")
+            raise ValueError(f"{op}: sg applies to fmt='fp4' only (and 'int4' packed), got sg with fmt={fmt!r}")
         return wq.float() * swc
+    if fmt == "int4":
+        return _dequantize_int4(op, wq, swc, sg, N, K, group_size)
     if not isinstance(sg, torch.Tensor):
         raise ValueError(f"{op}: fmt='fp4' needs sg (group exponents or ratios [N, K // g]), got {sg!r}")
     if sg.dtype not in (torch.int8, torch.float32):
         raise TypeError(f"{op}: sg must be int8 (m1 / m2 exponents) or float32 (free ratios), got {c.desc(sg)}")
-    if group_size is None:  # infer g from sg [N, K // g]
-        if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
-            raise ValueError(
-                f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K} (G = K // group_size), "
-                f"got {c.desc(sg)}"
-            )
-        group_size = K // sg.shape[1]
-        if group_size == K:
-            group_size = None
-    g = _check_fp4_shape(op, N, K, group_size)
-    if tuple(sg.shape) != (N, K // g):
-        raise ValueError(f"{op}: sg must be [N, K // group_size] == [{N}, {K // g}] (group_size {g}), got {c.desc(sg)}")
+    g = _sg_group_size(op, sg, N, K, group_size, _check_fp4_shape)
     if sg.dtype == torch.int8 and sg.numel() and not bool(((sg >= FP4_EXP_MIN) & (sg <= FP4_EXP_MAX)).all()):
         raise ValueError(
             f"{op}: sg (int8 exponents) must lie in [{FP4_EXP_MIN}, {FP4_EXP_MAX}], got values in "
@@ -336,3 +383,30 @@ def dequantize(
     else:
         v = fp4_to_fp8_float_ref(codes, sg).float()
     return v * swc
+
+
+def _sg_group_size(op: str, sg: torch.Tensor, N: int, K: int, group_size: Optional[int], check_shape) -> int:
+    """dequantize's group size: group_size, or inferred from sg [N, K // g]; checked (check_shape)."""
+    if group_size is None:  # infer g from sg [N, K // g]
+        if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
+            raise ValueError(
+                f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K} (G = K // group_size), "
+                f"got {c.desc(sg)}"
+            )
+        group_size = K // sg.shape[1]
+        if group_size == K:
+            group_size = None
+    g = check_shape(op, N, K, group_size)
+    if tuple(sg.shape) != (N, K // g):
+        raise ValueError(f"{op}: sg must be [N, K // group_size] == [{N}, {K // g}] (group_size {g}), got {c.desc(sg)}")
+    return g
+
+
+def _dequantize_int4(op, wq, swc, sg, N, K, group_size) -> torch.Tensor:
+    """fmt='int4' with group scales: sw[n] * sg[n, k // g] * q[n, k], float64, one rounding."""
+    if not isinstance(sg, torch.Tensor) or sg.dtype not in (torch.int32, torch.float32):
+        got = c.desc(sg) if isinstance(sg, torch.Tensor) else type(sg).__name__
+        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales) for fmt='int4', got {got}")
+    _sg_group_size(op, sg, N, K, group_size, _check_int4_shape)
+    q = unpack_int4(wq, N, K).double()
+    return (q * expand_groups(sg.double(), K) * swc.double()).float()

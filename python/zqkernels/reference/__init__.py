@@ -9,7 +9,7 @@ mirroring ``zqkernels.ops``.
 from __future__ import annotations
 
 from .fused import row_quant_ref
-from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref
+from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref
 from .quantize import (
     QMAX,
     e2m1_decode,
@@ -18,12 +18,16 @@ from .quantize import (
     fp4_to_fp8_float_ref,
     fp4_to_fp8_ref,
     pack_fp4,
+    pack_int4,
     quantize_fp4_ref,
+    quantize_int4_group_ref,
     quantize_per_token_fp8_ref,
     quantize_per_token_ref,
     quantize_weight_fp8_ref,
     quantize_weight_ref,
     unpack_fp4,
+    unpack_int4,
+    w4a8_int_flush_steps,
 )
 
 __all__ = [
@@ -39,9 +43,14 @@ __all__ = [
     "fp4_to_fp8_ref",
     "fp4_to_fp8_float_ref",
     "fp4_lut_convert_model",
+    "quantize_int4_group_ref",
+    "pack_int4",
+    "unpack_int4",
+    "w4a8_int_flush_steps",
     "int8_gemm_ref",
     "fp8_gemm_ref",
     "w4a8_fp_gemm_ref",
+    "w4a8_gemm_ref",
     "row_quant_ref",
     "QMAX",
 ]

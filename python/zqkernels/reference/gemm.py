@@ -4,7 +4,8 @@ Every reference decodes its operands to the exact values the kernel multiplies, 
 in float64 and applies scales, bias and activation in float64 (``_scaled_gemm``), so the only
 rounding is the final cast. The sums are exact: int8 products are integers below 2^14, and FP8
 E4M3 products (also FP8 x FP4-as-FP8) are multiples of 2^-18 below 2^18, so float64 holds every
-partial sum exactly while K < 2^17.
+partial sum exactly while K < 2^17. The W4A8 reference with integer group scales (``w4a8_gemm_ref``)
+sums in int64 instead (exact for any K), then converts once.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from .quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4
+from .quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4, unpack_int4
 
-__all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "ACTIVATIONS"]
+__all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "w4a8_gemm_ref", "ACTIVATIONS"]
 
 
 # The epilogue activations in float64, in forms without cancellation (docs/SCALES.md). The textbook
@@ -64,7 +65,13 @@ def _scaled_gemm(
 
     a, b hold the exact operand values (int8, float8 or float32 tensors); sx, sw have M / N elements
     or one (per tensor)."""
-    acc = a.double() @ b.double().t()
+    return _epilogue(a.double() @ b.double().t(), sx, sw, bias, activation)
+
+
+def _epilogue(
+    acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, bias: Optional[torch.Tensor], activation: str
+) -> torch.Tensor:
+    """act(acc[m, n] * sx[m] * sw[n] (+ bias[n])) in float64 (acc float64 [M, N], exact sums)."""
     sxd = sx.double().reshape(-1)
     swd = sw.double().reshape(-1)
     y = acc * (sxd[:, None] * swd[None, :])
@@ -173,3 +180,51 @@ def w4a8_fp_gemm_ref(
     else:
         raise TypeError(f"{op}: sg must be int8 (exponents, m1 / m2) or float32 (ratios, free), got {sg.dtype}")
     return _scaled_gemm(xq, w8, sx, sw, bias, activation).to(out_dtype)
+
+
+def w4a8_gemm_ref(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+) -> torch.Tensor:
+    """INT8 activations x INT4 weights with group scales (docs/W4A8.md, "The GEMM").
+
+    xq int8 [M, K], sx float32 [M] (or one value); wq uint8 [N, K // 2] packed in layout m16k32
+    (``pack_int4``), sw float32 [N] (or one value), sg [N, G] with the group size K // G:
+
+    - int32 sg (integer scales): ``acc[m, n] = sum_j sg[n, j] * P[m, n, j]`` exactly in int64, with
+      ``P[m, n, j] = sum_{k in group j} xq[m, k] * q[n, k]``; then float64 ``acc * sx[m] * sw[n]``
+      (acc < 2^53 for K < 2^21), bias, activation, one rounding to out_dtype. The kernel computes
+      the same integer (int32 steps flushed before they can overflow) and rounds in its fp32
+      epilogue.
+    - float32 sg (float scales, the baseline): P exact, ``sum_j float64(sg[n, j]) * P`` in float64 (each
+      product exact, the sum rounded to float64). The kernel multiplies each group's P by sg in fp32
+      (an FMA into an fp32 accumulator), so it differs by those fp32 roundings: ~G * 2^-24 relative
+      to the largest group term, far below a bf16 / fp16 output ulp but visible in fp32 outputs.
+    """
+    op = "w4a8_gemm_ref"
+    _check_activation(op, activation)
+    if xq.dtype != torch.int8 or xq.dim() != 2:
+        raise TypeError(f"{op}: xq must be int8 [M, K], got {xq.dtype} {list(xq.shape)}")
+    M, K = xq.shape
+    N = wq.shape[0]
+    if sg.dtype not in (torch.int32, torch.float32):
+        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales), got {sg.dtype}")
+    if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
+        raise ValueError(f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K}, got {list(sg.shape)}")
+    G = sg.shape[1]
+    g = K // G
+    q = unpack_int4(wq, N, K)
+    # P[j, m, n] per group, exact in int64
+    P = torch.bmm(xq.long().reshape(M, G, g).transpose(0, 1), q.long().reshape(N, G, g).permute(1, 2, 0))
+    if sg.dtype == torch.int32:
+        acc = (P * sg.long().t()[:, None, :]).sum(dim=0).double()  # exact int64 sum, one conversion
+    else:
+        acc = (P.double() * sg.double().t()[:, None, :]).sum(dim=0)
+    return _epilogue(acc, sx, sw, bias, activation).to(out_dtype)

@@ -33,6 +33,13 @@ __all__ = [
     "pack_fp4",
     "unpack_fp4",
     "expand_groups",
+    "quantize_int4_group_ref",
+    "pack_int4",
+    "unpack_int4",
+    "w4a8_int_flush_steps",
+    "INT4_ALPHA_RANGE",
+    "INT4_HEURISTIC_RANGE",
+    "INT4_MAX_SCALE",
     "fp4_to_fp8_ref",
     "fp4_to_fp8_float_ref",
     "fp4_lut_convert_model",
@@ -240,13 +247,16 @@ def quantize_fp4_ref(
     return _encode_groups(wf, sw, r, g), sw.contiguous(), e.to(torch.int8).contiguous()
 
 
+def _divide_groups(wf: torch.Tensor, scale: torch.Tensor, g: int) -> torch.Tensor:
+    """w[n, k] / scale[n, k // g] (fp32 IEEE division); a zero scale (all-zero group) divides by 1."""
+    N, K = wf.shape
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (wf.reshape(N, -1, g) / scale[:, :, None]).reshape(N, K)
+
+
 def _encode_groups(wf: torch.Tensor, sw: torch.Tensor, r: torch.Tensor, g: int) -> torch.Tensor:
     """codes = e2m1(w / (sw[n] * r[n, j])) (fp32); a zero scale (all-zero row) divides by 1."""
-    N, K = wf.shape
-    scale = sw[:, None] * r  # [N, G]; exact for power-of-two r
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    v = wf.reshape(N, -1, g) / scale[:, :, None]
-    return e2m1_encode(v.reshape(N, K)).contiguous()
+    return e2m1_encode(_divide_groups(wf, sw[:, None] * r, g)).contiguous()  # sw * r exact for pow2 r
 
 
 def expand_groups(t: torch.Tensor, K: int) -> torch.Tensor:
@@ -256,17 +266,49 @@ def expand_groups(t: torch.Tensor, K: int) -> torch.Tensor:
     return t.repeat_interleave(K // t.shape[1], dim=1)
 
 
-# The m16k64 layout (docs/FP8.md): n = 16 nt + 8 hi + r, k = 64 kc + 16 t + 8 s + 4 q + j; a code's
-# nibble index in the flat stream is (((nt K/64 + kc) 8 + r) 4 + t) 32 + 8 (2 s + q) + 4 hi + j,
-# i.e. the index of the axes (nt, kc, r, t, s, q, hi, j) in row-major order.
-_PACK_AXES = (0, 3, 2, 4, 5, 6, 1, 7)  # from codes.reshape(NT, hi, r, KC, t, s, q, j)
+# The packed layouts: n = 16 nt + 8 hi + r and a chunk of 64 k; a code's nibble index in the flat
+# stream is the index of the axes (nt, kc, r, t, s, q, hi, j) in row-major order, i.e.
+# (((nt K/64 + kc) 8 + r) 4 + t) 32 + 8 (2 s + q) + 4 hi + j. The layouts differ in how k splits:
+# - m16k64 (FP4, docs/FP8.md):   k = 64 kc + 16 t + 8 s + 4 q + j (an MMA step of 32 k is s, t, q, j
+#   with t outermost: each lane's 16 consecutive k span both steps)
+# - m16k32 (INT4, docs/W4A8.md): k = 64 kc + 32 s + 8 t + 4 q + j (a step of 32 consecutive k each)
+# Each is a reshape of codes [N, K] to (nt, hi, r, kc, <k axes>, j) and one permute.
+_LAYOUTS = {
+    # name: (k split of a 64-chunk below kc, permutation to (nt, kc, r, t, s, q, hi, j))
+    "m16k64": ((4, 2, 2, 4), (0, 3, 2, 4, 5, 6, 1, 7)),  # codes.reshape(NT, hi, r, KC, t, s, q, j)
+    "m16k32": ((2, 4, 2, 4), (0, 3, 2, 5, 4, 6, 1, 7)),  # codes.reshape(NT, hi, r, KC, s, t, q, j)
+}
 
 
-def _check_packable(op: str, N: int, K: int) -> None:
+def _check_packable(op: str, N: int, K: int, layout: str = "m16k64") -> None:
     if N % 16 != 0:
-        raise ValueError(f"{op}: the m16k64 layout needs N % 16 == 0, got N == {N} (pad the output channels)")
+        raise ValueError(f"{op}: the {layout} layout needs N % 16 == 0, got N == {N} (pad the output channels)")
     if K % 64 != 0:
-        raise ValueError(f"{op}: the m16k64 layout needs K % 64 == 0, got K == {K} (pad K with zero weights)")
+        raise ValueError(f"{op}: the {layout} layout needs K % 64 == 0, got K == {K} (pad K with zero weights)")
+
+
+def _pack_nibbles(nibbles: torch.Tensor, layout: str) -> torch.Tensor:
+    """uint8 nibbles [N, K] (values 0..15) -> uint8 [N, K // 2] in `layout` (shape already checked)."""
+    N, K = nibbles.shape
+    split, axes = _LAYOUTS[layout]
+    v = nibbles.reshape(N // 16, 2, 8, K // 64, *split).permute(*axes).reshape(-1, 2)
+    packed = (v[:, 0] & 0xF) | ((v[:, 1] & 0xF) << 4)  # even nibble low, odd nibble high
+    return packed.reshape(N, K // 2).contiguous()
+
+
+def _unpack_nibbles(op: str, packed: torch.Tensor, N: int, K: int, layout: str) -> torch.Tensor:
+    """Inverse of _pack_nibbles: uint8 [N, K // 2] -> uint8 nibbles [N, K] (values 0..15)."""
+    _check_packable(op, N, K, layout)
+    if packed.dtype != torch.uint8 or tuple(packed.shape) != (N, K // 2):
+        raise TypeError(
+            f"{op}: packed must be uint8 [N, K // 2] == [{N}, {K // 2}], got {packed.dtype} {list(packed.shape)}"
+        )
+    split, axes = _LAYOUTS[layout]
+    shape = (N // 16, 2, 8, K // 64, *split)
+    b = packed.reshape(-1)
+    v = torch.stack((b & 0xF, b >> 4), dim=1)
+    v = v.reshape([shape[a] for a in axes]).permute(*[axes.index(i) for i in range(8)])
+    return v.reshape(N, K).contiguous()
 
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
@@ -278,26 +320,13 @@ def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
     op = "pack_fp4"
     if codes.dtype != torch.uint8 or codes.dim() != 2:
         raise TypeError(f"{op}: codes must be uint8 [N, K] (values 0..15), got {codes.dtype} {list(codes.shape)}")
-    N, K = codes.shape
-    _check_packable(op, N, K)
-    v = codes.reshape(N // 16, 2, 8, K // 64, 4, 2, 2, 4).permute(*_PACK_AXES).reshape(-1, 2)
-    packed = (v[:, 0] & 0xF) | ((v[:, 1] & 0xF) << 4)  # even nibble low, odd nibble high
-    return packed.reshape(N, K // 2).contiguous()
+    _check_packable(op, *codes.shape)
+    return _pack_nibbles(codes, "m16k64")
 
 
 def unpack_fp4(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
     """Inverse of ``pack_fp4``: uint8 [N, K // 2] in layout m16k64 -> codes uint8 [N, K]."""
-    op = "unpack_fp4"
-    _check_packable(op, N, K)
-    if packed.dtype != torch.uint8 or tuple(packed.shape) != (N, K // 2):
-        raise TypeError(
-            f"{op}: packed must be uint8 [N, K // 2] == [{N}, {K // 2}], got {packed.dtype} {list(packed.shape)}"
-        )
-    b = packed.reshape(-1)
-    v = torch.stack((b & 0xF, b >> 4), dim=1)
-    inverse = [_PACK_AXES.index(i) for i in range(8)]
-    v = v.reshape(N // 16, K // 64, 8, 4, 2, 2, 2, 4).permute(*inverse)
-    return v.reshape(N, K).contiguous()
+    return _unpack_nibbles("unpack_fp4", packed, N, K, "m16k64")
 
 
 def _per_weight(op: str, name: str, t: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -408,3 +437,123 @@ def fp4_lut_convert_model(codes4, e: int) -> list[int]:
     choose = ((x >> 1) & 0x4444) | 0x3210
     out = prmt(mag, neg, choose)
     return [(out >> (8 * i)) & 0xFF for i in range(4)]
+
+
+# ------------------------------------------------------------------------------------------------
+# INT4 weights with group scales, integer or float (docs/W4A8.md)
+
+# alpha (the integer scales' multiplier) is a power of two in INT4_ALPHA_RANGE; the default heuristic
+# clamps into INT4_HEURISTIC_RANGE. The largest integer scale is alpha (the channel's largest group),
+# and it must keep one MMA step's product s_int * P within int32 for |P| <= 2^15 (docs/W4A8.md,
+# "Overflow"): 2^15 * s_int <= 2^31 - 1 allows s_int <= 2^16 - 1 (INT4_MAX_SCALE), so alpha <= 2^15.
+INT4_ALPHA_RANGE = (2**0, 2**15)
+INT4_HEURISTIC_RANGE = (2**10, 2**15)
+_STEP_MAX = 32 * 128 * 8  # |P| of one MMA step (32 k): activations may hold -128, weights -8
+INT4_MAX_SCALE = (2**31 - 1) // _STEP_MAX  # 65535: the largest integer scale one step tolerates
+INT4_SCALES = ("int", "float")
+
+
+def _check_alpha(op: str, alpha: object) -> int:
+    lo, hi = INT4_ALPHA_RANGE
+    if isinstance(alpha, bool) or not isinstance(alpha, int) or not lo <= alpha <= hi or alpha & (alpha - 1):
+        raise ValueError(f"{op}: alpha must be a power of two int in [2^0, 2^15] (docs/W4A8.md), got {alpha!r}")
+    return alpha
+
+
+def _alpha_heuristic(r: torch.Tensor, nonzero: torch.Tensor) -> int:
+    """The smallest 2^n with min(r) 2^n >= 1 over the non-zero groups, clamped to
+    INT4_HEURISTIC_RANGE. For r = m 2^E (frexp, m in [0.5, 1)) that n is exactly 1 - E (also for
+    m == 0.5: 0.5 * 2^(E + n) >= 1 <=> n >= 1 - E). A ratio that underflowed to 0 counts as the
+    smallest normal (it takes the upper clamp); a tensor without non-zero groups gets the lower one."""
+    lo, hi = INT4_HEURISTIC_RANGE
+    if not bool(nonzero.any()):
+        return lo
+    rmin = r[nonzero].min().clamp_min(torch.finfo(torch.float32).tiny)
+    n = 1 - int(torch.frexp(rmin).exponent)
+    return min(max(2**n, lo), hi) if n >= 0 else lo
+
+
+def quantize_int4_group_ref(
+    w: torch.Tensor, group_size: Optional[int] = None, scale: str = "int", alpha: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric INT4 weight quantization with group scales (docs/W4A8.md, Integer Scale).
+
+    w: [N, K] float, finite (callers check). group_size g divides K (None: g = K, one group per row).
+    Per group ``s = amax / 7`` (fp32), ``q = clamp(rint(w / s), -7, 7)`` (half to even, fp32
+    division), ``s_max[n]`` the row's largest s and ``r = s / s_max`` (fp32) in (0, 1]. Returns
+    (codes int8 [N, K] UNPACKED, values -7..7 (``pack_int4`` gives the kernel's layout), sw float32
+    [N], sg):
+
+    - scale="int": sg int32 [N, K // g] = max(rint(r * alpha), 1), sw = s_max / alpha (exact: a
+      power-of-two division). alpha: a power of two in [2^0, 2^15], default the heuristic (the
+      smallest 2^n with min(r) 2^n >= 1 over the tensor's non-zero groups, clamped to [2^10, 2^15]).
+    - scale="float": sg float32 [N, K // g] = r, sw = s_max.
+
+    So ``w[n, k] ~ sw[n] * sg[n, k // g] * q[n, k]``. Degenerate inputs: an all-zero group gets
+    sg = 0 (int and float: its codes are all 0, so the group contributes exactly 0 whatever the
+    activations), an all-zero row sw = 0 and sg = 0; nothing is NaN or Inf. Rows with amax below
+    ~7 * 2^-126 have subnormal fp32 scales and lose precision (as any fp32 scale would).
+    """
+    op = "quantize_int4_group_ref"
+    _check_2d(op, "w", w, "N, K")
+    if scale not in INT4_SCALES:
+        raise ValueError(f"{op}: scale must be one of {INT4_SCALES}, got {scale!r}")
+    if alpha is not None:
+        if scale != "int":
+            raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={alpha!r} with scale={scale!r}")
+        _check_alpha(op, alpha)
+    N, K = w.shape
+    g = K if group_size is None else group_size
+    if not isinstance(g, int) or g <= 0 or K % g != 0:
+        raise ValueError(f"{op}: group_size must be a positive divisor of K == {K}, got {group_size!r}")
+    wf = w.float()
+    amax = wf.abs().reshape(N, K // g, g).amax(dim=2)  # [N, G]
+    s = amax / torch.full_like(amax, float(QMAX[4]))  # fp32 IEEE division
+    q = torch.round(_divide_groups(wf, s, g)).clamp_(-QMAX[4], QMAX[4])
+    codes = torch.nan_to_num_(q, nan=0.0).to(torch.int8).contiguous()
+    s_max = s.amax(dim=1)
+    nonzero = s > 0
+    r = s / torch.where(s_max == 0, torch.ones_like(s_max), s_max)[:, None]  # fp32, in [0, 1]
+    if scale == "float":
+        return codes, s_max.contiguous(), torch.where(nonzero, r, torch.zeros_like(r)).contiguous()
+    if alpha is None:
+        alpha = _alpha_heuristic(r, nonzero)
+    a = torch.full_like(r, float(alpha))
+    sg = torch.round(r * a).clamp_(min=1)  # r * alpha exact (power of two); <= alpha since r <= 1
+    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
+    sw = s_max / torch.full_like(s_max, float(alpha))
+    return codes, sw.contiguous(), sg.contiguous()
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """INT4 codes int8 [N, K] (values -8..7) -> uint8 [N, K // 2] in the kernel's m16k32 layout
+    (docs/W4A8.md): two's complement nibbles, even nibble low. N % 16 == 0 and K % 64 == 0. As for
+    ``pack_fp4`` the result's bytes are the layout's flat stream, not rows of codes."""
+    op = "pack_int4"
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise TypeError(f"{op}: codes must be int8 [N, K] (values -8..7), got {codes.dtype} {list(codes.shape)}")
+    N, K = codes.shape
+    _check_packable(op, N, K, "m16k32")
+    if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
+        raise ValueError(f"{op}: codes must lie in [-8, 7], got values in [{int(codes.min())}, {int(codes.max())}]")
+    return _pack_nibbles(codes.view(torch.uint8) & 0xF, "m16k32")
+
+
+def unpack_int4(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """Inverse of ``pack_int4``: uint8 [N, K // 2] in layout m16k32 -> codes int8 [N, K] (-8..7)."""
+    nib = _unpack_nibbles("unpack_int4", packed, N, K, "m16k32")
+    return (nib.view(torch.int8) ^ 8) - 8  # sign-extend the nibble: 8..15 -> -8..-1
+
+
+def w4a8_int_flush_steps(max_sint: int) -> int:
+    """F of docs/W4A8.md ("Overflow"): the number of MMA steps the kernel may add ``s_int * P`` into
+    its int32 accumulator before flushing it to fp32, ``floor((2^31 - 1) / (2^15 max_sint))``, so
+    that ``F * 2^15 * max_sint < 2^31`` for any inputs. max_sint: the largest integer group scale
+    (an int in [1, 2^16 - 1]; alpha bounds it). Raises ValueError outside: at 2^16 one step's
+    ``2^16 * 2^15 = 2^31`` already overflows int32, so no F exists."""
+    if isinstance(max_sint, bool) or not isinstance(max_sint, int) or not 1 <= max_sint <= INT4_MAX_SCALE:
+        raise ValueError(
+            f"w4a8_int_flush_steps: max_sint must be an int in [1, {INT4_MAX_SCALE}] (2^15 * max_sint must "
+            f"stay below 2^31), got {max_sint!r}"
+        )
+    return (2**31 - 1) // (_STEP_MAX * max_sint)
