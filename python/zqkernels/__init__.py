@@ -37,6 +37,7 @@ from .ops import (
     resolve_gemm_backend,
     set_debug_checks,
     w4a8_fp_gemm,
+    w4a8_gemm,
 )
 from .ops import fused as _fused
 from .ops.fused import *  # noqa: F403 - the fused row ops (ops/fused.py __all__)
@@ -49,6 +50,7 @@ __all__ = [
     "int8_gemm",
     "fp8_gemm",
     "w4a8_fp_gemm",
+    "w4a8_gemm",
     "fp4_to_fp8",
     "quantize_per_token",
     "quantize_weight",

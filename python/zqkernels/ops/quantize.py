@@ -17,15 +17,15 @@ import torch
 
 from .. import _ext
 from ..reference.quantize import (
-    INT4_SCALES,
     FP4_EXP_MAX,
     FP4_EXP_MIN,
     FP4_POLICIES,
+    INT4_SCALES,
+    _check_alpha,
     e2m1_decode,
     expand_groups,
     fp4_to_fp8_float_ref,
     pack_fp4,
-    _check_alpha,
     pack_int4,
     quantize_fp4_ref,
     quantize_int4_group_ref,
@@ -371,7 +371,7 @@ def dequantize(
         raise ValueError(f"{op}: fmt='fp4' needs sg (group exponents or ratios [N, K // g]), got {sg!r}")
     if sg.dtype not in (torch.int8, torch.float32):
         raise TypeError(f"{op}: sg must be int8 (m1 / m2 exponents) or float32 (free ratios), got {c.desc(sg)}")
-    g = _sg_group_size(op, sg, N, K, group_size, _check_fp4_shape)
+    _sg_group_size(op, sg, N, K, group_size, _check_fp4_shape)
     if sg.dtype == torch.int8 and sg.numel() and not bool(((sg >= FP4_EXP_MIN) & (sg <= FP4_EXP_MAX)).all()):
         raise ValueError(
             f"{op}: sg (int8 exponents) must lie in [{FP4_EXP_MIN}, {FP4_EXP_MAX}], got values in "
