@@ -14,6 +14,7 @@ Columns per problem (M tokens, N out_features, K in_features), all -> bf16, no b
     w4fp_pow2   zqkernels.w4a8_fp_gemm, power-of-two group scales (m2), g = 128, path "auto"
     w4fp_float  the same with float group scales (policy "free"): the baseline of the constraint
     w4fp_pow2_s / w4fp_float_s   path "stream" forced (M <= 1024 only): the fused kernel itself
+    w4i_int / w4i_float  zqkernels.w4a8_gemm: INT4 weights (g = 128) with integer / float group scales
 Method as benchmarks/bench_w8a8.py (_common.time_calls): inputs rotated past L2, CUDA graphs,
 warm-up, median. GB/s = bytes of weights (+ group scales) read once per call / time.
 Also: FP8 accumulation error (accurate vs fast) against an fp64 reference at K = 4096 and 16384,
@@ -50,7 +51,10 @@ def inputs(M, N, K, dev):
     g = 128 if K % 128 == 0 else 64
     p2 = zqkernels.quantize_weight(w, fmt="fp4", group_size=g, scale="m2")
     fl = zqkernels.quantize_weight(w, fmt="fp4", group_size=g, scale="free")
-    return dict(x=x, w=w, xq8=xq8, sx8=sx8, wq8=wq8, sw8=sw8, xi=xi, sxi=sxi, wi=wi, swi=swi, p2=p2, fl=fl)
+    i4 = zqkernels.quantize_weight(w, bits=4, group_size=g, scale="int")
+    f4 = zqkernels.quantize_weight(w, bits=4, group_size=g, scale="float")
+    return dict(x=x, w=w, xq8=xq8, sx8=sx8, wq8=wq8, sw8=sw8, xi=xi, sxi=sxi, wi=wi, swi=swi, p2=p2, fl=fl,
+                i4=i4, i4max=int(i4[2].max()), f4=f4)
 
 
 def columns(M, N, K):
@@ -69,9 +73,14 @@ def columns(M, N, K):
     for name, key, extra in (("w4fp_pow2", "p2", 0), ("w4fp_float", "fl", 3 * N * (K // g))):
         cols[name] = (lambda d, k=key: zqkernels.w4a8_fp_gemm(d["xq8"], d[k][0], d["sx8"], d[k][1], d[k][2]),
                       wbytes + extra)
-        if M <= 1024:
+        if M <= 1024 and name.startswith("w4fp"):
             cols[name + "_s"] = (lambda d, k=key: zqkernels.w4a8_fp_gemm(d["xq8"], d[k][0], d["sx8"], d[k][1],
                                                                          d[k][2], path="stream"), wbytes + extra)
+    # W4A8 with integer / float group scales (docs/W4A8.md): INT8 activations, INT4 weights.
+    ibytes = N * K // 2 + 4 * N * (K // g) + 4 * N
+    cols["w4i_int"] = (lambda d: zqkernels.w4a8_gemm(d["xi"], d["i4"][0], d["sxi"], d["i4"][1], d["i4"][2],
+                                                     max_scale=d["i4max"]), ibytes)
+    cols["w4i_float"] = (lambda d: zqkernels.w4a8_gemm(d["xi"], d["f4"][0], d["sxi"], d["f4"][1], d["f4"][2]), ibytes)
     return cols
 
 
@@ -162,7 +171,7 @@ def main() -> int:
     doc["host_us"] = host_overhead(dev)
     print("eager host us/call:", {k: round(v, 2) for k, v in doc["host_us"].items()})
     names = ["bf16", "fp8row", "int_mm", "zq_int8", "zq_fp8", "zq_fp8fast", "w4fp_pow2", "w4fp_float",
-             "w4fp_pow2_s", "w4fp_float_s"]
+             "w4fp_pow2_s", "w4fp_float_s", "w4i_int", "w4i_float"]
     print(f"{'M':>5} {'N':>6} {'K':>6} " + " ".join(f"{n:>12}" for n in names) + "   (us; w4fp: GB/s)")
     for N, K in shapes:
         for M in ms:
@@ -175,7 +184,7 @@ def main() -> int:
                     cells.append(f"{'-':>12}")
                 elif "error" in v:
                     cells.append(f"{'ERR':>12}")
-                elif n.startswith("w4fp"):
+                elif n.startswith("w4"):
                     cells.append(f"{v['us']:7.1f}/{v['gbs']:4.0f}")
                 else:
                     cells.append(f"{v['us']:12.1f}")

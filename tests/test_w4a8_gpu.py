@@ -1,0 +1,117 @@
+"""w4a8_gemm (INT4 weights with integer or float group scales x INT8 activations, docs/W4A8.md) on
+the GPU against the reference: the M sweep, group sizes, both scale kinds, the epilogue, the
+overflow bound with adversarial inputs, CUDA graphs, and the errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import zqkernels
+from conftest import DEV, assert_gemm_close, calc_diff, poison_next_allocation, requires_gpu
+from zqkernels import _ext
+from zqkernels.reference import w4a8_gemm_ref
+from zqkernels.reference.quantize import pack_int4
+
+pytestmark = requires_gpu
+
+needs_sm90 = pytest.mark.skipif(
+    not (torch.cuda.is_available() and _ext._C is not None and torch.cuda.get_device_capability() == (9, 0)),
+    reason="the W4A8 kernels are built for sm_90a and need compute capability 9.0",
+)
+
+
+def inputs(M, N, K, g, scale, out_dtype=torch.bfloat16, bias=False):
+    w = torch.randn(N, K, device=DEV) * 0.02
+    w[:, : K // 3] *= 6  # groups of different scales
+    xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+    wq, sw, sg = zqkernels.quantize_weight(w, bits=4, group_size=g, scale=scale)
+    b = torch.randn(N, device=DEV).to(out_dtype) if bias else None
+    return dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=b, out_dtype=out_dtype)
+
+
+def assert_close(out, ref, what, exact_sum):
+    """Integer scales: the sum is exact in int32 (flushed to fp32 only past 2^24 or at the overflow
+    bound), so one output ulp (conftest.assert_gemm_close). Float scales: one fp32 FMA per group and
+    step, so a few fp32 roundings more: 4 output ulps plus 2e-3 of the row's largest output."""
+    if exact_sum:
+        assert_gemm_close(out, ref, what)
+        return
+    o, r = out.double(), ref.double()
+    rtol = {torch.bfloat16: 2**-6, torch.float16: 2**-8, torch.float32: 2**-12}[out.dtype]
+    err = (o - r).abs()
+    bad = err > rtol * r.abs() + 2e-3 * r.abs().amax(dim=1, keepdim=True)
+    assert not bad.any(), f"{what}: {int(bad.sum())} outputs off (worst abs err {float(err.max()):.3g})"
+    assert calc_diff(o, r) < 1e-5, what
+
+
+@needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+@pytest.mark.parametrize("g", [32, 64, 128, 256, None])
+def test_w4a8_gemm_sweep(scale, g):
+    for N, K in [(16, 256), (272, 512), (1024, 4096)]:
+        if g is not None and K % g:
+            continue
+        for i, M in enumerate([1, 2, 5, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 128, 200]):
+            out_dtype = (torch.bfloat16, torch.float16, torch.float32)[i % 3]
+            a = inputs(M, N, K, g, scale, out_dtype, bias=i % 2 == 0)
+            poison_next_allocation(M * N * 4, 0xFF)
+            out = zqkernels.w4a8_gemm(**a)
+            assert_close(out, w4a8_gemm_ref(**a), f"{scale} g={g} M={M} N={N} K={K} {out_dtype}", scale == "int")
+
+
+@needs_sm90
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
+def test_w4a8_gemm_activation(act):
+    a = inputs(7, 256, 512, 128, "int", bias=True)
+    out = zqkernels.w4a8_gemm(**a, activation=act)
+    assert_gemm_close(out, w4a8_gemm_ref(**a, activation=act), act)
+
+
+@needs_sm90
+@pytest.mark.parametrize("K", [16384, 28672])
+def test_w4a8_gemm_overflow_bound_adversarial(K):
+    """All activations -128, all weights -8 and every integer scale at its largest (2^15): each MMA
+    step sums to 32 * 1024 = 2^15 and times 2^15 gives 2^30, so two steps would overflow int32:
+    only the flush schedule (every step here) keeps the accumulator exact. The result must equal
+    the exact int64 value."""
+    M, N, g = 3, 32, 128
+    xq = torch.full((M, K), -128, dtype=torch.int8, device=DEV)
+    codes = torch.full((N, K), -8, dtype=torch.int8)
+    wq = pack_int4(codes).to(DEV)
+    sg = torch.full((N, K // g), 2**15, dtype=torch.int32, device=DEV)
+    sg[1::2] = 2**14 + 1
+    sx = torch.full((M,), 2.0**-20, device=DEV)
+    sw = torch.full((N,), 2.0**-16, device=DEV)
+    out = zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, None, torch.float32, max_scale=2**15)
+    exact = torch.tensor([K * 1024 * int(s) for s in sg[:, 0].tolist()], dtype=torch.float64) * 2.0**-36
+    assert torch.allclose(out.double().cpu(), exact.expand(M, N), rtol=2**-22, atol=0), (out[0, :2], exact[:2])
+    ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu(), None, torch.float32)
+    torch.testing.assert_close(out.cpu(), ref, rtol=2**-22, atol=0)
+
+
+@needs_sm90
+def test_w4a8_gemm_graph():
+    a = inputs(4, 512, 1024, 64, "int")
+    ref = zqkernels.w4a8_gemm(**a)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        zqkernels.w4a8_gemm(**a)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = zqkernels.w4a8_gemm(**a)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)
+
+
+@needs_sm90
+def test_w4a8_gemm_errors():
+    a = inputs(4, 64, 256, 64, "int")
+    with pytest.raises(TypeError, match="w4a8_gemm: xq must be int8"):
+        zqkernels.w4a8_gemm(a["xq"].float(), a["wq"], a["sx"], a["sw"], a["sg"])
+    with pytest.raises((TypeError, ValueError), match="w4a8_gemm: sg"):
+        zqkernels.w4a8_gemm(a["xq"], a["wq"], a["sx"], a["sw"], a["sg"].to(torch.int16))
+    with pytest.raises((TypeError, ValueError), match="w4a8_gemm: wq"):
+        zqkernels.w4a8_gemm(a["xq"], a["wq"].view(torch.int8), a["sx"], a["sw"], a["sg"])
