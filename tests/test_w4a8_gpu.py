@@ -36,15 +36,18 @@ def ref_of(a: dict, **kw) -> torch.Tensor:
 
 def assert_close(out, ref, what, exact_sum):
     """Integer scales: the sum is exact in int32 (flushed to fp32 only past 2^24 or at the overflow
-    bound), so one output ulp (conftest.assert_gemm_close). Float scales: one fp32 FMA per group and
+    bound), so one output ulp (conftest.assert_gemm_close, whose count of differing outputs is
+    meaningful only for large outputs: one of 32 is 3%). Float scales: one fp32 FMA per group and
     step, so a few fp32 roundings more: 4 output ulps plus 2e-3 of the row's largest output."""
-    if exact_sum:
+    if exact_sum and out.numel() >= 4096:
         assert_gemm_close(out, ref, what)
         return
     o, r = out.double().cpu(), ref.double().cpu()
-    rtol = {torch.bfloat16: 2**-6, torch.float16: 2**-8, torch.float32: 2**-12}[out.dtype]
+    ulps = 1 if exact_sum else 4
+    rtol = ulps * {torch.bfloat16: 2**-8, torch.float16: 2**-11, torch.float32: 2**-21}[out.dtype]
+    atol = (1e-3 if exact_sum else 2e-3) * r.abs().amax(dim=1, keepdim=True)
     err = (o - r).abs()
-    bad = err > rtol * r.abs() + 2e-3 * r.abs().amax(dim=1, keepdim=True)
+    bad = err > 2 * rtol * r.abs() + atol
     assert not bad.any(), f"{what}: {int(bad.sum())} outputs off (worst abs err {float(err.max()):.3g})"
     assert calc_diff(o, r) < 1e-5, what
 
