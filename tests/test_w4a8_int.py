@@ -398,3 +398,15 @@ ERRORS = [
 def test_bad_input(fn, exc, match):
     with pytest.raises(exc, match=match):
         fn()
+
+
+def test_gemm_spec_recipe_w4a8_int():
+    from zqkernels.formats import GemmSpec
+
+    for kind in ("int", "float"):
+        spec = GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=128, scale_kind=kind)
+        assert spec.recipe == "w4a8_int"
+    with pytest.raises(NotImplementedError, match="group size a multiple of 32"):
+        GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=16, scale_kind="int").recipe
+    with pytest.raises(NotImplementedError, match="no kernel implements"):
+        GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=128, scale_kind="pow2").recipe
