@@ -123,9 +123,7 @@ def _check_pow2_range(op: str, sg: torch.Tensor) -> None:
             )
 
 
-def _require_sm90(
-    op: str, device: torch.device, what: str = "needs FP8 tensor cores and this build's W4A8-FP kernels are"
-) -> None:
+def _require_sm90(op: str, device: torch.device, what: str) -> None:
     cc = c.require_cuda_kernels(op, device)
     if cc != (9, 0):
         raise RuntimeError(
@@ -136,7 +134,43 @@ def _require_sm90(
         raise RuntimeError(f"{op}: this build has no sm_90a kernels; rebuild with ZQ_CUDA_ARCHS including 90a")
 
 
-_ready: set[int] = set()
+_ready: set[tuple[str, int]] = set()  # (op, device index) that passed _require_sm90
+
+
+def _meta_or_cpu(op: str, xq: torch.Tensor, N: int, out_dtype) -> Optional[torch.Tensor]:
+    """A checked call whose tensors are not on CUDA: the (empty) result on the meta device, None on
+    the CPU (the caller runs its reference), the error for any other device type."""
+    if xq.device.type == "meta":
+        return xq.new_empty((xq.shape[0], N), dtype=out_dtype)
+    if xq.device.type != "cpu":
+        c.require_cuda_kernels(op, xq.device)
+    return None
+
+
+def _cuda_operands(op: str, xq, wq, sx, sw, what: str, binding: str = ""):
+    """What both W4A8 GEMMs do on CUDA before launching (arguments checked): the sm_90a check once
+    per device, per-tensor scales expanded to vectors, 16-byte alignment of xq / wq (both kernels and
+    fp4_to_fp8 read them in 16-byte pieces; nothing is read when M == 0). Returns (device index,
+    sx, sw). binding: the _C function the op launches, checked once with the device (a build from
+    before it existed lacks it)."""
+    idx = xq.get_device()
+    if (op, idx) not in _ready:
+        _require_sm90(op, xq.device, what)
+        if binding and not hasattr(_ext._C, binding):
+            raise RuntimeError(f"{op}: this build of zqkernels._C has no {binding} (built before it existed); rebuild")
+        _ready.add((op, idx))
+    M, N = xq.shape[0], wq.shape[0]
+    if sx.numel() != M:
+        sx = sx.reshape(1).expand(M).contiguous()
+    if sw.numel() != N:
+        sw = sw.reshape(1).expand(N).contiguous()
+    if M and (xq.data_ptr() % 16 or wq.data_ptr() % 16):
+        c.check_aligned_ptr(op, "xq", xq)
+        c.check_aligned_ptr(op, "wq", wq)
+    return idx, sx, sw
+
+
+_FP_KERNELS = "needs FP8 tensor cores and this build's W4A8-FP kernels are"
 
 
 def _fp4_to_fp8_cuda(wq: torch.Tensor, sg: torch.Tensor, K: int) -> torch.Tensor:
@@ -157,31 +191,19 @@ def _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="
     M, K = xq.shape
     N = wq.shape[0]
     if not xq.is_cuda:
-        if xq.device.type == "meta":
-            return xq.new_empty((M, N), dtype=out_dtype)
-        if xq.device.type != "cpu":
-            c.require_cuda_kernels(op, xq.device)
-        return w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype, activation=activation)
-    idx = xq.get_device()
-    if idx not in _ready:
-        _require_sm90(op, xq.device)
-        _ready.add(idx)
+        meta = _meta_or_cpu(op, xq, N, out_dtype)
+        return meta if meta is not None else w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype,
+                                                               activation=activation)
+    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, _FP_KERNELS)
     if c._debug_checks:
         _check_pow2_range(op, sg)
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
     if path == "convert" or (path == "auto" and M > _STREAM_MAX_M):
         if out_dtype == torch.float32:
             raise ValueError(f"{op}: float32 output is served by the streaming path only (path='stream')")
         wf = _fp4_to_fp8_cuda(wq, sg, K)
         return fp8_gemm(xq, wf, sx, sw, bias, out_dtype, activation=activation)
-    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
-        c.check_aligned_ptr(op, "xq", xq)
-        c.check_aligned_ptr(op, "wq", wq)
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_fp_gemm_run(
         xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg.data_ptr(), sg.dtype == torch.int8, g,
@@ -266,7 +288,7 @@ def fp4_to_fp8(wq: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:
     c.check_same_device(op, "wq", wq, sg=sg)
     c.check_contiguous(op, wq=wq, sg=sg)
     if wq.is_cuda:
-        _require_sm90(op, wq.device)
+        _require_sm90(op, wq.device, _FP_KERNELS)
         return _fp4_to_fp8_cuda(wq, sg, K)
     codes = unpack_fp4(wq, N, K)
     return fp4_to_fp8_ref(codes, sg) if sg.dtype == torch.int8 else fp4_to_fp8_float_ref(codes, sg)
@@ -350,9 +372,6 @@ def _check_int_scales(op: str, sg: torch.Tensor, max_scale: Optional[int]) -> No
             )
 
 
-_int_ready: set[int] = set()
-
-
 def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None) -> torch.Tensor:
     op = "w4a8_gemm"
     act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, op)
@@ -360,26 +379,12 @@ def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_s
     M, K = xq.shape
     N = wq.shape[0]
     if not xq.is_cuda:
-        if xq.device.type == "meta":
-            return xq.new_empty((M, N), dtype=out_dtype)
-        if xq.device.type != "cpu":
-            c.require_cuda_kernels(op, xq.device)
-        return w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
-    idx = xq.get_device()
-    if idx not in _int_ready:
-        _require_sm90(op, xq.device, "this build's W4A8 integer-scale kernels are")
-        if not hasattr(_ext._C, "w4a8_int_gemm_run"):
-            raise RuntimeError(f"{op}: this build has no W4A8 integer-scale kernels (w4a8_int_gemm_run); rebuild")
-        _int_ready.add(idx)
+        meta = _meta_or_cpu(op, xq, N, out_dtype)
+        return meta if meta is not None else w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
+    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, "this build's W4A8 integer-scale kernels are",
+                                 "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
-    if xq.data_ptr() % 16 or wq.data_ptr() % 16:
-        c.check_aligned_ptr(op, "xq", xq)
-        c.check_aligned_ptr(op, "wq", wq)
     int_scales = sg.dtype == _INT_SG
     flush = w4a8_int_flush_steps(_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
