@@ -51,6 +51,32 @@ zq::GemmArgs shape_args(const zq::GemmKernel& k, int M, int N, int K, int64_t ld
   return a;
 }
 
+// The fields both W4A8 streaming GEMMs (W4A8FPArgs, W4A8IntArgs) share, from a binding's integer
+// arguments; each binding then sets its own (pow2, or int_scales and flush_steps).
+template <class Args>
+Args w4a8_args(const char* op, uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, int group_size, uintptr_t sa,
+               uintptr_t sb, uintptr_t bias, uintptr_t out, int M, int N, int K, int out_dtype, int activation,
+               int device, uintptr_t stream) {
+  Args g;
+  g.a = reinterpret_cast<const void*>(a);
+  g.lda = lda;
+  g.b = reinterpret_cast<const void*>(b);
+  g.sg = reinterpret_cast<const void*>(sg);
+  g.group_size = group_size;
+  g.sa = reinterpret_cast<const float*>(sa);
+  g.sb = reinterpret_cast<const float*>(sb);
+  g.bias = reinterpret_cast<const void*>(bias);
+  g.out = reinterpret_cast<void*>(out);
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.out_dtype = out_dtype_from(op, out_dtype);
+  g.activation = activation_from(op, activation);
+  g.sm_count = sm_count(device);
+  g.stream = reinterpret_cast<cudaStream_t>(stream);
+  return g;
+}
+
 }  // namespace
 
 void bind_gemm(nb::module_& m) {
@@ -162,24 +188,9 @@ void bind_gemm(nb::module_& m) {
          uintptr_t stream) {
         const char* op = "w4a8_fp_gemm";
 #ifdef ZQ_HAVE_SM90
-        zq::W4A8FPArgs g;
-        g.a = reinterpret_cast<const void*>(a);
-        g.lda = lda;
-        g.b = reinterpret_cast<const void*>(b);
-        g.sg = reinterpret_cast<const void*>(sg);
+        auto g = w4a8_args<zq::W4A8FPArgs>(op, a, lda, b, sg, group_size, sa, sb, bias, out, M, N, K, out_dtype,
+                                           activation, device, stream);
         g.pow2 = pow2;
-        g.group_size = group_size;
-        g.sa = reinterpret_cast<const float*>(sa);
-        g.sb = reinterpret_cast<const float*>(sb);
-        g.bias = reinterpret_cast<const void*>(bias);
-        g.out = reinterpret_cast<void*>(out);
-        g.M = M;
-        g.N = N;
-        g.K = K;
-        g.out_dtype = out_dtype_from(op, out_dtype);
-        g.activation = activation_from(op, activation);
-        g.sm_count = sm_count(device);
-        g.stream = reinterpret_cast<cudaStream_t>(stream);
         DeviceGuard guard(device);
         const std::string err = zq::w4a8_fp_gemm(g);
         if (!err.empty()) fail(op, err);
@@ -198,25 +209,10 @@ void bind_gemm(nb::module_& m) {
          int flush_steps, int device, uintptr_t stream) {
         const char* op = "w4a8_gemm";
 #ifdef ZQ_HAVE_SM90
-        zq::W4A8IntArgs g;
-        g.a = reinterpret_cast<const void*>(a);
-        g.lda = lda;
-        g.b = reinterpret_cast<const void*>(b);
-        g.sg = reinterpret_cast<const void*>(sg);
+        auto g = w4a8_args<zq::W4A8IntArgs>(op, a, lda, b, sg, group_size, sa, sb, bias, out, M, N, K, out_dtype,
+                                            activation, device, stream);
         g.int_scales = int_scales;
-        g.group_size = group_size;
         g.flush_steps = flush_steps;
-        g.sa = reinterpret_cast<const float*>(sa);
-        g.sb = reinterpret_cast<const float*>(sb);
-        g.bias = reinterpret_cast<const void*>(bias);
-        g.out = reinterpret_cast<void*>(out);
-        g.M = M;
-        g.N = N;
-        g.K = K;
-        g.out_dtype = out_dtype_from(op, out_dtype);
-        g.activation = activation_from(op, activation);
-        g.sm_count = sm_count(device);
-        g.stream = reinterpret_cast<cudaStream_t>(stream);
         DeviceGuard guard(device);
         const std::string err = zq::w4a8_int_gemm(g);
         if (!err.empty()) fail(op, err);
