@@ -39,6 +39,28 @@ def poison_next_allocation(nbytes: int, byte: int) -> None:
     torch.empty(max(nbytes, 1), dtype=torch.uint8, device=DEV).fill_(byte)
 
 
+def capture(fn):
+    """A CUDA graph of one call of fn, after a warm-up call on a side stream (as torch recommends
+    before capture); returns (graph, the captured call's outputs, rewritten by each replay)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn()
+    return g, out
+
+
+def graph_replay(fn):
+    """fn's outputs computed by replaying a CUDA graph of it once (capture, then replay, then sync)."""
+    g, out = capture(fn)
+    g.replay()
+    torch.cuda.synchronize()
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_defaults():
     """Every test starts from the same RNG state and with the debug checks off."""

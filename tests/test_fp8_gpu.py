@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, calc_diff, poison_next_allocation, requires_gpu
+from conftest import DEV, calc_diff, graph_replay, poison_next_allocation, requires_gpu
 from zqkernels import _ext
 from zqkernels.reference import fp8_gemm_ref, quantize_per_token_fp8_ref, w4a8_fp_gemm_ref
 from zqkernels.reference.quantize import pack_fp4
@@ -277,17 +277,7 @@ def test_w4a8_fp_activation(act):
 def test_w4a8_fp_graph_and_compile():
     a = w4a8_inputs(4, 512, 1024, 64, "m2")
     ref = zqkernels.w4a8_fp_gemm(**a)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        zqkernels.w4a8_fp_gemm(**a)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = zqkernels.w4a8_fp_gemm(**a)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+    assert torch.equal(graph_replay(lambda: zqkernels.w4a8_fp_gemm(**a)), ref)
 
     @torch.compile(fullgraph=True)
     def f(x, wq, sw, sg):
@@ -343,18 +333,8 @@ def test_qlinear_fp_schemes_cuda_match_cpu(scheme, opts, M):
     ref = lin(x.to(DEV)).float()
     rel = float((y_gpu.float() - ref).norm() / ref.norm())
     assert rel < (0.05 if scheme == "fp8" else 0.15), rel
-    g = torch.cuda.CUDAGraph()
     xs = x.to(DEV, torch.bfloat16)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        q_gpu(xs)
-    torch.cuda.current_stream().wait_stream(s)
-    with torch.cuda.graph(g):
-        yg = q_gpu(xs)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(yg, y_gpu)
+    assert torch.equal(graph_replay(lambda: q_gpu(xs)), y_gpu)
 
 
 # ------------------------------------------------------------------------------------------------

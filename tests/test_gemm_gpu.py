@@ -22,6 +22,7 @@ from conftest import (
     OUT_DTYPES,
     assert_gemm_close,
     calc_diff,
+    capture,
     make_gemm_inputs,
     poison_next_allocation,
     requires_gpu,
@@ -313,14 +314,7 @@ def test_cuda_graph_quant_then_gemm_at_decode_shapes(M):
         return zqkernels.int8_gemm(xq, wq, sx, sw)
 
     static_x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        forward(static_x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        static_y = forward(static_x)
+    g, static_y = capture(lambda: forward(static_x))
     wq_c, sw_c = wq.cpu(), sw.cpu()
     for _ in range(4):
         static_x.copy_(torch.randn_like(static_x))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, assert_gemm_close, calc_diff, poison_next_allocation, requires_gpu
+from conftest import DEV, assert_gemm_close, calc_diff, graph_replay, poison_next_allocation, requires_gpu
 from zqkernels import _ext
 from zqkernels.reference import w4a8_gemm_ref
 from zqkernels.reference.quantize import pack_int4
@@ -101,17 +101,7 @@ def test_w4a8_gemm_overflow_bound_adversarial(K):
 def test_w4a8_gemm_graph():
     a = inputs(4, 512, 1024, 64, "int")
     ref = zqkernels.w4a8_gemm(**a)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        zqkernels.w4a8_gemm(**a)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = zqkernels.w4a8_gemm(**a)
-    g.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+    assert torch.equal(graph_replay(lambda: zqkernels.w4a8_gemm(**a)), ref)
 
 
 @needs_sm90
