@@ -8,7 +8,8 @@
 #
 #   zq_gemm_tile(ARCH RECIPE TILE STATUS OUTS PARAMS)
 #     ARCH    sm90 | sm80
-#     RECIPE  int8_rowwise (int8 per-token x int8 per-channel, float scales), fp8_rowwise (e4m3
+#     RECIPE  int8_rowwise (int8 per-token x int8 per-channel, float scales), int8_group_int /
+#             int8_group_float (int8 x int8 with integer / float weight scales per group of K), fp8_rowwise (e4m3
 #             per-token x e4m3 per-channel, accurate accumulation), fp8_rowwise_fastacc (the same
 #             with Hopper's fast FP8 accumulation; sm90 only)
 #     TILE    the name tests, benchmarks and the dispatch tables (src/cuda/gemm_dispatch.cpp) use
@@ -30,6 +31,8 @@ option(ZQ_EXPERIMENT_TILES "Also build the GEMM tiles no dispatch table uses (tu
 set(_zq_recipe_header_int8_rowwise "gemm_rowwise")
 set(_zq_recipe_header_fp8_rowwise "gemm_rowwise")
 set(_zq_recipe_header_fp8_rowwise_fastacc "gemm_rowwise")
+set(_zq_recipe_header_int8_group_int "gemm_rowwise")
+set(_zq_recipe_header_int8_group_float "gemm_rowwise")
 set(_zq_out_type_bf16 "cutlass::bfloat16_t")
 set(_zq_out_type_fp16 "cutlass::half_t")
 set(_zq_out_type_fp32 "float")
@@ -118,6 +121,12 @@ foreach(_r fp8_rowwise fp8_rowwise_fastacc)
   zq_gemm_tile(sm90 ${_r} swap_128x64x256_coop_sk DISPATCHED "bf16;fp16" "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
   zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16" "128, 128, 128, 2, 1, ${_pp}, false, false")
   zq_gemm_tile(sm90 ${_r} 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16" "128, 256, 128, 2, 1, ${_coop}, false, false")
+endforeach()
+# Group-scaled int8 (docs/W4A8.md, src/cuda/sm90_group_mainloop.cuh): integer (Integer Scale) and
+# float group scales, one cooperative 128 x 128 tile (three accumulator sets per thread).
+foreach(_r int8_group_int int8_group_float)
+  zq_gemm_tile(sm90 ${_r} 128x128x128_coop     DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, false")
+  zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_coop EXPERIMENT "bf16;fp16"     "128, 128, 128, 2, 1, ${_coop}, false, false")
 endforeach()
 zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)
 zq_gemm_tile(sm90 int8_rowwise 64x128x128_c1x2_pp      EXPERIMENT "bf16;fp16"           "64, 128, 128, 1, 2, ${_pp}, false, false")

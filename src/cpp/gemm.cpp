@@ -150,7 +150,8 @@ void bind_gemm(nb::module_& m) {
       "gemm_run",
       [](int id, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t sa, uintptr_t sb, uintptr_t bias,
          uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,
-         uintptr_t stream, int activation, float out_scale) {
+         uintptr_t stream, int activation, float out_scale, uintptr_t sg, int group_size, int promote_blocks,
+         int flush) {
         const zq::GemmKernel& k = kernel_at("gemm_run", id);
         zq::GemmArgs g = shape_args(k, M, N, K, lda, ldb);
         g.activation = activation_from("gemm_run", activation);
@@ -166,6 +167,10 @@ void bind_gemm(nb::module_& m) {
         g.device = device;
         g.sm_count = sm_count(device);
         g.stream = reinterpret_cast<cudaStream_t>(stream);
+        g.sg = reinterpret_cast<const void*>(sg);
+        g.group_size = group_size;
+        g.promote_blocks = promote_blocks;
+        g.flush = flush;
         DeviceGuard guard(device);
         const std::string err = k.run(g);
         if (!err.empty()) {
@@ -176,9 +181,12 @@ void bind_gemm(nb::module_& m) {
       nb::arg("kernel"), nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("ldb"), nb::arg("sa"), nb::arg("sb"),
       nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("workspace"),
       nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"), nb::arg("activation") = 0,
-      nb::arg("out_scale") = 1.0f,
+      nb::arg("out_scale") = 1.0f, nb::arg("sg") = 0, nb::arg("group_size") = 0, nb::arg("promote_blocks") = 0,
+      nb::arg("flush") = 0,
       "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). activation: 0 none, 1 gelu,\n"
-      "2 gelu_tanh, 3 silu; out_scale: the static scale of an int8 output (by value). Never synchronizes.");
+      "2 gelu_tanh, 3 silu; out_scale: the static scale of an int8 output (by value). Group-scaled recipes\n"
+      "(int8_group_int / int8_group_float) also take sg (scales transposed [K / group_size, N]), group_size,\n"
+      "promote_blocks and flush (zq_kernels.h). Never synchronizes.");
 
   // W4A8-FP (docs/FP8.md): one hand-written kernel family, no registry (src/cuda/w4a8_gemm.cu).
   m.def(
@@ -224,6 +232,21 @@ void bind_gemm(nb::module_& m) {
       nb::arg("sa"), nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"),
       nb::arg("out_dtype"), nb::arg("activation"), nb::arg("flush_steps"), nb::arg("device"), nb::arg("stream"),
       "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations).");
+  m.def(
+      "int4_to_int8",
+      [](uintptr_t packed, int N, int K, uintptr_t out, int device, uintptr_t stream) {
+        const char* op = "int4_to_int8";
+#ifdef ZQ_HAVE_SM90
+        DeviceGuard guard(device);
+        const std::string err = zq::int4_to_int8(reinterpret_cast<const uint8_t*>(packed), N, K,
+                                                 reinterpret_cast<void*>(out), reinterpret_cast<cudaStream_t>(stream));
+        if (!err.empty()) fail(op, err);
+#else
+        fail(op, "this build has no sm_90a kernels (ZQ_CUDA_ARCHS without 90a)");
+#endif
+      },
+      nb::arg("packed"), nb::arg("N"), nb::arg("K"), nb::arg("out"), nb::arg("device"), nb::arg("stream"),
+      "INT4 codes (layout m16k32) -> int8 bytes [N, K] row-major (the large-M path of w4a8_gemm).");
   m.def(
       "fp4_to_fp8",
       [](uintptr_t packed, uintptr_t sg, bool pow2, int group_size, int N, int K, uintptr_t out, int device,

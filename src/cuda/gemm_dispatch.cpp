@@ -86,6 +86,14 @@ constexpr Rule kSm80Int8Rowwise8[] = {
     {kAny, kAny, "128x128x64_w64x64_s5"},
 };
 
+// Group-scaled int8 (integer or float group scales, sm90_group_mainloop.cuh): one tile. The
+// mainloop keeps three 64-value accumulator sets per thread (partial sum, int32 sum, fp32 sum),
+// which the 128 x 128 cooperative tile affords and 128 x 256 does not. Decode-sized M runs the
+// streaming kernel of w4a8_gemm.cu instead (the Python layer picks by M).
+constexpr Rule kSm90Int8Group[] = {
+    {kAny, kAny, "128x128x128_coop"},
+};
+
 // Output classes: the types one table serves.
 enum class OutClass { k16, kFP32, kInt8 };  // bf16 / fp16; fp32; int8
 
@@ -117,6 +125,10 @@ constexpr Table kTables[] = {
     // tiles may differ: benchmarks/bench_fp8.py measures the table, docs/FP8.md has the numbers.
     table("sm90", "fp8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
     table("sm90", "fp8_rowwise_fastacc", OutClass::k16, kSm90Int8Rowwise16),
+    table("sm90", "int8_group_int", OutClass::k16, kSm90Int8Group),
+    table("sm90", "int8_group_int", OutClass::kFP32, kSm90Int8Group),
+    table("sm90", "int8_group_float", OutClass::k16, kSm90Int8Group),
+    table("sm90", "int8_group_float", OutClass::kFP32, kSm90Int8Group),
     table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),
     table("sm80", "int8_rowwise", OutClass::kInt8, kSm80Int8Rowwise8),

@@ -67,6 +67,7 @@
 
 #include "cutlass_gemm_common.cuh"
 #include "gemm_registry.h"
+#include "sm90_group_mainloop.cuh"
 #include "zq_kernels.h"
 
 namespace zq::sm90 {
@@ -103,19 +104,31 @@ struct TileConfig {
   static constexpr bool kSwapAB = kSwapAB_;
 };
 
+// Weight scales per group of K (int8 only): none (per channel), integer or float group scales
+// (sm90_group_mainloop.cuh).
+enum class GroupScales { kNone, kInt, kFloat };
+
 // The operand type of each recipe, its accumulator, and the mainloop schedule: the FP8 fast-accumulation
 // schedules are distinct CUTLASS kernel schedules; the plain ones select, for FP8 inputs, CUTLASS's
-// FP8 mainloop with periodic promotion to fp32 (mma_promotion_interval = 4).
-template <class ElementAB_, bool kFastAccum>
+// FP8 mainloop with periodic promotion to fp32 (mma_promotion_interval = 4). Group-scaled recipes
+// replace the builder's int8 mainloop by GroupScaledMainloop, which hands the epilogue fp32.
+template <class ElementAB_, bool kFastAccum, GroupScales kGroup_ = GroupScales::kNone>
 struct Operands {
   using ElementAB = ElementAB_;
   static constexpr bool kInt8 = std::is_same_v<ElementAB, int8_t>;
+  static constexpr GroupScales kGroup = kGroup_;
+  static constexpr bool kGrouped = kGroup != GroupScales::kNone;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
   static_assert(!(kInt8 && kFastAccum), "fast accumulation is an FP8 option");
-  using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;
+  static_assert(!kGrouped || kInt8, "group scales are an int8 option");
+  using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;     // the wgmma accumulator
+  using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
+  template <class Built>
+  using Mainloop = cute::conditional_t<kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>, Built>;
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
-  // no such bound (its precision is the matter, docs/FP8.md).
-  static constexpr int kMaxK = kInt8 ? kInt8MaxK : 0x7fffffff;
+  // no such bound (its precision is the matter, docs/FP8.md); group-scaled sums are bounded per
+  // promotion span and flushed to fp32 (the host derives both from the scales, docs/W4A8.md).
+  static constexpr int kMaxK = kInt8 && !kGrouped ? kInt8MaxK : 0x7fffffff;
   // The FP8 mainloop with promotion (accurate accumulation) takes a promotion interval in MMAs.
   static constexpr bool kPromote = !kInt8 && !kFastAccum;
   template <class Cfg>
@@ -176,17 +189,20 @@ struct RowwiseGemm {
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Cfg::ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, ElementAcc, float,
+      cutlass::epilogue::collective::EpilogueTileAuto, typename Ops::ElementEpiAcc, float,
       void, LayoutD, kAlignD,  // no C operand: bias is a broadcast vector, not a matrix
       ElementOut, LayoutD, kAlignD, typename Cfg::EpiSchedule, Fusion>::CollectiveOp;
 
-  // Stages: whatever smem remains after the epilogue's carve-out.
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  // Stages: whatever smem remains after the epilogue's carve-out (group-scaled recipes also carve
+  // out their scale slots: kTileK / 32 rows of kTileN scales per stage, for up to 8 stages).
+  static constexpr int kGroupCarveout =
+      Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<1>(TileShape{}) * 4 : 0;
+  using CollectiveMainloop = typename Ops::template Mainloop<typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB, ElementAB, LayoutB,
       kAlignAB, ElementAcc, TileShape, typename Cfg::ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      typename Ops::template Schedule<Cfg>>::CollectiveOp;
+          sizeof(typename CollectiveEpilogue::SharedStorage)) + kGroupCarveout>,
+      typename Ops::template Schedule<Cfg>>::CollectiveOp>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue, typename Cfg::Scheduler>;
@@ -222,6 +238,10 @@ struct RowwiseGemm {
                                   {gm, gn, a.K, 1},
                                   {ptr_a, stride_a, ptr_b, stride_b},
                                   {fusion, nullptr, stride_d, static_cast<ElementOut*>(a.out), stride_d}};
+    if constexpr (Ops::kGrouped) {
+      static_assert(!kSwapAB, "group-scaled recipes run the normal orientation (the scales follow the GEMM's N)");
+      args.mainloop.group = {a.sg, a.group_size, a.promote_blocks, a.flush};
+    }
     const GemmTuning& t = gemm_tuning();
     if constexpr (Ops::kPromote) {
       // Promote every fp8_promote_k of K (rounded up to whole k-tiles: the interval, in MMAs of
@@ -244,7 +264,14 @@ struct RowwiseGemm {
   static size_t workspace_size(const GemmArgs& a) { return Gemm::get_workspace_size(make_arguments(a)); }
 
   // Whether run() would accept the problem (shape, strides, alignment), without launching.
-  static std::string can_implement(const GemmArgs& a) { return cutlass_can_implement<RowwiseGemm>(a); }
+  static std::string can_implement(const GemmArgs& a) {
+    if constexpr (Ops::kGrouped) {
+      GroupScaleArgs g{a.sg, a.group_size, a.promote_blocks, a.flush};
+      const char* err = CollectiveMainloop::group_error(a.N, a.K, g);
+      if (err[0] != '\0') return err;
+    }
+    return cutlass_can_implement<RowwiseGemm>(a);
+  }
 
   // Kernel parameters per call signature. Building them costs several microseconds of host time
   // (argument checks, three TMA descriptors encoded by the driver), more than the launch itself
@@ -259,6 +286,8 @@ struct RowwiseGemm {
     int act;          // the epilogue's runtime options are kernel parameters too
     float out_scale;
     int promote;      // FP8 promotion interval (GemmTuning::fp8_promote_k)
+    const void* sg;   // group-scaled recipes: the scales and their promotion / flush intervals
+    int group_size, promote_blocks, flush;
     bool operator==(const ParamsKey& o) const { return std::memcmp(this, &o, sizeof(ParamsKey)) == 0; }
   };
   struct ParamsKeyHash {
@@ -284,6 +313,7 @@ struct RowwiseGemm {
     k.swizzle = t.swizzle, k.raster = t.raster;
     k.act = static_cast<int>(a.activation), k.out_scale = a.out_scale;
     k.promote = t.fp8_promote_k;
+    k.sg = a.sg, k.group_size = a.group_size, k.promote_blocks = a.promote_blocks, k.flush = a.flush;
     return k;
   }
 
@@ -349,6 +379,16 @@ template <class Cfg, class ElementOut>
 GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {
   return make_gemm_kernel<RowwiseGemm<Cfg, Operands<cutlass::float_e4m3_t, false>, ElementOut>>(
       "sm90", "fp8_rowwise", tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_int8_group_int(const char* tile, DType out, bool dispatched) {
+  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false, GroupScales::kInt>, ElementOut>>(
+      "sm90", "int8_group_int", tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_int8_group_float(const char* tile, DType out, bool dispatched) {
+  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false, GroupScales::kFloat>, ElementOut>>(
+      "sm90", "int8_group_float", tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_fp8_rowwise_fastacc(const char* tile, DType out, bool dispatched) {

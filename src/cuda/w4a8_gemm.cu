@@ -451,6 +451,33 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
   *reinterpret_cast<uint4*>(out + (n_lo + 8) * K + k0) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
 
+// INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
+// (python/zqkernels/ops/w4a8.py). One thread per lane chunk of 16 bytes: word 2s + q holds rows r
+// (low half) and r + 8 (high half) at k = 64c + 32s + 8t + 4q + j; the byte permutes of the
+// streaming kernel turn each half into 4 int8 bytes, stored 8 contiguous bytes per (row, step).
+__global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int nchunks = K >> 6;
+  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
+  const int lane = static_cast<int>(i & 31);
+  const int64_t tc = i >> 5;
+  const int c = static_cast<int>(tc % nchunks);
+  const int rt = static_cast<int>(tc / nchunks);
+  const int r = lane >> 2, t = lane & 3;
+  const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
+    const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 8 * t;
+    *reinterpret_cast<uint2*>(out + n_lo * K + k0) =
+        make_uint2(convert4(q0.idx, q0.sel, kInt4Lut), convert4(q1.idx, q1.sel, kInt4Lut));
+    *reinterpret_cast<uint2*>(out + (n_lo + 8) * K + k0) =
+        make_uint2(convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut), convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut));
+  }
+}
+
 // The checks every streaming GEMM runs before a launch. group_multiple: the group size must be a
 // multiple of it (16: a lane's 16 k in one group; 32: an MMA step in one group); sg_bytes: the
 // element size of the group scales.
@@ -579,10 +606,12 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
+// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
+constexpr Lut kInt4Lut{0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu};
+
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
-  constexpr Lut kInt4Lut{0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu};  // -> 0..7, -8..-1
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
   const int W = kWarps / R;
@@ -757,6 +786,20 @@ std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int gro
   } else {
     fp4_to_fp8_kernel<false><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
   }
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
+  return {};
+}
+
+std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream) {
+  if (N <= 0 || K <= 0 || N % 16 != 0 || K % 64 != 0) return "N must be a positive multiple of 16 and K of 64";
+  if (reinterpret_cast<uintptr_t>(packed) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    return "packed and out must be 16-byte aligned";
+  }
+  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
+  const int block = 256;
+  const int64_t blocks = (threads + block - 1) / block;
+  int4_to_int8_kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, N, K, static_cast<uint8_t*>(out));
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
   return {};

@@ -83,6 +83,11 @@ struct GemmArgs {
   int device = 0;              // CUDA device ordinal the pointers live on (must be current)
   int sm_count = 0;            // multiprocessors of that device (persistent schedulers)
   cudaStream_t stream = nullptr;
+  // Group-scaled recipes (int8_group_int / int8_group_float, docs/W4A8.md) only:
+  const void* sg = nullptr;    // group scales TRANSPOSED, [K / group_size, N] int32 or float32, 16-byte aligned
+  int group_size = 0;          // multiple of 32 dividing K
+  int promote_blocks = 0;      // k-blocks of 32 summed in int32 before a scale is applied; divides group_size / 32
+  int flush = 0;               // integer scales: promotions summed in int32 between flushes to fp32 (>= 1)
 };
 
 // One compiled kernel: a (arch, recipe, tile, output type) row of the generated table.
@@ -170,6 +175,9 @@ std::string w4a8_int_gemm(const W4A8IntArgs& args);
 
 // The weights of a W4A8-FP GEMM as FP8 E4M3 bytes, out [N, K] row-major: wf above, by the same
 // integer conversion the GEMM uses.
+// INT4 codes in layout m16k32 (docs/W4A8.md) -> int8 [N, K] row-major.
+std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream);
+
 std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,
                        cudaStream_t stream);
 

@@ -372,8 +372,17 @@ def _check_int_scales(op: str, sg: torch.Tensor, max_scale: Optional[int]) -> No
             )
 
 
-def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None) -> torch.Tensor:
+# Largest M the integer-scale streaming kernel serves under path="auto"; above it the INT4 codes
+# are converted to int8 (int4_to_int8) and the group-scaled wgmma GEMM runs. Measured on an H100
+# (benchmarks/bench_fp8.py --w4a8-int, docs/W4A8.md).
+_INT_STREAM_MAX_M = 32
+
+
+def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
+                   path="auto") -> torch.Tensor:
     op = "w4a8_gemm"
+    if path not in W4A8_PATHS:
+        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
     act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, op)
     g = _check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
     M, K = xq.shape
@@ -385,6 +394,10 @@ def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_s
                                  "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
+    if path == "convert" or (path == "auto" and M > _INT_STREAM_MAX_M):
+        from ._group_cuda import group_gemm_cuda, int4_to_int8_cuda  # noqa: PLC0415
+
+        return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
     int_scales = sg.dtype == _INT_SG
     flush = w4a8_int_flush_steps(_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
@@ -400,15 +413,17 @@ def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_s
     "zqkernels::w4a8_gemm",
     mutates_args=(),
     schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor sg, Tensor? bias, ScalarType out_dtype, "
-    "str activation=\"none\", int? max_scale=None) -> Tensor",
+    "str activation=\"none\", int? max_scale=None, str path=\"auto\") -> Tensor",
 )
-def _w4a8_int_op(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None):
-    return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+def _w4a8_int_op(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None, path="auto"):
+    return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
 
 
 @_w4a8_int_op.register_fake
-def _w4a8_int_fake(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None):
+def _w4a8_int_fake(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None, path="auto"):
     op = "w4a8_gemm"
+    if path not in W4A8_PATHS:
+        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
     if activation != "none":
         _check_epilogue(activation, out_dtype, None, op)
     _check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
@@ -429,6 +444,7 @@ def w4a8_gemm(
     *,
     activation: str = "none",
     max_scale: Optional[int] = None,
+    path: str = "auto",
 ) -> torch.Tensor:
     """W4A8 GEMM with INT4 group scales (Integer Scale, docs/W4A8.md):
     ``y[m, n] = act(sx[m] * sw[n] * sum_j sg[n, j] * P[m, n, j] (+ bias[n]))``, P the exact int
@@ -448,11 +464,15 @@ def w4a8_gemm(
     alpha actually used (e.g. 1024: F = 63) lets the kernel convert less often. Scales above the
     bound can overflow int32: ``set_debug_checks(True)`` checks 0 <= sg <= bound (negative scales
     raise). CPU tensors run the exact reference (``w4a8_gemm_ref``).
+
+    path (CUDA): "stream" (the decode kernel: streams the packed weights, INT8 mma.sync), "convert"
+    (int4_to_int8 into a temporary int8 [N, K], then the group-scaled wgmma GEMM, also behind
+    ``w8a8_group_gemm``), or "auto" (stream for M <= 32, else convert). Both compute the same sums.
     """
     if c._debug_checks:
         for name, t in (("sx", sx), ("sw", sw), ("sg", sg), ("bias", bias)):
             c.check_finite("w4a8_gemm", name, t)
         _check_int_scales("w4a8_gemm", sg, max_scale)
     if c.eager(xq, wq, sx, sw, sg, bias):
-        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
-    return _int_op(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+    return _int_op(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)

@@ -1,0 +1,348 @@
+// sm90_group_mainloop.cuh: the group-scaled INT8 mainloop (Integer Scale, arXiv 2405.14597; docs/W4A8.md).
+//
+// A CUTLASS collective mainloop for int8 x int8 wgmma GEMMs whose weight scales change every
+// `group_size` of K: y[m, n] = sx[m] * sw[n] * sum_j sg[n, j] * P[m, n, j] (the epilogue of
+// sm90_gemm_rowwise.cuh applies sx, sw, bias, activation), P[m, n, j] the exact int32 dot product
+// of group j. It derives from the collective CUTLASS's builder makes for the plain int8 GEMM (same
+// tiles, shared-memory layouts, TMA loads, pipeline, tile scheduler and kernel) and replaces:
+//
+//   load(): the producer also brings the group scales of each k-tile into shared memory, with a
+//           1-D bulk copy (cp.async.bulk) per scale row that completes on the stage's own barrier;
+//           the scales travel with the operands, so the consumers need no tile coordinates.
+//           The scales are read transposed, sg_t [K / group_size, N] (one row per group: the
+//           tile's 128 columns are 512 contiguous bytes).
+//   mma():  each warpgroup runs wgmma into an int32 partial sum `temp` (zeroed at the start of a
+//           span), and every `promote_blocks` k-blocks of 32 (at most one group) folds it in:
+//             int scales:   iacc += s_int[n, j] * temp            (integer multiply-add)
+//                           every `flush` promotions: acc += float(iacc), iacc = 0
+//             float scales: acc += r[n, j] * float(temp)         (int32 -> float + FMA, the baseline)
+//           The host derives promote_blocks and flush from K, group_size, the operand ranges and
+//           the largest integer scale, so that no int32 can overflow for any input (docs/W4A8.md).
+//
+// The kernel hands its accumulator fragment (fp32 `acc`) to the epilogue, so the TiledMma the kernel
+// sees is the int8 one with a float C type (FloatAccView): the accumulator allocation and the
+// epilogue's partitioning use only its layouts; the wgmma instructions are issued with the real
+// int8 TiledMma inside mma().
+//
+// Limits: group_size a multiple of 32 dividing K; N % 4 == 0 (16-byte scale rows); sg_t 16-byte
+// aligned. Registers: 3 accumulator sets of 64 values per thread for the 128 x 128 cooperative tile
+// (temp, iacc, acc): the tile this family is instantiated with (cmake/gemm_tiles.cmake).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/cutlass.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+
+namespace zq::sm90 {
+
+// An integer GMMA operation whose C / D type reads as float: used only for the layouts of the
+// kernel's accumulator fragment (never issued).
+template <class Op>
+struct FloatAccView : Op {};
+
+}  // namespace zq::sm90
+
+namespace cute {
+template <class Op>
+struct MMA_Traits<zq::sm90::FloatAccView<Op>> : MMA_Traits<Op> {
+  using ValTypeD = float;
+  using ValTypeC = float;
+};
+}  // namespace cute
+
+namespace zq::sm90 {
+
+template <class T>
+struct FloatAccTiledMma;
+template <class Op, class AtomLayout, class Permutation>
+struct FloatAccTiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutation>> {
+  using type = cute::TiledMMA<cute::MMA_Atom<FloatAccView<Op>>, AtomLayout, Permutation>;
+};
+
+// The runtime description of the groups, set by the host (RowwiseGemm::make_arguments).
+struct GroupScaleArgs {
+  const void* ptr_scale = nullptr;  // sg_t [groups, N]: int32 (integer scales) or float32
+  int group_size = 0;               // multiple of 32 dividing K
+  int promote_blocks = 0;           // k-blocks of 32 per promotion; divides group_size / 32
+  int flush = 0;                    // integer scales: promotions summed in int32 between flushes (>= 1)
+};
+
+template <class Base, bool kIntScales>
+struct GroupScaledMainloop : Base {
+  using TileShape = typename Base::TileShape;
+  using DispatchPolicy = typename Base::DispatchPolicy;
+  using ElementA = typename Base::ElementA;
+  using ElementB = typename Base::ElementB;
+  using StrideA = typename Base::StrideA;
+  using StrideB = typename Base::StrideB;
+  using IntTiledMma = typename Base::TiledMma;
+  using TiledMma = typename FloatAccTiledMma<IntTiledMma>::type;
+  using ElementAccumulator = float;
+  using ElementScale = cute::conditional_t<kIntScales, int32_t, float>;
+  using SmemLayoutA = typename Base::SmemLayoutA;
+  using SmemLayoutB = typename Base::SmemLayoutB;
+  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
+  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
+  using MainloopPipeline = typename Base::MainloopPipeline;
+  using PipelineState = typename Base::PipelineState;
+  using PipelineParams = typename Base::PipelineParams;
+  using PipelineStorage = typename Base::PipelineStorage;
+
+  static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, int32_t>, "int8 wgmma (s32 accumulator)");
+  static constexpr int kStages = DispatchPolicy::Stages;
+  static constexpr int kTileN = cute::size<1>(TileShape{});
+  static constexpr int kTileK = cute::size<2>(TileShape{});
+  static constexpr int kMmaK = 32;                  // int8 wgmma K
+  static constexpr int kBlocks = kTileK / kMmaK;    // k-blocks per k-tile
+  // Scale rows a k-tile can touch: a group spans >= 32 of K, so at most kBlocks groups meet a tile.
+  static constexpr int kScaleRows = kBlocks;
+  static_assert(kTileK % kMmaK == 0, "k-tile must be a multiple of 32");
+  static constexpr int kScaleStageElems = kScaleRows * kTileN;
+
+  struct TensorStorage : cute::aligned_struct<128, cute::_0> {
+    cute::array_aligned<typename IntTiledMma::ValTypeA, cute::cosize_v<SmemLayoutA>> smem_A;
+    cute::array_aligned<typename IntTiledMma::ValTypeB, cute::cosize_v<SmemLayoutB>> smem_B;
+    cute::array_aligned<ElementScale, kStages * kScaleStageElems, 128> smem_scale;
+  };
+  struct SharedStorage {
+    TensorStorage tensors;
+    PipelineStorage pipeline;
+  };
+
+  struct Arguments {
+    ElementA const* ptr_A;
+    StrideA dA;
+    ElementB const* ptr_B;
+    StrideB dB;
+    GroupScaleArgs group{};
+  };
+
+  struct Params : Base::Params {
+    const ElementScale* ptr_scale = nullptr;
+    int N = 0;
+    int groups = 0;
+    int group_size = 0;
+    int group_blocks = 0;
+    int promote_blocks = 0;
+    int flush = 0;
+  };
+
+  template <class ProblemShape>
+  static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
+    typename Base::Arguments base{args.ptr_A, args.dA, args.ptr_B, args.dB};
+    Params p;
+    static_cast<typename Base::Params&>(p) = Base::to_underlying_arguments(problem_shape, base, workspace);
+    auto shape = cute::append<4>(problem_shape, 1);
+    const int N = static_cast<int>(cute::get<1>(shape));
+    const int K = static_cast<int>(cute::get<2>(shape));
+    p.ptr_scale = static_cast<const ElementScale*>(args.group.ptr_scale);
+    p.N = N;
+    p.group_size = args.group.group_size;
+    p.groups = args.group.group_size > 0 ? K / args.group.group_size : 0;
+    p.group_blocks = args.group.group_size / kMmaK;
+    p.promote_blocks = args.group.promote_blocks;
+    p.flush = args.group.flush;
+    return p;
+  }
+
+  // Why the group description does not fit (empty: it does). Also checked by the Python layer.
+  static const char* group_error(int N, int K, GroupScaleArgs const& g) {
+    if (g.ptr_scale == nullptr || reinterpret_cast<uintptr_t>(g.ptr_scale) % 16 != 0) {
+      return "group scales (sg_t) must be non-null and 16-byte aligned";
+    }
+    if (N % 4 != 0) return "N must be a multiple of 4 (16-byte scale rows)";
+    if (g.group_size <= 0 || g.group_size % kMmaK != 0 || K % g.group_size != 0) {
+      return "group_size must be a multiple of 32 dividing K";
+    }
+    const int gb = g.group_size / kMmaK;
+    if (g.promote_blocks <= 0 || gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
+    if (kIntScales && g.flush < 1) return "flush must be >= 1 for integer scales";
+    return "";
+  }
+
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const& problem_shape, Arguments const& args) {
+    auto shape = cute::append<4>(problem_shape, 1);
+    typename Base::Arguments base{args.ptr_A, args.dA, args.ptr_B, args.dB};
+    const int N = static_cast<int>(cute::get<1>(shape));
+    const int K = static_cast<int>(cute::get<2>(shape));
+    return Base::can_implement(problem_shape, base) && group_error(N, K, args.group)[0] == '\0';
+  }
+
+  // Producer: the operands of each k-tile (TMA, as the base collective) plus the rows of sg_t that
+  // the k-tile's groups need, columns [n0, n0 + kTileN) clipped at N, into the stage's scale slots.
+  template <class TensorA, class TensorB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load(Params const& p, MainloopPipeline pipeline, PipelineState smem_pipe_write,
+                           cute::tuple<TensorA, TensorB> const& load_inputs, BlockCoord const& blk_coord,
+                           KTileIterator k_tile_iter, int k_tile_count, int thread_idx, uint32_t block_rank_in_cluster,
+                           TensorStorage& shared_tensors) {
+    using namespace cute;
+    if (!cute::elect_one_sync()) return;
+    Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    constexpr uint32_t cluster_x = get<0>(typename DispatchPolicy::ClusterShape());
+    uint2 cluster_id = {block_rank_in_cluster % cluster_x, block_rank_in_cluster / cluster_x};
+    auto block_tma_a = p.tma_load_a.get_slice(cluster_id.y);
+    auto block_tma_b = p.tma_load_b.get_slice(cluster_id.x);
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    Tensor gA = get<0>(load_inputs)(_, _, m_coord, _, l_coord);
+    Tensor gB = get<1>(load_inputs)(_, _, n_coord, _, l_coord);
+    Tensor tAgA = block_tma_a.partition_S(gA);
+    Tensor tAsA = block_tma_a.partition_D(sA);
+    Tensor tBgB = block_tma_b.partition_S(gB);
+    Tensor tBsB = block_tma_b.partition_D(sB);
+    uint16_t mcast_a = 0, mcast_b = 0;
+    if constexpr (cute::is_same_v<GmemTiledCopyA, SM90_TMA_LOAD_MULTICAST>) {
+      auto block_layout = Layout<typename DispatchPolicy::ClusterShape>{};
+      for (int n = 0; n < size<1>(block_layout); ++n) mcast_a |= uint16_t(1) << block_layout(cluster_id.x, n, Int<0>{});
+    }
+    if constexpr (cute::is_same_v<GmemTiledCopyB, SM90_TMA_LOAD_MULTICAST>) {
+      auto block_layout = Layout<typename DispatchPolicy::ClusterShape>{};
+      for (int m = 0; m < size<0>(block_layout); ++m) mcast_b |= uint16_t(1) << block_layout(m, cluster_id.y, Int<0>{});
+    }
+    const int n0 = static_cast<int>(n_coord) * kTileN;
+    const int ncols = p.N - n0 < kTileN ? p.N - n0 : kTileN;
+    const uint32_t row_bytes = static_cast<uint32_t>(ncols) * sizeof(ElementScale);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 0; --k_tile_count) {
+      pipeline.producer_acquire(smem_pipe_write);
+      using BarrierType = typename MainloopPipeline::ProducerBarrierType;
+      BarrierType* bar = pipeline.producer_get_barrier(smem_pipe_write);
+      const int stage = smem_pipe_write.index();
+      const int kt = static_cast<int>(*k_tile_iter);
+      const int first = kt * kTileK / p.group_size;
+      int last = (kt * kTileK + kTileK - 1) / p.group_size;
+      if (last > p.groups - 1) last = p.groups - 1;
+      // The scale bytes join the stage's expected transaction before any copy of it is issued, so
+      // the stage cannot complete without them.
+      if (last >= first) {
+        cutlass::arch::ClusterTransactionBarrier::expect_transaction(bar, row_bytes * static_cast<uint32_t>(last - first + 1));
+        ElementScale* dst = shared_tensors.smem_scale.data() + stage * kScaleStageElems;
+        for (int j = first; j <= last; ++j) {
+          SM90_BULK_COPY_G2S::copy(p.ptr_scale + static_cast<int64_t>(j) * p.N + n0, bar,
+                                   dst + (j - first) * kTileN, static_cast<int32_t>(row_bytes));
+        }
+      }
+      copy(p.tma_load_a.with(*bar, mcast_a), tAgA(_, _, _, *k_tile_iter), tAsA(_, _, _, stage));
+      copy(p.tma_load_b.with(*bar, mcast_b), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
+      ++k_tile_iter;
+      ++smem_pipe_write;
+    }
+  }
+
+  // Consumer. Leaves the last k-tile's stage unreleased, as the base collective's mma() does with
+  // K_PIPE_MMAS = 1, so the base mma_tail() releases it.
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
+                          int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    using namespace cute;
+    static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    constexpr int kWarpGroups = size(IntTiledMma{}) / cutlass::NumThreadsPerWarpGroup;
+    Layout wg_layout = make_layout(Int<kWarpGroups>{}, Int<cutlass::NumThreadsPerWarpGroup>{});
+    const int wg = __shfl_sync(0xFFFFFFFF, thread_idx / cutlass::NumThreadsPerWarpGroup, 0);
+    IntTiledMma tiled_mma;
+    auto wg_mma = tiled_mma.get_slice(wg_layout(wg));
+    Tensor tCrA = wg_mma.make_fragment_A(wg_mma.partition_A(sA));  // (MMA, MMA_M, MMA_K, PIPE) descriptors
+    Tensor tCrB = wg_mma.make_fragment_B(wg_mma.partition_B(sB));
+    CUTE_STATIC_ASSERT_V(size<2>(tCrA) == Int<kBlocks>{});
+
+    // This thread's (row, column) of each accumulator value: the columns pick the scales.
+    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
+    CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
+    Tensor temp = make_fragment_like<int32_t>(accum);
+    Tensor iacc = make_fragment_like<int32_t>(accum);
+    // The wgmma C fragment holds columns in adjacent pairs (n, n + 1) at values (2i, 2i + 1), n even:
+    // one 8-byte shared load gives both scales. Folded to a constant by the compiler.
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(accum); i += 2) {
+      const int n = get<1>(tCcC(i));
+      if (get<1>(tCcC(i + 1)) != n + 1 || (n & 1) != 0) __trap();
+    }
+    clear(accum);
+    clear(iacc);
+
+    const ElementScale* scales = shared_tensors.smem_scale.data();
+    const int gk = p.group_blocks;
+    const int pk = p.promote_blocks;
+    int pos = 0;          // k-blocks in `temp` since the last promotion
+    int since_flush = 0;  // promotions in `iacc` since the last flush
+    int block = 0;        // index of the current k-block from the start of K
+    // Fold `temp` (the k-blocks up to `last_block`, all in one group) into the accumulators.
+    auto promote = [&](int stage, int kt, int last_block) {
+      const int group = last_block / gk;
+      if (group >= p.groups) return;  // a zero-filled k-block past K (K not a multiple of the tile)
+      const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileN;
+      using Pair = cute::conditional_t<kIntScales, int2, float2>;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(accum); i += 2) {
+        const Pair s = *reinterpret_cast<const Pair*>(row + get<1>(tCcC(i)));
+        if constexpr (kIntScales) {
+          iacc(i) += s.x * temp(i);
+          iacc(i + 1) += s.y * temp(i + 1);
+        } else {
+          accum(i) = fmaf(s.x, static_cast<float>(temp(i)), accum(i));
+          accum(i + 1) = fmaf(s.y, static_cast<float>(temp(i + 1)), accum(i + 1));
+        }
+      }
+      if constexpr (kIntScales) {
+        if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
+          since_flush = 0;
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < size(accum); ++i) {
+            accum(i) += static_cast<float>(iacc(i));
+            iacc(i) = 0;
+          }
+        }
+      }
+    };
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    warpgroup_fence_operand(accum);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int kt = 0; kt < k_tile_count; ++kt) {
+      auto token = pipeline.consumer_try_wait(smem_pipe_read);
+      pipeline.consumer_wait(smem_pipe_read, token);
+      const int stage = smem_pipe_read.index();
+      CUTLASS_PRAGMA_UNROLL
+      for (int kb = 0; kb < kBlocks; ++kb) {
+        warpgroup_fence_operand(temp);
+        warpgroup_arrive();
+        cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), temp);
+        warpgroup_commit_batch();
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+        if (++pos == pk) {  // pk divides gk: a span never crosses a group boundary
+          warpgroup_wait<0>();
+          warpgroup_fence_operand(temp);
+          promote(stage, kt, block);
+          pos = 0;
+          tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+        }
+        ++block;
+      }
+      // Every wgmma of the earlier k-tiles has completed: release the previous stage.
+      warpgroup_wait<kBlocks>();
+      if (kt > 0) {
+        pipeline.consumer_release(smem_pipe_release);
+        ++smem_pipe_release;
+      }
+      ++smem_pipe_read;
+    }
+    // Blocks after the last promotion lie past K (zero-filled by TMA): K / 32 is a multiple of the
+    // span pk, so every real k-block was promoted inside the loop.
+    warpgroup_wait<0>();
+    if constexpr (kIntScales) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(accum); ++i) accum(i) += static_cast<float>(iacc(i));
+    }
+    warpgroup_fence_operand(accum);
+  }
+};
+
+}  // namespace zq::sm90
