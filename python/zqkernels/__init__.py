@@ -7,6 +7,7 @@ post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference
     xq, sx = zqkernels.quantize_per_token(x)              # x [M, K] -> int8 [M, K], float32 [M]
     wq, sw = zqkernels.quantize_weight(w)                 # w [N, K] -> int8 [N, K], float32 [N]
     wq, sw, sg = zqkernels.quantize_weight(w, fmt="fp4", group_size=128)  # FP4 E2M1 (docs/FP8.md)
+    wq, sw, sg = zqkernels.quantize_weight(w, bits=8, group_size=128)     # INT8 groups (docs/W4A8.md)
     y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
 
 CUDA tensors run the compiled kernels (``zqkernels._C``); CPU tensors run ``zqkernels.reference``.
@@ -38,6 +39,7 @@ from .ops import (
     set_debug_checks,
     w4a8_fp_gemm,
     w4a8_gemm,
+    w8a8_group_gemm,
 )
 from .ops import fused as _fused
 from .ops.fused import *  # noqa: F403 - the fused row ops (ops/fused.py __all__)
@@ -51,6 +53,7 @@ __all__ = [
     "fp8_gemm",
     "w4a8_fp_gemm",
     "w4a8_gemm",
+    "w8a8_group_gemm",
     "fp4_to_fp8",
     "quantize_per_token",
     "quantize_weight",

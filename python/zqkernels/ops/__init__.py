@@ -6,6 +6,7 @@ from . import fused
 from ._common import has_row_layout, set_debug_checks
 from .fused import *  # noqa: F403 - the fused row ops, listed once in fused.__all__
 from .gemm import BACKENDS, INT8_MAX_K, fp8_gemm, gemm_tiles, int8_gemm, resolve_gemm_backend
+from .group import w8a8_group_gemm
 from .quantize import dequantize, quantize_per_token, quantize_weight
 from .w4a8 import fp4_to_fp8, w4a8_fp_gemm, w4a8_gemm
 
@@ -17,6 +18,7 @@ __all__ = [
     "fp8_gemm",
     "w4a8_fp_gemm",
     "w4a8_gemm",
+    "w8a8_group_gemm",
     "fp4_to_fp8",
     *fused.__all__,
     "resolve_gemm_backend",

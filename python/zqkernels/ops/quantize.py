@@ -6,7 +6,7 @@ fake implementation (torch.compile, export, opcheck); eager calls on plain tenso
 path (``_common.eager``). CPU tensors run ``zqkernels.reference``; CUDA tensors the kernel. It
 quantizes to INT8 (default) or FP8 E4M3 (docs/FP8.md). Weights are quantized offline with torch
 ops on their device: INT8 / INT4 / FP8 per channel, FP4 E2M1 with ZeroQuant-FP group scales, INT4
-with integer or float group scales (docs/W4A8.md).
+and INT8 with integer or float group scales (docs/W4A8.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from ..reference.quantize import (
     FP4_EXP_MIN,
     FP4_POLICIES,
     INT4_SCALES,
+    INT8_MAX_GROUP,
     _check_alpha,
+    _check_alpha8,
     e2m1_decode,
     expand_groups,
     fp4_to_fp8_float_ref,
@@ -29,6 +31,7 @@ from ..reference.quantize import (
     pack_int4,
     quantize_fp4_ref,
     quantize_int4_group_ref,
+    quantize_int8_group_ref,
     quantize_per_token_fp8_ref,
     quantize_per_token_ref,
     quantize_weight_fp8_ref,
@@ -166,6 +169,7 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = _I8) -> tuple[torch
 _WEIGHT_FMTS = {"int8": 8, "int4": 4, "fp8": 8, "fp4": 4}
 _FP4_GROUP_SIZES = (32, 64, 128)
 _INT4_GROUP_SIZES = (32, 64, 128, 256)
+_INT8_GROUP_SIZES = (32, 64, 128, 256)
 
 
 def _check_weight(op: str, w: object) -> None:
@@ -249,6 +253,38 @@ def _check_int4_shape(op: str, N: int, K: int, group_size: Optional[int]) -> int
     return _check_packed_shape(op, N, K, group_size, "INT4 group scales", "m16k32", _INT4_GROUP_SIZES, hint=True)
 
 
+def _check_int8_group_shape(op: str, N: int, K: int, group_size: Optional[int]) -> int:
+    """The group size (g = K for per channel) of INT8 weights with group scales. No N rule (the
+    weights are not packed); g divides K, and as every g offered is a multiple of 32 so is K, which
+    also gives the kernel's 16-byte rows. Per channel: K % 32 == 0 (the op's group size is a multiple
+    of 32, one INT8 MMA k-step) and K <= INT8_MAX_GROUP (a group's int32 P must not overflow)."""
+    sizes = _INT8_GROUP_SIZES
+    if group_size is not None and (isinstance(group_size, bool) or group_size not in sizes):
+        raise ValueError(
+            f"{op}: group_size must be one of {sizes} or None (one group per row), got {group_size!r}"
+        )
+    if K == 0:
+        raise ValueError(f"{op}: INT8 group scales need K > 0 (a group scale per row), got w with K == 0")
+    g = K if group_size is None else group_size
+    if K % g != 0:
+        raise ValueError(
+            f"{op}: group_size {g} must divide K == {K} (K % {g} == {K % g}); pad K with zero weights "
+            f"to a multiple of {g} or choose another group_size" + _divisor_hint(K, sizes)
+        )
+    if K % 32 != 0:
+        raise ValueError(
+            f"{op}: INT8 group scales per channel (one group of K) need K % 32 == 0 (w8a8_group_gemm's "
+            f"group size is a multiple of 32), got K == {K}; pad w with {-K % 32} zero columns (and x with "
+            "as many zeros)"
+        )
+    if g > INT8_MAX_GROUP:
+        raise ValueError(
+            f"{op}: INT8 group scales need group_size <= {INT8_MAX_GROUP} (a group's sum of products, up to "
+            f"group_size * 128 * 128, must fit int32), got one group of K == {K} per row; pass a group_size"
+        )
+    return g
+
+
 def quantize_weight(
     w: torch.Tensor,
     bits: Optional[int] = None,
@@ -274,33 +310,49 @@ def quantize_weight(
       alpha a power of two in [2^0, 2^15], default the heuristic) or "float" (sg float32 ratios).
       Needs N % 16 == 0 and K % 64 == 0. Without group_size and scale, bits=4 keeps its old meaning
       (int8 container, one scale per row).
+    - bits=8 / fmt="int8" WITH group_size or scale: INT8 with group scales for ``w8a8_group_gemm``
+      (docs/W4A8.md, "Group-wise W8A8") -> (wq int8 [N, K] plain row-major, values in [-127, 127],
+      sw float32 [N], sg [N, K // g] int32 (scale "int", default) or float32 (scale "float")):
+      group_size 32, 64, 128, 256 or None (g = K); alpha a power of two in [1, group_alpha_max(g,
+      128)] (g = 32: 2048, 64: 1024, 128: 512, 256: 256; larger raises ValueError), default the
+      bound for g >= 64 (the heuristic clamped to [1024, 2048] for g = 32) and 1 per channel. No N
+      rule; K % g == 0 (per channel: K % 32 == 0).
 
     bits is the old way to say int8 / int4; with fmt it may only repeat fmt's width. group_size
-    and scale belong to fmt="fp4" and to 4-bit integers, alpha to scale="int" only. This runs the reference math with torch ops on w's device
+    and scale belong to fmt="fp4" and to the integer formats, alpha to integer scale="int" only. This runs the reference math with torch ops on w's device
     and always checks that w is finite (a sync; a NaN would poison a whole output channel). The
     results are constants: no gradient flows back to w.
     """
     op = "quantize_weight"
     _check_weight(op, w)
     fmt = _resolve_fmt(op, bits, fmt)
-    if fmt not in ("fp4", "int4") and (group_size is not None or scale is not None or alpha is not None):
+    if fmt == "fp8" and (group_size is not None or scale is not None or alpha is not None):
         raise ValueError(
-            f"{op}: group_size and scale apply to fmt='fp4' only (and to 4-bit integers: bits=4 / "
-            f"fmt='int4'), got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, alpha={alpha!r}"
+            f"{op}: group_size and scale apply to fmt='fp4' only (and to the integer formats: bits=4 / 8, "
+            f"fmt='int4' / 'int8'), got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, "
+            f"alpha={alpha!r}"
         )
-    int4_group = fmt == "int4" and (group_size is not None or scale is not None)
-    if alpha is not None and not (int4_group and scale in (None, "int")):
+    int_group = fmt in ("int4", "int8") and (group_size is not None or scale is not None)
+    int4_group = int_group and fmt == "int4"
+    if alpha is not None and not (int_group and scale in (None, "int")):
         raise ValueError(
-            f"{op}: alpha applies to INT4 integer group scales only (bits=4 with group_size, scale='int'), "
-            f"got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, alpha={alpha!r}"
+            f"{op}: alpha applies to INT4 integer group scales only, and to INT8 ones (bits=4 or 8 with "
+            f"group_size or scale, scale='int'), got fmt={fmt!r} with group_size={group_size!r}, "
+            f"scale={scale!r}, alpha={alpha!r}"
         )
-    if int4_group:
+    if int_group:
         kind = "int" if scale is None else scale
         if kind not in INT4_SCALES:
-            raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (bits=4 / fmt='int4'), got {scale!r}")
-        if alpha is not None:
-            _check_alpha(op, alpha)
-        g = _check_int4_shape(op, *w.shape, group_size)
+            b = 4 if int4_group else 8
+            raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (bits={b} / fmt='int{b}'), got {scale!r}")
+        if int4_group:
+            if alpha is not None:
+                _check_alpha(op, alpha)
+            g = _check_int4_shape(op, *w.shape, group_size)
+        else:
+            g = _check_int8_group_shape(op, *w.shape, group_size)
+            if alpha is not None:
+                _check_alpha8(op, alpha, g)
     if fmt == "fp4":
         policy = "m2" if scale is None else scale
         if policy not in FP4_POLICIES:
@@ -317,6 +369,8 @@ def quantize_weight(
     if int4_group:
         codes, sw, sg = quantize_int4_group_ref(w, g, kind, alpha)
         return pack_int4(codes), sw, sg
+    if int_group:
+        return quantize_int8_group_ref(w, g, kind, alpha)
     return quantize_weight_ref(w, _WEIGHT_FMTS[fmt])
 
 
@@ -338,7 +392,9 @@ def dequantize(
     kernel's math. fmt "int4" WITH sg: wq uint8 [N, K // 2] in layout m16k32 (``quantize_weight(w,
     bits=4, group_size=g, scale=...)``), sg int32 integer scales or float32 ratios [N, K // g]; the
     value is ``sw[n] * sg[n, k // g] * q[n, k]``, computed in float64 and rounded once to float32.
-    group_size (fp4, int4) is inferred from sg when None; shape, when given, is checked against the
+    fmt "int8" WITH sg: wq int8 [N, K] (``quantize_weight(w, bits=8, group_size=g, scale=...)``), sg
+    int32 or float32 [N, K // g], the same value ``sw[n] * sg[n, k // g] * q[n, k]``.
+    group_size (fp4, int4, int8 with sg) is inferred from sg when None; shape, when given, is checked against the
     [N, K] the arguments imply. sw has N values (or one: per tensor).
     """
     op = "dequantize"
@@ -363,10 +419,15 @@ def dequantize(
     swc = sw.reshape(-1, 1)
     if not packed:
         if sg is not None:
-            raise ValueError(f"{op}: sg applies to fmt='fp4' only (and 'int4' packed), got sg with fmt={fmt!r}")
+            if fmt == "int8":
+                return _dequantize_int_group(op, wq.double(), swc, sg, N, K, group_size, "int8",
+                                             _check_int8_group_shape)
+            raise ValueError(
+                f"{op}: sg applies to fmt='fp4' only (and to 'int4' / 'int8' group scales), got sg with fmt={fmt!r}"
+            )
         return wq.float() * swc
     if fmt == "int4":
-        return _dequantize_int4(op, wq, swc, sg, N, K, group_size)
+        return _dequantize_int_group(op, None, swc, sg, N, K, group_size, "int4", _check_int4_shape, wq)
     if not isinstance(sg, torch.Tensor):
         raise ValueError(f"{op}: fmt='fp4' needs sg (group exponents or ratios [N, K // g]), got {sg!r}")
     if sg.dtype not in (torch.int8, torch.float32):
@@ -402,11 +463,13 @@ def _sg_group_size(op: str, sg: torch.Tensor, N: int, K: int, group_size: Option
     return g
 
 
-def _dequantize_int4(op, wq, swc, sg, N, K, group_size) -> torch.Tensor:
-    """fmt='int4' with group scales: sw[n] * sg[n, k // g] * q[n, k], float64, one rounding."""
+def _dequantize_int_group(op, q, swc, sg, N, K, group_size, fmt, check_shape, packed=None) -> torch.Tensor:
+    """fmt 'int4' / 'int8' with group scales: sw[n] * sg[n, k // g] * q[n, k], float64, one rounding.
+    q: the codes as float64 [N, K], or None to unpack `packed` (INT4, layout m16k32) after the checks."""
     if not isinstance(sg, torch.Tensor) or sg.dtype not in (torch.int32, torch.float32):
         got = c.desc(sg) if isinstance(sg, torch.Tensor) else type(sg).__name__
-        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales) for fmt='int4', got {got}")
-    _sg_group_size(op, sg, N, K, group_size, _check_int4_shape)
-    q = unpack_int4(wq, N, K).double()
+        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales) for fmt={fmt!r}, got {got}")
+    _sg_group_size(op, sg, N, K, group_size, check_shape)
+    if q is None:
+        q = unpack_int4(packed, N, K).double()
     return (q * expand_groups(sg.double(), K) * swc.double()).float()

@@ -9,7 +9,7 @@ mirroring ``zqkernels.ops``.
 from __future__ import annotations
 
 from .fused import row_quant_ref
-from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref
+from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref, w8a8_group_gemm_ref
 from .quantize import (
     QMAX,
     e2m1_decode,
@@ -17,10 +17,13 @@ from .quantize import (
     fp4_lut_convert_model,
     fp4_to_fp8_float_ref,
     fp4_to_fp8_ref,
+    group_alpha_max,
+    group_max_scale,
     pack_fp4,
     pack_int4,
     quantize_fp4_ref,
     quantize_int4_group_ref,
+    quantize_int8_group_ref,
     quantize_per_token_fp8_ref,
     quantize_per_token_ref,
     quantize_weight_fp8_ref,
@@ -47,10 +50,14 @@ __all__ = [
     "pack_int4",
     "unpack_int4",
     "w4a8_int_flush_steps",
+    "quantize_int8_group_ref",
+    "group_max_scale",
+    "group_alpha_max",
     "int8_gemm_ref",
     "fp8_gemm_ref",
     "w4a8_fp_gemm_ref",
     "w4a8_gemm_ref",
+    "w8a8_group_gemm_ref",
     "row_quant_ref",
     "QMAX",
 ]

@@ -4,8 +4,8 @@ Every reference decodes its operands to the exact values the kernel multiplies, 
 in float64 and applies scales, bias and activation in float64 (``_scaled_gemm``), so the only
 rounding is the final cast. The sums are exact: int8 products are integers below 2^14, and FP8
 E4M3 products (also FP8 x FP4-as-FP8) are multiples of 2^-18 below 2^18, so float64 holds every
-partial sum exactly while K < 2^17. The W4A8 reference with integer group scales (``w4a8_gemm_ref``)
-sums in int64 instead (exact for any K), then converts once.
+partial sum exactly while K < 2^17. The references with integer group scales (``w4a8_gemm_ref``,
+``w8a8_group_gemm_ref``) sum in int64 instead (exact for any K), then convert once.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from .quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4, unpack_int4
 
-__all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "w4a8_gemm_ref", "ACTIVATIONS"]
+__all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "w4a8_gemm_ref", "w8a8_group_gemm_ref", "ACTIVATIONS"]
 
 
 # The epilogue activations in float64, in forms without cancellation (docs/SCALES.md). The textbook
@@ -209,22 +209,71 @@ def w4a8_gemm_ref(
       to the largest group term, far below a bf16 / fp16 output ulp but visible in fp32 outputs.
     """
     op = "w4a8_gemm_ref"
+    _check_group_operands(op, xq, wq.shape[0], sg, activation)
+    q = unpack_int4(wq, wq.shape[0], xq.shape[1])
+    return _group_gemm(xq, q, sx, sw, sg, bias, activation).to(out_dtype)
+
+
+def w8a8_group_gemm_ref(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+) -> torch.Tensor:
+    """INT8 activations x INT8 weights with group scales (docs/W4A8.md, "Group-wise W8A8"): the math
+    of ``w4a8_gemm_ref`` with wq int8 [N, K] (plain row-major, ``quantize_weight(w, bits=8,
+    group_size=g, scale=...)``) instead of packed INT4 codes.
+
+    int32 sg: ``acc = sum_j sg[n, j] * P[m, n, j]`` exactly in int64, then float64 ``acc * sx[m] *
+    sw[n]``, bias, activation, one rounding; float32 sg: ``sum_j float64(sg[n, j]) * P`` in float64.
+    """
+    op = "w8a8_group_gemm_ref"
+    if wq.dtype != torch.int8 or wq.dim() != 2:
+        raise TypeError(f"{op}: wq must be int8 [N, K], got {wq.dtype} {list(wq.shape)}")
+    _check_group_operands(op, xq, wq.shape[0], sg, activation)
+    if wq.shape[1] != xq.shape[1]:
+        raise ValueError(f"{op}: wq must be [N, K] with K == xq.shape[1] ({xq.shape[1]}), got {list(wq.shape)}")
+    return _group_gemm(xq, wq, sx, sw, sg, bias, activation).to(out_dtype)
+
+
+def _check_group_operands(op: str, xq: torch.Tensor, N: int, sg: torch.Tensor, activation: str) -> None:
     _check_activation(op, activation)
     if xq.dtype != torch.int8 or xq.dim() != 2:
         raise TypeError(f"{op}: xq must be int8 [M, K], got {xq.dtype} {list(xq.shape)}")
-    M, K = xq.shape
-    N = wq.shape[0]
+    K = xq.shape[1]
     if sg.dtype not in (torch.int32, torch.float32):
         raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales), got {sg.dtype}")
     if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
         raise ValueError(f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K}, got {list(sg.shape)}")
+
+
+def _group_gemm(
+    xq: torch.Tensor,
+    q: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    activation: str,
+) -> torch.Tensor:
+    """The group-scaled GEMM of integer codes q [N, K] (int8 tensor, any values in [-128, 127]), in
+    float64 before the final rounding (operands checked). P per group is computed by a float64 bmm:
+    exact, as every product is an integer below 2^14 and every partial sum below 2^53 (|P| <= K *
+    2^14), whatever the summation order; then int64 for integer scales (the products sg * P and
+    their sum are exact integers), float64 for float scales."""
+    M, K = xq.shape
+    N = q.shape[0]
     G = sg.shape[1]
     g = K // G
-    q = unpack_int4(wq, N, K)
-    # P[j, m, n] per group, exact in int64
-    P = torch.bmm(xq.long().reshape(M, G, g).transpose(0, 1), q.long().reshape(N, G, g).permute(1, 2, 0))
+    # P[j, m, n] per group
+    P = torch.bmm(xq.double().reshape(M, G, g).transpose(0, 1), q.double().reshape(N, G, g).permute(1, 2, 0))
     if sg.dtype == torch.int32:
-        acc = (P * sg.long().t()[:, None, :]).sum(dim=0).double()  # exact int64 sum, one conversion
+        acc = (P.long() * sg.long().t()[:, None, :]).sum(dim=0).double()  # exact int64 sum, one conversion
     else:
-        acc = (P.double() * sg.double().t()[:, None, :]).sum(dim=0)
-    return _epilogue(acc, sx, sw, bias, activation).to(out_dtype)
+        acc = (P * sg.double().t()[:, None, :]).sum(dim=0)
+    return _epilogue(acc, sx, sw, bias, activation)
