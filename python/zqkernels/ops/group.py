@@ -32,6 +32,7 @@ _INT_SG, _FLOAT_SG = torch.int32, torch.float32
 W8A8_GROUP_MAX_GROUP = INT8_MAX_GROUP
 _WMAX = 128  # the largest weight magnitude the kernel's overflow bound assumes (int8 -128)
 _OP = "w8a8_group_gemm"
+_INT32_MAX = 2**31 - 1
 
 
 def _check_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> int:
@@ -70,7 +71,7 @@ def _check_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> int:
     if max_scale is not None:
         if sg.dtype != _INT_SG:
             raise ValueError(f"{op}: max_scale applies to integer scales (int32 sg) only, got sg {c.desc(sg)}")
-        hi = group_max_scale(g, _WMAX)
+        hi = _INT32_MAX // (g * 128 * _WMAX)  # group_max_scale(g, 128), also for symbolic g (torch.compile)
         if isinstance(max_scale, bool) or not isinstance(max_scale, int) or not 1 <= max_scale <= hi:
             raise ValueError(
                 f"{op}: max_scale must be an int in [1, {hi}] for group_size {g} (the largest integer group "
