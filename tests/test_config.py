@@ -1,6 +1,6 @@
 """quantize_ with config objects on CPU (reference ops), on tiny HF models built from configs:
 default selection (lm_head / tied embeddings left in float), filter_fn, module_configs mixed
-precision, the summary, the schemes without kernels, and argument errors."""
+precision, the summary, the group-wise schemes and ZeroQuant's W4/8 preset, and argument errors."""
 
 from __future__ import annotations
 
@@ -153,28 +153,37 @@ def test_module_configs_mixed_precision():
     assert isinstance(b.pooler.dense, torch.nn.Linear) and "QBertLayer" in kinds(b)
 
 
-@pytest.mark.parametrize(
-    "cfg, kernel",
-    [
-        (W8A8GroupConfig(), "group-wise int8 GEMM"),
-        (W4A8Config(), "W4A8"),
-    ],
-)
-def test_future_schemes_raise(cfg, kernel):
+def test_group_schemes_convert():
+    """W8A8GroupConfig and W4A8Config have kernels now (they raised NotImplementedError before)."""
     m = llama()
+    ref = run(m)
+    s = quantize_(m, W8A8GroupConfig(group_size=32))
+    assert "QLinear" in kinds(m) and [n for n, _ in s.skipped] == ["lm_head"]  # float by default
+    assert all("QLinear (w8a8-group, group_size=32, scale=int)" in how for _, how in s.converted), s
+    assert cos(run(m), ref) > 0.999
+    m = llama()  # W4A8 needs in_features % 64 == 0: down_proj (in_features 96) cannot run it
     before = copy.deepcopy(m.state_dict())
-    with pytest.raises(NotImplementedError, match=f"not implemented yet: zqkernels has no {kernel}"):
-        quantize_(m, cfg)
-    with pytest.raises(NotImplementedError, match=type(cfg).__name__):
-        quantize_(m, W8A8Config(), module_configs={"*.mlp.*": cfg})
+    with pytest.raises(ValueError, match=r"layer 'model.layers.0.mlp.down_proj'.*'w4a8'.*\[64, 96\]"):
+        quantize_(m, W4A8Config(group_size=32))
     assert "QLinear" not in kinds(m)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
-def test_zeroquant_preset_raises_today():
+def test_zeroquant_preset():
     assert isinstance(zqkernels.ZEROQUANT_W4_8["*.mlp.*"], W4A8Config)
-    with pytest.raises(NotImplementedError, match="W4A8"):
-        quantize_(llama(), W8A8Config(), module_configs=zqkernels.ZEROQUANT_W4_8)
+    cfg = transformers.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, vocab_size=500,
+    )
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    ref = run(m)
+    s = quantize_(m, W8A8Config(), module_configs=zqkernels.ZEROQUANT_W4_8)
+    mlp, attn = m.model.layers[0].mlp, m.model.layers[0].self_attn
+    assert type(m.model.layers[0]).__name__ == "LlamaDecoderLayer"  # mixed configs: not fused
+    assert all(x.scheme == "w4a8" for x in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    assert attn.q_proj.scheme == "w8a8" and attn.o_proj.scheme == "w8a8"
+    assert dict(s.converted)["model.layers.1.mlp.down_proj"] == "QLinear (w4a8, group_size=128): from Linear"
+    assert cos(run(m), ref) > 0.99
 
 
 def test_bad_arguments():

@@ -144,11 +144,10 @@ def test_forward_errors():
 
 
 def test_from_linear_errors():
-    with pytest.raises(
-        ValueError, match=r"QLinear.from_linear: scheme must be one of \['fp8', 'w4a8-fp', 'w8a8'\], got 'w4a8'"
-    ):
-        QLinear.from_linear(nn.Linear(16, 8), scheme="w4a8")
-    with pytest.raises(ValueError, match=r"QLinear: scheme must be one of \['fp8', 'w4a8-fp', 'w8a8'\]"):
+    schemes = r"\['fp8', 'w4a8', 'w4a8-floatscale', 'w4a8-fp', 'w8a8', 'w8a8-group'\]"
+    with pytest.raises(ValueError, match=rf"QLinear.from_linear: scheme must be one of {schemes}, got 'w4'"):
+        QLinear.from_linear(nn.Linear(16, 8), scheme="w4")
+    with pytest.raises(ValueError, match=rf"QLinear: scheme must be one of {schemes}"):
         QLinear(16, 8, scheme="fp4")
     with pytest.raises(TypeError, match=r"QLinear.from_linear: linear must be an nn.Linear, got Conv1d"):
         QLinear.from_linear(nn.Conv1d(4, 4, 1))

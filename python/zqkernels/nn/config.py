@@ -1,8 +1,9 @@
 """torchao-style conversion: ``quantize_(model, config, filter_fn=..., module_configs=...)``.
 
-A config object names a quantization scheme and its options. ``W8A8Config``, ``FP8Config`` and
-``W4A8FPConfig`` have kernels; the other config classes describe the schemes that are planned, and
-applying one raises NotImplementedError naming the missing kernel (there is never a silent fallback).
+A config object names a quantization scheme and its options: ``W8A8Config``, ``W8A8GroupConfig``,
+``FP8Config``, ``W4A8Config`` and ``W4A8FPConfig``. A config of a planned scheme without a kernel would
+set ``missing_kernel``, and applying it raises NotImplementedError naming that kernel (there is never a
+silent fallback); every config here has its kernel.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
+from ..reference.quantize import _check_alpha, _check_alpha8
 from .blocks import resolve_level
 from .convert import _convert, _convertible
-from .linear import W4A8FP_GROUP_SIZES, W4A8FP_POLICIES
+from .linear import _INT_SCALES, GROUP_SIZES, W4A8FP_GROUP_SIZES, W4A8FP_POLICIES
 
 __all__ = [
     "QuantConfig",
@@ -75,16 +77,56 @@ class W8A8Config(QuantConfig):
         resolve_level(self.level)
 
 
+def _check_int_group(cls: str, group_size: Any, scale: Any, alpha: Any, bits: int) -> None:
+    """The options of W4A8Config / W8A8GroupConfig (the layer's shape is checked at conversion)."""
+    if group_size is not None:
+        _check_group_size(cls, group_size)
+        if group_size not in GROUP_SIZES:
+            raise ValueError(f"{cls}: group_size must be one of {GROUP_SIZES} or None (per channel), got {group_size!r}")
+    if scale not in _INT_SCALES:
+        raise ValueError(f"{cls}: scale must be 'int' or 'float', got {scale!r}")
+    if alpha is not None:
+        if scale != "int":
+            raise ValueError(f"{cls}: alpha applies to scale='int' only, got alpha={alpha!r} with scale={scale!r}")
+        if bits == 4:
+            _check_alpha(cls, alpha)
+        elif group_size is not None:
+            _check_alpha8(cls, alpha, group_size)
+        elif isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1 or alpha & (alpha - 1):
+            # per channel: the bound depends on each layer's in_features, checked at conversion
+            raise ValueError(f"{cls}: alpha must be a power of two int >= 1, got {alpha!r}")
+
+
+def _int_group_spec(scheme: str, group_size: Any, extra: tuple) -> Any:
+    # group_size None: per channel, one group of in_features per row; QLinear takes that as
+    # group_size=in_features, which differs per layer, so it is resolved at conversion (quantize_).
+    return (scheme, (("group_size", group_size), *extra))
+
+
 @dataclass(frozen=True)
 class W8A8GroupConfig(QuantConfig):
-    """int8 activations x int8 weights with one scale per `group_size` input channels (planned)."""
+    """int8 per-token activations x int8 weights with one scale per `group_size` input channels:
+    QLinear scheme "w8a8-group" (``w8a8_group_gemm``, docs/W4A8.md "Group-wise W8A8").
 
-    group_size: int = 128
-    scheme = "w8a8 group-wise"
-    missing_kernel = "group-wise int8 GEMM kernel"
+    group_size: 32, 64, 128 (default), 256 or None (per channel). scale: "int" (default: integer
+    group scales) or "float". alpha: the integer scales' multiplier (a power of two up to the INT8
+    bound of the group size: 32 -> 2048, 64 -> 1024, 128 -> 512, 256 -> 256), None for
+    quantize_weight's default. Every converted Linear needs in_features % 16 == 0 and group_size
+    dividing it (per channel: in_features % 32 == 0); another shape raises ValueError naming the
+    layer, before the model changes. Fused transformer blocks are w8a8 only.
+    """
+
+    group_size: Optional[int] = 128
+    scale: str = "int"
+    alpha: Optional[int] = None
+    scheme = "w8a8-group"
 
     def __post_init__(self) -> None:
-        _check_group_size("W8A8GroupConfig", self.group_size)
+        _check_int_group("W8A8GroupConfig", self.group_size, self.scale, self.alpha, 8)
+
+    def _qlinear_spec(self) -> Any:
+        extra = (("scale", self.scale),) + ((("alpha", self.alpha),) if self.alpha is not None else ())
+        return _int_group_spec(self.scheme, self.group_size, extra)
 
 
 @dataclass(frozen=True)
@@ -98,18 +140,31 @@ class FP8Config(QuantConfig):
 
 @dataclass(frozen=True)
 class W4A8Config(QuantConfig):
-    """int4 group-wise weights (`group_size` input channels per scale; `scale` "int" or "float")
-    x int8 per-token activations, ZeroQuant's W4A8 (planned)."""
+    """int4 group-wise weights x int8 per-token activations (ZeroQuant's W4A8 with Integer Scale,
+    ``w4a8_gemm``, docs/W4A8.md): QLinear scheme "w4a8" (scale="int", the default: integer group
+    scales) or "w4a8-floatscale" (scale="float").
 
-    group_size: int = 128
+    group_size: 32, 64, 128 (default), 256 or None (per channel). alpha (scale="int"): a power of two
+    in [1, 2^15], None for quantize_weight's heuristic. Every converted Linear needs out_features %
+    16 == 0, in_features % 64 == 0 and group_size dividing in_features (the packed layout m16k32);
+    another shape raises ValueError naming the layer, before the model changes (leave such layers
+    in float with module_configs {pattern: None}). Fused transformer blocks are w8a8 only.
+    """
+
+    group_size: Optional[int] = 128
     scale: str = "int"
-    scheme = "w4a8"
-    missing_kernel = "W4A8 (int4 weight x int8 activation) GEMM kernel"
+    alpha: Optional[int] = None
+
+    @property
+    def scheme(self) -> str:  # type: ignore[override]
+        return "w4a8" if self.scale == "int" else "w4a8-floatscale"
 
     def __post_init__(self) -> None:
-        _check_group_size("W4A8Config", self.group_size)
-        if self.scale not in ("int", "float"):
-            raise ValueError(f"W4A8Config: scale must be 'int' or 'float', got {self.scale!r}")
+        _check_int_group("W4A8Config", self.group_size, self.scale, self.alpha, 4)
+
+    def _qlinear_spec(self) -> Any:
+        extra = (("alpha", self.alpha),) if self.alpha is not None else ()
+        return _int_group_spec(self.scheme, self.group_size, extra)
 
 
 @dataclass(frozen=True)
@@ -150,8 +205,10 @@ class W4A8FPConfig(QuantConfig):
 
 ZEROQUANT_W4_8: dict[str, Optional[QuantConfig]] = {"*.mlp.*": W4A8Config(), "*": W8A8Config()}
 """ZeroQuant's W4/8 mixed-precision preset for ``quantize_(model, W8A8Config(),
-module_configs=ZEROQUANT_W4_8)``: int4 weights (W4A8) in the MLP, W8A8 everywhere else.
-Not usable yet: W4A8 has no kernel, so applying it raises NotImplementedError today."""
+module_configs=ZEROQUANT_W4_8)``: int4 weights (W4A8, integer group scales of 128) in the MLP, W8A8
+everywhere else. Layers whose MLP holds a W4A8 Linear are not fused (mixed configs): every Linear
+is converted on its own. The MLP Linears need W4A8's shapes (out_features % 16 == 0, in_features %
+128 == 0); another shape raises ValueError naming the layer before the model changes."""
 
 
 @dataclass
@@ -216,11 +273,11 @@ def quantize_(
       used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
       a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here.
 
-    FP8Config and W4A8FPConfig convert each selected Linear to a QLinear of scheme "fp8" /
-    "w4a8-fp" (no fused blocks; weight_quantizer is w8a8-only and raises with them). A Linear
-    whose shape the scheme cannot run raises ValueError naming it, before anything changes.
-    Configs of schemes without kernels (W8A8GroupConfig, W4A8Config) raise NotImplementedError
-    before anything changes.
+    FP8Config, W4A8FPConfig, W4A8Config and W8A8GroupConfig convert each selected Linear to a
+    QLinear of scheme "fp8" / "w4a8-fp" / "w4a8" or "w4a8-floatscale" / "w8a8-group" (no fused blocks;
+    weight_quantizer is w8a8-only and raises with them). A Linear whose shape the scheme cannot run
+    raises ValueError naming it, before anything changes. A config of a scheme without a kernel
+    (``missing_kernel``; none today) raises NotImplementedError before anything changes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
@@ -279,7 +336,8 @@ def quantize_(
             return False, why
         spec = cfg._qlinear_spec()  # configs without kernels raised in _check_config
         if isinstance(spec, tuple) and dict(spec[1]).get("group_size", 0) is None:
-            # W4A8FPConfig(group_size=None): per channel, one group of this layer's in_features
+            # group_size=None (W4A8FPConfig, W4A8Config, W8A8GroupConfig): per channel, one group of
+            # this layer's in_features
             k = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
             spec = (spec[0], tuple((n, k if n == "group_size" else v) for n, v in spec[1]))
         return True, spec

@@ -13,10 +13,23 @@ from torch import nn
 from .. import _ext
 from ..ops import _common as c
 from ..ops.gemm import _int8_gemm_cuda, _plan, fp8_gemm, int8_gemm
+from ..ops.group import w8a8_group_gemm
 from ..ops.quantize import _cuda_ready, _quantize_cuda, quantize_per_token, quantize_weight
-from ..ops.w4a8 import w4a8_fp_gemm
+from ..ops.w4a8 import w4a8_fp_gemm, w4a8_gemm
+from ..reference.quantize import INT8_MAX_GROUP, _check_alpha, _check_alpha8
 
-__all__ = ["QLinear", "SCHEMES", "SchemeHandler", "W8A8", "FP8", "W4A8FP", "is_conv1d", "linear_from_conv1d"]
+__all__ = [
+    "QLinear",
+    "SCHEMES",
+    "SchemeHandler",
+    "W8A8",
+    "FP8",
+    "W4A8FP",
+    "W4A8",
+    "W8A8Group",
+    "is_conv1d",
+    "linear_from_conv1d",
+]
 
 # The CUDA GEMM stores output rows in 16-byte vectors, so it needs N % 8 == 0. QLinear meets that for
 # any out_features by keeping its weight rows padded up to a multiple of 8 (zero weights, zero
@@ -40,6 +53,10 @@ class SchemeHandler:
     # Per-layer options this scheme takes as QLinear keyword arguments (QLinear(..., group_size=128));
     # passing any other option (not None) raises. configure() checks and stores them on the module.
     options: tuple[str, ...] = ()
+    # Per-layer values recorded in the state's _extra_state that a checkpoint brings along instead of
+    # having to match (they say how the weights were quantized, not the buffers' shapes or dtypes):
+    # e.g. alpha and max_scale of the integer group scales. Not in here: checked on load.
+    loaded: tuple[str, ...] = ()
     # Floating-point buffers whose dtype is part of the format (scales the kernels read as float32,
     # fp8 weights): Module.to(dtype) / .half() must not cast them (QLinear._apply).
     fixed_dtype_buffers: tuple[str, ...] = ("weight_scale",)
@@ -51,6 +68,11 @@ class SchemeHandler:
     def describe(self, m: "QLinear") -> str:
         """The layer's options for extra_repr ("" when none)."""
         return ""
+
+    def load_extra_state(self, m: "QLinear", state: dict[str, Any]) -> None:
+        """Take the ``loaded`` values from a checkpoint's _extra_state (absent keys: None)."""
+        for key in self.loaded:
+            setattr(m, key, state.get(key))
 
     def create_buffers(self, m: "QLinear", rows: int, bias: bool, dtype: torch.dtype, device) -> None:
         raise NotImplementedError
@@ -325,7 +347,221 @@ class W4A8FP(SchemeHandler):
         )
 
 
-SCHEMES: dict[str, SchemeHandler] = {"w8a8": W8A8(), "fp8": FP8(), "w4a8-fp": W4A8FP()}
+GROUP_SIZES = (32, 64, 128, 256)  # w4a8, w4a8-floatscale, w8a8-group (or in_features: per channel)
+_INT_SCALES = ("int", "float")
+
+
+class _IntGroup(SchemeHandler):
+    """INT8 per-token activations x INT4 / INT8 weights with integer or float group scales (Integer
+    Scale, docs/W4A8.md): the handlers W4A8 (w4a8, w4a8-floatscale) and W8A8Group (w8a8-group).
+
+    Options: ``group_size`` 32, 64, 128 (default), 256 or in_features (one group per row), ``alpha``
+    (integer scales: quantize_weight's multiplier, a power of two; None: its default). The state
+    records ``max_scale``, the largest integer group scale (``int(sg.max())``, read once at
+    conversion), which the forward passes to the GEMM so that its int32 accumulator is flushed only
+    as often as that scale requires (None, e.g. in an empty layer: the GEMM assumes the largest
+    scale allowed). alpha and max_scale come with a checkpoint (``loaded``).
+
+    State: ``weight_q`` (W4A8: uint8 [N, K // 2] packed INT4, layout m16k32; W8A8Group: int8 [Np,
+    K]), ``weight_scale`` float32 [N], ``weight_group_scale`` [N, K // group_size] (int32 integer
+    scales or float32 ratios), ``bias`` [N] in the model's dtype (or None). forward:
+    ``quantize_per_token(x)`` (int8) then the GEMM with the output in x's dtype.
+    """
+
+    act_format = "int8_per_token"
+    fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
+    loaded = ("alpha", "max_scale")
+    bits = 8
+    fixed_scale: Optional[str] = None  # the scale kind of the scheme, None: the "scale" option
+
+    def _scale(self, m) -> str:
+        return self.fixed_scale if self.fixed_scale is not None else m.scale
+
+    def _check_shape(self, N: int, K: int, g: int) -> None:
+        raise NotImplementedError
+
+    def configure(self, m, options):
+        N, K = m.out_features, m.in_features
+        name = self.name
+        g = options.get("group_size")
+        g = 128 if g is None else g
+        if isinstance(g, bool) or not isinstance(g, int) or (g not in GROUP_SIZES and g != K):
+            raise ValueError(
+                f"QLinear: scheme {name!r} needs group_size in {GROUP_SIZES} or in_features ({K}: one group "
+                f"per row), got {g!r}"
+            )
+        if self.fixed_scale is None:
+            scale = options.get("scale")
+            scale = "int" if scale is None else scale
+            if scale not in _INT_SCALES:
+                raise ValueError(f"QLinear: scheme {name!r} needs scale in {_INT_SCALES}, got {scale!r}")
+            m.scale = scale
+        scale = self._scale(m)
+        alpha = options.get("alpha")
+        if alpha is not None and scale != "int":
+            raise ValueError(f"QLinear: alpha applies to integer scales (scale='int') only, got alpha={alpha!r} "
+                             f"with scheme {name!r}, scale={scale!r}")
+        self._check_shape(N, K, g)
+        if alpha is not None:
+            try:
+                _check_alpha8("QLinear", alpha, g) if self.bits == 8 else _check_alpha("QLinear", alpha)
+            except ValueError as e:
+                raise ValueError(f"{e} (scheme {name!r})") from None
+        m.group_size = g
+        m.alpha = alpha
+        m.max_scale = None
+
+    def load_extra_state(self, m, state):
+        alpha, max_scale = state.get("alpha"), state.get("max_scale")
+        for key, v in (("alpha", alpha), ("max_scale", max_scale)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"QLinear.load_state_dict: the checkpoint's {key} must be None or a positive int, got {v!r}")
+        if max_scale is not None and self._scale(m) != "int":
+            raise ValueError("QLinear.load_state_dict: the checkpoint has max_scale but this layer has float scales")
+        m.alpha = alpha
+        m.max_scale = max_scale
+
+    def describe(self, m):
+        g = "per channel" if m.group_size == m.in_features else m.group_size
+        out = f"group_size={g}"
+        if self.fixed_scale is None:
+            out += f", scale={m.scale}"
+        if self._scale(m) == "int":
+            out += f", alpha={'default' if m.alpha is None else m.alpha}, max_scale={m.max_scale}"
+        return out
+
+    def _weight_buffer(self, m, rows: int, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def create_buffers(self, m, rows, bias, dtype, device):
+        K = m.in_features
+        sg_dtype = torch.int32 if self._scale(m) == "int" else torch.float32
+        m.register_buffer("weight_q", self._weight_buffer(m, rows, device))
+        m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
+        m.register_buffer(
+            "weight_group_scale", torch.zeros((rows, K // m.group_size), dtype=sg_dtype, device=device)
+        )
+        m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
+
+    def load_float(self, m, weight, bias):
+        g = None if m.group_size == m.in_features else m.group_size  # None: quantize_weight's per channel
+        scale = self._scale(m)
+        wq, sw, sg = quantize_weight(weight, bits=self.bits, group_size=g, scale=scale, alpha=m.alpha)
+        rows = m.weight_scale.shape[0]  # W8A8Group pads the rows to a multiple of 8 (zero scales)
+        m.weight_q = _pad_rows(wq, rows)
+        m.weight_scale = _pad_rows(sw, rows)
+        m.weight_group_scale = _pad_rows(sg, rows)
+        _load_bias(m, bias, rows)
+        # one sync, at conversion: the forward passes it to the GEMM as a Python int
+        m.max_scale = max(int(sg.max()), 1) if scale == "int" and sg.numel() else None
+
+    def apply(self, m, x2):
+        xq, sx = quantize_per_token(x2)
+        return self.apply_quantized(m, xq, sx, x2.dtype)
+
+    def _gemm(self):
+        raise NotImplementedError
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        buffers, bias = _fp8_state(m, dtype)
+        return self._gemm()(
+            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
+            out_dtype=dtype, max_scale=m.max_scale,
+        )
+
+
+class W4A8(_IntGroup):
+    """INT4 group-wise weights x INT8 per-token activations (Integer Scale, ``w4a8_gemm``): scheme
+    "w4a8" (integer group scales) and "w4a8-floatscale" (float32 ratios, the baseline). Options:
+    ``group_size``, ``alpha`` ("w4a8" only; a power of two in [1, 2^15]). Shape rules of the packed
+    layout m16k32: out_features % 16 == 0, in_features % 64 == 0 and group_size dividing
+    in_features; other shapes raise ValueError at construction. See ``_IntGroup`` for the state.
+    """
+
+    bits = 4
+
+    def __init__(self, scale: str = "int") -> None:
+        self.fixed_scale = scale
+        self.name = "w4a8" if scale == "int" else "w4a8-floatscale"
+        self.description = f"int8 per-token activations x int4 group-wise weights, {scale} group scales"
+        self.options = ("group_size", "alpha") if scale == "int" else ("group_size",)
+        self.loaded = ("alpha", "max_scale") if scale == "int" else ()
+
+    def _check_shape(self, N, K, g):
+        if N % 16 != 0 or K % 64 != 0:
+            raise ValueError(
+                f"QLinear: scheme {self.name!r} (packed INT4 layout m16k32) needs out_features % 16 == 0 and "
+                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
+                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
+                "another scheme"
+            )
+        if K % g != 0:
+            raise ValueError(
+                f"QLinear: scheme {self.name!r} needs group_size to divide in_features, got group_size {g} and "
+                f"a layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in GROUP_SIZES if K % s == 0]}"
+            )
+
+    def _weight_buffer(self, m, rows, device):
+        return torch.zeros((rows, m.in_features // 2), dtype=torch.uint8, device=device)
+
+    def _gemm(self):
+        return w4a8_gemm
+
+
+
+class W8A8Group(_IntGroup):
+    """INT8 group-wise weights x INT8 per-token activations (``w8a8_group_gemm``): scheme
+    "w8a8-group". Options: ``group_size``, ``scale`` "int" (default) or "float", ``alpha`` (integer
+    scales; a power of two up to the INT8 bound of the group size: 32 -> 2048, 64 -> 1024, 128 ->
+    512, 256 -> 256). The weights are not packed: any out_features (rows padded to a multiple of 8
+    as for w8a8); in_features % 16 == 0 and group_size dividing it (per channel: in_features % 32
+    == 0, the GEMM's group size being a multiple of 32). See ``_IntGroup`` for the state.
+    """
+
+    name = "w8a8-group"
+    description = "int8 per-token activations x int8 group-wise weights"
+    options = ("group_size", "scale", "alpha")
+    bits = 8
+
+    def _check_shape(self, N, K, g):
+        if K % 16 != 0:
+            raise ValueError(
+                f"QLinear: scheme 'w8a8-group' needs in_features % 16 == 0 (16-byte rows), got a layer "
+                f"[out_features, in_features] = [{N}, {K}]; leave this layer in float (quantize_model(skip=...), "
+                "quantize_(module_configs={name: None})) or use another scheme"
+            )
+        if K % g != 0:
+            raise ValueError(
+                f"QLinear: scheme 'w8a8-group' needs group_size to divide in_features, got group_size {g} and a "
+                f"layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in GROUP_SIZES if K % s == 0]}"
+            )
+        if g == K and (K % 32 != 0 or K > INT8_MAX_GROUP):
+            raise ValueError(
+                f"QLinear: scheme 'w8a8-group' per channel (group_size == in_features) needs in_features % 32 "
+                f"== 0 and at most {INT8_MAX_GROUP} (the GEMM's group size is a multiple of 32 whose int32 sums "
+                f"cannot overflow), got a layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in GROUP_SIZES if K % s == 0]}"
+            )
+
+    def _weight_buffer(self, m, rows, device):
+        return torch.zeros((rows, m.in_features), dtype=torch.int8, device=device)
+
+    def _gemm(self):
+        return w8a8_group_gemm
+
+
+SCHEMES: dict[str, SchemeHandler] = {
+    "w8a8": W8A8(),
+    "fp8": FP8(),
+    "w4a8-fp": W4A8FP(),
+    "w4a8": W4A8("int"),
+    "w4a8-floatscale": W4A8("float"),
+    "w8a8-group": W8A8Group(),
+}
+# Every per-layer option any scheme takes (QLinear / from_linear keyword arguments).
+_OPTIONS = ("group_size", "scale_policy", "scale", "alpha")
 
 
 def _handler(op: str, scheme: str) -> SchemeHandler:
@@ -338,10 +574,14 @@ def _handler(op: str, scheme: str) -> SchemeHandler:
 class QLinear(nn.Module):
     """Quantized linear layer: ``y = x @ w.T + b`` computed by a scheme (default "w8a8": int8
     per-channel weights x int8 per-token activations; "fp8": FP8 E4M3 weights and activations;
-    "w4a8-fp": FP4 E2M1 group-wise weights x FP8 activations; see ``SCHEMES``).
+    "w4a8-fp": FP4 E2M1 group-wise weights x FP8 activations; "w4a8" / "w4a8-floatscale": INT4
+    group-wise weights with integer / float group scales x int8 activations; "w8a8-group": INT8
+    group-wise weights x int8 activations; see ``SCHEMES``).
 
-    Per-layer options of a scheme are keyword arguments (``group_size=``, ``scale_policy=``: w4a8-fp
-    only; see ``W4A8FP``); giving one to a scheme that does not take it raises ValueError.
+    Per-layer options of a scheme are keyword arguments (``group_size=``: w4a8-fp, w4a8,
+    w4a8-floatscale, w8a8-group; ``scale_policy=``: w4a8-fp; ``scale=``: w8a8-group; ``alpha=``:
+    w4a8, w8a8-group; see ``W4A8FP``, ``W4A8``, ``W8A8Group``); giving one to a scheme that does not
+    take it raises ValueError.
 
     Build it with ``QLinear.from_linear(linear)`` (weights quantized once, here), or construct an
     empty one and ``load_state_dict`` into it; the state holds no float weights. Weight rows are
@@ -365,6 +605,8 @@ class QLinear(nn.Module):
         *,
         group_size: Optional[int] = None,
         scale_policy: Optional[str] = None,
+        scale: Optional[str] = None,
+        alpha: Optional[int] = None,
     ) -> None:
         super().__init__()
         handler = _handler("QLinear", scheme)
@@ -374,7 +616,7 @@ class QLinear(nn.Module):
         self.out_features = int(out_features)
         self.scheme = scheme
         self._handler = handler
-        options = {"group_size": group_size, "scale_policy": scale_policy}
+        options = {"group_size": group_size, "scale_policy": scale_policy, "scale": scale, "alpha": alpha}
         for key, value in options.items():
             if value is not None and key not in handler.options:
                 takes = sorted(n for n, h in SCHEMES.items() if key in h.options)
@@ -404,13 +646,14 @@ class QLinear(nn.Module):
         weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or
         None, replacing the scheme's round-to-nearest weights (e.g. GPTQ, zqkernels.algorithms);
         None from it (or no callable) keeps the default. Scheme "w8a8" only.
-        options: the scheme's per-layer options (``group_size=``, ``scale_policy=`` for "w4a8-fp").
+        options: the scheme's per-layer options (``group_size=``, ``scale_policy=``, ``scale=``,
+        ``alpha=``; see the class docstring).
         """
         op = "QLinear.from_linear"
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"{op}: linear must be an nn.Linear, got {type(linear).__name__}")
         _handler(op, scheme)
-        unknown = sorted(set(options) - {"group_size", "scale_policy"})
+        unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(f"{op}: unexpected keyword argument(s) {unknown}")
         if weight_quantizer is not None and scheme != "w8a8":
@@ -552,7 +795,7 @@ class QLinear(nn.Module):
             "in_features": self.in_features,
             "out_features": self.out_features,
         }
-        for key in self._handler.options:  # per-layer options of the scheme (w4a8-fp)
+        for key in (*self._handler.options, *self._handler.loaded):  # per-layer options and values
             state[key] = getattr(self, key)
         if self._buffers.get("lorc_a") is not None:
             state["lorc_rank"] = self.lorc_rank  # absent when 0: older checkpoints read as rank 0
@@ -562,7 +805,9 @@ class QLinear(nn.Module):
         if not isinstance(state, dict) or "out_features" not in state:
             raise ValueError(f"QLinear.load_state_dict: unrecognised _extra_state {state!r}")
         mine = self.get_extra_state()
-        for key in ("scheme", "in_features", "out_features", *self._handler.options):
+        loaded = self._handler.loaded
+        checked = [k for k in self._handler.options if k not in loaded]
+        for key in ("scheme", "in_features", "out_features", *checked):
             if state.get(key) != mine[key]:
                 raise ValueError(
                     f"QLinear.load_state_dict: the checkpoint has {key}={state.get(key)!r} but this layer "
@@ -575,6 +820,7 @@ class QLinear(nn.Module):
                 f"QLinear.load_state_dict: the checkpoint has LoRC rank {theirs} but this layer has rank "
                 f"{ours}; call layer.init_lorc({theirs}) before loading"
             )
+        self._handler.load_extra_state(self, state)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() / .bfloat16() cast every floating-point buffer, but the kernels
