@@ -195,8 +195,10 @@ struct RowwiseGemm {
 
   // Stages: whatever smem remains after the epilogue's carve-out (group-scaled recipes also carve
   // out their scale slots: kTileK / 32 rows of kTileN scales per stage, for up to 8 stages).
+  // Integer scales also keep the fp32 running sum of the tile in shared memory (4 bytes per output).
   static constexpr int kGroupCarveout =
-      Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<1>(TileShape{}) * 4 : 0;
+      (Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<1>(TileShape{}) * 4 : 0) +
+      (Ops::kGroup == GroupScales::kInt ? cute::size<0>(TileShape{}) * cute::size<1>(TileShape{}) * 4 : 0);
   using CollectiveMainloop = typename Ops::template Mainloop<typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB, ElementAB, LayoutB,
       kAlignAB, ElementAcc, TileShape, typename Cfg::ClusterShape,

@@ -11,10 +11,11 @@
 //           the scales travel with the operands, so the consumers need no tile coordinates.
 //           The scales are read transposed, sg_t [K / group_size, N] (one row per group: the
 //           tile's 128 columns are 512 contiguous bytes).
-//   mma():  each warpgroup runs wgmma into an int32 partial sum `temp` (zeroed at the start of a
-//           span), and every `promote_blocks` k-blocks of 32 (at most one group) folds it in:
+//   mma():  each warpgroup runs wgmma over spans of `promote_blocks` k-blocks of 32 (1, 2 or 4: a
+//           span lies inside one k-tile and one group) into an int32 partial sum `temp`, two of
+//           them alternating so that span s runs on the tensor cores while span s - 1 is folded in:
 //             int scales:   iacc += s_int[n, j] * temp            (integer multiply-add)
-//                           every `flush` promotions: acc += float(iacc), iacc = 0
+//                           every `flush` spans: fsum += float(iacc), iacc = 0 (fsum: fp32 in smem)
 //             float scales: acc += r[n, j] * float(temp)         (int32 -> float + FMA, the baseline)
 //           The host derives promote_blocks and flush from K, group_size, the operand ranges and
 //           the largest integer scale, so that no int32 can overflow for any input (docs/W4A8.md).
@@ -26,7 +27,8 @@
 //
 // Limits: group_size a multiple of 32 dividing K; N % 4 == 0 (16-byte scale rows); sg_t 16-byte
 // aligned. Registers: 3 accumulator sets of 64 values per thread for the 128 x 128 cooperative tile
-// (temp, iacc, acc): the tile this family is instantiated with (cmake/gemm_tiles.cmake).
+// (temp x 2 and iacc, or temp x 2 and acc): the tile this family is instantiated with
+// (cmake/gemm_tiles.cmake). Integer scales keep the tile's fp32 running sum in shared memory (64 KB).
 #pragma once
 
 #include <cstdint>
@@ -102,11 +104,15 @@ struct GroupScaledMainloop : Base {
   static constexpr int kScaleRows = kBlocks;
   static_assert(kTileK % kMmaK == 0, "k-tile must be a multiple of 32");
   static constexpr int kScaleStageElems = kScaleRows * kTileN;
+  static constexpr int kFlushStride = cute::size(IntTiledMma{});  // consumer threads
+  static constexpr int kFlushElems = cute::size<0>(TileShape{}) * kTileN;  // one fp32 per output of the tile
 
   struct TensorStorage : cute::aligned_struct<128, cute::_0> {
     cute::array_aligned<typename IntTiledMma::ValTypeA, cute::cosize_v<SmemLayoutA>> smem_A;
     cute::array_aligned<typename IntTiledMma::ValTypeB, cute::cosize_v<SmemLayoutB>> smem_B;
     cute::array_aligned<ElementScale, kStages * kScaleStageElems, 128> smem_scale;
+    // Integer scales: each consumer thread's fp32 running sum, value i of thread t at i * kFlushStride + t.
+    cute::array_aligned<float, kIntScales ? kFlushElems : 1, 128> smem_flush;
   };
   struct SharedStorage {
     TensorStorage tensors;
@@ -159,7 +165,8 @@ struct GroupScaledMainloop : Base {
       return "group_size must be a multiple of 32 dividing K";
     }
     const int gb = g.group_size / kMmaK;
-    if (g.promote_blocks <= 0 || gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
+    if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
+    if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
     if (kIntScales && g.flush < 1) return "flush must be >= 1 for integer scales";
     return "";
   }
@@ -234,13 +241,30 @@ struct GroupScaledMainloop : Base {
     }
   }
 
-  // Consumer. Leaves the last k-tile's stage unreleased, as the base collective's mma() does with
+  // Consumer. Works in spans of kPK k-blocks (kPK in {1, 2, 4}: a span lies inside one k-tile and
+  // one group), alternating between two int32 partial sums so that the tensor cores run span s
+  // while span s - 1 is folded in:
+  //   issue span s into temp[s & 1]; commit; wait until only span s is in flight;
+  //   promote span s - 1 from temp[(s - 1) & 1]; release its stage if it ended a k-tile.
+  // Leaves the last k-tile's stage unreleased, as the base collective's mma() does with
   // K_PIPE_MMAS = 1, so the base mma_tail() releases it.
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
                           int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    switch (p.promote_blocks) {
+      case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+      case 2: return mma_spans<2>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+      default: return mma_spans<4>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    }
+  }
+
+  template <int kPK, class FrgTensorC>
+  CUTLASS_DEVICE void mma_spans(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                                int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
     using namespace cute;
     static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    static_assert(kBlocks % kPK == 0, "a span lies inside one k-tile");
+    constexpr int kSpansPerTile = kBlocks / kPK;
     Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
     constexpr int kWarpGroups = size(IntTiledMma{}) / cutlass::NumThreadsPerWarpGroup;
@@ -255,91 +279,137 @@ struct GroupScaledMainloop : Base {
     // This thread's (row, column) of each accumulator value: the columns pick the scales.
     Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
     CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
-    Tensor temp = make_fragment_like<int32_t>(accum);
+    Tensor temp0 = make_fragment_like<int32_t>(accum);
+    Tensor temp1 = make_fragment_like<int32_t>(accum);
     Tensor iacc = make_fragment_like<int32_t>(accum);
+    constexpr int kVals = decltype(size(accum))::value;
     // The wgmma C fragment holds columns in adjacent pairs (n, n + 1) at values (2i, 2i + 1), n even:
     // one 8-byte shared load gives both scales. Folded to a constant by the compiler.
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < size(accum); i += 2) {
+    for (int i = 0; i < kVals; i += 2) {
       const int n = get<1>(tCcC(i));
       if (get<1>(tCcC(i + 1)) != n + 1 || (n & 1) != 0) __trap();
     }
-    clear(accum);
+    // Integer scales write `accum` only at the end (it must not be live through the loop: with two
+    // partial sums and the int32 sum that would be four register sets); float scales sum into it.
+    if constexpr (!kIntScales) clear(accum);
     clear(iacc);
+    // Integer scales: the fp32 running sum lives in shared memory (a thread-private column of
+    // kVals floats), touched once every p.flush spans, so that the registers hold two partial sums
+    // and the int32 sum (3 x kVals) instead of four sets.
+    float* fsum = nullptr;
+    if constexpr (kIntScales) fsum = shared_tensors.smem_flush.data() + thread_idx;
+    bool flushed = false;
 
     const ElementScale* scales = shared_tensors.smem_scale.data();
     const int gk = p.group_blocks;
-    const int pk = p.promote_blocks;
-    int pos = 0;          // k-blocks in `temp` since the last promotion
-    int since_flush = 0;  // promotions in `iacc` since the last flush
-    int block = 0;        // index of the current k-block from the start of K
-    // Fold `temp` (the k-blocks up to `last_block`, all in one group) into the accumulators.
-    auto promote = [&](int stage, int kt, int last_block) {
+    int since_flush = 0;
+    auto promote = [&](auto& temp, int stage, int kt, int last_block) {
       const int group = last_block / gk;
-      if (group >= p.groups) return;  // a zero-filled k-block past K (K not a multiple of the tile)
+      // A span past K (K not a multiple of the tile) holds zero-filled data and no loaded scales:
+      // it is folded in with scale 0 (no branch here: the accumulators stay in straight-line code).
+      const bool real = group < p.groups;
       const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileN;
       using Pair = cute::conditional_t<kIntScales, int2, float2>;
+      // In chunks of kChunk values: the compiler may not hoist every scale load ahead (their
+      // registers on top of three accumulator sets would spill).
+      constexpr int kChunk = 16;
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(accum); i += 2) {
-        const Pair s = *reinterpret_cast<const Pair*>(row + get<1>(tCcC(i)));
-        if constexpr (kIntScales) {
-          iacc(i) += s.x * temp(i);
-          iacc(i + 1) += s.y * temp(i + 1);
-        } else {
-          accum(i) = fmaf(s.x, static_cast<float>(temp(i)), accum(i));
-          accum(i + 1) = fmaf(s.y, static_cast<float>(temp(i + 1)), accum(i + 1));
+      for (int c0 = 0; c0 < kVals; c0 += kChunk) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = c0; i < c0 + kChunk; i += 2) {
+          Pair s = *reinterpret_cast<const Pair*>(row + get<1>(tCcC(i)));
+          s.x = real ? s.x : ElementScale(0);
+          s.y = real ? s.y : ElementScale(0);
+          if constexpr (kIntScales) {
+            iacc(i) += s.x * temp(i);
+            iacc(i + 1) += s.y * temp(i + 1);
+          } else {
+            accum(i) = fmaf(s.x, static_cast<float>(temp(i)), accum(i));
+            accum(i + 1) = fmaf(s.y, static_cast<float>(temp(i + 1)), accum(i + 1));
+          }
         }
+        asm volatile("" ::: "memory");
       }
       if constexpr (kIntScales) {
         if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
           since_flush = 0;
           CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < size(accum); ++i) {
-            accum(i) += static_cast<float>(iacc(i));
+          for (int i = 0; i < kVals; ++i) {
+            const float v = static_cast<float>(iacc(i));
+            fsum[i * kFlushStride] = flushed ? fsum[i * kFlushStride] + v : v;
             iacc(i) = 0;
           }
+          flushed = true;
         }
       }
     };
 
+    const int spans = k_tile_count * kSpansPerTile;
     PipelineState smem_pipe_release = smem_pipe_read;
-    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
-    warpgroup_fence_operand(accum);
-    CUTLASS_PRAGMA_NO_UNROLL
-    for (int kt = 0; kt < k_tile_count; ++kt) {
-      auto token = pipeline.consumer_try_wait(smem_pipe_read);
-      pipeline.consumer_wait(smem_pipe_read, token);
-      const int stage = smem_pipe_read.index();
-      CUTLASS_PRAGMA_UNROLL
-      for (int kb = 0; kb < kBlocks; ++kb) {
-        warpgroup_fence_operand(temp);
-        warpgroup_arrive();
-        cute::gemm(tiled_mma, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), temp);
-        warpgroup_commit_batch();
-        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-        if (++pos == pk) {  // pk divides gk: a span never crosses a group boundary
-          warpgroup_wait<0>();
-          warpgroup_fence_operand(temp);
-          promote(stage, kt, block);
-          pos = 0;
-          tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
-        }
-        ++block;
+    // Span s (even: temp0 / stage0, odd: temp1 / stage1): wait for its k-tile's data at the first
+    // span of a tile, issue its kPK wgmmas as one batch.
+    int stage0 = 0, stage1 = 0;
+    auto issue = [&](auto& cur, int& cur_stage, int s) {
+      const int sub = s % kSpansPerTile;
+      if (sub == 0) {
+        auto token = pipeline.consumer_try_wait(smem_pipe_read);
+        pipeline.consumer_wait(smem_pipe_read, token);
       }
-      // Every wgmma of the earlier k-tiles has completed: release the previous stage.
-      warpgroup_wait<kBlocks>();
-      if (kt > 0) {
+      const int stage = smem_pipe_read.index();
+      cur_stage = stage;
+      tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      warpgroup_fence_operand(cur);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int b = 0; b < kPK; ++b) {
+        cute::gemm(tiled_mma, tCrA(_, _, sub * kPK + b, stage), tCrB(_, _, sub * kPK + b, stage), cur);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(cur);
+      if (sub == kSpansPerTile - 1) ++smem_pipe_read;
+    };
+    // Span s, complete: fold it in; release its stage when it ended a k-tile (never the last tile's:
+    // mma_tail releases that one).
+    auto fold = [&](auto& done, int stage, int s) {
+      warpgroup_fence_operand(done);
+      const int kt = s / kSpansPerTile;
+      promote(done, stage, kt, (s + 1) * kPK - 1);
+      if (s % kSpansPerTile == kSpansPerTile - 1 && kt < k_tile_count - 1) {
         pipeline.consumer_release(smem_pipe_release);
         ++smem_pipe_release;
       }
-      ++smem_pipe_read;
+    };
+
+    if constexpr (!kIntScales) warpgroup_fence_operand(accum);
+    // Straight-line pairs, so that each wait<1> retires exactly the span folded after it.
+    issue(temp0, stage0, 0);
+    int s = 1;
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; s + 1 < spans; s += 2) {
+      issue(temp1, stage1, s);
+      warpgroup_wait<1>();
+      fold(temp0, stage0, s - 1);
+      issue(temp0, stage0, s + 1);
+      warpgroup_wait<1>();
+      fold(temp1, stage1, s);
     }
-    // Blocks after the last promotion lie past K (zero-filled by TMA): K / 32 is a multiple of the
-    // span pk, so every real k-block was promoted inside the loop.
-    warpgroup_wait<0>();
+    if (s < spans) {
+      issue(temp1, stage1, s);
+      warpgroup_wait<1>();
+      fold(temp0, stage0, s - 1);
+      warpgroup_wait<0>();
+      fold(temp1, stage1, s);
+    } else {
+      warpgroup_wait<0>();
+      fold(temp0, stage0, s - 1);
+    }
     if constexpr (kIntScales) {
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(accum); ++i) accum(i) += static_cast<float>(iacc(i));
+      for (int i = 0; i < kVals; ++i) {
+        accum(i) = static_cast<float>(iacc(i)) + (flushed ? fsum[i * kFlushStride] : 0.f);
+      }
     }
     warpgroup_fence_operand(accum);
   }

@@ -93,6 +93,9 @@ __device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const L
   return prmt(p, n, sel);
 }
 
+// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
+__device__ __forceinline__ Lut int4_lut() { return {0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu}; }
+
 // Four E4M3 bytes times a float ratio, rounded back to E4M3 (float-scale variant).
 __device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
   uint32_t out = 0;
@@ -466,6 +469,7 @@ __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t
   const int r = lane >> 2, t = lane & 3;
   const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  const Lut kInt4Lut = int4_lut();
   const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
@@ -606,12 +610,10 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
-// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
-constexpr Lut kInt4Lut{0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu};
-
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
+  const Lut kInt4Lut = int4_lut();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
   const int W = kWarps / R;

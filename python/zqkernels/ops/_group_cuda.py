@@ -24,6 +24,7 @@ __all__ = ["group_gemm_intervals", "group_gemm_cuda", "int4_to_int8_cuda"]
 _INT32_MAX = 2**31 - 1
 _BLOCK_K = 32  # one int8 wgmma k-block
 _ACT_MAX = 128  # |xq| <= 128 (int8 activations may hold -128)
+_SPANS = (4, 2, 1)  # k-blocks per span the kernel takes (a span lies inside one 128-wide k-tile)
 
 
 def group_gemm_intervals(group_size: int, wmax: int, max_scale: Optional[int]) -> tuple[int, int]:
@@ -32,16 +33,17 @@ def group_gemm_intervals(group_size: int, wmax: int, max_scale: Optional[int]) -
     One k-block's exact sum obeys ``|P| <= 32 * 128 * wmax`` (wmax: the largest |weight code|, 8 for
     INT4, 128 for INT8; activations may hold -128). Integer scales add ``s * P`` for a span of
     ``pb`` k-blocks into int32, so ``pb * 32 * 128 * wmax * max_scale <= 2^31 - 1``; pb is the
-    largest divisor of ``group_size / 32`` within that bound (a span never crosses a group), and the
+    largest of 4, 2, 1 dividing ``group_size / 32`` within that bound (a span lies inside one k-tile
+    of 128 and never crosses a group), and the
     int32 sum is flushed to fp32 every ``flush = floor((2^31 - 1) / (pb * 32 * 128 * wmax *
-    max_scale))`` spans. Float scales (max_scale None) promote once per group and never flush.
+    max_scale))`` spans. Float scales (max_scale None) take the longest span and never flush.
     Raises ValueError when not even one k-block fits (max_scale too large for wmax).
     """
     if group_size <= 0 or group_size % _BLOCK_K:
         raise ValueError(f"group_gemm_intervals: group_size must be a positive multiple of 32, got {group_size}")
     blocks = group_size // _BLOCK_K
     if max_scale is None:
-        return blocks, 0
+        return max(d for d in _SPANS if blocks % d == 0), 0
     per_block = _BLOCK_K * _ACT_MAX * wmax * max_scale
     if per_block > _INT32_MAX:
         raise ValueError(
@@ -50,23 +52,27 @@ def group_gemm_intervals(group_size: int, wmax: int, max_scale: Optional[int]) -
             f"use scales <= {_INT32_MAX // (_BLOCK_K * _ACT_MAX * wmax)} (a smaller alpha)"
         )
     cap = _INT32_MAX // per_block
-    pb = max(d for d in range(1, min(blocks, cap) + 1) if blocks % d == 0)
+    pb = max(d for d in _SPANS if d <= cap and blocks % d == 0)
     return pb, _INT32_MAX // (pb * per_block)
 
 
 # sg [N, G] -> sg_t [G, N] contiguous (the kernel's layout: one 16-byte aligned row per group),
-# cached per scale tensor and its version counter (a QLinear's scales are transposed once).
-_transposed: "weakref.WeakKeyDictionary[torch.Tensor, tuple[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
+# cached per scale tensor (by identity, checked through a weak reference) and its version counter:
+# a QLinear's scales are transposed once. Bounded: cleared when it grows past _CACHE_MAX entries.
+_transposed: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]] = {}
+_CACHE_MAX = 4096
 
 
 def _scales_t(sg: torch.Tensor) -> torch.Tensor:
     if torch.cuda.is_current_stream_capturing():
         return sg.t().contiguous()  # no cache writes while capturing a graph
-    hit = _transposed.get(sg)
-    if hit is not None and hit[0] == sg._version:
-        return hit[1]
+    hit = _transposed.get(id(sg))
+    if hit is not None and hit[0]() is sg and hit[1] == sg._version:
+        return hit[2]
     t = sg.t().contiguous()
-    _transposed[sg] = (sg._version, t)
+    if len(_transposed) >= _CACHE_MAX:
+        _transposed.clear()
+    _transposed[id(sg)] = (weakref.ref(sg), sg._version, t)
     return t
 
 
