@@ -137,7 +137,7 @@ def bench(dev, quick: bool) -> list[dict]:
             variants = {
                 "bf16": lambda a, b: torch.matmul(a["x"], b["wb"].t()),
                 "int_mm": lambda a, b: torch._int_mm(a["xq"], b["wq8"].t()) if M > 16 else None,
-                "fp8_rowwise": lambda a, b: torch._scaled_mm(a["xf"], b["w8f"].t(), a["sxf"], b["swf"], out_dtype=BF),
+                "fp8_rowwise": lambda a, b: torch._scaled_mm(a["xf"], b["w8f"].t(), a["sxf"], a["swf"], out_dtype=BF),
                 "int8_gemm": lambda a, b: zqkernels.int8_gemm(a["xq"], b["wq8"], a["sx"], b["sw8"]),
                 "group_int_w8": lambda a, b: group_gemm_cuda("probe", a["xq"], b["w8"], a["sx"], b["sw4"], b["sg4"],
                                                              None, BF, 0, 1024, 8),
