@@ -402,7 +402,10 @@ def test_gpu_backend_and_tile_errors():
 def test_registry_can_implement_without_launching():
     """Every registry row answers can-implement for a shape without a launch: aligned problems yes,
     K % 16 != 0, N % 8 != 0, strides below K or past the int32 bound no, each saying why."""
-    for kid, (arch, _recipe, tile, code, _d) in enumerate(C.gemm_kernels()):
+    for kid, (arch, recipe, tile, code, _d) in enumerate(C.gemm_kernels()):
+        if recipe.startswith("int8_group"):  # needs its group scales: checked before anything else
+            assert "group scales (sg_t) must be non-null" in C.gemm_can_implement(kid, 37, 24, 64, 64, 64)
+            continue
         N = 32 if OUT_CODE[code] == torch.int8 else 24
         assert C.gemm_can_implement(kid, 37, N, 48, 48, 48) == "", (arch, tile)
         assert C.gemm_can_implement(kid, 37, N, 48, 64, 48) == "", (arch, tile)  # row-strided xq
@@ -411,7 +414,7 @@ def test_registry_can_implement_without_launching():
         assert "K must be a multiple of 16" in C.gemm_can_implement(kid, 4, 24, 40, 40, 40)
         assert "N must be a multiple of 8" in C.gemm_can_implement(kid, 4, 20, 48, 48, 48)
         assert "lda must be >= K" in C.gemm_can_implement(kid, 4, 24, 48, 32, 48)
-        if _recipe == "int8_rowwise":  # the int32 accumulator's bound; FP8 sums are fp32
+        if recipe == "int8_rowwise":  # the int32 accumulator's bound; FP8 sums are fp32
             assert "K must be <= 131071" in C.gemm_can_implement(kid, 4, 24, 131072, 131072, 131072)
         else:
             assert C.gemm_can_implement(kid, 4, 24, 131072, 131072, 131072) == "", (arch, tile)
