@@ -374,8 +374,10 @@ def _check_int_scales(op: str, sg: torch.Tensor, max_scale: Optional[int]) -> No
 
 # Largest M the integer-scale streaming kernel serves under path="auto"; above it the INT4 codes
 # are converted to int8 (int4_to_int8) and the group-scaled wgmma GEMM runs. Measured on an H100
-# (benchmarks/bench_fp8.py --w4a8-int, docs/W4A8.md).
-_INT_STREAM_MAX_M = 32
+# (scripts/probe_group_gemm.py, benchmarks/results/group_gemm_*, docs/W4A8.md): streaming wins up
+# to M = 64 (24576 x 14336: 345 against 392 us; 4096 x 4096: 22 against 37 us), converting from
+# M = 128 (390 against 816 us; 38 against 38 us).
+_INT_STREAM_MAX_M = 64
 
 
 def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
@@ -467,7 +469,7 @@ def w4a8_gemm(
 
     path (CUDA): "stream" (the decode kernel: streams the packed weights, INT8 mma.sync), "convert"
     (int4_to_int8 into a temporary int8 [N, K], then the group-scaled wgmma GEMM, also behind
-    ``w8a8_group_gemm``), or "auto" (stream for M <= 32, else convert). Both compute the same sums.
+    ``w8a8_group_gemm``), or "auto" (stream for M <= 64, else convert). Both compute the same sums.
     """
     if c._debug_checks:
         for name, t in (("sx", sx), ("sw", sw), ("sg", sg), ("bias", bias)):
