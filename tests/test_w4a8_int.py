@@ -410,3 +410,9 @@ def test_gemm_spec_recipe_w4a8_int():
         GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=16, scale_kind="int").recipe
     with pytest.raises(NotImplementedError, match="no kernel implements"):
         GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=128, scale_kind="pow2").recipe
+    # INT8 weights with group scales: the group-scaled wgmma recipes (w8a8_group_gemm)
+    for kind in ("int", "float"):
+        spec = GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=64, scale_kind=kind)
+        assert spec.recipe == f"int8_group_{kind}"
+    with pytest.raises(NotImplementedError, match="no kernel implements"):
+        GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=16, scale_kind="int").recipe

@@ -119,12 +119,20 @@ class GemmSpec:
             and self.scale_kind in ("int", "float")
             and self.group_size % 32 == 0
         ):
-            return "w4a8_int"  # docs/W4A8.md (the decode kernel; large M is not fast yet)
+            return "w4a8_int"  # docs/W4A8.md (decode: streaming kernel; larger M: int4_to_int8 + int8_group_*)
+        if (
+            self.act == "int8"
+            and self.weight == "int8"
+            and self.weight_scale == "group"
+            and self.scale_kind in ("int", "float")
+            and self.group_size % 32 == 0
+        ):
+            return f"int8_group_{self.scale_kind}"  # sm90_group_mainloop.cuh (w8a8_group_gemm)
         raise NotImplementedError(
             f"GemmSpec: no kernel implements {self} yet (implemented: int8 or fp8_e4m3 activations with "
             "token or tensor float scales x the same format for weights with channel or tensor float "
             "scales; fp8_e4m3 activations x fp4_e2m1 weights with group scales of kind pow2 or float; int8 "
-            "activations x int4 weights with group scales (group size a multiple of 32) of kind int or float; "
+            "activations x int4 or int8 weights with group scales (group size a multiple of 32) of kind int or float; "
             "any epilogue activation, output quantization none or int8_tensor)"
         )
 
