@@ -1,13 +1,16 @@
-"""``python -m zqkernels [info | bench | demo]`` (also installed as the ``zqkernels`` command).
+"""``python -m zqkernels [info | bench | demo | quantize | eval]`` (also installed as the ``zqkernels`` command).
 
-info   what this install can do (zqkernels.info()) as JSON
-bench  a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels); the full
-       benchmark is benchmarks/bench_w8a8.py in the source tree
-demo   quantize a small transformer built in code and report the accuracy cost
+info      what this install can do (zqkernels.info()) as JSON
+bench     a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels); the full
+          benchmark is benchmarks/bench_w8a8.py in the source tree
+demo      quantize a small transformer built in code and report the accuracy cost
+quantize  quantize a local HF model (directory or .gguf file) and save it (``_cli.py``)
+eval      perplexity of the float and the quantized model, per-layer error plot (``_cli.py``)
 
 Without a subcommand: bench where the GPU can run the kernels, otherwise the CPU demo (with a note).
 Asking explicitly for what this machine cannot run (``bench``, ``demo --device cuda``) prints a
-one-line error to stderr and exits with status 2.
+one-line error to stderr and exits with status 2; so do usage errors and the errors of ``quantize`` /
+``eval`` a user can fix (missing directory, remote model id, unsupported scheme).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 
 def _cannot(what: str, why: str) -> int:
@@ -23,22 +26,35 @@ def _cannot(what: str, why: str) -> int:
     return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), like the commands' own errors."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m zqkernels",
         description="zqkernels: W8A8 INT8 kernels; without a command: bench on a GPU, else the CPU demo",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo,quantize,eval}")
     sub.add_parser("info", help="print zqkernels.info() as JSON")
     bench = sub.add_parser("bench", help="quick W8A8 GEMM benchmark (GPU only)")
     bench.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
     demo = sub.add_parser("demo", help="quantize a small transformer and report its accuracy")
     demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if it can run the kernels")
+    from . import _cli
+
+    _cli.add_parsers(sub)
     args = parser.parse_args(argv)
 
-    import torch  # after argparse, so --help is instant
+    import torch
 
     from . import _demo, info
+
+    if args.command in ("quantize", "eval"):
+        return _cli.run(args)
 
     if args.command == "info":
         print(json.dumps(info(), indent=2))
