@@ -1,30 +1,37 @@
 """Quantized checkpoints in the compressed-tensors layout (vLLM / llm-compressor / HF transformers).
 
-    zqkernels.save_quantized(model, out_dir)     # model.safetensors + config.json
+    zqkernels.save_quantized(model, out_dir)     # model.safetensors + config.json + zqkernels.json
     model = zqkernels.load_quantized(out_dir)    # an HF model dir; or load_quantized(d, model=skeleton)
 
-Layout written (docs/CHECKPOINTS.md has the details), per quantized Linear, under the ORIGINAL module
-name (fused blocks are split back into q_proj / k_proj / ..., and QLinear's row padding is dropped):
+Layout written (docs/CHECKPOINTS.md has the details), per quantized Linear of N outputs and K inputs,
+under the ORIGINAL module name (fused blocks are split back into q_proj / k_proj / ..., and QLinear's
+row padding is dropped):
 
-    <name>.weight        int8    [N, K]
-    <name>.weight_scale  float32 [N, 1]   (per output channel; weight ~= weight * weight_scale)
-    <name>.bias          model dtype [N]  (if the layer has one)
+    w8a8        "int-quantized"   weight int8 [N, K], weight_scale float32 [N, 1] (channel)
+    w8a8-group  "int-quantized"   weight int8 [N, K], weight_scale float32 [N, K/g] (group g)
+    fp8         "float-quantized" weight float8_e4m3fn [N, K], weight_scale float32 [N, 1]
+    w4a8, w4a8-floatscale
+                "pack-quantized"  weight_packed int32 [N, K/8] (compressed-tensors' order: 8
+                                  consecutive k per word, k % 8 in bits 4 (k % 8) .. +3, stored as
+                                  q + 8), weight_shape int64 [2], weight_scale float32 [N, K/g]
+    <name>.bias  model dtype [N]  (if the layer has one)
 
-every other tensor (embeddings, norms, float Linears) as it is, and ``config.json`` with a
-``quantization_config`` of ``quant_method: "compressed-tensors"``, ``format: "int-quantized"``: one
-config group, weights int8 symmetric per-channel (static), input activations int8 symmetric
-per-token (dynamic), ``targets: ["Linear"]`` and the float Linears in ``ignore``. ``zqkernels.json``
-records how the model was fused (read back by load_quantized, ignored by everyone else).
-
-Only the "w8a8" scheme is implemented; any other scheme raises NotImplementedError on save and load.
+Group scales are written as the real per-group scale s = sw * sg (our per-channel sw times the
+integer / float group scale sg), rounded once to float32. Every other tensor (embeddings, norms,
+float Linears) is saved as it is; ``config.json`` gets a ``quantization_config`` with
+``quant_method: "compressed-tensors"``, one config group per scheme (``targets: ["Linear"]`` when the
+model has one scheme, the module names otherwise, format ``mixed-precision`` then) and the float
+Linears in ``ignore``. ``zqkernels.json`` records each layer's scheme and options (group size, the
+integer scales' alpha) and how the model was fused; read back by load_quantized, ignored by others.
+"w4a8-fp" (FP4 E2M1 with our group scales) has no compressed-tensors equivalent and raises.
 
 Loading (design): the float model is built from its config with its *parameters* on the meta
 device (buffers stay real: rotary tables and position ids are computed as usual), so no float
 weights are allocated or read for quantized layers; each Linear that the checkpoint quantizes is
-replaced by an empty QLinear and given the int8 weight and scales; all other tensors are assigned
-from the file. Then (``fuse=True``) each recognised transformer layer becomes its fused block, with
-the int8 weights of its parts concatenated (never re-quantized), exactly as ``quantize_model`` built
-it, so a save / load round trip gives bit-identical outputs.
+replaced by an empty QLinear of the matching scheme and given its tensors (group scales re-derived
+as sw * sg); all other tensors are assigned from the file. Then (``fuse=True``) each recognised
+transformer layer whose parts are w8a8 becomes its fused block, with the int8 weights of its parts
+concatenated (never re-quantized), exactly as ``quantize_model`` built it.
 """
 
 from __future__ import annotations
@@ -32,11 +39,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import warnings
 from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
+from ..reference.quantize import (
+    INT4_HEURISTIC_RANGE,
+    INT8_HEURISTIC_MIN,
+    _alpha_heuristic,
+    group_alpha_max,
+    pack_int4,
+    unpack_int4,
+)
 from .blocks import QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock, block_class
 from .linear import QLinear, _padded
 
@@ -58,6 +75,20 @@ W8A8_GROUP: dict[str, Any] = {
     },
     "output_activations": None,
 }
+W8A8_GROUP_SPEC = {"weights": W8A8_GROUP["weights"], "input_activations": W8A8_GROUP["input_activations"]}
+
+
+def _args(bits: int, kind: str, strategy: str, group_size: Optional[int] = None, dynamic: bool = False) -> dict[str, Any]:
+    return {
+        "num_bits": bits, "type": kind, "symmetric": True, "group_size": group_size, "strategy": strategy,
+        "dynamic": dynamic,
+    }
+
+
+_ACT_INT8 = _args(8, "int", "token", dynamic=True)
+_ACT_FP8 = _args(8, "float", "token", dynamic=True)
+_PACKED = "pack-quantized"
+_FLOAT = "float-quantized"
 
 #: The quantization_config written to config.json (plus "ignore" and "config_groups").
 QUANT_CONFIG: dict[str, Any] = {
@@ -118,26 +149,85 @@ def _rows(blk: QuantizedBlock, role: str) -> list[int]:
     return [n // k] * k
 
 
-def _qlinear_tensors(m: QLinear, name: str) -> dict[str, torch.Tensor]:
-    if m.scheme != "w8a8":
+def _pack_ct(codes: torch.Tensor) -> torch.Tensor:
+    """INT4 codes int8 [N, K] (-8..7), K % 8 == 0 -> compressed-tensors' ``weight_packed`` int32 [N, K / 8]:
+    word j holds k = 8 j .. 8 j + 7, code of k + 8 (offset binary) in bits 4 (k % 8) .. 4 (k % 8) + 3
+    (``compressed_tensors...pack_to_int32(codes, 4)``)."""
+    N, K = codes.shape
+    u = (codes.to(torch.int64) + 8).reshape(N, K // 8, 8)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
+    words = (u << shifts).sum(-1)  # < 2^32
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
+
+
+def _unpack_ct(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """Inverse of ``_pack_ct``: int32 [N, ceil(K / 8)] -> codes int8 [N, K] (-8..7)."""
+    w = packed.to(torch.int64) & 0xFFFFFFFF
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
+    codes = ((w[..., None] >> shifts) & 0xF) - 8
+    return codes.reshape(N, -1)[:, :K].to(torch.int8).contiguous()
+
+
+def _group_scale(sw: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:
+    """The real per-group scale s = sw[n] * sg[n, j] (exact in float64: sw has 24 significant bits, sg
+    is an integer of at most 16 bits or a float32), rounded once to float32 [N, G]."""
+    return (sw.double()[:, None] * sg.double()).to(torch.float32).contiguous()
+
+
+def _qlinear_tensors(m: QLinear, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(tensors by local name, the compressed-tensors scheme {format, weights, input_activations},
+    what zqkernels.json records for the layer)."""
+    if m.scheme == "w4a8-fp":
         raise NotImplementedError(
-            f"save_quantized: layer {name!r} uses scheme {m.scheme!r}; only 'w8a8' is implemented "
-            "in the compressed-tensors layout"
+            f"save_quantized: layer {name!r} uses scheme 'w4a8-fp' (FP4 E2M1 weights, a float32 scale per "
+            "channel times a power-of-two / float ratio per group of 32-128, FP8 activations); compressed-tensors "
+            "has no such format: its FP4 formats are nvfp4-pack-quantized (groups of 16, FP8 E4M3 group scales "
+            "times one float32 global scale per tensor) and mxfp4-pack-quantized (groups of 32, E8M0 power-of-two "
+            "scales, no per-channel scale), neither of which holds an arbitrary per-channel float32 scale "
+            "exactly (docs/CHECKPOINTS.md)"
         )
-    n = m.out_features
-    out = {
-        "weight": m.weight_q[:n].detach().cpu().contiguous(),
-        "weight_scale": m.weight_scale[:n].detach().cpu().reshape(n, 1).contiguous(),
-    }
+    if m.scheme not in ("w8a8", "fp8", "w4a8", "w4a8-floatscale", "w8a8-group"):
+        raise NotImplementedError(f"save_quantized: layer {name!r} uses scheme {m.scheme!r}, which has no layout here")
+    n, K = m.out_features, m.in_features
+    sw = m.weight_scale[:n].detach().cpu()
+    out: dict[str, torch.Tensor] = {}
+    info: dict[str, Any] = {"scheme": m.scheme}
+    if m.scheme in ("w8a8", "fp8"):
+        out["weight"] = m.weight_q[:n].detach().cpu().contiguous()
+        out["weight_scale"] = sw.reshape(n, 1).contiguous()
+        if m.scheme == "w8a8":
+            spec = {"format": _FORMAT, "weights": _args(8, "int", "channel"), "input_activations": _ACT_INT8}
+        else:
+            spec = {"format": _FLOAT, "weights": _args(8, "float", "channel"), "input_activations": _ACT_FP8}
+    else:
+        g = m.group_size
+        sg = m.weight_group_scale[:n].detach().cpu()
+        out_scale = _group_scale(sw, sg)
+        if m.scheme == "w8a8-group":
+            out["weight"] = m.weight_q[:n].detach().cpu().contiguous()
+            spec = {"format": _FORMAT, "weights": _args(8, "int", "group", g), "input_activations": _ACT_INT8}
+            info["scale"] = m.scale
+        else:
+            codes = unpack_int4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+            out["weight_packed"] = _pack_ct(codes)
+            out["weight_shape"] = torch.tensor([n, K], dtype=torch.int64)
+            spec = {"format": _PACKED, "weights": _args(4, "int", "group", g), "input_activations": _ACT_INT8}
+        out["weight_scale"] = out_scale
+        info["group_size"] = g
+        if sg.dtype == torch.int32:
+            # the alpha used (the largest integer scale: every non-zero row's largest group has sg = alpha),
+            # and the layer's alpha option (None: quantize_weight's default)
+            info["alpha"] = int(sg.max()) if sg.numel() and int(sg.max()) > 0 else None
+            info["alpha_option"] = m.alpha
     if m.bias is not None:
         out["bias"] = m.bias[:n].detach().cpu().contiguous()
-    return out
+    return out, spec, info
 
 
 def _split_linear(lin: nn.Module, rows: list[int]) -> list[dict[str, torch.Tensor]]:
     """A merged (Q)Linear's tensors split by output rows."""
     if isinstance(lin, QLinear):
-        t = _qlinear_tensors(lin, "merged")
+        t = _qlinear_tensors(lin, "merged")[0]
     else:
         t = {"weight": lin.weight.detach().cpu()}
         if lin.bias is not None:
@@ -172,6 +262,14 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     os.makedirs(out_dir, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     quantized: list[str] = []
+    layers: dict[str, dict[str, Any]] = {}  # name -> zqkernels.json entry
+    specs: dict[str, str] = {}  # name -> its compressed-tensors scheme (JSON, a grouping key)
+
+    def put_q(prefix: str, t: tuple) -> None:
+        put(prefix, t[0])
+        quantized.append(prefix)
+        layers[prefix] = t[2]
+        specs[prefix] = json.dumps(t[1], sort_keys=True)
     ignore: list[str] = []
     fused: dict[str, dict[str, bool]] = {}
     handled: list[str] = []  # module prefixes whose tensors are written here
@@ -195,7 +293,12 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
                 lin = getattr(mod, role)
                 for sub, t in zip([pre + p for p in parts[role]], _split_linear(lin, _rows(mod, role))):
                     put(sub, t)
-                    (quantized if isinstance(lin, QLinear) else ignore).append(sub)
+                    if isinstance(lin, QLinear):
+                        quantized.append(sub)
+                        layers[sub] = {"scheme": lin.scheme}
+                        specs[sub] = json.dumps({"format": _FORMAT, **W8A8_GROUP_SPEC}, sort_keys=True)
+                    else:
+                        ignore.append(sub)
             for i in (1, 2):
                 norm = getattr(mod, f"norm{i}")
                 put(pre + parts[f"norm{i}"][0], {k: v.detach().cpu() for k, v in norm.state_dict().items()})
@@ -207,8 +310,7 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
                     f"save_quantized: {name!r} was an HF Conv1D (GPT-2, weight stored [in, out]); Conv1D "
                     "layers are not supported in the compressed-tensors layout yet"
                 )
-            put(name, _qlinear_tensors(mod, name))
-            quantized.append(name)
+            put_q(name, _qlinear_tensors(mod, name))
             handled.append(name)
         elif _is_float_linear(mod):
             ignore.append(name)
@@ -246,7 +348,23 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
         if not cfg.get("architectures"):
             cfg["architectures"] = [type(model).__name__]
     qc = dict(QUANT_CONFIG)
-    qc["config_groups"] = {"group_0": {"targets": ["Linear"], **json.loads(json.dumps(W8A8_GROUP)), "format": _FORMAT}}
+    by_spec: dict[str, list[str]] = {}
+    for name in sorted(specs):
+        by_spec.setdefault(specs[name], []).append(name)
+    if not by_spec:  # nothing quantized: still a valid (w8a8) config
+        by_spec[json.dumps({"format": _FORMAT, **W8A8_GROUP_SPEC}, sort_keys=True)] = []
+    groups = {}
+    for i, (key, names) in enumerate(sorted(by_spec.items(), key=lambda kv: kv[1][:1])):
+        spec = json.loads(key)
+        # one scheme: every Linear not in "ignore" (llm-compressor's way); several: the modules by name
+        targets = ["Linear"] if len(by_spec) == 1 else names
+        groups[f"group_{i}"] = {
+            "targets": targets, "weights": spec["weights"], "input_activations": spec["input_activations"],
+            "output_activations": None, "format": spec["format"],
+        }
+    formats = {g["format"] for g in groups.values()}
+    qc["format"] = formats.pop() if len(formats) == 1 else "mixed-precision"
+    qc["config_groups"] = groups
     qc["ignore"] = sorted(set(ignore))
     try:
         import compressed_tensors
@@ -257,9 +375,14 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     cfg["quantization_config"] = qc
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
+    schemes = {v["scheme"] for v in layers.values()} or {"w8a8"}
     with open(os.path.join(out_dir, _META), "w") as f:
         json.dump(
-            {"scheme": "w8a8", "quantized": sorted(quantized), "fused": fused, "tied": tied, "buffer_dtypes": buffer_dtypes},
+            {
+                "scheme": schemes.pop() if len(schemes) == 1 else "mixed", "quantized": sorted(quantized),
+                "layers": {k: layers[k] for k in sorted(layers)}, "fused": fused, "tied": tied,
+                "buffer_dtypes": buffer_dtypes,
+            },
             f,
             indent=2,
         )
@@ -269,36 +392,80 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
 # load
 
 
-def _check_config(qc: dict[str, Any]) -> None:
-    """Raise NotImplementedError unless every config group is zqkernels' w8a8."""
+def _desc(gname: str, gfmt: Any, w: dict, a: dict) -> str:
+    return (
+        f"config group {gname!r}: format={gfmt!r}, weights={{bits {w.get('num_bits')}, {w.get('type')}, "
+        f"{w.get('strategy')}, group_size {w.get('group_size')}, symmetric={w.get('symmetric')}}}, input_activations="
+        + (f"{{bits {a.get('num_bits')}, {a.get('type')}, {a.get('strategy')}, dynamic={a.get('dynamic')}}}" if a else "None")
+    )
+
+
+_SUPPORTED = (
+    "int8 per-channel weights (w8a8) or int8 group weights (w8a8-group), format int-quantized; int4 group / "
+    "per-channel weights (w4a8), format pack-quantized or int-quantized; fp8 e4m3 per-channel weights "
+    "(fp8), format float-quantized; all symmetric and static, with dynamic per-token activations of the "
+    "weights' kind (int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
+)
+
+
+def _group_kind(gname: str, g: dict[str, Any], fmt: Any) -> str:
+    """The weight kind of a config group ("int8", "int8-group", "int4", "fp8"); NotImplementedError
+    for any other scheme."""
+    gfmt = g.get("format") or fmt
+    w, a = g.get("weights") or {}, g.get("input_activations") or {}
+    desc = _desc(gname, gfmt, w, a)
+    bits, kind, strategy = w.get("num_bits"), w.get("type"), w.get("strategy")
+    if isinstance(gfmt, str) and ("fp4" in gfmt or "mxfp" in gfmt):
+        raise NotImplementedError(
+            f"load_quantized: {desc}: {gfmt} (FP4 / MX with FP8 or E8M0 group scales and a global scale) has no "
+            "zqkernels scheme: our w4a8-fp holds a float32 scale per channel times power-of-two / float ratios "
+            "per group of 32-128 (docs/CHECKPOINTS.md)"
+        )
+    ok_static = w.get("symmetric", True) and not w.get("dynamic") and not g.get("output_activations")
+    out = None
+    if ok_static and kind == "int" and bits == 8 and strategy in ("channel", "tensor"):
+        out = "int8"
+    elif ok_static and kind == "int" and bits == 8 and strategy == "group" and w.get("group_size"):
+        out = "int8-group"
+    elif ok_static and kind == "int" and bits == 4 and (strategy == "channel" or (strategy == "group" and w.get("group_size"))):
+        out = "int4"
+    elif ok_static and kind == "float" and bits == 8 and strategy in ("channel", "tensor"):
+        out = "fp8"
+    fmts = {"int8": (_FORMAT, "naive-quantized"), "int8-group": (_FORMAT, "naive-quantized"),
+            "int4": (_PACKED, _FORMAT, "naive-quantized"), "fp8": (_FLOAT, "naive-quantized")}
+    if out is not None and gfmt not in fmts[out] and gfmt != "mixed-precision":
+        out = None
+    if out is not None and a:
+        akind = "float" if out == "fp8" else "int"
+        if not (a.get("num_bits") == 8 and a.get("type") == akind and a.get("symmetric", True)
+                and a.get("strategy") == "token" and a.get("dynamic") is True):
+            out = None
+    if out is None:
+        raise NotImplementedError(f"load_quantized: {desc}; implemented: {_SUPPORTED}")
+    return out
+
+
+def _check_config(qc: dict[str, Any]) -> dict[str, str]:
+    """Each config group's weight kind; NotImplementedError for anything else."""
     if qc.get("quant_method") != "compressed-tensors":
         raise NotImplementedError(
             f"load_quantized: quant_method {qc.get('quant_method')!r} is not supported (only compressed-tensors)"
         )
-    fmt = qc.get("format")
-    for gname, g in (qc.get("config_groups") or {}).items():
-        gfmt = g.get("format") or fmt
-        w, a = g.get("weights") or {}, g.get("input_activations") or {}
-        ok = (
-            gfmt in (_FORMAT, "naive-quantized")
-            and w.get("num_bits") == 8 and w.get("type") == "int" and w.get("symmetric", True)
-            and w.get("strategy") == "channel" and not w.get("dynamic")
-            and a.get("num_bits") == 8 and a.get("type") == "int" and a.get("symmetric", True)
-            and a.get("strategy") == "token" and a.get("dynamic") is True
-            and not g.get("output_activations")
-        )
-        if not ok:
-            desc = (
-                f"format={gfmt!r}, weights={{bits {w.get('num_bits')}, {w.get('type')}, {w.get('strategy')}, "
-                f"symmetric={w.get('symmetric')}}}, input_activations="
-                + (f"{{bits {a.get('num_bits')}, {a.get('type')}, {a.get('strategy')}, dynamic={a.get('dynamic')}}}" if a else "None")
-            )
-            raise NotImplementedError(
-                f"load_quantized: config group {gname!r} has scheme {desc}; only w8a8 (int8 per-channel "
-                "symmetric weights, int8 dynamic per-token activations, format int-quantized) is implemented"
-            )
     if qc.get("kv_cache_scheme"):
         raise NotImplementedError("load_quantized: kv_cache_scheme (quantized KV cache) is not implemented")
+    return {gname: _group_kind(gname, g, qc.get("format")) for gname, g in (qc.get("config_groups") or {}).items()}
+
+
+def _matches(name: str, module: nn.Module, targets: Any) -> bool:
+    """compressed-tensors' target matching: an exact module name, "re:<regex>" on the name, or a class
+    name in the module's MRO ("Linear")."""
+    for t in [targets] if isinstance(targets, str) else (targets or []):
+        if t.startswith("re:"):
+            if re.match(t[3:], name):
+                return True
+        elif t == name or any(c.__name__ == t for c in type(module).__mro__):
+            return True
+    return False
 
 
 @contextlib.contextmanager
@@ -337,20 +504,126 @@ def _build_hf(model_dir: str, cfg: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def _qlinear_from(name: str, w: torch.Tensor, s: torch.Tensor, b: Optional[torch.Tensor], dtype) -> QLinear:
-    if w.dtype != torch.int8:
-        raise NotImplementedError(
-            f"load_quantized: {name}.weight is {w.dtype}; only int8 weights (w8a8) are implemented"
-        )
-    N, K = w.shape
-    if s.numel() != N:
-        raise NotImplementedError(
-            f"load_quantized: {name}.weight_scale has shape {list(s.shape)}; only per-channel [N, 1] scales "
-            "(w8a8) are implemented"
-        )
-    m = QLinear(K, N, bias=b is not None, dtype=b.dtype if b is not None else dtype, device="meta")
-    _set_int8(m, w, s.reshape(N).to(torch.float32), b)
+def _int_group_scales(
+    name: str, s: torch.Tensor, bits: int, g: int, K: int, scale: str, alpha: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor, Optional[int]]:
+    """Real group scales s [N, G] -> (sw float32 [N], sg [N, G], alpha used). Per row s_max = max_j s,
+    r = s / s_max (float32); "float": sw = s_max, sg = r; "int": sg = max(rint(r * alpha), 1) (0 for a
+    zero group), sw = s_max / alpha, with the checkpoint's alpha (ours, from zqkernels.json: recovers
+    the saved sw and sg bit for bit) or quantize_weight's default for these r."""
+    s = s.to(torch.float32)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"load_quantized: {name}.weight_scale has negative or non-finite values")
+    s_max = s.amax(1)
+    nonzero = s > 0
+    r = s / torch.where(s_max == 0, torch.ones_like(s_max), s_max)[:, None]
+    if scale == "float":
+        return s_max.contiguous(), torch.where(nonzero, r, torch.zeros_like(r)).contiguous(), None
+    if alpha is None:
+        if bits == 4:
+            alpha = _alpha_heuristic(r, nonzero, *INT4_HEURISTIC_RANGE)
+        elif g == K:
+            alpha = 1
+        else:
+            hi = group_alpha_max(g, 128)
+            alpha = _alpha_heuristic(r, nonzero, min(INT8_HEURISTIC_MIN, hi), hi)
+    a = torch.full_like(r, float(alpha))
+    sg = torch.round(r * a).clamp_(min=1)
+    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
+    sw = s_max / torch.full_like(s_max, float(alpha))
+    return sw.contiguous(), sg.contiguous(), alpha
+
+
+def _qlinear_from(
+    name: str, t: dict[str, torch.Tensor], kind: str, info: dict[str, Any], dtype, scales: str
+) -> QLinear:
+    """A QLinear from one layer's checkpoint tensors (local names). kind: the config group's weight kind;
+    info: the layer's zqkernels.json entry ({} for another tool's checkpoint); scales: "int" / "float",
+    the group scales of a foreign int4 / int8-group layer."""
+    b = t.get("bias")
+    s = t["weight_scale"]
+    if kind == "int4":
+        if "weight_packed" in t:
+            shape = t.get("weight_shape")
+            if shape is None:
+                raise ValueError(f"load_quantized: {name}.weight_packed without {name}.weight_shape")
+            N, K = (int(v) for v in shape.tolist())
+            if t["weight_packed"].dtype != torch.int32 or t["weight_packed"].shape != (N, (K + 7) // 8):
+                raise ValueError(
+                    f"load_quantized: {name}.weight_packed is {t['weight_packed'].dtype} {list(t['weight_packed'].shape)}, "
+                    f"expected int32 [{N}, {(K + 7) // 8}] for weight_shape [{N}, {K}]"
+                )
+            codes = _unpack_ct(t["weight_packed"], N, K)
+        else:
+            codes = t["weight"]
+            if codes.dtype != torch.int8:
+                raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}; int4 values must be int8")
+            N, K = codes.shape
+        if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
+            raise ValueError(f"load_quantized: {name}: int4 weights outside [-8, 7]")
+    else:
+        codes = t["weight"]
+        want = torch.float8_e4m3fn if kind == "fp8" else torch.int8
+        if codes.dtype != want:
+            raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}, expected {want} for its config group")
+        N, K = codes.shape
+    scheme = info.get("scheme")
+    if kind in ("int8", "fp8"):
+        scheme = scheme or ("w8a8" if kind == "int8" else "fp8")
+        if s.numel() == 1:
+            s = s.reshape(1).expand(N)  # per tensor: the same scale for every channel (exact)
+        if s.numel() != N:
+            raise ValueError(f"load_quantized: {name}.weight_scale has shape {list(s.shape)}, expected [{N}, 1]")
+        m = QLinear(K, N, bias=b is not None, dtype=b.dtype if b is not None else dtype, device="meta", scheme=scheme)
+        rows = _padded(N)
+        m.weight_q = _pad(codes.contiguous(), rows)
+        m.weight_scale = _pad(s.reshape(N).to(torch.float32).contiguous(), rows)
+    else:
+        G = s.shape[-1] if s.dim() == 2 else 1
+        if s.dim() == 1 or G == 1:
+            s = s.reshape(N, 1)
+        if s.shape[0] != N or K % s.shape[1] != 0:
+            raise ValueError(f"load_quantized: {name}.weight_scale has shape {list(s.shape)} for a weight [{N}, {K}]")
+        g = K // s.shape[1]
+        bits = 4 if kind == "int4" else 8
+        if scheme is None:
+            if bits == 4:
+                scheme = "w4a8" if scales == "int" else "w4a8-floatscale"
+            else:
+                scheme = "w8a8-group"
+        kw: dict[str, Any] = {"group_size": g}
+        scale_kind = "float" if scheme == "w4a8-floatscale" else "int"
+        if scheme == "w8a8-group":
+            scale_kind = info.get("scale", scales)
+            kw["scale"] = scale_kind
+        if scale_kind == "int" and info.get("alpha_option") is not None:
+            kw["alpha"] = info["alpha_option"]
+        try:
+            m = QLinear(K, N, bias=b is not None, dtype=b.dtype if b is not None else dtype, device="meta", scheme=scheme, **kw)
+        except ValueError as e:
+            raise NotImplementedError(
+                f"load_quantized: {name} [{N}, {K}] with group size {g} cannot be a {scheme!r} QLinear: {e}"
+            ) from None
+        sw, sg, alpha = _int_group_scales(name, s, bits, g, K, scale_kind, info.get("alpha"))
+        rows = m.weight_scale.shape[0]
+        m.weight_q = pack_int4(codes) if bits == 4 else _pad(codes.contiguous(), rows)
+        m.weight_scale = _pad(sw, rows)
+        m.weight_group_scale = _pad(sg, rows)
+        if scale_kind == "int":
+            m.alpha = kw.get("alpha")
+            m.max_scale = max(int(sg.max()), 1) if sg.numel() else None
+    rows = m.weight_scale.shape[0]
+    m.bias = None if b is None else _pad(b.contiguous(), rows)
     return m
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [n, ...] with zero rows appended up to `rows` (any dtype, fp8 included)."""
+    if t.shape[0] == rows:
+        return t.contiguous()
+    out = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype)
+    out[: t.shape[0]] = t
+    return out
 
 
 def _set_int8(m: QLinear, w: torch.Tensor, s: torch.Tensor, b: Optional[torch.Tensor]) -> None:
@@ -381,7 +654,8 @@ def _fuse(model: nn.Module) -> None:
             level = {}
             for r, ms in mods.items():
                 kinds = {isinstance(m, QLinear) for m in ms}
-                if len(kinds) != 1 or not all(isinstance(m, nn.Linear) or isinstance(m, QLinear) for m in ms):
+                if (len(kinds) != 1 or not all(isinstance(m, nn.Linear) or isinstance(m, QLinear) for m in ms)
+                        or any(isinstance(m, QLinear) and m.scheme != "w8a8" for m in ms)):  # blocks are w8a8 only
                     level = None
                     break
                 level[r] = kinds.pop()
@@ -435,19 +709,33 @@ def _fuse(model: nn.Module) -> None:
 
 
 def load_quantized(
-    model_dir: Union[str, os.PathLike], model: Optional[nn.Module] = None, *, fuse: Optional[bool] = None
+    model_dir: Union[str, os.PathLike],
+    model: Optional[nn.Module] = None,
+    *,
+    fuse: Optional[bool] = None,
+    group_scales: str = "int",
 ) -> nn.Module:
-    """Load a compressed-tensors "int-quantized" W8A8 checkpoint (ours or another tool's).
+    """Load a compressed-tensors checkpoint (ours or another tool's) into QLinear modules.
 
     model: None builds the HF model named by ``config.json`` (``architectures``) from its config
     with parameters on the meta device; or a float model / skeleton (meta parameters are fine) of
-    the same architecture. Each Linear with an int8 ``weight`` and a ``weight_scale`` in the
-    checkpoint becomes a QLinear (w8a8); all other tensors are assigned as saved.
-    fuse: replace recognised transformer layers by fused blocks (``nn.blocks``). None: as the model
-    was saved (``zqkernels.json``), or True for a checkpoint written by another tool.
-    Raises NotImplementedError for any scheme but w8a8 (and asymmetric / static-activation /
-    group-wise variants). Returns the model in eval mode.
+    the same architecture. Each Linear with a ``weight_scale`` in the checkpoint becomes a QLinear of
+    the scheme its config group describes: int8 per channel -> "w8a8", int8 groups -> "w8a8-group",
+    int4 (pack-quantized or int-quantized) -> "w4a8" / "w4a8-floatscale", fp8 per channel -> "fp8"
+    (our own checkpoints: each layer's scheme and options from ``zqkernels.json``); all other tensors
+    are assigned as saved. Weight-only groups (no input_activations, e.g. W4A16) load with a warning:
+    the QLinear quantizes its activations (int8 / fp8 per token) although the checkpoint does not.
+    fuse: replace recognised transformer layers whose parts are all w8a8 by fused blocks
+    (``nn.blocks``). None: as the model was saved (``zqkernels.json``), or True for a checkpoint
+    written by another tool.
+    group_scales: for another tool's int4 / int8 group weights: "int" (default; integer scales sg =
+    rint(s / s_max * alpha) with quantize_weight's default alpha, schemes "w4a8" / "w8a8-group") or
+    "float" (float32 ratios s / s_max: "w4a8-floatscale" / "w8a8-group" with scale="float").
+    Raises NotImplementedError for other schemes (asymmetric, static activations, FP4 / MX formats,
+    int4 with fp8 activations, ...). Returns the model in eval mode.
     """
+    if group_scales not in ("int", "float"):
+        raise ValueError(f"load_quantized: group_scales must be 'int' or 'float', got {group_scales!r}")
     from safetensors.torch import load_file
 
     model_dir = os.fspath(model_dir)
@@ -456,13 +744,13 @@ def load_quantized(
     qc = cfg.get("quantization_config")
     if not qc:
         raise ValueError(f"load_quantized: {model_dir}/config.json has no quantization_config")
-    _check_config(qc)
+    kinds = _check_config(qc)
+    groups = qc.get("config_groups") or {}
     meta: dict[str, Any] = {}
     if os.path.exists(os.path.join(model_dir, _META)):
         with open(os.path.join(model_dir, _META)) as f:
             meta = json.load(f)
-        if meta.get("scheme", "w8a8") != "w8a8":
-            raise NotImplementedError(f"load_quantized: scheme {meta['scheme']!r} is not implemented (only w8a8)")
+    layer_info: dict[str, dict[str, Any]] = meta.get("layers", {})
     files = sorted(n for n in os.listdir(model_dir) if n.endswith(".safetensors"))
     if not files:
         raise ValueError(f"load_quantized: no .safetensors file in {model_dir}")
@@ -476,12 +764,13 @@ def load_quantized(
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
 
     for k in sd:
-        for bad in ("weight_zero_point", "input_scale", "weight_g_idx", "weight_packed", "weight_global_scale"):
+        for bad in ("weight_zero_point", "input_scale", "weight_g_idx", "weight_global_scale", "input_global_scale"):
             if k.endswith("." + bad):
                 raise NotImplementedError(
-                    f"load_quantized: tensor {k!r} belongs to a scheme other than w8a8 (int8 symmetric "
-                    "per-channel weights, dynamic per-token activations); not implemented"
+                    f"load_quantized: tensor {k!r} belongs to a scheme not implemented here (asymmetric weights, "
+                    f"static activations, act-order g_idx or global scales); implemented: {_SUPPORTED}"
                 )
+    warned = set()
     qnames = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
     for name in qnames:
         parent, attr, old = _get(model, name)
@@ -492,15 +781,25 @@ def load_quantized(
                 f"load_quantized: {name} is a {type(old).__name__}; only nn.Linear layers can be loaded "
                 "as QLinear (HF Conv1D / GPT-2 is not implemented)"
             )
-        w = sd.pop(f"{name}.weight")
-        s = sd.pop(f"{name}.weight_scale")
-        b = sd.pop(f"{name}.bias", None)
+        gname = next((n for n, g in groups.items() if _matches(name, old, g.get("targets"))), None)
+        if gname is None:
+            raise ValueError(f"load_quantized: {name} has a weight_scale but no config group targets it")
+        t = {k: sd.pop(f"{name}.{k}") for k in ("weight", "weight_packed", "weight_shape", "weight_scale", "bias")
+             if f"{name}.{k}" in sd}
+        b = t.get("bias")
         has_bias = old.bias is not None
         if b is not None and not has_bias:
             if torch.count_nonzero(b):
                 raise ValueError(f"load_quantized: {name}.bias is in the checkpoint but the layer has no bias")
-            b = None  # a zero bias a merged GEMM gave a bias-less part
-        new = _qlinear_from(name, w, s, b, dtype)
+            del t["bias"]  # a zero bias a merged GEMM gave a bias-less part
+        if not groups[gname].get("input_activations") and gname not in warned:
+            warned.add(gname)
+            warnings.warn(
+                f"load_quantized: config group {gname!r} is weight-only (no input_activations); its layers load as "
+                "QLinears that quantize their activations per token (int8, or fp8 for fp8 weights)",
+                stacklevel=2,
+            )
+        new = _qlinear_from(name, t, kinds[gname], layer_info.get(name, {}), dtype, group_scales)
         if (new.in_features, new.out_features) != (old.in_features, old.out_features):
             raise ValueError(
                 f"load_quantized: {name} is [{old.out_features}, {old.in_features}] in the model but "
