@@ -24,7 +24,7 @@ import torch
 from . import _ext
 from . import nn as _nn
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
-from .algorithms import gptq, gptq_quantize_weight
+from .algorithms import gptq, gptq_quantize_weight, lkd
 from .formats import GemmSpec
 from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
 from .ops import (
@@ -62,6 +62,7 @@ __all__ = [
     *_nn.__all__,
     "gptq",
     "gptq_quantize_weight",
+    "lkd",
     "set_debug_checks",
     "GemmSpec",
 ]

@@ -1,7 +1,18 @@
-"""Weight-quantization algorithms that produce weights for the existing schemes (W8A8)."""
+"""Weight-quantization algorithms that produce weights for the existing schemes: GPTQ, LKD (with the
+fake-quant straight-through paths it trains through)."""
 
 from __future__ import annotations
 
+from .fakequant import FakeQuantLinear, fake_quant_act, fake_quant_weight
 from .gptq import HessianAccumulator, gptq, gptq_quantize_weight
+from .lkd import lkd
 
-__all__ = ["gptq", "gptq_quantize_weight", "HessianAccumulator"]
+__all__ = [
+    "gptq",
+    "gptq_quantize_weight",
+    "HessianAccumulator",
+    "lkd",
+    "fake_quant_weight",
+    "fake_quant_act",
+    "FakeQuantLinear",
+]
