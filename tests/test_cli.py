@@ -6,6 +6,7 @@ self-test runs as a subprocess from a source checkout)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -145,3 +146,260 @@ def test_demo_numbers():
     # measured: relative logit error ~0.6% (bf16 alone ~0.5%), top-1 agreement ~97%
     assert rel < 0.02 and top1 >= 0.9
     assert len(res["layers"]) == 12 and all(err < 0.01 for _, _, err in res["layers"])
+
+
+# ------------------------------------------------------------------------------------------------
+# quantize / eval (zqkernels/_cli.py) on a tiny Llama built from its config, CPU
+
+transformers = pytest.importorskip("transformers")
+
+_WORDS = "the of and to a in was her it i that she not be as you he had his with for".split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama (random weights, fp32) + a word-level tokenizer saved with save_pretrained,
+    and a text of 3000 tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("cli")
+    d = root / "tiny"
+    text = " ".join(_WORDS[(i * 7 + i // 3) % len(_WORDS)] for i in range(3000))
+    (root / "text.txt").write_text(text)
+    tk = Tokenizer(models.WordLevel({"<unk>": 0, **{w: i + 1 for i, w in enumerate(_WORDS)}}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).eval().save_pretrained(d)
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(d)
+    return {"dir": str(d), "text": str(root / "text.txt"), "root": root}
+
+
+def _run(capsys, argv):
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_line_error(rc, out, err, command, *needles):
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"zqkernels {command}: ") or lines[0].startswith(f"python -m zqkernels {command}: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_main_help_lists_quantize_and_eval(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "quantize" in out and "eval" in out
+    for cmd in ("quantize", "eval"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "--scheme" in capsys.readouterr().out
+
+
+def test_quantize_then_eval_round_trip(capsys, tiny, tmp_path):
+    out_dir = tmp_path / "q"
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(out_dir)])
+    assert rc == 0, err
+    assert "checkpoint check (w8a8" in out and "quantize_: 2 converted, 1 left in float" in out
+    assert "time: load" in out and "total" in out
+    assert {"config.json", "model.safetensors", "zqkernels.json", "tokenizer.json"} <= {p.name for p in out_dir.iterdir()}
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "compressed-tensors"
+
+    png, js = tmp_path / "err.png", tmp_path / "res.json"
+    argv = ["--window", "32", "--max-windows", "4", "--text", tiny["text"]]
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", tiny["dir"], "--plot", str(png), "--json", str(js), *argv])
+    assert rc == 0, err
+    assert "perplexity" in out and "float" in out and "w8a8 (checkpoint)" in out and "vs float" in out
+    res = json.loads(js.read_text())
+    assert res["windows"] == 4 and res["predicted_tokens"] == 4 * 31
+    fp, qp = res["float"]["ppl"], res["quantized"]["ppl"]
+    assert math.isfinite(fp) and abs(qp / fp - 1) < 0.05, (fp, qp)
+    # every Linear of the 2 blocks (fused QKV / gate|up split back into q/k/v, gate/up), lm_head float
+    rows = res["layer_errors"]
+    assert len(rows) == 14 and {r["scheme"] for r in rows} == {"w8a8"}
+    assert rows[0]["module"] == "model.layers.0.self_attn.q_proj"
+    assert all(0 < r["rel_err"] < 0.05 for r in rows), rows
+    if _has_matplotlib():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot written to {png}" in out
+    else:
+        assert "matplotlib is not installed" in out and not png.exists()
+
+    # the same conversion done in process (eval on the float dir): the checkpoint round trip is exact
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--scheme", "w8a8", "--json", str(js), *argv])
+    assert rc == 0, err
+    res2 = json.loads(js.read_text())
+    assert res2["float"]["ppl"] == fp and res2["quantized"]["ppl"] == qp
+    assert [r["rel_err"] for r in res2["layer_errors"]] == [r["rel_err"] for r in rows]
+
+    # without the float reference: the quantized perplexity alone, the plot is skipped (said so)
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--plot", str(tmp_path / "none.png"), *argv])
+    assert rc == 0, err
+    assert f"{qp:10.3f}" in out and not any(line.startswith("float ") for line in out.splitlines())
+    assert "plot: skipped" in out and not (tmp_path / "none.png").exists()
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib is not installed")
+def test_eval_plot_is_a_png(capsys, tiny, tmp_path):
+    png = tmp_path / "sub" / "p.png"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2",
+                                 "--scheme", "w4/8", "--group-size", "64", "--plot", str(png)])
+    assert rc == 0, err
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "w4/8 g64" in out and "w4a8" in out  # the MLP's Linears are W4A8, listed among the worst
+
+
+def test_eval_without_matplotlib_says_so(capsys, tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    png = tmp_path / "p.png"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1",
+                                 "--plot", str(png)])
+    assert rc == 0, err
+    assert "plot: matplotlib is not installed" in out and not png.exists()
+
+
+@pytest.mark.parametrize("scheme", ["fp8", "w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8"])
+def test_eval_schemes_in_process(capsys, tiny, tmp_path, scheme):
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2",
+                                 "--scheme", scheme, "--json", str(js)])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"].startswith(scheme) and len(res["layer_errors"]) == 14
+    assert abs(res["quantized"]["ppl"] / res["float"]["ppl"] - 1) < 0.25
+    want = {"w4/8": {"w4a8", "w8a8"}}.get(scheme, {scheme})
+    assert {r["scheme"] for r in res["layer_errors"]} == want
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "fp8", "w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8"])
+def test_quantize_each_scheme_saves_or_fails_before_converting(capsys, tiny, tmp_path, scheme):
+    """Whatever save_quantized / load_quantized support today: a scheme either round-trips through
+    quantize + eval, or fails with one line before the model's weights are read (nothing written)."""
+    out_dir = tmp_path / "q"
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(out_dir), "--scheme", scheme])
+    if rc == 2:
+        line = _one_line_error(rc, out, err, "quantize")
+        assert "cannot be saved as a checkpoint yet" in line or "cannot be loaded back yet" in line
+        assert "loaded " not in out and "quantize_:" not in out
+        assert not out_dir.exists() or not any(out_dir.iterdir())
+        return
+    assert rc == 0, err
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", tiny["dir"], "--text", tiny["text"],
+                                 "--window", "32", "--max-windows", "2"])
+    assert rc == 0, err
+
+
+def test_quantize_unsupported_checkpoint_fails_before_loading(capsys, tiny, tmp_path, monkeypatch):
+    """A scheme save_quantized refuses: one line, exit 2, before the weights are loaded or converted."""
+    from zqkernels import _cli
+
+    def refuse(model, out_dir):
+        raise NotImplementedError("save_quantized: scheme 'x' is not implemented\nin this layout")
+
+    monkeypatch.setattr(zqkernels, "save_quantized", refuse)
+    calls = []
+    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: calls.append(a))
+    out_dir = tmp_path / "q"
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(out_dir), "--scheme", "w8a8"])
+    line = _one_line_error(rc, out, err, "quantize", "scheme w8a8 cannot be saved as a checkpoint yet",
+                           "not implemented in this layout")
+    assert calls == [] and not out_dir.exists(), line
+
+
+def test_quantize_conversion_error_is_one_line(capsys, tiny, tmp_path):
+    # group 256 does not divide the tiny model's in_features 128 -> quantize_ raises, named layer
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(tmp_path / "q"), "--scheme", "w8a8-group",
+                                 "--group-size", "256"])
+    _one_line_error(rc, out, err, "quantize", "conversion would fail")
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["quantize", "{missing}", "--out", "{out}"], ["does not exist", "local directories"]),
+        (["quantize", "HuggingFaceTB/SmolLM2-135M", "--out", "{out}"], ["looks like a Hub model id", "local directories only"]),
+        (["eval", "someorg/somemodel", "--text", "{text}"], ["looks like a Hub model id"]),
+        (["eval", "{missing}", "--text", "{text}"], ["does not exist"]),
+        (["quantize", "{text}", "--out", "{out}"], ["not a .gguf file"]),
+        (["quantize", "{root}", "--out", "{out}"], ["has no config.json"]),
+        (["quantize", "{dir}", "--out", "{out}", "--scheme", "w9a9"], ["--scheme must be one of", "w4/8"]),
+        (["quantize", "{dir}", "--out", "{out}", "--scheme", "w8a8", "--group-size", "64"], ["--group-size applies"]),
+        (["quantize", "{dir}", "--out", "{out}", "--gptq"], ["--gptq needs calibration text"]),
+        (["quantize", "{dir}", "--out", "{dir}", "--overwrite"], ["must not be the model's own directory"]),
+        (["quantize", "{dir}", "--out", "{root}"], ["is not empty"]),
+        (["quantize", "{dir}"], ["--out"]),
+        (["quantize", "{dir}", "--out", "{out}", "--lorc-rank", "0"], ["--lorc-rank"]),
+        (["eval", "{dir}", "--text", "{missing}"], ["--text", "is not a file"]),
+        (["eval", "{dir}", "--text", "{text}", "--window", "5000"], ["fewer than one window of 5000"]),
+        (["eval", "{dir}", "--text", "{text}", "--float", "{dir}"], ["--float applies when MODEL_DIR is a quantized"]),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(capsys, tiny, tmp_path, argv, needles):
+    subst = {"missing": str(tmp_path / "nope"), "out": str(tmp_path / "out"), "text": tiny["text"],
+             "root": str(tiny["root"]), "dir": tiny["dir"]}
+    argv = [a.format(**subst) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    captured = capsys.readouterr()
+    _one_line_error(rc, captured.out, captured.err, argv[0], *needles)
+
+
+def test_lkd_steps(capsys, tiny, tmp_path, monkeypatch):
+    """--lkd-steps runs zqkernels.lkd when the package has it; without it: one line naming it."""
+    argv = ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1", "--lkd-steps", "1",
+            "--calib", tiny["text"], "--calib-window", "32", "--calib-samples", "2"]
+    if callable(getattr(zqkernels, "lkd", None)):
+        rc, out, err = _run(capsys, argv)
+        assert rc == 0, err
+        assert "LKD 1 steps" in out and "lkd" in out
+    monkeypatch.delattr(zqkernels, "lkd", raising=False)
+    rc, out, err = _run(capsys, argv)
+    _one_line_error(rc, out, err, "eval", "--lkd-steps needs zqkernels.lkd")
+
+
+def test_gptq_from_the_command_line(capsys, tiny, tmp_path):
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2",
+                                 "--gptq", "--calib", tiny["text"], "--calib-window", "32", "--calib-samples", "4",
+                                 "--json", str(js)])
+    assert rc == 0, err
+    assert "note: the calibration text is the evaluation text" in out and "gptq" in out
+    assert json.loads(js.read_text())["scheme"] == "w8a8 + GPTQ"
+
+
+def test_remote_id_refused_from_the_command_line(tmp_path):
+    """Through ``python -m zqkernels``: exit status 2, one line on stderr, nothing downloaded."""
+    r = subprocess.run(
+        [sys.executable, "-m", "zqkernels", "quantize", "HuggingFaceTB/SmolLM2-135M", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "zqkernels quantize: MODEL_DIR 'HuggingFaceTB/SmolLM2-135M' is not a local directory; it looks like a Hub "
+        "model id, and models load from local directories only (download it first, then pass the directory)"
+    ]
+    assert not (tmp_path / "o").exists()

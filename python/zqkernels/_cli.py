@@ -99,6 +99,7 @@ def _conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str
     g.add_argument("--lkd-steps", type=_positive, default=None, metavar="S",
                    help="layer-by-layer knowledge distillation, S steps per layer (zqkernels.lkd; needs --calib)")
     g.add_argument("--lkd-lr", type=float, default=None, metavar="LR", help="LKD learning rate (lkd's default)")
+    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (lkd's default)")
     g.add_argument("--calib", default=None, metavar="FILE", help="calibration text (GPTQ, LKD)")
     g.add_argument("--calib-window", type=_positive, default=512, metavar="T", help="tokens per calibration sample (512)")
     g.add_argument("--calib-samples", type=_positive, default=16, metavar="N", help="calibration samples (16)")
@@ -283,7 +284,9 @@ class Conversion:
         g = args.group_size if g_given else 128
         self.scheme, self.group_size = scheme, g
         self.gptq, self.lorc_rank, self.lkd_steps = args.gptq, args.lorc_rank, args.lkd_steps
-        self.lkd_lr = args.lkd_lr
+        self.lkd_lr, self.lkd_loss = args.lkd_lr, args.lkd_loss
+        if (self.lkd_lr is not None or self.lkd_loss is not None) and self.lkd_steps is None:
+            raise CLIError("--lkd-lr / --lkd-loss apply with --lkd-steps")
         # LoRC gives each QLinear factors against the float Linear of the same name: no fused blocks
         fused = self.lorc_rank is None
         level = args.level or "int8"
@@ -366,6 +369,8 @@ class Conversion:
                 kw["steps"] = self.lkd_steps
             if self.lkd_lr is not None and "lr" in params:
                 kw["lr"] = self.lkd_lr
+            if self.lkd_loss is not None and "loss" in params:
+                kw["loss"] = self.lkd_loss
             if "progress" in params:
                 kw["progress"] = progress
             try:
@@ -373,10 +378,23 @@ class Conversion:
             except (ValueError, TypeError, NotImplementedError) as e:
                 raise CLIError(f"LKD failed: {e}") from e
             times["lkd"] = time.perf_counter() - t
-            if res is not None:
-                log(str(res).splitlines()[-1] if str(res) else "LKD done")
+            _log_lkd(res, log)
         del model_float
         return times
+
+
+def _log_lkd(res: Any, log: Callable[[str], None]) -> None:
+    """One line per distilled block (lkd returns a list of dicts), else whatever it returned."""
+    if isinstance(res, list) and res and all(isinstance(r, dict) for r in res):
+        log(f"LKD: {len(res)} blocks")
+        for r in res:
+            b, a = r.get("loss_before"), r.get("loss_after")
+            loss = f"loss {b:.4g} -> {a:.4g}" if isinstance(b, float) and isinstance(a, float) else ""
+            extra = " (reverted: worse after training)" if r.get("reverted") else ""
+            secs = f", {_fmt_s(r['seconds'])}" if isinstance(r.get("seconds"), (int, float)) else ""
+            log(f"  {r.get('name', r.get('layer', '?'))}: {loss}{extra}{secs}")
+    elif res is not None:
+        log(f"LKD: {res}")
 
 
 def _calibration(conv: Conversion, args: argparse.Namespace, tok: Any, device: str) -> Optional[list[Any]]:
@@ -413,47 +431,54 @@ class _ProbeModel(nn.Module):
         return self.layers[0](x)
 
 
-def _small_copy(model: nn.Module) -> Optional[nn.Module]:
-    """The model's architecture with one layer (and a small vocabulary), random weights, CPU."""
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(model, "_from_config"):
-        return None
-    cfg = copy.deepcopy(cfg)
+def _small_copy(root: Path, kw: dict[str, Any], dtype: str) -> Optional[nn.Module]:
+    """The model's architecture (from its config alone: no weights read) with one layer and a small
+    vocabulary, random weights, on the CPU; None if it cannot be built."""
+    import transformers
+
     try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = transformers.AutoConfig.from_pretrained(root, local_files_only=True, **kw)
         cfg.num_hidden_layers = 1
         if isinstance(getattr(cfg, "layer_types", None), list):
             cfg.layer_types = cfg.layer_types[:1]
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - no one-layer copy: the caller uses the stand-in
         return None
+    cls = _model_class(root, kw, causal=False)
+    build = cls.from_config if cls.__name__.startswith("Auto") else cls._from_config
+    dt = _DTYPES[dtype]
+    if dt == "auto":
+        dt = getattr(cfg, "dtype", None) if "gguf_file" not in kw else torch.float32
+        dt = dt if isinstance(dt, torch.dtype) else torch.float32
     specials = []
     for a in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id", "cls_token_id"):
         v = getattr(cfg, a, None)
         specials += [x for x in (v if isinstance(v, (list, tuple)) else [v]) if isinstance(x, int)]
     vocab = getattr(cfg, "vocab_size", None)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    for v in ([max([256, *[s + 1 for s in specials]])] if isinstance(vocab, int) else []) + [None]:
+    for v in ([max([256, *[t + 1 for t in specials]])] if isinstance(vocab, int) else []) + [None]:
         c = copy.deepcopy(cfg)
         if v is not None and v < vocab:
             c.vocab_size = v
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return type(model)._from_config(c, dtype=dtype).eval()
+                return build(c, dtype=dt).eval()
         except Exception:  # noqa: BLE001 - try the next variant
             continue
     return None
 
 
-def check_checkpoint(model: nn.Module, conv: Conversion) -> str:
-    """Convert, LoRC, save and load a one-layer copy of `model` (or a two-Linear stand-in) the way
-    the real run will; raises CLIError if the checkpoint cannot be written or read back. -> what was
-    checked."""
+def check_checkpoint(root: Path, kw: dict[str, Any], dtype: str, conv: Conversion) -> str:
+    """Convert, LoRC, save and load a one-layer copy of the model (built from its config; or a
+    two-Linear stand-in) the way the real run will, before the model's weights are read; raises
+    CLIError if the conversion would fail or the checkpoint cannot be written or read back. -> what
+    was checked."""
     import zqkernels
 
-    probe, what = _small_copy(model), "a one-layer copy of the model"
+    probe, what = _small_copy(root, kw, dtype), "a one-layer copy of the model"
     if probe is None:
         probe, what = _ProbeModel(), "a two-Linear stand-in"
-    with_lorc = f" with LoRC rank {conv.lorc_rank}" if conv.lorc_rank else ""
     probe_float = copy.deepcopy(probe) if conv.lorc_rank else None
     try:
         zqkernels.quantize_(probe, conv.config, module_configs=conv.module_configs)
@@ -466,11 +491,11 @@ def check_checkpoint(model: nn.Module, conv: Conversion) -> str:
         try:
             zqkernels.save_quantized(probe, d)
         except (NotImplementedError, ValueError) as e:
-            raise CLIError(f"scheme {conv.label}{with_lorc} cannot be saved as a checkpoint yet: {e}") from e
+            raise CLIError(f"scheme {conv.label} cannot be saved as a checkpoint yet: {e}") from e
         try:
             zqkernels.load_quantized(d, model=_ProbeModel() if isinstance(probe, _ProbeModel) else None)
         except (NotImplementedError, ValueError) as e:
-            raise CLIError(f"scheme {conv.label}{with_lorc}: the saved checkpoint cannot be loaded back yet: {e}") from e
+            raise CLIError(f"scheme {conv.label}: the saved checkpoint cannot be loaded back yet: {e}") from e
     return what
 
 
@@ -495,16 +520,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
 
     t = time.perf_counter()
+    what = check_checkpoint(root, kw, args.dtype, conv)
+    _say(f"checkpoint check ({conv.label}, on {what}): ok in {_fmt_s(time.perf_counter() - t)}")
+
+    t = time.perf_counter()
     model, tok = load_float(args.model_dir, args.dtype, device, causal=False)
     t_load = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters())
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     _say(f"loaded {type(model).__name__} from {args.model_dir} ({n_params / 1e6:.1f}M parameters, "
          f"{str(dtype).replace('torch.', '')}, {device}) in {_fmt_s(t_load)}")
-
-    t = time.perf_counter()
-    what = check_checkpoint(model, conv)
-    _say(f"checkpoint check ({conv.label}, on {what}): ok in {_fmt_s(time.perf_counter() - t)}")
 
     calib = _calibration(conv, args, tok, device)
     _say(f"converting: {conv.label}" + (f" ({len(calib)} calibration samples of {args.calib_window} tokens)" if calib else ""))
@@ -721,7 +746,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
     res: dict[str, Any] = {"model_dir": str(args.model_dir), "text": str(args.text), "window": args.window, "device": device}
 
-    model_f, tok = None, None
+    # the tokenizer and the windows first: a text too short fails before any model is loaded
+    if quantized_dir:
+        tok = load_tokenizer(Path(args.model_dir), {})
+        if tok is None and args.float_dir is not None:
+            tok = load_tokenizer(*_local_source(args.float_dir, "--float"))
+    else:
+        tok = load_tokenizer(*_local_source(args.model_dir))
+    if tok is None:
+        raise CLIError("no tokenizer loads from MODEL_DIR" + (" or --float" if quantized_dir else ""))
+    ids = _token_ids(tok, text)
+    windows = _windows(ids, args.window, args.max_windows, f"--text {args.text!r}")
+    res["tokens"] = int(ids.numel())
+    res["windows"] = int(windows.shape[0])
+
+    model_f = None
     if quantized_dir:
         import zqkernels
 
@@ -733,17 +772,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_q = model_q.to(device).eval()
         label = _scheme_of_checkpoint(args.model_dir)
         _say(f"loaded quantized {type(model_q).__name__} from {args.model_dir} in {_fmt_s(time.perf_counter() - t)}")
-        root = Path(args.model_dir)
-        tok = load_tokenizer(root, {})
         if args.float_dir is not None:
             t = time.perf_counter()
-            model_f, ftok = load_float(args.float_dir, args.dtype, device, causal=True, what="--float")
-            tok = tok or ftok
+            model_f, _ = load_float(args.float_dir, args.dtype, device, causal=True, what="--float")
             _say(f"loaded float {type(model_f).__name__} from {args.float_dir} in {_fmt_s(time.perf_counter() - t)}")
         res["convert_s"] = None
     else:
         t = time.perf_counter()
-        model_f, tok = load_float(args.model_dir, args.dtype, device, causal=True)
+        model_f, _ = load_float(args.model_dir, args.dtype, device, causal=True)
         _say(f"loaded {type(model_f).__name__} from {args.model_dir} in {_fmt_s(time.perf_counter() - t)}")
         calib = _calibration(conv, args, tok, device)
         if calib is not None and Path(args.calib).resolve() == Path(args.text).resolve():
@@ -754,13 +790,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         res["convert_s"] = time.perf_counter() - t
         label = conv.label
         _say(f"quantized a copy: {label} in {_fmt_s(res['convert_s'])} ({', '.join(f'{k} {_fmt_s(v)}' for k, v in times.items())})")
-    if tok is None:
-        raise CLIError("no tokenizer loads from MODEL_DIR" + (" or --float" if quantized_dir else ""))
     res["scheme"] = label
-    ids = _token_ids(tok, text)
-    windows = _windows(ids, args.window, args.max_windows, f"--text {args.text!r}")
-    res["tokens"] = int(ids.numel())
-    res["windows"] = int(windows.shape[0])
     _say(f"text: {ids.numel()} tokens; {windows.shape[0]} non-overlapping windows of {args.window}")
 
     table = []
@@ -773,10 +803,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["quantized"] = {"ppl": ppl, "seconds": s}
     res["predicted_tokens"] = cnt
     _say("")
-    _say(f"{'model':<36} {'perplexity':>10} {'vs float':>9} {'time':>9}")
+    vs = model_f is not None
+    _say(f"{'model':<36} {'perplexity':>10} " + (f"{'vs float':>9} " if vs else "") + f"{'time':>9}")
     for name, p, s in table:
-        rel = f"{(p / table[0][1] - 1) * 100:+.2f}%" if model_f is not None and name != "float" else ""
-        _say(f"{name:<36} {p:10.3f} {rel:>9} {_fmt_s(s):>9}")
+        rel = f"{(p / table[0][1] - 1) * 100:+.2f}%" if vs and name != "float" else ""
+        _say(f"{name:<36} {p:10.3f} " + (f"{rel:>9} " if vs else "") + f"{_fmt_s(s):>9}")
     _say(f"({cnt} predicted tokens per model)")
 
     if model_f is not None:
@@ -808,9 +839,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `quantize` or `eval`; a CLIError becomes one line on stderr and exit status 2."""
+    """Run `quantize` or `eval`; a CLIError becomes one line on stderr and exit status 2.
+    transformers' progress bars are off unless stderr is a terminal."""
+    hf_log = None
+    if not sys.stderr.isatty():
+        try:
+            import transformers.utils.logging as hf_log
+
+            was = hf_log.is_progress_bar_enabled()
+            hf_log.disable_progress_bar()
+        except ImportError:
+            hf_log = None
     try:
         return cmd_quantize(args) if args.command == "quantize" else cmd_eval(args)
     except CLIError as e:
         print(f"zqkernels {args.command}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        if hf_log is not None and was:
+            hf_log.enable_progress_bar()
