@@ -171,13 +171,47 @@ def bench(dev, quick: bool) -> list[dict]:
     return rows
 
 
+def tiles(dev) -> list[dict]:
+    """Tile experiments (a build with -DZQ_EXPERIMENT_TILES=ON): the plain int8 GEMM and the group
+    GEMM on the same CTA shapes, to separate the tile's cost from the group scales'."""
+    rows = []
+    for M, N, K in ((2048, 24576, 14336), (8192, 8192, 8192), (1024, 4096, 4096)):
+        w = torch.randn(N, K, device=dev) * 0.02
+        wq4, sw4, sg4 = zqkernels.quantize_weight(w, bits=4, group_size=128, scale="int", alpha=1024)
+        _, _, sg4f = zqkernels.quantize_weight(w, bits=4, group_size=128, scale="float")
+        w8 = int4_to_int8_cuda(wq4, K)
+        wq8, sw8 = zqkernels.quantize_weight(w)
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=dev))
+        row = {"M": M, "N": N, "K": K}
+        cands = {f"int8_gemm/{t}": (lambda t=t: zqkernels.int8_gemm(xq, wq8, sx, sw8, tile=t))
+                 for t in ("128x128x128_coop", "128x128x128_c2x1_pp", "128x256x128_c2x1_coop")}
+        for t in ("128x128x128_coop", "128x128x128_c2x1_coop"):
+            cands[f"group_int/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, w8, sx, sw4, sg4, None, BF, 0, 1024, 8, t)
+            cands[f"group_float/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, w8, sx, sw4, sg4f, None, BF, 0, None, 8, t)
+        for name, fn in cands.items():
+            try:
+                t = cm.time_calls([fn], dev)
+                row[name] = round(2 * M * N * K / t["us"] / 1e6, 1)  # TFLOPS
+            except Exception as e:  # noqa: BLE001
+                row[name] = f"error: {cm.first_line(e)}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--tiles", action="store_true", help="only the tile experiments (TFLOPS)")
     ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
+    if args.tiles:
+        rows = tiles(dev)
+        if args.out:
+            cm.write_json(args.out, {"environment": cm.environment(dev), "tiles": rows})
+        return 0
     bad = check(dev)
     print(f"correctness: {len(bad)} failures", flush=True)
     rows = [] if args.check_only else bench(dev, args.quick)

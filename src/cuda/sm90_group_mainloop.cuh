@@ -298,17 +298,20 @@ struct GroupScaledMainloop : Base {
     // kVals floats), touched once every p.flush spans, so that the registers hold two partial sums
     // and the int32 sum (3 x kVals) instead of four sets.
     float* fsum = nullptr;
-    if constexpr (kIntScales) fsum = shared_tensors.smem_flush.data() + thread_idx;
-    bool flushed = false;
+    if constexpr (kIntScales) {
+      fsum = shared_tensors.smem_flush.data() + thread_idx;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) fsum[i * kFlushStride] = 0.f;
+    }
 
     const ElementScale* scales = shared_tensors.smem_scale.data();
     const int gk = p.group_blocks;
     int since_flush = 0;
     auto promote = [&](auto& temp, int stage, int kt, int last_block) {
-      const int group = last_block / gk;
-      // A span past K (K not a multiple of the tile) holds zero-filled data and no loaded scales:
-      // it is folded in with scale 0 (no branch here: the accumulators stay in straight-line code).
-      const bool real = group < p.groups;
+      // A span past K (K not a multiple of the tile) holds zero-filled data: it is folded in with
+      // the last group's scales (loaded in this stage, finite), adding exactly 0. No per-value
+      // select: the fold's instruction count is what bounds this kernel (docs/W4A8.md).
+      const int group = min(last_block / gk, p.groups - 1);
       const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileN;
       using Pair = cute::conditional_t<kIntScales, int2, float2>;
       // In chunks of kChunk values: the compiler may not hoist every scale load ahead (their
@@ -318,9 +321,7 @@ struct GroupScaledMainloop : Base {
       for (int c0 = 0; c0 < kVals; c0 += kChunk) {
         CUTLASS_PRAGMA_UNROLL
         for (int i = c0; i < c0 + kChunk; i += 2) {
-          Pair s = *reinterpret_cast<const Pair*>(row + get<1>(tCcC(i)));
-          s.x = real ? s.x : ElementScale(0);
-          s.y = real ? s.y : ElementScale(0);
+          const Pair s = *reinterpret_cast<const Pair*>(row + get<1>(tCcC(i)));
           if constexpr (kIntScales) {
             iacc(i) += s.x * temp(i);
             iacc(i + 1) += s.y * temp(i + 1);
@@ -334,13 +335,17 @@ struct GroupScaledMainloop : Base {
       if constexpr (kIntScales) {
         if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
           since_flush = 0;
+          // In chunks, so that the shared-memory loads are not all hoisted (64 more live registers
+          // next to the two partial sums and iacc would spill).
           CUTLASS_PRAGMA_UNROLL
-          for (int i = 0; i < kVals; ++i) {
-            const float v = static_cast<float>(iacc(i));
-            fsum[i * kFlushStride] = flushed ? fsum[i * kFlushStride] + v : v;
-            iacc(i) = 0;
+          for (int c0 = 0; c0 < kVals; c0 += 16) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = c0; i < c0 + 16; ++i) {
+              fsum[i * kFlushStride] += static_cast<float>(iacc(i));
+              iacc(i) = 0;
+            }
+            asm volatile("" ::: "memory");
           }
-          flushed = true;
         }
       }
     };
@@ -408,7 +413,7 @@ struct GroupScaledMainloop : Base {
     if constexpr (kIntScales) {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kVals; ++i) {
-        accum(i) = static_cast<float>(iacc(i)) + (flushed ? fsum[i * kFlushStride] : 0.f);
+        accum(i) = static_cast<float>(iacc(i)) + fsum[i * kFlushStride];
       }
     }
     warpgroup_fence_operand(accum);

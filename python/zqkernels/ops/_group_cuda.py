@@ -86,11 +86,12 @@ def int4_to_int8_cuda(wq: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_scale: Optional[int],
-                    wmax: int) -> torch.Tensor:
+                    wmax: int, tile: Optional[str] = None) -> torch.Tensor:
     """Launch the group-scaled GEMM on CUDA. Arguments already checked by the op: xq int8 [M, K]
     (M >= 1), wq int8 [N, K] row-major, sx float32 [M] or one element, sw float32 [N] or one
     element, sg [N, G] int32 (integer scales, bounded by max_scale; None: the largest the quantizer
-    produces for wmax) or float32, bias [N] or None; act: the activation code."""
+    produces for wmax) or float32, bias [N] or None; act: the activation code. tile: a tile name of
+    the recipe (experiments; None: the dispatch table's)."""
     from .gemm import _plan  # noqa: PLC0415 (imported late: gemm / w4a8 import this module)
     from .w4a8 import _require_sm90  # noqa: PLC0415
 
@@ -119,7 +120,7 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
         max_scale = _DEFAULT_MAX_SCALE[wmax]
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
     recipe = "int8_group_int" if int_scales else "int8_group_float"
-    kid, ws = _plan(idx, xq, "sm90", None, out_dtype, M, N, K, recipe)
+    kid, ws = _plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
