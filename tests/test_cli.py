@@ -305,9 +305,17 @@ def test_quantize_each_scheme_saves_or_fails_before_converting(capsys, tiny, tmp
         assert not out_dir.exists() or not any(out_dir.iterdir())
         return
     assert rc == 0, err
-    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", tiny["dir"], "--text", tiny["text"],
-                                 "--window", "32", "--max-windows", "2"])
+    ev = ["--text", tiny["text"], "--window", "32", "--max-windows", "2", "--json", str(tmp_path / "r.json")]
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", tiny["dir"], *ev])
     assert rc == 0, err
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["scheme"] == {"w4/8": "w4a8+w8a8"}.get(scheme, scheme) + " (checkpoint)"
+    assert len(saved["layer_errors"]) == 14
+    # the same conversion in memory: the checkpoint reproduces the quantized model
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--scheme", scheme, *ev])
+    assert rc == 0, err
+    direct = json.loads((tmp_path / "r.json").read_text())
+    assert saved["quantized"]["ppl"] == pytest.approx(direct["quantized"]["ppl"], rel=1e-4)
 
 
 def test_quantize_unsupported_checkpoint_fails_before_loading(capsys, tiny, tmp_path, monkeypatch):

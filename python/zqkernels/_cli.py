@@ -712,16 +712,12 @@ def plot_errors(rows: list[dict[str, Any]], path: str, title: str) -> Optional[s
     return None
 
 
-def _scheme_of_checkpoint(path: str) -> str:
-    p = Path(path)
-    try:
-        meta = json.loads((p / "zqkernels.json").read_text())
-        s = meta.get("scheme")
-        if s:
-            return str(s) + " (checkpoint)"
-    except (OSError, ValueError):
-        pass
-    return "compressed-tensors checkpoint"
+def _scheme_of_checkpoint(model: nn.Module) -> str:
+    """The schemes of the loaded model's QLinears, e.g. "w4a8+w8a8 (checkpoint)"."""
+    from .nn import QLinear
+
+    schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QLinear)})
+    return ("+".join(schemes) or "no QLinear") + " (checkpoint)"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -770,7 +766,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except (NotImplementedError, ValueError) as e:
             raise CLIError(f"load_quantized: {e}") from e
         model_q = model_q.to(device).eval()
-        label = _scheme_of_checkpoint(args.model_dir)
+        label = _scheme_of_checkpoint(model_q)
         _say(f"loaded quantized {type(model_q).__name__} from {args.model_dir} in {_fmt_s(time.perf_counter() - t)}")
         if args.float_dir is not None:
             t = time.perf_counter()
