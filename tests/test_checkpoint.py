@@ -3,6 +3,7 @@ compressed-tensors package (CPU only)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 import zqkernels
 from zqkernels.nn import QLinear
+from zqkernels.reference import unpack_int4
 
 transformers = pytest.importorskip("transformers")
 ct = pytest.importorskip("compressed_tensors")
@@ -233,29 +235,318 @@ def test_load_into_given_model(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# other schemes: not implemented
+# schemes beyond w8a8: fp8, w8a8-group, w4a8 / w4a8-floatscale (and mixed W4/8)
+
+
+def _llama_w4(dtype=torch.float32, seed=0):
+    """A tiny LLaMA whose Linears meet w4a8's shapes (N % 16, K % 64; K = 128 / 256)."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+_CONFIGS = {
+    "fp8": lambda: zqkernels.FP8Config(),
+    "w4a8": lambda: zqkernels.W4A8Config(group_size=64),
+    "w4a8-alpha": lambda: zqkernels.W4A8Config(group_size=128, alpha=4096),
+    "w4a8-floatscale": lambda: zqkernels.W4A8Config(group_size=32, scale="float"),
+    "w8a8-group": lambda: zqkernels.W8A8GroupConfig(group_size=32),
+    "w8a8-group-float": lambda: zqkernels.W8A8GroupConfig(group_size=64, scale="float"),
+    "w8a8-group-perchannel": lambda: zqkernels.W8A8GroupConfig(group_size=None),
+}
+
+
+def _quantize(model, which):
+    if which == "w4/8":  # ZeroQuant's mixed preset: W4A8 MLP, W8A8 elsewhere (lm_head float)
+        zqkernels.quantize_(model, zqkernels.W8A8Config(), module_configs=zqkernels.ZEROQUANT_W4_8)
+    else:
+        zqkernels.quantize_(model, _CONFIGS[which]())
+    return model
+
+
+def _our_deq(q: QLinear) -> torch.Tensor:
+    """Our dequantized weight [N, K] (float32) of a QLinear."""
+    n = q.out_features
+    if q.scheme == "w8a8":
+        return zqkernels.dequantize(q.weight_q[:n], q.weight_scale[:n], fmt="int8")
+    if q.scheme == "fp8":
+        return zqkernels.dequantize(q.weight_q[:n], q.weight_scale[:n], fmt="fp8")
+    if q.scheme == "w8a8-group":
+        return zqkernels.dequantize(q.weight_q[:n], q.weight_scale[:n], q.weight_group_scale[:n], fmt="int8")
+    return zqkernels.dequantize(q.weight_q, q.weight_scale, q.weight_group_scale, fmt="int4")
+
+
+def _ct_group(qc, name, module=None):
+    """The config group compressed-tensors' matcher assigns to the Linear `name`."""
+    from compressed_tensors.utils import is_match
+
+    linear = torch.nn.Linear(1, 1)  # what the module is in the float model that compressed-tensors matches
+    return next(g for g in qc.config_groups.values() if is_match(name, linear, g.targets))
+
+
+def _close_ulp(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """|a - b| <= 2^-23 |b| (two float32 roundings, q * fl(sw * sg), against one, fl(sw * sg * q))."""
+    return bool(((a.double() - b.double()).abs() <= 2.0**-23 * b.double().abs()).all())
+
+
+SCHEMES_CT = ["fp8", "w4a8", "w4a8-alpha", "w4a8-floatscale", "w8a8-group", "w8a8-group-float", "w8a8-group-perchannel", "w4/8"]
+
+
+@pytest.mark.parametrize("which", SCHEMES_CT)
+def test_ct_decompress_ours_schemes(tmp_path, which):
+    """compressed-tensors' own compressors turn each layer we save back into our dequantized weight:
+    exactly for fp8, within one float32 rounding for group scales (s = sw * sg is rounded to fp32)."""
+    model = _quantize(_llama_w4(), which)
+    zqkernels.save_quantized(model, tmp_path)
+    qc_json = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    qc = QuantizationConfig.model_validate(qc_json)
+    want_fmt = {"fp8": "float-quantized", "w4/8": "mixed-precision"}.get(which)
+    want_fmt = want_fmt or ("pack-quantized" if which.startswith("w4a8") else "int-quantized")
+    assert qc_json["format"] == want_fmt and qc.ignore == ["lm_head"]
+    sd = load_file(tmp_path / "model.safetensors")
+    meta = json.loads((tmp_path / "zqkernels.json").read_text())
+    assert len(meta["quantized"]) == 14
+    exact = total = 0
+    for name in meta["quantized"]:
+        q = model.get_submodule(name)
+        scheme = _ct_group(qc, name, q)
+        compressor = BaseCompressor.get_value_from_registry(scheme.format)
+        local = {k.rsplit(".", 1)[1]: v for k, v in sd.items() if k.rsplit(".", 1)[0] == name}
+        assert local["weight_scale"].dtype == torch.float32
+        if q.scheme in ("w4a8", "w4a8-floatscale"):
+            assert compressor.__name__ == "PackedQuantizationCompressor"
+            assert local["weight_packed"].dtype == torch.int32
+            assert local["weight_packed"].shape == (q.out_features, q.in_features // 8)
+            assert local["weight_shape"].tolist() == [q.out_features, q.in_features]
+            assert scheme.weights.strategy == "group" and scheme.weights.group_size == q.group_size
+            # the nibble order is compressed-tensors': its own packer gives the same words
+            from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+            codes = unpack_int4(q.weight_q, q.out_features, q.in_features)
+            assert torch.equal(pack_to_int32(codes, 4), local["weight_packed"])
+        theirs = compressor.decompress(local, scheme)["weight"]
+        ours = _our_deq(q)
+        assert theirs.dtype == torch.float32 and theirs.shape == ours.shape
+        if q.scheme in ("w8a8", "fp8"):
+            assert torch.equal(theirs, ours), name
+        else:
+            assert _close_ulp(theirs, ours), name
+            exact += int((theirs == ours).sum())
+            total += ours.numel()
+    if total:
+        assert exact > 0.5 * total  # most agree bit for bit; the rest by one float32 rounding
+
+
+@pytest.mark.parametrize("which", ["w4/8", "fp8"])
+def test_hf_loader_reads_ours_schemes(tmp_path, which):
+    """transformers' compressed-tensors loader (ModelCompressor.decompress_model) reads our
+    pack-quantized / mixed-precision / float-quantized checkpoints."""
+    model = _quantize(_llama_w4(), which)
+    zqkernels.save_quantized(model, tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(
+        tmp_path, quantization_config=transformers.CompressedTensorsConfig(dequantize=True)
+    )
+    for name in json.loads((tmp_path / "zqkernels.json").read_text())["quantized"]:
+        q = model.get_submodule(name)
+        w = hf.get_submodule(name).weight
+        assert _close_ulp(w.float(), _our_deq(q)), name
+    ids = _ids(128)
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, hf(ids).logits
+    assert (ours - theirs).abs().max() < 0.1 * ours.abs().max()
+
+
+def _observe(model, qmax):
+    """What an observer would compute: symmetric min-max scales of each quantized weight
+    (per channel / group / tensor as the weight_scale's shape says)."""
+    for _, mod in model.named_modules():
+        if hasattr(mod, "weight_scale"):
+            with torch.no_grad():
+                w = mod.weight.float()
+                N, G = mod.weight_scale.shape[0], mod.weight_scale.shape[-1] if mod.weight_scale.dim() == 2 else 1
+                amax = w.reshape(N, G, -1).abs().amax(-1) if mod.weight_scale.numel() > 1 else w.abs().amax().reshape(1)
+                mod.weight_scale.copy_((amax / qmax).reshape(mod.weight_scale.shape).to(mod.weight_scale.dtype))
+
+
+def _ct_written(path, preset, dtype, fmt=None, qmax=None):
+    model = _llama_w4(dtype)
+    qc = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])}, ignore=["lm_head"])
+    apply_quantization_config(model, qc)
+    _observe(model, qmax)
+    compressor = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+    compressor.compress_model(model)
+    model.save_pretrained(path)
+    compressor.update_config(path)
+    qc_json = json.loads((path / "config.json").read_text())["quantization_config"]
+    return load_file(os.path.join(path, "model.safetensors")), QuantizationConfig.model_validate(qc_json), qc_json
+
+
+@pytest.mark.parametrize(
+    "preset,fmt,dtype",
+    [
+        ("W4A16", None, torch.bfloat16),
+        ("W4A16", None, torch.float32),
+        ("W4A8", None, torch.bfloat16),  # compressed-tensors' own choice: int-quantized (int8 holding int4)
+        ("W4A8", "pack-quantized", torch.float32),
+    ],
+)
+def test_load_ct_int4(tmp_path, preset, fmt, dtype):
+    """INT4 group-128 checkpoints compressed-tensors writes load as w4a8 QLinears: with float group
+    scales (w4a8-floatscale) within one float32 rounding of compressed-tensors' dequantized weight;
+    with integer scales (w4a8, the default) within |q| * sw / 2 (the integer scales' rounding, sw =
+    s_max / alpha)."""
+    sd, qc, qc_json = _ct_written(tmp_path, preset, dtype, fmt, qmax=7.5)
+    names = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
+    assert len(names) == 14
+    packed = preset == "W4A16" or fmt == "pack-quantized"
+    assert qc_json["format"] == ("pack-quantized" if packed else "int-quantized")
+    assert sd[names[0] + ".weight_scale"].dtype == dtype and sd[names[0] + ".weight_scale"].shape[1] in (1, 2)
+    ctx = pytest.warns(UserWarning, match="weight-only") if preset == "W4A16" else contextlib.nullcontext()
+    with ctx:
+        m_int = zqkernels.load_quantized(tmp_path)
+    with ctx:
+        m_flt = zqkernels.load_quantized(tmp_path, group_scales="float")
+    saw_minus8 = False
+    for name in names:
+        scheme = _ct_group(qc, name, m_int.get_submodule(name))
+        compressor = BaseCompressor.get_value_from_registry(scheme.format)
+        local = {k.rsplit(".", 1)[1]: v for k, v in sd.items() if k.rsplit(".", 1)[0] == name}
+        theirs = compressor.decompress(local, scheme)["weight"]
+        qi, qf = m_int.get_submodule(name), m_flt.get_submodule(name)
+        assert qi.scheme == "w4a8" and qf.scheme == "w4a8-floatscale" and qi.group_size == 128
+        codes = unpack_int4(qi.weight_q, qi.out_features, qi.in_features)
+        assert torch.equal(codes, unpack_int4(qf.weight_q, qf.out_features, qf.in_features))
+        saw_minus8 |= bool((codes == -8).any())
+        # the checkpoint's exact dequantized weight; compressed-tensors rounds it to the scale's dtype
+        exact = codes.double() * local["weight_scale"].double().repeat_interleave(128, 1)
+        assert torch.equal(theirs, exact.to(dtype)), name
+        assert _close_ulp(_our_deq(qf), exact), name  # float ratios: one float32 rounding of s / s_max
+        bound = codes.abs().double() * qi.weight_scale.double()[:, None] / 2 * (1 + 2.0**-20)
+        assert ((_our_deq(qi).double() - exact).abs() <= bound + 2.0**-23 * exact.abs()).all(), name
+        assert qi.alpha is None and qi.max_scale <= 2**15
+    assert saw_minus8  # compressed-tensors' range is [-8, 7]; our kernels take -8
+    assert type(m_int.lm_head) is torch.nn.Linear
+    ids = _ids(128)
+    with torch.no_grad():
+        yi, yf = m_int(ids).logits.float(), m_flt(ids).logits.float()
+    assert torch.isfinite(yi).all() and (yi - yf).abs().max() < 0.05 * yf.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_load_ct_fp8_dynamic(tmp_path, dtype):
+    sd, qc, qc_json = _ct_written(tmp_path, "FP8_DYNAMIC", dtype, qmax=448.0)
+    assert qc_json["format"] == "float-quantized"
+    names = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
+    assert len(names) == 14 and sd[names[0] + ".weight"].dtype == torch.float8_e4m3fn
+    model = zqkernels.load_quantized(tmp_path)
+    for name in names:
+        q = model.get_submodule(name)
+        assert q.scheme == "fp8"
+        scheme = _ct_group(qc, name, q)
+        local = {k.rsplit(".", 1)[1]: v for k, v in sd.items() if k.rsplit(".", 1)[0] == name}
+        theirs = BaseCompressor.get_value_from_registry(scheme.format).decompress(local, scheme)["weight"]
+        n = q.out_features
+        assert torch.equal(q.weight_q[:n].view(torch.uint8), sd[name + ".weight"].view(torch.uint8))
+        assert torch.equal(q.weight_scale[:n], sd[name + ".weight_scale"].float().reshape(-1))
+        # theirs is rounded to the scale's dtype (bf16 for a bf16 model); ours is float32
+        assert torch.equal(_our_deq(q).to(theirs.dtype), theirs) or dtype != torch.float32
+        assert torch.allclose(_our_deq(q), theirs.float(), rtol=2**-8, atol=0)
+    ids = _ids(128)
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize(
+    "which,dtype",
+    [("fp8", torch.float32), ("w4a8", torch.float32), ("w4a8", torch.bfloat16), ("w4a8-alpha", torch.float32),
+     ("w4a8-floatscale", torch.bfloat16), ("w8a8-group", torch.float32), ("w8a8-group-float", torch.float32),
+     ("w8a8-group-perchannel", torch.bfloat16), ("w4/8", torch.float32)],
+)
+def test_round_trip_schemes_fresh_process(tmp_path, which, dtype):
+    """Save -> load in a fresh process: bit-identical outputs; the group scales come back bit for bit
+    (alpha from zqkernels.json)."""
+    model = _quantize(_llama_w4(dtype), which)
+    ids = _ids(128)
+    with torch.no_grad():
+        y = model(ids).logits
+    zqkernels.save_quantized(model, tmp_path)
+    torch.save({"ids": ids, "y": y}, tmp_path / "io.pt")
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EQUAL True" in r.stdout, r.stdout
+    loaded = zqkernels.load_quantized(tmp_path)
+    for name, q in model.named_modules():
+        if isinstance(q, QLinear):
+            q2 = loaded.get_submodule(name)
+            assert q2.scheme == q.scheme and q2.extra_repr() == q.extra_repr(), name
+            assert q2.get_extra_state() == q.get_extra_state(), name
+            for k, v in q.state_dict().items():
+                if isinstance(v, torch.Tensor):
+                    v2 = q2.state_dict()[k]
+                    assert v2.dtype == v.dtype and torch.equal(v2.view(torch.uint8), v.view(torch.uint8)), (name, k)
+    if which == "w4/8":  # attention blocks stay per-Linear w8a8 (mixed layers are not fused), MLPs w4a8
+        assert loaded.model.layers[0].mlp.down_proj.scheme == "w4a8"
+        assert loaded.model.layers[0].self_attn.q_proj.scheme == "w8a8"
+
+
+def test_int_scales_foreign_alpha(tmp_path):
+    """Without zqkernels.json (another tool's checkpoint) the integer scales are re-derived with the
+    default alpha: for our own w4a8 weights (default alpha) that gives the same sw / sg back."""
+    model = _quantize(_llama_w4(), "w4a8")
+    zqkernels.save_quantized(model, tmp_path)
+    os.remove(tmp_path / "zqkernels.json")
+    loaded = zqkernels.load_quantized(tmp_path)
+    q, q2 = model.model.layers[1].mlp.up_proj, loaded.model.layers[1].mlp.up_proj
+    assert torch.equal(q.weight_group_scale, q2.weight_group_scale) and torch.equal(q.weight_scale, q2.weight_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# not implemented
+
+
+def test_w4a8_fp_save_raises(tmp_path):
+    model = _llama_w4()
+    zqkernels.quantize_(model, zqkernels.W4A8FPConfig(group_size=64))
+    with pytest.raises(NotImplementedError, match="w4a8-fp.*nvfp4-pack-quantized.*mxfp4-pack-quantized"):
+        zqkernels.save_quantized(model, tmp_path)
 
 
 def test_other_schemes_raise(tmp_path):
-    model = zqkernels.quantize_model(_llama(), fused_blocks=False)
-    model.model.layers[0].mlp.down_proj.scheme = "w4a8"  # stands for any scheme but w8a8
-    with pytest.raises(NotImplementedError, match="w4a8"):
-        zqkernels.save_quantized(model, tmp_path / "a")
-
     zqkernels.save_quantized(zqkernels.quantize_model(_llama()), tmp_path / "b")
     cfg_path = tmp_path / "b" / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4
-    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] = "group"
-    cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(NotImplementedError, match="bits 4"):
-        zqkernels.load_quantized(tmp_path / "b")
-    cfg["quantization_config"]["config_groups"]["group_0"]["weights"].update(num_bits=8, strategy="channel")
-    cfg["quantization_config"]["format"] = "float-quantized"
-    cfg["quantization_config"]["config_groups"]["group_0"]["format"] = "float-quantized"
-    cfg_path.write_text(json.dumps(cfg))
+    base = json.loads(cfg_path.read_text())
+
+    def load_with(**changes):
+        cfg = json.loads(json.dumps(base))
+        g = cfg["quantization_config"]["config_groups"]["group_0"]
+        for key, v in changes.items():
+            if key == "format":
+                cfg["quantization_config"]["format"] = g["format"] = v
+            else:
+                g[key].update(v)
+        cfg_path.write_text(json.dumps(cfg))
+        return zqkernels.load_quantized(tmp_path / "b")
+
+    with pytest.raises(NotImplementedError, match="bits 4, int, group, group_size None"):
+        load_with(weights={"num_bits": 4, "strategy": "group"})  # int4 groups without a group size
+    with pytest.raises(NotImplementedError, match="symmetric=False"):
+        load_with(weights={"symmetric": False})
+    with pytest.raises(NotImplementedError, match="dynamic=False"):
+        load_with(input_activations={"dynamic": False})  # static activations
+    with pytest.raises(NotImplementedError, match="bits 8, float, token"):
+        load_with(weights={"num_bits": 4, "strategy": "group", "group_size": 64},
+                  input_activations={"type": "float"})  # W4AFP8: int4 weights with fp8 activations
+    with pytest.raises(NotImplementedError, match="nvfp4"):
+        load_with(format="nvfp4-pack-quantized", weights={"num_bits": 4, "type": "float", "strategy": "tensor_group"})
     with pytest.raises(NotImplementedError, match="float-quantized"):
-        zqkernels.load_quantized(tmp_path / "b")
+        load_with(format="float-quantized")  # format of fp8 with int8 weights
+    with pytest.raises(NotImplementedError, match="bits 2"):
+        load_with(weights={"num_bits": 2})
 
 
 def test_gpt2_blocks_raise(tmp_path):
