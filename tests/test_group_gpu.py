@@ -22,7 +22,7 @@ import zqkernels
 from conftest import DEV, capture, graph_replay, poison_next_allocation, requires_gpu
 from torch import nn
 from zqkernels import QLinear, _ext
-from zqkernels.ops._group_cuda import group_gemm_intervals
+from zqkernels.ops._group_cuda import _default_max_scale, group_gemm_intervals
 from zqkernels.reference import group_max_scale, pack_int4, unpack_int4, w4a8_gemm_ref, w8a8_group_gemm_ref
 from zqkernels.reference.quantize import w4a8_int_flush_steps
 
@@ -220,7 +220,7 @@ def test_overflow_bound_adversarial(bits, g, K, pow2):
 def _flushes(bits: int, g: int, K: int, path, max_scale) -> int:
     """How many times the kernel that runs converts its int32 sum to fp32 over K."""
     wmax = 8 if bits == 4 else 128
-    ms = max_scale if max_scale is not None else (2**15 if bits == 4 else 4095)
+    ms = max_scale if max_scale is not None else _default_max_scale(g, wmax)
     if path == "stream":
         return K // 32 // w4a8_int_flush_steps(ms)
     pb, flush = group_gemm_intervals(g, wmax, ms)

@@ -11,6 +11,7 @@ and the largest integer scale so that no int32 can overflow for any input.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Optional
 
@@ -27,6 +28,7 @@ _ACT_MAX = 128  # |xq| <= 128 (int8 activations may hold -128)
 _SPANS = (4, 2, 1)  # k-blocks per span the kernel takes (a span lies inside one 128-wide k-tile)
 
 
+@functools.lru_cache(maxsize=256)
 def group_gemm_intervals(group_size: int, wmax: int, max_scale: Optional[int]) -> tuple[int, int]:
     """(promote_blocks, flush) for the group-scaled kernel.
 
@@ -64,12 +66,12 @@ _CACHE_MAX = 4096
 
 
 def _scales_t(sg: torch.Tensor) -> torch.Tensor:
-    if torch.cuda.is_current_stream_capturing():
-        return sg.t().contiguous()  # no cache writes while capturing a graph
     hit = _transposed.get(id(sg))
     if hit is not None and hit[0]() is sg and hit[1] == sg._version:
         return hit[2]
     t = sg.t().contiguous()
+    if torch.cuda.is_current_stream_capturing():
+        return t  # no cache writes while capturing a graph (t lives in the graph's memory pool)
     if len(_transposed) >= _CACHE_MAX:
         _transposed.clear()
     _transposed[id(sg)] = (weakref.ref(sg), sg._version, t)
@@ -92,13 +94,12 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     element, sg [N, G] int32 (integer scales, bounded by max_scale; None: the largest the quantizer
     produces for wmax) or float32, bias [N] or None; act: the activation code. tile: a tile name of
     the recipe (experiments; None: the dispatch table's)."""
-    from .gemm import _plan  # noqa: PLC0415 (imported late: gemm / w4a8 import this module)
-    from .w4a8 import _require_sm90  # noqa: PLC0415
-
     M, K = xq.shape
     N = wq.shape[0]
     idx = xq.get_device()
     if (op, idx) not in _ready:
+        from .w4a8 import _require_sm90  # noqa: PLC0415 (imported late: w4a8 imports this module)
+
         _require_sm90(op, xq.device, "the group-scaled int8 GEMM kernels are")
         _ready.add((op, idx))
     if N % 8 or K % 16:
@@ -117,10 +118,10 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     G = sg.shape[1]
     g = K // G
     if int_scales and max_scale is None:
-        max_scale = _DEFAULT_MAX_SCALE[wmax]
+        max_scale = _default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
     recipe = "int8_group_int" if int_scales else "int8_group_float"
-    kid, ws = _plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
+    kid, ws = _gemm()._plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
@@ -137,6 +138,20 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
 
 
 _ready: set[tuple[str, int]] = set()
-# Without max_scale, the largest integer scale the quantizer can produce for the weight range:
-# INT4 alpha <= 2^15 (docs/W4A8.md); INT8: the largest scale one k-block allows (4095).
-_DEFAULT_MAX_SCALE = {8: 2**15, 128: _INT32_MAX // (_BLOCK_K * _ACT_MAX * 128)}
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm():
+    from . import gemm  # noqa: PLC0415 (imported late: gemm's users import this module)
+
+    return gemm
+
+
+@functools.lru_cache(maxsize=256)
+def _default_max_scale(g: int, wmax: int) -> int:
+    """Without max_scale: the largest integer scale the quantizer can produce for the weights. INT4:
+    alpha <= 2^15 (docs/W4A8.md); INT8: one group's |P| * scale must fit int32 (the op's bound,
+    ``group_max_scale(g, 128)``), at most 4095 (what one k-block of 32 allows)."""
+    if wmax == 8:
+        return 2**15
+    return max(1, min(_INT32_MAX // (g * _ACT_MAX * wmax), _INT32_MAX // (_BLOCK_K * _ACT_MAX * wmax)))
