@@ -339,7 +339,7 @@ def test_quantize_conversion_error_is_one_line(capsys, tiny, tmp_path):
     # group 256 does not divide the tiny model's in_features 128 -> quantize_ raises, named layer
     rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(tmp_path / "q"), "--scheme", "w8a8-group",
                                  "--group-size", "256"])
-    _one_line_error(rc, out, err, "quantize", "conversion would fail")
+    _one_line_error(rc, out, err, "quantize", "conversion failed", "before reading the weights")
 
 
 @pytest.mark.parametrize(
@@ -386,6 +386,35 @@ def test_lkd_steps(capsys, tiny, tmp_path, monkeypatch):
     monkeypatch.delattr(zqkernels, "lkd", raising=False)
     rc, out, err = _run(capsys, argv)
     _one_line_error(rc, out, err, "eval", "--lkd-steps needs zqkernels.lkd")
+
+
+def test_quantize_gptq_lorc_lkd_checked_before_loading(capsys, tiny, tmp_path, monkeypatch):
+    """GPTQ / LoRC / LKD run on the one-layer copy first: a failure there stops before the weights."""
+    from zqkernels import _cli
+
+    def broken(*a, **k):
+        raise NotImplementedError("gptq: not for this scheme")
+
+    monkeypatch.setattr(zqkernels, "gptq", broken)
+    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(tmp_path / "q"), "--gptq", "--calib",
+                                 tiny["text"]])
+    _one_line_error(rc, out, err, "quantize", "w8a8 + GPTQ: conversion failed: gptq: not for this scheme",
+                    "found on a one-layer copy of the model")
+
+
+def test_eval_lorc(capsys, tiny, tmp_path):
+    js = tmp_path / "r.json"
+    argv = ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2", "--json", str(js)]
+    rc, out, err = _run(capsys, argv + ["--scheme", "w8a8"])
+    assert rc == 0, err
+    plain = json.loads(js.read_text())
+    rc, out, err = _run(capsys, argv + ["--lorc-rank", "16"])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"] == "w8a8 + LoRC r16" and "lorc" in out
+    # LoRC compensates part of the weight error: every layer's output error goes down
+    assert all(r["rel_err"] < p["rel_err"] for r, p in zip(res["layer_errors"], plain["layer_errors"]))
 
 
 def test_gptq_from_the_command_line(capsys, tiny, tmp_path):

@@ -470,8 +470,9 @@ def _small_copy(root: Path, kw: dict[str, Any], dtype: str) -> Optional[nn.Modul
 
 
 def check_checkpoint(root: Path, kw: dict[str, Any], dtype: str, conv: Conversion) -> str:
-    """Convert, LoRC, save and load a one-layer copy of the model (built from its config; or a
-    two-Linear stand-in) the way the real run will, before the model's weights are read; raises
+    """Convert (GPTQ / LoRC / LKD as asked), save and load a one-layer copy of the model (built from
+    its config; or a two-Linear stand-in) the way the real run will, before the model's weights are
+    read; raises
     CLIError if the conversion would fail or the checkpoint cannot be written or read back. -> what
     was checked."""
     import zqkernels
@@ -479,14 +480,27 @@ def check_checkpoint(root: Path, kw: dict[str, Any], dtype: str, conv: Conversio
     probe, what = _small_copy(root, kw, dtype), "a one-layer copy of the model"
     if probe is None:
         probe, what = _ProbeModel(), "a two-Linear stand-in"
-    probe_float = copy.deepcopy(probe) if conv.lorc_rank else None
+    # the same steps (GPTQ / LoRC / LKD) on the small copy: LoRC's rank capped to its layers, one LKD
+    # step, random token ids as calibration data
+    small = copy.copy(conv)
+    stand_in = isinstance(probe, _ProbeModel)
+    if conv.lorc_rank:
+        dims = [min(m.weight.shape) for m in probe.modules() if isinstance(m, nn.Linear)]
+        small.lorc_rank = min([conv.lorc_rank, *dims])
+    if conv.lkd_steps:
+        small.lkd_steps = None if stand_in else 1  # LKD needs the model's transformer blocks
+    calib = None
+    if small.gptq or small.lkd_steps:
+        g = torch.Generator().manual_seed(0)
+        if stand_in:
+            calib = [torch.randn(2, 8, 256, generator=g)]
+        else:
+            vocab = getattr(getattr(probe, "config", None), "vocab_size", 256)
+            calib = [{"input_ids": torch.randint(0, min(vocab, 256), (1, 16), generator=g)}]
     try:
-        zqkernels.quantize_(probe, conv.config, module_configs=conv.module_configs)
-        if conv.lorc_rank:
-            dims = [min(m.weight.shape) for m in probe_float.modules() if isinstance(m, nn.Linear)]
-            zqkernels.lorc(probe, probe_float, rank=min([conv.lorc_rank, *dims]))
-    except (ValueError, TypeError, NotImplementedError) as e:
-        raise CLIError(f"scheme {conv.label}: conversion would fail: {e}") from e
+        small.convert(probe, calib, False, lambda s: None)
+    except CLIError as e:
+        raise CLIError(f"scheme {conv.label}: {e} (found on {what}, before reading the weights)") from e
     with tempfile.TemporaryDirectory(prefix="zq_ckpt_check_") as d:
         try:
             zqkernels.save_quantized(probe, d)
