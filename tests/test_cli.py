@@ -151,15 +151,14 @@ def test_demo_numbers():
 # ------------------------------------------------------------------------------------------------
 # quantize / eval (zqkernels/_cli.py) on a tiny Llama built from its config, CPU
 
-transformers = pytest.importorskip("transformers")
-
 _WORDS = "the of and to a in was her it i that she not be as you he had his with for".split()
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-layer Llama (random weights, fp32) + a word-level tokenizer saved with save_pretrained,
-    and a text of 3000 tokens."""
+    and a text of 3000 tokens. Skips the tests that use it where transformers is not installed."""
+    pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
