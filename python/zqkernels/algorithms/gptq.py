@@ -82,33 +82,317 @@ def _check_options(op: str, block_size: Any, damp: Any, act_order: Any) -> None:
         raise TypeError(f"{op}: act_order must be a bool, got {type(act_order).__name__}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Per-format quantize-dequantize of one column (the grids of quantize_weight).
+#
+# A grid is built from the original weight (the per-row quantities: scale, sw, alpha), is told
+# when the loop reaches a group's first column (start_group: the group's scales from the current,
+# already error-corrected values of its columns, as the GPTQ reference's groupwise mode does), and
+# maps one column to (codes, dequantized value). result() turns the codes into exactly what
+# quantize_weight returns for the format (packed layouts included). With an identity Hessian no
+# error is passed on, the group scales see the original weight, and the result is quantize_weight's
+# bit for bit (tested for every format).
+
+
+class _Grid:
+    group = 0  # columns per group (K: per channel)
+
+    def start_group(self, j: int, values: torch.Tensor) -> None:
+        """values [N, g]: the current values of group j's columns (in original column order)."""
+
+    def quant(self, col: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """col [N, 1] float32 of group j -> (codes [N, 1] float32, dequantized [N, 1] float32)."""
+        raise NotImplementedError
+
+    def result(self, codes: torch.Tensor) -> tuple:
+        raise NotImplementedError
+
+
+class _ChannelGrid(_Grid):
+    """INT8 / INT4 per channel (int8 container) and FP8 E4M3 per channel: _quantize_rows's math
+    (reference/quantize.py), scale = amax / qmax per row fixed from the original weight."""
+
+    def __init__(self, W: torch.Tensor, qmax: float, fp8: bool) -> None:
+        self.group = W.shape[1]
+        self.qmax, self.fp8 = qmax, fp8
+        self.scale, pre, inv = _row_grid(W, qmax)
+        self.pre, self.inv, self.scale_c = pre[:, None], inv[:, None], self.scale[:, None]
+
+    def quant(self, col, j):
+        q = (col * self.pre) * self.inv
+        if self.fp8:
+            q = q.clamp_(-self.qmax, self.qmax).to(torch.float8_e4m3fn).float()
+        else:
+            q = torch.round(q).clamp_(-self.qmax, self.qmax)
+        return q, q * self.scale_c
+
+    def result(self, codes):
+        dtype = torch.float8_e4m3fn if self.fp8 else torch.int8
+        return codes.to(dtype).contiguous(), self.scale.contiguous()
+
+
+class _IntGroupGrid(_Grid):
+    """INT4 (packed, layout m16k32) / INT8 weights with integer or float group scales: the math of
+    _group_scales (reference/quantize.py). Per row, s_max (hence sw) and alpha come from the
+    original weight; a group's s = amax / qmax from its current values when the loop reaches it
+    (kept <= s_max, so r <= 1 and the integer scale <= alpha, the overflow bound), q = rint(w / s)
+    as quantize_weight rounds, sg = max(rint(r * alpha), 1) (int) or r (float), and the error fed
+    back is w - sw * sg * q, the value dequantize gives (float64, one rounding)."""
+
+    def __init__(self, W: torch.Tensor, bits: int, g: int, kind: str, alpha: Optional[int]) -> None:
+        from ..reference.quantize import (
+            INT8_HEURISTIC_MIN,
+            QMAX,
+            _alpha_heuristic,
+            group_alpha_max,
+        )
+
+        N, K = W.shape
+        self.group, self.bits, self.kind = g, bits, kind
+        self.qmax = QMAX[bits]
+        amax = W.abs().reshape(N, K // g, g).amax(dim=2)
+        s = amax / torch.full_like(amax, float(self.qmax))
+        self.s_max = s.amax(dim=1)
+        safe = torch.where(self.s_max == 0, torch.ones_like(self.s_max), self.s_max)
+        self.safe_max = safe[:, None]
+        r = s / self.safe_max
+        nonzero = s > 0
+        if kind == "int":
+            if alpha is None:  # quantize_int4_group_ref's / quantize_int8_group_ref's default
+                if bits == 4:
+                    alpha = _alpha_heuristic(r, nonzero)
+                elif g == K:
+                    alpha = 1
+                else:
+                    hi = group_alpha_max(g, 128)
+                    alpha = _alpha_heuristic(r, nonzero, min(INT8_HEURISTIC_MIN, hi), hi)
+            self.alpha = alpha
+            self.sw = self.s_max / torch.full_like(self.s_max, float(alpha))
+            self.sg = torch.zeros((N, K // g), dtype=torch.int32, device=W.device)
+        else:
+            self.sw = self.s_max
+            self.sg = torch.zeros((N, K // g), dtype=torch.float32, device=W.device)
+        self.sw64 = self.sw.double()[:, None]
+        self.s = torch.zeros((N, K // g), dtype=torch.float32, device=W.device)
+        self.deq_scale = torch.zeros((N, K // g), dtype=torch.float64, device=W.device)
+
+    def start_group(self, j, values):
+        amax = values.abs().amax(dim=1)
+        s = amax / torch.full_like(amax, float(self.qmax))
+        s = torch.minimum(s, self.s_max)
+        nonzero = s > 0
+        r = s / self.safe_max[:, 0]
+        if self.kind == "int":
+            a = torch.full_like(r, float(self.alpha))
+            sg = torch.round(r * a).clamp_(min=1)
+            sg = torch.where(nonzero, sg, torch.zeros_like(sg))
+            self.sg[:, j] = sg.to(torch.int32)
+        else:
+            sg = torch.where(nonzero, r, torch.zeros_like(r))
+            self.sg[:, j] = sg
+        self.s[:, j] = s
+        self.deq_scale[:, j] = sg.double() * self.sw64[:, 0]
+
+    def quant(self, col, j):
+        s = self.s[:, j : j + 1]
+        q = torch.round(col / torch.where(s == 0, torch.ones_like(s), s)).clamp_(-self.qmax, self.qmax)
+        q = torch.where(s == 0, torch.zeros_like(q), q)  # an all-zero group: sg = 0, codes 0
+        return q, (q.double() * self.deq_scale[:, j : j + 1]).float()
+
+    def result(self, codes):
+        from ..reference.quantize import pack_int4
+
+        wq = codes.to(torch.int8).contiguous()
+        if self.bits == 4:
+            wq = pack_int4(wq)
+        return wq, self.sw.contiguous(), self.sg.contiguous()
+
+
+class _FP4Grid(_Grid):
+    """FP4 E2M1 (packed, layout m16k64) with ZeroQuant-FP group scales: the math of
+    quantize_fp4_ref. sw (and for m1 the row exponent cmax) from the original weight; a group's
+    exponent e (m1 / m2, in [-5, 0]) or ratio r (free, <= 1) from its current values when the loop
+    reaches it; codes = e2m1(w / (sw r)); the error fed back is w - the value dequantize gives
+    (e2m1 * 2^e * sw exactly, or fp8(e2m1 * r) * sw for free, as the kernel rounds)."""
+
+    def __init__(self, W: torch.Tensor, g: int, policy: str) -> None:
+        from ..reference.quantize import _E2M1_MAX, _ceil_log2
+
+        N, K = W.shape
+        self.group, self.policy = g, policy
+        self._E2M1_MAX, self._ceil_log2 = _E2M1_MAX, _ceil_log2
+        amax = W.abs().reshape(N, K // g, g).amax(dim=2)
+        s = amax / torch.full_like(amax, _E2M1_MAX)
+        zero = s == 0
+        if policy == "m1":
+            c = _ceil_log2(torch.where(zero, torch.ones_like(s), s))
+            c = torch.where(zero, torch.full_like(c, -(2**20)), c)
+            cmax = c.amax(dim=1, keepdim=True)
+            row_zero = zero.all(dim=1, keepdim=True)
+            self.cmax = torch.where(row_zero, torch.zeros_like(cmax), cmax)
+            sw = torch.ldexp(torch.ones_like(self.cmax, dtype=torch.float32), self.cmax).reshape(N)
+            self.sw = torch.where(row_zero.reshape(N), torch.zeros_like(sw), sw)
+        else:
+            self.sw = s.amax(dim=1)
+        self.safe_sw = torch.where(self.sw == 0, torch.ones_like(self.sw), self.sw)
+        sg_dtype = torch.float32 if policy == "free" else torch.int8
+        self.sg = torch.zeros((N, K // g), dtype=sg_dtype, device=W.device)
+        self.r = torch.ones((N, K // g), dtype=torch.float32, device=W.device)
+
+    def start_group(self, j, values):
+        from ..reference.quantize import FP4_EXP_MAX, FP4_EXP_MIN
+
+        amax = values.abs().amax(dim=1)
+        s = amax / torch.full_like(amax, self._E2M1_MAX)
+        zero = s == 0
+        if self.policy == "m1":
+            c = self._ceil_log2(torch.where(zero, torch.ones_like(s), s))
+            e = (c - self.cmax[:, 0]).clamp(FP4_EXP_MIN, FP4_EXP_MAX)
+            e = torch.where(zero, torch.zeros_like(e), e)
+        else:
+            ratio = s / self.safe_sw
+            if self.policy == "free":
+                r = torch.where(zero, torch.ones_like(ratio), ratio).clamp_(max=1.0)
+                self.sg[:, j] = r
+                self.r[:, j] = r
+                return
+            e = self._ceil_log2(torch.where(zero, torch.ones_like(ratio), ratio)).clamp(FP4_EXP_MIN, FP4_EXP_MAX)
+            short = self.sw.double() * torch.ldexp(torch.ones_like(s, dtype=torch.float64), e) < s.double()
+            e = (e + short.to(e.dtype)).clamp(max=FP4_EXP_MAX)
+            e = torch.where(zero, torch.zeros_like(e), e)
+        self.sg[:, j] = e.to(torch.int8)
+        self.r[:, j] = torch.ldexp(torch.ones_like(s), e)
+
+    def quant(self, col, j):
+        from ..reference.quantize import e2m1_decode, e2m1_encode, fp4_to_fp8_float_ref
+
+        r = self.r[:, j : j + 1]
+        scale = self.sw[:, None] * r  # exact for power-of-two r
+        codes = e2m1_encode(col / torch.where(scale == 0, torch.ones_like(scale), scale))
+        if self.policy == "free":
+            v = fp4_to_fp8_float_ref(codes, r).float()
+        else:
+            v = e2m1_decode(codes) * r  # e2m1 * 2^e, exact
+        return codes.float(), v * self.sw[:, None]
+
+    def result(self, codes):
+        from ..reference.quantize import pack_fp4
+
+        return pack_fp4(codes.to(torch.uint8)), self.sw.contiguous(), self.sg.contiguous()
+
+
+def _resolve_format(
+    op: str, w: torch.Tensor, bits: Optional[int], fmt: Optional[str], group_size: Optional[int],
+    scale: Optional[str], alpha: Optional[int],
+) -> tuple[str, Any]:
+    """(kind, args) of the grid quantize_weight(w, bits, fmt=, group_size=, scale=, alpha=) uses;
+    the arguments are checked by quantize_weight's own checks (same errors, naming `op`)."""
+    from ..ops.quantize import (
+        _check_fp4_shape,
+        _check_int4_shape,
+        _check_int8_group_shape,
+        _resolve_fmt,
+    )
+    from ..reference.quantize import FP4_POLICIES, INT4_SCALES, _check_alpha, _check_alpha8
+
+    N, K = w.shape
+    if fmt is None and group_size is None and scale is None and alpha is None:
+        b = 8 if bits is None else bits
+        if not _is_int(b) or not 2 <= b <= 8:
+            raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
+        return "channel", (2 ** (b - 1) - 1, False)
+    fmt = _resolve_fmt(op, bits, fmt)
+    if fmt == "fp8":
+        if group_size is not None or scale is not None or alpha is not None:
+            raise ValueError(f"{op}: group_size, scale and alpha do not apply to fmt='fp8'")
+        return "channel", (448.0, True)
+    if fmt == "fp4":
+        policy = "m2" if scale is None else scale
+        if policy not in FP4_POLICIES:
+            raise ValueError(f"{op}: scale must be one of {FP4_POLICIES} (fmt='fp4'), got {scale!r}")
+        if alpha is not None:
+            raise ValueError(f"{op}: alpha does not apply to fmt='fp4'")
+        return "fp4", (_check_fp4_shape(op, N, K, group_size), policy)
+    if group_size is None and scale is None:
+        if alpha is not None:
+            raise ValueError(f"{op}: alpha applies to integer group scales only (give group_size or scale)")
+        return "channel", (2 ** (_WEIGHT_BITS[fmt] - 1) - 1, False)
+    kind = "int" if scale is None else scale
+    if kind not in INT4_SCALES:
+        raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (fmt={fmt!r}), got {scale!r}")
+    if alpha is not None and kind != "int":
+        raise ValueError(f"{op}: alpha applies to scale='int' only, got scale={scale!r}")
+    b = _WEIGHT_BITS[fmt]
+    if b == 4:
+        g = _check_int4_shape(op, N, K, group_size)
+        if alpha is not None:
+            _check_alpha(op, alpha)
+    else:
+        g = _check_int8_group_shape(op, N, K, group_size)
+        if alpha is not None:
+            _check_alpha8(op, alpha, g)
+    return "int_group", (b, g, kind, alpha)
+
+
+_WEIGHT_BITS = {"int8": 8, "int4": 4}
+
+
+def _make_grid(kind: str, args: Any, W: torch.Tensor) -> _Grid:
+    if kind == "channel":
+        return _ChannelGrid(W, *args)
+    if kind == "fp4":
+        return _FP4Grid(W, *args)
+    return _IntGroupGrid(W, *args)
+
+
 def gptq_quantize_weight(
     w: torch.Tensor,
     H: torch.Tensor,
     *,
-    bits: int = 8,
+    bits: Optional[int] = None,
+    fmt: Optional[str] = None,
+    group_size: Optional[int] = None,
+    scale: Optional[str] = None,
+    alpha: Optional[int] = None,
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple:
     """GPTQ-quantize one weight w [N, K] given its layer's Hessian H [K, K] (``2 X^T X / n`` of the
-    layer inputs X [n, K]). Returns (wq int8 [N, K], scale float32 [N]) on w's device: symmetric
-    per-output-channel, ``w ~= wq * scale[:, None]``, values in [-qmax, qmax] with
-    ``qmax = 2^(bits-1) - 1``.
+    layer inputs X [n, K]), into any format of ``quantize_weight``: the format arguments (bits, fmt,
+    group_size, scale, alpha) mean what they mean there, and the result is what ``quantize_weight(w,
+    bits, fmt=..., group_size=..., scale=..., alpha=...)`` returns for them (same dtypes, shapes and
+    packed layouts; only the values differ), on w's device:
 
-    - Scales are fixed from w before any update, ``scale = amax / qmax`` per row: the RTN grid of
-      ``quantize_weight`` (bits 8 and 4 give the same scales as it).
+    - default / bits=8 / fmt="int8": (wq int8 [N, K], sw float32 [N]) per channel; fmt="int4" /
+      bits=4 without group_size / scale: values in [-7, 7] in an int8 container; bits 2..7 (no fmt):
+      the same grid with qmax = 2^(bits-1) - 1, for studying the algorithm.
+    - fmt="fp8": (wq float8_e4m3fn [N, K], sw float32 [N]).
+    - fmt="fp4" (group_size 32 / 64 / 128 / None, scale "m2" / "m1" / "free"): (wq uint8 [N, K // 2]
+      packed m16k64, sw, sg).
+    - fmt="int4" / bits=4 with group_size or scale ("int" / "float", alpha): (wq uint8 [N, K // 2]
+      packed m16k32, sw, sg); fmt="int8" / bits=8 with group_size or scale: (wq int8 [N, K], sw, sg).
+
+    Scales: per-channel grids are fixed from w before any update (the RTN scales). Group formats
+    keep the per-row quantities of w (sw, for m1 the row exponent, alpha) and compute a group's
+    scales when the loop reaches the group's first column, from the group's current (error-
+    corrected) values, as the GPTQ reference's groupwise mode does; a group's scale is capped at
+    the row's (ratio <= 1: what the formats and the integer-scale overflow bounds assume). Codes
+    are rounded as quantize_weight rounds them; the error passed on is w minus the value
+    ``dequantize`` gives (integer scales: sw * rint(r * alpha) * q).
+
     - Dead columns (H_ii == 0: an input feature that was always 0 in calibration) get H_ii = 1, so
       they are rounded to nearest and pass no error on (any value is exact on the calibration data).
     - Dampening: ``damp * mean(diag H)`` is added to the diagonal (raised automatically if H is
       still not positive definite).
     - The error feedback uses the upper Cholesky factor of H^-1 and lazy batch updates over blocks
-      of `block_size` columns (the result does not depend on block_size beyond float rounding).
-    - act_order: quantize columns in order of decreasing H_ii (the permutation is undone in wq).
-    - bits: 2..8; anything but 8 is for studying the algorithm (values in an int8 container); the
-      W8A8 kernels use bits=8.
+      of `block_size` columns (the result does not depend on block_size beyond float rounding; a
+      group's scales see the exact current values, pending block updates included).
+    - act_order: quantize columns in order of decreasing H_ii (the permutation is undone in the
+      result; groups stay the format's contiguous groups, their scales computed when the first of
+      their columns is reached in that order).
 
-    An identity H gives exactly the RTN result of ``quantize_weight(w, bits)``.
+    An identity H gives exactly ``quantize_weight``'s result for the format.
     """
     op = "gptq_quantize_weight"
     if not isinstance(w, torch.Tensor):
@@ -123,8 +407,7 @@ def gptq_quantize_weight(
             f"{op}: H must be a floating-point [K, K] tensor with K = w.shape[1] = {K}, "
             f"got {H.dtype} of shape {list(H.shape)}"
         )
-    if not _is_int(bits) or not 2 <= bits <= 8:
-        raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
+    kind, args = _resolve_format(op, w, bits, fmt, group_size, scale, alpha)
     _check_options(op, block_size, damp, act_order)
     if w.is_meta or H.is_meta:
         raise ValueError(f"{op}: w and H must hold values (not on the meta device)")
@@ -136,24 +419,38 @@ def gptq_quantize_weight(
         raise ValueError(f"{op}: H has NaN or Inf values")
     if bool((torch.diagonal(Hd) < 0).any()):
         raise ValueError(f"{op}: H has negative diagonal entries (not a covariance 2 X^T X / n)")
-    qmax = 2 ** (bits - 1) - 1
-    scale, pre, inv = _row_grid(W, qmax)
+    grid = _make_grid(kind, args, W)
     if N == 0 or K == 0:
-        return torch.zeros((N, K), dtype=torch.int8, device=w.device), scale.contiguous()
+        return grid.result(torch.zeros((N, K), dtype=torch.float32, device=w.device))
 
     dead = torch.diagonal(Hd) == 0
     if bool(dead.any()):
         idx = torch.nonzero(dead).flatten()
         Hd[idx, idx] = 1.0
-    perm = None
+    g = grid.group
     if act_order:
         perm = torch.argsort(torch.diagonal(Hd), descending=True, stable=True)
         W = W[:, perm]
         Hd = Hd[perm][:, perm]
+        order = perm.tolist()  # position -> original column
+    else:
+        perm = None
+        order = list(range(K))
     U = _inverse_hessian_chol(Hd, float(damp), op).to(torch.float32)
     del Hd
+    # The position where each group's first column is reached, and the positions of its columns.
+    pos_of = [0] * K
+    for p, k in enumerate(order):
+        pos_of[k] = p
+    grouped = g < K or kind != "channel"
+    starts: dict[int, int] = {}
+    if grouped:
+        for j in range(K // g):
+            starts[min(pos_of[j * g : (j + 1) * g])] = j
+    group_pos = {
+        j: torch.tensor(pos_of[j * g : (j + 1) * g], device=w.device) for j in starts.values()
+    }
 
-    pre_c, inv_c, scale_c = pre[:, None], inv[:, None], scale[:, None]
     Q = torch.zeros((N, K), dtype=torch.float32, device=w.device)
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
@@ -161,17 +458,35 @@ def gptq_quantize_weight(
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
+            p = i1 + i
+            k = order[p]
+            j = k // g
+            if p in starts:
+                # The group's current values: in-block columns from W1, later ones from W minus
+                # the updates this block has not applied to them yet.
+                pos = group_pos[j]
+                inblock = pos < i2
+                vals = torch.empty((N, pos.numel()), dtype=torch.float32, device=w.device)
+                if bool(inblock.any()):
+                    vals[:, inblock] = W1[:, pos[inblock] - i1]
+                later = pos[~inblock]
+                if later.numel():
+                    v = W[:, later]
+                    if i > 0:
+                        v = v - Err1[:, :i] @ U[i1:p, later]
+                    vals[:, ~inblock] = v
+                grid.start_group(j, vals)
             col = W1[:, i : i + 1]
-            q = torch.round((col * pre_c) * inv_c).clamp_(-qmax, qmax)
-            Q[:, i1 + i : i1 + i + 1] = q
-            err = (col - q * scale_c) / U1[i, i]
+            q, deq = grid.quant(col, j)
+            Q[:, p : p + 1] = q
+            err = (col - deq) / U1[i, i]
             W1[:, i + 1 :] -= err * U1[i : i + 1, i + 1 :]
             Err1[:, i : i + 1] = err
         if i2 < K:
             W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return Q.to(torch.int8).contiguous(), scale.contiguous()
+    return grid.result(Q)
 
 
 # ------------------------------------------------------------------------------------------------
