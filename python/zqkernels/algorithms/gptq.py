@@ -1,11 +1,13 @@
 """GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
-Transformers", 2022) as a weight quantizer for the W8A8 scheme.
+Transformers", 2022) as a weight quantizer for every weight format of ``quantize_weight`` (hence
+every QLinear scheme: w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group).
 
 GPTQ quantizes a weight [N, K] one input column at a time and, after each column, moves that
 column's rounding error onto the columns not quantized yet, weighted by the inverse Hessian of the
 layer's squared output error ``H = 2 X^T X / n`` (X: the layer's calibration inputs). The weight
-format is unchanged: symmetric per-output-channel int8 with ``scale = amax / qmax``, the same grid
-as round-to-nearest (``quantize_weight``); only the integer values differ.
+format is unchanged: the column quantize-dequantize is the format's own (``_Grid`` subclasses, the
+math of ``quantize_weight``), per-channel scales are RTN's, group scales are computed when the loop
+reaches a group's first column; the result is ``quantize_weight``'s tuple for the format.
 
 - ``gptq_quantize_weight(w, H, ...)``: one layer, given its Hessian.
 - ``gptq(model, calib_batches, ...)``: a whole model. Runs the float model once over the calibration
@@ -532,7 +534,11 @@ def gptq(
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     module_configs: Optional[Mapping[str, Any]] = None,
 ):
-    """Quantize `model` in place for W8A8 with GPTQ weights; returns quantize_'s ConversionSummary.
+    """Quantize `model` in place with GPTQ weights; returns quantize_'s ConversionSummary.
+
+    config: any quantize_ config (W8A8Config (default), FP8Config, W4A8FPConfig, W4A8Config,
+    W8A8GroupConfig); module_configs may mix them. Each converted Linear's weight is GPTQ'd into
+    its scheme's format (``QLinear.from_linear`` hands the quantizer the layer's weight_format).
 
     calib_batches: an iterable of model inputs: dicts (``model(**batch)``) or tensors / tuples
     (``model(batch)`` / ``model(*batch)``); tensors are moved to the model's device. The float model
@@ -548,7 +554,7 @@ def gptq(
     One pass: all Hessians come from the float model's activations (not the sequential variant
     that feeds each layer the outputs of the already quantized layers before it).
     """
-    from ..nn.config import W8A8Config, quantize_
+    from ..nn.config import QuantConfig, W8A8Config, quantize_
     from ..nn.convert import _convertible
 
     op = "gptq"
@@ -556,8 +562,8 @@ def gptq(
         raise TypeError(f"{op}: model must be an nn.Module, got {type(model).__name__}")
     if config is None:
         config = W8A8Config()
-    if not isinstance(config, W8A8Config):
-        raise TypeError(f"{op}: config must be a W8A8Config (the scheme with kernels), got {type(config).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"{op}: config must be a quantization config (e.g. W8A8Config()), got {type(config).__name__}")
     if isinstance(calib_batches, (torch.Tensor, Mapping)) or not isinstance(calib_batches, Iterable):
         raise TypeError(
             f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or "
@@ -618,12 +624,15 @@ def gptq(
     if batches == 0:
         raise ValueError(f"{op}: calib_batches is empty; give at least one calibration batch")
 
-    def quantizer(linear: nn.Module) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def quantizer(linear: nn.Module, weight_format: Optional[Mapping[str, Any]] = None) -> Optional[tuple]:
+        # weight_format: the layer's quantize_weight arguments (QLinear.from_linear passes them);
+        # None (a fused block's merged GEMM parts): int8 per channel.
         acc = stats.get(_weight_key(linear))
         if acc is None or acc.H is None:
             return None  # never ran in calibration: round to nearest
+        fmt = dict(weight_format) if weight_format is not None else {"fmt": "int8"}
         return gptq_quantize_weight(
-            linear.weight.detach(), acc.H, bits=8, block_size=block_size, damp=damp, act_order=act_order
+            linear.weight.detach(), acc.H, block_size=block_size, damp=damp, act_order=act_order, **fmt
         )
 
     return quantize_(

@@ -80,6 +80,12 @@ class SchemeHandler:
     def load_float(self, m: "QLinear", weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def weight_format(self, m: "QLinear") -> Optional[dict[str, Any]]:
+        """The ``quantize_weight`` keyword arguments of the layer's weight format (what a
+        ``weight_quantizer``, e.g. GPTQ, must produce; load_float then takes its result through
+        ``quantized=``). None: the scheme takes no weight_quantizer."""
+        return None
+
     def apply(self, m: "QLinear", x2: torch.Tensor) -> torch.Tensor:
         """x2 [M, in_features] (row layout) -> y [M, padded out_features] in x2's dtype."""
         raise NotImplementedError
@@ -126,6 +132,9 @@ class W8A8(SchemeHandler):
             m.bias = torch.nn.functional.pad(bias.detach(), (0, pad)) if pad else bias.detach().clone()
         else:
             m.bias = None
+
+    def weight_format(self, m):
+        return {"fmt": "int8"}
 
     def apply(self, m, x2):
         dtype = x2.dtype
@@ -234,8 +243,11 @@ class FP8(SchemeHandler):
         m.register_buffer("weight_scale", torch.zeros((rows,), dtype=torch.float32, device=device))
         m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
 
-    def load_float(self, m, weight, bias):
-        wq, sw = quantize_weight(weight, fmt="fp8")
+    def weight_format(self, m):
+        return {"fmt": "fp8"}
+
+    def load_float(self, m, weight, bias, quantized=None):
+        wq, sw = quantize_weight(weight, fmt="fp8") if quantized is None else quantized
         rows = _padded(m.out_features)
         m.weight_q = _pad_rows(wq, rows)
         m.weight_scale = _pad_rows(sw, rows)
@@ -325,9 +337,14 @@ class W4A8FP(SchemeHandler):
         )
         m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
 
-    def load_float(self, m, weight, bias):
+    def weight_format(self, m):
         g = None if m.group_size == m.in_features else m.group_size  # None: quantize_weight's per channel
-        wq, sw, sg = quantize_weight(weight, fmt="fp4", group_size=g, scale=m.scale_policy)
+        return {"fmt": "fp4", "group_size": g, "scale": m.scale_policy}
+
+    def load_float(self, m, weight, bias, quantized=None):
+        if quantized is None:
+            quantized = quantize_weight(weight, **self.weight_format(m))
+        wq, sw, sg = quantized
         m.weight_q = wq.contiguous()
         m.weight_scale = sw.contiguous()
         m.weight_group_scale = sg.contiguous()
@@ -443,10 +460,15 @@ class _IntGroup(SchemeHandler):
         )
         m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
 
-    def load_float(self, m, weight, bias):
+    def weight_format(self, m):
         g = None if m.group_size == m.in_features else m.group_size  # None: quantize_weight's per channel
+        return {"bits": self.bits, "group_size": g, "scale": self._scale(m), "alpha": m.alpha}
+
+    def load_float(self, m, weight, bias, quantized=None):
         scale = self._scale(m)
-        wq, sw, sg = quantize_weight(weight, bits=self.bits, group_size=g, scale=scale, alpha=m.alpha)
+        if quantized is None:
+            quantized = quantize_weight(weight, **self.weight_format(m))
+        wq, sw, sg = quantized
         rows = m.weight_scale.shape[0]  # W8A8Group pads the rows to a multiple of 8 (zero scales)
         m.weight_q = _pad_rows(wq, rows)
         m.weight_scale = _pad_rows(sw, rows)
@@ -643,9 +665,14 @@ class QLinear(nn.Module):
     ) -> "QLinear":
         """Quantize an nn.Linear with `scheme`; keeps its device.
 
-        weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or
-        None, replacing the scheme's round-to-nearest weights (e.g. GPTQ, zqkernels.algorithms);
-        None from it (or no callable) keeps the default. Scheme "w8a8" only.
+        weight_quantizer: optional callable(linear) or callable(linear, weight_format=...) ->
+        the scheme's quantized weight or None, replacing its round-to-nearest weights (e.g. GPTQ,
+        zqkernels.algorithms); None from it (or no callable) keeps the default. A callable with a
+        ``weight_format`` parameter is given the layer's ``quantize_weight`` keyword arguments
+        (``SchemeHandler.weight_format``: e.g. {"fmt": "int8"} for w8a8, {"fmt": "fp4",
+        "group_size": 128, "scale": "m2"} for w4a8-fp); it must return what ``quantize_weight``
+        returns for them ((wq, sw) or (wq, sw, sg), on the weight's device; checked). Every scheme
+        takes one; a scheme whose handler has no weight_format raises NotImplementedError.
         options: the scheme's per-layer options (``group_size=``, ``scale_policy=``, ``scale=``,
         ``alpha=``; see the class docstring).
         """
@@ -656,11 +683,6 @@ class QLinear(nn.Module):
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(f"{op}: unexpected keyword argument(s) {unknown}")
-        if weight_quantizer is not None and scheme != "w8a8":
-            raise ValueError(
-                f"{op}: weight_quantizer produces int8 weights and applies to scheme 'w8a8' only, got "
-                f"scheme {scheme!r}"
-            )
         w = linear.weight.detach()
         if w.is_meta:
             raise ValueError(f"{op}: the linear's weight is on the meta device (no values to quantize)")
@@ -679,11 +701,11 @@ class QLinear(nn.Module):
             )
         except ValueError as e:
             raise ValueError(str(e).replace("QLinear:", f"{op}:", 1)) from None
-        q = weight_quantizer(linear) if weight_quantizer is not None else None
+        q = _run_weight_quantizer(op, weight_quantizer, linear, mod) if weight_quantizer is not None else None
         if q is None:
             mod._handler.load_float(mod, w, linear.bias)
         else:
-            mod._handler.load_float(mod, w, linear.bias, quantized=_check_quantized(op, q, w))
+            mod._handler.load_float(mod, w, linear.bias, quantized=_check_quantized(op, q, w, mod))
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -854,25 +876,51 @@ class QLinear(nn.Module):
         )
 
 
-def _check_quantized(op: str, q: Any, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight_quantizer's result: (wq int8 [N, K], sw float32 [N]) on w's device."""
+def _run_weight_quantizer(op: str, quantizer: Any, linear: nn.Module, mod: "QLinear") -> Any:
+    """quantizer(linear), or quantizer(linear, weight_format=...) when it takes that parameter;
+    NotImplementedError for a scheme without weight_format."""
+    fmt = mod._handler.weight_format(mod)
+    if fmt is None:
+        raise NotImplementedError(
+            f"{op}: scheme {mod.scheme!r} does not take a weight_quantizer (its handler defines no "
+            "weight_format); quantize it without one"
+        )
+    import inspect
+
+    try:
+        params = inspect.signature(quantizer).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes = "weight_format" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return quantizer(linear, weight_format=dict(fmt)) if takes else quantizer(linear)
+
+
+def _check_quantized(op: str, q: Any, w: torch.Tensor, mod: Optional["QLinear"] = None) -> tuple:
+    """A weight_quantizer's result: the tensors of ``quantize_weight`` for the layer's format, i.e.
+    the buffers weight_q, weight_scale (and weight_group_scale) of `mod` with out_features rows
+    (w8a8: (wq int8 [N, K], sw float32 [N])), on w's device."""
     N, K = w.shape
-    ok = isinstance(q, tuple) and len(q) == 2 and all(isinstance(t, torch.Tensor) for t in q)
+    want: list[tuple[torch.dtype, tuple]] = [(torch.int8, (N, K)), (torch.float32, (N,))]
+    if mod is not None:
+        want = []
+        for key in ("weight_q", "weight_scale", "weight_group_scale"):
+            b = mod._buffers.get(key)
+            if b is not None:
+                want.append((b.dtype, (N, *b.shape[1:])))
+    ok = isinstance(q, tuple) and len(q) == len(want) and all(isinstance(t, torch.Tensor) for t in q)
     if ok:
-        wq, sw = q
-        ok = (
-            wq.dtype == torch.int8 and tuple(wq.shape) == (N, K) and sw.dtype == torch.float32
-            and tuple(sw.shape) == (N,) and wq.device == w.device and sw.device == w.device
+        ok = all(
+            t.dtype == dt and tuple(t.shape) == shape and t.device == w.device for t, (dt, shape) in zip(q, want)
         )
     if not ok:
         got = [
             f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
             for t in q
         ] if isinstance(q, tuple) else type(q).__name__
-        raise TypeError(
-            f"{op}: weight_quantizer must return (wq int8 [{N}, {K}], sw float32 [{N}]) on {w.device}, got {got}"
-        )
-    return wq.contiguous(), sw.contiguous()
+        names = ("wq", "sw", "sg")
+        expect = ", ".join(f"{n} {str(dt).replace('torch.', '')} {list(shape)}" for n, (dt, shape) in zip(names, want))
+        raise TypeError(f"{op}: weight_quantizer must return ({expect}) on {w.device}, got {got}")
+    return tuple(t.contiguous() for t in q)
 
 
 def is_conv1d(m: nn.Module) -> bool:
