@@ -1,7 +1,9 @@
 """LoRC: ZeroQuant-V2's low-rank compensation of the weight quantization error.
 
-For a QLinear quantized from the float weight W [N, K], the error E = W - deq(Wq) (deq(Wq) =
-weight_q * weight_scale, per output channel) is approximated by its rank-r truncated SVD
+For a QLinear of any scheme (w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group) quantized
+from the float weight W [N, K], the error E = W - deq(Wq) (deq(Wq): ``dequantize`` of the layer's
+weight_q / weight_scale / weight_group_scale in its format, unpacking INT4 / FP4; the value the
+kernels multiply) is approximated by its rank-r truncated SVD
 E ~ U_r S_r V_r^T, and the layer computes ``y = QLinear(x) + (x @ A) @ B`` with
 
     A = V_r          [K, r]   (orthonormal columns: x @ A keeps x's scale, no fp16 overflow)
@@ -10,7 +12,9 @@ E ~ U_r S_r V_r^T, and the layer computes ``y = QLinear(x) + (x @ A) @ B`` with
 so that A @ B = E_r^T and x @ E_r^T is the missing part of x @ W^T. By Eckart-Young,
 ||E - (A B)^T||_F = sqrt(sum_{i>r} s_i^2), the smallest possible for rank r. The factors are
 stored in the model's dtype (that of the float weight, or `dtype=`) as the QLinear buffers
-``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer (reported by ``lorc``).
+``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer (reported by ``lorc``, next
+to the bytes of the quantized weights and of their scales). LoRC composes with any weight
+quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
 
 Fused blocks (nn/blocks.py) merge linears (QKV, gate-up), which then have no float counterpart
 by name: ``lorc`` refuses QLinears inside a fused block (NotImplementedError); quantize with
@@ -31,12 +35,40 @@ from .linear import QLinear, is_conv1d
 __all__ = ["lorc_factors", "apply_lorc", "lorc", "LoRCReport"]
 
 
+def _deq_fmt(q: QLinear) -> Optional[str]:
+    """dequantize's fmt for the layer's weights (None: a scheme LoRC does not know)."""
+    f = q._handler.weight_format(q)
+    if f is None:
+        return None
+    if "fmt" in f:
+        return f["fmt"]
+    return "int4" if f.get("bits") == 4 else "int8"
+
+
 def _deq_weight(q: QLinear) -> torch.Tensor:
-    """deq(Wq) [out_features, in_features] in float32 (padded rows dropped)."""
-    n = q.out_features
-    wq = q._buffers["weight_q"][:n]
-    sw = q._buffers["weight_scale"][:n]
-    return wq.to(torch.float32) * sw.view(-1, 1)
+    """deq(Wq) [out_features, in_features] in float32 (padded rows dropped): ``dequantize`` of the
+    layer's buffers in its scheme's format (the weight the kernels multiply)."""
+    from ..ops.quantize import dequantize
+
+    fmt = _deq_fmt(q)
+    if fmt is None:
+        raise NotImplementedError(f"LoRC: scheme {q.scheme!r} has no weight_format (cannot dequantize its weights)")
+    n, k = q.out_features, q.in_features
+    b = q._buffers
+    wq, sw, sg = b["weight_q"], b["weight_scale"], b.get("weight_group_scale")
+    if wq.shape[1] == k:  # not packed: padded rows (zero) may follow out_features
+        wq, sw = wq[:n], sw[:n]
+        sg = None if sg is None else sg[:n]
+    deq = dequantize(wq, sw, sg, fmt=fmt)
+    return deq[:n]
+
+
+def _weight_bytes(q: QLinear) -> tuple[int, int]:
+    """(bytes of weight_q, bytes of weight_scale + weight_group_scale), padded rows included."""
+    b = q._buffers
+    wq = b["weight_q"]
+    scales = sum(t.numel() * t.element_size() for t in (b["weight_scale"], b.get("weight_group_scale")) if t is not None)
+    return wq.numel() * wq.element_size(), scales
 
 
 def _check_rank(op: str, rank: Any, n: int, k: int) -> int:
@@ -76,13 +108,16 @@ def apply_lorc(
 ) -> dict[str, Any]:
     """Give `qlinear` LoRC factors of `rank` for the float weight it was quantized from
     (``weight_float`` [out_features, in_features], nn.Linear layout; any device). Replaces factors
-    already there. Returns {"rank", "bytes" (of the factors), "weight_bytes" (int8 weight_q),
+    already there. Any scheme. Returns {"rank", "scheme", "bytes" (of the factors), "weight_bytes"
+    (weight_q: int8, fp8 or packed 4-bit), "scale_bytes" (weight_scale + weight_group_scale),
     "rel_err_before", "rel_err_after"} (Frobenius errors of the weight, relative to ||W||)."""
     op = "apply_lorc"
     if not isinstance(qlinear, QLinear):
         raise TypeError(f"{op}: qlinear must be a QLinear, got {type(qlinear).__name__}")
-    if qlinear.scheme != "w8a8":
-        raise NotImplementedError(f"{op}: LoRC supports the 'w8a8' scheme only, got {qlinear.scheme!r}")
+    if _deq_fmt(qlinear) is None:
+        raise NotImplementedError(
+            f"{op}: LoRC needs the scheme's weight_format to dequantize its weights; scheme {qlinear.scheme!r} has none"
+        )
     if not isinstance(weight_float, torch.Tensor):
         raise TypeError(f"{op}: weight_float must be a torch.Tensor, got {type(weight_float).__name__}")
     deq = _deq_weight(qlinear)
@@ -92,10 +127,13 @@ def apply_lorc(
     w = weight_float.detach().to(device=deq.device, dtype=torch.float32)
     wn = float(torch.linalg.norm(w)) or 1.0
     after = deq + (a.float() @ b.float()).t()
+    weight_bytes, scale_bytes = _weight_bytes(qlinear)
     return {
         "rank": rank,
+        "scheme": qlinear.scheme,
         "bytes": a.numel() * a.element_size() + b.numel() * b.element_size(),
-        "weight_bytes": qlinear._buffers["weight_q"].numel(),
+        "weight_bytes": weight_bytes,
+        "scale_bytes": scale_bytes,
         "rel_err_before": float(torch.linalg.norm(w - deq)) / wn,
         "rel_err_after": float(torch.linalg.norm(w - after)) / wn,
     }
@@ -103,8 +141,8 @@ def apply_lorc(
 
 @dataclass
 class LoRCReport:
-    """What ``lorc`` did: one dict per layer given factors ({"module", "rank", "bytes",
-    "weight_bytes", "rel_err_before", "rel_err_after"}) and the QLinears it skipped (no float
+    """What ``lorc`` did: one dict per layer given factors ({"module", "rank", "scheme", "bytes",
+    "weight_bytes", "scale_bytes", "rel_err_before", "rel_err_after"}) and the QLinears it skipped (no float
     counterpart by name, with why)."""
 
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -119,8 +157,12 @@ class LoRCReport:
         return sum(r["weight_bytes"] for r in self.layers)
 
     @property
+    def scale_bytes(self) -> int:
+        return sum(r.get("scale_bytes", 0) for r in self.layers)
+
+    @property
     def relative(self) -> float:
-        """Added bytes / int8 weight bytes of the layers given factors."""
+        """Added bytes / quantized weight bytes (weight_q) of the layers given factors."""
         return self.total_bytes / self.weight_bytes if self.weight_bytes else 0.0
 
     def __str__(self) -> str:
@@ -132,7 +174,8 @@ class LoRCReport:
             )
         lines.append(
             f"LoRC: {len(self.layers)} layers, {self.total_bytes} bytes added "
-            f"({self.relative:.2%} of {self.weight_bytes} int8 weight bytes); {len(self.skipped)} skipped"
+            f"({self.relative:.2%} of {self.weight_bytes} quantized weight bytes, {self.scale_bytes} scale bytes); "
+            f"{len(self.skipped)} skipped"
         )
         return "\n".join(lines + [f"  skipped {m}: {why}" for m, why in self.skipped])
 
@@ -142,7 +185,8 @@ def lorc(
 ) -> LoRCReport:
     """Apply LoRC to every QLinear of `model_quant` whose name names an nn.Linear (or HF Conv1D)
     in `model_float` (the unquantized model, same architecture; any device). Returns a
-    ``LoRCReport`` (bytes per layer and in total, absolute and relative to the int8 weights).
+    ``LoRCReport`` (bytes per layer and in total, absolute and relative to the quantized weights).
+    Any scheme (and mixes of them, e.g. ZEROQUANT_W4_8).
 
     Raises NotImplementedError for QLinears inside fused blocks (convert with
     ``fused_blocks=False``); a rank above a layer's min(N, K) raises ValueError."""
