@@ -439,3 +439,28 @@ def test_remote_id_refused_from_the_command_line(tmp_path):
         "model id, and models load from local directories only (download it first, then pass the directory)"
     ]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not NO_GPU, reason="needs a machine whose GPU cannot run the kernels")
+def test_eval_device_cuda_without_gpu(capsys, tiny):
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--device", "cuda"])
+    _one_line_error(rc, out, err, "eval", "--device cuda: needs a CUDA GPU that runs the zqkernels kernels")
+
+
+_GGUF = os.environ.get("ZQ_TEST_GGUF")  # e.g. SmolLM2-135M-Instruct.Q4_1.gguf (benchmarks/accuracy_fp.py)
+
+
+@pytest.mark.skipif(not _GGUF, reason="set ZQ_TEST_GGUF to a causal-LM .gguf file (needs the gguf package)")
+def test_quantize_and_eval_a_gguf_file(capsys, tiny, tmp_path):
+    """A .gguf path loads with gguf_file= (float32), quantizes, saves with its tokenizer, evaluates."""
+    out_dir = tmp_path / "q"
+    rc, out, err = _run(capsys, ["quantize", _GGUF, "--out", str(out_dir)])
+    assert rc == 0, err
+    assert "float32" in out and (out_dir / "tokenizer.json").exists()
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", _GGUF, "--text", tiny["text"], "--window", "64",
+                                 "--max-windows", "1", "--json", str(js)])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"] == "w8a8 (checkpoint)" and res["layer_errors"]
+    assert abs(res["quantized"]["ppl"] / res["float"]["ppl"] - 1) < 0.2
