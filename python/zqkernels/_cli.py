@@ -10,9 +10,9 @@ eval MODEL_DIR --text FILE                perplexity of the float model and the 
 Models load from local paths only (``local_files_only=True``; a path that does not exist is refused,
 never looked up on the Hub). Errors a user can fix (missing directory, remote id, a scheme whose
 checkpoint cannot be written yet, bad options) raise ``CLIError``: one line on stderr, exit status 2.
-The checkpoint check runs the whole pipeline (convert, LoRC, save, load) on a one-layer copy of the
-model's architecture before the real conversion, so an unsupported combination fails in seconds,
-whatever the library supports at the time.
+`quantize`'s checkpoint check runs the whole pipeline (convert, GPTQ / LoRC / one LKD step, save,
+load) on a one-layer copy of the model's architecture, built from its config, before any weight is
+read, so an unsupported combination fails in seconds, whatever the library supports at the time.
 """
 
 from __future__ import annotations
