@@ -135,7 +135,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="gptq: each calibration batch"):
         gptq(model, [3])
     with pytest.raises(TypeError, match="gptq: config"):
-        gptq(model, [torch.randn(2, 16)], config=zqkernels.FP8Config())
+        gptq(model, [torch.randn(2, 16)], config="w8a8")
     with pytest.raises(ValueError, match="gptq: block_size"):
         gptq(model, [torch.randn(2, 16)], block_size=-1)
     with pytest.raises(TypeError, match="quantize_: weight_quantizer"):
@@ -256,3 +256,256 @@ def test_default_path_unchanged():
     for k in sa:
         if isinstance(sa[k], torch.Tensor):
             assert torch.equal(sa[k], sb[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# Every weight format of quantize_weight (and every QLinear scheme).
+
+# (id, quantize_weight kwargs, dequantize fmt)
+FORMATS = [
+    ("int8", {}, "int8"),
+    ("int4-channel", {"bits": 4}, "int4"),
+    ("fp8", {"fmt": "fp8"}, "fp8"),
+    ("fp4-m2-g128", {"fmt": "fp4"}, "fp4"),
+    ("fp4-m1-g64", {"fmt": "fp4", "group_size": 64, "scale": "m1"}, "fp4"),
+    ("fp4-free-g32", {"fmt": "fp4", "group_size": 32, "scale": "free"}, "fp4"),
+    ("fp4-m2-channel", {"fmt": "fp4", "group_size": None, "scale": "m2"}, "fp4"),
+    ("int4-int-g128", {"fmt": "int4", "group_size": 128}, "int4"),
+    ("int4-int-g32-a4096", {"fmt": "int4", "group_size": 32, "alpha": 4096}, "int4"),
+    ("int4-float-g64", {"fmt": "int4", "group_size": 64, "scale": "float"}, "int4"),
+    ("int4-int-channel", {"fmt": "int4", "scale": "int"}, "int4"),
+    ("int8-int-g128", {"fmt": "int8", "group_size": 128}, "int8"),
+    ("int8-int-g32", {"fmt": "int8", "group_size": 32}, "int8"),
+    ("int8-float-g64", {"fmt": "int8", "group_size": 64, "scale": "float"}, "int8"),
+    ("int8-int-channel", {"fmt": "int8", "scale": "int"}, "int8"),
+]
+FMT_IDS = [f[0] for f in FORMATS]
+
+
+def deq(result, fmt):
+    return zqkernels.dequantize(*result, fmt=fmt)
+
+
+def same(a, b):
+    """Bit equality of two quantize_weight results (fp8 compared as bytes)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.dtype != y.dtype or x.shape != y.shape:
+            return False
+        if x.dtype == torch.float8_e4m3fn:
+            x, y = x.view(torch.uint8), y.view(torch.uint8)
+        if not torch.equal(x, y):
+            return False
+    return True
+
+
+def random_inputs(n=1024, K=256, N=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, K, generator=g), torch.randn(N, K, generator=g) * 0.05
+
+
+def layer_err(X, W, Wd):
+    return float((X @ W.T - X @ Wd.T).norm())
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("data", ["random", "correlated"])
+@pytest.mark.parametrize("name,kw,fmt", FORMATS, ids=FMT_IDS)
+def test_formats_gptq_beats_rtn(name, kw, fmt, data, act_order):
+    X, W = random_inputs() if data == "random" else correlated(n=1024, K=256, N=64)
+    H = hessian(X)
+    rtn = quantize_weight(W, **kw)
+    q = gptq_quantize_weight(W, H, act_order=act_order, **kw)
+    # the same format: dtypes and shapes of quantize_weight's result
+    assert [(t.dtype, t.shape) for t in q] == [(t.dtype, t.shape) for t in rtn]
+    assert all(t.is_contiguous() for t in q)
+    er, eg = layer_err(X, W, deq(rtn, fmt)), layer_err(X, W, deq(q, fmt))
+    assert eg <= er, (eg, er)
+    if data == "correlated":
+        assert eg < 0.9 * er, (eg / er)
+
+
+@pytest.mark.parametrize("name,kw,fmt", FORMATS, ids=FMT_IDS)
+def test_formats_identity_hessian_is_rtn(name, kw, fmt):
+    _, W = correlated(n=16, K=256, N=32)
+    W[3] = 0  # an all-zero row
+    W[5, 64:128] = 0  # an all-zero group (of 32 / 64)
+    rtn = quantize_weight(W, **kw)
+    for ao in (False, True):
+        assert same(gptq_quantize_weight(W, torch.eye(256), act_order=ao, **kw), rtn)
+    # an all-zero Hessian: every column dead -> RTN as well
+    assert same(gptq_quantize_weight(W, torch.zeros(256, 256), **kw), rtn)
+
+
+@pytest.mark.parametrize("name,kw,fmt", FORMATS, ids=FMT_IDS)
+def test_formats_on_grid_and_packed_round_trip(name, kw, fmt):
+    from zqkernels.reference.quantize import (
+        e2m1_decode,
+        expand_groups,
+        pack_fp4,
+        pack_int4,
+        unpack_fp4,
+        unpack_int4,
+    )
+
+    X, W = correlated(n=1024, K=256, N=64, seed=3)
+    q = gptq_quantize_weight(W, hessian(X), act_order=True, **kw)
+    N, K = W.shape
+    wq, sw = q[0], q[1]
+    sg = q[2] if len(q) == 3 else None
+    assert torch.isfinite(sw).all() and bool((sw >= 0).all())
+    d = deq(q, fmt)
+    if fmt == "fp4":
+        codes = unpack_fp4(wq, N, K)
+        assert torch.equal(pack_fp4(codes), wq)  # the packed layout round trips
+        assert int(codes.max()) <= 15
+        if sg.dtype == torch.int8:  # m1 / m2: exponents in [-5, 0]
+            assert int(sg.min()) >= -5 and int(sg.max()) <= 0
+            v = torch.ldexp(e2m1_decode(codes), expand_groups(sg, K).to(torch.int32)) * sw[:, None]
+            assert torch.equal(d, v)
+        else:  # free: ratios in (0, 1]
+            assert bool((sg > 0).all()) and bool((sg <= 1).all())
+    elif fmt == "int4" and sg is not None:
+        codes = unpack_int4(wq, N, K)
+        assert torch.equal(pack_int4(codes), wq)
+        assert int(codes.abs().max()) <= 7
+        v = (codes.double() * expand_groups(sg.double(), K) * sw.double()[:, None]).float()
+        assert torch.equal(d, v)
+    elif sg is not None:  # int8 group
+        assert wq.dtype == torch.int8 and int(wq.abs().max()) <= 127
+        v = (wq.double() * expand_groups(sg.double(), K) * sw.double()[:, None]).float()
+        assert torch.equal(d, v)
+    elif fmt == "fp8":
+        assert wq.dtype == torch.float8_e4m3fn and float(wq.float().abs().max()) <= 448
+        assert torch.equal(d, wq.float() * sw[:, None])
+    else:
+        qmax = 7 if fmt == "int4" else 127
+        assert wq.dtype == torch.int8 and int(wq.abs().max()) <= qmax
+        assert torch.equal(d, wq.float() * sw[:, None])
+    if sg is not None and sg.dtype == torch.int32:
+        # integer scales: max(rint(r * alpha), 1) <= alpha, zero only for all-zero groups
+        assert int(sg.min()) >= 1
+        rtn_sg = quantize_weight(W, **kw)[2]
+        assert int(sg.max()) <= int(rtn_sg.max()) * 2  # the same alpha (the row's largest group <= alpha)
+    # per-channel formats keep RTN's scales; group formats keep RTN's row scale sw
+    assert torch.equal(sw, quantize_weight(W, **kw)[1])
+    # the weights it stands for stay near W (GPTQ trades weight error for output error: on these
+    # correlated inputs its weight error is up to ~3x RTN's on the fine int8 grid, ~1.1x on 4-bit)
+    rel = float((d - W).norm() / W.norm())
+    rel_rtn = float((deq(quantize_weight(W, **kw), fmt) - W).norm() / W.norm())
+    assert rel < 5 * rel_rtn, (rel, rel_rtn)
+
+
+@pytest.mark.parametrize("name,kw,fmt", [f for f in FORMATS if f[0] in ("int4-int-g128", "fp4-m1-g64", "int8-float-g64")],
+                         ids=["int4-int-g128", "fp4-m1-g64", "int8-float-g64"])
+def test_formats_block_size_does_not_matter(name, kw, fmt):
+    X, W = correlated(n=1024, K=256, N=32, seed=2)
+    H = hessian(X)
+    for ao in (False, True):
+        one = gptq_quantize_weight(W, H, block_size=256, act_order=ao, **kw)
+        e1 = layer_err(X, W, deq(one, fmt))
+        for bs in (1, 48, 128):
+            other = gptq_quantize_weight(W, H, block_size=bs, act_order=ao, **kw)
+            assert torch.equal(other[1], one[1])
+            assert abs(layer_err(X, W, deq(other, fmt)) / e1 - 1) < 0.02
+
+
+def test_formats_bad_arguments():
+    W, H = torch.randn(16, 64), torch.eye(64)
+    f = gptq_quantize_weight
+    with pytest.raises(ValueError, match="gptq_quantize_weight: fmt"):
+        f(W, H, fmt="int3")
+    with pytest.raises(ValueError, match="gptq_quantize_weight: group_size"):
+        f(W, H, fmt="fp4", group_size=48)
+    with pytest.raises(ValueError, match="gptq_quantize_weight: .*N % 16"):
+        f(torch.randn(8, 64), H, fmt="int4", group_size=32)
+    with pytest.raises(ValueError, match="gptq_quantize_weight: scale"):
+        f(W, H, fmt="int8", group_size=32, scale="pow2")
+    with pytest.raises(ValueError, match="gptq_quantize_weight: alpha"):
+        f(W, H, fmt="int8", group_size=32, alpha=3)
+    with pytest.raises(ValueError, match="gptq_quantize_weight: .*fp8"):
+        f(W, H, fmt="fp8", group_size=32)
+    with pytest.raises(ValueError, match="gptq_quantize_weight: bits"):
+        f(W, H, bits=4, fmt="int8")
+
+
+SCHEMES = [
+    ("w8a8", {}),
+    ("fp8", {}),
+    ("w4a8-fp", {}),
+    ("w4a8-fp", {"group_size": 64, "scale_policy": "free"}),
+    ("w4a8", {}),
+    ("w4a8", {"group_size": 128, "alpha": 2048}),
+    ("w4a8-floatscale", {"group_size": 32}),
+    ("w8a8-group", {}),
+    ("w8a8-group", {"group_size": 64, "scale": "float"}),
+]
+
+
+@pytest.mark.parametrize("scheme,opts", SCHEMES, ids=[f"{s}-{i}" for i, (s, _) in enumerate(SCHEMES)])
+def test_from_linear_weight_quantizer_every_scheme(scheme, opts):
+    from zqkernels.nn.lorc import _deq_weight
+
+    X, W = correlated(n=1024, K=256, N=48)
+    H = hessian(X)
+    lin = nn.Linear(256, 48)
+    with torch.no_grad():
+        lin.weight.copy_(W)
+    seen = {}
+
+    def quantizer(linear, weight_format):
+        seen.update(weight_format)
+        return gptq_quantize_weight(linear.weight, H, **weight_format)
+
+    q = QLinear.from_linear(lin, scheme, weight_quantizer=quantizer, **opts)
+    rtn = QLinear.from_linear(lin, scheme, **opts)
+    ref = gptq_quantize_weight(W, H, **seen)
+    n = 48
+    bufs = [q.weight_q, q.weight_scale] + ([q.weight_group_scale] if len(ref) == 3 else [])
+    for b, r in zip(bufs, ref):
+        b = b if b.shape[0] == n or b.dtype == torch.uint8 else b[:n]
+        assert same((b,), (r,))
+    fmt = {"w8a8": "int8", "fp8": "fp8", "w4a8-fp": "fp4", "w8a8-group": "int8"}.get(scheme, "int4")
+    assert torch.equal(_deq_weight(q), deq(ref, fmt))
+    if scheme in ("w4a8", "w8a8-group") and opts.get("scale", "int") == "int":
+        assert q.max_scale == max(int(ref[2].max()), 1)
+    # a one-argument quantizer is called without the format (it must know it)
+    q1 = QLinear.from_linear(lin, scheme, weight_quantizer=lambda linear: ref, **opts)
+    assert same(tuple(q1.state_dict()[k] for k in ("weight_q",)), (q.weight_q,))
+    with torch.no_grad():
+        y = lin(X)
+        eg, er = float((q(X) - y).norm()), float((rtn(X) - y).norm())
+    assert eg < er, (eg, er)
+    # a wrong format is refused, naming what was expected
+    with pytest.raises(TypeError, match="weight_quantizer must return"):
+        QLinear.from_linear(lin, scheme, weight_quantizer=lambda linear: quantize_weight(W, fmt="fp8")
+                            if scheme != "fp8" else quantize_weight(W), **opts)
+
+
+def test_scheme_without_weight_format_raises(monkeypatch):
+    from zqkernels.nn.linear import SCHEMES as HANDLERS
+
+    monkeypatch.setattr(type(HANDLERS["fp8"]), "weight_format", lambda self, m: None)
+    with pytest.raises(NotImplementedError, match="does not take a weight_quantizer"):
+        QLinear.from_linear(nn.Linear(64, 16), "fp8", weight_quantizer=lambda linear: None)
+    QLinear.from_linear(nn.Linear(64, 16), "fp8")  # RTN still works
+
+
+@pytest.mark.parametrize("config", ["FP8Config", "W4A8FPConfig", "W4A8Config", "W8A8GroupConfig"])
+def test_gptq_model_every_config(config):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 64)).eval()
+    X, _ = correlated(n=512, K=128, N=1)
+    calib = list(X.split(128))
+    cfg = getattr(zqkernels, config)()
+    with torch.no_grad():
+        ref = model(X)
+    a = copy.deepcopy(model)
+    quantize_(a, cfg)
+    b = copy.deepcopy(model)
+    summary = gptq(b, calib, config=cfg)
+    assert len(summary.converted) == 2 and isinstance(b[0], QLinear) and b[0].scheme == a[0].scheme
+    with torch.no_grad():
+        ea, eb = float((a(X) - ref).norm()), float((b(X) - ref).norm())
+    assert eb < ea, (eb, ea)
