@@ -373,7 +373,8 @@ def _observe(model, qmax):
 
 def _ct_written(path, preset, dtype, fmt=None, qmax=None):
     model = _llama_w4(dtype)
-    qc = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])}, ignore=["lm_head"])
+    scheme = preset_name_to_scheme(preset, ["Linear"]) if isinstance(preset, str) else preset
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"])
     apply_quantization_config(model, qc)
     _observe(model, qmax)
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
@@ -424,11 +425,54 @@ def test_load_ct_int4(tmp_path, preset, fmt, dtype):
         exact = codes.double() * local["weight_scale"].double().repeat_interleave(128, 1)
         assert torch.equal(theirs, exact.to(dtype)), name
         assert _close_ulp(_our_deq(qf), exact), name  # float ratios: one float32 rounding of s / s_max
-        bound = codes.abs().double() * qi.weight_scale.double()[:, None] / 2 * (1 + 2.0**-20)
+        bound = codes.double().abs() * qi.weight_scale.double()[:, None] / 2 * (1 + 2.0**-20)
         assert ((_our_deq(qi).double() - exact).abs() <= bound + 2.0**-23 * exact.abs()).all(), name
         assert qi.alpha is None and qi.max_scale <= 2**15
     assert saw_minus8  # compressed-tensors' range is [-8, 7]; our kernels take -8
     assert type(m_int.lm_head) is torch.nn.Linear
+    ids = _ids(128)
+    with torch.no_grad():
+        yi, yf = m_int(ids).logits.float(), m_flt(ids).logits.float()
+    assert torch.isfinite(yi).all() and (yi - yf).abs().max() < 0.05 * yf.abs().max()
+
+
+def _int8_group_scheme():
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    return QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="group", group_size=128),
+        input_activations=QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True),
+    )
+
+
+@pytest.mark.parametrize("preset", ["W8A16", "int8-group-a8"])
+def test_load_ct_int8_group(tmp_path, preset):
+    """int8 group-128 weights compressed-tensors writes: W8A16 (weight-only, which it packs 4 per int32,
+    pack-quantized) and int8 groups with int8 token activations (int-quantized) load as w8a8-group."""
+    scheme = preset if preset == "W8A16" else _int8_group_scheme()
+    sd, qc, qc_json = _ct_written(tmp_path, scheme, torch.bfloat16, qmax=127.5)
+    assert qc_json["format"] == ("pack-quantized" if preset == "W8A16" else "int-quantized")
+    names = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
+    ctx = pytest.warns(UserWarning, match="weight-only") if preset == "W8A16" else contextlib.nullcontext()
+    with ctx:
+        m_int = zqkernels.load_quantized(tmp_path)
+    with ctx:
+        m_flt = zqkernels.load_quantized(tmp_path, group_scales="float")
+    for name in names:
+        scheme = _ct_group(qc, name)
+        local = {k.rsplit(".", 1)[1]: v for k, v in sd.items() if k.rsplit(".", 1)[0] == name}
+        theirs = BaseCompressor.get_value_from_registry(scheme.format).decompress(local, scheme)["weight"]
+        qi, qf = m_int.get_submodule(name), m_flt.get_submodule(name)
+        assert qi.scheme == qf.scheme == "w8a8-group" and (qi.scale, qf.scale) == ("int", "float")
+        n = qi.out_features
+        codes = qi.weight_q[:n]
+        assert torch.equal(codes, qf.weight_q[:n])
+        exact = codes.double() * local["weight_scale"].double().repeat_interleave(128, 1)
+        assert torch.equal(theirs, exact.to(torch.bfloat16)), name
+        assert _close_ulp(_our_deq(qf), exact), name
+        bound = codes.double().abs() * qi.weight_scale[:n].double()[:, None] / 2 * (1 + 2.0**-20)
+        assert ((_our_deq(qi).double() - exact).abs() <= bound + 2.0**-23 * exact.abs()).all(), name
     ids = _ids(128)
     with torch.no_grad():
         yi, yf = m_int(ids).logits.float(), m_flt(ids).logits.float()

@@ -160,11 +160,12 @@ def _pack_ct(codes: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
 
 
-def _unpack_ct(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """Inverse of ``_pack_ct``: int32 [N, ceil(K / 8)] -> codes int8 [N, K] (-8..7)."""
+def _unpack_ct(packed: torch.Tensor, N: int, K: int, bits: int = 4) -> torch.Tensor:
+    """Inverse of ``_pack_ct`` (bits 4: int32 [N, ceil(K / 8)] -> codes int8 [N, K], -8..7), and of
+    compressed-tensors' 8-bit packing (bits 8: 4 values per word, value + 128 in bits 8 i .. 8 i + 7)."""
     w = packed.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
-    codes = ((w[..., None] >> shifts) & 0xF) - 8
+    shifts = torch.arange(0, 32, bits, dtype=torch.int64)
+    codes = ((w[..., None] >> shifts) & ((1 << bits) - 1)) - (1 << (bits - 1))
     return codes.reshape(N, -1)[:, :K].to(torch.int8).contiguous()
 
 
@@ -431,7 +432,7 @@ def _group_kind(gname: str, g: dict[str, Any], fmt: Any) -> str:
         out = "int4"
     elif ok_static and kind == "float" and bits == 8 and strategy in ("channel", "tensor"):
         out = "fp8"
-    fmts = {"int8": (_FORMAT, "naive-quantized"), "int8-group": (_FORMAT, "naive-quantized"),
+    fmts = {"int8": (_FORMAT, _PACKED, "naive-quantized"), "int8-group": (_FORMAT, _PACKED, "naive-quantized"),
             "int4": (_PACKED, _FORMAT, "naive-quantized"), "fp8": (_FLOAT, "naive-quantized")}
     if out is not None and gfmt not in fmts[out] and gfmt != "mixed-precision":
         out = None
@@ -542,31 +543,27 @@ def _qlinear_from(
     the group scales of a foreign int4 / int8-group layer."""
     b = t.get("bias")
     s = t["weight_scale"]
-    if kind == "int4":
-        if "weight_packed" in t:
-            shape = t.get("weight_shape")
-            if shape is None:
-                raise ValueError(f"load_quantized: {name}.weight_packed without {name}.weight_shape")
-            N, K = (int(v) for v in shape.tolist())
-            if t["weight_packed"].dtype != torch.int32 or t["weight_packed"].shape != (N, (K + 7) // 8):
-                raise ValueError(
-                    f"load_quantized: {name}.weight_packed is {t['weight_packed'].dtype} {list(t['weight_packed'].shape)}, "
-                    f"expected int32 [{N}, {(K + 7) // 8}] for weight_shape [{N}, {K}]"
-                )
-            codes = _unpack_ct(t["weight_packed"], N, K)
-        else:
-            codes = t["weight"]
-            if codes.dtype != torch.int8:
-                raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}; int4 values must be int8")
-            N, K = codes.shape
-        if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
-            raise ValueError(f"load_quantized: {name}: int4 weights outside [-8, 7]")
+    if kind != "fp8" and "weight_packed" in t:  # pack-quantized: int4, or int8 (e.g. W8A16)
+        shape = t.get("weight_shape")
+        if shape is None:
+            raise ValueError(f"load_quantized: {name}.weight_packed without {name}.weight_shape")
+        N, K = (int(v) for v in shape.tolist())
+        bits = 4 if kind == "int4" else 8
+        words = (K * bits + 31) // 32
+        if t["weight_packed"].dtype != torch.int32 or tuple(t["weight_packed"].shape) != (N, words):
+            raise ValueError(
+                f"load_quantized: {name}.weight_packed is {t['weight_packed'].dtype} {list(t['weight_packed'].shape)}, "
+                f"expected int32 [{N}, {words}] for weight_shape [{N}, {K}] and {bits} bits"
+            )
+        codes = _unpack_ct(t["weight_packed"], N, K, bits)
     else:
         codes = t["weight"]
         want = torch.float8_e4m3fn if kind == "fp8" else torch.int8
         if codes.dtype != want:
             raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}, expected {want} for its config group")
         N, K = codes.shape
+    if kind == "int4" and codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
+        raise ValueError(f"load_quantized: {name}: int4 weights outside [-8, 7]")
     scheme = info.get("scheme")
     if kind in ("int8", "fp8"):
         scheme = scheme or ("w8a8" if kind == "int8" else "fp8")
