@@ -234,3 +234,109 @@ def test_lorc_hf_conv1d_and_skips():
     other = nn.Sequential(nn.Identity())
     report = zqkernels.lorc(qm, other, rank=4)
     assert report.layers == [] and report.skipped == [("0", "a Identity in the float model")]
+
+
+# ------------------------------------------------------------------------------------------------
+# Every scheme (RTN and GPTQ weights).
+
+SCHEMES = [
+    ("w8a8", {}, "int8"),
+    ("fp8", {}, "fp8"),
+    ("w4a8-fp", {}, "fp4"),
+    ("w4a8-fp", {"group_size": 64, "scale_policy": "free"}, "fp4"),
+    ("w4a8", {}, "int4"),
+    ("w4a8-floatscale", {"group_size": 64}, "int4"),
+    ("w8a8-group", {}, "int8"),
+    ("w8a8-group", {"group_size": 32, "scale": "float"}, "int8"),
+]
+SCHEME_IDS = [f"{s}-{i}" for i, (s, _, _) in enumerate(SCHEMES)]
+
+
+def correlated_x(n=512, k=128, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(k, k, generator=g) / k**0.5
+    return (torch.randn(n, k, generator=g) @ a + 0.3 * torch.randn(n, k, generator=g)) * torch.exp(
+        torch.randn(k, generator=g) * 0.5
+    )
+
+
+@pytest.mark.parametrize("quantizer", ["rtn", "gptq"])
+@pytest.mark.parametrize("scheme,opts,fmt", SCHEMES, ids=SCHEME_IDS)
+def test_every_scheme_output_error_and_bytes(scheme, opts, fmt, quantizer):
+    from zqkernels.algorithms.gptq import gptq_quantize_weight
+
+    n, k, r = 48, 128, 16
+    lin = make(n=n, k=k)
+    x = correlated_x(k=k)
+    H = 2 * x.T @ x / x.shape[0]
+    wqz = None
+    if quantizer == "gptq":
+        def wqz(linear, weight_format):
+            return gptq_quantize_weight(linear.weight, H, **weight_format)
+    with torch.no_grad():
+        ref = lin(x)
+        q = zqkernels.QLinear.from_linear(lin, scheme, weight_quantizer=wqz, **opts)
+        before = rel(q(x), ref)
+        info = q.add_lorc(lin.weight, rank=r, dtype=torch.bfloat16)
+        after = rel(q(x), ref)
+    assert after < before, (before, after)
+    assert info["rel_err_after"] < info["rel_err_before"]
+    assert q.lorc_a.dtype == q.lorc_b.dtype == torch.bfloat16 and q.lorc_rank == r
+    # the byte report: bf16 factors (K + N) r, the quantized weight and its scales
+    assert info["scheme"] == scheme
+    assert info["bytes"] == (k + n) * r * 2 == q.lorc_a.nbytes + q.lorc_b.nbytes
+    assert info["weight_bytes"] == q.weight_q.nbytes
+    packed = fmt in ("fp4", "int4")
+    assert info["weight_bytes"] == (q.weight_q.shape[0] * k // 2 if packed else q.weight_q.shape[0] * k)
+    sg = q._buffers.get("weight_group_scale")
+    assert info["scale_bytes"] == q.weight_scale.nbytes + (sg.nbytes if sg is not None else 0)
+    # E is the error of the weight the kernels multiply: dequantize of the layer's buffers
+    deq = _deq_weight(q)
+    assert deq.shape == (n, k)
+    w = lin.weight.detach()
+    s = torch.linalg.svdvals((w - deq).double())
+    a, b = lorc_factors(w, deq, r, dtype=torch.float32)
+    err = float((w - (deq + (a @ b).t())).double().norm())
+    assert err == pytest.approx(float(s[r:].pow(2).sum().sqrt()), rel=1e-4)
+
+
+def test_every_scheme_state_dict_round_trip():
+    lin = make(n=48, k=128)
+    x = correlated_x(n=16, k=128)
+    q = zqkernels.QLinear.from_linear(lin, "w4a8")
+    q.add_lorc(lin.weight, rank=8, dtype=torch.bfloat16)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    buf.seek(0)
+    e = zqkernels.QLinear(128, 48, scheme="w4a8", dtype=torch.float32).init_lorc(8, dtype=torch.bfloat16)
+    e.load_state_dict(torch.load(buf))
+    with torch.no_grad():
+        assert torch.equal(e(x), q(x))
+
+
+def test_lorc_model_mixed_schemes_report():
+    torch.manual_seed(0)
+    fm = nn.Sequential()
+    fm.add_module("attn", nn.Linear(128, 128))
+    mlp = nn.Sequential()
+    mlp.add_module("up", nn.Linear(128, 256))
+    mlp.add_module("act", nn.GELU())
+    mlp.add_module("down", nn.Linear(256, 128))
+    fm.add_module("mlp", mlp)
+    x = correlated_x(n=64, k=128)
+    qm = copy.deepcopy(fm)
+    zqkernels.quantize_(qm, None, module_configs={"*mlp.*": zqkernels.W4A8Config(), "*": zqkernels.FP8Config()})
+    assert qm.attn.scheme == "fp8" and qm.mlp.up.scheme == "w4a8"
+    with torch.no_grad():
+        ref = fm(x)
+        before = rel(qm(x), ref)
+        report = zqkernels.lorc(qm, fm, rank=8, dtype=torch.bfloat16)
+        after = rel(qm(x), ref)
+    assert after < before, (before, after)
+    assert [(r["module"], r["scheme"]) for r in report.layers] == [
+        ("attn", "fp8"), ("mlp.up", "w4a8"), ("mlp.down", "w4a8")
+    ]
+    assert report.total_bytes == 2 * 8 * ((128 + 128) + (128 + 256) + (256 + 128))
+    assert report.weight_bytes == 128 * 128 + 256 * 128 // 2 + 128 * 256 // 2
+    assert report.scale_bytes == sum(r["scale_bytes"] for r in report.layers) > 0
+    assert f"{report.total_bytes} bytes added" in str(report) and "scale bytes" in str(report)
