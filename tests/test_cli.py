@@ -426,6 +426,18 @@ def test_gptq_from_the_command_line(capsys, tiny, tmp_path):
     assert json.loads(js.read_text())["scheme"] == "w8a8 + GPTQ"
 
 
+@pytest.mark.parametrize("scheme", ["w4a8", "w4/8"])
+def test_gptq_and_lorc_with_w4_schemes(capsys, tiny, tmp_path, scheme):
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2",
+                                 "--scheme", scheme, "--group-size", "64", "--gptq", "--lorc-rank", "8",
+                                 "--calib", tiny["text"], "--calib-window", "32", "--calib-samples", "4",
+                                 "--json", str(js)])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"] == f"{scheme} g64 + GPTQ + LoRC r8" and len(res["layer_errors"]) == 14
+
+
 def test_remote_id_refused_from_the_command_line(tmp_path):
     """Through ``python -m zqkernels``: exit status 2, one line on stderr, nothing downloaded."""
     r = subprocess.run(
