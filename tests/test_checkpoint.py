@@ -591,6 +591,9 @@ def test_other_schemes_raise(tmp_path):
         load_with(format="float-quantized")  # format of fp8 with int8 weights
     with pytest.raises(NotImplementedError, match="bits 2"):
         load_with(weights={"num_bits": 2})
+    base["quantization_config"]["sparsity_config"] = {"format": "sparse-24-bitmask"}
+    with pytest.raises(NotImplementedError, match="sparse"):
+        load_with()
 
 
 def test_gpt2_blocks_raise(tmp_path):
@@ -602,3 +605,34 @@ def test_gpt2_blocks_raise(tmp_path):
     model = zqkernels.quantize_model(transformers.GPT2LMHeadModel(cfg).eval(), fused_blocks=False)
     with pytest.raises(NotImplementedError, match="Conv1D"):
         zqkernels.save_quantized(model, tmp_path)
+
+
+def test_load_into_quantized_model_and_per_tensor(tmp_path):
+    """Loading into a model already converted (its QLinears match the "Linear" target), and per-tensor
+    (strategy "tensor") fp8 scales, repeated per channel."""
+    from safetensors.torch import save_file
+
+    model = _quantize(_llama_w4(), "w4a8")
+    zqkernels.save_quantized(model, tmp_path)
+    other = _quantize(_llama_w4(seed=7), "w4a8")
+    loaded = zqkernels.load_quantized(tmp_path, model=other)
+    ids = _ids(128)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+    d = tmp_path / "fp8"
+    zqkernels.save_quantized(_quantize(_llama_w4(), "fp8"), d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["strategy"] = "tensor"
+    (d / "config.json").write_text(json.dumps(cfg))
+    os.remove(d / "zqkernels.json")
+    sd = load_file(d / "model.safetensors")
+    for k in [k for k in sd if k.endswith(".weight_scale")]:
+        sd[k] = sd[k].max().reshape(1)
+    save_file(sd, d / "model.safetensors")
+    fp8 = zqkernels.load_quantized(d)
+    q = fp8.model.layers[0].mlp.up_proj
+    s = sd["model.layers.0.mlp.up_proj.weight_scale"]
+    assert q.scheme == "fp8" and torch.equal(q.weight_scale, s.expand(q.weight_scale.shape[0]))
+    with torch.no_grad():
+        assert torch.isfinite(fp8(ids).logits).all()

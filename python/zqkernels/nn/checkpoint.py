@@ -454,6 +454,8 @@ def _check_config(qc: dict[str, Any]) -> dict[str, str]:
         )
     if qc.get("kv_cache_scheme"):
         raise NotImplementedError("load_quantized: kv_cache_scheme (quantized KV cache) is not implemented")
+    if qc.get("sparsity_config") or (qc.get("format") or "").startswith(("sparse", "marlin")):
+        raise NotImplementedError("load_quantized: sparse checkpoints (sparsity_config / sparse formats) are not implemented")
     return {gname: _group_kind(gname, g, qc.get("format")) for gname, g in (qc.get("config_groups") or {}).items()}
 
 
@@ -464,7 +466,7 @@ def _matches(name: str, module: nn.Module, targets: Any) -> bool:
         if t.startswith("re:"):
             if re.match(t[3:], name):
                 return True
-        elif t == name or any(c.__name__ == t for c in type(module).__mro__):
+        elif t == name or any(c.__name__ == t for c in type(module).__mro__) or (t == "Linear" and isinstance(module, QLinear)):
             return True
     return False
 
