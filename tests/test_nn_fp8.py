@@ -190,8 +190,9 @@ def test_bad_options_and_shapes():
         QLinear(96, 32, scheme="w4a8-fp", group_size=32)
     with pytest.raises(ValueError, match=r"group_size to divide in_features.*\[32, 192\]; choose group_size in \[32, 64\]"):
         QLinear(192, 32, scheme="w4a8-fp")  # 192 % 128 != 0
-    with pytest.raises(ValueError, match="weight_quantizer .* scheme 'w8a8' only, got scheme 'fp8'"):
-        QLinear.from_linear(lin, "fp8", weight_quantizer=lambda _lin: None)
+    # weight_quantizer applies to every scheme (GPTQ): None from it keeps round-to-nearest
+    assert torch.equal(QLinear.from_linear(lin, "fp8", weight_quantizer=lambda _lin: None).weight_q.view(torch.uint8),
+                       QLinear.from_linear(lin, "fp8").weight_q.view(torch.uint8))
     with pytest.raises(ValueError, match="scheme must be one of"):
         QLinear(256, 192, scheme="fp4")
     q = QLinear.from_linear(lin, "w4a8-fp", scale_policy="M1")  # case-insensitive, stored lower-case
@@ -270,11 +271,11 @@ def test_unsupported_shape_raises_before_any_change():
     assert dict(s.skipped)["2"] == "module_configs['2'] is None"
 
 
-def test_weight_quantizer_rejected_for_fp_schemes():
+def test_weight_quantizer_accepted_for_fp_schemes():
+    # weight_quantizer applies to every scheme now (GPTQ, tests/test_gptq.py); None keeps RTN
     model = small_model()
-    with pytest.raises(ValueError, match="weight_quantizer .* 'w8a8' only"):
-        quantize_(model, FP8Config(), weight_quantizer=lambda _lin: None)
-    assert isinstance(model[0], nn.Linear)
+    quantize_(model, FP8Config(), weight_quantizer=lambda _lin: None)
+    assert isinstance(model[0], QLinear) and model[0].scheme == "fp8"
 
 
 def test_quantize_model_schemes():

@@ -271,8 +271,9 @@ def test_from_linear_errors_and_repr():
         QLinear.from_linear(lin, "w8a8-group", group=128)
     with pytest.raises(ValueError, match=r"QLinear.from_linear: scheme 'w4a8'.*\[20, 256\]"):
         QLinear.from_linear(gaussian_linear(K_IN, 20), "w4a8")
-    with pytest.raises(ValueError, match="weight_quantizer .* scheme 'w8a8' only, got scheme 'w8a8-group'"):
-        QLinear.from_linear(lin, "w8a8-group", weight_quantizer=lambda _lin: None)
+    # weight_quantizer applies to every scheme (GPTQ): None from it keeps round-to-nearest
+    assert torch.equal(QLinear.from_linear(lin, "w8a8-group", weight_quantizer=lambda _lin: None).weight_q,
+                       QLinear.from_linear(lin, "w8a8-group").weight_q)
     q = QLinear.from_linear(lin, "w4a8")
     assert "scheme=w4a8 (int8 per-token activations x int4 group-wise weights, int group scales), " \
            "group_size=128, alpha=default, max_scale=1024" in repr(q)
@@ -386,11 +387,11 @@ def test_quantize_model_schemes():
             assert model(torch.randn(2, 128, dtype=torch.bfloat16)).shape == (2, 64)
 
 
-def test_weight_quantizer_rejected():
+def test_weight_quantizer_accepted():
+    # weight_quantizer applies to every scheme now (GPTQ, tests/test_gptq.py); None keeps RTN
     model = small_model()
-    with pytest.raises(ValueError, match="weight_quantizer .* 'w8a8' only"):
-        quantize_(model, W8A8GroupConfig(), weight_quantizer=lambda _lin: None)
-    assert isinstance(model[0], nn.Linear)
+    quantize_(model, W8A8GroupConfig(), weight_quantizer=lambda _lin: None)
+    assert isinstance(model[0], QLinear) and model[0].scheme == "w8a8-group"
 
 
 # --- tiny HF models (the fixtures of test_config.py) ----------------------------------------------
