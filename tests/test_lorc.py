@@ -70,7 +70,7 @@ def test_output_error_below_plain_and_decreases_with_rank(x_dtype):
             q = zqkernels.QLinear.from_linear(lin)
             if r:
                 q.add_lorc(lin.weight, rank=r)
-                assert q.lorc_rank == r and q.lorc_a.dtype == torch.float32  # the float weight's dtype
+                assert q.lorc_rank == r and q.lorc_a.dtype == torch.bfloat16  # the default: bf16 factors
             y = q(x)
             assert y.dtype == x_dtype and y.shape == (256, 64) and y.is_contiguous()
             errs.append(rel(y, ref))

@@ -11,7 +11,7 @@ E ~ U_r S_r V_r^T, and the layer computes ``y = QLinear(x) + (x @ A) @ B`` with
 
 so that A @ B = E_r^T and x @ E_r^T is the missing part of x @ W^T. By Eckart-Young,
 ||E - (A B)^T||_F = sqrt(sum_{i>r} s_i^2), the smallest possible for rank r. The factors are
-stored in the model's dtype (that of the float weight, or `dtype=`) as the QLinear buffers
+stored in bf16 by default (issue 9: "factors in bf16"; or `dtype=`) as the QLinear buffers
 ``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer (reported by ``lorc``, next
 to the bytes of the quantized weights and of their scales). LoRC composes with any weight
 quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
@@ -84,7 +84,7 @@ def lorc_factors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A [K, r], B [r, N]) with A @ B the rank-r truncated SVD of (weight_float - weight_deq)^T
     (both [N, K]); computed in float32 on weight_deq's device, returned in `dtype` (default
-    weight_float's dtype)."""
+    torch.bfloat16; the forward casts them to the activations' dtype)."""
     op = "lorc_factors"
     if weight_float.dim() != 2 or weight_float.shape != weight_deq.shape:
         raise ValueError(
@@ -95,7 +95,7 @@ def lorc_factors(
         raise TypeError(f"{op}: weight_float must be a floating-point tensor, got {weight_float.dtype}")
     n, k = weight_deq.shape
     rank = _check_rank(op, rank, n, k)
-    dtype = dtype or weight_float.dtype
+    dtype = dtype or torch.bfloat16
     err = weight_float.detach().to(device=weight_deq.device, dtype=torch.float32) - weight_deq.float()
     u, s, vh = torch.linalg.svd(err, full_matrices=False)  # err = u diag(s) vh
     a = vh[:rank].t()  # V_r [K, r]
