@@ -253,6 +253,7 @@ _CONFIGS = {
     "w4a8": lambda: zqkernels.W4A8Config(group_size=64),
     "w4a8-alpha": lambda: zqkernels.W4A8Config(group_size=128, alpha=4096),
     "w4a8-floatscale": lambda: zqkernels.W4A8Config(group_size=32, scale="float"),
+    "w4a8-perchannel": lambda: zqkernels.W4A8Config(group_size=None),
     "w8a8-group": lambda: zqkernels.W8A8GroupConfig(group_size=32),
     "w8a8-group-float": lambda: zqkernels.W8A8GroupConfig(group_size=64, scale="float"),
     "w8a8-group-perchannel": lambda: zqkernels.W8A8GroupConfig(group_size=None),
@@ -507,7 +508,7 @@ def test_load_ct_fp8_dynamic(tmp_path, dtype):
     "which,dtype",
     [("fp8", torch.float32), ("w4a8", torch.float32), ("w4a8", torch.bfloat16), ("w4a8-alpha", torch.float32),
      ("w4a8-floatscale", torch.bfloat16), ("w8a8-group", torch.float32), ("w8a8-group-float", torch.float32),
-     ("w8a8-group-perchannel", torch.bfloat16), ("w4/8", torch.float32)],
+     ("w8a8-group-perchannel", torch.bfloat16), ("w4a8-perchannel", torch.float32), ("w4/8", torch.float32)],
 )
 def test_round_trip_schemes_fresh_process(tmp_path, which, dtype):
     """Save -> load in a fresh process: bit-identical outputs; the group scales come back bit for bit
