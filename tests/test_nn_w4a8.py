@@ -281,13 +281,16 @@ def test_from_linear_errors_and_repr():
     assert "group_size=per channel, scale=float" in repr(q) and "max_scale" not in repr(q)
 
 
-def test_lorc_and_checkpoint_unsupported(tmp_path):
+def test_lorc_and_checkpoint_w4a8(tmp_path):
     q = QLinear.from_linear(gaussian_linear(), "w8a8-group")
     info = q.add_lorc(torch.randn(N_OUT, K_IN))  # LoRC covers every scheme now (tests/test_lorc.py)
     assert info["scheme"] == "w8a8-group" and q.lorc_rank == 8
+    # w4a8 checkpoints save and load (pack-quantized; tests/test_checkpoint.py covers the layout)
     model = nn.Sequential(QLinear.from_linear(gaussian_linear(), "w4a8"))
-    with pytest.raises(NotImplementedError, match="'w4a8'"):
-        zqkernels.save_quantized(model, tmp_path / "ckpt")
+    zqkernels.save_quantized(model, tmp_path / "ckpt")
+    back = zqkernels.load_quantized(tmp_path / "ckpt", model=nn.Sequential(gaussian_linear()))
+    x = torch.randn(3, K_IN)
+    assert torch.equal(back(x), model(x))
 
 
 # --- configs through quantize_ ----------------------------------------------------------------------
