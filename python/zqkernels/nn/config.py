@@ -269,13 +269,14 @@ def quantize_(
     - A recognised transformer layer is fused only when every Linear in it gets the same
       W8A8Config with fused_blocks=True; otherwise its Linears are converted one by one.
     - progress=True shows a tqdm progress bar over the modules being built (if tqdm is installed).
-    - weight_quantizer: optional callable(linear) -> (wq int8 [out, in], sw float32 [out]) or None,
+    - weight_quantizer: optional callable(linear) -> the scheme's quantize_weight result or None,
       used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
-      a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here.
+      a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here
+      (every scheme: a quantizer taking ``weight_format=`` is told the layer's format).
 
     FP8Config, W4A8FPConfig, W4A8Config and W8A8GroupConfig convert each selected Linear to a
-    QLinear of scheme "fp8" / "w4a8-fp" / "w4a8" or "w4a8-floatscale" / "w8a8-group" (no fused blocks;
-    weight_quantizer is w8a8-only and raises with them). A Linear whose shape the scheme cannot run
+    QLinear of scheme "fp8" / "w4a8-fp" / "w4a8" or "w4a8-floatscale" / "w8a8-group" (no fused
+    blocks). A Linear whose shape the scheme cannot run
     raises ValueError naming it, before anything changes. A config of a scheme without a kernel
     (``missing_kernel``; none today) raises NotImplementedError before anything changes.
     """
