@@ -341,7 +341,24 @@ def test_ct_decompress_ours_schemes(tmp_path, which):
         assert exact > 0.5 * total  # most agree bit for bit; the rest by one float32 rounding
 
 
-@pytest.mark.parametrize("which", ["w4/8", "fp8"])
+_TF_VERSION = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+
+
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param(
+            "w4/8",
+            marks=pytest.mark.xfail(
+                _TF_VERSION >= (5, 24), strict=False,
+                reason="transformers 5.24's weight-conversion loader (CompressedTensorsDequantize) raises "
+                "KeyError 'weight_packed' on a mixed-precision checkpoint's pack-quantized layers; 5.17 "
+                "reads it (docs/CHECKPOINTS.md). compressed-tensors itself decompresses it (other tests).",
+            ),
+        ),
+        "fp8",
+    ],
+)
 def test_hf_loader_reads_ours_schemes(tmp_path, which):
     """transformers' compressed-tensors loader (ModelCompressor.decompress_model) reads our
     pack-quantized / mixed-precision / float-quantized checkpoints."""
