@@ -759,6 +759,21 @@ void dispatch_int_scale(const W4A8IntArgs& a) {
   return dispatch_int<false, OutT>(a);
 }
 
+// The conversion kernels (fp4_to_fp8, int4_to_int8): one thread per 16-byte lane chunk of the packed
+// layout, N / 16 row tiles x K / 64 chunks x 32 lanes.
+constexpr int kConvertBlock = 256;
+unsigned convert_blocks(int N, int K) {
+  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
+  return static_cast<unsigned>((threads + kConvertBlock - 1) / kConvertBlock);
+}
+
+// "" when the last launch on this thread was accepted, else why not.
+std::string launch_status() {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
+  return {};
+}
+
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
@@ -770,27 +785,22 @@ std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
     case DType::kFP32: dispatch_scale<float>(a); break;
     default: return "out_dtype must be bf16, fp16 or fp32";
   }
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
-  return {};
+  return launch_status();
 }
 
 std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,
                        cudaStream_t stream) {
   if (N <= 0 || K <= 0 || N % 16 != 0 || K % 64 != 0) return "N must be a positive multiple of 16 and K of 64";
   if (group_size <= 0 || group_size % 16 != 0 || K % group_size != 0) return "group_size must be a multiple of 16 dividing K";
-  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
-  const int block = 256;
-  const int64_t blocks = (threads + block - 1) / block;
+  const unsigned blocks = convert_blocks(N, K);
+  constexpr int block = kConvertBlock;
   auto* o = static_cast<uint8_t*>(out);
   if (pow2) {
-    fp4_to_fp8_kernel<true><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
+    fp4_to_fp8_kernel<true><<<blocks, block, 0, stream>>>(packed, sg, group_size, N, K, o);
   } else {
-    fp4_to_fp8_kernel<false><<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, sg, group_size, N, K, o);
+    fp4_to_fp8_kernel<false><<<blocks, block, 0, stream>>>(packed, sg, group_size, N, K, o);
   }
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
-  return {};
+  return launch_status();
 }
 
 std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream) {
@@ -798,13 +808,10 @@ std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStr
   if (reinterpret_cast<uintptr_t>(packed) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
     return "packed and out must be 16-byte aligned";
   }
-  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
-  const int block = 256;
-  const int64_t blocks = (threads + block - 1) / block;
-  int4_to_int8_kernel<<<static_cast<unsigned>(blocks), block, 0, stream>>>(packed, N, K, static_cast<uint8_t*>(out));
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
-  return {};
+  const unsigned blocks = convert_blocks(N, K);
+  constexpr int block = kConvertBlock;
+  int4_to_int8_kernel<<<blocks, block, 0, stream>>>(packed, N, K, static_cast<uint8_t*>(out));
+  return launch_status();
 }
 
 std::string w4a8_int_gemm(const W4A8IntArgs& a) {
@@ -817,9 +824,7 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
     case DType::kFP32: dispatch_int_scale<float>(a); break;
     default: return "out_dtype must be bf16, fp16 or fp32";
   }
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
-  return {};
+  return launch_status();
 }
 
 }  // namespace zq

@@ -47,6 +47,11 @@ _STREAM_MAX_M = 32
 _POW2_RANGE = (-5, 0)  # exponents the quantizer produces (docs/FP8.md); the kernel is exact there
 
 
+def _check_path(op: str, path: str) -> None:
+    if path not in W4A8_PATHS:
+        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+
+
 def _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype) -> int:
     """All checks of a call; returns the group size."""
     if out_dtype not in _OUT_DTYPES:
@@ -184,8 +189,7 @@ def _fp4_to_fp8_cuda(wq: torch.Tensor, sg: torch.Tensor, K: int) -> torch.Tensor
 
 def _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
     op = "w4a8_fp_gemm"
-    if path not in W4A8_PATHS:
-        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    _check_path(op, path)
     act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, op)
     g = _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
     M, K = xq.shape
@@ -226,8 +230,7 @@ def _w4a8_fp_op(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="au
 @_w4a8_fp_op.register_fake
 def _w4a8_fp_fake(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto"):
     op = "w4a8_fp_gemm"
-    if path not in W4A8_PATHS:
-        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    _check_path(op, path)
     if activation != "none":
         _check_epilogue(activation, out_dtype, None, op)
     _check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
@@ -383,8 +386,7 @@ _INT_STREAM_MAX_M = 64
 def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
                    path="auto") -> torch.Tensor:
     op = "w4a8_gemm"
-    if path not in W4A8_PATHS:
-        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    _check_path(op, path)
     act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, op)
     g = _check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
     M, K = xq.shape
@@ -424,8 +426,7 @@ def _w4a8_int_op(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_sca
 @_w4a8_int_op.register_fake
 def _w4a8_int_fake(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None, path="auto"):
     op = "w4a8_gemm"
-    if path not in W4A8_PATHS:
-        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+    _check_path(op, path)
     if activation != "none":
         _check_epilogue(activation, out_dtype, None, op)
     _check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
