@@ -24,7 +24,7 @@ import torch
 from . import _ext
 from . import nn as _nn
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
-from .algorithms import gptq, gptq_quantize_weight, lkd
+from .algorithms import gptq, gptq_quantize_weight, lkd, smooth_
 from .formats import GemmSpec
 from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
 from .ops import (
@@ -63,6 +63,7 @@ __all__ = [
     "gptq",
     "gptq_quantize_weight",
     "lkd",
+    "smooth_",
     "set_debug_checks",
     "GemmSpec",
 ]

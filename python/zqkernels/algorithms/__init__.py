@@ -6,12 +6,15 @@ from __future__ import annotations
 from .fakequant import FakeQuantLinear, fake_quant_act, fake_quant_weight
 from .gptq import HessianAccumulator, gptq, gptq_quantize_weight
 from .lkd import lkd
+from .smooth import SmoothReport, smooth_
 
 __all__ = [
     "gptq",
     "gptq_quantize_weight",
     "HessianAccumulator",
     "lkd",
+    "smooth_",
+    "SmoothReport",
     "fake_quant_weight",
     "fake_quant_act",
     "FakeQuantLinear",
