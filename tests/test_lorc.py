@@ -208,11 +208,245 @@ def test_tiny_llama_lorc_gets_closer_to_float():
     assert after < before, (before, after)
 
 
-def test_lorc_refuses_fused_blocks():
-    m = _tiny_llama()
-    qm = zqkernels.quantize_model(copy.deepcopy(m))  # fused blocks: merged QKV / gate-up
-    with pytest.raises(NotImplementedError, match="fused_blocks=False"):
-        zqkernels.lorc(qm, m, rank=4)
+# ------------------------------------------------------------------------------------------------
+# Fused blocks (QLlamaDecoderLayer, QGPT2Block, QBertLayer): one LoRC pair per merged GEMM.
+
+# role -> the HF float Linears merged into it, in row order (written out here, not imported: the
+# library's map is what is under test)
+ROLES = {
+    "llama": {"qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "attn_out": ["self_attn.o_proj"],
+              "fc1": ["mlp.gate_proj", "mlp.up_proj"], "fc2": ["mlp.down_proj"]},
+    "gpt2": {"qkv": ["attn.c_attn"], "attn_out": ["attn.c_proj"], "fc1": ["mlp.c_fc"], "fc2": ["mlp.c_proj"]},
+    "bert": {"qkv": ["attention.self.query", "attention.self.key", "attention.self.value"],
+             "attn_out": ["attention.output.dense"], "fc1": ["intermediate.dense"], "fc2": ["output.dense"]},
+}
+LAYERS = {"llama": "model.layers", "gpt2": "transformer.h", "bert": "encoder.layer"}
+BLOCKS = {"llama": "QLlamaDecoderLayer", "gpt2": "QGPT2Block", "bert": "QBertLayer"}
+ARCHS = list(ROLES)
+
+
+def _tiny(arch):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if arch == "llama":
+        return _tiny_llama()
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=500, n_positions=64,
+                                      bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                  vocab_size=500)
+    return transformers.BertModel(cfg).eval()
+
+
+def _out(model, ids):
+    o = model(ids)
+    return o.logits if hasattr(o, "logits") else o.last_hidden_state
+
+
+def _float_w(mod):
+    """[out, in] of an nn.Linear or HF Conv1D (weight [in, out])."""
+    return mod.weight.detach().t() if type(mod).__name__ == "Conv1D" else mod.weight.detach()
+
+
+def _deq_w8a8(q):
+    """W8A8 deq(Wq) by hand: int8 rows x per-channel scales, padded rows dropped."""
+    n = q.out_features
+    return q.weight_q[:n].float() * q.weight_scale[:n, None]
+
+
+IDS = torch.randint(0, 500, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_lorc_is_the_svd_of_the_merged_error(arch):
+    """Each INT8 role of a fused block gets the rank-r truncated SVD of the error of the merged weight
+    (the float parts concatenated in row order minus deq of the merged int8 weight), not per part."""
+    m = _tiny(arch)
+    qf = zqkernels.quantize_model(copy.deepcopy(m))
+    blocks = qf.get_submodule(LAYERS[arch])
+    assert all(type(b).__name__ == BLOCKS[arch] for b in blocks)
+    r = 8
+    report = zqkernels.lorc(qf, m, rank=r, dtype=torch.float32)
+    rows = {x["module"]: x for x in report.layers}
+    outside = [n for n, q in qf.named_modules() if isinstance(q, zqkernels.QLinear) and ".h." not in n
+               and ".layers." not in n and ".layer." not in n]
+    assert len(report.layers) == 4 * len(blocks) + len(outside) and not report.skipped
+    for i, fblock in enumerate(m.get_submodule(LAYERS[arch])):
+        for role, parts in ROLES[arch].items():
+            name = f"{LAYERS[arch]}.{i}.{role}"
+            q = qf.get_submodule(name)
+            w = torch.cat([_float_w(fblock.get_submodule(p)) for p in parts]).double()
+            d = _deq_w8a8(q).double()
+            assert w.shape == (q.out_features, q.in_features)
+            u, s, vh = torch.linalg.svd(w - d, full_matrices=False)
+            ab = (q.lorc_a.double() @ q.lorc_b.double()).t()  # [N, K], rank r
+            e_r = u[:, :r] @ torch.diag(s[:r]) @ vh[:r]
+            assert q.lorc_a.shape == (q.in_features, r) and q.lorc_b.shape == (r, q.out_features)
+            # (float32 SVD in the library: the rank-r subspace to ~1e-5, more where s_r ~ s_{r+1})
+            assert float((ab - e_r).norm()) < 3e-4 * float(e_r.norm()), (name, float((ab - e_r).norm()))
+            # Eckart-Young on the merged matrix, and the report's numbers are the merged weight's
+            tail = float(s[r:].pow(2).sum().sqrt())
+            assert float((w - d - ab).norm()) == pytest.approx(tail, rel=1e-5)
+            row = rows[name]
+            assert row["parts"] == [f"{LAYERS[arch]}.{i}.{p}" for p in parts] and row["rank"] == r
+            assert row["rel_err_before"] == pytest.approx(float((w - d).norm() / w.norm()), rel=1e-5)
+            assert row["rel_err_after"] == pytest.approx(tail / float(w.norm()), rel=1e-4)
+            assert row["bytes"] == (q.in_features + q.out_features) * r * 4 == q.lorc_a.nbytes + q.lorc_b.nbytes
+            assert row["weight_bytes"] == q.weight_q.nbytes
+            # one rank-r correction for the whole GEMM: no part's error grows (E_r = E V_r V_r^T)
+            o = 0
+            for p in parts:
+                n = _float_w(fblock.get_submodule(p)).shape[0]
+                e, c = (w - d)[o:o + n], ab[o:o + n]
+                assert float((e - c).norm()) <= float(e.norm()), (name, p)
+                o += n
+    assert report.total_bytes == sum(x.lorc_a.nbytes + x.lorc_b.nbytes for x in qf.modules()
+                                     if isinstance(x, zqkernels.QLinear))
+    assert f"LoRC: {len(report.layers)} layers, {report.total_bytes} bytes added" in str(report)
+    assert f"{LAYERS[arch]}.0.qkv" in str(report)
+
+
+def _per_linear_with_fused_factors(m, qf, arch, on_deq):
+    """The per-Linear (fused_blocks=False) model given the fused model's factors: each part of a merged
+    role gets A and its columns of B. on_deq: compute its LoRC term on deq(quantize_per_token(x)) (what
+    the fused block hands over) in a hook written here, instead of QLinear.forward's term on x."""
+    qu = zqkernels.quantize_model(copy.deepcopy(m), fused_blocks=False)
+    inside = set()
+    for i in range(len(m.get_submodule(LAYERS[arch]))):
+        for role, parts in ROLES[arch].items():
+            fq = qf.get_submodule(f"{LAYERS[arch]}.{i}.{role}")
+            o = 0
+            for p in parts:
+                name = f"{LAYERS[arch]}.{i}.{p}"
+                q = qu.get_submodule(name)
+                inside.add(name)
+                a, b = fq.lorc_a.clone(), fq.lorc_b[:, o:o + q.out_features].contiguous()
+                o += q.out_features
+                if not on_deq:
+                    q.lorc_a, q.lorc_b = a, b
+                    continue
+
+                def hook(mod, inp, y, a=a, b=b):
+                    x = inp[0].reshape(-1, mod.in_features)
+                    xq, sx = zqkernels.quantize_per_token(x)
+                    return y + ((xq.float() * sx[:, None]) @ a.float() @ b.float()).to(y.dtype).view(y.shape)
+
+                q.register_forward_hook(hook)
+            assert o == fq.out_features
+    for name, q in qu.named_modules():  # lm_head / pooler: the same per-Linear LoRC in both models
+        if isinstance(q, zqkernels.QLinear) and name not in inside:
+            f = qf.get_submodule(name)
+            q.lorc_a, q.lorc_b = f.lorc_a.clone(), f.lorc_b.clone()
+    return qu
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_lorc_matches_per_linear(arch):
+    """The fused model with LoRC == the per-Linear model given the same (merged, sliced) factors.
+    Exactly so when the per-Linear LoRC term also reads deq(xq) (the block's input); with the term on
+    float x (QLinear.forward) they differ by E_r (x - deq(xq)) per GEMM, second order, checked per
+    GEMM on the same input."""
+    m = _tiny(arch)
+    with torch.no_grad():
+        ref = _out(m, IDS)
+        qf = zqkernels.quantize_model(copy.deepcopy(m))
+        plain = _out(qf, IDS)
+        zqkernels.lorc(qf, m, rank=8, dtype=torch.float32)
+        yf = _out(qf, IDS)
+        qu = _per_linear_with_fused_factors(m, qf, arch, on_deq=True)
+        yu = _out(qu, IDS)
+    effect = rel(yf, plain)
+    assert effect > 1e-4  # LoRC changed the output ...
+    assert rel(yf, yu) < 1e-6, (rel(yf, yu), effect)  # ... exactly as the per-Linear model's
+    assert rel(yf, ref) < rel(plain, ref)  # and towards the float model
+
+    # per GEMM, on the same float input x (captured from the float model): fused role via
+    # forward_quantized(quantize_per_token(x)) vs the per-Linear parts' forward(x) (term on x)
+    qx = _per_linear_with_fused_factors(m, qf, arch, on_deq=False)
+    xs = {}
+
+    def keep(mod, inp, y, n):
+        xs.setdefault(n, inp[0].detach())
+
+    hooks = [mod.register_forward_hook(lambda mod, inp, y, n=n: keep(mod, inp, y, n))
+             for n, mod in m.named_modules() if isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"]
+    with torch.no_grad():
+        _out(m, IDS)
+        for h in hooks:
+            h.remove()
+        for i in range(len(m.get_submodule(LAYERS[arch]))):
+            for role, parts in ROLES[arch].items():
+                names = [f"{LAYERS[arch]}.{i}.{p}" for p in parts]
+                fq = qf.get_submodule(f"{LAYERS[arch]}.{i}.{role}")
+                x = xs[names[0]].reshape(-1, fq.in_features)
+                xq, sx = zqkernels.quantize_per_token(x)
+                y_f = fq.forward_quantized(xq, sx, torch.float32)
+                y_u = torch.cat([qx.get_submodule(n)(x) for n in names], 1)
+                e_r = (fq.lorc_a.double() @ fq.lorc_b.double()).t()
+                dx = x.double() - xq.double() * sx.double()[:, None]
+                bound = float(torch.linalg.matrix_norm(e_r, 2)) * float(dx.norm())
+                diff = float((y_f - y_u).double().norm())
+                term = float((x.double() @ e_r.t()).norm())  # the LoRC correction itself
+                assert diff <= 1.01 * bound + 1e-6 * float(y_u.norm()), (names, diff, bound)
+                assert diff < 0.05 * term, (names, diff, term)
+
+
+def test_fused_lorc_float_roles_and_missing_float_layers():
+    m = _tiny("llama")
+    qf = zqkernels.quantize_model(copy.deepcopy(m), level="balanced")  # fc2 (down_proj) stays float
+    blk = qf.model.layers[0]
+    assert isinstance(blk.fc2, nn.Linear) and isinstance(blk.fc1, zqkernels.QLinear)
+    report = zqkernels.lorc(qf, m, rank=4)
+    names = [r["module"] for r in report.layers]
+    assert names == [f"model.layers.{i}.{r}" for i in (0, 1) for r in ("qkv", "attn_out", "fc1")] + ["lm_head"]
+    assert not report.skipped
+    # a float model without the layers: every merged QLinear is skipped, with why, and keeps no factors
+    qf = zqkernels.quantize_model(copy.deepcopy(m))
+    report = zqkernels.lorc(qf, nn.Sequential(), rank=4)
+    assert report.layers == [] and len(report.skipped) == 9
+    assert ("model.layers.0.qkv", "not in the float model") in report.skipped
+    assert all(q.lorc_rank == 0 for q in qf.modules() if isinstance(q, zqkernels.QLinear))
+    # a float layer that lacks a part (here k_proj is not a Linear): that role is skipped, others done
+    m2 = copy.deepcopy(m)
+    m2.model.layers[1].self_attn.k_proj = nn.Identity()
+    report = zqkernels.lorc(qf, m2, rank=4)
+    why = "its float part 'model.layers.1.self_attn.k_proj' is a Identity in the float model"
+    assert report.skipped == [("model.layers.1.qkv", why)]
+    assert len(report.layers) == 8 and qf.model.layers[1].qkv.lorc_rank == 0
+    # rank is checked against the merged GEMM: qkv is [64 + 2 * 32, 64] -> at most 64
+    with pytest.raises(ValueError, match=r"\[1, 64\]"):
+        zqkernels.lorc(qf, m, rank=65)
+
+
+def test_fused_lorc_checkpoints(tmp_path):
+    """save_quantized refuses LoRC factors (fused or not); load_quantized's fused model takes LoRC like
+    an in-memory one; the state_dict (torch.save) round trip keeps the fused blocks' factors."""
+    pytest.importorskip("safetensors")
+    m = _tiny("llama")
+    with torch.no_grad():
+        qf = zqkernels.quantize_model(copy.deepcopy(m))
+        zqkernels.save_quantized(qf, tmp_path / "plain")  # before LoRC: fine
+        zqkernels.lorc(qf, m, rank=8)
+        with pytest.raises(NotImplementedError, match="model.layers.0.qkv' has LoRC factors"):
+            zqkernels.save_quantized(qf, tmp_path / "lorc")
+        y = _out(qf, IDS)
+
+        loaded = zqkernels.load_quantized(tmp_path / "plain")
+        assert type(loaded.model.layers[0]).__name__ == "QLlamaDecoderLayer"
+        report = zqkernels.lorc(loaded, m, rank=8)
+        assert len(report.layers) == 9 and not report.skipped
+        assert rel(_out(loaded, IDS), y) < 1e-6
+
+        buf = io.BytesIO()
+        torch.save(qf.state_dict(), buf)
+        buf.seek(0)
+        fresh = zqkernels.quantize_model(copy.deepcopy(m))
+        for name, q in qf.named_modules():
+            if isinstance(q, zqkernels.QLinear):
+                fresh.get_submodule(name).init_lorc(q.lorc_rank, dtype=q.lorc_a.dtype)
+        fresh.load_state_dict(torch.load(buf, weights_only=False))
+        assert torch.equal(_out(fresh, IDS), y)
 
 
 def test_lorc_hf_conv1d_and_skips():

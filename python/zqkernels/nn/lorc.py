@@ -16,10 +16,17 @@ stored in bf16 by default (issue 9: "factors in bf16"; or `dtype=`) as the QLine
 to the bytes of the quantized weights and of their scales). LoRC composes with any weight
 quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
 
-Fused blocks (nn/blocks.py) merge linears (QKV, gate-up), which then have no float counterpart
-by name: ``lorc`` refuses QLinears inside a fused block (NotImplementedError); quantize with
-``fused_blocks=False`` first. A QLinear given factors by hand still works inside a block: its
-``forward_quantized`` applies the LoRC term to deq(xq).
+Fused blocks (nn/blocks.py: QLlamaDecoderLayer, QGPT2Block, QBertLayer) merge linears that share
+an input: ``qkv`` = q|k|v (GPT-2: c_attn), ``fc1`` = gate|up (LLaMA), concatenated along
+out_features in that order; ``attn_out`` and ``fc2`` are single linears. ``lorc`` gives each INT8
+role one pair of factors, computed from the error of the merged weight: the float parts of the
+float layer of the same name (the role -> float Linear map of ``algorithms.lkd``, shared with LKD)
+concatenated in the block's row order, minus deq of the merged QLinear. The rank is the rank of
+the merged GEMM's correction, not per part: q, k and v share one rank-r A (and B's columns split
+by part); the per-part error never grows (E_r = E V_r V_r^T projects every row of E). The block
+hands its GEMMs only the quantized activations, so ``forward_quantized`` applies the LoRC term to
+deq(xq) = xq * sx: it differs from the float-input term by E_r (x - deq(xq)), a second-order
+error. Roles kept in float (``level``) have no QLinear and get no factors.
 """
 
 from __future__ import annotations
@@ -142,8 +149,10 @@ def apply_lorc(
 @dataclass
 class LoRCReport:
     """What ``lorc`` did: one dict per layer given factors ({"module", "rank", "scheme", "bytes",
-    "weight_bytes", "scale_bytes", "rel_err_before", "rel_err_after"}) and the QLinears it skipped (no float
-    counterpart by name, with why)."""
+    "weight_bytes", "scale_bytes", "rel_err_before", "rel_err_after"}; a fused block's merged
+    QLinear, e.g. "model.layers.0.qkv", also has "parts": the float Linears it was built from, in
+    row order, and its errors are those of the merged weight) and the QLinears it skipped (no float
+    counterpart, with why)."""
 
     layers: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -180,16 +189,83 @@ class LoRCReport:
         return "\n".join(lines + [f"  skipped {m}: {why}" for m, why in self.skipped])
 
 
+def _float_weight(f: Optional[nn.Module]) -> Optional[torch.Tensor]:
+    """The float weight [out_features, in_features] of an nn.Linear or HF Conv1D; None otherwise."""
+    if isinstance(f, nn.Linear):
+        return f.weight
+    if f is not None and is_conv1d(f):
+        return f.weight.t()  # Conv1D stores [in, out]
+    return None
+
+
+def _block_targets(
+    name: str, block: nn.Module, fblock: Optional[nn.Module]
+) -> list[tuple[str, QLinear, list[str], Optional[torch.Tensor], str]]:
+    """The INT8 roles of the fused `block` named `name`: [(QLinear name, QLinear, float part names,
+    merged float weight [out_features, in_features] in float32 or None, why None)]; `fblock` is the
+    float layer of the same name (None: the float model has none)."""
+    from ..algorithms.lkd import _FUSED_PARTS  # role -> float Linears, in the block's row order
+
+    roles = _FUSED_PARTS.get(type(block).__name__)
+    if roles is None:
+        raise NotImplementedError(
+            f"lorc: fused block {name!r} ({type(block).__name__}) has no role -> float Linear map"
+        )
+    pre = f"{name}." if name else ""
+    owned = {id(getattr(block, r, None)) for r in roles}
+    for sub, m in block.named_modules():
+        if isinstance(m, QLinear) and id(m) not in owned:
+            raise NotImplementedError(
+                f"lorc: {pre + sub!r} in fused block {name!r} is not one of its roles {list(roles)}"
+            )
+    out = []
+    for role, parts in roles.items():
+        q = getattr(block, role, None)
+        if not isinstance(q, QLinear):
+            continue  # a role kept in float (level): nothing to compensate
+        full = [pre + p for p in parts]
+        if fblock is None:
+            out.append((pre + role, q, full, None, "not in the float model"))
+            continue
+        ws, why = [], ""
+        for p in parts:
+            try:
+                f = fblock.get_submodule(p)
+            except AttributeError:
+                f = None
+            w = _float_weight(f)
+            if w is None:
+                what = "missing" if f is None else f"a {type(f).__name__}"
+                why = f"its float part {pre + p!r} is {what} in the float model"
+                break
+            if w.is_meta:
+                raise ValueError(f"lorc: the float weight of {pre + p!r} is on the meta device")
+            ws.append(w.detach().to(device=q.weight_q.device, dtype=torch.float32))
+        if why:
+            out.append((pre + role, q, full, None, why))
+            continue
+        w = torch.cat(ws, 0)
+        if tuple(w.shape) != (q.out_features, q.in_features):
+            raise ValueError(
+                f"lorc: the float parts {full} of {pre + role!r} concatenate to {list(w.shape)}, but the "
+                f"merged QLinear is [{q.out_features}, {q.in_features}]"
+            )
+        out.append((pre + role, q, full, w, ""))
+    return out
+
+
 def lorc(
     model_quant: nn.Module, model_float: nn.Module, rank: int = 8, dtype: Optional[torch.dtype] = None
 ) -> LoRCReport:
     """Apply LoRC to every QLinear of `model_quant` whose name names an nn.Linear (or HF Conv1D)
-    in `model_float` (the unquantized model, same architecture; any device). Returns a
-    ``LoRCReport`` (bytes per layer and in total, absolute and relative to the quantized weights).
+    in `model_float` (the unquantized model, same architecture; any device), and to the merged
+    QLinears of fused blocks (QKV, gate|up, O, down), against the concatenation of the float
+    layer's parts. Returns a ``LoRCReport`` (bytes per layer and in total, absolute and relative to
+    the quantized weights; a fused role's entry lists its float ``parts``).
     Any scheme (and mixes of them, e.g. ZEROQUANT_W4_8).
 
-    Raises NotImplementedError for QLinears inside fused blocks (convert with
-    ``fused_blocks=False``); a rank above a layer's min(N, K) raises ValueError."""
+    `rank` is per QLinear: a fused block's merged QKV gets one rank-`rank` correction for the
+    merged GEMM (not `rank` per q / k / v). A rank above a layer's min(N, K) raises ValueError."""
     from .blocks import QuantizedBlock
 
     floats = dict(model_float.named_modules())
@@ -197,20 +273,19 @@ def lorc(
     report = LoRCReport()
     with torch.no_grad():
         for name, mod in model_quant.named_modules():
-            if not isinstance(mod, QLinear):
+            if isinstance(mod, QuantizedBlock):
+                for qname, q, parts, w, why in _block_targets(name, mod, floats.get(name)):
+                    if w is None:
+                        report.skipped.append((qname, why))
+                        continue
+                    r = apply_lorc(q, w, rank, dtype)
+                    report.layers.append({"module": qname, "parts": parts, **r})
                 continue
-            if any(name.startswith(p + ".") for p in blocks):
-                raise NotImplementedError(
-                    f"lorc: {name!r} is inside a fused block (merged QKV / gate-up linears have no float "
-                    "counterpart by name); LoRC with fused blocks is not supported yet: quantize with "
-                    "fused_blocks=False"
-                )
+            if not isinstance(mod, QLinear) or any(name.startswith(p + ".") for p in blocks):
+                continue
             f = floats.get(name)
-            if isinstance(f, nn.Linear):
-                w = f.weight
-            elif f is not None and is_conv1d(f):
-                w = f.weight.t()  # Conv1D stores [in, out]
-            else:
+            w = _float_weight(f)
+            if w is None:
                 why = "not in the float model" if f is None else f"a {type(f).__name__} in the float model"
                 report.skipped.append((name, why))
                 continue
