@@ -360,11 +360,44 @@ def test_quantize_conversion_error_is_one_line(capsys, tiny, tmp_path):
         (["eval", "{dir}", "--text", "{missing}"], ["--text", "is not a file"]),
         (["eval", "{dir}", "--text", "{text}", "--window", "5000"], ["fewer than one window of 5000"]),
         (["eval", "{dir}", "--text", "{text}", "--float", "{dir}"], ["--float applies when MODEL_DIR is a quantized"]),
+        # flags that would be silently ignored
+        (["quantize", "{dir}", "--out", "{out}", "--calib", "{text}"],
+         ["--calib is only used by --gptq and --lkd-steps"]),
+        (["quantize", "{dir}", "--out", "{out}", "--calib", "{text}", "--lorc-rank", "4"],
+         ["--calib is only used by --gptq and --lkd-steps"]),
+        (["eval", "{dir}", "--text", "{text}", "--calib", "{text}"], ["--calib is only used by --gptq and --lkd-steps"]),
+        (["quantize", "{dir}", "--out", "{out}", "--lkd-lr", "1e-5"], ["--lkd-lr applies only with --lkd-steps"]),
+        (["quantize", "{dir}", "--out", "{out}", "--lkd-loss", "kl", "--gptq", "--calib", "{text}"],
+         ["--lkd-loss applies only with --lkd-steps"]),
+        (["eval", "{dir}", "--text", "{text}", "--lkd-lr", "1e-5", "--lkd-loss", "mse"],
+         ["--lkd-lr / --lkd-loss apply only with --lkd-steps"]),
+        (["quantize", "{dir}", "--out", "{out}", "--calib-window", "64"], ["--calib-window applies only with --calib"]),
+        (["quantize", "{dir}", "--out", "{out}", "--gptq", "--calib-samples", "4"],
+         ["--calib-samples applies only with --calib"]),
+        (["eval", "{dir}", "--text", "{text}", "--calib-window", "64", "--calib-samples", "4"],
+         ["--calib-window / --calib-samples apply only with --calib"]),
+        (["eval", "{qdir}", "--text", "{text}", "--calib", "{text}", "--level", "balanced"],
+         ["is already quantized: --level / --calib apply to a float MODEL_DIR"]),
+        (["eval", "{qdir}", "--text", "{text}", "--float", "{dir}", "--lkd-lr", "1e-5"],
+         ["is already quantized: --lkd-lr applies to a float MODEL_DIR"]),
+        (["eval", "{qdir}", "--text", "{text}", "--calib-samples", "4", "--lkd-loss", "kl"],
+         ["is already quantized: --lkd-loss / --calib-samples apply"]),
+        (["eval", "{qdir}", "--text", "{text}", "--dtype", "bfloat16"], ["--dtype applies to the float model"]),
+        (["eval", "{qdir}", "--text", "{text}", "--error-windows", "2"],
+         ["--error-windows: the per-layer error needs the float model"]),
+        (["eval", "{dir}", "--text", "{text}", "--window", "32", "--max-windows", "2", "--error-windows", "3"],
+         ["--error-windows 3 is more than the 2 windows evaluated"]),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(capsys, tiny, tmp_path, argv, needles):
+    # a directory that reads as a quantized checkpoint (its config has a quantization_config); every
+    # error above comes before anything is loaded from it
+    qdir = tmp_path / "qdir"
+    qdir.mkdir()
+    cfg = json.loads((Path(tiny["dir"]) / "config.json").read_text())
+    (qdir / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "compressed-tensors"}}))
     subst = {"missing": str(tmp_path / "nope"), "out": str(tmp_path / "out"), "text": tiny["text"],
-             "root": str(tiny["root"]), "dir": tiny["dir"]}
+             "root": str(tiny["root"]), "dir": tiny["dir"], "qdir": str(qdir)}
     argv = [a.format(**subst) for a in argv]
     try:
         rc = main(argv)
@@ -414,6 +447,47 @@ def test_eval_lorc(capsys, tiny, tmp_path):
     assert res["scheme"] == "w8a8 + LoRC r16" and "lorc" in out
     # LoRC compensates part of the weight error: every layer's output error goes down
     assert all(r["rel_err"] < p["rel_err"] for r, p in zip(res["layer_errors"], plain["layer_errors"]))
+
+
+@pytest.mark.skipif(not callable(getattr(zqkernels, "lkd", None)), reason="this zqkernels has no lkd")
+def test_eval_lkd_then_lorc(capsys, tiny, tmp_path):
+    """--lkd-steps with --lorc-rank: LKD runs first (it refuses layers that already have LoRC factors),
+    then LoRC factors the error of the distilled weights."""
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1",
+                                 "--lkd-steps", "1", "--lkd-lr", "1e-6", "--lorc-rank", "4", "--calib", tiny["text"],
+                                 "--calib-window", "32", "--calib-samples", "2", "--json", str(js)])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"] == "w8a8 + LKD 1 steps + LoRC r4"
+    steps = out[out.index("quantized a copy"):].splitlines()[0]
+    assert steps.index("lkd ") < steps.index("lorc "), steps  # the order they ran in
+    assert math.isfinite(res["quantized"]["ppl"])
+
+
+def test_conversion_lorc_keeps_fused_blocks(tiny):
+    """--lorc-rank no longer turns the fused blocks off: one rank-R pair per merged GEMM, reported."""
+    import argparse
+
+    from transformers import LlamaForCausalLM
+    from zqkernels import _cli
+
+    p = argparse.ArgumentParser()
+    _cli.add_parsers(p.add_subparsers(dest="command"))
+    args = p.parse_args(["eval", tiny["dir"], "--text", tiny["text"], "--lorc-rank", "8", "--level", "balanced"])
+    args.scheme = "w8a8"
+    conv = _cli.Conversion(args)
+    model = LlamaForCausalLM.from_pretrained(tiny["dir"]).eval()
+    log = []
+    conv.convert(model, None, False, log.append)
+    blocks = model.model.layers
+    assert [type(b).__name__ for b in blocks] == ["QLlamaDecoderLayer"] * 2
+    assert blocks[0].level == {"qkv": True, "attn_out": True, "fc1": True, "fc2": False}  # --level is used
+    assert blocks[0].qkv.lorc_rank == 8 and blocks[0].fc1.lorc_rank == 8 and blocks[1].attn_out.lorc_rank == 8
+    line = next(x for x in log if x.startswith("LoRC rank 8"))
+    # qkv, attn_out, fc1 per block (fc2 is float at level balanced; lm_head stays float)
+    assert line.startswith("LoRC rank 8: 6 layers (4 of them merged fused-block GEMMs, one rank-8 pair each), ")
+    assert "bytes added" in line and "quantized weight bytes" in line and line.endswith("0 skipped")
 
 
 def test_gptq_from_the_command_line(capsys, tiny, tmp_path):

@@ -46,10 +46,15 @@ SCHEMES: dict[str, str] = {
 _GROUPED = ("w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8")
 _UNSET: Any = object()  # --group-size not given (None means per channel)
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CALIB_WINDOW, CALIB_SAMPLES, ERROR_WINDOWS = 512, 16, 1  # defaults of --calib-window / --calib-samples / --error-windows
 
 
 class CLIError(Exception):
     """An error the user can fix: printed as one line, exit status 2."""
+
+
+def _verb(flags: list[str]) -> str:
+    return "applies" if len(flags) == 1 else "apply"
 
 
 def _say(msg: str = "") -> None:
@@ -95,14 +100,19 @@ def _conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str
                    help="w8a8 / w4/8: precision of the fused blocks' GEMM roles (default int8)")
     g.add_argument("--gptq", action="store_true", help="GPTQ weights (zqkernels.gptq; needs --calib)")
     g.add_argument("--lorc-rank", type=_positive, default=None, metavar="R",
-                   help="LoRC low-rank compensation of rank R per layer (zqkernels.lorc)")
+                   help="LoRC low-rank compensation of rank R per quantized GEMM (zqkernels.lorc; a fused "
+                   "block's merged QKV / gate|up GEMM gets one rank-R correction; applied after GPTQ / LKD)")
     g.add_argument("--lkd-steps", type=_positive, default=None, metavar="S",
                    help="layer-by-layer knowledge distillation, S steps per layer (zqkernels.lkd; needs --calib)")
-    g.add_argument("--lkd-lr", type=float, default=None, metavar="LR", help="LKD learning rate (lkd's default)")
-    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (lkd's default)")
-    g.add_argument("--calib", default=None, metavar="FILE", help="calibration text (GPTQ, LKD)")
-    g.add_argument("--calib-window", type=_positive, default=512, metavar="T", help="tokens per calibration sample (512)")
-    g.add_argument("--calib-samples", type=_positive, default=16, metavar="N", help="calibration samples (16)")
+    g.add_argument("--lkd-lr", type=float, default=None, metavar="LR",
+                   help="LKD learning rate (with --lkd-steps; lkd's default)")
+    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (with --lkd-steps; lkd's default)")
+    g.add_argument("--calib", default=None, metavar="FILE",
+                   help="calibration text (only used by --gptq and --lkd-steps, which need it)")
+    g.add_argument("--calib-window", type=_positive, default=None, metavar="T",
+                   help=f"tokens per calibration sample (with --calib; {CALIB_WINDOW})")
+    g.add_argument("--calib-samples", type=_positive, default=None, metavar="N",
+                   help=f"calibration samples (with --calib; {CALIB_SAMPLES})")
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -139,8 +149,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--window", type=_positive, default=1024, metavar="T", help="tokens per window (1024)")
     e.add_argument("--max-windows", type=_positive, default=None, metavar="N", help="evaluate the first N windows")
     e.add_argument("--batch", type=_positive, default=1, metavar="B", help="windows per forward (1)")
-    e.add_argument("--error-windows", type=_positive, default=1, metavar="N",
-                   help="windows the per-layer error is measured on (1)")
+    e.add_argument("--error-windows", type=_positive, default=None, metavar="N",
+                   help=f"windows the per-layer error is measured on (needs the float model; {ERROR_WINDOWS})")
     e.add_argument("--plot", default=None, metavar="PATH.png", help="write the per-layer error plot here")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     _conversion_options(e, default_scheme=None)
@@ -285,15 +295,25 @@ class Conversion:
         self.scheme, self.group_size = scheme, g
         self.gptq, self.lorc_rank, self.lkd_steps = args.gptq, args.lorc_rank, args.lkd_steps
         self.lkd_lr, self.lkd_loss = args.lkd_lr, args.lkd_loss
-        if (self.lkd_lr is not None or self.lkd_loss is not None) and self.lkd_steps is None:
-            raise CLIError("--lkd-lr / --lkd-loss apply with --lkd-steps")
-        # LoRC gives each QLinear factors against the float Linear of the same name: no fused blocks
-        fused = self.lorc_rank is None
+        # options that would be silently ignored are errors (no static-activation scheme calibrates)
+        lkd_opts = [f for f, v in (("--lkd-lr", self.lkd_lr), ("--lkd-loss", self.lkd_loss)) if v is not None]
+        if lkd_opts and self.lkd_steps is None:
+            raise CLIError(f"{' / '.join(lkd_opts)} {_verb(lkd_opts)} only with --lkd-steps (LKD), which was not given")
+        if args.calib is not None and not (self.gptq or self.lkd_steps):
+            raise CLIError("--calib is only used by --gptq and --lkd-steps (neither was given)")
+        calib_opts = [f for f, v in (("--calib-window", args.calib_window), ("--calib-samples", args.calib_samples))
+                      if v is not None]
+        if calib_opts and args.calib is None:
+            raise CLIError(f"{' / '.join(calib_opts)} {_verb(calib_opts)} only with --calib FILE (for --gptq / "
+                           "--lkd-steps)")
+        self.calib_window = args.calib_window or CALIB_WINDOW
+        self.calib_samples = args.calib_samples or CALIB_SAMPLES
+        # the w8a8 blocks are fused, with LoRC too (one factor pair per merged GEMM: zqkernels.lorc)
         level = args.level or "int8"
         self.module_configs: Optional[dict[str, Any]] = None
         try:
             if scheme == "w8a8":
-                self.config: Any = zn.W8A8Config(level=level, fused_blocks=fused)
+                self.config: Any = zn.W8A8Config(level=level)
             elif scheme == "fp8":
                 self.config = zn.FP8Config()
             elif scheme in ("w4a8", "w4a8-floatscale"):
@@ -303,7 +323,7 @@ class Conversion:
             elif scheme == "w8a8-group":
                 self.config = zn.W8A8GroupConfig(group_size=g)
             else:  # w4/8: ZEROQUANT_W4_8 with this group size / level
-                w8 = zn.W8A8Config(level=level, fused_blocks=fused)
+                w8 = zn.W8A8Config(level=level)
                 self.config = w8
                 self.module_configs = {"*.mlp.*": zn.W4A8Config(group_size=g), "*": w8}
         except (ValueError, TypeError) as e:
@@ -325,8 +345,9 @@ class Conversion:
         s = self.scheme
         if s in _GROUPED:
             s += f" g{self.group_size if self.group_size is not None else '=channel'}"
-        extras = [n for n, on in (("GPTQ", self.gptq), (f"LoRC r{self.lorc_rank}", self.lorc_rank),
-                                   (f"LKD {self.lkd_steps} steps", self.lkd_steps)) if on]
+        # in the order they run
+        extras = [n for n, on in (("GPTQ", self.gptq), (f"LKD {self.lkd_steps} steps", self.lkd_steps),
+                                   (f"LoRC r{self.lorc_rank}", self.lorc_rank)) if on]
         return s + (" + " + " + ".join(extras) if extras else "")
 
     def convert(
@@ -349,17 +370,8 @@ class Conversion:
             raise CLIError(f"conversion failed: {e}") from e
         times["gptq" if self.gptq else "rtn"] = time.perf_counter() - t
         log(str(summary))
-        if self.lorc_rank:
-            t = time.perf_counter()
-            try:
-                rep = zqkernels.lorc(model, model_float, rank=self.lorc_rank)
-            except (ValueError, TypeError, NotImplementedError) as e:
-                raise CLIError(f"LoRC failed: {e}") from e
-            times["lorc"] = time.perf_counter() - t
-            log(
-                f"LoRC rank {self.lorc_rank}: {len(rep.layers)} layers, {rep.total_bytes} bytes added "
-                f"({rep.relative:.2%} of the int8 weight bytes), {len(rep.skipped)} skipped"
-            )
+        # LKD first: it refuses layers with LoRC factors, and LoRC then factors the error of the
+        # distilled weights
         if self.lkd_steps:
             t = time.perf_counter()
             lkd = zqkernels.lkd
@@ -367,10 +379,11 @@ class Conversion:
             kw: dict[str, Any] = {}
             if "steps" in params:
                 kw["steps"] = self.lkd_steps
-            if self.lkd_lr is not None and "lr" in params:
-                kw["lr"] = self.lkd_lr
-            if self.lkd_loss is not None and "loss" in params:
-                kw["loss"] = self.lkd_loss
+            for flag, key, value in (("--lkd-lr", "lr", self.lkd_lr), ("--lkd-loss", "loss", self.lkd_loss)):
+                if value is not None:
+                    if key not in params:
+                        raise CLIError(f"{flag}: this zqkernels.lkd takes no {key!r} argument")
+                    kw[key] = value
             if "progress" in params:
                 kw["progress"] = progress
             try:
@@ -379,6 +392,20 @@ class Conversion:
                 raise CLIError(f"LKD failed: {e}") from e
             times["lkd"] = time.perf_counter() - t
             _log_lkd(res, log)
+        if self.lorc_rank:
+            t = time.perf_counter()
+            try:
+                rep = zqkernels.lorc(model, model_float, rank=self.lorc_rank)
+            except (ValueError, TypeError, NotImplementedError) as e:
+                raise CLIError(f"LoRC failed: {e}") from e
+            times["lorc"] = time.perf_counter() - t
+            merged = sum(1 for r in rep.layers if len(r.get("parts", ())) > 1)
+            log(
+                f"LoRC rank {self.lorc_rank}: {len(rep.layers)} layers"
+                + (f" ({merged} of them merged fused-block GEMMs, one rank-{self.lorc_rank} pair each)" if merged else "")
+                + f", {rep.total_bytes} bytes added ({rep.relative:.2%} of {rep.weight_bytes} quantized weight "
+                f"bytes, {rep.scale_bytes} scale bytes), {len(rep.skipped)} skipped"
+            )
         del model_float
         return times
 
@@ -403,7 +430,7 @@ def _calibration(conv: Conversion, args: argparse.Namespace, tok: Any, device: s
     if tok is None:
         raise CLIError("--calib needs the model's tokenizer, and none loads from MODEL_DIR")
     ids = _token_ids(tok, _read_text(args.calib, "--calib"))
-    win = _windows(ids, args.calib_window, args.calib_samples, f"--calib {args.calib!r}")
+    win = _windows(ids, conv.calib_window, conv.calib_samples, f"--calib {args.calib!r}")
     return [{"input_ids": w[None].to(device)} for w in win]
 
 
@@ -546,7 +573,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
          f"{str(dtype).replace('torch.', '')}, {device}) in {_fmt_s(t_load)}")
 
     calib = _calibration(conv, args, tok, device)
-    _say(f"converting: {conv.label}" + (f" ({len(calib)} calibration samples of {args.calib_window} tokens)" if calib else ""))
+    _say(f"converting: {conv.label}" + (f" ({len(calib)} calibration samples of {conv.calib_window} tokens)" if calib else ""))
     times = conv.convert(model, calib, progress, _say)
 
     t = time.perf_counter()
@@ -589,20 +616,6 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch: int, device: str)
     return math.exp(nll / count), count, time.perf_counter() - t
 
 
-# role -> HF submodule names (relative to the layer) merged into it, in row order
-_BLOCK_PARTS: dict[str, dict[str, list[str]]] = {
-    "QBertLayer": {
-        "qkv": ["attention.self.query", "attention.self.key", "attention.self.value"],
-        "attn_out": ["attention.output.dense"], "fc1": ["intermediate.dense"], "fc2": ["output.dense"],
-    },
-    "QLlamaDecoderLayer": {
-        "qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-        "attn_out": ["self_attn.o_proj"], "fc1": ["mlp.gate_proj", "mlp.up_proj"], "fc2": ["mlp.down_proj"],
-    },
-    "QGPT2Block": {"qkv": ["attn.c_attn"], "attn_out": ["attn.c_proj"], "fc1": ["mlp.c_fc"], "fc2": ["mlp.c_proj"]},
-}
-
-
 def _out_features(m: nn.Module) -> int:
     if isinstance(m, nn.Linear):
         return m.out_features
@@ -611,6 +624,7 @@ def _out_features(m: nn.Module) -> int:
 
 def _quantized_gemms(model_q: nn.Module) -> tuple[list[tuple[Any, list[str]]], list[str]]:
     """[(QLinear, [float module names whose outputs it computes, in row order])], notes."""
+    from .algorithms.lkd import _FUSED_PARTS  # role -> the float modules merged into it, in row order
     from .nn import QLinear, QuantizedBlock
 
     out: list[tuple[Any, list[str]]] = []
@@ -622,7 +636,7 @@ def _quantized_gemms(model_q: nn.Module) -> tuple[list[tuple[Any, list[str]]], l
         pre = f"{name}." if name else ""
         if isinstance(mod, QuantizedBlock):
             blocks.append(name)
-            parts = _BLOCK_PARTS.get(type(mod).__name__)
+            parts = _FUSED_PARTS.get(type(mod).__name__)
             if parts is None:
                 notes.append(f"{name}: fused {type(mod).__name__} not mapped to float modules")
                 continue
@@ -739,11 +753,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = _read_text(args.text, "--text")
     quantized_dir = is_quantized_dir(args.model_dir)
     if quantized_dir:
-        if args.scheme is not None or args.gptq or args.lorc_rank or args.lkd_steps or args.group_size is not _UNSET:
-            raise CLIError(f"MODEL_DIR {args.model_dir!r} is already quantized: --scheme / --gptq / --lorc-rank / "
-                           "--lkd-steps / --group-size apply to a float MODEL_DIR")
+        conversion = [f for f, given in (
+            ("--scheme", args.scheme is not None), ("--group-size", args.group_size is not _UNSET),
+            ("--level", args.level is not None), ("--gptq", args.gptq), ("--lorc-rank", args.lorc_rank is not None),
+            ("--lkd-steps", args.lkd_steps is not None), ("--lkd-lr", args.lkd_lr is not None),
+            ("--lkd-loss", args.lkd_loss is not None), ("--calib", args.calib is not None),
+            ("--calib-window", args.calib_window is not None), ("--calib-samples", args.calib_samples is not None),
+        ) if given]
+        if conversion:
+            raise CLIError(f"MODEL_DIR {args.model_dir!r} is already quantized: {' / '.join(conversion)} "
+                           f"{_verb(conversion)} to a float MODEL_DIR (converted here)")
         if args.float_dir is not None:
             _local_source(args.float_dir, "--float")
+        else:
+            # what only the float reference uses
+            if args.dtype != "auto":
+                raise CLIError("--dtype applies to the float model (a float MODEL_DIR or --float), and none is given")
+            if args.error_windows is not None:
+                raise CLIError("--error-windows: the per-layer error needs the float model (--float MODEL_DIR)")
         conv = None
     else:
         _local_source(args.model_dir)
@@ -767,6 +794,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError("no tokenizer loads from MODEL_DIR" + (" or --float" if quantized_dir else ""))
     ids = _token_ids(tok, text)
     windows = _windows(ids, args.window, args.max_windows, f"--text {args.text!r}")
+    error_windows = args.error_windows or ERROR_WINDOWS
+    if error_windows > windows.shape[0]:
+        raise CLIError(f"--error-windows {error_windows} is more than the {windows.shape[0]} windows evaluated")
     res["tokens"] = int(ids.numel())
     res["windows"] = int(windows.shape[0])
 
@@ -822,7 +852,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if model_f is not None:
         t = time.perf_counter()
-        ew = windows[: args.error_windows]
+        ew = windows[:error_windows]
         rows, notes = layer_errors(model_f, model_q, ew, device)
         res["layer_errors"] = rows
         res["layer_error_tokens"] = int(ew.numel())
