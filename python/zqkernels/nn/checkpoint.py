@@ -14,6 +14,10 @@ row padding is dropped):
                 "pack-quantized"  weight_packed int32 [N, K/8] (compressed-tensors' order: 8
                                   consecutive k per word, k % 8 in bits 4 (k % 8) .. +3, stored as
                                   q + 8), weight_shape int64 [2], weight_scale float32 [N, K/g]
+    w4a8-fp, scale_policy "m1"
+                "mxfp4-pack-quantized"  weight_packed uint8 [N, K/2] (E2M1 codes, even k in the low
+                                  nibble), weight_scale uint8 [N, K/32] (E8M0: 127 + log2 of the group's
+                                  power-of-two scale sw * 2^e, repeated for each 32 of a group); exact
     <name>.bias  model dtype [N]  (if the layer has one)
 
 Group scales are written as the real per-group scale s = sw * sg (our per-channel sw times the
@@ -23,7 +27,14 @@ float Linears) is saved as it is; ``config.json`` gets a ``quantization_config``
 model has one scheme, the module names otherwise, format ``mixed-precision`` then) and the float
 Linears in ``ignore``. ``zqkernels.json`` records each layer's scheme and options (group size, the
 integer scales' alpha) and how the model was fused; read back by load_quantized, ignored by others.
-"w4a8-fp" (FP4 E2M1 with our group scales) has no compressed-tensors equivalent and raises.
+"w4a8-fp" with scale_policy "m2" / "free" (a float32 channel scale or float ratios) has no exact
+compressed-tensors form and raises; "m1" (all scales powers of two) is MXFP4.
+
+GPT-2 (HF Conv1D, weight [in, out]): converted Conv1Ds (QLinear, or the roles of a fused QGPT2Block)
+are written like Linears (weight [out, in]) under the Conv1D names; their config groups target them by
+name and carry the extra key ``zqkernels_conv1d``, which compressed-tensors' schema rejects, so other
+loaders (transformers) refuse the file instead of loading [out, in] into a Conv1D parameter (silently
+transposed for a square layer). Float Conv1Ds (a fused block's float roles too) keep their [in, out].
 
 Loading (design): the float model is built from its config with its *parameters* on the meta
 device (buffers stay real: rotary tables and position ids are computed as usual), so no float
@@ -47,15 +58,20 @@ import torch
 from torch import nn
 
 from ..reference.quantize import (
+    FP4_EXP_MAX,
+    FP4_EXP_MIN,
     INT4_HEURISTIC_RANGE,
     INT8_HEURISTIC_MIN,
     _alpha_heuristic,
     group_alpha_max,
+    pack_fp4,
     pack_int4,
+    unpack_fp4,
     unpack_int4,
 )
 from .blocks import QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock, block_class
 from .linear import QLinear, _padded
+from .linear import is_conv1d as _is_conv1d
 
 __all__ = ["save_quantized", "load_quantized", "QUANT_CONFIG", "W8A8_GROUP"]
 
@@ -89,6 +105,19 @@ _ACT_INT8 = _args(8, "int", "token", dynamic=True)
 _ACT_FP8 = _args(8, "float", "token", dynamic=True)
 _PACKED = "pack-quantized"
 _FLOAT = "float-quantized"
+_MXFP4 = "mxfp4-pack-quantized"
+_MX_GROUP = 32  # MX block size: one E8M0 scale per 32 consecutive k
+#: compressed-tensors' MXFP4 weights (its preset "MXFP4A16" / "MXFP4xFP8" weights, as it writes them)
+_W_MXFP4 = {**_args(4, "float", "group", _MX_GROUP), "scale_dtype": "torch.uint8"}
+
+#: The extra key a config group gets when its layers were HF Conv1D modules (GPT-2). The tensors are in
+#: compressed-tensors' Linear layout (weight rows = outputs, [N, K]), which is what a converted Conv1D
+#: computes, but a Conv1D *parameter* is [K, N]: a loader that put the decompressed [N, K] weight into it
+#: would fail on the shape or, for a square layer, silently use the transpose. compressed-tensors'
+#: QuantizationScheme forbids unknown keys, so every loader that parses the config with it (transformers,
+#: llm-compressor) refuses such a checkpoint with an error naming this key; load_quantized reads it.
+CONV1D_KEY = "zqkernels_conv1d"
+_CONV1D_NOTE = "HF Conv1D layers stored as Linear: weight [out, in], not Conv1D's [in, out]; load with zqkernels.load_quantized"
 
 #: The quantization_config written to config.json (plus "ignore" and "config_groups").
 QUANT_CONFIG: dict[str, Any] = {
@@ -118,6 +147,14 @@ _PARTS: dict[type, dict[str, list[str]]] = {
         "norm1": ["attention.output.LayerNorm"],
         "norm2": ["output.LayerNorm"],
     },
+    QGPT2Block: {  # every role one Conv1D
+        "qkv": ["attn.c_attn"],
+        "attn_out": ["attn.c_proj"],
+        "fc1": ["mlp.c_fc"],
+        "fc2": ["mlp.c_proj"],
+        "norm1": ["ln_1"],
+        "norm2": ["ln_2"],
+    },
     QLlamaDecoderLayer: {
         "qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         "attn_out": ["self_attn.o_proj"],
@@ -132,10 +169,9 @@ _ROLES = ("qkv", "attn_out", "fc1", "fc2")
 
 def _parts(cls: type) -> dict[str, list[str]]:
     if cls not in _PARTS:
-        what = "HF Conv1D weights" if cls is QGPT2Block else "no layout"
         raise NotImplementedError(
-            f"save_quantized: fused {cls.__name__} blocks ({what}) are not supported in the "
-            "compressed-tensors layout yet"
+            f"save_quantized: fused {cls.__name__} blocks are not supported in the compressed-tensors layout "
+            f"(expected one of {sorted(c.__name__ for c in _PARTS)})"
         )
     return _PARTS[cls]
 
@@ -143,9 +179,11 @@ def _parts(cls: type) -> dict[str, list[str]]:
 def _rows(blk: QuantizedBlock, role: str) -> list[int]:
     """Output rows of each part of a merged role."""
     n = getattr(blk, role).out_features
+    k = len(_parts(type(blk))[role])
+    if k == 1:
+        return [n]
     if role == "qkv":
         return [blk.heads * blk.head_dim, blk.kv_heads * blk.head_dim, blk.kv_heads * blk.head_dim]
-    k = len(_parts(type(blk))[role])
     return [n // k] * k
 
 
@@ -179,14 +217,7 @@ def _qlinear_tensors(m: QLinear, name: str) -> tuple[dict[str, torch.Tensor], di
     """(tensors by local name, the compressed-tensors scheme {format, weights, input_activations},
     what zqkernels.json records for the layer)."""
     if m.scheme == "w4a8-fp":
-        raise NotImplementedError(
-            f"save_quantized: layer {name!r} uses scheme 'w4a8-fp' (FP4 E2M1 weights, a float32 scale per "
-            "channel times a power-of-two / float ratio per group of 32-128, FP8 activations); compressed-tensors "
-            "has no such format: its FP4 formats are nvfp4-pack-quantized (groups of 16, FP8 E4M3 group scales "
-            "times one float32 global scale per tensor) and mxfp4-pack-quantized (groups of 32, E8M0 power-of-two "
-            "scales, no per-channel scale), neither of which holds an arbitrary per-channel float32 scale "
-            "exactly (docs/CHECKPOINTS.md)"
-        )
+        return _mxfp4_tensors(m, name)
     if m.scheme not in ("w8a8", "fp8", "w4a8", "w4a8-floatscale", "w8a8-group"):
         raise NotImplementedError(f"save_quantized: layer {name!r} uses scheme {m.scheme!r}, which has no layout here")
     n, K = m.out_features, m.in_features
@@ -225,15 +256,125 @@ def _qlinear_tensors(m: QLinear, name: str) -> tuple[dict[str, torch.Tensor], di
     return out, spec, info
 
 
-def _split_linear(lin: nn.Module, rows: list[int]) -> list[dict[str, torch.Tensor]]:
-    """A merged (Q)Linear's tensors split by output rows."""
+def _mxfp4_tensors(m: QLinear, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """A w4a8-fp QLinear of scale_policy "m1" in compressed-tensors' mxfp4-pack-quantized layout, exactly:
+    every group scale sw[n] * 2^e[n, j] is a power of two (m1: sw is one too), written as its E8M0 byte
+    127 + log2 for each of the g / 32 MX blocks of the group; the E2M1 codes (same code points: magnitude
+    index 0..7 of 0, .5, 1, 1.5, 2, 3, 4, 6, sign in bit 3) two per byte, even k in the low nibble."""
+    policy = m.scale_policy
+    if policy != "m1":
+        raise NotImplementedError(
+            f"save_quantized: layer {name!r} uses scheme 'w4a8-fp' with scale_policy {policy!r}; expected 'm1', the "
+            "only policy compressed-tensors can hold exactly (mxfp4-pack-quantized: a power-of-two E8M0 scale per "
+            "32 weights). Under 'm2' the channel scale sw is an arbitrary float32 and under 'free' the group "
+            "ratios are too: neither is a power of two (MXFP4) nor, in general, an FP8 E4M3 value times one "
+            "float32 global scale per tensor (nvfp4-pack-quantized, groups of 16), so writing them would change "
+            "the weights (docs/CHECKPOINTS.md)"
+        )
+    n, K = m.out_features, m.in_features
+    g = m.group_size
+    codes = unpack_fp4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+    sw = m.weight_scale[:n].detach().cpu()
+    e = m.weight_group_scale[:n].detach().cpu().to(torch.int32)
+    mant, ex = torch.frexp(sw)
+    zero_row = sw == 0  # all codes 0: any scale decodes to 0; written as 2^0
+    if bool(((mant != 0.5) & ~zero_row).any()) or not bool(torch.isfinite(sw).all()):
+        raise ValueError(
+            f"save_quantized: layer {name!r} (w4a8-fp, m1): weight_scale must hold powers of two (or 0), got "
+            f"{sw[(mant != 0.5) & ~zero_row][:4].tolist()}"
+        )
+    exp = torch.where(zero_row[:, None], torch.zeros_like(e), (ex - 1)[:, None] + e)  # log2 of each group scale
+    if bool((exp < -127).any()) or bool((exp > 127).any()):
+        bad = exp[(exp < -127) | (exp > 127)]
+        raise NotImplementedError(
+            f"save_quantized: layer {name!r} (w4a8-fp, m1): a group scale 2^{int(bad[0])} is outside E8M0's "
+            "2^-127 .. 2^127 (mxfp4-pack-quantized cannot hold it)"
+        )
+    out = {
+        "weight_packed": (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous(),
+        "weight_scale": (exp + 127).to(torch.uint8).repeat_interleave(g // _MX_GROUP, dim=1).contiguous(),
+    }
+    if m.bias is not None:
+        out["bias"] = m.bias[:n].detach().cpu().contiguous()
+    spec = {"format": _MXFP4, "weights": dict(_W_MXFP4), "input_activations": _ACT_FP8}
+    return out, spec, {"scheme": m.scheme, "group_size": g, "scale_policy": policy}
+
+
+def _mxfp4_qlinear(name: str, t: dict[str, torch.Tensor], info: dict[str, Any], dtype) -> QLinear:
+    """Inverse of ``_mxfp4_tensors``: a w4a8-fp QLinear (m1) from mxfp4-pack-quantized tensors. The group
+    size is ours from zqkernels.json (each group's g / 32 blocks must share their scale), 32 otherwise; a
+    row's sw = 2^(its largest exponent), e = the others relative to it, which must lie in [-5, 0] (the
+    kernel's exponent range); a row of zero codes gets sw = 0, e = 0 (as quantize_weight gives it)."""
+    b = t.get("bias")
+    packed, sc = t.get("weight_packed"), t["weight_scale"]
+    if packed is None or packed.dtype != torch.uint8 or packed.dim() != 2:
+        got = "none" if packed is None else f"{packed.dtype} {list(packed.shape)}"
+        raise ValueError(f"load_quantized: {name}.weight_packed: expected uint8 [N, K / 2] (mxfp4-pack-quantized), got {got}")
+    N, K = packed.shape[0], 2 * packed.shape[1]
+    if sc.dtype != torch.uint8 or tuple(sc.shape) != (N, K // _MX_GROUP) or K % _MX_GROUP:
+        raise ValueError(
+            f"load_quantized: {name}.weight_scale: expected uint8 E8M0 [{N}, {K // _MX_GROUP}] for weight_packed "
+            f"[{N}, {K // 2}], got {sc.dtype} {list(sc.shape)}"
+        )
+    if bool((sc == 255).any()):
+        raise ValueError(f"load_quantized: {name}.weight_scale: expected E8M0 exponents 0..254, got 255 (NaN)")
+    g = int(info.get("group_size") or _MX_GROUP)
+    if g % _MX_GROUP or K % g:
+        raise ValueError(
+            f"load_quantized: {name}: group_size in zqkernels.json: expected a multiple of 32 dividing K = {K}, got {g}"
+        )
+    blocks = sc.to(torch.int32).reshape(N, K // g, g // _MX_GROUP)
+    if bool((blocks != blocks[..., :1]).any()):
+        n_bad, j_bad = (int(v) for v in (blocks != blocks[..., :1]).any(-1).nonzero()[0])
+        raise ValueError(
+            f"load_quantized: {name}.weight_scale: expected one E8M0 scale per group of {g} (zqkernels.json), got "
+            f"{blocks[n_bad, j_bad].tolist()} for row {n_bad}, group {j_bad}"
+        )
+    exp = blocks[..., 0] - 127  # [N, G]
+    codes = torch.stack((packed & 0xF, packed >> 4), dim=2).reshape(N, K)
+    # groups of zero codes decode to 0 whatever their scale: they do not set sw, and a ratio outside the
+    # kernel's range becomes 2^0 (quantize_weight's value for an all-zero group)
+    zgroup = (codes & 7).reshape(N, K // g, g).amax(-1) == 0
+    zero_row = zgroup.all(1)
+    cmax = torch.where(zgroup, torch.full_like(exp, -(2**20)), exp).amax(1)
+    cmax = torch.where(zero_row, torch.zeros_like(cmax), cmax)
+    e = exp - cmax[:, None]
+    e = torch.where(zgroup & ((e < FP4_EXP_MIN) | (e > FP4_EXP_MAX)), torch.zeros_like(e), e)
+    e = torch.where(zero_row[:, None], torch.zeros_like(e), e)
+    if bool((e < FP4_EXP_MIN).any()):
+        raise NotImplementedError(
+            f"load_quantized: {name}: a group scale is 2^{int(e.min())} times its row's largest; the w4a8-fp "
+            f"kernel holds ratios 2^{FP4_EXP_MIN} .. 2^{FP4_EXP_MAX} only"
+        )
+    sw = torch.where(zero_row, torch.zeros(N), torch.ldexp(torch.ones(N), cmax.to(torch.float32)))
+    policy = info.get("scale_policy", "m1")
+    try:
+        m = QLinear(K, N, bias=b is not None, dtype=b.dtype if b is not None else dtype, device="meta",
+                    scheme="w4a8-fp", group_size=g, scale_policy=policy)
+    except ValueError as err:
+        raise NotImplementedError(f"load_quantized: {name} [{N}, {K}] cannot be a 'w4a8-fp' QLinear: {err}") from None
+    rows = m.weight_scale.shape[0]
+    m.weight_q = pack_fp4(_pad(codes, rows))
+    m.weight_scale = _pad(sw.to(torch.float32).contiguous(), rows)
+    m.weight_group_scale = _pad(e.to(torch.int8).contiguous(), rows)
+    m.bias = None if b is None else _pad(b.contiguous(), rows)
+    return m
+
+
+def _split_linear(lin: nn.Module, rows: list[int], conv1d: bool = False) -> list[dict[str, torch.Tensor]]:
+    """A merged (Q)Linear's tensors split by output rows. conv1d: a float role of a GPT-2 block, saved in
+    its HF Conv1D's layout (weight [in, out]) so that it loads into the Conv1D parameter."""
     if isinstance(lin, QLinear):
         t = _qlinear_tensors(lin, "merged")[0]
     else:
         t = {"weight": lin.weight.detach().cpu()}
         if lin.bias is not None:
             t["bias"] = lin.bias.detach().cpu()
-    return [{k: v.contiguous() for k, v in zip(t, parts)} for parts in zip(*(v.split(rows, 0) for v in t.values()))]
+    out = [{k: v.contiguous() for k, v in zip(t, parts)} for parts in zip(*(v.split(rows, 0) for v in t.values()))]
+    if conv1d and not isinstance(lin, QLinear):
+        for part in out:
+            part["weight"] = part["weight"].t().contiguous()
+    return out
 
 
 def _is_float_linear(m: nn.Module) -> bool:
@@ -245,11 +386,13 @@ def _is_float_linear(m: nn.Module) -> bool:
 
 
 def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
-    """Save a model converted by ``quantize_model`` (or holding QLinear modules) in the
-    compressed-tensors "int-quantized" layout: ``model.safetensors``, ``config.json`` (the HF
-    config when ``model.config`` has ``save_pretrained``, with ``quantization_config`` added) and
-    ``zqkernels.json``. Raises NotImplementedError for a scheme other than "w8a8" and for fused
-    GPT-2 blocks. Tensors that share storage (tied embeddings) are saved once.
+    """Save a model converted by ``quantize_model`` / ``quantize_`` (or holding QLinear modules) in the
+    compressed-tensors layout (module docstring, docs/CHECKPOINTS.md): ``model.safetensors``,
+    ``config.json`` (the HF config when ``model.config`` has ``save_pretrained``, with
+    ``quantization_config`` added) and ``zqkernels.json``. Raises NotImplementedError for w4a8-fp
+    other than scale_policy "m1", for LoRC factors and for fused blocks without a layout. Tensors that
+    share storage (tied embeddings) are saved once. Conv1D-born QLinears (GPT-2) are recognised from
+    the conversion report or, after load_quantized, from the layer itself.
     """
     from safetensors.torch import save_file
 
@@ -290,15 +433,20 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
         if isinstance(mod, QuantizedBlock):
             parts = _parts(type(mod))
             pre = f"{name}." if name else ""
+            conv = isinstance(mod, QGPT2Block)  # its parts are HF Conv1D modules
             for role in _ROLES:
                 lin = getattr(mod, role)
-                for sub, t in zip([pre + p for p in parts[role]], _split_linear(lin, _rows(mod, role))):
+                for sub, t in zip([pre + p for p in parts[role]], _split_linear(lin, _rows(mod, role), conv)):
                     put(sub, t)
                     if isinstance(lin, QLinear):
                         quantized.append(sub)
                         layers[sub] = {"scheme": lin.scheme}
-                        specs[sub] = json.dumps({"format": _FORMAT, **W8A8_GROUP_SPEC}, sort_keys=True)
-                    else:
+                        spec = {"format": _FORMAT, **W8A8_GROUP_SPEC}
+                        if conv:
+                            layers[sub]["conv1d"] = True
+                            spec[CONV1D_KEY] = _CONV1D_NOTE
+                        specs[sub] = json.dumps(spec, sort_keys=True)
+                    elif not conv:
                         ignore.append(sub)
             for i in (1, 2):
                 norm = getattr(mod, f"norm{i}")
@@ -306,12 +454,11 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
             fused[name] = dict(mod.level)
             handled.append(name)
         elif isinstance(mod, QLinear):
-            if name in from_conv1d:
-                raise NotImplementedError(
-                    f"save_quantized: {name!r} was an HF Conv1D (GPT-2, weight stored [in, out]); Conv1D "
-                    "layers are not supported in the compressed-tensors layout yet"
-                )
-            put_q(name, _qlinear_tensors(mod, name))
+            t = _qlinear_tensors(mod, name)
+            if name in from_conv1d or getattr(mod, "_zq_from_conv1d", False):
+                t[2]["conv1d"] = True
+                t = (t[0], {**t[1], CONV1D_KEY: _CONV1D_NOTE}, t[2])
+            put_q(name, t)
             handled.append(name)
         elif _is_float_linear(mod):
             ignore.append(name)
@@ -358,11 +505,15 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     for i, (key, names) in enumerate(sorted(by_spec.items(), key=lambda kv: kv[1][:1])):
         spec = json.loads(key)
         # one scheme: every Linear not in "ignore" (llm-compressor's way); several: the modules by name
-        targets = ["Linear"] if len(by_spec) == 1 else names
+        # (Conv1D layers: by name, "Linear" does not match them)
+        conv = CONV1D_KEY in spec
+        targets = ["Linear"] if len(by_spec) == 1 and not conv else names
         groups[f"group_{i}"] = {
             "targets": targets, "weights": spec["weights"], "input_activations": spec["input_activations"],
             "output_activations": None, "format": spec["format"],
         }
+        if conv:
+            groups[f"group_{i}"][CONV1D_KEY] = spec[CONV1D_KEY]
     formats = {g["format"] for g in groups.values()}
     qc["format"] = formats.pop() if len(formats) == 1 else "mixed-precision"
     qc["config_groups"] = groups
@@ -404,8 +555,9 @@ def _desc(gname: str, gfmt: Any, w: dict, a: dict) -> str:
 _SUPPORTED = (
     "int8 per-channel weights (w8a8) or int8 group weights (w8a8-group), format int-quantized; int4 group / "
     "per-channel weights (w4a8), format pack-quantized or int-quantized; fp8 e4m3 per-channel weights "
-    "(fp8), format float-quantized; all symmetric and static, with dynamic per-token activations of the "
-    "weights' kind (int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
+    "(fp8), format float-quantized; FP4 E2M1 weights with E8M0 scales per 32 (w4a8-fp, m1), format "
+    "mxfp4-pack-quantized, with fp8 activations; all symmetric and static, with dynamic per-token activations "
+    "of the weights' kind (int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
 )
 
 
@@ -416,11 +568,21 @@ def _group_kind(gname: str, g: dict[str, Any], fmt: Any) -> str:
     w, a = g.get("weights") or {}, g.get("input_activations") or {}
     desc = _desc(gname, gfmt, w, a)
     bits, kind, strategy = w.get("num_bits"), w.get("type"), w.get("strategy")
+    if gfmt == _MXFP4:
+        akind = (a.get("num_bits"), a.get("type"), a.get("strategy"), a.get("dynamic"), a.get("symmetric", True))
+        if (bits, kind, strategy, w.get("group_size")) == (4, "float", "group", _MX_GROUP) and w.get("symmetric", True) \
+                and not w.get("dynamic") and not g.get("output_activations") and (not a or akind == (8, "float", "token", True, True)):
+            return "mxfp4"
+        raise NotImplementedError(
+            f"load_quantized: {desc}; expected for {_MXFP4}: weights {{bits 4, float, group, group_size 32, "
+            "symmetric}} with input_activations {bits 8, float, token, dynamic=True} or None (w4a8-fp, m1)"
+        )
     if isinstance(gfmt, str) and ("fp4" in gfmt or "mxfp" in gfmt):
         raise NotImplementedError(
-            f"load_quantized: {desc}: {gfmt} (FP4 / MX with FP8 or E8M0 group scales and a global scale) has no "
-            "zqkernels scheme: our w4a8-fp holds a float32 scale per channel times power-of-two / float ratios "
-            "per group of 32-128 (docs/CHECKPOINTS.md)"
+            f"load_quantized: {desc}: {gfmt} has no zqkernels scheme: nvfp4 holds an FP8 E4M3 scale per 16 "
+            "weights times a float32 global scale, other MX formats are not FP4; our w4a8-fp holds a float32 "
+            "(m2, free) or power-of-two (m1) scale per channel times power-of-two / float ratios per group of "
+            "32-128; only mxfp4-pack-quantized maps onto it (as m1) (docs/CHECKPOINTS.md)"
         )
     ok_static = w.get("symmetric", True) and not w.get("dynamic") and not g.get("output_activations")
     out = None
@@ -543,6 +705,8 @@ def _qlinear_from(
     """A QLinear from one layer's checkpoint tensors (local names). kind: the config group's weight kind;
     info: the layer's zqkernels.json entry ({} for another tool's checkpoint); scales: "int" / "float",
     the group scales of a foreign int4 / int8-group layer."""
+    if kind == "mxfp4":
+        return _mxfp4_qlinear(name, t, info, dtype)
     b = t.get("bias")
     s = t["weight_scale"]
     if kind != "fp8" and "weight_packed" in t:  # pack-quantized: int4, or int8 (e.g. W8A16)
@@ -653,7 +817,7 @@ def _fuse(model: nn.Module) -> None:
             level = {}
             for r, ms in mods.items():
                 kinds = {isinstance(m, QLinear) for m in ms}
-                if (len(kinds) != 1 or not all(isinstance(m, nn.Linear) or isinstance(m, QLinear) for m in ms)
+                if (len(kinds) != 1 or not all(isinstance(m, (nn.Linear, QLinear)) or _is_conv1d(m) for m in ms)
                         or any(isinstance(m, QLinear) and m.scheme != "w8a8" for m in ms)):  # blocks are w8a8 only
                     level = None
                     break
@@ -668,9 +832,18 @@ def _fuse(model: nn.Module) -> None:
                     if isinstance(m, QLinear):
                         p, a, _ = _get(layer, n)
                         n_out = m.out_features
-                        lin = nn.Linear(m.in_features, n_out, bias=m.bias is not None, device="meta")
                         dt = m.bias.dtype if m.bias is not None else torch.float32
                         w = (m.weight_q[:n_out].float() * m.weight_scale[:n_out, None]).to(dt)
+                        if cls is QGPT2Block:  # its constructor reads HF Conv1D modules (weight [in, out])
+                            from transformers.pytorch_utils import Conv1D
+
+                            with torch.device("meta"):
+                                lin = Conv1D(n_out, m.in_features)
+                            w = w.t()
+                            if m.bias is None:  # Conv1D always adds one
+                                lin.bias = nn.Parameter(torch.zeros(n_out, dtype=dt), requires_grad=False)
+                        else:
+                            lin = nn.Linear(m.in_features, n_out, bias=m.bias is not None, device="meta")
                         lin.weight = nn.Parameter(w, requires_grad=False)
                         if m.bias is not None:
                             lin.bias = nn.Parameter(m.bias[:n_out].clone(), requires_grad=False)
@@ -721,17 +894,21 @@ def load_quantized(
     the same architecture. Each Linear with a ``weight_scale`` in the checkpoint becomes a QLinear of
     the scheme its config group describes: int8 per channel -> "w8a8", int8 groups -> "w8a8-group",
     int4 (pack-quantized or int-quantized) -> "w4a8" / "w4a8-floatscale", fp8 per channel -> "fp8"
-    (our own checkpoints: each layer's scheme and options from ``zqkernels.json``); all other tensors
-    are assigned as saved. Weight-only groups (no input_activations, e.g. W4A16) load with a warning:
-    the QLinear quantizes its activations (int8 / fp8 per token) although the checkpoint does not.
+    (our own checkpoints: each layer's scheme and options from ``zqkernels.json``), FP4 E2M1 with E8M0
+    scales per 32 (mxfp4-pack-quantized) -> "w4a8-fp" with scale_policy "m1" (group size from
+    ``zqkernels.json``, else 32; every row's scales within 2^-5 of its largest); all other tensors
+    are assigned as saved. An HF Conv1D (GPT-2) is replaced too when its config group has the
+    ``zqkernels_conv1d`` key (our layout of a converted Conv1D), and refused otherwise. Weight-only
+    groups (no input_activations, e.g. W4A16) load with a warning: the QLinear quantizes its
+    activations (int8 / fp8 per token) although the checkpoint does not.
     fuse: replace recognised transformer layers whose parts are all w8a8 by fused blocks
     (``nn.blocks``). None: as the model was saved (``zqkernels.json``), or True for a checkpoint
     written by another tool.
     group_scales: for another tool's int4 / int8 group weights: "int" (default; integer scales sg =
     rint(s / s_max * alpha) with quantize_weight's default alpha, schemes "w4a8" / "w8a8-group") or
     "float" (float32 ratios s / s_max: "w4a8-floatscale" / "w8a8-group" with scale="float").
-    Raises NotImplementedError for other schemes (asymmetric, static activations, FP4 / MX formats,
-    int4 with fp8 activations, ...). Returns the model in eval mode.
+    Raises NotImplementedError for other schemes (asymmetric, static activations, NVFP4 / other MX
+    formats, int4 with fp8 activations, ...). Returns the model in eval mode.
     """
     if group_scales not in ("int", "float"):
         raise ValueError(f"load_quantized: group_scales must be 'int' or 'float', got {group_scales!r}")
@@ -773,16 +950,21 @@ def load_quantized(
     qnames = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
     for name in qnames:
         parent, attr, old = _get(model, name)
-        if isinstance(old, QLinear):
-            pass
-        elif not isinstance(old, nn.Linear):
+        conv = _is_conv1d(old)
+        if not (isinstance(old, (QLinear, nn.Linear)) or conv):
             raise NotImplementedError(
-                f"load_quantized: {name} is a {type(old).__name__}; only nn.Linear layers can be loaded "
-                "as QLinear (HF Conv1D / GPT-2 is not implemented)"
+                f"load_quantized: {name} is a {type(old).__name__}; expected an nn.Linear, a QLinear or an HF "
+                "Conv1D to load as QLinear"
             )
         gname = next((n for n, g in groups.items() if _matches(name, old, g.get("targets"))), None)
         if gname is None:
             raise ValueError(f"load_quantized: {name} has a weight_scale but no config group targets it")
+        if conv and not groups[gname].get(CONV1D_KEY):
+            raise NotImplementedError(
+                f"load_quantized: {name} is an HF Conv1D (weight [in, out]) but its config group {gname!r} has no "
+                f"{CONV1D_KEY!r} key (expected: zqkernels' Linear layout of a converted Conv1D, weight [out, in]); "
+                "compressed-tensors' layout of a Conv1D is undefined, so it is not guessed"
+            )
         t = {k: sd.pop(f"{name}.{k}") for k in ("weight", "weight_packed", "weight_shape", "weight_scale", "bias")
              if f"{name}.{k}" in sd}
         b = t.get("bias")
@@ -795,13 +977,16 @@ def load_quantized(
             warned.add(gname)
             warnings.warn(
                 f"load_quantized: config group {gname!r} is weight-only (no input_activations); its layers load as "
-                "QLinears that quantize their activations per token (int8, or fp8 for fp8 weights)",
+                "QLinears that quantize their activations per token (int8, or fp8 for fp8 / fp4 weights)",
                 stacklevel=2,
             )
         new = _qlinear_from(name, t, kinds[gname], layer_info.get(name, {}), dtype, group_scales)
-        if (new.in_features, new.out_features) != (old.in_features, old.out_features):
+        old_in, old_out = (old.weight.shape[0], old.nf) if conv else (old.in_features, old.out_features)
+        if conv or groups[gname].get(CONV1D_KEY):
+            new._zq_from_conv1d = True  # save_quantized writes the key again
+        if (new.in_features, new.out_features) != (old_in, old_out):
             raise ValueError(
-                f"load_quantized: {name} is [{old.out_features}, {old.in_features}] in the model but "
+                f"load_quantized: {name} is [{old_out}, {old_in}] in the model but "
                 f"[{new.out_features}, {new.in_features}] in the checkpoint"
             )
         for _, mod in list(model.named_modules(remove_duplicate=False)):  # every slot of a shared Linear
