@@ -185,7 +185,9 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- kernels vs simulation
     if "sim" in parts:
         for name, make in (("W8 weight-only (sim)", acc.sim(None, acc.w_int8)),
-                           ("A8 activation-only (sim)", acc.sim(acc.a_int8, lambda w: w))):
+                           ("A8 activation-only (sim)", acc.sim(acc.a_int8, lambda w: w)),
+                           ("FP8 weight-only (sim)", acc.sim(None, acc.w_fp8)),
+                           ("FP8 activation-only (sim)", acc.sim(acc.a_fp8, lambda w: w))):
             guarded(name, lambda name=name, make=make: row(name, sim_nll(make), impl="sim"))
         cases = (
             ("W8A8", acc.sim(acc.a_int8, acc.w_int8), [("per-Linear", zn.W8A8Config(fused_blocks=False)),
@@ -221,13 +223,13 @@ def main(argv=None) -> int:
             {"scheme": "w8a8", "steps": 200, "lr": 1e-5, "loss": "kl", "calib": "16x512"},
             {"scheme": "fp8", "steps": 200, "lr": 1e-5, "loss": "mse", "calib": "16x512"},
         ]
-        cfgs = {"w8a8": lambda: zn.W8A8Config(), "fp8": lambda: zn.FP8Config()}
+        cfgs = {"w8a8": lambda g: zn.W8A8Config(fused_blocks=g.get("fused", True)), "fp8": lambda g: zn.FP8Config()}
         rtn = {}
         for g in grid:
             def one(g=g):
                 scheme = g["scheme"]
                 if scheme not in rtn:
-                    mq, conv = convert(cfgs[scheme]())
+                    mq, conv = convert(cfgs[scheme]({}))
                     rtn[scheme] = window_nll(mq, emma)
                     row(f"{scheme} RTN (kernels)", rtn[scheme], convert_s=conv)
                     del mq
@@ -239,7 +241,15 @@ def main(argv=None) -> int:
                     zq.smooth_(teacher, calib(g.get("smooth_calib", "16x512")), alpha=g["smooth"])
                     sync()
                     smooth_s = round(time.time() - t, 2)
-                mq, conv = convert(cfgs[scheme](), src=teacher)
+                if g.get("gptq"):
+                    mq = copy.deepcopy(teacher)
+                    sync()
+                    t = time.time()
+                    zq.gptq(mq, calib(args.calib), config=cfgs[scheme](g))
+                    sync()
+                    conv = round(time.time() - t, 1)
+                else:
+                    mq, conv = convert(cfgs[scheme](g), src=teacher)
                 lkd_s, logb = 0.0, []
                 if g.get("steps", 0) > 0:
                     cal = calib(g["calib"])
@@ -250,12 +260,14 @@ def main(argv=None) -> int:
                     sync()
                     lkd_s = round(time.time() - t, 1)
                 r = window_nll(mq, emma)
-                label = scheme + (f" smooth a={g['smooth']}" if g.get("smooth") is not None else "")
+                label = scheme + (" per-Linear" if g.get("fused") is False else "")
+                label += " GPTQ" if g.get("gptq") else ""
+                label += f" smooth a={g['smooth']}" if g.get("smooth") is not None else ""
                 if g.get("steps", 0) > 0:
                     label += f" LKD {g['steps']} steps lr {g['lr']:g} {g['loss']} calib {g['calib']}"
                 if g.get("kw"):
                     label += f" {g['kw']}"
-                row(label, r, impl="kernels", lkd_s=lkd_s, smooth_s=smooth_s,
+                row(label, r, impl="kernels", convert_s=conv, lkd_s=lkd_s, smooth_s=smooth_s,
                     reverted=sum(d["reverted"] for d in logb))
                 res["lkd"].append({**g, "label": label, "ppl": ppl(r), "vs_fp32": paired(r, base),
                                    "vs_rtn": paired(r, rtn[scheme]), "lkd_s": lkd_s, "smooth_s": smooth_s,

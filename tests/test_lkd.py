@@ -10,7 +10,7 @@ import pytest
 import torch
 import zqkernels
 from torch import nn
-from zqkernels import QLinear, W8A8Config, dequantize, quantize_, quantize_per_token, quantize_weight
+from zqkernels import FP8Config, QLinear, W8A8Config, dequantize, quantize_, quantize_per_token, quantize_weight
 from zqkernels.algorithms.fakequant import (
     FAKEQUANT_SCHEMES,
     FakeQuantLinear,
@@ -398,3 +398,55 @@ def test_lkd_bad_inputs():
     zqkernels.lorc(lq, m, rank=2)
     with pytest.raises(ValueError, match="LoRC"):
         lkd(m, lq, calib, steps=1, lr=1e-6)
+
+
+@needs_hf
+@pytest.mark.parametrize("make,config,lr", [(llama, W8A8Config(fused_blocks=False), 1e-6), (gpt2, FP8Config(), 1e-5)],
+                         ids=["llama-w8a8", "gpt2-fp8"])
+def test_lkd_train_norms(make, config, lr):
+    """train_norms: the norms are trained with the Linears and land in the quantized block."""
+    torch.manual_seed(0)
+    m = make()
+    with torch.no_grad():  # outlier channels at the norm outputs: what the norm gains can learn to tame
+        for mod in m.modules():
+            if "Norm" in type(mod).__name__:
+                mod.weight[[1, 7]] *= 20
+    q = copy.deepcopy(m)
+    quantize_(q, config)
+    norms_before = {n: p.detach().clone() for n, p in q.named_parameters() if "norm" in n or ".ln_" in n}
+    assert norms_before
+    held_out = token_batches(4, 2)
+    before = output_error(q, m, held_out)
+    log = zqkernels.lkd(m, q, token_batches(4, 1), steps=40, lr=lr, train_norms=True, progress=False)
+    assert all(r["loss_after"] <= r["loss_before"] for r in log)
+    changed = [n for n, p in q.named_parameters() if n in norms_before and not torch.equal(p, norms_before[n])]
+    kept = [r["layer"] for r in log if not r["reverted"]]
+    assert kept and changed, (log, changed)
+    assert output_error(q, m, held_out) < before
+    for n, p in m.named_parameters():  # the teacher's norms are untouched
+        assert not p.requires_grad or p.grad is None
+
+
+@needs_hf
+def test_lkd_train_norms_reverts_norms_too():
+    torch.manual_seed(0)
+    m = llama()
+    q = copy.deepcopy(m)
+    quantize_(q, W8A8Config(fused_blocks=False))
+    state = copy.deepcopy(q.state_dict())
+    log = zqkernels.lkd(m, q, token_batches(2, 1), steps=20, lr=1e-1, train_norms=True, progress=False)
+    assert all(r["reverted"] for r in log)
+    for k, v in q.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, state[k]), k
+
+
+@needs_hf
+def test_lkd_train_norms_errors():
+    m = llama()
+    q = copy.deepcopy(m)
+    quantize_(q, W8A8Config())  # fused blocks
+    with pytest.raises(ValueError, match="lkd: train_norms=True needs per-Linear blocks, but block 0 of model_quant is the fused"):
+        zqkernels.lkd(m, q, token_batches(1, 1), steps=1, train_norms=True, progress=False)
+    with pytest.raises(TypeError, match="lkd: train_norms must be a bool, got str"):
+        zqkernels.lkd(m, q, token_batches(1, 1), steps=1, train_norms="yes", progress=False)

@@ -350,6 +350,7 @@ def lkd(
     optimizer: Optional[Callable[[list, float], torch.optim.Optimizer]] = None,
     train_dtype: torch.dtype = torch.float32,
     revert_if_worse: bool = True,
+    train_norms: bool = False,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Layer-by-layer knowledge distillation of `model_quant` (changed in place) towards `model_float`.
@@ -370,6 +371,11 @@ def lkd(
     The trainable parameters are the weights and biases of the block's quantized linears (norms and
     Linears left in float are frozen); the student copy runs in ``train_dtype`` (float32). After
     training, the QLinears are re-quantized from the trained weights (``requantize_linear``). With
+    ``train_norms`` the block's norms (modules with a 1-D ``weight`` and "Norm" in their class name,
+    e.g. LLaMA's RMSNorms, GPT-2's LayerNorms) are trained too and copied into the quantized block:
+    their per-channel gains set the range each token's activations are quantized over (a learned
+    smoothing). It needs blocks whose norms are modules of their own (``fused_blocks=False``; the
+    fused blocks fold the norm into the quantize kernel and raise ValueError). With
     ``revert_if_worse`` a block whose real quantized output is further from the teacher's than
     before (on the calibration batches) gets its original weights back (logged as reverted).
 
@@ -398,8 +404,11 @@ def lkd(
         )
     if optimizer is not None and not callable(optimizer):
         raise TypeError(f"{op}: optimizer must be callable(params, lr) -> torch.optim.Optimizer")
+    if not isinstance(train_norms, bool):
+        raise TypeError(f"{op}: train_norms must be a bool, got {type(train_norms).__name__}")
     name, fblocks, qblocks = find_blocks(model_float, model_quant, blocks)
     targets = [_targets(i, f, q) for i, (f, q) in enumerate(zip(fblocks, qblocks))]
+    norms = [_norms(op, i, f, q) if train_norms else [] for i, (f, q) in enumerate(zip(fblocks, qblocks))]
 
     head_fn = None
     if loss == "kl":
@@ -455,9 +464,14 @@ def lkd(
                 real = [_call(qblock, *_to(captured[b], qdev), h.to(qdev)) for b, h in enumerate(hidden)]
                 before = sum(float(loss_of(r.to(fdev), t)) for r, t in zip(real, teacher)) / len(hidden)
             saved = [copy.deepcopy(t.qlinear.state_dict()) for t in targets[i]]
+            saved_norms = [copy.deepcopy(qblock.get_submodule(n).state_dict()) for n in norms[i]]
 
             student, fakes = _make_student(fblock, targets[i], train_dtype)
             params = [p for row in fakes for fq in row for p in fq.parameters()]
+            for n in norms[i]:
+                for p in student.get_submodule(n).parameters():
+                    p.requires_grad_(True)
+                    params.append(p)
             opt = opt_factory(params, lr)
             train_first = train_last = float("nan")
             train_args = [_to(c, fdev, train_dtype) for c in captured]
@@ -482,6 +496,10 @@ def lkd(
                             [fq.bias if fq.bias is not None else fq.weight.new_zeros(fq.out_features) for fq in row]
                         )
                     requantize_linear(t.qlinear, w, bias)
+                for n in norms[i]:
+                    qn = qblock.get_submodule(n)
+                    for pname, p in student.get_submodule(n).named_parameters():
+                        getattr(qn, pname).data.copy_(p.detach().to(getattr(qn, pname).dtype))
             opt.zero_grad(set_to_none=True)
             del opt, student, fakes, params, out, lval
             gc.collect()  # one block's optimizer state at a time
@@ -494,11 +512,13 @@ def lkd(
                 if revert_if_worse and not after <= before:
                     for t, state in zip(targets[i], saved):
                         t.qlinear.load_state_dict(state)
+                    for n, state in zip(norms[i], saved_norms):
+                        qblock.get_submodule(n).load_state_dict(state)
                     _clear_handoffs(qblocks)
                     real = [_call(qblock, *_to(captured[b], qdev), h.to(qdev)) for b, h in enumerate(hidden)]
                     reverted = True
                 _clear_handoffs(qblocks)
-            del teacher, saved
+            del teacher, saved, saved_norms
             hidden = real  # the next block's inputs: this block's real quantized outputs
             seconds = time.perf_counter() - t0
             row = {
@@ -521,6 +541,33 @@ def lkd(
         if bar is not None:
             bar.close()
     return log
+
+
+def _norms(op: str, i: int, fblock: nn.Module, qblock: nn.Module) -> list[str]:
+    """Names (inside the block) of the norms LKD trains with train_norms: modules whose class name holds
+    "Norm" with a 1-D weight, present under the same name in the quantized block."""
+    from ..nn.blocks import QuantizedBlock
+
+    if isinstance(qblock, QuantizedBlock):
+        raise ValueError(
+            f"{op}: train_norms=True needs per-Linear blocks, but block {i} of model_quant is the fused "
+            f"{type(qblock).__name__} (its norm is folded into the quantize kernel); quantize with "
+            "fused_blocks=False or use train_norms=False"
+        )
+    out = []
+    for n, m in fblock.named_modules():
+        w = getattr(m, "weight", None)
+        if n and "Norm" in type(m).__name__ and isinstance(w, torch.Tensor) and w.dim() == 1:
+            try:
+                q = qblock.get_submodule(n)
+            except AttributeError:
+                raise ValueError(f"{op}: block {i}: model_quant has no norm {n!r} (model_float has one)") from None
+            if getattr(q, "weight", None) is None or q.weight.shape != w.shape:
+                raise ValueError(f"{op}: block {i}: the norm {n!r} differs between model_float and model_quant")
+            out.append(n)
+    if not out:
+        raise ValueError(f"{op}: train_norms=True but block {i} ({type(fblock).__name__}) has no norm module")
+    return out
 
 
 def _device(m: nn.Module, default: torch.device) -> torch.device:
