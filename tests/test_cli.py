@@ -5,6 +5,7 @@ self-test runs as a subprocess from a source checkout)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -362,10 +363,10 @@ def test_quantize_conversion_error_is_one_line(capsys, tiny, tmp_path):
         (["eval", "{dir}", "--text", "{text}", "--float", "{dir}"], ["--float applies when MODEL_DIR is a quantized"]),
         # flags that would be silently ignored
         (["quantize", "{dir}", "--out", "{out}", "--calib", "{text}"],
-         ["--calib is only used by --gptq and --lkd-steps"]),
+         ["--calib is only used by --smooth, --gptq and --lkd-steps"]),
         (["quantize", "{dir}", "--out", "{out}", "--calib", "{text}", "--lorc-rank", "4"],
-         ["--calib is only used by --gptq and --lkd-steps"]),
-        (["eval", "{dir}", "--text", "{text}", "--calib", "{text}"], ["--calib is only used by --gptq and --lkd-steps"]),
+         ["--calib is only used by --smooth, --gptq and --lkd-steps"]),
+        (["eval", "{dir}", "--text", "{text}", "--calib", "{text}"], ["--calib is only used by --smooth, --gptq and --lkd-steps"]),
         (["quantize", "{dir}", "--out", "{out}", "--lkd-lr", "1e-5"], ["--lkd-lr applies only with --lkd-steps"]),
         (["quantize", "{dir}", "--out", "{out}", "--lkd-loss", "kl", "--gptq", "--calib", "{text}"],
          ["--lkd-loss applies only with --lkd-steps"]),
@@ -550,3 +551,184 @@ def test_quantize_and_eval_a_gguf_file(capsys, tiny, tmp_path):
     res = json.loads(js.read_text())
     assert res["scheme"] == "w8a8 (checkpoint)" and res["layer_errors"]
     assert abs(res["quantized"]["ppl"] / res["float"]["ppl"] - 1) < 0.2
+
+
+# ------------------------------------------------------------------------------------------------
+# --smooth ALPHA (zqkernels.smooth_ before quantization)
+
+
+@pytest.fixture(scope="module")
+def tiny_outliers(tiny):
+    """The tiny Llama with planted activation outliers (as tests/test_smooth.py plants them): a few
+    channels 40x larger at every norm output, at down_proj's input and at o_proj's input."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    d = tiny["root"] / "tiny_outliers"
+    m = LlamaForCausalLM.from_pretrained(tiny["dir"]).eval()
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.input_layernorm.weight[[3, 17]] *= 40
+            layer.post_attention_layernorm.weight[[5, 40]] *= 40
+            layer.mlp.up_proj.weight[[7, 90]] *= 40
+            layer.self_attn.v_proj.weight[[2, 20]] *= 40
+    m.save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny["dir"]).save_pretrained(d)
+    return {**tiny, "dir": str(d)}
+
+
+_CALIB = ["--calib-window", "32", "--calib-samples", "4"]
+
+
+def test_eval_smooth_lowers_the_quantized_error(capsys, tiny_outliers, tmp_path):
+    """--smooth 0.5 on a model with activation outliers: labelled, timed, and the per-layer output
+    error of the quantized Linears (against the smoothed float model, whose inputs they expect) and
+    the perplexity gap to the float model both go down."""
+    t = tiny_outliers
+    js = tmp_path / "r.json"
+    argv = ["eval", t["dir"], "--text", t["text"], "--window", "32", "--max-windows", "4", "--json", str(js)]
+    rc, out, err = _run(capsys, argv)
+    assert rc == 0, err
+    plain = json.loads(js.read_text())
+    rc, out, err = _run(capsys, argv + ["--smooth", "0.5", "--calib", t["text"], *_CALIB])
+    assert rc == 0, err
+    res = json.loads(js.read_text())
+    assert res["scheme"] == "w8a8 + smooth a=0.5"
+    steps = next(x for x in out.splitlines() if x.startswith("smoothed and quantized a copy: w8a8 + smooth a=0.5 in "))
+    assert steps.index("(smooth ") < steps.index("rtn "), steps  # smoothing ran first, and is timed
+    assert "tokens of smoothed float inputs" in out
+    # the float reference is the model as loaded (smoothing changes its function by rounding only)
+    assert res["float"]["ppl"] == plain["float"]["ppl"]
+    errs = {r["module"]: r["rel_err"] for r in res["layer_errors"]}
+    base = {r["module"]: r["rel_err"] for r in plain["layer_errors"]}
+    assert errs.keys() == base.keys() and len(errs) == 14
+    assert sum(errs.values()) < 0.7 * sum(base.values()), (errs, base)
+    gap = lambda r: abs(r["quantized"]["ppl"] / r["float"]["ppl"] - 1)  # noqa: E731
+    assert gap(res) < gap(plain), (gap(res), gap(plain))
+
+
+def test_smooth_runs_before_gptq_and_is_lkds_teacher(capsys, tiny, tmp_path, monkeypatch):
+    """--smooth with --gptq, --lkd-steps and --lorc-rank: smoothing runs first on the float model,
+    GPTQ quantizes the smoothed model, and LKD's teacher / LoRC's reference is the smoothed float model."""
+    calls = []
+    real = {n: getattr(zqkernels, n) for n in ("smooth_", "gptq", "lkd", "lorc")}
+
+    def spy(name):
+        @functools.wraps(real[name])  # lkd's signature stays visible (the CLI inspects it)
+        def f(*a, **k):
+            calls.append((name, a))
+            return real[name](*a, **k)
+        return f
+
+    for n in real:
+        monkeypatch.setattr(zqkernels, n, spy(n))
+    js = tmp_path / "r.json"
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1",
+                                 "--smooth", "0.8", "--gptq", "--lkd-steps", "1", "--lkd-lr", "1e-6", "--lorc-rank", "4",
+                                 "--calib", tiny["text"], *_CALIB, "--json", str(js)])
+    assert rc == 0, err
+    assert json.loads(js.read_text())["scheme"] == "w8a8 + smooth a=0.8 + GPTQ + LKD 1 steps + LoRC r4"
+    assert [c[0] for c in calls] == ["smooth_", "gptq", "lkd", "lorc"]
+    smoothed = calls[0][1][0]
+    assert calls[2][1][0] is smoothed and calls[3][1][1] is smoothed  # lkd(teacher, ...), lorc(model, float)
+    assert not any(isinstance(m, zqkernels.nn.QLinear) for m in smoothed.modules())
+    line = out[out.index("smoothed and quantized a copy"):].splitlines()[0]
+    steps = line[line.rindex("("):]  # the seconds per step, in the order they ran
+    assert steps.index("smooth ") < steps.index("gptq ") < steps.index("lkd ") < steps.index("lorc "), line
+
+
+def test_quantize_smooth_saves_and_evaluates(capsys, tiny, tmp_path):
+    """quantize --smooth: logged and timed; the checkpoint reproduces the in-memory conversion, is
+    labelled smoothed, and its per-layer error against an unsmoothed --float model is skipped, said so."""
+    out_dir = tmp_path / "q"
+    rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(out_dir), "--smooth", "0.5",
+                                 "--calib", tiny["text"], *_CALIB])
+    assert rc == 0, err
+    assert "checkpoint check (w8a8 + smooth a=0.5, on a one-layer copy of the model): ok" in out
+    assert "converting: w8a8 + smooth a=0.5 (4 calibration samples of 32 tokens)" in out
+    assert "smooth_: alpha 0.5, 8 groups" in out
+    time_line = next(x for x in out.splitlines() if x.startswith("time: load"))
+    assert time_line.index("smooth ") < time_line.index("rtn ") < time_line.index("save "), time_line
+    assert json.loads((out_dir / "zqkernels_cli.json").read_text()) == {"conversion": "w8a8 + smooth a=0.5",
+                                                                         "smooth": 0.5}
+    js = tmp_path / "r.json"
+    ev = ["--text", tiny["text"], "--window", "32", "--max-windows", "2", "--json", str(js)]
+    rc, out, err = _run(capsys, ["eval", str(out_dir), "--float", tiny["dir"], "--plot", str(tmp_path / "p.png"), *ev])
+    assert rc == 0, err
+    saved = json.loads(js.read_text())
+    assert saved["scheme"] == "w8a8 + smooth a=0.5 (checkpoint)" and "layer_errors" not in saved
+    assert "per-layer error: skipped (the checkpoint was smoothed" in out and "plot: skipped" in out
+    assert not (tmp_path / "p.png").exists()
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--smooth", "0.5", "--calib", tiny["text"], *_CALIB, *ev])
+    assert rc == 0, err
+    direct = json.loads(js.read_text())
+    assert saved["quantized"]["ppl"] == pytest.approx(direct["quantized"]["ppl"], rel=1e-4)
+    assert saved["float"]["ppl"] == direct["float"]["ppl"]
+
+
+def test_smooth_unsupported_model_is_one_line(capsys, tmp_path, monkeypatch):
+    """A model with no block smooth_ supports (BERT): smooth_'s message, one line, before the weights load."""
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertForMaskedLM
+    from zqkernels import _cli
+
+    d = tmp_path / "bert"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=64)).save_pretrained(d)
+    text = tmp_path / "t.txt"
+    text.write_text("x")
+    capsys.readouterr()  # save_pretrained's progress bar
+    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
+    rc, out, err = _run(capsys, ["quantize", str(d), "--out", str(tmp_path / "q"), "--smooth", "0.5",
+                                 "--calib", str(text)])
+    _one_line_error(rc, out, err, "quantize", "scheme w8a8 + smooth a=0.5: smoothing failed: smooth_: found no "
+                    "supported transformer block in BertForMaskedLM; supported: ", "before reading the weights")
+
+
+def test_smooth_unsupported_model_in_eval(capsys, tiny, tmp_path, monkeypatch):
+    """eval converts after loading: smooth_'s refusal is still one line, exit 2."""
+    def refuse(model, calib, alpha=0.5):
+        raise ValueError("smooth_: found no supported transformer block in X; supported: [...]")
+
+    monkeypatch.setattr(zqkernels, "smooth_", refuse)
+    rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1",
+                                 "--smooth", "0.5", "--calib", tiny["text"], *_CALIB])
+    _one_line_error(rc, out, err, "eval", "smoothing failed: smooth_: found no supported transformer block in X")
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["quantize", "{dir}", "--out", "{out}", "--smooth", "0.5"], ["--smooth needs calibration text: --calib FILE"]),
+        (["eval", "{dir}", "--text", "{text}", "--smooth", "0"], ["--smooth needs calibration text"]),
+        (["eval", "{dir}", "--text", "{text}", "--smooth", "0.5", "--gptq"], ["--smooth needs calibration text"]),
+        (["quantize", "{dir}", "--out", "{out}", "--smooth", "1.5", "--calib", "{text}"],
+         ["python -m zqkernels quantize: error: argument --smooth: expected a number in [0, 1]", "'1.5'"]),
+        (["eval", "{dir}", "--text", "{text}", "--smooth", "-0.1"], ["argument --smooth: expected a number in [0, 1]"]),
+        (["eval", "{dir}", "--text", "{text}", "--smooth", "nan"], ["argument --smooth: expected a number in [0, 1]"]),
+        (["eval", "{dir}", "--text", "{text}", "--smooth", "half"], ["argument --smooth: expected a number in [0, 1]"]),
+        (["eval", "{qdir}", "--text", "{text}", "--smooth", "0.5", "--calib", "{text}"],
+         ["is already quantized: --smooth / --calib apply to a float MODEL_DIR"]),
+        (["quantize", "{dir}", "--out", "{out}", "--smooth", "0.5", "--calib", "{missing}"], ["--calib", "is not a file"]),
+    ],
+)
+def test_smooth_errors_are_one_line_exit_2(capsys, tiny, tmp_path, argv, needles):
+    test_cli_errors_are_one_line_exit_2(capsys, tiny, tmp_path, argv, needles)
+
+
+def test_calib_with_smooth_alone_is_used(capsys, tiny):
+    """--calib is not "ignored" with --smooth alone (the pre-check no longer refuses it), and without
+    any of --smooth / --gptq / --lkd-steps the error names all three."""
+    import argparse
+
+    from zqkernels import _cli
+
+    p = argparse.ArgumentParser()
+    _cli.add_parsers(p.add_subparsers(dest="command"))
+    args = p.parse_args(["eval", tiny["dir"], "--text", tiny["text"], "--smooth", "0", "--calib", tiny["text"]])
+    args.scheme = "w8a8"
+    conv = _cli.Conversion(args)
+    assert conv.smooth == 0.0 and conv.calibrated and conv.label == "w8a8 + smooth a=0"
+    args.smooth = None
+    with pytest.raises(_cli.CLIError, match=r"--calib is only used by --smooth, --gptq and --lkd-steps \(none was given\)"):
+        _cli.Conversion(args)

@@ -1,8 +1,8 @@
 """``python -m zqkernels quantize`` and ``python -m zqkernels eval``: whole HF models from local files.
 
 quantize MODEL_DIR --scheme S --out DIR   load a float model (a local HF directory, or a .gguf file),
-                                          convert it with ``quantize_`` (GPTQ / LoRC / LKD on request)
-                                          and save it with ``save_quantized``
+                                          convert it with ``quantize_`` (smoothing / GPTQ / LoRC / LKD on
+                                          request) and save it with ``save_quantized``
 eval MODEL_DIR --text FILE                perplexity of the float model and the quantized one over
                                           non-overlapping windows of FILE, the time each took, and the
                                           relative output error of every quantized Linear (PNG plot)
@@ -10,7 +10,7 @@ eval MODEL_DIR --text FILE                perplexity of the float model and the 
 Models load from local paths only (``local_files_only=True``; a path that does not exist is refused,
 never looked up on the Hub). Errors a user can fix (missing directory, remote id, a scheme whose
 checkpoint cannot be written yet, bad options) raise ``CLIError``: one line on stderr, exit status 2.
-`quantize`'s checkpoint check runs the whole pipeline (convert, GPTQ / LoRC / one LKD step, save,
+`quantize`'s checkpoint check runs the whole pipeline (smooth, convert, GPTQ / LoRC / one LKD step, save,
 load) on a one-layer copy of the model's architecture, built from its config, before any weight is
 read, so an unsupported combination fails in seconds, whatever the library supports at the time.
 """
@@ -47,6 +47,10 @@ _GROUPED = ("w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8")
 _UNSET: Any = object()  # --group-size not given (None means per channel)
 _DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CALIB_WINDOW, CALIB_SAMPLES, ERROR_WINDOWS = 512, 16, 1  # defaults of --calib-window / --calib-samples / --error-windows
+#: written by `quantize` next to the checkpoint: the conversion it ran ({"conversion": label, "smooth": alpha
+#: or null}); eval reads it (a smoothed checkpoint's Linears expect smoothed inputs, which a --float model
+#: does not give them)
+CONVERSION_FILE = "zqkernels_cli.json"
 
 
 class CLIError(Exception):
@@ -88,6 +92,16 @@ def _positive(v: str) -> int:
     return n
 
 
+def _alpha(v: str) -> float:
+    try:
+        a = float(v)
+    except ValueError:
+        a = float("nan")
+    if not 0.0 <= a <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] (the migration strength), got {v!r}")
+    return a
+
+
 def _conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]) -> None:
     g = p.add_argument_group("conversion")
     g.add_argument(
@@ -98,6 +112,10 @@ def _conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str
                    help="group size of the grouped schemes (32, 64, 128, 256 or 'channel'; default 128)")
     g.add_argument("--level", default=None, choices=("int8", "balanced", "accuracy"),
                    help="w8a8 / w4/8: precision of the fused blocks' GEMM roles (default int8)")
+    g.add_argument("--smooth", type=_alpha, default=None, metavar="ALPHA",
+                   help="SmoothQuant activation smoothing of the float model with migration strength ALPHA in "
+                   "[0, 1] (zqkernels.smooth_; 0.5 is typical; runs first, before GPTQ / RTN; LKD's teacher is "
+                   "the smoothed float model; needs --calib)")
     g.add_argument("--gptq", action="store_true", help="GPTQ weights (zqkernels.gptq; needs --calib)")
     g.add_argument("--lorc-rank", type=_positive, default=None, metavar="R",
                    help="LoRC low-rank compensation of rank R per quantized GEMM (zqkernels.lorc; a fused "
@@ -108,7 +126,7 @@ def _conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str
                    help="LKD learning rate (with --lkd-steps; lkd's default)")
     g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (with --lkd-steps; lkd's default)")
     g.add_argument("--calib", default=None, metavar="FILE",
-                   help="calibration text (only used by --gptq and --lkd-steps, which need it)")
+                   help="calibration text (only used by --smooth, --gptq and --lkd-steps, which need it)")
     g.add_argument("--calib-window", type=_positive, default=None, metavar="T",
                    help=f"tokens per calibration sample (with --calib; {CALIB_WINDOW})")
     g.add_argument("--calib-samples", type=_positive, default=None, metavar="N",
@@ -127,7 +145,7 @@ def add_parsers(sub: Any) -> None:
     q = sub.add_parser(
         "quantize", help="quantize a local HF model (directory or .gguf) and save it (compressed-tensors)",
         description="Load a float model from a local directory (or a .gguf file), convert it with "
-        "zqkernels.quantize_ (GPTQ / LoRC / LKD on request) and save it with zqkernels.save_quantized.",
+        "zqkernels.quantize_ (smoothing / GPTQ / LoRC / LKD on request) and save it with zqkernels.save_quantized.",
     )
     q.add_argument("model_dir", metavar="MODEL_DIR", help="local HF model directory, or a .gguf file")
     q.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
@@ -295,17 +313,18 @@ class Conversion:
         self.scheme, self.group_size = scheme, g
         self.gptq, self.lorc_rank, self.lkd_steps = args.gptq, args.lorc_rank, args.lkd_steps
         self.lkd_lr, self.lkd_loss = args.lkd_lr, args.lkd_loss
+        self.smooth: Optional[float] = args.smooth  # None: off (0.0 is a valid alpha)
         # options that would be silently ignored are errors (no static-activation scheme calibrates)
         lkd_opts = [f for f, v in (("--lkd-lr", self.lkd_lr), ("--lkd-loss", self.lkd_loss)) if v is not None]
         if lkd_opts and self.lkd_steps is None:
             raise CLIError(f"{' / '.join(lkd_opts)} {_verb(lkd_opts)} only with --lkd-steps (LKD), which was not given")
-        if args.calib is not None and not (self.gptq or self.lkd_steps):
-            raise CLIError("--calib is only used by --gptq and --lkd-steps (neither was given)")
+        if args.calib is not None and not self.calibrated:
+            raise CLIError("--calib is only used by --smooth, --gptq and --lkd-steps (none was given)")
         calib_opts = [f for f, v in (("--calib-window", args.calib_window), ("--calib-samples", args.calib_samples))
                       if v is not None]
         if calib_opts and args.calib is None:
-            raise CLIError(f"{' / '.join(calib_opts)} {_verb(calib_opts)} only with --calib FILE (for --gptq / "
-                           "--lkd-steps)")
+            raise CLIError(f"{' / '.join(calib_opts)} {_verb(calib_opts)} only with --calib FILE (for --smooth / "
+                           "--gptq / --lkd-steps)")
         self.calib_window = args.calib_window or CALIB_WINDOW
         self.calib_samples = args.calib_samples or CALIB_SAMPLES
         # the w8a8 blocks are fused, with LoRC too (one factor pair per merged GEMM: zqkernels.lorc)
@@ -328,8 +347,8 @@ class Conversion:
                 self.module_configs = {"*.mlp.*": zn.W4A8Config(group_size=g), "*": w8}
         except (ValueError, TypeError) as e:
             raise CLIError(str(e)) from e
-        if (self.gptq or self.lkd_steps) and not args.calib:
-            which = "--gptq" if self.gptq else "--lkd-steps"
+        if self.calibrated and not args.calib:
+            which = "--smooth" if self.smooth is not None else "--gptq" if self.gptq else "--lkd-steps"
             raise CLIError(f"{which} needs calibration text: --calib FILE")
         if self.lkd_steps is not None:
             import zqkernels
@@ -341,23 +360,61 @@ class Conversion:
                 )
 
     @property
+    def calibrated(self) -> bool:
+        """Whether a step that needs calibration data (smoothing, GPTQ, LKD) is on."""
+        return self.smooth is not None or bool(self.gptq) or bool(self.lkd_steps)
+
+    @property
     def label(self) -> str:
         s = self.scheme
         if s in _GROUPED:
             s += f" g{self.group_size if self.group_size is not None else '=channel'}"
         # in the order they run
-        extras = [n for n, on in (("GPTQ", self.gptq), (f"LKD {self.lkd_steps} steps", self.lkd_steps),
-                                   (f"LoRC r{self.lorc_rank}", self.lorc_rank)) if on]
+        extras = [f"smooth a={self.smooth:g}"] if self.smooth is not None else []
+        extras += [n for n, on in (("GPTQ", self.gptq), (f"LKD {self.lkd_steps} steps", self.lkd_steps),
+                                    (f"LoRC r{self.lorc_rank}", self.lorc_rank)) if on]
         return s + (" + " + " + ".join(extras) if extras else "")
 
+    def smooth_float(self, model: nn.Module, calib: Optional[list[Any]], log: Callable[[str], None]) -> float:
+        """Smooth the float `model` in place (zqkernels.smooth_ with alpha --smooth); -> seconds.
+        smooth_'s errors (e.g. a model with no block it supports) become CLIError."""
+        import zqkernels
+
+        t = time.perf_counter()
+        try:
+            rep = zqkernels.smooth_(model, calib, alpha=self.smooth)
+        except (ValueError, TypeError, NotImplementedError) as e:
+            raise CLIError(f"smoothing failed: {e}") from e
+        groups = rep.groups
+        if groups:
+            before = sorted(g["act_ratio_before"] for g in groups)
+            after = sorted(g["act_ratio_after"] for g in groups)
+            log(f"smooth_: alpha {rep.alpha:g}, {len(groups)} groups (a norm or Linear folded into the Linears it "
+                f"feeds); activation max/median channel ratio: median {before[len(before) // 2]:.1f} -> "
+                f"{after[len(after) // 2]:.1f}, max {before[-1]:.1f} -> {after[-1]:.1f}")
+        else:
+            log(str(rep))
+        return time.perf_counter() - t
+
     def convert(
-        self, model: nn.Module, calib: Optional[list[Any]], progress: bool, log: Callable[[str], None]
+        self, model: nn.Module, calib: Optional[list[Any]], progress: bool, log: Callable[[str], None],
+        float_model: Optional[nn.Module] = None,
     ) -> dict[str, float]:
-        """Convert `model` in place; -> seconds per step. Library errors become CLIError."""
+        """Convert `model` in place; -> seconds per step. Library errors become CLIError.
+
+        Smoothing (--smooth) runs first, on the float `model`; LKD's teacher and LoRC's reference are
+        then a float copy of the smoothed model (its weights are what the quantized ones approximate).
+        float_model: the caller's float model that `model` is a copy of, already smoothed by
+        ``smooth_float`` when --smooth is on; then smoothing is not redone here and it serves as LKD's
+        teacher / LoRC's reference (both leave it unchanged) instead of a new copy."""
         import zqkernels
 
         times: dict[str, float] = {}
-        model_float = copy.deepcopy(model) if (self.lorc_rank or self.lkd_steps) else None
+        if self.smooth is not None and float_model is None:
+            times["smooth"] = self.smooth_float(model, calib, log)
+        model_float = None
+        if self.lorc_rank or self.lkd_steps:
+            model_float = float_model if float_model is not None else copy.deepcopy(model)
         t = time.perf_counter()
         try:
             if self.gptq:
@@ -425,7 +482,7 @@ def _log_lkd(res: Any, log: Callable[[str], None]) -> None:
 
 
 def _calibration(conv: Conversion, args: argparse.Namespace, tok: Any, device: str) -> Optional[list[Any]]:
-    if not (conv.gptq or conv.lkd_steps):
+    if not conv.calibrated:
         return None
     if tok is None:
         raise CLIError("--calib needs the model's tokenizer, and none loads from MODEL_DIR")
@@ -507,8 +564,8 @@ def check_checkpoint(root: Path, kw: dict[str, Any], dtype: str, conv: Conversio
     probe, what = _small_copy(root, kw, dtype), "a one-layer copy of the model"
     if probe is None:
         probe, what = _ProbeModel(), "a two-Linear stand-in"
-    # the same steps (GPTQ / LoRC / LKD) on the small copy: LoRC's rank capped to its layers, one LKD
-    # step, random token ids as calibration data
+    # the same steps (smoothing / GPTQ / LoRC / LKD) on the small copy: LoRC's rank capped to its
+    # layers, one LKD step, random token ids as calibration data
     small = copy.copy(conv)
     stand_in = isinstance(probe, _ProbeModel)
     if conv.lorc_rank:
@@ -516,8 +573,10 @@ def check_checkpoint(root: Path, kw: dict[str, Any], dtype: str, conv: Conversio
         small.lorc_rank = min([conv.lorc_rank, *dims])
     if conv.lkd_steps:
         small.lkd_steps = None if stand_in else 1  # LKD needs the model's transformer blocks
+    if stand_in:
+        small.smooth = None  # so does smoothing
     calib = None
-    if small.gptq or small.lkd_steps:
+    if small.calibrated:
         g = torch.Generator().manual_seed(0)
         if stand_in:
             calib = [torch.randn(2, 8, 256, generator=g)]
@@ -585,6 +644,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise CLIError(f"save_quantized: {e}") from e
     if tok is not None:
         tok.save_pretrained(out)
+    (out / CONVERSION_FILE).write_text(json.dumps({"conversion": conv.label, "smooth": conv.smooth}, indent=2) + "\n")
     times["save"] = time.perf_counter() - t
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     _say(f"saved to {out} ({size / 2**20:.1f} MiB of safetensors" + (", tokenizer" if tok is not None else ", no tokenizer") + ")")
@@ -740,12 +800,23 @@ def plot_errors(rows: list[dict[str, Any]], path: str, title: str) -> Optional[s
     return None
 
 
-def _scheme_of_checkpoint(model: nn.Module) -> str:
-    """The schemes of the loaded model's QLinears, e.g. "w4a8+w8a8 (checkpoint)"."""
+def _conversion_of_checkpoint(path: str) -> dict[str, Any]:
+    """What `quantize` recorded in CONVERSION_FILE ({} for a checkpoint written otherwise)."""
+    try:
+        d = json.loads((Path(path) / CONVERSION_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _scheme_of_checkpoint(model: nn.Module, smoothed: Optional[float] = None) -> str:
+    """The schemes of the loaded model's QLinears, e.g. "w4a8+w8a8 (checkpoint)", or
+    "w8a8 + smooth a=0.5 (checkpoint)" for one `quantize --smooth 0.5` wrote."""
     from .nn import QLinear
 
     schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QLinear)})
-    return ("+".join(schemes) or "no QLinear") + " (checkpoint)"
+    smooth = f" + smooth a={smoothed:g}" if smoothed is not None else ""
+    return ("+".join(schemes) or "no QLinear") + smooth + " (checkpoint)"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -755,7 +826,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if quantized_dir:
         conversion = [f for f, given in (
             ("--scheme", args.scheme is not None), ("--group-size", args.group_size is not _UNSET),
-            ("--level", args.level is not None), ("--gptq", args.gptq), ("--lorc-rank", args.lorc_rank is not None),
+            ("--level", args.level is not None), ("--smooth", args.smooth is not None), ("--gptq", args.gptq),
+            ("--lorc-rank", args.lorc_rank is not None),
             ("--lkd-steps", args.lkd_steps is not None), ("--lkd-lr", args.lkd_lr is not None),
             ("--lkd-loss", args.lkd_loss is not None), ("--calib", args.calib is not None),
             ("--calib-window", args.calib_window is not None), ("--calib-samples", args.calib_samples is not None),
@@ -801,6 +873,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res["windows"] = int(windows.shape[0])
 
     model_f = None
+    smoothed = None
     if quantized_dir:
         import zqkernels
 
@@ -810,7 +883,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except (NotImplementedError, ValueError) as e:
             raise CLIError(f"load_quantized: {e}") from e
         model_q = model_q.to(device).eval()
-        label = _scheme_of_checkpoint(model_q)
+        smoothed = _conversion_of_checkpoint(args.model_dir).get("smooth")
+        if isinstance(smoothed, bool) or not isinstance(smoothed, (int, float)):
+            smoothed = None
+        label = _scheme_of_checkpoint(model_q, smoothed)
         _say(f"loaded quantized {type(model_q).__name__} from {args.model_dir} in {_fmt_s(time.perf_counter() - t)}")
         if args.float_dir is not None:
             t = time.perf_counter()
@@ -824,12 +900,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         calib = _calibration(conv, args, tok, device)
         if calib is not None and Path(args.calib).resolve() == Path(args.text).resolve():
             _say("note: the calibration text is the evaluation text (not held out)")
-        model_q = copy.deepcopy(model_f)
+        # with --smooth: a smoothed float copy, quantized copy of that; it is LKD's teacher / LoRC's
+        # reference and the per-layer error's reference (its Linears' inputs are the smoothed ones the
+        # quantized Linears expect); the perplexity reference stays the model as loaded
         t = time.perf_counter()
-        times = conv.convert(model_q, calib, progress, lambda s: None)
+        times: dict[str, float] = {}
+        model_ref = model_f
+        if conv.smooth is not None:
+            model_ref = copy.deepcopy(model_f)
+            times["smooth"] = conv.smooth_float(model_ref, calib, lambda s: None)
+        model_q = copy.deepcopy(model_ref)
+        times.update(conv.convert(model_q, calib, progress, lambda s: None, float_model=model_ref))
         res["convert_s"] = time.perf_counter() - t
         label = conv.label
-        _say(f"quantized a copy: {label} in {_fmt_s(res['convert_s'])} ({', '.join(f'{k} {_fmt_s(v)}' for k, v in times.items())})")
+        what = "smoothed and quantized a copy" if conv.smooth is not None else "quantized a copy"
+        _say(f"{what}: {label} in {_fmt_s(res['convert_s'])} ({', '.join(f'{k} {_fmt_s(v)}' for k, v in times.items())})")
     res["scheme"] = label
     _say(f"text: {ids.numel()} tokens; {windows.shape[0]} non-overlapping windows of {args.window}")
 
@@ -850,17 +935,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _say(f"{name:<36} {p:10.3f} " + (f"{rel:>9} " if vs else "") + f"{_fmt_s(s):>9}")
     _say(f"({cnt} predicted tokens per model)")
 
-    if model_f is not None:
+    if model_f is not None and quantized_dir and smoothed is not None:
+        # its Linears' weights carry the smoothing factors: the --float model's inputs to them are not the
+        # (smoothed) inputs they expect, so the per-layer error would be meaningless
+        _say("")
+        _say(f"per-layer error: skipped (the checkpoint was smoothed, quantize --smooth {smoothed:g}, and the --float "
+             "model's Linear inputs are not smoothed; eval the float MODEL_DIR with --smooth --calib instead)")
+        if args.plot:
+            _say("plot: skipped (no per-layer error)")
+    elif model_f is not None:
         t = time.perf_counter()
         ew = windows[:error_windows]
-        rows, notes = layer_errors(model_f, model_q, ew, device)
+        ref = model_f if quantized_dir else model_ref
+        rows, notes = layer_errors(ref, model_q, ew, device)
         res["layer_errors"] = rows
         res["layer_error_tokens"] = int(ew.numel())
         if rows:
             errs = sorted(r["rel_err"] for r in rows)
             worst = sorted(rows, key=lambda r: -r["rel_err"])[:5]
             _say("")
-            _say(f"per-layer relative output error ({len(rows)} quantized Linears, {ew.numel()} tokens of float "
+            src = "smoothed float" if ref is not model_f else "float"
+            _say(f"per-layer relative output error ({len(rows)} quantized Linears, {ew.numel()} tokens of {src} "
                  f"inputs): median {errs[len(errs) // 2]:.4f}, max {errs[-1]:.4f} ({_fmt_s(time.perf_counter() - t)})")
             for r in worst:
                 _say(f"  {r['module']:<50} {r['scheme']:<16} {r['rel_err']:.4f}")
