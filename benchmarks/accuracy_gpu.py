@@ -23,7 +23,8 @@ tokenizer, ``add_special_tokens=False``). Calibration and LKD use *Persuasion* (
 token 1000.
 
 ``python benchmarks/accuracy_gpu.py --gguf F --ids F [--parts base,sim,lkd,w4] [--windows 16]
-[--lkd-grid JSON] --out DIR``: writes ``accuracy_gpu_<commit>_<device>.json`` after every row.
+[--lkd-grid JSON] --out DIR``: writes ``accuracy_gpu_<commit>_<device>.json`` after every row and
+a markdown table at the end; ``--merge STEM COMMIT=FILE ...`` joins several runs into STEM.json / .md.
 """
 
 from __future__ import annotations
@@ -94,7 +95,58 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def render(runs: list[dict]) -> str:
+    """A markdown report of one or more result files (rows of later files after earlier ones; fp32,
+    RTN and repeated rows once)."""
+    m = runs[0]["meta"]
+    out = [f"# SmolLM2-135M accuracy with the kernels, {m['device']}", "",
+           f"{m['eval']} ({m['windows'] * (m['window'] - 1)} predicted tokens), float32 model (TF32 off); "
+           f"{m['calibration']}. `vs fp32`: ppl ratio - 1, with the standard error of the paired per-window "
+           "NLL differences. Commits: " + ", ".join(sorted({r['meta'].get('code', r['meta']['commit']) for r in runs})) + ".",
+           "", "| configuration | impl | ppl | vs fp32 | +- | convert s | LKD s | blocks reverted |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    seen = set()
+    for r in runs:
+        for k, v in r["rows"].items():
+            if k in seen:
+                continue
+            seen.add(k)
+            vs = v.get("vs_fp32", {})
+            rel = f"{vs['rel'] * 100:+.2f}%" if vs else ""
+            se = f"{vs['se'] * 100:.2f}%" if vs else ""
+            out.append(f"| {k} | {v.get('impl', 'kernels' if k != 'fp32' else 'float')} | {v['ppl']:.3f} | {rel} | {se} | "
+                       f"{v.get('convert_s', '')} | {v.get('lkd_s', '') or ''} | {v.get('reverted', '') if v.get('lkd_s') else ''} |")
+    sims = [(k, v) for r in runs for k, v in r["sim"].items()]
+    if sims:
+        out += ["", "Kernels vs the pure-torch simulation (same windows, paired):", "",
+                "| scheme | ppl kernels | ppl sim | kernels vs sim | +- |", "|---|---:|---:|---:|---:|"]
+        for k, v in sims:
+            kv = v["kernels_vs_sim"]
+            out.append(f"| {k} | {v['ppl_kernels']:.3f} | {v['ppl_sim']:.3f} | {kv['rel'] * 100:+.3f}% | {kv['se'] * 100:.3f}% |")
+    times = {k: v for r in runs for k, v in r["times_s"].items() if k != "load"}
+    if times:
+        out += ["", "Conversion times on the GPU (s, synchronized):", "", "| step | s |", "|---|---:|"]
+        out += [f"| {k} | {v} |" for k, v in times.items()]
+    errs = {k: v for r in runs for k, v in r["errors"].items()}
+    if errs:
+        out += ["", "Errors:", ""] + [f"- {k}: {v}" for k, v in errs.items()]
+    return "\n".join(out) + "\n"
+
+
+def merge(stem: str, files: list[str], codes: list[str]) -> int:
+    """Writes stem.json (the runs, each with the commit its code was at) and stem.md (render)."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    for r, c in zip(runs, codes):
+        r["meta"]["code"] = c
+    Path(stem + ".json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    Path(stem + ".md").write_text(render(runs))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--merge":  # --merge STEM CODE=FILE ...: several runs into one report
+        return merge(argv[1], [a.split("=", 1)[1] for a in argv[2:]], [a.split("=", 1)[0] for a in argv[2:]])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--ids", required=True)
@@ -337,6 +389,7 @@ def main(argv=None) -> int:
 
     res["meta"]["complete"] = True
     save()
+    path.with_suffix(".md").write_text(render([res]))
     log(f"wrote {path}")
     for k, v in res["rows"].items():
         print(f"{k:70s} {v['ppl']:9.4f}  {v.get('vs_fp32', {}).get('rel', 0) * 100:+7.2f}%")
