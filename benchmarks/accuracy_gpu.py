@@ -375,7 +375,7 @@ def main(argv=None) -> int:
             row(f"W4A8 g64 GPTQ + LKD {g} (kernels)", window_nll(mk, emma), lkd_s=s,
                 reverted=sum(d["reverted"] for d in logb))
             zq.lorc(mk, model, rank=8)
-            row(f"W4A8 g64 GPTQ + LKD + LoRC r8 (kernels)", window_nll(mk, emma))
+            row("W4A8 g64 GPTQ + LKD + LoRC r8 (kernels)", window_nll(mk, emma))
 
         def mixed():
             mq, conv = convert(zn.W8A8Config(fused_blocks=False),

@@ -10,7 +10,15 @@ import pytest
 import torch
 import zqkernels
 from torch import nn
-from zqkernels import FP8Config, QLinear, W8A8Config, dequantize, quantize_, quantize_per_token, quantize_weight
+from zqkernels import (
+    FP8Config,
+    QLinear,
+    W8A8Config,
+    dequantize,
+    quantize_,
+    quantize_per_token,
+    quantize_weight,
+)
 from zqkernels.algorithms.fakequant import (
     FAKEQUANT_SCHEMES,
     FakeQuantLinear,

@@ -11,7 +11,6 @@ import copy
 
 import pytest
 import torch
-
 import zqkernels as zq
 import zqkernels.nn as zn
 

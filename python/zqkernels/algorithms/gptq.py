@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
+from ._calib import run_batches
+
 __all__ = ["gptq_quantize_weight", "gptq", "HessianAccumulator"]
 
 # Rows whose amax is below 2^-64 are scaled by 2^64 before dividing (as the RTN reference does).
@@ -595,34 +597,10 @@ def gptq(
                 handles.append(child.register_forward_hook(hook))
 
     try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = None
-
-    def move(v: Any) -> Any:
-        return v.to(device) if isinstance(v, torch.Tensor) and device is not None else v
-
-    batches = 0
-    try:
-        with torch.no_grad():
-            for batch in calib_batches:
-                if isinstance(batch, Mapping):
-                    model(**{k: move(v) for k, v in batch.items()})
-                elif isinstance(batch, (tuple, list)):
-                    model(*[move(v) for v in batch])
-                elif isinstance(batch, torch.Tensor):
-                    model(move(batch))
-                else:
-                    raise TypeError(
-                        f"{op}: each calibration batch must be a dict of model inputs, a tensor or a "
-                        f"tuple of tensors, got {type(batch).__name__}"
-                    )
-                batches += 1
+        run_batches(op, model, calib_batches)
     finally:
         for h in handles:
             h.remove()
-    if batches == 0:
-        raise ValueError(f"{op}: calib_batches is empty; give at least one calibration batch")
 
     def quantizer(linear: nn.Module, weight_format: Optional[Mapping[str, Any]] = None) -> Optional[tuple]:
         # weight_format: the layer's quantize_weight arguments (QLinear.from_linear passes them);

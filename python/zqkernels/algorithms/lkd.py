@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._calib import call_batch, model_device
 from .fakequant import FAKEQUANT_SCHEMES, FakeQuantLinear, scheme_options
 
 __all__ = ["lkd", "find_blocks", "lkd_head", "requantize_linear"]
@@ -266,16 +267,7 @@ def _capture(op: str, model: nn.Module, block: nn.Module, calib_batches: Iterabl
         seen.append((args, kwargs))
         raise _Stop
 
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = None
-    buffers = list(model.buffers())
-    if device is None and buffers:
-        device = buffers[0].device
-
-    def move(v: Any) -> Any:
-        return v.to(device) if isinstance(v, torch.Tensor) and device is not None else v
+    device = model_device(model)
 
     cfg = getattr(model, "config", None)
     use_cache = getattr(cfg, "use_cache", None)
@@ -287,17 +279,7 @@ def _capture(op: str, model: nn.Module, block: nn.Module, calib_batches: Iterabl
             for batch in calib_batches:
                 before = len(seen)
                 try:
-                    if isinstance(batch, Mapping):
-                        model(**{k: move(v) for k, v in batch.items()})
-                    elif isinstance(batch, (tuple, list)):
-                        model(*[move(v) for v in batch])
-                    elif isinstance(batch, torch.Tensor):
-                        model(move(batch))
-                    else:
-                        raise TypeError(
-                            f"{op}: each calibration batch must be a dict of model inputs, a tensor or a tuple of "
-                            f"tensors, got {type(batch).__name__}"
-                        )
+                    call_batch(op, model, batch, device)
                 except _Stop:
                     pass
                 if len(seen) == before:

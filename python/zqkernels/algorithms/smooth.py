@@ -27,10 +27,12 @@ teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from ._calib import run_batches
 
 __all__ = ["smooth_", "SmoothReport", "SMOOTH_RULES"]
 
@@ -93,33 +95,6 @@ def _gqa_shape(attn: nn.Module, o_in: int) -> tuple[int, int, int]:
             f"num_key_value_heads {nkv}, head_dim {hd}, o_proj in_features {o_in})"
         )
     return nkv, nh // nkv, hd
-
-
-def _run(model: nn.Module, calib_batches: Iterable[Any]) -> int:
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = None
-
-    def move(v: Any) -> Any:
-        return v.to(device) if isinstance(v, torch.Tensor) and device is not None else v
-
-    n = 0
-    with torch.no_grad():
-        for b in calib_batches:
-            if isinstance(b, Mapping):
-                model(**{k: move(v) for k, v in b.items()})
-            elif isinstance(b, (tuple, list)):
-                model(*[move(v) for v in b])
-            elif isinstance(b, torch.Tensor):
-                model(move(b))
-            else:
-                raise TypeError(
-                    f"smooth_: each calibration batch must be a dict of model inputs, a tensor or a tuple of tensors, "
-                    f"got {type(b).__name__}"
-                )
-            n += 1
-    return n
 
 
 @torch.no_grad()
@@ -200,12 +175,10 @@ def smooth_(
 
     handles = [p[5][0].register_forward_pre_hook(hook(i)) for i, p in enumerate(plan)]
     try:
-        n = _run(model, calib_batches)
+        run_batches(op, model, calib_batches)
     finally:
         for h in handles:
             h.remove()
-    if n == 0:
-        raise ValueError(f"{op}: calib_batches is empty; give at least one calibration batch")
 
     a = float(alpha)
     report = SmoothReport(alpha=a)
