@@ -339,3 +339,26 @@ def test_errors():
     big[:, 1:257] = a["xq"]
     with pytest.raises(ValueError, match=r"w8a8_group_gemm: .*xq"):
         zqkernels.w8a8_group_gemm(big[:, 1:257], a["wq"], a["sx"], a["sw"], a["sg"])
+
+
+@pytest.mark.parametrize("scheme,options", [("w4a8", {"group_size": 128}), ("w8a8-group", {"group_size": 64}),
+                                            ("w4a8-floatscale", {"group_size": 64})])
+@pytest.mark.parametrize("M", [4, 200])
+def test_qlinear_built_under_inference_mode(scheme, options, M):
+    """A QLinear made and run under torch.inference_mode (its buffers are inference tensors, which
+    have no version counter: the transposed-scale cache must not need one) gives the same output as
+    one made outside it; loading new weights in place under inference_mode is seen."""
+    torch.manual_seed(0)
+    lin = nn.Linear(512, 256, bias=True, dtype=torch.bfloat16, device=DEV)
+    x = torch.randn(M, 512, dtype=torch.bfloat16, device=DEV)
+    with torch.no_grad():
+        want = QLinear.from_linear(lin, scheme, **options)(x)
+    with torch.inference_mode():
+        q = QLinear.from_linear(lin, scheme, **options)
+        assert q.weight_group_scale.is_inference()
+        got = q(x)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        other = nn.Linear(512, 256, bias=True, dtype=torch.bfloat16, device=DEV)
+        q.load_state_dict(QLinear.from_linear(other, scheme, **options).state_dict())
+        want2 = QLinear.from_linear(other, scheme, **options)(x)
+        torch.testing.assert_close(q(x), want2, rtol=0, atol=0)

@@ -60,12 +60,16 @@ def group_gemm_intervals(group_size: int, wmax: int, max_scale: Optional[int]) -
 
 # sg [N, G] -> sg_t [G, N] contiguous (the kernel's layout: one 16-byte aligned row per group),
 # cached per scale tensor (by identity, checked through a weak reference) and its version counter:
-# a QLinear's scales are transposed once. Bounded: cleared when it grows past _CACHE_MAX entries.
+# a QLinear's scales are transposed once (inference tensors, which have no version counter, every call). Bounded: cleared when it grows past _CACHE_MAX entries.
 _transposed: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]] = {}
 _CACHE_MAX = 4096
 
 
 def _scales_t(sg: torch.Tensor) -> torch.Tensor:
+    if sg.is_inference():
+        # Inference tensors (a QLinear built under torch.inference_mode) have no version counter,
+        # so an in-place update (load_state_dict under inference_mode) could not be seen: no cache.
+        return sg.t().contiguous()
     hit = _transposed.get(id(sg))
     if hit is not None and hit[0]() is sg and hit[1] == sg._version:
         return hit[2]
