@@ -32,6 +32,18 @@ GEMM_RTOL = {torch.bfloat16: 2**-7, torch.float16: 2**-10, torch.float32: 2**-20
 DEV = "cuda"
 
 
+def plant_llama_outliers(model) -> None:
+    """Activation outliers in an HF LLaMA (tests of smoothing): a few channels 40x larger at every
+    norm output (q/k/v and gate/up inputs), at down_proj's input (up_proj rows) and at o_proj's
+    input (v_proj rows). Needs hidden_size > 40 and intermediate_size > 90."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight[[3, 17]] *= 40
+            layer.post_attention_layernorm.weight[[5, 40]] *= 40
+            layer.mlp.up_proj.weight[[7, 90]] *= 40
+            layer.self_attn.v_proj.weight[[2, 20]] *= 40
+
+
 def poison_next_allocation(nbytes: int, byte: int) -> None:
     """Fill a block of `nbytes` with `byte` and free it: the caching allocator tends to hand the same
     block to the next allocation of that size on this stream, so output the kernel never writes shows

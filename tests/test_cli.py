@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import zqkernels
-from conftest import HAVE_CUDA, HAVE_KERNELS
+from conftest import HAVE_CUDA, HAVE_KERNELS, plant_llama_outliers
 from zqkernels import _demo, _ext
 from zqkernels.__main__ import main
 
@@ -565,12 +565,7 @@ def tiny_outliers(tiny):
 
     d = tiny["root"] / "tiny_outliers"
     m = LlamaForCausalLM.from_pretrained(tiny["dir"]).eval()
-    with torch.no_grad():
-        for layer in m.model.layers:
-            layer.input_layernorm.weight[[3, 17]] *= 40
-            layer.post_attention_layernorm.weight[[5, 40]] *= 40
-            layer.mlp.up_proj.weight[[7, 90]] *= 40
-            layer.self_attn.v_proj.weight[[2, 20]] *= 40
+    plant_llama_outliers(m)
     m.save_pretrained(d)
     AutoTokenizer.from_pretrained(tiny["dir"]).save_pretrained(d)
     return {**tiny, "dir": str(d)}

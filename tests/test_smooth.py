@@ -13,6 +13,7 @@ import pytest
 import torch
 import zqkernels as zq
 import zqkernels.nn as zn
+from conftest import plant_llama_outliers
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,13 +25,8 @@ def llama(seed=0, outliers=True):
         num_hidden_layers=2, vocab_size=500,
     )
     m = transformers.LlamaForCausalLM(cfg).eval()
-    if outliers:  # a few channels 40x larger at every norm output, and at down_proj's input
-        with torch.no_grad():
-            for layer in m.model.layers:
-                layer.input_layernorm.weight[[3, 17]] *= 40
-                layer.post_attention_layernorm.weight[[5, 40]] *= 40
-                layer.mlp.up_proj.weight[[7, 90]] *= 40
-                layer.self_attn.v_proj.weight[[2, 20]] *= 40
+    if outliers:
+        plant_llama_outliers(m)
     return m
 
 
