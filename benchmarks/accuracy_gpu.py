@@ -313,7 +313,7 @@ def main(argv=None) -> int:
                     lkd_s = round(time.time() - t, 1)
                 r = window_nll(mq, emma)
                 label = scheme + (" per-Linear" if g.get("fused") is False else "")
-                label += " GPTQ" if g.get("gptq") else ""
+                label += f" GPTQ ({args.calib} calibration)" if g.get("gptq") else ""
                 label += f" smooth a={g['smooth']}" if g.get("smooth") is not None else ""
                 if g.get("steps", 0) > 0:
                     label += f" LKD {g['steps']} steps lr {g['lr']:g} {g['loss']} calib {g['calib']}"
