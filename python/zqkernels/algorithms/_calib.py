@@ -8,6 +8,16 @@ import torch
 from torch import nn
 
 
+def check_batches(op: str, calib_batches: Any) -> None:
+    """TypeError naming `op` unless calib_batches is an iterable of batches (a tensor or a dict is one
+    batch, not a list of them)."""
+    if isinstance(calib_batches, (torch.Tensor, Mapping)) or not isinstance(calib_batches, Iterable):
+        raise TypeError(
+            f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or tensors), got "
+            f"{type(calib_batches).__name__}"
+        )
+
+
 def model_device(model: nn.Module) -> Optional[torch.device]:
     """The device of the model's first parameter (else first buffer); None for a model with neither."""
     for t in model.parameters():

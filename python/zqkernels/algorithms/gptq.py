@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from ._calib import run_batches
+from ._calib import check_batches, run_batches
 
 __all__ = ["gptq_quantize_weight", "gptq", "HessianAccumulator"]
 
@@ -566,11 +566,7 @@ def gptq(
         config = W8A8Config()
     if not isinstance(config, QuantConfig):
         raise TypeError(f"{op}: config must be a quantization config (e.g. W8A8Config()), got {type(config).__name__}")
-    if isinstance(calib_batches, (torch.Tensor, Mapping)) or not isinstance(calib_batches, Iterable):
-        raise TypeError(
-            f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or "
-            f"tensors), got {type(calib_batches).__name__}"
-        )
+    check_batches(op, calib_batches)
     _check_options(op, block_size, damp, act_order)
 
     stats: dict[int, HessianAccumulator] = {}

@@ -25,13 +25,13 @@ import copy
 import gc
 import math
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._calib import call_batch, model_device
+from ._calib import call_batch, check_batches, model_device
 from .fakequant import FAKEQUANT_SCHEMES, FakeQuantLinear, scheme_options
 
 __all__ = ["lkd", "find_blocks", "lkd_head", "requantize_linear"]
@@ -379,11 +379,7 @@ def lkd(
         raise ValueError(f"{op}: loss must be 'mse' or 'kl', got {loss!r}")
     if train_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise ValueError(f"{op}: train_dtype must be a floating-point dtype, got {train_dtype!r}")
-    if isinstance(calib_batches, (torch.Tensor, Mapping)) or not isinstance(calib_batches, Iterable):
-        raise TypeError(
-            f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or tensors), got "
-            f"{type(calib_batches).__name__}"
-        )
+    check_batches(op, calib_batches)
     if optimizer is not None and not callable(optimizer):
         raise TypeError(f"{op}: optimizer must be callable(params, lr) -> torch.optim.Optimizer")
     if not isinstance(train_norms, bool):

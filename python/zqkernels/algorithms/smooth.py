@@ -27,12 +27,13 @@ teacher.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from ._calib import run_batches
+from ._calib import check_batches, run_batches
+from .lkd import _is_linear
 
 __all__ = ["smooth_", "SmoothReport", "SMOOTH_RULES"]
 
@@ -70,12 +71,6 @@ class SmoothReport:
         return "\n".join(lines)
 
 
-def _is_linear(m: nn.Module) -> bool:
-    from ..nn.linear import is_conv1d
-
-    return type(m) is nn.Linear or is_conv1d(m)
-
-
 def _w_in(m: nn.Module) -> torch.Tensor:
     """The weight as [out, in] (a view) of an nn.Linear or HF Conv1D."""
     from ..nn.linear import is_conv1d
@@ -111,7 +106,7 @@ def smooth_(
     the per-channel input maxima of the smoothed Linears come from one pass over them. alpha in
     [0, 1]: the migration strength: after smoothing, max|X_j| becomes (max|X_j| max|W_j|)^(1 - alpha)
     and max|W_j| becomes (max|X_j| max|W_j|)^alpha, so 0.5 equalizes them and a larger alpha flattens
-    the activations further at the weights' cost; SmoothQuant uses 0.5 for most models, up
+    the activations further at the weights' cost (SmoothQuant uses 0.5 for most models, up
     to ~0.8 for ones with strong outliers). Supported blocks: the
     classes of ``SMOOTH_RULES`` (LLaMA, Mistral, Qwen2 decoder layers; GPT-2 blocks); a model with
     none of them raises ValueError. Returns a ``SmoothReport``.
@@ -125,11 +120,7 @@ def smooth_(
         raise ValueError(f"{op}: alpha must be a number in [0, 1], got {alpha!r}")
     if not isinstance(min_scale, (int, float)) or not min_scale > 0:
         raise ValueError(f"{op}: min_scale must be a positive number, got {min_scale!r}")
-    if isinstance(calib_batches, (torch.Tensor, Mapping)) or not isinstance(calib_batches, Iterable):
-        raise TypeError(
-            f"{op}: calib_batches must be a list (or iterable) of batches (dicts of model inputs or tensors), got "
-            f"{type(calib_batches).__name__}"
-        )
+    check_batches(op, calib_batches)
     from ..nn.linear import QLinear
 
     if any(isinstance(m, QLinear) for m in model.modules()):
@@ -180,11 +171,13 @@ def smooth_(
         for h in handles:
             h.remove()
 
+    for i, (bname, _block, _src, _s_mod, tgts, _t_mods, _kind) in enumerate(plan):
+        if i not in amax:  # checked for every group before any is changed
+            raise ValueError(f"{op}: {bname}.{tgts[0]} saw no input during calibration")
+
     a = float(alpha)
     report = SmoothReport(alpha=a)
     for i, (bname, block, src, s_mod, tgts, t_mods, kind) in enumerate(plan):
-        if i not in amax:
-            raise ValueError(f"{op}: {bname}.{tgts[0]} saw no input during calibration")
         x = amax[i].double()
         w = torch.stack([_w_in(m).detach().abs().double().amax(0) for m in t_mods]).amax(0)
         if kind == "gqa":
