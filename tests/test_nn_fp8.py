@@ -162,7 +162,7 @@ def test_fp8_pads_rows_and_odd_shapes():
 def test_forward_quantized_hand_over():
     for scheme, options in CASES:
         q = QLinear.from_linear(gaussian_linear(dtype=torch.bfloat16), scheme, **options)
-        assert q._handler.act_format == "fp8_per_token"
+        assert q.qscheme.act_dtype == torch.float8_e4m3fn and q.qscheme.act_fmt == "fp8"
         x = torch.randn(6, 256, dtype=torch.bfloat16)
         xq, sx = zqkernels.quantize_per_token(x, dtype=F8)
         with torch.no_grad():

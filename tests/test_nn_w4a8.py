@@ -215,7 +215,7 @@ def test_w8a8_group_pads_rows_and_odd_shapes():
 def test_forward_quantized_hand_over():
     for scheme, options in CASES:
         q = QLinear.from_linear(gaussian_linear(dtype=torch.bfloat16), scheme, **options)
-        assert q._handler.act_format == "int8_per_token"
+        assert q.qscheme.act_dtype == torch.int8 and q.qscheme.act_fmt == "int8"
         x = torch.randn(6, K_IN, dtype=torch.bfloat16)
         xq, sx = zqkernels.quantize_per_token(x)
         with torch.no_grad():

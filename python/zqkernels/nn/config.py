@@ -1,9 +1,8 @@
 """torchao-style conversion: ``quantize_(model, config, filter_fn=..., module_configs=...)``.
 
 A config object names a quantization scheme and its options: ``W8A8Config``, ``W8A8GroupConfig``,
-``FP8Config``, ``W4A8Config`` and ``W4A8FPConfig``. A config of a planned scheme without a kernel would
-set ``missing_kernel``, and applying it raises NotImplementedError naming that kernel (there is never a
-silent fallback); every config here has its kernel.
+``FP8Config``, ``W4A8Config`` and ``W4A8FPConfig``; each is a thin constructor of a scheme object
+(``zqkernels.schemes``), which validates the options.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from ..reference.quantize import _check_alpha, _check_alpha8
+from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W8A8Group
 from .blocks import resolve_level
 from .convert import _convert, _convertible
-from .linear import _INT_SCALES, GROUP_SIZES, W4A8FP_GROUP_SIZES, W4A8FP_POLICIES
 
 __all__ = [
     "QuantConfig",
@@ -33,30 +31,24 @@ __all__ = [
 
 
 class QuantConfig:
-    """Base class of the quantization configs accepted by ``quantize_``."""
+    """Base class of the quantization configs accepted by ``quantize_``: a thin constructor of a
+    scheme object (``zqkernels.schemes``), whose constructor checks the options. ``scheme_object()``
+    is what each converted Linear runs (group_size None: per channel, resolved per layer)."""
 
-    scheme: str = ""
-    # The kernel this scheme still lacks (None: implemented). Applying the config raises
-    # NotImplementedError naming it.
-    missing_kernel: Optional[str] = None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_scheme", self._make(type(self).__name__))
 
-    def _qlinear_spec(self) -> Any:
-        """What the QLinear of a converted Linear is built with: the scheme name, or (scheme,
-        ((option, value), ...)) (nn/convert.py's Spec)."""
-        return self.scheme
+    def _make(self, op: str) -> Scheme:
+        """The scheme object of these options (its constructor validates them, naming `op`)."""
+        raise NotImplementedError
 
-    def _check_implemented(self) -> None:
-        if self.missing_kernel is not None:
-            raise NotImplementedError(
-                f"quantize_: {type(self).__name__} ({self.scheme}) is not implemented yet: zqkernels has "
-                f"no {self.missing_kernel}; use W8A8Config, or map these modules to None in module_configs "
-                "to leave them in float"
-            )
+    def scheme_object(self) -> Scheme:
+        return self._scheme
 
-
-def _check_group_size(cls: str, group_size: Any) -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise ValueError(f"{cls}: group_size must be a positive int, got {group_size!r}")
+    @property
+    def scheme(self) -> str:
+        """The scheme's name ("w8a8", "w4a8", ...)."""
+        return self._scheme.name
 
 
 @dataclass(frozen=True)
@@ -71,36 +63,10 @@ class W8A8Config(QuantConfig):
 
     level: Union[str, dict[str, bool]] = "int8"
     fused_blocks: bool = True
-    scheme = "w8a8"
 
-    def __post_init__(self) -> None:
+    def _make(self, op: str) -> Scheme:
         resolve_level(self.level)
-
-
-def _check_int_group(cls: str, group_size: Any, scale: Any, alpha: Any, bits: int) -> None:
-    """The options of W4A8Config / W8A8GroupConfig (the layer's shape is checked at conversion)."""
-    if group_size is not None:
-        _check_group_size(cls, group_size)
-        if group_size not in GROUP_SIZES:
-            raise ValueError(f"{cls}: group_size must be one of {GROUP_SIZES} or None (per channel), got {group_size!r}")
-    if scale not in _INT_SCALES:
-        raise ValueError(f"{cls}: scale must be 'int' or 'float', got {scale!r}")
-    if alpha is not None:
-        if scale != "int":
-            raise ValueError(f"{cls}: alpha applies to scale='int' only, got alpha={alpha!r} with scale={scale!r}")
-        if bits == 4:
-            _check_alpha(cls, alpha)
-        elif group_size is not None:
-            _check_alpha8(cls, alpha, group_size)
-        elif isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1 or alpha & (alpha - 1):
-            # per channel: the bound depends on each layer's in_features, checked at conversion
-            raise ValueError(f"{cls}: alpha must be a power of two int >= 1, got {alpha!r}")
-
-
-def _int_group_spec(scheme: str, group_size: Any, extra: tuple) -> Any:
-    # group_size None: per channel, one group of in_features per row; QLinear takes that as
-    # group_size=in_features, which differs per layer, so it is resolved at conversion (quantize_).
-    return (scheme, (("group_size", group_size), *extra))
+        return W8A8(op)
 
 
 @dataclass(frozen=True)
@@ -119,14 +85,9 @@ class W8A8GroupConfig(QuantConfig):
     group_size: Optional[int] = 128
     scale: str = "int"
     alpha: Optional[int] = None
-    scheme = "w8a8-group"
 
-    def __post_init__(self) -> None:
-        _check_int_group("W8A8GroupConfig", self.group_size, self.scale, self.alpha, 8)
-
-    def _qlinear_spec(self) -> Any:
-        extra = (("scale", self.scale),) + ((("alpha", self.alpha),) if self.alpha is not None else ())
-        return _int_group_spec(self.scheme, self.group_size, extra)
+    def _make(self, op: str) -> Scheme:
+        return W8A8Group(op, group_size=self.group_size, scale=self.scale, alpha=self.alpha)
 
 
 @dataclass(frozen=True)
@@ -135,7 +96,8 @@ class FP8Config(QuantConfig):
     (``fp8_gemm``, accurate accumulation). Fused transformer blocks are w8a8 only: every Linear
     is converted to a QLinear on its own."""
 
-    scheme = "fp8"
+    def _make(self, op: str) -> Scheme:
+        return FP8(op)
 
 
 @dataclass(frozen=True)
@@ -155,16 +117,14 @@ class W4A8Config(QuantConfig):
     scale: str = "int"
     alpha: Optional[int] = None
 
-    @property
-    def scheme(self) -> str:  # type: ignore[override]
-        return "w4a8" if self.scale == "int" else "w4a8-floatscale"
-
-    def __post_init__(self) -> None:
-        _check_int_group("W4A8Config", self.group_size, self.scale, self.alpha, 4)
-
-    def _qlinear_spec(self) -> Any:
-        extra = (("alpha", self.alpha),) if self.alpha is not None else ()
-        return _int_group_spec(self.scheme, self.group_size, extra)
+    def _make(self, op: str) -> Scheme:
+        if self.scale == "float":
+            if self.alpha is not None:
+                raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={self.alpha!r} with scale='float'")
+            return W4A8FloatScale(op, group_size=self.group_size)
+        if self.scale != "int":
+            raise ValueError(f"{op}: scale must be 'int' or 'float', got {self.scale!r}")
+        return W4A8(op, group_size=self.group_size, alpha=self.alpha)
 
 
 @dataclass(frozen=True)
@@ -183,24 +143,11 @@ class W4A8FPConfig(QuantConfig):
 
     group_size: Optional[int] = 128
     scale_policy: str = "m2"
-    scheme = "w4a8-fp"
 
-    def __post_init__(self) -> None:
-        g = self.group_size
-        if g is not None and (isinstance(g, bool) or g not in W4A8FP_GROUP_SIZES):
-            raise ValueError(
-                f"W4A8FPConfig: group_size must be one of {W4A8FP_GROUP_SIZES} or None (per channel), got {g!r}"
-            )
-        if not isinstance(self.scale_policy, str):
-            raise TypeError(f"W4A8FPConfig: scale_policy must be a str, got {type(self.scale_policy).__name__}")
-        if self.scale_policy.lower() not in W4A8FP_POLICIES:
-            raise ValueError(f"W4A8FPConfig: scale_policy must be one of {W4A8FP_POLICIES}, got {self.scale_policy!r}")
-        object.__setattr__(self, "scale_policy", self.scale_policy.lower())
-
-    def _qlinear_spec(self) -> Any:
-        # group_size None: per channel, i.e. one group of in_features per row; QLinear takes that as
-        # group_size=in_features, which differs per layer, so it is resolved at conversion.
-        return (self.scheme, (("group_size", self.group_size), ("scale_policy", self.scale_policy)))
+    def _make(self, op: str) -> Scheme:
+        s = W4A8FP(op, group_size=self.group_size, scale_policy=self.scale_policy)
+        object.__setattr__(self, "scale_policy", s.scale_policy)
+        return s
 
 
 ZEROQUANT_W4_8: dict[str, Optional[QuantConfig]] = {"*.mlp.*": W4A8Config(), "*": W8A8Config()}
@@ -240,7 +187,6 @@ def _check_config(arg: str, cfg: Any, allow_none: bool) -> None:
     if not isinstance(cfg, QuantConfig):
         want = "a QuantConfig (e.g. W8A8Config())" + (" or None" if allow_none else "")
         raise TypeError(f"quantize_: {arg} must be {want}, got {type(cfg).__name__}: {cfg!r}")
-    cfg._check_implemented()
 
 
 def quantize_(
@@ -276,9 +222,8 @@ def quantize_(
 
     FP8Config, W4A8FPConfig, W4A8Config and W8A8GroupConfig convert each selected Linear to a
     QLinear of scheme "fp8" / "w4a8-fp" / "w4a8" or "w4a8-floatscale" / "w8a8-group" (no fused
-    blocks). A Linear whose shape the scheme cannot run
-    raises ValueError naming it, before anything changes. A config of a scheme without a kernel
-    (``missing_kernel``; none today) raises NotImplementedError before anything changes.
+    blocks). A Linear whose shape the scheme cannot run raises ValueError naming it, before anything
+    changes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
@@ -335,13 +280,7 @@ def quantize_(
         cfg, why = resolve(name, module)
         if cfg is None:
             return False, why
-        spec = cfg._qlinear_spec()  # configs without kernels raised in _check_config
-        if isinstance(spec, tuple) and dict(spec[1]).get("group_size", 0) is None:
-            # group_size=None (W4A8FPConfig, W4A8Config, W8A8GroupConfig): per channel, one group of
-            # this layer's in_features
-            k = module.weight.shape[1] if isinstance(module, nn.Linear) else module.weight.shape[0]
-            spec = (spec[0], tuple((n, k if n == "group_size" else v) for n, v in spec[1]))
-        return True, spec
+        return True, cfg.scheme_object()  # group_size None (per channel): resolved per layer
 
     def decide_block(name: str, layer: nn.Module) -> Optional[dict[str, bool]]:
         cfgs = [resolve(sub, m)[0] for sub, m in layer.named_modules(prefix=name) if _convertible(m)]

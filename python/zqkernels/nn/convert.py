@@ -7,8 +7,9 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
+from ..schemes import Scheme, get_scheme
 from .blocks import _WEIGHT_QUANTIZER, QuantizedBlock, block_class, resolve_level
-from .linear import QLinear, _handler
+from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 from .linear import linear_from_conv1d as _as_linear
 
@@ -47,7 +48,7 @@ def quantize_model(
     in ``conversion_report(model)`` (``verbose=True`` prints it). If `model` is itself an nn.Linear
     (or Conv1D), the QLinear is returned.
     """
-    _handler("quantize_model", scheme)
+    get_scheme("quantize_model", scheme)
     levels = resolve_level(level)
     patterns = (skip,) if isinstance(skip, str) else tuple(skip)
 
@@ -73,28 +74,22 @@ def _convertible(m: nn.Module) -> bool:
     return (isinstance(m, nn.Linear) or _is_conv1d(m)) and not isinstance(m, QLinear)
 
 
-# What decide_linear hands back for a Linear to convert: a scheme name, or (scheme, ((option,
-# value), ...)) for a scheme with per-layer options (QLinear(..., group_size=128)); hashable, so a
-# Linear shared by several slots with one spec becomes one QLinear.
-Spec = Union[str, tuple[str, tuple[tuple[str, Any], ...]]]
-
-
-def _split_spec(spec: Spec) -> tuple[str, dict[str, Any]]:
-    return (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1]))
+# What decide_linear hands back for a Linear to convert: a scheme name (QLinear's keyword defaults)
+# or a Scheme object (a config's scheme with its options); hashable, so a Linear shared by several
+# slots with one spec becomes one QLinear.
+Spec = Union[str, Scheme]
 
 
 def _spec_label(spec: Spec) -> str:
-    scheme, options = _split_spec(spec)
-    return ", ".join([scheme] + [f"{k}={v}" for k, v in options.items()])
+    return spec if isinstance(spec, str) else spec.label()
 
 
 def _convert_one(op: str, name: str, linear: nn.Module, spec: Spec, weight_quantizer=None) -> QLinear:
-    scheme, options = _split_spec(spec)
     try:
         lin = _as_linear(linear) if _is_conv1d(linear) else linear
         if weight_quantizer is not None:
-            return QLinear.from_linear(lin, scheme, weight_quantizer=weight_quantizer, **options)
-        return QLinear.from_linear(lin, scheme, **options)
+            return QLinear.from_linear(lin, spec, weight_quantizer=weight_quantizer)
+        return QLinear.from_linear(lin, spec)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{op}: layer {name!r}: {e}") from e
 

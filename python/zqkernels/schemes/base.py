@@ -1,0 +1,293 @@
+"""The base class of every quantization scheme, and the registry that lists them.
+
+A scheme is one object that knows, once, everything a format means (docs/ARCHITECTURE.md):
+
+- its options and their validation (``__init__``: the values alone, as a config states them;
+  ``for_layer``: against one layer's shape, resolving "per channel" to ``in_features``);
+- quantizing and packing a float weight (``quantize``, ``weight_format``) and the reverse
+  (``dequantize``);
+- the ``GemmSpec`` it runs (``spec``) and the activation format its GEMM reads (``act_dtype``,
+  ``act_fmt``: what fused blocks must hand over already quantized);
+- the buffers it registers on a module (``create_buffers``, ``load``), its forward on float input
+  (``apply``) and on already-quantized input (``apply_quantized``);
+- its fake-quant (``fake_quant_weight``, ``fake_quant_act``: GPTQ, LKD, accuracy simulation);
+- its compressed-tensors mapping (``to_compressed_tensors``, ``from_compressed_tensors``);
+- its name and help for the CLI.
+
+An instance holds option values; ``for_layer`` returns the instance a QLinear of one shape runs
+(per-layer values such as ``group_size`` resolved). Instances are immutable, compare and hash by
+(name, options), so they key conversion plans. The layer (``m``: a QLinear) holds the buffers and
+per-layer state read at conversion (``max_scale``); schemes hold no tensors.
+
+Nothing above this layer branches on a scheme's name: QLinear, ``quantize_``, checkpoints, the
+algorithms and the CLI iterate ``SCHEMES`` and call these methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from ..formats import GemmSpec
+
+__all__ = ["Scheme", "SCHEMES", "register", "get_scheme", "layer_scheme", "scheme_names", "N_ALIGN", "padded", "pad_rows"]
+
+# The CUDA GEMMs store output rows in 16-byte vectors, so they need N % 8 == 0. Schemes whose weights
+# are not packed keep their rows padded up to a multiple of 8 (zero weights, zero scales, zero bias:
+# the padded channels compute exactly 0 and QLinear slices them off). The padding is the same on
+# every device, so a state dict moves freely between CPU and GPU modules.
+N_ALIGN = 8
+
+
+def padded(n: int) -> int:
+    return (n + N_ALIGN - 1) // N_ALIGN * N_ALIGN
+
+
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [n, ...] with zero rows appended up to `rows` (any dtype, fp8 included), contiguous."""
+    if t.shape[0] == rows:
+        return t.contiguous()
+    out = t.new_zeros((rows, *t.shape[1:]))
+    out[: t.shape[0]] = t
+    return out
+
+
+class Scheme:
+    """One quantization scheme with its option values. Subclasses set the class attributes and
+    implement the methods that raise NotImplementedError here."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""  # one line: what the scheme computes (repr, CLI help)
+    # Per-layer options (QLinear / from_linear keyword arguments, config fields); recorded in the
+    # state's _extra_state. Another option given to this scheme raises.
+    option_names: ClassVar[tuple[str, ...]] = ()
+    # Per-layer values a checkpoint brings instead of having to match (how the weights were
+    # quantized, not the buffers' shapes): e.g. alpha and max_scale of integer group scales.
+    loaded: ClassVar[tuple[str, ...]] = ()
+    # Floating-point buffers whose dtype is part of the format (float32 scales, fp8 weights):
+    # Module.to(dtype) / .half() must not cast them (QLinear._apply).
+    fixed_dtype_buffers: ClassVar[tuple[str, ...]] = ("weight_scale",)
+    # The activations the GEMM reads: per-token dynamic, quantized to this dtype ("int8" / "fp8" is
+    # the format name the fused row ops and the fake-quant take).
+    act_dtype: ClassVar[torch.dtype] = torch.int8
+    act_fmt: ClassVar[str] = "int8"
+    # Does the layer keep its rows padded to a multiple of N_ALIGN (unpacked weights)? Packed
+    # layouts need out_features % 16 == 0 instead and are never padded.
+    pads_rows: ClassVar[bool] = True
+
+    # -- options ---------------------------------------------------------------------------------
+    def __init__(self, op: str = "", **options: Any) -> None:
+        """Check the option values on their own (None: the scheme's default). op names the caller
+        in error messages (a config class, "QLinear"); empty: the scheme's own name."""
+        unknown = sorted(k for k, v in options.items() if k not in self.option_names and v is not None)
+        if unknown:
+            raise ValueError(f"{op or self.name}: scheme {self.name!r} takes no option {unknown[0]!r} "
+                             f"(its options: {list(self.option_names) or 'none'})")
+        for key in self.option_names:
+            object.__setattr__(self, key, options.get(key))
+        self._check_options(op or self.name)
+
+    def _check_options(self, op: str) -> None:
+        """Validate (and normalise, with object.__setattr__) the option values."""
+
+    def options(self) -> dict[str, Any]:
+        """{option: value} in option_names order."""
+        return {k: getattr(self, k) for k in self.option_names}
+
+    def replace(self, **changes: Any) -> "Scheme":
+        return type(self)(**{**self.options(), **changes})
+
+    @classmethod
+    def from_layer_options(cls, op: str, out_features: int, in_features: int, **options: Any) -> "Scheme":
+        """The layer's scheme from QLinear's keyword options (which may differ from the config
+        spelling: group_size None is the default group, in_features per channel)."""
+        return cls(op, **options).for_layer(op, out_features, in_features)
+
+    def for_layer(self, op: str, out_features: int, in_features: int) -> "Scheme":
+        """The scheme a layer [out_features, in_features] runs: per-layer values resolved (e.g.
+        group_size None -> in_features), the shape checked (ValueError naming `op` and the rule)."""
+        return self
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; use .replace({key}=...)")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.options() == self.options()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(self.options().items())))
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+    def label(self) -> str:
+        """"w4a8, group_size=128": the scheme and its set options, for reports."""
+        return ", ".join([self.name] + [f"{k}={v}" for k, v in self.options().items() if v is not None])
+
+    def describe(self) -> str:
+        """The options, for reports ("" when none)."""
+        return ""
+
+    def describe_layer(self, m: Any) -> str:
+        """The layer's options and per-layer values for QLinear.extra_repr."""
+        return self.describe()
+
+    # -- the GEMM --------------------------------------------------------------------------------
+    def spec(self) -> GemmSpec:
+        """The GemmSpec of this scheme's GEMM (formats, scale granularity and kind)."""
+        raise NotImplementedError
+
+    # -- weights -------------------------------------------------------------------------------
+    def weight_format(self) -> dict[str, Any]:
+        """``quantize_weight`` keyword arguments of this (layer-resolved) scheme's weight format:
+        what a ``weight_quantizer`` (GPTQ) must produce, and what ``quantize`` computes."""
+        raise NotImplementedError
+
+    def quantize(self, weight: torch.Tensor) -> tuple:
+        """Round-to-nearest quantization of a float weight [N, K] into the tensors of
+        ``weight_format`` ((wq, sw) or (wq, sw, sg), unpadded)."""
+        from ..ops.quantize import quantize_weight
+
+        return quantize_weight(weight, **self.weight_format())
+
+    def dequant_format(self) -> str:
+        """``dequantize``'s fmt for this scheme's weight tensors."""
+        raise NotImplementedError
+
+    def dequantize(self, m: Any) -> torch.Tensor:
+        """The float32 weight [out_features, in_features] a layer's buffers stand for (what the
+        kernels multiply; padded rows dropped)."""
+        from ..ops.quantize import dequantize
+
+        n, k = m.out_features, m.in_features
+        b = m._buffers
+        wq, sw, sg = b["weight_q"], b["weight_scale"], b.get("weight_group_scale")
+        if wq.shape[1] == k:  # not packed: padded rows (zero) may follow out_features
+            wq, sw = wq[:n], sw[:n]
+            sg = None if sg is None else sg[:n]
+        return dequantize(wq, sw, sg, fmt=self.dequant_format())[:n]
+
+    # -- the module's state ----------------------------------------------------------------------
+    def rows(self, out_features: int) -> int:
+        """How many weight rows a layer keeps (out_features padded to N_ALIGN when pads_rows)."""
+        return padded(out_features) if self.pads_rows else out_features
+
+    def buffer_layout(self, rows: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """{buffer name: (shape, dtype)} of the quantized weight tensors, in ``quantize``'s order."""
+        raise NotImplementedError
+
+    def create_buffers(self, m: Any, rows: int, bias: bool, dtype: torch.dtype, device: Any) -> None:
+        for key, (shape, dt) in self.buffer_layout(rows, m.in_features).items():
+            m.register_buffer(key, torch.zeros(shape, dtype=dt, device=device))
+        m.register_buffer("bias", torch.zeros((rows,), dtype=dtype, device=device) if bias else None)
+
+    def load(self, m: Any, quantized: tuple, bias: Optional[torch.Tensor]) -> None:
+        """Install quantized weight tensors (``quantize``'s result for this layer, unpadded rows) and
+        the bias into a layer's buffers, padding rows as the layout requires, and record the
+        per-layer values read from them (``init_layer_state``)."""
+        rows = m._buffers["weight_scale"].shape[0]
+        for key, t in zip(self.buffer_layout(rows, m.in_features), quantized):
+            setattr(m, key, pad_rows(t, rows))
+        m.bias = None if bias is None else pad_rows(bias.detach(), rows).clone()
+        self.init_layer_state(m)
+
+    def init_layer_state(self, m: Any) -> None:
+        """Per-layer values derived from the weights once, at conversion (e.g. max_scale)."""
+
+    def load_extra_state(self, m: Any, state: dict[str, Any]) -> None:
+        """Take the ``loaded`` values from a checkpoint's _extra_state (absent keys: None)."""
+        for key in self.loaded:
+            setattr(m, key, state.get(key))
+
+    # -- forward ---------------------------------------------------------------------------------
+    def apply(self, m: Any, x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M, in_features] (row layout) -> y [M, rows] in x2's dtype."""
+        from ..ops.quantize import quantize_per_token
+
+        xq, sx = quantize_per_token(x2, dtype=self.act_dtype)
+        return self.apply_quantized(m, xq, sx, x2.dtype)
+
+    def apply_quantized(self, m: Any, xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Activations already quantized per token in ``act_dtype`` -> y [M, rows] in `dtype`."""
+        raise NotImplementedError
+
+    # -- fake quantization (float math with straight-through gradients: GPTQ, LKD, simulation) ----
+    def fake_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The float32 weight [N, K] this (layer-resolved) scheme computes with after quantizing w,
+        bit for bit ``dequantize(*quantize_weight(w, **weight_format()))``; no autograd."""
+        raise NotImplementedError
+
+    def fake_act(self, x2: torch.Tensor) -> torch.Tensor:
+        """Per-token dynamic quantization of x2 [M, K] dequantized to float32; no autograd."""
+        from ..reference.quantize import quantize_per_token_fp8_ref, quantize_per_token_ref
+
+        q, s = quantize_per_token_ref(x2) if self.act_fmt == "int8" else quantize_per_token_fp8_ref(x2)
+        return q.float() * s.reshape(-1, 1)
+
+    # -- compressed-tensors checkpoints ------------------------------------------------------------
+    def to_compressed_tensors(self, m: Any, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        """(tensors by local name, the compressed-tensors scheme {format, weights,
+        input_activations}, what zqkernels.json records for the layer)."""
+        raise NotImplementedError(f"save_quantized: layer {name!r} uses scheme {self.name!r}, which has no layout here")
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry
+
+SCHEMES: dict[str, type[Scheme]] = {}
+
+
+def register(cls: type[Scheme]) -> type[Scheme]:
+    """Class decorator: list a Scheme subclass under its name."""
+    if not cls.name or cls.name in SCHEMES:
+        raise ValueError(f"register: scheme name {cls.name!r} is empty or taken")
+    SCHEMES[cls.name] = cls
+    return cls
+
+
+def scheme_names() -> list[str]:
+    return sorted(SCHEMES)
+
+
+def _scheme_class(op: str, scheme: Any, options: dict[str, Any]) -> type[Scheme]:
+    """The class of a scheme name; ValueError for an unknown name or an option it does not take."""
+    cls = SCHEMES.get(scheme) if isinstance(scheme, str) else None
+    if cls is None:
+        raise ValueError(f"{op}: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    for key, value in options.items():
+        if value is not None and key not in cls.option_names:
+            takes = sorted(n for n, c in SCHEMES.items() if key in c.option_names)
+            raise ValueError(
+                f"{op}: {key} applies to scheme {' / '.join(repr(t) for t in takes)} only, got "
+                f"{key}={value!r} with scheme {scheme!r}"
+            )
+    return cls
+
+
+def _no_options(op: str, options: dict[str, Any]) -> None:
+    if any(v is not None for v in options.values()):
+        raise ValueError(f"{op}: pass options either in the Scheme object or as keywords, not both")
+
+
+def get_scheme(op: str, scheme: Any, **options: Any) -> Scheme:
+    """A scheme instance from a name and options (None: the scheme's default; group_size None: per
+    channel), or an instance (options must then be absent)."""
+    if isinstance(scheme, Scheme):
+        _no_options(op, options)
+        return scheme
+    cls = _scheme_class(op, scheme, options)
+    return cls(op, **{k: v for k, v in options.items() if k in cls.option_names})
+
+
+def layer_scheme(op: str, scheme: Any, out_features: int, in_features: int, options: dict[str, Any]) -> Scheme:
+    """The layer-resolved scheme of a QLinear [out_features, in_features]: from a name plus QLinear's
+    keyword options (group_size None: the scheme's default; in_features: per channel), or from a
+    Scheme object (options absent)."""
+    if isinstance(scheme, Scheme):
+        _no_options(op, options)
+        return scheme.for_layer(op, out_features, in_features)
+    cls = _scheme_class(op, scheme, options)
+    given = {k: v for k, v in options.items() if k in cls.option_names}
+    return cls.from_layer_options(op, out_features, in_features, **given)

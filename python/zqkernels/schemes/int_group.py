@@ -1,0 +1,230 @@
+"""INT8 per-token activations x INT4 / INT8 weights with integer or float group scales (Integer
+Scale, docs/W4A8.md): the shared base of schemes "w4a8", "w4a8-floatscale" (schemes/w4a8.py) and
+"w8a8-group" (schemes/w8a8_group.py).
+
+Options: ``group_size`` 32, 64, 128, 256, or None (per channel: one group of in_features per row;
+a QLinear built with keyword arguments takes group_size None as the default 128 and in_features as
+per channel), ``scale`` "int" / "float" (w8a8-group; fixed by the name for w4a8 / w4a8-floatscale),
+``alpha`` (integer scales: quantize_weight's multiplier, a power of two; None: its default).
+The layer records ``max_scale``, the largest integer group scale (``int(sg.max())``, read once at
+conversion), which the forward passes to the GEMM so that its int32 accumulator is flushed only as
+often as that scale requires. alpha and max_scale come with a checkpoint (``loaded``).
+
+State: ``weight_q`` (W4A8: uint8 [N, K // 2] packed INT4, layout m16k32; W8A8Group: int8 [Np, K]),
+``weight_scale`` float32 [N], ``weight_group_scale`` [N, K // group_size] (int32 integer scales or
+float32 ratios), ``bias`` [N] in the model's dtype (or None).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+
+from ..formats import GemmSpec
+from ..reference.quantize import _check_alpha, _check_alpha8, expand_groups
+from .base import Scheme
+from .compressed import ACT_INT8, bias_tensor, ct_args, group_scale
+
+GROUP_SIZES = (32, 64, 128, 256)
+INT_SCALES = ("int", "float")
+DEFAULT_GROUP = 128
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class IntGroupScheme(Scheme):
+    """The Integer Scale schemes; subclasses set bits, the weight layout and the GEMM."""
+
+    option_names: ClassVar[tuple[str, ...]] = ("group_size", "alpha")
+    fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
+    bits: ClassVar[int] = 8
+    fixed_scale: ClassVar[Optional[str]] = None  # the scale kind of the scheme, None: the "scale" option
+
+    # -- options ---------------------------------------------------------------------------------
+    @property
+    def scale_kind(self) -> str:
+        return self.fixed_scale if self.fixed_scale is not None else getattr(self, "scale", None) or "int"
+
+    def _check_options(self, op: str) -> None:
+        g = self.group_size
+        if g is not None:
+            if not _is_int(g) or g <= 0:
+                raise ValueError(f"{op}: group_size must be a positive int, got {g!r}")
+            if g not in GROUP_SIZES and not getattr(self, "_layer", False):
+                raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES} or None (per channel), got {g!r}")
+        if self.fixed_scale is None:
+            scale = getattr(self, "scale", None)
+            if scale is None:
+                object.__setattr__(self, "scale", "int")
+            elif scale not in INT_SCALES:
+                raise ValueError(f"{op}: scale must be 'int' or 'float', got {scale!r}")
+        alpha = self.alpha
+        if alpha is not None:
+            if self.scale_kind != "int":
+                raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={alpha!r} with scale={self.scale_kind!r}")
+            if self.bits == 4:
+                _check_alpha(op, alpha)
+            elif g is not None:
+                _check_alpha8(op, alpha, g)
+            elif not _is_int(alpha) or alpha < 1 or alpha & (alpha - 1):
+                # per channel: the bound depends on each layer's in_features, checked in for_layer
+                raise ValueError(f"{op}: alpha must be a power of two int >= 1, got {alpha!r}")
+
+    @classmethod
+    def from_layer_options(cls, op: str, out_features: int, in_features: int, **options: Any) -> "IntGroupScheme":
+        """QLinear's keyword arguments: group_size None -> 128, in_features -> per channel."""
+        K = in_features
+        g = options.get("group_size")
+        g = DEFAULT_GROUP if g is None else g
+        if not _is_int(g) or (g not in GROUP_SIZES and g != K):
+            raise ValueError(
+                f"{op}: scheme {cls.name!r} needs group_size in {GROUP_SIZES} or in_features ({K}: one group "
+                f"per row), got {g!r}"
+            )
+        scale = options.get("scale")
+        if cls.fixed_scale is None and scale is not None and scale not in INT_SCALES:
+            raise ValueError(f"{op}: scheme {cls.name!r} needs scale in {INT_SCALES}, got {scale!r}")
+        kind = cls.fixed_scale or scale or "int"
+        alpha = options.get("alpha")
+        if alpha is not None and kind != "int":
+            raise ValueError(f"{op}: alpha applies to integer scales (scale='int') only, got alpha={alpha!r} "
+                             f"with scheme {cls.name!r}, scale={kind!r}")
+        cls._check_shape(op, out_features, K, g)
+        if alpha is not None:
+            try:
+                _check_alpha8(op, alpha, g) if cls.bits == 8 else _check_alpha(op, alpha)
+            except ValueError as e:
+                raise ValueError(f"{e} (scheme {cls.name!r})") from None
+        return cls._layer_instance(op, g, K, **{k: v for k, v in options.items() if k != "group_size"})
+
+    @classmethod
+    def _layer_instance(cls, op: str, g: int, K: int, **options: Any) -> "IntGroupScheme":
+        self = cls.__new__(cls)
+        object.__setattr__(self, "_layer", True)  # group_size may be in_features
+        object.__setattr__(self, "_k", K)
+        for key in cls.option_names:
+            object.__setattr__(self, key, g if key == "group_size" else options.get(key))
+        self._check_options(op)
+        return self
+
+    def for_layer(self, op, out_features, in_features):
+        if getattr(self, "_k", None) == in_features:
+            return self
+        g = in_features if self.group_size is None else self.group_size
+        opts = {k: v for k, v in self.options().items() if k != "group_size"}
+        return type(self).from_layer_options(op, out_features, in_features, group_size=g, **opts)
+
+    @classmethod
+    def _check_shape(cls, op: str, N: int, K: int, g: int) -> None:
+        if K % g != 0:
+            raise ValueError(
+                f"{op}: scheme {cls.name!r} needs group_size to divide in_features, got group_size {g} and "
+                f"a layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in GROUP_SIZES if K % s == 0]}"
+            )
+
+    def describe(self):
+        g = "per channel" if self._per_channel() else self.group_size
+        out = f"group_size={g}"
+        if self.fixed_scale is None:
+            out += f", scale={self.scale_kind}"
+        return out
+
+    def describe_layer(self, m):
+        out = self.describe()
+        if self.scale_kind == "int":
+            out += f", alpha={'default' if m.alpha is None else m.alpha}, max_scale={m.max_scale}"
+        return out
+
+    # -- the GEMM and the weights ------------------------------------------------------------------
+    def spec(self):
+        return GemmSpec(act="int8", weight="int4" if self.bits == 4 else "int8", weight_scale="group",
+                        group_size=self.group_size or DEFAULT_GROUP, scale_kind=self.scale_kind)
+
+    def _per_channel(self, K: Optional[int] = None) -> bool:
+        return self.group_size is None or self.group_size == (K if K is not None else getattr(self, "_k", None))
+
+    def weight_format(self):
+        # quantize_weight's group_size None is per channel; a layer's scheme holds g == in_features
+        g = None if self._per_channel() else self.group_size
+        return {"fmt": f"int{self.bits}", "group_size": g, "scale": self.scale_kind, "alpha": self.alpha}
+
+    def dequant_format(self):
+        return "int4" if self.bits == 4 else "int8"
+
+    def _weight_layout(self, rows: int, K: int) -> tuple[tuple[int, ...], torch.dtype]:
+        raise NotImplementedError
+
+    def buffer_layout(self, rows, in_features):
+        sg = torch.int32 if self.scale_kind == "int" else torch.float32
+        return {
+            "weight_q": self._weight_layout(rows, in_features),
+            "weight_scale": ((rows,), torch.float32),
+            "weight_group_scale": ((rows, in_features // self.group_size), sg),
+        }
+
+    def create_buffers(self, m, rows, bias, dtype, device):
+        super().create_buffers(m, rows, bias, dtype, device)
+        m.max_scale = None  # set from the weights by init_layer_state, or by a checkpoint
+
+    def init_layer_state(self, m):
+        sg = m._buffers["weight_group_scale"]
+        # one sync, at conversion: the forward passes it to the GEMM as a Python int
+        m.max_scale = max(int(sg.max()), 1) if self.scale_kind == "int" and sg.numel() else None
+
+    def load_extra_state(self, m, state):
+        alpha, max_scale = state.get("alpha"), state.get("max_scale")
+        for key, v in (("alpha", alpha), ("max_scale", max_scale)):
+            if v is not None and (not _is_int(v) or v < 1):
+                raise ValueError(f"QLinear.load_state_dict: the checkpoint's {key} must be None or a positive int, got {v!r}")
+        if max_scale is not None and self.scale_kind != "int":
+            raise ValueError("QLinear.load_state_dict: the checkpoint has max_scale but this layer has float scales")
+        m.alpha = alpha
+        m.max_scale = max_scale
+
+    def _gemm(self) -> Callable[..., torch.Tensor]:
+        raise NotImplementedError
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        buffers = m._buffers
+        bias = buffers["bias"]
+        if bias is not None and bias.dtype != dtype:
+            bias = bias.to(dtype)
+        return self._gemm()(
+            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
+            out_dtype=dtype, max_scale=m.max_scale,
+        )
+
+    def _quantize_ref(self, w: torch.Tensor, g: Optional[int], alpha: Optional[int]) -> tuple:
+        raise NotImplementedError
+
+    def fake_weight(self, w):
+        K = w.shape[1]
+        g = None if self._per_channel(K) else self.group_size
+        alpha = self.alpha if self.scale_kind == "int" else None
+        q, sw, sg = self._quantize_ref(w, g, alpha)
+        return (q.double() * expand_groups(sg.double(), K) * sw.reshape(-1, 1).double()).float()
+
+    # -- compressed-tensors ----------------------------------------------------------------------
+    def _ct_weight(self, m: Any, n: int) -> tuple[dict[str, torch.Tensor], str]:
+        raise NotImplementedError
+
+    def to_compressed_tensors(self, m, name):
+        n = m.out_features
+        sw = m.weight_scale[:n].detach().cpu()
+        sg = m.weight_group_scale[:n].detach().cpu()
+        out, fmt = self._ct_weight(m, n)
+        out["weight_scale"] = group_scale(sw, sg)
+        spec = {"format": fmt, "weights": ct_args(self.bits, "int", "group", m.group_size), "input_activations": ACT_INT8}
+        info: dict[str, Any] = {"scheme": self.name, "group_size": m.group_size}
+        if self.fixed_scale is None:
+            info["scale"] = self.scale_kind
+        if sg.dtype == torch.int32:
+            # the alpha used (the largest integer scale: every non-zero row's largest group has sg = alpha),
+            # and the layer's alpha option (None: quantize_weight's default)
+            info["alpha"] = int(sg.max()) if sg.numel() and int(sg.max()) > 0 else None
+            info["alpha_option"] = m.alpha
+        return bias_tensor(m, out), spec, info

@@ -1,0 +1,65 @@
+"""Schemes "w4a8" and "w4a8-floatscale": INT4 group-wise weights x INT8 per-token activations
+(Integer Scale, ``w4a8_gemm``; docs/W4A8.md). "w4a8" keeps integer group scales (the group sums are
+combined in int32, one conversion to float at the end), "w4a8-floatscale" float32 ratios (the
+baseline). Options: ``group_size`` and, for "w4a8", ``alpha`` (a power of two in [1, 2^15]). Shape
+rules of the packed layout m16k32: out_features % 16 == 0, in_features % 64 == 0 and group_size
+dividing in_features. The state is described in schemes/int_group.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import w4a8_gemm
+from ..reference.quantize import quantize_int4_group_ref, unpack_int4
+from .base import register
+from .compressed import FORMAT_PACKED, pack_ct
+from .int_group import IntGroupScheme
+
+
+class _W4A8Base(IntGroupScheme):
+    bits = 4
+    pads_rows = False  # packed rows: out_features % 16 == 0
+
+    @classmethod
+    def _check_shape(cls, op, N, K, g):
+        if N % 16 != 0 or K % 64 != 0:
+            raise ValueError(
+                f"{op}: scheme {cls.name!r} (packed INT4 layout m16k32) needs out_features % 16 == 0 and "
+                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
+                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
+                "another scheme"
+            )
+        super()._check_shape(op, N, K, g)
+
+    def _weight_layout(self, rows, K):
+        return (rows, K // 2), torch.uint8
+
+    def _gemm(self):
+        return w4a8_gemm
+
+    def _quantize_ref(self, w, g, alpha):
+        return quantize_int4_group_ref(w, g, self.scale_kind, alpha)
+
+    def _ct_weight(self, m, n):
+        K = m.in_features
+        codes = unpack_int4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+        return {"weight_packed": pack_ct(codes), "weight_shape": torch.tensor([n, K], dtype=torch.int64)}, FORMAT_PACKED
+
+
+@register
+class W4A8(_W4A8Base):
+    name = "w4a8"
+    description = "int8 per-token activations x int4 group-wise weights, int group scales"
+    fixed_scale = "int"
+    loaded = ("alpha", "max_scale")
+
+
+@register
+class W4A8FloatScale(_W4A8Base):
+    name = "w4a8-floatscale"
+    description = "int8 per-token activations x int4 group-wise weights, float group scales"
+    fixed_scale = "float"
+    option_names = ("group_size",)
+    loaded = ()
+    alpha = None  # float scales take no alpha

@@ -1,0 +1,189 @@
+"""Scheme "w4a8-fp": ZeroQuant-FP W4A8, FP4 E2M1 weights with group scales x FP8 E4M3 per-token
+activations (``w4a8_fp_gemm``; docs/FP8.md).
+
+Options: ``group_size`` 32, 64, 128 or None (one group per row: per channel; QLinear's keyword
+default is 128 and in_features means per channel), ``scale_policy`` "m2" (default), "m1"
+(power-of-two group ratios, int8 exponents) or "free" (float32 ratios). Shape rules of the packed
+layout m16k64: out_features % 16 == 0 and in_features % 64 == 0 (and group_size dividing
+in_features).
+
+State: ``weight_q`` uint8 [N, K // 2] (packed FP4 codes), ``weight_scale`` float32 [N],
+``weight_group_scale`` [N, K // group_size] (int8 exponents for m1 / m2, float32 ratios for free),
+``bias`` [N] in the model's dtype (or None).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..formats import GemmSpec
+from ..ops import w4a8_fp_gemm
+from ..reference.quantize import (
+    e2m1_decode,
+    expand_groups,
+    fp4_to_fp8_float_ref,
+    quantize_fp4_ref,
+    unpack_fp4,
+)
+from .base import Scheme, register
+from .compressed import ACT_FP8, FORMAT_MXFP4, MX_GROUP, W_MXFP4, bias_tensor
+
+GROUP_SIZES = (32, 64, 128)
+POLICIES = ("m2", "m1", "free")
+_FP8 = torch.float8_e4m3fn
+
+
+@register
+class W4A8FP(Scheme):
+    name = "w4a8-fp"
+    description = "fp8 e4m3 per-token activations x fp4 e2m1 group-wise weights"
+    option_names = ("group_size", "scale_policy")
+    fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
+    act_dtype = _FP8
+    act_fmt = "fp8"
+    pads_rows = False
+
+    def _check_options(self, op):
+        g = self.group_size
+        if g is not None and g not in GROUP_SIZES and getattr(self, "_k", None) != g:
+            raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES} or None (per channel), got {g!r}")
+        if isinstance(g, bool):
+            raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES} or None (per channel), got {g!r}")
+        policy = self.scale_policy
+        if policy is None:
+            policy = "m2"
+        if not isinstance(policy, str):
+            raise TypeError(f"{op}: scale_policy must be a str, got {type(policy).__name__}")
+        if policy.lower() not in POLICIES:
+            raise ValueError(f"{op}: scale_policy must be one of {POLICIES}, got {policy!r}")
+        object.__setattr__(self, "scale_policy", policy.lower())
+
+    @classmethod
+    def from_layer_options(cls, op: str, out_features: int, in_features: int, **options: Any) -> "W4A8FP":
+        N, K = out_features, in_features
+        g = options.get("group_size")
+        g = 128 if g is None else g
+        if isinstance(g, bool) or not isinstance(g, int) or (g not in GROUP_SIZES and g != K):
+            raise ValueError(
+                f"{op}: scheme 'w4a8-fp' needs group_size in {GROUP_SIZES} or in_features ({K}: "
+                f"one group per row), got {g!r}"
+            )
+        policy = options.get("scale_policy")
+        policy = "m2" if policy is None else policy
+        if not isinstance(policy, str) or policy.lower() not in POLICIES:
+            raise ValueError(f"{op}: scheme 'w4a8-fp' needs scale_policy in {POLICIES}, got {policy!r}")
+        if N % 16 != 0 or K % 64 != 0:
+            raise ValueError(
+                f"{op}: scheme 'w4a8-fp' (packed FP4 layout m16k64) needs out_features % 16 == 0 and "
+                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
+                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
+                "another scheme"
+            )
+        if K % g != 0:
+            raise ValueError(
+                f"{op}: scheme 'w4a8-fp' needs group_size to divide in_features, got group_size {g} and a "
+                f"layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
+                f"{[s for s in GROUP_SIZES if K % s == 0]}"
+            )
+        self = cls.__new__(cls)
+        object.__setattr__(self, "_k", K)
+        object.__setattr__(self, "group_size", g)
+        object.__setattr__(self, "scale_policy", policy)
+        self._check_options(op)
+        return self
+
+    def for_layer(self, op, out_features, in_features):
+        if getattr(self, "_k", None) == in_features:
+            return self
+        g = in_features if self.group_size is None else self.group_size
+        return W4A8FP.from_layer_options(op, out_features, in_features, group_size=g, scale_policy=self.scale_policy)
+
+    def describe(self):
+        g = "per channel" if self.group_size == getattr(self, "_k", None) else self.group_size
+        return f"group_size={g}, scale_policy={self.scale_policy}"
+
+    def spec(self):
+        return GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=self.group_size or 128,
+                        scale_kind="float" if self.scale_policy == "free" else "pow2")
+
+    def _g(self, K=None):
+        k = K if K is not None else getattr(self, "_k", None)
+        return None if self.group_size is None or self.group_size == k else self.group_size
+
+    def weight_format(self):
+        return {"fmt": "fp4", "group_size": self._g(), "scale": self.scale_policy}
+
+    def dequant_format(self):
+        return "fp4"
+
+    def buffer_layout(self, rows, in_features):
+        sg = torch.float32 if self.scale_policy == "free" else torch.int8
+        return {
+            "weight_q": ((rows, in_features // 2), torch.uint8),
+            "weight_scale": ((rows,), torch.float32),
+            "weight_group_scale": ((rows, in_features // self.group_size), sg),
+        }
+
+    def apply_quantized(self, m, xq, sx, dtype):
+        buffers = m._buffers
+        bias = buffers["bias"]
+        if bias is not None and bias.dtype != dtype:
+            bias = bias.to(dtype)
+        # float32 output is served by the streaming kernel only (ops/w4a8.py); other dtypes pick by M.
+        path = "stream" if dtype == torch.float32 and xq.is_cuda else "auto"
+        return w4a8_fp_gemm(
+            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
+            out_dtype=dtype, path=path,
+        )
+
+    def fake_weight(self, w):
+        K = w.shape[1]
+        codes, sw, sg = quantize_fp4_ref(w, self._g(K), self.scale_policy)
+        if sg.dtype == torch.int8:  # dequantize's fp4 branch: e2m1 * 2^e (exact), times sw
+            v = torch.ldexp(e2m1_decode(codes), expand_groups(sg, K).to(torch.int32))
+        else:
+            v = fp4_to_fp8_float_ref(codes, sg).float()
+        return v * sw.reshape(-1, 1)
+
+    def to_compressed_tensors(self, m, name):
+        """scale_policy "m1" in compressed-tensors' mxfp4-pack-quantized layout, exactly: every group
+        scale sw[n] * 2^e[n, j] is a power of two (m1: sw is one too), written as its E8M0 byte 127 +
+        log2 for each of the g / 32 MX blocks of the group; the E2M1 codes (same code points: magnitude
+        index 0..7 of 0, .5, 1, 1.5, 2, 3, 4, 6, sign in bit 3) two per byte, even k in the low nibble."""
+        policy = self.scale_policy
+        if policy != "m1":
+            raise NotImplementedError(
+                f"save_quantized: layer {name!r} uses scheme 'w4a8-fp' with scale_policy {policy!r}; expected 'm1', the "
+                "only policy compressed-tensors can hold exactly (mxfp4-pack-quantized: a power-of-two E8M0 scale per "
+                "32 weights). Under 'm2' the channel scale sw is an arbitrary float32 and under 'free' the group "
+                "ratios are too: neither is a power of two (MXFP4) nor, in general, an FP8 E4M3 value times one "
+                "float32 global scale per tensor (nvfp4-pack-quantized, groups of 16), so writing them would change "
+                "the weights (docs/CHECKPOINTS.md)"
+            )
+        n, K = m.out_features, m.in_features
+        g = m.group_size
+        codes = unpack_fp4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+        sw = m.weight_scale[:n].detach().cpu()
+        e = m.weight_group_scale[:n].detach().cpu().to(torch.int32)
+        mant, ex = torch.frexp(sw)
+        zero_row = sw == 0  # all codes 0: any scale decodes to 0; written as 2^0
+        if bool(((mant != 0.5) & ~zero_row).any()) or not bool(torch.isfinite(sw).all()):
+            raise ValueError(
+                f"save_quantized: layer {name!r} (w4a8-fp, m1): weight_scale must hold powers of two (or 0), got "
+                f"{sw[(mant != 0.5) & ~zero_row][:4].tolist()}"
+            )
+        exp = torch.where(zero_row[:, None], torch.zeros_like(e), (ex - 1)[:, None] + e)  # log2 of each group scale
+        if bool((exp < -127).any()) or bool((exp > 127).any()):
+            bad = exp[(exp < -127) | (exp > 127)]
+            raise NotImplementedError(
+                f"save_quantized: layer {name!r} (w4a8-fp, m1): a group scale 2^{int(bad[0])} is outside E8M0's "
+                "2^-127 .. 2^127 (mxfp4-pack-quantized cannot hold it)"
+            )
+        out = {
+            "weight_packed": (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous(),
+            "weight_scale": (exp + 127).to(torch.uint8).repeat_interleave(g // MX_GROUP, dim=1).contiguous(),
+        }
+        spec = {"format": FORMAT_MXFP4, "weights": dict(W_MXFP4), "input_activations": ACT_FP8}
+        return bias_tensor(m, out), spec, {"scheme": self.name, "group_size": g, "scale_policy": policy}
