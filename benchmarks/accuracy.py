@@ -60,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
 import zqkernels as zq  # noqa: E402
 import zqkernels.nn as zn  # noqa: E402
-from zqkernels.algorithms.fakequant import FAKEQUANT_SCHEMES  # noqa: E402
 from zqkernels.nn.lorc import _deq_weight  # noqa: E402
 
 REPO = afp.REPO
@@ -225,7 +224,7 @@ def buffers_sim(model) -> int:
     qs = qlinears(model)
     for m in qs.values():
         wd = _deq_weight(m).double()
-        afn = ACT[FAKEQUANT_SCHEMES[m.scheme][1]]
+        afn = ACT[m.qscheme.act_fmt]
         a, b, bias = m._buffers.get("lorc_a"), m._buffers.get("lorc_b"), m._buffers.get("bias")
         a = None if a is None else a.float()
         b = None if b is None else b.float()

@@ -150,7 +150,7 @@ def test_demo_numbers():
 
 
 # ------------------------------------------------------------------------------------------------
-# quantize / eval (zqkernels/_cli.py) on a tiny Llama built from its config, CPU
+# quantize / eval (zqkernels/cli/) on a tiny Llama built from its config, CPU
 
 _WORDS = "the of and to a in was her it i that she not be as you he had his with for".split()
 
@@ -320,14 +320,14 @@ def test_quantize_each_scheme_saves_or_fails_before_converting(capsys, tiny, tmp
 
 def test_quantize_unsupported_checkpoint_fails_before_loading(capsys, tiny, tmp_path, monkeypatch):
     """A scheme save_quantized refuses: one line, exit 2, before the weights are loaded or converted."""
-    from zqkernels import _cli
+    from zqkernels.cli import quantize as cli_quantize
 
     def refuse(model, out_dir):
         raise NotImplementedError("save_quantized: scheme 'x' is not implemented\nin this layout")
 
     monkeypatch.setattr(zqkernels, "save_quantized", refuse)
     calls = []
-    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cli_quantize, "load_float", lambda *a, **k: calls.append(a))
     out_dir = tmp_path / "q"
     rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(out_dir), "--scheme", "w8a8"])
     line = _one_line_error(rc, out, err, "quantize", "scheme w8a8 cannot be saved as a checkpoint yet",
@@ -408,28 +408,24 @@ def test_cli_errors_are_one_line_exit_2(capsys, tiny, tmp_path, argv, needles):
     _one_line_error(rc, captured.out, captured.err, argv[0], *needles)
 
 
-def test_lkd_steps(capsys, tiny, tmp_path, monkeypatch):
-    """--lkd-steps runs zqkernels.lkd when the package has it; without it: one line naming it."""
+def test_lkd_steps(capsys, tiny, tmp_path):
+    """--lkd-steps runs zqkernels.lkd."""
     argv = ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "1", "--lkd-steps", "1",
             "--calib", tiny["text"], "--calib-window", "32", "--calib-samples", "2"]
-    if callable(getattr(zqkernels, "lkd", None)):
-        rc, out, err = _run(capsys, argv)
-        assert rc == 0, err
-        assert "LKD 1 steps" in out and "lkd" in out
-    monkeypatch.delattr(zqkernels, "lkd", raising=False)
     rc, out, err = _run(capsys, argv)
-    _one_line_error(rc, out, err, "eval", "--lkd-steps needs zqkernels.lkd")
+    assert rc == 0, err
+    assert "LKD 1 steps" in out and "lkd" in out
 
 
 def test_quantize_gptq_lorc_lkd_checked_before_loading(capsys, tiny, tmp_path, monkeypatch):
     """GPTQ / LoRC / LKD run on the one-layer copy first: a failure there stops before the weights."""
-    from zqkernels import _cli
+    from zqkernels.cli import quantize as cli_quantize
 
     def broken(*a, **k):
         raise NotImplementedError("gptq: not for this scheme")
 
     monkeypatch.setattr(zqkernels, "gptq", broken)
-    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(cli_quantize, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
     rc, out, err = _run(capsys, ["quantize", tiny["dir"], "--out", str(tmp_path / "q"), "--gptq", "--calib",
                                  tiny["text"]])
     _one_line_error(rc, out, err, "quantize", "w8a8 + GPTQ: conversion failed: gptq: not for this scheme",
@@ -471,13 +467,13 @@ def test_conversion_lorc_keeps_fused_blocks(tiny):
     import argparse
 
     from transformers import LlamaForCausalLM
-    from zqkernels import _cli
+    from zqkernels import cli
 
     p = argparse.ArgumentParser()
-    _cli.add_parsers(p.add_subparsers(dest="command"))
+    cli.add_parsers(p.add_subparsers(dest="command"))
     args = p.parse_args(["eval", tiny["dir"], "--text", tiny["text"], "--lorc-rank", "8", "--level", "balanced"])
     args.scheme = "w8a8"
-    conv = _cli.Conversion(args)
+    conv = cli.Conversion(args)
     model = LlamaForCausalLM.from_pretrained(tiny["dir"]).eval()
     log = []
     conv.convert(model, None, False, log.append)
@@ -608,7 +604,7 @@ def test_smooth_runs_before_gptq_and_is_lkds_teacher(capsys, tiny, tmp_path, mon
     real = {n: getattr(zqkernels, n) for n in ("smooth_", "gptq", "lkd", "lorc")}
 
     def spy(name):
-        @functools.wraps(real[name])  # lkd's signature stays visible (the CLI inspects it)
+        @functools.wraps(real[name])
         def f(*a, **k):
             calls.append((name, a))
             return real[name](*a, **k)
@@ -664,7 +660,7 @@ def test_smooth_unsupported_model_is_one_line(capsys, tmp_path, monkeypatch):
     """A model with no block smooth_ supports (BERT): smooth_'s message, one line, before the weights load."""
     pytest.importorskip("transformers")
     from transformers import BertConfig, BertForMaskedLM
-    from zqkernels import _cli
+    from zqkernels.cli import quantize as cli_quantize
 
     d = tmp_path / "bert"
     torch.manual_seed(0)
@@ -673,7 +669,7 @@ def test_smooth_unsupported_model_is_one_line(capsys, tmp_path, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("x")
     capsys.readouterr()  # save_pretrained's progress bar
-    monkeypatch.setattr(_cli, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(cli_quantize, "load_float", lambda *a, **k: pytest.fail("loaded the model"))
     rc, out, err = _run(capsys, ["quantize", str(d), "--out", str(tmp_path / "q"), "--smooth", "0.5",
                                  "--calib", str(text)])
     _one_line_error(rc, out, err, "quantize", "scheme w8a8 + smooth a=0.5: smoothing failed: smooth_: found no "
@@ -716,14 +712,14 @@ def test_calib_with_smooth_alone_is_used(capsys, tiny):
     any of --smooth / --gptq / --lkd-steps the error names all three."""
     import argparse
 
-    from zqkernels import _cli
+    from zqkernels import cli
 
     p = argparse.ArgumentParser()
-    _cli.add_parsers(p.add_subparsers(dest="command"))
+    cli.add_parsers(p.add_subparsers(dest="command"))
     args = p.parse_args(["eval", tiny["dir"], "--text", tiny["text"], "--smooth", "0", "--calib", tiny["text"]])
     args.scheme = "w8a8"
-    conv = _cli.Conversion(args)
+    conv = cli.Conversion(args)
     assert conv.smooth == 0.0 and conv.calibrated and conv.label == "w8a8 + smooth a=0"
     args.smooth = None
-    with pytest.raises(_cli.CLIError, match=r"--calib is only used by --smooth, --gptq and --lkd-steps \(none was given\)"):
-        _cli.Conversion(args)
+    with pytest.raises(cli.CLIError, match=r"--calib is only used by --smooth, --gptq and --lkd-steps \(none was given\)"):
+        cli.Conversion(args)

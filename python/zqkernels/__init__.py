@@ -24,9 +24,9 @@ import torch
 from . import _ext
 from . import nn as _nn
 from ._ext import _C as _C  # the compiled module, or None in a CPU-only build
-from .algorithms import gptq, gptq_quantize_weight, lkd, smooth_
+from .algorithms import LoRCReport, gptq, gptq_quantize_weight, lkd, lorc, smooth_
 from .formats import GemmSpec
-from .nn import *  # noqa: F403 - modules, conversion, checkpoints, LoRC (nn.__all__)
+from .nn import *  # noqa: F403 - modules, conversion, checkpoints, apply_lorc (nn.__all__)
 from .ops import (
     dequantize,
     fp4_to_fp8,
@@ -63,6 +63,8 @@ __all__ = [
     "gptq",
     "gptq_quantize_weight",
     "lkd",
+    "lorc",
+    "LoRCReport",
     "smooth_",
     "set_debug_checks",
     "GemmSpec",

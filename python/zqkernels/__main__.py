@@ -4,8 +4,8 @@ info      what this install can do (zqkernels.info()) as JSON
 bench     a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels); the full
           benchmark is benchmarks/bench_w8a8.py in the source tree
 demo      quantize a small transformer built in code and report the accuracy cost
-quantize  quantize a local HF model (directory or .gguf file) and save it (``_cli.py``)
-eval      perplexity of the float and the quantized model, per-layer error plot (``_cli.py``)
+quantize  quantize a local HF model (directory or .gguf file) and save it (``cli/quantize.py``)
+eval      perplexity of the float and the quantized model, per-layer error plot (``cli/evaluate.py``)
 
 Without a subcommand: bench where the GPU can run the kernels, otherwise the CPU demo (with a note).
 Asking explicitly for what this machine cannot run (``bench``, ``demo --device cuda``) prints a
@@ -44,9 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bench.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
     demo = sub.add_parser("demo", help="quantize a small transformer and report its accuracy")
     demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if it can run the kernels")
-    from . import _cli
+    from . import cli
 
-    _cli.add_parsers(sub)
+    cli.add_parsers(sub)
     args = parser.parse_args(argv)
 
     import torch
@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import _demo, info
 
     if args.command in ("quantize", "eval"):
-        return _cli.run(args)
+        return cli.run(args)
 
     if args.command == "info":
         print(json.dumps(info(), indent=2))

@@ -32,28 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._calib import call_batch, check_batches, model_device
-from .fakequant import FAKEQUANT_SCHEMES, FakeQuantLinear, scheme_options
+from .fakequant import FakeQuantLinear, has_fake_quant, scheme_options
 
 __all__ = ["lkd", "find_blocks", "lkd_head", "requantize_linear"]
 
 _FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "norm_f")
 
-# Fused blocks (nn/blocks.py): the float Linears (names inside the float block) behind each merged role.
-_FUSED_PARTS: dict[str, dict[str, list[str]]] = {
-    "QLlamaDecoderLayer": {
-        "qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-        "attn_out": ["self_attn.o_proj"],
-        "fc1": ["mlp.gate_proj", "mlp.up_proj"],
-        "fc2": ["mlp.down_proj"],
-    },
-    "QGPT2Block": {"qkv": ["attn.c_attn"], "attn_out": ["attn.c_proj"], "fc1": ["mlp.c_fc"], "fc2": ["mlp.c_proj"]},
-    "QBertLayer": {
-        "qkv": ["attention.self.query", "attention.self.key", "attention.self.value"],
-        "attn_out": ["attention.output.dense"],
-        "fc1": ["intermediate.dense"],
-        "fc2": ["output.dense"],
-    },
-}
+# Fused blocks (nn/blocks.py): the float Linears (names inside the float block) behind each merged
+# role are the block class's PARTS (nn.blocks.parts_of).
 
 
 class _Stop(Exception):
@@ -149,15 +135,18 @@ class _Target:
 
 
 def _targets(i: int, fblock: nn.Module, qblock: nn.Module) -> list[_Target]:
-    from ..nn.blocks import QuantizedBlock
+    from ..nn.blocks import QuantizedBlock, parts_of
     from ..nn.linear import QLinear
 
     op = "lkd"
     out: list[_Target] = []
     if isinstance(qblock, QuantizedBlock):
-        roles = _FUSED_PARTS.get(type(qblock).__name__)
-        if roles is None:
-            raise NotImplementedError(f"{op}: block {i}: fused block {type(qblock).__name__} has no LKD mapping")
+        try:
+            roles = parts_of(qblock)
+        except NotImplementedError:
+            raise NotImplementedError(
+                f"{op}: block {i}: fused block {type(qblock).__name__} has no LKD mapping (no PARTS)"
+            ) from None
         for role, parts in roles.items():
             q = getattr(qblock, role)
             if isinstance(q, QLinear):
@@ -172,10 +161,9 @@ def _targets(i: int, fblock: nn.Module, qblock: nn.Module) -> list[_Target]:
             "(zqkernels.quantize_(copy.deepcopy(model), config))"
         )
     for t in out:
-        if t.scheme not in FAKEQUANT_SCHEMES:
+        if not has_fake_quant(t.qlinear.qscheme):
             raise NotImplementedError(
-                f"{op}: scheme {t.scheme!r} (block {i}, {t.parts}) has no fake-quant path for LKD; supported: "
-                f"{sorted(FAKEQUANT_SCHEMES)}"
+                f"{op}: scheme {t.scheme!r} (block {i}, {t.parts}) has no fake-quant path for LKD"
             )
         if t.qlinear.lorc_rank:
             raise ValueError(
@@ -193,7 +181,7 @@ def _targets(i: int, fblock: nn.Module, qblock: nn.Module) -> list[_Target]:
 
 def requantize_linear(qlinear: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
     """Re-quantize `qlinear` in place from a float `weight` [out_features, in_features] (and `bias`) with
-    its scheme's quantizer and options (the conversion's ``load_float``; the bias keeps its dtype)."""
+    its scheme's quantizer and options (what the conversion does; the bias keeps its dtype)."""
     w_old = qlinear._buffers["weight_q"]
     old_bias = qlinear._buffers.get("bias")
     w = weight.detach().to(device=w_old.device, dtype=torch.float32)
@@ -202,7 +190,8 @@ def requantize_linear(qlinear: nn.Module, weight: torch.Tensor, bias: Optional[t
         if bias is None:
             bias = torch.zeros(qlinear.out_features)
         b = bias.detach().to(device=old_bias.device, dtype=old_bias.dtype)
-    qlinear._handler.load_float(qlinear, w, b)
+    qs = qlinear.qscheme
+    qs.load(qlinear, qs.quantize(w), b)
 
 
 def lkd_head(model: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:

@@ -32,25 +32,23 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..nn.blocks import BLOCKS, SmoothRule, block_class
 from ._calib import check_batches, run_batches
 from .lkd import _is_linear
 
-__all__ = ["smooth_", "SmoothReport", "SMOOTH_RULES"]
+__all__ = ["smooth_", "SmoothReport"]
 
-# Block class name -> [(source, [targets], kind)]: kind "norm" (a norm's weight/bias), "rows" (a
-# Linear's output rows feeding the targets one to one), "gqa" (v_proj rows -> o_proj, per KV group).
-_LLAMA = [
-    ("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "norm"),
-    ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"], "norm"),
-    ("mlp.up_proj", ["mlp.down_proj"], "rows"),
-    ("self_attn.v_proj", ["self_attn.o_proj"], "gqa"),
-]
-SMOOTH_RULES: dict[str, list[tuple[str, list[str], str]]] = {
-    "LlamaDecoderLayer": _LLAMA,
-    "MistralDecoderLayer": _LLAMA,
-    "Qwen2DecoderLayer": _LLAMA,
-    "GPT2Block": [("ln_1", ["attn.c_attn"], "norm"), ("ln_2", ["mlp.c_fc"], "norm")],
-}
+# The groups of each float HF layer are its fused block class's SMOOTH (nn/blocks.py: SmoothRule
+# (source, targets, kind)), found through nn.blocks.BLOCKS (HF layer class name -> block class).
+
+
+def _rules(layer: nn.Module) -> tuple[SmoothRule, ...]:
+    cls = block_class(layer)
+    return cls.SMOOTH if cls is not None else ()
+
+
+def _supported() -> list[str]:
+    return sorted(name for name, cls in BLOCKS.items() if cls.SMOOTH)
 
 
 @dataclass
@@ -107,9 +105,9 @@ def smooth_(
     [0, 1]: the migration strength: after smoothing, max|X_j| becomes (max|X_j| max|W_j|)^(1 - alpha)
     and max|W_j| becomes (max|X_j| max|W_j|)^alpha, so 0.5 equalizes them and a larger alpha flattens
     the activations further at the weights' cost (SmoothQuant uses 0.5 for most models, up
-    to ~0.8 for ones with strong outliers). Supported blocks: the
-    classes of ``SMOOTH_RULES`` (LLaMA, Mistral, Qwen2 decoder layers; GPT-2 blocks); a model with
-    none of them raises ValueError. Returns a ``SmoothReport``.
+    to ~0.8 for ones with strong outliers). Supported blocks: the HF layer classes whose fused
+    block class has ``SMOOTH`` rules (``nn.blocks.BLOCKS``: LLaMA, Mistral, Qwen2 decoder layers;
+    GPT-2 blocks); a model with none of them raises ValueError. Returns a ``SmoothReport``.
 
     The model's function is unchanged up to float rounding; run it before ``quantize_`` / ``gptq``.
     """
@@ -129,8 +127,8 @@ def smooth_(
     # (block name, block, source module, [target modules], kind, rule)
     plan = []
     for bname, block in model.named_modules():
-        rules = SMOOTH_RULES.get(type(block).__name__)
-        if rules is None:
+        rules = _rules(block)
+        if not rules:
             continue
         for src, tgts, kind in rules:
             try:
@@ -147,10 +145,10 @@ def smooth_(
                     raise ValueError(f"{op}: {bname}.{src} ({type(s_mod).__name__}) has no per-channel weight to fold into")
             elif not _is_linear(s_mod):
                 raise ValueError(f"{op}: {bname}.{src} is a {type(s_mod).__name__}, not an nn.Linear / Conv1D")
-            plan.append((bname, block, src, s_mod, tgts, t_mods, kind))
+            plan.append((bname, block, src, s_mod, list(tgts), t_mods, kind))
     if not plan:
         raise ValueError(
-            f"{op}: found no supported transformer block in {type(model).__name__}; supported: {sorted(SMOOTH_RULES)}"
+            f"{op}: found no supported transformer block in {type(model).__name__}; supported: {_supported()}"
         )
 
     # Per-channel input maxima of the first target of each group (the targets share their input).

@@ -1,6 +1,7 @@
 """Modules: QLinear (a drop-in nn.Linear replacement that delegates to a per-scheme handler), the
 fused quantized transformer blocks, and whole-model conversion (quantize_model, and
-the torchao-style quantize_ with config objects)."""
+the torchao-style quantize_ with config objects). Nothing here imports ``zqkernels.algorithms``
+(the model-level LoRC, ``lorc``, is ``zqkernels.algorithms.lorc``; ``apply_lorc`` is per layer)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ from .checkpoint import load_quantized, save_quantized
 from .config import *  # noqa: F403 - quantize_, its config classes and summary (config.__all__)
 from .convert import conversion_report, quantize_model
 from .linear import SCHEMES, QLinear
-from .lorc import LoRCReport, apply_lorc, lorc
+from .lorc import apply_lorc
 
 __all__ = [
     "QLinear",
-    "lorc",
     "apply_lorc",
-    "LoRCReport",
     "quantize_model",
     "conversion_report",
     "save_quantized",

@@ -24,7 +24,8 @@ Inference only (dropout is not applied); eager, CUDA-graph capture and torch.com
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, Callable, Optional, Union
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,35 @@ from ..ops import fused as fz
 from ..ops.quantize import quantize_per_token, quantize_weight
 from .linear import QLinear, linear_from_conv1d
 
-__all__ = ["LEVELS", "ROLES", "QuantizedBlock", "QBertLayer", "QLlamaDecoderLayer", "QGPT2Block", "resolve_level"]
+__all__ = [
+    "LEVELS",
+    "ROLES",
+    "NORMS",
+    "QuantizedBlock",
+    "QBertLayer",
+    "QLlamaDecoderLayer",
+    "QGPT2Block",
+    "SmoothRule",
+    "BLOCKS",
+    "block_class",
+    "parts_of",
+    "resolve_level",
+]
 
-ROLES = ("qkv", "attn_out", "fc1", "fc2")
+ROLES = ("qkv", "attn_out", "fc1", "fc2")  # the GEMMs of a block
+NORMS = ("norm1", "norm2")  # its norms (PARTS has these too: one HF norm module each)
+
+
+class SmoothRule(NamedTuple):
+    """One SmoothQuant group of a float HF layer (algorithms/smooth.py): ``source`` (a module name in
+    the layer) produces the input of ``targets`` (Linears / Conv1Ds reading it); ``kind`` says how
+    1/s is folded into the source: "norm" (a norm's weight and bias), "rows" (a Linear's output rows
+    feeding the targets one to one), "gqa" (v_proj's rows -> o_proj, one factor per KV-head channel)."""
+
+    source: str
+    targets: tuple[str, ...]
+    kind: str
+
 
 # Presets, most INT8 first. The ZeroQuant-HERO paper defines modes M1 / M2 / M3 over its own module
 # list (including INT8 attention); its exact module sets could not be confirmed from the material
@@ -165,6 +192,15 @@ class QuantizedBlock(nn.Module):
     norm = "rmsnorm"  # or "layernorm"
     rope = False
 
+    #: The part map (the one table of what a block is made of; checkpoints, LKD, LoRC and the CLI
+    #: read it through ``parts_of``): role ("qkv", "attn_out", "fc1", "fc2"; "norm1", "norm2") ->
+    #: the HF submodules of the float layer (names relative to it) merged into that role, in the
+    #: row order of the merged GEMM (one module for a norm). Empty: no known float layout.
+    PARTS: ClassVar[Mapping[str, tuple[str, ...]]] = MappingProxyType({})
+    #: SmoothQuant's groups for the float HF layers this block serves (``smooth_`` reads them through
+    #: ``BLOCKS``); empty: smoothing does not support the architecture.
+    SMOOTH: ClassVar[tuple[SmoothRule, ...]] = ()
+
     def __init__(self, level: dict[str, bool], attn: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
         super().__init__()
         self.level = dict(level)
@@ -184,9 +220,13 @@ class QuantizedBlock(nn.Module):
             self.register_buffer(f"norm{i}_b", _f32(getattr(n, "bias", None)), persistent=False)
             setattr(self, f"eps{i}", float(getattr(n, "variance_epsilon", getattr(n, "eps", 1e-6))))
 
-    def _set_linears(self, name: str, qkv: list, attn_out: list, fc1: list, fc2: list) -> None:
-        for role, parts in (("qkv", qkv), ("attn_out", attn_out), ("fc1", fc1), ("fc2", fc2)):
-            setattr(self, role, _merge_linears(f"{name} {role}", parts, self.level[role]))
+    def _set_linears(self, layer: nn.Module, convert: Optional[Callable[[nn.Module], nn.Module]] = None) -> None:
+        """Each role: the float `layer`'s parts (``PARTS``, each through `convert` if given) merged."""
+        for role, names in parts_of(self, ROLES).items():
+            parts = [layer.get_submodule(n) for n in names]
+            if convert is not None:
+                parts = [convert(m) for m in parts]
+            setattr(self, role, _merge_linears(f"{type(self).__name__} {role}", parts, self.level[role]))
 
     # -- chaining ---------------------------------------------------------------------------------
     def link(self, nxt: Optional["QuantizedBlock"]) -> None:
@@ -316,6 +356,15 @@ class QBertLayer(QuantizedBlock):
 
     pre_norm = False
     norm = "layernorm"
+    PARTS = MappingProxyType({
+        "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+        "attn_out": ("attention.output.dense",),
+        "fc1": ("intermediate.dense",),
+        "fc2": ("output.dense",),
+        "norm1": ("attention.output.LayerNorm",),
+        "norm2": ("output.LayerNorm",),
+    })
+    # SMOOTH: none (post-norm: norm1's output is also the residual, so it cannot absorb 1/s)
 
     def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
         att = layer.attention
@@ -327,11 +376,8 @@ class QBertLayer(QuantizedBlock):
         self.act = _gelu_kind(act)
         if self.act is None:
             raise ValueError(f"QBertLayer: the intermediate activation must be GeLU (erf or tanh), got {act!r}")
-        self._set_linears(
-            "QBertLayer", [sa.query, sa.key, sa.value], [att.output.dense], [layer.intermediate.dense],
-            [layer.output.dense],
-        )
-        self._set_norms(att.output.LayerNorm, layer.output.LayerNorm)
+        self._set_linears(layer)
+        self._set_norms(*(layer.get_submodule(n) for (n,) in parts_of(self, NORMS).values()))
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
         return self._forward(hidden_states, attention_mask, None, None, kwargs)
@@ -348,6 +394,20 @@ class QLlamaDecoderLayer(QuantizedBlock):
 
     rope = True
     act = "silu_mul"
+    PARTS = MappingProxyType({
+        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "attn_out": ("self_attn.o_proj",),
+        "fc1": ("mlp.gate_proj", "mlp.up_proj"),
+        "fc2": ("mlp.down_proj",),
+        "norm1": ("input_layernorm",),
+        "norm2": ("post_attention_layernorm",),
+    })
+    SMOOTH = (
+        SmoothRule(PARTS["norm1"][0], PARTS["qkv"], "norm"),  # input_layernorm -> q, k, v
+        SmoothRule(PARTS["norm2"][0], PARTS["fc1"], "norm"),  # post_attention_layernorm -> gate, up
+        SmoothRule(PARTS["fc1"][1], PARTS["fc2"], "rows"),  # up -> down
+        SmoothRule(PARTS["qkv"][2], PARTS["attn_out"], "gqa"),  # v -> o
+    )
 
     def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
         att, mlp = layer.self_attn, layer.mlp
@@ -356,11 +416,8 @@ class QLlamaDecoderLayer(QuantizedBlock):
         act = getattr(mlp, "act_fn", None)
         if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
             raise ValueError(f"QLlamaDecoderLayer: the MLP activation must be SiLU, got {act!r}")
-        self._set_linears(
-            "QLlamaDecoderLayer", [att.q_proj, att.k_proj, att.v_proj], [att.o_proj],
-            [mlp.gate_proj, mlp.up_proj], [mlp.down_proj],
-        )
-        self._set_norms(layer.input_layernorm, layer.post_attention_layernorm)
+        self._set_linears(layer)
+        self._set_norms(*(layer.get_submodule(n) for (n,) in parts_of(self, NORMS).values()))
 
     def forward(
         self,
@@ -386,6 +443,18 @@ class QGPT2Block(QuantizedBlock):
     """
 
     norm = "layernorm"
+    PARTS = MappingProxyType({  # every role one HF Conv1D (weight [in, out])
+        "qkv": ("attn.c_attn",),
+        "attn_out": ("attn.c_proj",),
+        "fc1": ("mlp.c_fc",),
+        "fc2": ("mlp.c_proj",),
+        "norm1": ("ln_1",),
+        "norm2": ("ln_2",),
+    })
+    SMOOTH = (
+        SmoothRule(PARTS["norm1"][0], PARTS["qkv"], "norm"),  # ln_1 -> c_attn
+        SmoothRule(PARTS["norm2"][0], PARTS["fc1"], "norm"),  # ln_2 -> c_fc
+    )
 
     def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
         att, mlp = layer.attn, layer.mlp
@@ -397,11 +466,8 @@ class QGPT2Block(QuantizedBlock):
         self.act = _gelu_kind(getattr(mlp, "act", None))
         if self.act is None:
             raise ValueError(f"QGPT2Block: the MLP activation must be GeLU, got {getattr(mlp, 'act', None)!r}")
-        conv = linear_from_conv1d
-        self._set_linears(
-            "QGPT2Block", [conv(att.c_attn)], [conv(att.c_proj)], [conv(mlp.c_fc)], [conv(mlp.c_proj)]
-        )
-        self._set_norms(layer.ln_1, layer.ln_2)
+        self._set_linears(layer, convert=linear_from_conv1d)
+        self._set_norms(*(layer.get_submodule(n) for (n,) in parts_of(self, NORMS).values()))
 
     def forward(
         self,
@@ -419,9 +485,9 @@ class QGPT2Block(QuantizedBlock):
 
 
 # ------------------------------------------------------------------------------------------------
-# Recognition: which HF layer classes have a fused block.
+# Recognition: which HF layer classes have a fused block; what a block is made of.
 
-_BLOCKS: dict[str, type] = {
+_BLOCKS: dict[str, type[QuantizedBlock]] = {
     "BertLayer": QBertLayer,
     "RobertaLayer": QBertLayer,
     "LlamaDecoderLayer": QLlamaDecoderLayer,
@@ -431,5 +497,28 @@ _BLOCKS: dict[str, type] = {
 }
 
 
-def block_class(module: nn.Module) -> Optional[type]:
+#: HF layer class name -> the fused block class that replaces it (read-only).
+BLOCKS: Mapping[str, type[QuantizedBlock]] = MappingProxyType(_BLOCKS)
+
+
+def block_class(module: nn.Module) -> Optional[type[QuantizedBlock]]:
+    """The fused block class for a float HF layer (by its class name), or None."""
     return _BLOCKS.get(type(module).__name__)
+
+
+def parts_of(
+    block_or_cls: Union[QuantizedBlock, type[QuantizedBlock]], roles: tuple[str, ...] = ROLES
+) -> dict[str, list[str]]:
+    """role -> the HF submodule names (relative to the float layer) merged into it, in row order,
+    for `roles` (default the GEMM roles ``ROLES``; ``NORMS`` for the norms): the block class's
+    ``PARTS``. Raises NotImplementedError for a block class without a part map, ValueError for a
+    role it does not have."""
+    cls = block_or_cls if isinstance(block_or_cls, type) else type(block_or_cls)
+    parts = getattr(cls, "PARTS", None) if issubclass(cls, QuantizedBlock) else None
+    if not parts:
+        known = sorted({c.__name__ for c in _BLOCKS.values()})
+        raise NotImplementedError(f"{cls.__name__} has no part map (PARTS); fused blocks with one: {known}")
+    bad = [r for r in roles if r not in parts]
+    if bad:
+        raise ValueError(f"{cls.__name__}.PARTS has no roles {bad}; it has {list(parts)}")
+    return {r: list(parts[r]) for r in roles}

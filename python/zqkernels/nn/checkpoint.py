@@ -69,8 +69,9 @@ from ..reference.quantize import (
     unpack_fp4,
     unpack_int4,
 )
-from .blocks import QBertLayer, QGPT2Block, QLlamaDecoderLayer, QuantizedBlock, block_class
-from .linear import QLinear, _padded
+from ..schemes import padded as _padded
+from .blocks import BLOCKS, NORMS, ROLES, QGPT2Block, QuantizedBlock, block_class, parts_of
+from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 
 __all__ = ["save_quantized", "load_quantized", "QUANT_CONFIG", "W8A8_GROUP"]
@@ -137,43 +138,17 @@ QUANT_CONFIG: dict[str, Any] = {
 
 
 # role -> the HF submodules (relative to the layer) merged into it, in row order; norm1 / norm2 -> the
-# HF norm modules.
-_PARTS: dict[type, dict[str, list[str]]] = {
-    QBertLayer: {
-        "qkv": ["attention.self.query", "attention.self.key", "attention.self.value"],
-        "attn_out": ["attention.output.dense"],
-        "fc1": ["intermediate.dense"],
-        "fc2": ["output.dense"],
-        "norm1": ["attention.output.LayerNorm"],
-        "norm2": ["output.LayerNorm"],
-    },
-    QGPT2Block: {  # every role one Conv1D
-        "qkv": ["attn.c_attn"],
-        "attn_out": ["attn.c_proj"],
-        "fc1": ["mlp.c_fc"],
-        "fc2": ["mlp.c_proj"],
-        "norm1": ["ln_1"],
-        "norm2": ["ln_2"],
-    },
-    QLlamaDecoderLayer: {
-        "qkv": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-        "attn_out": ["self_attn.o_proj"],
-        "fc1": ["mlp.gate_proj", "mlp.up_proj"],
-        "fc2": ["mlp.down_proj"],
-        "norm1": ["input_layernorm"],
-        "norm2": ["post_attention_layernorm"],
-    },
-}
-_ROLES = ("qkv", "attn_out", "fc1", "fc2")
+# HF norm modules: the block class's PARTS (nn/blocks.py parts_of).
 
 
 def _parts(cls: type) -> dict[str, list[str]]:
-    if cls not in _PARTS:
+    try:
+        return parts_of(cls, ROLES + NORMS)
+    except NotImplementedError:
         raise NotImplementedError(
             f"save_quantized: fused {cls.__name__} blocks are not supported in the compressed-tensors layout "
-            f"(expected one of {sorted(c.__name__ for c in _PARTS)})"
-        )
-    return _PARTS[cls]
+            f"(expected one of {sorted({c.__name__ for c in BLOCKS.values() if c.PARTS})})"
+        ) from None
 
 
 def _rows(blk: QuantizedBlock, role: str) -> list[int]:
@@ -434,7 +409,7 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
             parts = _parts(type(mod))
             pre = f"{name}." if name else ""
             conv = isinstance(mod, QGPT2Block)  # its parts are HF Conv1D modules
-            for role in _ROLES:
+            for role in ROLES:
                 lin = getattr(mod, role)
                 for sub, t in zip([pre + p for p in parts[role]], _split_linear(lin, _rows(mod, role), conv)):
                     put(sub, t)
@@ -810,9 +785,9 @@ def _fuse(model: nn.Module) -> None:
     for prefix, parent in list(model.named_modules()):
         for attr, layer in list(parent._modules.items()):
             cls = block_class(layer) if layer is not None else None
-            if cls not in _PARTS:
+            if cls is None or not cls.PARTS:
                 continue
-            roles = {r: _PARTS[cls][r] for r in _ROLES}
+            roles = parts_of(cls, ROLES)
             mods = {r: [layer.get_submodule(n) for n in names] for r, names in roles.items()}
             level = {}
             for r, ms in mods.items():

@@ -1,4 +1,4 @@
-"""LoRC: ZeroQuant-V2's low-rank compensation of the weight quantization error.
+"""LoRC's math on one QLinear: ZeroQuant-V2's low-rank compensation of the weight quantization error.
 
 For a QLinear of any scheme (w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group) quantized
 from the float weight W [N, K], the error E = W - deq(Wq) (deq(Wq): ``dequantize`` of the layer's
@@ -12,65 +12,49 @@ E ~ U_r S_r V_r^T, and the layer computes ``y = QLinear(x) + (x @ A) @ B`` with
 so that A @ B = E_r^T and x @ E_r^T is the missing part of x @ W^T. By Eckart-Young,
 ||E - (A B)^T||_F = sqrt(sum_{i>r} s_i^2), the smallest possible for rank r. The factors are
 stored in bf16 by default (issue 9: "factors in bf16"; or `dtype=`) as the QLinear buffers
-``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer (reported by ``lorc``, next
-to the bytes of the quantized weights and of their scales). LoRC composes with any weight
+``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer. LoRC composes with any weight
 quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
 
-Fused blocks (nn/blocks.py: QLlamaDecoderLayer, QGPT2Block, QBertLayer) merge linears that share
-an input: ``qkv`` = q|k|v (GPT-2: c_attn), ``fc1`` = gate|up (LLaMA), concatenated along
-out_features in that order; ``attn_out`` and ``fc2`` are single linears. ``lorc`` gives each INT8
-role one pair of factors, computed from the error of the merged weight: the float parts of the
-float layer of the same name (the role -> float Linear map of ``algorithms.lkd``, shared with LKD)
-concatenated in the block's row order, minus deq of the merged QLinear. The rank is the rank of
-the merged GEMM's correction, not per part: q, k and v share one rank-r A (and B's columns split
-by part); the per-part error never grows (E_r = E V_r V_r^T projects every row of E). The block
-hands its GEMMs only the quantized activations, so ``forward_quantized`` applies the LoRC term to
-deq(xq) = xq * sx: it differs from the float-input term by E_r (x - deq(xq)), a second-order
-error. Roles kept in float (``level``) have no QLinear and get no factors.
+This module is the per-layer part (``lorc_factors``, ``apply_lorc``; ``QLinear.add_lorc`` calls it)
+and imports nothing of zqkernels (not even ``nn.linear``, which imports it; dequantizing is the
+layer's scheme's ``dequantize``); the model-level ``lorc`` (every QLinear of a model, the merged
+GEMMs of fused blocks against their float parts) and ``LoRCReport`` are in ``algorithms/lorc.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .linear import QLinear, is_conv1d
+__all__ = ["lorc_factors", "apply_lorc"]
 
-__all__ = ["lorc_factors", "apply_lorc", "lorc", "LoRCReport"]
+# QLinear (nn/linear.py) imports this module (QLinear.add_lorc), so this one does not import it back:
+# a layer is recognised by what it holds (its scheme object and its weight / LoRC buffers).
 
 
-def _deq_fmt(q: QLinear) -> Optional[str]:
-    """dequantize's fmt for the layer's weights (None: a scheme LoRC does not know)."""
-    f = q._handler.weight_format(q)
-    if f is None:
+def _is_qlinear(m: Any) -> bool:
+    return isinstance(m, nn.Module) and hasattr(m, "qscheme") and "weight_q" in m._buffers and "lorc_a" in m._buffers
+
+
+def _deq_fmt(q: nn.Module) -> Optional[str]:
+    """dequantize's fmt for the layer's weights (None: a scheme that cannot dequantize)."""
+    try:
+        return q.qscheme.dequant_format()
+    except NotImplementedError:
         return None
-    if "fmt" in f:
-        return f["fmt"]
-    return "int4" if f.get("bits") == 4 else "int8"
 
 
-def _deq_weight(q: QLinear) -> torch.Tensor:
-    """deq(Wq) [out_features, in_features] in float32 (padded rows dropped): ``dequantize`` of the
-    layer's buffers in its scheme's format (the weight the kernels multiply)."""
-    from ..ops.quantize import dequantize
-
-    fmt = _deq_fmt(q)
-    if fmt is None:
-        raise NotImplementedError(f"LoRC: scheme {q.scheme!r} has no weight_format (cannot dequantize its weights)")
-    n, k = q.out_features, q.in_features
-    b = q._buffers
-    wq, sw, sg = b["weight_q"], b["weight_scale"], b.get("weight_group_scale")
-    if wq.shape[1] == k:  # not packed: padded rows (zero) may follow out_features
-        wq, sw = wq[:n], sw[:n]
-        sg = None if sg is None else sg[:n]
-    deq = dequantize(wq, sw, sg, fmt=fmt)
-    return deq[:n]
+def _deq_weight(q: nn.Module) -> torch.Tensor:
+    """deq(Wq) [out_features, in_features] in float32 (padded rows dropped): the layer's scheme's
+    ``dequantize`` of its buffers (the weight the kernels multiply)."""
+    if _deq_fmt(q) is None:
+        raise NotImplementedError(f"LoRC: scheme {q.scheme!r} has no dequant_format (cannot dequantize its weights)")
+    return q.qscheme.dequantize(q)
 
 
-def _weight_bytes(q: QLinear) -> tuple[int, int]:
+def _weight_bytes(q: nn.Module) -> tuple[int, int]:
     """(bytes of weight_q, bytes of weight_scale + weight_group_scale), padded rows included."""
     b = q._buffers
     wq = b["weight_q"]
@@ -111,7 +95,7 @@ def lorc_factors(
 
 
 def apply_lorc(
-    qlinear: QLinear, weight_float: torch.Tensor, rank: int = 8, dtype: Optional[torch.dtype] = None
+    qlinear: nn.Module, weight_float: torch.Tensor, rank: int = 8, dtype: Optional[torch.dtype] = None
 ) -> dict[str, Any]:
     """Give `qlinear` LoRC factors of `rank` for the float weight it was quantized from
     (``weight_float`` [out_features, in_features], nn.Linear layout; any device). Replaces factors
@@ -119,11 +103,11 @@ def apply_lorc(
     (weight_q: int8, fp8 or packed 4-bit), "scale_bytes" (weight_scale + weight_group_scale),
     "rel_err_before", "rel_err_after"} (Frobenius errors of the weight, relative to ||W||)."""
     op = "apply_lorc"
-    if not isinstance(qlinear, QLinear):
+    if not _is_qlinear(qlinear):
         raise TypeError(f"{op}: qlinear must be a QLinear, got {type(qlinear).__name__}")
     if _deq_fmt(qlinear) is None:
         raise NotImplementedError(
-            f"{op}: LoRC needs the scheme's weight_format to dequantize its weights; scheme {qlinear.scheme!r} has none"
+            f"{op}: LoRC needs the scheme's dequant_format to dequantize its weights; scheme {qlinear.scheme!r} has none"
         )
     if not isinstance(weight_float, torch.Tensor):
         raise TypeError(f"{op}: weight_float must be a torch.Tensor, got {type(weight_float).__name__}")
@@ -144,153 +128,3 @@ def apply_lorc(
         "rel_err_before": float(torch.linalg.norm(w - deq)) / wn,
         "rel_err_after": float(torch.linalg.norm(w - after)) / wn,
     }
-
-
-@dataclass
-class LoRCReport:
-    """What ``lorc`` did: one dict per layer given factors ({"module", "rank", "scheme", "bytes",
-    "weight_bytes", "scale_bytes", "rel_err_before", "rel_err_after"}; a fused block's merged
-    QLinear, e.g. "model.layers.0.qkv", also has "parts": the float Linears it was built from, in
-    row order, and its errors are those of the merged weight) and the QLinears it skipped (no float
-    counterpart, with why)."""
-
-    layers: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(r["bytes"] for r in self.layers)
-
-    @property
-    def weight_bytes(self) -> int:
-        return sum(r["weight_bytes"] for r in self.layers)
-
-    @property
-    def scale_bytes(self) -> int:
-        return sum(r.get("scale_bytes", 0) for r in self.layers)
-
-    @property
-    def relative(self) -> float:
-        """Added bytes / quantized weight bytes (weight_q) of the layers given factors."""
-        return self.total_bytes / self.weight_bytes if self.weight_bytes else 0.0
-
-    def __str__(self) -> str:
-        lines = [f"{'module':40s} {'rank':>4s} {'bytes':>10s} {'rel':>7s} {'err before':>10s} {'err after':>10s}"]
-        for r in self.layers:
-            lines.append(
-                f"{r['module']:40s} {r['rank']:4d} {r['bytes']:10d} {r['bytes'] / r['weight_bytes']:7.2%} "
-                f"{r['rel_err_before']:10.3e} {r['rel_err_after']:10.3e}"
-            )
-        lines.append(
-            f"LoRC: {len(self.layers)} layers, {self.total_bytes} bytes added "
-            f"({self.relative:.2%} of {self.weight_bytes} quantized weight bytes, {self.scale_bytes} scale bytes); "
-            f"{len(self.skipped)} skipped"
-        )
-        return "\n".join(lines + [f"  skipped {m}: {why}" for m, why in self.skipped])
-
-
-def _float_weight(f: Optional[nn.Module]) -> Optional[torch.Tensor]:
-    """The float weight [out_features, in_features] of an nn.Linear or HF Conv1D; None otherwise."""
-    if isinstance(f, nn.Linear):
-        return f.weight
-    if f is not None and is_conv1d(f):
-        return f.weight.t()  # Conv1D stores [in, out]
-    return None
-
-
-def _block_targets(
-    name: str, block: nn.Module, fblock: Optional[nn.Module]
-) -> list[tuple[str, QLinear, list[str], Optional[torch.Tensor], str]]:
-    """The INT8 roles of the fused `block` named `name`: [(QLinear name, QLinear, float part names,
-    merged float weight [out_features, in_features] in float32 or None, why None)]; `fblock` is the
-    float layer of the same name (None: the float model has none)."""
-    from ..algorithms.lkd import _FUSED_PARTS  # role -> float Linears, in the block's row order
-
-    roles = _FUSED_PARTS.get(type(block).__name__)
-    if roles is None:
-        raise NotImplementedError(
-            f"lorc: fused block {name!r} ({type(block).__name__}) has no role -> float Linear map"
-        )
-    pre = f"{name}." if name else ""
-    owned = {id(getattr(block, r, None)) for r in roles}
-    for sub, m in block.named_modules():
-        if isinstance(m, QLinear) and id(m) not in owned:
-            raise NotImplementedError(
-                f"lorc: {pre + sub!r} in fused block {name!r} is not one of its roles {list(roles)}"
-            )
-    out = []
-    for role, parts in roles.items():
-        q = getattr(block, role, None)
-        if not isinstance(q, QLinear):
-            continue  # a role kept in float (level): nothing to compensate
-        full = [pre + p for p in parts]
-        if fblock is None:
-            out.append((pre + role, q, full, None, "not in the float model"))
-            continue
-        ws, why = [], ""
-        for p in parts:
-            try:
-                f = fblock.get_submodule(p)
-            except AttributeError:
-                f = None
-            w = _float_weight(f)
-            if w is None:
-                what = "missing" if f is None else f"a {type(f).__name__}"
-                why = f"its float part {pre + p!r} is {what} in the float model"
-                break
-            if w.is_meta:
-                raise ValueError(f"lorc: the float weight of {pre + p!r} is on the meta device")
-            ws.append(w.detach().to(device=q.weight_q.device, dtype=torch.float32))
-        if why:
-            out.append((pre + role, q, full, None, why))
-            continue
-        w = torch.cat(ws, 0)
-        if tuple(w.shape) != (q.out_features, q.in_features):
-            raise ValueError(
-                f"lorc: the float parts {full} of {pre + role!r} concatenate to {list(w.shape)}, but the "
-                f"merged QLinear is [{q.out_features}, {q.in_features}]"
-            )
-        out.append((pre + role, q, full, w, ""))
-    return out
-
-
-def lorc(
-    model_quant: nn.Module, model_float: nn.Module, rank: int = 8, dtype: Optional[torch.dtype] = None
-) -> LoRCReport:
-    """Apply LoRC to every QLinear of `model_quant` whose name names an nn.Linear (or HF Conv1D)
-    in `model_float` (the unquantized model, same architecture; any device), and to the merged
-    QLinears of fused blocks (QKV, gate|up, O, down), against the concatenation of the float
-    layer's parts. Returns a ``LoRCReport`` (bytes per layer and in total, absolute and relative to
-    the quantized weights; a fused role's entry lists its float ``parts``).
-    Any scheme (and mixes of them, e.g. ZEROQUANT_W4_8).
-
-    `rank` is per QLinear: a fused block's merged QKV gets one rank-`rank` correction for the
-    merged GEMM (not `rank` per q / k / v). A rank above a layer's min(N, K) raises ValueError."""
-    from .blocks import QuantizedBlock
-
-    floats = dict(model_float.named_modules())
-    blocks = [n for n, m in model_quant.named_modules() if isinstance(m, QuantizedBlock)]
-    report = LoRCReport()
-    with torch.no_grad():
-        for name, mod in model_quant.named_modules():
-            if isinstance(mod, QuantizedBlock):
-                for qname, q, parts, w, why in _block_targets(name, mod, floats.get(name)):
-                    if w is None:
-                        report.skipped.append((qname, why))
-                        continue
-                    r = apply_lorc(q, w, rank, dtype)
-                    report.layers.append({"module": qname, "parts": parts, **r})
-                continue
-            if not isinstance(mod, QLinear) or any(name.startswith(p + ".") for p in blocks):
-                continue
-            f = floats.get(name)
-            w = _float_weight(f)
-            if w is None:
-                why = "not in the float model" if f is None else f"a {type(f).__name__} in the float model"
-                report.skipped.append((name, why))
-                continue
-            if w.is_meta:
-                raise ValueError(f"lorc: the float weight of {name!r} is on the meta device")
-            r = apply_lorc(mod, w, rank, dtype)
-            report.layers.append({"module": name, **r})
-    return report

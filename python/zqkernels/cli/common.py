@@ -1,0 +1,122 @@
+"""What the CLI's commands share: CLIError, output helpers, argument types and the shared options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+import torch
+
+from .schemes import SCHEME_HELP
+
+UNSET: Any = object()  # --group-size not given (None means per channel)
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CALIB_WINDOW, CALIB_SAMPLES, ERROR_WINDOWS = 512, 16, 1  # defaults of --calib-window / --calib-samples / --error-windows
+#: written by `quantize` next to the checkpoint: the conversion it ran ({"conversion": label, "smooth": alpha
+#: or null}); eval reads it (a smoothed checkpoint's Linears expect smoothed inputs, which a --float model
+#: does not give them)
+CONVERSION_FILE = "zqkernels_cli.json"
+
+
+class CLIError(Exception):
+    """An error the user can fix: printed as one line, exit status 2."""
+
+
+def verb(flags: list[str]) -> str:
+    """The verb for "FLAG[ / FLAG ...] applies / apply ..." messages."""
+    return "applies" if len(flags) == 1 else "apply"
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def fmt_s(s: float) -> str:
+    return f"{s:.1f} s" if s >= 1 else f"{s * 1000:.0f} ms"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as "Type: message" on one line."""
+    s = " ".join(str(e).split())
+    return f"{type(e).__name__}: {s}" if s else type(e).__name__
+
+
+def default_device(device: Optional[str]) -> str:
+    from .. import _demo
+
+    ready, why = _demo.gpu_ready()
+    if device == "cuda" and not ready:
+        raise CLIError(f"--device cuda: needs a CUDA GPU that runs the zqkernels kernels; {why}")
+    return device or ("cuda" if ready else "cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# argument types and the options quantize and eval share
+
+
+def _group_size(v: str) -> Optional[int]:
+    if v.lower() in ("channel", "per-channel", "none"):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'channel', got {v!r}") from None
+
+
+def positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {v!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {v!r}")
+    return n
+
+
+def _alpha(v: str) -> float:
+    try:
+        a = float(v)
+    except ValueError:
+        a = float("nan")
+    if not 0.0 <= a <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] (the migration strength), got {v!r}")
+    return a
+
+
+def conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]) -> None:
+    g = p.add_argument_group("conversion")
+    g.add_argument(
+        "--scheme", default=default_scheme, metavar="S",
+        help="one of: " + "; ".join(f"{k}: {v}" for k, v in SCHEME_HELP.items())
+        + f" (default: {default_scheme or 'w8a8 for a float MODEL_DIR'})",
+    )
+    g.add_argument("--group-size", type=_group_size, default=UNSET, metavar="G",
+                   help="group size of the grouped schemes (32, 64, 128, 256 or 'channel'; default 128)")
+    g.add_argument("--level", default=None, choices=("int8", "balanced", "accuracy"),
+                   help="w8a8 / w4/8: precision of the fused blocks' GEMM roles (default int8)")
+    g.add_argument("--smooth", type=_alpha, default=None, metavar="ALPHA",
+                   help="SmoothQuant activation smoothing of the float model with migration strength ALPHA in "
+                   "[0, 1] (zqkernels.smooth_; 0.5 is typical; runs first, before GPTQ / RTN; LKD's teacher is "
+                   "the smoothed float model; needs --calib)")
+    g.add_argument("--gptq", action="store_true", help="GPTQ weights (zqkernels.gptq; needs --calib)")
+    g.add_argument("--lorc-rank", type=positive, default=None, metavar="R",
+                   help="LoRC low-rank compensation of rank R per quantized GEMM (zqkernels.lorc; a fused "
+                   "block's merged QKV / gate|up GEMM gets one rank-R correction; applied after GPTQ / LKD)")
+    g.add_argument("--lkd-steps", type=positive, default=None, metavar="S",
+                   help="layer-by-layer knowledge distillation, S steps per layer (zqkernels.lkd; needs --calib)")
+    g.add_argument("--lkd-lr", type=float, default=None, metavar="LR",
+                   help="LKD learning rate (with --lkd-steps; lkd's default)")
+    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (with --lkd-steps; lkd's default)")
+    g.add_argument("--calib", default=None, metavar="FILE",
+                   help="calibration text (only used by --smooth, --gptq and --lkd-steps, which need it)")
+    g.add_argument("--calib-window", type=positive, default=None, metavar="T",
+                   help=f"tokens per calibration sample (with --calib; {CALIB_WINDOW})")
+    g.add_argument("--calib-samples", type=positive, default=None, metavar="N",
+                   help=f"calibration samples (with --calib; {CALIB_SAMPLES})")
+
+
+def device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=tuple(DTYPES),
+                   help="float model dtype (auto: as saved; a .gguf loads as float32)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="default: cuda where the kernels run, else cpu (reference ops)")
