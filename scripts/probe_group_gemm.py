@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common as cm  # noqa: E402
 import zqkernels  # noqa: E402
-from zqkernels.ops._group_cuda import group_gemm_cuda, int4_to_int8_cuda  # noqa: E402
+from zqkernels.ops.gemm_cuda import group_gemm_cuda, int4_to_int8_cuda  # noqa: E402
 from zqkernels.reference import unpack_int4  # noqa: E402
 
 BF = torch.bfloat16

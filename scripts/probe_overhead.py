@@ -15,6 +15,7 @@ import zqkernels
 from zqkernels import _ext
 from zqkernels.ops import _common as c
 from zqkernels.ops import gemm as g
+from zqkernels.ops import gemm_checks as gc
 from zqkernels.ops import quantize as q
 
 
@@ -52,8 +53,8 @@ def main():
         "eager() predicate": lambda: c.eager(xq, wq, sx, sw, None),
         "is_compiling": torch.compiler.is_compiling,
         "current_stream": lambda: c.current_stream(0),
-        "_check_int8_gemm_args": lambda: g._check_int8_gemm_args(xq, wq, sx, sw, None, torch.bfloat16),
-        "_fast_ok_cuda": lambda: g._fast_ok_cuda(xq, wq, sx, sw, None, torch.bfloat16),
+        "_check_int8_gemm_args": lambda: gc.check_rowwise_args(xq, wq, sx, sw, None, torch.bfloat16),
+        "_fast_ok_cuda": lambda: gc.fast_ok_cuda(xq, wq, sx, sw, None, torch.bfloat16),
         "_plan (cached)": lambda: g._plan(0, xq, "auto", None, torch.bfloat16, M, N, K),
         "data_ptr x6": lambda: (xq.data_ptr(), wq.data_ptr(), sx.data_ptr(), sw.data_ptr(), out.data_ptr(), xq.data_ptr()),
         "_C.gemm_run (launch only)": lambda: C.gemm_run(
@@ -61,7 +62,7 @@ def main():
         ),
         "_int8_gemm_cuda": lambda: g._int8_gemm_cuda(xq, wq, sx, sw, None, torch.bfloat16, "auto", None),
         "int8_gemm (public)": lambda: zqkernels.int8_gemm(xq, wq, sx, sw),
-        "int8_gemm (custom op)": lambda: torch.ops.zqkernels.int8_gemm(xq, wq, sx, sw, None, torch.bfloat16, "auto", ""),
+        "int8_gemm (custom op)": lambda: torch.ops.zqkernels.gemm(xq, wq, sx, sw, None, None, "int8_rowwise", torch.bfloat16),
         "_check_quantize_args": lambda: q._check_quantize_args(x),
         "_C.quantize_per_token (launch only)": lambda: C.quantize_per_token(
             x.data_ptr(), 0, K, xq.data_ptr(), sx.data_ptr(), M, K, 0, stream

@@ -376,7 +376,8 @@ def test_fp8_weight_per_channel():
     wq, sw = zqkernels.quantize_weight(w, fmt="fp8")
     xq, sx = zqkernels.quantize_per_token(w, dtype=F8)
     assert wq.dtype == F8 and torch.equal(wq.view(U8), xq.view(U8)) and torch.equal(sw, sx)
-    assert torch.equal(zqkernels.quantize_weight(w, 8, fmt="fp8")[0].view(U8), wq.view(U8))
+    with pytest.warns(DeprecationWarning, match=r"bits=8 with fmt='fp8' is deprecated; .*quantize_weight\(w, fmt='fp8'\)"):
+        assert torch.equal(zqkernels.quantize_weight(w, 8, fmt="fp8")[0].view(U8), wq.view(U8))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -492,7 +493,11 @@ def test_dequantize_all_formats():
 def test_quantize_weight_old_forms_unchanged():
     w = torch.randn(8, 24)
     for args, kw, bits in (((), {}, 8), ((4,), {}, 4), ((), {"fmt": "int4"}, 4), ((8,), {"fmt": "int8"}, 8)):
-        wq, sw = zqkernels.quantize_weight(w, *args, **kw)
+        if args:  # bits: deprecated, the same result
+            with pytest.warns(DeprecationWarning, match=r"quantize_weight: bits=\d.* is deprecated"):
+                wq, sw = zqkernels.quantize_weight(w, *args, **kw)
+        else:
+            wq, sw = zqkernels.quantize_weight(w, *args, **kw)
         rq, rs = R.quantize_weight_ref(w, bits)
         assert torch.equal(wq, rq) and torch.equal(sw, rs)
 
@@ -540,9 +545,9 @@ QW_ERRORS = [
     ("bits_fmt_int", lambda: QW(_w(), 4, fmt="int8"), ValueError, r"quantize_weight: bits=4 contradicts fmt='int8'"),
     ("bits", lambda: QW(_w(), 2, fmt="fp4"), ValueError, r"quantize_weight: bits must be 8 or 4, got 2"),
     ("group_not_fp4", lambda: QW(_w(), fmt="fp8", group_size=32), ValueError,
-     r"quantize_weight: group_size and scale apply to fmt='fp4' only"),
+     r"quantize_weight: fmt='fp8' takes no group_size, scale or alpha .*got group_size=32, scale=None, alpha=None"),
     ("scale_not_fp4", lambda: QW(_w(), fmt="fp8", scale="m1"), ValueError,
-     r"quantize_weight: group_size and scale apply to fmt='fp4' only"),
+     r"quantize_weight: fmt='fp8' takes no group_size, scale or alpha .*got group_size=None, scale='m1', alpha=None"),
     ("nan_fp4", lambda: QW(_nan_w(), fmt="fp4"), ValueError,
      r"quantize_weight: w has NaN/Inf values in 1 rows \(output channels \[3\]\)"),
     ("nan_fp8", lambda: QW(_nan_w(), fmt="fp8"), ValueError, r"quantize_weight: w has NaN/Inf values in 1 rows"),

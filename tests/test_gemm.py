@@ -18,12 +18,13 @@ from conftest import OUT_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from zqkernels import _ext
 from zqkernels.formats import GemmSpec
-from zqkernels.ops import _common
+from zqkernels.ops import _common, gemm_checks, gemm_cuda, gemm_options
 from zqkernels.ops import gemm as gemm_mod
+from zqkernels.ops import linear as lin_ops
 from zqkernels.reference import int8_gemm_ref
 
 QUANT_OP = torch.ops.zqkernels.quantize_per_token.default
-GEMM_OP = torch.ops.zqkernels.int8_gemm.default
+GEMM_OP = torch.ops.zqkernels.gemm.default  # the one GEMM op; int8_gemm is spec "int8_rowwise"
 
 
 def gemm(a: dict, **kw) -> torch.Tensor:
@@ -75,15 +76,19 @@ def test_empty_tensors_cpu():
 def test_op_schemas():
     assert str(QUANT_OP._schema) == "zqkernels::quantize_per_token(Tensor x, ScalarType dtype=1) -> (Tensor, Tensor)"
     assert str(GEMM_OP._schema) == (
-        "zqkernels::int8_gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, "
-        "ScalarType out_dtype, str backend, str tile, str activation=\"none\", float? out_scale=None) -> Tensor"
+        "zqkernels::gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? sg, Tensor? bias, str spec, "
+        "ScalarType out_dtype, str activation=\"none\", float? out_scale=None, int? max_scale=None) -> Tensor"
     )
+    # the tuning knobs are not part of any public schema; the five old per-op schemas are gone
+    assert not {"backend", "tile", "path", "accumulate"} & {a.name for a in GEMM_OP._schema.arguments}
+    for old in ("int8_gemm", "fp8_gemm", "w4a8_gemm", "w4a8_fp_gemm", "w8a8_group_gemm"):
+        assert not hasattr(torch.ops.zqkernels, old)
 
 
 @pytest.mark.parametrize("out_dtype,bias", [(torch.bfloat16, True), (torch.float16, False)])
 def test_opcheck_int8_gemm(out_dtype, bias):
     a = make_gemm_inputs(9, 24, 32, out_dtype=out_dtype, bias=bias)
-    torch.library.opcheck(GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", ""))
+    torch.library.opcheck(GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], None, a["bias"], "int8_rowwise", out_dtype))
 
 
 def test_compile_fullgraph_cpu():
@@ -447,8 +452,8 @@ def stub_gpu(monkeypatch):
     def setup(compiled, cc):
         monkeypatch.setattr(_ext, "_C", StubC(compiled))
         monkeypatch.setattr(_common, "_capability", {0: cc})
-        monkeypatch.setattr(gemm_mod, "_backend_cache", {})
-        monkeypatch.setattr(gemm_mod, "_plans", {})
+        monkeypatch.setattr(gemm_cuda, "_backend_cache", {})
+        monkeypatch.setattr(gemm_cuda, "_plans", {})
 
     return setup
 
@@ -519,13 +524,13 @@ def test_backend_selection_errors(stub_gpu, cc, compiled, backend, exc, match):
 def test_tile_selection(stub_gpu):
     stub_gpu({"sm90"}, (9, 0))
     dev = types.SimpleNamespace(device=torch.device("cuda", 0))  # _plan reads only xq.device
-    assert gemm_mod._plan(0, dev, "auto", None, torch.bfloat16, 4, 8, 16) == (0, 0)  # the table's choice
-    assert gemm_mod._plan(0, dev, "auto", "t1", torch.float16, 4, 8, 16) == (3, 0)
+    assert gemm_cuda.plan(0, dev, "auto", None, torch.bfloat16, 4, 8, 16) == (0, 0)  # the table's choice
+    assert gemm_cuda.plan(0, dev, "auto", "t1", torch.float16, 4, 8, 16) == (3, 0)
     with pytest.raises(ValueError, match=r"int8_gemm: tile 'nope' is not built for sm90_int8_rowwise with "
                        r"bfloat16 output; this build has \['t0', 't1', 't2'\]"):
-        gemm_mod._plan(0, dev, "auto", "nope", torch.bfloat16, 4, 8, 16)
+        gemm_cuda.plan(0, dev, "auto", "nope", torch.bfloat16, 4, 8, 16)
     with pytest.raises(ValueError, match=r"tile 't0' is not built .* with float32 output"):
-        gemm_mod._plan(0, dev, "auto", "t0", torch.float32, 4, 8, 16)
+        gemm_cuda.plan(0, dev, "auto", "t0", torch.float32, 4, 8, 16)
 
 
 def test_fake_cuda_path_with_kernels(stub_gpu):
@@ -731,7 +736,7 @@ def test_opcheck_int8_gemm_epilogue(activation, out_dtype, out_scale):
     a = make_gemm_inputs(9, 32, 32, out_dtype=out_dtype)
     a["bias"] = torch.randn(32).to(torch.float32 if out_dtype == torch.int8 else out_dtype)
     torch.library.opcheck(
-        GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], out_dtype, "auto", "", activation, out_scale)
+        GEMM_OP, (a["xq"], a["wq"], a["sx"], a["sw"], None, a["bias"], "int8_rowwise", out_dtype, activation, out_scale)
     )
 
 
@@ -851,7 +856,7 @@ def test_tile_selection_int8_output(stub_gpu):
     stub_gpu({"sm90"}, (9, 0))  # the stub builds bf16 / fp16 kernels only
     dev = types.SimpleNamespace(device=torch.device("cuda", 0))
     with pytest.raises(ValueError, match=r"int8_gemm: tile 't0' is not built for sm90_int8_rowwise with int8 output"):
-        gemm_mod._plan(0, dev, "auto", None, torch.int8, 4, 16, 16)
+        gemm_cuda.plan(0, dev, "auto", None, torch.int8, 4, 16, 16)
 
 
 def test_gemm_spec_epilogue():
@@ -861,4 +866,324 @@ def test_gemm_spec_epilogue():
         GemmSpec(out_quant="int8_token")
     with pytest.raises(ValueError, match=r"GemmSpec: activation must be one of"):
         GemmSpec(activation="relu")
-    assert tuple(gemm_mod._ACT_CODE) == zqkernels.formats.ACTIVATIONS
+    assert tuple(gemm_checks.ACT_CODE) == zqkernels.formats.ACTIVATIONS
+
+
+# ------------------------------------------------------------------------------------------------
+# The one GEMM op keyed by the spec: every recipe through zqkernels::gemm, the spec checks, the
+# tuning knobs (gemm_options), the layer seam (ops.linear), the import graph of ops.
+
+F8 = torch.float8_e4m3fn
+OPCHECK_ALL = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+OPCHECK_NO_SCHEMA = OPCHECK_ALL[1:]
+SPEC_WRAPPER = {
+    "int8_rowwise": "int8_gemm",
+    "fp8_rowwise": "fp8_gemm",
+    "fp8_rowwise_fastacc": "fp8_gemm",
+    "w4a8_fp": "w4a8_fp_gemm",
+    "w4a8_int": "w4a8_gemm",
+    "int8_group_int": "w8a8_group_gemm",
+    "int8_group_float": "w8a8_group_gemm",
+}
+# quantize_weight's arguments of each spec's weights
+SPEC_WEIGHTS = {
+    "int8_rowwise": dict(fmt="int8"),
+    "fp8_rowwise": dict(fmt="fp8"),
+    "fp8_rowwise_fastacc": dict(fmt="fp8"),
+    "w4a8_fp": dict(fmt="fp4", scale="m2", group_size=64),
+    "w4a8_int": dict(fmt="int4", scale="int", group_size=64),
+    "int8_group_int": dict(fmt="int8", scale="int", group_size=64),
+    "int8_group_float": dict(fmt="int8", scale="float", group_size=64),
+}
+
+
+def _spec_case(spec, M=5, N=32, K=128, x_dtype=torch.bfloat16, seed=0):
+    """(x [M, K], weights (wq, sw, sg or None), bias [N] bf16) for a spec, on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g).to(x_dtype)
+    q = zqkernels.quantize_weight(torch.randn(N, K, generator=g), **SPEC_WEIGHTS[spec])
+    wq, sw, sg = (*q, None) if len(q) == 2 else q
+    return x, (wq, sw, sg), torch.randn(N, generator=g).to(torch.bfloat16)
+
+
+def _wrapper_call(spec, xq, wq, sx, sw, sg, bias, out_dtype, **kw):
+    fn = getattr(zqkernels, SPEC_WRAPPER[spec])
+    if sg is None:
+        if spec.startswith("fp8"):
+            kw["accumulate"] = "fast" if spec.endswith("fastacc") else "accurate"
+        return fn(xq, wq, sx, sw, bias, out_dtype, **kw)
+    return fn(xq, wq, sx, sw, sg, bias, out_dtype, **kw)
+
+
+def test_specs_are_the_gemm_spec_recipes():
+    assert set(gemm_mod.GEMM_SPECS) == set(SPEC_WRAPPER)
+    specs = {
+        GemmSpec(): "int8_rowwise",
+        GemmSpec(act="fp8_e4m3", weight="fp8_e4m3"): "fp8_rowwise",
+        GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=64, scale_kind="pow2"): "w4a8_fp",
+        GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=64, scale_kind="int"): "w4a8_int",
+        GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=64, scale_kind="int"): "int8_group_int",
+        GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=64, scale_kind="float"): "int8_group_float",
+    }
+    for spec, key in specs.items():
+        assert spec.recipe == key and key in gemm_mod.GEMM_SPECS
+
+
+@pytest.mark.parametrize("spec", sorted(SPEC_WRAPPER))
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_every_recipe(spec, bias):
+    x, (wq, sw, sg), b = _spec_case(spec)
+    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    # FP8 inputs: torch's test_schema compares the inputs before and after with ops that have no
+    # Float8_e4m3fn CPU kernel ("mul_cpu_reduced_float"); the other three checks run (all four on CUDA).
+    utils = OPCHECK_NO_SCHEMA if xq.dtype == F8 else OPCHECK_ALL
+    torch.library.opcheck(GEMM_OP, (xq, wq, sx, sw, sg, b if bias else None, spec, torch.bfloat16), test_utils=utils)
+    torch.library.opcheck(GEMM_OP, (xq, wq, sx, sw, sg, None, spec, torch.float16, "silu"), test_utils=utils)
+    if spec in ("w4a8_int", "int8_group_int"):
+        torch.library.opcheck(GEMM_OP, (xq, wq, sx, sw, sg, None, spec, torch.float32, "none", None, 64))
+
+
+@pytest.mark.parametrize("spec", sorted(SPEC_WRAPPER))
+def test_op_run_gemm_and_wrapper_agree(spec):
+    """The custom op, run_gemm and the named wrapper: one implementation, bit for bit (CPU)."""
+    x, (wq, sw, sg), bias = _spec_case(spec)
+    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, torch.bfloat16, activation="gelu")
+    assert want.shape == (5, 32) and want.dtype == torch.bfloat16
+    assert torch.equal(GEMM_OP(xq, wq, sx, sw, sg, bias, spec, torch.bfloat16, "gelu"), want)
+    assert torch.equal(zqkernels.ops.run_gemm(spec, xq, wq, sx, sw, sg, bias, activation="gelu"), want)
+    with FakeTensorMode() as mode:  # the fake implementation: shape and dtype
+        f = [mode.from_tensor(t) if t is not None else None for t in (xq, wq, sx, sw, sg, bias)]
+        out = zqkernels.ops.run_gemm(spec, *f, torch.bfloat16)
+        assert out.shape == (5, 32) and out.dtype == torch.bfloat16
+
+
+def _spec_error_cases():
+    x, (wq, sw, _), bias = _spec_case("int8_rowwise")
+    xq, sx = zqkernels.quantize_per_token(x)
+    _, (wg, swg, sgi), _ = _spec_case("int8_group_int")
+    _, (_, _, sgf), _ = _spec_case("int8_group_float")
+    return [
+        ("unknown", (xq, wq, sx, sw, None, None, "int8_colwise", torch.bfloat16), {}, ValueError,
+         r"gemm: spec must be one of \('int8_rowwise', .*\), got 'int8_colwise'"),
+        ("sg_rowwise", (xq, wq, sx, sw, sgi, None, "int8_rowwise", torch.bfloat16), {}, ValueError,
+         r"int8_gemm: sg must be None for spec 'int8_rowwise' \(no group scales\), got int32 \[32, 2\]"),
+        ("sg_missing", (xq, wg, sx, swg, None, None, "int8_group_int", torch.bfloat16), {}, TypeError,
+         r"w8a8_group_gemm: sg \(the group scales \[N, K // group_size\]\) is required for spec 'int8_group_int'"),
+        ("out_scale_fp", (xq, wg, sx, swg, sgi, None, "int8_group_int", torch.bfloat16), {"out_scale": 0.5},
+         ValueError, r"w8a8_group_gemm: out_scale applies to int8 output of spec 'int8_rowwise' only"),
+        ("max_scale_rowwise", (xq, wq, sx, sw, None, None, "int8_rowwise", torch.bfloat16), {"max_scale": 64},
+         ValueError, r"int8_gemm: max_scale applies to integer group scales \(specs 'w4a8_int', 'int8_group_int'\)"),
+        ("group_kind", (xq, wg, sx, swg, sgf, None, "int8_group_int", torch.bfloat16), {}, TypeError,
+         r"w8a8_group_gemm: spec 'int8_group_int' takes int32 sg, got float32 \[32, 2\]; spec 'int8_group_float'"),
+        ("group_kind_float", (xq, wg, sx, swg, sgi, None, "int8_group_float", torch.bfloat16), {}, TypeError,
+         r"w8a8_group_gemm: spec 'int8_group_float' takes float32 sg, got int32"),
+    ]
+
+
+@pytest.mark.parametrize("case", _spec_error_cases(), ids=lambda case: case[0])
+@pytest.mark.parametrize("path", ["run_gemm", "op", "fake"])
+def test_spec_errors(case, path):
+    _, args, kw, exc, match = case
+    with pytest.raises(exc, match=match):
+        if path == "run_gemm":
+            zqkernels.ops.run_gemm(args[6], *args[:6], args[7], **kw)
+        elif path == "op":
+            GEMM_OP(*args, "none", kw.get("out_scale"), kw.get("max_scale"))
+        else:
+            with FakeTensorMode() as mode:
+                t = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                GEMM_OP(*t, "none", kw.get("out_scale"), kw.get("max_scale"))
+
+
+def test_gemm_options_context():
+    cur = zqkernels.ops.current_gemm_options
+    assert cur() == {"backend": "auto", "tile": None, "path": "auto"}
+    with gemm_options(backend="sm80", tile="t1") as o:
+        assert cur() == {"backend": "sm80", "tile": "t1", "path": "auto"}
+        with gemm_options(path="stream"):  # a nested setting replaces every knob
+            assert cur() == {"backend": "auto", "tile": None, "path": "stream"}
+        assert cur()["backend"] == "sm80"
+        with pytest.raises(KeyError):
+            with o:  # the same object entered twice: restored in order
+                assert cur()["tile"] == "t1"
+                raise KeyError("x")
+        assert cur()["tile"] == "t1"
+    assert cur() == {"backend": "auto", "tile": None, "path": "auto"} and gemm_mod._active == 0
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(backend="sm100"), r"gemm_options: backend must be one of 'auto', 'sm90', 'sm80', got 'sm100'"),
+        (dict(tile=3), r"gemm_options: tile must be None \(automatic\) or a tile name \(str\), got 3"),
+        (dict(path="fast"), r"gemm_options: path must be one of \('auto', 'stream', 'convert'\), got 'fast'"),
+    ],
+)
+def test_gemm_options_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        gemm_options(**kw)
+
+
+def test_gemm_options_reach_every_path():
+    """The setting is read by the eager paths and by the op's implementation; a wrapper's own knob
+    argument overrides it. On the CPU a CUDA backend or tile raises, which shows where each lands."""
+    a = make_gemm_inputs(4, 8, 16)
+    args = (a["xq"], a["wq"], a["sx"], a["sw"])
+    cpu = r"int8_gemm: backend 'sm90' is a CUDA kernel; CPU tensors run the pure-torch reference"
+    with gemm_options(backend="sm90"):
+        with pytest.raises(RuntimeError, match=cpu):
+            zqkernels.int8_gemm(*args)  # eager
+        with pytest.raises(RuntimeError, match=cpu):
+            GEMM_OP(*args, None, None, "int8_rowwise", torch.bfloat16)  # the op's implementation
+        with pytest.raises(RuntimeError, match=cpu.replace("int8_gemm", "fp8_gemm")):
+            x8, s8 = zqkernels.quantize_per_token(torch.randn(4, 16), torch.float8_e4m3fn)
+            zqkernels.fp8_gemm(x8, zqkernels.quantize_weight(torch.randn(8, 16), fmt="fp8")[0], s8, a["sw"])
+        with pytest.raises(RuntimeError, match=r"int8_gemm: backend 'sm80' is a CUDA kernel"):
+            zqkernels.int8_gemm(*args, backend="sm80")  # the argument wins
+        with pytest.raises(RuntimeError, match=cpu):
+            zqkernels.int8_gemm(*args, backend="auto", tile="x")  # an argument at its default: the setting's
+    with gemm_options(tile="x"):
+        with pytest.raises(RuntimeError, match=r"int8_gemm: tile selects a CUDA kernel; .* got 'x'"):
+            zqkernels.int8_gemm(*args)
+    assert torch.equal(zqkernels.int8_gemm(*args), int8_gemm_ref(*args))  # left: the defaults again
+    # path: a CUDA choice; the CPU reference ignores it, a bad value still raises with the op's name
+    x, (wq, sw, sg), _ = _spec_case("w4a8_int")
+    xq, sx = zqkernels.quantize_per_token(x)
+    with gemm_options(path="stream"):
+        assert torch.equal(zqkernels.w4a8_gemm(xq, wq, sx, sw, sg), zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, path="convert"))
+    with pytest.raises(ValueError, match=r"w4a8_gemm: path must be one of \('auto', 'stream', 'convert'\), got 'x'"):
+        zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, path="x")
+
+
+def test_gemm_options_through_the_fake_implementation(stub_gpu):
+    stub_gpu({"sm90", "sm80"}, (8, 0))
+    with FakeTensorMode():
+        a = _fake_gemm_inputs(M=3, N=24, K=48)
+        assert gemm(a).shape == (3, 24)
+        with gemm_options(backend="sm90"):
+            with pytest.raises(RuntimeError, match=r"int8_gemm: backend 'sm90' needs compute capability 9.0"):
+                gemm(a)
+            assert gemm(a, backend="sm80").shape == (3, 24)  # the argument wins
+        with pytest.raises(RuntimeError, match=r"int8_gemm: backend 'sm90' needs compute capability 9.0"):
+            gemm(a, backend="sm90")  # an argument goes through the setting into the fake implementation
+        with pytest.raises(ValueError, match=r"int8_gemm: backend must be one of 'auto', 'sm90', 'sm80', got 'x'"):
+            gemm(a, backend="x")
+    assert gemm_mod._active == 0
+
+
+def test_knob_arguments_under_compile_raise():
+    torch._dynamo.reset()
+    a = make_gemm_inputs(4, 8, 16)
+
+    def f(xq, wq, sx, sw):
+        return zqkernels.int8_gemm(xq, wq, sx, sw, tile="t0")
+
+    with pytest.raises(Exception, match=r"int8_gemm: backend= / tile= / path= are not traced by torch.compile"):
+        torch.compile(f, backend="aot_eager", fullgraph=True)(a["xq"], a["wq"], a["sx"], a["sw"])
+
+
+def test_compiled_call_reads_the_setting_when_it_runs():
+    torch._dynamo.reset()
+    a = make_gemm_inputs(4, 8, 16)
+    args = (a["xq"], a["wq"], a["sx"], a["sw"])
+    compiled = torch.compile(lambda *t: zqkernels.int8_gemm(*t), backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(*args), int8_gemm_ref(*args))
+    with gemm_options(backend="sm90"):
+        with pytest.raises(Exception, match=r"int8_gemm: backend 'sm90' is a CUDA kernel"):
+            compiled(*args)
+
+
+# --- the layer seam: ops.linear ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", sorted(SPEC_WRAPPER))
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("trusted", [False, True])
+def test_quantized_linear_is_quantize_then_gemm(spec, x_dtype, trusted):
+    x, (wq, sw, sg), bias = _spec_case(spec, M=7, x_dtype=x_dtype)
+    bias = bias.to(x_dtype)
+    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, x_dtype)
+    max_scale = 2**10 if spec in ("w4a8_int", "int8_group_int") and trusted else None
+    if max_scale is not None:
+        max_scale = int(sg.max())
+        want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, x_dtype, max_scale=max_scale)
+    got = zqkernels.ops.quantized_linear(spec, x, wq, sw, sg, bias, max_scale, trusted=trusted)
+    assert got.dtype == x_dtype and torch.equal(got, want)
+    got = zqkernels.ops.gemm_quantized(spec, xq, wq, sx, sw, sg, bias, x_dtype, max_scale, trusted=trusted)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("spec", sorted(SPEC_WRAPPER))
+def test_quantized_linear_float32(spec):
+    """float32 activations give a float32 output for every spec; the FP8 recipes (bf16 / fp16 kernels)
+    widen their bf16 output and add the bias in fp32."""
+    x, (wq, sw, sg), bias = _spec_case(spec, x_dtype=torch.float32)
+    bias = bias.float()
+    y = zqkernels.ops.quantized_linear(spec, x, wq, sw, sg, bias)
+    assert y.dtype == torch.float32 and y.shape == (5, 32)
+    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    if spec.startswith("fp8"):
+        want = _wrapper_call(spec, xq, wq, sx, sw, None, None, torch.bfloat16).float() + bias
+    else:
+        want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, torch.float32)
+    assert torch.equal(y, want)
+    ref = x.double() @ zqkernels.dequantize(wq, sw, sg, fmt=SPEC_WEIGHTS[spec]["fmt"]).double().t() + bias.double()
+    assert float((y.double() - ref).norm() / ref.norm()) < 0.2
+
+
+def test_activation_dtype():
+    assert lin_ops.activation_dtype("int8_rowwise") == torch.int8
+    assert lin_ops.activation_dtype("w4a8_int") == torch.int8 and lin_ops.activation_dtype("int8_group_float") == torch.int8
+    for spec in ("fp8_rowwise", "fp8_rowwise_fastacc", "w4a8_fp"):
+        assert lin_ops.activation_dtype(spec) == F8
+    with pytest.raises(ValueError, match=r"activation_dtype: spec must be one of .*got 'w8a8'"):
+        lin_ops.activation_dtype("w8a8")
+
+
+def test_seam_and_old_names_importable():
+    from zqkernels.ops import fused
+    from zqkernels.ops.gemm import _int8_gemm_cuda, _plan
+    from zqkernels.ops.group import W8A8_GROUP_MAX_GROUP, w8a8_group_gemm
+    from zqkernels.ops.quantize import _cuda_ready, _quantize_cuda  # noqa: F401
+    from zqkernels.ops.w4a8 import fp4_to_fp8, w4a8_fp_gemm, w4a8_gemm  # noqa: F401
+
+    assert _int8_gemm_cuda is gemm_cuda.rowwise_gemm_cuda and _plan is gemm_cuda.plan
+    assert w8a8_group_gemm is zqkernels.w8a8_group_gemm and W8A8_GROUP_MAX_GROUP == 131071
+    assert fused._call is fused.row_quant
+    for name in ("quantized_linear", "gemm_quantized", "activation_dtype", "gemm_options", "run_gemm"):
+        assert name in zqkernels.ops.__all__ and callable(getattr(zqkernels.ops, name))
+
+
+def test_ops_import_graph_has_no_cycle():
+    """Imports go down only: no cycle among the ops modules, function-level (deferred) imports included."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(zqkernels.ops.__file__).parent
+    mods = {p.stem for p in root.glob("*.py")}
+    graph = {}
+    for m in mods:
+        deps = set()
+        for node in ast.walk(ast.parse((root / f"{m}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names if a.name in mods)
+        graph[m] = deps & mods - {m}
+    state: dict = {}
+
+    def visit(m, stack):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", f"import cycle: {' -> '.join(stack + [m])}"
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            visit(d, stack + [m])
+        state[m] = "done"
+
+    for m in sorted(mods):
+        visit(m, [])
+    assert "_group_cuda" not in mods  # merged into gemm_cuda (the w4a8 <-> _group_cuda cycle)

@@ -333,8 +333,8 @@ def test_opcheck_cuda():
     torch.library.opcheck(torch.ops.zqkernels.quantize_per_token.default, (x,))
     a = make_gemm_inputs(9, 24, 48, device=DEV, bias=True)
     torch.library.opcheck(
-        torch.ops.zqkernels.int8_gemm.default,
-        (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], torch.bfloat16, "auto", ""),
+        torch.ops.zqkernels.gemm.default,
+        (a["xq"], a["wq"], a["sx"], a["sw"], None, a["bias"], "int8_rowwise", torch.bfloat16),
     )
 
 
@@ -734,13 +734,13 @@ def test_pdl_gemm_epilogue_waits_for_a_late_producer():
 def test_opcheck_cuda_epilogue():
     a = make_gemm_inputs(9, 32, 48, device=DEV, bias=True)
     torch.library.opcheck(
-        torch.ops.zqkernels.int8_gemm.default,
-        (a["xq"], a["wq"], a["sx"], a["sw"], a["bias"], torch.bfloat16, "auto", "", "gelu_tanh", None),
+        torch.ops.zqkernels.gemm.default,
+        (a["xq"], a["wq"], a["sx"], a["sw"], None, a["bias"], "int8_rowwise", torch.bfloat16, "gelu_tanh", None),
     )
     bias32 = torch.randn(32, device=DEV)
     torch.library.opcheck(
-        torch.ops.zqkernels.int8_gemm.default,
-        (a["xq"], a["wq"], a["sx"], a["sw"], bias32, torch.int8, "auto", "", "silu", 0.03),
+        torch.ops.zqkernels.gemm.default,
+        (a["xq"], a["wq"], a["sx"], a["sw"], None, bias32, "int8_rowwise", torch.int8, "silu", 0.03),
     )
 
 

@@ -22,7 +22,8 @@ import zqkernels
 from conftest import DEV, capture, graph_replay, poison_next_allocation, requires_gpu
 from torch import nn
 from zqkernels import QLinear, _ext
-from zqkernels.ops._group_cuda import _default_max_scale, group_gemm_intervals
+from zqkernels.ops.gemm_cuda import default_max_scale as _default_max_scale
+from zqkernels.ops.gemm_cuda import group_gemm_intervals
 from zqkernels.reference import group_max_scale, pack_int4, unpack_int4, w4a8_gemm_ref, w8a8_group_gemm_ref
 from zqkernels.reference.quantize import w4a8_int_flush_steps
 

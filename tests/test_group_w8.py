@@ -16,7 +16,7 @@ from zqkernels.ops.group import W8A8_GROUP_MAX_GROUP
 from zqkernels.reference import quantize as RQ
 
 I8, U8, I32, F32 = torch.int8, torch.uint8, torch.int32, torch.float32
-OP = torch.ops.zqkernels.w8a8_group_gemm.default
+OP = torch.ops.zqkernels.gemm.default  # the one GEMM op, specs "int8_group_int" / "int8_group_float"
 QW = zqkernels.quantize_weight
 INT32_MAX = 2**31 - 1
 ALPHA8 = {32: 2048, 64: 1024, 128: 512, 256: 256}
@@ -60,7 +60,7 @@ def test_group_alpha_max_values_and_definition():
 def test_quantize_definition(g, scale):
     N, K = 32, 512
     w = weights(N, K)
-    wq, sw, sg = QW(w, bits=8, group_size=g, scale=scale)
+    wq, sw, sg = QW(w, fmt="int8", scale=scale, group_size=g)
     gg = K if g is None else g
     G = K // gg
     assert wq.dtype == I8 and wq.shape == (N, K) and wq.is_contiguous()  # plain row-major, not packed
@@ -99,7 +99,7 @@ def test_round_trip_error_bounds(g):
     s_full = RQ.expand_groups(s, K)
     s_max = s.amax(1, keepdim=True)
     for scale in ("int", "float"):
-        wq, sw, sg = QW(w, bits=8, group_size=g, scale=scale)
+        wq, sw, sg = QW(w, fmt="int8", scale=scale, group_size=g)
         err = (zqkernels.dequantize(wq, sw, sg, fmt="int8").double() - w.double()).abs()
         slack = 1e-6 * s_full  # fp32 roundings of s, r and the product
         if scale == "float":
@@ -121,10 +121,10 @@ def test_int_vs_float_mse():
     for g in (32, 64, 128, 256):
         e = {}
         for scale in ("int", "float"):
-            wq, sw, sg = QW(w, bits=8, group_size=g, scale=scale)
+            wq, sw, sg = QW(w, fmt="int8", scale=scale, group_size=g)
             e[scale] = float((zqkernels.dequantize(wq, sw, sg, fmt="int8") - w).pow(2).mean())
         assert e["int"] <= e["float"] * 1.05, (g, e)
-    wq, sw, sg = QW(w, bits=8, group_size=128, alpha=2)
+    wq, sw, sg = QW(w, fmt="int8", scale="int", group_size=128, alpha=2)
     assert float((zqkernels.dequantize(wq, sw, sg, fmt="int8") - w).pow(2).mean()) > 100 * e["float"]
 
 
@@ -132,32 +132,32 @@ def test_alpha_heuristic_bounds_and_override():
     N, K = 16, 512
     w = torch.randn(N, K)
     # g = 32: the heuristic clamped to [1024, 2048]
-    assert int(QW(w, 8, group_size=32)[2].max()) == 1024  # ratios near 1
+    assert int(QW(w, fmt="int8", scale="int", group_size=32)[2].max()) == 1024  # ratios near 1
     w2 = w.clone()
     w2[:, :32] *= 2.0**-12  # ratios ~2^-12: the heuristic wants 2^13 or more, clamped to the bound
-    _, _, sg = QW(w2, 8, group_size=32)
+    _, _, sg = QW(w2, fmt="int8", scale="int", group_size=32)
     assert int(sg.max()) == 2048 and int(sg.min()) >= 1  # tiny groups still get scale 1
     # g >= 64: the bound
     for g in (64, 128, 256):
-        assert int(QW(w, 8, group_size=g)[2].max()) == ALPHA8[g]
-        assert int(QW(w2, 8, group_size=g)[2].max()) == ALPHA8[g]
+        assert int(QW(w, fmt="int8", scale="int", group_size=g)[2].max()) == ALPHA8[g]
+        assert int(QW(w2, fmt="int8", scale="int", group_size=g)[2].max()) == ALPHA8[g]
     # per channel: alpha 1, exact
-    wq, sw, sg = QW(w, 8, scale="int")
+    wq, sw, sg = QW(w, fmt="int8", scale="int")
     assert sg.shape == (N, 1) and torch.equal(sg, torch.ones_like(sg))
     assert torch.equal(sw, w.abs().amax(1) / 127)
     # explicit alpha: any power of two up to the bound
     for g, hi in ALPHA8.items():
         for alpha in (1, 8, hi):
-            _, sw, sg = QW(w, 8, group_size=g, alpha=alpha)
+            _, sw, sg = QW(w, fmt="int8", scale="int", group_size=g, alpha=alpha)
             assert int(sg.max()) == alpha and int(sg.min()) >= 1
         with pytest.raises(ValueError, match=rf"quantize_weight: alpha={2 * hi} exceeds {hi}, the INT8 bound for "
                            rf"group_size {g}: .*\|P\| \* alpha .*must fit int32"):
-            QW(w, 8, group_size=g, alpha=2 * hi)
-    _, _, sg = QW(w, 8, scale="int", alpha=16)  # per channel K = 512: bound 2^31 / (512 * 2^14) -> 128
+            QW(w, fmt="int8", scale="int", group_size=g, alpha=2 * hi)
+    _, _, sg = QW(w, fmt="int8", scale="int", alpha=16)  # per channel K = 512: bound 2^31 / (512 * 2^14) -> 128
     assert int(sg.max()) == 16
     with pytest.raises(ValueError, match=r"alpha=256 exceeds 128, the INT8 bound for group_size 512"):
-        QW(w, 8, scale="int", alpha=256)
-    _, _, sg = QW(w[:, :256], 8, group_size=256)  # group_size == K: per channel, alpha 1
+        QW(w, fmt="int8", scale="int", alpha=256)
+    _, _, sg = QW(w[:, :256], fmt="int8", scale="int", group_size=256)  # group_size == K: per channel, alpha 1
     assert torch.equal(sg, torch.ones_like(sg))
 
 
@@ -167,7 +167,7 @@ def test_zero_groups_and_rows():
     w[3] = 0  # zero row
     w[5, 64:96] = 0  # zero group
     for scale in ("int", "float"):
-        wq, sw, sg = QW(w, 8, group_size=32, scale=scale)
+        wq, sw, sg = QW(w, fmt="int8", scale=scale, group_size=32)
         assert torch.isfinite(sw).all() and torch.isfinite(sg.float()).all()
         assert float(sw[3]) == 0 and not bool(sg[3].any()) and not bool(wq[3].any())
         assert float(sg[5, 2]) == 0 and bool((sg[5, [0, 1, 3]] > 0).all()) and not bool(wq[5, 64:96].any())
@@ -178,14 +178,18 @@ def test_zero_groups_and_rows():
         bias = torch.randn(N)
         y = zqkernels.w8a8_group_gemm(xq, wq, sx, sw, sg, bias, torch.float32)
         assert torch.equal(y[:, 3], bias[3].expand(2))
-    _, sw, sg = QW(torch.zeros(16, 64), 8, group_size=32)  # an all-zero tensor
+    _, sw, sg = QW(torch.zeros(16, 64), fmt="int8", scale="int", group_size=32)  # an all-zero tensor
     assert not bool(sw.any()) and not bool(sg.any())
 
 
 def test_old_int8_form_unchanged():
     w = torch.randn(8, 24)
     for kw in ({}, {"bits": 8}, {"fmt": "int8"}):
-        wq, sw = QW(w, **kw)
+        if "bits" in kw:  # deprecated: the same result, with a warning naming fmt="int8"
+            with pytest.warns(DeprecationWarning, match=r"quantize_weight: bits=8 is deprecated; .*fmt='int8'"):
+                wq, sw = QW(w, **kw)
+        else:
+            wq, sw = QW(w, **kw)
         rq, rs = R.quantize_weight_ref(w, 8)
         assert torch.equal(wq, rq) and torch.equal(sw, rs)
         assert torch.equal(zqkernels.dequantize(wq, sw, fmt="int8"), wq.float() * sw[:, None])
@@ -193,21 +197,21 @@ def test_old_int8_form_unchanged():
 
 def test_shape_rules():
     # no N rule: the weights are not packed
-    wq, sw, sg = QW(torch.randn(5, 64), 8, group_size=32)
+    wq, sw, sg = QW(torch.randn(5, 64), fmt="int8", scale="int", group_size=32)
     assert wq.shape == (5, 64) and sg.shape == (5, 2)
     # K % g == 0 (every g is a multiple of 32, so K % 32 == 0 follows)
     with pytest.raises(ValueError, match=r"quantize_weight: group_size 128 must divide K == 4544 .*takes group_size "
                        r"\[32, 64\]"):
-        QW(torch.randn(16, 4544), 8, group_size=128)
+        QW(torch.randn(16, 4544), fmt="int8", scale="int", group_size=128)
     with pytest.raises(ValueError, match=r"quantize_weight: group_size must be one of \(32, 64, 128, 256\) or None"):
-        QW(torch.randn(16, 96), 8, group_size=48)
+        QW(torch.randn(16, 96), fmt="int8", scale="int", group_size=48)
     # per channel: K % 32 == 0 (the op's group size is a multiple of 32) and K <= 131071
     with pytest.raises(ValueError, match=r"per channel \(one group of K\) need K % 32 == 0 .*got K == 48"):
-        QW(torch.randn(4, 48), 8, scale="int")
+        QW(torch.randn(4, 48), fmt="int8", scale="int")
     with pytest.raises(ValueError, match=r"quantize_weight: INT8 group scales need group_size <= 131071 .*K == 131104"):
-        QW(torch.randn(1, 131104), 8, scale="float")
+        QW(torch.randn(1, 131104), fmt="int8", scale="float")
     with pytest.raises(ValueError, match=r"quantize_weight: INT8 group scales need K > 0"):
-        QW(torch.randn(4, 0), 8, group_size=32)
+        QW(torch.randn(4, 0), fmt="int8", scale="int", group_size=32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def test_reference_quantized_and_dequantized():
     ref = x.double() @ w.double().t()
     for g in (32, 128, None):
         for scale in ("int", "float"):
-            wq, sw, sg = QW(w, 8, group_size=g, scale=scale)
+            wq, sw, sg = QW(w, fmt="int8", scale=scale, group_size=g)
             y = R.w8a8_group_gemm_ref(xq, wq, sx, sw, sg, out_dtype=torch.float64)
             dq = zqkernels.dequantize(wq, sw, sg, fmt="int8").double()
             dense = xq.double() @ dq.t() * sx.double()[:, None]  # dq rounded to fp32: 2^-24 per weight
@@ -320,7 +324,7 @@ def test_adversarial_exact(K, g):
 def test_per_tensor_scales_and_empty():
     M, N, K = 3, 16, 64
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K))
-    wq, sw, sg = QW(torch.randn(N, K), 8, group_size=32)
+    wq, sw, sg = QW(torch.randn(N, K), fmt="int8", scale="int", group_size=32)
     y = zqkernels.w8a8_group_gemm(xq, wq, sx[:1].contiguous(), sw[:1].contiguous(), sg, out_dtype=F32)
     want = R.w8a8_group_gemm_ref(xq, wq, sx[:1].expand(M), sw[:1].expand(N), sg, out_dtype=F32)
     assert torch.equal(y, want)
@@ -339,12 +343,13 @@ def test_opcheck_and_fake():
     M, N, K = 5, 32, 256
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K))
     for scale in ("int", "float"):
-        wq, sw, sg = QW(torch.randn(N, K), 8, group_size=64, scale=scale)
+        wq, sw, sg = QW(torch.randn(N, K), fmt="int8", scale=scale, group_size=64)
         bias = torch.randn(N, dtype=torch.bfloat16)
-        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, torch.bfloat16))
-        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, bias, torch.bfloat16, "gelu"))
+        spec = f"int8_group_{scale}"
+        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, spec, torch.bfloat16))
+        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, bias, spec, torch.bfloat16, "gelu"))
         if scale == "int":
-            torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, F32, "none", 1024))
+            torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, spec, F32, "none", None, 1024))
     with torch._subclasses.fake_tensor.FakeTensorMode():
         fx = torch.empty(M, K, dtype=I8)
         y = zqkernels.w8a8_group_gemm(fx, torch.empty(N, K, dtype=I8), torch.empty(M), torch.empty(N),
@@ -363,7 +368,7 @@ def test_compile_fullgraph_cpu():
         return zqkernels.w8a8_group_gemm(xq, wq, sx, sw, sg, bias, torch.bfloat16, activation="silu", max_scale=512)
 
     x = torch.randn(7, 256, dtype=torch.bfloat16)
-    wq, sw, sg = QW(torch.randn(48, 256), 8, group_size=128)
+    wq, sw, sg = QW(torch.randn(48, 256), fmt="int8", scale="int", group_size=128)
     bias = torch.randn(48, dtype=torch.bfloat16)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x, wq, sw, sg, bias), f(x, wq, sw, sg, bias))
@@ -374,7 +379,7 @@ def test_compile_fullgraph_cpu():
 
 def test_debug_checks():
     xq, sx = zqkernels.quantize_per_token(torch.randn(2, 64))
-    wq, sw, sg = QW(torch.randn(16, 64), 8, group_size=32)
+    wq, sw, sg = QW(torch.randn(16, 64), fmt="int8", scale="int", group_size=32)
     assert int(sg.max()) == 1024
     bad = sg.clone()
     bad[0, 0] = -3
@@ -400,7 +405,7 @@ def test_debug_checks():
 
 def _args(N=32, K=128, M=2, scale="int"):
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K))
-    wq, sw, sg = QW(torch.randn(N, K), 8, group_size=32, scale=scale)
+    wq, sw, sg = QW(torch.randn(N, K), fmt="int8", scale=scale, group_size=32)
     return xq, wq, sx, sw, sg
 
 
@@ -423,7 +428,7 @@ ERRORS = [
     ("xq_dtype", lambda: _call(xq=torch.zeros(2, 128)), TypeError, r"w8a8_group_gemm: xq must be int8 \[M, K\]"),
     ("xq_dim", lambda: _call(xq=torch.zeros(128, dtype=I8)), ValueError, r"w8a8_group_gemm: xq must be 2-D int8"),
     ("wq_dtype", lambda: _call(wq=torch.zeros(32, 64, dtype=U8)), TypeError,
-     r"w8a8_group_gemm: wq must be int8 \[N, K\] \(from quantize_weight\(w, bits=8, group_size=g\)\), got uint8"),
+     r"w8a8_group_gemm: wq must be int8 \[N, K\] \(from quantize_weight\(w, fmt='int8', scale=\.\.\., group_size=g\)\), got uint8"),
     ("wq_dim", lambda: _call(wq=torch.zeros(32, 128, 1, dtype=I8)), TypeError, r"w8a8_group_gemm: wq must be int8 \[N, K\]"),
     ("wq_K", lambda: _call(wq=torch.zeros(32, 64, dtype=I8)), ValueError,
      r"w8a8_group_gemm: wq must be int8 \[N, K\] with K == xq.shape\[1\] \(128\)"),
@@ -476,19 +481,19 @@ ERRORS = [
      r"w8a8_group_gemm_ref: sg must be int32 \(integer scales\) or float32"),
     ("ref_sg_shape", lambda: R.w8a8_group_gemm_ref(*_args()[:4], torch.ones(32, 3, dtype=I32)), ValueError,
      r"w8a8_group_gemm_ref: sg must be \[N, G\] == \[32, G\] with G dividing K == 128"),
-    ("qw_scale", lambda: QW(torch.randn(16, 64), 8, group_size=32, scale="m1"), ValueError,
-     r"quantize_weight: scale must be one of \('int', 'float'\) \(bits=8 / fmt='int8'\), got 'm1'"),
-    ("qw_alpha_pow2", lambda: QW(torch.randn(16, 64), 8, group_size=32, alpha=1000), ValueError,
+    ("qw_scale", lambda: QW(torch.randn(16, 64), fmt="int8", scale="m1", group_size=32), ValueError,
+     r"quantize_weight: scale must be one of \('int', 'float'\) \(fmt='int8'\), got 'm1'"),
+    ("qw_alpha_pow2", lambda: QW(torch.randn(16, 64), fmt="int8", scale="int", group_size=32, alpha=1000), ValueError,
      r"quantize_weight: alpha must be a power of two int >= 1 .*got 1000"),
-    ("qw_alpha_zero", lambda: QW(torch.randn(16, 64), 8, group_size=32, alpha=0), ValueError,
+    ("qw_alpha_zero", lambda: QW(torch.randn(16, 64), fmt="int8", scale="int", group_size=32, alpha=0), ValueError,
      r"quantize_weight: alpha must be a power of two int >= 1"),
-    ("qw_alpha_float_scale", lambda: QW(torch.randn(16, 64), 8, group_size=32, scale="float", alpha=64), ValueError,
-     r"quantize_weight: alpha applies to INT4 integer group scales only, and to INT8 ones"),
-    ("qw_alpha_per_channel_old", lambda: QW(torch.randn(16, 64), 8, alpha=64), ValueError,
-     r"quantize_weight: alpha applies to INT4 integer group scales only, and to INT8 ones"),
+    ("qw_alpha_float_scale", lambda: QW(torch.randn(16, 64), fmt="int8", scale="float", group_size=32, alpha=64), ValueError,
+     r"quantize_weight: alpha applies to integer group scales only \(scale='int'\), got scale='float'"),
+    ("qw_alpha_per_channel_old", lambda: QW(torch.randn(16, 64), fmt="int8", alpha=64), ValueError,
+     r"quantize_weight: alpha applies to integer group scales only \(fmt='int8' with scale='int'; without scale"),
     ("qw_fp8_group", lambda: QW(torch.randn(16, 64), fmt="fp8", group_size=32), ValueError,
-     r"quantize_weight: group_size and scale apply to fmt='fp4' only \(and to the integer formats"),
-    ("qw_nan", lambda: QW(torch.full((16, 64), float("nan")), 8, group_size=32), ValueError,
+     r"quantize_weight: fmt='fp8' takes no group_size, scale or alpha \(FP8 E4M3 with one float scale per row\)"),
+    ("qw_nan", lambda: QW(torch.full((16, 64), float("nan")), fmt="int8", scale="int", group_size=32), ValueError,
      r"quantize_weight: w has NaN/Inf values in 16 rows"),
     ("dq_sg_dtype", lambda: zqkernels.dequantize(torch.zeros(32, 128, dtype=I8), torch.ones(32),
                                                   torch.zeros(32, 4, dtype=I8), fmt="int8"), TypeError,

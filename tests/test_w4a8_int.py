@@ -12,7 +12,7 @@ from zqkernels import reference as R
 from zqkernels.reference import quantize as RQ
 
 U8, I8, I32 = torch.uint8, torch.int8, torch.int32
-OP = torch.ops.zqkernels.w4a8_gemm.default
+OP = torch.ops.zqkernels.gemm.default  # the one GEMM op, spec "w4a8_int"
 
 
 def layout_index(n: int, k: int, K: int) -> tuple[int, int]:
@@ -109,7 +109,7 @@ def test_alpha_heuristic_and_override():
     for alpha in (1, 16, 2**15):
         _, sw, sg = R.quantize_int4_group_ref(w, g, alpha=alpha)
         assert int(sg.max()) == alpha and int(sg.min()) >= 1
-    _, sw, sg = zqkernels.quantize_weight(w, 4, group_size=32, alpha=64)
+    _, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=32, alpha=64)
     assert int(sg.max()) == 64
 
 
@@ -120,7 +120,7 @@ def test_int_vs_float_scales_mse():
     w = torch.randn(256, 1024)
     err = {}
     for scale, alpha in (("int", 1024), ("float", None)):
-        wq, sw, sg = zqkernels.quantize_weight(w, bits=4, group_size=128, scale=scale, alpha=alpha)
+        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale=scale, group_size=128, alpha=alpha)
         err[scale] = float((zqkernels.dequantize(wq, sw, sg, fmt="int4") - w).pow(2).mean())
     assert err["float"] < 0.02
     assert err["int"] <= err["float"] * 1.01, err
@@ -140,14 +140,20 @@ def test_per_channel_and_zero_groups():
         assert sg.shape == (N, 1)
         if scale == "int":
             assert int(sg[0]) == 2**10 and torch.equal(sw[:2] * 1024, w[:2].abs().amax(1) / 7)
-    wq, sw, sg = zqkernels.quantize_weight(w, 4, scale="int")  # group_size None: one group per row
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int")  # group_size None: one group per row
     assert wq.dtype == U8 and sg.shape == (N, 1)
 
 
 def test_old_int4_form_unchanged():
+    """fmt="int4" without scale: INT4 values, one scale per row, in an int8 container (for int8_gemm);
+    the deprecated bits=4 names the same format (with a DeprecationWarning)."""
     w = torch.randn(8, 24)
     for kw in ({"bits": 4}, {"fmt": "int4"}):
-        wq, sw = zqkernels.quantize_weight(w, **kw)
+        if "bits" in kw:
+            with pytest.warns(DeprecationWarning, match=r"quantize_weight\(w, fmt='int4'\)"):
+                wq, sw = zqkernels.quantize_weight(w, **kw)
+        else:
+            wq, sw = zqkernels.quantize_weight(w, **kw)
         rq, rs = R.quantize_weight_ref(w, 4)
         assert torch.equal(wq, rq) and torch.equal(sw, rs)
         assert torch.equal(zqkernels.dequantize(wq, sw, fmt="int4"), wq.float() * sw[:, None])
@@ -219,7 +225,7 @@ def test_reference_naive(scale, act):
     M, N, K, g = 3, 16, 128, 32
     x, w = torch.randn(M, K), torch.randn(N, K)
     xq, sx = zqkernels.quantize_per_token(x)
-    wq, sw, sg = zqkernels.quantize_weight(w, 4, group_size=g, scale=scale)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale=scale, group_size=g)
     bias = torch.randn(N)
     y = R.w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, torch.float64, activation=act)
     want = _naive(xq, R.unpack_int4(wq, N, K), sx, sw, sg, bias, g, act)
@@ -240,7 +246,7 @@ def test_gemm_close_to_float():
     xq, sx = zqkernels.quantize_per_token(x)
     ref = x.double() @ w.double().t()
     for scale in ("int", "float"):
-        wq, sw, sg = zqkernels.quantize_weight(w, 4, group_size=64, scale=scale)
+        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale=scale, group_size=64)
         y = zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, out_dtype=torch.float32)
         assert float((y.double() - ref).norm() / ref.norm()) < 0.15
 
@@ -249,12 +255,12 @@ def test_opcheck_and_fake():
     M, N, K = 5, 32, 256
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K))
     for scale in ("int", "float"):
-        wq, sw, sg = zqkernels.quantize_weight(torch.randn(N, K), 4, group_size=64, scale=scale)
+        wq, sw, sg = zqkernels.quantize_weight(torch.randn(N, K), fmt="int4", scale=scale, group_size=64)
         bias = torch.randn(N, dtype=torch.bfloat16)
-        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, torch.bfloat16))
-        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, bias, torch.bfloat16, "gelu"))
+        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, "w4a8_int", torch.bfloat16))
+        torch.library.opcheck(OP, (xq, wq, sx, sw, sg, bias, "w4a8_int", torch.bfloat16, "gelu"))
         if scale == "int":
-            torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, torch.float32, "none", 1024))
+            torch.library.opcheck(OP, (xq, wq, sx, sw, sg, None, "w4a8_int", torch.float32, "none", None, 1024))
     with torch._subclasses.fake_tensor.FakeTensorMode():
         fx = torch.empty(M, K, dtype=I8)
         y = zqkernels.w4a8_gemm(fx, torch.empty(N, K // 2, dtype=U8), torch.empty(M), torch.empty(N),
@@ -267,7 +273,7 @@ def test_opcheck_and_fake():
 
 def test_debug_checks_reject_bad_scales():
     xq, sx = zqkernels.quantize_per_token(torch.randn(2, 64))
-    wq, sw, sg = zqkernels.quantize_weight(torch.randn(16, 64), 4, group_size=32)
+    wq, sw, sg = zqkernels.quantize_weight(torch.randn(16, 64), fmt="int4", scale="int", group_size=32)
     bad = sg.clone()
     bad[0, 0] = -3
     zqkernels.w4a8_gemm(xq, wq, sx, sw, bad)  # without debug checks: not read on the host
@@ -289,7 +295,7 @@ def _w(N=32, K=128):
 
 def _args(N=32, K=128, M=2, scale="int"):
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K))
-    wq, sw, sg = zqkernels.quantize_weight(_w(N, K), 4, group_size=32, scale=scale)
+    wq, sw, sg = zqkernels.quantize_weight(_w(N, K), fmt="int4", scale=scale, group_size=32)
     return xq, wq, sx, sw, sg
 
 
@@ -302,30 +308,30 @@ def _call(**over):
 
 QW = zqkernels.quantize_weight
 ERRORS = [
-    ("qw_group", lambda: QW(_w(), 4, group_size=48), ValueError,
+    ("qw_group", lambda: QW(_w(), fmt="int4", scale="int", group_size=48), ValueError,
      r"quantize_weight: group_size must be one of \(32, 64, 128, 256\) or None .*got 48"),
-    ("qw_divides", lambda: QW(_w(32, 4544), 4, group_size=128), ValueError,
+    ("qw_divides", lambda: QW(_w(32, 4544), fmt="int4", scale="int", group_size=128), ValueError,
      r"quantize_weight: group_size 128 must divide K == 4544 .*takes group_size \[32, 64\].*Falcon-7B"),
-    ("qw_N16", lambda: QW(_w(24, 128), 4, group_size=32), ValueError,
+    ("qw_N16", lambda: QW(_w(24, 128), fmt="int4", scale="int", group_size=32), ValueError,
      r"quantize_weight: INT4 group scales \(packed layout m16k32\) needs N % 16 == 0, got N == 24"),
-    ("qw_K64", lambda: QW(_w(32, 96), 4, group_size=32), ValueError,
+    ("qw_K64", lambda: QW(_w(32, 96), fmt="int4", scale="int", group_size=32), ValueError,
      r"quantize_weight: INT4 group scales \(packed layout m16k32\) needs K % 64 == 0, got K == 96"),
-    ("qw_scale", lambda: QW(_w(), 4, group_size=32, scale="m2"), ValueError,
-     r"quantize_weight: scale must be one of \('int', 'float'\) \(bits=4 / fmt='int4'\), got 'm2'"),
-    ("qw_alpha_pow2", lambda: QW(_w(), 4, group_size=32, alpha=1000), ValueError,
+    ("qw_scale", lambda: QW(_w(), fmt="int4", scale="m2", group_size=32), ValueError,
+     r"quantize_weight: scale must be one of \('int', 'float'\) \(fmt='int4'\), got 'm2'"),
+    ("qw_alpha_pow2", lambda: QW(_w(), fmt="int4", scale="int", group_size=32, alpha=1000), ValueError,
      r"quantize_weight: alpha must be a power of two int in \[2\^0, 2\^15\].*got 1000"),
-    ("qw_alpha_big", lambda: QW(_w(), 4, group_size=32, alpha=2**16), ValueError,
+    ("qw_alpha_big", lambda: QW(_w(), fmt="int4", scale="int", group_size=32, alpha=2**16), ValueError,
      r"quantize_weight: alpha must be a power of two int in \[2\^0, 2\^15\].*got 65536"),
-    ("qw_alpha_float", lambda: QW(_w(), 4, group_size=32, scale="float", alpha=1024), ValueError,
-     r"quantize_weight: alpha applies to INT4 integer group scales only"),
+    ("qw_alpha_float", lambda: QW(_w(), fmt="int4", scale="float", group_size=32, alpha=1024), ValueError,
+     r"quantize_weight: alpha applies to integer group scales only"),
     ("qw_alpha_fp4", lambda: QW(_w(), fmt="fp4", alpha=1024), ValueError,
-     r"quantize_weight: alpha applies to INT4 integer group scales only"),
-    ("qw_alpha_per_channel", lambda: QW(_w(), 4, alpha=1024), ValueError,
-     r"quantize_weight: alpha applies to INT4 integer group scales only"),
-    ("qw_int8_scale", lambda: QW(_w(), 8, scale="m2"), ValueError,
-     r"quantize_weight: scale must be one of \('int', 'float'\) \(bits=8 / fmt='int8'\), got 'm2'"),
+     r"quantize_weight: alpha applies to integer group scales only"),
+    ("qw_alpha_per_channel", lambda: QW(_w(), fmt="int4", alpha=1024), ValueError,
+     r"quantize_weight: alpha applies to integer group scales only"),
+    ("qw_int8_scale", lambda: QW(_w(), fmt="int8", scale="m2"), ValueError,
+     r"quantize_weight: scale must be one of \('int', 'float'\) \(fmt='int8'\), got 'm2'"),
     ("qw_fp8_alpha", lambda: QW(_w(), fmt="fp8", alpha=1024), ValueError,
-     r"quantize_weight: group_size and scale apply to fmt='fp4' only"),
+     r"quantize_weight: fmt='fp8' takes no group_size, scale or alpha"),
     ("dq_sg_dtype", lambda: zqkernels.dequantize(*_args()[1:2], _args()[3], torch.zeros(32, 4, dtype=I8),
                                                   fmt="int4"), TypeError,
      r"dequantize: sg must be int32 \(integer scales\) or float32 \(float scales\) for fmt='int4', got int8"),

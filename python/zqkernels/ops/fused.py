@@ -251,7 +251,7 @@ _functional = torch.ops.zqkernels.row_quant.default
 _inplace = torch.ops.zqkernels.row_quant_.default
 
 
-def _call(
+def row_quant(
     name: str,
     op: str,
     x: torch.Tensor,
@@ -262,7 +262,17 @@ def _call(
     residual_mode: str = "none",
     inplace: bool = False,
     dtype: torch.dtype = torch.int8,
-):
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Any fused row op by its parts: the seam for layers that pick the row op from data (the fused
+    blocks of nn/blocks.py choose the norm per model). The named ops below are this with fixed parts.
+
+    name: the caller's name for messages (e.g. "fused norm"); op: a row op of
+    ``zqkernels.reference.fused.ROW_OPS`` ("identity", "rmsnorm", "layernorm", "gelu", "gelu_tanh",
+    "silu_mul"); residual (x + residual first), weight, bias, eps as in the named ops;
+    residual_mode "none", "sum" (also return x + residual) or "normed" (also return the normalised
+    row); inplace: write that third output into `residual`; dtype: torch.int8 or
+    torch.float8_e4m3fn. Returns (q [M, K], s float32 [M], the residual output or None).
+    """
     if c._debug_checks:
         for n, t in (("x", x), ("residual", residual)):
             c.check_finite(name, n, t)
@@ -279,6 +289,9 @@ def _call(
     return q, s, (r if mode != 0 else None)
 
 
+_call = row_quant  # the old private name (nn/blocks.py) until the blocks switch to row_quant
+
+
 # ------------------------------------------------------------------------------------------------
 # Public ops.
 
@@ -292,7 +305,7 @@ def rmsnorm_quant(
     Every fused op takes ``dtype=torch.float8_e4m3fn`` for FP8 E4M3 output (s = amax / 448, as
     ``quantize_per_token(..., dtype=torch.float8_e4m3fn)``; docs/FP8.md).
     """
-    q, s, _ = _call("rmsnorm_quant", "rmsnorm", x, None, weight, None, eps, dtype=dtype)
+    q, s, _ = row_quant("rmsnorm_quant", "rmsnorm", x, None, weight, None, eps, dtype=dtype)
     return q, s
 
 
@@ -304,7 +317,7 @@ def layernorm_quant(
 
     x [M, K]; weight and bias [K] (bias may be None). Returns (q int8 [M, K], s float32 [M]).
     """
-    q, s, _ = _call("layernorm_quant", "layernorm", x, None, weight, bias, eps, dtype=dtype)
+    q, s, _ = row_quant("layernorm_quant", "layernorm", x, None, weight, bias, eps, dtype=dtype)
     return q, s
 
 
@@ -317,7 +330,7 @@ def add_rmsnorm_quant(
 
     Returns (q, s, r); with ``inplace=True`` r is written into `residual` (and returned).
     """
-    return _call("add_rmsnorm_quant", "rmsnorm", x, residual, weight, None, eps, "sum", inplace, dtype)
+    return row_quant("add_rmsnorm_quant", "rmsnorm", x, residual, weight, None, eps, "sum", inplace, dtype)
 
 
 def add_layernorm_quant(
@@ -341,7 +354,7 @@ def add_layernorm_quant(
     """
     if residual_out not in ("sum", "normed"):
         raise ValueError(f"add_layernorm_quant: residual_out must be 'sum' or 'normed', got {residual_out!r}")
-    return _call("add_layernorm_quant", "layernorm", x, residual, weight, bias, eps, residual_out, inplace, dtype)
+    return row_quant("add_layernorm_quant", "layernorm", x, residual, weight, bias, eps, residual_out, inplace, dtype)
 
 
 def bias_gelu_quant(
@@ -354,7 +367,7 @@ def bias_gelu_quant(
     """
     if approximate not in ("none", "tanh"):
         raise ValueError(f"bias_gelu_quant: approximate must be 'none' or 'tanh', got {approximate!r}")
-    q, s, _ = _call("bias_gelu_quant", "gelu" if approximate == "none" else "gelu_tanh", y, None, None, bias,
+    q, s, _ = row_quant("bias_gelu_quant", "gelu" if approximate == "none" else "gelu_tanh", y, None, None, bias,
                     dtype=dtype)
     return q, s
 
@@ -362,5 +375,5 @@ def bias_gelu_quant(
 def silu_mul_quant(gate_up: torch.Tensor, *, dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
     """SwiGLU's ``quant(silu(gate) * up)`` with gate_up = [gate | up] of shape [M, 2 * I] (the output
     of one GEMM over the concatenated gate and up weights). Returns (q int8 [M, I], s float32 [M])."""
-    q, s, _ = _call("silu_mul_quant", "silu_mul", gate_up, dtype=dtype)
+    q, s, _ = row_quant("silu_mul_quant", "silu_mul", gate_up, dtype=dtype)
     return q, s

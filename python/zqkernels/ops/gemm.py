@@ -1,448 +1,216 @@
-"""GEMM ops: ``int8_gemm`` and ``fp8_gemm`` (kernels: src/cuda/sm90_gemm_rowwise.cuh,
-sm80_gemm_rowwise.cuh).
+"""The quantized GEMMs: ONE ``torch.library`` custom op, ``zqkernels::gemm``, keyed by the GEMM spec,
+and the named public wrappers ``int8_gemm``, ``fp8_gemm``, ``w4a8_fp_gemm``, ``w4a8_gemm`` and
+``w8a8_group_gemm`` (the same arguments as ever, each a thin wrapper of the one op).
 
-Each op is described by a ``formats.GemmSpec`` whose recipe keys the kernel registry of
-``zqkernels._C`` (``int8_rowwise``; ``fp8_rowwise`` and ``fp8_rowwise_fastacc``, sm90 only). The two
-ops are one implementation parameterised by a ``_Family`` (operand dtype, K bound, output types): the kernel for a call is resolved once per (device, arch,
-tile, output dtype, M, N, K) and cached, so an eager call costs argument checks, one output
-allocation and one binding call. ``zqkernels::int8_gemm`` is the ``torch.library`` custom op
-(fake implementation included) that torch.compile / export / opcheck see.
+    zqkernels::gemm(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? sg, Tensor? bias, str spec,
+                    ScalarType out_dtype, str activation="none", float? out_scale=None,
+                    int? max_scale=None) -> Tensor
 
-Epilogue options (docs/SCALES.md, "Epilogue options"): ``activation`` ('none', 'gelu', 'gelu_tanh',
-'silu') is applied after the bias, in fp32, by every kernel (a runtime value in the kernel's
-parameters, no extra instantiation); ``out_dtype=torch.int8`` with ``out_scale`` (a Python float)
-quantizes the output with a static per-tensor scale, on the tiles built for int8 output (the
-int8-output dispatch tables of src/cuda/gemm_dispatch.cpp). No residual input: see
-docs/PERF_NOTES.md ("GEMM epilogue options") for why.
+``spec`` is the recipe key of ``formats.GemmSpec`` (``GemmSpec.recipe``, the kernel registry's key):
 
-Dispatch never falls back silently:
-  CPU tensors  -> ``zqkernels.reference`` (the very functions the tests compare the kernels with)
-  CUDA tensors -> ``zqkernels._C``; a build without CUDA kernels, a GPU older than sm_80, or a backend
-                  / tile not compiled or not runnable on this GPU raises RuntimeError saying which.
+    int8_rowwise          int8_gemm        int8 x int8, per-token / per-channel float scales
+    fp8_rowwise           fp8_gemm         FP8 E4M3 x FP8 E4M3, fp32 promotion (accumulate="accurate")
+    fp8_rowwise_fastacc   fp8_gemm         the same on Hopper's FP8 accumulator (accumulate="fast")
+    w4a8_fp               w4a8_fp_gemm     FP8 x packed FP4 E2M1 with power-of-two / float group scales
+    w4a8_int              w4a8_gemm        int8 x packed INT4 with integer / float group scales
+    int8_group_int        w8a8_group_gemm  int8 x int8 with integer group scales (sg int32)
+    int8_group_float      w8a8_group_gemm  int8 x int8 with float group scales (sg float32)
 
-Non-finite inputs: finding a NaN/Inf needs a device sync, so the ops do not look; NaN/Inf propagate
-instead (visible, never silent). ``set_debug_checks(True)`` makes the public wrappers check.
+``sg`` (group scales) is required by the group recipes and None otherwise; ``out_scale`` applies to
+int8 output of int8_rowwise only; ``max_scale`` to integer group scales only. One fake
+implementation and one check dispatcher (``gemm_checks.check_gemm``) serve every recipe; the CUDA
+launches live in ops/gemm_cuda.py. Scale conventions: docs/SCALES.md; W4A8: docs/W4A8.md, docs/FP8.md.
+
+Tuning knobs are not part of the schema. ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a tile
+name from ``zqkernels.info()["gemm_tiles"]``) pick the row-wise kernel, ``path`` ('auto', 'stream',
+'convert') the W4A8 path; they are for tests and benchmarks and are set with the context manager
+``gemm_options(backend=..., tile=..., path=...)`` (a ``contextvars`` setting: per thread and task).
+The wrappers' ``backend=`` / ``tile=`` / ``path=`` arguments still work: when not at their defaults
+they override the setting for that call (eagerly, or by entering the setting around the op call).
+The op's implementation reads the setting active when it runs, so under torch.compile set it with
+``gemm_options`` around the compiled call (a wrapper given a knob while being traced raises).
+
+Eager fast path: a wrapper called eagerly on plain tensors runs its recipe's implementation directly
+(checks + launch; a few attribute reads for the common CUDA call) instead of the custom-op dispatch,
+whose Python overhead costs several times a kernel launch (ops/_common.py). Under torch.compile /
+export tracing, a dispatch mode (FakeTensorMode, ...) or tensor subclasses, the call goes through
+``zqkernels::gemm``. Dispatch never falls back silently: CPU tensors run ``zqkernels.reference`` (the
+functions the tests compare the kernels with); CUDA tensors run ``zqkernels._C`` or raise.
+
+Epilogue (docs/SCALES.md, "Epilogue options"): ``activation`` ('none', 'gelu', 'gelu_tanh', 'silu')
+after the bias, in fp32, in every kernel; ``out_dtype=torch.int8`` with ``out_scale`` (int8_gemm
+only) quantizes the output with a static per-tensor scale. Non-finite inputs propagate (finding
+them needs a sync); ``set_debug_checks(True)`` makes the wrappers check.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple, Optional
+import threading
+from contextvars import ContextVar
+from typing import Optional
 
 import torch
 
-from .. import _ext
-from ..formats import ACTIVATIONS, INT8_ROWWISE
-from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
+from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref, w8a8_group_gemm_ref
 from . import _common as c
+from .gemm_checks import (
+    ACCUMULATE,
+    BACKENDS,
+    FP8,
+    GEMM_SPECS,
+    INT8_MAX_K,
+    W4A8_INT_MAX_GROUP,
+    W4A8_PATHS,
+    W8A8_GROUP_MAX_GROUP,
+    check_accumulate,
+    check_epilogue,
+    check_gemm,
+    check_group_args,
+    check_options,
+    check_path,
+    check_rowwise_args,
+    check_spec,
+    check_w4a8_fp_args,
+    check_w4a8_int_args,
+    debug_checks,
+    debug_pow2_range,
+    fast_ok_cuda,
+)
+from .gemm_cuda import (
+    gemm_tiles,
+    group_gemm_cuda,
+    plan,
+    resolve_gemm_backend,
+    rowwise_gemm_cuda,
+    w4a8_fp_cuda,
+    w4a8_int_cuda,
+)
 
-__all__ = ["int8_gemm", "fp8_gemm", "resolve_gemm_backend", "gemm_tiles", "BACKENDS", "INT8_MAX_K", "ACCUMULATE"]
+__all__ = [
+    "int8_gemm",
+    "fp8_gemm",
+    "w4a8_fp_gemm",
+    "w4a8_gemm",
+    "w8a8_group_gemm",
+    "run_gemm",
+    "gemm_options",
+    "current_gemm_options",
+    "resolve_gemm_backend",
+    "gemm_tiles",
+    "GEMM_SPECS",
+    "BACKENDS",
+    "W4A8_PATHS",
+    "INT8_MAX_K",
+    "W4A8_INT_MAX_GROUP",
+    "W8A8_GROUP_MAX_GROUP",
+    "ACCUMULATE",
+]
 
-BACKENDS = ("auto", "sm90", "sm80")
-_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
-# zq::DType codes of the output types (zq_kernels.h); int8 is an output type of the GEMMs only.
-_OUT_CODE = {**c.DTYPE_CODE, torch.int8: 3}
-# zq::GemmActivation codes (zq_kernels.h), in formats.ACTIVATIONS order.
-_ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
-assert tuple(_ACT_CODE) == ("none", "gelu", "gelu_tanh", "silu")
-# out_scale reaches the kernels as a float32: it must stay a normal, finite float32 > 0.
-_F32_TINY = torch.finfo(torch.float32).tiny
-_F32_MAX = torch.finfo(torch.float32).max
-# The int32 accumulator holds any sum of K products of int8 values (which may include -128, as in
-# compressed-tensors checkpoints) while K * 128 * 128 <= 2^31 - 1 (docs/SCALES.md). Enforced on
-# every device, so CPU and GPU accept the same calls; src/cuda/gemm_registry.h checks it again.
-INT8_MAX_K = (2**31 - 1) // (128 * 128)  # 131,071
-_RECIPE = INT8_ROWWISE.recipe
-_FP8 = torch.float8_e4m3fn
-# fp8_gemm's accumulation modes -> recipes (docs/FP8.md: errors measured at K = 4096 and 16384).
-ACCUMULATE = {"accurate": "fp8_rowwise", "fast": "fp8_rowwise_fastacc"}
-
-
-class _Family(NamedTuple):
-    """What distinguishes the row-wise 8-bit GEMM ops; everything else is shared."""
-
-    op: str                  # public name, used in every message
-    operand: torch.dtype     # xq and wq
-    out_dtypes: tuple        # accepted output dtypes
-    max_k: int               # K bound (int32 accumulator for int8)
-    archs: tuple             # backends that have kernels for it
-    ref: Callable            # the CPU reference
-
-
-_INT8 = _Family("int8_gemm", torch.int8, _OUT_DTYPES, INT8_MAX_K, ("sm90", "sm80"), int8_gemm_ref)
-_FP8_FAMILY = _Family("fp8_gemm", _FP8, (torch.bfloat16, torch.float16), 2**31 - 1, ("sm90",), fp8_gemm_ref)
-
-
-# ------------------------------------------------------------------------------------------------
-# Argument checks, shared by the eager path and the fake implementation (one property at a time).
-
-
-def _check_scale(op: str, name: str, s: torch.Tensor, n: int, what: str, dim: str) -> None:
-    """s: float32 with n elements ([n], [n, 1] or [1, n]) or one element (per-tensor)."""
-    if s.dtype != torch.float32:
-        raise TypeError(f"{op}: {name} must be float32 [{dim}] ({what}) or [1] (per-tensor), got {c.desc(s)}")
-    numel = s.numel()
-    if s.dim() > 2 or (numel != n and numel != 1) or (s.dim() == 2 and s.shape[0] != 1 and s.shape[1] != 1):
-        raise ValueError(
-            f"{op}: {name} must be float32 [{dim}] with {dim} == {n} ({what}) or hold one per-tensor "
-            f"value ([1]), got {c.desc(s)}"
-        )
-
-
-def _check_epilogue(activation, out_dtype, out_scale, op: str = "int8_gemm") -> tuple[int, float]:
-    """(activation code, out_scale as passed to the kernel) of valid epilogue options, else raise."""
-    code = _ACT_CODE.get(activation) if isinstance(activation, str) else None
-    if code is None:
-        raise ValueError(
-            f"{op}: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}"
-        )
-    if out_dtype is not torch.int8:
-        if out_scale is not None:
-            raise ValueError(
-                f"{op}: out_scale is the static scale of an int8 output and needs out_dtype=torch.int8, "
-                f"got out_scale={out_scale!r} with out_dtype={out_dtype}"
-            )
-        return code, 1.0
-    if out_scale is None:
-        raise ValueError(
-            f"{op}: out_dtype=torch.int8 needs out_scale, the static per-tensor output scale "
-            "(q = clamp(rint(y / out_scale), -127, 127)), got out_scale=None"
-        )
-    if isinstance(out_scale, torch.Tensor):
-        raise TypeError(
-            f"{op}: out_scale must be a Python float (a static scale, passed to the kernel by value), "
-            "got a torch.Tensor; pass float(out_scale) once, outside the model's forward (reading a "
-            "device tensor's value synchronizes)"
-        )
-    if isinstance(out_scale, bool) or not isinstance(out_scale, (float, int)):
-        raise TypeError(
-            f"{op}: out_scale must be a Python float (a static scale, passed to the kernel by value), "
-            f"got {type(out_scale).__name__} {out_scale!r}"
-        )
-    s = float(out_scale)
-    if not (math.isfinite(s) and _F32_TINY <= s <= _F32_MAX):
-        raise ValueError(
-            f"{op}: out_scale must be a finite float > 0 that float32 represents as a normal number "
-            f"([{_F32_TINY:.3g}, {_F32_MAX:.3g}]), got {out_scale!r}"
-        )
-    return code, s
-
-
-def _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, fam: _Family = _INT8) -> None:
-    op = fam.op
-    ty = c.dtype_name(fam.operand)
-    if out_dtype not in fam.out_dtypes:
-        names = [f"torch.{c.dtype_name(d)}" for d in fam.out_dtypes]
-        allowed = ", ".join(names[:-1]) + " or " + names[-1]
-        raise TypeError(
-            f"{op}: out_dtype must be {allowed}{' (with out_scale)' if torch.int8 in fam.out_dtypes else ''}, "
-            f"got {out_dtype}"
-        )
-    hint = "quantize_per_token" + ("" if fam.operand == torch.int8 else f"(x, dtype=torch.{ty})")
-    if xq.dtype != fam.operand:
-        raise TypeError(f"{op}: xq must be {ty} [M, K] (from {hint}), got {c.desc(xq)}")
-    if xq.dim() != 2:
-        raise ValueError(f"{op}: xq must be 2-D {ty} [M, K], got {c.desc(xq)}")
-    M, K = xq.shape
-    if wq.dtype != fam.operand:
-        raise TypeError(f"{op}: wq must be {ty} [N, K] (from quantize_weight), got {c.desc(wq)}")
-    if wq.dim() != 2:
-        raise ValueError(f"{op}: wq must be 2-D {ty} [N, K], got {c.desc(wq)}")
-    if wq.shape[1] != K:
-        raise ValueError(f"{op}: wq must be {ty} [N, K] with K == xq.shape[1] ({K}), got {c.desc(wq)}")
-    N = wq.shape[0]
-    _check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
-    _check_scale(op, "sw", sw, N, "one scale per row of wq", "N")
-    if bias is not None:
-        if out_dtype == torch.int8:
-            if bias.dtype != torch.float32:
-                raise TypeError(
-                    f"{op}: bias must be float32 for int8 output (it is added in fp32 before the "
-                    f"quantization), got {c.desc(bias)}; pass bias.float()"
-                )
-        elif bias.dtype != out_dtype:
-            raise TypeError(
-                f"{op}: bias must have the output dtype ({c.dtype_name(out_dtype)}), got {c.desc(bias)}; "
-                "pass bias.to(out_dtype)"
-            )
-        if bias.dim() != 1 or bias.shape[0] != N:
-            raise ValueError(f"{op}: bias must be [N] with N == wq.shape[0] ({N}), got {c.desc(bias)}")
-    c.check_same_device(op, "xq", xq, wq=wq, sx=sx, sw=sw, bias=bias)
-    c.check_rows(op, "xq", xq)
-    c.check_rows(op, "wq", wq)
-    c.check_contiguous(op, sx=sx, sw=sw, bias=bias)
-    c.check_int32_sizes(op, M=M, N=N, K=K)
-    if K > fam.max_k:
-        raise ValueError(
-            f"{op}: K must be <= {INT8_MAX_K} (K * 128 * 128 must fit the int32 accumulator: int8 "
-            f"values may be -128), got K={K}; split K and add the partial outputs"
-        )
-    if xq.is_cuda:
-        if K % 16 != 0:
-            raise ValueError(
-                f"{op}: K must be a multiple of 16 on CUDA (TMA and the 16-byte vector loads read rows "
-                f"of xq and wq in 16-byte pieces), got K={K}; pad x's columns and w's columns with "
-                f"zeros to K={-(-K // 16) * 16}"
-            )
-        if N % 8 != 0:
-            raise ValueError(
-                f"{op}: N must be a multiple of 8 on CUDA (output rows are stored in 16-byte vectors), "
-                f"got N={N}; pad w with zero rows (and sw, bias) to N={-(-N // 8) * 8}"
-            )
-        if out_dtype == torch.int8 and N % 16 != 0:
-            raise ValueError(
-                f"{op}: N must be a multiple of 16 on CUDA for int8 output (output rows are stored in "
-                f"16-byte vectors of int8), got N={N}; pad w with zero rows (and sw, bias) to "
-                f"N={-(-N // 16) * 16}"
-            )
-        for name, t in (("xq", xq), ("wq", wq)):
-            if t.shape[0] > 1 and K > 0 and t.stride(0) % 16 != 0:
-                raise ValueError(
-                    f"{op}: the row stride of {name} must be a multiple of 16 elements on CUDA (TMA), got "
-                    f"{name}.stride(0) == {t.stride(0)}; pass {name}.contiguous()"
-                )
-
+# Old private names other layers still import (nn/linear.py, schemes/_fast.py, scripts): aliases
+# until they move to ops.linear (quantized_linear / gemm_quantized).
+_int8_gemm_cuda = rowwise_gemm_cuda
+_plan = plan
 
 _I8 = torch.int8
-_F32 = torch.float32
-
-
-def _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, operand=_I8, max_k=INT8_MAX_K) -> bool:
-    """The common valid CUDA call, recognised in a few attribute reads (1-D scales, contiguous
-    operands or 16-aligned row strides). False means "run the full checks", which then either
-    raise the precise error or accept a rarer valid layout."""
-    if xq.dtype is not operand or wq.dtype is not operand or sx.dtype is not _F32 or sw.dtype is not _F32:
-        return False
-    if out_dtype is torch.bfloat16 or out_dtype is torch.float16 or out_dtype is _F32:
-        bias_dtype, n_align = out_dtype, 8
-    elif out_dtype is _I8 and operand is _I8:
-        bias_dtype, n_align = _F32, 16  # int8 output: float32 bias, 16-byte rows of int8
-    else:
-        return False
-    xs = xq.shape
-    ws = wq.shape
-    if len(xs) != 2 or len(ws) != 2:
-        return False
-    M, K = xs
-    N = ws[0]
-    if ws[1] != K or K % 16 or N % n_align or K > max_k or M > c.INT32_MAX or N > c.INT32_MAX or K == 0:
-        return False
-    xst = xq.stride()
-    wst = wq.stride()
-    if xst[1] != 1 or wst[1] != 1 or xst[0] < K or wst[0] < K or xst[0] % 16 or wst[0] % 16:
-        return False
-    if sx.dim() != 1 or sw.dim() != 1 or sx.stride(0) != 1 or sw.stride(0) != 1:
-        return False
-    sn = sx.shape[0]
-    wn = sw.shape[0]
-    if (sn != M and sn != 1) or (wn != N and wn != 1):
-        return False
-    d = xq.get_device()
-    if d < 0 or wq.get_device() != d or sx.get_device() != d or sw.get_device() != d:
-        return False
-    if bias is not None:
-        if bias.dtype is not bias_dtype or bias.dim() != 1 or bias.shape[0] != N or bias.stride(0) != 1:
-            return False
-        if bias.get_device() != d:
-            return False
-    return True
-
-
-def _check_options(backend: str, tile: Optional[str], op: str = "int8_gemm") -> None:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    if tile is not None and not isinstance(tile, str):
-        raise ValueError(f"{op}: tile must be None (automatic) or a tile name (str), got {tile!r}")
+_FP8 = torch.float8_e4m3fn
 
 
 # ------------------------------------------------------------------------------------------------
-# Where a call runs: backend per (device, request), kernel per problem; both cached.
+# Tuning knobs: gemm_options.
+
+_NO_KNOBS = ("auto", None, "auto")  # (backend, tile, path)
+_knobs: ContextVar[tuple] = ContextVar("zqkernels_gemm_options", default=_NO_KNOBS)
+# gemm_options contexts entered and not yet left, over all threads: while 0, the eager paths skip
+# the ContextVar read (one global load instead of a method call per GEMM).
+_active = 0
+_active_lock = threading.Lock()
 
 
-def _compiled_arches(recipe: str = _RECIPE) -> list[str]:
-    C = _ext._C
-    return sorted({k[0] for k in C.gemm_kernels() if k[1] == recipe}) if C is not None else []
+class gemm_options:  # noqa: N801 - a context manager, named like torch.no_grad
+    """Tuning knobs of the GEMMs, for tests and benchmarks (never needed for correct results):
 
+        with zqkernels.ops.gemm_options(backend="sm80", tile="swap_64x16x256_pp"):
+            y = zqkernels.int8_gemm(xq, wq, sx, sw)
 
-def gemm_tiles() -> dict[str, list[str]]:
-    """Tile names per kernel family of this build, e.g. {"sm90_int8_rowwise": ["swap_64x16x256_pp", ...]}."""
-    C = _ext._C
-    out: dict[str, list[str]] = {}
-    if C is None:
-        return out
-    for arch, recipe, tile, _code, _dispatched in C.gemm_kernels():
-        names = out.setdefault(f"{arch}_{recipe}", [])
-        if tile not in names:
-            names.append(tile)
-    return out
-
-
-_backend_cache: dict[tuple[int, str, str], str] = {}
-
-
-def resolve_gemm_backend(device: torch.device, backend: str = "auto", recipe: str = _RECIPE) -> str:
-    """The backend that runs a GEMM recipe (default: int8_gemm's) on `device`: 'reference' (CPU),
-    'meta', 'sm90' or 'sm80'.
-
-    backend='auto' on CUDA takes 'sm90' on compute capability 9.0 when compiled, else 'sm80' on
-    compute capability >= 8.0 when compiled (the FP8 recipes have sm90 kernels only). Raises (never
-    falls back) when the choice cannot run.
+    backend ('auto', 'sm90', 'sm80') and tile (None = the dispatch table's choice, or a name from
+    ``zqkernels.info()["gemm_tiles"]``) select the kernel of int8_gemm / fp8_gemm on CUDA; path
+    ('auto', 'stream', 'convert') the W4A8 GEMMs' path. Every knob is set (nested settings replace
+    the enclosing one); GEMMs whose recipe has no such knob ignore it. CPU tensors (the reference)
+    take the defaults. A wrapper's own non-default knob argument overrides the setting for its call.
     """
-    op = "int8_gemm" if recipe == _RECIPE else "fp8_gemm"
-    _check_options(backend, None, op)
-    if device.type == "meta":  # shape inference only
-        return "meta"
-    if device.type == "cpu":
-        if backend != "auto":
-            raise RuntimeError(
-                f"{op}: backend {backend!r} is a CUDA kernel; CPU tensors run the pure-torch reference "
-                "and take backend='auto'"
-            )
-        return "reference"
-    cc = c.require_cuda_kernels(op, device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, backend, recipe)
-    hit = _backend_cache.get(key)
-    if hit is not None:
-        return hit
-    compiled = _compiled_arches(recipe)
-    archs = list(_ext._C.compiled_archs())
-    # SASS runs on its own arch and on later minors of the same major (sm_80 code on 8.6 / 8.9).
-    sass = [(int(a[3]), int(a[4:])) for a in archs if a.startswith("sm_") and a[3:].isdigit()]
-    sm80_runs = "sm80" in compiled and any(mj == cc[0] and mn <= cc[1] for mj, mn in sass)
-    if backend == "auto":
-        if cc == (9, 0) and "sm90" in compiled:
-            chosen = "sm90"
-        elif sm80_runs:
-            chosen = "sm80"
-        else:
-            fp8 = "" if recipe == _RECIPE else (
-                " FP8 GEMMs need FP8 tensor cores and have Hopper (sm_90a) kernels only: they need "
-                "compute capability 9.0 (H100 / H200)."
-            )
-            raise RuntimeError(
-                f"{op}: no {'int8' if recipe == _RECIPE else 'FP8'} GEMM kernel of this build runs on {device} (compute capability "
-                f"{cc[0]}.{cc[1]}): compiled backends {compiled or 'none'} (archs {archs}); sm90 needs "
-                "compute capability 9.0, sm80 needs 8.x or a listed arch. Rebuild with ZQ_CUDA_ARCHS "
-                f"listing this GPU's arch (e.g. ZQ_CUDA_ARCHS='80;90a').{fp8}"
-            )
-    else:
-        if backend not in compiled:
-            raise RuntimeError(
-                f"{op}: backend {backend!r} is not compiled into this build (compiled: {compiled or 'none'}); "
-                f"rebuild with ZQ_CUDA_ARCHS including {'90a' if backend == 'sm90' else '80'}"
-            )
-        if backend == "sm90" and cc != (9, 0):
-            raise RuntimeError(
-                f"{op}: backend 'sm90' needs compute capability 9.0 (H100/H200), {device} has "
-                f"{cc[0]}.{cc[1]}; use backend='auto'"
-            )
-        if backend == "sm80" and not sm80_runs:
-            raise RuntimeError(
-                f"{op}: backend 'sm80' has no code for compute capability {cc[0]}.{cc[1]} in this build "
-                f"(archs {archs}); rebuild with ZQ_CUDA_ARCHS listing it"
-            )
-        chosen = backend
-    _backend_cache[key] = chosen
-    return chosen
+
+    __slots__ = ("_value", "_tokens")
+
+    def __init__(self, backend: str = "auto", tile: Optional[str] = None, path: str = "auto") -> None:
+        check_options(backend, tile, "gemm_options")
+        check_path("gemm_options", path)
+        self._value = (backend, tile, path)
+        self._tokens: list = []
+
+    @classmethod
+    def _unchecked(cls, value: tuple) -> "gemm_options":
+        """A wrapper's knobs, checked later by the op with the op's name in the message."""
+        self = object.__new__(cls)
+        self._value = value
+        self._tokens = []
+        return self
+
+    def __enter__(self) -> "gemm_options":
+        global _active
+        with _active_lock:
+            _active += 1
+        self._tokens.append(_knobs.set(self._value))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _active
+        try:
+            _knobs.reset(self._tokens.pop())
+        finally:
+            with _active_lock:
+                _active -= 1
 
 
-_plans: dict[tuple, tuple[int, int]] = {}
+def current_gemm_options() -> dict:
+    """The knobs in effect here: {"backend": ..., "tile": ..., "path": ...}."""
+    backend, tile, path = _knobs.get()
+    return {"backend": backend, "tile": tile, "path": path}
 
 
-def _plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dtype, M: int, N: int, K: int,
-          recipe: str = _RECIPE):
-    """(kernel id, workspace bytes) for a problem, cached. The output class (bf16 / fp16, fp32, int8:
-    one dispatch table each) is part of the key through out_dtype; the activation is not (every
-    kernel runs every activation)."""
-    key = (index, backend, tile, out_dtype, M, N, K, recipe)
-    hit = _plans.get(key)
-    if hit is not None:
-        return hit
-    C = _ext._C
-    arch = resolve_gemm_backend(xq.device, backend, recipe)
-    code = _OUT_CODE[out_dtype]
-    name = tile if tile is not None else C.gemm_select(arch, recipe, code, M, N, K)
-    kid = -1 if name is None else C.gemm_find(arch, recipe, name, code)
-    if kid < 0:
-        have = [k[2] for k in C.gemm_kernels() if k[0] == arch and k[1] == recipe and k[3] == code]
-        op = "int8_gemm" if recipe == _RECIPE else "fp8_gemm"
-        raise ValueError(
-            f"{op}: tile {name!r} is not built for {arch}_{recipe} with {c.dtype_name(out_dtype)} "
-            f"output; this build has {have or 'none'} (experimental tiles need -DZQ_EXPERIMENT_TILES=ON)"
+def _merged(backend: str, tile: Optional[str], path: str) -> tuple:
+    """A wrapper's knob arguments over the setting (an argument at its default takes the setting's)."""
+    b, t, p = _knobs.get()
+    return (b if backend == "auto" else backend, t if tile is None else tile, p if path == "auto" else path)
+
+
+def _op_with(op_name: str, backend: str, tile: Optional[str], path: str, *args):
+    """The custom op called with a wrapper's knob arguments (not all at their defaults) over the
+    setting. Not under torch.compile: the compiled graph would run without them."""
+    if c._is_compiling():
+        raise RuntimeError(
+            f"{op_name}: backend= / tile= / path= are not traced by torch.compile (they are not part of the "
+            "op's schema); set them with zqkernels.ops.gemm_options(...) around the compiled call"
         )
-    plan = (kid, C.gemm_workspace_size(kid, M, N, K, index))
-    if len(_plans) > 4096:
-        _plans.clear()
-    _plans[key] = plan
-    return plan
+    with gemm_options._unchecked(_merged(backend, tile, path)):
+        return _op(*args)
 
 
-def _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0, out_scale: float = 1.0,
-                    recipe: str = _RECIPE) -> torch.Tensor:
-    """Launch on CUDA; arguments already checked (act, out_scale: from _check_epilogue)."""
-    M, K = xq.shape
-    N = wq.shape[0]
-    out = xq.new_empty((M, N), dtype=out_dtype)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:  # empty dot products: y = act(bias or 0), quantized for int8 output
-        if act == 0 and out_dtype is not torch.int8:
-            return out.zero_() if bias is None else out.copy_(bias.expand(M, N))
-        if recipe == _RECIPE:
-            y = int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act],
-                              out_scale=out_scale if out_dtype is torch.int8 else None)
-        else:
-            y = fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=ACTIVATIONS[act])
-        return out.copy_(y)
-    pa = xq.data_ptr()
-    pb = wq.data_ptr()
-    if (pa | pb) & 15:
-        c.check_aligned_ptr("int8_gemm", "xq", xq)
-        c.check_aligned_ptr("int8_gemm", "wq", wq)
-    index = xq.get_device()
-    kid, ws = _plan(index, xq, backend, tile, out_dtype, M, N, K, recipe)
-    # Per-tensor scales are expanded to vectors (a tiny copy): the kernels read sx / sw as vectors,
-    # after griddepcontrol.wait (see sm90_gemm_rowwise.cuh for why not a scalar broadcast).
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
-    workspace = xq.new_empty((ws,), dtype=torch.uint8) if ws > 0 else None
-    _ext._C.gemm_run(
-        kid,
-        pa,
-        xq.stride(0) if M > 1 else K,
-        pb,
-        wq.stride(0) if N > 1 else K,
-        sx.data_ptr(),
-        sw.data_ptr(),
-        0 if bias is None else bias.data_ptr(),
-        out.data_ptr(),
-        M,
-        N,
-        K,
-        0 if workspace is None else workspace.data_ptr(),
-        ws,
-        index,
-        c.current_stream(index),
-        act,
-        out_scale,
-    )
-    return out
+# ------------------------------------------------------------------------------------------------
+# One implementation per recipe family (checks, then CUDA launch or the reference). The wrappers'
+# eager paths call these directly; the custom op reaches them through _run.
 
 
-def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
+def _int8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
     if activation == "none" and out_scale is None and out_dtype is not torch.int8:
         act, scale = 0, 1.0  # the default epilogue: nothing to check
     else:
-        act, scale = _check_epilogue(activation, out_dtype, out_scale)
-    if backend == "auto" and tile is None and _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype):
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
-    _check_options(backend, tile)
-    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
+        act, scale = check_epilogue(activation, out_dtype, out_scale)
+    if backend == "auto" and tile is None and fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype):
+        return rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
+    check_options(backend, tile)
+    check_rowwise_args(xq, wq, sx, sw, bias, out_dtype)
     if xq.is_cuda:
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
+        return rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, scale)
     where = resolve_gemm_backend(xq.device, backend)  # raises for other device types / CPU + backend
     if tile is not None:
         raise RuntimeError(
@@ -452,26 +220,140 @@ def _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="
     return int8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation, out_scale=out_scale)
 
 
+def _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, recipe):
+    fam = FP8
+    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, fam.op)[0]
+    if backend == "auto" and tile is None and fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, _FP8, fam.max_k):
+        return rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
+    check_options(backend, tile, fam.op)
+    check_rowwise_args(xq, wq, sx, sw, bias, out_dtype, fam)
+    if xq.is_cuda:
+        return rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
+    where = resolve_gemm_backend(xq.device, backend, recipe)
+    if tile is not None:
+        raise RuntimeError(
+            f"fp8_gemm: tile selects a CUDA kernel; {where} tensors run the pure-torch reference and "
+            f"take tile=None, got {tile!r}"
+        )
+    return fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation)
+
+
+def _meta_or_cpu(op: str, xq: torch.Tensor, N: int, out_dtype) -> Optional[torch.Tensor]:
+    """A checked call whose tensors are not on CUDA: the (empty) result on the meta device, None on
+    the CPU (the caller runs its reference), the error for any other device type."""
+    if xq.device.type == "meta":
+        return xq.new_empty((xq.shape[0], N), dtype=out_dtype)
+    if xq.device.type != "cpu":
+        c.require_cuda_kernels(op, xq.device)
+    return None
+
+
+def _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
+    op = "w4a8_fp_gemm"
+    check_path(op, path)
+    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
+    g = check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
+    if not xq.is_cuda:
+        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
+        return meta if meta is not None else w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype,
+                                                               activation=activation)
+    if c._debug_checks:
+        debug_pow2_range(op, sg)
+    return w4a8_fp_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, path)
+
+
+def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
+                   path="auto") -> torch.Tensor:
+    op = "w4a8_gemm"
+    check_path(op, path)
+    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
+    g = check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
+    if not xq.is_cuda:
+        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
+        return meta if meta is not None else w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
+    return w4a8_int_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, max_scale, path)
+
+
+def _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None) -> torch.Tensor:
+    op = "w8a8_group_gemm"
+    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
+    check_group_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
+    if not xq.is_cuda:
+        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
+        if meta is not None:
+            return meta
+        return w8a8_group_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
+    return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=128)
+
+
+def _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation="none", out_scale=None, max_scale=None):
+    """One call of the op, any recipe, with the knobs of the setting in effect."""
+    check_spec(spec, sg, out_scale, max_scale)
+    backend, tile, path = _knobs.get()
+    if spec == "int8_rowwise":
+        return _int8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
+    if spec == "fp8_rowwise" or spec == "fp8_rowwise_fastacc":
+        return _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, spec)
+    if spec == "w4a8_fp":
+        return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+    if spec == "w4a8_int":
+        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+    return _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# The custom op: one schema, one implementation, one fake implementation.
+
+
 @torch.library.custom_op(
-    "zqkernels::int8_gemm",
+    "zqkernels::gemm",
     mutates_args=(),
-    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, ScalarType out_dtype, str backend, "
-    "str tile, str activation=\"none\", float? out_scale=None) -> Tensor",
+    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? sg, Tensor? bias, str spec, "
+    "ScalarType out_dtype, str activation=\"none\", float? out_scale=None, int? max_scale=None) -> Tensor",
 )
-def _int8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
-    return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None, activation, out_scale)
+def _gemm_op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation="none", out_scale=None, max_scale=None):
+    return _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale)
 
 
-@_int8_gemm_op.register_fake
-def _int8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", out_scale=None):
-    _check_options(backend, tile or None)
-    _check_epilogue(activation, out_dtype, out_scale)
-    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype)
-    resolve_gemm_backend(xq.device, backend)
+@_gemm_op.register_fake
+def _gemm_fake(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation="none", out_scale=None, max_scale=None):
+    knobs = _knobs.get()
+    check_gemm(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale, knobs)
+    if spec == "int8_rowwise" or spec == "fp8_rowwise" or spec == "fp8_rowwise_fastacc":
+        resolve_gemm_backend(xq.device, knobs[0], spec)
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
 
-_op = torch.ops.zqkernels.int8_gemm.default
+_op = torch.ops.zqkernels.gemm.default
+
+
+def run_gemm(
+    spec: str,
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+    out_scale: Optional[float] = None,
+    max_scale: Optional[int] = None,
+) -> torch.Tensor:
+    """The GEMM of recipe ``spec`` (a key of ``GEMM_SPECS``, e.g. ``GemmSpec.recipe``): what the named
+    wrappers do, chosen by the key (eager fast path on plain tensors, else ``zqkernels::gemm``)."""
+    if c._debug_checks:
+        debug_checks(spec, check_spec(spec, sg, out_scale, max_scale).op, xq, sx, sw, sg, bias, max_scale)
+    if c.eager(xq, wq, sx, sw, sg, bias):
+        return _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale)
+    if out_scale is not None:
+        out_scale = check_epilogue(activation, out_dtype, out_scale, check_spec(spec, sg, out_scale, None).op)[1]
+    return _op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation, out_scale, max_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# The named wrappers.
 
 
 def int8_gemm(
@@ -503,75 +385,27 @@ def int8_gemm(
 
     ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a name from
     ``zqkernels.info()["gemm_tiles"]``, None = the dispatch table's choice) select a CUDA kernel
-    explicitly, for tests and benchmarks; CPU tensors (the reference) take the defaults.
+    explicitly, for tests and benchmarks (also settable with ``gemm_options``); CPU tensors (the
+    reference) take the defaults. Runs the custom op ``zqkernels::gemm`` with spec "int8_rowwise".
     """
     if c._debug_checks:
-        for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
-            c.check_finite("int8_gemm", name, t)
+        debug_checks("int8_rowwise", "int8_gemm", xq, sx, sw, None, bias, None)
     if c.eager(xq, wq, sx, sw, bias):  # eager: no dispatch
-        return _int8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
+        if _active:
+            backend, tile, _ = _merged(backend, tile, "auto")
+        return _int8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
     if activation == "none" and out_scale is None:
-        return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "")
-    # The schema takes a float: check the options first, so that a bad one gets this op's message.
-    _, scale = _check_epilogue(activation, out_dtype, out_scale)
-    return _op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "", activation,
-               scale if out_dtype is torch.int8 else None)
+        scale = None
+    else:  # the schema takes a float: check the options first, so that a bad one gets this op's message
+        _, scale = check_epilogue(activation, out_dtype, out_scale)
+        scale = scale if out_dtype is torch.int8 else None
+    if backend == "auto" and tile is None:
+        return _op(xq, wq, sx, sw, None, bias, "int8_rowwise", out_dtype, activation, scale)
+    return _op_with("int8_gemm", backend, tile, "auto",
+                    xq, wq, sx, sw, None, bias, "int8_rowwise", out_dtype, activation, scale)
 
 
-# ------------------------------------------------------------------------------------------------
-# fp8_gemm: the same implementation with the FP8 family (sm90 kernels only).
-
-
-def _check_accumulate(accumulate) -> str:
-    recipe = ACCUMULATE.get(accumulate) if isinstance(accumulate, str) else None
-    if recipe is None:
-        raise ValueError(
-            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every k-tile of 128 or 256, the default) or "
-            f"'fast' (Hopper's FP8 accumulator throughout), got {accumulate!r}"
-        )
-    return recipe
-
-
-def _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
-    fam = _FP8_FAMILY
-    recipe = _check_accumulate(accumulate)
-    act, _ = (0, 1.0) if activation == "none" else _check_epilogue(activation, out_dtype, None, fam.op)
-    if backend == "auto" and tile is None and _fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, _FP8, fam.max_k):
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
-    _check_options(backend, tile, fam.op)
-    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, fam)
-    if xq.is_cuda:
-        return _int8_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act, 1.0, recipe)
-    where = resolve_gemm_backend(xq.device, backend, recipe)
-    if tile is not None:
-        raise RuntimeError(
-            f"fp8_gemm: tile selects a CUDA kernel; {where} tensors run the pure-torch reference and "
-            f"take tile=None, got {tile!r}"
-        )
-    return fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation)
-
-
-@torch.library.custom_op(
-    "zqkernels::fp8_gemm",
-    mutates_args=(),
-    schema="(Tensor xq, Tensor wq, Tensor sx, Tensor sw, Tensor? bias, ScalarType out_dtype, str backend, "
-    "str tile, str activation=\"none\", str accumulate=\"accurate\") -> Tensor",
-)
-def _fp8_gemm_op(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
-    return _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile or None, activation, accumulate)
-
-
-@_fp8_gemm_op.register_fake
-def _fp8_gemm_fake(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation="none", accumulate="accurate"):
-    recipe = _check_accumulate(accumulate)
-    _check_options(backend, tile or None, "fp8_gemm")
-    _check_epilogue(activation, out_dtype, None, "fp8_gemm")
-    _check_int8_gemm_args(xq, wq, sx, sw, bias, out_dtype, _FP8_FAMILY)
-    resolve_gemm_backend(xq.device, backend, recipe)
-    return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
-
-
-_fp8_op = torch.ops.zqkernels.fp8_gemm.default
+_FP8_ACCURATE = ACCUMULATE["accurate"]
 
 
 def fp8_gemm(
@@ -599,12 +433,150 @@ def fp8_gemm(
     K; 'fast' keeps Hopper's FP8 accumulator (fewer mantissa bits than fp32) throughout: faster,
     and less accurate as K grows (docs/FP8.md has both errors against an fp64 reference).
     activation: 'none', 'gelu', 'gelu_tanh' or 'silu', applied after the bias in fp32.
-    CPU tensors run the float64 reference (``zqkernels.reference.fp8_gemm_ref``).
+    backend / tile: as for int8_gemm (tests and benchmarks; also settable with ``gemm_options``).
+    CPU tensors run the float64 reference (``zqkernels.reference.fp8_gemm_ref``). Runs the custom op
+    ``zqkernels::gemm`` with spec "fp8_rowwise" (accurate) or "fp8_rowwise_fastacc" (fast).
+    """
+    recipe = _FP8_ACCURATE if accumulate == "accurate" else check_accumulate(accumulate)
+    if c._debug_checks:
+        debug_checks(recipe, "fp8_gemm", xq, sx, sw, None, bias, None)
+    if c.eager(xq, wq, sx, sw, bias):
+        if _active:
+            backend, tile, _ = _merged(backend, tile, "auto")
+        return _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, recipe)
+    if backend == "auto" and tile is None:
+        return _op(xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
+    return _op_with("fp8_gemm", backend, tile, "auto", xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
+
+
+def w4a8_fp_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+    path: str = "auto",
+) -> torch.Tensor:
+    """W4A8-FP GEMM (ZeroQuant-FP): y[m, n] = act(sx[m] * sw[n] * sum_k xq[m, k] * wf[n, k] (+ bias[n])).
+
+    xq float8_e4m3fn [M, K] with per-token sx float32 [M] (``quantize_per_token(x,
+    dtype=torch.float8_e4m3fn)``); wq, sw, sg from ``quantize_weight(w, fmt="fp4", group_size=g,
+    scale=policy)``: wq uint8 [N, K // 2] (FP4 codes, layout m16k64), sw float32 [N], sg [N, K // g]
+    int8 exponents (m1 / m2: wf = e2m1 * 2^e, converted with integer operations) or float32 ratios
+    (free: wf = e4m3(e2m1 * r), the float-scale baseline). The group size is K // sg.shape[1].
+    bias [N] of out_dtype (bf16, fp16 or fp32). On CUDA: compute capability 9.0, N % 16 == 0,
+    K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu' after the bias, in fp32.
+
+    path (CUDA; for tests and benchmarks, also settable with ``gemm_options``): 'auto' (by M),
+    'stream' ('auto' takes it for M <= 32 and for float32 output: one kernel streams the packed
+    weights once per 64 tokens, converts them in registers and runs FP8 mma.sync; decode is
+    weight-bandwidth bound) or 'convert' (fp4_to_fp8 writes the FP8 weights [N, K] into a
+    temporary, then the fp8_rowwise GEMM runs on wgmma; bf16 / fp16 output only). Both compute the
+    same products; they differ only in how the fp32 partial sums are grouped. CPU tensors run the
+    float64 reference. Runs ``zqkernels::gemm`` with spec "w4a8_fp".
     """
     if c._debug_checks:
-        for name, t in (("sx", sx), ("sw", sw), ("bias", bias)):
-            c.check_finite("fp8_gemm", name, t)
-    if c.eager(xq, wq, sx, sw, bias):
-        return _fp8_gemm_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, accumulate)
-    _check_accumulate(accumulate)
-    return _fp8_op(xq, wq, sx, sw, bias, out_dtype, backend, tile or "", activation, accumulate)
+        debug_checks("w4a8_fp", "w4a8_fp_gemm", xq, sx, sw, sg, bias, None)
+    if c.eager(xq, wq, sx, sw, sg, bias):
+        if _active:
+            path = _merged("auto", None, path)[2]
+        return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+    if path == "auto":
+        return _op(xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
+    return _op_with("w4a8_fp_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
+
+
+def w4a8_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+    max_scale: Optional[int] = None,
+    path: str = "auto",
+) -> torch.Tensor:
+    """W4A8 GEMM with INT4 group scales (Integer Scale, docs/W4A8.md):
+    ``y[m, n] = act(sx[m] * sw[n] * sum_j sg[n, j] * P[m, n, j] (+ bias[n]))``, P the exact int
+    dot product of xq and the INT4 codes over group j.
+
+    xq int8 [M, K] with per-token sx float32 [M] (``quantize_per_token(x)``); wq, sw, sg from
+    ``quantize_weight(w, fmt="int4", scale="int" | "float", group_size=g)``: wq uint8 [N, K // 2]
+    (layout m16k32), sw float32 [N], sg [N, K // g] int32 (integer scales: summed in int32, one
+    conversion to float at the end) or float32 (each group's P converted and scaled in fp32, the
+    baseline). The group size is K // sg.shape[1], a multiple of 32 dividing K (float scales: at
+    most W4A8_INT_MAX_GROUP). bias [N] of out_dtype (bf16, fp16 or fp32). On CUDA: compute
+    capability 9.0, N % 16 == 0, K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu'
+    after the bias.
+
+    max_scale (integer scales only): an upper bound of sg, from which the kernel's int32 flush
+    interval is computed (``w4a8_int_flush_steps``) without reading sg on the host (a sync). None:
+    2^15, the largest scale quantize_weight produces (its alpha bound), giving F = 1; passing the
+    alpha actually used (e.g. 1024: F = 63) lets the kernel convert less often. Scales above the
+    bound can overflow int32: ``set_debug_checks(True)`` checks 0 <= sg <= bound (negative scales
+    raise). CPU tensors run the exact reference (``w4a8_gemm_ref``).
+
+    path (CUDA; for tests and benchmarks, also settable with ``gemm_options``): "stream" (the decode
+    kernel: streams the packed weights, INT8 mma.sync), "convert" (int4_to_int8 into a temporary
+    int8 [N, K], then the group-scaled wgmma GEMM, also behind ``w8a8_group_gemm``), or "auto"
+    (stream for M <= 64, else convert). Both compute the same sums. Runs ``zqkernels::gemm`` with
+    spec "w4a8_int".
+    """
+    if c._debug_checks:
+        debug_checks("w4a8_int", "w4a8_gemm", xq, sx, sw, sg, bias, max_scale)
+    if c.eager(xq, wq, sx, sw, sg, bias):
+        if _active:
+            path = _merged("auto", None, path)[2]
+        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+    if path == "auto":
+        return _op(xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype, activation, None, max_scale)
+    return _op_with("w4a8_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype,
+                    activation, None, max_scale)
+
+
+def w8a8_group_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    sg: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+    max_scale: Optional[int] = None,
+) -> torch.Tensor:
+    """Group-wise W8A8 GEMM (docs/W4A8.md, "Group-wise W8A8"):
+    ``y[m, n] = act(sx[m] * sw[n] * sum_j sg[n, j] * P[m, n, j] (+ bias[n]))``, P the exact int
+    dot product of xq and wq over group j.
+
+    xq int8 [M, K] with per-token sx float32 [M] or one value (``quantize_per_token(x)``); wq, sw, sg
+    from ``quantize_weight(w, fmt="int8", scale="int" | "float", group_size=g)``: wq int8 [N, K], sw
+    float32 [N] (or one value), sg [N, K // g] int32 (integer scales: summed in int32, converted to
+    float at the flushes and the end) or float32 (each group's P converted and scaled in fp32, the
+    baseline). The group size is K // sg.shape[1], a multiple of 32 dividing K, at most
+    W8A8_GROUP_MAX_GROUP. bias [N] of out_dtype (bf16, fp16 or fp32). activation: 'none', 'gelu',
+    'gelu_tanh', 'silu' after the bias. On CUDA: compute capability 9.0 (ops/gemm_cuda.py checks
+    it and the alignment).
+
+    max_scale (integer scales only): an upper bound of sg (a Python int in [1, group_max_scale(g,
+    128)], e.g. quantize_weight's alpha), from which the kernel computes how many groups it may add
+    into its int32 accumulator before flushing, without reading sg on the host (a sync). None: the
+    largest scale one group tolerates, i.e. a flush after every group. Scales above the bound can
+    overflow int32: ``set_debug_checks(True)`` checks 0 <= sg <= bound. CPU tensors run the exact
+    reference (``w8a8_group_gemm_ref``). Runs ``zqkernels::gemm`` with spec "int8_group_int" (int32
+    sg) or "int8_group_float" (float32 sg).
+    """
+    if c._debug_checks:
+        debug_checks("int8_group_int", "w8a8_group_gemm", xq, sx, sw, sg, bias, max_scale)
+    if c.eager(xq, wq, sx, sw, sg, bias):
+        return _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+    spec = "int8_group_float" if sg.dtype == torch.float32 else "int8_group_int"
+    return _op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation, None, max_scale)

@@ -6,12 +6,14 @@ fake implementation (torch.compile, export, opcheck); eager calls on plain tenso
 path (``_common.eager``). CPU tensors run ``zqkernels.reference``; CUDA tensors the kernel. It
 quantizes to INT8 (default) or FP8 E4M3 (docs/FP8.md). Weights are quantized offline with torch
 ops on their device: INT8 / INT4 / FP8 per channel, FP4 E2M1 with ZeroQuant-FP group scales, INT4
-and INT8 with integer or float group scales (docs/W4A8.md).
+and INT8 with integer or float group scales (docs/W4A8.md); each format has one spelling, ``fmt=``
+plus the options it takes (``resolve_weight_format``; the old ``bits=`` spellings warn).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import warnings
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -41,7 +43,7 @@ from ..reference.quantize import (
 )
 from . import _common as c
 
-__all__ = ["quantize_per_token", "quantize_weight", "dequantize"]
+__all__ = ["quantize_per_token", "quantize_weight", "dequantize", "resolve_weight_format", "WeightFormat"]
 
 _cuda_ready: set[int] = set()  # device indices that passed require_cuda_kernels
 
@@ -193,6 +195,8 @@ def _check_finite_rows(op: str, w: torch.Tensor) -> None:
 
 
 def _resolve_fmt(op: str, bits: Optional[int], fmt: Optional[str]) -> str:
+    """fmt from the old (bits, fmt) pair, without warnings (algorithms/gptq.py still imports it;
+    quantize_weight resolves its arguments with resolve_weight_format)."""
     if bits is not None and bits not in (8, 4):
         raise ValueError(f"{op}: bits must be 8 or 4, got {bits!r}")
     if fmt is None:
@@ -285,6 +289,118 @@ def _check_int8_group_shape(op: str, N: int, K: int, group_size: Optional[int]) 
     return g
 
 
+class WeightFormat(NamedTuple):
+    """A weight format of ``quantize_weight``, resolved: ``fmt``; for formats with group scales the
+    group size (K: one group per row) and the scale kind, and alpha (integer scales; None: the
+    default); per channel (no group scales): group_size, scale and alpha None."""
+
+    fmt: str
+    group_size: Optional[int]
+    scale: Optional[str]
+    alpha: Optional[int]
+
+
+def _spelling(fmt: str, group_size, scale, alpha) -> str:
+    """The keyword arguments of the current spelling of a format, for messages."""
+    parts = [f"fmt={fmt!r}"]
+    if scale is not None:
+        parts.append(f"scale={scale!r}")
+    if group_size is not None:
+        parts.append(f"group_size={group_size!r}")
+    if alpha is not None:
+        parts.append(f"alpha={alpha!r}")
+    return ", ".join(parts)
+
+
+def resolve_weight_format(
+    op: str,
+    N: int,
+    K: int,
+    bits: Optional[int] = None,
+    fmt: Optional[str] = None,
+    group_size: Optional[int] = None,
+    scale: Optional[str] = None,
+    alpha: Optional[int] = None,
+    *,
+    stacklevel: int = 2,
+) -> WeightFormat:
+    """``quantize_weight``'s format arguments for a weight [N, K], checked (ValueError naming `op` and
+    the argument) and resolved; the deprecated spellings (``bits=``, integer ``group_size`` / ``alpha``
+    without ``scale``) resolve to what they always meant, with a DeprecationWarning naming the
+    current spelling (stacklevel: the caller to point at, as for warnings.warn)."""
+    old = []
+    if bits is not None:
+        if isinstance(bits, bool) or bits not in (8, 4):
+            raise ValueError(
+                f"{op}: bits must be 8 or 4, got {bits!r} (bits is deprecated: name the format with fmt='int8', "
+                "'int4', 'fp8' or 'fp4')"
+            )
+        if fmt is None:
+            fmt = "int4" if bits == 4 else "int8"
+            old.append(f"bits={bits}")
+    elif fmt is None:
+        fmt = "int8"
+    if not isinstance(fmt, str) or fmt not in _WEIGHT_FMTS:
+        raise ValueError(f"{op}: fmt must be one of {tuple(_WEIGHT_FMTS)}, got {fmt!r}")
+    if bits is not None and not old:
+        if bits != _WEIGHT_FMTS[fmt]:
+            raise ValueError(f"{op}: bits={bits} contradicts fmt={fmt!r} ({_WEIGHT_FMTS[fmt]} bits); pass fmt alone")
+        old.append(f"bits={bits} with fmt={fmt!r}")
+    if fmt == "fp8":
+        if group_size is not None or scale is not None or alpha is not None:
+            raise ValueError(
+                f"{op}: fmt='fp8' takes no group_size, scale or alpha (FP8 E4M3 with one float scale per row), "
+                f"got group_size={group_size!r}, scale={scale!r}, alpha={alpha!r}"
+            )
+        res = WeightFormat(fmt, None, None, None)
+    elif fmt == "fp4":
+        if alpha is not None:
+            raise ValueError(
+                f"{op}: alpha applies to integer group scales only (fmt='int4' / 'int8' with scale='int'), got "
+                f"fmt='fp4' with alpha={alpha!r}"
+            )
+        policy = "m2" if scale is None else scale
+        if policy not in FP4_POLICIES:
+            raise ValueError(f"{op}: scale must be one of {FP4_POLICIES} (fmt='fp4'), got {scale!r}")
+        res = WeightFormat(fmt, _check_fp4_shape(op, N, K, group_size), policy, None)
+    else:
+        if scale is None and (group_size is not None or alpha is not None):
+            if group_size is None:
+                raise ValueError(
+                    f"{op}: alpha applies to integer group scales only (fmt={fmt!r} with scale='int'; without "
+                    f"scale the weight has one float scale per row), got alpha={alpha!r} without scale"
+                )
+            scale = "int"  # the old spelling: group_size alone meant integer group scales
+            old.append("group_size without scale")
+        if scale is None:
+            res = WeightFormat(fmt, None, None, None)  # per channel; int4: values in [-7, 7], int8 container
+        else:
+            if scale not in INT4_SCALES:
+                raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (fmt={fmt!r}), got {scale!r}")
+            if alpha is not None and scale != "int":
+                raise ValueError(
+                    f"{op}: alpha applies to integer group scales only (scale='int'), got scale={scale!r} with "
+                    f"alpha={alpha!r}"
+                )
+            if fmt == "int4":
+                if alpha is not None:
+                    _check_alpha(op, alpha)
+                g = _check_int4_shape(op, N, K, group_size)
+            else:
+                g = _check_int8_group_shape(op, N, K, group_size)
+                if alpha is not None:
+                    _check_alpha8(op, alpha, g)
+            res = WeightFormat(fmt, g, scale, alpha)
+    if old:
+        warnings.warn(
+            f"{op}: {' and '.join(old)} is deprecated; name the format as "
+            f"quantize_weight(w, {_spelling(fmt, group_size, res.scale, alpha)}) (same result)",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return res
+
+
 def quantize_weight(
     w: torch.Tensor,
     bits: Optional[int] = None,
@@ -294,84 +410,61 @@ def quantize_weight(
     scale: Optional[str] = None,
     alpha: Optional[int] = None,
 ) -> Union[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Quantize a weight [N, K] offline, per channel or (FP4, INT4) per group.
+    """Quantize a weight w [N, K] offline into a format of the GEMMs: ``fmt`` names the element
+    format; ``scale`` names the group-scale kind (it is what gives a weight group scales, sg);
+    ``group_size`` the group (None: one group per row, g = K); ``alpha`` the integer scales'
+    multiplier. Each format has one spelling:
 
-    - fmt None / "int8" / "int4" (bits 8 (default) or 4): symmetric integer, one scale per row ->
-      (wq int8 [N, K], sw float32 [N]), values in [-127, 127] or [-7, 7] (int8 container).
-    - fmt="fp8": FP8 E4M3 per channel -> (wq float8_e4m3fn [N, K], sw float32 [N]), the math of
-      ``quantize_per_token(..., torch.float8_e4m3fn)`` on the rows (docs/FP8.md).
-    - fmt="fp4": FP4 E2M1 with ZeroQuant-FP group scales -> (wq uint8 [N, K // 2] packed in layout
-      m16k64, sw float32 [N], sg): group_size 32, 64, 128 or None (per channel, g = K), scale
-      "m2" (default), "m1" (power-of-two ratios, sg int8 exponents in [-5, 0]) or "free" (sg
-      float32 ratios in (0, 1]). Needs N % 16 == 0 and K % 64 == 0 (the packed layout).
-    - bits=4 / fmt="int4" WITH group_size or scale: INT4 with group scales for ``w4a8_gemm``
-      (docs/W4A8.md) -> (wq uint8 [N, K // 2] packed in layout m16k32, sw float32 [N], sg):
-      group_size 32, 64, 128, 256 or None (g = K); scale "int" (default: sg int32 = rint(r * alpha),
-      alpha a power of two in [2^0, 2^15], default the heuristic) or "float" (sg float32 ratios).
-      Needs N % 16 == 0 and K % 64 == 0. Without group_size and scale, bits=4 keeps its old meaning
-      (int8 container, one scale per row).
-    - bits=8 / fmt="int8" WITH group_size or scale: INT8 with group scales for ``w8a8_group_gemm``
-      (docs/W4A8.md, "Group-wise W8A8") -> (wq int8 [N, K] plain row-major, values in [-127, 127],
-      sw float32 [N], sg [N, K // g] int32 (scale "int", default) or float32 (scale "float")):
-      group_size 32, 64, 128, 256 or None (g = K); alpha a power of two in [1, group_alpha_max(g,
-      128)] (g = 32: 2048, 64: 1024, 128: 512, 256: 256; larger raises ValueError), default the
-      bound for g >= 64 (the heuristic clamped to [1024, 2048] for g = 32) and 1 per channel. No N
-      rule; K % g == 0 (per channel: K % 32 == 0).
+    - ``fmt="int8"`` (the default): symmetric INT8, one float scale per row -> (wq int8 [N, K] in
+      [-127, 127], sw float32 [N]); for ``int8_gemm``. No options.
+    - ``fmt="int8", scale="int" | "float", group_size=32 | 64 | 128 | 256 | None, alpha=``: INT8 with
+      group scales (docs/W4A8.md, "Group-wise W8A8") -> (wq int8 [N, K] plain row-major, sw float32
+      [N], sg [N, K // g] int32 (scale "int": rint(r * alpha)) or float32 (scale "float": ratios));
+      for ``w8a8_group_gemm``. alpha (scale "int" only) a power of two in [1, group_alpha_max(g,
+      128)] (g = 32: 2048, 64: 1024, 128: 512, 256: 256), default the bound for g >= 64 (the
+      heuristic clamped to [1024, 2048] for g = 32) and 1 per channel. K % g == 0 (per channel:
+      K % 32 == 0).
+    - ``fmt="int4"``: INT4 values, one float scale per row, in an int8 container -> (wq int8 [N, K]
+      in [-7, 7], sw float32 [N]); runs on ``int8_gemm`` (4-bit accuracy on the W8A8 kernel). No
+      options.
+    - ``fmt="int4", scale="int" | "float", group_size=32 | 64 | 128 | 256 | None, alpha=``: packed
+      INT4 with group scales for ``w4a8_gemm`` (docs/W4A8.md) -> (wq uint8 [N, K // 2] in layout
+      m16k32, sw float32 [N], sg [N, K // g] int32 or float32); alpha (scale "int" only) a power of
+      two in [2^0, 2^15], default the heuristic. Needs N % 16 == 0 and K % 64 == 0.
+    - ``fmt="fp8"``: FP8 E4M3, one float scale per row -> (wq float8_e4m3fn [N, K], sw float32 [N]),
+      the math of ``quantize_per_token(..., torch.float8_e4m3fn)`` on the rows (docs/FP8.md); for
+      ``fp8_gemm``. No options.
+    - ``fmt="fp4", scale="m2" (default) | "m1" | "free", group_size=32 | 64 | 128 | None``: FP4 E2M1
+      with ZeroQuant-FP group scales -> (wq uint8 [N, K // 2] in layout m16k64, sw float32 [N], sg:
+      int8 exponents in [-5, 0] for "m1" / "m2" (power-of-two ratios), float32 ratios in (0, 1] for
+      "free"); for ``w4a8_fp_gemm``. Needs N % 16 == 0 and K % 64 == 0. No alpha.
 
-    bits is the old way to say int8 / int4; with fmt it may only repeat fmt's width. group_size
-    and scale belong to fmt="fp4" and to the integer formats, alpha to integer scale="int" only. This runs the reference math with torch ops on w's device
-    and always checks that w is finite (a sync; a NaN would poison a whole output channel). The
-    results are constants: no gradient flows back to w.
+    An option a format does not take raises ValueError naming it. Deprecated spellings (the same
+    results, with a DeprecationWarning naming the new one): ``bits=8`` / ``bits=4`` (fmt="int8" /
+    "int4"; with fmt, bits may only repeat its width), and ``group_size`` (or ``alpha``) on an
+    integer format without ``scale`` (which meant scale="int").
+
+    This runs the reference math with torch ops on w's device and always checks that w is finite (a
+    sync; a NaN would poison a whole output channel). The results are constants: no gradient flows
+    back to w.
     """
     op = "quantize_weight"
     _check_weight(op, w)
-    fmt = _resolve_fmt(op, bits, fmt)
-    if fmt == "fp8" and (group_size is not None or scale is not None or alpha is not None):
-        raise ValueError(
-            f"{op}: group_size and scale apply to fmt='fp4' only (and to the integer formats: bits=4 / 8, "
-            f"fmt='int4' / 'int8'), got fmt={fmt!r} with group_size={group_size!r}, scale={scale!r}, "
-            f"alpha={alpha!r}"
-        )
-    int_group = fmt in ("int4", "int8") and (group_size is not None or scale is not None)
-    int4_group = int_group and fmt == "int4"
-    if alpha is not None and not (int_group and scale in (None, "int")):
-        raise ValueError(
-            f"{op}: alpha applies to INT4 integer group scales only, and to INT8 ones (bits=4 or 8 with "
-            f"group_size or scale, scale='int'), got fmt={fmt!r} with group_size={group_size!r}, "
-            f"scale={scale!r}, alpha={alpha!r}"
-        )
-    if int_group:
-        kind = "int" if scale is None else scale
-        if kind not in INT4_SCALES:
-            b = 4 if int4_group else 8
-            raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (bits={b} / fmt='int{b}'), got {scale!r}")
-        if int4_group:
-            if alpha is not None:
-                _check_alpha(op, alpha)
-            g = _check_int4_shape(op, *w.shape, group_size)
-        else:
-            g = _check_int8_group_shape(op, *w.shape, group_size)
-            if alpha is not None:
-                _check_alpha8(op, alpha, g)
-    if fmt == "fp4":
-        policy = "m2" if scale is None else scale
-        if policy not in FP4_POLICIES:
-            raise ValueError(f"{op}: scale must be one of {FP4_POLICIES} (fmt='fp4'), got {scale!r}")
-        N, K = w.shape
-        g = _check_fp4_shape(op, N, K, group_size)
+    N, K = w.shape
+    f = resolve_weight_format(op, N, K, bits, fmt, group_size, scale, alpha, stacklevel=2)
     _check_finite_rows(op, w)
     w = w.detach()  # constants: no gradient flows to w
-    if fmt == "fp8":
+    if f.fmt == "fp8":
         return quantize_weight_fp8_ref(w)
-    if fmt == "fp4":
-        codes, sw, sg = quantize_fp4_ref(w, g, policy)
+    if f.fmt == "fp4":
+        codes, sw, sg = quantize_fp4_ref(w, f.group_size, f.scale)
         return pack_fp4(codes), sw, sg
-    if int4_group:
-        codes, sw, sg = quantize_int4_group_ref(w, g, kind, alpha)
+    if f.scale is None:
+        return quantize_weight_ref(w, _WEIGHT_FMTS[f.fmt])
+    if f.fmt == "int4":
+        codes, sw, sg = quantize_int4_group_ref(w, f.group_size, f.scale, f.alpha)
         return pack_int4(codes), sw, sg
-    if int_group:
-        return quantize_int8_group_ref(w, g, kind, alpha)
-    return quantize_weight_ref(w, _WEIGHT_FMTS[fmt])
+    return quantize_int8_group_ref(w, f.group_size, f.scale, f.alpha)
 
 
 def dequantize(
@@ -390,9 +483,9 @@ def dequantize(
     [N, K // g]; the value is the FP8 weight the W4A8-FP kernel multiplies, ``e2m1 * 2^e`` (exact)
     or ``fp8(e2m1 * r)`` (free: rounded as the kernel rounds), so dequantize + a float GEMM is the
     kernel's math. fmt "int4" WITH sg: wq uint8 [N, K // 2] in layout m16k32 (``quantize_weight(w,
-    bits=4, group_size=g, scale=...)``), sg int32 integer scales or float32 ratios [N, K // g]; the
+    fmt="int4", scale=..., group_size=g)``), sg int32 integer scales or float32 ratios [N, K // g]; the
     value is ``sw[n] * sg[n, k // g] * q[n, k]``, computed in float64 and rounded once to float32.
-    fmt "int8" WITH sg: wq int8 [N, K] (``quantize_weight(w, bits=8, group_size=g, scale=...)``), sg
+    fmt "int8" WITH sg: wq int8 [N, K] (``quantize_weight(w, fmt="int8", scale=..., group_size=g)``), sg
     int32 or float32 [N, K // g], the same value ``sw[n] * sg[n, k // g] * q[n, k]``.
     group_size (fp4, int4, int8 with sg) is inferred from sg when None; shape, when given, is checked against the
     [N, K] the arguments imply. sw has N values (or one: per tensor).
