@@ -8,6 +8,12 @@
 #   sanitize  -> compute-sanitizer memcheck + racecheck over scripts/sanitize_check.py (every kernel)
 #   overhead  -> benchmarks/bench_overhead.py (eager host time per call vs torch)
 #   bench     -> benchmarks/bench_w8a8.py (full, or --short with BENCH=short), JSON under $OUT
+#   compare   -> before / after in one run: the wheel in $BASE_WHEELHOUSE (default .wheelhouse_base/) with
+#                the benchmarks of its source tree $BASE_SRC (default .base_src/, e.g. `git archive REV`)
+#                against the installed package: bench_overhead twice each, alternating, and
+#                bench_fp8 --quick (every GEMM format, eager host times); JSON + one log under $OUT
+#   layers    -> benchmarks/bench_schemes_layer.py: every scheme's LLaMA layer, fused vs per-Linear vs
+#                bf16 best mode (LAYER_CASES, default prefill,b1,b16)
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
@@ -93,6 +99,38 @@ if [[ " $STEPS " == *" bench "* ]]; then
   [[ -n "${BENCH_CONFIGS:-}" ]] && args+=(--configs)
   python3 benchmarks/bench_w8a8.py "${args[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
   summary+=("bench: commit $commit, log $OUT/bench.log")
+fi
+
+if [[ " $STEPS " == *" compare "* ]]; then
+  tc=$(date +%s)
+  base_whl=$(ls "${BASE_WHEELHOUSE:-.wheelhouse_base}"/zqkernels-*.whl | head -1)
+  base_src="${BASE_SRC:-.base_src}"
+  rm -rf /tmp/zq_base && python3 -m pip install -q --no-deps --target /tmp/zq_base "$base_whl" || exit 1
+  log="$OUT/compare.log"
+  for round in 1 2; do
+    for side in before after; do
+      echo "== bench_overhead $side (round $round)" | tee -a "$log"
+      if [[ $side == before ]]; then
+        (cd "$base_src" && PYTHONPATH=/tmp/zq_base python3 benchmarks/bench_overhead.py --repeats 5 \
+          --json "$OUT/overhead_$side.json") 2>&1 | tail -14 | tee -a "$log"
+      else
+        python3 benchmarks/bench_overhead.py --repeats 5 --json "$OUT/overhead_$side.json" 2>&1 | tail -14 | tee -a "$log"
+      fi
+    done
+  done
+  echo "== bench_fp8 --quick before" | tee -a "$log"
+  (cd "$base_src" && PYTHONPATH=/tmp/zq_base python3 benchmarks/bench_fp8.py --quick --out "$OUT/fp8_before.json") 2>&1 \
+    | tail -22 | tee -a "$log"
+  echo "== bench_fp8 --quick after" | tee -a "$log"
+  python3 benchmarks/bench_fp8.py --quick --out "$OUT/fp8_after.json" 2>&1 | tail -22 | tee -a "$log"
+  summary+=("compare: $(( $(date +%s) - tc )) s, $log")
+fi
+
+if [[ " $STEPS " == *" layers "* ]]; then
+  tl=$(date +%s)
+  python3 benchmarks/bench_schemes_layer.py --cases "${LAYER_CASES:-prefill,b1,b16}" --json "$OUT/schemes_layer.json" \
+    2>&1 | tee "$OUT/layers.log" | tail -24
+  summary+=("layers: $(( $(date +%s) - tl )) s, $OUT/layers.log")
 fi
 
 echo

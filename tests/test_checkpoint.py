@@ -248,18 +248,25 @@ def _llama_w4(dtype=torch.float32, seed=0):
     return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
 
 
+# Per-Linear conversions (every Linear a QLinear under its HF name: the layout tests read them by
+# name); the "-fused" entries keep each scheme's fused blocks (split into parts on save, re-fused on
+# load).
 _CONFIGS = {
-    "fp8": lambda: zqkernels.FP8Config(),
-    "w4a8": lambda: zqkernels.W4A8Config(group_size=64),
-    "w4a8-alpha": lambda: zqkernels.W4A8Config(group_size=128, alpha=4096),
-    "w4a8-floatscale": lambda: zqkernels.W4A8Config(group_size=32, scale="float"),
-    "w4a8-perchannel": lambda: zqkernels.W4A8Config(group_size=None),
-    "w8a8-group": lambda: zqkernels.W8A8GroupConfig(group_size=32),
-    "w8a8-group-float": lambda: zqkernels.W8A8GroupConfig(group_size=64, scale="float"),
-    "w8a8-group-perchannel": lambda: zqkernels.W8A8GroupConfig(group_size=None),
-    "w4a8-fp-m1": lambda: zqkernels.W4A8FPConfig(group_size=64, scale_policy="m1"),
-    "w4a8-fp-m1-g32": lambda: zqkernels.W4A8FPConfig(group_size=32, scale_policy="m1"),
-    "w4a8-fp-m1-perchannel": lambda: zqkernels.W4A8FPConfig(group_size=None, scale_policy="m1"),
+    "fp8": lambda: zqkernels.FP8Config(fused_blocks=False),
+    "w4a8": lambda: zqkernels.W4A8Config(group_size=64, fused_blocks=False),
+    "w4a8-alpha": lambda: zqkernels.W4A8Config(group_size=128, alpha=4096, fused_blocks=False),
+    "w4a8-floatscale": lambda: zqkernels.W4A8Config(group_size=32, scale="float", fused_blocks=False),
+    "w4a8-perchannel": lambda: zqkernels.W4A8Config(group_size=None, fused_blocks=False),
+    "w8a8-group": lambda: zqkernels.W8A8GroupConfig(group_size=32, fused_blocks=False),
+    "w8a8-group-float": lambda: zqkernels.W8A8GroupConfig(group_size=64, scale="float", fused_blocks=False),
+    "w8a8-group-perchannel": lambda: zqkernels.W8A8GroupConfig(group_size=None, fused_blocks=False),
+    "w4a8-fp-m1": lambda: zqkernels.W4A8FPConfig(group_size=64, scale_policy="m1", fused_blocks=False),
+    "w4a8-fp-m1-g32": lambda: zqkernels.W4A8FPConfig(group_size=32, scale_policy="m1", fused_blocks=False),
+    "w4a8-fp-m1-perchannel": lambda: zqkernels.W4A8FPConfig(group_size=None, scale_policy="m1", fused_blocks=False),
+    "fp8-fused": lambda: zqkernels.FP8Config(),
+    "w4a8-fused": lambda: zqkernels.W4A8Config(group_size=64),
+    "w8a8-group-fused": lambda: zqkernels.W8A8GroupConfig(group_size=32),
+    "w4a8-fp-m1-fused": lambda: zqkernels.W4A8FPConfig(group_size=64, scale_policy="m1"),
 }
 
 
@@ -598,7 +605,7 @@ def test_load_ct_fp8_dynamic(tmp_path, dtype):
     assert qc_json["format"] == "float-quantized"
     names = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
     assert len(names) == 14 and sd[names[0] + ".weight"].dtype == torch.float8_e4m3fn
-    model = zqkernels.load_quantized(tmp_path)
+    model = zqkernels.load_quantized(tmp_path, fuse=False)  # per-Linear: the layers by HF name
     for name in names:
         q = model.get_submodule(name)
         assert q.scheme == "fp8"
@@ -621,7 +628,9 @@ def test_load_ct_fp8_dynamic(tmp_path, dtype):
     [("fp8", torch.float32), ("w4a8", torch.float32), ("w4a8", torch.bfloat16), ("w4a8-alpha", torch.float32),
      ("w4a8-floatscale", torch.bfloat16), ("w8a8-group", torch.float32), ("w8a8-group-float", torch.float32),
      ("w8a8-group-perchannel", torch.bfloat16), ("w4a8-perchannel", torch.float32), ("w4/8", torch.float32),
-     ("w4a8-fp-m1", torch.float32), ("w4a8-fp-m1-g32", torch.bfloat16), ("w4a8-fp-m1-perchannel", torch.float32)],
+     ("w4a8-fp-m1", torch.float32), ("w4a8-fp-m1-g32", torch.bfloat16), ("w4a8-fp-m1-perchannel", torch.float32),
+     ("fp8-fused", torch.float32), ("w4a8-fused", torch.bfloat16), ("w8a8-group-fused", torch.float32),
+     ("w4a8-fp-m1-fused", torch.float32)],
 )
 def test_round_trip_schemes_fresh_process(tmp_path, which, dtype):
     """Save -> load in a fresh process: bit-identical outputs; the group scales come back bit for bit
@@ -647,6 +656,9 @@ def test_round_trip_schemes_fresh_process(tmp_path, which, dtype):
                 if isinstance(v, torch.Tensor):
                     v2 = q2.state_dict()[k]
                     assert v2.dtype == v.dtype and torch.equal(v2.view(torch.uint8), v.view(torch.uint8)), (name, k)
+    if which.endswith("-fused"):  # re-fused on load: blocks of the scheme
+        assert type(loaded.model.layers[0]).__name__ == "QLlamaDecoderLayer"
+        assert loaded.model.layers[0].qscheme == model.model.layers[0].qscheme
     if which == "w4/8":  # attention blocks stay per-Linear w8a8 (mixed layers are not fused), MLPs w4a8
         assert loaded.model.layers[0].mlp.down_proj.scheme == "w4a8"
         assert loaded.model.layers[0].self_attn.q_proj.scheme == "w8a8"
@@ -658,7 +670,7 @@ def test_int_scales_foreign_alpha(tmp_path):
     model = _quantize(_llama_w4(), "w4a8")
     zqkernels.save_quantized(model, tmp_path)
     os.remove(tmp_path / "zqkernels.json")
-    loaded = zqkernels.load_quantized(tmp_path)
+    loaded = zqkernels.load_quantized(tmp_path, fuse=False)
     q, q2 = model.model.layers[1].mlp.up_proj, loaded.model.layers[1].mlp.up_proj
     assert torch.equal(q.weight_group_scale, q2.weight_group_scale) and torch.equal(q.weight_scale, q2.weight_scale)
 
@@ -723,7 +735,7 @@ def test_load_ct_mxfp4(tmp_path):
     qc = QuantizationConfig.model_validate(qc_json)
     sd = load_file(tmp_path / "model.safetensors")
     names = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
-    loaded = zqkernels.load_quantized(tmp_path)
+    loaded = zqkernels.load_quantized(tmp_path, fuse=False)
     for name in names:
         q = loaded.get_submodule(name)
         assert q.scheme == "w4a8-fp" and q.group_size == 32 and q.scale_policy == "m1"
@@ -885,7 +897,7 @@ def test_load_into_quantized_model_and_per_tensor(tmp_path):
     for k in [k for k in sd if k.endswith(".weight_scale")]:
         sd[k] = sd[k].max().reshape(1)
     save_file(sd, d / "model.safetensors")
-    fp8 = zqkernels.load_quantized(d)
+    fp8 = zqkernels.load_quantized(d, fuse=False)
     q = fp8.model.layers[0].mlp.up_proj
     s = sd["model.layers.0.mlp.up_proj.weight_scale"]
     assert q.scheme == "fp8" and torch.equal(q.weight_scale, s.expand(q.weight_scale.shape[0]))

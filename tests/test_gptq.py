@@ -484,9 +484,11 @@ def test_from_linear_weight_quantizer_every_scheme(scheme, opts):
 
 
 def test_scheme_without_weight_format_raises(monkeypatch):
-    from zqkernels.nn.linear import SCHEMES as HANDLERS
+    from zqkernels.schemes import SCHEMES
 
-    monkeypatch.setattr(type(HANDLERS["fp8"]), "weight_format", lambda self, m: None)
+    # a scheme that quantizes its own way (quantize) but names no quantize_weight format
+    monkeypatch.setattr(SCHEMES["fp8"], "weight_format", lambda self: None)
+    monkeypatch.setattr(SCHEMES["fp8"], "quantize", lambda self, w: quantize_weight(w, fmt="fp8"))
     with pytest.raises(NotImplementedError, match="does not take a weight_quantizer"):
         QLinear.from_linear(nn.Linear(64, 16), "fp8", weight_quantizer=lambda linear: None)
     QLinear.from_linear(nn.Linear(64, 16), "fp8")  # RTN still works

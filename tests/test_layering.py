@@ -182,20 +182,6 @@ def _under(mod: str, pkg: str) -> bool:
     return mod == pkg or mod.startswith(pkg + ".")
 
 
-# Known violations in files being reworked by others right now (the lead removes these, and the xfails
-# below, once that work lands).
-KNOWN_CYCLES = [
-    # ops/group.py: `from .w4a8 import ...`; ops/w4a8.py (deferred): `from ._group_cuda import ...`;
-    # ops/_group_cuda.py (deferred): `from .w4a8 import _require_sm90` and `from . import gemm`.
-    frozenset({"zqkernels.ops.w4a8", "zqkernels.ops._group_cuda"}),
-]
-# nn modules that use private ops names as attributes of an imported ops module (``fz._call``).
-KNOWN_PRIVATE_OPS_ATTRIBUTES = {
-    "zqkernels.nn.blocks": "QuantizedBlock._norm calls ops.fused._call (the fused norm kernels' dispatcher); "
-    "the blocks' forward is being reworked for non-W8A8 schemes",
-}
-
-
 # ------------------------------------------------------------------------------------------------
 
 
@@ -211,17 +197,9 @@ def test_intra_package_imports_resolve():
     assert not UNRESOLVED, "imports of zqkernels modules that do not exist:\n  " + "\n  ".join(UNRESOLVED)
 
 
-@pytest.mark.xfail(strict=False, reason="known cycle ops/w4a8 <-> ops/_group_cuda (ops rework in progress)")
 def test_no_import_cycle():
     cycles = _cycles(GRAPH)
     assert not cycles, "import cycles (deferred imports included):\n  " + "\n  ".join(_describe(*c) for c in cycles)
-
-
-def test_no_import_cycle_beyond_known():
-    """Every cycle there is is one of KNOWN_CYCLES (delete this test with KNOWN_CYCLES once the
-    xfail of test_no_import_cycle is removed)."""
-    new = [c for c in _cycles(GRAPH) if c[0] not in KNOWN_CYCLES]
-    assert not new, "new import cycles (deferred imports included):\n  " + "\n  ".join(_describe(*c) for c in new)
 
 
 def _private_ops_imports(mod: str) -> list[Edge]:
@@ -261,15 +239,7 @@ def _private_ops_attributes(mod: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(
-    "mod",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=False, reason=KNOWN_PRIVATE_OPS_ATTRIBUTES[m]))
-        if m in KNOWN_PRIVATE_OPS_ATTRIBUTES
-        else m
-        for m in NN_MODULES
-    ],
-)
+@pytest.mark.parametrize("mod", NN_MODULES)
 def test_nn_uses_no_private_ops_attributes(mod):
     """The same rule for private names reached as attributes of an imported ops module (``fz._call``)."""
     bad = _private_ops_attributes(mod)

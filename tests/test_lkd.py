@@ -217,9 +217,9 @@ def test_lkd_fused_and_per_linear_agree():
 
 SCHEME_CONFIGS = [
     ("w8a8", zqkernels.W8A8Config(fused_blocks=False)),
-    ("fp8", zqkernels.FP8Config()),
-    ("w4a8", zqkernels.W4A8Config(group_size=32)),
-    ("w8a8-group", zqkernels.W8A8GroupConfig(group_size=32)),
+    ("fp8", zqkernels.FP8Config(fused_blocks=False)),
+    ("w4a8", zqkernels.W4A8Config(group_size=32, fused_blocks=False)),
+    ("w8a8-group", zqkernels.W8A8GroupConfig(group_size=32, fused_blocks=False)),
 ]
 
 
@@ -408,7 +408,7 @@ def test_lkd_bad_inputs():
 
 
 @needs_hf
-@pytest.mark.parametrize("make,config,lr", [(llama, W8A8Config(fused_blocks=False), 1e-6), (gpt2, FP8Config(), 1e-5)],
+@pytest.mark.parametrize("make,config,lr", [(llama, W8A8Config(fused_blocks=False), 1e-6), (gpt2, FP8Config(fused_blocks=False), 1e-5)],
                          ids=["llama-w8a8", "gpt2-fp8"])
 def test_lkd_train_norms(make, config, lr):
     """train_norms: the norms are trained with the Linears and land in the quantized block."""

@@ -11,8 +11,8 @@ import zqkernels
 from conftest import X_DTYPES, rel_err
 from torch import nn
 from zqkernels import QLinear, W4A8Config, W8A8GroupConfig, quantize_, quantize_model
-from zqkernels.nn import linear as linear_mod
 from zqkernels.reference import w4a8_gemm_ref, w8a8_group_gemm_ref
+from zqkernels.schemes import base as scheme_base
 
 K_IN, N_OUT = 256, 192
 CASES = [
@@ -103,14 +103,13 @@ def test_matches_functional_op_and_passes_max_scale(scheme, options, monkeypatch
     op = zqkernels.w8a8_group_gemm if scheme == "w8a8-group" else zqkernels.w4a8_gemm
     want = op(xq, q.weight_q, sx, q.weight_scale, sg, q.bias, torch.bfloat16, max_scale=q.max_scale)
     seen = []
-    name = "w8a8_group_gemm" if scheme == "w8a8-group" else "w4a8_gemm"
-    real = getattr(linear_mod, name)
+    real = scheme_base.quantized_linear  # what the scheme's forward calls (ops/linear.py)
 
-    def spy(*args, **kw):
-        seen.append(kw.get("max_scale"))
-        return real(*args, **kw)
+    def spy(spec, x2, wq, sw, sg, bias, max_scale, **kw):
+        seen.append(max_scale)
+        return real(spec, x2, wq, sw, sg, bias, max_scale, **kw)
 
-    monkeypatch.setattr(linear_mod, name, spy)
+    monkeypatch.setattr(scheme_base, "quantized_linear", spy)
     with torch.no_grad():
         assert torch.equal(q(x), want)
     assert seen == [q.max_scale]
@@ -385,7 +384,7 @@ def test_quantize_model_schemes():
         model = small_model(torch.bfloat16)
         quantize_model(model, scheme)
         assert model[0].scheme == scheme
-        assert f"QLinear ({scheme})" in zqkernels.conversion_report(model)
+        assert f"QLinear ({scheme}, group_size=128" in zqkernels.conversion_report(model)
         with torch.no_grad():
             assert model(torch.randn(2, 128, dtype=torch.bfloat16)).shape == (2, 64)
 
@@ -410,9 +409,11 @@ def test_hf_models(cfg):
         m = build()
         ref = run(m)
         s = quantize_(m, cfg)
-        # fused blocks are w8a8 only: every Linear / Conv1D became a QLinear of the scheme
-        assert not any(k.startswith("Q") and k.endswith(("Layer", "Block")) for k in kinds(m)), kinds(m)
-        assert s.converted and all(f"QLinear ({cfg.scheme}" in how for _, how in s.converted)
+        # every recognised layer became a fused block of the config's scheme, whose quantized roles
+        # are QLinears of the scheme
+        blocks = [x for x in m.modules() if isinstance(x, zqkernels.QuantizedBlock)]
+        assert blocks and all(b.qscheme == cfg.scheme_object() for b in blocks), kinds(m)
+        assert s.converted and all(f"scheme={cfg.scheme}" in how for _, how in s.converted if "fused" in how)
         qs = [x for x in m.modules() if isinstance(x, QLinear)]
         assert qs and all(x.scheme == cfg.scheme for x in qs)
         assert cos(run(m), ref) > (0.999 if cfg.scheme == "w8a8-group" else 0.99)

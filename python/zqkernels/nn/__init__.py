@@ -1,4 +1,4 @@
-"""Modules: QLinear (a drop-in nn.Linear replacement that delegates to a per-scheme handler), the
+"""Modules: QLinear (a drop-in nn.Linear replacement that delegates to its scheme object, zqkernels.schemes), the
 fused quantized transformer blocks, and whole-model conversion (quantize_model, and
 the torchao-style quantize_ with config objects). Nothing here imports ``zqkernels.algorithms``
 (the model-level LoRC, ``lorc``, is ``zqkernels.algorithms.lorc``; ``apply_lorc`` is per layer)."""

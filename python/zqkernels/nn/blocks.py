@@ -4,8 +4,10 @@ A block replaces one HF transformers layer (``BertLayer``, ``LlamaDecoderLayer``
 Mistral / Qwen2 relatives, ``GPT2Block``) with the same forward signature and output, computed as:
 
 - the linears of a block merged where they share an input (q/k/v -> one QKV GEMM; LLaMA's gate and
-  up -> one GEMM) and run as W8A8 ``QLinear`` GEMMs (bias in the GEMM epilogue);
-- every activation a W8A8 GEMM reads is quantized by the kernel that produces it: the norm
+  up -> one GEMM) and run as ``QLinear`` GEMMs of the block's scheme (any scheme of
+  ``zqkernels.schemes``: W8A8 by default, FP8, W4A8, W4A8-FP, group W8A8; bias in the GEMM epilogue);
+- every activation a quantized GEMM reads is quantized, in the scheme's activation format (int8 or
+  FP8 E4M3, ``Scheme.act_dtype``), by the kernel that produces it: the norm
   (``rmsnorm_quant`` / ``add_layernorm_quant`` ...), the activation (``bias_gelu_quant``,
   ``silu_mul_quant``), or ``quantize_per_token`` where nothing else touches the values (attention's
   output), so no bf16 intermediate is written only to be read back by a quantizer;
@@ -14,8 +16,9 @@ Mistral / Qwen2 relatives, ``GPT2Block``) with the same forward signature and ou
 - attention stays in torch (HF's attention interface, SDPA by default) in the model dtype.
 
 Precision levels (ZeroQuant-HERO-style, a per-module map; docs/FUSED.md): each GEMM role ``qkv``,
-``attn_out``, ``fc1``, ``fc2`` is INT8 (W8A8) or kept in the model's float dtype. ``LEVELS`` names
-presets from all-INT8 to accuracy-first. A float role runs the float weight with torch ops, and its
+``attn_out``, ``fc1``, ``fc2`` is quantized (with the block's scheme; "int8" in the presets' names
+is W8A8's case) or kept in the model's float dtype. ``LEVELS`` names presets from all-quantized to
+accuracy-first. A float role runs the float weight with torch ops, and its
 producer emits a float activation instead of a quantized one.
 
 Inference only (dropout is not applied); eager, CUDA-graph capture and torch.compile all work.
@@ -31,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import fused as fz
-from ..ops.quantize import quantize_per_token, quantize_weight
-from .linear import QLinear, linear_from_conv1d
+from ..ops import quantize_per_token
+from ..ops.fused import bias_gelu_quant, row_quant, silu_mul_quant
+from ..schemes import W8A8, Scheme
+from .linear import QLinear, linear_from_conv1d, run_weight_quantizer
 
 __all__ = [
     "LEVELS",
@@ -93,14 +97,16 @@ def resolve_level(level: Union[str, dict[str, bool]]) -> dict[str, bool]:
     raise TypeError(f"quantize_model: level must be a preset name or a dict, got {type(level).__name__}")
 
 
-# Set by the conversion (convert._convert) while blocks are built: callable(linear) -> (wq, sw) or
-# None, the weight quantizer of each part of a merged linear (None: round to nearest).
+# Set by the conversion (convert._convert) while blocks are built: callable(linear[, weight_format])
+# -> the part's quantized tensors or None, the weight quantizer of each part of a merged linear
+# (None: round to nearest). Checkpoint loading sets it to hand over each part's exact tensors.
 _WEIGHT_QUANTIZER: ContextVar[Optional[Callable[[nn.Module], Any]]] = ContextVar("_WEIGHT_QUANTIZER", default=None)
 
 
-def _merge_linears(op: str, linears: list[nn.Linear], int8: bool) -> nn.Module:
-    """One linear over the concatenated output features of `linears` (same input): a W8A8 QLinear,
-    or a float nn.Linear when the role stays in float. A missing bias of one part becomes zeros."""
+def _merge_linears(op: str, linears: list[nn.Linear], quantized: bool, qscheme: Scheme) -> nn.Module:
+    """One linear over the concatenated output features of `linears` (same input): a QLinear of
+    `qscheme`, or a float nn.Linear when the role stays in float. A missing bias of one part becomes
+    zeros."""
     w = torch.cat([lin.weight.detach() for lin in linears], 0)
     has_bias = any(lin.bias is not None for lin in linears)
     b = None
@@ -114,17 +120,22 @@ def _merge_linears(op: str, linears: list[nn.Linear], int8: bool) -> nn.Module:
     merged = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device="meta")
     merged.weight = nn.Parameter(w, requires_grad=False)
     merged.bias = nn.Parameter(b, requires_grad=False) if b is not None else None
-    if not int8:
+    if not quantized:
         return merged
     quantizer = _WEIGHT_QUANTIZER.get()
     try:
         if quantizer is not None:
-            # Each part quantized on its own (per-channel scales: the rows are independent), then
-            # concatenated; the parts share their input, so e.g. GPTQ uses the same Hessian for all.
-            parts = [quantizer(lin) or quantize_weight(lin.weight.detach(), bits=8) for lin in linears]
-            q = (torch.cat([p[0] for p in parts], 0), torch.cat([p[1] for p in parts], 0))
-            return QLinear.from_linear(merged, weight_quantizer=lambda _lin: q)
-        return QLinear.from_linear(merged)
+            # Each part quantized on its own (channel and group scales: the rows are independent), then
+            # concatenated row-wise (packed layouts too: they pack whole tiles of 16 rows, and every
+            # part has out_features % 16 == 0 there); the parts share their input, so e.g. GPTQ uses
+            # the same Hessian for all.
+            parts = []
+            for lin in linears:
+                part = qscheme.for_layer(op, lin.out_features, lin.in_features)
+                parts.append(run_weight_quantizer(op, quantizer, lin, part) or part.quantize(lin.weight.detach()))
+            q = tuple(torch.cat(ts, 0) for ts in zip(*parts))
+            return QLinear.from_linear(merged, qscheme, weight_quantizer=lambda _lin: q)
+        return QLinear.from_linear(merged, qscheme)
     except (ValueError, TypeError) as e:
         raise type(e)(f"{op}: {e}") from e
 
@@ -201,9 +212,13 @@ class QuantizedBlock(nn.Module):
     #: ``BLOCKS``); empty: smoothing does not support the architecture.
     SMOOTH: ClassVar[tuple[SmoothRule, ...]] = ()
 
-    def __init__(self, level: dict[str, bool], attn: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
+    def __init__(self, level: dict[str, bool], attn: nn.Module, heads: int, kv_heads: int, head_dim: int,
+                 qscheme: Optional[Scheme] = None) -> None:
         super().__init__()
         self.level = dict(level)
+        # The scheme of every quantized role (W8A8 by default) and the format its GEMMs read.
+        self.qscheme = W8A8() if qscheme is None else qscheme
+        self._qdtype = self.qscheme.act_dtype
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.layer_idx = getattr(attn, "layer_idx", None)
         self._meta = _Meta(attn)
@@ -226,7 +241,7 @@ class QuantizedBlock(nn.Module):
             parts = [layer.get_submodule(n) for n in names]
             if convert is not None:
                 parts = [convert(m) for m in parts]
-            setattr(self, role, _merge_linears(f"{type(self).__name__} {role}", parts, self.level[role]))
+            setattr(self, role, _merge_linears(f"{type(self).__name__} {role}", parts, self.level[role], self.qscheme))
 
     # -- chaining ---------------------------------------------------------------------------------
     def link(self, nxt: Optional["QuantizedBlock"]) -> None:
@@ -253,16 +268,17 @@ class QuantizedBlock(nn.Module):
             return lin.forward_quantized(inp[0], inp[1], dtype)
         return lin(inp)
 
-    def _norm(self, i: int, x: torch.Tensor, residual: Optional[torch.Tensor], mode: str, int8: bool):
+    def _norm(self, i: int, x: torch.Tensor, residual: Optional[torch.Tensor], mode: str, quantized: bool):
         """Norm `i` of x (+ residual) -> (the next GEMM's input: (q, s) or float, the residual
         output: x + residual ("sum"), the normalised row ("normed"), or None). The residual output
         is written over `residual` (which must be the block's own temporary)."""
         w, b, eps = getattr(self, f"norm{i}_w"), getattr(self, f"norm{i}_b"), getattr(self, f"eps{i}")
-        if int8:
+        if quantized:
+            dt = self._qdtype
             if residual is None:
-                q, s, _ = fz._call("fused norm", self.norm, x, None, w, b, eps)
+                q, s, _ = row_quant("fused norm", self.norm, x, None, w, b, eps, dtype=dt)
                 return (q, s), None
-            q, s, r = fz._call("fused add+norm", self.norm, x, residual, w, b, eps, mode, True)
+            q, s, r = row_quant("fused add+norm", self.norm, x, residual, w, b, eps, mode, True, dtype=dt)
             return (q, s), r
         module = getattr(self, f"norm{i}")
         if residual is None:
@@ -271,13 +287,15 @@ class QuantizedBlock(nn.Module):
         h = module(v)
         return h, (v if mode == "sum" else h)
 
-    def _act(self, y: torch.Tensor, int8: bool):
+    def _act(self, y: torch.Tensor, quantized: bool):
         if self.act == "silu_mul":
-            if int8:
-                return fz.silu_mul_quant(y)
+            if quantized:
+                return silu_mul_quant(y, dtype=self._qdtype)
             g, u = y.chunk(2, dim=1)
             return F.silu(g) * u
-        return fz.bias_gelu_quant(y, None, self.act) if int8 else F.gelu(y, approximate=self.act)
+        if quantized:
+            return bias_gelu_quant(y, None, self.act, dtype=self._qdtype)
+        return F.gelu(y, approximate=self.act)
 
     def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs) -> torch.Tensor:
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
@@ -308,14 +326,15 @@ class QuantizedBlock(nn.Module):
             if self.pre_norm:
                 inp, _ = self._norm(1, x2, None, "none", lv["qkv"])
             else:
-                inp = quantize_per_token(x2) if lv["qkv"] else x2
+                inp = quantize_per_token(x2, dtype=self._qdtype) if lv["qkv"] else x2
         a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
-        o = self._linear(self.attn_out, quantize_per_token(a2) if lv["attn_out"] else a2, dt)
+        o = self._linear(self.attn_out, quantize_per_token(a2, dtype=self._qdtype) if lv["attn_out"] else a2, dt)
         # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o
         inp1, r = self._norm(2 if self.pre_norm else 1, x2, o, "sum" if self.pre_norm else "normed", lv["fc1"])
         y = self._linear(self.fc2, self._act(self._linear(self.fc1, inp1, dt), lv["fc2"]), dt)
         nxt = self._next
-        handoff = nxt is not None and type(nxt) is type(self) and nxt.level["qkv"] and not torch.compiler.is_compiling()
+        handoff = (nxt is not None and type(nxt) is type(self) and nxt.level["qkv"] and nxt._qdtype is self._qdtype
+                   and not torch.compiler.is_compiling())
         if self.pre_norm:
             if handoff:  # out = r + y over y, plus the next block's norm1(out) quantized
                 prepared, out = nxt._norm(1, r, y, "sum", True)
@@ -329,7 +348,10 @@ class QuantizedBlock(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return "level=" + ", ".join(f"{r}={'int8' if self.level[r] else 'float'}" for r in ROLES)
+        qs = self.qscheme
+        q = "int8" if qs.name == "w8a8" else qs.name
+        out = "level=" + ", ".join(f"{r}={q if self.level[r] else 'float'}" for r in ROLES)
+        return out if qs.name == "w8a8" else f"{out}, scheme={qs.label()}"
 
 
 _NOT_FOR_ATTENTION = ("output_attentions", "past_key_values", "cache", "cache_position", "use_cache", "position_ids")
@@ -366,10 +388,10 @@ class QBertLayer(QuantizedBlock):
     })
     # SMOOTH: none (post-norm: norm1's output is also the residual, so it cannot absorb 1/s)
 
-    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
+    def __init__(self, layer: nn.Module, level: dict[str, bool], qscheme: Optional[Scheme] = None) -> None:
         att = layer.attention
         sa = att.self
-        super().__init__(level, sa, sa.num_attention_heads, sa.num_attention_heads, sa.attention_head_size)
+        super().__init__(level, sa, sa.num_attention_heads, sa.num_attention_heads, sa.attention_head_size, qscheme)
         if getattr(layer, "add_cross_attention", False) or getattr(sa, "is_decoder", False):
             raise ValueError("QBertLayer: decoder / cross-attention BERT layers are not supported")
         act = getattr(layer.intermediate, "intermediate_act_fn", None)
@@ -409,10 +431,10 @@ class QLlamaDecoderLayer(QuantizedBlock):
         SmoothRule(PARTS["qkv"][2], PARTS["attn_out"], "gqa"),  # v -> o
     )
 
-    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
+    def __init__(self, layer: nn.Module, level: dict[str, bool], qscheme: Optional[Scheme] = None) -> None:
         att, mlp = layer.self_attn, layer.mlp
         cfg = att.config
-        super().__init__(level, att, cfg.num_attention_heads, cfg.num_key_value_heads, att.head_dim)
+        super().__init__(level, att, cfg.num_attention_heads, cfg.num_key_value_heads, att.head_dim, qscheme)
         act = getattr(mlp, "act_fn", None)
         if not (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
             raise ValueError(f"QLlamaDecoderLayer: the MLP activation must be SiLU, got {act!r}")
@@ -456,9 +478,9 @@ class QGPT2Block(QuantizedBlock):
         SmoothRule(PARTS["norm2"][0], PARTS["fc1"], "norm"),  # ln_2 -> c_fc
     )
 
-    def __init__(self, layer: nn.Module, level: dict[str, bool]) -> None:
+    def __init__(self, layer: nn.Module, level: dict[str, bool], qscheme: Optional[Scheme] = None) -> None:
         att, mlp = layer.attn, layer.mlp
-        super().__init__(level, att, att.num_heads, att.num_heads, att.head_dim)
+        super().__init__(level, att, att.num_heads, att.num_heads, att.head_dim, qscheme)
         if hasattr(layer, "crossattention"):
             raise ValueError("QGPT2Block: cross-attention GPT-2 blocks are not supported")
         if att.reorder_and_upcast_attn and att.config._attn_implementation == "eager":

@@ -13,12 +13,13 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W8A8Group
+from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W8A8Group, get_scheme
 from .blocks import resolve_level
 from .convert import _convert, _convertible
 
 __all__ = [
     "QuantConfig",
+    "SchemeConfig",
     "W8A8Config",
     "W8A8GroupConfig",
     "FP8Config",
@@ -33,10 +34,18 @@ __all__ = [
 class QuantConfig:
     """Base class of the quantization configs accepted by ``quantize_``: a thin constructor of a
     scheme object (``zqkernels.schemes``), whose constructor checks the options. ``scheme_object()``
-    is what each converted Linear runs (group_size None: per channel, resolved per layer)."""
+    is what each converted Linear runs (group_size None: per channel, resolved per layer).
+
+    Every config also has ``level`` (the precision of each GEMM role inside fused transformer
+    blocks: a preset of ``zqkernels.LEVELS``, "int8" = every role quantized with the config's
+    scheme, "balanced", "accuracy", or a {role: quantized?} dict) and ``fused_blocks`` (fuse
+    recognised transformer layers, ``zqkernels.nn.blocks``; False converts every Linear on its own).
+    """
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_scheme", self._make(type(self).__name__))
+        op = type(self).__name__
+        resolve_level(getattr(self, "level", "int8"))
+        object.__setattr__(self, "_scheme", self._make(op))
 
     def _make(self, op: str) -> Scheme:
         """The scheme object of these options (its constructor validates them, naming `op`)."""
@@ -49,6 +58,20 @@ class QuantConfig:
     def scheme(self) -> str:
         """The scheme's name ("w8a8", "w4a8", ...)."""
         return self._scheme.name
+
+
+@dataclass(frozen=True)
+class SchemeConfig(QuantConfig):
+    """Any registered scheme by its object: ``SchemeConfig(zqkernels.schemes.W4A8(group_size=64))``
+    (or a scheme name: ``SchemeConfig("fp8")``, the scheme's option defaults; group_size None is per
+    channel). The named configs below are the same with the scheme's options as fields."""
+
+    qscheme: Union[Scheme, str] = "w8a8"
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
+
+    def _make(self, op: str) -> Scheme:
+        return get_scheme(op, self.qscheme)
 
 
 @dataclass(frozen=True)
@@ -65,7 +88,6 @@ class W8A8Config(QuantConfig):
     fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
-        resolve_level(self.level)
         return W8A8(op)
 
 
@@ -79,12 +101,14 @@ class W8A8GroupConfig(QuantConfig):
     bound of the group size: 32 -> 2048, 64 -> 1024, 128 -> 512, 256 -> 256), None for
     quantize_weight's default. Every converted Linear needs in_features % 16 == 0 and group_size
     dividing it (per channel: in_features % 32 == 0); another shape raises ValueError naming the
-    layer, before the model changes. Fused transformer blocks are w8a8 only.
+    layer, before the model changes.
     """
 
     group_size: Optional[int] = 128
     scale: str = "int"
     alpha: Optional[int] = None
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
         return W8A8Group(op, group_size=self.group_size, scale=self.scale, alpha=self.alpha)
@@ -93,8 +117,10 @@ class W8A8GroupConfig(QuantConfig):
 @dataclass(frozen=True)
 class FP8Config(QuantConfig):
     """FP8 (E4M3) per-token dynamic activations x FP8 per-channel weights: QLinear scheme "fp8"
-    (``fp8_gemm``, accurate accumulation). Fused transformer blocks are w8a8 only: every Linear
-    is converted to a QLinear on its own."""
+    (``fp8_gemm``, accurate accumulation)."""
+
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
         return FP8(op)
@@ -110,12 +136,14 @@ class W4A8Config(QuantConfig):
     in [1, 2^15], None for quantize_weight's heuristic. Every converted Linear needs out_features %
     16 == 0, in_features % 64 == 0 and group_size dividing in_features (the packed layout m16k32);
     another shape raises ValueError naming the layer, before the model changes (leave such layers
-    in float with module_configs {pattern: None}). Fused transformer blocks are w8a8 only.
+    in float with module_configs {pattern: None}).
     """
 
     group_size: Optional[int] = 128
     scale: str = "int"
     alpha: Optional[int] = None
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
         if self.scale == "float":
@@ -137,12 +165,13 @@ class W4A8FPConfig(QuantConfig):
     (power-of-two ratios, int8 exponents) or "free" (float32 ratios); case-insensitive, stored
     lower-case. Every converted Linear needs out_features % 16 == 0 and in_features % 64 == 0 (and
     group_size dividing in_features): another shape raises ValueError naming the layer, before
-    the model changes; leave such layers in float with module_configs {pattern: None}. Fused
-    transformer blocks are w8a8 only: every Linear is converted to a QLinear on its own.
+    the model changes; leave such layers in float with module_configs {pattern: None}.
     """
 
     group_size: Optional[int] = 128
     scale_policy: str = "m2"
+    level: Union[str, dict[str, bool]] = "int8"
+    fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
         s = W4A8FP(op, group_size=self.group_size, scale_policy=self.scale_policy)
@@ -212,18 +241,18 @@ def quantize_(
       weight (tied embeddings) stay in float, so the tie survives; they are converted only when
       selected explicitly: filter_fn returns True for them, or a module_configs pattern other than
       "*" matches them.
-    - A recognised transformer layer is fused only when every Linear in it gets the same
-      W8A8Config with fused_blocks=True; otherwise its Linears are converted one by one.
+    - A recognised transformer layer is fused (with the config's scheme and level) only when every
+      Linear in it gets the same config with fused_blocks=True; otherwise its Linears are converted
+      one by one.
     - progress=True shows a tqdm progress bar over the modules being built (if tqdm is installed).
     - weight_quantizer: optional callable(linear) -> the scheme's quantize_weight result or None,
       used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
       a merged GEMM); None from it keeps round-to-nearest. ``zqkernels.gptq`` passes GPTQ's here
       (every scheme: a quantizer taking ``weight_format=`` is told the layer's format).
 
-    FP8Config, W4A8FPConfig, W4A8Config and W8A8GroupConfig convert each selected Linear to a
-    QLinear of scheme "fp8" / "w4a8-fp" / "w4a8" or "w4a8-floatscale" / "w8a8-group" (no fused
-    blocks). A Linear whose shape the scheme cannot run raises ValueError naming it, before anything
-    changes.
+    Each config converts the Linears outside fused blocks to QLinears of its scheme ("w8a8", "fp8",
+    "w4a8-fp", "w4a8" or "w4a8-floatscale", "w8a8-group"). A Linear whose shape the scheme cannot
+    run raises ValueError naming it, before anything changes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
@@ -285,9 +314,9 @@ def quantize_(
     def decide_block(name: str, layer: nn.Module) -> Optional[dict[str, bool]]:
         cfgs = [resolve(sub, m)[0] for sub, m in layer.named_modules(prefix=name) if _convertible(m)]
         cfg = cfgs[0] if cfgs else None
-        if any(c != cfg for c in cfgs) or not isinstance(cfg, W8A8Config) or not cfg.fused_blocks:
+        if any(c != cfg for c in cfgs) or not isinstance(cfg, QuantConfig) or not cfg.fused_blocks:
             return None
-        return resolve_level(cfg.level)
+        return resolve_level(cfg.level), cfg.scheme_object()
 
     if weight_quantizer is not None and not callable(weight_quantizer):
         raise TypeError(

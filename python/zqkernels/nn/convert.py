@@ -22,7 +22,7 @@ def _skipped(name: str, patterns: Iterable[str]) -> bool:
 
 def quantize_model(
     model: nn.Module,
-    scheme: str = "w8a8",
+    scheme: Union[str, Scheme] = "w8a8",
     skip: Union[str, Iterable[str]] = (),
     *,
     level: Union[str, dict[str, bool]] = "int8",
@@ -48,22 +48,23 @@ def quantize_model(
     in ``conversion_report(model)`` (``verbose=True`` prints it). If `model` is itself an nn.Linear
     (or Conv1D), the QLinear is returned.
     """
-    get_scheme("quantize_model", scheme)
+    # a name takes QLinear's keyword defaults (e.g. group_size 128); a Scheme object is used as is
+    spec = scheme if isinstance(scheme, Scheme) else get_scheme("quantize_model", scheme).with_defaults()
     levels = resolve_level(level)
     patterns = (skip,) if isinstance(skip, str) else tuple(skip)
 
-    def decide_linear(name: str, _module: nn.Module) -> tuple[bool, str]:
+    def decide_linear(name: str, _module: nn.Module) -> tuple[bool, Spec]:
         if _skipped(name, patterns):
             return False, "skipped by pattern"
-        return True, scheme
+        return True, spec
 
-    def decide_block(name: str, _module: nn.Module) -> Optional[dict[str, bool]]:
-        if not fused_blocks or scheme != "w8a8" or _skipped(name, patterns):
+    def decide_block(name: str, _module: nn.Module) -> Optional[tuple[dict[str, bool], Scheme]]:
+        if not fused_blocks or _skipped(name, patterns):
             return None
-        return levels
+        return levels, spec
 
     if _convertible(model):
-        return model if _skipped("", patterns) else _convert_one("quantize_model", "", model, scheme)
+        return model if _skipped("", patterns) else _convert_one("quantize_model", "", model, spec)
     _convert(model, "quantize_model", decide_linear, decide_block)
     if verbose:
         print(conversion_report(model))
@@ -98,14 +99,14 @@ def _convert(
     model: nn.Module,
     op: str,
     decide_linear: Callable[[str, nn.Module], tuple[bool, Any]],
-    decide_block: Callable[[str, nn.Module], Optional[dict[str, bool]]],
+    decide_block: Callable[[str, nn.Module], Optional[tuple[dict[str, bool], Scheme]]],
     progress: bool = False,
     weight_quantizer: Optional[Callable[[nn.Module], Any]] = None,
 ) -> list[dict[str, Any]]:
     """The conversion machinery shared by quantize_model and quantize_ (model is changed in place).
 
-    decide_block(name, layer) -> precision levels to fuse a recognised transformer layer, or None to
-    look at its Linears one by one. decide_linear(name, linear) -> (True, spec) to convert a Linear
+    decide_block(name, layer) -> (precision levels, scheme) to fuse a recognised transformer layer, or
+    None to look at its Linears one by one. decide_linear(name, linear) -> (True, spec) to convert a Linear
     / Conv1D slot (spec: a scheme name, or (scheme, ((option, value), ...)) for per-layer options), or
     (False, why) to leave it in float (recorded in the report). Every replacement
     is built before the model is changed. Returns (and stores for conversion_report) the report rows.
@@ -133,7 +134,7 @@ def _convert(
 
     # Phase 1: fused blocks (built, not installed yet). A layer that cannot be fused (unsupported
     # variant) falls back to per-Linear conversion, with the reason recorded.
-    candidates: list[tuple[nn.Module, str, str, type, dict[str, bool]]] = []
+    candidates: list[tuple[nn.Module, str, str, type, tuple[dict[str, bool], Scheme]]] = []
     taken: list[str] = []
     for prefix, parent in model.named_modules():
         if any(prefix == b or prefix.startswith(b + ".") for b in taken):
@@ -154,7 +155,7 @@ def _convert(
     for parent, child_name, name, cls, lv in candidates:
         token = _WEIGHT_QUANTIZER.set(weight_quantizer)
         try:
-            blk = cls(parent._modules[child_name], lv)
+            blk = cls(parent._modules[child_name], *lv)
         except (ValueError, TypeError, AttributeError) as e:
             report.append({"module": name, "path": "per-linear", "why": f"not fused: {e}"})
             tick()

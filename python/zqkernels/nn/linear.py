@@ -14,7 +14,7 @@ from torch import nn
 from ..ops import has_row_layout
 from ..schemes import SCHEMES, Scheme, layer_scheme
 
-__all__ = ["QLinear", "SCHEMES", "is_conv1d", "linear_from_conv1d"]
+__all__ = ["QLinear", "SCHEMES", "is_conv1d", "linear_from_conv1d", "run_weight_quantizer"]
 
 _BITS_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # see QLinear._apply
 _X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -130,10 +130,36 @@ class QLinear(nn.Module):
             )
         except ValueError as e:
             raise ValueError(str(e).replace("QLinear:", f"{op}:", 1)) from None
-        q = _run_weight_quantizer(op, weight_quantizer, linear, mod) if weight_quantizer is not None else None
+        q = run_weight_quantizer(op, weight_quantizer, linear, mod.qscheme) if weight_quantizer is not None else None
         qs = mod.qscheme
         quantized = qs.quantize(w) if q is None else _check_quantized(op, q, w, mod)
         qs.load(mod, quantized, linear.bias)
+        return mod
+
+    @classmethod
+    def from_quantized(
+        cls,
+        qscheme: Scheme,
+        out_features: int,
+        in_features: int,
+        tensors: dict[str, torch.Tensor],
+        bias: Optional[torch.Tensor] = None,
+        dtype: torch.dtype = torch.bfloat16,
+    ) -> "QLinear":
+        """A QLinear holding already-quantized weights (e.g. read from a checkpoint: the schemes'
+        ``from_compressed_tensors``): tensors = {buffer name: tensor} of ``qscheme.buffer_layout``
+        with out_features rows (unpadded), installed by ``qscheme.load`` (rows padded, per-layer
+        state such as max_scale derived). The bias keeps its dtype; without one, `dtype` is the
+        layer's. Built on the meta device, then given the tensors (no copy beyond the padding)."""
+        has_bias = bias is not None
+        mod = cls(in_features, out_features, bias=has_bias, dtype=bias.dtype if has_bias else dtype, device="meta",
+                  scheme=qscheme)
+        qs = mod.qscheme
+        names = list(qs.buffer_layout(mod._buffers["weight_scale"].shape[0], mod.in_features))
+        missing = [k for k in names if k not in tensors]
+        if missing or len(tensors) != len(names):
+            raise ValueError(f"QLinear.from_quantized: scheme {qs.name!r} takes tensors {names}, got {sorted(tensors)}")
+        qs.load(mod, tuple(tensors[k] for k in names), bias)
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -306,16 +332,16 @@ class QLinear(nn.Module):
         )
 
 
-def _run_weight_quantizer(op: str, quantizer: Any, linear: nn.Module, mod: "QLinear") -> Any:
-    """quantizer(linear), or quantizer(linear, weight_format=...) when it takes that parameter;
-    NotImplementedError for a scheme without weight_format."""
+def run_weight_quantizer(op: str, quantizer: Any, linear: nn.Module, qscheme: Scheme) -> Any:
+    """quantizer(linear), or quantizer(linear, weight_format=...) when it takes that parameter (the
+    layer-resolved scheme's ``weight_format``); NotImplementedError for a scheme without one."""
     try:
-        fmt = mod.qscheme.weight_format()
+        fmt = qscheme.weight_format()
     except NotImplementedError:
         fmt = None
     if fmt is None:
         raise NotImplementedError(
-            f"{op}: scheme {mod.scheme!r} does not take a weight_quantizer (it defines no "
+            f"{op}: scheme {qscheme.name!r} does not take a weight_quantizer (it defines no "
             "weight_format); quantize it without one"
         )
     import inspect

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Optional
 import torch
 
 from ..formats import GemmSpec
+from ..ops.linear import gemm_quantized, quantized_linear
 
 __all__ = ["Scheme", "SCHEMES", "register", "get_scheme", "layer_scheme", "scheme_names", "N_ALIGN", "padded", "pad_rows"]
 
@@ -76,6 +77,10 @@ class Scheme:
     # layouts need out_features % 16 == 0 instead and are never padded.
     pads_rows: ClassVar[bool] = True
 
+    # QLinear's keyword defaults that differ from the option's own None (e.g. group_size 128, where
+    # a config's None means per channel)
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
     # -- options ---------------------------------------------------------------------------------
     def __init__(self, op: str = "", **options: Any) -> None:
         """Check the option values on their own (None: the scheme's default). op names the caller
@@ -90,6 +95,11 @@ class Scheme:
 
     def _check_options(self, op: str) -> None:
         """Validate (and normalise, with object.__setattr__) the option values."""
+
+    def with_defaults(self) -> "Scheme":
+        """This scheme with QLinear's keyword defaults (DEFAULTS) where an option is None."""
+        opts = self.options()
+        return type(self)(**{k: (self.DEFAULTS.get(k) if v is None else v) for k, v in opts.items()})
 
     def options(self) -> dict[str, Any]:
         """{option: value} in option_names order."""
@@ -107,6 +117,11 @@ class Scheme:
     def for_layer(self, op: str, out_features: int, in_features: int) -> "Scheme":
         """The scheme a layer [out_features, in_features] runs: per-layer values resolved (e.g.
         group_size None -> in_features), the shape checked (ValueError naming `op` and the rule)."""
+        return self
+
+    def general(self) -> "Scheme":
+        """The layer-independent scheme of a layer's scheme (a per-channel group size resolved to
+        in_features becomes per channel again): equal for the parts of one fused block."""
         return self
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -202,16 +217,34 @@ class Scheme:
             setattr(m, key, state.get(key))
 
     # -- forward ---------------------------------------------------------------------------------
-    def apply(self, m: Any, x2: torch.Tensor) -> torch.Tensor:
-        """x2 [M, in_features] (row layout) -> y [M, rows] in x2's dtype."""
-        from ..ops.quantize import quantize_per_token
+    @property
+    def recipe(self) -> str:
+        """The kernel recipe of ``spec()`` (the key of the one GEMM op), computed once."""
+        r = self.__dict__.get("_recipe")
+        if r is None:
+            r = self.spec().recipe
+            object.__setattr__(self, "_recipe", r)
+        return r
 
-        xq, sx = quantize_per_token(x2, dtype=self.act_dtype)
-        return self.apply_quantized(m, xq, sx, x2.dtype)
+    def apply(self, m: Any, x2: torch.Tensor) -> torch.Tensor:
+        """x2 [M, in_features] (row layout, checked by QLinear) -> y [M, rows] in x2's dtype: per-token
+        quantization in ``act_dtype`` and the recipe's GEMM on the layer's buffers (ops/linear.py)."""
+        b = m._buffers  # straight from _buffers: Module.__getattr__ costs ~0.5 us per buffer
+        bias = b["bias"]
+        if bias is not None and bias.dtype != x2.dtype:
+            bias = bias.to(x2.dtype)
+        return quantized_linear(self.recipe, x2, b["weight_q"], b["weight_scale"], b.get("weight_group_scale"), bias,
+                                m.__dict__.get("max_scale"), trusted=m._cuda_shapes_ok)
 
     def apply_quantized(self, m: Any, xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Activations already quantized per token in ``act_dtype`` -> y [M, rows] in `dtype`."""
-        raise NotImplementedError
+        """Activations already quantized per token in ``act_dtype`` (a fused row op's output) -> y
+        [M, rows] in `dtype`."""
+        b = m._buffers
+        bias = b["bias"]
+        if bias is not None and bias.dtype != dtype and dtype != torch.float32:
+            bias = bias.to(dtype)
+        return gemm_quantized(self.recipe, xq, b["weight_q"], sx, b["weight_scale"], b.get("weight_group_scale"), bias,
+                              dtype, m.__dict__.get("max_scale"), trusted=m._cuda_shapes_ok)
 
     # -- fake quantization (float math with straight-through gradients: GPTQ, LKD, simulation) ----
     def fake_weight(self, w: torch.Tensor) -> torch.Tensor:
@@ -231,6 +264,32 @@ class Scheme:
         """(tensors by local name, the compressed-tensors scheme {format, weights,
         input_activations}, what zqkernels.json records for the layer)."""
         raise NotImplementedError(f"save_quantized: layer {name!r} uses scheme {self.name!r}, which has no layout here")
+
+    @classmethod
+    def ct_accepts(cls, group: dict[str, Any], fmt: Any, gname: str = "") -> bool:
+        """Does this scheme load the layers of a compressed-tensors config group (its ``format``, else
+        the quantization_config's `fmt`; ``weights``, ``input_activations``)? Several schemes may
+        accept one group (w4a8 / w4a8-floatscale): ``zqkernels.json``'s scheme, else ``ct_foreign``,
+        picks per layer. A group of this scheme's format family that it cannot hold may raise
+        NotImplementedError saying why (naming `gname`)."""
+        return False
+
+    @classmethod
+    def ct_foreign(cls, group_scales: str) -> bool:
+        """Among the schemes accepting another tool's config group (no ``zqkernels.json``), is this
+        the one load_quantized(group_scales=...) ("int" / "float") builds?"""
+        return True
+
+    @classmethod
+    def from_compressed_tensors(
+        cls, name: str, tensors: dict[str, torch.Tensor], info: dict[str, Any], group_scales: str
+    ) -> Any:
+        """One layer of an accepted config group -> ``compressed.CTLayer`` (the layer-resolved scheme,
+        out / in features, {buffer name: tensor} with unpadded rows, bias), the inverse of
+        ``to_compressed_tensors``. tensors: the layer's ``compressed.CT_TENSORS`` by local name; info:
+        its ``zqkernels.json`` entry ({} for another tool's checkpoint); group_scales: load_quantized's
+        choice for another tool's group scales."""
+        raise NotImplementedError(f"load_quantized: {name}: scheme {cls.name!r} has no compressed-tensors layout")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,19 +4,24 @@ reads its own layout with these; the HF glue (nn/checkpoint.py) only iterates th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 __all__ = [
     "ct_args", "ACT_INT8", "ACT_FP8", "FORMAT_INT", "FORMAT_PACKED", "FORMAT_FLOAT", "FORMAT_MXFP4",
     "MX_GROUP", "W_MXFP4", "pack_ct", "unpack_ct", "group_scale", "per_channel_tensors", "bias_tensor",
+    # loading
+    "FORMAT_NAIVE", "FORMAT_MIXED", "CT_TENSORS", "SUPPORTED", "CTLayer", "describe_group", "group_format",
+    "accepts_args", "token_acts", "int_codes", "per_channel_from_ct",
 ]
 
 FORMAT_INT = "int-quantized"
 FORMAT_PACKED = "pack-quantized"
 FORMAT_FLOAT = "float-quantized"
 FORMAT_MXFP4 = "mxfp4-pack-quantized"
+FORMAT_NAIVE = "naive-quantized"
+FORMAT_MIXED = "mixed-precision"  # a model with several config groups (each names its own format)
 MX_GROUP = 32  # MX block size: one E8M0 scale per 32 consecutive k
 
 
@@ -75,3 +80,122 @@ def per_channel_tensors(m: Any) -> dict[str, torch.Tensor]:
         "weight_scale": m.weight_scale[:n].detach().cpu().reshape(n, 1).contiguous(),
     }
     return bias_tensor(m, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: what the schemes' ``ct_accepts`` / ``from_compressed_tensors`` share
+
+#: The tensors of one layer that a scheme's mapping may read, by local name (``<module>.<name>``).
+CT_TENSORS = ("weight", "weight_packed", "weight_shape", "weight_scale", "bias")
+
+#: What load_quantized reads (its NotImplementedError for any other config group lists it).
+SUPPORTED = (
+    "int8 per-channel weights (w8a8) or int8 group weights (w8a8-group), format int-quantized; int4 group / "
+    "per-channel weights (w4a8), format pack-quantized or int-quantized; fp8 e4m3 per-channel weights "
+    "(fp8), format float-quantized; FP4 E2M1 weights with E8M0 scales per 32 (w4a8-fp, m1), format "
+    "mxfp4-pack-quantized, with fp8 activations; all symmetric and static, with dynamic per-token activations "
+    "of the weights' kind (int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
+)
+
+
+class CTLayer(NamedTuple):
+    """One layer read from a compressed-tensors checkpoint by ``Scheme.from_compressed_tensors``: the
+    layer-resolved scheme, the shape, the scheme's buffers ({buffer name: tensor}, ``buffer_layout``'s
+    names, unpadded rows: what ``QLinear.from_quantized`` installs with ``scheme.load``) and the bias."""
+
+    scheme: Any
+    out_features: int
+    in_features: int
+    tensors: dict[str, torch.Tensor]
+    bias: Optional[torch.Tensor]
+
+
+def group_format(group: dict[str, Any], fmt: Any) -> Any:
+    """A config group's format: its own, else the quantization_config's."""
+    return group.get("format") or fmt
+
+
+def describe_group(gname: str, group: dict[str, Any], fmt: Any) -> str:
+    """A config group for error messages: its format, weights and input_activations."""
+    w, a = group.get("weights") or {}, group.get("input_activations") or {}
+    return (
+        f"config group {gname!r}: format={group_format(group, fmt)!r}, weights={{bits {w.get('num_bits')}, "
+        f"{w.get('type')}, {w.get('strategy')}, group_size {w.get('group_size')}, symmetric={w.get('symmetric')}}}, "
+        "input_activations="
+        + (f"{{bits {a.get('num_bits')}, {a.get('type')}, {a.get('strategy')}, dynamic={a.get('dynamic')}}}" if a else "None")
+    )
+
+
+def token_acts(a: Optional[dict[str, Any]], kind: str) -> bool:
+    """input_activations absent (weight-only) or dynamic symmetric 8-bit per token of `kind` ("int" / "float")."""
+    return not a or (
+        a.get("num_bits") == 8 and a.get("type") == kind and bool(a.get("symmetric", True))
+        and a.get("strategy") == "token" and a.get("dynamic") is True
+    )
+
+
+def accepts_args(
+    group: dict[str, Any], fmt: Any, *, bits: int, kind: str, strategies: tuple[str, ...], formats: tuple[str, ...],
+    act_kind: str,
+) -> bool:
+    """Does a config group hold symmetric static weights of `bits` / `kind` ("int" / "float") with one of
+    `strategies` ("group" with a group_size), in one of `formats` (or "mixed-precision"), and activations
+    per ``token_acts(act_kind)``?"""
+    gfmt = group_format(group, fmt)
+    w = group.get("weights") or {}
+    if gfmt not in formats and gfmt != FORMAT_MIXED:
+        return False
+    if not (w.get("symmetric", True) and not w.get("dynamic") and not group.get("output_activations")):
+        return False
+    strategy = w.get("strategy")
+    if w.get("num_bits") != bits or w.get("type") != kind or strategy not in strategies:
+        return False
+    if strategy == "group" and not w.get("group_size"):
+        return False
+    return token_acts(group.get("input_activations"), act_kind)
+
+
+def int_codes(name: str, t: dict[str, torch.Tensor], bits: int) -> tuple[torch.Tensor, int, int]:
+    """A layer's integer weight codes int8 [N, K] -> (codes, N, K): compressed-tensors' int32 packing of
+    `bits`-bit values (``weight_packed`` + ``weight_shape``: pack-quantized) unpacked, or the int8
+    ``weight`` tensor (int-quantized / naive-quantized). Codes outside the `bits`-bit range raise."""
+    if "weight_packed" in t:
+        shape = t.get("weight_shape")
+        if shape is None:
+            raise ValueError(f"load_quantized: {name}.weight_packed without {name}.weight_shape")
+        N, K = (int(v) for v in shape.tolist())
+        words = (K * bits + 31) // 32
+        packed = t["weight_packed"]
+        if packed.dtype != torch.int32 or tuple(packed.shape) != (N, words):
+            raise ValueError(
+                f"load_quantized: {name}.weight_packed is {packed.dtype} {list(packed.shape)}, "
+                f"expected int32 [{N}, {words}] for weight_shape [{N}, {K}] and {bits} bits"
+            )
+        codes = unpack_ct(packed, N, K, bits)
+    else:
+        codes = t["weight"]
+        if codes.dtype != torch.int8:
+            raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}, expected {torch.int8} for its config group")
+        N, K = codes.shape
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if bits < 8 and codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
+        raise ValueError(f"load_quantized: {name}: int{bits} weights outside [{lo}, {hi}]")
+    return codes, N, K
+
+
+def per_channel_from_ct(name: str, t: dict[str, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] (int8 codes, packed or not, or ``dtype`` itself for float weights) and float32
+    weight_scale [N] of a per-channel layer (a per-tensor scale repeated for each channel: exact)."""
+    if dtype == torch.int8:
+        codes, N, K = int_codes(name, t, 8)
+    else:
+        codes = t["weight"]
+        if codes.dtype != dtype:
+            raise ValueError(f"load_quantized: {name}.weight is {codes.dtype}, expected {dtype} for its config group")
+        N, K = codes.shape
+    s = t["weight_scale"]
+    if s.numel() == 1:
+        s = s.reshape(1).expand(N)  # per tensor: the same scale for every channel (exact)
+    if s.numel() != N:
+        raise ValueError(f"load_quantized: {name}.weight_scale has shape {list(s.shape)}, expected [{N}, 1]")
+    return codes.contiguous(), s.reshape(N).to(torch.float32).contiguous()

@@ -11,10 +11,18 @@ from __future__ import annotations
 import torch
 
 from ..formats import GemmSpec
-from ..ops import fp8_gemm
 from ..reference.quantize import quantize_weight_fp8_ref
 from .base import Scheme, register
-from .compressed import ACT_FP8, FORMAT_FLOAT, ct_args, per_channel_tensors
+from .compressed import (
+    ACT_FP8,
+    FORMAT_FLOAT,
+    FORMAT_NAIVE,
+    CTLayer,
+    accepts_args,
+    ct_args,
+    per_channel_from_ct,
+    per_channel_tensors,
+)
 
 _FP8 = torch.float8_e4m3fn
 _SPEC = GemmSpec(act="fp8_e4m3", weight="fp8_e4m3", act_scale="token", weight_scale="channel")
@@ -40,19 +48,6 @@ class FP8(Scheme):
     def buffer_layout(self, rows, in_features):
         return {"weight_q": ((rows, in_features), _FP8), "weight_scale": ((rows,), torch.float32)}
 
-    def apply_quantized(self, m, xq, sx, dtype):
-        buffers = m._buffers
-        wq, sw, bias = buffers["weight_q"], buffers["weight_scale"], buffers["bias"]
-        if dtype == torch.float32:
-            # fp8_gemm writes bf16 / fp16 only: an fp32 model gets the bf16 GEMM output widened, with
-            # the bias added in fp32. bf16's rounding (2^-9 relative) is far below the fp8 operands'
-            # quantization error (E4M3: 2^-4 relative per element).
-            y = fp8_gemm(xq, wq, sx, sw, None, out_dtype=torch.bfloat16).float()
-            return y if bias is None else y.add_(bias.float())
-        if bias is not None and bias.dtype != dtype:
-            bias = bias.to(dtype)
-        return fp8_gemm(xq, wq, sx, sw, bias, out_dtype=dtype)
-
     def fake_weight(self, w):
         q, s = quantize_weight_fp8_ref(w)
         return q.float() * s.reshape(-1, 1)
@@ -60,3 +55,15 @@ class FP8(Scheme):
     def to_compressed_tensors(self, m, name):
         spec = {"format": FORMAT_FLOAT, "weights": ct_args(8, "float", "channel"), "input_activations": ACT_FP8}
         return per_channel_tensors(m), spec, {"scheme": self.name}
+
+    @classmethod
+    def ct_accepts(cls, group, fmt, gname=""):
+        """fp8 per-channel (or per-tensor) weights, float-quantized, fp8 or no activations."""
+        return accepts_args(group, fmt, bits=8, kind="float", strategies=("channel", "tensor"),
+                            formats=(FORMAT_FLOAT, FORMAT_NAIVE), act_kind="float")
+
+    @classmethod
+    def from_compressed_tensors(cls, name, tensors, info, group_scales):
+        w, s = per_channel_from_ct(name, tensors, _FP8)
+        N, K = w.shape
+        return CTLayer(cls().for_layer("QLinear", N, K), N, K, {"weight_q": w, "weight_scale": s}, tensors.get("bias"))

@@ -17,14 +17,33 @@ float32 ratios), ``bias`` [N] in the model's dtype (or None).
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
 from ..formats import GemmSpec
-from ..reference.quantize import _check_alpha, _check_alpha8, expand_groups
-from .base import Scheme
-from .compressed import ACT_INT8, bias_tensor, ct_args, group_scale
+from ..reference.quantize import (
+    INT4_HEURISTIC_RANGE,
+    INT8_HEURISTIC_MIN,
+    _alpha_heuristic,
+    _check_alpha,
+    _check_alpha8,
+    expand_groups,
+    group_alpha_max,
+)
+from .base import Scheme, layer_scheme
+from .compressed import (
+    ACT_INT8,
+    FORMAT_INT,
+    FORMAT_NAIVE,
+    FORMAT_PACKED,
+    CTLayer,
+    accepts_args,
+    bias_tensor,
+    ct_args,
+    group_scale,
+    int_codes,
+)
 
 GROUP_SIZES = (32, 64, 128, 256)
 INT_SCALES = ("int", "float")
@@ -41,6 +60,7 @@ class IntGroupScheme(Scheme):
     option_names: ClassVar[tuple[str, ...]] = ("group_size", "alpha")
     fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
     bits: ClassVar[int] = 8
+    DEFAULTS = {"group_size": 128}
     fixed_scale: ClassVar[Optional[str]] = None  # the scale kind of the scheme, None: the "scale" option
 
     # -- options ---------------------------------------------------------------------------------
@@ -126,6 +146,12 @@ class IntGroupScheme(Scheme):
                 f"{[s for s in GROUP_SIZES if K % s == 0]}"
             )
 
+    def general(self):
+        if getattr(self, "_k", None) is None:
+            return self
+        per_channel = self.group_size == self._k
+        return type(self)(**{**self.options(), "group_size": None if per_channel else self.group_size})
+
     def describe(self):
         g = "per channel" if self._per_channel() else self.group_size
         out = f"group_size={g}"
@@ -169,6 +195,8 @@ class IntGroupScheme(Scheme):
     def create_buffers(self, m, rows, bias, dtype, device):
         super().create_buffers(m, rows, bias, dtype, device)
         m.max_scale = None  # set from the weights by init_layer_state, or by a checkpoint
+        if "alpha" not in self.option_names:
+            m.alpha = None  # float scales: no multiplier
 
     def init_layer_state(self, m):
         sg = m._buffers["weight_group_scale"]
@@ -184,19 +212,6 @@ class IntGroupScheme(Scheme):
             raise ValueError("QLinear.load_state_dict: the checkpoint has max_scale but this layer has float scales")
         m.alpha = alpha
         m.max_scale = max_scale
-
-    def _gemm(self) -> Callable[..., torch.Tensor]:
-        raise NotImplementedError
-
-    def apply_quantized(self, m, xq, sx, dtype):
-        buffers = m._buffers
-        bias = buffers["bias"]
-        if bias is not None and bias.dtype != dtype:
-            bias = bias.to(dtype)
-        return self._gemm()(
-            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
-            out_dtype=dtype, max_scale=m.max_scale,
-        )
 
     def _quantize_ref(self, w: torch.Tensor, g: Optional[int], alpha: Optional[int]) -> tuple:
         raise NotImplementedError
@@ -228,3 +243,80 @@ class IntGroupScheme(Scheme):
             info["alpha"] = int(sg.max()) if sg.numel() and int(sg.max()) > 0 else None
             info["alpha_option"] = m.alpha
         return bias_tensor(m, out), spec, info
+
+    # the weight strategies of the config groups this scheme loads (int4 per channel is w4a8's; int8 per
+    # channel is w8a8's)
+    ct_strategies: ClassVar[tuple[str, ...]] = ("group",)
+
+    @classmethod
+    def ct_accepts(cls, group, fmt, gname=""):
+        """int{bits} group weights (``ct_strategies``), int-quantized or pack-quantized, int8 or no activations."""
+        return accepts_args(group, fmt, bits=cls.bits, kind="int", strategies=cls.ct_strategies,
+                            formats=(FORMAT_INT, FORMAT_PACKED, FORMAT_NAIVE), act_kind="int")
+
+    @classmethod
+    def ct_foreign(cls, group_scales):
+        return cls.fixed_scale is None or cls.fixed_scale == group_scales
+
+    @classmethod
+    def _ct_weight_q(cls, codes: torch.Tensor) -> torch.Tensor:
+        """int8 codes [N, K] -> the weight_q buffer (unpadded rows)."""
+        return codes.contiguous()
+
+    @classmethod
+    def from_compressed_tensors(cls, name, tensors, info, group_scales):
+        """Real group scales s [N, K / g] -> sw, sg (``ct_group_scales``); the scale kind is the scheme's,
+        w8a8-group's from zqkernels.json, else `group_scales`; alpha from zqkernels.json when ours."""
+        codes, N, K = int_codes(name, tensors, cls.bits)
+        s = tensors["weight_scale"]
+        G = s.shape[-1] if s.dim() == 2 else 1
+        if s.dim() == 1 or G == 1:
+            s = s.reshape(N, 1)
+        if s.shape[0] != N or K % s.shape[1] != 0:
+            raise ValueError(f"load_quantized: {name}.weight_scale has shape {list(s.shape)} for a weight [{N}, {K}]")
+        g = K // s.shape[1]
+        scale_kind = cls.fixed_scale or info.get("scale", group_scales)
+        kw: dict[str, Any] = {"group_size": g}
+        if cls.fixed_scale is None:
+            kw["scale"] = scale_kind
+        if scale_kind == "int" and info.get("alpha_option") is not None:
+            kw["alpha"] = info["alpha_option"]
+        try:
+            qs = layer_scheme("QLinear", cls.name, N, K, kw)
+        except ValueError as e:
+            raise NotImplementedError(
+                f"load_quantized: {name} [{N}, {K}] with group size {g} cannot be a {cls.name!r} QLinear: {e}"
+            ) from None
+        sw, sg, _ = ct_group_scales(name, s, cls.bits, g, K, scale_kind, info.get("alpha"))
+        buffers = {"weight_q": cls._ct_weight_q(codes), "weight_scale": sw, "weight_group_scale": sg}
+        return CTLayer(qs, N, K, buffers, tensors.get("bias"))
+
+
+def ct_group_scales(
+    name: str, s: torch.Tensor, bits: int, g: int, K: int, scale: str, alpha: Optional[int]
+) -> tuple[torch.Tensor, torch.Tensor, Optional[int]]:
+    """Real group scales s [N, G] -> (sw float32 [N], sg [N, G], alpha used). Per row s_max = max_j s,
+    r = s / s_max (float32); "float": sw = s_max, sg = r; "int": sg = max(rint(r * alpha), 1) (0 for a
+    zero group), sw = s_max / alpha, with the checkpoint's alpha (ours, from zqkernels.json: recovers
+    the saved sw and sg bit for bit) or quantize_weight's default for these r (docs/CHECKPOINTS.md)."""
+    s = s.to(torch.float32)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"load_quantized: {name}.weight_scale has negative or non-finite values")
+    s_max = s.amax(1)
+    nonzero = s > 0
+    r = s / torch.where(s_max == 0, torch.ones_like(s_max), s_max)[:, None]
+    if scale == "float":
+        return s_max.contiguous(), torch.where(nonzero, r, torch.zeros_like(r)).contiguous(), None
+    if alpha is None:
+        if bits == 4:
+            alpha = _alpha_heuristic(r, nonzero, *INT4_HEURISTIC_RANGE)
+        elif g == K:
+            alpha = 1
+        else:
+            hi = group_alpha_max(g, 128)
+            alpha = _alpha_heuristic(r, nonzero, min(INT8_HEURISTIC_MIN, hi), hi)
+    a = torch.full_like(r, float(alpha))
+    sg = torch.round(r * a).clamp_(min=1)
+    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
+    sw = s_max / torch.full_like(s_max, float(alpha))
+    return sw.contiguous(), sg.contiguous(), alpha

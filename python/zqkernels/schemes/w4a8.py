@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import w4a8_gemm
-from ..reference.quantize import quantize_int4_group_ref, unpack_int4
+from ..reference.quantize import pack_int4, quantize_int4_group_ref, unpack_int4
 from .base import register
 from .compressed import FORMAT_PACKED, pack_ct
 from .int_group import IntGroupScheme
@@ -35,9 +34,6 @@ class _W4A8Base(IntGroupScheme):
     def _weight_layout(self, rows, K):
         return (rows, K // 2), torch.uint8
 
-    def _gemm(self):
-        return w4a8_gemm
-
     def _quantize_ref(self, w, g, alpha):
         return quantize_int4_group_ref(w, g, self.scale_kind, alpha)
 
@@ -45,6 +41,12 @@ class _W4A8Base(IntGroupScheme):
         K = m.in_features
         codes = unpack_int4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
         return {"weight_packed": pack_ct(codes), "weight_shape": torch.tensor([n, K], dtype=torch.int64)}, FORMAT_PACKED
+
+    ct_strategies = ("channel", "group")  # int4 per channel too
+
+    @classmethod
+    def _ct_weight_q(cls, codes):
+        return pack_int4(codes)  # our layout m16k32
 
 
 @register

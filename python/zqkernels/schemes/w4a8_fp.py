@@ -19,16 +19,27 @@ from typing import Any
 import torch
 
 from ..formats import GemmSpec
-from ..ops import w4a8_fp_gemm
 from ..reference.quantize import (
+    FP4_EXP_MAX,
+    FP4_EXP_MIN,
     e2m1_decode,
     expand_groups,
     fp4_to_fp8_float_ref,
+    pack_fp4,
     quantize_fp4_ref,
     unpack_fp4,
 )
-from .base import Scheme, register
-from .compressed import ACT_FP8, FORMAT_MXFP4, MX_GROUP, W_MXFP4, bias_tensor
+from .base import Scheme, layer_scheme, register
+from .compressed import (
+    ACT_FP8,
+    FORMAT_MXFP4,
+    MX_GROUP,
+    W_MXFP4,
+    CTLayer,
+    bias_tensor,
+    describe_group,
+    group_format,
+)
 
 GROUP_SIZES = (32, 64, 128)
 POLICIES = ("m2", "m1", "free")
@@ -44,6 +55,7 @@ class W4A8FP(Scheme):
     act_dtype = _FP8
     act_fmt = "fp8"
     pads_rows = False
+    DEFAULTS = {"group_size": 128}
 
     def _check_options(self, op):
         g = self.group_size
@@ -100,6 +112,12 @@ class W4A8FP(Scheme):
         g = in_features if self.group_size is None else self.group_size
         return W4A8FP.from_layer_options(op, out_features, in_features, group_size=g, scale_policy=self.scale_policy)
 
+    def general(self):
+        if getattr(self, "_k", None) is None:
+            return self
+        per_channel = self.group_size == self._k
+        return type(self)(**{**self.options(), "group_size": None if per_channel else self.group_size})
+
     def describe(self):
         g = "per channel" if self.group_size == getattr(self, "_k", None) else self.group_size
         return f"group_size={g}, scale_policy={self.scale_policy}"
@@ -125,18 +143,6 @@ class W4A8FP(Scheme):
             "weight_scale": ((rows,), torch.float32),
             "weight_group_scale": ((rows, in_features // self.group_size), sg),
         }
-
-    def apply_quantized(self, m, xq, sx, dtype):
-        buffers = m._buffers
-        bias = buffers["bias"]
-        if bias is not None and bias.dtype != dtype:
-            bias = bias.to(dtype)
-        # float32 output is served by the streaming kernel only (ops/w4a8.py); other dtypes pick by M.
-        path = "stream" if dtype == torch.float32 and xq.is_cuda else "auto"
-        return w4a8_fp_gemm(
-            xq, buffers["weight_q"], sx, buffers["weight_scale"], buffers["weight_group_scale"], bias,
-            out_dtype=dtype, path=path,
-        )
 
     def fake_weight(self, w):
         K = w.shape[1]
@@ -187,3 +193,89 @@ class W4A8FP(Scheme):
         }
         spec = {"format": FORMAT_MXFP4, "weights": dict(W_MXFP4), "input_activations": ACT_FP8}
         return bias_tensor(m, out), spec, {"scheme": self.name, "group_size": g, "scale_policy": policy}
+
+    @classmethod
+    def ct_accepts(cls, group, fmt, gname=""):
+        """mxfp4-pack-quantized: FP4 E2M1 weights with E8M0 scales per 32, fp8 per-token or no activations
+        (as "m1"); any other argument of that format, and every other FP4 / MX format, raises."""
+        gfmt = group_format(group, fmt)
+        w, a = group.get("weights") or {}, group.get("input_activations") or {}
+        if gfmt == FORMAT_MXFP4:
+            akind = (a.get("num_bits"), a.get("type"), a.get("strategy"), a.get("dynamic"), a.get("symmetric", True))
+            if (w.get("num_bits"), w.get("type"), w.get("strategy"), w.get("group_size")) == (4, "float", "group", MX_GROUP) \
+                    and w.get("symmetric", True) and not w.get("dynamic") and not group.get("output_activations") \
+                    and (not a or akind == (8, "float", "token", True, True)):
+                return True
+            raise NotImplementedError(
+                f"load_quantized: {describe_group(gname, group, fmt)}; expected for {FORMAT_MXFP4}: weights {{bits 4, "
+                "float, group, group_size 32, symmetric}} with input_activations {bits 8, float, token, dynamic=True} "
+                "or None (w4a8-fp, m1)"
+            )
+        if isinstance(gfmt, str) and ("fp4" in gfmt or "mxfp" in gfmt):
+            raise NotImplementedError(
+                f"load_quantized: {describe_group(gname, group, fmt)}: {gfmt} has no zqkernels scheme: nvfp4 holds an "
+                "FP8 E4M3 scale per 16 weights times a float32 global scale, other MX formats are not FP4; our w4a8-fp "
+                "holds a float32 (m2, free) or power-of-two (m1) scale per channel times power-of-two / float ratios "
+                "per group of 32-128; only mxfp4-pack-quantized maps onto it (as m1) (docs/CHECKPOINTS.md)"
+            )
+        return False
+
+    @classmethod
+    def from_compressed_tensors(cls, name, tensors, info, group_scales):
+        """Inverse of ``to_compressed_tensors``: scale_policy "m1" from mxfp4-pack-quantized tensors. The
+        group size is ours from zqkernels.json (each group's g / 32 blocks must share their scale), 32
+        otherwise; a row's sw = 2^(its largest exponent), e = the others relative to it, which must lie in
+        [-5, 0] (the kernel's exponent range); a row of zero codes gets sw = 0, e = 0 (as quantize_weight
+        gives it)."""
+        packed, sc = tensors.get("weight_packed"), tensors["weight_scale"]
+        if packed is None or packed.dtype != torch.uint8 or packed.dim() != 2:
+            got = "none" if packed is None else f"{packed.dtype} {list(packed.shape)}"
+            raise ValueError(f"load_quantized: {name}.weight_packed: expected uint8 [N, K / 2] (mxfp4-pack-quantized), got {got}")
+        N, K = packed.shape[0], 2 * packed.shape[1]
+        if sc.dtype != torch.uint8 or tuple(sc.shape) != (N, K // MX_GROUP) or K % MX_GROUP:
+            raise ValueError(
+                f"load_quantized: {name}.weight_scale: expected uint8 E8M0 [{N}, {K // MX_GROUP}] for weight_packed "
+                f"[{N}, {K // 2}], got {sc.dtype} {list(sc.shape)}"
+            )
+        if bool((sc == 255).any()):
+            raise ValueError(f"load_quantized: {name}.weight_scale: expected E8M0 exponents 0..254, got 255 (NaN)")
+        g = int(info.get("group_size") or MX_GROUP)
+        if g % MX_GROUP or K % g:
+            raise ValueError(
+                f"load_quantized: {name}: group_size in zqkernels.json: expected a multiple of 32 dividing K = {K}, got {g}"
+            )
+        blocks = sc.to(torch.int32).reshape(N, K // g, g // MX_GROUP)
+        if bool((blocks != blocks[..., :1]).any()):
+            n_bad, j_bad = (int(v) for v in (blocks != blocks[..., :1]).any(-1).nonzero()[0])
+            raise ValueError(
+                f"load_quantized: {name}.weight_scale: expected one E8M0 scale per group of {g} (zqkernels.json), got "
+                f"{blocks[n_bad, j_bad].tolist()} for row {n_bad}, group {j_bad}"
+            )
+        exp = blocks[..., 0] - 127  # [N, G]
+        codes = torch.stack((packed & 0xF, packed >> 4), dim=2).reshape(N, K)
+        # groups of zero codes decode to 0 whatever their scale: they do not set sw, and a ratio outside the
+        # kernel's range becomes 2^0 (quantize_weight's value for an all-zero group)
+        zgroup = (codes & 7).reshape(N, K // g, g).amax(-1) == 0
+        zero_row = zgroup.all(1)
+        cmax = torch.where(zgroup, torch.full_like(exp, -(2**20)), exp).amax(1)
+        cmax = torch.where(zero_row, torch.zeros_like(cmax), cmax)
+        e = exp - cmax[:, None]
+        e = torch.where(zgroup & ((e < FP4_EXP_MIN) | (e > FP4_EXP_MAX)), torch.zeros_like(e), e)
+        e = torch.where(zero_row[:, None], torch.zeros_like(e), e)
+        if bool((e < FP4_EXP_MIN).any()):
+            raise NotImplementedError(
+                f"load_quantized: {name}: a group scale is 2^{int(e.min())} times its row's largest; the w4a8-fp "
+                f"kernel holds ratios 2^{FP4_EXP_MIN} .. 2^{FP4_EXP_MAX} only"
+            )
+        sw = torch.where(zero_row, torch.zeros(N), torch.ldexp(torch.ones(N), cmax.to(torch.float32)))
+        policy = info.get("scale_policy", "m1")
+        try:
+            qs = layer_scheme("QLinear", cls.name, N, K, {"group_size": g, "scale_policy": policy})
+        except ValueError as err:
+            raise NotImplementedError(f"load_quantized: {name} [{N}, {K}] cannot be a 'w4a8-fp' QLinear: {err}") from None
+        buffers = {
+            "weight_q": pack_fp4(codes.contiguous()),
+            "weight_scale": sw.to(torch.float32).contiguous(),
+            "weight_group_scale": e.to(torch.int8).contiguous(),
+        }
+        return CTLayer(qs, N, K, buffers, tensors.get("bias"))

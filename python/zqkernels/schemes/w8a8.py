@@ -13,17 +13,21 @@ from typing import Any
 import torch
 
 from ..formats import GemmSpec
-from ..ops import int8_gemm, quantize_per_token
 from ..reference.quantize import quantize_weight_ref
-from . import _fast as lin_ops
 from .base import Scheme, register
-from .compressed import ACT_INT8, FORMAT_INT, ct_args, per_channel_tensors
+from .compressed import (
+    ACT_INT8,
+    FORMAT_INT,
+    FORMAT_NAIVE,
+    FORMAT_PACKED,
+    CTLayer,
+    accepts_args,
+    ct_args,
+    per_channel_from_ct,
+    per_channel_tensors,
+)
 
 _SPEC = GemmSpec(act="int8", weight="int8", act_scale="token", weight_scale="channel")
-
-
-def _bias_in(b: Any, dtype: torch.dtype) -> Any:
-    return b if b is None or b.dtype == dtype else b.to(dtype)
 
 
 @register
@@ -43,27 +47,6 @@ class W8A8(Scheme):
     def buffer_layout(self, rows, in_features):
         return {"weight_q": ((rows, in_features), torch.int8), "weight_scale": ((rows,), torch.float32)}
 
-    def apply(self, m, x2):
-        # Read straight from _buffers (Module.__getattr__ costs ~0.5 us per buffer).
-        buffers = m._buffers
-        wq = buffers["weight_q"]
-        bias = _bias_in(buffers["bias"], x2.dtype)
-        y = lin_ops.w8a8_linear_eager(x2, wq, buffers["weight_scale"], bias, m._cuda_shapes_ok)
-        if y is not None:
-            return y
-        xq, sx = quantize_per_token(x2)
-        return int8_gemm(xq, wq, sx, buffers["weight_scale"], bias, out_dtype=x2.dtype)
-
-    def apply_quantized(self, m, xq, sx, dtype):
-        buffers = m._buffers
-        wq, sw = buffers["weight_q"], buffers["weight_scale"]
-        bias = _bias_in(buffers["bias"], dtype)
-        if m._cuda_shapes_ok:
-            y = lin_ops.w8a8_gemm_eager(xq, wq, sx, sw, bias, dtype)
-            if y is not None:
-                return y
-        return int8_gemm(xq, wq, sx, sw, bias, out_dtype=dtype)
-
     def fake_weight(self, w):
         q, s = quantize_weight_ref(w, 8)
         return q.float() * s.reshape(-1, 1)
@@ -72,3 +55,15 @@ class W8A8(Scheme):
         tensors = per_channel_tensors(m)
         spec = {"format": FORMAT_INT, "weights": ct_args(8, "int", "channel"), "input_activations": ACT_INT8}
         return tensors, spec, {"scheme": self.name}
+
+    @classmethod
+    def ct_accepts(cls, group, fmt, gname=""):
+        """int8 per-channel (or per-tensor) weights, int-quantized (or packed: W8A16), int8 or no activations."""
+        return accepts_args(group, fmt, bits=8, kind="int", strategies=("channel", "tensor"),
+                            formats=(FORMAT_INT, FORMAT_PACKED, FORMAT_NAIVE), act_kind="int")
+
+    @classmethod
+    def from_compressed_tensors(cls, name, tensors, info, group_scales):
+        w, s = per_channel_from_ct(name, tensors, torch.int8)
+        N, K = w.shape
+        return CTLayer(cls().for_layer("QLinear", N, K), N, K, {"weight_q": w, "weight_scale": s}, tensors.get("bias"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import w8a8_group_gemm
 from ..reference.quantize import INT8_MAX_GROUP, quantize_int8_group_ref
 from .base import register
 from .compressed import FORMAT_INT
@@ -45,9 +44,6 @@ class W8A8Group(IntGroupScheme):
 
     def _weight_layout(self, rows, K):
         return (rows, K), torch.int8
-
-    def _gemm(self):
-        return w8a8_group_gemm
 
     def _quantize_ref(self, w, g, alpha):
         return quantize_int8_group_ref(w, g, self.scale_kind, alpha)
