@@ -49,7 +49,7 @@ def convert(net: torch.nn.Module, scheme: str, fused: bool) -> torch.nn.Module:
     return holder.net
 
 
-def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = False) -> dict:
+def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = False, compile_bf16: bool = True) -> dict:
     dev = st.device
     net, cfg = bm.build_bf16("llama-layer", dev, dry)
     ms = bm.ModelSet("llama-layer", cfg, {"bf16": net}, {}, {}, {})
@@ -85,7 +85,7 @@ def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = Fal
                 keep.append(out)
         bm.measure(fns, row, st)
         fns.clear()
-        for mode in BF16[2:] if not dry else ():
+        for mode in BF16[2:] if compile_bf16 and not dry else ():
             name = f"bf16:{bm.TAG[bm.MODE_SPEC[mode][1]]}"
             try:
                 fn, out, cs = bm.prepare(mode, runners["bf16"], x, st, None)
@@ -130,6 +130,7 @@ def main() -> int:
     ap.add_argument("--cases", default="prefill,b1,b16")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-compile", action="store_true", help="bf16 in eager and graph only (no torch.compile)")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test: a tiny layer, 32 tokens, eager only")
     args = ap.parse_args()
     schemes = [s for s in args.schemes.split(",") if s]
@@ -138,7 +139,7 @@ def main() -> int:
     rows = []
     for c in ["prefill"] if args.dry_run else args.cases.split(","):
         case = bm.Case("llama-layer", "tiny prefill 32", "prefill", 1, 32) if args.dry_run else CASES[c]
-        rows.append(run_case(case, schemes, st, args.dry_run))
+        rows.append(run_case(case, schemes, st, args.dry_run, not args.no_compile))
         for line in table(rows[-1:], schemes):
             print(line, flush=True)
         for k, e in rows[-1]["errors"].items():

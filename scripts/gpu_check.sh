@@ -107,7 +107,7 @@ if [[ " $STEPS " == *" compare "* ]]; then
   base_src="${BASE_SRC:-.base_src}"
   rm -rf /tmp/zq_base && python3 -m pip install -q --no-deps --target /tmp/zq_base "$base_whl" || exit 1
   log="$OUT/compare.log"
-  for round in 1 2; do
+  for round in $(seq 1 "${COMPARE_ROUNDS:-2}"); do
     for side in before after; do
       echo "== bench_overhead $side (round $round)" | tee -a "$log"
       if [[ $side == before ]]; then
@@ -128,7 +128,7 @@ fi
 
 if [[ " $STEPS " == *" layers "* ]]; then
   tl=$(date +%s)
-  python3 benchmarks/bench_schemes_layer.py --cases "${LAYER_CASES:-prefill,b1,b16}" --json "$OUT/schemes_layer.json" \
+  python3 benchmarks/bench_schemes_layer.py --cases "${LAYER_CASES:-prefill,b1,b16}" ${LAYER_ARGS:-} --json "$OUT/schemes_layer.json" \
     2>&1 | tee "$OUT/layers.log" | tail -24
   summary+=("layers: $(( $(date +%s) - tl )) s, $OUT/layers.log")
 fi
