@@ -14,8 +14,8 @@ import torch
 import zqkernels
 from zqkernels import _ext
 from zqkernels.ops import _common as c
-from zqkernels.ops import gemm as g
 from zqkernels.ops import gemm_checks as gc
+from zqkernels.ops import gemm_cuda
 from zqkernels.ops import quantize as q
 
 
@@ -40,7 +40,7 @@ def main():
     xq, sx = zqkernels.quantize_per_token(x)
     wq, sw = zqkernels.quantize_weight(torch.randn(N, K, device=dev))
     out = torch.empty(M, N, device=dev, dtype=torch.bfloat16)
-    kid, ws = g._plan(0, xq, "auto", None, torch.bfloat16, M, N, K)
+    kid, ws = gemm_cuda.plan(0, xq, "auto", None, torch.bfloat16, M, N, K)
     C = _ext._C
     stream = c.current_stream(0)
     lin = torch.nn.Linear(K, N, device=dev, dtype=torch.bfloat16)
@@ -55,12 +55,12 @@ def main():
         "current_stream": lambda: c.current_stream(0),
         "_check_int8_gemm_args": lambda: gc.check_rowwise_args(xq, wq, sx, sw, None, torch.bfloat16),
         "_fast_ok_cuda": lambda: gc.fast_ok_cuda(xq, wq, sx, sw, None, torch.bfloat16),
-        "_plan (cached)": lambda: g._plan(0, xq, "auto", None, torch.bfloat16, M, N, K),
+        "plan (cached)": lambda: gemm_cuda.plan(0, xq, "auto", None, torch.bfloat16, M, N, K),
         "data_ptr x6": lambda: (xq.data_ptr(), wq.data_ptr(), sx.data_ptr(), sw.data_ptr(), out.data_ptr(), xq.data_ptr()),
         "_C.gemm_run (launch only)": lambda: C.gemm_run(
             kid, xq.data_ptr(), K, wq.data_ptr(), K, sx.data_ptr(), sw.data_ptr(), 0, out.data_ptr(), M, N, K, 0, 0, 0, stream
         ),
-        "_int8_gemm_cuda": lambda: g._int8_gemm_cuda(xq, wq, sx, sw, None, torch.bfloat16, "auto", None),
+        "rowwise_gemm_cuda": lambda: gemm_cuda.rowwise_gemm_cuda(xq, wq, sx, sw, None, torch.bfloat16, "auto", None),
         "int8_gemm (public)": lambda: zqkernels.int8_gemm(xq, wq, sx, sw),
         "int8_gemm (custom op)": lambda: torch.ops.zqkernels.gemm(xq, wq, sx, sw, None, None, "int8_rowwise", torch.bfloat16),
         "_check_quantize_args": lambda: q._check_quantize_args(x),

@@ -1,5 +1,6 @@
-"""zqkernels: fast W8A8 (INT8 per-token activations x INT8 per-channel weights) kernels for
-post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference for every kernel.
+"""zqkernels: fast W8A8 / FP8 / W4A8 kernels for post-training-quantized transformers on NVIDIA GPUs
+(the default scheme: INT8 per-token activations x INT8 per-channel weights; every scheme is listed in
+``zqkernels.SCHEMES``), with a pure-torch reference for every kernel.
 
     import zqkernels
     qlin = zqkernels.QLinear.from_linear(linear)         # or zqkernels.quantize_model(model)
@@ -7,7 +8,8 @@ post-training-quantized transformers on NVIDIA GPUs, with a pure-torch reference
     xq, sx = zqkernels.quantize_per_token(x)              # x [M, K] -> int8 [M, K], float32 [M]
     wq, sw = zqkernels.quantize_weight(w)                 # w [N, K] -> int8 [N, K], float32 [N]
     wq, sw, sg = zqkernels.quantize_weight(w, fmt="fp4", group_size=128)  # FP4 E2M1 (docs/FP8.md)
-    wq, sw, sg = zqkernels.quantize_weight(w, bits=8, group_size=128)     # INT8 groups (docs/W4A8.md)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int8", scale="int", group_size=128)  # INT8 groups
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=128)  # W4A8 (docs/W4A8.md)
     y = zqkernels.int8_gemm(xq, wq, sx, sw, bias, torch.bfloat16)
 
 CUDA tensors run the compiled kernels (``zqkernels._C``); CPU tensors run ``zqkernels.reference``.

@@ -1,15 +1,16 @@
 """Fake quantization with a straight-through estimator (STE), per QLinear scheme.
 
-Each ``fake_quant_weight_*`` computes, in its forward, exactly the float32 weight that the scheme's
-real quantizer stands for: ``dequantize(*quantize_weight(w, <the scheme's format and options>))``,
+``fake_quant_weight(w, scheme, **options)`` computes, in its forward, exactly the float32 weight that
+the scheme's real quantizer stands for (the scheme's ``fake_weight``): ``dequantize(*quantize_weight(w, <the scheme's format and options>))``,
 bit for bit (tests/test_lkd.py checks it per scheme), from the reference math of
 ``zqkernels.reference.quantize`` (codes are kept unpacked: no pack / unpack round trip). Its
 backward is the identity (``d deq / d w := 1``): the rounding has no useful gradient, and the
 symmetric ``amax / qmax`` scales never clip a weight, so the clip-aware STE is the identity too.
 The scales are constants of the backward (they are not trained).
 
-``fake_quant_act_*`` do the same for the per-token dynamic activation quantization (int8 or FP8
-E4M3: ``xq * sx`` of ``quantize_per_token``), with the identity gradient to x.
+``fake_quant_act(x, fmt)`` does the same for the per-token dynamic activation quantization (fmt "int8"
+or "fp8", a scheme's ``act_fmt``: ``xq * sx`` of ``quantize_per_token``), with the identity gradient
+to x.
 
 ``FakeQuantLinear`` is a trainable float linear whose forward is the scheme's quantized math in
 float: ``F.linear(fq_act(x), fq_weight(W), b)``. The GEMM itself runs in float (the int8 kernels

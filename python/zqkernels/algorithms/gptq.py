@@ -291,13 +291,7 @@ def _resolve_format(
 ) -> tuple[str, Any]:
     """(kind, args) of the grid quantize_weight(w, bits, fmt=, group_size=, scale=, alpha=) uses;
     the arguments are checked by quantize_weight's own checks (same errors, naming `op`)."""
-    from ..ops.quantize import (
-        _check_fp4_shape,
-        _check_int4_shape,
-        _check_int8_group_shape,
-        _resolve_fmt,
-    )
-    from ..reference.quantize import FP4_POLICIES, INT4_SCALES, _check_alpha, _check_alpha8
+    from ..ops.quantize import resolve_weight_format
 
     N, K = w.shape
     if fmt is None and group_size is None and scale is None and alpha is None:
@@ -305,37 +299,15 @@ def _resolve_format(
         if not _is_int(b) or not 2 <= b <= 8:
             raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
         return "channel", (2 ** (b - 1) - 1, False)
-    fmt = _resolve_fmt(op, bits, fmt)
-    if fmt == "fp8":
-        if group_size is not None or scale is not None or alpha is not None:
-            raise ValueError(f"{op}: group_size, scale and alpha do not apply to fmt='fp8'")
+    # quantize_weight's own resolution and checks (same errors, naming `op`; old spellings warn)
+    f = resolve_weight_format(op, N, K, bits, fmt, group_size, scale, alpha, stacklevel=3)
+    if f.fmt == "fp8":
         return "channel", (448.0, True)
-    if fmt == "fp4":
-        policy = "m2" if scale is None else scale
-        if policy not in FP4_POLICIES:
-            raise ValueError(f"{op}: scale must be one of {FP4_POLICIES} (fmt='fp4'), got {scale!r}")
-        if alpha is not None:
-            raise ValueError(f"{op}: alpha does not apply to fmt='fp4'")
-        return "fp4", (_check_fp4_shape(op, N, K, group_size), policy)
-    if group_size is None and scale is None:
-        if alpha is not None:
-            raise ValueError(f"{op}: alpha applies to integer group scales only (give group_size or scale)")
-        return "channel", (2 ** (_WEIGHT_BITS[fmt] - 1) - 1, False)
-    kind = "int" if scale is None else scale
-    if kind not in INT4_SCALES:
-        raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (fmt={fmt!r}), got {scale!r}")
-    if alpha is not None and kind != "int":
-        raise ValueError(f"{op}: alpha applies to scale='int' only, got scale={scale!r}")
-    b = _WEIGHT_BITS[fmt]
-    if b == 4:
-        g = _check_int4_shape(op, N, K, group_size)
-        if alpha is not None:
-            _check_alpha(op, alpha)
-    else:
-        g = _check_int8_group_shape(op, N, K, group_size)
-        if alpha is not None:
-            _check_alpha8(op, alpha, g)
-    return "int_group", (b, g, kind, alpha)
+    if f.fmt == "fp4":
+        return "fp4", (f.group_size, f.scale)
+    if f.scale is None:  # per channel, one float scale per row
+        return "channel", (2 ** (_WEIGHT_BITS[f.fmt] - 1) - 1, False)
+    return "int_group", (_WEIGHT_BITS[f.fmt], f.group_size, f.scale, f.alpha)
 
 
 _WEIGHT_BITS = {"int8": 8, "int4": 4}

@@ -18,8 +18,8 @@ quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
 
 Fused blocks (nn/blocks.py: QLlamaDecoderLayer, QGPT2Block, QBertLayer) merge linears that share
 an input: ``qkv`` = q|k|v (GPT-2: c_attn), ``fc1`` = gate|up (LLaMA), concatenated along
-out_features in that order; ``attn_out`` and ``fc2`` are single linears. ``lorc`` gives each INT8
-role one pair of factors, computed from the error of the merged weight: the float parts of the
+out_features in that order; ``attn_out`` and ``fc2`` are single linears. ``lorc`` gives each
+quantized role one pair of factors, computed from the error of the merged weight: the float parts of the
 float layer of the same name (the block class's part map ``PARTS``, ``nn.blocks.parts_of``, shared
 with LKD and checkpoints) concatenated in the block's row order, minus deq of the merged QLinear. The rank is the rank of
 the merged GEMM's correction, not per part: q, k and v share one rank-r A (and B's columns split

@@ -194,9 +194,9 @@ class QuantizedBlock(nn.Module):
         pre-norm  (LLaMA, GPT-2): r = x + O(attn(QKV(norm1(x)))); out = r + FC2(act(FC1(norm2(r))))
         post-norm (BERT):         h = norm1(x + O(attn(QKV(x)))); out = norm2(h + FC2(act(FC1(h))))
 
-    Each INT8 GEMM's input comes quantized out of the kernel that makes it (the norm, the
-    activation, or quantize_per_token for attention's output); the last residual add also makes the
-    next block's quantized input (``link``).
+    Each quantized GEMM's input comes quantized, in the scheme's activation format, out of the
+    kernel that makes it (the norm, the activation, or quantize_per_token for attention's output); the
+    last residual add also makes the next block's quantized input (``link``).
     """
 
     pre_norm = True

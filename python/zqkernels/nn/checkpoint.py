@@ -33,9 +33,9 @@ Loading (design): the float model is built from its config with its *parameters*
 device (buffers stay real: rotary tables and position ids are computed as usual), so no float
 weights are allocated or read for quantized layers; each Linear that the checkpoint quantizes is
 replaced by a QLinear of the scheme that reads it, built from its tensors; all other tensors are
-assigned from the file. Then (``fuse=True``) each recognised transformer layer whose parts are w8a8
-becomes its fused block, with the int8 weights of its parts concatenated (never re-quantized),
-exactly as ``quantize_model`` built it.
+assigned from the file. Then (``fuse=True``) each recognised transformer layer whose parts are all
+quantized with one scheme becomes its fused block of that scheme, with the quantized weights of its
+parts concatenated (never re-quantized), exactly as ``quantize_model`` built it (nn/hf_model.py).
 """
 
 from __future__ import annotations

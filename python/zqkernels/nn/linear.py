@@ -99,7 +99,7 @@ class QLinear(nn.Module):
         the scheme's quantized weight or None, replacing its round-to-nearest weights (e.g. GPTQ,
         zqkernels.algorithms); None from it (or no callable) keeps the default. A callable with a
         ``weight_format`` parameter is given the layer's ``quantize_weight`` keyword arguments
-        (``SchemeHandler.weight_format``: e.g. {"fmt": "int8"} for w8a8, {"fmt": "fp4",
+        (``qscheme.weight_format()``: e.g. {"fmt": "int8"} for w8a8, {"fmt": "fp4",
         "group_size": 128, "scale": "m2"} for w4a8-fp); it must return what ``quantize_weight``
         returns for them ((wq, sw) or (wq, sw, sg), on the weight's device; checked). Every scheme
         takes one; a scheme without a weight_format raises NotImplementedError.

@@ -289,7 +289,6 @@ def row_quant(
     return q, s, (r if mode != 0 else None)
 
 
-_call = row_quant  # the old private name (nn/blocks.py) until the blocks switch to row_quant
 
 
 # ------------------------------------------------------------------------------------------------

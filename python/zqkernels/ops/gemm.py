@@ -79,7 +79,6 @@ from .gemm_checks import (
 from .gemm_cuda import (
     gemm_tiles,
     group_gemm_cuda,
-    plan,
     resolve_gemm_backend,
     rowwise_gemm_cuda,
     w4a8_fp_cuda,
@@ -105,11 +104,6 @@ __all__ = [
     "W8A8_GROUP_MAX_GROUP",
     "ACCUMULATE",
 ]
-
-# Old private names other layers still import (nn/linear.py, schemes/_fast.py, scripts): aliases
-# until they move to ops.linear (quantized_linear / gemm_quantized).
-_int8_gemm_cuda = rowwise_gemm_cuda
-_plan = plan
 
 _I8 = torch.int8
 _FP8 = torch.float8_e4m3fn

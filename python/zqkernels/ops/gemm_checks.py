@@ -342,6 +342,17 @@ def _check_packed_wq(op: str, wq, K: int, what: str) -> int:
     return wq.shape[0]
 
 
+def _group_columns(op: str, sg: torch.Tensor, K: int, multiple: int, why: str) -> int:
+    """G = sg.shape[1], checked: the group size K // G divides K and is a multiple of `multiple`."""
+    G = sg.shape[1]
+    if G == 0 or K % G != 0 or (K // G) % multiple != 0:
+        raise ValueError(
+            f"{op}: sg must have K // group_size columns for a group size that divides K ({K}) and is a "
+            f"multiple of {multiple}{why}; got {G} columns"
+        )
+    return G
+
+
 def check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype) -> int:
     """All checks of a w4a8_fp_gemm call; returns the group size."""
     _check_out_float(op, out_dtype)
@@ -364,12 +375,7 @@ def check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype) -> int:
             f"{op}: sg must be the group scales [N, K // group_size] from quantize_weight: int8 exponents "
             f"(policies 'm1' / 'm2') or float32 ratios (policy 'free'), with N == {N}; got {c.desc(sg)}"
         )
-    G = sg.shape[1]
-    if G == 0 or K % G != 0 or (K // G) % 16 != 0:
-        raise ValueError(
-            f"{op}: sg must have K // group_size columns for a group size that divides K ({K}) and is a "
-            f"multiple of 16; got {G} columns"
-        )
+    G = _group_columns(op, sg, K, 16, "")
     _check_group_common(op, xq, wq, sx, sw, sg, bias, out_dtype)
     return K // G
 
@@ -392,12 +398,7 @@ def check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> i
             f"{op}: sg must be the group scales [N, K // group_size] from quantize_weight(w, fmt='int4', ...): "
             f"int32 (scale='int') or float32 (scale='float'), with N == {N}; got {c.desc(sg)}"
         )
-    G = sg.shape[1]
-    if G == 0 or K % G != 0 or (K // G) % 32 != 0:
-        raise ValueError(
-            f"{op}: sg must have K // group_size columns for a group size that divides K ({K}) and is a "
-            f"multiple of 32 (one MMA step of 32 k lies inside a group); got {G} columns"
-        )
+    G = _group_columns(op, sg, K, 32, " (one MMA step of 32 k lies inside a group)")
     if sg.dtype == _FLOAT_SG and K // G > W4A8_INT_MAX_GROUP:
         raise ValueError(
             f"{op}: float group scales need group_size <= {W4A8_INT_MAX_GROUP} (each group's int32 sum "
@@ -432,12 +433,7 @@ def check_group_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> int:
             f"{op}: sg must be the group scales [N, K // group_size] from quantize_weight(w, fmt='int8', ...): "
             f"int32 (scale='int') or float32 (scale='float'), with N == {N}; got {c.desc(sg)}"
         )
-    G = sg.shape[1]
-    if G == 0 or K % G != 0 or (K // G) % 32 != 0:
-        raise ValueError(
-            f"{op}: sg must have K // group_size columns for a group size that divides K ({K}) and is a "
-            f"multiple of 32 (one INT8 MMA k-step lies inside a group); got {G} columns"
-        )
+    G = _group_columns(op, sg, K, 32, " (one INT8 MMA k-step lies inside a group)")
     g = K // G
     if g > W8A8_GROUP_MAX_GROUP:
         raise ValueError(

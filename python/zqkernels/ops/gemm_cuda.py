@@ -5,7 +5,7 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
                         sm80_gemm_rowwise.cuh)
     w4a8_fp_cuda        FP8 x FP4 (w4a8_gemm.cu): "stream" (M <= 32, or float32 output) or "convert"
                         (fp4_to_fp8, then the fp8_rowwise GEMM)
-    w4a8_int_cuda       INT8 x INT4 (w4a8_int_gemm.cu): "stream" (M <= 64) or "convert" (int4_to_int8,
+    w4a8_int_cuda       INT8 x INT4 (w4a8_gemm.cu): "stream" (M <= 64) or "convert" (int4_to_int8,
                         then the group-scaled GEMM)
     group_gemm_cuda     int8_group_int / int8_group_float (sm90_group_mainloop.cuh; contract docs/W4A8.md)
 

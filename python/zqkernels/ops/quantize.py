@@ -1,4 +1,4 @@
-"""Quantization ops: ``quantize_per_token`` (kernel: src/cuda/quantize.cu), ``quantize_weight`` and
+"""Quantization ops: ``quantize_per_token`` (kernel: src/cuda/row_quant.cu), ``quantize_weight`` and
 ``dequantize``.
 
 ``quantize_per_token`` is the ``torch.library`` custom op ``zqkernels::quantize_per_token`` with a

@@ -226,8 +226,8 @@ def w8a8_group_gemm_ref(
     activation: str = "none",
 ) -> torch.Tensor:
     """INT8 activations x INT8 weights with group scales (docs/W4A8.md, "Group-wise W8A8"): the math
-    of ``w4a8_gemm_ref`` with wq int8 [N, K] (plain row-major, ``quantize_weight(w, bits=8,
-    group_size=g, scale=...)``) instead of packed INT4 codes.
+    of ``w4a8_gemm_ref`` with wq int8 [N, K] (plain row-major, ``quantize_weight(w, fmt="int8",
+    scale=..., group_size=g)``) instead of packed INT4 codes.
 
     int32 sg: ``acc = sum_j sg[n, j] * P[m, n, j]`` exactly in int64, then float64 ``acc * sx[m] *
     sw[n]``, bias, activation, one rounding; float32 sg: ``sum_j float64(sg[n, j]) * P`` in float64.

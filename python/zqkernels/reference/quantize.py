@@ -1,4 +1,4 @@
-"""Reference of the quantization kernels (src/cuda/quantize.cu).
+"""Reference of the quantization kernels (src/cuda/row_quant.cu, src/cuda/w4a8_gemm.cu's conversions).
 
 Two torch details matter for bit-exactness, and both are avoided on purpose here:
 - ``127.0 / t`` is evaluated by torch as ``t.reciprocal() * 127`` (two roundings), not as an IEEE

@@ -10,7 +10,7 @@ A scheme is one object that knows, once, everything a format means (docs/ARCHITE
   ``act_fmt``: what fused blocks must hand over already quantized);
 - the buffers it registers on a module (``create_buffers``, ``load``), its forward on float input
   (``apply``) and on already-quantized input (``apply_quantized``);
-- its fake-quant (``fake_quant_weight``, ``fake_quant_act``: GPTQ, LKD, accuracy simulation);
+- its fake-quant (``fake_weight``, ``fake_act``: GPTQ, LKD, accuracy simulation);
 - its compressed-tensors mapping (``to_compressed_tensors``, ``from_compressed_tensors``);
 - its name and help for the CLI.
 

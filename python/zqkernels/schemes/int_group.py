@@ -31,7 +31,7 @@ from ..reference.quantize import (
     expand_groups,
     group_alpha_max,
 )
-from .base import Scheme, layer_scheme
+from .base import layer_scheme
 from .compressed import (
     ACT_INT8,
     FORMAT_INT,
@@ -44,6 +44,7 @@ from .compressed import (
     group_scale,
     int_codes,
 )
+from .grouped import GroupedScheme
 
 GROUP_SIZES = (32, 64, 128, 256)
 INT_SCALES = ("int", "float")
@@ -54,13 +55,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-class IntGroupScheme(Scheme):
+class IntGroupScheme(GroupedScheme):
     """The Integer Scale schemes; subclasses set bits, the weight layout and the GEMM."""
 
     option_names: ClassVar[tuple[str, ...]] = ("group_size", "alpha")
     fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
     bits: ClassVar[int] = 8
-    DEFAULTS = {"group_size": 128}
+    GROUP_SIZES = GROUP_SIZES
     fixed_scale: ClassVar[Optional[str]] = None  # the scale kind of the scheme, None: the "scale" option
 
     # -- options ---------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ class IntGroupScheme(Scheme):
         if g is not None:
             if not _is_int(g) or g <= 0:
                 raise ValueError(f"{op}: group_size must be a positive int, got {g!r}")
-            if g not in GROUP_SIZES and not getattr(self, "_layer", False):
+            if g not in GROUP_SIZES and getattr(self, "_k", None) != g:
                 raise ValueError(f"{op}: group_size must be one of {GROUP_SIZES} or None (per channel), got {g!r}")
         if self.fixed_scale is None:
             scale = getattr(self, "scale", None)
@@ -97,13 +98,7 @@ class IntGroupScheme(Scheme):
     def from_layer_options(cls, op: str, out_features: int, in_features: int, **options: Any) -> "IntGroupScheme":
         """QLinear's keyword arguments: group_size None -> 128, in_features -> per channel."""
         K = in_features
-        g = options.get("group_size")
-        g = DEFAULT_GROUP if g is None else g
-        if not _is_int(g) or (g not in GROUP_SIZES and g != K):
-            raise ValueError(
-                f"{op}: scheme {cls.name!r} needs group_size in {GROUP_SIZES} or in_features ({K}: one group "
-                f"per row), got {g!r}"
-            )
+        g = cls._layer_group(op, out_features, K, options.get("group_size"))
         scale = options.get("scale")
         if cls.fixed_scale is None and scale is not None and scale not in INT_SCALES:
             raise ValueError(f"{op}: scheme {cls.name!r} needs scale in {INT_SCALES}, got {scale!r}")
@@ -120,41 +115,8 @@ class IntGroupScheme(Scheme):
                 raise ValueError(f"{e} (scheme {cls.name!r})") from None
         return cls._layer_instance(op, g, K, **{k: v for k, v in options.items() if k != "group_size"})
 
-    @classmethod
-    def _layer_instance(cls, op: str, g: int, K: int, **options: Any) -> "IntGroupScheme":
-        self = cls.__new__(cls)
-        object.__setattr__(self, "_layer", True)  # group_size may be in_features
-        object.__setattr__(self, "_k", K)
-        for key in cls.option_names:
-            object.__setattr__(self, key, g if key == "group_size" else options.get(key))
-        self._check_options(op)
-        return self
-
-    def for_layer(self, op, out_features, in_features):
-        if getattr(self, "_k", None) == in_features:
-            return self
-        g = in_features if self.group_size is None else self.group_size
-        opts = {k: v for k, v in self.options().items() if k != "group_size"}
-        return type(self).from_layer_options(op, out_features, in_features, group_size=g, **opts)
-
-    @classmethod
-    def _check_shape(cls, op: str, N: int, K: int, g: int) -> None:
-        if K % g != 0:
-            raise ValueError(
-                f"{op}: scheme {cls.name!r} needs group_size to divide in_features, got group_size {g} and "
-                f"a layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
-                f"{[s for s in GROUP_SIZES if K % s == 0]}"
-            )
-
-    def general(self):
-        if getattr(self, "_k", None) is None:
-            return self
-        per_channel = self.group_size == self._k
-        return type(self)(**{**self.options(), "group_size": None if per_channel else self.group_size})
-
     def describe(self):
-        g = "per channel" if self._per_channel() else self.group_size
-        out = f"group_size={g}"
+        out = super().describe()
         if self.fixed_scale is None:
             out += f", scale={self.scale_kind}"
         return out
@@ -170,13 +132,9 @@ class IntGroupScheme(Scheme):
         return GemmSpec(act="int8", weight="int4" if self.bits == 4 else "int8", weight_scale="group",
                         group_size=self.group_size or DEFAULT_GROUP, scale_kind=self.scale_kind)
 
-    def _per_channel(self, K: Optional[int] = None) -> bool:
-        return self.group_size is None or self.group_size == (K if K is not None else getattr(self, "_k", None))
-
     def weight_format(self):
         # quantize_weight's group_size None is per channel; a layer's scheme holds g == in_features
-        g = None if self._per_channel() else self.group_size
-        return {"fmt": f"int{self.bits}", "group_size": g, "scale": self.scale_kind, "alpha": self.alpha}
+        return {"fmt": f"int{self.bits}", "group_size": self.group(), "scale": self.scale_kind, "alpha": self.alpha}
 
     def dequant_format(self):
         return "int4" if self.bits == 4 else "int8"
@@ -218,9 +176,8 @@ class IntGroupScheme(Scheme):
 
     def fake_weight(self, w):
         K = w.shape[1]
-        g = None if self._per_channel(K) else self.group_size
         alpha = self.alpha if self.scale_kind == "int" else None
-        q, sw, sg = self._quantize_ref(w, g, alpha)
+        q, sw, sg = self._quantize_ref(w, self.group(K), alpha)
         return (q.double() * expand_groups(sg.double(), K) * sw.reshape(-1, 1).double()).float()
 
     # -- compressed-tensors ----------------------------------------------------------------------

@@ -19,17 +19,7 @@ from .int_group import IntGroupScheme
 class _W4A8Base(IntGroupScheme):
     bits = 4
     pads_rows = False  # packed rows: out_features % 16 == 0
-
-    @classmethod
-    def _check_shape(cls, op, N, K, g):
-        if N % 16 != 0 or K % 64 != 0:
-            raise ValueError(
-                f"{op}: scheme {cls.name!r} (packed INT4 layout m16k32) needs out_features % 16 == 0 and "
-                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
-                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
-                "another scheme"
-            )
-        super()._check_shape(op, N, K, g)
+    packed = ("INT4", "m16k32")
 
     def _weight_layout(self, rows, K):
         return (rows, K // 2), torch.uint8

@@ -29,7 +29,7 @@ from ..reference.quantize import (
     quantize_fp4_ref,
     unpack_fp4,
 )
-from .base import Scheme, layer_scheme, register
+from .base import layer_scheme, register
 from .compressed import (
     ACT_FP8,
     FORMAT_MXFP4,
@@ -40,6 +40,7 @@ from .compressed import (
     describe_group,
     group_format,
 )
+from .grouped import GroupedScheme
 
 GROUP_SIZES = (32, 64, 128)
 POLICIES = ("m2", "m1", "free")
@@ -47,7 +48,7 @@ _FP8 = torch.float8_e4m3fn
 
 
 @register
-class W4A8FP(Scheme):
+class W4A8FP(GroupedScheme):
     name = "w4a8-fp"
     description = "fp8 e4m3 per-token activations x fp4 e2m1 group-wise weights"
     option_names = ("group_size", "scale_policy")
@@ -55,7 +56,8 @@ class W4A8FP(Scheme):
     act_dtype = _FP8
     act_fmt = "fp8"
     pads_rows = False
-    DEFAULTS = {"group_size": 128}
+    packed = ("FP4", "m16k64")
+    GROUP_SIZES = GROUP_SIZES
 
     def _check_options(self, op):
         g = self.group_size
@@ -75,63 +77,23 @@ class W4A8FP(Scheme):
     @classmethod
     def from_layer_options(cls, op: str, out_features: int, in_features: int, **options: Any) -> "W4A8FP":
         N, K = out_features, in_features
-        g = options.get("group_size")
-        g = 128 if g is None else g
-        if isinstance(g, bool) or not isinstance(g, int) or (g not in GROUP_SIZES and g != K):
-            raise ValueError(
-                f"{op}: scheme 'w4a8-fp' needs group_size in {GROUP_SIZES} or in_features ({K}: "
-                f"one group per row), got {g!r}"
-            )
+        g = cls._layer_group(op, N, K, options.get("group_size"))
         policy = options.get("scale_policy")
         policy = "m2" if policy is None else policy
         if not isinstance(policy, str) or policy.lower() not in POLICIES:
             raise ValueError(f"{op}: scheme 'w4a8-fp' needs scale_policy in {POLICIES}, got {policy!r}")
-        if N % 16 != 0 or K % 64 != 0:
-            raise ValueError(
-                f"{op}: scheme 'w4a8-fp' (packed FP4 layout m16k64) needs out_features % 16 == 0 and "
-                f"in_features % 64 == 0, got a layer [out_features, in_features] = [{N}, {K}]; leave this "
-                "layer in float (quantize_model(skip=...), quantize_(module_configs={name: None})) or use "
-                "another scheme"
-            )
-        if K % g != 0:
-            raise ValueError(
-                f"{op}: scheme 'w4a8-fp' needs group_size to divide in_features, got group_size {g} and a "
-                f"layer [out_features, in_features] = [{N}, {K}]; choose group_size in "
-                f"{[s for s in GROUP_SIZES if K % s == 0]}"
-            )
-        self = cls.__new__(cls)
-        object.__setattr__(self, "_k", K)
-        object.__setattr__(self, "group_size", g)
-        object.__setattr__(self, "scale_policy", policy)
-        self._check_options(op)
-        return self
-
-    def for_layer(self, op, out_features, in_features):
-        if getattr(self, "_k", None) == in_features:
-            return self
-        g = in_features if self.group_size is None else self.group_size
-        return W4A8FP.from_layer_options(op, out_features, in_features, group_size=g, scale_policy=self.scale_policy)
-
-    def general(self):
-        if getattr(self, "_k", None) is None:
-            return self
-        per_channel = self.group_size == self._k
-        return type(self)(**{**self.options(), "group_size": None if per_channel else self.group_size})
+        cls._check_shape(op, N, K, g)
+        return cls._layer_instance(op, g, K, scale_policy=policy)
 
     def describe(self):
-        g = "per channel" if self.group_size == getattr(self, "_k", None) else self.group_size
-        return f"group_size={g}, scale_policy={self.scale_policy}"
+        return f"{super().describe()}, scale_policy={self.scale_policy}"
 
     def spec(self):
         return GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=self.group_size or 128,
                         scale_kind="float" if self.scale_policy == "free" else "pow2")
 
-    def _g(self, K=None):
-        k = K if K is not None else getattr(self, "_k", None)
-        return None if self.group_size is None or self.group_size == k else self.group_size
-
     def weight_format(self):
-        return {"fmt": "fp4", "group_size": self._g(), "scale": self.scale_policy}
+        return {"fmt": "fp4", "group_size": self.group(), "scale": self.scale_policy}
 
     def dequant_format(self):
         return "fp4"
@@ -146,7 +108,7 @@ class W4A8FP(Scheme):
 
     def fake_weight(self, w):
         K = w.shape[1]
-        codes, sw, sg = quantize_fp4_ref(w, self._g(K), self.scale_policy)
+        codes, sw, sg = quantize_fp4_ref(w, self.group(K), self.scale_policy)
         if sg.dtype == torch.int8:  # dequantize's fp4 branch: e2m1 * 2^e (exact), times sw
             v = torch.ldexp(e2m1_decode(codes), expand_groups(sg, K).to(torch.int32))
         else:
