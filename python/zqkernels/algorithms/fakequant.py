@@ -1,8 +1,9 @@
 """Fake quantization with a straight-through estimator (STE), per QLinear scheme.
 
 ``fake_quant_weight(w, scheme, **options)`` computes, in its forward, exactly the float32 weight that
-the scheme's real quantizer stands for (the scheme's ``fake_weight``): ``dequantize(*quantize_weight(w, <the scheme's format and options>))``,
-bit for bit (tests/test_lkd.py checks it per scheme), from the reference math of
+the scheme's real quantizer stands for (the scheme's ``fake_weight``):
+``dequantize(*quantize_weight(w, <the scheme's format and options>))``, bit for bit
+(tests/test_lkd.py checks it per scheme), from the reference math of
 ``zqkernels.reference.quantize`` (codes are kept unpacked: no pack / unpack round trip). Its
 backward is the identity (``d deq / d w := 1``): the rounding has no useful gradient, and the
 symmetric ``amax / qmax`` scales never clip a weight, so the clip-aware STE is the identity too.

@@ -289,8 +289,9 @@ def _resolve_format(
     op: str, w: torch.Tensor, bits: Optional[int], fmt: Optional[str], group_size: Optional[int],
     scale: Optional[str], alpha: Optional[int],
 ) -> tuple[str, Any]:
-    """(kind, args) of the grid quantize_weight(w, bits, fmt=, group_size=, scale=, alpha=) uses;
-    the arguments are checked by quantize_weight's own checks (same errors, naming `op`)."""
+    """(kind, args) of the grid quantize_weight(w, fmt=, scale=, group_size=, alpha=) uses (bits: see
+    gptq_quantize_weight); the arguments are checked by quantize_weight's own checks (same errors,
+    naming `op`)."""
     from ..ops.quantize import resolve_weight_format
 
     N, K = w.shape
@@ -335,19 +336,20 @@ def gptq_quantize_weight(
     act_order: bool = False,
 ) -> tuple:
     """GPTQ-quantize one weight w [N, K] given its layer's Hessian H [K, K] (``2 X^T X / n`` of the
-    layer inputs X [n, K]), into any format of ``quantize_weight``: the format arguments (bits, fmt,
-    group_size, scale, alpha) mean what they mean there, and the result is what ``quantize_weight(w,
-    bits, fmt=..., group_size=..., scale=..., alpha=...)`` returns for them (same dtypes, shapes and
+    layer inputs X [n, K]), into any format of ``quantize_weight``: the format arguments (fmt, scale,
+    group_size, alpha; bits) mean what they mean there, and the result is what ``quantize_weight(w,
+    fmt=..., scale=..., group_size=..., alpha=...)`` returns for them (same dtypes, shapes and
     packed layouts; only the values differ), on w's device:
 
-    - default / bits=8 / fmt="int8": (wq int8 [N, K], sw float32 [N]) per channel; fmt="int4" /
-      bits=4 without group_size / scale: values in [-7, 7] in an int8 container; bits 2..7 (no fmt):
-      the same grid with qmax = 2^(bits-1) - 1, for studying the algorithm.
+    - default / fmt="int8": (wq int8 [N, K], sw float32 [N]) per channel; fmt="int4" without scale:
+      values in [-7, 7] in an int8 container; bits 2..8 alone (no other format argument): the same
+      grid with qmax = 2^(bits-1) - 1, for studying the algorithm. bits= with other format arguments
+      is quantize_weight's deprecated spelling (it warns the same way).
     - fmt="fp8": (wq float8_e4m3fn [N, K], sw float32 [N]).
     - fmt="fp4" (group_size 32 / 64 / 128 / None, scale "m2" / "m1" / "free"): (wq uint8 [N, K // 2]
       packed m16k64, sw, sg).
-    - fmt="int4" / bits=4 with group_size or scale ("int" / "float", alpha): (wq uint8 [N, K // 2]
-      packed m16k32, sw, sg); fmt="int8" / bits=8 with group_size or scale: (wq int8 [N, K], sw, sg).
+    - fmt="int4" with scale ("int" / "float", group_size, alpha): (wq uint8 [N, K // 2] packed m16k32,
+      sw, sg); fmt="int8" with scale: (wq int8 [N, K], sw, sg).
 
     Scales: per-channel grids are fixed from w before any update (the RTN scales). Group formats
     keep the per-row quantities of w (sw, for m1 the row exponent, alpha) and compute a group's

@@ -19,8 +19,8 @@ quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
 Fused blocks (nn/blocks.py: QLlamaDecoderLayer, QGPT2Block, QBertLayer) merge linears that share
 an input: ``qkv`` = q|k|v (GPT-2: c_attn), ``fc1`` = gate|up (LLaMA), concatenated along
 out_features in that order; ``attn_out`` and ``fc2`` are single linears. ``lorc`` gives each
-quantized role one pair of factors, computed from the error of the merged weight: the float parts of the
-float layer of the same name (the block class's part map ``PARTS``, ``nn.blocks.parts_of``, shared
+quantized role one pair of factors, computed from the error of the merged weight: the float parts
+of the float layer of the same name (the block class's part map ``PARTS``, ``nn.blocks.parts_of``, shared
 with LKD and checkpoints) concatenated in the block's row order, minus deq of the merged QLinear. The rank is the rank of
 the merged GEMM's correction, not per part: q, k and v share one rank-r A (and B's columns split
 by part); the per-part error never grows (E_r = E V_r V_r^T projects every row of E). The block
@@ -101,7 +101,7 @@ def _float_weight(f: Optional[nn.Module]) -> Optional[torch.Tensor]:
 def _block_targets(
     name: str, block: nn.Module, fblock: Optional[nn.Module]
 ) -> list[tuple[str, QLinear, list[str], Optional[torch.Tensor], str]]:
-    """The INT8 roles of the fused `block` named `name`: [(QLinear name, QLinear, float part names,
+    """The quantized roles of the fused `block` named `name`: [(QLinear name, QLinear, float part names,
     merged float weight [out_features, in_features] in float32 or None, why None)]; `fblock` is the
     float layer of the same name (None: the float model has none)."""
     try:

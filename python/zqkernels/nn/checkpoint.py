@@ -55,9 +55,9 @@ from ..schemes.compressed import (
     CT_TENSORS,
     FORMAT_INT,
     FORMAT_MIXED,
-    SUPPORTED,
     ct_args,
     describe_group,
+    supported,
 )
 from .blocks import ROLES, QGPT2Block, QuantizedBlock
 from .hf_model import _build_hf, _fuse, _get, _parts, _rows, _split_linear
@@ -100,7 +100,6 @@ QUANT_CONFIG: dict[str, Any] = {
 }
 
 #: What load_quantized reads (its NotImplementedError for any other config group lists it).
-_SUPPORTED = SUPPORTED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def _check_config(qc: dict[str, Any]) -> dict[str, list[type[Scheme]]]:
     for gname, g in (qc.get("config_groups") or {}).items():
         found = [cls for cls in SCHEMES.values() if cls.ct_accepts(g, qc.get("format"), gname)]
         if not found:
-            raise NotImplementedError(f"load_quantized: {describe_group(gname, g, qc.get('format'))}; implemented: {_SUPPORTED}")
+            raise NotImplementedError(f"load_quantized: {describe_group(gname, g, qc.get('format'))}; implemented: {supported()}")
         out[gname] = found
     return out
 
@@ -386,7 +385,7 @@ def load_quantized(
             if k.endswith("." + bad):
                 raise NotImplementedError(
                     f"load_quantized: tensor {k!r} belongs to a scheme not implemented here (asymmetric weights, "
-                    f"static activations, act-order g_idx or global scales); implemented: {_SUPPORTED}"
+                    f"static activations, act-order g_idx or global scales); implemented: {supported()}"
                 )
     warned = set()
     qnames = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))

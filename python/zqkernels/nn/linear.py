@@ -39,9 +39,10 @@ class QLinear(nn.Module):
     group_size=None)``: per channel). ``qscheme`` is the layer's resolved scheme object.
 
     Build it with ``QLinear.from_linear(linear)`` (weights quantized once, here), or construct an
-    empty one and ``load_state_dict`` into it; the state holds no float weights. Weight rows are
-    padded to a multiple of 8 (``Np``; the rows past out_features are zero), so any out_features
-    runs on the CUDA kernels; in_features must be a multiple of 16 there. The state also records
+    empty one and ``load_state_dict`` into it; the state holds no float weights. Unpacked weight rows
+    (w8a8, fp8, w8a8-group) are padded to a multiple of 8 (``Np``; the rows past out_features are
+    zero), so any out_features runs on the CUDA kernels; the packed formats (w4a8, w4a8-floatscale,
+    w4a8-fp) need out_features % 16 == 0 instead. in_features must be a multiple of 16 on CUDA. The state also records
     in_features / out_features / scheme, and ``load_state_dict`` rejects a checkpoint of another
     shape or scheme.
 

@@ -1,8 +1,9 @@
-"""Row ops fused with token-wise INT8 quantization (kernel: src/cuda/row_quant.cu).
+"""Row ops fused with token-wise INT8 or FP8 E4M3 quantization (kernel: src/cuda/row_quant.cu).
 
-Each op reads its inputs once and writes the int8 activations (and their per-row scales) that the
-next W8A8 GEMM consumes, instead of writing a bf16 intermediate that ``quantize_per_token`` reads
-back. The math is the unfused sequence's, computed in fp32 (docs/FUSED.md):
+Each op reads its inputs once and writes the quantized activations (and their per-row scales) that
+the next GEMM consumes (int8 by default; FP8 E4M3 with ``dtype=torch.float8_e4m3fn``, for the FP8
+GEMMs), instead of writing a bf16 intermediate that ``quantize_per_token`` reads back. The math
+is the unfused sequence's, computed in fp32 (docs/FUSED.md):
 
     rmsnorm_quant(x, w, eps)                    -> quant(x * rsqrt(mean(x^2) + eps) * w)
     layernorm_quant(x, w, b, eps)               -> quant(layer_norm(x) * w + b)
@@ -13,7 +14,8 @@ back. The math is the unfused sequence's, computed in fp32 (docs/FUSED.md):
     bias_gelu_quant(y, bias, approximate)       -> quant(gelu(y + bias))
     silu_mul_quant(gate_up)                     -> quant(silu(gate) * up), gate_up = [gate | up]
 
-``quant`` returns ``(q int8 [M, K], s float32 [M])`` with exactly ``quantize_per_token``'s rounding.
+``quant`` returns ``(q [M, K] int8 or float8_e4m3fn, s float32 [M])`` with exactly
+``quantize_per_token``'s rounding for that dtype. ``row_quant`` is any of them by its parts.
 Inputs are bf16, fp16 or fp32 [M, K] with unit stride along K; weight / bias are [K] in any float
 dtype (float32 avoids a conversion per call). CPU tensors run ``zqkernels.reference.fused``; CUDA
 tensors the kernel. Each op is a ``torch.library`` custom op (torch.compile, export, CUDA graphs);

@@ -77,6 +77,9 @@ class Scheme:
     # layouts need out_features % 16 == 0 instead and are never padded.
     pads_rows: ClassVar[bool] = True
 
+    # The compressed-tensors layout the scheme reads and writes, in words (load_quantized's errors);
+    # "": none
+    ct_layout: ClassVar[str] = ""
     # QLinear's keyword defaults that differ from the option's own None (e.g. group_size 128, where
     # a config's None means per channel)
     DEFAULTS: ClassVar[dict[str, Any]] = {}

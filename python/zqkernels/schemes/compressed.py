@@ -12,7 +12,7 @@ __all__ = [
     "ct_args", "ACT_INT8", "ACT_FP8", "FORMAT_INT", "FORMAT_PACKED", "FORMAT_FLOAT", "FORMAT_MXFP4",
     "MX_GROUP", "W_MXFP4", "pack_ct", "unpack_ct", "group_scale", "per_channel_tensors", "bias_tensor",
     # loading
-    "FORMAT_NAIVE", "FORMAT_MIXED", "CT_TENSORS", "SUPPORTED", "CTLayer", "describe_group", "group_format",
+    "FORMAT_NAIVE", "FORMAT_MIXED", "CT_TENSORS", "supported", "CTLayer", "describe_group", "group_format",
     "accepts_args", "token_acts", "int_codes", "per_channel_from_ct",
 ]
 
@@ -89,13 +89,15 @@ def per_channel_tensors(m: Any) -> dict[str, torch.Tensor]:
 CT_TENSORS = ("weight", "weight_packed", "weight_shape", "weight_scale", "bias")
 
 #: What load_quantized reads (its NotImplementedError for any other config group lists it).
-SUPPORTED = (
-    "int8 per-channel weights (w8a8) or int8 group weights (w8a8-group), format int-quantized; int4 group / "
-    "per-channel weights (w4a8), format pack-quantized or int-quantized; fp8 e4m3 per-channel weights "
-    "(fp8), format float-quantized; FP4 E2M1 weights with E8M0 scales per 32 (w4a8-fp, m1), format "
-    "mxfp4-pack-quantized, with fp8 activations; all symmetric and static, with dynamic per-token activations "
-    "of the weights' kind (int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
-)
+def supported() -> str:
+    """What load_quantized reads, for its errors: each registered scheme's ``ct_layout``."""
+    from .base import SCHEMES
+
+    layouts = "; ".join(f"{cls.ct_layout} ({name})" for name, cls in sorted(SCHEMES.items()) if cls.ct_layout)
+    return (
+        f"{layouts}; all symmetric and static, with dynamic per-token activations of the weights' kind "
+        "(int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
+    )
 
 
 class CTLayer(NamedTuple):

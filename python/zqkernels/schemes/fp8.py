@@ -32,6 +32,7 @@ _SPEC = GemmSpec(act="fp8_e4m3", weight="fp8_e4m3", act_scale="token", weight_sc
 class FP8(Scheme):
     name = "fp8"
     description = "fp8 e4m3 per-token activations x fp8 e4m3 per-channel weights"
+    ct_layout = "fp8 e4m3 per-channel weights, format float-quantized"
     act_dtype = _FP8
     act_fmt = "fp8"
     fixed_dtype_buffers = ("weight_q", "weight_scale")

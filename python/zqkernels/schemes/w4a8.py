@@ -43,6 +43,7 @@ class _W4A8Base(IntGroupScheme):
 class W4A8(_W4A8Base):
     name = "w4a8"
     description = "int8 per-token activations x int4 group-wise weights, int group scales"
+    ct_layout = "int4 group / per-channel weights, format pack-quantized or int-quantized"
     fixed_scale = "int"
     loaded = ("alpha", "max_scale")
 
@@ -51,6 +52,7 @@ class W4A8(_W4A8Base):
 class W4A8FloatScale(_W4A8Base):
     name = "w4a8-floatscale"
     description = "int8 per-token activations x int4 group-wise weights, float group scales"
+    ct_layout = "int4 group / per-channel weights loaded with group_scales='float'"
     fixed_scale = "float"
     option_names = ("group_size",)
     loaded = ()

@@ -51,6 +51,7 @@ _FP8 = torch.float8_e4m3fn
 class W4A8FP(GroupedScheme):
     name = "w4a8-fp"
     description = "fp8 e4m3 per-token activations x fp4 e2m1 group-wise weights"
+    ct_layout = "FP4 E2M1 weights with E8M0 scales per 32 (scale_policy m1), format mxfp4-pack-quantized, with fp8 activations"
     option_names = ("group_size", "scale_policy")
     fixed_dtype_buffers = ("weight_scale", "weight_group_scale")
     act_dtype = _FP8

@@ -34,6 +34,7 @@ _SPEC = GemmSpec(act="int8", weight="int8", act_scale="token", weight_scale="cha
 class W8A8(Scheme):
     name = "w8a8"
     description = "int8 per-token activations x int8 per-channel weights"
+    ct_layout = "int8 per-channel weights, format int-quantized"
 
     def spec(self) -> GemmSpec:
         return _SPEC

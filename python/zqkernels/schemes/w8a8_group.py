@@ -21,6 +21,7 @@ from .int_group import GROUP_SIZES, IntGroupScheme
 class W8A8Group(IntGroupScheme):
     name = "w8a8-group"
     description = "int8 per-token activations x int8 group-wise weights"
+    ct_layout = "int8 group weights, format int-quantized"
     option_names = ("group_size", "scale", "alpha")
     loaded = ("alpha", "max_scale")
     bits = 8
