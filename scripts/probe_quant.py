@@ -2,7 +2,7 @@
 
 Checks every setting bit-exactly against the reference first, then times M=8192 rows of bf16
 (inputs rotated past L2, CUDA-graph replays, median). Picks the automatic CTA size in
-src/cuda/quantize.cu.
+src/cuda/row_quant.cu.
 
     python scripts/probe_quant.py
 """

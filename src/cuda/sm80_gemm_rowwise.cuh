@@ -25,7 +25,7 @@
 // checked by CUTLASS's can_implement; N % 16 == 0 for int8 output), xq / wq / out 16-byte aligned; sx / sw only need float
 // alignment and bias only element alignment (they are read one element at a time, see
 // VisitorRowBroadcastScalar). Any M >= 1: the ragged last M tile is predicated. Checked by the
-// caller (python/zqkernels/ops/gemm.py) and again by check_gemm_args.
+// caller (python/zqkernels/ops/gemm_checks.py) and again by check_gemm_args.
 // Archs: sm_80 and newer (mma.sync / cp.async / ldmatrix). The build compiles these sources for
 // sm_80 and sm_90 (and any other listed arch >= 80) so an H100 can run and test them.
 //

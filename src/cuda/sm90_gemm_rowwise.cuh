@@ -41,7 +41,7 @@
 // Limits: K % 16 == 0 and lda, ldb multiples of 16 (TMA: 16-byte strides), N % 8 == 0 (16-byte
 // output rows; N % 16 == 0 for int8 output), 16-byte aligned xq / wq / out; sx / sw / bias need only element alignment (they
 // are loaded one element at a time: Alignment = 1 below). Any M >= 1 (TMA clips ragged tiles).
-// Checked by python/zqkernels/ops/gemm.py and again by check_gemm_args.
+// Checked by python/zqkernels/ops/gemm_checks.py and again by check_gemm_args.
 //
 // Build: -gencode=arch=compute_90a,code=sm_90a with -DNDEBUG (without NDEBUG ptxas serializes
 // wgmma, warning C7510). The tiles are instantiated from the table in cmake/gemm_tiles.cmake.

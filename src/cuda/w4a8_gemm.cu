@@ -1,4 +1,6 @@
-// w4a8_fp_gemm.cu: W4A8-FP (ZeroQuant-FP): FP4 E2M1 weights with group scales x FP8 E4M3
+// w4a8_gemm.cu: the W4A8 streaming and conversion kernels. W4A8 with integer group scales is in the
+// section "W4A8 with integer group scales" below; first:
+// W4A8-FP (ZeroQuant-FP): FP4 E2M1 weights with group scales x FP8 E4M3
 // per-token activations on FP8 tensor cores, for any GPU with FP8 mma.sync (sm_89+; built for
 // sm_90a here). docs/FP8.md defines the formats and the packed layout `m16k64`.
 //
@@ -30,7 +32,7 @@
 //  * fp4_to_fp8: the same conversion into a row-major E4M3 matrix [N, K] (large M runs it once and
 //    then the FP8 GEMM; the tests use it to check the conversion bit for bit).
 //
-// Limits (checked here and by python/zqkernels/ops/fp_gemm.py): N % 16 == 0, K % 64 == 0, group
+// Limits (checked here and by python/zqkernels/ops/gemm_checks.py): N % 16 == 0, K % 64 == 0, group
 // size g % 16 == 0 dividing K (a lane's 16 consecutive k lie in one group), xq rows 16-byte
 // aligned, out any alignment (scalar stores).
 #include <cuda_bf16.h>
@@ -455,7 +457,7 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
 }
 
 // INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
-// (python/zqkernels/ops/w4a8.py). One thread per lane chunk of 16 bytes: word 2s + q holds rows r
+// (python/zqkernels/ops/gemm_cuda.py). One thread per lane chunk of 16 bytes: word 2s + q holds rows r
 // (low half) and r + 8 (high half) at k = 64c + 32s + 8t + 4q + j; the byte permutes of the
 // streaming kernel turn each half into 4 int8 bytes, stored 8 contiguous bytes per (row, step).
 __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {

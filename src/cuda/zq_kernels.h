@@ -40,7 +40,7 @@ inline const char* dtype_name(DType t) {
 // The activation a GEMM epilogue applies after the bias, chosen per call (a runtime value in the
 // kernel's parameters: every kernel supports every activation, no extra instantiation). Computed
 // in fp32 before the one rounding to the output type (docs/SCALES.md). The numeric values are part
-// of the Python binding ABI (python/zqkernels/ops/gemm.py: _ACT_CODE).
+// of the Python binding ABI (python/zqkernels/ops/gemm_checks.py: ACT_CODE).
 enum class GemmActivation : int {
   kNone = 0,
   kGelu = 1,      // v * Phi(v) = 0.5 * v * erfc(-v / sqrt(2))             (erf GeLU, BERT)
@@ -194,7 +194,8 @@ std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_strid
 
 // Row ops fused with token-wise INT8 / FP8 quantization (src/cuda/row_quant.cu, docs/FUSED.md): one
 // CTA per row computes the op in fp32 and quantizes its output like quantize_per_token.
-// The numeric values are part of the Python binding ABI (python/zqkernels/ops/fused.py).
+// The numeric values are part of the Python binding ABI (python/zqkernels/reference/fused.py: ROW_OPS,
+// RESIDUAL_MODES; used by python/zqkernels/ops/fused.py).
 enum class RowOp : int {
   kIdentity = 0,   // quantize_per_token
   kRMSNorm = 1,    // x (+ residual) -> x * rsqrt(mean(x^2) + eps) * weight

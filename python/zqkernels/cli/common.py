@@ -93,7 +93,7 @@ def conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]
     g.add_argument("--group-size", type=_group_size, default=UNSET, metavar="G",
                    help="group size of the grouped schemes (32, 64, 128, 256 or 'channel'; default 128)")
     g.add_argument("--level", default=None, choices=("int8", "balanced", "accuracy"),
-                   help="w8a8 / w4/8: precision of the fused blocks' GEMM roles (default int8)")
+                   help="precision of the fused blocks' GEMM roles, every scheme (default int8: all quantized)")
     g.add_argument("--smooth", type=_alpha, default=None, metavar="ALPHA",
                    help="SmoothQuant activation smoothing of the float model with migration strength ALPHA in "
                    "[0, 1] (zqkernels.smooth_; 0.5 is typical; runs first, before GPTQ / RTN; LKD's teacher is "
