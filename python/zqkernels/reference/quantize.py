@@ -19,6 +19,15 @@ from typing import Optional
 import torch
 
 from ..formats import E2M1_VALUES, FP8_E4M3_MAX
+from .common import (
+    QMAX,
+    _check_2d,
+    _check_packable,
+    _divide_groups,
+    _pack_nibbles,
+    _unpack_nibbles,
+    expand_groups,
+)
 
 _E2M1_MAX = E2M1_VALUES[-1]
 
@@ -53,8 +62,6 @@ __all__ = [
     "QMAX",
 ]
 
-# Largest quantized magnitude per bit width (symmetric grid, -qmax .. qmax).
-QMAX = {8: 127, 4: 7}
 
 FP4_POLICIES = ("free", "m1", "m2")
 # Group exponents of the power-of-two policies: the kernel's exponent arithmetic is exact for
@@ -93,11 +100,6 @@ def _quantize_rows(v: torch.Tensor, qmax: float, fp8: bool = False) -> tuple[tor
     # kernels. Map NaN to 0 here so the reference itself is deterministic.
     q = torch.nan_to_num_(q, nan=0.0)
     return q.to(torch.float8_e4m3fn if fp8 else torch.int8).contiguous(), scale.contiguous()
-
-
-def _check_2d(op: str, name: str, t: torch.Tensor, dims: str) -> None:
-    if t.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D [{dims}], got shape {list(t.shape)}")
 
 
 def quantize_per_token_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,68 +253,9 @@ def quantize_fp4_ref(
     return _encode_groups(wf, sw, r, g), sw.contiguous(), e.to(torch.int8).contiguous()
 
 
-def _divide_groups(wf: torch.Tensor, scale: torch.Tensor, g: int) -> torch.Tensor:
-    """w[n, k] / scale[n, k // g] (fp32 IEEE division); a zero scale (all-zero group) divides by 1."""
-    N, K = wf.shape
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (wf.reshape(N, -1, g) / scale[:, :, None]).reshape(N, K)
-
-
 def _encode_groups(wf: torch.Tensor, sw: torch.Tensor, r: torch.Tensor, g: int) -> torch.Tensor:
     """codes = e2m1(w / (sw[n] * r[n, j])) (fp32); a zero scale (all-zero row) divides by 1."""
     return e2m1_encode(_divide_groups(wf, sw[:, None] * r, g)).contiguous()  # sw * r exact for pow2 r
-
-
-def expand_groups(t: torch.Tensor, K: int) -> torch.Tensor:
-    """Group values [N, G] (G divides K) -> one per weight [N, K] (column k gets group k // (K // G))."""
-    if t.dim() != 2 or t.shape[1] == 0 or K % t.shape[1] != 0:
-        raise ValueError(f"expand_groups: need group values [N, G] with G dividing K == {K}, got shape {list(t.shape)}")
-    return t.repeat_interleave(K // t.shape[1], dim=1)
-
-
-# The packed layouts: n = 16 nt + 8 hi + r and a chunk of 64 k; a code's nibble index in the flat
-# stream is the index of the axes (nt, kc, r, t, s, q, hi, j) in row-major order, i.e.
-# (((nt K/64 + kc) 8 + r) 4 + t) 32 + 8 (2 s + q) + 4 hi + j. The layouts differ in how k splits:
-# - m16k64 (FP4, docs/FP8.md):   k = 64 kc + 16 t + 8 s + 4 q + j (an MMA step of 32 k is s, t, q, j
-#   with t outermost: each lane's 16 consecutive k span both steps)
-# - m16k32 (INT4, docs/W4A8.md): k = 64 kc + 32 s + 8 t + 4 q + j (a step of 32 consecutive k each)
-# Each is a reshape of codes [N, K] to (nt, hi, r, kc, <k axes>, j) and one permute.
-_LAYOUTS = {
-    # name: (k split of a 64-chunk below kc, permutation to (nt, kc, r, t, s, q, hi, j))
-    "m16k64": ((4, 2, 2, 4), (0, 3, 2, 4, 5, 6, 1, 7)),  # codes.reshape(NT, hi, r, KC, t, s, q, j)
-    "m16k32": ((2, 4, 2, 4), (0, 3, 2, 5, 4, 6, 1, 7)),  # codes.reshape(NT, hi, r, KC, s, t, q, j)
-}
-
-
-def _check_packable(op: str, N: int, K: int, layout: str = "m16k64") -> None:
-    if N % 16 != 0:
-        raise ValueError(f"{op}: the {layout} layout needs N % 16 == 0, got N == {N} (pad the output channels)")
-    if K % 64 != 0:
-        raise ValueError(f"{op}: the {layout} layout needs K % 64 == 0, got K == {K} (pad K with zero weights)")
-
-
-def _pack_nibbles(nibbles: torch.Tensor, layout: str) -> torch.Tensor:
-    """uint8 nibbles [N, K] (values 0..15) -> uint8 [N, K // 2] in `layout` (shape already checked)."""
-    N, K = nibbles.shape
-    split, axes = _LAYOUTS[layout]
-    v = nibbles.reshape(N // 16, 2, 8, K // 64, *split).permute(*axes).reshape(-1, 2)
-    packed = (v[:, 0] & 0xF) | ((v[:, 1] & 0xF) << 4)  # even nibble low, odd nibble high
-    return packed.reshape(N, K // 2).contiguous()
-
-
-def _unpack_nibbles(op: str, packed: torch.Tensor, N: int, K: int, layout: str) -> torch.Tensor:
-    """Inverse of _pack_nibbles: uint8 [N, K // 2] -> uint8 nibbles [N, K] (values 0..15)."""
-    _check_packable(op, N, K, layout)
-    if packed.dtype != torch.uint8 or tuple(packed.shape) != (N, K // 2):
-        raise TypeError(
-            f"{op}: packed must be uint8 [N, K // 2] == [{N}, {K // 2}], got {packed.dtype} {list(packed.shape)}"
-        )
-    split, axes = _LAYOUTS[layout]
-    shape = (N // 16, 2, 8, K // 64, *split)
-    b = packed.reshape(-1)
-    v = torch.stack((b & 0xF, b >> 4), dim=1)
-    v = v.reshape([shape[a] for a in axes]).permute(*[axes.index(i) for i in range(8)])
-    return v.reshape(N, K).contiguous()
 
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
@@ -443,236 +386,25 @@ def fp4_lut_convert_model(codes4, e: int) -> list[int]:
     return [(out >> (8 * i)) & 0xFF for i in range(4)]
 
 
-# ------------------------------------------------------------------------------------------------
-# INT4 weights with group scales, integer or float (docs/W4A8.md)
-
-# alpha (the integer scales' multiplier) is a power of two in INT4_ALPHA_RANGE; the default heuristic
-# clamps into INT4_HEURISTIC_RANGE. The largest integer scale is alpha (the channel's largest group),
-# and it must keep one MMA step's product s_int * P within int32 for |P| <= 2^15 (docs/W4A8.md,
-# "Overflow"): 2^15 * s_int <= 2^31 - 1 allows s_int <= 2^16 - 1 (INT4_MAX_SCALE), so alpha <= 2^15.
-INT4_ALPHA_RANGE = (2**0, 2**15)
-INT4_HEURISTIC_RANGE = (2**10, 2**15)
-_STEP_MAX = 32 * 128 * 8  # |P| of one MMA step (32 k): activations may hold -128, weights -8
-INT4_MAX_SCALE = (2**31 - 1) // _STEP_MAX  # 65535: the largest integer scale one step tolerates
-INT4_SCALES = ("int", "float")
-# INT8 weights with group scales: one group's int32 sum P (|P| <= g * 128 * 128, activations and
-# weights -128) must not overflow, for integer and float scales alike: g <= 131071.
-INT8_MAX_GROUP = (2**31 - 1) // (128 * 128)
-_INT32_MAX = 2**31 - 1
-
-
-def group_max_scale(group_size: int, wmax: int) -> int:
-    """The largest integer group scale s for which ``s * P`` of one group of ``group_size`` k fits
-    int32 for any inputs: ``floor((2^31 - 1) / (group_size * 128 * wmax))``, with |P| <= group_size *
-    128 * wmax (activations may hold -128, weights -wmax: 128 for INT8, 8 for INT4). For INT4 the
-    kernel's unit is one MMA step of 32 k, so ``group_max_scale(32, 8)`` == INT4_MAX_SCALE (65535).
-    Raises ValueError when even s = 1 does not fit (a group of more than 131071 INT8 k)."""
-    _check_group_bound_args("group_max_scale", group_size, wmax)
-    s = _INT32_MAX // (group_size * 128 * wmax)
-    if s < 1:
-        raise ValueError(
-            f"group_max_scale: a group of {group_size} k with weights up to {wmax} in magnitude can sum to "
-            f"{group_size} * 128 * {wmax} = {group_size * 128 * wmax} > 2^31 - 1: no integer scale fits int32"
-        )
-    return s
-
-
-def group_alpha_max(group_size: int, wmax: int) -> int:
-    """The largest power of two alpha with ``group_size * 128 * wmax * alpha <= 2^31 - 1``: the largest
-    alpha quantize_weight accepts (the largest integer scale is alpha, the channel's largest group).
-    INT8 (wmax 128): g = 32 -> 2048, 64 -> 1024, 128 -> 512, 256 -> 256; INT4 per MMA step (g = 32,
-    wmax 8) -> 2^15 (INT4_ALPHA_RANGE's top)."""
-    return 1 << (group_max_scale(group_size, wmax).bit_length() - 1)
-
-
-def _check_group_bound_args(op: str, group_size: object, wmax: object) -> None:
-    for name, v in (("group_size", group_size), ("wmax", wmax)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
-
-
-def _check_alpha(op: str, alpha: object) -> int:
-    lo, hi = INT4_ALPHA_RANGE
-    if isinstance(alpha, bool) or not isinstance(alpha, int) or not lo <= alpha <= hi or alpha & (alpha - 1):
-        raise ValueError(f"{op}: alpha must be a power of two int in [2^0, 2^15] (docs/W4A8.md), got {alpha!r}")
-    return alpha
-
-
-def _check_alpha8(op: str, alpha: object, g: int) -> int:
-    """alpha of INT8 group scales: a power of two in [1, group_alpha_max(g, 128)] (g: the group size,
-    K for per channel)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int) or alpha < 1 or alpha & (alpha - 1):
-        raise ValueError(f"{op}: alpha must be a power of two int >= 1 (docs/W4A8.md), got {alpha!r}")
-    hi = group_alpha_max(g, 128)
-    if alpha > hi:
-        raise ValueError(
-            f"{op}: alpha={alpha} exceeds {hi}, the INT8 bound for group_size {g}: the largest integer scale "
-            f"is alpha, and one group's |P| * alpha (up to {g} * 128 * 128 * alpha, activations and weights "
-            f"-128) must fit int32 (docs/W4A8.md, 'Group-wise W8A8')"
-        )
-    return alpha
-
-
-def _alpha_heuristic(r: torch.Tensor, nonzero: torch.Tensor, lo: int = INT4_HEURISTIC_RANGE[0],
-                     hi: int = INT4_HEURISTIC_RANGE[1]) -> int:
-    """The smallest 2^n with min(r) 2^n >= 1 over the non-zero groups, clamped to [lo, hi]
-    (INT4_HEURISTIC_RANGE by default). For r = m 2^E (frexp, m in [0.5, 1)) that n is exactly 1 - E
-    (also for m == 0.5: 0.5 * 2^(E + n) >= 1 <=> n >= 1 - E). A ratio that underflowed to 0 counts as
-    the smallest normal (it takes the upper clamp); a tensor without non-zero groups gets the lower one."""
-    if not bool(nonzero.any()):
-        return lo
-    rmin = r[nonzero].min().clamp_min(torch.finfo(torch.float32).tiny)
-    n = 1 - int(torch.frexp(rmin).exponent)
-    return min(max(2**n, lo), hi) if n >= 0 else lo
-
-
-def _group_scales(
-    w: torch.Tensor, g: int, qmax: int, scale: str, alpha_of
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric group quantization shared by INT4 and INT8 (docs/W4A8.md): per group ``s = amax /
-    qmax``, ``q = clamp(rint(w / s), -qmax, qmax)``, ``r = s / s_max[n]``; float: (q, s_max, r); int:
-    (q, s_max / alpha, max(rint(r * alpha), 1)), alpha = alpha_of(r, nonzero). All-zero groups get
-    sg = 0, all-zero rows sw = 0. w [N, K] float, K % g == 0 (checked by the caller)."""
-    N, K = w.shape
-    wf = w.float()
-    amax = wf.abs().reshape(N, K // g, g).amax(dim=2)  # [N, G]
-    s = amax / torch.full_like(amax, float(qmax))  # fp32 IEEE division
-    q = torch.round(_divide_groups(wf, s, g)).clamp_(-qmax, qmax)
-    codes = torch.nan_to_num_(q, nan=0.0).to(torch.int8).contiguous()
-    s_max = s.amax(dim=1)
-    nonzero = s > 0
-    r = s / torch.where(s_max == 0, torch.ones_like(s_max), s_max)[:, None]  # fp32, in [0, 1]
-    if scale == "float":
-        return codes, s_max.contiguous(), torch.where(nonzero, r, torch.zeros_like(r)).contiguous()
-    alpha = alpha_of(r, nonzero)
-    a = torch.full_like(r, float(alpha))
-    sg = torch.round(r * a).clamp_(min=1)  # r * alpha exact (power of two); <= alpha since r <= 1
-    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
-    sw = s_max / torch.full_like(s_max, float(alpha))
-    return codes, sw.contiguous(), sg.contiguous()
-
-
-def _check_group_args(op: str, w: torch.Tensor, group_size: object, scale: object, alpha: object) -> int:
-    """The group size (K for None) after the checks both group quantizers share."""
-    _check_2d(op, "w", w, "N, K")
-    if scale not in INT4_SCALES:
-        raise ValueError(f"{op}: scale must be one of {INT4_SCALES}, got {scale!r}")
-    if alpha is not None and scale != "int":
-        raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={alpha!r} with scale={scale!r}")
-    K = w.shape[1]
-    g = K if group_size is None else group_size
-    if isinstance(g, bool) or not isinstance(g, int) or g <= 0 or K % g != 0:
-        raise ValueError(f"{op}: group_size must be a positive divisor of K == {K}, got {group_size!r}")
-    return g
-
-
-def quantize_int4_group_ref(
-    w: torch.Tensor, group_size: Optional[int] = None, scale: str = "int", alpha: Optional[int] = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric INT4 weight quantization with group scales (docs/W4A8.md, Integer Scale).
-
-    w: [N, K] float, finite (callers check). group_size g divides K (None: g = K, one group per row).
-    Per group ``s = amax / 7`` (fp32), ``q = clamp(rint(w / s), -7, 7)`` (half to even, fp32
-    division), ``s_max[n]`` the row's largest s and ``r = s / s_max`` (fp32) in (0, 1]. Returns
-    (codes int8 [N, K] UNPACKED, values -7..7 (``pack_int4`` gives the kernel's layout), sw float32
-    [N], sg):
-
-    - scale="int": sg int32 [N, K // g] = max(rint(r * alpha), 1), sw = s_max / alpha (exact: a
-      power-of-two division). alpha: a power of two in [2^0, 2^15], default the heuristic (the
-      smallest 2^n with min(r) 2^n >= 1 over the tensor's non-zero groups, clamped to [2^10, 2^15]).
-    - scale="float": sg float32 [N, K // g] = r, sw = s_max.
-
-    So ``w[n, k] ~ sw[n] * sg[n, k // g] * q[n, k]``. Degenerate inputs: an all-zero group gets
-    sg = 0 (int and float: its codes are all 0, so the group contributes exactly 0 whatever the
-    activations), an all-zero row sw = 0 and sg = 0; nothing is NaN or Inf. Rows with amax below
-    ~7 * 2^-126 have subnormal fp32 scales and lose precision (as any fp32 scale would).
-    """
-    op = "quantize_int4_group_ref"
-    g = _check_group_args(op, w, group_size, scale, alpha)
-    if alpha is not None:
-        _check_alpha(op, alpha)
-
-    def alpha_of(r, nonzero):
-        return alpha if alpha is not None else _alpha_heuristic(r, nonzero)
-
-    return _group_scales(w, g, QMAX[4], scale, alpha_of)
-
-
-# INT8 weights with group scales (docs/W4A8.md, "Group-wise W8A8"): the default alpha's lower clamp.
-# The heuristic alone (smallest 2^n with min(r) 2^n >= 1) gives alpha = 2 for ratios in [0.5, 1],
-# which rounds r to steps of 1/2 (up to 33 % scale error); 2^10 as for INT4, capped by the bound.
-INT8_HEURISTIC_MIN = 2**10
-
-
-def quantize_int8_group_ref(
-    w: torch.Tensor, group_size: Optional[int] = None, scale: str = "int", alpha: Optional[int] = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 weight quantization with group scales for ``w8a8_group_gemm`` (docs/W4A8.md,
-    "Group-wise W8A8"): the math of ``quantize_int4_group_ref`` with qmax 127.
-
-    w: [N, K] float, finite (callers check); group_size g divides K (None: g = K). Per group ``s =
-    amax / 127``, ``q = clamp(rint(w / s), -127, 127)``, ``r = s / s_max[n]`` in (0, 1]. Returns (wq
-    int8 [N, K] (plain row-major: the kernel reads it as it is), sw float32 [N], sg):
-
-    - scale="int": sg int32 [N, K // g] = max(rint(r * alpha), 1) (0 for all-zero groups), sw =
-      s_max / alpha. alpha: a power of two in [1, group_alpha_max(g, 128)] (one group's |P| * alpha
-      must fit int32: g = 32 -> 2048, 64 -> 1024, 128 -> 512, 256 -> 256; larger raises ValueError).
-      Default: per channel (g == K, every ratio is 1) alpha = 1, exact; otherwise the heuristic
-      (smallest 2^n with min(r) 2^n >= 1) clamped to [min(2^10, bound), bound], i.e. the bound for
-      g >= 64.
-    - scale="float": sg float32 = r, sw = s_max.
-    """
-    op = "quantize_int8_group_ref"
-    g = _check_group_args(op, w, group_size, scale, alpha)
-    K = w.shape[1]
-    if g > INT8_MAX_GROUP:
-        raise ValueError(
-            f"{op}: group_size must be at most {INT8_MAX_GROUP} (a group's sum of products, up to group_size * "
-            f"128 * 128, must fit int32), got {g}"
-        )
-    hi = group_alpha_max(g, 128)
-    if alpha is not None:
-        _check_alpha8(op, alpha, g)
-
-    def alpha_of(r, nonzero):
-        if alpha is not None:
-            return alpha
-        if g == K:
-            return 1  # per channel: r == 1 for every non-zero row, so sg = 1 is exact
-        return _alpha_heuristic(r, nonzero, min(INT8_HEURISTIC_MIN, hi), hi)
-
-    return _group_scales(w, g, QMAX[8], scale, alpha_of)
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """INT4 codes int8 [N, K] (values -8..7) -> uint8 [N, K // 2] in the kernel's m16k32 layout
-    (docs/W4A8.md): two's complement nibbles, even nibble low. N % 16 == 0 and K % 64 == 0. As for
-    ``pack_fp4`` the result's bytes are the layout's flat stream, not rows of codes."""
-    op = "pack_int4"
-    if codes.dtype != torch.int8 or codes.dim() != 2:
-        raise TypeError(f"{op}: codes must be int8 [N, K] (values -8..7), got {codes.dtype} {list(codes.shape)}")
-    N, K = codes.shape
-    _check_packable(op, N, K, "m16k32")
-    if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
-        raise ValueError(f"{op}: codes must lie in [-8, 7], got values in [{int(codes.min())}, {int(codes.max())}]")
-    return _pack_nibbles(codes.view(torch.uint8) & 0xF, "m16k32")
-
-
-def unpack_int4(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """Inverse of ``pack_int4``: uint8 [N, K // 2] in layout m16k32 -> codes int8 [N, K] (-8..7)."""
-    nib = _unpack_nibbles("unpack_int4", packed, N, K, "m16k32")
-    return (nib.view(torch.int8) ^ 8) - 8  # sign-extend the nibble: 8..15 -> -8..-1
-
-
-def w4a8_int_flush_steps(max_sint: int) -> int:
-    """F of docs/W4A8.md ("Overflow"): the number of MMA steps the kernel may add ``s_int * P`` into
-    its int32 accumulator before flushing it to fp32, ``floor((2^31 - 1) / (2^15 max_sint))``, so
-    that ``F * 2^15 * max_sint < 2^31`` for any inputs. max_sint: the largest integer group scale
-    (an int in [1, 2^16 - 1]; alpha bounds it). Raises ValueError outside: at 2^16 one step's
-    ``2^16 * 2^15 = 2^31`` already overflows int32, so no F exists."""
-    if isinstance(max_sint, bool) or not isinstance(max_sint, int) or not 1 <= max_sint <= INT4_MAX_SCALE:
-        raise ValueError(
-            f"w4a8_int_flush_steps: max_sint must be an int in [1, {INT4_MAX_SCALE}] (2^15 * max_sint must "
-            f"stay below 2^31), got {max_sint!r}"
-        )
-    return (2**31 - 1) // (_STEP_MAX * max_sint)
+# The Integer Scale formats live in reference/int_group.py; their names stay importable from here.
+from .int_group import (  # noqa: E402
+    _INT32_MAX,  # noqa: F401
+    INT4_ALPHA_RANGE,  # noqa: F401
+    INT4_HEURISTIC_RANGE,  # noqa: F401
+    INT4_MAX_SCALE,  # noqa: F401
+    INT4_SCALES,  # noqa: F401
+    INT8_HEURISTIC_MIN,  # noqa: F401
+    INT8_MAX_GROUP,  # noqa: F401
+    _alpha_heuristic,  # noqa: F401
+    _check_alpha,  # noqa: F401
+    _check_alpha8,  # noqa: F401
+    _check_group_args,  # noqa: F401
+    _group_scales,  # noqa: F401
+    group_alpha_max,  # noqa: F401
+    group_max_scale,  # noqa: F401
+    pack_int4,  # noqa: F401
+    quantize_int4_group_ref,  # noqa: F401
+    quantize_int8_group_ref,  # noqa: F401
+    unpack_int4,  # noqa: F401
+    w4a8_int_flush_steps,  # noqa: F401
+)
