@@ -392,13 +392,12 @@ def test_lkd_bad_inputs():
     f = copy.deepcopy(m)
     quantize_(f, zqkernels.FP8Config())
     fp8_cls = type(next(q for q in f.modules() if isinstance(q, zqkernels.QLinear)).qscheme)
-    saved = fp8_cls.fake_weight
+    fp8_cls.fake_weight = zqkernels.schemes.Scheme.fake_weight  # the base class's: no fake-quant path
     try:
-        del fp8_cls.fake_weight  # the base class's: no fake-quant path
         with pytest.raises(NotImplementedError, match="'fp8'"):
             lkd(m, f, calib, steps=1, lr=1e-6)
     finally:
-        fp8_cls.fake_weight = saved
+        del fp8_cls.fake_weight  # back to its own (inherited) one
     # LoRC factors: LKD first, LoRC after
     lq = copy.deepcopy(m)
     quantize_(lq, W8A8Config(fused_blocks=False))
