@@ -1,20 +1,9 @@
 """LoRC over a model: ZeroQuant-V2's low-rank compensation of the weight quantization error.
 
-For a QLinear of any scheme (w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group) quantized
-from the float weight W [N, K], the error E = W - deq(Wq) (deq(Wq): ``dequantize`` of the layer's
-weight_q / weight_scale / weight_group_scale in its format, unpacking INT4 / FP4; the value the
-kernels multiply) is approximated by its rank-r truncated SVD
-E ~ U_r S_r V_r^T, and the layer computes ``y = QLinear(x) + (x @ A) @ B`` with
-
-    A = V_r          [K, r]   (orthonormal columns: x @ A keeps x's scale, no fp16 overflow)
-    B = S_r U_r^T    [r, N]   (all of S goes to B: B carries the error's magnitude)
-
-so that A @ B = E_r^T and x @ E_r^T is the missing part of x @ W^T. By Eckart-Young,
-||E - (A B)^T||_F = sqrt(sum_{i>r} s_i^2), the smallest possible for rank r. The factors are
-stored in bf16 by default (issue 9: "factors in bf16"; or `dtype=`) as the QLinear buffers
-``lorc_a`` / ``lorc_b``; their cost is (K + N) r elements per layer (reported by ``lorc``, next
-to the bytes of the quantized weights and of their scales). LoRC composes with any weight
-quantizer (RTN or GPTQ): it factors whatever error the stored weights have.
+The per-layer math (the rank-r SVD of W - deq(Wq), the factors A = V_r [K, r] and B = S_r U_r^T
+[r, N], stored as the QLinear's ``lorc_a`` / ``lorc_b``, bf16 by default) is ``nn/lorc.py``'s; this
+module applies it to every QLinear of a model and reports the cost ((K + N) r elements per layer,
+next to the bytes of the quantized weights and of their scales).
 
 Fused blocks (nn/blocks.py: QLlamaDecoderLayer, QGPT2Block, QBertLayer) merge linears that share
 an input: ``qkv`` = q|k|v (GPT-2: c_attn), ``fc1`` = gate|up (LLaMA), concatenated along
