@@ -21,7 +21,7 @@ class Conversion:
         scheme = args.scheme
         g_given = args.group_size is not UNSET
         try:
-            schemes.check_options(scheme, g_given, args.level)
+            schemes.check_options(scheme, g_given)
         except ValueError as e:
             raise CLIError(str(e)) from e
         g = args.group_size if g_given else schemes.DEFAULT_GROUP_SIZE

@@ -23,7 +23,7 @@ GROUPED = tuple(name for name, cls in sorted(SCHEMES.items()) if "group_size" in
 DEFAULT_GROUP_SIZE = 128
 
 
-def check_options(scheme: str, group_size_given: bool, level: Optional[str]) -> None:
+def check_options(scheme: str, group_size_given: bool) -> None:
     """Raise ValueError for an unknown scheme, or --group-size where it does not apply."""
     if scheme not in SCHEME_HELP:
         raise ValueError(f"--scheme must be one of {', '.join(SCHEME_HELP)}; got {scheme!r}")
@@ -38,7 +38,7 @@ def configs(scheme: str, group_size: Optional[int], level: Optional[str]) -> tup
     from .. import nn as zn
 
     level = level or "int8"
-    check_options(scheme, False, None)
+    check_options(scheme, False)
     if scheme == "w4/8":  # ZEROQUANT_W4_8 with this group size / level
         w8 = zn.SchemeConfig("w8a8", level=level)
         return w8, {"*.mlp.*": zn.SchemeConfig(get_scheme("--scheme w4/8", "w4a8", group_size=group_size)), "*": w8}

@@ -302,14 +302,7 @@ def _check_group_common(op, xq, wq, sx, sw, sg, bias, out_dtype) -> None:
     N = wq.shape[0]
     check_scale(op, "sx", sx, M, "one scale per row of xq", "M")
     check_scale(op, "sw", sw, N, "one scale per output channel", "N")
-    if bias is not None:
-        if bias.dtype != out_dtype:
-            raise TypeError(
-                f"{op}: bias must have the output dtype ({c.dtype_name(out_dtype)}), got {c.desc(bias)}; "
-                "pass bias.to(out_dtype)"
-            )
-        if bias.dim() != 1 or bias.shape[0] != N:
-            raise ValueError(f"{op}: bias must be [N] with N == wq.shape[0] ({N}), got {c.desc(bias)}")
+    _check_bias(op, bias, out_dtype, N)  # out_dtype is a float type here (checked first)
     c.check_same_device(op, "xq", xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=bias)
     c.check_rows(op, "xq", xq)
     c.check_contiguous(op, wq=wq, sg=sg, sx=sx, sw=sw, bias=bias)

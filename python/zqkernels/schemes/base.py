@@ -31,6 +31,8 @@ import torch
 
 from ..formats import GemmSpec
 from ..ops.linear import gemm_quantized, quantized_linear
+from ..ops.quantize import dequantize, quantize_weight
+from ..reference.quantize import quantize_per_token_fp8_ref, quantize_per_token_ref
 
 __all__ = ["Scheme", "SCHEMES", "register", "get_scheme", "layer_scheme", "scheme_names", "N_ALIGN", "padded", "pad_rows"]
 
@@ -166,8 +168,6 @@ class Scheme:
     def quantize(self, weight: torch.Tensor) -> tuple:
         """Round-to-nearest quantization of a float weight [N, K] into the tensors of
         ``weight_format`` ((wq, sw) or (wq, sw, sg), unpadded)."""
-        from ..ops.quantize import quantize_weight
-
         return quantize_weight(weight, **self.weight_format())
 
     def dequant_format(self) -> str:
@@ -177,8 +177,6 @@ class Scheme:
     def dequantize(self, m: Any) -> torch.Tensor:
         """The float32 weight [out_features, in_features] a layer's buffers stand for (what the
         kernels multiply; padded rows dropped)."""
-        from ..ops.quantize import dequantize
-
         n, k = m.out_features, m.in_features
         b = m._buffers
         wq, sw, sg = b["weight_q"], b["weight_scale"], b.get("weight_group_scale")
@@ -257,8 +255,6 @@ class Scheme:
 
     def fake_act(self, x2: torch.Tensor) -> torch.Tensor:
         """Per-token dynamic quantization of x2 [M, K] dequantized to float32; no autograd."""
-        from ..reference.quantize import quantize_per_token_fp8_ref, quantize_per_token_ref
-
         q, s = quantize_per_token_ref(x2) if self.act_fmt == "int8" else quantize_per_token_fp8_ref(x2)
         return q.float() * s.reshape(-1, 1)
 

@@ -48,7 +48,6 @@ from .grouped import GroupedScheme
 
 GROUP_SIZES = (32, 64, 128, 256)
 INT_SCALES = ("int", "float")
-DEFAULT_GROUP = 128
 
 
 def _is_int(v: Any) -> bool:
@@ -130,7 +129,7 @@ class IntGroupScheme(GroupedScheme):
     # -- the GEMM and the weights ------------------------------------------------------------------
     def spec(self):
         return GemmSpec(act="int8", weight="int4" if self.bits == 4 else "int8", weight_scale="group",
-                        group_size=self.group_size or DEFAULT_GROUP, scale_kind=self.scale_kind)
+                        group_size=self.group_size or self.DEFAULTS["group_size"], scale_kind=self.scale_kind)
 
     def weight_format(self):
         # quantize_weight's group_size None is per channel; a layer's scheme holds g == in_features

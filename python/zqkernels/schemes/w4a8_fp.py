@@ -90,7 +90,7 @@ class W4A8FP(GroupedScheme):
         return f"{super().describe()}, scale_policy={self.scale_policy}"
 
     def spec(self):
-        return GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=self.group_size or 128,
+        return GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=self.group_size or self.DEFAULTS["group_size"],
                         scale_kind="float" if self.scale_policy == "free" else "pow2")
 
     def weight_format(self):
