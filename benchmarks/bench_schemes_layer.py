@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 from _common import cosine_f32, environment  # noqa: E402
 
-SCHEMES = ("w8a8", "fp8", "w4a8", "w4a8-floatscale", "w8a8-group", "w4a8-fp")
+SCHEMES = ("w8a8", "fp8", "fp8-block", "w4a8", "w4a8-floatscale", "w8a8-group", "w4a8-fp")
 CASES = {
     "prefill": bm.Case("llama-layer", "llama-layer prefill 2048", "prefill", 1, 2048, quick=True),
     "b1": bm.Case("llama-layer", "llama-layer decode b1 ctx1024", "decode", 1, 1, bm.CTX, quick=True),
@@ -49,7 +49,17 @@ def convert(net: torch.nn.Module, scheme: str, fused: bool) -> torch.nn.Module:
     return holder.net
 
 
-def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = False, compile_bf16: bool = True) -> dict:
+def torchao_fp8_rowwise(net: torch.nn.Module) -> torch.nn.Module:
+    """The bf16 layer with torchao's FP8 row-wise dynamic quantization (the peer of scheme fp8)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    ao = copy.deepcopy(net)
+    quantize_(ao, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    return ao
+
+
+def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = False, compile_bf16: bool = True,
+             torchao: bool = False) -> dict:
     dev = st.device
     net, cfg = bm.build_bf16("llama-layer", dev, dry)
     ms = bm.ModelSet("llama-layer", cfg, {"bf16": net}, {}, {}, {})
@@ -85,10 +95,18 @@ def run_case(case: bm.Case, schemes: list[str], st: bm.Settings, dry: bool = Fal
                 keep.append(out)
         bm.measure(fns, row, st)
         fns.clear()
-        for mode in BF16[2:] if compile_bf16 and not dry else ():
-            name = f"bf16:{bm.TAG[bm.MODE_SPEC[mode][1]]}"
+        sides = [("bf16", runners["bf16"], BF16[2:])] if compile_bf16 and not dry else []
+        if torchao and not dry:
             try:
-                fn, out, cs = bm.prepare(mode, runners["bf16"], x, st, None)
+                with torch.inference_mode(False), torch.no_grad():
+                    ao = bm.Runner(torchao_fp8_rowwise(net), case.kind, **kw).eval()
+                sides.append(("ao-fp8row", ao, BF16[1:]))
+            except Exception as e:  # noqa: BLE001
+                row["errors"]["ao-fp8row"] = bm.error_text(e)
+        for v, runner, mode in ((v, r, m) for v, r, ms_ in sides for m in ms_):
+            name = f"{v}:{bm.TAG[bm.MODE_SPEC[mode][1]]}"
+            try:
+                fn, out, cs = bm.prepare(mode, runner, x, st, None)
                 fns[name] = fn
                 keep.append(out)
                 row["compile_s"][name] = cs
@@ -119,8 +137,11 @@ def table(rows: list[dict], schemes: list[str]) -> list[str]:
             xb = f"{b['ms'] / f['ms']:.2f}x" if b and f else "-"
             xf = f"{u['ms'] / f['ms']:.2f}x" if u and f else "-"
             cos = r["cos"].get(s)
+            ao = r["best"].get("ao-fp8row")
+            if ao and s.startswith("fp8") and f:
+                cos = f"{cos if cos is None else round(cos, 4)} vs torchao fp8 row-wise {cell(ao)}: {ao['ms'] / f['ms']:.2f}x"
             out.append(f"{r['case']:<32} {s:<16} {cell(b):>10} {cell(f):>12} {cell(u):>13} {xb:>7} {xf:>8} "
-                       f"{cos if cos is None else round(cos, 4)!s:>7}")
+                       f"{cos if cos is None or isinstance(cos, str) else round(cos, 4)!s:>7}")
     return out
 
 
@@ -131,6 +152,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-compile", action="store_true", help="bf16 in eager and graph only (no torch.compile)")
+    ap.add_argument("--torchao", action="store_true", help="also torchao's FP8 row-wise layer (graph, compile, reduce-overhead)")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test: a tiny layer, 32 tokens, eager only")
     args = ap.parse_args()
     schemes = [s for s in args.schemes.split(",") if s]
@@ -139,7 +161,7 @@ def main() -> int:
     rows = []
     for c in ["prefill"] if args.dry_run else args.cases.split(","):
         case = bm.Case("llama-layer", "tiny prefill 32", "prefill", 1, 32) if args.dry_run else CASES[c]
-        rows.append(run_case(case, schemes, st, args.dry_run, not args.no_compile))
+        rows.append(run_case(case, schemes, st, args.dry_run, not args.no_compile, args.torchao))
         for line in table(rows[-1:], schemes):
             print(line, flush=True)
         for k, e in rows[-1]["errors"].items():

@@ -11,7 +11,8 @@
 #     RECIPE  int8_rowwise (int8 per-token x int8 per-channel, float scales), int8_group_int /
 #             int8_group_float (int8 x int8 with integer / float weight scales per group of K), fp8_rowwise (e4m3
 #             per-token x e4m3 per-channel, accurate accumulation), fp8_rowwise_fastacc (the same
-#             with Hopper's fast FP8 accumulation; sm90 only)
+#             with Hopper's fast FP8 accumulation; sm90 only), fp8_blockwise (e4m3 x e4m3 with
+#             DeepSeek-style block scales: 1 x 128 per token, 128 x 128 per weight block)
 #     TILE    the name tests, benchmarks and the dispatch tables (src/cuda/gemm_dispatch.cpp) use
 #     STATUS  DISPATCHED (a dispatch table names it: always built) or EXPERIMENT (built only with
 #             -DZQ_EXPERIMENT_TILES=ON, for tuning runs)
@@ -31,6 +32,7 @@ option(ZQ_EXPERIMENT_TILES "Also build the GEMM tiles no dispatch table uses (tu
 set(_zq_recipe_header_int8_rowwise "gemm_rowwise")
 set(_zq_recipe_header_fp8_rowwise "gemm_rowwise")
 set(_zq_recipe_header_fp8_rowwise_fastacc "gemm_rowwise")
+set(_zq_recipe_header_fp8_blockwise "gemm_rowwise")
 set(_zq_recipe_header_int8_group_int "gemm_rowwise")
 set(_zq_recipe_header_int8_group_float "gemm_rowwise")
 set(_zq_out_type_bf16 "cutlass::bfloat16_t")
@@ -113,15 +115,30 @@ zq_gemm_tile(sm90 int8_rowwise swap_64x64x256_pp       DISPATCHED "bf16;fp16"   
 zq_gemm_tile(sm90 int8_rowwise swap_128x64x256_coop_sk DISPATCHED "bf16;fp16"           "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
 zq_gemm_tile(sm90 int8_rowwise 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16;fp32;int8" "128, 128, 128, 2, 1, ${_pp}, false, false")
 zq_gemm_tile(sm90 int8_rowwise 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16;int8"      "128, 256, 128, 2, 1, ${_coop}, false, false")
-# FP8 (docs/FP8.md): the int8 tiles (same bytes per element, same wgmma shapes), 16-bit outputs.
-foreach(_r fp8_rowwise fp8_rowwise_fastacc)
+# FP8 (docs/FP8.md). Fast accumulation: the int8 tiles (same bytes per element, same wgmma shapes).
+zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x16x256_pp       DISPATCHED "bf16;fp16" "64, 16, 256, 1, 1, ${_pp}, false, true")
+zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x32x256_pp       DISPATCHED "bf16;fp16" "64, 32, 256, 1, 1, ${_pp}, false, true")
+zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x64x256_pp       DISPATCHED "bf16;fp16" "64, 64, 256, 1, 1, ${_pp}, false, true")
+zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_128x64x256_coop_sk DISPATCHED "bf16;fp16" "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
+zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16" "128, 128, 128, 2, 1, ${_pp}, false, false")
+zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16" "128, 256, 128, 2, 1, ${_coop}, false, false")
+# Accurate FP8, row-wise and block-scaled (src/cuda/sm90_fp8_promote_mainloop.cuh): three
+# accumulator sets per consumer thread, so tiles of at most 64 values a set (128 x 128 cooperative,
+# 64-row ping-pong, narrow swap-AB); the block-scaled tiles' weight extent divides 128.
+foreach(_r fp8_rowwise fp8_blockwise)
   zq_gemm_tile(sm90 ${_r} swap_64x16x256_pp       DISPATCHED "bf16;fp16" "64, 16, 256, 1, 1, ${_pp}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_64x32x256_pp       DISPATCHED "bf16;fp16" "64, 32, 256, 1, 1, ${_pp}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_64x64x256_pp       DISPATCHED "bf16;fp16" "64, 64, 256, 1, 1, ${_pp}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x64x256_coop_sk DISPATCHED "bf16;fp16" "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
-  zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16" "128, 128, 128, 2, 1, ${_pp}, false, false")
-  zq_gemm_tile(sm90 ${_r} 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16" "128, 256, 128, 2, 1, ${_coop}, false, false")
+  zq_gemm_tile(sm90 ${_r} 128x128x128_c1x2_coop   DISPATCHED "bf16;fp16" "128, 128, 128, 1, 2, ${_coop}, false, false")
+  zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_coop   EXPERIMENT "bf16"      "128, 128, 128, 2, 1, ${_coop}, false, false")
+  zq_gemm_tile(sm90 ${_r} 64x128x128_c1x2_pp      EXPERIMENT "bf16"      "64, 128, 128, 1, 2, ${_pp}, false, false")
 endforeach()
+zq_gemm_tile(sm90 fp8_rowwise 128x128x128_coop             DISPATCHED "bf16;fp16" "128, 128, 128, 1, 1, ${_coop}, false, false")
+zq_gemm_tile(sm90 fp8_blockwise 128x128x128_coop           EXPERIMENT "bf16"      "128, 128, 128, 1, 1, ${_coop}, false, false")
+# One partial sum, drained per fold (96 values a set): the widest tile the promoting mainloop allows.
+zq_gemm_tile(sm90 fp8_rowwise 128x192x128_c2x1_coop        DISPATCHED "bf16;fp16" "128, 192, 128, 2, 1, ${_coop}, false, false")
+zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x128x128_c2x1_coop EXPERIMENT "bf16"     "128, 128, 128, 2, 1, ${_coop}, false, false")
 # Group-scaled int8 (docs/W4A8.md, src/cuda/sm90_group_mainloop.cuh): integer (Integer Scale) and
 # float group scales, one cooperative 128 x 128 tile (three accumulator sets per thread).
 foreach(_r int8_group_int int8_group_float)

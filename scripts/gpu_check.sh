@@ -12,6 +12,7 @@
 #                the benchmarks of its source tree $BASE_SRC (default .base_src/, e.g. `git archive REV`)
 #                against the installed package: bench_overhead twice each, alternating, and
 #                bench_fp8 --quick (every GEMM format, eager host times); JSON + one log under $OUT
+#   fp8acc    -> benchmarks/bench_fp8_accurate.py (FP8 accurate / block-scaled vs torch; FP8ACC_ARGS)
 #   layers    -> benchmarks/bench_schemes_layer.py: every scheme's LLaMA layer, fused vs per-Linear vs
 #                bf16 best mode (LAYER_CASES, default prefill,b1,b16)
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
@@ -124,6 +125,12 @@ if [[ " $STEPS " == *" compare "* ]]; then
   echo "== bench_fp8 --quick after" | tee -a "$log"
   python3 benchmarks/bench_fp8.py --quick --out "$OUT/fp8_after.json" 2>&1 | tail -22 | tee -a "$log"
   summary+=("compare: $(( $(date +%s) - tc )) s, $log")
+fi
+
+if [[ " $STEPS " == *" fp8acc "* ]]; then
+  tf=$(date +%s)
+  python3 benchmarks/bench_fp8_accurate.py ${FP8ACC_ARGS:-} --out "$OUT/fp8_accurate.json" 2>&1 | tee "$OUT/fp8acc.log" | tail -70
+  summary+=("fp8acc: $(( $(date +%s) - tf )) s, $OUT/fp8acc.log")
 fi
 
 if [[ " $STEPS " == *" layers "* ]]; then

@@ -28,8 +28,9 @@ def bert(**kw):
 
 
 def llama(**kw):
-    kw = {"intermediate_size": 96, "num_hidden_layers": 3, **kw}
-    cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=500, **kw)
+    kw = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+          "num_hidden_layers": 3, **kw}
+    cfg = transformers.LlamaConfig(vocab_size=500, **kw)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -153,7 +154,13 @@ SCHEME_CONFIGS = {
     "w4a8-floatscale": lambda **kw: zqkernels.W4A8Config(group_size=64, scale="float", **kw),
     "w8a8-group": lambda **kw: zqkernels.W8A8GroupConfig(group_size=32, **kw),
     "w4a8-fp": lambda **kw: zqkernels.W4A8FPConfig(group_size=32, **kw),
+    "fp8-block": lambda **kw: zqkernels.SchemeConfig("fp8-block", **kw),
 }
+# llama() keywords of a scheme whose layers need other shapes than the default case's: fp8-block needs
+# in_features % 128 == 0 (and q / k / v / gate / up of 128-row multiples so its 128 x 128 blocks stay
+# within one part): hidden 256, intermediate 512, 2 heads of 128, 1 KV head
+SCHEME_MODELS = {"fp8-block": {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 2,
+                               "num_key_value_heads": 1}}
 
 
 def test_every_scheme_has_a_block_case():
@@ -166,7 +173,7 @@ def test_every_scheme_fuses_and_matches_its_per_linear_path(scheme):
     activation format, the same math as its per-Linear conversion up to where the roundings sit
     (a norm's fp32 output quantized directly instead of rounded to the model dtype first)."""
     torch.manual_seed(0)
-    m = llama(intermediate_size=128)  # packed 4-bit layouts: in_features % 64 == 0
+    m = llama(**{"intermediate_size": 128, **SCHEME_MODELS.get(scheme, {})})  # packed 4-bit: in_features % 64 == 0
     ref = run(m)
     fused, per_linear = copy.deepcopy(m), copy.deepcopy(m)
     s = zqkernels.quantize_(fused, SCHEME_CONFIGS[scheme]())

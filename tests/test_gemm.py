@@ -880,6 +880,7 @@ SPEC_WRAPPER = {
     "int8_rowwise": "int8_gemm",
     "fp8_rowwise": "fp8_gemm",
     "fp8_rowwise_fastacc": "fp8_gemm",
+    "fp8_blockwise": "fp8_block_gemm",
     "w4a8_fp": "w4a8_fp_gemm",
     "w4a8_int": "w4a8_gemm",
     "int8_group_int": "w8a8_group_gemm",
@@ -890,6 +891,7 @@ SPEC_WEIGHTS = {
     "int8_rowwise": dict(fmt="int8"),
     "fp8_rowwise": dict(fmt="fp8"),
     "fp8_rowwise_fastacc": dict(fmt="fp8"),
+    "fp8_blockwise": dict(fmt="fp8", block_size=128),
     "w4a8_fp": dict(fmt="fp4", scale="m2", group_size=64),
     "w4a8_int": dict(fmt="int4", scale="int", group_size=64),
     "int8_group_int": dict(fmt="int8", scale="int", group_size=64),
@@ -906,10 +908,18 @@ def _spec_case(spec, M=5, N=32, K=128, x_dtype=torch.bfloat16, seed=0):
     return x, (wq, sw, sg), torch.randn(N, generator=g).to(torch.bfloat16)
 
 
+def _quant_act(spec, x):
+    """The activations of a spec: per token, or per token group (block-scaled FP8)."""
+    group = lin_ops.ACT_GROUP.get(spec)
+    if group is not None:
+        return zqkernels.quantize_per_token_group(x, group)
+    return zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+
+
 def _wrapper_call(spec, xq, wq, sx, sw, sg, bias, out_dtype, **kw):
     fn = getattr(zqkernels, SPEC_WRAPPER[spec])
     if sg is None:
-        if spec.startswith("fp8"):
+        if spec.startswith("fp8_row"):
             kw["accumulate"] = "fast" if spec.endswith("fastacc") else "accurate"
         return fn(xq, wq, sx, sw, bias, out_dtype, **kw)
     return fn(xq, wq, sx, sw, sg, bias, out_dtype, **kw)
@@ -920,6 +930,8 @@ def test_specs_are_the_gemm_spec_recipes():
     specs = {
         GemmSpec(): "int8_rowwise",
         GemmSpec(act="fp8_e4m3", weight="fp8_e4m3"): "fp8_rowwise",
+        GemmSpec(act="fp8_e4m3", weight="fp8_e4m3", act_scale="token_group", weight_scale="block",
+                 group_size=128): "fp8_blockwise",
         GemmSpec(act="fp8_e4m3", weight="fp4_e2m1", weight_scale="group", group_size=64, scale_kind="pow2"): "w4a8_fp",
         GemmSpec(act="int8", weight="int4", weight_scale="group", group_size=64, scale_kind="int"): "w4a8_int",
         GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=64, scale_kind="int"): "int8_group_int",
@@ -933,7 +945,7 @@ def test_specs_are_the_gemm_spec_recipes():
 @pytest.mark.parametrize("bias", [False, True])
 def test_opcheck_every_recipe(spec, bias):
     x, (wq, sw, sg), b = _spec_case(spec)
-    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    xq, sx = _quant_act(spec, x)
     # FP8 inputs: torch's test_schema compares the inputs before and after with ops that have no
     # Float8_e4m3fn CPU kernel ("mul_cpu_reduced_float"); the other three checks run (all four on CUDA).
     utils = OPCHECK_NO_SCHEMA if xq.dtype == F8 else OPCHECK_ALL
@@ -947,7 +959,7 @@ def test_opcheck_every_recipe(spec, bias):
 def test_op_run_gemm_and_wrapper_agree(spec):
     """The custom op, run_gemm and the named wrapper: one implementation, bit for bit (CPU)."""
     x, (wq, sw, sg), bias = _spec_case(spec)
-    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    xq, sx = _quant_act(spec, x)
     want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, torch.bfloat16, activation="gelu")
     assert want.shape == (5, 32) and want.dtype == torch.bfloat16
     assert torch.equal(GEMM_OP(xq, wq, sx, sw, sg, bias, spec, torch.bfloat16, "gelu"), want)
@@ -1103,7 +1115,7 @@ def test_compiled_call_reads_the_setting_when_it_runs():
 def test_quantized_linear_is_quantize_then_gemm(spec, x_dtype, trusted):
     x, (wq, sw, sg), bias = _spec_case(spec, M=7, x_dtype=x_dtype)
     bias = bias.to(x_dtype)
-    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    xq, sx = _quant_act(spec, x)
     want = _wrapper_call(spec, xq, wq, sx, sw, sg, bias, x_dtype)
     max_scale = 2**10 if spec in ("w4a8_int", "int8_group_int") and trusted else None
     if max_scale is not None:
@@ -1123,7 +1135,7 @@ def test_quantized_linear_float32(spec):
     bias = bias.float()
     y = zqkernels.ops.quantized_linear(spec, x, wq, sw, sg, bias)
     assert y.dtype == torch.float32 and y.shape == (5, 32)
-    xq, sx = zqkernels.quantize_per_token(x, lin_ops.activation_dtype(spec))
+    xq, sx = _quant_act(spec, x)
     if spec.startswith("fp8"):
         want = _wrapper_call(spec, xq, wq, sx, sw, None, None, torch.bfloat16).float() + bias
     else:

@@ -56,12 +56,12 @@ def test_identity_hessian_is_rtn():
             assert torch.equal(wq, rq) and torch.equal(s, rs)
 
 
-def test_block_size_does_not_matter():
+def test_column_block_does_not_matter():
     X, W = correlated(K=200, N=64)
     H = hessian(X)
-    one, s = gptq_quantize_weight(W, H, block_size=200)
+    one, s = gptq_quantize_weight(W, H, column_block=200)
     for bs in (1, 7, 32, 128, 1000):
-        wq, s2 = gptq_quantize_weight(W, H, block_size=bs)
+        wq, s2 = gptq_quantize_weight(W, H, column_block=bs)
         assert torch.equal(s, s2)
         # the same algorithm; float rounding of the update order flips a rare value by one step
         assert (wq.int() - one.int()).abs().max() <= 1
@@ -113,8 +113,8 @@ def test_bad_inputs():
         f(W, torch.eye(7))
     with pytest.raises(ValueError, match="gptq_quantize_weight: bits"):
         f(W, H, bits=9)
-    with pytest.raises(ValueError, match="gptq_quantize_weight: block_size"):
-        f(W, H, block_size=0)
+    with pytest.raises(ValueError, match="gptq_quantize_weight: column_block"):
+        f(W, H, column_block=0)
     with pytest.raises(ValueError, match="gptq_quantize_weight: damp"):
         f(W, H, damp=-1.0)
     with pytest.raises(TypeError, match="gptq_quantize_weight: act_order"):
@@ -136,8 +136,8 @@ def test_bad_inputs():
         gptq(model, [3])
     with pytest.raises(TypeError, match="gptq: config"):
         gptq(model, [torch.randn(2, 16)], config="w8a8")
-    with pytest.raises(ValueError, match="gptq: block_size"):
-        gptq(model, [torch.randn(2, 16)], block_size=-1)
+    with pytest.raises(ValueError, match="gptq: column_block"):
+        gptq(model, [torch.randn(2, 16)], column_block=-1)
     with pytest.raises(TypeError, match="quantize_: weight_quantizer"):
         quantize_(model, W8A8Config(), weight_quantizer=3)
     with pytest.raises(TypeError, match="QLinear.from_linear: weight_quantizer must return"):
@@ -399,14 +399,14 @@ def test_formats_on_grid_and_packed_round_trip(name, kw, fmt):
 
 @pytest.mark.parametrize("name,kw,fmt", [f for f in FORMATS if f[0] in ("int4-int-g128", "fp4-m1-g64", "int8-float-g64")],
                          ids=["int4-int-g128", "fp4-m1-g64", "int8-float-g64"])
-def test_formats_block_size_does_not_matter(name, kw, fmt):
+def test_formats_column_block_does_not_matter(name, kw, fmt):
     X, W = correlated(n=1024, K=256, N=32, seed=2)
     H = hessian(X)
     for ao in (False, True):
-        one = gptq_quantize_weight(W, H, block_size=256, act_order=ao, **kw)
+        one = gptq_quantize_weight(W, H, column_block=256, act_order=ao, **kw)
         e1 = layer_err(X, W, deq(one, fmt))
         for bs in (1, 48, 128):
-            other = gptq_quantize_weight(W, H, block_size=bs, act_order=ao, **kw)
+            other = gptq_quantize_weight(W, H, column_block=bs, act_order=ao, **kw)
             assert torch.equal(other[1], one[1])
             assert abs(layer_err(X, W, deq(other, fmt)) / e1 - 1) < 0.02
 

@@ -37,8 +37,10 @@ E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 ACT_FORMATS = ("int8", "fp8_e4m3", "bf16", "fp16")
 WEIGHT_FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
-ACT_SCALES = ("token", "tensor")
-WEIGHT_SCALES = ("channel", "tensor", "group")
+# "token_group": one scale per token per group_size of K (block-scaled FP8, with weight_scale "block":
+# one scale per group_size x group_size weight block; DeepSeek-V3 / compressed-tensors FP8 block).
+ACT_SCALES = ("token", "tensor", "token_group")
+WEIGHT_SCALES = ("channel", "tensor", "group", "block")
 SCALE_KINDS = ("float", "pow2", "int")
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")  # order = zq::GemmActivation codes
 # Output quantization: "none" (bf16 / fp16 / fp32 output) or "int8_tensor" (int8 output with a static
@@ -82,7 +84,7 @@ class GemmSpec:
         ):
             if value not in allowed:
                 raise ValueError(f"GemmSpec: {name} must be one of {allowed}, got {value!r}")
-        if (self.weight_scale == "group") != (self.group_size > 0):
+        if (self.weight_scale in ("group", "block")) != (self.group_size > 0):
             raise ValueError(
                 f"GemmSpec: group_size must be > 0 exactly when weight_scale == 'group', got "
                 f"weight_scale={self.weight_scale!r}, group_size={self.group_size}"
@@ -91,6 +93,15 @@ class GemmSpec:
     @property
     def recipe(self) -> str:
         """The kernel family implementing this spec; NotImplementedError if none exists yet."""
+        if self.act_scale == "token_group" or self.weight_scale == "block":
+            if (self.act, self.weight, self.act_scale, self.weight_scale, self.group_size, self.scale_kind) == (
+                "fp8_e4m3", "fp8_e4m3", "token_group", "block", 128, "float"
+            ):
+                return "fp8_blockwise"  # sm90_fp8_promote_mainloop.cuh (fp8_block_gemm)
+            raise NotImplementedError(
+                f"GemmSpec: no kernel implements {self} yet (block scales: fp8_e4m3 activations per token "
+                "group of 128 with fp8_e4m3 weights per 128 x 128 block only)"
+            )
         if (
             self.act == "int8"
             and self.weight == "int8"

@@ -140,6 +140,7 @@ void bind_gemm(nb::module_& m) {
         a.b = reinterpret_cast<const void*>(kAddr);
         a.sa = reinterpret_cast<const float*>(kAddr);
         a.sb = reinterpret_cast<const float*>(kAddr);
+        a.sa_ld = (static_cast<int64_t>(M) + 3) / 4 * 4;
         a.out = reinterpret_cast<void*>(kAddr);
         return k.can_implement(a);
       },
@@ -151,7 +152,7 @@ void bind_gemm(nb::module_& m) {
       [](int id, uintptr_t a, int64_t lda, uintptr_t b, int64_t ldb, uintptr_t sa, uintptr_t sb, uintptr_t bias,
          uintptr_t out, int M, int N, int K, uintptr_t workspace, size_t workspace_bytes, int device,
          uintptr_t stream, int activation, float out_scale, uintptr_t sg, int group_size, int promote_blocks,
-         int flush) {
+         int flush, int64_t sa_ld) {
         const zq::GemmKernel& k = kernel_at("gemm_run", id);
         zq::GemmArgs g = shape_args(k, M, N, K, lda, ldb);
         g.activation = activation_from("gemm_run", activation);
@@ -160,6 +161,7 @@ void bind_gemm(nb::module_& m) {
         g.b = reinterpret_cast<const void*>(b);
         g.sa = reinterpret_cast<const float*>(sa);
         g.sb = reinterpret_cast<const float*>(sb);
+        g.sa_ld = sa_ld;
         g.bias = reinterpret_cast<const void*>(bias);
         g.out = reinterpret_cast<void*>(out);
         g.workspace = reinterpret_cast<void*>(workspace);
@@ -182,11 +184,12 @@ void bind_gemm(nb::module_& m) {
       nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("workspace"),
       nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"), nb::arg("activation") = 0,
       nb::arg("out_scale") = 1.0f, nb::arg("sg") = 0, nb::arg("group_size") = 0, nb::arg("promote_blocks") = 0,
-      nb::arg("flush") = 0,
+      nb::arg("flush") = 0, nb::arg("sa_ld") = 0,
       "Launch kernel `kernel` on `stream`; pointers are ints (bias 0 = none). activation: 0 none, 1 gelu,\n"
       "2 gelu_tanh, 3 silu; out_scale: the static scale of an int8 output (by value). Group-scaled recipes\n"
       "(int8_group_int / int8_group_float) also take sg (scales transposed [K / group_size, N]), group_size,\n"
-      "promote_blocks and flush (zq_kernels.h). Never synchronizes.");
+      "promote_blocks and flush (zq_kernels.h); fp8_blockwise takes sa / sb as block scales (M-major\n"
+      "activation scales with row stride sa_ld, weight scales replicated 4x). Never synchronizes.");
 
   // W4A8-FP (docs/FP8.md): one hand-written kernel family, no registry (src/cuda/w4a8_gemm.cu).
   m.def(
@@ -283,13 +286,13 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_fp8_promotion",
       [](int k) {
-        if (k < 1) fail("_debug_set_fp8_promotion", "the interval must be >= 1 element of K");
+        if (k != 64 && k != 128) fail("_debug_set_fp8_promotion", "the interval must be 64 or 128 elements of K");
         const int previous = zq::gemm_tuning().fp8_promote_k;
         zq::gemm_tuning().fp8_promote_k = k;
         return previous;
       },
       nb::arg("k"),
-      "fp8_gemm accurate mode: promote to fp32 every k elements of K (rounded up to k-tiles); returns the previous.");
+      "fp8_gemm accurate mode: promote to fp32 every k (64 or 128) elements of K; returns the previous.");
   m.def(
       "_debug_set_scheduler",
       [](int swizzle, int raster) {

@@ -12,13 +12,35 @@ namespace nb = nanobind;
 
 namespace zqb {
 
+namespace {
+
+// Per-token-group arguments shared by quantize_per_token and row_quant: group_size 0 (per token) or
+// 32 / 64 / 128 with an FP8 output, and the M-major scale layout's column stride (>= M).
+void check_group(const char* op, int group_size, int64_t sx_group_stride, int out_fmt, int M, int K) {
+  if (group_size == 0) return;
+  if (group_size != 32 && group_size != 64 && group_size != 128) {
+    fail(op, "group_size must be 0 (per token), 32, 64 or 128, got " + std::to_string(group_size));
+  }
+  if (out_fmt != 1) fail(op, "group_size > 0 needs out_fmt 1 (fp8 e4m3), got " + std::to_string(out_fmt));
+  if (K % group_size != 0) {
+    fail(op, "group_size " + std::to_string(group_size) + " must divide K == " + std::to_string(K));
+  }
+  if (sx_group_stride < M) {
+    fail(op, "sx_group_stride must be >= M == " + std::to_string(M) + ", got " +
+                 std::to_string(sx_group_stride));
+  }
+}
+
+}  // namespace
+
 void bind_quantize(nb::module_& m) {
   m.def(
       "quantize_per_token",
       [](uintptr_t x, int x_dtype, int64_t x_row_stride, uintptr_t xq, uintptr_t sx, int M, int K, int device,
-         uintptr_t stream, int out_fmt) {
+         uintptr_t stream, int out_fmt, int group_size, int64_t sx_group_stride) {
         const char* op = "quantize_per_token";
         if (out_fmt != 0 && out_fmt != 1) fail(op, "out_fmt must be 0 (int8) or 1 (fp8 e4m3), got " + std::to_string(out_fmt));
+        check_group(op, group_size, sx_group_stride, out_fmt, M, K);
         if (x_dtype < 0 || x_dtype > 2) {
           fail(op, "x_dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32), got " + std::to_string(x_dtype));
         }
@@ -30,23 +52,33 @@ void bind_quantize(nb::module_& m) {
         check_ptr(op, "xq", xq, 1);
         check_ptr(op, "sx", sx, 4);
         DeviceGuard guard(device);
-        const std::string err = zq::quantize_per_token(
-            reinterpret_cast<const void*>(x), static_cast<zq::DType>(x_dtype), x_row_stride, reinterpret_cast<void*>(xq),
-            out_fmt == 1 ? zq::DType::kFP8E4M3 : zq::DType::kInt8, reinterpret_cast<float*>(sx), M, K,
-            reinterpret_cast<cudaStream_t>(stream));
+        const void* xp = reinterpret_cast<const void*>(x);
+        const auto dt = static_cast<zq::DType>(x_dtype);
+        void* qp = reinterpret_cast<void*>(xq);
+        float* sp = reinterpret_cast<float*>(sx);
+        const auto st = reinterpret_cast<cudaStream_t>(stream);
+        const std::string err =
+            group_size > 0
+                ? zq::quantize_per_token_group(xp, dt, x_row_stride, qp, sp, sx_group_stride, group_size, M, K, st)
+                : zq::quantize_per_token(xp, dt, x_row_stride, qp,
+                                         out_fmt == 1 ? zq::DType::kFP8E4M3 : zq::DType::kInt8, sp, M, K, st);
         if (!err.empty()) fail(op, err);
       },
       nb::arg("x"), nb::arg("x_dtype"), nb::arg("x_row_stride"), nb::arg("xq"), nb::arg("sx"), nb::arg("M"),
-      nb::arg("K"), nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0,
-      "Token-wise quantization of x into xq: out_fmt 0 = int8 (sx = amax / 127), 1 = fp8 e4m3 (amax / 448).");
+      nb::arg("K"), nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0, nb::arg("group_size") = 0,
+      nb::arg("sx_group_stride") = 0,
+      "Token-wise quantization of x into xq: out_fmt 0 = int8 (sx = amax / 127), 1 = fp8 e4m3 (amax / 448).\n"
+      "group_size 32 / 64 / 128 (fp8 only): one scale per group of channels, sx[j * sx_group_stride + m].");
 
   m.def(
       "row_quant",
       [](int op, int dtype, uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
          uintptr_t residual_out, int64_t residual_out_stride, int residual_mode, uintptr_t weight, uintptr_t bias,
-         float eps, uintptr_t xq, uintptr_t sx, int M, int K, int device, uintptr_t stream, int out_fmt) {
+         float eps, uintptr_t xq, uintptr_t sx, int M, int K, int device, uintptr_t stream, int out_fmt,
+         int group_size, int64_t sx_group_stride) {
         const char* name = "row_quant";
         if (out_fmt != 0 && out_fmt != 1) fail(name, "out_fmt must be 0 (int8) or 1 (fp8 e4m3), got " + std::to_string(out_fmt));
+        check_group(name, group_size, sx_group_stride, out_fmt, M, K);
         if (op < 0 || op > 5) fail(name, "op code must be 0..5, got " + std::to_string(op));
         if (dtype < 0 || dtype > 2) fail(name, "dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32)");
         if (residual_mode < 0 || residual_mode > 2) fail(name, "residual_mode must be 0, 1 or 2");
@@ -81,6 +113,8 @@ void bind_quantize(nb::module_& m) {
         a.M = M;
         a.K = K;
         a.stream = reinterpret_cast<cudaStream_t>(stream);
+        a.group_size = group_size;
+        a.sx_group_stride = sx_group_stride;
         DeviceGuard guard(device);
         const std::string err = zq::row_quant(a);
         if (!err.empty()) fail(name, err);
@@ -88,9 +122,11 @@ void bind_quantize(nb::module_& m) {
       nb::arg("op"), nb::arg("dtype"), nb::arg("x"), nb::arg("x_stride"), nb::arg("residual"),
       nb::arg("residual_stride"), nb::arg("residual_out"), nb::arg("residual_out_stride"), nb::arg("residual_mode"),
       nb::arg("weight"), nb::arg("bias"), nb::arg("eps"), nb::arg("xq"), nb::arg("sx"), nb::arg("M"), nb::arg("K"),
-      nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0,
+      nb::arg("device"), nb::arg("stream"), nb::arg("out_fmt") = 0, nb::arg("group_size") = 0,
+      nb::arg("sx_group_stride") = 0,
       "A row op fused with token-wise INT8 (out_fmt 0) or FP8 e4m3 (1) quantization (zq::row_quant;\n"
-      "python/zqkernels/ops/fused.py).");
+      "python/zqkernels/ops/fused.py); group_size 32 / 64 / 128 (fp8 only): per-token-group scales,\n"
+      "sx[j * sx_group_stride + m].");
 
   m.def(
       "_debug_set_quantize_threads",

@@ -19,7 +19,8 @@ struct Rule {
 
 constexpr int kAny = INT_MAX;
 
-// sm90, int8_rowwise, bf16 / fp16 output. From scripts/probe_gemm.py and the full W8A8 benchmark on
+// sm90, int8_rowwise, bf16 / fp16 output: kSm90Decode16 (also the first rules of the FP8 tables),
+// then kSm90Int8Rowwise16. From scripts/probe_gemm.py and the full W8A8 benchmark on
 // an H100 (benchmarks/results/, docs/PERF_NOTES.md).
 // M <= 64 is weight-bandwidth bound: swap-AB puts the tokens on the narrow wgmma N side so a
 // 64-row weight tile is streamed once per token tile. 64 < M <= 256 with few output tiles
@@ -32,13 +33,15 @@ constexpr int kAny = INT_MAX;
 // K = 4096, against 14.9 us for swap_64x64); with N <= 3072, 128x128 ping-pong beat 128x256
 // (9.5 vs 10.2 us at N = 3072, K = 1024). At M = 128 and N <= 1024, swap_64x32 (4.6 vs 5.1 us at
 // K = 3072).
-constexpr Rule kSm90Int8Rowwise16[] = {
+constexpr Rule kSm90Decode16[] = {
     {16, kAny, "swap_64x16x256_pp"},
     {32, kAny, "swap_64x32x256_pp"},
     {64, 8192, "swap_64x32x256_pp"},
     {128, 1024, "swap_64x32x256_pp"},
     {128, kAny, "swap_64x64x256_pp"},
     {256, 8192, "swap_128x64x256_coop_sk"},
+};
+constexpr Rule kSm90Int8Rowwise16[] = {
     {512, kAny, "128x128x128_c2x1_pp"},
     {1024, 1024, "swap_64x64x256_pp"},
     {1024, 3072, "128x128x128_c2x1_pp"},
@@ -63,6 +66,23 @@ constexpr Rule kSm90Int8Rowwise8[] = {
     {1024, 8192, "128x256x128_c2x1_coop"},
     {1024, kAny, "128x128x128_c2x1_pp"},
     {kAny, kAny, "128x256x128_c2x1_coop"},
+};
+
+// sm90, accurate FP8 (sm90_fp8_promote_mainloop.cuh). Decode and mid M: the int8 table's swap-AB /
+// stream-K tiles. Above, measured on an H100 (benchmarks/bench_fp8_accurate.py --tiles, 8192^3 and
+// Llama-3-8B / 70B shapes; benchmarks/results/fp8_accurate_*): the promotion costs < 2% against
+// fast accumulation on the same 128 x 128 tile, so the tile decides. Row-wise: 128 x 128 without a
+// cluster up to M = 1024 (best on 4 of 4 shapes), with a 1 x 2 cluster up to 2048 (3 of 4), the
+// 128 x 192 tile with one partial sum beyond (3 of 4, 5-7% over 128 x 128). Block-scaled (the weight
+// tile must lie in one 128-row block): 128 x 128 with a 1 x 2 cluster (best or within 1% at every
+// M >= 1024 shape).
+constexpr Rule kSm90Fp8Rowwise16[] = {  // after kSm90Decode16
+    {1024, kAny, "128x128x128_coop"},
+    {2048, kAny, "128x128x128_c1x2_coop"},
+    {kAny, kAny, "128x192x128_c2x1_coop"},
+};
+constexpr Rule kSm90Fp8Blockwise16[] = {  // after kSm90Decode16
+    {kAny, kAny, "128x128x128_c1x2_coop"},
 };
 
 // sm80 (not yet measured on an A100; the reasoning, for 108 SMs and N ~ 4096):
@@ -107,24 +127,30 @@ struct Table {
   const char* arch;
   const char* recipe;
   OutClass out;
+  const Rule* pre;  // rules tried first (a shared prefix), or nullptr
+  size_t npre;
   const Rule* rules;
   size_t n;
 };
 
 template <size_t N>
 constexpr Table table(const char* arch, const char* recipe, OutClass out, const Rule (&r)[N]) {
-  return {arch, recipe, out, r, N};
+  return {arch, recipe, out, nullptr, 0, r, N};
+}
+template <size_t P, size_t N>
+constexpr Table table(const char* arch, const char* recipe, OutClass out, const Rule (&pre)[P], const Rule (&r)[N]) {
+  return {arch, recipe, out, pre, P, r, N};
 }
 
 constexpr Table kTables[] = {
-    table("sm90", "int8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
+    table("sm90", "int8_rowwise", OutClass::k16, kSm90Decode16, kSm90Int8Rowwise16),
     table("sm90", "int8_rowwise", OutClass::kFP32, kSm90Int8Rowwise32),
     table("sm90", "int8_rowwise", OutClass::kInt8, kSm90Int8Rowwise8),
-    // FP8 (both accumulation modes): the int8 table's rules for now. Same bytes per element and
-    // the same wgmma tile shapes; the accurate mode's promotion adds mainloop work, so its best
-    // tiles may differ: benchmarks/bench_fp8.py measures the table, docs/FP8.md has the numbers.
-    table("sm90", "fp8_rowwise", OutClass::k16, kSm90Int8Rowwise16),
-    table("sm90", "fp8_rowwise_fastacc", OutClass::k16, kSm90Int8Rowwise16),
+    // FP8: fast accumulation takes the int8 table (same bytes per element, same wgmma tiles); the
+    // accurate recipes their own (three accumulator sets limit the tile).
+    table("sm90", "fp8_rowwise", OutClass::k16, kSm90Decode16, kSm90Fp8Rowwise16),
+    table("sm90", "fp8_blockwise", OutClass::k16, kSm90Decode16, kSm90Fp8Blockwise16),
+    table("sm90", "fp8_rowwise_fastacc", OutClass::k16, kSm90Decode16, kSm90Int8Rowwise16),
     table("sm90", "int8_group_int", OutClass::k16, kSm90Int8Group),
     table("sm90", "int8_group_int", OutClass::kFP32, kSm90Int8Group),
     table("sm90", "int8_group_float", OutClass::k16, kSm90Int8Group),
@@ -141,6 +167,9 @@ const char* gemm_select_tile(const std::string& arch, const std::string& recipe,
   const OutClass out = out_class(out_dtype);
   for (const Table& t : kTables) {
     if (arch != t.arch || recipe != t.recipe || out != t.out) continue;
+    for (size_t i = 0; i < t.npre; ++i) {
+      if (M <= t.pre[i].max_m && N <= t.pre[i].max_n) return t.pre[i].tile;
+    }
     for (size_t i = 0; i < t.n; ++i) {
       if (M <= t.rules[i].max_m && N <= t.rules[i].max_n) return t.rules[i].tile;
     }

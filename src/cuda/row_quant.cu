@@ -15,7 +15,13 @@
 //            quantize_per_token (NaN-propagating amax, zero rows -> 0, rows below 2^-64 pre-scaled);
 //            FP8 E4M3 output (out == kFP8E4M3): sx = amax / 448, q[k] = e4m3_satfinite(y[k] * (448 /
 //            amax)) rounded to nearest even (docs/FP8.md).
-// python/zqkernels/reference/fused.py is the same math in torch.
+//            Per-token-group FP8 (group_size g = 32, 64 or 128 > 0, kGroup): the FP8 rule per group
+//            j of g consecutive channels instead of per row, sx[j * sx_group_stride + m] (M-major,
+//            as DeepGEMM / torch's blockwise _scaled_mm read it). The group's lanes are adjacent in
+//            one warp (g / VEC <= 32 chunks), so its amax is a few shuffles and the y values stay in
+//            registers: still one read of x, one write of q.
+// python/zqkernels/reference/fused.py is the same math in torch (reference/token_group.py the
+// group quantization).
 //
 // Memory: x (and residual) read once, q (and residual_out) written once. When the row fits, the
 // stage-1 values stay in registers, packed in T (16 bytes per 8 bf16 / fp16 or 4 fp32 values),
@@ -26,9 +32,11 @@
 // re-reads the row (from L2, mostly) and recomputes stage 1 (from residual_out once the sum has
 // been written there, so residual_out may alias residual).
 //
-// Limits: any M, K >= 1; x / residual rows may be strided (unit stride along K); weight, bias
-// fp32 [K] with element alignment; q [M, K] contiguous; residual_out rows strided.
-// Test: tests/test_fused_gpu.py, tests/test_quantize_gpu.py; time: benchmarks/bench_fused.py.
+// Limits: any M, K >= 1 (group output: g divides K); x / residual rows may be strided (unit stride
+// along K); weight, bias fp32 [K] with element alignment; q [M, K] contiguous; residual_out rows
+// strided; group scales sx_group_stride >= M apart.
+// Test: tests/test_fused_gpu.py, tests/test_quantize_gpu.py, tests/test_token_group_quant.py; time:
+// benchmarks/bench_fused.py.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -36,226 +44,19 @@
 #include <cstdint>
 #include <string>
 
+#include "row_quant_stages.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
 namespace {
-
-int g_threads_override = 0;  // 0 = automatic; 128/256/512/1024 for tuning experiments
-constexpr int kStreamThreads = 256;
-
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-// max(|.|) that propagates NaN (fmaxf would drop it and hide bad input behind a finite scale).
-__device__ __forceinline__ float nan_max(float m, float v) {
-  v = fabsf(v);
-  return (v > m || v != v) ? v : m;
-}
-struct AbsMax {
-  __device__ float operator()(float a, float b) const { return nan_max(a, b); }
-};
-struct Sum {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-
-// Reduction over one row's threads: a warp (kWarpRow) or the whole CTA (blockDim.x a multiple of
-// 32, <= 1024). Every thread gets the result, combined in a fixed order (deterministic for a given
-// launch shape). smem is reusable on return.
-template <bool kWarpRow, class Op>
-__device__ __forceinline__ float row_reduce(float v, Op op) {
-  if constexpr (kWarpRow) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-  }
-  __shared__ float part[32];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = part[0];
-  for (int w = 1; w < warps; ++w) v = op(v, part[w]);
-  __syncthreads();
-  return v;
-}
-
-// Lets a kernel launched after this one with programmatic dependent launch (the int8 GEMM) start
-// its prologue while this grid's last CTAs finish. Only a scheduling hint: the GEMM's
-// griddepcontrol.wait returns once this whole grid has completed and its writes are visible, so
-// correctness never depends on where the trigger sits (docs/PERF_NOTES.md).
-// tests/test_gemm_gpu.py::test_pdl_gemm_waits_for_a_late_producer guards the wait.
-__device__ __forceinline__ void allow_dependents_to_launch() {
-  __syncthreads();  // the whole CTA's stores precede its trigger
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-constexpr float kTiny = 0x1p-64f;  // rows with amax below this are pre-scaled by 2^64 (exact)
-constexpr float kTinyScale = 0x1p64f;
-
-// The quantized byte of one value: INT8 clamp(rint(y * inv), -127, 127) (round half to even, like
-// torch.round), or FP8 E4M3 of y * inv rounded to nearest even and saturated to +-448 (cvt.rn.satfinite,
-// as torch's cast after a clamp). `fp8` is uniform over the grid (a kernel parameter): one branch,
-// never divergent, and no second instantiation of every kernel.
-__device__ __forceinline__ int8_t quant(float v, float inv, float pre, bool fp8) {
-  const float y = (v * pre) * inv;
-  if (fp8) return static_cast<int8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));
-  int q = __float2int_rn(y);
-  q = max(-127, min(127, q));
-  return static_cast<int8_t>(q);
-}
-
-// Scale from amax; thread `tid` 0 of the row writes sx = amax / qmax (qmax: 127 for INT8, 448 for
-// FP8 E4M3). Returns the multiplier `inv` and the pre-scale `pre` (1, or 2^64 for tiny rows):
-// q = quant((y * pre) * inv).
-__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre, int tid, float qmax) {
-  if (tid == 0) *sx_row = amax / qmax;
-  pre = amax < kTiny ? kTinyScale : 1.0f;
-  return amax == 0.f ? 0.f : qmax / (amax * pre);
-}
-
-__device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
-__device__ __forceinline__ float gelu_tanh(float v) {
-  const float inner = 0.79788456080286536f * (v + 0.044715f * v * v * v);
-  return 0.5f * v * (1.0f + tanhf(inner));
-}
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
-
-// VEC consecutive fp32 parameters (weight / bias) starting at p: 16-byte loads when VEC is a
-// multiple of 4 (the vector path requires 16-byte aligned parameters), else scalar; zeros for null.
-template <int VEC>
-__device__ __forceinline__ void load_params(const float* p, float (&out)[VEC]) {
-  if (p == nullptr) {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) out[j] = 0.f;
-  } else if constexpr (VEC % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < VEC / 4; ++q) {
-      const float4 f = __ldg(reinterpret_cast<const float4*>(p) + q);
-      out[4 * q] = f.x, out[4 * q + 1] = f.y, out[4 * q + 2] = f.z, out[4 * q + 3] = f.w;
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) out[j] = __ldg(p + j);
-  }
-}
-
-// The kernel's view of one call (device pointers already offset to row m by the kernel).
-template <typename T>
-struct Row {
-  const T* x;         // row of x (kSiluMul: gate at [0, K), up at [K, 2K))
-  const T* res;       // row of residual or nullptr
-  T* res_out;         // row of residual_out or nullptr
-  const float* w;     // weight [K] or nullptr
-  const float* b;     // bias [K] (norm beta, or the GeLU bias) or nullptr
-};
-
-// Stage 1 for VEC consecutive elements starting at k; `from_sum` reads the already-written sum
-// (residual_out) instead of recomputing x + residual.
-template <RowOp kOp, typename T, int VEC>
-__device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_sum, ResidualMode mode,
-                                       T (&v)[VEC]) {
-  if constexpr (VEC * sizeof(T) == 16) {
-    const T* src = from_sum ? r.res_out : r.x;
-    uint4 u = *reinterpret_cast<const uint4*>(src + k);
-    const T* e = reinterpret_cast<const T*>(&u);
-    if constexpr (kOp == RowOp::kSiluMul) {
-      uint4 w = *reinterpret_cast<const uint4*>(r.x + K + k);
-      const T* up = reinterpret_cast<const T*>(&w);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(silu(to_float(e[j])) * to_float(up[j]));
-      return;
-    }
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) v[j] = e[j];
-  } else {
-    const T* src = from_sum ? r.res_out : r.x;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      if constexpr (kOp == RowOp::kSiluMul) {
-        v[j] = from_float<T>(silu(to_float(src[k + j])) * to_float(r.x[K + k + j]));
-      } else {
-        v[j] = src[k + j];
-      }
-    }
-    if constexpr (kOp == RowOp::kSiluMul) return;
-  }
-  if constexpr (kOp == RowOp::kGelu || kOp == RowOp::kGeluTanh) {
-    float bv[VEC];
-    load_params<VEC>(r.b != nullptr ? r.b + k : nullptr, bv);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      float f = to_float(v[j]) + bv[j];
-      v[j] = from_float<T>(kOp == RowOp::kGelu ? gelu_erf(f) : gelu_tanh(f));
-    }
-  }
-  if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
-    if (!from_sum && r.res != nullptr) {
-      T rv[VEC];
-      if constexpr (VEC * sizeof(T) == 16) {
-        *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(r.res + k);
-      } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) rv[j] = r.res[k + j];
-      }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(to_float(v[j]) + to_float(rv[j]));
-      if (mode == ResidualMode::kSum) {
-        if constexpr (VEC * sizeof(T) == 16) {
-          *reinterpret_cast<uint4*>(r.res_out + k) = *reinterpret_cast<const uint4*>(v);
-        } else {
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) r.res_out[k + j] = v[j];
-        }
-      }
-    }
-  }
-}
-
-// Per-row statistics of the normalisation (mean and 1 / rms or 1 / std), set by the kernel.
-struct Stats {
-  float mean = 0.f, rstd = 1.f;
-};
-
-// Stage 2 of one element.
-// Stage 2 of VEC consecutive elements starting at k: y = norm(v) (or v), in fp32.
-template <RowOp kOp, typename T, int VEC>
-__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
-                                       float (&y)[VEC]) {
-  if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
-    float wv[VEC], bv[VEC];
-    load_params<VEC>(w + k, wv);
-    load_params<VEC>(kOp == RowOp::kLayerNorm && b != nullptr ? b + k : nullptr, bv);
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * wv[j] + bv[j];
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) y[j] = to_float(v[j]);
-  }
-}
-
-__host__ __device__ constexpr bool is_norm(RowOp op) { return op == RowOp::kRMSNorm || op == RowOp::kLayerNorm; }
-
 // kIters > 0: register-resident (kIters chunks of VEC per thread cover the row).
 // kIters == 0: streaming (any K; each pass re-reads and recomputes stage 1).
 // kWarpRow: each warp owns one row (narrow rows: reductions are shuffles, no CTA barrier);
 // otherwise the CTA owns one row.
-template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow>
-__global__ void __launch_bounds__(kWarpRow ? 128 : 1024)
-row_quant_kernel(RowQuantArgs a) {
+// kGroup: per-token-group FP8 output (a.group_size > 0). The two outputs are two kernels with one
+// body: the per-token kernels keep their names and compile to the PTX they had before.
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
+__device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
   const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
   if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
   const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
@@ -300,43 +101,80 @@ row_quant_kernel(RowQuantArgs a) {
           }
       st.rstd = rsqrtf(row_reduce<kWarpRow>(s, Sum{}) / K + a.eps);
     }
-    float amax = 0.f;
+    if constexpr (kGroup) {
+      // Chunk c belongs to group c / L; the L chunks of a group sit on L adjacent lanes of one warp
+      // in the same iteration (stride is a multiple of 32, L divides 32, L divides nchunks), so a
+      // group is live or dead as a whole.
+      const int L = a.group_size / VEC;
 #pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      const int c = tid + i * stride;
-      if (c < nchunks) {
-        float y[VEC];
-        stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
-      }
-    }
-    amax = row_reduce<kWarpRow>(amax, AbsMax{});
-    float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
-#pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      const int c = tid + i * stride;
-      if (c < nchunks) {
-        int8_t q[VEC];
-        T y[VEC];
+      for (int i = 0; i < kIters; ++i) {
+        const int c = tid + i * stride;
+        const bool live = c < nchunks;
         float f[VEC];
-        stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
+        float gmax = 0.f;
+        if (live) {
+          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          q[j] = quant(f[j], inv, pre, fp8);
-          y[j] = from_float<T>(f[j]);
+          for (int j = 0; j < VEC; ++j) gmax = nan_max(gmax, f[j]);
         }
-        if constexpr (VEC == 8) {
-          *reinterpret_cast<uint2*>(out + c * VEC) = *reinterpret_cast<const uint2*>(q);
-        } else {
-          *reinterpret_cast<uint32_t*>(out + c * VEC) = *reinterpret_cast<const uint32_t*>(q);
-        }
-        if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) {
-          *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(y);
+        gmax = group_reduce(gmax, L);  // the whole warp shuffles, live or not
+        if (live) {
+          float* col = a.sx + static_cast<int64_t>(c / L) * a.sx_group_stride;
+          float pre;
+          const float inv = finish_scale(gmax, col + m, pre, c % L, 448.0f);
+          if (c % L == 0) zero_scale_padding(col, m, a.M, a.sx_group_stride);
+          int8_t q[VEC];
+          T y[VEC];
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            q[j] = quant(f[j], inv, pre, true);
+            y[j] = from_float<T>(f[j]);
+          }
+          store_q<VEC>(out + c * VEC, q);
+          if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) {
+            *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(y);
+          }
         }
       }
-    }
+    } else {
+      float amax = 0.f;
+#pragma unroll
+      for (int i = 0; i < kIters; ++i) {
+        const int c = tid + i * stride;
+        if (c < nchunks) {
+          float y[VEC];
+          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
+        }
+      }
+      amax = row_reduce<kWarpRow>(amax, AbsMax{});
+      float pre;
+      const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
+#pragma unroll
+      for (int i = 0; i < kIters; ++i) {
+        const int c = tid + i * stride;
+        if (c < nchunks) {
+          int8_t q[VEC];
+          T y[VEC];
+          float f[VEC];
+          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) {
+            q[j] = quant(f[j], inv, pre, fp8);
+            y[j] = from_float<T>(f[j]);
+          }
+          if constexpr (VEC == 8) {
+            *reinterpret_cast<uint2*>(out + c * VEC) = *reinterpret_cast<const uint2*>(q);
+          } else {
+            *reinterpret_cast<uint32_t*>(out + c * VEC) = *reinterpret_cast<const uint32_t*>(q);
+          }
+          if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) {
+            *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(y);
+          }
+        }
+      }
+    }  // !kGroup
   } else {
     // Streaming: pass over chunks, recomputing stage 1. After the first pass the residual sum (if
     // any) lives in res_out and is read from there.
@@ -365,29 +203,58 @@ row_quant_kernel(RowQuantArgs a) {
       }
       st.rstd = rsqrtf(row_reduce<kWarpRow>(s, Sum{}) / K + a.eps);
     }
-    float amax = 0.f;
-    for (int c = tid; c < nchunks; c += stride) {
+    // Stages 1 and 2 of chunk c, recomputed (both passes below).
+    auto chunk_values = [&](int c, float (&y)[VEC]) {
       T v[VEC];
       stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
-      float y[VEC];
       stage2<kOp, T, VEC>(v, c * VEC, r.w, r.b, st, y);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
-    }
-    amax = row_reduce<kWarpRow>(amax, AbsMax{});
-    float pre;
-    const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
-    for (int c = tid; c < nchunks; c += stride) {
-      T v[VEC];
-      stage1<kOp, T, VEC>(r, K, c * VEC, from_sum, a.residual_mode, v);
+    };
+    // Quantizes chunk c with (inv, pre) and writes it (and the normalised row, if asked for).
+    auto write_chunk = [&](int c, float inv, float pre, bool fp8_out) {
       float f[VEC];
-      stage2<kOp, T, VEC>(v, c * VEC, r.w, r.b, st, f);
+      chunk_values(c, f);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        out[c * VEC + j] = quant(f[j], inv, pre, fp8);
+        out[c * VEC + j] = quant(f[j], inv, pre, fp8_out);
         if (is_norm(kOp) && a.residual_mode == ResidualMode::kNormed) r.res_out[c * VEC + j] = from_float<T>(f[j]);
       }
-    }
+    };
+    if constexpr (kGroup) {
+      // A warp per group (warp-strided over the row's groups), two passes over its chunks: amax,
+      // then quantization (stage 1 and 2 recomputed, as the row passes do). No CTA barrier needed:
+      // the residual sum was ordered by the statistics' reductions above.
+      const int lane = tid % 32, warp = tid / 32, nwarps = stride / 32;
+      const int cpg = a.group_size / VEC;  // chunks per group
+      const int groups = K / a.group_size;
+      for (int gi = warp; gi < groups; gi += nwarps) {
+        const int c0 = gi * cpg;
+        float gmax = 0.f;
+        for (int c = c0 + lane; c < c0 + cpg; c += 32) {
+          float y[VEC];
+          chunk_values(c, y);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) gmax = nan_max(gmax, y[j]);
+        }
+        gmax = group_reduce(gmax, 32);
+        float* col = a.sx + static_cast<int64_t>(gi) * a.sx_group_stride;
+        float pre;
+        const float inv = finish_scale(gmax, col + m, pre, lane, 448.0f);
+        if (lane == 0) zero_scale_padding(col, m, a.M, a.sx_group_stride);
+        for (int c = c0 + lane; c < c0 + cpg; c += 32) write_chunk(c, inv, pre, true);
+      }
+    } else {
+      float amax = 0.f;
+      for (int c = tid; c < nchunks; c += stride) {
+        float y[VEC];
+        chunk_values(c, y);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
+      }
+      amax = row_reduce<kWarpRow>(amax, AbsMax{});
+      float pre;
+      const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
+      for (int c = tid; c < nchunks; c += stride) write_chunk(c, inv, pre, fp8);
+    }  // !kGroup
   }
   if constexpr (kWarpRow) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -398,9 +265,31 @@ row_quant_kernel(RowQuantArgs a) {
   }
 }
 
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow>
+__global__ void __launch_bounds__(kWarpRow ? 128 : 1024)
+row_quant_kernel(RowQuantArgs a) {
+  row_quant_body<T, kOp, VEC, kIters, kWarpRow, false>(a);
+}
+
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow>
+__global__ void __launch_bounds__(kWarpRow ? 128 : 1024)
+row_quant_group_kernel(RowQuantArgs a) {
+  row_quant_body<T, kOp, VEC, kIters, kWarpRow, true>(a);
+}
+
+// The kernel of one launch shape, per-token or per-token-group.
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
+void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
+  if constexpr (kGroup) {
+    row_quant_group_kernel<T, kOp, VEC, kIters, kWarpRow><<<grid, threads, 0, a.stream>>>(a);
+  } else {
+    row_quant_kernel<T, kOp, VEC, kIters, kWarpRow><<<grid, threads, 0, a.stream>>>(a);
+  }
+}
+
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <typename T, RowOp kOp>
+template <typename T, RowOp kOp, bool kGroup>
 std::string launch(const RowQuantArgs& a) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
   const auto rows_ok = [&](const void* p, int64_t stride) {
@@ -411,19 +300,19 @@ std::string launch(const RowQuantArgs& a) {
                    (a.weight == nullptr || aligned16(a.weight)) && (a.bias == nullptr || aligned16(a.bias));
   const dim3 grid(a.M);
   if (!vec) {
-    row_quant_kernel<T, kOp, 1, 0, false><<<grid, kStreamThreads, 0, a.stream>>>(a);
+    launch_kernel<T, kOp, 1, 0, false, kGroup>(grid, kStreamThreads, a);
   } else if (a.K / kVec <= 32 * 8 && g_threads_override == 0) {
     // Narrow rows (<= 2048 bf16 / fp16, 1024 fp32): a warp per row, 4 rows per 128-thread CTA.
     const int nvec = a.K / kVec;
     const dim3 wgrid((a.M + 3) / 4);
     if (nvec <= 32) {
-      row_quant_kernel<T, kOp, kVec, 1, true><<<wgrid, 128, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 1, true, kGroup>(wgrid, 128, a);
     } else if (nvec <= 64) {
-      row_quant_kernel<T, kOp, kVec, 2, true><<<wgrid, 128, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 2, true, kGroup>(wgrid, 128, a);
     } else if (nvec <= 128) {
-      row_quant_kernel<T, kOp, kVec, 4, true><<<wgrid, 128, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 4, true, kGroup>(wgrid, 128, a);
     } else {
-      row_quant_kernel<T, kOp, kVec, 8, true><<<wgrid, 128, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 8, true, kGroup>(wgrid, 128, a);
     }
   } else {
     const int nvec = a.K / kVec;
@@ -433,13 +322,13 @@ std::string launch(const RowQuantArgs& a) {
     if (g_threads_override > 0) threads = g_threads_override;
     const int iters = (nvec + threads - 1) / threads;
     if (iters <= 1) {
-      row_quant_kernel<T, kOp, kVec, 1, false><<<grid, threads, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 1, false, kGroup>(grid, threads, a);
     } else if (iters <= 2) {
-      row_quant_kernel<T, kOp, kVec, 2, false><<<grid, threads, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 2, false, kGroup>(grid, threads, a);
     } else if (iters <= 4) {
-      row_quant_kernel<T, kOp, kVec, 4, false><<<grid, threads, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 4, false, kGroup>(grid, threads, a);
     } else {
-      row_quant_kernel<T, kOp, kVec, 0, false><<<grid, threads, 0, a.stream>>>(a);
+      launch_kernel<T, kOp, kVec, 0, false, kGroup>(grid, threads, a);
     }
   }
   const cudaError_t err = cudaGetLastError();
@@ -447,17 +336,22 @@ std::string launch(const RowQuantArgs& a) {
   return {};
 }
 
-template <typename T>
+template <typename T, bool kGroup>
 std::string dispatch_op(const RowQuantArgs& a) {
   switch (a.op) {
-    case RowOp::kIdentity: return launch<T, RowOp::kIdentity>(a);
-    case RowOp::kRMSNorm: return launch<T, RowOp::kRMSNorm>(a);
-    case RowOp::kLayerNorm: return launch<T, RowOp::kLayerNorm>(a);
-    case RowOp::kGelu: return launch<T, RowOp::kGelu>(a);
-    case RowOp::kGeluTanh: return launch<T, RowOp::kGeluTanh>(a);
-    case RowOp::kSiluMul: return launch<T, RowOp::kSiluMul>(a);
+    case RowOp::kIdentity: return launch<T, RowOp::kIdentity, kGroup>(a);
+    case RowOp::kRMSNorm: return launch<T, RowOp::kRMSNorm, kGroup>(a);
+    case RowOp::kLayerNorm: return launch<T, RowOp::kLayerNorm, kGroup>(a);
+    case RowOp::kGelu: return launch<T, RowOp::kGelu, kGroup>(a);
+    case RowOp::kGeluTanh: return launch<T, RowOp::kGeluTanh, kGroup>(a);
+    case RowOp::kSiluMul: return launch<T, RowOp::kSiluMul, kGroup>(a);
   }
   return "unknown row op";
+}
+
+template <typename T>
+std::string dispatch_group(const RowQuantArgs& a) {
+  return a.group_size > 0 ? dispatch_op<T, true>(a) : dispatch_op<T, false>(a);
 }
 
 }  // namespace
@@ -474,17 +368,33 @@ std::string row_quant(const RowQuantArgs& a) {
   }
   if (a.residual_mode == ResidualMode::kSum && a.residual == nullptr) return "residual sum without residual";
   if (a.out != DType::kInt8 && a.out != DType::kFP8E4M3) return "output must be int8 or fp8_e4m3";
+  if (a.group_size != 0) {
+    const std::string g = std::to_string(a.group_size);
+    if (a.group_size != 32 && a.group_size != 64 && a.group_size != 128) {
+      return "group_size must be 0 (per token), 32, 64 or 128, got " + g;
+    }
+    if (a.out != DType::kFP8E4M3) {
+      return "per-token-group output needs fp8_e4m3 (out), got " + std::string(dtype_name(a.out));
+    }
+    if (a.K % a.group_size != 0) return "group_size " + g + " must divide K == " + std::to_string(a.K);
+    if (a.sx_group_stride < a.M) {
+      return "sx_group_stride must be >= M == " + std::to_string(a.M) + ", got " +
+             std::to_string(a.sx_group_stride);
+    }
+  }
   switch (a.dtype) {
-    case DType::kBF16: return dispatch_op<__nv_bfloat16>(a);
-    case DType::kFP16: return dispatch_op<__half>(a);
-    case DType::kFP32: return dispatch_op<float>(a);
+    case DType::kBF16: return dispatch_group<__nv_bfloat16>(a);
+    case DType::kFP16: return dispatch_group<__half>(a);
+    case DType::kFP32: return dispatch_group<float>(a);
     default: break;
   }
   return "unsupported input dtype";
 }
 
-std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx,
-                               int M, int K, cudaStream_t stream) {
+namespace {
+// The arguments of the plain quantization (RowOp::kIdentity) both entry points below share.
+RowQuantArgs identity_args(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx, int M,
+                           int K, cudaStream_t stream) {
   RowQuantArgs a;
   a.op = RowOp::kIdentity;
   a.out = out;
@@ -496,6 +406,22 @@ std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_strid
   a.M = M;
   a.K = K;
   a.stream = stream;
+  return a;
+}
+}  // namespace
+
+std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx,
+                               int M, int K, cudaStream_t stream) {
+  return row_quant(identity_args(x, x_dtype, x_row_stride, xq, out, sx, M, K, stream));
+}
+
+std::string quantize_per_token_group(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, float* sx,
+                                     int64_t sx_group_stride, int group_size, int M, int K,
+                                     cudaStream_t stream) {
+  if (group_size <= 0) return "group_size must be 32, 64 or 128, got " + std::to_string(group_size);
+  RowQuantArgs a = identity_args(x, x_dtype, x_row_stride, xq, DType::kFP8E4M3, sx, M, K, stream);
+  a.sx_group_stride = sx_group_stride;
+  a.group_size = group_size;
   return row_quant(a);
 }
 

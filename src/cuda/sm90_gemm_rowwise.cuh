@@ -1,12 +1,16 @@
-// sm90_gemm_rowwise.cuh: the row-wise-scaled 8-bit GEMM family on Hopper (sm_90a), three recipes
-// of one template (RowwiseGemm):
+// sm90_gemm_rowwise.cuh: the 8-bit GEMM family on Hopper (sm_90a), recipes of one template
+// (RowwiseGemm):
 //   "int8_rowwise"        W8A8 INT8:  int8 x int8 -> int32 accumulator (exact)
 //   "fp8_rowwise"         W8A8 FP8:   e4m3 x e4m3 -> fp32, accurate accumulation: the wgmma
 //                         partial sums (which Hopper accumulates with reduced precision) are
-//                         promoted into a separate fp32 accumulator once per k-tile (128 or 256
-//                         of K, by tile)
+//                         promoted into an fp32 accumulator every 128 of K (64 as an option) by
+//                         Fp8PromoteMainloop, without draining the tensor cores
 //   "fp8_rowwise_fastacc" the same with the wgmma accumulator used throughout (faster; loses
 //                         precision as K grows: docs/FP8.md has the measured errors)
+//   "fp8_blockwise"       FP8 with block scales (1 x 128 per token, 128 x 128 per weight block),
+//                         applied at each promotion (Fp8PromoteMainloop); the epilogue adds bias
+//                         and activation only
+//   "int8_group_int/float" int8 with group-wise weight scales (sm90_group_mainloop.cuh)
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
@@ -67,6 +71,7 @@
 
 #include "cutlass_gemm_common.cuh"
 #include "gemm_registry.h"
+#include "sm90_fp8_promote_mainloop.cuh"
 #include "sm90_group_mainloop.cuh"
 #include "zq_kernels.h"
 
@@ -108,32 +113,41 @@ struct TileConfig {
 // (sm90_group_mainloop.cuh).
 enum class GroupScales { kNone, kInt, kFloat };
 
-// The operand type of each recipe, its accumulator, and the mainloop schedule: the FP8 fast-accumulation
-// schedules are distinct CUTLASS kernel schedules; the plain ones select, for FP8 inputs, CUTLASS's
-// FP8 mainloop with periodic promotion to fp32 (mma_promotion_interval = 4). Group-scaled recipes
-// replace the builder's int8 mainloop by GroupScaledMainloop, which hands the epilogue fp32.
-template <class ElementAB_, bool kFastAccum, GroupScales kGroup_ = GroupScales::kNone>
+// How a recipe accumulates: int8's exact int32 sums; FP8 on Hopper's FP8 accumulator throughout
+// (fast); FP8 promoted to fp32 every 64 / 128 of K by Fp8PromoteMainloop (accurate, with or
+// without block scales applied at the promotion).
+enum class Accum { kExact, kFast, kPromote, kBlock };
+
+// The operand type of each recipe, its accumulator, and the mainloop: every FP8 recipe starts from
+// the collective CUTLASS's builder makes with the fast-accumulation schedule (plain wgmma mainloop
+// with an fp32 C fragment); the accurate ones replace its mma() (Fp8PromoteMainloop). Group-scaled
+// int8 recipes replace the builder's int8 mainloop by GroupScaledMainloop, which hands the epilogue
+// fp32.
+template <class ElementAB_, Accum kAccum_, GroupScales kGroup_ = GroupScales::kNone>
 struct Operands {
   using ElementAB = ElementAB_;
+  static constexpr Accum kAccum = kAccum_;
   static constexpr bool kInt8 = std::is_same_v<ElementAB, int8_t>;
   static constexpr GroupScales kGroup = kGroup_;
   static constexpr bool kGrouped = kGroup != GroupScales::kNone;
+  static constexpr bool kPromote = kAccum == Accum::kPromote || kAccum == Accum::kBlock;
+  static constexpr bool kBlock = kAccum == Accum::kBlock;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
-  static_assert(!(kInt8 && kFastAccum), "fast accumulation is an FP8 option");
+  static_assert(kInt8 == (kAccum == Accum::kExact), "int8 sums are exact; FP8 sums are fast or promoted");
   static_assert(!kGrouped || kInt8, "group scales are an int8 option");
   using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;     // the wgmma accumulator
   using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
-  template <class Built>
-  using Mainloop = cute::conditional_t<kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>, Built>;
+  template <class Built, bool kSwapAB>
+  using Mainloop = cute::conditional_t<
+      kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>,
+      cute::conditional_t<kPromote, Fp8PromoteMainloop<Built, kBlock, kSwapAB>, Built>>;
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
   // no such bound (its precision is the matter, docs/FP8.md); group-scaled sums are bounded per
   // promotion span and flushed to fp32 (the host derives both from the scales, docs/W4A8.md).
   static constexpr int kMaxK = kInt8 && !kGrouped ? kInt8MaxK : 0x7fffffff;
-  // The FP8 mainloop with promotion (accurate accumulation) takes a promotion interval in MMAs.
-  static constexpr bool kPromote = !kInt8 && !kFastAccum;
   template <class Cfg>
   using Schedule = cute::conditional_t<
-      !kFastAccum, typename Cfg::KernelSchedule,
+      kInt8, typename Cfg::KernelSchedule,
       cute::conditional_t<std::is_same_v<typename Cfg::KernelSchedule, cutlass::gemm::KernelTmaWarpSpecializedCooperative>,
                           cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum,
                           cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum>>;
@@ -198,13 +212,14 @@ struct RowwiseGemm {
   // Integer scales also keep the fp32 running sum of the tile in shared memory (4 bytes per output).
   static constexpr int kGroupCarveout =
       (Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<1>(TileShape{}) * 4 : 0) +
-      (Ops::kGroup == GroupScales::kInt ? cute::size<0>(TileShape{}) * cute::size<1>(TileShape{}) * 4 : 0);
+      (Ops::kGroup == GroupScales::kInt ? cute::size<0>(TileShape{}) * cute::size<1>(TileShape{}) * 4 : 0) +
+      (Ops::kBlock ? 8 * (cute::size<2>(TileShape{}) / kScaleBlock) * ((kSwapAB ? cute::size<1>(TileShape{}) : cute::size<0>(TileShape{})) + 4) * 4 : 0);
   using CollectiveMainloop = typename Ops::template Mainloop<typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementAB, LayoutA, kAlignAB, ElementAB, LayoutB,
       kAlignAB, ElementAcc, TileShape, typename Cfg::ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage)) + kGroupCarveout>,
-      typename Ops::template Schedule<Cfg>>::CollectiveOp>;
+      typename Ops::template Schedule<Cfg>>::CollectiveOp, kSwapAB>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue, typename Cfg::Scheduler>;
@@ -227,11 +242,15 @@ struct RowwiseGemm {
     StrideD stride_d = cutlass::make_cute_packed_stride(StrideD{}, cute::make_shape(gm, gn, 1));
 
     const auto* bias = static_cast<const ElementBias*>(a.bias);
+    // Block scales are applied in the mainloop: the epilogue's token / channel scales read as 1
+    // (a null broadcast pointer reads its null default).
+    const float* sa = Ops::kBlock ? nullptr : a.sa;
+    const float* sb = Ops::kBlock ? nullptr : a.sb;
     // Argument tree mirrors the visitor tree: {children..., op}.
     typename Fusion::Arguments fusion{
         {                               // ScaleBias
-         {a.sa, 0.f, {}},               //   TokenScale
-         {{a.sb, 0.f, {}}, {}, {}},     //   ScaleAcc = {ChannelScale, AccFetch, multiplies}
+         {sa, 1.f, {}},                 //   TokenScale
+         {{sb, 1.f, {}}, {}, {}},       //   ScaleAcc = {ChannelScale, AccFetch, multiplies}
          {bias, ElementBias(0.f), {}},  //   Bias (nullptr -> 0)
          {}},                           //   multiply_add
         epi::act_args(a)};              // activation mode, out_scale
@@ -246,13 +265,9 @@ struct RowwiseGemm {
     }
     const GemmTuning& t = gemm_tuning();
     if constexpr (Ops::kPromote) {
-      // Promote every fp8_promote_k of K (rounded up to whole k-tiles: the interval, in MMAs of
-      // K = 32, must be a multiple of the MMAs per k-tile). Each promotion drains the wgmma
-      // pipeline (warpgroup_wait<0>), so the interval trades speed against the precision of the
-      // low-precision partial sums: docs/FP8.md has the measured trade-off.
-      constexpr int kTileK = cute::size<2>(TileShape{});
-      const int ktiles = t.fp8_promote_k <= kTileK ? 1 : (t.fp8_promote_k + kTileK - 1) / kTileK;
-      args.mainloop.mma_promotion_interval = static_cast<uint32_t>(ktiles * (kTileK / 32));
+      // Promote every fp8_promote_k of K (64 or 128; checked by the mainloop's args_error).
+      args.mainloop.span_k = t.fp8_promote_k;
+      if constexpr (Ops::kBlock) args.mainloop.block = {a.sa, a.sa_ld, a.sb};
     }
     if (t.swizzle > 0) args.scheduler.max_swizzle_size = t.swizzle;
     using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
@@ -272,6 +287,11 @@ struct RowwiseGemm {
       const char* err = CollectiveMainloop::group_error(a.N, a.K, g);
       if (err[0] != '\0') return err;
     }
+    if constexpr (Ops::kPromote) {
+      const auto args = make_arguments(a);
+      const char* err = CollectiveMainloop::args_error(args.problem_shape, args.mainloop);
+      if (err[0] != '\0') return err;
+    }
     return cutlass_can_implement<RowwiseGemm>(a);
   }
 
@@ -283,7 +303,7 @@ struct RowwiseGemm {
   // launch into a hit (a 16-entry cache missed on every one of BERT-large's 145 linears).
   struct ParamsKey {
     const void *a, *b, *sa, *sb, *bias, *out, *workspace;
-    int64_t lda, ldb;
+    int64_t lda, ldb, sa_ld;
     int M, N, K, device, sm_count, swizzle, raster;
     int act;          // the epilogue's runtime options are kernel parameters too
     float out_scale;
@@ -311,7 +331,7 @@ struct RowwiseGemm {
     std::memset(&k, 0, sizeof(k));  // padding bytes take part in the comparison
     const GemmTuning& t = gemm_tuning();
     k.a = a.a, k.b = a.b, k.sa = a.sa, k.sb = a.sb, k.bias = a.bias, k.out = a.out, k.workspace = a.workspace;
-    k.lda = a.lda, k.ldb = a.ldb, k.M = a.M, k.N = a.N, k.K = a.K, k.device = a.device, k.sm_count = a.sm_count;
+    k.lda = a.lda, k.ldb = a.ldb, k.sa_ld = a.sa_ld, k.M = a.M, k.N = a.N, k.K = a.K, k.device = a.device, k.sm_count = a.sm_count;
     k.swizzle = t.swizzle, k.raster = t.raster;
     k.act = static_cast<int>(a.activation), k.out_scale = a.out_scale;
     k.promote = t.fp8_promote_k;
@@ -372,30 +392,38 @@ struct RowwiseGemm {
 
 // The registry rows of one (tile, output type), one function per recipe; called from the generated
 // translation units (cmake/gemm_tiles.cmake).
-template <class Cfg, class ElementOut>
-GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false>, ElementOut>>("sm90", "int8_rowwise", tile, out,
-                                                                                 dispatched);
+template <class Cfg, class Ops, class ElementOut>
+GemmKernel make_row(const char* recipe, const char* tile, DType out, bool dispatched) {
+  return make_gemm_kernel<RowwiseGemm<Cfg, Ops, ElementOut>>("sm90", recipe, tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
-GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<cutlass::float_e4m3_t, false>, ElementOut>>(
-      "sm90", "fp8_rowwise", tile, out, dispatched);
+GemmKernel make_int8_rowwise(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<int8_t, Accum::kExact>, ElementOut>("int8_rowwise", tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_int8_group_int(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false, GroupScales::kInt>, ElementOut>>(
-      "sm90", "int8_group_int", tile, out, dispatched);
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kInt>, ElementOut>("int8_group_int", tile, out,
+                                                                                       dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_int8_group_float(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<int8_t, false, GroupScales::kFloat>, ElementOut>>(
-      "sm90", "int8_group_float", tile, out, dispatched);
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kFloat>, ElementOut>("int8_group_float", tile,
+                                                                                         out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<cutlass::float_e4m3_t, Accum::kPromote>, ElementOut>("fp8_rowwise", tile, out,
+                                                                                     dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_fp8_rowwise_fastacc(const char* tile, DType out, bool dispatched) {
-  return make_gemm_kernel<RowwiseGemm<Cfg, Operands<cutlass::float_e4m3_t, true>, ElementOut>>(
-      "sm90", "fp8_rowwise_fastacc", tile, out, dispatched);
+  return make_row<Cfg, Operands<cutlass::float_e4m3_t, Accum::kFast>, ElementOut>("fp8_rowwise_fastacc", tile, out,
+                                                                                  dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_fp8_blockwise(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<cutlass::float_e4m3_t, Accum::kBlock>, ElementOut>("fp8_blockwise", tile, out,
+                                                                                   dispatched);
 }
 
 }  // namespace zq::sm90

@@ -39,6 +39,8 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/gemm/collective/collective_builder.hpp"
 
+#include "sm90_span_mainloop.cuh"
+
 namespace zq::sm90 {
 
 // An integer GMMA operation whose C / D type reads as float: used only for the layouts of the
@@ -189,28 +191,9 @@ struct GroupScaledMainloop : Base {
                            TensorStorage& shared_tensors) {
     using namespace cute;
     if (!cute::elect_one_sync()) return;
-    Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), SmemLayoutA{});
-    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
-    constexpr uint32_t cluster_x = get<0>(typename DispatchPolicy::ClusterShape());
-    uint2 cluster_id = {block_rank_in_cluster % cluster_x, block_rank_in_cluster / cluster_x};
-    auto block_tma_a = p.tma_load_a.get_slice(cluster_id.y);
-    auto block_tma_b = p.tma_load_b.get_slice(cluster_id.x);
+    auto operands = tile_operand_loads<DispatchPolicy, GmemTiledCopyA, GmemTiledCopyB, SmemLayoutA, SmemLayoutB>(
+        p, load_inputs, blk_coord, block_rank_in_cluster, shared_tensors);
     auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
-    Tensor gA = get<0>(load_inputs)(_, _, m_coord, _, l_coord);
-    Tensor gB = get<1>(load_inputs)(_, _, n_coord, _, l_coord);
-    Tensor tAgA = block_tma_a.partition_S(gA);
-    Tensor tAsA = block_tma_a.partition_D(sA);
-    Tensor tBgB = block_tma_b.partition_S(gB);
-    Tensor tBsB = block_tma_b.partition_D(sB);
-    uint16_t mcast_a = 0, mcast_b = 0;
-    if constexpr (cute::is_same_v<GmemTiledCopyA, SM90_TMA_LOAD_MULTICAST>) {
-      auto block_layout = Layout<typename DispatchPolicy::ClusterShape>{};
-      for (int n = 0; n < size<1>(block_layout); ++n) mcast_a |= uint16_t(1) << block_layout(cluster_id.x, n, Int<0>{});
-    }
-    if constexpr (cute::is_same_v<GmemTiledCopyB, SM90_TMA_LOAD_MULTICAST>) {
-      auto block_layout = Layout<typename DispatchPolicy::ClusterShape>{};
-      for (int m = 0; m < size<0>(block_layout); ++m) mcast_b |= uint16_t(1) << block_layout(m, cluster_id.y, Int<0>{});
-    }
     const int n0 = static_cast<int>(n_coord) * kTileN;
     const int ncols = p.N - n0 < kTileN ? p.N - n0 : kTileN;
     const uint32_t row_bytes = static_cast<uint32_t>(ncols) * sizeof(ElementScale);
@@ -234,8 +217,7 @@ struct GroupScaledMainloop : Base {
                                    dst + (j - first) * kTileN, static_cast<int32_t>(row_bytes));
         }
       }
-      copy(p.tma_load_a.with(*bar, mcast_a), tAgA(_, _, _, *k_tile_iter), tAsA(_, _, _, stage));
-      copy(p.tma_load_b.with(*bar, mcast_b), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
+      operands(bar, *k_tile_iter, stage);
       ++k_tile_iter;
       ++smem_pipe_write;
     }
@@ -352,28 +334,10 @@ struct GroupScaledMainloop : Base {
 
     const int spans = k_tile_count * kSpansPerTile;
     PipelineState smem_pipe_release = smem_pipe_read;
-    // Span s (even: temp0 / stage0, odd: temp1 / stage1): wait for its k-tile's data at the first
-    // span of a tile, issue its kPK wgmmas as one batch.
-    int stage0 = 0, stage1 = 0;
+    // Span s (run_spans alternates temp0 / temp1): wait for its k-tile's data at the first span of a
+    // tile, issue its kPK wgmmas as one batch.
     auto issue = [&](auto& cur, int& cur_stage, int s) {
-      const int sub = s % kSpansPerTile;
-      if (sub == 0) {
-        auto token = pipeline.consumer_try_wait(smem_pipe_read);
-        pipeline.consumer_wait(smem_pipe_read, token);
-      }
-      const int stage = smem_pipe_read.index();
-      cur_stage = stage;
-      tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
-      warpgroup_fence_operand(cur);
-      warpgroup_arrive();
-      CUTLASS_PRAGMA_UNROLL
-      for (int b = 0; b < kPK; ++b) {
-        cute::gemm(tiled_mma, tCrA(_, _, sub * kPK + b, stage), tCrB(_, _, sub * kPK + b, stage), cur);
-        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-      }
-      warpgroup_commit_batch();
-      warpgroup_fence_operand(cur);
-      if (sub == kSpansPerTile - 1) ++smem_pipe_read;
+      issue_span<kPK, kSpansPerTile>(pipeline, smem_pipe_read, tiled_mma, tCrA, tCrB, cur, cur_stage, s);
     };
     // Span s, complete: fold it in; release its stage when it ended a k-tile (never the last tile's:
     // mma_tail releases that one).
@@ -388,28 +352,7 @@ struct GroupScaledMainloop : Base {
     };
 
     if constexpr (!kIntScales) warpgroup_fence_operand(accum);
-    // Straight-line pairs, so that each wait<1> retires exactly the span folded after it.
-    issue(temp0, stage0, 0);
-    int s = 1;
-    CUTLASS_PRAGMA_NO_UNROLL
-    for (; s + 1 < spans; s += 2) {
-      issue(temp1, stage1, s);
-      warpgroup_wait<1>();
-      fold(temp0, stage0, s - 1);
-      issue(temp0, stage0, s + 1);
-      warpgroup_wait<1>();
-      fold(temp1, stage1, s);
-    }
-    if (s < spans) {
-      issue(temp1, stage1, s);
-      warpgroup_wait<1>();
-      fold(temp0, stage0, s - 1);
-      warpgroup_wait<0>();
-      fold(temp1, stage1, s);
-    } else {
-      warpgroup_wait<0>();
-      fold(temp0, stage0, s - 1);
-    }
+    run_spans(spans, temp0, temp1, issue, fold);
     if constexpr (kIntScales) {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kVals; ++i) {

@@ -67,8 +67,11 @@ struct GemmArgs {
   int64_t lda = 0;             // >= K; lda * sizeof(element) % 16 == 0
   const void* b = nullptr;     // weights [N, K], rows ldb elements apart, 16-byte aligned
   int64_t ldb = 0;
+  // fp8_blockwise reads both as block scales instead (sm90_fp8_promote_mainloop.cuh): sa the
+  // activation scales M-major [K / 128, sa_ld], sb the weight scales replicated [K / 128, ceil(N / 128), 4].
   const float* sa = nullptr;   // [M] per-token scales (per-tensor scales are expanded by the caller)
   const float* sb = nullptr;   // [N] per-channel scales
+  int64_t sa_ld = 0;           // fp8_blockwise: row stride of sa (a multiple of 4, >= round_up(M, 4))
   const void* bias = nullptr;  // [N] of out_dtype (float32 when out_dtype is int8), or nullptr
   void* out = nullptr;         // [M, N] row-major (row stride N), out_dtype, 16-byte aligned
   int M = 0, N = 0, K = 0;     // all > 0 (int8 output: N % 16 == 0, 16-byte output rows)
@@ -116,9 +119,9 @@ struct GemmTuning {
   bool pdl = true;   // sm90: launch with programmatic dependent launch (kernels always wait)
   int swizzle = 0;   // sm90 persistent scheduler: 0 = CUTLASS default, else 1/2/4/8
   int raster = 0;    // 0 = heuristic, 1 = along M, 2 = along N
-  // fp8_rowwise (accurate accumulation): promote the wgmma partial sums to fp32 every this many
-  // elements of K (rounded up to whole k-tiles of 128 / 256). docs/FP8.md: the measured trade-off.
-  int fp8_promote_k = 512;
+  // fp8_rowwise / fp8_blockwise (accurate accumulation): promote the wgmma partial sums to fp32
+  // every this many elements of K: 64 or 128 (docs/FP8.md: the measured trade-off).
+  int fp8_promote_k = 128;
   // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..5 experiments, built only
   // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_gemm.cu).
   int w4a8_variant = 0;
@@ -192,6 +195,16 @@ std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int gro
 std::string quantize_per_token(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, DType out, float* sx,
                                int M, int K, cudaStream_t stream);
 
+// Per-token-group FP8 E4M3 quantization (DeepSeek-V3 / Qwen3-FP8 activations, docs/FUSED.md): the
+// FP8 rule above applied to each group of group_size consecutive channels of a row instead of the
+// row: group j of row m is x[m, j*g .. (j+1)*g), its scale sx[j * sx_group_stride + m] (M-major:
+// the [M, K / g] scale tensor stored as [K / g, sx_group_stride]). Rows M .. min(sx_group_stride,
+// round_up(M, 4)) - 1 of each group's column are written 0 (padding). group_size 32, 64 or 128,
+// dividing K; sx_group_stride >= M. (row_quant with RowOp::kIdentity and group_size.)
+std::string quantize_per_token_group(const void* x, DType x_dtype, int64_t x_row_stride, void* xq, float* sx,
+                                     int64_t sx_group_stride, int group_size, int M, int K,
+                                     cudaStream_t stream);
+
 // Row ops fused with token-wise INT8 / FP8 quantization (src/cuda/row_quant.cu, docs/FUSED.md): one
 // CTA per row computes the op in fp32 and quantizes its output like quantize_per_token.
 // The numeric values are part of the Python binding ABI (python/zqkernels/reference/fused.py: ROW_OPS,
@@ -224,9 +237,14 @@ struct RowQuantArgs {
   float eps = 0.f;
   int8_t* xq = nullptr;             // [M, K] contiguous: INT8 values or E4M3 bytes (out)
   DType out = DType::kInt8;         // kInt8 or kFP8E4M3
-  float* sx = nullptr;              // [M]
+  float* sx = nullptr;              // [M] (group_size == 0), else [K / group_size] columns of sx_group_stride
   int M = 0, K = 0;                 // K: the width of the output row
   cudaStream_t stream = nullptr;
+  // Per-token-group output (out must be kFP8E4M3): 0 = one scale per row (above); 32, 64 or 128 =
+  // one scale per group of that many consecutive channels (dividing K), stored M-major:
+  // sx[j * sx_group_stride + m] for group j of row m (quantize_per_token_group's layout and padding).
+  int group_size = 0;
+  int64_t sx_group_stride = 0;      // >= M; round_up(M, 4) for the GEMMs (DeepGEMM's TMA-aligned layout)
 };
 std::string row_quant(const RowQuantArgs& args);
 // Tuning knob for experiments: threads per row of the register-resident path (128, 256, 512 or

@@ -1,4 +1,5 @@
-"""Running calibration batches through a model: one definition for GPTQ, LKD and smoothing."""
+"""Running calibration batches through a model: one definition for GPTQ, LKD and smoothing; GPTQ's
+Hessians of every Linear's inputs (collect_hessians)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,63 @@ def run_batches(op: str, model: nn.Module, calib_batches: Iterable[Any]) -> int:
     if n == 0:
         raise ValueError(f"{op}: calib_batches is empty; give at least one calibration batch")
     return n
+
+
+class HessianAccumulator:
+    """Running ``H = 2 X^T X / n`` over all the rows (tokens) of the inputs it is given, in float32
+    on the inputs' device."""
+
+    def __init__(self) -> None:
+        self.H: Optional[torch.Tensor] = None
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        m = x.shape[0]
+        if m == 0:
+            return
+        if self.H is None:
+            self.H = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float32, device=x.device)
+        total = self.n + m
+        self.H.mul_(self.n / total)
+        self.H.addmm_(x.t(), x, alpha=2.0 / total)
+        self.n = total
+
+
+def weight_key(linear: nn.Module) -> int:
+    """The key of a Linear's Hessian: its weight's data pointer (an nn.Linear and the nn.Linear view of
+    an HF Conv1D, linear_from_conv1d, share the weight's storage, so either finds it)."""
+    return linear.weight.data_ptr()
+
+
+def collect_hessians(op: str, model: nn.Module, calib_batches: Iterable[Any]) -> dict[int, HessianAccumulator]:
+    """Run the calibration batches through `model` with forward hooks on every convertible Linear /
+    HF Conv1D (outside nn.MultiheadAttention) accumulating the Hessian of its inputs (all tokens);
+    returns {weight_key: accumulator}. The hooks are removed afterwards."""
+    from ..nn.convert import _convertible
+
+    stats: dict[int, HessianAccumulator] = {}
+    handles = []
+    hooked: set[int] = set()
+    for _prefix, parent in model.named_modules():
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
+        for _name, child in parent._modules.items():
+            if child is None or not _convertible(child) or getattr(child, "weight", None) is None:
+                continue
+            key = weight_key(child)
+            acc = stats.setdefault(key, HessianAccumulator())
+
+            def hook(_m, inputs, _out, acc=acc):
+                if inputs and isinstance(inputs[0], torch.Tensor):
+                    acc.add(inputs[0])
+
+            if id(child) not in hooked:  # a module registered in several places: one hook
+                hooked.add(id(child))
+                handles.append(child.register_forward_hook(hook))
+    try:
+        run_batches(op, model, calib_batches)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

@@ -14,7 +14,8 @@ or "fp8", a scheme's ``act_fmt``: ``xq * sx`` of ``quantize_per_token``), with t
 to x.
 
 ``FakeQuantLinear`` is a trainable float linear whose forward is the scheme's quantized math in
-float: ``F.linear(fq_act(x), fq_weight(W), b)``. The GEMM itself runs in float (the int8 kernels
+float: ``F.linear(fq_act(x), fq_weight(W), b)``, both fake-quants the scheme's own (``fake_act`` on x
+viewed as rows [M, K]: per token, or per token group for fp8-block; ``fake_weight``). The GEMM itself runs in float (the int8 kernels
 sum exact int32 products; the float sum differs by fp32 rounding only).
 
 Used by ``zqkernels.algorithms.lkd``.
@@ -130,7 +131,9 @@ class FakeQuantLinear(nn.Module):
         self.out_features = self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xd = fake_quant_act(x.float(), self.act_fmt)
+        # the scheme's own activation fake-quant (per token, or per token group), on rows [M, K]
+        shape = x.shape
+        xd = _ste(x.float(), lambda t: self.qscheme.fake_act(t.reshape(-1, shape[-1])).reshape(shape))
         wd = _ste(self.weight, self.qscheme.fake_weight)
         y = F.linear(xd, wd, self.bias)
         return y if x.dtype == torch.float32 else y.to(x.dtype)

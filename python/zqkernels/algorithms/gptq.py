@@ -1,13 +1,14 @@
 """GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
 Transformers", 2022) as a weight quantizer for every weight format of ``quantize_weight`` (hence
-every QLinear scheme: w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group).
+every QLinear scheme: w8a8, fp8, fp8-block, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group).
 
 GPTQ quantizes a weight [N, K] one input column at a time and, after each column, moves that
 column's rounding error onto the columns not quantized yet, weighted by the inverse Hessian of the
 layer's squared output error ``H = 2 X^T X / n`` (X: the layer's calibration inputs). The weight
 format is unchanged: the column quantize-dequantize is the format's own (``_Grid`` subclasses, the
-math of ``quantize_weight``), per-channel scales are RTN's, group scales are computed when the loop
-reaches a group's first column; the result is ``quantize_weight``'s tuple for the format.
+math of ``quantize_weight``), per-channel and 128 x 128 block scales are RTN's, group scales are
+computed when the loop reaches a group's first column; the result is ``quantize_weight``'s tuple for
+the format.
 
 - ``gptq_quantize_weight(w, H, ...)``: one layer, given its Hessian.
 - ``gptq(model, calib_batches, ...)``: a whole model. Runs the float model once over the calibration
@@ -23,12 +24,13 @@ Plain torch: runs where the weights (and the model) are, CPU or GPU.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
 
-from ._calib import check_batches, run_batches
+from ._calib import HessianAccumulator, check_batches, collect_hessians, weight_key
 
 __all__ = ["gptq_quantize_weight", "gptq", "HessianAccumulator"]
 
@@ -76,10 +78,29 @@ def _inverse_hessian_chol(H: torch.Tensor, damp: float, op: str) -> torch.Tensor
     )
 
 
-def _check_options(op: str, block_size: Any, damp: Any, act_order: Any) -> None:
+def _column_block(op: str, column_block: Any, block_size: Any, stacklevel: int = 3) -> Any:
+    """GPTQ's lazy-update column block: `column_block`, or the deprecated spelling block_size= (which
+    now means the FP8 block-scale size of quantize_weight), with a DeprecationWarning."""
+    if block_size is None:
+        return 128 if column_block is None else column_block
+    if column_block is not None:
+        raise ValueError(
+            f"{op}: pass GPTQ's column block as column_block= only, got column_block={column_block!r} and the "
+            f"deprecated block_size={block_size!r}"
+        )
+    warnings.warn(
+        f"{op}: block_size= for GPTQ's column blocks is deprecated, pass column_block={block_size!r} (block_size "
+        "is quantize_weight's FP8 block-scale size: gptq_quantize_weight(w, H, fmt='fp8', block_size=128))",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return block_size
+
+
+def _check_options(op: str, column_block: Any, damp: Any, act_order: Any) -> None:
     """The GPTQ options shared by gptq_quantize_weight and gptq."""
-    if not _is_int(block_size) or block_size <= 0:
-        raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
+    if not _is_int(column_block) or column_block <= 0:
+        raise ValueError(f"{op}: column_block must be a positive int, got {column_block!r}")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
         raise ValueError(f"{op}: damp must be a finite number >= 0, got {damp!r}")
     if not isinstance(act_order, bool):
@@ -100,6 +121,7 @@ def _check_options(op: str, block_size: Any, damp: Any, act_order: Any) -> None:
 
 class _Grid:
     group = 0  # columns per group (K: per channel)
+    lazy_scales = True  # scales computed at a group's first column (start_group); False: fixed up front
 
     def start_group(self, j: int, values: torch.Tensor) -> None:
         """values [N, g]: the current values of group j's columns (in original column order)."""
@@ -115,6 +137,8 @@ class _Grid:
 class _ChannelGrid(_Grid):
     """INT8 / INT4 per channel (int8 container) and FP8 E4M3 per channel: _quantize_rows's math
     (reference/quantize.py), scale = amax / qmax per row fixed from the original weight."""
+
+    lazy_scales = False
 
     def __init__(self, W: torch.Tensor, qmax: float, fp8: bool) -> None:
         self.group = W.shape[1]
@@ -133,6 +157,38 @@ class _ChannelGrid(_Grid):
     def result(self, codes):
         dtype = torch.float8_e4m3fn if self.fp8 else torch.int8
         return codes.to(dtype).contiguous(), self.scale.contiguous()
+
+
+class _FP8BlockGrid(_Grid):
+    """FP8 E4M3 with one scale per b x b block (quantize_weight(w, fmt="fp8", block_size=b);
+    reference/block.py): each block's scale is the per-channel FP8 rule on the block's values, fixed
+    from the original weight before the sweep, like the per-channel grids (so an identity Hessian gives
+    RTN bit for bit); a column's codes are fp8((v * pre) * inv) of its row block, saturated to +-448;
+    the error fed back is v - q * s, the value dequantize gives. Group j of the sweep is K-block j."""
+
+    lazy_scales = False
+
+    def __init__(self, W: torch.Tensor, b: int) -> None:
+        N, K = W.shape
+        nb, kb = -(-N // b), K // b
+        self.group, self.b = b, b
+        wf = W if nb * b == N else torch.cat([W, W.new_zeros(nb * b - N, K)])  # zero rows: amax unchanged
+        blocks = wf.reshape(nb, b, kb, b).permute(0, 2, 1, 3).reshape(nb * kb, b * b)
+        scale, pre, inv = _row_grid(blocks, 448)
+        self.scale = scale.reshape(nb, kb)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # [nb * kb] -> one value per (row, K-block) [N, kb]
+            return t.reshape(nb, kb).repeat_interleave(b, 0)[:N].contiguous()
+
+        self.pre, self.inv, self.scale_r = rows(pre), rows(inv), rows(scale)
+
+    def quant(self, col, j):
+        q = (col * self.pre[:, j : j + 1]) * self.inv[:, j : j + 1]
+        q = q.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+        return q, q * self.scale_r[:, j : j + 1]
+
+    def result(self, codes):
+        return codes.to(torch.float8_e4m3fn).contiguous(), self.scale.contiguous()
 
 
 class _IntGroupGrid(_Grid):
@@ -287,21 +343,23 @@ class _FP4Grid(_Grid):
 
 def _resolve_format(
     op: str, w: torch.Tensor, bits: Optional[int], fmt: Optional[str], group_size: Optional[int],
-    scale: Optional[str], alpha: Optional[int],
+    scale: Optional[str], alpha: Optional[int], block_size: Optional[int] = None,
 ) -> tuple[str, Any]:
-    """(kind, args) of the grid quantize_weight(w, fmt=, scale=, group_size=, alpha=) uses (bits: see
-    gptq_quantize_weight); the arguments are checked by quantize_weight's own checks (same errors,
-    naming `op`)."""
+    """(kind, args) of the grid quantize_weight(w, fmt=, scale=, group_size=, alpha=, block_size=) uses
+    (bits: see gptq_quantize_weight); the arguments are checked by quantize_weight's own checks (same
+    errors, naming `op`)."""
     from ..ops.quantize import resolve_weight_format
 
     N, K = w.shape
-    if fmt is None and group_size is None and scale is None and alpha is None:
+    if fmt is None and group_size is None and scale is None and alpha is None and block_size is None:
         b = 8 if bits is None else bits
         if not _is_int(b) or not 2 <= b <= 8:
             raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
         return "channel", (2 ** (b - 1) - 1, False)
     # quantize_weight's own resolution and checks (same errors, naming `op`; old spellings warn)
-    f = resolve_weight_format(op, N, K, bits, fmt, group_size, scale, alpha, stacklevel=3)
+    f = resolve_weight_format(op, N, K, bits, fmt, group_size, scale, alpha, block_size=block_size, stacklevel=3)
+    if f.block_size is not None:
+        return "fp8_block", (f.block_size,)
     if f.fmt == "fp8":
         return "channel", (448.0, True)
     if f.fmt == "fp4":
@@ -319,6 +377,8 @@ def _make_grid(kind: str, args: Any, W: torch.Tensor) -> _Grid:
         return _ChannelGrid(W, *args)
     if kind == "fp4":
         return _FP4Grid(W, *args)
+    if kind == "fp8_block":
+        return _FP8BlockGrid(W, *args)
     return _IntGroupGrid(W, *args)
 
 
@@ -331,27 +391,30 @@ def gptq_quantize_weight(
     group_size: Optional[int] = None,
     scale: Optional[str] = None,
     alpha: Optional[int] = None,
-    block_size: int = 128,
+    block_size: Optional[int] = None,
+    column_block: Optional[int] = None,
     damp: float = 0.01,
     act_order: bool = False,
 ) -> tuple:
     """GPTQ-quantize one weight w [N, K] given its layer's Hessian H [K, K] (``2 X^T X / n`` of the
     layer inputs X [n, K]), into any format of ``quantize_weight``: the format arguments (fmt, scale,
-    group_size, alpha; bits) mean what they mean there, and the result is what ``quantize_weight(w,
-    fmt=..., scale=..., group_size=..., alpha=...)`` returns for them (same dtypes, shapes and
-    packed layouts; only the values differ), on w's device:
+    group_size, alpha, block_size; bits) mean what they mean there, and the result is what
+    ``quantize_weight(w, fmt=..., scale=..., group_size=..., alpha=..., block_size=...)`` returns for
+    them (same dtypes, shapes and packed layouts; only the values differ), on w's device:
 
     - default / fmt="int8": (wq int8 [N, K], sw float32 [N]) per channel; fmt="int4" without scale:
       values in [-7, 7] in an int8 container; bits 2..8 alone (no other format argument): the same
       grid with qmax = 2^(bits-1) - 1, for studying the algorithm. bits= with other format arguments
       is quantize_weight's deprecated spelling (it warns the same way).
-    - fmt="fp8": (wq float8_e4m3fn [N, K], sw float32 [N]).
+    - fmt="fp8": (wq float8_e4m3fn [N, K], sw float32 [N]); with block_size=128 (scheme fp8-block):
+      (wq float8_e4m3fn [N, K], sw float32 [ceil(N / 128), K / 128]), one scale per 128 x 128 block.
     - fmt="fp4" (group_size 32 / 64 / 128 / None, scale "m2" / "m1" / "free"): (wq uint8 [N, K // 2]
       packed m16k64, sw, sg).
     - fmt="int4" with scale ("int" / "float", group_size, alpha): (wq uint8 [N, K // 2] packed m16k32,
       sw, sg); fmt="int8" with scale: (wq int8 [N, K], sw, sg).
 
-    Scales: per-channel grids are fixed from w before any update (the RTN scales). Group formats
+    Scales: per-channel and block (fp8 block_size=128) grids are fixed from w before any update (the
+    RTN scales; a value pushed past its block's amax saturates at +-448). Group formats
     keep the per-row quantities of w (sw, for m1 the row exponent, alpha) and compute a group's
     scales when the loop reaches the group's first column, from the group's current (error-
     corrected) values, as the GPTQ reference's groupwise mode does; a group's scale is capped at
@@ -364,8 +427,10 @@ def gptq_quantize_weight(
     - Dampening: ``damp * mean(diag H)`` is added to the diagonal (raised automatically if H is
       still not positive definite).
     - The error feedback uses the upper Cholesky factor of H^-1 and lazy batch updates over blocks
-      of `block_size` columns (the result does not depend on block_size beyond float rounding; a
-      group's scales see the exact current values, pending block updates included).
+      of `column_block` columns (default 128; the result does not depend on it beyond float rounding;
+      a group's scales see the exact current values, pending block updates included). Passing it as
+      block_size= without fmt="fp8" is the deprecated spelling (DeprecationWarning): block_size is
+      quantize_weight's FP8 block-scale size.
     - act_order: quantize columns in order of decreasing H_ii (the permutation is undone in the
       result; groups stay the format's contiguous groups, their scales computed when the first of
       their columns is reached in that order).
@@ -385,8 +450,12 @@ def gptq_quantize_weight(
             f"{op}: H must be a floating-point [K, K] tensor with K = w.shape[1] = {K}, "
             f"got {H.dtype} of shape {list(H.shape)}"
         )
-    kind, args = _resolve_format(op, w, bits, fmt, group_size, scale, alpha)
-    _check_options(op, block_size, damp, act_order)
+    if fmt != "fp8":  # block_size has a format meaning for fmt="fp8" only: otherwise the old spelling
+        column_block, block_size = _column_block(op, column_block, block_size), None
+    elif column_block is None:
+        column_block = 128
+    kind, args = _resolve_format(op, w, bits, fmt, group_size, scale, alpha, block_size)
+    _check_options(op, column_block, damp, act_order)
     if w.is_meta or H.is_meta:
         raise ValueError(f"{op}: w and H must hold values (not on the meta device)")
     W = w.detach().to(torch.float32).clone()
@@ -420,7 +489,7 @@ def gptq_quantize_weight(
     pos_of = [0] * K
     for p, k in enumerate(order):
         pos_of[k] = p
-    grouped = g < K or kind != "channel"
+    grouped = grid.lazy_scales
     starts: dict[int, int] = {}
     if grouped:
         for j in range(K // g):
@@ -430,8 +499,8 @@ def gptq_quantize_weight(
     }
 
     Q = torch.zeros((N, K), dtype=torch.float32, device=w.device)
-    for i1 in range(0, K, block_size):
-        i2 = min(i1 + block_size, K)
+    for i1 in range(0, K, column_block):
+        i2 = min(i1 + column_block, K)
         W1 = W[:, i1:i2].clone()
         U1 = U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
@@ -471,44 +540,18 @@ def gptq_quantize_weight(
 # Whole-model calibration.
 
 
-class HessianAccumulator:
-    """Running ``H = 2 X^T X / n`` over all the rows (tokens) of the inputs it is given, in float32
-    on the inputs' device."""
-
-    def __init__(self) -> None:
-        self.H: Optional[torch.Tensor] = None
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-        m = x.shape[0]
-        if m == 0:
-            return
-        if self.H is None:
-            self.H = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float32, device=x.device)
-        total = self.n + m
-        self.H.mul_(self.n / total)
-        self.H.addmm_(x.t(), x, alpha=2.0 / total)
-        self.n = total
-
-
-def _weight_key(linear: nn.Module) -> int:
-    # An nn.Linear and the nn.Linear view of an HF Conv1D (linear_from_conv1d) share the weight's
-    # storage; the key is the weight's data pointer, so the Hessian is found for either.
-    return linear.weight.data_ptr()
-
-
 def gptq(
     model: nn.Module,
     calib_batches: Iterable[Any],
     *,
     config: Any = None,
-    block_size: int = 128,
+    column_block: Optional[int] = None,
     damp: float = 0.01,
     act_order: bool = False,
     progress: bool = False,
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     module_configs: Optional[Mapping[str, Any]] = None,
+    block_size: Optional[int] = None,
 ):
     """Quantize `model` in place with GPTQ weights; returns quantize_'s ConversionSummary.
 
@@ -522,8 +565,9 @@ def gptq(
     (outside nn.MultiheadAttention) accumulating the Hessian of its inputs (all tokens, float32, on
     the layer's device). Then the model is converted exactly as ``quantize_(model, config,
     filter_fn=..., module_configs=...)`` would convert it (same modules, fused blocks, levels), each
-    converted Linear getting ``gptq_quantize_weight(w, H, block_size=..., damp=..., act_order=...)``
-    instead of round-to-nearest. In a fused block's merged GEMM (QKV, gate|up) every part is GPTQ'd
+    converted Linear getting ``gptq_quantize_weight(w, H, column_block=..., damp=..., act_order=...)``
+    in its scheme's format instead of round-to-nearest (column_block: GPTQ's lazy-update column
+    blocks, default 128; block_size= is its deprecated spelling, DeprecationWarning). In a fused block's merged GEMM (QKV, gate|up) every part is GPTQ'd
     with its own Hessian (identical: the parts share their input) and the results concatenated. A
     Linear that never ran during calibration is rounded to nearest (as quantize_ would).
 
@@ -531,7 +575,6 @@ def gptq(
     that feeds each layer the outputs of the already quantized layers before it).
     """
     from ..nn.config import QuantConfig, W8A8Config, quantize_
-    from ..nn.convert import _convertible
 
     op = "gptq"
     if not isinstance(model, nn.Module):
@@ -541,46 +584,21 @@ def gptq(
     if not isinstance(config, QuantConfig):
         raise TypeError(f"{op}: config must be a quantization config (e.g. W8A8Config()), got {type(config).__name__}")
     check_batches(op, calib_batches)
-    _check_options(op, block_size, damp, act_order)
+    column_block = _column_block(op, column_block, block_size)
+    _check_options(op, column_block, damp, act_order)
 
-    stats: dict[int, HessianAccumulator] = {}
-    handles = []
-    hooked: set[int] = set()
-    for prefix, parent in model.named_modules():
-        if isinstance(parent, nn.MultiheadAttention):
-            continue
-        for _name, child in parent._modules.items():
-            if child is None or not _convertible(child) or getattr(child, "weight", None) is None:
-                continue
-            key = _weight_key(child)
-            if key in stats:
-                acc = stats[key]
-            else:
-                acc = stats[key] = HessianAccumulator()
-
-            def hook(_m, inputs, _out, acc=acc):
-                if inputs and isinstance(inputs[0], torch.Tensor):
-                    acc.add(inputs[0])
-
-            if id(child) not in hooked:  # a module registered in several places: one hook
-                hooked.add(id(child))
-                handles.append(child.register_forward_hook(hook))
-
-    try:
-        run_batches(op, model, calib_batches)
-    finally:
-        for h in handles:
-            h.remove()
+    stats = collect_hessians(op, model, calib_batches)
 
     def quantizer(linear: nn.Module, weight_format: Optional[Mapping[str, Any]] = None) -> Optional[tuple]:
         # weight_format: the layer's quantize_weight arguments (QLinear.from_linear passes them);
         # None (a fused block's merged GEMM parts): int8 per channel.
-        acc = stats.get(_weight_key(linear))
+        acc = stats.get(weight_key(linear))
         if acc is None or acc.H is None:
             return None  # never ran in calibration: round to nearest
         fmt = dict(weight_format) if weight_format is not None else {"fmt": "int8"}
+        # fmt may hold block_size (fp8-block's 128 x 128 scales): a format argument, not GPTQ's columns
         return gptq_quantize_weight(
-            linear.weight.detach(), acc.H, block_size=block_size, damp=damp, act_order=act_order, **fmt
+            linear.weight.detach(), acc.H, column_block=column_block, damp=damp, act_order=act_order, **fmt
         )
 
     return quantize_(

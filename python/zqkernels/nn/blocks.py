@@ -219,6 +219,10 @@ class QuantizedBlock(nn.Module):
         # The scheme of every quantized role (W8A8 by default) and the format its GEMMs read.
         self.qscheme = W8A8() if qscheme is None else qscheme
         self._qdtype = self.qscheme.act_dtype
+        # Activations quantized per token per group of this many channels (fp8-block: 128), or None:
+        # per token. The row ops and quantize_per_token_group take it as group_size=.
+        g = getattr(self.qscheme, "act_group_size", None)
+        self._qkw: dict[str, Any] = {} if g is None else {"group_size": g}
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.layer_idx = getattr(attn, "layer_idx", None)
         self._meta = _Meta(attn)
@@ -276,9 +280,9 @@ class QuantizedBlock(nn.Module):
         if quantized:
             dt = self._qdtype
             if residual is None:
-                q, s, _ = row_quant("fused norm", self.norm, x, None, w, b, eps, dtype=dt)
+                q, s, _ = row_quant("fused norm", self.norm, x, None, w, b, eps, dtype=dt, **self._qkw)
                 return (q, s), None
-            q, s, r = row_quant("fused add+norm", self.norm, x, residual, w, b, eps, mode, True, dtype=dt)
+            q, s, r = row_quant("fused add+norm", self.norm, x, residual, w, b, eps, mode, True, dtype=dt, **self._qkw)
             return (q, s), r
         module = getattr(self, f"norm{i}")
         if residual is None:
@@ -287,14 +291,23 @@ class QuantizedBlock(nn.Module):
         h = module(v)
         return h, (v if mode == "sum" else h)
 
+    def _quantize(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x2 quantized where no other kernel touches it (attention's output; post-norm input), in the
+        scheme's activation format: per token, or per token group (``act_group_size``)."""
+        if self._qkw:
+            from ..ops.quantize_group import quantize_per_token_group
+
+            return quantize_per_token_group(x2, dtype=self._qdtype, **self._qkw)
+        return quantize_per_token(x2, dtype=self._qdtype)
+
     def _act(self, y: torch.Tensor, quantized: bool):
         if self.act == "silu_mul":
             if quantized:
-                return silu_mul_quant(y, dtype=self._qdtype)
+                return silu_mul_quant(y, dtype=self._qdtype, **self._qkw)
             g, u = y.chunk(2, dim=1)
             return F.silu(g) * u
         if quantized:
-            return bias_gelu_quant(y, None, self.act, dtype=self._qdtype)
+            return bias_gelu_quant(y, None, self.act, dtype=self._qdtype, **self._qkw)
         return F.gelu(y, approximate=self.act)
 
     def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs) -> torch.Tensor:
@@ -326,15 +339,15 @@ class QuantizedBlock(nn.Module):
             if self.pre_norm:
                 inp, _ = self._norm(1, x2, None, "none", lv["qkv"])
             else:
-                inp = quantize_per_token(x2, dtype=self._qdtype) if lv["qkv"] else x2
+                inp = self._quantize(x2) if lv["qkv"] else x2
         a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
-        o = self._linear(self.attn_out, quantize_per_token(a2, dtype=self._qdtype) if lv["attn_out"] else a2, dt)
+        o = self._linear(self.attn_out, self._quantize(a2) if lv["attn_out"] else a2, dt)
         # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o
         inp1, r = self._norm(2 if self.pre_norm else 1, x2, o, "sum" if self.pre_norm else "normed", lv["fc1"])
         y = self._linear(self.fc2, self._act(self._linear(self.fc1, inp1, dt), lv["fc2"]), dt)
         nxt = self._next
         handoff = (nxt is not None and type(nxt) is type(self) and nxt.level["qkv"] and nxt._qdtype is self._qdtype
-                   and not torch.compiler.is_compiling())
+                   and nxt._qkw == self._qkw and not torch.compiler.is_compiling())
         if self.pre_norm:
             if handoff:  # out = r + y over y, plus the next block's norm1(out) quantized
                 prepared, out = nxt._norm(1, r, y, "sum", True)

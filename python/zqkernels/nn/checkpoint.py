@@ -157,8 +157,9 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
             conv = isinstance(mod, QGPT2Block)  # its parts are HF Conv1D modules
             for role in ROLES:
                 lin = getattr(mod, role)
-                split, spec, infos = _split_linear(lin, _rows(mod, role), conv, pre + role)
-                for sub, t, info in zip([pre + p for p in parts[role]], split, infos):
+                subs = [pre + p for p in parts[role]]
+                split, spec, infos = _split_linear(lin, _rows(mod, role), conv, pre + role, subs)
+                for sub, t, info in zip(subs, split, infos):
                     put(sub, t)
                     if spec is not None:  # a quantized role: each part in the merged QLinear's scheme
                         quantized.append(sub)

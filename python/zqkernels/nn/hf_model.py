@@ -87,16 +87,41 @@ def _rows(blk: QuantizedBlock, role: str) -> list[int]:
     return [n // k] * k
 
 
-def _split_qlinear(lin: QLinear, rows: list[int]) -> list[QLinear]:
+def _row_slices(qs: Any, names: list[str], rows: list[int], what: list[str], fix: str) -> list[dict[str, slice]]:
+    """Per part (of `rows` output rows each, in order), the row slice of every weight buffer: a buffer
+    whose row covers s output rows (``qs.rows_per_buffer_row``, e.g. fp8-block's weight_scale: 128) is
+    cut at row / s, which needs every part but the last to start and end on a multiple of s (the last
+    may end in a partial block, as any layer's last block). ValueError naming the part (`what`) and
+    `fix` otherwise."""
+    spans = {k: qs.rows_per_buffer_row(k) for k in names}
+    out, start = [], 0
+    for i, n in enumerate(rows):
+        for k, s in spans.items():
+            if s > 1 and i < len(rows) - 1 and n % s != 0:
+                raise ValueError(
+                    f"{what[i]}: scheme {qs.name!r} keeps one {k} row per {s} output rows, so each part of a fused "
+                    f"block but the last needs out_features % {s} == 0 for its {k} rows to be its own; this part has "
+                    f"out_features {n} (a {s}-row block would mix it with the next part). {fix}"
+                )
+        out.append({k: slice(start // s, -(-(start + n) // s)) for k, s in spans.items()})
+        start += n
+    return out
+
+
+def _split_qlinear(lin: QLinear, rows: list[int], what: Optional[list[str]] = None) -> list[QLinear]:
     """A merged QLinear split by output rows into QLinears of its scheme holding the exact rows of its
     tensors (packed layouts hold whole tiles of 16 rows: every part has out_features % 16 == 0 there,
-    which the part's scheme checks)."""
+    which the part's scheme checks; a buffer with one row per s output rows, such as fp8-block's
+    128-row block scales, is cut at multiples of s: ValueError naming the part otherwise). what: the
+    parts' names for errors."""
     qs = lin.qscheme
     b = lin._buffers
-    names = list(qs.buffer_layout(b["weight_scale"].shape[0], lin.in_features))
+    names = list(qs.buffer_layout(b["weight_q"].shape[0], lin.in_features))
+    what = what or [f"part {i}" for i in range(len(rows))]
+    fix = "Convert with fused_blocks=False to save this model."
     out, start = [], 0
-    for n in rows:
-        tensors = {k: b[k][start : start + n] for k in names}
+    for n, sl in zip(rows, _row_slices(qs, names, rows, [f"save_quantized: {w}" for w in what], fix)):
+        tensors = {k: b[k][sl[k]] for k in names}
         bias = None if b["bias"] is None else b["bias"][start : start + n]
         out.append(QLinear.from_quantized(qs.general(), n, lin.in_features, tensors, bias))
         start += n
@@ -104,15 +129,17 @@ def _split_qlinear(lin: QLinear, rows: list[int]) -> list[QLinear]:
 
 
 def _split_linear(
-    lin: nn.Module, rows: list[int], conv1d: bool = False, name: str = "merged"
+    lin: nn.Module, rows: list[int], conv1d: bool = False, name: str = "merged", part_names: Optional[list[str]] = None
 ) -> tuple[list[dict[str, torch.Tensor]], Optional[dict[str, Any]], list[Optional[dict[str, Any]]]]:
     """A merged (Q)Linear's tensors split by output rows: (tensors per part, for a QLinear its
     compressed-tensors scheme (None for a float role), each part's zqkernels.json entry). A QLinear is
     split into part QLinears of its scheme, each written by ``to_compressed_tensors`` (so per-part
     values, e.g. the integer scales' alpha, are the part's). conv1d: a float role of a GPT-2 block,
-    saved in its HF Conv1D's layout (weight [in, out]) so that it loads into the Conv1D parameter."""
+    saved in its HF Conv1D's layout (weight [in, out]) so that it loads into the Conv1D parameter.
+    part_names: the HF modules the parts become (errors name them)."""
     if isinstance(lin, QLinear):
-        done = [p.qscheme.to_compressed_tensors(p, f"{name} rows {i}") for i, p in enumerate(_split_qlinear(lin, rows))]
+        what = [f"{name} rows {i}" + (f" ({part_names[i]})" if part_names else "") for i in range(len(rows))]
+        done = [p.qscheme.to_compressed_tensors(p, w) for w, p in zip(what, _split_qlinear(lin, rows, what))]
         return [{k: v.contiguous() for k, v in t.items()} for t, _, _ in done], done[0][1], [i for _, _, i in done]
     t = {"weight": lin.weight.detach().cpu()}
     if lin.bias is not None:
@@ -172,11 +199,28 @@ def _stand_in(m: QLinear, conv1d: bool) -> nn.Module:
     return lin
 
 
-def _load_merged(merged: QLinear, ms: list[QLinear]) -> None:
-    """Put the parts' exact tensors, concatenated by rows, into a merged QLinear of their scheme."""
+def _lines_up(ms: list[QLinear]) -> bool:
+    """Can these parts' buffers be concatenated into one merged QLinear? Each part but the last must
+    fill whole rows of every buffer (fp8-block's weight_scale: out_features % 128 == 0); a layer whose
+    parts do not is left unfused, like one whose parts mix schemes."""
+    qs = ms[0].qscheme
+    spans = [qs.rows_per_buffer_row(k) for k in qs.buffer_layout(ms[0]._buffers["weight_q"].shape[0], ms[0].in_features)]
+    return all(m.out_features % s == 0 for m in ms[:-1] for s in spans)
+
+
+def _load_merged(merged: QLinear, ms: list[QLinear], part_names: Optional[list[str]] = None) -> None:
+    """Put the parts' exact tensors, concatenated by rows, into a merged QLinear of their scheme
+    (part_names: the parts' modules, for errors)."""
     qs = merged.qscheme
-    names = list(qs.buffer_layout(merged._buffers["weight_scale"].shape[0], merged.in_features))
-    tensors = tuple(torch.cat([m._buffers[k][: m.out_features] for m in ms]) for k in names)
+    names = list(qs.buffer_layout(merged._buffers["weight_q"].shape[0], merged.in_features))
+    part_names = part_names or [f"part {i}" for i in range(len(ms))]
+    what = [f"load_quantized: {n} (part {i} of a fused block)" for i, n in enumerate(part_names)]
+    fix = "Load with load_quantized(..., fuse=False) to keep this layer's Linears separate."
+    # each part's own rows of every buffer (a buffer row may cover several output rows: fp8-block's
+    # weight_scale, one row per 128), concatenated in the block's order
+    slices = _row_slices(qs, names, [m.out_features for m in ms], what, fix)
+    per_part = [{k: slice(0, sl[k].stop - sl[k].start) for k in names} for sl in slices]
+    tensors = tuple(torch.cat([m._buffers[k][sl[k]] for m, sl in zip(ms, per_part)]) for k in names)
     b = None
     if any(m.bias is not None for m in ms):
         dt = merged.bias.dtype
@@ -186,8 +230,8 @@ def _load_merged(merged: QLinear, ms: list[QLinear]) -> None:
 
 
 def _fuse(model: nn.Module) -> None:
-    """Replace each recognised HF layer whose linears are all loaded, and quantized with one scheme,
-    by its fused block of that scheme, with the parts' tensors concatenated (as the conversion merged
+    """Replace each recognised HF layer whose linears are all loaded, and quantized with one scheme
+    (whose parts line up with its buffers' rows: ``_lines_up``), by its fused block of that scheme, with the parts' tensors concatenated (as the conversion merged
     them; nothing re-quantized)."""
     blocks = []
     for prefix, parent in list(model.named_modules()):
@@ -198,7 +242,7 @@ def _fuse(model: nn.Module) -> None:
             roles = parts_of(cls, ROLES)
             mods = {r: [layer.get_submodule(n) for n in names] for r, names in roles.items()}
             level, scheme = _block_scheme(mods)
-            if level is None:
+            if level is None or not all(_lines_up(ms) for r, ms in mods.items() if level[r]):
                 continue
             # The block constructor reads float weights: hand it dequantized stand-ins, then put the
             # exact tensors of the parts in its merged QLinears.
@@ -214,9 +258,10 @@ def _fuse(model: nn.Module) -> None:
             finally:
                 for p, a, m in saved.values():
                     setattr(p, a, m)
+            pre = f"{prefix}.{attr}." if prefix else f"{attr}."
             for r, ms in mods.items():
                 if level[r]:
-                    _load_merged(getattr(blk, r), ms)
+                    _load_merged(getattr(blk, r), ms, [pre + n for n in roles[r]])
             blocks.append((parent, attr, blk))
     by_parent: dict[int, list[QuantizedBlock]] = {}
     for parent, attr, blk in blocks:

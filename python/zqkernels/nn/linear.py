@@ -366,7 +366,7 @@ def _check_quantized(op: str, q: Any, w: torch.Tensor, mod: Optional["QLinear"] 
         for key in ("weight_q", "weight_scale", "weight_group_scale"):
             b = mod._buffers.get(key)
             if b is not None:
-                want.append((b.dtype, (N, *b.shape[1:])))
+                want.append((b.dtype, (-(-N // mod.qscheme.rows_per_buffer_row(key)), *b.shape[1:])))
     ok = isinstance(q, tuple) and len(q) == len(want) and all(isinstance(t, torch.Tensor) for t in q)
     if ok:
         ok = all(

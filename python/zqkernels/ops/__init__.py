@@ -1,6 +1,7 @@
 """The functional ops, one module per op stem (kernel source, binding, reference and tests share it).
 
     quantize     quantize_per_token, quantize_weight, dequantize
+    quantize_group  quantize_per_token_group (per-token-group FP8, M-major scales)
     gemm         the one GEMM op zqkernels::gemm keyed by the spec, its named wrappers (int8_gemm,
                  fp8_gemm, w4a8_fp_gemm, w4a8_gemm, w8a8_group_gemm) and gemm_options (tuning knobs);
                  gemm_checks (argument checks per recipe), gemm_cuda (CUDA launches)
@@ -19,6 +20,7 @@ from .gemm import (
     GEMM_SPECS,
     INT8_MAX_K,
     current_gemm_options,
+    fp8_block_gemm,
     fp8_gemm,
     gemm_options,
     gemm_tiles,
@@ -31,13 +33,16 @@ from .gemm import (
 )
 from .linear import activation_dtype, gemm_quantized, quantized_linear
 from .quantize import dequantize, quantize_per_token, quantize_weight
+from .quantize_group import quantize_per_token_group
 from .w4a8 import fp4_to_fp8
 
 __all__ = [
     "quantize_per_token",
+    "quantize_per_token_group",
     "quantize_weight",
     "dequantize",
     "int8_gemm",
+    "fp8_block_gemm",
     "fp8_gemm",
     "w4a8_fp_gemm",
     "w4a8_gemm",

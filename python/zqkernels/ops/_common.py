@@ -101,6 +101,19 @@ def has_row_layout(x: torch.Tensor) -> bool:
     return (K <= 1 or x.stride(1) == 1) and (M <= 1 or x.stride(0) >= K)
 
 
+def check_act_matrix(op: str, x: object) -> None:
+    """x: a bfloat16 / float16 / float32 tensor [M, K] with its rows in place (check_rows)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor [M, K], got {type(x).__name__}")
+    if x.dtype not in DTYPE_CODE:
+        raise TypeError(f"{op}: x must be bfloat16, float16 or float32 [M, K], got {desc(x)}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"{op}: x must be 2-D [M, K] (flatten leading dims with x.reshape(-1, x.shape[-1])), got {desc(x)}"
+        )
+    check_rows(op, "x", x)
+
+
 def check_rows(op: str, name: str, x: torch.Tensor) -> None:
     """x [M, K] must have unit stride along K and rows that do not overlap (row stride >= K)."""
     M, K = x.shape

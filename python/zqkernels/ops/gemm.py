@@ -11,6 +11,7 @@ and the named public wrappers ``int8_gemm``, ``fp8_gemm``, ``w4a8_fp_gemm``, ``w
     int8_rowwise          int8_gemm        int8 x int8, per-token / per-channel float scales
     fp8_rowwise           fp8_gemm         FP8 E4M3 x FP8 E4M3, fp32 promotion (accumulate="accurate")
     fp8_rowwise_fastacc   fp8_gemm         the same on Hopper's FP8 accumulator (accumulate="fast")
+    fp8_blockwise         fp8_block_gemm   FP8 x FP8 with 1 x 128 token / 128 x 128 weight block scales
     w4a8_fp               w4a8_fp_gemm     FP8 x packed FP4 E2M1 with power-of-two / float group scales
     w4a8_int              w4a8_gemm        int8 x packed INT4 with integer / float group scales
     int8_group_int        w8a8_group_gemm  int8 x int8 with integer group scales (sg int32)
@@ -51,8 +52,9 @@ from typing import Optional
 
 import torch
 
-from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref, w8a8_group_gemm_ref
+from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from . import _common as c
+from .gemm_block import check_block_args, fp8_block_impl
 from .gemm_checks import (
     ACCUMULATE,
     BACKENDS,
@@ -65,29 +67,24 @@ from .gemm_checks import (
     check_accumulate,
     check_epilogue,
     check_gemm,
-    check_group_args,
     check_options,
     check_path,
     check_rowwise_args,
     check_spec,
-    check_w4a8_fp_args,
-    check_w4a8_int_args,
     debug_checks,
-    debug_pow2_range,
     fast_ok_cuda,
 )
 from .gemm_cuda import (
     gemm_tiles,
-    group_gemm_cuda,
     resolve_gemm_backend,
     rowwise_gemm_cuda,
-    w4a8_fp_cuda,
-    w4a8_int_cuda,
 )
+from .gemm_group import group_impl, w4a8_fp_impl, w4a8_int_impl
 
 __all__ = [
     "int8_gemm",
     "fp8_gemm",
+    "fp8_block_gemm",
     "w4a8_fp_gemm",
     "w4a8_gemm",
     "w8a8_group_gemm",
@@ -232,54 +229,6 @@ def _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, recipe
     return fp8_gemm_ref(xq, wq, sx, sw, bias, out_dtype, activation=activation)
 
 
-def _meta_or_cpu(op: str, xq: torch.Tensor, N: int, out_dtype) -> Optional[torch.Tensor]:
-    """A checked call whose tensors are not on CUDA: the (empty) result on the meta device, None on
-    the CPU (the caller runs its reference), the error for any other device type."""
-    if xq.device.type == "meta":
-        return xq.new_empty((xq.shape[0], N), dtype=out_dtype)
-    if xq.device.type != "cpu":
-        c.require_cuda_kernels(op, xq.device)
-    return None
-
-
-def _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
-    op = "w4a8_fp_gemm"
-    check_path(op, path)
-    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
-    g = check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
-    if not xq.is_cuda:
-        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
-        return meta if meta is not None else w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype,
-                                                               activation=activation)
-    if c._debug_checks:
-        debug_pow2_range(op, sg)
-    return w4a8_fp_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, path)
-
-
-def _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
-                   path="auto") -> torch.Tensor:
-    op = "w4a8_gemm"
-    check_path(op, path)
-    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
-    g = check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
-    if not xq.is_cuda:
-        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
-        return meta if meta is not None else w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
-    return w4a8_int_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, max_scale, path)
-
-
-def _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None) -> torch.Tensor:
-    op = "w8a8_group_gemm"
-    act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
-    check_group_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
-    if not xq.is_cuda:
-        meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
-        if meta is not None:
-            return meta
-        return w8a8_group_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
-    return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=128)
-
-
 def _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation="none", out_scale=None, max_scale=None):
     """One call of the op, any recipe, with the knobs of the setting in effect."""
     check_spec(spec, sg, out_scale, max_scale)
@@ -288,11 +237,13 @@ def _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation="none", out_scale
         return _int8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
     if spec == "fp8_rowwise" or spec == "fp8_rowwise_fastacc":
         return _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, spec)
+    if spec == "fp8_blockwise":
+        return fp8_block_impl(xq, wq, sx, sw, bias, out_dtype, activation, tile)
     if spec == "w4a8_fp":
-        return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
     if spec == "w4a8_int":
-        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
-    return _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+    return group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,8 +263,12 @@ def _gemm_op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation="none", out_s
 @_gemm_op.register_fake
 def _gemm_fake(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation="none", out_scale=None, max_scale=None):
     knobs = _knobs.get()
-    check_gemm(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale, knobs)
-    if spec == "int8_rowwise" or spec == "fp8_rowwise" or spec == "fp8_rowwise_fastacc":
+    if spec == "fp8_blockwise":
+        check_spec(spec, sg, out_scale, max_scale)
+        check_block_args(xq, wq, sx, sw, bias, out_dtype, activation)
+    else:
+        check_gemm(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale, knobs)
+    if spec in ("int8_rowwise", "fp8_rowwise", "fp8_rowwise_fastacc", "fp8_blockwise"):
         resolve_gemm_backend(xq.device, knobs[0], spec)
     return xq.new_empty((xq.shape[0], wq.shape[0]), dtype=out_dtype)
 
@@ -423,9 +378,10 @@ def fp8_gemm(
     only: an sm_80 GPU gets a RuntimeError saying so), K % 16 == 0, N % 8 == 0, row strides multiples
     of 16, xq / wq 16-byte aligned.
 
-    accumulate: 'accurate' (default) promotes the tensor cores' partial sums into fp32 every 128-256 of
-    K; 'fast' keeps Hopper's FP8 accumulator (fewer mantissa bits than fp32) throughout: faster,
-    and less accurate as K grows (docs/FP8.md has both errors against an fp64 reference).
+    accumulate: 'accurate' (default) promotes the tensor cores' partial sums into fp32 every 128 of K
+    (without stalling them: src/cuda/sm90_fp8_promote_mainloop.cuh); 'fast' keeps Hopper's FP8
+    accumulator (fewer mantissa bits than fp32) throughout: faster on the widest tiles, and less
+    accurate as K grows (docs/FP8.md has both errors against an fp64 reference).
     activation: 'none', 'gelu', 'gelu_tanh' or 'silu', applied after the bias in fp32.
     backend / tile: as for int8_gemm (tests and benchmarks; also settable with ``gemm_options``).
     CPU tensors run the float64 reference (``zqkernels.reference.fp8_gemm_ref``). Runs the custom op
@@ -441,6 +397,32 @@ def fp8_gemm(
     if backend == "auto" and tile is None:
         return _op(xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
     return _op_with("fp8_gemm", backend, tile, "auto", xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
+
+
+def fp8_block_gemm(
+    xq: torch.Tensor,
+    wq: torch.Tensor,
+    sx: torch.Tensor,
+    sw: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    activation: str = "none",
+) -> torch.Tensor:
+    """Block-scaled FP8 GEMM (DeepSeek-V3 / compressed-tensors FP8 block), accurate accumulation:
+    y[m, n] = act(sum_j sx[m, j] * sw[n // 128, j] * sum_{k in K-block j} xq[m, k] * wq[n, k] + bias[n]).
+
+    xq float8_e4m3fn [M, K] with sx float32 [M, K // 128] (``quantize_per_token_group``), wq
+    float8_e4m3fn [N, K] with sw float32 [ceil(N / 128), K // 128] (``quantize_weight(w, fmt="fp8",
+    block_size=128)``), K % 128 == 0, any M and N (N % 8 == 0 on CUDA), bias [N] of out_dtype (bf16 or
+    fp16). The scales are applied in fp32 at each 128-wide promotion of the tensor cores' partial sums;
+    ops/gemm_block.py says which scale layouts the kernel reads as they are. CPU tensors run the float64
+    reference (``zqkernels.reference.block.fp8_block_gemm_ref``). Runs ``zqkernels::gemm`` with spec
+    "fp8_blockwise"; the tile knob of ``gemm_options`` applies.
+    """
+    if c.eager(xq, wq, sx, sw, bias):
+        return fp8_block_impl(xq, wq, sx, sw, bias, out_dtype, activation, _knobs.get()[1] if _active else None)
+    return _op(xq, wq, sx, sw, None, bias, "fp8_blockwise", out_dtype, activation)
 
 
 def w4a8_fp_gemm(
@@ -478,7 +460,7 @@ def w4a8_fp_gemm(
     if c.eager(xq, wq, sx, sw, sg, bias):
         if _active:
             path = _merged("auto", None, path)[2]
-        return _w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
     return _op_with("w4a8_fp_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
@@ -528,7 +510,7 @@ def w4a8_gemm(
     if c.eager(xq, wq, sx, sw, sg, bias):
         if _active:
             path = _merged("auto", None, path)[2]
-        return _w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype, activation, None, max_scale)
     return _op_with("w4a8_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype,
@@ -571,6 +553,6 @@ def w8a8_group_gemm(
     if c._debug_checks:
         debug_checks("int8_group_int", "w8a8_group_gemm", xq, sx, sw, sg, bias, max_scale)
     if c.eager(xq, wq, sx, sw, sg, bias):
-        return _group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+        return group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
     spec = "int8_group_float" if sg.dtype == torch.float32 else "int8_group_int"
     return _op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation, None, max_scale)

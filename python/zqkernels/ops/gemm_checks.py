@@ -156,7 +156,7 @@ def check_accumulate(accumulate) -> str:
     recipe = ACCUMULATE.get(accumulate) if isinstance(accumulate, str) else None
     if recipe is None:
         raise ValueError(
-            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every k-tile of 128 or 256, the default) or "
+            f"fp8_gemm: accumulate must be 'accurate' (fp32 promotion every 128 of K, the default) or "
             f"'fast' (Hopper's FP8 accumulator throughout), got {accumulate!r}"
         )
     return recipe
@@ -513,6 +513,7 @@ RECIPES = {
     "int8_rowwise": Recipe("int8_gemm", False, True, False, _I8),
     "fp8_rowwise": Recipe("fp8_gemm", False, False, False, _FP8),
     "fp8_rowwise_fastacc": Recipe("fp8_gemm", False, False, False, _FP8),
+    "fp8_blockwise": Recipe("fp8_block_gemm", False, False, False, _FP8),  # checks: ops/gemm_block.py
     "w4a8_fp": Recipe("w4a8_fp_gemm", True, False, False, _FP8),
     "w4a8_int": Recipe("w4a8_gemm", True, False, True, _I8),
     "int8_group_int": Recipe("w8a8_group_gemm", True, False, True, _I8),

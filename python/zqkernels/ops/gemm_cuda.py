@@ -42,6 +42,7 @@ _RECIPE_OP = {
     "int8_rowwise": "int8_gemm",
     "fp8_rowwise": "fp8_gemm",
     "fp8_rowwise_fastacc": "fp8_gemm",
+    "fp8_blockwise": "fp8_block_gemm",
     "int8_group_int": "w8a8_group_gemm",
     "int8_group_float": "w8a8_group_gemm",
 }

@@ -43,13 +43,16 @@ from .gemm import int8_gemm, run_gemm
 from .gemm_checks import GEMM_SPECS, RECIPES
 from .gemm_cuda import plan, rowwise_gemm_cuda
 from .quantize import _cuda_ready, _quantize_cuda, quantize_per_token
+from .quantize_group import quantize_per_token_group
 
-__all__ = ["quantized_linear", "gemm_quantized", "activation_dtype"]
+__all__ = ["quantized_linear", "gemm_quantized", "activation_dtype", "ACT_GROUP"]
 
 _I8 = torch.int8
 _F32 = torch.float32
 _BF16 = torch.bfloat16
-_FP8_SPECS = ("fp8_rowwise", "fp8_rowwise_fastacc")
+_FP8_SPECS = ("fp8_rowwise", "fp8_rowwise_fastacc", "fp8_blockwise")
+# Specs whose activations are quantized per token per group of K (the group size), not per token.
+ACT_GROUP = {"fp8_blockwise": 128}
 _ACT_DTYPE = {spec: r.act_dtype for spec, r in RECIPES.items()}
 
 
@@ -85,7 +88,11 @@ def quantized_linear(
             return rowwise_gemm_cuda(xq, wq, sx, sw, bias, x2.dtype, "auto", None)
         xq, sx = quantize_per_token(x2)
         return int8_gemm(xq, wq, sx, sw, bias, out_dtype=x2.dtype)
-    xq, sx = quantize_per_token(x2, activation_dtype(spec))
+    group = ACT_GROUP.get(spec)
+    if group is not None:
+        xq, sx = quantize_per_token_group(x2, group, activation_dtype(spec))
+    else:
+        xq, sx = quantize_per_token(x2, activation_dtype(spec))
     return gemm_quantized(spec, xq, wq, sx, sw, sg, bias, x2.dtype, max_scale)
 
 

@@ -8,6 +8,7 @@ mirroring ``zqkernels.ops``.
 
 from __future__ import annotations
 
+from .block import dequantize_fp8_block_ref, fp8_block_gemm_ref, quantize_weight_fp8_block_ref
 from .fused import row_quant_ref
 from .gemm import fp8_gemm_ref, int8_gemm_ref, w4a8_fp_gemm_ref, w4a8_gemm_ref, w8a8_group_gemm_ref
 from .quantize import (
@@ -32,6 +33,7 @@ from .quantize import (
     unpack_int4,
     w4a8_int_flush_steps,
 )
+from .token_group import quantize_per_token_group_ref, row_quant_group_ref
 
 __all__ = [
     "quantize_per_token_ref",
@@ -59,5 +61,10 @@ __all__ = [
     "w4a8_gemm_ref",
     "w8a8_group_gemm_ref",
     "row_quant_ref",
+    "row_quant_group_ref",
+    "quantize_per_token_group_ref",
     "QMAX",
+    "quantize_weight_fp8_block_ref",
+    "dequantize_fp8_block_ref",
+    "fp8_block_gemm_ref",
 ]

@@ -20,7 +20,7 @@ import torch
 from ..formats import FP8_E4M3_MAX
 from .quantize import QMAX, _quantize_rows
 
-__all__ = ["row_quant_ref", "ROW_OPS", "RESIDUAL_MODES"]
+__all__ = ["row_quant_ref", "row_output_ref", "ROW_OPS", "RESIDUAL_MODES"]
 
 # Codes shared with zq::RowOp / zq::ResidualMode (src/cuda/zq_kernels.h).
 ROW_OPS = {"identity": 0, "rmsnorm": 1, "layernorm": 2, "gelu": 3, "gelu_tanh": 4, "silu_mul": 5}
@@ -49,6 +49,28 @@ def row_quant_ref(
     """op: one of ROW_OPS; x [M, K] (silu_mul: [M, 2K]); residual [M, K] (norm ops); weight / bias
     [K] (any float dtype, used in fp32); residual_mode: 'none' | 'sum' | 'normed'; dtype: the
     quantized output, int8 (qmax 127) or float8_e4m3fn (qmax 448, docs/FP8.md)."""
+    y, r_out = row_output_ref(op, x, residual, weight, bias, eps, residual_mode)
+    if dtype == torch.float8_e4m3fn:
+        q, s = _quantize_rows(y, FP8_E4M3_MAX, fp8=True)
+    elif dtype == torch.int8:
+        q, s = _quantize_rows(y, QMAX[8])
+    else:
+        raise TypeError(f"row_quant_ref: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}")
+    return q, s, r_out
+
+
+def row_output_ref(
+    op: str,
+    x: torch.Tensor,
+    residual: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 0.0,
+    residual_mode: str = "none",
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Stages 1 and 2 of ``row_quant_ref`` (same arguments): (y float32 [M, K], the row the
+    quantizer reads, unrounded; the residual output or None). The per-token-group quantization
+    (reference/token_group.py) quantizes this y by groups."""
     if op not in ROW_OPS:
         raise ValueError(f"row_quant_ref: op must be one of {sorted(ROW_OPS)}, got {op!r}")
     dt = x.dtype
@@ -81,10 +103,4 @@ def row_quant_ref(
             r_out = y.to(dt)
     else:
         y = vf
-    if dtype == torch.float8_e4m3fn:
-        q, s = _quantize_rows(y, FP8_E4M3_MAX, fp8=True)
-    elif dtype == torch.int8:
-        q, s = _quantize_rows(y, QMAX[8])
-    else:
-        raise TypeError(f"row_quant_ref: dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}")
-    return q, s, r_out
+    return y, r_out

@@ -190,6 +190,13 @@ class Scheme:
         """How many weight rows a layer keeps (out_features padded to N_ALIGN when pads_rows)."""
         return padded(out_features) if self.pads_rows else out_features
 
+    def rows_per_buffer_row(self, buffer: str) -> int:
+        """How many output rows one row of a weight buffer (a ``buffer_layout`` name) covers: 1 (one
+        row per output channel) for every buffer of most schemes; fp8-block's ``weight_scale`` has one
+        row per 128 output rows. Splitting a fused block's merged QLinear into its parts (and
+        concatenating them back) cuts each buffer at row / this."""
+        return 1
+
     def buffer_layout(self, rows: int, in_features: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """{buffer name: (shape, dtype)} of the quantized weight tensors, in ``quantize``'s order."""
         raise NotImplementedError

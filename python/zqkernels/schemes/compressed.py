@@ -13,7 +13,7 @@ __all__ = [
     "MX_GROUP", "W_MXFP4", "pack_ct", "unpack_ct", "group_scale", "per_channel_tensors", "bias_tensor",
     # loading
     "FORMAT_NAIVE", "FORMAT_MIXED", "CT_TENSORS", "supported", "CTLayer", "describe_group", "group_format",
-    "accepts_args", "token_acts", "int_codes", "per_channel_from_ct",
+    "accepts_args", "token_acts", "group_acts", "int_codes", "per_channel_from_ct", "W_FP8_BLOCK", "ACT_FP8_GROUP",
 ]
 
 FORMAT_INT = "int-quantized"
@@ -35,6 +35,10 @@ def ct_args(bits: int, kind: str, strategy: str, group_size: Optional[int] = Non
 
 ACT_INT8 = ct_args(8, "int", "token", dynamic=True)
 ACT_FP8 = ct_args(8, "float", "token", dynamic=True)
+#: compressed-tensors' FP8 block weights and per-token-group activations (its preset "FP8_BLOCK":
+#: DeepSeek-V3 / Qwen3-FP8's format; weight_scale [ceil(N / 128), K / 128])
+W_FP8_BLOCK = {**ct_args(8, "float", "block"), "block_structure": [128, 128]}
+ACT_FP8_GROUP = ct_args(8, "float", "group", 128, dynamic=True)
 #: compressed-tensors' MXFP4 weights (its preset "MXFP4A16" / "MXFP4xFP8" weights, as it writes them)
 W_MXFP4 = {**ct_args(4, "float", "group", MX_GROUP), "scale_dtype": "torch.uint8"}
 
@@ -120,11 +124,14 @@ def group_format(group: dict[str, Any], fmt: Any) -> Any:
 def describe_group(gname: str, group: dict[str, Any], fmt: Any) -> str:
     """A config group for error messages: its format, weights and input_activations."""
     w, a = group.get("weights") or {}, group.get("input_activations") or {}
+    block = f", block_structure {w.get('block_structure')}" if w.get("block_structure") else ""
+    agroup = f", group_size {a.get('group_size')}" if a and a.get("group_size") else ""
     return (
         f"config group {gname!r}: format={group_format(group, fmt)!r}, weights={{bits {w.get('num_bits')}, "
-        f"{w.get('type')}, {w.get('strategy')}, group_size {w.get('group_size')}, symmetric={w.get('symmetric')}}}, "
-        "input_activations="
-        + (f"{{bits {a.get('num_bits')}, {a.get('type')}, {a.get('strategy')}, dynamic={a.get('dynamic')}}}" if a else "None")
+        f"{w.get('type')}, {w.get('strategy')}, group_size {w.get('group_size')}{block}, "
+        f"symmetric={w.get('symmetric')}}}, input_activations="
+        + (f"{{bits {a.get('num_bits')}, {a.get('type')}, {a.get('strategy')}{agroup}, dynamic={a.get('dynamic')}}}"
+           if a else "None")
     )
 
 
@@ -136,13 +143,23 @@ def token_acts(a: Optional[dict[str, Any]], kind: str) -> bool:
     )
 
 
+def group_acts(a: Optional[dict[str, Any]], kind: str, group_size: int) -> bool:
+    """input_activations absent (weight-only) or dynamic symmetric 8-bit of `kind` per token per group of
+    `group_size` channels (compressed-tensors' strategy "group" on activations)."""
+    return not a or (
+        a.get("num_bits") == 8 and a.get("type") == kind and bool(a.get("symmetric", True))
+        and a.get("strategy") == "group" and a.get("group_size") == group_size and a.get("dynamic") is True
+    )
+
+
 def accepts_args(
     group: dict[str, Any], fmt: Any, *, bits: int, kind: str, strategies: tuple[str, ...], formats: tuple[str, ...],
-    act_kind: str,
+    act_kind: str, act_group: Optional[int] = None,
 ) -> bool:
     """Does a config group hold symmetric static weights of `bits` / `kind` ("int" / "float") with one of
-    `strategies` ("group" with a group_size), in one of `formats` (or "mixed-precision"), and activations
-    per ``token_acts(act_kind)``?"""
+    `strategies` ("group" with a group_size, "block" with a block_structure), in one of `formats` (or
+    "mixed-precision"), and activations per ``token_acts(act_kind)`` (``group_acts(act_kind, act_group)``
+    when act_group is given)?"""
     gfmt = group_format(group, fmt)
     w = group.get("weights") or {}
     if gfmt not in formats and gfmt != FORMAT_MIXED:
@@ -154,6 +171,10 @@ def accepts_args(
         return False
     if strategy == "group" and not w.get("group_size"):
         return False
+    if strategy == "block" and not w.get("block_structure"):
+        return False
+    if act_group is not None:
+        return group_acts(group.get("input_activations"), act_kind, act_group)
     return token_acts(group.get("input_activations"), act_kind)
 
 

@@ -1,0 +1,251 @@
+// row_quant_stages.cuh: the per-element pieces of the row-op + quantization kernels of row_quant.cu
+// (type conversions, reductions, the quantized byte and its scale, stage 1 and stage 2 of each row
+// op). Included by row_quant.cu only; the math is documented at the top of that file.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+int g_threads_override = 0;  // 0 = automatic; 128/256/512/1024 for tuning experiments
+constexpr int kStreamThreads = 256;
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// max(|.|) that propagates NaN (fmaxf would drop it and hide bad input behind a finite scale).
+__device__ __forceinline__ float nan_max(float m, float v) {
+  v = fabsf(v);
+  return (v > m || v != v) ? v : m;
+}
+struct AbsMax {
+  __device__ float operator()(float a, float b) const { return nan_max(a, b); }
+};
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+// Reduction over one row's threads: a warp (kWarpRow) or the whole CTA (blockDim.x a multiple of
+// 32, <= 1024). Every thread gets the result, combined in a fixed order (deterministic for a given
+// launch shape). smem is reusable on return.
+template <bool kWarpRow, class Op>
+__device__ __forceinline__ float row_reduce(float v, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if constexpr (!kWarpRow) {
+    __shared__ float part[32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = part[0];
+    for (int w = 1; w < warps; ++w) v = op(v, part[w]);
+    __syncthreads();
+  }
+  return v;
+}
+
+// Lets a kernel launched after this one with programmatic dependent launch (the int8 GEMM) start
+// its prologue while this grid's last CTAs finish. Only a scheduling hint: the GEMM's
+// griddepcontrol.wait returns once this whole grid has completed and its writes are visible, so
+// correctness never depends on where the trigger sits (docs/PERF_NOTES.md).
+// tests/test_gemm_gpu.py::test_pdl_gemm_waits_for_a_late_producer guards the wait.
+__device__ __forceinline__ void allow_dependents_to_launch() {
+  __syncthreads();  // the whole CTA's stores precede its trigger
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+constexpr float kTiny = 0x1p-64f;  // rows with amax below this are pre-scaled by 2^64 (exact)
+constexpr float kTinyScale = 0x1p64f;
+
+// The quantized byte of one value: INT8 clamp(rint(y * inv), -127, 127) (round half to even, like
+// torch.round), or FP8 E4M3 of y * inv rounded to nearest even and saturated to +-448 (cvt.rn.satfinite,
+// as torch's cast after a clamp). `fp8` is uniform over the grid (a kernel parameter): one branch,
+// never divergent, and no second instantiation of every kernel.
+__device__ __forceinline__ int8_t quant(float v, float inv, float pre, bool fp8) {
+  const float y = (v * pre) * inv;
+  if (fp8) return static_cast<int8_t>(__nv_cvt_float_to_fp8(y, __NV_SATFINITE, __NV_E4M3));
+  int q = __float2int_rn(y);
+  q = max(-127, min(127, q));
+  return static_cast<int8_t>(q);
+}
+
+// Scale from amax; thread `tid` 0 of the row writes sx = amax / qmax (qmax: 127 for INT8, 448 for
+// FP8 E4M3). Returns the multiplier `inv` and the pre-scale `pre` (1, or 2^64 for tiny rows):
+// q = quant((y * pre) * inv).
+__device__ __forceinline__ float finish_scale(float amax, float* sx_row, float& pre, int tid, float qmax) {
+  if (tid == 0) *sx_row = amax / qmax;
+  pre = amax < kTiny ? kTinyScale : 1.0f;
+  return amax == 0.f ? 0.f : qmax / (amax * pre);
+}
+
+// Max over the `lanes` adjacent lanes (a power of two <= 32, aligned) of one group; every lane of the
+// warp calls it (full-mask shuffles), each gets its own group's result.
+__device__ __forceinline__ float group_reduce(float v, int lanes) {
+  for (int o = lanes >> 1; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Group output: the writer of group j's scale of the last row also zeroes the column's padding rows
+// M .. min(stride, round_up(M, 4)) - 1, so the GEMM's TMA-aligned scale tile holds no garbage.
+__device__ __forceinline__ void zero_scale_padding(float* col, int m, int M, int64_t stride) {
+  if (m != M - 1) return;
+  const int64_t end = min(stride, static_cast<int64_t>((M + 3) & ~3));
+  for (int64_t p = M; p < end; ++p) col[p] = 0.f;
+}
+
+template <int VEC>
+__device__ __forceinline__ void store_q(int8_t* dst, const int8_t (&q)[VEC]) {
+  if constexpr (VEC == 8) {
+    *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+  } else if constexpr (VEC == 4) {
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(q);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) dst[j] = q[j];
+  }
+}
+
+__device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_tanh(float v) {
+  const float inner = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+  return 0.5f * v * (1.0f + tanhf(inner));
+}
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
+
+// VEC consecutive fp32 parameters (weight / bias) starting at p: 16-byte loads when VEC is a
+// multiple of 4 (the vector path requires 16-byte aligned parameters), else scalar; zeros for null.
+template <int VEC>
+__device__ __forceinline__ void load_params(const float* p, float (&out)[VEC]) {
+  if (p == nullptr) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = 0.f;
+  } else if constexpr (VEC % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < VEC / 4; ++q) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(p) + q);
+      out[4 * q] = f.x, out[4 * q + 1] = f.y, out[4 * q + 2] = f.z, out[4 * q + 3] = f.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out[j] = __ldg(p + j);
+  }
+}
+
+// The kernel's view of one call (device pointers already offset to row m by the kernel).
+template <typename T>
+struct Row {
+  const T* x;         // row of x (kSiluMul: gate at [0, K), up at [K, 2K))
+  const T* res;       // row of residual or nullptr
+  T* res_out;         // row of residual_out or nullptr
+  const float* w;     // weight [K] or nullptr
+  const float* b;     // bias [K] (norm beta, or the GeLU bias) or nullptr
+};
+
+// Stage 1 for VEC consecutive elements starting at k; `from_sum` reads the already-written sum
+// (residual_out) instead of recomputing x + residual.
+template <RowOp kOp, typename T, int VEC>
+__device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_sum, ResidualMode mode,
+                                       T (&v)[VEC]) {
+  if constexpr (VEC * sizeof(T) == 16) {
+    const T* src = from_sum ? r.res_out : r.x;
+    uint4 u = *reinterpret_cast<const uint4*>(src + k);
+    const T* e = reinterpret_cast<const T*>(&u);
+    if constexpr (kOp == RowOp::kSiluMul) {
+      uint4 w = *reinterpret_cast<const uint4*>(r.x + K + k);
+      const T* up = reinterpret_cast<const T*>(&w);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(silu(to_float(e[j])) * to_float(up[j]));
+      return;
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = e[j];
+    }
+  } else {
+    const T* src = from_sum ? r.res_out : r.x;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      if constexpr (kOp == RowOp::kSiluMul) {
+        v[j] = from_float<T>(silu(to_float(src[k + j])) * to_float(r.x[K + k + j]));
+      } else {
+        v[j] = src[k + j];
+      }
+    }
+    if constexpr (kOp == RowOp::kSiluMul) return;
+  }
+  if constexpr (kOp == RowOp::kGelu || kOp == RowOp::kGeluTanh) {
+    float bv[VEC];
+    load_params<VEC>(r.b != nullptr ? r.b + k : nullptr, bv);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      float f = to_float(v[j]) + bv[j];
+      v[j] = from_float<T>(kOp == RowOp::kGelu ? gelu_erf(f) : gelu_tanh(f));
+    }
+  }
+  if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
+    if (!from_sum && r.res != nullptr) {
+      T rv[VEC];
+      if constexpr (VEC * sizeof(T) == 16) {
+        *reinterpret_cast<uint4*>(rv) = *reinterpret_cast<const uint4*>(r.res + k);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) rv[j] = r.res[k + j];
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(to_float(v[j]) + to_float(rv[j]));
+      if (mode == ResidualMode::kSum) {
+        if constexpr (VEC * sizeof(T) == 16) {
+          *reinterpret_cast<uint4*>(r.res_out + k) = *reinterpret_cast<const uint4*>(v);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) r.res_out[k + j] = v[j];
+        }
+      }
+    }
+  }
+}
+
+// Per-row statistics of the normalisation (mean and 1 / rms or 1 / std), set by the kernel.
+struct Stats {
+  float mean = 0.f, rstd = 1.f;
+};
+
+// Stage 2 of one element.
+// Stage 2 of VEC consecutive elements starting at k: y = norm(v) (or v), in fp32.
+template <RowOp kOp, typename T, int VEC>
+__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
+                                       float (&y)[VEC]) {
+  if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
+    float wv[VEC], bv[VEC];
+    load_params<VEC>(w + k, wv);
+    load_params<VEC>(kOp == RowOp::kLayerNorm && b != nullptr ? b + k : nullptr, bv);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * wv[j] + bv[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) y[j] = to_float(v[j]);
+  }
+}
+
+__host__ __device__ constexpr bool is_norm(RowOp op) { return op == RowOp::kRMSNorm || op == RowOp::kLayerNorm; }
+
+}  // namespace
+}  // namespace zq
