@@ -1,8 +1,10 @@
 """Shared helpers for the zqkernels tests.
 
-CPU tests run everywhere. GPU tests carry ``requires_gpu``: they skip only where torch sees no CUDA
-GPU or this build has no CUDA kernels (tests/test_cli.py checks that info() says why). Errors
-inside a GPU test (OOM, launch failure) are failures, never skips.
+CPU tests run everywhere. GPU tests carry ``requires_gpu`` (or ``requires_sm90(what)``, or call
+``gpu_skip_reason``): they skip only where torch sees no CUDA GPU, this build has no CUDA kernels
+(tests/test_cli.py checks that info() says why) or the GPU / build cannot run the kernels tested,
+and the reason says which of these it is. Errors inside a GPU test (OOM, launch failure) are
+failures, never skips.
 """
 
 from __future__ import annotations
@@ -16,10 +18,44 @@ from zqkernels import _ext
 
 HAVE_CUDA = torch.cuda.is_available()
 HAVE_KERNELS = _ext._C is not None
-requires_gpu = pytest.mark.skipif(
-    not (HAVE_CUDA and HAVE_KERNELS),
-    reason="needs a CUDA GPU and a zqkernels build with CUDA kernels",
-)
+
+
+def gpu_skip_reason(
+    capability: Optional[tuple[int, int]] = None, backend: Optional[str] = None, what: str = ""
+) -> Optional[str]:
+    """Why a GPU test cannot run here (None: it can), checked in this order: "no CUDA GPU", "this build
+    has no CUDA kernels", then, when asked, "needs compute capability 9.0 (found 8.0)" (`capability`)
+    and "this build has no sm90 kernels" (`backend`, a key of _C.gemm_kernels()). `what` (e.g. "FP8
+    kernels") prefixes the last two."""
+    if not torch.cuda.is_available():
+        built = " (this torch is built without CUDA)" if torch.version.cuda is None else ""
+        return f"no CUDA GPU{built}"
+    if _ext._C is None:
+        return "this build has no CUDA kernels (zqkernels.info()['note'] says why)"
+    pre = f"{what}: " if what else ""
+    if capability is not None:
+        found = torch.cuda.get_device_capability()
+        if tuple(found) != tuple(capability):
+            return f"{pre}needs compute capability {capability[0]}.{capability[1]} (found {found[0]}.{found[1]})"
+    if backend is not None:
+        built = sorted({k[0] for k in _ext._C.gemm_kernels()})
+        if backend not in built:
+            return f"{pre}this build has no {backend} kernels (it has {', '.join(built) or 'none'})"
+    return None
+
+
+def requires(capability: Optional[tuple[int, int]] = None, backend: Optional[str] = None, what: str = ""):
+    """A skipif mark with ``gpu_skip_reason``'s reason."""
+    why = gpu_skip_reason(capability, backend, what)
+    return pytest.mark.skipif(why is not None, reason=why or "")
+
+
+def requires_sm90(what: str):
+    """Hopper kernels (FP8, W4A8, group-scaled GEMMs): compute capability 9.0 and an sm_90a build."""
+    return requires((9, 0), "sm90", what)
+
+
+requires_gpu = requires()
 
 OUT_DTYPES = (torch.bfloat16, torch.float16)
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

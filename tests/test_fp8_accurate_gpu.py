@@ -7,18 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
+from conftest import requires_sm90
 from zqkernels.ops import gemm_options
 
 F8 = torch.float8_e4m3fn
 
 
-def _sm90() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_capability() == (9, 0) and zqkernels.info()["cuda_kernels"]
-
-
-pytestmark = pytest.mark.skipif(not _sm90(), reason="no GPU of compute capability 9.0 (FP8 tensor cores) here")
+pytestmark = requires_sm90("FP8 accurate GEMMs (FP8 tensor cores)")
 DEV = "cuda"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, calc_diff, graph_replay, poison_next_allocation, requires_gpu
+from conftest import DEV, calc_diff, graph_replay, poison_next_allocation, requires_gpu, requires_sm90
 from zqkernels import _ext
 from zqkernels.reference import fp8_gemm_ref, quantize_per_token_fp8_ref, w4a8_fp_gemm_ref
 from zqkernels.reference.quantize import pack_fp4
@@ -20,14 +20,7 @@ F8 = torch.float8_e4m3fn
 OUT_CODE = {0: torch.bfloat16, 1: torch.float16, 2: torch.float32, 3: torch.int8}
 
 
-def sm90() -> bool:
-    return torch.cuda.get_device_capability() == (9, 0) and "sm90" in {k[0] for k in C.gemm_kernels()}
-
-
-needs_sm90 = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext._C is not None and sm90()),
-    reason="FP8 kernels need compute capability 9.0 and an sm_90a build",
-)
+needs_sm90 = requires_sm90("FP8 kernels")
 
 
 def random_fp8(*shape, gen=None) -> torch.Tensor:

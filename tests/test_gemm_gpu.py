@@ -23,6 +23,7 @@ from conftest import (
     assert_gemm_close,
     calc_diff,
     capture,
+    gpu_skip_reason,
     make_gemm_inputs,
     poison_next_allocation,
     requires_gpu,
@@ -43,12 +44,8 @@ ALL_OUT = (torch.bfloat16, torch.float16, torch.float32)  # the float outputs ev
 def skip_reason(backend: str) -> Optional[str]:
     """Why `backend` cannot run here (a legitimate skip), or None."""
     if backend == "auto":
-        return None
-    if backend not in {k[0] for k in C.gemm_kernels()}:
-        return f"backend {backend} is not compiled into this build"
-    if backend == "sm90" and torch.cuda.get_device_capability() != (9, 0):
-        return "backend sm90 needs compute capability 9.0"
-    return None
+        return gpu_skip_reason()
+    return gpu_skip_reason((9, 0) if backend == "sm90" else None, backend, f"backend {backend}")
 
 
 def kernel_params(int8_out: bool = False):

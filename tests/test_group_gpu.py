@@ -19,9 +19,9 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, capture, graph_replay, poison_next_allocation, requires_gpu
+from conftest import DEV, capture, graph_replay, poison_next_allocation, requires_gpu, requires_sm90
 from torch import nn
-from zqkernels import QLinear, _ext
+from zqkernels import QLinear
 from zqkernels.ops.gemm_cuda import default_max_scale as _default_max_scale
 from zqkernels.ops.gemm_cuda import group_gemm_intervals
 from zqkernels.reference import group_max_scale, pack_int4, unpack_int4, w4a8_gemm_ref, w8a8_group_gemm_ref
@@ -29,10 +29,7 @@ from zqkernels.reference.quantize import w4a8_int_flush_steps
 
 pytestmark = requires_gpu
 
-needs_sm90 = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext._C is not None and torch.cuda.get_device_capability() == (9, 0)),
-    reason="the group-scaled GEMM kernels are built for sm_90a and need compute capability 9.0",
-)
+needs_sm90 = requires_sm90("the group-scaled GEMM kernels (sm_90a)")
 
 I8, I32, F32, F64 = torch.int8, torch.int32, torch.float32, torch.float64
 OUT = (torch.bfloat16, torch.float16, torch.float32)

@@ -133,12 +133,15 @@ def test_forward_errors():
     ):
         q(torch.randn(2, 32, dtype=torch.bfloat16))
     x = torch.randn(2, 64, dtype=torch.bfloat16, requires_grad=True)
-    with pytest.raises(RuntimeError, match=r"QLinear: training is not supported"):
+    assert q.training  # from_linear keeps the linear's mode: a fresh nn.Linear is in train()
+    with pytest.raises(RuntimeError, match=r"QLinear\(in_features=64, .*\): training is not supported\. .*frozen"):
         q(x)
     with torch.no_grad():
         q(x)  # inference on a tensor that requires grad is fine
     with torch.inference_mode():
         q(x)
+    q.eval()(x).sum().backward()  # eval(): gradients reach x (tests/test_grad_mode.py)
+    assert x.grad is not None
     with FakeTensorMode():
         xc = torch.empty(2, 64, dtype=torch.bfloat16, device="cuda")
         with pytest.raises(ValueError, match=r"QLinear: x is on cuda:0 but the layer's weights are on cpu"):

@@ -7,17 +7,21 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, assert_gemm_close, calc_diff, graph_replay, poison_next_allocation, requires_gpu
-from zqkernels import _ext
+from conftest import (
+    DEV,
+    assert_gemm_close,
+    calc_diff,
+    graph_replay,
+    poison_next_allocation,
+    requires_gpu,
+    requires_sm90,
+)
 from zqkernels.reference import w4a8_gemm_ref
 from zqkernels.reference.quantize import pack_int4
 
 pytestmark = requires_gpu
 
-needs_sm90 = pytest.mark.skipif(
-    not (torch.cuda.is_available() and _ext._C is not None and torch.cuda.get_device_capability() == (9, 0)),
-    reason="the W4A8 kernels are built for sm_90a and need compute capability 9.0",
-)
+needs_sm90 = requires_sm90("the W4A8 kernels (sm_90a)")
 
 
 def inputs(M, N, K, g, scale, out_dtype=torch.bfloat16, bias=False):

@@ -36,13 +36,20 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _Parser(
         prog="python -m zqkernels",
-        description="zqkernels: W8A8 INT8 kernels; without a command: bench on a GPU, else the CPU demo",
+        description="zqkernels: quantized transformer kernels (W8A8, FP8, W4A8, ...); without a command: "
+        "bench on a GPU, else the CPU demo",
     )
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo,quantize,eval}")
-    sub.add_parser("info", help="print zqkernels.info() as JSON")
-    bench = sub.add_parser("bench", help="quick W8A8 GEMM benchmark (GPU only)")
+    sub.add_parser("info", help="print zqkernels.info() as JSON",
+                   description="Print zqkernels.info() as JSON: version, whether the CUDA kernels are built, "
+                   "their archs, the GEMM tiles, torch and the GPU.")
+    bench = sub.add_parser("bench", help="quick W8A8 GEMM benchmark (GPU only)",
+                           description="A quick W8A8 GEMM benchmark against torch on this GPU (a few shapes; "
+                           "benchmarks/ has the full ones).")
     bench.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
-    demo = sub.add_parser("demo", help="quantize a small transformer and report its accuracy")
+    demo = sub.add_parser("demo", help="quantize a small transformer and report its accuracy",
+                          description="Quantize a small random transformer with W8A8 and report how close its "
+                          "outputs stay to the float model's (CPU or GPU).")
     demo.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if it can run the kernels")
     from . import cli
 

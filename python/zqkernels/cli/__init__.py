@@ -24,6 +24,7 @@ from typing import Any
 from . import evaluate, quantize
 from .common import CLIError
 from .convert import Conversion
+from .load import require_packages
 
 __all__ = ["CLIError", "Conversion", "add_parsers", "run"]
 
@@ -36,7 +37,12 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `quantize` or `eval`; a CLIError becomes one line on stderr and exit status 2.
+    First, before anything slow, the packages the models given need (``load.require_packages``);
     transformers' progress bars are off unless stderr is a terminal."""
+    try:
+        require_packages({"MODEL_DIR": args.model_dir, "--float": getattr(args, "float_dir", None)})
+    except CLIError as e:
+        return _error(args, e)
     hf_log = None
     if not sys.stderr.isatty():
         try:
@@ -49,8 +55,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         return quantize.cmd_quantize(args) if args.command == "quantize" else evaluate.cmd_eval(args)
     except CLIError as e:
-        print(f"zqkernels {args.command}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        return 2
+        return _error(args, e)
     finally:
         if hf_log is not None and was:
             hf_log.enable_progress_bar()
+
+
+def _error(args: argparse.Namespace, e: CLIError) -> int:
+    print(f"zqkernels {args.command}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    return 2

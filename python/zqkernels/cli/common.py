@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any, Optional
 
 import torch
 
-from .schemes import SCHEME_HELP
+from .schemes import DEFAULT_GROUP_SIZE, GROUPED, SCHEME_HELP
 
 UNSET: Any = object()  # --group-size not given (None means per channel)
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,40 +84,80 @@ def _alpha(v: str) -> float:
     return a
 
 
+def _lkd_default(name: str) -> str:
+    """zqkernels.lkd's default for `name` (lr, loss), for the help."""
+    try:
+        import inspect
+
+        from ..algorithms import lkd
+
+        return str(inspect.signature(lkd).parameters[name].default)
+    except Exception:  # noqa: BLE001 - the help still reads without it
+        return "lkd's default"
+
+
+_WIDTH = 79
+
+
+def add_command(sub: Any, name: str, help: str, description: str, default_scheme: str) -> argparse.ArgumentParser:
+    """A subcommand parser: `help` (one line, in ``python -m zqkernels --help``), `description`
+    (wrapped), and an epilog listing the --scheme values and what a .gguf file needs."""
+    lines = ["schemes (--scheme S):"]
+    for k, v in SCHEME_HELP.items():
+        head = f"  {k:<16}"
+        note = (" (default" + (f" {default_scheme}" if default_scheme != k else "") + ")") if k == "w8a8" else ""
+        note += f" [--group-size, default {DEFAULT_GROUP_SIZE}]" if k in GROUPED else ""
+        lines += textwrap.wrap(v + note, _WIDTH, initial_indent=head, subsequent_indent=" " * len(head))
+    lines += [""] + textwrap.wrap(
+        "MODEL_DIR is a local transformers model directory or a .gguf file (nothing is downloaded); a .gguf file "
+        "needs the packages gguf and accelerate: pip install gguf accelerate", _WIDTH)
+    return sub.add_parser(
+        name, help=help, description="\n".join(textwrap.wrap(description, _WIDTH)), epilog="\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]) -> None:
     g = p.add_argument_group("conversion")
     g.add_argument(
         "--scheme", default=default_scheme, metavar="S",
-        help="one of: " + "; ".join(f"{k}: {v}" for k, v in SCHEME_HELP.items())
-        + f" (default: {default_scheme or 'w8a8 for a float MODEL_DIR'})",
+        help=f"quantization scheme, one of {', '.join(SCHEME_HELP)} (listed below; default: "
+        f"{default_scheme or 'w8a8 for a float MODEL_DIR'})",
     )
     g.add_argument("--group-size", type=_group_size, default=UNSET, metavar="G",
-                   help="group size of the grouped schemes (32, 64, 128, 256 or 'channel'; default 128)")
+                   help=f"group size of the grouped schemes: 32, 64, 128, 256 or 'channel' (default: {DEFAULT_GROUP_SIZE})")
     g.add_argument("--level", default=None, choices=("int8", "balanced", "accuracy"),
-                   help="precision of the fused blocks' GEMM roles, every scheme (default int8: all quantized)")
+                   help="which GEMMs of a fused transformer block are quantized, any scheme: int8: all of them "
+                   "(default); balanced: the MLP's output projection (fc2) in float; accuracy: fc2 and the "
+                   "attention output projection in float")
     g.add_argument("--smooth", type=_alpha, default=None, metavar="ALPHA",
                    help="SmoothQuant activation smoothing of the float model with migration strength ALPHA in "
                    "[0, 1] (zqkernels.smooth_; 0.5 is typical; runs first, before GPTQ / RTN; LKD's teacher is "
-                   "the smoothed float model; needs --calib)")
-    g.add_argument("--gptq", action="store_true", help="GPTQ weights (zqkernels.gptq; needs --calib)")
+                   "the smoothed float model; needs --calib; default: off)")
+    g.add_argument("--gptq", action="store_true",
+                   help="GPTQ weights instead of round-to-nearest (zqkernels.gptq; needs --calib)")
     g.add_argument("--lorc-rank", type=positive, default=None, metavar="R",
                    help="LoRC low-rank compensation of rank R per quantized GEMM (zqkernels.lorc; a fused "
-                   "block's merged QKV / gate|up GEMM gets one rank-R correction; applied after GPTQ / LKD)")
+                   "block's merged QKV / gate|up GEMM gets one rank-R correction; applied after GPTQ / LKD; "
+                   "default: off)")
     g.add_argument("--lkd-steps", type=positive, default=None, metavar="S",
-                   help="layer-by-layer knowledge distillation, S steps per layer (zqkernels.lkd; needs --calib)")
+                   help="layer-by-layer knowledge distillation, S steps per layer (zqkernels.lkd; needs --calib; "
+                   "default: off)")
     g.add_argument("--lkd-lr", type=float, default=None, metavar="LR",
-                   help="LKD learning rate (with --lkd-steps; lkd's default)")
-    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"), help="LKD loss (with --lkd-steps; lkd's default)")
+                   help=f"LKD learning rate (with --lkd-steps; default: {_lkd_default('lr')})")
+    g.add_argument("--lkd-loss", default=None, choices=("mse", "kl"),
+                   help=f"LKD loss (with --lkd-steps; default: {_lkd_default('loss')})")
     g.add_argument("--calib", default=None, metavar="FILE",
-                   help="calibration text (only used by --smooth, --gptq and --lkd-steps, which need it)")
+                   help="calibration text, UTF-8 (used by --smooth, --gptq and --lkd-steps, which need it)")
     g.add_argument("--calib-window", type=positive, default=None, metavar="T",
-                   help=f"tokens per calibration sample (with --calib; {CALIB_WINDOW})")
+                   help=f"tokens per calibration sample (with --calib; default: {CALIB_WINDOW})")
     g.add_argument("--calib-samples", type=positive, default=None, metavar="N",
-                   help=f"calibration samples (with --calib; {CALIB_SAMPLES})")
+                   help=f"calibration samples (with --calib; default: {CALIB_SAMPLES})")
 
 
 def device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=tuple(DTYPES),
-                   help="float model dtype (auto: as saved; a .gguf loads as float32)")
+                   help="dtype of the float model (default: auto, as saved; a .gguf file loads as float32)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),
-                   help="default: cuda where the kernels run, else cpu (reference ops)")
+                   help="where the model runs (default: cuda where the zqkernels kernels run, else cpu, "
+                   "with the pure-torch reference ops)")

@@ -21,6 +21,7 @@ from .common import (
     ERROR_WINDOWS,
     UNSET,
     CLIError,
+    add_command,
     conversion_options,
     default_device,
     device_options,
@@ -33,11 +34,11 @@ from .convert import Conversion, calibration
 from .load import (
     is_quantized_dir,
     load_float,
-    load_tokenizer,
     local_source,
     read_text,
     token_ids,
     token_windows,
+    tokenizer_or_why,
 )
 from .perplexity import layer_errors, perplexity
 from .plot import plot_errors
@@ -45,23 +46,28 @@ from .plot import plot_errors
 
 def add_parser(sub: Any) -> None:
     """Register the eval subcommand on the subparsers action `sub`."""
-    e = sub.add_parser(
-        "eval", help="perplexity float vs quantized, per-layer error plot",
-        description="Perplexity of the float model and the quantized one on FILE (non-overlapping "
-        "windows), with the time taken, and the relative output error of every quantized Linear on the "
-        "float model's inputs (--plot PNG). MODEL_DIR is a float model (quantized here with --scheme ...) "
-        "or a directory written by `quantize` (then --float DIR gives the float reference).",
+    e = add_command(
+        sub, "eval", help="perplexity and per-layer error, float vs quantized",
+        description="Perplexity of the float model and the quantized one on the text FILE (non-overlapping "
+        "windows), with the time each took, and the relative output error of every quantized Linear on the "
+        "float model's inputs (--plot draws it). MODEL_DIR is a float model (quantized here, --scheme w8a8 by "
+        "default) or a directory written by `quantize` (then --float MODEL_DIR adds the float reference).",
+        default_scheme="for a float MODEL_DIR",
     )
-    e.add_argument("model_dir", metavar="MODEL_DIR", help="float model dir / .gguf, or a `quantize` output dir")
-    e.add_argument("--text", required=True, metavar="FILE", help="evaluation text (UTF-8)")
+    e.add_argument("model_dir", metavar="MODEL_DIR", help="a float model (local transformers directory or .gguf "
+                   "file), or a directory written by `quantize`")
+    e.add_argument("--text", required=True, metavar="FILE", help="evaluation text, UTF-8 (required)")
     e.add_argument("--float", dest="float_dir", default=None, metavar="MODEL_DIR",
-                   help="float reference when MODEL_DIR is a quantized checkpoint")
-    e.add_argument("--window", type=positive, default=1024, metavar="T", help="tokens per window (1024)")
-    e.add_argument("--max-windows", type=positive, default=None, metavar="N", help="evaluate the first N windows")
-    e.add_argument("--batch", type=positive, default=1, metavar="B", help="windows per forward (1)")
+                   help="the float model when MODEL_DIR was written by `quantize`: adds the float perplexity and "
+                   "the per-layer errors")
+    e.add_argument("--window", type=positive, default=1024, metavar="T", help="tokens per window (default: 1024)")
+    e.add_argument("--max-windows", type=positive, default=None, metavar="N",
+                   help="evaluate the first N windows only (default: all of FILE)")
+    e.add_argument("--batch", type=positive, default=1, metavar="B", help="windows per forward pass (default: 1)")
     e.add_argument("--error-windows", type=positive, default=None, metavar="N",
-                   help=f"windows the per-layer error is measured on (needs the float model; {ERROR_WINDOWS})")
-    e.add_argument("--plot", default=None, metavar="PATH.png", help="write the per-layer error plot here")
+                   help=f"windows the per-layer error is measured on (needs the float model; default: {ERROR_WINDOWS})")
+    e.add_argument("--plot", default=None, metavar="PATH.png",
+                   help="write the per-layer error plot here (needs matplotlib; default: no plot)")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     conversion_options(e, default_scheme=None)
     device_options(e)
@@ -119,15 +125,18 @@ def _check_options(args: argparse.Namespace, quantized_dir: bool) -> Optional[Co
 
 
 def _tokenizer(args: argparse.Namespace, quantized_dir: bool) -> Any:
-    if quantized_dir:
-        tok = load_tokenizer(Path(args.model_dir), {})
-        if tok is None and args.float_dir is not None:
-            tok = load_tokenizer(*local_source(args.float_dir, "--float"))
-    else:
-        tok = load_tokenizer(*local_source(args.model_dir))
-    if tok is None:
-        raise CLIError("no tokenizer loads from MODEL_DIR" + (" or --float" if quantized_dir else ""))
-    return tok
+    """The tokenizer of MODEL_DIR (or of --float for a checkpoint saved without one); CLIError with
+    transformers' reason if none loads."""
+    tried = [("MODEL_DIR", Path(args.model_dir), {}) if quantized_dir else ("MODEL_DIR", *local_source(args.model_dir))]
+    if quantized_dir and args.float_dir is not None:
+        tried.append(("--float", *local_source(args.float_dir, "--float")))
+    whys = []
+    for what, root, kw in tried:
+        tok, why = tokenizer_or_why(root, kw)
+        if tok is not None:
+            return tok
+        whys.append(f"{what}: {why}")
+    raise CLIError(f"no tokenizer loads from {' or '.join(w for w, _, _ in tried)} ({'; '.join(whys)})")
 
 
 def _load_checkpoint(args: argparse.Namespace, device: str) -> tuple[nn.Module, Optional[nn.Module], str, Optional[float]]:

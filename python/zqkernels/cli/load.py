@@ -3,6 +3,7 @@ files and their token windows. A path that does not exist is refused, never look
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -13,6 +14,45 @@ import torch
 from torch import nn
 
 from .common import DTYPES, CLIError, one_line
+
+#: the packages loading a model needs beyond torch: transformers always; for a .gguf file also gguf
+#: (>= GGUF_MIN: transformers reads GGUF files with it) and accelerate (transformers refuses a GGUF
+#: file without it). transformers says so only once it loads the weights, and the tokenizer load,
+#: which runs first, swallows the error: hence the check before anything is loaded.
+MODEL_PACKAGES = ("transformers",)
+GGUF_PACKAGES = ("gguf", "accelerate")
+GGUF_MIN = (0, 10)
+
+
+def _version(module: str) -> Optional[tuple[int, ...]]:
+    try:
+        from importlib.metadata import version
+
+        return tuple(int(p) for p in version(module).split(".")[:2])
+    except Exception:  # noqa: BLE001 - no version or an odd one: do not judge it
+        return None
+
+
+def require_packages(paths: dict[str, Optional[str]]) -> None:
+    """The check every command that loads a model runs first, before anything slow. paths: option
+    name ("MODEL_DIR", "--float") -> the path given or None. Raises CLIError naming the packages that
+    loading those models needs and this Python lacks (MODEL_PACKAGES; GGUF_PACKAGES for a .gguf
+    file), with the pip command."""
+    gguf = [f"{what} {p!r}" for what, p in paths.items()
+            if p is not None and Path(p).expanduser().suffix.lower() == ".gguf" and Path(p).expanduser().is_file()]
+    missing = [m for m in MODEL_PACKAGES + (GGUF_PACKAGES if gguf else ()) if importlib.util.find_spec(m) is None]
+    old = _version("gguf") if gguf and "gguf" not in missing else None
+    old = old if old is not None and old < GGUF_MIN else None
+    if not missing and old is None:
+        return
+    need = (f"{' and '.join(gguf)} is a GGUF file, which transformers reads only with the packages gguf and "
+            "accelerate" if gguf else "loading a model needs the package transformers")
+    if missing:
+        need += f"; not installed here: {', '.join(missing)}"
+    if old is not None:
+        need += f"; gguf {'.'.join(map(str, old))} is too old (transformers needs >= {'.'.join(map(str, GGUF_MIN))})"
+    cmd = " ".join(missing) if old is None else " ".join(["--upgrade", *missing, "gguf"])
+    raise CLIError(f"{need} (pip install {cmd})")
 
 
 def local_source(path: str, what: str = "MODEL_DIR") -> tuple[Path, dict[str, Any]]:
@@ -86,14 +126,19 @@ def load_float(path: str, dtype: str, device: str, causal: bool, what: str = "MO
 
 def load_tokenizer(root: Path, kw: dict[str, Any]) -> Any:
     """The tokenizer saved in `root` (kw: local_source's from_pretrained kwargs), or None."""
+    return tokenizer_or_why(root, kw)[0]
+
+
+def tokenizer_or_why(root: Path, kw: dict[str, Any]) -> tuple[Any, str]:
+    """(the tokenizer saved in `root`, "") or (None, why none loads: transformers' error in one line)."""
     from transformers import AutoTokenizer
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return AutoTokenizer.from_pretrained(root, local_files_only=True, **kw)
-    except Exception:  # noqa: BLE001 - no tokenizer is fine until one is needed
-        return None
+            return AutoTokenizer.from_pretrained(root, local_files_only=True, **kw), ""
+    except Exception as e:  # noqa: BLE001 - no tokenizer is fine until one is needed
+        return None, one_line(e)
 
 
 def read_text(path: str, what: str) -> str:

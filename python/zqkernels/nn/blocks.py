@@ -21,7 +21,11 @@ is W8A8's case) or kept in the model's float dtype. ``LEVELS`` names presets fro
 accuracy-first. A float role runs the float weight with torch ops, and its
 producer emits a float activation instead of a quantized one.
 
-Inference only (dropout is not applied); eager, CUDA-graph capture and torch.compile all work.
+Inference (dropout is not applied, in train() mode too); eager, CUDA-graph capture and torch.compile
+all work. The weights are frozen: in eval() mode with grad on and hidden states that require grad,
+the output is the same and gradients reach the hidden states (nn/grad.py: the float block's
+backward with the dequantized weights, straight through the activation quantization); train() mode
+then raises RuntimeError.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import nn
 from ..ops import quantize_per_token
 from ..ops.fused import bias_gelu_quant, row_quant, silu_mul_quant
 from ..schemes import W8A8, Scheme
+from .grad import block_with_input_grad
 from .linear import QLinear, linear_from_conv1d, run_weight_quantizer
 
 __all__ = [
@@ -118,6 +123,7 @@ def _merge_linears(op: str, linears: list[nn.Linear], quantized: bool, qscheme: 
             ]
         )
     merged = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device="meta")
+    merged.training = linears[0].training  # the parts' train / eval mode (QLinear.from_linear keeps it)
     merged.weight = nn.Parameter(w, requires_grad=False)
     merged.bias = nn.Parameter(b, requires_grad=False) if b is not None else None
     if not quantized:
@@ -225,6 +231,7 @@ class QuantizedBlock(nn.Module):
         self._qkw: dict[str, Any] = {} if g is None else {"group_size": g}
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.layer_idx = getattr(attn, "layer_idx", None)
+        self.training = attn.training  # the float layer's train / eval mode
         self._meta = _Meta(attn)
         self._attn_fn = _attention_function(attn)
         self._next: Optional["QuantizedBlock"] = None  # set by link(); not a submodule
@@ -330,6 +337,9 @@ class QuantizedBlock(nn.Module):
         return out.reshape(B * S, H * hd)
 
     def _forward(self, hidden_states, mask=None, pos=None, cache=None, kwargs=None) -> torch.Tensor:
+        if hidden_states.requires_grad and torch.is_grad_enabled():
+            # same values; gradients to hidden_states through the dequantized weights: nn/grad.py
+            return block_with_input_grad(self, hidden_states, mask, pos, cache, kwargs)
         B, S, D = hidden_states.shape
         dt = hidden_states.dtype
         lv = self.level

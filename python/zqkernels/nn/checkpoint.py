@@ -60,6 +60,7 @@ from ..schemes.compressed import (
     supported,
 )
 from .blocks import ROLES, QGPT2Block, QuantizedBlock
+from .convert import record_loaded
 from .hf_model import _build_hf, _fuse, _get, _parts, _rows, _split_linear
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
@@ -463,4 +464,5 @@ def load_quantized(
         fuse = bool(meta.get("fused", True)) if meta else True
     if fuse:
         _fuse(model)
+    record_loaded(model, model_dir)  # conversion_report(model) describes it like a converted model
     return model

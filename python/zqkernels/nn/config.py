@@ -15,7 +15,7 @@ from torch import nn
 
 from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W8A8Group, get_scheme
 from .blocks import resolve_level
-from .convert import _convert, _convertible
+from .convert import _convert, _convertible, why_not_fused
 
 __all__ = [
     "QuantConfig",
@@ -199,6 +199,9 @@ class ConversionSummary:
 
     def __str__(self) -> str:
         head = f"quantize_: {len(self.converted)} converted, {len(self.skipped)} left in float"
+        unfused = sum(n.startswith("not fused") for _, n in self.notes)
+        if unfused:
+            head += f", {unfused} recognised layer{'s' if unfused > 1 else ''} not fused (the notes say why)"
         rows = (
             [(m, "converted", h) for m, h in self.converted]
             + [(m, "float", w) for m, w in self.skipped]
@@ -243,7 +246,8 @@ def quantize_(
       "*" matches them.
     - A recognised transformer layer is fused (with the config's scheme and level) only when every
       Linear in it gets the same config with fused_blocks=True; otherwise its Linears are converted
-      one by one.
+      one by one, and the summary's notes say why (e.g. a part left in float by module_configs; to
+      keep a GEMM role of fused blocks in float use the config's ``level`` instead).
     - progress=True shows a tqdm progress bar over the modules being built (if tqdm is installed).
     - weight_quantizer: optional callable(linear) -> the scheme's quantize_weight result or None,
       used instead of round-to-nearest for each converted Linear (in fused blocks: for each part of
@@ -311,12 +315,15 @@ def quantize_(
             return False, why
         return True, cfg.scheme_object()  # group_size None (per channel): resolved per layer
 
-    def decide_block(name: str, layer: nn.Module) -> Optional[dict[str, bool]]:
-        cfgs = [resolve(sub, m)[0] for sub, m in layer.named_modules(prefix=name) if _convertible(m)]
-        cfg = cfgs[0] if cfgs else None
-        if any(c != cfg for c in cfgs) or not isinstance(cfg, QuantConfig) or not cfg.fused_blocks:
+    def decide_block(name: str, layer: nn.Module) -> Union[None, str, tuple[dict[str, bool], Scheme]]:
+        """(level, scheme) to fuse; None: nothing to fuse or fused_blocks=False; a string: why not."""
+        parts = [(sub, *resolve(sub, m)) for sub, m in layer.named_modules(prefix=name) if _convertible(m)]
+        chosen = [c for _, c, _ in parts if c is not None]
+        if not chosen or not any(c.fused_blocks for c in chosen):
             return None
-        return resolve_level(cfg.level), cfg.scheme_object()
+        if len(chosen) == len(parts) and all(c == chosen[0] for c in chosen):
+            return resolve_level(chosen[0].level), chosen[0].scheme_object()
+        return why_not_fused(name, layer, parts, chosen[0].level if all(c == chosen[0] for c in chosen) else None)
 
     if weight_quantizer is not None and not callable(weight_quantizer):
         raise TypeError(

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 from torch import nn
 
 from ..schemes import Scheme, get_scheme
-from .blocks import _WEIGHT_QUANTIZER, QuantizedBlock, block_class, resolve_level
+from .blocks import _WEIGHT_QUANTIZER, LEVELS, ROLES, QuantizedBlock, block_class, parts_of, resolve_level
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 from .linear import linear_from_conv1d as _as_linear
@@ -41,7 +41,9 @@ def quantize_model(
       ``QLinear`` of `scheme`.
 
     skip: module names to leave in float, as fnmatch patterns on the qualified name ('lm_head',
-    '*.mlp.*'); a pattern naming a module also skips everything inside it ('encoder'). A Linear used
+    '*.mlp.*'); a pattern naming a module also skips everything inside it ('encoder'); a recognised
+    layer with a skipped Linear is not fused (the report says why; `level` keeps a GEMM role of the
+    fused blocks in float instead). A Linear used
     in several places becomes one shared QLinear everywhere. All or nothing: every replacement is
     built first and the model is changed only if all succeed. Linears inside nn.MultiheadAttention
     stay float (that module reads their weights directly). What happened to each module is recorded
@@ -58,9 +60,13 @@ def quantize_model(
             return False, "skipped by pattern"
         return True, spec
 
-    def decide_block(name: str, _module: nn.Module) -> Optional[tuple[dict[str, bool], Scheme]]:
+    def decide_block(name: str, module: nn.Module) -> Union[None, str, tuple[dict[str, bool], Scheme]]:
         if not fused_blocks or _skipped(name, patterns):
             return None
+        parts = [(sub, None if _skipped(sub, patterns) else spec, "skipped by pattern")
+                 for sub, m in module.named_modules(prefix=name) if _convertible(m)]
+        if any(c is None for _, c, _ in parts):  # a block fuses all its Linears or none
+            return why_not_fused(name, module, parts, level)
         return levels, spec
 
     if _convertible(model):
@@ -99,14 +105,15 @@ def _convert(
     model: nn.Module,
     op: str,
     decide_linear: Callable[[str, nn.Module], tuple[bool, Any]],
-    decide_block: Callable[[str, nn.Module], Optional[tuple[dict[str, bool], Scheme]]],
+    decide_block: Callable[[str, nn.Module], Union[None, str, tuple[dict[str, bool], Scheme]]],
     progress: bool = False,
     weight_quantizer: Optional[Callable[[nn.Module], Any]] = None,
 ) -> list[dict[str, Any]]:
     """The conversion machinery shared by quantize_model and quantize_ (model is changed in place).
 
     decide_block(name, layer) -> (precision levels, scheme) to fuse a recognised transformer layer, or
-    None to look at its Linears one by one. decide_linear(name, linear) -> (True, spec) to convert a Linear
+    None to look at its Linears one by one, or a string: why not (recorded in the report as "not
+    fused: why", then its Linears one by one). decide_linear(name, linear) -> (True, spec) to convert a Linear
     / Conv1D slot (spec: a scheme name, or (scheme, ((option, value), ...)) for per-layer options), or
     (False, why) to leave it in float (recorded in the report). Every replacement
     is built before the model is changed. Returns (and stores for conversion_report) the report rows.
@@ -145,7 +152,9 @@ def _convert(
             if cls is None:
                 continue
             lv = decide_block(name, child)
-            if lv is None:
+            if isinstance(lv, str):
+                report.append({"module": name, "path": "per-linear", "why": f"not fused: {lv}"})
+            if lv is None or isinstance(lv, str):
                 continue
             candidates.append((parent, child_name, name, cls, lv))
             taken.append(name)
@@ -210,8 +219,96 @@ def _convert(
         for a, b in zip(seq, seq[1:]):
             if type(a) is type(b):
                 a.link(b)
-    object.__setattr__(model, "_zq_report", report)
+    _record(model, report, op)
     return report
+
+
+def _record(model: nn.Module, rows: list[dict[str, Any]], origin: str) -> None:
+    """Store the report rows (read by conversion_report and save_quantized) and who made them."""
+    object.__setattr__(model, "_zq_report", rows)
+    object.__setattr__(model, "_zq_report_origin", origin)
+
+
+def record_loaded(model: nn.Module, source: str) -> None:
+    """The report of a model ``load_quantized`` built from `source`, read off its modules: each fused
+    block (with its level and scheme, as the conversion reported it), QLinear, and Linear / Conv1D
+    left in float, so ``conversion_report`` describes a loaded model like a converted one."""
+    rows: list[dict[str, Any]] = []
+    blocks: list[str] = []
+    for name, mod in model.named_modules():
+        if any(name.startswith(b + ".") for b in blocks):
+            continue
+        if isinstance(mod, QuantizedBlock):
+            rows.append({"module": name, "path": f"fused {type(mod).__name__}", "why": mod.extra_repr()})
+            blocks.append(name)
+        elif isinstance(mod, QLinear):
+            kind = "Conv1D" if getattr(mod, "_zq_from_conv1d", False) else "Linear"
+            rows.append({"module": name, "path": f"QLinear ({mod.qscheme.label()})", "why": f"from the checkpoint ({kind})"})
+        elif _convertible(mod):
+            rows.append({"module": name, "path": "float", "why": "float in the checkpoint"})
+    _record(model, rows, f"load_quantized({source!r})")
+
+
+def why_not_fused(
+    name: str, layer: nn.Module, parts: list[tuple[str, Any, str]], level: Union[None, str, dict[str, bool]] = None
+) -> str:
+    """Why the recognised layer `name` is not fused, for the report / summary. parts: (qualified name,
+    what converts it (a config or a spec, compared with ==) or None, why None) of each of its Linears,
+    not all one. Says which parts stay in float and why, or which get which config, and, when the float
+    parts are whole GEMM roles of the block and `level` (the precisions the rest would be fused with)
+    is given, the level that fuses the block with those roles in float."""
+    def rel(sub: str) -> str:
+        return sub[len(name) + 1:] if name else sub
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    def label(c: Any) -> str:
+        if hasattr(c, "scheme_object"):
+            return f"{type(c).__name__} ({c.scheme_object().label()})"
+        return _spec_label(c)
+
+    floats: dict[str, list[str]] = {}  # why -> parts
+    kinds: list[tuple[Any, list[str]]] = []  # (config, parts)
+    for sub, cfg, why in parts:
+        if cfg is None:
+            floats.setdefault(why, []).append(rel(sub))
+            continue
+        for c, names in kinds:
+            if c == cfg:
+                names.append(rel(sub))
+                break
+        else:
+            kinds.append((cfg, [rel(sub)]))
+    out = [f"{listed(n)} {'stays' if len(n) == 1 else 'stay'} in float ({why})" for why, n in floats.items()]
+    if len(kinds) > 1:
+        out.append("its Linears get different configs: " + "; ".join(f"{label(c)} for {listed(n)}" for c, n in kinds))
+    text = "; ".join(out) + ", and a fused block needs every Linear in it quantized with one config"
+    return text + (_level_hint(layer, floats, level) if len(kinds) == 1 and level is not None else "")
+
+
+def _level_hint(layer: nn.Module, floats: dict[str, list[str]], level: Union[str, dict[str, bool]]) -> str:
+    """". To fuse it with ... in float, ..." when the float parts are whole GEMM roles of the block."""
+    cls = block_class(layer)
+    try:
+        roles = parts_of(cls, ROLES) if cls is not None else {}
+    except (NotImplementedError, ValueError):
+        roles = {}
+    float_parts = {n for names in floats.values() for n in names}
+    float_roles = [r for r, names in roles.items() if set(names) <= float_parts]
+    if not float_roles or {n for r in float_roles for n in roles[r]} != float_parts:
+        return ""
+    undo = next((u for key, u in (("module_configs[", "drop the module_configs entry"),
+                                  ("skipped by pattern", "drop the skip pattern"),
+                                  ("filter_fn", "let filter_fn select them"))
+                 if all(w.startswith(key) for w in floats)), "convert them")
+    what = f"the {'/'.join(float_roles)} GEMM{'s' if len(float_roles) > 1 else ''}"
+    lv = resolve_level(level)
+    if not any(lv[r] for r in float_roles):
+        return f". level={level!r} already keeps {what} in float inside the fused block: {undo} to fuse it"
+    want = {r: False for r in ROLES if not lv[r] or r in float_roles}
+    preset = next((k for k, v in LEVELS.items() if {r for r in ROLES if not v[r]} == set(want)), None)
+    return f". To fuse it with {what} in float, {undo} and use level={preset or want!r}"
 
 
 def conversion_report(model: nn.Module) -> str:
@@ -219,7 +316,26 @@ def conversion_report(model: nn.Module) -> str:
     rows = getattr(model, "_zq_report", None)
     if rows is None:
         return "quantize_model has not converted this model"
+    origin = getattr(model, "_zq_report_origin", "quantize_model")
     if not rows:
-        return "quantize_model found nothing to convert"
+        return f"{origin} found nothing to convert"
     width = max(len(r["module"]) for r in rows)
-    return "\n".join(f"{r['module']:<{width}}  {r['path']:<24} {r['why']}" for r in rows)
+    return "\n".join([_counts(model, rows, origin)] + [f"{r['module']:<{width}}  {r['path']:<24} {r['why']}" for r in rows])
+
+
+def _counts(model: nn.Module, rows: list[dict[str, Any]], origin: str) -> str:
+    """The report's first line: "<origin>: 2 fused blocks (QLlamaDecoderLayer), 1 QLinear, 1 left in
+    float, 0 not fused; schemes: w8a8"."""
+    def n(k: int, what: str) -> str:
+        return f"{k} {what}{'' if k == 1 else 's'}"
+
+    fused = [r["path"][len("fused "):] for r in rows if r["path"].startswith("fused ")]
+    kinds = sorted(set(fused))
+    schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QLinear)})
+    parts = [n(len(fused), "fused block") + (f" ({', '.join(kinds)})" if kinds else ""),
+             n(sum(r["path"].startswith("QLinear") for r in rows), "QLinear"),
+             f"{sum(r['path'] == 'float' for r in rows)} left in float"]
+    unfused = sum(r["path"] == "per-linear" for r in rows)
+    if unfused:
+        parts.append(f"{unfused} not fused (see below)")
+    return f"{origin}: {', '.join(parts)}; schemes: {', '.join(schemes) or 'none'}"

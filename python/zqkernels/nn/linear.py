@@ -13,6 +13,7 @@ from torch import nn
 
 from ..ops import has_row_layout
 from ..schemes import SCHEMES, Scheme, layer_scheme
+from .grad import linear_with_input_grad
 
 __all__ = ["QLinear", "SCHEMES", "is_conv1d", "linear_from_conv1d", "run_weight_quantizer"]
 
@@ -47,7 +48,11 @@ class QLinear(nn.Module):
     shape or scheme.
 
     forward(x): x [..., in_features] in bf16, fp16 or fp32 on the module's device; the output has
-    x's dtype. Inference only: an x that requires grad (with grad mode on) raises.
+    x's dtype. The weights are frozen: with grad mode on and an x that requires grad, the output is the
+    same and the gradient reaches x through the dequantized weight (grad_x = grad_y @ W_deq, LoRC term
+    included; the activation quantization is straight through), in eval() mode; train() mode then
+    raises RuntimeError (train the float layer instead). Under no_grad / inference_mode either mode
+    just runs the quantized forward.
     """
 
     def __init__(
@@ -94,7 +99,7 @@ class QLinear(nn.Module):
         weight_quantizer: Optional[Any] = None,
         **options: Any,
     ) -> "QLinear":
-        """Quantize an nn.Linear with `scheme`; keeps its device.
+        """Quantize an nn.Linear with `scheme`; keeps its device and its train / eval mode.
 
         weight_quantizer: optional callable(linear) or callable(linear, weight_format=...) ->
         the scheme's quantized weight or None, replacing its round-to-nearest weights (e.g. GPTQ,
@@ -135,6 +140,7 @@ class QLinear(nn.Module):
         qs = mod.qscheme
         quantized = qs.quantize(w) if q is None else _check_quantized(op, q, w, mod)
         qs.load(mod, quantized, linear.bias)
+        mod.training = linear.training  # a converted eval() model stays in eval() (grad mode: nn/grad.py)
         return mod
 
     @classmethod
@@ -165,11 +171,8 @@ class QLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                "QLinear: training is not supported (quantized weights have no gradient and rounding is not "
-                "differentiable); run inference under torch.no_grad() or torch.inference_mode(), or "
-                "train the float nn.Linear and quantize afterwards"
-            )
+            # same output; grad_x = grad_y @ W_deq (train() mode raises): nn/grad.py
+            return linear_with_input_grad(self, x)
         if x.dtype not in _X_DTYPES:
             raise TypeError(f"QLinear: x must be bfloat16, float16 or float32, got {x.dtype}")
         shape = x.shape

@@ -55,6 +55,21 @@ def eager(*tensors: Optional[torch.Tensor]) -> bool:
     return True
 
 
+def check_tensor_args(op: str, bias: object, sg: object = None) -> None:
+    """The GEMM wrappers' bias (a tensor or None) and sg (a tensor, where the op has one) before the
+    custom op, whose schema error would be five lines. Only the non-eager path needs it: eager()
+    is False for any argument that is not a plain tensor or None. A dtype here is out_dtype passed
+    one position too early."""
+    for name, v, want, after in (("sg", sg, "a tensor [N, K // group_size] (the group scales)", "bias"),
+                                 ("bias", bias, "a tensor [N] or None", None)):
+        if v is None or isinstance(v, torch.Tensor):
+            continue
+        if isinstance(v, torch.dtype):
+            nxt = "out_dtype is the next argument" if after is None else f"{after} and out_dtype come after it"
+            raise TypeError(f"{op}: {name} must be {want}, got {v} ({nxt}: pass out_dtype={v})")
+        raise TypeError(f"{op}: {name} must be {want}, got {type(v).__name__}: {str(v)[:60]}")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 

@@ -296,6 +296,7 @@ def run_gemm(
         debug_checks(spec, check_spec(spec, sg, out_scale, max_scale).op, xq, sx, sw, sg, bias, max_scale)
     if c.eager(xq, wq, sx, sw, sg, bias):
         return _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale)
+    c.check_tensor_args("run_gemm", bias, sg)
     if out_scale is not None:
         out_scale = check_epilogue(activation, out_dtype, out_scale, check_spec(spec, sg, out_scale, None).op)[1]
     return _op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation, out_scale, max_scale)
@@ -343,6 +344,7 @@ def int8_gemm(
         if _active:
             backend, tile, _ = _merged(backend, tile, "auto")
         return _int8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, out_scale)
+    c.check_tensor_args("int8_gemm", bias)
     if activation == "none" and out_scale is None:
         scale = None
     else:  # the schema takes a float: check the options first, so that a bad one gets this op's message
@@ -394,6 +396,7 @@ def fp8_gemm(
         if _active:
             backend, tile, _ = _merged(backend, tile, "auto")
         return _fp8_impl(xq, wq, sx, sw, bias, out_dtype, backend, tile, activation, recipe)
+    c.check_tensor_args("fp8_gemm", bias)
     if backend == "auto" and tile is None:
         return _op(xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
     return _op_with("fp8_gemm", backend, tile, "auto", xq, wq, sx, sw, None, bias, recipe, out_dtype, activation)
@@ -422,6 +425,7 @@ def fp8_block_gemm(
     """
     if c.eager(xq, wq, sx, sw, bias):
         return fp8_block_impl(xq, wq, sx, sw, bias, out_dtype, activation, _knobs.get()[1] if _active else None)
+    c.check_tensor_args("fp8_block_gemm", bias)
     return _op(xq, wq, sx, sw, None, bias, "fp8_blockwise", out_dtype, activation)
 
 
@@ -461,6 +465,7 @@ def w4a8_fp_gemm(
         if _active:
             path = _merged("auto", None, path)[2]
         return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+    c.check_tensor_args("w4a8_fp_gemm", bias, sg)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
     return _op_with("w4a8_fp_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)
@@ -511,6 +516,7 @@ def w4a8_gemm(
         if _active:
             path = _merged("auto", None, path)[2]
         return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+    c.check_tensor_args("w4a8_gemm", bias, sg)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype, activation, None, max_scale)
     return _op_with("w4a8_gemm", "auto", None, path, xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype,
@@ -554,5 +560,6 @@ def w8a8_group_gemm(
         debug_checks("int8_group_int", "w8a8_group_gemm", xq, sx, sw, sg, bias, max_scale)
     if c.eager(xq, wq, sx, sw, sg, bias):
         return group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
+    c.check_tensor_args("w8a8_group_gemm", bias, sg)
     spec = "int8_group_float" if sg.dtype == torch.float32 else "int8_group_int"
     return _op(xq, wq, sx, sw, sg, bias, spec, out_dtype, activation, None, max_scale)
