@@ -322,7 +322,7 @@ def test_command_help_reads_for_a_newcomer(capsys, command):
     for name in zqkernels.SCHEMES:  # every scheme on its own line, with its description
         assert re.search(rf"^  {re.escape(name)} +\S", out, re.M), name
     assert "w8a8 int8 per-token activations x int8 per-channel weights (default" in flat
-    for needle in ("(default: 128)", "(with --calib; default: 512)", "(with --calib; default: 16)",
+    for needle in ("(default: auto, per layer the largest of 128 / 64 / 32", "(with --calib; default: 512)", "(with --calib; default: 16)",
                    "(with --lkd-steps; default: mse)", "(default: auto, as saved;"):
         assert needle in flat, needle
     if command == "eval":

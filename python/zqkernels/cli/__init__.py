@@ -5,8 +5,12 @@ quantize MODEL_DIR --scheme S --out DIR   load a float model (a local HF directo
                                           request) and save it with ``save_quantized`` (quantize.py)
 eval MODEL_DIR --text FILE                perplexity of the float model and the quantized one over
                                           non-overlapping windows of FILE, the time each took, and the
-                                          relative output error of every quantized Linear (PNG plot)
-                                          (evaluate.py, perplexity.py, plot.py)
+                                          relative output error of every quantized Linear (PNG plot),
+                                          with the paired per-window statistics vs float
+                                          (evaluate.py, perplexity.py, stats.py, plot.py)
+
+Both check every option before reading a weight: the conversion asked for runs first on a one-layer
+copy of the architecture, built from its config (precheck.py).
 
 Models load from local paths only (``local_files_only=True``; a path that does not exist is refused,
 never looked up on the Hub: load.py). --scheme maps to quantize_ configs in schemes.py only; the

@@ -8,7 +8,16 @@ from typing import Any, Optional
 
 import torch
 
-from .schemes import DEFAULT_GROUP_SIZE, GROUPED, SCHEME_HELP
+from .schemes import (
+    AUTO,
+    CHOICE_OPTIONS,
+    DEFAULT_GROUP_SIZE,
+    GROUPED,
+    SCHEME_HELP,
+    flag,
+    option_default,
+    taking,
+)
 
 UNSET: Any = object()  # --group-size not given (None means per channel)
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,13 +64,15 @@ def default_device(device: Optional[str]) -> str:
 # argument types and the options quantize and eval share
 
 
-def _group_size(v: str) -> Optional[int]:
+def _group_size(v: str) -> Any:
     if v.lower() in ("channel", "per-channel", "none"):
         return None
+    if v.lower() == AUTO:
+        return AUTO
     try:
         return int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'channel', got {v!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an int, 'channel' or 'auto', got {v!r}") from None
 
 
 def positive(v: str) -> int:
@@ -107,6 +118,7 @@ def add_command(sub: Any, name: str, help: str, description: str, default_scheme
         head = f"  {k:<16}"
         note = (" (default" + (f" {default_scheme}" if default_scheme != k else "") + ")") if k == "w8a8" else ""
         note += f" [--group-size, default {DEFAULT_GROUP_SIZE}]" if k in GROUPED else ""
+        note += "".join(f" [{flag(o)}]" for o in CHOICE_OPTIONS if k in taking(o))
         lines += textwrap.wrap(v + note, _WIDTH, initial_indent=head, subsequent_indent=" " * len(head))
     lines += [""] + textwrap.wrap(
         "MODEL_DIR is a local transformers model directory or a .gguf file (nothing is downloaded); a .gguf file "
@@ -125,7 +137,13 @@ def conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]
         f"{default_scheme or 'w8a8 for a float MODEL_DIR'})",
     )
     g.add_argument("--group-size", type=_group_size, default=UNSET, metavar="G",
-                   help=f"group size of the grouped schemes: 32, 64, 128, 256 or 'channel' (default: {DEFAULT_GROUP_SIZE})")
+                   help="group size of the grouped schemes: 32, 64, 128, 256, 'channel' or 'auto' (default: auto, "
+                   "per layer the largest of 128 / 64 / 32 that divides its in_features and fits the scheme's "
+                   "layout; a size given explicitly must fit every converted layer)")
+    for option, values in CHOICE_OPTIONS.items():
+        g.add_argument(flag(option), dest=option, default=None, choices=values,
+                       help=f"the {option} option of {', '.join(taking(option))} (default: "
+                       f"{option_default(option)})")
     g.add_argument("--level", default=None, choices=("int8", "balanced", "accuracy"),
                    help="which GEMMs of a fused transformer block are quantized, any scheme: int8: all of them "
                    "(default); balanced: the MLP's output projection (fc2) in float; accuracy: fc2 and the "

@@ -20,8 +20,10 @@ class Conversion:
     def __init__(self, args: argparse.Namespace) -> None:
         scheme = args.scheme
         g_given = args.group_size is not UNSET
+        # the CHOICE_OPTIONS flags (--scale-policy ...): None where not given
+        self.options = {o: getattr(args, o, None) for o in schemes.CHOICE_OPTIONS}
         try:
-            schemes.check_options(scheme, g_given)
+            schemes.check_options(scheme, g_given, self.options)
         except ValueError as e:
             raise CLIError(str(e)) from e
         g = args.group_size if g_given else schemes.DEFAULT_GROUP_SIZE
@@ -43,7 +45,7 @@ class Conversion:
         self.calib_window = args.calib_window or CALIB_WINDOW
         self.calib_samples = args.calib_samples or CALIB_SAMPLES
         try:
-            self.config, self.module_configs = schemes.configs(scheme, g, args.level)
+            self.config, self.module_configs = schemes.configs(scheme, g, args.level, self.options)
         except (ValueError, TypeError) as e:
             raise CLIError(str(e)) from e
         if self.calibrated and not args.calib:
@@ -59,7 +61,9 @@ class Conversion:
     def label(self) -> str:
         s = self.scheme
         if s in schemes.GROUPED:
-            s += f" g{self.group_size if self.group_size is not None else '=channel'}"
+            g = self.group_size
+            s += f" g{g}" if isinstance(g, int) else f" g={'channel' if g is None else g}"
+        s += "".join(f" {o}={v}" for o, v in self.options.items() if v is not None)
         # in the order they run
         extras = [f"smooth a={self.smooth:g}"] if self.smooth is not None else []
         extras += [n for n, on in (("GPTQ", self.gptq), (f"LKD {self.lkd_steps} steps", self.lkd_steps),
@@ -118,6 +122,9 @@ class Conversion:
             raise CLIError(f"conversion failed: {e}") from e
         times["gptq" if self.gptq else "rtn"] = time.perf_counter() - t
         log(str(summary))
+        groups = schemes.group_size_report(model, schemes.auto_group_sizes(self.config, self.module_configs))
+        if groups:
+            log(groups)
         # LKD first: it refuses layers with LoRC factors, and LoRC then factors the error of the
         # distilled weights
         if self.lkd_steps:

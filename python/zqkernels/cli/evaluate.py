@@ -42,6 +42,9 @@ from .load import (
 )
 from .perplexity import layer_errors, perplexity
 from .plot import plot_errors
+from .precheck import check_conversion
+from .schemes import CHOICE_OPTIONS, flag
+from .stats import Z95, paired_nll_diff
 
 
 def add_parser(sub: Any) -> None:
@@ -103,6 +106,7 @@ def _check_options(args: argparse.Namespace, quantized_dir: bool) -> Optional[Co
             ("--lkd-steps", args.lkd_steps is not None), ("--lkd-lr", args.lkd_lr is not None),
             ("--lkd-loss", args.lkd_loss is not None), ("--calib", args.calib is not None),
             ("--calib-window", args.calib_window is not None), ("--calib-samples", args.calib_samples is not None),
+            *((flag(o), getattr(args, o, None) is not None) for o in CHOICE_OPTIONS),
         ) if given]
         if conversion:
             raise CLIError(f"MODEL_DIR {args.model_dir!r} is already quantized: {' / '.join(conversion)} "
@@ -181,9 +185,10 @@ def _load_and_convert(
     model_ref = model_f
     if conv.smooth is not None:
         model_ref = copy.deepcopy(model_f)
-        times["smooth"] = conv.smooth_float(model_ref, calib, lambda s: None)
+        times["smooth"] = conv.smooth_float(model_ref, calib, say)
     model_q = copy.deepcopy(model_ref)
-    times.update(conv.convert(model_q, calib, sys.stderr.isatty(), lambda s: None, float_model=model_ref))
+    # the conversion summary (what each module became, and why a layer fell back to per-Linear) as quantize prints it
+    times.update(conv.convert(model_q, calib, sys.stderr.isatty(), say, float_model=model_ref))
     res["convert_s"] = time.perf_counter() - t
     what = "smoothed and quantized a copy" if conv.smooth is not None else "quantized a copy"
     say(f"{what}: {conv.label} in {fmt_s(res['convert_s'])} ({', '.join(f'{k} {fmt_s(v)}' for k, v in times.items())})")
@@ -194,23 +199,45 @@ def _perplexities(
     args: argparse.Namespace, model_f: Optional[nn.Module], model_q: nn.Module, label: str, windows: torch.Tensor,
     device: str, res: dict[str, Any],
 ) -> None:
-    """Measure and print the perplexity table (float, if given, and quantized)."""
+    """Measure and print the perplexity table (float, if given, and quantized): with the float model,
+    the quantized model's ppl ratio and the paired standard error of the mean NLL difference over the
+    windows (stats.py); res gets every window's mean NLL and token count."""
     table = []
     if model_f is not None:
-        ppl, cnt, s = perplexity(model_f, windows, args.batch, device)
-        table.append(("float", ppl, s))
-        res["float"] = {"ppl": ppl, "seconds": s}
-    ppl, cnt, s = perplexity(model_q, windows, args.batch, device)
-    table.append((label, ppl, s))
-    res["quantized"] = {"ppl": ppl, "seconds": s}
+        ppl, cnt, s, nll_f, toks = perplexity(model_f, windows, args.batch, device)
+        table.append(("float", ppl, s, None))
+        res["float"] = {"ppl": ppl, "seconds": s, "window_nll": nll_f, "window_tokens": toks}
+    ppl, cnt, s, nll_q, toks = perplexity(model_q, windows, args.batch, device)
+    res["quantized"] = {"ppl": ppl, "seconds": s, "window_nll": nll_q, "window_tokens": toks}
+    st = None
+    if model_f is not None:
+        st = paired_nll_diff(nll_f, nll_q)
+        res["quantized"]["vs_float"] = st
+    table.append((label, ppl, s, st))
     res["predicted_tokens"] = cnt
     say("")
     vs = model_f is not None
-    say(f"{'model':<36} {'perplexity':>10} " + (f"{'vs float':>9} " if vs else "") + f"{'time':>9}")
-    for name, p, s in table:
-        rel = f"{(p / table[0][1] - 1) * 100:+.2f}%" if vs and name != "float" else ""
-        say(f"{name:<36} {p:10.3f} " + (f"{rel:>9} " if vs else "") + f"{fmt_s(s):>9}")
+    head = f"{'model':<36} {'perplexity':>10} "
+    if vs:
+        head += f"{'vs float':>9} {'dNLL +- SE':>19} {'ppl ratio [95%]':>24} "
+    say(head + f"{'time':>9}")
+    for name, p, s, st in table:
+        row = f"{name:<36} {p:10.3f} "
+        if vs:
+            rel = f"{(p / table[0][1] - 1) * 100:+.2f}%" if st is not None else ""
+            dn = ci = ""
+            if st is not None:
+                se = st["se"]
+                dn = f"{st['mean_diff']:+.4f} +- " + (f"{se:.4f}" if se is not None else "n/a")
+                ci = f"{st['ppl_ratio']:.4f}" + (f" [{st['ratio_low']:.4f}, {st['ratio_high']:.4f}]" if se is not None
+                                                  else " [n/a]")
+            row += f"{rel:>9} {dn:>19} {ci:>24} "
+        say(row + f"{fmt_s(s):>9}")
     say(f"({cnt} predicted tokens per model)")
+    if st is not None:
+        say(f"(dNLL: mean over the {st['windows']} windows of the quantized minus the float model's mean NLL per token, "
+            f"nats; SE paired over windows; ppl ratio exp(dNLL), interval exp(dNLL +- {Z95} SE)"
+            + ("; one window: no SE" if st["se"] is None else "") + ")")
 
 
 def _per_layer_error(
@@ -247,6 +274,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     conv = _check_options(args, quantized_dir)
     device = default_device(args.device)
     res: dict[str, Any] = {"model_dir": str(args.model_dir), "text": str(args.text), "window": args.window, "device": device}
+    if conv is not None and args.calib:
+        read_text(args.calib, "--calib")
 
     # the tokenizer and the windows first: a text too short fails before any model is loaded
     tok = _tokenizer(args, quantized_dir)
@@ -257,6 +286,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--error-windows {error_windows} is more than the {windows.shape[0]} windows evaluated")
     res["tokens"] = int(ids.numel())
     res["windows"] = int(windows.shape[0])
+    if conv is not None:
+        # every option checked before a weight is read, as quantize does: the conversion (smoothing /
+        # scheme / GPTQ / LKD / LoRC) on a one-layer copy of the architecture, built from its config
+        t = time.perf_counter()
+        _, what = check_conversion(*local_source(args.model_dir), args.dtype, conv)
+        say(f"conversion check ({conv.label}, on {what}): ok in {fmt_s(time.perf_counter() - t)}")
 
     smoothed = None
     if conv is None:

@@ -14,12 +14,15 @@ from .common import CLIError
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, windows: torch.Tensor, batch: int, device: str) -> tuple[float, int, float]:
-    """(perplexity, predicted tokens, seconds) over non-overlapping windows (no context carried)."""
+def perplexity(model: nn.Module, windows: torch.Tensor, batch: int, device: str) -> tuple[float, int, float, list[float], list[int]]:
+    """(perplexity, predicted tokens, seconds, mean NLL per window, predicted tokens per window) over
+    non-overlapping windows (no context carried)."""
     import torch.nn.functional as F
 
     t = time.perf_counter()
     nll, count = 0.0, 0
+    per_window: list[float] = []
+    tokens: list[int] = []
     for i in range(0, windows.shape[0], batch):
         x = windows[i : i + batch].to(device)
         out = model(input_ids=x)
@@ -27,9 +30,14 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch: int, device: str)
         if logits is None:
             raise CLIError(f"{type(model).__name__} returns no logits: eval needs a causal language model")
         logits = logits.float()
-        nll += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"))
+        tok = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+        sums = tok.double().reshape(x.shape[0], -1).sum(1).tolist()
+        n = x.shape[1] - 1
+        per_window += [s / n for s in sums]
+        tokens += [n] * x.shape[0]
+        nll += sum(sums)
         count += x[:, 1:].numel()
-    return math.exp(nll / count), count, time.perf_counter() - t
+    return math.exp(nll / count), count, time.perf_counter() - t, per_window, tokens
 
 
 def _out_features(m: nn.Module) -> int:

@@ -174,8 +174,29 @@ def _block_scheme(mods: dict[str, list[nn.Module]]) -> tuple[Optional[dict[str, 
         level[r] = kinds.pop()
         schemes.update(m.qscheme.general() for m in ms if isinstance(m, QLinear))
     if len(schemes) > 1:
-        return None, None
+        auto = _auto_group_scheme([m for ms in mods.values() for m in ms if isinstance(m, QLinear)])
+        return (level, auto) if auto is not None else (None, None)
     return level, (schemes.pop() if schemes else None)
+
+
+def _auto_group_scheme(qlinears: list[QLinear]) -> Any:
+    """The group_size "auto" scheme whose per-layer picks are exactly these parts' schemes (what
+    quantize_ with the default group size leaves in a block: 128 on some GEMMs, 64 on others), or
+    None when they are not that."""
+    from ..schemes.grouped import AUTO, GroupedScheme
+
+    first = qlinears[0].qscheme
+    if not isinstance(first, GroupedScheme) or any(type(m.qscheme) is not type(first) for m in qlinears):
+        return None
+    if any(m.qscheme.group() is None for m in qlinears):
+        return None  # a per-channel part (group size == in_features): not what "auto" wrote
+    opts = {k: v for k, v in first.general().options().items() if k != "group_size"}
+    try:
+        auto = type(first)("load_quantized", group_size=AUTO, **opts)
+        picks = [auto.for_layer("load_quantized", m.out_features, m.in_features) for m in qlinears]
+    except (TypeError, ValueError):
+        return None
+    return auto if all(p == m.qscheme for p, m in zip(picks, qlinears)) else None
 
 
 def _stand_in(m: QLinear, conv1d: bool) -> nn.Module:
