@@ -187,3 +187,27 @@ def make_gemm_inputs(
     b = torch.randn(N, generator=g).to(out_dtype) if bias else None
     args = dict(xq=xq, wq=wq, sx=sx, sw=sw, bias=b)
     return {k: (v.to(device) if v is not None else None) for k, v in args.items()} | {"out_dtype": out_dtype}
+
+
+# -- the CLI tests' shared helpers (test_cli.py, test_cli_options.py) ----------------------------
+
+
+def run_cli(capsys, argv):
+    """python -m zqkernels ARGV in process: (exit status, stdout, stderr)."""
+    from zqkernels.__main__ import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def one_line_error(rc, out, err, command, *needles):
+    """A user error of `command`: exit status 2, one line on stderr naming the command, no
+    traceback, containing every needle. Returns the line."""
+    assert rc == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith((f"zqkernels {command}: ", f"python -m zqkernels {command}: error: ")), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

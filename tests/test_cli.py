@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import zqkernels
-from conftest import HAVE_CUDA, HAVE_KERNELS, plant_llama_outliers
+from conftest import HAVE_CUDA, HAVE_KERNELS, one_line_error, plant_llama_outliers, run_cli
 from zqkernels import _demo, _ext
 from zqkernels.__main__ import main
 
@@ -179,21 +179,10 @@ def tiny(tmp_path_factory):
     return {"dir": str(d), "text": str(root / "text.txt"), "root": root}
 
 
-def _run(capsys, argv):
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+_run = run_cli
 
 
-def _one_line_error(rc, out, err, command, *needles):
-    assert rc == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"zqkernels {command}: ") or lines[0].startswith(f"python -m zqkernels {command}: error: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert "Traceback" not in err
-    return lines[0]
+_one_line_error = one_line_error
 
 
 def test_main_help_lists_quantize_and_eval(capsys):

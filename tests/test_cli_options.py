@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import zqkernels
+from conftest import one_line_error, run_cli
 from zqkernels import schemes
 from zqkernels.__main__ import main
 from zqkernels.cli import evaluate, quantize
@@ -122,20 +123,10 @@ def m192(tmp_path_factory):
     return {"dir": str(d), "text": str(root / "text.txt"), "root": root}
 
 
-def _run(capsys, argv):
-    rc = main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+_run = run_cli
 
 
-def _one_line_error(rc, out, err, command, *needles):
-    assert rc == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith((f"zqkernels {command}: ", f"python -m zqkernels {command}: error: ")), lines[0]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
+_one_line_error = one_line_error
 
 
 def _no_load(monkeypatch):
