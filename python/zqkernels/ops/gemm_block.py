@@ -18,7 +18,6 @@ transposed scales).
 
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
@@ -27,7 +26,7 @@ from .. import _ext
 from ..reference.block import fp8_block_gemm_ref
 from . import _common as c
 from .gemm_checks import FP8, _check_bias, check_epilogue
-from .gemm_cuda import plan, require_sm90
+from .gemm_cuda import cached_layout, plan, require_sm90
 
 __all__ = ["BLOCK", "check_block_args", "fp8_block_impl"]
 
@@ -102,27 +101,15 @@ def act_scales_mmajor(sx: torch.Tensor) -> tuple[torch.Tensor, int]:
     return t, mp
 
 
-_replicated: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]] = {}
-_CACHE_MAX = 4096
+def _replicate(sw: torch.Tensor) -> torch.Tensor:
+    return sw.t().unsqueeze(-1).expand(sw.shape[1], sw.shape[0], 4).contiguous()
 
 
 def weight_scales_replicated(sw: torch.Tensor) -> torch.Tensor:
     """sw [NB, KB] -> [KB, NB, 4] contiguous, each scale 4 times (a 16-byte copy in the kernel lands it
-    at a known place), cached per scale tensor by identity and version counter (inference tensors,
-    which have none, and tensors made during graph capture are rebuilt per call)."""
-    build = lambda: sw.t().unsqueeze(-1).expand(sw.shape[1], sw.shape[0], 4).contiguous()  # noqa: E731
-    if sw.is_inference():
-        return build()
-    hit = _replicated.get(id(sw))
-    if hit is not None and hit[0]() is sw and hit[1] == sw._version:
-        return hit[2]
-    t = build()
-    if torch.cuda.is_current_stream_capturing():
-        return t
-    if len(_replicated) >= _CACHE_MAX:
-        _replicated.clear()
-    _replicated[id(sw)] = (weakref.ref(sw), sw._version, t)
-    return t
+    at a known place), cached per scale tensor like the group GEMMs' transposed scales
+    (gemm_cuda.cached_layout)."""
+    return cached_layout("block_scales_replicated", sw, _replicate)
 
 
 def _fast_ok(xq, wq, sx, sw, bias, out_dtype) -> bool:

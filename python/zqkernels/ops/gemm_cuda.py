@@ -384,29 +384,36 @@ def default_max_scale(g: int, wmax: int) -> int:
     return max(1, min(_INT32_MAX // (g * _ACT_MAX * wmax), _INT32_MAX // (_BLOCK_K * _ACT_MAX * wmax)))
 
 
-# sg [N, G] -> sg_t [G, N] contiguous (the kernel's layout: one 16-byte aligned row per group),
-# cached per scale tensor (by identity, checked through a weak reference) and its version counter:
-# a QLinear's scales are transposed once (inference tensors, which have no version counter, every
-# call). Bounded: cleared when it grows past _CACHE_MAX entries.
-_transposed: dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]] = {}
+# Layouts the kernels read, derived from a scale tensor once and cached per tensor (by identity,
+# checked through a weak reference) and its version counter: a QLinear's scales are converted once
+# (inference tensors, which have no version counter, every call). One cache per derivation, each
+# bounded: cleared when it grows past _CACHE_MAX entries.
+_derived: dict[str, dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]]] = {}
 _CACHE_MAX = 4096
 
 
-def _scales_t(sg: torch.Tensor) -> torch.Tensor:
-    if sg.is_inference():
+def cached_layout(name: str, t: torch.Tensor, build) -> torch.Tensor:
+    """build(t), cached under `name` for this tensor and its version (see above)."""
+    if t.is_inference():
         # Inference tensors (a QLinear built under torch.inference_mode) have no version counter,
         # so an in-place update (load_state_dict under inference_mode) could not be seen: no cache.
-        return sg.t().contiguous()
-    hit = _transposed.get(id(sg))
-    if hit is not None and hit[0]() is sg and hit[1] == sg._version:
+        return build(t)
+    cache = _derived.setdefault(name, {})
+    hit = cache.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
         return hit[2]
-    t = sg.t().contiguous()
+    out = build(t)
     if torch.cuda.is_current_stream_capturing():
-        return t  # no cache writes while capturing a graph (t lives in the graph's memory pool)
-    if len(_transposed) >= _CACHE_MAX:
-        _transposed.clear()
-    _transposed[id(sg)] = (weakref.ref(sg), sg._version, t)
-    return t
+        return out  # no cache writes while capturing a graph (out lives in the graph's memory pool)
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[id(t)] = (weakref.ref(t), t._version, out)
+    return out
+
+
+def _scales_t(sg: torch.Tensor) -> torch.Tensor:
+    """sg [N, G] -> sg_t [G, N] contiguous (the group kernel's layout: one 16-byte aligned row per group)."""
+    return cached_layout("group_scales_t", sg, lambda t: t.t().contiguous())
 
 
 def int4_to_int8_cuda(wq: torch.Tensor, K: int) -> torch.Tensor:
