@@ -12,7 +12,8 @@
 #             int8_group_float (int8 x int8 with integer / float weight scales per group of K), fp8_rowwise (e4m3
 #             per-token x e4m3 per-channel, accurate accumulation), fp8_rowwise_fastacc (the same
 #             with Hopper's fast FP8 accumulation; sm90 only), fp8_blockwise (e4m3 x e4m3 with
-#             DeepSeek-style block scales: 1 x 128 per token, 128 x 128 per weight block)
+#             DeepSeek-style block scales: 1 x 128 per token, 128 x 128 per weight block),
+#             w4a8_mixed_int / w4a8_mixed_float (packed INT4 weights x int8, group scales; swap-AB)
 #     TILE    the name tests, benchmarks and the dispatch tables (src/cuda/gemm_dispatch.cpp) use
 #     STATUS  DISPATCHED (a dispatch table names it: always built) or EXPERIMENT (built only with
 #             -DZQ_EXPERIMENT_TILES=ON, for tuning runs)
@@ -35,6 +36,8 @@ set(_zq_recipe_header_fp8_rowwise_fastacc "gemm_rowwise")
 set(_zq_recipe_header_fp8_blockwise "gemm_rowwise")
 set(_zq_recipe_header_int8_group_int "gemm_rowwise")
 set(_zq_recipe_header_int8_group_float "gemm_rowwise")
+set(_zq_recipe_header_w4a8_mixed_int "gemm_rowwise")
+set(_zq_recipe_header_w4a8_mixed_float "gemm_rowwise")
 set(_zq_out_type_bf16 "cutlass::bfloat16_t")
 set(_zq_out_type_fp16 "cutlass::half_t")
 set(_zq_out_type_fp32 "float")
@@ -144,6 +147,16 @@ zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x128x128_c2x1_coop EXPERIMENT "bf16"   
 foreach(_r int8_group_int int8_group_float)
   zq_gemm_tile(sm90 ${_r} 128x128x128_coop     DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, false")
   zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_coop EXPERIMENT "bf16;fp16"     "128, 128, 128, 2, 1, ${_coop}, false, false")
+endforeach()
+# W4A8 mixed input (docs/W4A8.md, src/cuda/sm90_w4a8_mainloop.cuh): packed INT4 weights converted in
+# registers (the wgmma's A operand: swap-AB, 64 weight rows per consumer warpgroup), integer and float
+# group scales; the token tile is the choice.
+# group scales; the token tile is the choice. Three int32 sets (two partial sums, the integer sum) and
+# two register A buffers per consumer thread: 64 tokens fit 168 registers, 128 would spill.
+foreach(_r w4a8_mixed_int w4a8_mixed_float)
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_64x64x128_pp     EXPERIMENT "bf16"           "64, 64, 128, 1, 1, ${_pp}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x32x128_coop  EXPERIMENT "bf16"           "128, 32, 128, 1, 1, ${_coop}, false, true")
 endforeach()
 zq_gemm_tile(sm90 int8_rowwise 128x128x128_coop        EXPERIMENT "bf16"                "128, 128, 128, 1, 1, ${_coop}, false, false")
 zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)

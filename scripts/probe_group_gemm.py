@@ -11,7 +11,8 @@ only by fp32 rounding of its flushes and the output rounding), the float one wit
 Timings (benchmarks/_common.time_calls: rotated inputs, CUDA graphs, medians), per (M, N, K), us:
 bf16 torch.matmul, torch._int_mm, torch._scaled_mm FP8 row-wise, our int8_gemm (per channel), the
 group GEMM on int8 weights with integer / float scales (g = 128), w4a8_gemm int scales on the
-convert path (int4_to_int8 + group GEMM) and on the stream path, and int4_to_int8 alone.
+convert path (int4_to_int8 + group GEMM), on the mixed path (sm90_w4a8_mainloop.cuh, int and float
+scales) and on the stream path, and int4_to_int8 alone.
 """
 
 from __future__ import annotations
@@ -147,6 +148,10 @@ def bench(dev, quick: bool) -> list[dict]:
                                                                      max_scale=1024, path="convert"),
                 "w4a8_float_convert": lambda a, b: zqkernels.w4a8_gemm(a["xq"], b["wq4"], a["sx"], b["sw4"],
                                                                        b["sg4f"], path="convert"),
+                "w4a8_int_mixed": lambda a, b: zqkernels.w4a8_gemm(a["xq"], b["wq4"], a["sx"], b["sw4"], b["sg4"],
+                                                                   max_scale=1024, path="mixed"),
+                "w4a8_float_mixed": lambda a, b: zqkernels.w4a8_gemm(a["xq"], b["wq4"], a["sx"], b["sw4"],
+                                                                     b["sg4f"], path="mixed"),
                 "int4_to_int8": lambda a, b: int4_to_int8_cuda(b["wq4"], K),
             }
             if M <= 256:
@@ -163,7 +168,7 @@ def bench(dev, quick: bool) -> list[dict]:
                 except Exception as e:  # noqa: BLE001
                     row[name] = f"error: {cm.first_line(e)}"
             flops = 2 * M * N * K
-            for name in ("group_int_w8", "int8_gemm", "bf16"):
+            for name in ("group_int_w8", "int8_gemm", "bf16", "w4a8_int_mixed", "w4a8_float_mixed"):
                 if isinstance(row.get(name), float):
                     row[f"{name}_tflops"] = round(flops / row[name] / 1e6, 1)
             rows.append(row)
@@ -188,6 +193,13 @@ def tiles(dev) -> list[dict]:
         for t in ("128x128x128_coop", "128x128x128_c2x1_coop"):
             cands[f"group_int/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, w8, sx, sw4, sg4, None, BF, 0, 1024, 8, t)
             cands[f"group_float/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, w8, sx, sw4, sg4f, None, BF, 0, None, 8, t)
+        built = zqkernels.info()["gemm_tiles"]
+        for t in built.get("sm90_w4a8_mixed_int", []):
+            cands[f"w4a8_mixed_int/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, wq4, sx, sw4, sg4, None, BF, 0, 1024,
+                                                                       8, t, int4=True)
+        for t in built.get("sm90_w4a8_mixed_float", []):
+            cands[f"w4a8_mixed_float/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, wq4, sx, sw4, sg4f, None, BF, 0,
+                                                                         None, 8, t, int4=True)
         for name, fn in cands.items():
             try:
                 t = cm.time_calls([fn], dev)

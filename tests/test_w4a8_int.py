@@ -20,7 +20,7 @@ def layout_index(n: int, k: int, K: int) -> tuple[int, int]:
     nt, rr = n // 16, n % 16
     r, hi = rr % 8, rr // 8
     kc, kk = k // 64, k % 64
-    s, t, q, j = kk // 32, (kk % 32) // 8, (kk % 8) // 4, kk % 4
+    s, q, t, j = kk // 32, (kk % 32) // 16, (kk % 16) // 4, kk % 4
     lane = 4 * r + t
     nibble = 8 * (2 * s + q) + 4 * hi + j
     byte = ((nt * (K // 64) + kc) * 32 + lane) * 16 + nibble // 2
@@ -41,8 +41,9 @@ def test_pack_layout_matches_formula():
             assert nib - 16 * (nib >= 8) == int(codes[n, k]), (n, k)
 
 
-def test_pack_steps_are_consecutive_k():
-    """Lane 4 r + t's 16 bytes: MMA step s holds k [32 s + 8 t, 32 s + 8 t + 8) of rows r and r + 8."""
+def test_pack_holds_natural_mma_fragments():
+    """Lane 4 r + t's 16 bytes: word 2 s + q of MMA step s holds k 32 s + 16 q + 4 t + [0, 4) of rows r
+    (low half) and r + 8 (high half): the int8 MMA's natural A fragment (register q * 2 + hi)."""
     N, K = 16, 64
     codes = torch.randint(-8, 8, (N, K), dtype=I8)
     b = R.pack_int4(codes).flatten().tolist()
@@ -53,7 +54,7 @@ def test_pack_steps_are_consecutive_k():
             for q in range(2):
                 for hi in range(2):
                     for j in range(4):
-                        want = int(codes[r + 8 * hi, 32 * s + 8 * t + 4 * q + j]) & 0xF
+                        want = int(codes[r + 8 * hi, 32 * s + 16 * q + 4 * t + j]) & 0xF
                         assert nibs[8 * (2 * s + q) + 4 * hi + j] == want
 
 

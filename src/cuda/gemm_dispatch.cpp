@@ -114,6 +114,13 @@ constexpr Rule kSm90Int8Group[] = {
     {kAny, kAny, "128x128x128_coop"},
 };
 
+// W4A8 mixed input (sm90_w4a8_mainloop.cuh), for M above the streaming kernel's (the Python layer
+// picks the streaming kernel up to INT_STREAM_MAX_M). One tile: 128 weight rows x 64 tokens (the
+// widest token tile whose three accumulator sets fit the consumers' registers).
+constexpr Rule kSm90W4A8Mixed[] = {
+    {kAny, kAny, "swap_128x64x128_coop"},
+};
+
 // Output classes: the types one table serves.
 enum class OutClass { k16, kFP32, kInt8 };  // bf16 / fp16; fp32; int8
 
@@ -155,6 +162,10 @@ constexpr Table kTables[] = {
     table("sm90", "int8_group_int", OutClass::kFP32, kSm90Int8Group),
     table("sm90", "int8_group_float", OutClass::k16, kSm90Int8Group),
     table("sm90", "int8_group_float", OutClass::kFP32, kSm90Int8Group),
+    table("sm90", "w4a8_mixed_int", OutClass::k16, kSm90W4A8Mixed),
+    table("sm90", "w4a8_mixed_int", OutClass::kFP32, kSm90W4A8Mixed),
+    table("sm90", "w4a8_mixed_float", OutClass::k16, kSm90W4A8Mixed),
+    table("sm90", "w4a8_mixed_float", OutClass::kFP32, kSm90W4A8Mixed),
     table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),
     table("sm80", "int8_rowwise", OutClass::kInt8, kSm80Int8Rowwise8),

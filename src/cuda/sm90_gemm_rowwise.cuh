@@ -11,6 +11,8 @@
 //                         applied at each promotion (Fp8PromoteMainloop); the epilogue adds bias
 //                         and activation only
 //   "int8_group_int/float" int8 with group-wise weight scales (sm90_group_mainloop.cuh)
+//   "w4a8_mixed_int/float" packed INT4 weights (converted in registers) x int8 activations with
+//                         group-wise weight scales, swap-AB only (sm90_w4a8_mainloop.cuh)
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
@@ -73,6 +75,7 @@
 #include "gemm_registry.h"
 #include "sm90_fp8_promote_mainloop.cuh"
 #include "sm90_group_mainloop.cuh"
+#include "sm90_w4a8_mainloop.cuh"
 #include "zq_kernels.h"
 
 namespace zq::sm90 {
@@ -123,13 +126,15 @@ enum class Accum { kExact, kFast, kPromote, kBlock };
 // with an fp32 C fragment); the accurate ones replace its mma() (Fp8PromoteMainloop). Group-scaled
 // int8 recipes replace the builder's int8 mainloop by GroupScaledMainloop, which hands the epilogue
 // fp32.
-template <class ElementAB_, Accum kAccum_, GroupScales kGroup_ = GroupScales::kNone>
+template <class ElementAB_, Accum kAccum_, GroupScales kGroup_ = GroupScales::kNone, bool kW4_ = false>
 struct Operands {
   using ElementAB = ElementAB_;
   static constexpr Accum kAccum = kAccum_;
   static constexpr bool kInt8 = std::is_same_v<ElementAB, int8_t>;
   static constexpr GroupScales kGroup = kGroup_;
   static constexpr bool kGrouped = kGroup != GroupScales::kNone;
+  static constexpr bool kW4 = kW4_;  // A: packed INT4 weights converted in registers (swap-AB)
+  static_assert(!kW4 || kGrouped, "the INT4 mainloop is group-scaled");
   static constexpr bool kPromote = kAccum == Accum::kPromote || kAccum == Accum::kBlock;
   static constexpr bool kBlock = kAccum == Accum::kBlock;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
@@ -139,8 +144,9 @@ struct Operands {
   using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
   template <class Built, bool kSwapAB>
   using Mainloop = cute::conditional_t<
-      kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>,
-      cute::conditional_t<kPromote, Fp8PromoteMainloop<Built, kBlock, kSwapAB>, Built>>;
+      kW4, W4A8MixedMainloop<Built, kGroup == GroupScales::kInt>,
+      cute::conditional_t<kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>,
+      cute::conditional_t<kPromote, Fp8PromoteMainloop<Built, kBlock, kSwapAB>, Built>>>;
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
   // no such bound (its precision is the matter, docs/FP8.md); group-scaled sums are bounded per
   // promotion span and flushed to fp32 (the host derives both from the scales, docs/W4A8.md).
@@ -211,7 +217,7 @@ struct RowwiseGemm {
   // out their scale slots: kTileK / 32 rows of kTileN scales per stage, for up to 8 stages).
   // Integer scales also keep the fp32 running sum of the tile in shared memory (4 bytes per output).
   static constexpr int kGroupCarveout =
-      (Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<1>(TileShape{}) * 4 : 0) +
+      (Ops::kGrouped ? 8 * (cute::size<2>(TileShape{}) / 32) * cute::size<kSwapAB ? 0 : 1>(TileShape{}) * 4 : 0) +
       (Ops::kGroup == GroupScales::kInt ? cute::size<0>(TileShape{}) * cute::size<1>(TileShape{}) * 4 : 0) +
       (Ops::kBlock ? 8 * (cute::size<2>(TileShape{}) / kScaleBlock) * ((kSwapAB ? cute::size<1>(TileShape{}) : cute::size<0>(TileShape{})) + 4) * 4 : 0);
   using CollectiveMainloop = typename Ops::template Mainloop<typename cutlass::gemm::collective::CollectiveBuilder<
@@ -260,7 +266,7 @@ struct RowwiseGemm {
                                   {ptr_a, stride_a, ptr_b, stride_b},
                                   {fusion, nullptr, stride_d, static_cast<ElementOut*>(a.out), stride_d}};
     if constexpr (Ops::kGrouped) {
-      static_assert(!kSwapAB, "group-scaled recipes run the normal orientation (the scales follow the GEMM's N)");
+      static_assert(kSwapAB == Ops::kW4, "group-scaled int8 runs the normal orientation, the INT4 mainloop swap-AB");
       args.mainloop.group = {a.sg, a.group_size, a.promote_blocks, a.flush};
     }
     const GemmTuning& t = gemm_tuning();
@@ -409,6 +415,16 @@ template <class Cfg, class ElementOut>
 GemmKernel make_int8_group_float(const char* tile, DType out, bool dispatched) {
   return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kFloat>, ElementOut>("int8_group_float", tile,
                                                                                          out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_mixed_int(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kInt, true>, ElementOut>("w4a8_mixed_int", tile,
+                                                                                             out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_mixed_float(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kFloat, true>, ElementOut>("w4a8_mixed_float",
+                                                                                               tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {

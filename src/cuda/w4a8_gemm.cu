@@ -44,6 +44,7 @@
 #include <string>
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
+#include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
 #include "zq_kernels.h"
 
 namespace zq {
@@ -51,52 +52,7 @@ namespace {
 
 constexpr int kWarps = 8;  // per CTA
 
-// E4M3 bytes of the E2M1 magnitudes 0, 0.5, 1, 1.5 (low word) and 2, 3, 4, 6 (high word).
-constexpr uint32_t kLutLo = 0x3C383000u;
-constexpr uint32_t kLutHi = 0x4C484440u;
-
-struct Lut {
-  uint32_t pos_lo, pos_hi, neg_lo, neg_hi;
-};
-
-// The table of e2m1(c) * 2^e, e in [-5, 0]: e << 3 added to every exponent field but byte 0's
-// (code 0 stays 0). Bytes 1..3 of the low word are >= 0x30, so adding e * 8 >= -40 never borrows
-// across bytes; every exponent field stays in 1..9 (normal numbers).
-__device__ __forceinline__ Lut make_lut(int e) {
-  Lut l;
-  l.pos_lo = kLutLo + static_cast<uint32_t>(e * 0x08080800);
-  l.pos_hi = kLutHi + static_cast<uint32_t>(e * 0x08080808);
-  l.neg_lo = l.pos_lo | 0x80808080u;  // byte 0: -0, which the MMA takes as 0
-  l.neg_hi = l.pos_hi | 0x80808080u;
-  return l;
-}
-
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
-
-// The selectors of the 8 E2M1 codes of a word x (code j in bits 4j..4j+3), computed once for both
-// of its halves: idx = the magnitudes (bit 3 clear), sel = byte j from the negative table (4 + j)
-// when code j is negative. prmt reads only bits 0-15 of a selector, so the high half takes them
-// shifted right by 16.
-struct Sel {
-  uint32_t idx, sel;
-};
-__device__ __forceinline__ Sel selectors(uint32_t x) {
-  return {x & 0x77777777u, ((x >> 1) & 0x44444444u) | 0x32103210u};
-}
-
-// Four E2M1 codes (the low 16 bits of the selectors) -> four E4M3 bytes (byte j): 3 byte permutes.
-__device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const Lut& l) {
-  const uint32_t p = prmt(l.pos_lo, l.pos_hi, idx);
-  const uint32_t n = prmt(l.neg_lo, l.neg_hi, idx);
-  return prmt(p, n, sel);
-}
-
-// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
-__device__ __forceinline__ Lut int4_lut() { return {0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu}; }
+using namespace w4;
 
 // Four E4M3 bytes times a float ratio, rounded back to E4M3 (float-scale variant).
 __device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
@@ -458,8 +414,8 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
 
 // INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
 // (python/zqkernels/ops/gemm_cuda.py). One thread per lane chunk of 16 bytes: word 2s + q holds rows r
-// (low half) and r + 8 (high half) at k = 64c + 32s + 8t + 4q + j; the byte permutes of the
-// streaming kernel turn each half into 4 int8 bytes, stored 8 contiguous bytes per (row, step).
+// (low half) and r + 8 (high half) at k = 64c + 32s + 16q + 4t + j (the int8 MMA's natural A
+// fragment); the byte permutes of the streaming kernel turn each half into 4 int8 bytes.
 __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int nchunks = K >> 6;
@@ -476,11 +432,13 @@ __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
-    const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 8 * t;
-    *reinterpret_cast<uint2*>(out + n_lo * K + k0) =
-        make_uint2(convert4(q0.idx, q0.sel, kInt4Lut), convert4(q1.idx, q1.sel, kInt4Lut));
-    *reinterpret_cast<uint2*>(out + (n_lo + 8) * K + k0) =
-        make_uint2(convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut), convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut));
+    const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 4 * t;  // word 2s + q: k0 + 16q + j
+    uint32_t* lo = reinterpret_cast<uint32_t*>(out + n_lo * K + k0);
+    uint32_t* hi = reinterpret_cast<uint32_t*>(out + (n_lo + 8) * K + k0);
+    lo[0] = convert4(q0.idx, q0.sel, kInt4Lut);
+    lo[4] = convert4(q1.idx, q1.sel, kInt4Lut);
+    hi[0] = convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut);
+    hi[4] = convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut);
   }
 }
 
@@ -612,6 +570,12 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
+// The B fragment of one int8 mma.m16n8k32 step in the natural k order (layout m16k32 keeps it):
+// lane t's bytes k = 4t..4t+3 and 16+4t..16+4t+3 of the step (p already offset by 4t).
+__device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
+  return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
+}
+
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
@@ -646,7 +610,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
     for (int j = 0; j < kNT; ++j) {
       const int m = tok0 + j * 8 + r;
       tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 8 * t;
+      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
     }
     // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group).
     const auto scale_at = [&](int64_t row, int c, int s) -> uint32_t {
@@ -687,8 +651,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
         for (int j = 0; j < kNT; ++j)
 #pragma unroll
           for (int s = 0; s < 2; ++s)
-            xv[j][s] = tok_ok[j] ? __ldg(reinterpret_cast<const uint2*>(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s))
-                                 : make_uint2(0, 0);
+            xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
         const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
         for (int s = 0; s < 2; ++s) {

@@ -24,7 +24,7 @@ launches live in ops/gemm_cuda.py. Scale conventions: docs/SCALES.md; W4A8: docs
 
 Tuning knobs are not part of the schema. ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a tile
 name from ``zqkernels.info()["gemm_tiles"]``) pick the row-wise kernel, ``path`` ('auto', 'stream',
-'convert') the W4A8 path; they are for tests and benchmarks and are set with the context manager
+'mixed', 'convert') the W4A8 path ('mixed': INT4 only); they are for tests and benchmarks and are set with the context manager
 ``gemm_options(backend=..., tile=..., path=...)`` (a ``contextvars`` setting: per thread and task).
 The wrappers' ``backend=`` / ``tile=`` / ``path=`` arguments still work: when not at their defaults
 they override the setting for that call (eagerly, or by entering the setting around the op call).
@@ -125,7 +125,7 @@ class gemm_options:  # noqa: N801 - a context manager, named like torch.no_grad
 
     backend ('auto', 'sm90', 'sm80') and tile (None = the dispatch table's choice, or a name from
     ``zqkernels.info()["gemm_tiles"]``) select the kernel of int8_gemm / fp8_gemm on CUDA; path
-    ('auto', 'stream', 'convert') the W4A8 GEMMs' path. Every knob is set (nested settings replace
+    ('auto', 'stream', 'mixed', 'convert') the W4A8 GEMMs' path ('mixed': INT4 weights only). Every knob is set (nested settings replace
     the enclosing one); GEMMs whose recipe has no such knob ignore it. CPU tensors (the reference)
     take the defaults. A wrapper's own non-default knob argument overrides the setting for its call.
     """
@@ -242,7 +242,7 @@ def _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation="none", out_scale
     if spec == "w4a8_fp":
         return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
     if spec == "w4a8_int":
-        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path, tile)
     return group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
 
 
@@ -505,17 +505,20 @@ def w4a8_gemm(
     raise). CPU tensors run the exact reference (``w4a8_gemm_ref``).
 
     path (CUDA; for tests and benchmarks, also settable with ``gemm_options``): "stream" (the decode
-    kernel: streams the packed weights, INT8 mma.sync), "convert" (int4_to_int8 into a temporary
-    int8 [N, K], then the group-scaled wgmma GEMM, also behind ``w8a8_group_gemm``), or "auto"
-    (stream for M <= 64, else convert). Both compute the same sums. Runs ``zqkernels::gemm`` with
-    spec "w4a8_int".
+    kernel: streams the packed weights, INT8 mma.sync), "mixed" (the Hopper mixed-input mainloop:
+    the packed weights are converted to int8 in registers and fed to register-sourced wgmma; no
+    conversion pass), "convert" (int4_to_int8 into a temporary int8 [N, K], then the group-scaled
+    wgmma GEMM of ``w8a8_group_gemm``: the old large-M path, kept as a baseline), or "auto"
+    (stream for M <= 64, else mixed). All compute the same sums. Runs ``zqkernels::gemm`` with spec
+    "w4a8_int".
     """
     if c._debug_checks:
         debug_checks("w4a8_int", "w4a8_gemm", xq, sx, sw, sg, bias, max_scale)
     if c.eager(xq, wq, sx, sw, sg, bias):
+        tile = None
         if _active:
-            path = _merged("auto", None, path)[2]
-        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path)
+            _, tile, path = _merged("auto", None, path)
+        return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path, tile)
     c.check_tensor_args("w4a8_gemm", bias, sg)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_int", out_dtype, activation, None, max_scale)

@@ -27,6 +27,7 @@ from . import _common as c
 __all__ = [
     "BACKENDS",
     "W4A8_PATHS",
+    "W4A8_FP_PATHS",
     "INT8_MAX_K",
     "W4A8_INT_MAX_GROUP",
     "W8A8_GROUP_MAX_GROUP",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "sm90", "sm80")
-W4A8_PATHS = ("auto", "stream", "convert")
+W4A8_PATHS = ("auto", "stream", "mixed", "convert")
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
 _FLOAT_OUT = (torch.bfloat16, torch.float16, torch.float32)
 # zq::DType codes of the output types (zq_kernels.h); int8 is an output type of the GEMMs only.
@@ -145,10 +146,14 @@ def check_options(backend: str, tile: Optional[str], op: str = "int8_gemm") -> N
         raise ValueError(f"{op}: tile must be None (automatic) or a tile name (str), got {tile!r}")
 
 
-def check_path(op: str, path: str) -> None:
-    """The W4A8 GEMMs' path knob."""
-    if path not in W4A8_PATHS:
-        raise ValueError(f"{op}: path must be one of {W4A8_PATHS}, got {path!r}")
+W4A8_FP_PATHS = ("auto", "stream", "convert")  # FP4 weights: no mixed-input mainloop yet
+
+
+def check_path(op: str, path: str, paths: tuple = W4A8_PATHS) -> None:
+    """The W4A8 GEMMs' path knob (paths: the ones this GEMM has)."""
+    if path not in paths:
+        why = " (the mixed-input mainloop serves INT4 weights only)" if path in W4A8_PATHS else ""
+        raise ValueError(f"{op}: path must be one of {paths}{why}, got {path!r}")
 
 
 def check_accumulate(accumulate) -> str:

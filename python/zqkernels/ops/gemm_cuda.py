@@ -5,9 +5,12 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
                         sm80_gemm_rowwise.cuh)
     w4a8_fp_cuda        FP8 x FP4 (w4a8_gemm.cu): "stream" (M <= 32, or float32 output) or "convert"
                         (fp4_to_fp8, then the fp8_rowwise GEMM)
-    w4a8_int_cuda       INT8 x INT4 (w4a8_gemm.cu): "stream" (M <= 64) or "convert" (int4_to_int8,
-                        then the group-scaled GEMM)
+    w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, M <= 64), "mixed" (the packed weights
+                        converted in registers by the wgmma mainloop, sm90_w4a8_mainloop.cuh) or
+                        "convert" (int4_to_int8, then the group-scaled int8 GEMM: the old large-M path,
+                        kept as a baseline)
     group_gemm_cuda     int8_group_int / int8_group_float (sm90_group_mainloop.cuh; contract docs/W4A8.md)
+                        and w4a8_mixed_int / w4a8_mixed_float (the same contract, INT4 weights)
 
 The group-scaled kernel sums each span of ``promote_blocks`` k-blocks of 32 exactly in int32, then
 folds it in: integer scales ``iacc += s_int * P`` (flushed to fp32 every ``flush`` spans), float
@@ -45,6 +48,8 @@ _RECIPE_OP = {
     "fp8_blockwise": "fp8_block_gemm",
     "int8_group_int": "w8a8_group_gemm",
     "int8_group_float": "w8a8_group_gemm",
+    "w4a8_mixed_int": "w4a8_gemm",
+    "w4a8_mixed_float": "w4a8_gemm",
 }
 # Largest M the FP4 streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
@@ -314,16 +319,19 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
 
 
 def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int, max_scale: Optional[int],
-                  path: str) -> torch.Tensor:
-    """W4A8 with INT4 weights and integer / float group scales on CUDA (arguments checked)."""
+                  path: str, tile: Optional[str] = None) -> torch.Tensor:
+    """W4A8 with INT4 weights and integer / float group scales on CUDA (arguments checked). tile: a
+    tile of the mixed-input recipe (experiments; None: the dispatch table's)."""
     M, K = xq.shape
     N = wq.shape[0]
     idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, "this build's W4A8 integer-scale kernels are",
                                  "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
-    if path == "convert" or (path == "auto" and M > INT_STREAM_MAX_M):
+    if path == "convert":
         return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
+    if path == "mixed" or (path == "auto" and M > INT_STREAM_MAX_M):
+        return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8, tile=tile, int4=True)
     int_scales = sg.dtype == torch.int32
     flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
@@ -426,9 +434,10 @@ def int4_to_int8_cuda(wq: torch.Tensor, K: int) -> torch.Tensor:
 
 
 def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_scale: Optional[int],
-                    wmax: int, tile: Optional[str] = None) -> torch.Tensor:
+                    wmax: int, tile: Optional[str] = None, int4: bool = False) -> torch.Tensor:
     """Launch the group-scaled GEMM on CUDA. Arguments already checked by the op: xq int8 [M, K]
-    (M >= 1), wq int8 [N, K] row-major, sx float32 [M] or one element, sw float32 [N] or one
+    (M >= 1), wq int8 [N, K] row-major (int4=True: packed INT4 uint8 [N, K // 2], layout m16k32,
+    run by the mixed-input mainloop), sx float32 [M] or one element, sw float32 [N] or one
     element, sg [N, G] int32 (integer scales, bounded by max_scale; None: the largest the quantizer
     produces for wmax) or float32, bias [N] or None; act: the activation code. tile: a tile name of
     the recipe (experiments; None: the dispatch table's)."""
@@ -456,7 +465,7 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    recipe = "int8_group_int" if int_scales else "int8_group_float"
+    recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()

@@ -10,6 +10,7 @@ import torch
 from ..reference.gemm import w4a8_fp_gemm_ref, w4a8_gemm_ref, w8a8_group_gemm_ref
 from . import _common as c
 from .gemm_checks import (
+    W4A8_FP_PATHS,
     check_epilogue,
     check_group_args,
     check_path,
@@ -34,7 +35,7 @@ def _meta_or_cpu(op: str, xq: torch.Tensor, N: int, out_dtype) -> Optional[torch
 
 def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
     op = "w4a8_fp_gemm"
-    check_path(op, path)
+    check_path(op, path, W4A8_FP_PATHS)
     act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
     g = check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
     if not xq.is_cuda:
@@ -47,7 +48,7 @@ def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="a
 
 
 def w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
-                   path="auto") -> torch.Tensor:
+                   path="auto", tile=None) -> torch.Tensor:
     op = "w4a8_gemm"
     check_path(op, path)
     act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
@@ -55,7 +56,7 @@ def w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_sc
     if not xq.is_cuda:
         meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
         return meta if meta is not None else w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
-    return w4a8_int_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, max_scale, path)
+    return w4a8_int_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, max_scale, path, tile)
 
 
 def group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None) -> torch.Tensor:

@@ -1,0 +1,405 @@
+// sm90_w4a8_mainloop.cuh: the mixed-input W4A8 mainloop (INT4 weights x INT8 activations with
+// integer or float group scales: Integer Scale, arXiv 2405.14597; docs/W4A8.md) for every M above
+// the streaming kernel's: no conversion pass, the packed weights go straight to the tensor cores.
+//
+// Orientation: swap-AB. The weights are the wgmma's A operand, fed from registers (only A can be),
+// the tokens its B operand from shared memory: D^T [N, M] = W [N, K] x X^T, stored column-major,
+// i.e. y [M, N] row-major (the swap-AB epilogue of sm90_gemm_rowwise.cuh).
+//
+//   producer (one elected thread): per k-tile of 128, into one pipeline stage,
+//     - the packed weights: the layout m16k32 keeps a 16-row tile's 64-wide chunks contiguous
+//       (512 bytes each), so a CTA's 128 rows x 128 k are 8 bulk copies of 1 KB (cp.async.bulk);
+//     - the group scales of the k-tile's groups for the tile's rows (rows of sg_t [G, N]);
+//     - the tokens' k-tile by TMA (the base collective's descriptor for B);
+//     all completing on the stage's transaction barrier.
+//   consumers (two warpgroups, 64 weight rows each): per span of kPK k-blocks of 32 (a span lies in
+//     one group), each thread reads its A fragments straight from shared memory (8 bytes per
+//     k-block: the layout stores them in the MMA's register order), turns the INT4 codes into
+//     int8 with byte permutes (w4_convert.cuh) and issues register-sourced wgmmas into an int32
+//     partial sum; two partial sums (and two register A buffers) alternate so that span s runs on
+//     the tensor cores while span s - 1 is folded in, as in the group-scaled int8 mainloop:
+//       int scales:   iacc += s_int[n, j] * temp   (integer multiply-add; flushed to an fp32 sum in
+//                     shared memory every `flush` spans: no int32 overflow for any input)
+//       float scales: acc += r[n, j] * float(temp)
+//     In this orientation a thread's accumulator rows are just two weight rows (r and r + 8 of its
+//     warp's 16), so a fold reads two scales.
+//
+// The base is the collective CUTLASS's builder makes for the int8 x int8 swap-AB tile: its B TMA,
+// shared-memory layout of B, pipeline, tail and the kernel around it are kept; A's TMA descriptor
+// is built on the packed pointer but never used. The accumulator type seen by the kernel is fp32
+// (FloatAccView, as for the group-scaled int8 mainloop).
+//
+// Limits: N % 16 == 0, K % 64 == 0 (the packed layout), group_size a multiple of 32 dividing K,
+// N % 4 == 0 and sg_t 16-byte aligned (scale rows by bulk copy). Tile: 64 weight rows per consumer
+// warpgroup, k-tile 128, no cluster.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cutlass/arch/barrier.h"
+#include "cutlass/cutlass.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+
+#include "sm90_group_mainloop.cuh"  // FloatAccTiledMma, GroupScaleArgs
+#include "sm90_span_mainloop.cuh"
+#include "w4_convert.cuh"
+
+namespace zq::sm90 {
+
+// The register-sourced int8 TiledMma with the same atom layout as the base's shared-memory one.
+template <class T>
+struct RegisterATiledMma;
+template <class Op, class AtomLayout, class Permutation>
+struct RegisterATiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutation>> {
+  using RsOp = decltype(cute::GMMA::rs_op_selector<int8_t, int8_t, int32_t,
+                                                   typename cute::MMA_Traits<Op>::Shape_MNK>());
+  using type = cute::TiledMMA<cute::MMA_Atom<RsOp>, AtomLayout, Permutation>;
+};
+
+template <class Base, bool kIntScales>
+struct W4A8MixedMainloop : Base {
+  using TileShape = typename Base::TileShape;
+  using DispatchPolicy = typename Base::DispatchPolicy;
+  using ElementA = typename Base::ElementA;
+  using ElementB = typename Base::ElementB;
+  using StrideA = typename Base::StrideA;
+  using StrideB = typename Base::StrideB;
+  using IntTiledMma = typename Base::TiledMma;
+  using RsTiledMma = typename RegisterATiledMma<IntTiledMma>::type;
+  using TiledMma = typename FloatAccTiledMma<IntTiledMma>::type;
+  using ElementAccumulator = float;
+  using ElementScale = cute::conditional_t<kIntScales, int32_t, float>;
+  using SmemLayoutB = typename Base::SmemLayoutB;
+  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
+  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
+  using MainloopPipeline = typename Base::MainloopPipeline;
+  using PipelineState = typename Base::PipelineState;
+  using PipelineParams = typename Base::PipelineParams;
+  using PipelineStorage = typename Base::PipelineStorage;
+
+  static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, int32_t>, "int8 wgmma (s32 accumulator)");
+  static_assert(cute::size(typename DispatchPolicy::ClusterShape{}) == 1, "no cluster: B is loaded without multicast");
+  static constexpr int kStages = DispatchPolicy::Stages;
+  static constexpr int kTileM = cute::size<0>(TileShape{});  // weight rows
+  static constexpr int kTileN = cute::size<1>(TileShape{});  // tokens
+  static constexpr int kTileK = cute::size<2>(TileShape{});
+  static constexpr int kThreads = cute::size(IntTiledMma{});
+  static_assert(kTileM == 64 * (kThreads / cutlass::NumThreadsPerWarpGroup),
+                "one 64-row wgmma per consumer warpgroup: a warp owns 16 weight rows (one m16k32 row tile)");
+  static_assert(kTileK % 64 == 0, "k-tile of whole 64-wide chunks");
+  static constexpr int kMmaK = 32;
+  static constexpr int kBlocks = kTileK / kMmaK;
+  static constexpr int kChunks = kTileK / 64;                 // 64-wide chunks of the packed layout per k-tile
+  static constexpr int kRowTiles = kTileM / 16;               // 16-row tiles per CTA tile
+  static constexpr int kChunkBytes = 512;                     // 16 rows x 64 k x 4 bits
+  static constexpr int kStageABytes = kRowTiles * kChunks * kChunkBytes;
+  static constexpr int kScaleRows = kBlocks;                  // groups one k-tile can touch
+  static constexpr int kScaleStageElems = kScaleRows * kTileM;
+  static constexpr int kFlushElems = kTileM * kTileN;
+
+  struct TensorStorage : cute::aligned_struct<128, cute::_0> {
+    cute::array_aligned<uint8_t, kStages * kStageABytes, 128> smem_A;  // packed INT4, layout m16k32
+    cute::array_aligned<typename IntTiledMma::ValTypeB, cute::cosize_v<SmemLayoutB>> smem_B;
+    cute::array_aligned<ElementScale, kStages * kScaleStageElems, 128> smem_scale;
+    cute::array_aligned<float, kIntScales ? kFlushElems : 1, 128> smem_flush;
+  };
+  struct SharedStorage {
+    TensorStorage tensors;
+    PipelineStorage pipeline;
+  };
+
+  struct Arguments {
+    ElementA const* ptr_A;  // the packed weights (uint8 [N, K / 2], layout m16k32)
+    StrideA dA;
+    ElementB const* ptr_B;
+    StrideB dB;
+    GroupScaleArgs group{};
+  };
+
+  struct Params : Base::Params {
+    const uint8_t* ptr_w = nullptr;
+    const ElementScale* ptr_scale = nullptr;
+    int N = 0;
+    int K = 0;
+    int groups = 0;
+    int group_size = 0;
+    int group_blocks = 0;
+    int promote_blocks = 0;
+    int flush = 0;
+  };
+
+  template <class ProblemShape>
+  static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
+    typename Base::Arguments base{args.ptr_A, args.dA, args.ptr_B, args.dB};
+    Params p;
+    static_cast<typename Base::Params&>(p) = Base::to_underlying_arguments(problem_shape, base, workspace);
+    // The stage's barrier expects B's TMA bytes here; the producer adds the weights' and scales'.
+    p.tma_transaction_bytes = Base::TmaTransactionBytesNK;
+    auto shape = cute::append<4>(problem_shape, 1);
+    p.N = static_cast<int>(cute::get<0>(shape));  // swap-AB: the GEMM's M is the weights' N
+    p.K = static_cast<int>(cute::get<2>(shape));
+    p.ptr_w = reinterpret_cast<const uint8_t*>(args.ptr_A);
+    p.ptr_scale = static_cast<const ElementScale*>(args.group.ptr_scale);
+    p.group_size = args.group.group_size;
+    p.groups = args.group.group_size > 0 ? p.K / args.group.group_size : 0;
+    p.group_blocks = args.group.group_size / kMmaK;
+    p.promote_blocks = args.group.promote_blocks;
+    p.flush = args.group.flush;
+    return p;
+  }
+
+  // Why the problem does not fit (empty: it does). Also checked by the Python layer.
+  static const char* group_error(int N, int K, GroupScaleArgs const& g) {
+    if (N % 16 != 0 || K % 64 != 0) return "the packed INT4 layout m16k32 needs N % 16 == 0 and K % 64 == 0";
+    if (g.ptr_scale == nullptr || reinterpret_cast<uintptr_t>(g.ptr_scale) % 16 != 0) {
+      return "group scales (sg_t) must be non-null and 16-byte aligned";
+    }
+    if (g.group_size <= 0 || g.group_size % kMmaK != 0 || K % g.group_size != 0) {
+      return "group_size must be a multiple of 32 dividing K";
+    }
+    const int gb = g.group_size / kMmaK;
+    if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
+    if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
+    if (kIntScales && g.flush < 1) return "flush must be >= 1 for integer scales";
+    return "";
+  }
+
+  template <class ProblemShape>
+  static bool can_implement(ProblemShape const& problem_shape, Arguments const& args) {
+    auto shape = cute::append<4>(problem_shape, 1);
+    typename Base::Arguments base{args.ptr_A, args.dA, args.ptr_B, args.dB};
+    const int N = static_cast<int>(cute::get<0>(shape));
+    const int K = static_cast<int>(cute::get<2>(shape));
+    return Base::can_implement(problem_shape, base) && group_error(N, K, args.group)[0] == '\0' &&
+           reinterpret_cast<uintptr_t>(args.ptr_A) % 16 == 0;
+  }
+
+  // Producer: per k-tile, the tile's packed weight chunks (one bulk copy per 16-row tile), the
+  // scale rows of the k-tile's groups, and the tokens' k-tile (TMA), on the stage's barrier.
+  template <class TensorA, class TensorB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load(Params const& p, MainloopPipeline pipeline, PipelineState smem_pipe_write,
+                           cute::tuple<TensorA, TensorB> const& load_inputs, BlockCoord const& blk_coord,
+                           KTileIterator k_tile_iter, int k_tile_count, int thread_idx, uint32_t block_rank_in_cluster,
+                           TensorStorage& shared_tensors) {
+    using namespace cute;
+    if (!cute::elect_one_sync()) return;
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    auto block_tma_b = p.tma_load_b.get_slice(0);
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    Tensor gB = get<1>(load_inputs)(_, _, n_coord, _, l_coord);
+    Tensor tBgB = block_tma_b.partition_S(gB);
+    Tensor tBsB = block_tma_b.partition_D(sB);
+
+    const int n0 = static_cast<int>(m_coord) * kTileM;  // first weight row of the tile
+    const int nrows = p.N - n0 < kTileM ? p.N - n0 : kTileM;
+    const int row_tiles = nrows / 16;  // N % 16 == 0
+    const uint32_t scale_row_bytes = static_cast<uint32_t>(nrows) * sizeof(ElementScale);
+    const int chunks_total = p.K / 64;
+    const uint8_t* w_tile = p.ptr_w + static_cast<int64_t>(n0 / 16) * chunks_total * kChunkBytes;
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 0; --k_tile_count) {
+      pipeline.producer_acquire(smem_pipe_write);
+      using BarrierType = typename MainloopPipeline::ProducerBarrierType;
+      BarrierType* bar = pipeline.producer_get_barrier(smem_pipe_write);
+      const int stage = smem_pipe_write.index();
+      const int kt = static_cast<int>(*k_tile_iter);
+      const int c0 = kt * kChunks;
+      const int nchunks = chunks_total - c0 < kChunks ? chunks_total - c0 : kChunks;
+      const uint32_t a_bytes = static_cast<uint32_t>(nchunks * kChunkBytes);
+      const int first = kt * kTileK / p.group_size;
+      int last = (kt * kTileK + kTileK - 1) / p.group_size;
+      if (last > p.groups - 1) last = p.groups - 1;
+      // Everything this stage will receive joins its expected transaction before any copy is issued.
+      cutlass::arch::ClusterTransactionBarrier::expect_transaction(
+          bar, a_bytes * static_cast<uint32_t>(row_tiles) + scale_row_bytes * static_cast<uint32_t>(last - first + 1));
+      uint8_t* a_dst = shared_tensors.smem_A.data() + stage * kStageABytes;
+      for (int rt = 0; rt < row_tiles; ++rt) {
+        SM90_BULK_COPY_G2S::copy(w_tile + (static_cast<int64_t>(rt) * chunks_total + c0) * kChunkBytes, bar,
+                                 a_dst + rt * kChunks * kChunkBytes, static_cast<int32_t>(a_bytes));
+      }
+      ElementScale* s_dst = shared_tensors.smem_scale.data() + stage * kScaleStageElems;
+      for (int j = first; j <= last; ++j) {
+        SM90_BULK_COPY_G2S::copy(p.ptr_scale + static_cast<int64_t>(j) * p.N + n0, bar, s_dst + (j - first) * kTileM,
+                                 static_cast<int32_t>(scale_row_bytes));
+      }
+      copy(p.tma_load_b.with(*bar, 0), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
+      ++k_tile_iter;
+      ++smem_pipe_write;
+    }
+  }
+
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
+                          int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    switch (p.promote_blocks) {
+      case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+      case 2: return mma_spans<2>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+      default: return mma_spans<4>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    }
+  }
+
+  // One span's state: its int32 partial sum and the register A operand its wgmmas read (both must
+  // stay untouched until the span's wgmmas complete).
+  template <class Acc, class FragA>
+  struct SpanBuf {
+    Acc acc;
+    FragA a;
+  };
+
+  template <class T>
+  CUTLASS_DEVICE static void opaque_zero(T& t) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < cute::size(t); ++i) asm volatile("mov.b32 %0, 0;" : "=r"(t(i)));
+  }
+
+  template <int kPK, class FrgTensorC>
+  CUTLASS_DEVICE void mma_spans(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                                int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    using namespace cute;
+    static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    static_assert(kBlocks % kPK == 0, "a span lies inside one k-tile");
+    constexpr int kSpansPerTile = kBlocks / kPK;
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    RsTiledMma rs_mma;
+    auto thr = rs_mma.get_slice(thread_idx);
+    Tensor tCrB = thr.partition_fragment_B(sB);  // (MMA, MMA_N, MMA_K, PIPE) descriptors
+    CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
+    // A span's A operand in registers: 4 words (16 int8) per k-block, in the order of the atom's
+    // A values (ALayout_64x32: word q * 2 + hi = row r + 8 hi, k 16 q + 4 t .. + 3). Kept as 32-bit
+    // words and viewed as int8 for the MMA, which reads them back as words: no byte shuffling.
+    using FragA = decltype(make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kPK>{}))));
+    static_assert(decltype(size(thr.partition_fragment_A(
+                      make_tensor(make_smem_ptr(static_cast<int8_t*>(nullptr)),
+                                  make_layout(make_shape(Int<kTileM>{}, Int<kPK * kMmaK>{}),
+                                              make_stride(Int<kPK * kMmaK>{}, Int<1>{}))))))::value == 16 * kPK,
+                  "16 int8 A values per thread and k-block");
+
+    // This thread's (row, column) of each accumulator value: two rows, r0 and r0 + 8.
+    IntTiledMma tiled_mma;
+    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
+    CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
+    constexpr int kVals = decltype(size(accum))::value;
+    const int r0 = get<0>(tCcC(0));
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kVals; ++i) {  // folded to nothing: value i lies in row r0 + 8 * ((i >> 1) & 1)
+      if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
+    }
+
+    using Acc = decltype(make_fragment_like<int32_t>(accum));
+    SpanBuf<Acc, FragA> buf0;
+    SpanBuf<Acc, FragA> buf1;
+    Tensor iacc = make_fragment_like<int32_t>(accum);
+    if constexpr (!kIntScales) clear(accum);
+    // Zeros each written by its own instruction: a zero the compiler shares between the partial sums
+    // and other registers (copies of a register a wgmma also writes) makes ptxas wait for every
+    // wgmma before those copies (C7517).
+    opaque_zero(buf0.acc);
+    opaque_zero(buf1.acc);
+    opaque_zero(iacc);
+    float* fsum = nullptr;
+    if constexpr (kIntScales) {
+      fsum = shared_tensors.smem_flush.data() + thread_idx;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) fsum[i * kThreads] = 0.f;
+    }
+
+    // This thread's packed bytes in a stage: its warp's 16-row tile, its lane's 16 bytes of a chunk.
+    const int lane = thread_idx % 32;
+    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + lane * 16;
+    const w4::Lut lut = w4::int4_lut();
+
+    const ElementScale* scales = shared_tensors.smem_scale.data();
+    const int gk = p.group_blocks;
+    int since_flush = 0;
+    auto promote = [&](auto& temp, int stage, int kt, int last_block) {
+      // A span past K (the last k-tile of K % 128 == 64) holds products with zero-filled tokens:
+      // folded in with the last group's (finite) scales, it adds exactly 0.
+      const int group = min(last_block / gk, p.groups - 1);
+      const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileM + r0;
+      const ElementScale s0 = row[0], s1 = row[8];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) {
+        const ElementScale s = ((i >> 1) & 1) ? s1 : s0;
+        if constexpr (kIntScales) {
+          iacc(i) += s * temp(i);
+        } else {
+          accum(i) = fmaf(s, static_cast<float>(temp(i)), accum(i));
+        }
+      }
+      if constexpr (kIntScales) {
+        if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
+          since_flush = 0;
+          CUTLASS_PRAGMA_UNROLL
+          for (int c0 = 0; c0 < kVals; c0 += 16) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int i = c0; i < c0 + 16 && i < kVals; ++i) {
+              fsum[i * kThreads] += static_cast<float>(iacc(i));
+              iacc(i) = 0;
+            }
+            asm volatile("" ::: "memory");
+          }
+        }
+      }
+    };
+
+    const int spans = k_tile_count * kSpansPerTile;
+    PipelineState smem_pipe_release = smem_pipe_read;
+    // Span s: wait for its k-tile at the tile's first span, convert its kPK k-blocks of weights
+    // into the buffer's registers, issue its wgmmas as one batch into the buffer's partial sum.
+    auto issue = [&](auto& buf, int& cur_stage, int s) {
+      const int sub = s % kSpansPerTile;
+      if (sub == 0) {
+        auto token = pipeline.consumer_try_wait(smem_pipe_read);
+        pipeline.consumer_wait(smem_pipe_read, token);
+      }
+      const int stage = smem_pipe_read.index();
+      cur_stage = stage;
+      const uint8_t* a_stage = a_base + stage * kStageABytes;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        const int b = sub * kPK + j;  // k-block of the k-tile: chunk b / 2, MMA step b % 2
+        const uint2 w = *reinterpret_cast<const uint2*>(a_stage + (b >> 1) * kChunkBytes + (b & 1) * 8);
+        const w4::Sel q0 = w4::selectors(w.x), q1 = w4::selectors(w.y);
+        buf.a(0, 0, j) = w4::convert4(q0.idx, q0.sel, lut);              // row r,     k 4t..4t+3
+        buf.a(1, 0, j) = w4::convert4(q0.idx >> 16, q0.sel >> 16, lut);  // row r + 8
+        buf.a(2, 0, j) = w4::convert4(q1.idx, q1.sel, lut);              // row r,     k 16+4t..
+        buf.a(3, 0, j) = w4::convert4(q1.idx >> 16, q1.sel >> 16, lut);  // row r + 8
+      }
+      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      // No operand fence on buf.a: an asm that "modifies" the A registers after the wgmmas were
+      // issued makes ptxas wait for them (C7517); the wgmma reads them as inputs, which orders the
+      // conversion before it.
+      warpgroup_fence_operand(buf.acc);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        cute::gemm(rs_mma, recast<int8_t>(buf.a(_, _, j)), tCrB(_, _, sub * kPK + j, stage), buf.acc);
+        rs_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(buf.acc);
+      if (sub == kSpansPerTile - 1) ++smem_pipe_read;
+    };
+    auto fold = [&](auto& buf, int stage, int s) {
+      warpgroup_fence_operand(buf.acc);
+      const int kt = s / kSpansPerTile;
+      promote(buf.acc, stage, kt, (s + 1) * kPK - 1);
+      if (s % kSpansPerTile == kSpansPerTile - 1 && kt < k_tile_count - 1) {
+        pipeline.consumer_release(smem_pipe_release);
+        ++smem_pipe_release;
+      }
+    };
+
+    if constexpr (!kIntScales) warpgroup_fence_operand(accum);
+    run_spans(spans, buf0, buf1, issue, fold);
+    if constexpr (kIntScales) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(iacc(i)) + fsum[i * kThreads];
+    }
+    warpgroup_fence_operand(accum);
+  }
+};
+
+}  // namespace zq::sm90

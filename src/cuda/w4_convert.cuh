@@ -1,0 +1,60 @@
+// w4_convert.cuh: 4-bit weight codes -> 8-bit MMA operands in registers, by byte permutes (prmt).
+// Shared by the W4A8 streaming kernels (w4a8_gemm.cu) and the Hopper mixed-input mainloop
+// (sm90_w4a8_mainloop.cuh). A 32-bit word holds 8 codes, code j in bits 4j..4j+3; its low 16 bits
+// give one 4-byte MMA register, its high 16 bits another (the packed layouts m16k32 / m16k64 place
+// the codes so, docs/W4A8.md and docs/FP8.md). Per 4 codes: 3 permutes, plus 3 logic ops per word
+// for the selectors; no float instruction touches a weight.
+#pragma once
+
+#include <cstdint>
+
+namespace zq::w4 {
+
+// E4M3 bytes of the E2M1 magnitudes 0, 0.5, 1, 1.5 (low word) and 2, 3, 4, 6 (high word).
+constexpr uint32_t kLutLo = 0x3C383000u;
+constexpr uint32_t kLutHi = 0x4C484440u;
+
+struct Lut {
+  uint32_t pos_lo, pos_hi, neg_lo, neg_hi;
+};
+
+// The table of e2m1(c) * 2^e, e in [-5, 0]: e << 3 added to every exponent field but byte 0's
+// (code 0 stays 0). Bytes 1..3 of the low word are >= 0x30, so adding e * 8 >= -40 never borrows
+// across bytes; every exponent field stays in 1..9 (normal numbers).
+__device__ __forceinline__ Lut make_lut(int e) {
+  Lut l;
+  l.pos_lo = kLutLo + static_cast<uint32_t>(e * 0x08080800);
+  l.pos_hi = kLutHi + static_cast<uint32_t>(e * 0x08080808);
+  l.neg_lo = l.pos_lo | 0x80808080u;  // byte 0: -0, which the MMA takes as 0
+  l.neg_hi = l.pos_hi | 0x80808080u;
+  return l;
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// The selectors of the 8 E2M1 codes of a word x (code j in bits 4j..4j+3), computed once for both
+// of its halves: idx = the magnitudes (bit 3 clear), sel = byte j from the negative table (4 + j)
+// when code j is negative. prmt reads only bits 0-15 of a selector, so the high half takes them
+// shifted right by 16.
+struct Sel {
+  uint32_t idx, sel;
+};
+__device__ __forceinline__ Sel selectors(uint32_t x) {
+  return {x & 0x77777777u, ((x >> 1) & 0x44444444u) | 0x32103210u};
+}
+
+// Four E2M1 codes (the low 16 bits of the selectors) -> four E4M3 bytes (byte j): 3 byte permutes.
+__device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const Lut& l) {
+  const uint32_t p = prmt(l.pos_lo, l.pos_hi, idx);
+  const uint32_t n = prmt(l.neg_lo, l.neg_hi, idx);
+  return prmt(p, n, sel);
+}
+
+// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
+__device__ __forceinline__ Lut int4_lut() { return {0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu}; }
+
+}  // namespace zq::w4
