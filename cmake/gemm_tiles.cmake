@@ -150,13 +150,11 @@ foreach(_r int8_group_int int8_group_float)
 endforeach()
 # W4A8 mixed input (docs/W4A8.md, src/cuda/sm90_w4a8_mainloop.cuh): packed INT4 weights converted in
 # registers (the wgmma's A operand: swap-AB, 64 weight rows per consumer warpgroup), integer and float
-# group scales; the token tile is the choice.
-# group scales; the token tile is the choice. Three int32 sets (two partial sums, the integer sum) and
-# two register A buffers per consumer thread: 64 tokens fit 168 registers, 128 would spill.
+# group scales. Two int32 sets per consumer thread (the partial sum and the integer sum): up to 128
+# tokens a tile.
 foreach(_r w4a8_mixed_int w4a8_mixed_float)
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_64x64x128_pp     EXPERIMENT "bf16"           "64, 64, 128, 1, 1, ${_pp}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_128x32x128_coop  EXPERIMENT "bf16"           "128, 32, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
 endforeach()
 zq_gemm_tile(sm90 int8_rowwise 128x128x128_coop        EXPERIMENT "bf16"                "128, 128, 128, 1, 1, ${_coop}, false, false")
 zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)

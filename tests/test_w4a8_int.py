@@ -22,7 +22,7 @@ def layout_index(n: int, k: int, K: int) -> tuple[int, int]:
     kc, kk = k // 64, k % 64
     s, q, t, j = kk // 32, (kk % 32) // 16, (kk % 16) // 4, kk % 4
     lane = 4 * r + t
-    nibble = 8 * (2 * s + q) + 4 * hi + j
+    nibble = 8 * (2 * s + q) + 2 * j + hi
     byte = ((nt * (K // 64) + kc) * 32 + lane) * 16 + nibble // 2
     return byte, nibble % 2
 
@@ -42,8 +42,9 @@ def test_pack_layout_matches_formula():
 
 
 def test_pack_holds_natural_mma_fragments():
-    """Lane 4 r + t's 16 bytes: word 2 s + q of MMA step s holds k 32 s + 16 q + 4 t + [0, 4) of rows r
-    (low half) and r + 8 (high half): the int8 MMA's natural A fragment (register q * 2 + hi)."""
+    """Lane 4 r + t's 16 bytes: byte j of word 2 s + q (MMA step s) holds k 32 s + 16 q + 4 t + j of
+    row r (low nibble) and row r + 8 (high nibble): the int8 MMA's natural A fragment (register
+    2 q + hi is the word's low / high nibbles, sign-extended)."""
     N, K = 16, 64
     codes = torch.randint(-8, 8, (N, K), dtype=I8)
     b = R.pack_int4(codes).flatten().tolist()
@@ -55,7 +56,7 @@ def test_pack_holds_natural_mma_fragments():
                 for hi in range(2):
                     for j in range(4):
                         want = int(codes[r + 8 * hi, 32 * s + 16 * q + 4 * t + j]) & 0xF
-                        assert nibs[8 * (2 * s + q) + 4 * hi + j] == want
+                        assert nibs[8 * (2 * s + q) + 2 * j + hi] == want
 
 
 @pytest.mark.parametrize("N,K", [(16, 64), (48, 192), (128, 256)])

@@ -115,10 +115,11 @@ constexpr Rule kSm90Int8Group[] = {
 };
 
 // W4A8 mixed input (sm90_w4a8_mainloop.cuh), for M above the streaming kernel's (the Python layer
-// picks the streaming kernel up to INT_STREAM_MAX_M). One tile: 128 weight rows x 64 tokens (the
-// widest token tile whose three accumulator sets fit the consumers' registers).
+// picks the streaming kernel up to INT_STREAM_MAX_M). 128 weight rows x 64 or 128 tokens; not yet
+// tuned.
 constexpr Rule kSm90W4A8Mixed[] = {
-    {kAny, kAny, "swap_128x64x128_coop"},
+    {128, kAny, "swap_128x64x128_coop"},
+    {kAny, kAny, "swap_128x128x128_coop"},
 };
 
 // Output classes: the types one table serves.

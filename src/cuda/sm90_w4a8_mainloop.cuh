@@ -14,15 +14,16 @@
 //     all completing on the stage's transaction barrier.
 //   consumers (two warpgroups, 64 weight rows each): per span of kPK k-blocks of 32 (a span lies in
 //     one group), each thread reads its A fragments straight from shared memory (8 bytes per
-//     k-block: the layout stores them in the MMA's register order), turns the INT4 codes into
-//     int8 with byte permutes (w4_convert.cuh) and issues register-sourced wgmmas into an int32
-//     partial sum; two partial sums (and two register A buffers) alternate so that span s runs on
-//     the tensor cores while span s - 1 is folded in, as in the group-scaled int8 mainloop:
+//     k-block: the layout stores them in the MMA's register order, row r in the low nibbles and
+//     row r + 8 in the high ones), sign-extends the INT4 codes into int8 with 7 integer
+//     instructions per 8 codes (w4_convert.cuh) and issues register-sourced wgmmas into an int32
+//     partial sum; while they run it loads the next span's codes; then the partial sum is folded in:
 //       int scales:   iacc += s_int[n, j] * temp   (integer multiply-add; flushed to an fp32 sum in
 //                     shared memory every `flush` spans: no int32 overflow for any input)
 //       float scales: acc += r[n, j] * float(temp)
 //     In this orientation a thread's accumulator rows are just two weight rows (r and r + 8 of its
-//     warp's 16), so a fold reads two scales.
+//     warp's 16), so a fold reads two scales. One partial sum, drained before its fold (the other
+//     warpgroup's wgmmas fill the tensor cores meanwhile), leaves registers for 128-token tiles.
 //
 // The base is the collective CUTLASS's builder makes for the int8 x int8 swap-AB tile: its B TMA,
 // shared-memory layout of B, pipeline, tail and the kernel around it are kept; A's TMA descriptor
@@ -43,7 +44,6 @@
 #include "cutlass/gemm/collective/collective_builder.hpp"
 
 #include "sm90_group_mainloop.cuh"  // FloatAccTiledMma, GroupScaleArgs
-#include "sm90_span_mainloop.cuh"
 #include "w4_convert.cuh"
 
 namespace zq::sm90 {
@@ -230,6 +230,17 @@ struct W4A8MixedMainloop : Base {
     }
   }
 
+  // Consumer. Spans of kPK k-blocks of 32 (a span lies in one k-tile and one group), one int32
+  // partial sum `temp`, drained before its fold: per span s,
+  //   convert span s's INT4 codes (already in registers, `raw`) into the A operand;
+  //   issue its kPK wgmmas into temp (starting from zero); commit;
+  //   while they run: wait for the next span's k-tile if it starts one, load its raw codes;
+  //   wait for the wgmmas; fold temp in (iacc += s_int * temp, or acc += r * float(temp));
+  //   release the k-tile's stage after its last span.
+  // One partial sum (not two alternating, as the int8 group mainloop keeps) leaves registers for
+  // 128-token tiles; the other consumer warpgroup's wgmmas run while this one converts and folds.
+  // Leaves the last k-tile's stage unreleased, as the base collective's mma() does with
+  // K_PIPE_MMAS = 1, so the base mma_tail() releases it.
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
                           int thread_idx, TensorStorage& shared_tensors, Params const& p) {
@@ -239,14 +250,6 @@ struct W4A8MixedMainloop : Base {
       default: return mma_spans<4>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
     }
   }
-
-  // One span's state: its int32 partial sum and the register A operand its wgmmas read (both must
-  // stay untouched until the span's wgmmas complete).
-  template <class Acc, class FragA>
-  struct SpanBuf {
-    Acc acc;
-    FragA a;
-  };
 
   template <class T>
   CUTLASS_DEVICE static void opaque_zero(T& t) {
@@ -267,14 +270,15 @@ struct W4A8MixedMainloop : Base {
     Tensor tCrB = thr.partition_fragment_B(sB);  // (MMA, MMA_N, MMA_K, PIPE) descriptors
     CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
     // A span's A operand in registers: 4 words (16 int8) per k-block, in the order of the atom's
-    // A values (ALayout_64x32: word q * 2 + hi = row r + 8 hi, k 16 q + 4 t .. + 3). Kept as 32-bit
+    // A values (ALayout_64x32: word 2 q + hi = row r + 8 hi, k 16 q + 4 t .. + 3). Kept as 32-bit
     // words and viewed as int8 for the MMA, which reads them back as words: no byte shuffling.
-    using FragA = decltype(make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kPK>{}))));
+    Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kPK>{})));
     static_assert(decltype(size(thr.partition_fragment_A(
                       make_tensor(make_smem_ptr(static_cast<int8_t*>(nullptr)),
                                   make_layout(make_shape(Int<kTileM>{}, Int<kPK * kMmaK>{}),
                                               make_stride(Int<kPK * kMmaK>{}, Int<1>{}))))))::value == 16 * kPK,
                   "16 int8 A values per thread and k-block");
+    uint2 raw[kPK];  // the span's packed codes: 2 words per k-block
 
     // This thread's (row, column) of each accumulator value: two rows, r0 and r0 + 8.
     IntTiledMma tiled_mma;
@@ -287,16 +291,13 @@ struct W4A8MixedMainloop : Base {
       if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
     }
 
-    using Acc = decltype(make_fragment_like<int32_t>(accum));
-    SpanBuf<Acc, FragA> buf0;
-    SpanBuf<Acc, FragA> buf1;
+    Tensor temp = make_fragment_like<int32_t>(accum);
     Tensor iacc = make_fragment_like<int32_t>(accum);
     if constexpr (!kIntScales) clear(accum);
-    // Zeros each written by its own instruction: a zero the compiler shares between the partial sums
-    // and other registers (copies of a register a wgmma also writes) makes ptxas wait for every
+    // Zeros each written by its own instruction: a zero the compiler shares between the partial sum
+    // and other registers (copies of a register a wgmma also writes) makes ptxas wait for the
     // wgmma before those copies (C7517).
-    opaque_zero(buf0.acc);
-    opaque_zero(buf1.acc);
+    opaque_zero(temp);
     opaque_zero(iacc);
     float* fsum = nullptr;
     if constexpr (kIntScales) {
@@ -306,26 +307,43 @@ struct W4A8MixedMainloop : Base {
     }
 
     // This thread's packed bytes in a stage: its warp's 16-row tile, its lane's 16 bytes of a chunk.
-    const int lane = thread_idx % 32;
-    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + lane * 16;
-    const w4::Lut lut = w4::int4_lut();
-
+    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (thread_idx % 32) * 16;
     const ElementScale* scales = shared_tensors.smem_scale.data();
     const int gk = p.group_blocks;
     int since_flush = 0;
-    auto promote = [&](auto& temp, int stage, int kt, int last_block) {
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    // The stage holding span s's k-tile: waited for at the tile's first span.
+    auto acquire = [&](int s) {
+      if (s % kSpansPerTile == 0) {
+        if (s > 0) ++smem_pipe_read;
+        auto token = pipeline.consumer_try_wait(smem_pipe_read);
+        pipeline.consumer_wait(smem_pipe_read, token);
+      }
+      return smem_pipe_read.index();
+    };
+    auto load_raw = [&](int stage, int sub) {
+      const uint8_t* a_stage = a_base + stage * kStageABytes;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        const int b = sub * kPK + j;  // k-block of the k-tile: chunk b / 2, MMA step b % 2
+        raw[j] = *reinterpret_cast<const uint2*>(a_stage + (b >> 1) * kChunkBytes + (b & 1) * 8);
+      }
+    };
+    auto fold = [&](int stage, int s) {
+      const int kt = s / kSpansPerTile;
       // A span past K (the last k-tile of K % 128 == 64) holds products with zero-filled tokens:
       // folded in with the last group's (finite) scales, it adds exactly 0.
-      const int group = min(last_block / gk, p.groups - 1);
+      const int group = min(((s + 1) * kPK - 1) / gk, p.groups - 1);
       const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileM + r0;
       const ElementScale s0 = row[0], s1 = row[8];
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kVals; ++i) {
-        const ElementScale s = ((i >> 1) & 1) ? s1 : s0;
+        const ElementScale sc = ((i >> 1) & 1) ? s1 : s0;
         if constexpr (kIntScales) {
-          iacc(i) += s * temp(i);
+          iacc(i) += sc * temp(i);
         } else {
-          accum(i) = fmaf(s, static_cast<float>(temp(i)), accum(i));
+          accum(i) = fmaf(sc, static_cast<float>(temp(i)), accum(i));
         }
       }
       if constexpr (kIntScales) {
@@ -342,58 +360,49 @@ struct W4A8MixedMainloop : Base {
           }
         }
       }
-    };
-
-    const int spans = k_tile_count * kSpansPerTile;
-    PipelineState smem_pipe_release = smem_pipe_read;
-    // Span s: wait for its k-tile at the tile's first span, convert its kPK k-blocks of weights
-    // into the buffer's registers, issue its wgmmas as one batch into the buffer's partial sum.
-    auto issue = [&](auto& buf, int& cur_stage, int s) {
-      const int sub = s % kSpansPerTile;
-      if (sub == 0) {
-        auto token = pipeline.consumer_try_wait(smem_pipe_read);
-        pipeline.consumer_wait(smem_pipe_read, token);
-      }
-      const int stage = smem_pipe_read.index();
-      cur_stage = stage;
-      const uint8_t* a_stage = a_base + stage * kStageABytes;
-      CUTLASS_PRAGMA_UNROLL
-      for (int j = 0; j < kPK; ++j) {
-        const int b = sub * kPK + j;  // k-block of the k-tile: chunk b / 2, MMA step b % 2
-        const uint2 w = *reinterpret_cast<const uint2*>(a_stage + (b >> 1) * kChunkBytes + (b & 1) * 8);
-        const w4::Sel q0 = w4::selectors(w.x), q1 = w4::selectors(w.y);
-        buf.a(0, 0, j) = w4::convert4(q0.idx, q0.sel, lut);              // row r,     k 4t..4t+3
-        buf.a(1, 0, j) = w4::convert4(q0.idx >> 16, q0.sel >> 16, lut);  // row r + 8
-        buf.a(2, 0, j) = w4::convert4(q1.idx, q1.sel, lut);              // row r,     k 16+4t..
-        buf.a(3, 0, j) = w4::convert4(q1.idx >> 16, q1.sel >> 16, lut);  // row r + 8
-      }
-      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
-      // No operand fence on buf.a: an asm that "modifies" the A registers after the wgmmas were
-      // issued makes ptxas wait for them (C7517); the wgmma reads them as inputs, which orders the
-      // conversion before it.
-      warpgroup_fence_operand(buf.acc);
-      warpgroup_arrive();
-      CUTLASS_PRAGMA_UNROLL
-      for (int j = 0; j < kPK; ++j) {
-        cute::gemm(rs_mma, recast<int8_t>(buf.a(_, _, j)), tCrB(_, _, sub * kPK + j, stage), buf.acc);
-        rs_mma.accumulate_ = GMMA::ScaleOut::One;
-      }
-      warpgroup_commit_batch();
-      warpgroup_fence_operand(buf.acc);
-      if (sub == kSpansPerTile - 1) ++smem_pipe_read;
-    };
-    auto fold = [&](auto& buf, int stage, int s) {
-      warpgroup_fence_operand(buf.acc);
-      const int kt = s / kSpansPerTile;
-      promote(buf.acc, stage, kt, (s + 1) * kPK - 1);
       if (s % kSpansPerTile == kSpansPerTile - 1 && kt < k_tile_count - 1) {
         pipeline.consumer_release(smem_pipe_release);
         ++smem_pipe_release;
       }
     };
 
+    const int spans = k_tile_count * kSpansPerTile;
+    int stage = acquire(0);
+    load_raw(stage, 0);
     if constexpr (!kIntScales) warpgroup_fence_operand(accum);
-    run_spans(spans, buf0, buf1, issue, fold);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int s = 0; s < spans; ++s) {
+      const int sub = s % kSpansPerTile;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        const w4::Int8Pair q0 = w4::int4_word_to_int8(raw[j].x), q1 = w4::int4_word_to_int8(raw[j].y);
+        a_frag(0, 0, j) = q0.lo;  // row r,     k 4t .. 4t + 3
+        a_frag(1, 0, j) = q0.hi;  // row r + 8
+        a_frag(2, 0, j) = q1.lo;  // row r,     k 16 + 4t ..
+        a_frag(3, 0, j) = q1.hi;  // row r + 8
+      }
+      // No operand fence on a_frag: an asm that "modifies" the A registers after the wgmmas were
+      // issued makes ptxas wait for them (C7517); the wgmmas read them as inputs, which orders the
+      // conversion before them, and the wait below precedes the next conversion.
+      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      warpgroup_fence_operand(temp);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        cute::gemm(rs_mma, recast<int8_t>(a_frag(_, _, j)), tCrB(_, _, sub * kPK + j, stage), temp);
+        rs_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(temp);
+      const int cur = stage;
+      if (s + 1 < spans) {  // while the wgmmas run
+        stage = acquire(s + 1);
+        load_raw(stage, (s + 1) % kSpansPerTile);
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(temp);
+      fold(cur, s);
+    }
     if constexpr (kIntScales) {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(iacc(i)) + fsum[i * kThreads];

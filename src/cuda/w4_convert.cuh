@@ -1,9 +1,9 @@
 // w4_convert.cuh: 4-bit weight codes -> 8-bit MMA operands in registers, by byte permutes (prmt).
 // Shared by the W4A8 streaming kernels (w4a8_gemm.cu) and the Hopper mixed-input mainloop
-// (sm90_w4a8_mainloop.cuh). A 32-bit word holds 8 codes, code j in bits 4j..4j+3; its low 16 bits
-// give one 4-byte MMA register, its high 16 bits another (the packed layouts m16k32 / m16k64 place
-// the codes so, docs/W4A8.md and docs/FP8.md). Per 4 codes: 3 permutes, plus 3 logic ops per word
-// for the selectors; no float instruction touches a weight.
+// (sm90_w4a8_mainloop.cuh). FP4 (layout m16k64, docs/FP8.md): a 32-bit word holds 8 codes, code j
+// in bits 4j..4j+3; its low 16 bits give one 4-byte MMA register, its high 16 bits another; per 4
+// codes 3 permutes, plus 3 logic ops per word for the selectors; no float instruction touches a
+// weight. INT4 (layout m16k32, docs/W4A8.md): bytewise sign extension, below.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +54,17 @@ __device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const L
   return prmt(p, n, sel);
 }
 
-// INT4 code c (two's complement nibble) -> int8 byte by convert4 with this table: 0..7, -8..-1.
-__device__ __forceinline__ Lut int4_lut() { return {0x03020100u, 0x07060504u, 0xFBFAF9F8u, 0xFFFEFDFCu}; }
+// INT4: a word of layout m16k32 holds in byte j the codes of two weight rows, row r in the low
+// nibble and row r + 8 in the high nibble (docs/W4A8.md); both become int8 MMA registers, the
+// nibbles sign-extended bytewise: for a two's complement nibble v, ((v ^ 8) + 0x78) ^ 0x80 is v
+// for v < 8 and v - 16 above, and no byte carries into the next (the sum stays below 0x88). Per 8
+// codes 7 integer instructions (the AND and the first XOR fuse into one LOP3).
+__device__ __forceinline__ uint32_t sext_nibbles(uint32_t v) {  // v: 4 nibbles in the low halves of the bytes
+  return (((v & 0x0F0F0F0Fu) ^ 0x08080808u) + 0x78787878u) ^ 0x80808080u;
+}
+struct Int8Pair {
+  uint32_t lo, hi;  // the low nibbles (row r) and the high nibbles (row r + 8), as int8 bytes
+};
+__device__ __forceinline__ Int8Pair int4_word_to_int8(uint32_t w) { return {sext_nibbles(w), sext_nibbles(w >> 4)}; }
 
 }  // namespace zq::w4

@@ -413,9 +413,9 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
 }
 
 // INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
-// (python/zqkernels/ops/gemm_cuda.py). One thread per lane chunk of 16 bytes: word 2s + q holds rows r
-// (low half) and r + 8 (high half) at k = 64c + 32s + 16q + 4t + j (the int8 MMA's natural A
-// fragment); the byte permutes of the streaming kernel turn each half into 4 int8 bytes.
+// (the "convert" baseline of w4a8_gemm, and the tests). One thread per lane chunk of 16 bytes: byte j
+// of word 2s + q holds rows r (low nibble) and r + 8 (high nibble) at k = 64c + 32s + 16q + 4t + j
+// (the int8 MMA's natural A fragment); int4_word_to_int8 sign-extends both halves.
 __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int nchunks = K >> 6;
@@ -427,18 +427,17 @@ __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t
   const int r = lane >> 2, t = lane & 3;
   const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  const Lut kInt4Lut = int4_lut();
   const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
-    const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
+    const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
     const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 4 * t;  // word 2s + q: k0 + 16q + j
     uint32_t* lo = reinterpret_cast<uint32_t*>(out + n_lo * K + k0);
     uint32_t* hi = reinterpret_cast<uint32_t*>(out + (n_lo + 8) * K + k0);
-    lo[0] = convert4(q0.idx, q0.sel, kInt4Lut);
-    lo[4] = convert4(q1.idx, q1.sel, kInt4Lut);
-    hi[0] = convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut);
-    hi[4] = convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut);
+    lo[0] = q0.lo;
+    lo[4] = q1.lo;
+    hi[0] = q0.hi;
+    hi[4] = q1.hi;
   }
 }
 
@@ -554,8 +553,8 @@ void dispatch_scale(const W4A8FPArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> INT8 by the same
-// byte permutes with a constant table (sign extension), INT8 mma.sync into an int32 step result P
+// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> INT8 by bytewise
+// sign extension (w4_convert.cuh), INT8 mma.sync into an int32 step result P
 // (one MMA step = 32 consecutive k, inside one group), then per step:
 //   int scales:   acc_i += s_int * P  (integer multiply-add; acc_i flushed to fp32 every F steps,
 //                 F * 2^15 * max(s_int) < 2^31: no overflow for any input, docs/W4A8.md)
@@ -579,7 +578,6 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
-  const Lut kInt4Lut = int4_lut();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
   const int W = kWarps / R;
@@ -655,9 +653,8 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
         const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-          const Sel q0 = selectors(w[2 * s]), q1 = selectors(w[2 * s + 1]);
-          const uint32_t af[4] = {convert4(q0.idx, q0.sel, kInt4Lut), convert4(q0.idx >> 16, q0.sel >> 16, kInt4Lut),
-                                  convert4(q1.idx, q1.sel, kInt4Lut), convert4(q1.idx >> 16, q1.sel >> 16, kInt4Lut)};
+          const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
+          const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
             int32_t p[4];

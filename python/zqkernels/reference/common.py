@@ -23,19 +23,22 @@ def expand_groups(t: torch.Tensor, K: int) -> torch.Tensor:
     return t.repeat_interleave(K // t.shape[1], dim=1)
 
 
-# The packed layouts: n = 16 nt + 8 hi + r and a chunk of 64 k; a code's nibble index in the flat
-# stream is the index of the axes (nt, kc, r, t, s, q, hi, j) in row-major order, i.e.
-# (((nt K/64 + kc) 8 + r) 4 + t) 32 + 8 (2 s + q) + 4 hi + j. The layouts differ in how k splits:
+# The packed layouts: n = 16 nt + 8 hi + r and a chunk of 64 k; a lane (4 r + t) holds 16 bytes of a
+# chunk, 32 nibbles. The layouts differ in how k splits and in the nibble order inside a lane:
 # - m16k64 (FP4, docs/FP8.md):   k = 64 kc + 16 t + 8 s + 4 q + j (an MMA step of 32 k is s, t, q, j
-#   with t outermost: each lane's 16 consecutive k span both steps)
+#   with t outermost: each lane's 16 consecutive k span both steps); nibble 8 (2 s + q) + 4 hi + j,
+#   i.e. the flat stream in the order of the axes (nt, kc, r, t, s, q, hi, j)
 # - m16k32 (INT4, docs/W4A8.md): k = 64 kc + 32 s + 16 q + 4 t + j (a step of 32 consecutive k
 #   each, lane t holding the int8 MMA's natural A fragment: k 4t..4t+3 and 16+4t..16+4t+3, so that
-#   the wgmma mainloop can feed it against activations in their natural order)
+#   the wgmma mainloop can feed it against activations in their natural order); nibble
+#   8 (2 s + q) + 2 j + hi (byte j of word 2 s + q holds rows r and r + 8 of one k: the kernels
+#   sign-extend the low and the high nibbles of a word into two registers with a few logic ops),
+#   i.e. the axes (nt, kc, r, t, s, q, j, hi)
 # Each is a reshape of codes [N, K] to (nt, hi, r, kc, <k axes>, j) and one permute.
 _LAYOUTS = {
-    # name: (k split of a 64-chunk below kc, permutation to (nt, kc, r, t, s, q, hi, j))
+    # name: (k split of a 64-chunk below kc, permutation to the layout's axis order)
     "m16k64": ((4, 2, 2, 4), (0, 3, 2, 4, 5, 6, 1, 7)),  # codes.reshape(NT, hi, r, KC, t, s, q, j)
-    "m16k32": ((2, 2, 4, 4), (0, 3, 2, 6, 4, 5, 1, 7)),  # codes.reshape(NT, hi, r, KC, s, q, t, j)
+    "m16k32": ((2, 2, 4, 4), (0, 3, 2, 6, 4, 5, 7, 1)),  # codes.reshape(NT, hi, r, KC, s, q, t, j)
 }
 
 
