@@ -197,6 +197,10 @@ def tiles(dev) -> list[dict]:
         for t in built.get("sm90_w4a8_mixed_int", []):
             cands[f"w4a8_mixed_int/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, wq4, sx, sw4, sg4, None, BF, 0, 1024,
                                                                        8, t, int4=True)
+        _, sw16, sg16 = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=128, alpha=16)
+        for t in built.get("sm90_w4a8_mixed_fused", []):
+            cands[f"w4a8_mixed_fused/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, wq4, sx, sw16, sg16, None, BF, 0, 16,
+                                                                         8, t, int4=True)
         for t in built.get("sm90_w4a8_mixed_float", []):
             cands[f"w4a8_mixed_float/{t}"] = lambda t=t: group_gemm_cuda("probe", xq, wq4, sx, sw4, sg4f, None, BF, 0,
                                                                          None, 8, t, int4=True)

@@ -110,3 +110,42 @@ def test_mixed_bad_path_for_fp4():
     xq, sx = zqkernels.quantize_per_token(torch.randn(8, 256, device=DEV), torch.float8_e4m3fn)
     with pytest.raises(ValueError, match=r"w4a8_fp_gemm: path must be one of .*INT4 weights only.*'mixed'"):
         zqkernels.w4a8_fp_gemm(xq, wq, sx, sw, sg, path="mixed")
+
+
+@pytest.mark.parametrize("g", [32, 64, 128, None])
+@pytest.mark.parametrize("alpha", [8, 16])
+def test_fused_small_scales(g, alpha):
+    """Integer scales <= 16 (alpha <= 16, max_scale <= 16) run the fused mode: scales multiplied into
+    the weights in registers, one exact int32 sum."""
+    for N, K in [(272, 320), (1024, 4096)]:
+        if g is not None and K % g:
+            continue
+        w = torch.randn(N, K, device=DEV) * 0.02
+        w[:, : K // 3] *= 6
+        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=alpha)
+        assert int(sg.max()) <= alpha
+        for i, M in enumerate([1, 65, 130, 300, 1024]):
+            out_dtype = (torch.bfloat16, torch.float16, torch.float32)[i % 3]
+            xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+            a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=out_dtype)
+            out = mixed(a, max_scale=alpha)
+            assert_close(out.cpu(), ref_of(a), f"alpha={alpha} g={g} M={M} N={N} K={K}", True)
+
+
+def test_fused_adversarial_extremes():
+    """Codes -8 and 7, scales 16 and 1, activations -128 and 127: every byte of the fused conversion
+    at its limits (16 * -8 = -128), and a sum far above 2^24."""
+    M, N, K, g = 100, 64, 8192, 64
+    codes = torch.full((N, K), -8, dtype=torch.int8)
+    codes[1::2] = 7
+    wq = pack_int4(codes).to(DEV)
+    sg = torch.full((N, K // g), 16, dtype=torch.int32, device=DEV)
+    sg[:, 1::2] = 1
+    xq = torch.full((M, K), -128, dtype=torch.int8, device=DEV)
+    xq[1::2] = 127
+    sx = torch.full((M,), 2.0**-10, device=DEV)
+    sw = torch.full((N,), 2.0**-12, device=DEV)
+    with gemm_options(path="mixed"):
+        out = zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, None, torch.float32, max_scale=16)
+    ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu(), None, torch.float32)
+    torch.testing.assert_close(out.cpu(), ref, rtol=2**-22, atol=0)

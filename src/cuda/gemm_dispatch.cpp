@@ -122,6 +122,13 @@ constexpr Rule kSm90W4A8Mixed[] = {
     {kAny, kAny, "swap_128x128x128_coop"},
 };
 
+// Fused integer scales (<= 16): one accumulator set, so the 256-token tile fits. Not yet tuned.
+constexpr Rule kSm90W4A8Fused[] = {
+    {128, kAny, "swap_128x64x128_coop"},
+    {512, kAny, "swap_128x128x128_coop"},
+    {kAny, kAny, "swap_128x256x128_coop"},
+};
+
 // Output classes: the types one table serves.
 enum class OutClass { k16, kFP32, kInt8 };  // bf16 / fp16; fp32; int8
 
@@ -166,6 +173,8 @@ constexpr Table kTables[] = {
     table("sm90", "w4a8_mixed_int", OutClass::k16, kSm90W4A8Mixed),
     table("sm90", "w4a8_mixed_int", OutClass::kFP32, kSm90W4A8Mixed),
     table("sm90", "w4a8_mixed_float", OutClass::k16, kSm90W4A8Mixed),
+    table("sm90", "w4a8_mixed_fused", OutClass::k16, kSm90W4A8Fused),
+    table("sm90", "w4a8_mixed_fused", OutClass::kFP32, kSm90W4A8Fused),
     table("sm90", "w4a8_mixed_float", OutClass::kFP32, kSm90W4A8Mixed),
     table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),

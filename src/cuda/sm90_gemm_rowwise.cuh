@@ -13,6 +13,8 @@
 //   "int8_group_int/float" int8 with group-wise weight scales (sm90_group_mainloop.cuh)
 //   "w4a8_mixed_int/float" packed INT4 weights (converted in registers) x int8 activations with
 //                         group-wise weight scales, swap-AB only (sm90_w4a8_mainloop.cuh)
+//   "w4a8_mixed_fused"    the same with integer group scales <= 16 multiplied into the weights in
+//                         registers: one int32 accumulator, no per-group fold
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
@@ -114,7 +116,9 @@ struct TileConfig {
 
 // Weight scales per group of K (int8 only): none (per channel), integer or float group scales
 // (sm90_group_mainloop.cuh).
-enum class GroupScales { kNone, kInt, kFloat };
+// kIntFused: integer scales <= 16 multiplied into the INT4 weights in registers (the W4A8 mixed
+// mainloop's fold-free mode).
+enum class GroupScales { kNone, kInt, kFloat, kIntFused };
 
 // How a recipe accumulates: int8's exact int32 sums; FP8 on Hopper's FP8 accumulator throughout
 // (fast); FP8 promoted to fp32 every 64 / 128 of K by Fp8PromoteMainloop (accurate, with or
@@ -135,6 +139,7 @@ struct Operands {
   static constexpr bool kGrouped = kGroup != GroupScales::kNone;
   static constexpr bool kW4 = kW4_;  // A: packed INT4 weights converted in registers (swap-AB)
   static_assert(!kW4 || kGrouped, "the INT4 mainloop is group-scaled");
+  static_assert(kW4 || kGroup != GroupScales::kIntFused, "fused scales need INT4 weights");
   static constexpr bool kPromote = kAccum == Accum::kPromote || kAccum == Accum::kBlock;
   static constexpr bool kBlock = kAccum == Accum::kBlock;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
@@ -144,7 +149,7 @@ struct Operands {
   using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
   template <class Built, bool kSwapAB>
   using Mainloop = cute::conditional_t<
-      kW4, W4A8MixedMainloop<Built, kGroup == GroupScales::kInt>,
+      kW4, W4A8MixedMainloop<Built, kGroup != GroupScales::kFloat, kGroup == GroupScales::kIntFused>,
       cute::conditional_t<kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>,
       cute::conditional_t<kPromote, Fp8PromoteMainloop<Built, kBlock, kSwapAB>, Built>>>;
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
@@ -420,6 +425,11 @@ template <class Cfg, class ElementOut>
 GemmKernel make_w4a8_mixed_int(const char* tile, DType out, bool dispatched) {
   return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kInt, true>, ElementOut>("w4a8_mixed_int", tile,
                                                                                              out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_mixed_fused(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kIntFused, true>, ElementOut>("w4a8_mixed_fused",
+                                                                                                  tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_w4a8_mixed_float(const char* tile, DType out, bool dispatched) {

@@ -43,6 +43,7 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/gemm/collective/collective_builder.hpp"
 
+#include "gemm_registry.h"           // kInt8MaxK
 #include "sm90_group_mainloop.cuh"  // FloatAccTiledMma, GroupScaleArgs
 #include "w4_convert.cuh"
 
@@ -58,8 +59,9 @@ struct RegisterATiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutat
   using type = cute::TiledMMA<cute::MMA_Atom<RsOp>, AtomLayout, Permutation>;
 };
 
-template <class Base, bool kIntScales>
+template <class Base, bool kIntScales, bool kFused = false>
 struct W4A8MixedMainloop : Base {
+  static_assert(!kFused || kIntScales, "fused scales are integer scales");
   using TileShape = typename Base::TileShape;
   using DispatchPolicy = typename Base::DispatchPolicy;
   using ElementA = typename Base::ElementA;
@@ -103,7 +105,7 @@ struct W4A8MixedMainloop : Base {
     cute::array_aligned<uint8_t, kStages * kStageABytes, 128> smem_A;  // packed INT4, layout m16k32
     cute::array_aligned<typename IntTiledMma::ValTypeB, cute::cosize_v<SmemLayoutB>> smem_B;
     cute::array_aligned<ElementScale, kStages * kScaleStageElems, 128> smem_scale;
-    cute::array_aligned<float, kIntScales ? kFlushElems : 1, 128> smem_flush;
+    cute::array_aligned<float, kIntScales && !kFused ? kFlushElems : 1, 128> smem_flush;
   };
   struct SharedStorage {
     TensorStorage tensors;
@@ -162,7 +164,8 @@ struct W4A8MixedMainloop : Base {
     const int gb = g.group_size / kMmaK;
     if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
     if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
-    if (kIntScales && g.flush < 1) return "flush must be >= 1 for integer scales";
+    if (kIntScales && !kFused && g.flush < 1) return "flush must be >= 1 for integer scales";
+    if (kFused && K > kInt8MaxK) return "K must be <= 131071 (one int32 sum of int8 x int8 products)";
     return "";
   }
 
@@ -244,6 +247,9 @@ struct W4A8MixedMainloop : Base {
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
                           int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    if constexpr (kFused) {
+      return mma_fused(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    }
     switch (p.promote_blocks) {
       case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
       case 2: return mma_spans<2>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
@@ -407,6 +413,98 @@ struct W4A8MixedMainloop : Base {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(iacc(i)) + fsum[i * kThreads];
     }
+    warpgroup_fence_operand(accum);
+  }
+
+  // Fused scales (integer group scales s <= 16, the host's bound): s * q fits an int8 for every INT4
+  // code q (-8 * 16 = -128, 7 * 16 = 112), so the conversion multiplies the codes by their group's
+  // scale and the wgmmas accumulate y's exact integer sum sum_j s_j P_j in one int32 accumulator
+  // across all of K: no partial sums, no folds, one accumulator set (the plain int8 GEMM's
+  // mainloop with a converting A load). Bytewise, with u = q + 8 in 0..15 (one LOP3):
+  //   s * q + 128 = u * s + (128 - 8 s)  in [128 - 8 s, 128 + 7 s], inside 0..255 for s <= 16,
+  // so one IMAD per 4 codes computes it without carries and an XOR of 0x80 gives the int8 bytes.
+  // The accumulator is exact for K <= 131071 (|x| <= 128, |s q| <= 128). Per k-block, as CUTLASS's
+  // mixed-input mainloop: issue its wgmma, wait until one is in flight, convert the next k-block
+  // into its own register slice (the slice's last reader has retired), release the previous
+  // k-tile's stage once its last wgmma retired.
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma_fused(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                                int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    using namespace cute;
+    static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    RsTiledMma rs_mma;
+    auto thr = rs_mma.get_slice(thread_idx);
+    Tensor tCrB = thr.partition_fragment_B(sB);  // (MMA, MMA_N, MMA_K, PIPE) descriptors
+    CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
+    // One k-tile's A operand: 4 words (16 int8) per k-block (word 2 q + hi = row r + 8 hi, k 16 q +
+    // 4 t .. + 3), viewed as int8 for the MMA.
+    Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kBlocks>{})));
+    IntTiledMma tiled_mma;
+    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
+    constexpr int kVals = decltype(size(accum))::value;
+    const int r0 = get<0>(tCcC(0));
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kVals; ++i) {  // folded to nothing: value i lies in row r0 + 8 * ((i >> 1) & 1)
+      if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
+    }
+    Tensor acc = make_fragment_like<int32_t>(accum);
+
+    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (thread_idx % 32) * 16;
+    const int32_t* scales = reinterpret_cast<const int32_t*>(shared_tensors.smem_scale.data());
+    // k-block b of k-tile kt (in pipeline stage `stage`) into slice b: codes times their group's
+    // scale (rows r0 and r0 + 8), as int8.
+    auto convert = [&](int stage, int kt, int b) {
+      const uint2 w = *reinterpret_cast<const uint2*>(a_base + stage * kStageABytes + (b >> 1) * kChunkBytes + (b & 1) * 8);
+      const int k0 = kt * kTileK;
+      const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
+      const int32_t* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
+      const uint32_t s0 = static_cast<uint32_t>(row[0]), s1 = static_cast<uint32_t>(row[8]);
+      const uint32_t c0 = 0x80808080u - s0 * 0x08080808u, c1 = 0x80808080u - s1 * 0x08080808u;
+      const auto scaled = [](uint32_t u, uint32_t sc, uint32_t c) { return (u * sc + c) ^ 0x80808080u; };
+      a_frag(0, 0, b) = scaled((w.x & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 4t ..
+      a_frag(1, 0, b) = scaled(((w.x >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8
+      a_frag(2, 0, b) = scaled((w.y & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 16 + 4t ..
+      a_frag(3, 0, b) = scaled(((w.y >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8
+    };
+    auto wait_stage = [&]() {
+      auto token = pipeline.consumer_try_wait(smem_pipe_read);
+      pipeline.consumer_wait(smem_pipe_read, token);
+    };
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    wait_stage();
+    int stage = smem_pipe_read.index();
+    convert(stage, 0, 0);
+    rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    warpgroup_fence_operand(acc);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int kt = 0; kt < k_tile_count; ++kt) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int b = 0; b < kBlocks; ++b) {
+        warpgroup_arrive();
+        cute::gemm(rs_mma, recast<int8_t>(a_frag(_, _, b)), tCrB(_, _, b, stage), acc);
+        rs_mma.accumulate_ = GMMA::ScaleOut::One;
+        warpgroup_commit_batch();
+        warpgroup_wait<1>();  // k-block b - 1 (or the previous tile's last) retired
+        if (b == 0 && kt > 0) {  // the previous k-tile's wgmmas have all retired
+          pipeline.consumer_release(smem_pipe_release);
+          ++smem_pipe_release;
+        }
+        if (b + 1 < kBlocks) {
+          convert(stage, kt, b + 1);
+        } else if (kt + 1 < k_tile_count) {
+          ++smem_pipe_read;
+          wait_stage();
+          stage = smem_pipe_read.index();
+          convert(stage, kt + 1, 0);
+        }
+      }
+    }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(acc(i));
     warpgroup_fence_operand(accum);
   }
 };

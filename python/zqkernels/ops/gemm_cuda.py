@@ -10,7 +10,8 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
                         "convert" (int4_to_int8, then the group-scaled int8 GEMM: the old large-M path,
                         kept as a baseline)
     group_gemm_cuda     int8_group_int / int8_group_float (sm90_group_mainloop.cuh; contract docs/W4A8.md)
-                        and w4a8_mixed_int / w4a8_mixed_float (the same contract, INT4 weights)
+                        and w4a8_mixed_int / w4a8_mixed_float / w4a8_mixed_fused (the same contract,
+                        INT4 weights; fused: integer scales <= 16 multiplied into the weights)
 
 The group-scaled kernel sums each span of ``promote_blocks`` k-blocks of 32 exactly in int32, then
 folds it in: integer scales ``iacc += s_int * P`` (flushed to fp32 every ``flush`` spans), float
@@ -50,7 +51,13 @@ _RECIPE_OP = {
     "int8_group_float": "w8a8_group_gemm",
     "w4a8_mixed_int": "w4a8_gemm",
     "w4a8_mixed_float": "w4a8_gemm",
+    "w4a8_mixed_fused": "w4a8_gemm",
 }
+# Integer group scales up to this bound (max_scale) run the W4A8 mixed mainloop's fused mode: every
+# scale times an INT4 code fits an int8 (16 * -8 = -128), so the scales are multiplied into the
+# weights in registers and the GEMM keeps one exact int32 sum, with no per-group fold
+# (sm90_w4a8_mainloop.cuh). quantize_weight(..., alpha=16) produces such scales (docs/W4A8.md).
+W4A8_FUSED_MAX_SCALE = 16
 # Largest M the FP4 streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
 # M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
@@ -465,7 +472,10 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
+    if int4 and int_scales and max_scale <= W4A8_FUSED_MAX_SCALE:
+        recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: no fold
+    else:
+        recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
