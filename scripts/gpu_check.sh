@@ -13,6 +13,8 @@
 #                against the installed package: bench_overhead twice each, alternating, and
 #                bench_fp8 --quick (every GEMM format, eager host times); JSON + one log under $OUT
 #   fp8acc    -> benchmarks/bench_fp8_accurate.py (FP8 accurate / block-scaled vs torch; FP8ACC_ARGS)
+#   w4a8      -> benchmarks/bench_w4a8.py (issue 18: every W4A8 variant / path vs bf16, _scaled_mm FP8,
+#                int8_gemm, fp8_gemm; Llama-3 8B / 70B shapes; W4A8_ARGS, e.g. "--quick --host")
 #   layers    -> benchmarks/bench_schemes_layer.py: every scheme's LLaMA layer, fused vs per-Linear vs
 #                bf16 best mode (LAYER_CASES, default prefill,b1,b16)
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
@@ -131,6 +133,12 @@ if [[ " $STEPS " == *" fp8acc "* ]]; then
   tf=$(date +%s)
   python3 benchmarks/bench_fp8_accurate.py ${FP8ACC_ARGS:-} --out "$OUT/fp8_accurate.json" 2>&1 | tee "$OUT/fp8acc.log" | tail -70
   summary+=("fp8acc: $(( $(date +%s) - tf )) s, $OUT/fp8acc.log")
+fi
+
+if [[ " $STEPS " == *" w4a8 "* ]]; then
+  tw=$(date +%s)
+  python3 benchmarks/bench_w4a8.py ${W4A8_ARGS:-} --out "$OUT/w4a8.json" 2>&1 | tee "$OUT/w4a8.log" | tail -60
+  summary+=("w4a8: $(( $(date +%s) - tw )) s, $OUT/w4a8.log")
 fi
 
 if [[ " $STEPS " == *" layers "* ]]; then

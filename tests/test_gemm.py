@@ -1029,7 +1029,7 @@ def test_gemm_options_context():
     [
         (dict(backend="sm100"), r"gemm_options: backend must be one of 'auto', 'sm90', 'sm80', got 'sm100'"),
         (dict(tile=3), r"gemm_options: tile must be None \(automatic\) or a tile name \(str\), got 3"),
-        (dict(path="fast"), r"gemm_options: path must be one of \('auto', 'stream', 'convert'\), got 'fast'"),
+        (dict(path="fast"), r"gemm_options: path must be one of \('auto', 'stream', 'mixed', 'convert'\), got 'fast'"),
     ],
 )
 def test_gemm_options_bad_values(kw, match):
@@ -1064,7 +1064,7 @@ def test_gemm_options_reach_every_path():
     xq, sx = zqkernels.quantize_per_token(x)
     with gemm_options(path="stream"):
         assert torch.equal(zqkernels.w4a8_gemm(xq, wq, sx, sw, sg), zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, path="convert"))
-    with pytest.raises(ValueError, match=r"w4a8_gemm: path must be one of \('auto', 'stream', 'convert'\), got 'x'"):
+    with pytest.raises(ValueError, match=r"w4a8_gemm: path must be one of \('auto', 'stream', 'mixed', 'convert'\), got 'x'"):
         zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, path="x")
 
 

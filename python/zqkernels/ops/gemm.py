@@ -508,9 +508,12 @@ def w4a8_gemm(
     kernel: streams the packed weights, INT8 mma.sync), "mixed" (the Hopper mixed-input mainloop:
     the packed weights are converted to int8 in registers and fed to register-sourced wgmma; no
     conversion pass), "convert" (int4_to_int8 into a temporary int8 [N, K], then the group-scaled
-    wgmma GEMM of ``w8a8_group_gemm``: the old large-M path, kept as a baseline), or "auto"
-    (stream for M <= 64, else mixed). All compute the same sums. Runs ``zqkernels::gemm`` with spec
-    "w4a8_int".
+    wgmma GEMM of ``w8a8_group_gemm``), or "auto": the fastest measured on an H100 (stream at
+    M = 1, and up to M = 16 when N / 128 is below the GPU's SM count; convert at M >= 2048 for
+    integer scales above 16, which need a per-group fold; else mixed). Integer scales <= 16
+    (``quantize_weight(..., alpha=16)``, max_scale <= 16) make the mixed path multiply them into
+    the weights in registers: one exact int32 sum, no fold. All compute the same sums. Runs
+    ``zqkernels::gemm`` with spec "w4a8_int".
     """
     if c._debug_checks:
         debug_checks("w4a8_int", "w4a8_gemm", xq, sx, sw, sg, bias, max_scale)

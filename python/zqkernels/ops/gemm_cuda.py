@@ -62,12 +62,30 @@ W4A8_FUSED_MAX_SCALE = 16
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
 # M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
 STREAM_MAX_M = 32
-# Largest M the integer-scale streaming kernel serves under path="auto"; above it the INT4 codes
-# are converted to int8 (int4_to_int8) and the group-scaled wgmma GEMM runs. Measured on an H100
-# (scripts/probe_group_gemm.py, benchmarks/results/group_gemm_*, docs/W4A8.md): streaming wins up
-# to M = 64 (24576 x 14336: 345 against 392 us; 4096 x 4096: 22 against 37 us), converting from
-# M = 128 (390 against 816 us; 38 against 38 us).
-INT_STREAM_MAX_M = 64
+# path="auto" for INT4 x INT8 (w4a8_int_path), measured on an H100 (benchmarks/bench_w4a8.py,
+# benchmarks/results/w4a8_*, docs/W4A8.md). The mixed-input mainloop's time is flat from M = 1 to 64
+# (its 128-row weight tiles stream the weights once per 64 tokens: 8B gate_up 45 us at every such
+# M) while the streaming kernel's grows with M (41 us at M = 1, 62 at 16, 179 at 64). The mixed grid
+# has N / 128 weight tiles: with fewer than the GPU's SMs (70B down_proj, N = 8192: 64 tiles) it
+# cannot stream at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
+# Integer scales that need the per-group fold (max_scale > 16) ran 13-15% faster converted to int8
+# first at M = 2048 (693 against 796 us, 1329 against 1486); fused scales (<= 16) never need it.
+INT_STREAM_MAX_M = 16
+INT_CONVERT_MIN_M = 2048
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def w4a8_int_path(M: int, N: int, index: int, fused: bool, int_scales: bool) -> str:
+    """The path w4a8_gemm's "auto" takes (see INT_STREAM_MAX_M above)."""
+    if M == 1 or (M <= INT_STREAM_MAX_M and N // 128 < _sm_count(index)):
+        return "stream"
+    if int_scales and not fused and M >= INT_CONVERT_MIN_M:
+        return "convert"
+    return "mixed"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,11 +353,14 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
                                  "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
+    int_scales = sg.dtype == torch.int32
+    if path == "auto":
+        fused = int_scales and max_scale is not None and max_scale <= W4A8_FUSED_MAX_SCALE
+        path = w4a8_int_path(M, N, idx, fused, int_scales)
     if path == "convert":
         return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
-    if path == "mixed" or (path == "auto" and M > INT_STREAM_MAX_M):
+    if path == "mixed":
         return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8, tile=tile, int4=True)
-    int_scales = sg.dtype == torch.int32
     flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
