@@ -42,7 +42,9 @@ def convert(net: torch.nn.Module, scheme: str, fused: bool) -> torch.nn.Module:
     from zqkernels.schemes import get_scheme
 
     holder = bm.Holder(copy.deepcopy(net))
-    cfg = zqkernels.SchemeConfig(get_scheme("bench", scheme).with_defaults(), fused_blocks=fused)
+    name, _, opts = scheme.partition("@")  # "w4a8@alpha=16+group_size=64": a scheme with options
+    options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
+    cfg = zqkernels.SchemeConfig(get_scheme("bench", name, **options).with_defaults(), fused_blocks=fused)
     zqkernels.quantize_(holder, cfg)
     kinds = {type(m).__name__ for m in holder.modules()}
     assert ("QLlamaDecoderLayer" in kinds) == fused, (scheme, fused, kinds)
