@@ -26,10 +26,14 @@
 #             it (CUTLASS 4.2's stream-K scheduler does not compile with the define: is_last_tile
 #             binds a const member to a non-const reference)
 #
-# Input:  ZQ_HAVE_SM90, ZQ_HAVE_SM80 (cmake/archs.cmake), ZQ_EXPERIMENT_TILES (option).
+# Input:  ZQ_HAVE_SM90, ZQ_HAVE_SM80 (cmake/archs.cmake), ZQ_EXPERIMENT_TILES (option), ZQ_GEMM_RECIPES
+#         (developer builds: only the listed recipes).
 # Output: ZQ_SM90_GEMM_SOURCES, ZQ_SM80_GEMM_SOURCES, ZQ_GEMM_REGISTRY_SOURCE.
 
 option(ZQ_EXPERIMENT_TILES "Also build the GEMM tiles no dispatch table uses (tuning experiments)" OFF)
+# Developer builds of a few kernel families (e.g. -DZQ_GEMM_RECIPES="w4a8_mixed_int;w4a8_mixed_fused"):
+# only those recipes' tiles are compiled; a call that needs another recipe raises "tile not built".
+set(ZQ_GEMM_RECIPES "" CACHE STRING "Build only these GEMM recipes (';'-separated; empty: all)")
 
 set(_zq_recipe_header_int8_rowwise "gemm_rowwise")
 set(_zq_recipe_header_fp8_rowwise "gemm_rowwise")
@@ -69,6 +73,9 @@ function(zq_gemm_tile arch recipe tile status outs params)
     return()
   endif()
   if(status STREQUAL "EXPERIMENT" AND NOT ZQ_EXPERIMENT_TILES)
+    return()
+  endif()
+  if(ZQ_GEMM_RECIPES AND NOT recipe IN_LIST ZQ_GEMM_RECIPES)
     return()
   endif()
   set(dispatched "true")

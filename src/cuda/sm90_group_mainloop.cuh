@@ -75,6 +75,62 @@ struct GroupScaleArgs {
   int flush = 0;                    // integer scales: promotions summed in int32 between flushes (>= 1)
 };
 
+// What the group-scaled mainloops share (this one and the INT4 mixed-input one,
+// sm90_w4a8_mainloop.cuh): the device-side group description, its checks, and the flush of the
+// integer sum into the fp32 running sum in shared memory.
+template <bool kIntScales>
+struct GroupScaleParams {
+  const cute::conditional_t<kIntScales, int32_t, float>* ptr_scale = nullptr;
+  int N = 0;            // the weights' rows (the scale rows' length)
+  int groups = 0;       // K / group_size
+  int group_size = 0;
+  int group_blocks = 0;  // k-blocks of 32 per group
+  int promote_blocks = 0;
+  int flush = 0;
+  void set_groups(int n, int K, GroupScaleArgs const& g) {
+    ptr_scale = static_cast<decltype(ptr_scale)>(g.ptr_scale);
+    N = n;
+    group_size = g.group_size;
+    groups = g.group_size > 0 ? K / g.group_size : 0;
+    group_blocks = g.group_size / 32;
+    promote_blocks = g.promote_blocks;
+    flush = g.flush;
+  }
+};
+
+// Why a group description does not fit either mainloop (empty: it does). needs_flush: the integer
+// sum is flushed every `flush` spans (the folding integer-scale mainloops).
+inline const char* group_args_error(int N, int K, GroupScaleArgs const& g, bool needs_flush) {
+  if (g.ptr_scale == nullptr || reinterpret_cast<uintptr_t>(g.ptr_scale) % 16 != 0) {
+    return "group scales (sg_t) must be non-null and 16-byte aligned";
+  }
+  if (N % 4 != 0) return "N must be a multiple of 4 (16-byte scale rows)";
+  if (g.group_size <= 0 || g.group_size % 32 != 0 || K % g.group_size != 0) {
+    return "group_size must be a multiple of 32 dividing K";
+  }
+  const int gb = g.group_size / 32;
+  if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
+  if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
+  if (needs_flush && g.flush < 1) return "flush must be >= 1 for integer scales";
+  return "";
+}
+
+// fsum[i * stride] += float(iacc(i)), iacc(i) = 0, in chunks of 16 values, so that the shared-memory
+// loads are not all hoisted (their registers next to the accumulator sets would spill).
+template <class IAcc>
+CUTLASS_DEVICE void flush_int_sum(IAcc& iacc, float* fsum, int stride) {
+  constexpr int kVals = decltype(cute::size(iacc))::value;
+  CUTLASS_PRAGMA_UNROLL
+  for (int c0 = 0; c0 < kVals; c0 += 16) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = c0; i < c0 + 16 && i < kVals; ++i) {
+      fsum[i * stride] += static_cast<float>(iacc(i));
+      iacc(i) = 0;
+    }
+    asm volatile("" ::: "memory");
+  }
+}
+
 template <class Base, bool kIntScales>
 struct GroupScaledMainloop : Base {
   using TileShape = typename Base::TileShape;
@@ -129,15 +185,7 @@ struct GroupScaledMainloop : Base {
     GroupScaleArgs group{};
   };
 
-  struct Params : Base::Params {
-    const ElementScale* ptr_scale = nullptr;
-    int N = 0;
-    int groups = 0;
-    int group_size = 0;
-    int group_blocks = 0;
-    int promote_blocks = 0;
-    int flush = 0;
-  };
+  struct Params : Base::Params, GroupScaleParams<kIntScales> {};
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
@@ -145,33 +193,12 @@ struct GroupScaledMainloop : Base {
     Params p;
     static_cast<typename Base::Params&>(p) = Base::to_underlying_arguments(problem_shape, base, workspace);
     auto shape = cute::append<4>(problem_shape, 1);
-    const int N = static_cast<int>(cute::get<1>(shape));
-    const int K = static_cast<int>(cute::get<2>(shape));
-    p.ptr_scale = static_cast<const ElementScale*>(args.group.ptr_scale);
-    p.N = N;
-    p.group_size = args.group.group_size;
-    p.groups = args.group.group_size > 0 ? K / args.group.group_size : 0;
-    p.group_blocks = args.group.group_size / kMmaK;
-    p.promote_blocks = args.group.promote_blocks;
-    p.flush = args.group.flush;
+    p.set_groups(static_cast<int>(cute::get<1>(shape)), static_cast<int>(cute::get<2>(shape)), args.group);
     return p;
   }
 
   // Why the group description does not fit (empty: it does). Also checked by the Python layer.
-  static const char* group_error(int N, int K, GroupScaleArgs const& g) {
-    if (g.ptr_scale == nullptr || reinterpret_cast<uintptr_t>(g.ptr_scale) % 16 != 0) {
-      return "group scales (sg_t) must be non-null and 16-byte aligned";
-    }
-    if (N % 4 != 0) return "N must be a multiple of 4 (16-byte scale rows)";
-    if (g.group_size <= 0 || g.group_size % kMmaK != 0 || K % g.group_size != 0) {
-      return "group_size must be a multiple of 32 dividing K";
-    }
-    const int gb = g.group_size / kMmaK;
-    if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
-    if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
-    if (kIntScales && g.flush < 1) return "flush must be >= 1 for integer scales";
-    return "";
-  }
+  static const char* group_error(int N, int K, GroupScaleArgs const& g) { return group_args_error(N, K, g, kIntScales); }
 
   template <class ProblemShape>
   static bool can_implement(ProblemShape const& problem_shape, Arguments const& args) {
@@ -317,17 +344,7 @@ struct GroupScaledMainloop : Base {
       if constexpr (kIntScales) {
         if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
           since_flush = 0;
-          // In chunks, so that the shared-memory loads are not all hoisted (64 more live registers
-          // next to the two partial sums and iacc would spill).
-          CUTLASS_PRAGMA_UNROLL
-          for (int c0 = 0; c0 < kVals; c0 += 16) {
-            CUTLASS_PRAGMA_UNROLL
-            for (int i = c0; i < c0 + 16; ++i) {
-              fsum[i * kFlushStride] += static_cast<float>(iacc(i));
-              iacc(i) = 0;
-            }
-            asm volatile("" ::: "memory");
-          }
+          flush_int_sum(iacc, fsum, kFlushStride);
         }
       }
     };

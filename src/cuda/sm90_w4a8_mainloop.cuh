@@ -120,16 +120,9 @@ struct W4A8MixedMainloop : Base {
     GroupScaleArgs group{};
   };
 
-  struct Params : Base::Params {
+  struct Params : Base::Params, GroupScaleParams<kIntScales> {
     const uint8_t* ptr_w = nullptr;
-    const ElementScale* ptr_scale = nullptr;
-    int N = 0;
     int K = 0;
-    int groups = 0;
-    int group_size = 0;
-    int group_blocks = 0;
-    int promote_blocks = 0;
-    int flush = 0;
   };
 
   template <class ProblemShape>
@@ -140,33 +133,17 @@ struct W4A8MixedMainloop : Base {
     // The stage's barrier expects B's TMA bytes here; the producer adds the weights' and scales'.
     p.tma_transaction_bytes = Base::TmaTransactionBytesNK;
     auto shape = cute::append<4>(problem_shape, 1);
-    p.N = static_cast<int>(cute::get<0>(shape));  // swap-AB: the GEMM's M is the weights' N
     p.K = static_cast<int>(cute::get<2>(shape));
+    p.set_groups(static_cast<int>(cute::get<0>(shape)), p.K, args.group);  // swap-AB: the GEMM's M is N
     p.ptr_w = reinterpret_cast<const uint8_t*>(args.ptr_A);
-    p.ptr_scale = static_cast<const ElementScale*>(args.group.ptr_scale);
-    p.group_size = args.group.group_size;
-    p.groups = args.group.group_size > 0 ? p.K / args.group.group_size : 0;
-    p.group_blocks = args.group.group_size / kMmaK;
-    p.promote_blocks = args.group.promote_blocks;
-    p.flush = args.group.flush;
     return p;
   }
 
   // Why the problem does not fit (empty: it does). Also checked by the Python layer.
   static const char* group_error(int N, int K, GroupScaleArgs const& g) {
     if (N % 16 != 0 || K % 64 != 0) return "the packed INT4 layout m16k32 needs N % 16 == 0 and K % 64 == 0";
-    if (g.ptr_scale == nullptr || reinterpret_cast<uintptr_t>(g.ptr_scale) % 16 != 0) {
-      return "group scales (sg_t) must be non-null and 16-byte aligned";
-    }
-    if (g.group_size <= 0 || g.group_size % kMmaK != 0 || K % g.group_size != 0) {
-      return "group_size must be a multiple of 32 dividing K";
-    }
-    const int gb = g.group_size / kMmaK;
-    if (g.promote_blocks != 1 && g.promote_blocks != 2 && g.promote_blocks != 4) return "promote_blocks must be 1, 2 or 4";
-    if (gb % g.promote_blocks != 0) return "promote_blocks must divide group_size / 32";
-    if (kIntScales && !kFused && g.flush < 1) return "flush must be >= 1 for integer scales";
     if (kFused && K > kInt8MaxK) return "K must be <= 131071 (one int32 sum of int8 x int8 products)";
-    return "";
+    return group_args_error(N, K, g, kIntScales && !kFused);
   }
 
   template <class ProblemShape>
@@ -257,10 +234,32 @@ struct W4A8MixedMainloop : Base {
     }
   }
 
+  // The tile row of this thread's accumulator values: in this orientation a thread holds two
+  // weight rows, r0 and r0 + 8 (value i in row r0 + 8 * ((i >> 1) & 1), checked at compile time).
+  template <class FrgTensorC>
+  CUTLASS_DEVICE static int first_row(int thread_idx, FrgTensorC const& accum) {
+    using namespace cute;
+    IntTiledMma tiled_mma;
+    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
+    CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
+    const int r0 = get<0>(tCcC(0));
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < decltype(size(accum))::value; ++i) {  // folded to nothing
+      if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
+    }
+    return r0;
+  }
+
   template <class T>
   CUTLASS_DEVICE static void opaque_zero(T& t) {
     CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < cute::size(t); ++i) asm volatile("mov.b32 %0, 0;" : "=r"(t(i)));
+    for (int i = 0; i < cute::size(t); ++i) {
+      if constexpr (std::is_same_v<typename T::value_type, float>) {
+        asm volatile("mov.b32 %0, 0;" : "=f"(t(i)));
+      } else {
+        asm volatile("mov.b32 %0, 0;" : "=r"(t(i)));
+      }
+    }
   }
 
   template <int kPK, class FrgTensorC>
@@ -286,20 +285,12 @@ struct W4A8MixedMainloop : Base {
                   "16 int8 A values per thread and k-block");
     uint2 raw[kPK];  // the span's packed codes: 2 words per k-block
 
-    // This thread's (row, column) of each accumulator value: two rows, r0 and r0 + 8.
-    IntTiledMma tiled_mma;
-    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
-    CUTE_STATIC_ASSERT_V(size(tCcC) == size(accum));
     constexpr int kVals = decltype(size(accum))::value;
-    const int r0 = get<0>(tCcC(0));
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < kVals; ++i) {  // folded to nothing: value i lies in row r0 + 8 * ((i >> 1) & 1)
-      if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
-    }
+    const int r0 = first_row(thread_idx, accum);
 
     Tensor temp = make_fragment_like<int32_t>(accum);
     Tensor iacc = make_fragment_like<int32_t>(accum);
-    if constexpr (!kIntScales) clear(accum);
+    if constexpr (!kIntScales) opaque_zero(accum);
     // Zeros each written by its own instruction: a zero the compiler shares between the partial sum
     // and other registers (copies of a register a wgmma also writes) makes ptxas wait for the
     // wgmma before those copies (C7517).
@@ -355,15 +346,7 @@ struct W4A8MixedMainloop : Base {
       if constexpr (kIntScales) {
         if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
           since_flush = 0;
-          CUTLASS_PRAGMA_UNROLL
-          for (int c0 = 0; c0 < kVals; c0 += 16) {
-            CUTLASS_PRAGMA_UNROLL
-            for (int i = c0; i < c0 + 16 && i < kVals; ++i) {
-              fsum[i * kThreads] += static_cast<float>(iacc(i));
-              iacc(i) = 0;
-            }
-            asm volatile("" ::: "memory");
-          }
+          flush_int_sum(iacc, fsum, kThreads);
         }
       }
       if (s % kSpansPerTile == kSpansPerTile - 1 && kt < k_tile_count - 1) {
@@ -440,14 +423,8 @@ struct W4A8MixedMainloop : Base {
     // One k-tile's A operand: 4 words (16 int8) per k-block (word 2 q + hi = row r + 8 hi, k 16 q +
     // 4 t .. + 3), viewed as int8 for the MMA.
     Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kBlocks>{})));
-    IntTiledMma tiled_mma;
-    Tensor tCcC = tiled_mma.get_slice(thread_idx).partition_C(make_identity_tensor(take<0, 2>(TileShape{})));
     constexpr int kVals = decltype(size(accum))::value;
-    const int r0 = get<0>(tCcC(0));
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < kVals; ++i) {  // folded to nothing: value i lies in row r0 + 8 * ((i >> 1) & 1)
-      if (get<0>(tCcC(i)) != r0 + 8 * ((i >> 1) & 1)) __trap();
-    }
+    const int r0 = first_row(thread_idx, accum);
     Tensor acc = make_fragment_like<int32_t>(accum);
 
     const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (thread_idx % 32) * 16;
