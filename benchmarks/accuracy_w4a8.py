@@ -431,7 +431,10 @@ def main(argv=None) -> int:
                     "(fp32; W4A8 float, default and each alpha at --alpha-groups): no INT8 weights, W8A8 "
                     "or float32-GEMM controls")
     ap.add_argument("--name", default="", help="result file stem (default accuracy_w4a8_<commit>_cpu[_quick])")
+    ap.add_argument("--finish", default="", help="a stopped run's .partial.json: write its tables from the runs done")
     args = ap.parse_args(argv)
+    if args.finish:
+        return finish_partial(Path(args.finish), Path(args.out), args.name)
     bad = [A for A in args.alphas if A < 1 or A > 2**15 or A & (A - 1)]
     if bad or not set(args.alpha_groups) <= {32, 64} or (args.alphas_only and not args.alphas):
         ap.error(f"--alphas: powers of two in [1, 2^15] (got {bad}); --alpha-groups: 32, 64; "
@@ -508,15 +511,7 @@ def main(argv=None) -> int:
 
     # B. perplexity (accuracy_fp.py's text and windows)
     pp = torch.tensor(tok(books["prideprejudice"], add_special_tokens=False)["input_ids"][:ntok])
-    heur_groups, notes = set(), []
-    for g in agroups if aonly else (64, 32):
-        heur = res["weights"]["int4"][f"g{g}"]["heur"]["alpha_layers"]
-        if set(heur) == {str(ALPHA)}:  # the heuristic picked alpha = ALPHA everywhere: the same weights
-            notes.append(f"W4A8 g{g} int heuristic not run: the heuristic alpha is {ALPHA} for all {heur[str(ALPHA)]} "
-                         f"layers (part A), so its weights equal W4A8 g{g} int a{ALPHA}'s (the default-alpha row)")
-        elif not quick or g in agroups:
-            heur_groups.add(g)
-    schemes = model_schemes(heur_groups, alphas, agroups, aonly)
+    schemes, notes = plan(res, alphas, agroups, aonly, quick)
     first = pp[: WINDOW].reshape(1, WINDOW)
     res["verify"]["layers"] = verify_layers(model, linears, first, schemes)
     log("verify layers:", json.dumps(res["verify"]["layers"]))
@@ -545,10 +540,10 @@ def main(argv=None) -> int:
             }
             log("verify model", sname, json.dumps(res["verify"]["model"][sname]))
 
-    nwin = pp.numel() // WINDOW
-    marks = sorted({w for w in (COMPARE_TOKENS // WINDOW, nwin) if 0 < w <= nwin})
+    res["ppl"]["_tokens"] = tokens_info(int(pp.numel()))
+    marks = [t // WINDOW for t in res["ppl"]["_tokens"]["marks_tokens"]]
     nlls = {}
-    controls = [] if aonly else ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]
+    controls = [] if aonly else ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}"]  # float32-GEMM controls
     order = ["W4A8 g64 float", f"W4A8 g64 int a{ALPHA}",  # the most wanted first
              *(f"W4A8 g64 int a{A}" for A in alphas if 64 in agroups), "W4A8 g64 float [f32 GEMM]"]
     runs = [("fp32", None, "f64")] + [(k, v, "f64") for k, v in schemes.items()]
@@ -570,13 +565,39 @@ def main(argv=None) -> int:
             res["ppl_window_nll"][sname] = [round(float(v), 6) for v in nlls[sname]]
             log(f"ppl {sname}: {json.dumps(res['ppl'][sname]['ppl'])}")
             save()
-    res["ppl"]["_tokens"] = {"text": "Pride and Prejudice, first tokens", "tokens": int(pp.numel()),
-                             "window": WINDOW, "windows": nwin, "predicted": nwin * (WINDOW - 1),
-                             "marks_tokens": [w * WINDOW for w in marks], "windowing": "non-overlapping",
-                             "batch": BATCH}
-    # integer against float scales (and W4A8 / W8A8 against fp32), window by window
+    conclude(res, nlls, schemes, alphas, agroups, notes)
+    save(final=True)
+    write_text(res, out / f"{stem}.txt")
+    log("wrote", out / f"{stem}.json")
+    return 0
+
+
+def plan(res: dict, alphas, agroups, aonly: bool, quick: bool) -> tuple[dict, list]:
+    """The perplexity schemes, given part A's heuristic alphas, and the notes on what is not run."""
+    heur_groups, notes = set(), []
+    for g in agroups if aonly else (64, 32):
+        heur = res["weights"]["int4"][f"g{g}"]["heur"]["alpha_layers"]
+        if set(heur) == {str(ALPHA)}:  # the heuristic picked alpha = ALPHA everywhere: the same weights
+            notes.append(f"W4A8 g{g} int heuristic not run: the heuristic alpha is {ALPHA} for all {heur[str(ALPHA)]} "
+                         f"layers (part A), so its weights equal W4A8 g{g} int a{ALPHA}'s (the default-alpha row)")
+        elif not quick or g in agroups:
+            heur_groups.add(g)
+    return model_schemes(heur_groups, alphas, agroups, aonly), notes
+
+
+def tokens_info(tokens: int) -> dict:
+    nwin = tokens // WINDOW
+    marks = sorted({w for w in (COMPARE_TOKENS // WINDOW, nwin) if 0 < w <= nwin})
+    return {"text": "Pride and Prejudice, first tokens", "tokens": tokens, "window": WINDOW, "windows": nwin,
+            "predicted": nwin * (WINDOW - 1), "marks_tokens": [w * WINDOW for w in marks],
+            "windowing": "non-overlapping", "batch": BATCH}
+
+
+def conclude(res: dict, nlls: dict, schemes: dict, alphas, agroups, notes: list) -> None:
+    """Window-by-window pairs of the schemes run: integer against float scales, each --alphas row
+    against the default alpha, every scheme against fp32, the float32-GEMM controls."""
     pairs = {}
-    for sname, (bits, g, scale, alpha) in schemes.items():
+    for sname, (bits, g, scale, alpha) in ((k, v) for k, v in schemes.items() if k in nlls):
         base = f"W{bits}A8 g{g} float"
         if scale == "int" and base in nlls:
             pairs[f"{sname} vs {base}"] = paired(nlls[base], nlls[sname])
@@ -584,17 +605,40 @@ def main(argv=None) -> int:
         if scale == "int" and alpha in alphas and g in agroups and sname != dflt and dflt in nlls:
             pairs[f"{sname} vs {dflt} (default alpha)"] = paired(nlls[dflt], nlls[sname])
         pairs[f"{sname} vs fp32"] = paired(nlls["fp32"], nlls[sname])
-    for k in controls:  # the float-rounding yardstick
+    for k in (k[: -len(" [f32 GEMM]")] for k in nlls if k.endswith(" [f32 GEMM]")):  # float-rounding yardstick
         pairs[f"{k} [f32 GEMM] vs {k}"] = paired(nlls[k], nlls[f"{k} [f32 GEMM]"])
     res["ppl"]["_paired"] = pairs
     if notes:
-        res["ppl"]["_note"] = "; ".join(notes)
+        res["ppl"]["_note"] = "\n".join(notes)
 
-    save(final=True)
+
+def write_text(res: dict, path: Path) -> None:
     txt = render(res)
-    (out / f"{stem}.txt").write_text(txt)
+    path.write_text(txt)
     print(txt)
-    log("wrote", out / f"{stem}.json")
+
+
+def finish_partial(path: Path, out: Path, name: str) -> int:
+    """--finish: the pairs and tables of a stopped run from its .partial.json (the runs it completed;
+    window NLLs as saved, rounded to 1e-6)."""
+    res = json.loads(path.read_text())
+    m = res["meta"]
+    alphas, agroups = tuple(m.get("alphas", ())), tuple(m.get("alpha_groups", (64,)))
+    schemes, notes = plan(res, alphas, agroups, m.get("alphas_only", False), m["quick"])
+    nlls = {k: torch.tensor(v, dtype=torch.float64) for k, v in res["ppl_window_nll"].items()}
+    missing = [k for k in ("fp32", *schemes) if k not in nlls]
+    if missing:
+        notes.append(f"run stopped before these schemes (finished from its partial JSON): {', '.join(missing)}")
+    res["ppl"].setdefault("_tokens", tokens_info(m["perplexity_tokens"]))
+    conclude(res, nlls, schemes, alphas, agroups, notes)
+    m.update(complete=not missing, not_run=missing, finished_from=str(path),
+             finish_command=" ".join(["python", *sys.argv]))
+    stem = name or path.name.removesuffix(".partial.json")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_text(res, out / f"{stem}.txt")
+    if path.resolve() != (out / f"{stem}.json").resolve() and path.name.endswith(".partial.json"):
+        path.unlink()
     return 0
 
 

@@ -272,6 +272,7 @@ FORMATS = [
     ("fp4-m2-channel", {"fmt": "fp4", "group_size": None, "scale": "m2"}, "fp4"),
     ("int4-int-g128", {"fmt": "int4", "group_size": 128}, "int4"),
     ("int4-int-g32-a4096", {"fmt": "int4", "group_size": 32, "alpha": 4096}, "int4"),
+    ("int4-int-g64-a16", {"fmt": "int4", "group_size": 64, "alpha": 16}, "int4"),  # fused-GEMM scales
     ("int4-float-g64", {"fmt": "int4", "group_size": 64, "scale": "float"}, "int4"),
     ("int4-int-channel", {"fmt": "int4", "scale": "int"}, "int4"),
     ("int8-int-g128", {"fmt": "int8", "group_size": 128}, "int8"),

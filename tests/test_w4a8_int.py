@@ -424,3 +424,38 @@ def test_gemm_spec_recipe_w4a8_int():
         assert spec.recipe == f"int8_group_{kind}"
     with pytest.raises(NotImplementedError, match="no kernel implements"):
         GemmSpec(act="int8", weight="int8", weight_scale="group", group_size=16, scale_kind="int").recipe
+
+
+@pytest.mark.parametrize("g", [32, 64, 128, None])
+def test_small_alpha_codes_against_stored_scales(g):
+    """alpha < 2^10 (16: the fused GEMM mode): each group's integer scale is the better of floor /
+    ceil(r * alpha) and the codes are rint(w / (sw * sg)): the error is the smaller of the two
+    candidates', and below the paper's rounding (codes against the unrounded scale) at alpha 16."""
+    torch.manual_seed(3)
+    w = torch.randn(64, 512)
+    w[:, :100] *= 6
+    w[7] = 0
+    w[9, :64] = 0
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=16)
+    codes = R.unpack_int4(wq, 64, 512)
+    gs = 512 if g is None else g
+    assert int(sg.max()) <= 16 and int(codes.abs().max()) <= 7
+    assert torch.all(sg[7] == 0) and torch.all(codes[7] == 0)  # all-zero row
+    se = (sw[:, None] * sg.float()).repeat_interleave(gs, dim=1)
+    nz = se > 0
+    want = torch.round(w / torch.where(nz, se, torch.ones_like(se))).clamp(-7, 7)
+    assert torch.equal(codes.float()[nz], want[nz])
+    err16 = (zqkernels.dequantize(wq, sw, sg, fmt="int4") - w).square().mean()
+    default = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=g)
+    err_default = (zqkernels.dequantize(*default, fmt="int4") - w).square().mean()
+    assert err16 <= err_default * 1.02, (float(err16), float(err_default))
+
+
+def test_default_alpha_codes_unchanged():
+    """At alpha >= 2^10 the codes stay rint(w / s) with the unrounded s (the paper's definition)."""
+    torch.manual_seed(4)
+    w = torch.randn(32, 256)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=64, alpha=1024)
+    s = w.abs().reshape(32, 4, 64).amax(2) / 7
+    want = torch.round(w / s.repeat_interleave(64, dim=1)).clamp(-7, 7)
+    assert torch.equal(R.unpack_int4(wq, 32, 256).float(), want)

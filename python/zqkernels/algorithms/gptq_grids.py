@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..reference.int_group import SMALL_ALPHA, _small_scales
+
 __all__ = []  # private to algorithms/gptq.py
 
 
@@ -124,7 +126,9 @@ class _IntGroupGrid(_Grid):
     original weight; a group's s = amax / qmax from its current values when the loop reaches it
     (kept <= s_max, so r <= 1 and the integer scale <= alpha, the overflow bound), q = rint(w / s)
     as quantize_weight rounds, sg = max(rint(r * alpha), 1) (int) or r (float), and the error fed
-    back is w - sw * sg * q, the value dequantize gives (float64, one rounding)."""
+    back is w - sw * sg * q, the value dequantize gives (float64, one rounding). INT4 with alpha
+    below SMALL_ALPHA picks each group's integer scale and divides by the stored scale, as
+    quantize_weight does there."""
 
     def __init__(self, W: torch.Tensor, bits: int, g: int, kind: str, alpha: Optional[int]) -> None:
         from ..reference.quantize import (
@@ -171,7 +175,12 @@ class _IntGroupGrid(_Grid):
         r = s / self.safe_max[:, 0]
         if self.kind == "int":
             a = torch.full_like(r, float(self.alpha))
-            sg = torch.round(r * a).clamp_(min=1)
+            if self.bits == 4 and self.alpha < SMALL_ALPHA:  # as _small_scales: codes against the stored scale
+                _, c = _small_scales(values.float(), values.shape[1], self.qmax, (r * a)[:, None], self.sw)
+                sg = c[:, 0]
+                s = torch.where(nonzero, self.sw * sg, s)
+            else:
+                sg = torch.round(r * a).clamp_(min=1)
             sg = torch.where(nonzero, sg, torch.zeros_like(sg))
             self.sg[:, j] = sg.to(torch.int32)
         else:

@@ -113,10 +113,43 @@ def _group_scales(
         return codes, s_max.contiguous(), torch.where(nonzero, r, torch.zeros_like(r)).contiguous()
     alpha = alpha_of(r, nonzero)
     a = torch.full_like(r, float(alpha))
-    sg = torch.round(r * a).clamp_(min=1)  # r * alpha exact (power of two); <= alpha since r <= 1
-    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
     sw = s_max / torch.full_like(s_max, float(alpha))
+    if qmax == QMAX[4] and alpha < SMALL_ALPHA:
+        codes, sg = _small_scales(wf, g, qmax, r * a, sw)
+    else:
+        sg = torch.round(r * a).clamp_(min=1)  # r * alpha exact (power of two); <= alpha since r <= 1
+    sg = torch.where(nonzero, sg, torch.zeros_like(sg)).to(torch.int32)
     return codes, sw.contiguous(), sg.contiguous()
+
+
+# INT4 with alpha below this (integer scales of a few bits, e.g. alpha = 16: the fused GEMM mode,
+# docs/W4A8.md): rounding r * alpha moves a group's scale by up to 1 / (2 r alpha) of itself, so the
+# codes are chosen against the scale actually stored, and each group's integer scale is the better
+# (smaller squared error) of floor and ceil of r * alpha. At alpha >= 2^10 the codes are rint(w / s)
+# as the paper defines them (the scale rounding is below 2^-11 there).
+SMALL_ALPHA = 2**10
+
+
+def _small_scales(wf: torch.Tensor, g: int, qmax: int, ra: torch.Tensor, sw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8 [N, K], sg float [N, G]) for small alpha: per group the integer scale c in
+    {floor(r alpha), ceil(r alpha)} (at least 1) whose codes clamp(rint(w / (sw c)), -qmax, qmax)
+    give the smaller sum of squared errors (ties: floor), and those codes."""
+    N, K = wf.shape
+    wg = wf.reshape(N, K // g, g)
+    best_err = best_q = best_c = None
+    for c in (torch.floor(ra).clamp_(min=1), torch.ceil(ra).clamp_(min=1)):
+        se = sw[:, None] * c  # fp32: the scale the GEMM applies
+        q = torch.round(wg / torch.where(se == 0, torch.ones_like(se), se)[:, :, None]).clamp_(-qmax, qmax)
+        err = (q * se[:, :, None] - wg).square().sum(dim=2)
+        if best_err is None:
+            best_err, best_q, best_c = err, q, c
+        else:
+            take = err < best_err
+            best_err = torch.where(take, err, best_err)
+            best_q = torch.where(take[:, :, None], q, best_q)
+            best_c = torch.where(take, c, best_c)
+    codes = torch.nan_to_num_(best_q, nan=0.0).reshape(N, K).to(torch.int8).contiguous()
+    return codes, best_c
 
 
 def _check_group_args(op: str, w: torch.Tensor, group_size: object, scale: object, alpha: object) -> int:
@@ -147,6 +180,9 @@ def quantize_int4_group_ref(
     - scale="int": sg int32 [N, K // g] = max(rint(r * alpha), 1), sw = s_max / alpha (exact: a
       power-of-two division). alpha: a power of two in [2^0, 2^15], default the heuristic (the
       smallest 2^n with min(r) 2^n >= 1 over the tensor's non-zero groups, clamped to [2^10, 2^15]).
+      Below alpha = 2^10 (SMALL_ALPHA; alpha = 16 is the GEMM's fused mode) each group's sg is the
+      better of floor / ceil(r * alpha) (at least 1) and its codes are rint(w / (sw * sg)), chosen
+      against the scale actually stored (smaller squared error per group; ties: floor).
     - scale="float": sg float32 [N, K // g] = r, sw = s_max.
 
     So ``w[n, k] ~ sw[n] * sg[n, k // g] * q[n, k]``. Degenerate inputs: an all-zero group gets
