@@ -5,10 +5,10 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
                         sm80_gemm_rowwise.cuh)
     w4a8_fp_cuda        FP8 x FP4 (w4a8_gemm.cu): "stream" (M <= 32, or float32 output) or "convert"
                         (fp4_to_fp8, then the fp8_rowwise GEMM)
-    w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, M <= 64), "mixed" (the packed weights
+    w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, decode), "mixed" (the packed weights
                         converted in registers by the wgmma mainloop, sm90_w4a8_mainloop.cuh) or
-                        "convert" (int4_to_int8, then the group-scaled int8 GEMM: the old large-M path,
-                        kept as a baseline)
+                        "convert" (int4_to_int8, then the group-scaled int8 GEMM); "auto" by
+                        measurement (w4a8_int_path)
     group_gemm_cuda     int8_group_int / int8_group_float (sm90_group_mainloop.cuh; contract docs/W4A8.md)
                         and w4a8_mixed_int / w4a8_mixed_float / w4a8_mixed_fused (the same contract,
                         INT4 weights; fused: integer scales <= 16 multiplied into the weights)
@@ -35,7 +35,7 @@ from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_int_flush_steps
 from . import _common as c
-from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
+from .gemm_checks import INT8_MAX_K, OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
 
 __all__ = ["resolve_gemm_backend", "gemm_tiles", "group_gemm_intervals"]
 
@@ -493,8 +493,8 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    if int4 and int_scales and max_scale <= W4A8_FUSED_MAX_SCALE:
-        recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: no fold
+    if int4 and int_scales and max_scale <= W4A8_FUSED_MAX_SCALE and K <= INT8_MAX_K:
+        recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: one int32 sum, no fold
     else:
         recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
