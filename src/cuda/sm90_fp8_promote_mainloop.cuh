@@ -63,21 +63,9 @@ constexpr int kScaleBlock = 128;  // K-block and weight-block edge of the block-
 
 template <class Base, bool kBlockScales, bool kSwapAB>
 struct Fp8PromoteMainloop : Base {
-  using TileShape = typename Base::TileShape;
-  using DispatchPolicy = typename Base::DispatchPolicy;
+  ZQ_BASE_COLLECTIVE_TYPES(Base);
   using TiledMma = typename Base::TiledMma;
-  using ElementA = typename Base::ElementA;
-  using ElementB = typename Base::ElementB;
-  using StrideA = typename Base::StrideA;
-  using StrideB = typename Base::StrideB;
   using SmemLayoutA = typename Base::SmemLayoutA;
-  using SmemLayoutB = typename Base::SmemLayoutB;
-  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
-  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
-  using MainloopPipeline = typename Base::MainloopPipeline;
-  using PipelineState = typename Base::PipelineState;
-  using PipelineParams = typename Base::PipelineParams;
-  using PipelineStorage = typename Base::PipelineStorage;
 
   static_assert(std::is_same_v<typename TiledMma::ValTypeC, float>, "FP8 wgmma (f32 accumulator)");
   static constexpr int kStages = DispatchPolicy::Stages;

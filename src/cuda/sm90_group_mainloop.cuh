@@ -133,24 +133,12 @@ CUTLASS_DEVICE void flush_int_sum(IAcc& iacc, float* fsum, int stride) {
 
 template <class Base, bool kIntScales>
 struct GroupScaledMainloop : Base {
-  using TileShape = typename Base::TileShape;
-  using DispatchPolicy = typename Base::DispatchPolicy;
-  using ElementA = typename Base::ElementA;
-  using ElementB = typename Base::ElementB;
-  using StrideA = typename Base::StrideA;
-  using StrideB = typename Base::StrideB;
+  ZQ_BASE_COLLECTIVE_TYPES(Base);
   using IntTiledMma = typename Base::TiledMma;
   using TiledMma = typename FloatAccTiledMma<IntTiledMma>::type;
   using ElementAccumulator = float;
   using ElementScale = cute::conditional_t<kIntScales, int32_t, float>;
   using SmemLayoutA = typename Base::SmemLayoutA;
-  using SmemLayoutB = typename Base::SmemLayoutB;
-  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
-  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
-  using MainloopPipeline = typename Base::MainloopPipeline;
-  using PipelineState = typename Base::PipelineState;
-  using PipelineParams = typename Base::PipelineParams;
-  using PipelineStorage = typename Base::PipelineStorage;
 
   static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, int32_t>, "int8 wgmma (s32 accumulator)");
   static constexpr int kStages = DispatchPolicy::Stages;

@@ -16,6 +16,23 @@
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
 
+// The types a mainloop derived from a CUTLASS collective takes over from its base (the base is a
+// dependent type, so its member types must be named again to be used unqualified).
+#define ZQ_BASE_COLLECTIVE_TYPES(Base)                          \
+  using TileShape = typename Base::TileShape;                   \
+  using DispatchPolicy = typename Base::DispatchPolicy;         \
+  using ElementA = typename Base::ElementA;                     \
+  using ElementB = typename Base::ElementB;                     \
+  using StrideA = typename Base::StrideA;                       \
+  using StrideB = typename Base::StrideB;                       \
+  using SmemLayoutB = typename Base::SmemLayoutB;               \
+  using GmemTiledCopyA = typename Base::GmemTiledCopyA;         \
+  using GmemTiledCopyB = typename Base::GmemTiledCopyB;         \
+  using MainloopPipeline = typename Base::MainloopPipeline;     \
+  using PipelineState = typename Base::PipelineState;           \
+  using PipelineParams = typename Base::PipelineParams;         \
+  using PipelineStorage = typename Base::PipelineStorage
+
 namespace zq::sm90 {
 
 // The TMA loads of one output tile's operands, as the base collective issues them (multicast masks

@@ -44,7 +44,8 @@
 #include "cutlass/gemm/collective/collective_builder.hpp"
 
 #include "gemm_registry.h"           // kInt8MaxK
-#include "sm90_group_mainloop.cuh"  // FloatAccTiledMma, GroupScaleArgs
+#include "sm90_group_mainloop.cuh"  // FloatAccTiledMma, GroupScaleArgs, GroupScaleParams
+#include "sm90_span_mainloop.cuh"   // ZQ_BASE_COLLECTIVE_TYPES
 #include "w4_convert.cuh"
 
 namespace zq::sm90 {
@@ -62,24 +63,12 @@ struct RegisterATiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutat
 template <class Base, bool kIntScales, bool kFused = false>
 struct W4A8MixedMainloop : Base {
   static_assert(!kFused || kIntScales, "fused scales are integer scales");
-  using TileShape = typename Base::TileShape;
-  using DispatchPolicy = typename Base::DispatchPolicy;
-  using ElementA = typename Base::ElementA;
-  using ElementB = typename Base::ElementB;
-  using StrideA = typename Base::StrideA;
-  using StrideB = typename Base::StrideB;
+  ZQ_BASE_COLLECTIVE_TYPES(Base);
   using IntTiledMma = typename Base::TiledMma;
   using RsTiledMma = typename RegisterATiledMma<IntTiledMma>::type;
   using TiledMma = typename FloatAccTiledMma<IntTiledMma>::type;
   using ElementAccumulator = float;
   using ElementScale = cute::conditional_t<kIntScales, int32_t, float>;
-  using SmemLayoutB = typename Base::SmemLayoutB;
-  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
-  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
-  using MainloopPipeline = typename Base::MainloopPipeline;
-  using PipelineState = typename Base::PipelineState;
-  using PipelineParams = typename Base::PipelineParams;
-  using PipelineStorage = typename Base::PipelineStorage;
 
   static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, int32_t>, "int8 wgmma (s32 accumulator)");
   static_assert(cute::size(typename DispatchPolicy::ClusterShape{}) == 1, "no cluster: B is loaded without multicast");
@@ -250,6 +239,16 @@ struct W4A8MixedMainloop : Base {
     return r0;
   }
 
+  // The B operand's wgmma descriptors of this thread's slice: (MMA, MMA_N, MMA_K, PIPE).
+  template <class ThrMma>
+  CUTLASS_DEVICE static auto b_descriptors(ThrMma const& thr, TensorStorage& shared_tensors) {
+    using namespace cute;
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
+    Tensor tCrB = thr.partition_fragment_B(sB);
+    CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
+    return tCrB;
+  }
+
   template <class T>
   CUTLASS_DEVICE static void opaque_zero(T& t) {
     CUTLASS_PRAGMA_UNROLL
@@ -269,11 +268,9 @@ struct W4A8MixedMainloop : Base {
     static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
     static_assert(kBlocks % kPK == 0, "a span lies inside one k-tile");
     constexpr int kSpansPerTile = kBlocks / kPK;
-    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
     RsTiledMma rs_mma;
     auto thr = rs_mma.get_slice(thread_idx);
-    Tensor tCrB = thr.partition_fragment_B(sB);  // (MMA, MMA_N, MMA_K, PIPE) descriptors
-    CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
+    Tensor tCrB = b_descriptors(thr, shared_tensors);
     // A span's A operand in registers: 4 words (16 int8) per k-block, in the order of the atom's
     // A values (ALayout_64x32: word 2 q + hi = row r + 8 hi, k 16 q + 4 t .. + 3). Kept as 32-bit
     // words and viewed as int8 for the MMA, which reads them back as words: no byte shuffling.
@@ -415,11 +412,9 @@ struct W4A8MixedMainloop : Base {
                                 int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
     using namespace cute;
     static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
-    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), SmemLayoutB{});
     RsTiledMma rs_mma;
     auto thr = rs_mma.get_slice(thread_idx);
-    Tensor tCrB = thr.partition_fragment_B(sB);  // (MMA, MMA_N, MMA_K, PIPE) descriptors
-    CUTE_STATIC_ASSERT_V(size<2>(tCrB) == Int<kBlocks>{});
+    Tensor tCrB = b_descriptors(thr, shared_tensors);
     // One k-tile's A operand: 4 words (16 int8) per k-block (word 2 q + hi = row r + 8 hi, k 16 q +
     // 4 t .. + 3), viewed as int8 for the MMA.
     Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kBlocks>{})));
