@@ -80,7 +80,8 @@ struct GroupScaleArgs {
 // integer sum into the fp32 running sum in shared memory.
 template <bool kIntScales>
 struct GroupScaleParams {
-  const cute::conditional_t<kIntScales, int32_t, float>* ptr_scale = nullptr;
+  using Scale = cute::conditional_t<kIntScales, int32_t, float>;
+  const Scale* ptr_scale = nullptr;
   int N = 0;            // the weights' rows (the scale rows' length)
   int groups = 0;       // K / group_size
   int group_size = 0;
@@ -95,6 +96,23 @@ struct GroupScaleParams {
     group_blocks = g.group_size / 32;
     promote_blocks = g.promote_blocks;
     flush = g.flush;
+  }
+  // The groups [first, last] that k-tile kt (tile_k wide) touches.
+  CUTLASS_DEVICE void ktile_groups(int kt, int tile_k, int& first, int& last) const {
+    first = kt * tile_k / group_size;
+    last = (kt * tile_k + tile_k - 1) / group_size;
+    if (last > groups - 1) last = groups - 1;
+  }
+  // The producer's copy of rows first..last of sg_t [groups, N], entries [n0, n0 + row_bytes /
+  // sizeof(Scale)), into dst (one slot of `slot` entries per row), completing on `bar` (whose
+  // expected transaction the caller has raised by the bytes copied).
+  template <class Bar>
+  CUTLASS_DEVICE void copy_scale_rows(Bar* bar, int first, int last, int n0, uint32_t row_bytes, Scale* dst,
+                                      int slot) const {
+    for (int j = first; j <= last; ++j) {
+      cute::SM90_BULK_COPY_G2S::copy(ptr_scale + static_cast<int64_t>(j) * N + n0, bar, dst + (j - first) * slot,
+                                     static_cast<int32_t>(row_bytes));
+    }
   }
 };
 
@@ -218,19 +236,14 @@ struct GroupScaledMainloop : Base {
       using BarrierType = typename MainloopPipeline::ProducerBarrierType;
       BarrierType* bar = pipeline.producer_get_barrier(smem_pipe_write);
       const int stage = smem_pipe_write.index();
-      const int kt = static_cast<int>(*k_tile_iter);
-      const int first = kt * kTileK / p.group_size;
-      int last = (kt * kTileK + kTileK - 1) / p.group_size;
-      if (last > p.groups - 1) last = p.groups - 1;
+      int first, last;
+      p.ktile_groups(static_cast<int>(*k_tile_iter), kTileK, first, last);
       // The scale bytes join the stage's expected transaction before any copy of it is issued, so
       // the stage cannot complete without them.
       if (last >= first) {
         cutlass::arch::ClusterTransactionBarrier::expect_transaction(bar, row_bytes * static_cast<uint32_t>(last - first + 1));
-        ElementScale* dst = shared_tensors.smem_scale.data() + stage * kScaleStageElems;
-        for (int j = first; j <= last; ++j) {
-          SM90_BULK_COPY_G2S::copy(p.ptr_scale + static_cast<int64_t>(j) * p.N + n0, bar,
-                                   dst + (j - first) * kTileN, static_cast<int32_t>(row_bytes));
-        }
+        p.copy_scale_rows(bar, first, last, n0, row_bytes, shared_tensors.smem_scale.data() + stage * kScaleStageElems,
+                          kTileN);
       }
       operands(bar, *k_tile_iter, stage);
       ++k_tile_iter;

@@ -177,9 +177,8 @@ struct W4A8MixedMainloop : Base {
       const int c0 = kt * kChunks;
       const int nchunks = chunks_total - c0 < kChunks ? chunks_total - c0 : kChunks;
       const uint32_t a_bytes = static_cast<uint32_t>(nchunks * kChunkBytes);
-      const int first = kt * kTileK / p.group_size;
-      int last = (kt * kTileK + kTileK - 1) / p.group_size;
-      if (last > p.groups - 1) last = p.groups - 1;
+      int first, last;
+      p.ktile_groups(kt, kTileK, first, last);
       // Everything this stage will receive joins its expected transaction before any copy is issued.
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(
           bar, a_bytes * static_cast<uint32_t>(row_tiles) + scale_row_bytes * static_cast<uint32_t>(last - first + 1));
@@ -188,11 +187,8 @@ struct W4A8MixedMainloop : Base {
         SM90_BULK_COPY_G2S::copy(w_tile + (static_cast<int64_t>(rt) * chunks_total + c0) * kChunkBytes, bar,
                                  a_dst + rt * kChunks * kChunkBytes, static_cast<int32_t>(a_bytes));
       }
-      ElementScale* s_dst = shared_tensors.smem_scale.data() + stage * kScaleStageElems;
-      for (int j = first; j <= last; ++j) {
-        SM90_BULK_COPY_G2S::copy(p.ptr_scale + static_cast<int64_t>(j) * p.N + n0, bar, s_dst + (j - first) * kTileM,
-                                 static_cast<int32_t>(scale_row_bytes));
-      }
+      p.copy_scale_rows(bar, first, last, n0, scale_row_bytes,
+                        shared_tensors.smem_scale.data() + stage * kScaleStageElems, kTileM);
       copy(p.tma_load_b.with(*bar, 0), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
       ++k_tile_iter;
       ++smem_pipe_write;
