@@ -273,6 +273,16 @@ class QuantizedBlock(nn.Module):
         return None
 
     # -- the pieces of the forward ----------------------------------------------------------------
+    def _qkv_input(self, hidden_states: torch.Tensor, x2: torch.Tensor):
+        """The QKV GEMM's input: the previous block's handoff, else norm 1 (pre-norm) or x itself,
+        quantized where the level says so."""
+        inp = self._take_handoff(hidden_states)
+        if inp is not None:
+            return inp
+        if self.pre_norm:
+            return self._norm(1, x2, None, "none", self.level["qkv"])[0]
+        return self._quantize(x2) if self.level["qkv"] else x2
+
     @staticmethod
     def _linear(lin: nn.Module, inp, dtype: torch.dtype) -> torch.Tensor:
         if isinstance(inp, tuple):
@@ -344,12 +354,7 @@ class QuantizedBlock(nn.Module):
         dt = hidden_states.dtype
         lv = self.level
         x2 = hidden_states.reshape(-1, D)
-        inp = self._take_handoff(hidden_states)
-        if inp is None:
-            if self.pre_norm:
-                inp, _ = self._norm(1, x2, None, "none", lv["qkv"])
-            else:
-                inp = self._quantize(x2) if lv["qkv"] else x2
+        inp = self._qkv_input(hidden_states, x2)
         a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
         o = self._linear(self.attn_out, self._quantize(a2) if lv["attn_out"] else a2, dt)
         # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o

@@ -156,13 +156,7 @@ def block_with_input_grad(blk: Any, hidden_states: torch.Tensor, mask, pos, cach
     x2 = hidden_states.reshape(-1, D)
     lin = blk._linear
     with torch.no_grad():
-        inp = blk._take_handoff(hidden_states)
-        if inp is None:
-            if blk.pre_norm:
-                inp, _ = blk._norm(1, x2, None, "none", lv["qkv"])
-            else:
-                inp = blk._quantize(x2) if lv["qkv"] else x2
-        qkv_q = lin(blk.qkv, inp, dt)
+        qkv_q = lin(blk.qkv, blk._qkv_input(hidden_states, x2), dt)
     qkv = _GemmThrough.apply(_norm_float(blk, 1, x2) if blk.pre_norm else x2, blk.qkv, qkv_q)
     a2 = blk._attend(qkv, B, S, mask, pos, cache, kwargs or {})
     with torch.no_grad():
