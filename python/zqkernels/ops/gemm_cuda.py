@@ -58,6 +58,12 @@ _RECIPE_OP = {
 # weights in registers and the GEMM keeps one exact int32 sum, with no per-group fold
 # (sm90_w4a8_mainloop.cuh). quantize_weight(..., alpha=16) produces such scales (docs/W4A8.md).
 W4A8_FUSED_MAX_SCALE = 16
+
+
+def w4a8_fused(int_scales: bool, max_scale: Optional[int], K: int) -> bool:
+    """Whether the W4A8 mixed mainloop runs its fused mode: integer scales bounded by 16, and K
+    within one int32 sum of int8 products."""
+    return int_scales and max_scale is not None and max_scale <= W4A8_FUSED_MAX_SCALE and K <= INT8_MAX_K
 # Largest M the FP4 streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
 # M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
@@ -355,8 +361,7 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
         return xq.new_empty((0, N), dtype=out_dtype)
     int_scales = sg.dtype == torch.int32
     if path == "auto":
-        fused = int_scales and max_scale is not None and max_scale <= W4A8_FUSED_MAX_SCALE
-        path = w4a8_int_path(M, N, idx, fused, int_scales)
+        path = w4a8_int_path(M, N, idx, w4a8_fused(int_scales, max_scale, K), int_scales)
     if path == "convert":
         return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
     if path == "mixed":
@@ -493,7 +498,7 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    if int4 and int_scales and max_scale <= W4A8_FUSED_MAX_SCALE and K <= INT8_MAX_K:
+    if int4 and w4a8_fused(int_scales, max_scale, K):
         recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: one int32 sum, no fold
     else:
         recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
