@@ -20,8 +20,10 @@ quantized from those):
     w4i16_<path>    the same with alpha = 16, max_scale = 16 (small integer scales: the library may
                     dispatch another kernel for max_scale <= 16; timed through the public API)
     w4f_<path>      w4a8_gemm with float group scales (scale="float"), paths mixed / auto
-    w4fp_auto       zqkernels.w4a8_fp_gemm: FP4 weights (quantize_weight(fmt="fp4", group_size=128),
-                    power-of-two scales "m2") x FP8 activations (quantize_per_token(x, e4m3)), path auto
+    w4fp4_<path>    zqkernels.w4a8_fp_gemm: FP4 weights (quantize_weight(fmt="fp4", group_size=128),
+                    power-of-two scales "m2") x FP8 activations (quantize_per_token(x, e4m3)), path
+                    stream (M <= 256 only) / mixed / convert / auto
+    w4fp4f_<path>   the same with float ratios (scale="free"), paths mixed / auto
 Per cell (JSON): us (median), tflops (2MNK / time), wbytes (bytes of the format's weight tensors:
 codes + scales), x_bf16 / x_int8 (speedups: bf16's / int8_gemm's time over this column's, > 1 =
 faster), for M <= 64 TBps (effective weight bandwidth, wbytes / time) and frac_copy (TBps over the
@@ -80,9 +82,10 @@ WFORMATS: dict[str, dict[str, Any] | None] = {
     "i4a16": {"fmt": "int4", "scale": "int", "group_size": GROUP, "alpha": 16},
     "i4f": {"fmt": "int4", "scale": "float", "group_size": GROUP},
     "fp4": {"fmt": "fp4", "group_size": GROUP},
+    "fp4f": {"fmt": "fp4", "group_size": GROUP, "scale": "free"},
 }
 ACT_OF = {"bf16": "bf16", "fp8": "fp8", "int8": "int8", "i4a1024": "int8", "i4a16": "int8", "i4f": "int8",
-          "fp4": "fp8"}
+          "fp4": "fp8", "fp4f": "fp8"}
 
 
 class Col:
@@ -127,8 +130,13 @@ def columns() -> list[Col]:
             f"w4f_{path}", f"if.{path[0]}", "i4f",
             lambda a, W, p=path: zq.w4a8_gemm(a["xi"], W[0], a["sxi"], W[1], W[2], path=p), w4=True,
             desc=f"zqkernels.w4a8_gemm float scales g={GROUP} path={path}"))
-    cols.append(Col("w4fp_auto", "fp4.a", "fp4", lambda a, W: zq.w4a8_fp_gemm(a["x8"], W[0], a["sx8"], W[1], W[2]),
-                    w4=True, desc=f"zqkernels.w4a8_fp_gemm FP4 weights (m2 scales, g={GROUP}) x FP8, path auto"))
+    for wkey, policy, paths in (("fp4", "m2", ("stream", "mixed", "convert", "auto")), ("fp4f", "free", ("mixed", "auto"))):
+        for path in paths:
+            cols.append(Col(
+                f"w4{wkey}_{path}", f"{wkey}.{path[0]}", wkey,
+                lambda a, W, p=path: zq.w4a8_fp_gemm(a["x8"], W[0], a["sx8"], W[1], W[2], path=p),
+                when=(lambda M: M <= STREAM_MAX_M) if path == "stream" else None, w4=True,
+                desc=f"zqkernels.w4a8_fp_gemm FP4 weights ({policy} scales, g={GROUP}) x FP8, path={path}"))
     return cols
 
 

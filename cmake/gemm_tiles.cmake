@@ -14,7 +14,9 @@
 #             with Hopper's fast FP8 accumulation; sm90 only), fp8_blockwise (e4m3 x e4m3 with
 #             DeepSeek-style block scales: 1 x 128 per token, 128 x 128 per weight block),
 #             w4a8_mixed_int / w4a8_mixed_float / w4a8_mixed_fused (packed INT4 weights x int8, group
-#             scales; swap-AB; fused: integer scales <= 16 multiplied into the weights)
+#             scales; swap-AB; fused: integer scales <= 16 multiplied into the weights),
+#             w4a8_fp_mixed_pow2 / w4a8_fp_mixed_float (packed FP4 weights x e4m3, power-of-two /
+#             float group scales applied in the conversion; swap-AB)
 #     TILE    the name tests, benchmarks and the dispatch tables (src/cuda/gemm_dispatch.cpp) use
 #     STATUS  DISPATCHED (a dispatch table names it: always built) or EXPERIMENT (built only with
 #             -DZQ_EXPERIMENT_TILES=ON, for tuning runs)
@@ -44,6 +46,8 @@ set(_zq_recipe_header_int8_group_float "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_int "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_float "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_fused "gemm_rowwise")
+set(_zq_recipe_header_w4a8_fp_mixed_pow2 "gemm_rowwise")
+set(_zq_recipe_header_w4a8_fp_mixed_float "gemm_rowwise")
 set(_zq_out_type_bf16 "cutlass::bfloat16_t")
 set(_zq_out_type_fp16 "cutlass::half_t")
 set(_zq_out_type_fp32 "float")
@@ -169,6 +173,12 @@ endforeach()
 zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
 zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
 zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
+# FP4 x FP8 mixed input (docs/FP8.md): two fp32 sets per consumer thread (the promoted sum and the
+# k-tile's partial sum): up to 128 tokens a tile.
+foreach(_r w4a8_fp_mixed_pow2 w4a8_fp_mixed_float)
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
+endforeach()
 zq_gemm_tile(sm90 int8_rowwise 128x128x128_coop        EXPERIMENT "bf16"                "128, 128, 128, 1, 1, ${_coop}, false, false")
 zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)
 zq_gemm_tile(sm90 int8_rowwise 64x128x128_c1x2_pp      EXPERIMENT "bf16;fp16"           "64, 128, 128, 1, 2, ${_pp}, false, false")

@@ -104,12 +104,10 @@ def test_mixed_graph_and_compile():
     assert torch.equal(f(a["xq"]), ref)
 
 
-def test_mixed_bad_path_for_fp4():
-    w = torch.randn(64, 256, device=DEV)
-    wq, sw, sg = zqkernels.quantize_weight(w, fmt="fp4", group_size=64)
-    xq, sx = zqkernels.quantize_per_token(torch.randn(8, 256, device=DEV), torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match=r"w4a8_fp_gemm: path must be one of .*INT4 weights only.*'mixed'"):
-        zqkernels.w4a8_fp_gemm(xq, wq, sx, sw, sg, path="mixed")
+def test_mixed_bad_path():
+    a = inputs(8, 64, 256, 64, "int")
+    with pytest.raises(ValueError, match=r"w4a8_gemm: path must be one of \('auto', 'stream', 'mixed', 'convert'\), got 'fast'"):
+        zqkernels.w4a8_gemm(**a, path="fast")
 
 
 @pytest.mark.parametrize("g", [32, 64, 128, None])

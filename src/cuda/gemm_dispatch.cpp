@@ -129,6 +129,13 @@ constexpr Rule kSm90W4A8Fused[] = {
     {kAny, kAny, "swap_128x256x128_coop"},
 };
 
+// FP4 x FP8 mixed input (the same mainloop, FP4 consumers): two fp32 sets, up to 128 tokens. Not
+// yet tuned.
+constexpr Rule kSm90W4A8FpMixed[] = {
+    {128, kAny, "swap_128x64x128_coop"},
+    {kAny, kAny, "swap_128x128x128_coop"},
+};
+
 // Output classes: the types one table serves.
 enum class OutClass { k16, kFP32, kInt8 };  // bf16 / fp16; fp32; int8
 
@@ -176,6 +183,10 @@ constexpr Table kTables[] = {
     table("sm90", "w4a8_mixed_fused", OutClass::k16, kSm90W4A8Fused),
     table("sm90", "w4a8_mixed_fused", OutClass::kFP32, kSm90W4A8Fused),
     table("sm90", "w4a8_mixed_float", OutClass::kFP32, kSm90W4A8Mixed),
+    table("sm90", "w4a8_fp_mixed_pow2", OutClass::k16, kSm90W4A8FpMixed),
+    table("sm90", "w4a8_fp_mixed_pow2", OutClass::kFP32, kSm90W4A8FpMixed),
+    table("sm90", "w4a8_fp_mixed_float", OutClass::k16, kSm90W4A8FpMixed),
+    table("sm90", "w4a8_fp_mixed_float", OutClass::kFP32, kSm90W4A8FpMixed),
     table("sm80", "int8_rowwise", OutClass::k16, kSm80Int8Rowwise16),
     table("sm80", "int8_rowwise", OutClass::kFP32, kSm80Int8Rowwise32),
     table("sm80", "int8_rowwise", OutClass::kInt8, kSm80Int8Rowwise8),

@@ -15,6 +15,9 @@
 //                         group-wise weight scales, swap-AB only (sm90_w4a8_mainloop.cuh)
 //   "w4a8_mixed_fused"    the same with integer group scales <= 16 multiplied into the weights in
 //                         registers: one int32 accumulator, no per-group fold
+//   "w4a8_fp_mixed_pow2/float" packed FP4 weights converted in registers to e4m3 with their
+//                         power-of-two (exponent arithmetic) or float group scales x e4m3
+//                         activations, promoted to fp32 every 128 of K; swap-AB only
 // with per-token activation scales and per-channel weight scales fused into the epilogue.
 //
 // Computes (docs/SCALES.md):
@@ -117,7 +120,8 @@ struct TileConfig {
 // Weight scales per group of K (int8 only): none (per channel), integer or float group scales
 // (sm90_group_mainloop.cuh).
 // kIntFused: integer scales <= 16 multiplied into the INT4 weights in registers (the W4A8 mixed
-// mainloop's fold-free mode).
+// mainloop's fold-free mode). With FP4 weights (e4m3 operands): kInt = power-of-two exponents
+// (int32), kFloat = float ratios, both applied in the conversion.
 enum class GroupScales { kNone, kInt, kFloat, kIntFused };
 
 // How a recipe accumulates: int8's exact int32 sums; FP8 on Hopper's FP8 accumulator throughout
@@ -137,14 +141,17 @@ struct Operands {
   static constexpr bool kInt8 = std::is_same_v<ElementAB, int8_t>;
   static constexpr GroupScales kGroup = kGroup_;
   static constexpr bool kGrouped = kGroup != GroupScales::kNone;
-  static constexpr bool kW4 = kW4_;  // A: packed INT4 weights converted in registers (swap-AB)
+  static constexpr bool kW4 = kW4_;  // A: packed 4-bit weights converted in registers (swap-AB)
   static_assert(!kW4 || kGrouped, "the INT4 mainloop is group-scaled");
   static_assert(kW4 || kGroup != GroupScales::kIntFused, "fused scales need INT4 weights");
   static constexpr bool kPromote = kAccum == Accum::kPromote || kAccum == Accum::kBlock;
   static constexpr bool kBlock = kAccum == Accum::kBlock;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
   static_assert(kInt8 == (kAccum == Accum::kExact), "int8 sums are exact; FP8 sums are fast or promoted");
-  static_assert(!kGrouped || kInt8, "group scales are an int8 option");
+  // FP4 x FP8 (kW4 with e4m3) builds its base with the fast-accumulation schedule and promotes
+  // every k-tile itself (W4A8MixedMainloop::mma_fp4).
+  static_assert(!kGrouped || kInt8 || (kW4 && kAccum == Accum::kFast), "group scales: int8, or FP4 weights");
+  static_assert(kInt8 || kGroup != GroupScales::kIntFused, "fused scales are INT4's");
   using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;     // the wgmma accumulator
   using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
   template <class Built, bool kSwapAB>
@@ -435,6 +442,16 @@ template <class Cfg, class ElementOut>
 GemmKernel make_w4a8_mixed_float(const char* tile, DType out, bool dispatched) {
   return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kFloat, true>, ElementOut>("w4a8_mixed_float",
                                                                                                tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_fp_mixed_pow2(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<cutlass::float_e4m3_t, Accum::kFast, GroupScales::kInt, true>, ElementOut>(
+      "w4a8_fp_mixed_pow2", tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_fp_mixed_float(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<cutlass::float_e4m3_t, Accum::kFast, GroupScales::kFloat, true>, ElementOut>(
+      "w4a8_fp_mixed_float", tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_fp8_rowwise(const char* tile, DType out, bool dispatched) {

@@ -1,6 +1,9 @@
-// sm90_w4a8_mainloop.cuh: the mixed-input W4A8 mainloop (INT4 weights x INT8 activations with
-// integer or float group scales: Integer Scale, arXiv 2405.14597; docs/W4A8.md) for every M above
-// the streaming kernel's: no conversion pass, the packed weights go straight to the tensor cores.
+// sm90_w4a8_mainloop.cuh: the mixed-input W4A8 mainloop for every M above the streaming kernels':
+// no conversion pass, the packed 4-bit weights go straight to the tensor cores. Two weight formats:
+//   INT4 x INT8 with integer or float group scales (Integer Scale, arXiv 2405.14597; docs/W4A8.md),
+//     described first below (mma_spans: per-group folds; mma_fused: scales <= 16 in the weights);
+//   FP4 (E2M1) x FP8 with power-of-two or float group scales (ZeroQuant-FP; docs/FP8.md): the same
+//     producer, consumers that convert to E4M3 with the scales applied (mma_fp4, at its end).
 //
 // Orientation: swap-AB. The weights are the wgmma's A operand, fed from registers (only A can be),
 // the tokens its B operand from shared memory: D^T [N, M] = W [N, K] x X^T, stored column-major,
@@ -25,7 +28,8 @@
 //     warp's 16), so a fold reads two scales. One partial sum, drained before its fold (the other
 //     warpgroup's wgmmas fill the tensor cores meanwhile), leaves registers for 128-token tiles.
 //
-// The base is the collective CUTLASS's builder makes for the int8 x int8 swap-AB tile: its B TMA,
+// The base is the collective CUTLASS's builder makes for the int8 x int8 (FP4: e4m3 x e4m3, fast
+// accumulation schedule) swap-AB tile: its B TMA,
 // shared-memory layout of B, pipeline, tail and the kernel around it are kept; A's TMA descriptor
 // is built on the packed pointer but never used. The accumulator type seen by the kernel is fp32
 // (FloatAccView, as for the group-scaled int8 mainloop).
@@ -50,27 +54,35 @@
 
 namespace zq::sm90 {
 
-// The register-sourced int8 TiledMma with the same atom layout as the base's shared-memory one.
+// The register-sourced TiledMma (int8 or e4m3) with the same atom layout as the base's shared-memory one.
 template <class T>
 struct RegisterATiledMma;
 template <class Op, class AtomLayout, class Permutation>
 struct RegisterATiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutation>> {
-  using RsOp = decltype(cute::GMMA::rs_op_selector<int8_t, int8_t, int32_t,
-                                                   typename cute::MMA_Traits<Op>::Shape_MNK>());
+  using Traits = cute::MMA_Traits<Op>;
+  using RsOp = decltype(cute::GMMA::rs_op_selector<typename Traits::ValTypeA, typename Traits::ValTypeB,
+                                                   typename Traits::ValTypeC, typename Traits::Shape_MNK>());
   using type = cute::TiledMMA<cute::MMA_Atom<RsOp>, AtomLayout, Permutation>;
 };
 
+// kIntScales: 32-bit integer scales (INT4: Integer Scale's group scales; FP4: the groups'
+// power-of-two exponents), else float ones. kFused: INT4 integer scales <= 16 multiplied into the
+// weights. The weight format follows the base: int8 wgmma = INT4 weights, e4m3 wgmma = FP4 weights.
 template <class Base, bool kIntScales, bool kFused = false>
 struct W4A8MixedMainloop : Base {
   static_assert(!kFused || kIntScales, "fused scales are integer scales");
   ZQ_BASE_COLLECTIVE_TYPES(Base);
-  using IntTiledMma = typename Base::TiledMma;
+  using IntTiledMma = typename Base::TiledMma;  // the base's shared-memory TiledMma (int8 or e4m3)
   using RsTiledMma = typename RegisterATiledMma<IntTiledMma>::type;
   using TiledMma = typename FloatAccTiledMma<IntTiledMma>::type;
   using ElementAccumulator = float;
   using ElementScale = cute::conditional_t<kIntScales, int32_t, float>;
+  using Element8 = typename IntTiledMma::ValTypeA;  // the wgmma's 8-bit operand type
+  static constexpr bool kFp4 = std::is_same_v<Element8, cutlass::float_e4m3_t>;
+  static_assert(!kFp4 || !kFused, "FP4 weights carry their scales in the conversion already");
 
-  static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, int32_t>, "int8 wgmma (s32 accumulator)");
+  static_assert(std::is_same_v<typename IntTiledMma::ValTypeC, cute::conditional_t<kFp4, float, int32_t>>,
+                "int8 wgmma (s32 accumulator) or e4m3 wgmma (f32 accumulator)");
   static_assert(cute::size(typename DispatchPolicy::ClusterShape{}) == 1, "no cluster: B is loaded without multicast");
   static constexpr int kStages = DispatchPolicy::Stages;
   static constexpr int kTileM = cute::size<0>(TileShape{});  // weight rows
@@ -91,10 +103,10 @@ struct W4A8MixedMainloop : Base {
   static constexpr int kFlushElems = kTileM * kTileN;
 
   struct TensorStorage : cute::aligned_struct<128, cute::_0> {
-    cute::array_aligned<uint8_t, kStages * kStageABytes, 128> smem_A;  // packed INT4, layout m16k32
+    cute::array_aligned<uint8_t, kStages * kStageABytes, 128> smem_A;  // packed INT4 (m16k32) / FP4 (m16k64)
     cute::array_aligned<typename IntTiledMma::ValTypeB, cute::cosize_v<SmemLayoutB>> smem_B;
     cute::array_aligned<ElementScale, kStages * kScaleStageElems, 128> smem_scale;
-    cute::array_aligned<float, kIntScales && !kFused ? kFlushElems : 1, 128> smem_flush;
+    cute::array_aligned<float, kIntScales && !kFused && !kFp4 ? kFlushElems : 1, 128> smem_flush;
   };
   struct SharedStorage {
     TensorStorage tensors;
@@ -112,6 +124,7 @@ struct W4A8MixedMainloop : Base {
   struct Params : Base::Params, GroupScaleParams<kIntScales> {
     const uint8_t* ptr_w = nullptr;
     int K = 0;
+    float unit = 1.f;  // FP4: the promotion's multiplier (mma_fp4)
   };
 
   template <class ProblemShape>
@@ -130,9 +143,9 @@ struct W4A8MixedMainloop : Base {
 
   // Why the problem does not fit (empty: it does). Also checked by the Python layer.
   static const char* group_error(int N, int K, GroupScaleArgs const& g) {
-    if (N % 16 != 0 || K % 64 != 0) return "the packed INT4 layout m16k32 needs N % 16 == 0 and K % 64 == 0";
+    if (N % 16 != 0 || K % 64 != 0) return "the packed 4-bit layouts need N % 16 == 0 and K % 64 == 0";
     if (kFused && K > kInt8MaxK) return "K must be <= 131071 (one int32 sum of int8 x int8 products)";
-    return group_args_error(N, K, g, kIntScales && !kFused);
+    return group_args_error(N, K, g, kIntScales && !kFused && !kFp4);
   }
 
   template <class ProblemShape>
@@ -209,13 +222,16 @@ struct W4A8MixedMainloop : Base {
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
                           int thread_idx, TensorStorage& shared_tensors, Params const& p) {
-    if constexpr (kFused) {
+    if constexpr (kFp4) {
+      return mma_fp4(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    } else if constexpr (kFused) {
       return mma_fused(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
-    }
-    switch (p.promote_blocks) {
-      case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
-      case 2: return mma_spans<2>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
-      default: return mma_spans<4>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    } else {
+      switch (p.promote_blocks) {
+        case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+        case 2: return mma_spans<2>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+        default: return mma_spans<4>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+      }
     }
   }
 
@@ -473,6 +489,108 @@ struct W4A8MixedMainloop : Base {
     warpgroup_fence_operand(acc);
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(acc(i));
+    warpgroup_fence_operand(accum);
+  }
+
+  // FP4 weights (layout m16k64, docs/FP8.md) x FP8 activations (ZeroQuant-FP). The layout gives a
+  // lane 16 consecutive k of a 64-wide chunk (made for the streaming kernel's 16-byte activation
+  // loads); the wgmma reads the activations in their natural order, so a thread gathers its
+  // fragment words from the four lanes of its row pair instead: for k-block b (chunk b / 2, MMA
+  // step S = b % 2) and half q, word t of lane 4 r + 2 S + q holds k 32 S + 16 q + 4 t .. + 3, row r
+  // in its low 16 bits and row r + 8 in its high ones: exactly the A registers (q, row) of the
+  // thread (lane 4 r + t). Each word becomes two E4M3 registers by the streaming kernel's
+  // conversion (w4_convert.cuh RowScale): power-of-two scales by exponent arithmetic (the group's
+  // table, rebuilt per k-block from the row's exponent), float ratios by an fp32 multiply and a
+  // rounding to E4M3 (the ZeroQuant-FP baseline) - the weights the reference defines, bit for bit.
+  // The wgmmas of a k-tile accumulate into the fp32 partial sum `temp` (Hopper's FP8 accumulator
+  // is not full fp32), which is added to the fp32 sum at the tile's end: the promotion of the
+  // accurate fp8_gemm, every 128 of K. Per k-block: issue its wgmma, then convert the next k-block
+  // while it runs (into its own register slice); at the tile's end, convert the next tile's first
+  // k-block, drain, promote, start the next partial sum (the other warpgroup's wgmmas keep the
+  // tensor cores busy meanwhile).
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma_fp4(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                              int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    using namespace cute;
+    static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    static_assert(kBlocks >= 2, "the next k-block's conversion overlaps the previous one's wgmma");
+    RsTiledMma rs_mma;
+    auto thr = rs_mma.get_slice(thread_idx);
+    Tensor tCrB = b_descriptors(thr, shared_tensors);
+    Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kBlocks>{})));
+    constexpr int kVals = decltype(size(accum))::value;
+    const int r0 = first_row(thread_idx, accum);
+    Tensor temp = make_fragment_like<float>(accum);
+    opaque_zero(accum);
+    opaque_zero(temp);
+    const float unit = p.unit;
+
+    // Word t of lane 4 r (its row pair's first lane) of the thread's 16-row tile, chunk 0, stage 0.
+    const int lane = thread_idx % 32;
+    const uint8_t* a_base =
+        shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (lane & ~3) * 16 + (lane & 3) * 4;
+    const ElementScale* scales = shared_tensors.smem_scale.data();
+    auto convert = [&](int stage, int kt, int b) {
+      const uint8_t* w = a_base + stage * kStageABytes + (b >> 1) * kChunkBytes + (b & 1) * 32;
+      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(w);       // q = 0: lane 4 r + 2 S
+      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(w + 16);  // q = 1: lane 4 r + 2 S + 1
+      const int k0 = kt * kTileK;
+      const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
+      const ElementScale* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
+      w4::RowScale<kIntScales> s_lo, s_hi;
+      s_lo.set(reinterpret_cast<const uint32_t*>(row)[0]);
+      s_hi.set(reinterpret_cast<const uint32_t*>(row)[8]);
+      const w4::Sel x0 = w4::selectors(w0), x1 = w4::selectors(w1);
+      a_frag(0, 0, b) = s_lo(x0.idx, x0.sel);              // row r,     k 4t ..
+      a_frag(1, 0, b) = s_hi(x0.idx >> 16, x0.sel >> 16);  // row r + 8
+      a_frag(2, 0, b) = s_lo(x1.idx, x1.sel);              // row r,     k 16 + 4t ..
+      a_frag(3, 0, b) = s_hi(x1.idx >> 16, x1.sel >> 16);  // row r + 8
+    };
+    auto wait_stage = [&]() {
+      auto token = pipeline.consumer_try_wait(smem_pipe_read);
+      pipeline.consumer_wait(smem_pipe_read, token);
+    };
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    wait_stage();
+    int stage = smem_pipe_read.index();
+    convert(stage, 0, 0);
+    warpgroup_fence_operand(accum);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int kt = 0; kt < k_tile_count; ++kt) {
+      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      CUTLASS_PRAGMA_UNROLL
+      for (int b = 0; b < kBlocks; ++b) {
+        warpgroup_fence_operand(temp);
+        warpgroup_arrive();
+        cute::gemm(rs_mma, recast<Element8>(a_frag(_, _, b)), tCrB(_, _, b, stage), temp);
+        rs_mma.accumulate_ = GMMA::ScaleOut::One;
+        warpgroup_commit_batch();
+        if (b + 1 < kBlocks) {
+          // Slice b + 1's previous reader (the previous tile's k-block b + 1) retired before that
+          // tile's promotion: no wait, this tile's wgmmas queue back to back.
+          convert(stage, kt, b + 1);
+        } else {
+          // The next tile's first k-block into slice 0, whose reader (k-block 0) has retired.
+          if (kt + 1 < k_tile_count) {
+            ++smem_pipe_read;
+            wait_stage();
+            convert(smem_pipe_read.index(), kt + 1, 0);
+          }
+          warpgroup_wait<0>();
+          warpgroup_fence_operand(temp);
+          if (kt + 1 < k_tile_count) {  // this tile's stage is read; the last one mma_tail releases
+            pipeline.consumer_release(smem_pipe_release);
+            ++smem_pipe_release;
+            stage = smem_pipe_read.index();
+          }
+          // The promotion: an FFMA by a runtime 1.0 (as Fp8PromoteMainloop: an FADD lets ptxas
+          // serialize the wgmmas).
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < kVals; ++i) accum(i) = fmaf(temp(i), unit, accum(i));
+        }
+      }
+    }
     warpgroup_fence_operand(accum);
   }
 };

@@ -6,6 +6,9 @@
 // weight. INT4 (layout m16k32, docs/W4A8.md): bytewise sign extension, below.
 #pragma once
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include <cstdint>
 
 namespace zq::w4 {
@@ -53,6 +56,52 @@ __device__ __forceinline__ uint32_t convert4(uint32_t idx, uint32_t sel, const L
   const uint32_t n = prmt(l.neg_lo, l.neg_hi, idx);
   return prmt(p, n, sel);
 }
+
+// Four E4M3 bytes times a float ratio, rounded back to E4M3 (float-scale variant).
+__device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
+  uint32_t out = 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const __nv_fp8x2_storage_t pair = static_cast<__nv_fp8x2_storage_t>(v >> (16 * h));
+    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
+    float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
+    f.x *= r;
+    f.y *= r;
+    const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+    out |= static_cast<uint32_t>(q) << (16 * h);
+  }
+  return out;
+}
+
+// The converter of one weight row's group: E2M1 codes -> E4M3 bytes of e2m1(c) * 2^e (kPow2: the
+// exponent table) or e4m3(float(e2m1(c)) * r) (float ratios). raw(): the group's scale as 32 bits
+// from global memory, loaded ahead of use; set(): the converter from those 32 bits (also what the
+// mixed-input mainloop reads from shared memory: int32 exponents or float ratios).
+template <bool kPow2>
+struct RowScale;
+template <>
+struct RowScale<true> {
+  Lut l;
+  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
+    return static_cast<uint32_t>(static_cast<int32_t>(__ldg(static_cast<const signed char*>(sg) + i)));
+  }
+  __device__ __forceinline__ void set(uint32_t v) { l = make_lut(static_cast<int32_t>(v)); }
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
+  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const { return convert4(idx, sel, l); }
+};
+template <>
+struct RowScale<false> {
+  float r;
+  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
+    return __float_as_uint(__ldg(static_cast<const float*>(sg) + i));
+  }
+  __device__ __forceinline__ void set(uint32_t v) { r = __uint_as_float(v); }
+  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
+  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const {
+    constexpr Lut l{kLutLo, kLutHi, kLutLo | 0x80808080u, kLutHi | 0x80808080u};
+    return scale4(convert4(idx, sel, l), r);
+  }
+};
 
 // INT4: a word of layout m16k32 holds in byte j the codes of two weight rows, row r in the low
 // nibble and row r + 8 in the high nibble (docs/W4A8.md); both become int8 MMA registers, the

@@ -54,49 +54,6 @@ constexpr int kWarps = 8;  // per CTA
 
 using namespace w4;
 
-// Four E4M3 bytes times a float ratio, rounded back to E4M3 (float-scale variant).
-__device__ __forceinline__ uint32_t scale4(uint32_t v, float r) {
-  uint32_t out = 0;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const __nv_fp8x2_storage_t pair = static_cast<__nv_fp8x2_storage_t>(v >> (16 * h));
-    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-    float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hr));
-    f.x *= r;
-    f.y *= r;
-    const __nv_fp8x2_storage_t q = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    out |= static_cast<uint32_t>(q) << (16 * h);
-  }
-  return out;
-}
-
-template <bool kPow2>
-struct RowScale;
-// raw(): the group's scale as 32 bits, loaded ahead of use; set(): the converter from it.
-template <>
-struct RowScale<true> {
-  Lut l;
-  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
-    return static_cast<uint32_t>(static_cast<int32_t>(__ldg(static_cast<const signed char*>(sg) + i)));
-  }
-  __device__ __forceinline__ void set(uint32_t v) { l = make_lut(static_cast<int32_t>(v)); }
-  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
-  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const { return convert4(idx, sel, l); }
-};
-template <>
-struct RowScale<false> {
-  float r;
-  static __device__ __forceinline__ uint32_t raw(const void* sg, int64_t i) {
-    return __float_as_uint(__ldg(static_cast<const float*>(sg) + i));
-  }
-  __device__ __forceinline__ void set(uint32_t v) { r = __uint_as_float(v); }
-  __device__ __forceinline__ void load(const void* sg, int64_t i) { set(raw(sg, i)); }
-  __device__ __forceinline__ uint32_t operator()(uint32_t idx, uint32_t sel) const {
-    constexpr Lut l{kLutLo, kLutHi, kLutLo | 0x80808080u, kLutHi | 0x80808080u};
-    return scale4(convert4(idx, sel, l), r);
-  }
-};
-
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

@@ -24,7 +24,7 @@ launches live in ops/gemm_cuda.py. Scale conventions: docs/SCALES.md; W4A8: docs
 
 Tuning knobs are not part of the schema. ``backend`` ('auto', 'sm90', 'sm80') and ``tile`` (a tile
 name from ``zqkernels.info()["gemm_tiles"]``) pick the row-wise kernel, ``path`` ('auto', 'stream',
-'mixed', 'convert') the W4A8 path ('mixed': INT4 only); they are for tests and benchmarks and are set with the context manager
+'mixed', 'convert') the W4A8 paths; they are for tests and benchmarks and are set with the context manager
 ``gemm_options(backend=..., tile=..., path=...)`` (a ``contextvars`` setting: per thread and task).
 The wrappers' ``backend=`` / ``tile=`` / ``path=`` arguments still work: when not at their defaults
 they override the setting for that call (eagerly, or by entering the setting around the op call).
@@ -125,7 +125,7 @@ class gemm_options:  # noqa: N801 - a context manager, named like torch.no_grad
 
     backend ('auto', 'sm90', 'sm80') and tile (None = the dispatch table's choice, or a name from
     ``zqkernels.info()["gemm_tiles"]``) select the kernel of int8_gemm / fp8_gemm on CUDA; path
-    ('auto', 'stream', 'mixed', 'convert') the W4A8 GEMMs' path ('mixed': INT4 weights only). Every knob is set (nested settings replace
+    ('auto', 'stream', 'mixed', 'convert') the W4A8 GEMMs' path. Every knob is set (nested settings replace
     the enclosing one); GEMMs whose recipe has no such knob ignore it. CPU tensors (the reference)
     take the defaults. A wrapper's own non-default knob argument overrides the setting for its call.
     """
@@ -240,7 +240,7 @@ def _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation="none", out_scale
     if spec == "fp8_blockwise":
         return fp8_block_impl(xq, wq, sx, sw, bias, out_dtype, activation, tile)
     if spec == "w4a8_fp":
-        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path, tile)
     if spec == "w4a8_int":
         return w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale, path, tile)
     return group_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, max_scale)
@@ -452,19 +452,22 @@ def w4a8_fp_gemm(
     K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu' after the bias, in fp32.
 
     path (CUDA; for tests and benchmarks, also settable with ``gemm_options``): 'auto' (by M),
-    'stream' ('auto' takes it for M <= 32 and for float32 output: one kernel streams the packed
-    weights once per 64 tokens, converts them in registers and runs FP8 mma.sync; decode is
-    weight-bandwidth bound) or 'convert' (fp4_to_fp8 writes the FP8 weights [N, K] into a
-    temporary, then the fp8_rowwise GEMM runs on wgmma; bf16 / fp16 output only). Both compute the
-    same products; they differ only in how the fp32 partial sums are grouped. CPU tensors run the
-    float64 reference. Runs ``zqkernels::gemm`` with spec "w4a8_fp".
+    'stream' ('auto' takes it for M <= 32: one kernel streams the packed weights once per 64
+    tokens, converts them in registers and runs FP8 mma.sync; decode is weight-bandwidth bound),
+    'mixed' ('auto' above: the Hopper mixed-input wgmma mainloop converts the packed weights in
+    registers, no conversion pass, promoting to fp32 every 128 of K) or 'convert' (fp4_to_fp8
+    writes the FP8 weights [N, K] into a temporary, then the fp8_rowwise GEMM runs on wgmma; bf16 /
+    fp16 output only). All compute the same products; they differ only in how the fp32 partial
+    sums are grouped. CPU tensors run the float64 reference. Runs ``zqkernels::gemm`` with spec
+    "w4a8_fp".
     """
     if c._debug_checks:
         debug_checks("w4a8_fp", "w4a8_fp_gemm", xq, sx, sw, sg, bias, None)
     if c.eager(xq, wq, sx, sw, sg, bias):
+        tile = None
         if _active:
-            path = _merged("auto", None, path)[2]
-        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path)
+            _, tile, path = _merged("auto", None, path)
+        return w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation, path, tile)
     c.check_tensor_args("w4a8_fp_gemm", bias, sg)
     if path == "auto":
         return _op(xq, wq, sx, sw, sg, bias, "w4a8_fp", out_dtype, activation)

@@ -146,14 +146,13 @@ def check_options(backend: str, tile: Optional[str], op: str = "int8_gemm") -> N
         raise ValueError(f"{op}: tile must be None (automatic) or a tile name (str), got {tile!r}")
 
 
-W4A8_FP_PATHS = ("auto", "stream", "convert")  # FP4 weights: no mixed-input mainloop yet
+W4A8_FP_PATHS = W4A8_PATHS  # FP4 weights: the same paths (the mixed-input mainloop serves both formats)
 
 
 def check_path(op: str, path: str, paths: tuple = W4A8_PATHS) -> None:
     """The W4A8 GEMMs' path knob (paths: the ones this GEMM has)."""
     if path not in paths:
-        why = " (the mixed-input mainloop serves INT4 weights only)" if path in W4A8_PATHS else ""
-        raise ValueError(f"{op}: path must be one of {paths}{why}, got {path!r}")
+        raise ValueError(f"{op}: path must be one of {paths}, got {path!r}")
 
 
 def check_accumulate(accumulate) -> str:

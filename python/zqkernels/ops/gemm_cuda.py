@@ -52,6 +52,8 @@ _RECIPE_OP = {
     "w4a8_mixed_int": "w4a8_gemm",
     "w4a8_mixed_float": "w4a8_gemm",
     "w4a8_mixed_fused": "w4a8_gemm",
+    "w4a8_fp_mixed_pow2": "w4a8_fp_gemm",
+    "w4a8_fp_mixed_float": "w4a8_fp_gemm",
 }
 # Integer group scales up to this bound (max_scale) run the W4A8 mixed mainloop's fused mode: every
 # scale times an INT4 code fits an int8 (16 * -8 = -128), so the scales are multiplied into the
@@ -327,17 +329,34 @@ def fp4_to_fp8_cuda(wq: torch.Tensor, sg: torch.Tensor, K: int) -> torch.Tensor:
     return out
 
 
-def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int, path: str) -> torch.Tensor:
-    """W4A8-FP on CUDA (arguments checked; g the group size)."""
+def _fp4_scales_t(sg: torch.Tensor) -> torch.Tensor:
+    """FP4 group scales [N, G] -> the mixed-input mainloop's sg_t [G, N] of 32-bit values (int8
+    exponents widened to int32; float32 ratios as they are), cached per tensor."""
+    if sg.dtype == torch.int8:
+        return cached_layout("fp4_exponents_t", sg, lambda t: t.t().to(torch.int32).contiguous())
+    return _scales_t(sg)
+
+
+def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int, path: str,
+                 tile: Optional[str] = None) -> torch.Tensor:
+    """W4A8-FP on CUDA (arguments checked; g the group size). tile: a tile of the mixed-input recipe
+    (experiments; None: the dispatch table's)."""
     M, K = xq.shape
     N = wq.shape[0]
     idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, FP_KERNELS)
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
-    # float32 output: the streaming kernel only (the fp8_rowwise GEMM writes bf16 / fp16), also under "auto"
-    if path == "convert" or (path == "auto" and M > STREAM_MAX_M and out_dtype != torch.float32):
+    if path == "auto":
+        path = "stream" if M <= STREAM_MAX_M else "mixed"
+    if path == "mixed":
+        recipe = "w4a8_fp_mixed_pow2" if sg.dtype == torch.int8 else "w4a8_fp_mixed_float"
+        # The FP4 consumers promote every k-tile whatever the group size; promote_blocks only has to
+        # pass the shared group checks.
+        pb = group_gemm_intervals(g, 8, None)[0]
+        return _group_launch(recipe, xq, wq, sx, sw, _fp4_scales_t(sg), g, pb, 0, bias, out_dtype, act, tile)
+    if path == "convert":
         if out_dtype == torch.float32:
-            raise ValueError(f"{op}: float32 output is served by the streaming path only (path='stream')")
+            raise ValueError(f"{op}: float32 output is served by the 'stream' and 'mixed' paths, not 'convert'")
         wf = fp4_to_fp8_cuda(wq, sg, K)
         return rowwise_gemm_cuda(xq, wf, sx, sw, bias, out_dtype, "auto", None, act, 1.0, "fp8_rowwise")
     out = xq.new_empty((M, N), dtype=out_dtype)
@@ -502,12 +521,23 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
         recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: one int32 sum, no fold
     else:
         recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
+    return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
+
+
+def _group_launch(recipe: str, xq, wq, sx, sw, sg_t, g: int, pb: int, flush: int, bias, out_dtype,
+                  act: int, tile: Optional[str], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Launch a group-scaled recipe of the GEMM registry (M >= 1; operands checked, scales sg_t [G, N]
+    in the kernel's layout)."""
+    M, K = xq.shape
+    N = wq.shape[0]
+    idx = xq.get_device()
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
+    if out is None:
+        out = xq.new_empty((M, N), dtype=out_dtype)
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
         sw = sw.reshape(1).expand(N).contiguous()
-    sg_t = _scales_t(sg)
     workspace = xq.new_empty((ws,), dtype=torch.uint8) if ws > 0 else None
     _ext._C.gemm_run(
         kid, xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), K, sx.data_ptr(), sw.data_ptr(),

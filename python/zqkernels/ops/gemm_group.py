@@ -33,7 +33,7 @@ def _meta_or_cpu(op: str, xq: torch.Tensor, N: int, out_dtype) -> Optional[torch
     return None
 
 
-def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto") -> torch.Tensor:
+def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="auto", tile=None) -> torch.Tensor:
     op = "w4a8_fp_gemm"
     check_path(op, path, W4A8_FP_PATHS)
     act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
@@ -44,7 +44,7 @@ def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="a
                                                                activation=activation)
     if c._debug_checks:
         debug_pow2_range(op, sg)
-    return w4a8_fp_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, path)
+    return w4a8_fp_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, path, tile)
 
 
 def w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_scale=None,
