@@ -13,10 +13,16 @@ division is folded into what produces the activations, so the float model comput
 and no op is added at inference:
 
 - a norm feeding Linears (LLaMA's ``input_layernorm`` -> q, k, v and ``post_attention_layernorm``
-  -> gate, up; GPT-2's ``ln_1`` -> c_attn and ``ln_2`` -> c_fc): its weight (and bias) / s;
-- ``up_proj`` -> ``down_proj`` (the SwiGLU product is linear in up): up's rows (and bias) / s;
+  -> gate, up; GPT-2's ``ln_1`` -> c_attn and ``ln_2`` -> c_fc): its weight (and bias) / s; a
+  Gemma RMSNorm (``x_hat * (1 + weight)``, kind "norm+1"): 1 + weight / s;
+- ``up_proj`` -> ``down_proj`` (the SwiGLU / GeGLU product is linear in up): up's rows (and bias) / s;
 - ``v_proj`` -> ``o_proj`` (attention output is linear in V; with grouped-query attention the
-  factor of a V channel is shared by the query heads of its group): v's rows (and bias) / s.
+  factor of a V channel is shared by the query heads of its group): v's rows (and bias) / s;
+- packed Linears (Phi-3's ``gate_up_proj``, ``qkv_proj``; rules with ``tail``): the same folds into
+  their last rows (up, v); the other rows are untouched.
+
+The rules are data on the fused block classes (``SMOOTH``, nn/blocks.py); an architecture without
+them is refused with its reason (``NO_SMOOTH``, e.g. BERT's post-norm).
 
 W8 weights cost SmolLM2-135M nothing measurable while its per-token INT8 activations cost ~+4%
 perplexity (benchmarks/accuracy_gpu.py), which is the trade this makes. Run it on the float model,
@@ -49,6 +55,17 @@ def _rules(layer: nn.Module) -> tuple[SmoothRule, ...]:
 
 def _supported() -> list[str]:
     return sorted(name for name, cls in BLOCKS.items() if cls.SMOOTH)
+
+
+def _refused(model: nn.Module) -> list[str]:
+    """Why each recognised layer class of `model` without smoothing rules has none (its block's
+    ``NO_SMOOTH``)."""
+    out = {}
+    for m in model.modules():
+        cls = block_class(m)
+        if cls is not None and not cls.SMOOTH:
+            out[type(m).__name__] = cls.NO_SMOOTH or "no smoothing rules"
+    return [f"{k}: {v}" for k, v in sorted(out.items())]
 
 
 @dataclass
@@ -106,8 +123,9 @@ def smooth_(
     and max|W_j| becomes (max|X_j| max|W_j|)^alpha, so 0.5 equalizes them and a larger alpha flattens
     the activations further at the weights' cost (SmoothQuant uses 0.5 for most models, up
     to ~0.8 for ones with strong outliers). Supported blocks: the HF layer classes whose fused
-    block class has ``SMOOTH`` rules (``nn.blocks.BLOCKS``: LLaMA, Mistral, Qwen2 decoder layers;
-    GPT-2 blocks); a model with none of them raises ValueError. Returns a ``SmoothReport``.
+    block class has ``SMOOTH`` rules (``nn.blocks.BLOCKS``: LLaMA, Mistral, Qwen2, Qwen3, Phi-3,
+    Gemma-2, Gemma-3 decoder layers; GPT-2 blocks); a model with none of them raises ValueError
+    (naming why its recognised layers cannot be smoothed). Returns a ``SmoothReport``.
 
     The model's function is unchanged up to float rounding; run it before ``quantize_`` / ``gptq``.
     """
@@ -130,7 +148,7 @@ def smooth_(
         rules = _rules(block)
         if not rules:
             continue
-        for src, tgts, kind in rules:
+        for src, tgts, kind, tail in rules:
             try:
                 s_mod = block.get_submodule(src)
                 t_mods = [block.get_submodule(t) for t in tgts]
@@ -139,16 +157,18 @@ def smooth_(
             for t, m in zip(tgts, t_mods):
                 if not _is_linear(m):
                     raise ValueError(f"{op}: {bname}.{t} is a {type(m).__name__}, not an nn.Linear / Conv1D")
-            if kind == "norm":
+            if kind in ("norm", "norm+1"):
                 w = getattr(s_mod, "weight", None)
                 if not isinstance(w, torch.Tensor) or w.dim() != 1:
                     raise ValueError(f"{op}: {bname}.{src} ({type(s_mod).__name__}) has no per-channel weight to fold into")
             elif not _is_linear(s_mod):
                 raise ValueError(f"{op}: {bname}.{src} is a {type(s_mod).__name__}, not an nn.Linear / Conv1D")
-            plan.append((bname, block, src, s_mod, list(tgts), t_mods, kind))
+            plan.append((bname, block, src, s_mod, list(tgts), t_mods, kind, tail))
     if not plan:
+        refused = _refused(model)
+        why = f" ({'; '.join(refused)})" if refused else ""
         raise ValueError(
-            f"{op}: found no supported transformer block in {type(model).__name__}; supported: {_supported()}"
+            f"{op}: found no supported transformer block in {type(model).__name__}{why}; supported: {_supported()}"
         )
 
     # Per-channel input maxima of the first target of each group (the targets share their input).
@@ -169,13 +189,13 @@ def smooth_(
         for h in handles:
             h.remove()
 
-    for i, (bname, _block, _src, _s_mod, tgts, _t_mods, _kind) in enumerate(plan):
+    for i, (bname, _block, _src, _s_mod, tgts, _t_mods, _kind, _tail) in enumerate(plan):
         if i not in amax:  # checked for every group before any is changed
             raise ValueError(f"{op}: {bname}.{tgts[0]} saw no input during calibration")
 
     a = float(alpha)
     report = SmoothReport(alpha=a)
-    for i, (bname, block, src, s_mod, tgts, t_mods, kind) in enumerate(plan):
+    for i, (bname, block, src, s_mod, tgts, t_mods, kind, tail) in enumerate(plan):
         x = amax[i].double()
         w = torch.stack([_w_in(m).detach().abs().double().amax(0) for m in t_mods]).amax(0)
         if kind == "gqa":
@@ -193,15 +213,19 @@ def smooth_(
             b = getattr(s_mod, "bias", None)
             if isinstance(b, torch.Tensor):
                 b.data = (b.data.double() / s_src).to(b.dtype)
+        elif kind == "norm+1":  # x_hat * (1 + w): (1 + w) / s = 1 + w'
+            s_mod.weight.data = ((1.0 + s_mod.weight.data.double()) / s_src - 1.0).to(s_mod.weight.dtype)
         else:
             W = _w_in(s_mod)
-            if W.shape[0] != s_src.numel():
+            n = s_src.numel()
+            if W.shape[0] != n and not (tail and W.shape[0] > n):
                 raise ValueError(
-                    f"{op}: {bname}.{src} has {W.shape[0]} outputs but {tgts[0]} reads {s_src.numel()} channels"
+                    f"{op}: {bname}.{src} has {W.shape[0]} outputs but {tgts[0]} reads {n} channels"
                 )
-            W.data.copy_((W.data.double() / s_src[:, None]).to(W.dtype))
+            rows = slice(W.shape[0] - n, W.shape[0])  # all of them, or the last n (tail: a packed Linear)
+            W.data[rows] = (W.data[rows].double() / s_src[:, None]).to(W.dtype)
             if s_mod.bias is not None:
-                s_mod.bias.data = (s_mod.bias.data.double() / s_src).to(s_mod.bias.dtype)
+                s_mod.bias.data[rows] = (s_mod.bias.data[rows].double() / s_src).to(s_mod.bias.dtype)
         for m in t_mods:
             W = _w_in(m)
             W.data.copy_((W.data.double() * s_tgt[None, :].to(W.device)).to(W.dtype))

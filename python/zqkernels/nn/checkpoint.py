@@ -59,7 +59,7 @@ from ..schemes.compressed import (
     describe_group,
     supported,
 )
-from .blocks import ROLES, QGPT2Block, QuantizedBlock
+from .blocks import ROLES, QGPT2Block, QuantizedBlock, norm_roles
 from .convert import record_loaded
 from .hf_model import _build_hf, _fuse, _get, _parts, _rows, _split_linear
 from .linear import QLinear
@@ -172,9 +172,9 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
                         specs[sub] = json.dumps(part_spec, sort_keys=True)
                     elif not conv:
                         ignore.append(sub)
-            for i in (1, 2):
-                norm = getattr(mod, f"norm{i}")
-                put(pre + parts[f"norm{i}"][0], {k: v.detach().cpu() for k, v in norm.state_dict().items()})
+            for role in norm_roles(mod):  # the HF norm modules the block holds under its norm roles
+                norm = getattr(mod, role)
+                put(pre + parts[role][0], {k: v.detach().cpu() for k, v in norm.state_dict().items()})
             fused[name] = dict(mod.level)
             handled.append(name)
         elif isinstance(mod, QLinear):
@@ -465,4 +465,4 @@ def load_quantized(
     if fuse:
         _fuse(model)
     record_loaded(model, model_dir)  # conversion_report(model) describes it like a converted model
-    return model
+    return model.eval()  # the QLinears built above (e.g. an unfused lm_head) too

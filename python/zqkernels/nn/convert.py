@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterable, Optional, Union
 from torch import nn
 
 from ..schemes import Scheme, get_scheme
-from .blocks import _WEIGHT_QUANTIZER, LEVELS, ROLES, QuantizedBlock, block_class, parts_of, resolve_level
+from .blocks import BLOCKS, LEVELS, ROLES, QuantizedBlock, block_class, parts_of, resolve_level
+from .blocks_base import _WEIGHT_QUANTIZER
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 from .linear import linear_from_conv1d as _as_linear
@@ -150,6 +151,10 @@ def _convert(
             name = f"{prefix}.{child_name}" if prefix else child_name
             cls = block_class(child) if child is not None else None
             if cls is None:
+                if _unknown_layer(parent, child) and decide_block(name, child) is not None:
+                    # a transformer layer we have no block for: said, not silently per-Linear
+                    report.append({"module": name, "path": "per-linear", "why": f"not fused: {_no_block(child)}"})
+                    taken.append(name)
                 continue
             lv = decide_block(name, child)
             if isinstance(lv, str):
@@ -221,6 +226,22 @@ def _convert(
                 a.link(b)
     _record(model, report, op)
     return report
+
+
+def _unknown_layer(parent: nn.Module, child: Optional[nn.Module]) -> bool:
+    """Is `child` an HF transformers layer (an item of a layer list, from a transformers model module,
+    holding Linears) that has no fused block?"""
+    return (
+        isinstance(parent, nn.ModuleList) and child is not None and block_class(child) is None
+        and type(child).__module__.startswith("transformers.")
+        and any(_convertible(m) for m in child.modules())
+    )
+
+
+def _no_block(layer: nn.Module) -> str:
+    known = sorted({n for n, c in BLOCKS.items() if c.PARTS})
+    return (f"no fused block for {type(layer).__name__} (its Linears are converted one by one); fused blocks exist "
+            f"for {', '.join(known)}")
 
 
 def _record(model: nn.Module, rows: list[dict[str, Any]], origin: str) -> None:

@@ -134,7 +134,10 @@ def _act_float(blk: Any, z: torch.Tensor) -> torch.Tensor:
     if blk.act == "silu_mul":
         g, u = zf.chunk(2, dim=1)
         return F.silu(g) * u
-    return F.gelu(zf, approximate=blk.act)
+    if blk.act == "gelu_mul":
+        g, u = zf.chunk(2, dim=1)
+        return F.gelu(g, approximate=blk.gelu_approx) * u
+    return F.gelu(zf, approximate=blk.gelu_approx)
 
 
 def block_with_input_grad(blk: Any, hidden_states: torch.Tensor, mask, pos, cache, kwargs) -> torch.Tensor:
@@ -160,18 +163,21 @@ def block_with_input_grad(blk: Any, hidden_states: torch.Tensor, mask, pos, cach
     qkv = _GemmThrough.apply(_norm_float(blk, 1, x2) if blk.pre_norm else x2, blk.qkv, qkv_q)
     a2 = blk._attend(qkv, B, S, mask, pos, cache, kwargs or {})
     with torch.no_grad():
-        o_q = lin(blk.attn_out, blk._quantize(a2) if lv["attn_out"] else a2, dt)
+        o_g = lin(blk.attn_out, blk._quantize(a2) if lv["attn_out"] else a2, dt)
+        o_q = blk._post("post_attn_norm", o_g)
         # the residual output is written over its input: a copy, o_q stays what `o` shows
         inp1, r_q = blk._norm(2 if blk.pre_norm else 1, x2, o_q.clone(), "sum" if blk.pre_norm else "normed",
                               lv["fc1"])
-    o = _GemmThrough.apply(a2, blk.attn_out, o_q)
+    # a sandwich norm (Gemma) is torch math: with autograd on the same values it gives o_q exactly
+    o = blk._post("post_attn_norm", _GemmThrough.apply(a2, blk.attn_out, o_g))
     r = _Through.apply(x2 + o if blk.pre_norm else _norm_float(blk, 1, x2 + o), r_q)
     with torch.no_grad():
         z_q = lin(blk.fc1, inp1, dt)
     z = _GemmThrough.apply(_norm_float(blk, 2, r) if blk.pre_norm else r, blk.fc1, z_q)
     with torch.no_grad():
-        y_q = lin(blk.fc2, blk._act(z_q, lv["fc2"]), dt)
-    y = _GemmThrough.apply(_act_float(blk, z), blk.fc2, y_q)
+        y_g = lin(blk.fc2, blk._act(z_q, lv["fc2"]), dt)
+        y_q = blk._post("post_mlp_norm", y_g)
+    y = blk._post("post_mlp_norm", _GemmThrough.apply(_act_float(blk, z), blk.fc2, y_g))
     nxt = blk._next
     handoff = (nxt is not None and type(nxt) is type(blk) and nxt.level["qkv"] and nxt._qdtype is blk._qdtype
                and nxt._qkw == blk._qkw and not torch.compiler.is_compiling())

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, NORMS, ROLES, QGPT2Block, QuantizedBlock, block_class, parts_of
+from .blocks import BLOCKS, ROLES, QGPT2Block, QuantizedBlock, block_class, norm_roles, parts_of
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 
@@ -62,13 +62,14 @@ def _build_hf(model_dir: str, cfg: dict[str, Any]) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 # Fused blocks <-> their HF submodule names
 
-# role -> the HF submodules (relative to the layer) merged into it, in row order; norm1 / norm2 -> the
-# HF norm modules: the block class's PARTS (nn/blocks.py parts_of).
+# role -> the HF submodules (relative to the layer) merged into it, in row order; each norm role
+# (norm1 / norm2 and the extra norms a block has: q_norm, post_attn_norm ...) -> its HF norm module:
+# the block class's PARTS (nn/blocks.py parts_of, norm_roles).
 
 
 def _parts(cls: type) -> dict[str, list[str]]:
     try:
-        return parts_of(cls, ROLES + NORMS)
+        return parts_of(cls, ROLES + norm_roles(cls))
     except NotImplementedError:
         raise NotImplementedError(
             f"save_quantized: fused {cls.__name__} blocks are not supported in the compressed-tensors layout "
