@@ -179,6 +179,28 @@ def _scheme_llama(scheme):
     return m
 
 
+def _eager_and_graph(stack, emb):
+    """(eager output, CUDA graph replay output) of stack(emb); the eager forward must not sync the host."""
+    eager = stack(emb).clone()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stack(emb)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            stack(emb)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        out = stack(emb)
+    g.replay()
+    torch.cuda.synchronize()
+    return eager, out
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_scheme_blocks_eager_graph_compile(scheme):
     """Each scheme's fused LLaMA blocks: no host sync in the eager forward, a CUDA graph replay equal
@@ -198,23 +220,7 @@ def test_every_scheme_blocks_eager_graph_compile(scheme):
                 h = h[0] if isinstance(h, tuple) else h
             return h
 
-        eager = stack(emb).clone()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            stack(emb)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                stack(emb)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            out = stack(emb)
-        g.replay()
-        torch.cuda.synchronize()
+        eager, out = _eager_and_graph(stack, emb)
         assert torch.equal(out, eager), scheme
         compiled = torch.compile(stack, fullgraph=True)
         for _ in range(2):
@@ -259,23 +265,7 @@ def test_arch_blocks_eager_graph_compile(arch, scheme):
                 h = h[0] if isinstance(h, tuple) else h
             return h
 
-        eager = stack(emb).clone()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            stack(emb)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                stack(emb)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            out = stack(emb)
-        g.replay()
-        torch.cuda.synchronize()
+        eager, out = _eager_and_graph(stack, emb)
         assert torch.equal(out, eager), (arch, scheme)
         compiled = torch.compile(stack, fullgraph=True)
         for _ in range(2):

@@ -112,3 +112,23 @@ def test_fp_mixed_bad_tile():
     with pytest.raises(ValueError, match=r"w4a8_fp_gemm: tile 'nope' is not built for sm90_w4a8_fp_mixed_pow2"):
         with gemm_options(path="mixed", tile="nope"):
             zqkernels.w4a8_fp_gemm(**a)
+
+
+def test_w4a8_fast_checks_accept_the_common_calls():
+    """The eager fast check (a few attribute reads instead of the full checks) recognises the common
+    CUDA call of both W4A8 GEMMs, and anything unusual goes to the full checks and their errors."""
+    from zqkernels.ops.gemm_checks import fast_ok_w4a8
+
+    a = w4a8_inputs(8, 256, 512, 128, "m2", bias=True)
+    args = (a["xq"], a["wq"], a["sx"], a["sw"], a["sg"], a["bias"], a["out_dtype"])
+    assert fast_ok_w4a8(*args, F8, (torch.int8, torch.float32))
+    assert not fast_ok_w4a8(*args, torch.int8, (torch.int32, torch.float32))  # wrong activation type
+    bad = dict(a, sg=a["sg"][:, :3])
+    with pytest.raises(ValueError, match="w4a8_fp_gemm: sg must have K // group_size columns"):
+        zqkernels.w4a8_fp_gemm(**bad)
+    w = torch.randn(256, 512, device=DEV)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=64)
+    xq, sx = zqkernels.quantize_per_token(torch.randn(8, 512, device=DEV))
+    assert fast_ok_w4a8(xq, wq, sx, sw, sg, None, torch.bfloat16, torch.int8, (torch.int32, torch.float32))
+    with pytest.raises(TypeError, match="w4a8_gemm: sg must be the group scales"):
+        zqkernels.w4a8_gemm(xq, wq, sx, sw, sg.to(torch.int16))

@@ -261,6 +261,11 @@ struct W4A8MixedMainloop : Base {
     return tCrB;
   }
 
+  CUTLASS_DEVICE static void wait_stage(MainloopPipeline& pipeline, PipelineState const& state) {
+    auto token = pipeline.consumer_try_wait(state);
+    pipeline.consumer_wait(state, token);
+  }
+
   template <class T>
   CUTLASS_DEVICE static void opaque_zero(T& t) {
     CUTLASS_PRAGMA_UNROLL
@@ -323,8 +328,7 @@ struct W4A8MixedMainloop : Base {
     auto acquire = [&](int s) {
       if (s % kSpansPerTile == 0) {
         if (s > 0) ++smem_pipe_read;
-        auto token = pipeline.consumer_try_wait(smem_pipe_read);
-        pipeline.consumer_wait(smem_pipe_read, token);
+        wait_stage(pipeline, smem_pipe_read);
       }
       return smem_pipe_read.index();
     };
@@ -451,13 +455,9 @@ struct W4A8MixedMainloop : Base {
       a_frag(2, 0, b) = scaled((w.y & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 16 + 4t ..
       a_frag(3, 0, b) = scaled(((w.y >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8
     };
-    auto wait_stage = [&]() {
-      auto token = pipeline.consumer_try_wait(smem_pipe_read);
-      pipeline.consumer_wait(smem_pipe_read, token);
-    };
 
     PipelineState smem_pipe_release = smem_pipe_read;
-    wait_stage();
+    wait_stage(pipeline, smem_pipe_read);
     int stage = smem_pipe_read.index();
     convert(stage, 0, 0);
     rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
@@ -479,7 +479,7 @@ struct W4A8MixedMainloop : Base {
           convert(stage, kt, b + 1);
         } else if (kt + 1 < k_tile_count) {
           ++smem_pipe_read;
-          wait_stage();
+          wait_stage(pipeline, smem_pipe_read);
           stage = smem_pipe_read.index();
           convert(stage, kt + 1, 0);
         }
@@ -493,21 +493,16 @@ struct W4A8MixedMainloop : Base {
   }
 
   // FP4 weights (layout m16k64, docs/FP8.md) x FP8 activations (ZeroQuant-FP). The layout gives a
-  // lane 16 consecutive k of a 64-wide chunk (made for the streaming kernel's 16-byte activation
-  // loads); the wgmma reads the activations in their natural order, so a thread gathers its
-  // fragment words from the four lanes of its row pair instead: for k-block b (chunk b / 2, MMA
-  // step S = b % 2) and half q, word t of lane 4 r + 2 S + q holds k 32 S + 16 q + 4 t .. + 3, row r
-  // in its low 16 bits and row r + 8 in its high ones: exactly the A registers (q, row) of the
-  // thread (lane 4 r + t). Each word becomes two E4M3 registers by the streaming kernel's
-  // conversion (w4_convert.cuh RowScale): power-of-two scales by exponent arithmetic (the group's
-  // table, rebuilt per k-block from the row's exponent), float ratios by an fp32 multiply and a
-  // rounding to E4M3 (the ZeroQuant-FP baseline) - the weights the reference defines, bit for bit.
-  // The wgmmas of a k-tile accumulate into the fp32 partial sum `temp` (Hopper's FP8 accumulator
-  // is not full fp32), which is added to the fp32 sum at the tile's end: the promotion of the
-  // accurate fp8_gemm, every 128 of K. Per k-block: issue its wgmma, then convert the next k-block
-  // while it runs (into its own register slice); at the tile's end, convert the next tile's first
-  // k-block, drain, promote, start the next partial sum (the other warpgroup's wgmmas keep the
-  // tensor cores busy meanwhile).
+  // lane 16 consecutive k of a chunk; the wgmma reads the activations in natural order, so a thread
+  // gathers its fragment: for k-block b (chunk b / 2, MMA step S = b % 2) and half q, word t of lane
+  // 4 r + 2 S + q holds k 32 S + 16 q + 4 t .. + 3 of row r (low 16 bits) and r + 8 (high): its A
+  // registers (q, row). The streaming kernel's conversion (w4_convert.cuh RowScale) makes them E4M3
+  // with the group's scale: exponent tables for power-of-two scales, an fp32 multiply and E4M3
+  // rounding for float ratios - the reference's FP8 weights bit for bit. A k-tile's wgmmas sum into
+  // the fp32 partial `temp` (Hopper's FP8 accumulator is not full fp32), promoted at the tile's end
+  // (the accurate fp8_gemm's 128 of K). Per k-block: issue its wgmma, convert the next one into its
+  // own register slice meanwhile; at the tile's end convert the next tile's first k-block, drain,
+  // promote (the other warpgroup keeps the tensor cores busy).
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma_fp4(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
                               int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
@@ -526,14 +521,22 @@ struct W4A8MixedMainloop : Base {
     const float unit = p.unit;
 
     // Word t of lane 4 r (its row pair's first lane) of the thread's 16-row tile, chunk 0, stage 0.
+    // The two words of a k-block lie 16 bytes apart; rows r and r + 2 (64 bytes per row pair) would
+    // hit the same banks, so the threads of odd r / 2 load the pair in the other order (2-way bank
+    // conflicts instead of 4-way: one of two words per load instruction cannot avoid them) and
+    // swap the words back.
     const int lane = thread_idx % 32;
-    const uint8_t* a_base =
-        shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (lane & ~3) * 16 + (lane & 3) * 4;
+    const bool swap = (lane >> 3) & 1;  // (r / 2) odd
+    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes +
+                            (lane & ~3) * 16 + (lane & 3) * 4 + (swap ? 16 : 0);
+    const int second = swap ? -16 : 16;
     const ElementScale* scales = shared_tensors.smem_scale.data();
     auto convert = [&](int stage, int kt, int b) {
       const uint8_t* w = a_base + stage * kStageABytes + (b >> 1) * kChunkBytes + (b & 1) * 32;
-      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(w);       // q = 0: lane 4 r + 2 S
-      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(w + 16);  // q = 1: lane 4 r + 2 S + 1
+      const uint32_t first_word = *reinterpret_cast<const uint32_t*>(w);
+      const uint32_t second_word = *reinterpret_cast<const uint32_t*>(w + second);
+      const uint32_t w0 = swap ? second_word : first_word;  // q = 0: lane 4 r + 2 S
+      const uint32_t w1 = swap ? first_word : second_word;  // q = 1: lane 4 r + 2 S + 1
       const int k0 = kt * kTileK;
       const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
       const ElementScale* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
@@ -546,13 +549,9 @@ struct W4A8MixedMainloop : Base {
       a_frag(2, 0, b) = s_lo(x1.idx, x1.sel);              // row r,     k 16 + 4t ..
       a_frag(3, 0, b) = s_hi(x1.idx >> 16, x1.sel >> 16);  // row r + 8
     };
-    auto wait_stage = [&]() {
-      auto token = pipeline.consumer_try_wait(smem_pipe_read);
-      pipeline.consumer_wait(smem_pipe_read, token);
-    };
 
     PipelineState smem_pipe_release = smem_pipe_read;
-    wait_stage();
+    wait_stage(pipeline, smem_pipe_read);
     int stage = smem_pipe_read.index();
     convert(stage, 0, 0);
     warpgroup_fence_operand(accum);
@@ -574,7 +573,7 @@ struct W4A8MixedMainloop : Base {
           // The next tile's first k-block into slice 0, whose reader (k-block 0) has retired.
           if (kt + 1 < k_tile_count) {
             ++smem_pipe_read;
-            wait_stage();
+            wait_stage(pipeline, smem_pipe_read);
             convert(smem_pipe_read.index(), kt + 1, 0);
           }
           warpgroup_wait<0>();

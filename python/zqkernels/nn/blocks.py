@@ -216,11 +216,7 @@ class QGemma2DecoderLayer(QLlamaDecoderLayer):
     act = "gelu_mul"
     norm_offset = 1.0
     PARTS = MappingProxyType({
-        "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        "attn_out": ("self_attn.o_proj",),
-        "fc1": ("mlp.gate_proj", "mlp.up_proj"),
-        "fc2": ("mlp.down_proj",),
-        "norm1": ("input_layernorm",),
+        **QLlamaDecoderLayer.PARTS,  # the same projections and input norm; the sandwich norms:
         "norm2": ("pre_feedforward_layernorm",),
         "post_attn_norm": ("post_attention_layernorm",),
         "post_mlp_norm": ("post_feedforward_layernorm",),

@@ -52,6 +52,7 @@ _F32_MAX = torch.finfo(torch.float32).max
 INT8_MAX_K = (2**31 - 1) // (128 * 128)  # 131,071
 _FP8 = torch.float8_e4m3fn
 _I8 = torch.int8
+_U8 = torch.uint8
 _F32 = torch.float32
 # fp8_gemm's accumulation modes -> recipes (docs/FP8.md: errors measured at K = 4096 and 16384).
 ACCUMULATE = {"accurate": "fp8_rowwise", "fast": "fp8_rowwise_fastacc"}
@@ -280,6 +281,12 @@ def fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, operand=_I8, max_k=INT8_MAX_K)
     wst = wq.stride()
     if xst[1] != 1 or wst[1] != 1 or xst[0] < K or wst[0] < K or xst[0] % 16 or wst[0] % 16:
         return False
+    return _fast_ok_rest(xq, wq, sx, sw, bias, bias_dtype, M, N)
+
+
+def _fast_ok_rest(xq, wq, sx, sw, bias, bias_dtype, M: int, N: int) -> bool:
+    """fast_ok_cuda's checks after the operands: 1-D contiguous scales of M / N (or one) values, a
+    matching bias, everything on xq's CUDA device."""
     if sx.dim() != 1 or sw.dim() != 1 or sx.stride(0) != 1 or sw.stride(0) != 1:
         return False
     sn = sx.shape[0]
@@ -295,6 +302,33 @@ def fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, operand=_I8, max_k=INT8_MAX_K)
         if bias.get_device() != d:
             return False
     return True
+
+
+def fast_ok_w4a8(xq, wq, sx, sw, sg, bias, out_dtype, operand, sg_dtypes: tuple, max_scale=None) -> bool:
+    """The common valid CUDA call of a W4A8 GEMM (contiguous operands, group scales [N, G] of a group
+    size that is a multiple of 32 dividing K, sg contiguous on the same device), recognised in a few
+    attribute reads; False: run the full checks (check_w4a8_int_args / check_w4a8_fp_args)."""
+    if out_dtype is not torch.bfloat16 and out_dtype is not torch.float16 and out_dtype is not _F32:
+        return False
+    if xq.dtype is not operand or wq.dtype is not _U8 or sx.dtype is not _F32 or sw.dtype is not _F32:
+        return False
+    if sg.dtype not in sg_dtypes or max_scale is not None:
+        return False  # max_scale: the full checks validate it (rare outside benchmarks)
+    xs, ws, gs = xq.shape, wq.shape, sg.shape
+    if len(xs) != 2 or len(ws) != 2 or len(gs) != 2:
+        return False
+    M, K = xs
+    N, G = gs
+    if ws[0] != N or 2 * ws[1] != K or N % 16 or K % 64 or M > c.INT32_MAX or N > c.INT32_MAX:
+        return False
+    if G == 0 or K % G or (K // G) % 32 or (sg.dtype is _FLOAT_SG and K // G > W4A8_INT_MAX_GROUP):
+        return False
+    xst = xq.stride()
+    if xst[1] != 1 or xst[0] < K or (M > 1 and xst[0] % 16) or not wq.is_contiguous() or not sg.is_contiguous():
+        return False
+    if sg.get_device() != xq.get_device():
+        return False
+    return _fast_ok_rest(xq, wq, sx, sw, bias, out_dtype, M, N)
 
 
 # ------------------------------------------------------------------------------------------------

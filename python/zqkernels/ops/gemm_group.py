@@ -17,8 +17,13 @@ from .gemm_checks import (
     check_w4a8_fp_args,
     check_w4a8_int_args,
     debug_pow2_range,
+    fast_ok_w4a8,
 )
 from .gemm_cuda import group_gemm_cuda, w4a8_fp_cuda, w4a8_int_cuda
+
+_FP4_SG = (torch.int8, torch.float32)  # exponents (m1 / m2) or ratios (free)
+_INT4_SG = (torch.int32, torch.float32)
+
 
 __all__ = ["w4a8_fp_impl", "w4a8_int_impl", "group_impl"]
 
@@ -37,7 +42,10 @@ def w4a8_fp_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", path="a
     op = "w4a8_fp_gemm"
     check_path(op, path, W4A8_FP_PATHS)
     act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
-    g = check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
+    if fast_ok_w4a8(xq, wq, sx, sw, sg, bias, out_dtype, torch.float8_e4m3fn, _FP4_SG):
+        g = xq.shape[1] // sg.shape[1]  # the common CUDA call, recognised in a few attribute reads
+    else:
+        g = check_w4a8_fp_args(op, xq, wq, sx, sw, sg, bias, out_dtype)
     if not xq.is_cuda:
         meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
         return meta if meta is not None else w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, bias, out_dtype,
@@ -52,7 +60,10 @@ def w4a8_int_impl(xq, wq, sx, sw, sg, bias, out_dtype, activation="none", max_sc
     op = "w4a8_gemm"
     check_path(op, path)
     act = 0 if activation == "none" else check_epilogue(activation, out_dtype, None, op)[0]
-    g = check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
+    if fast_ok_w4a8(xq, wq, sx, sw, sg, bias, out_dtype, torch.int8, _INT4_SG, max_scale):
+        g = xq.shape[1] // sg.shape[1]  # the common CUDA call, recognised in a few attribute reads
+    else:
+        g = check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale)
     if not xq.is_cuda:
         meta = _meta_or_cpu(op, xq, wq.shape[0], out_dtype)
         return meta if meta is not None else w4a8_gemm_ref(xq, wq, sx, sw, sg, bias, out_dtype, activation=activation)
