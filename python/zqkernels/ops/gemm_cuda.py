@@ -3,8 +3,10 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
 
     rowwise_gemm_cuda   int8_rowwise / fp8_rowwise(_fastacc): the registry GEMM (sm90_gemm_rowwise.cuh,
                         sm80_gemm_rowwise.cuh)
-    w4a8_fp_cuda        FP8 x FP4 (w4a8_gemm.cu): "stream" (M <= 32, or float32 output) or "convert"
-                        (fp4_to_fp8, then the fp8_rowwise GEMM)
+    w4a8_fp_cuda        FP8 x FP4: "stream" (w4a8_gemm.cu; auto at M <= 32), "mixed" (the packed
+                        weights converted to E4M3 in registers by the wgmma mainloop,
+                        sm90_w4a8_mainloop.cuh, recipes w4a8_fp_mixed_pow2 / _float; auto above) or
+                        "convert" (fp4_to_fp8, then the fp8_rowwise GEMM)
     w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, decode), "mixed" (the packed weights
                         converted in registers by the wgmma mainloop, sm90_w4a8_mainloop.cuh) or
                         "convert" (int4_to_int8, then the group-scaled int8 GEMM); "auto" by
