@@ -1,36 +1,36 @@
 // sm90_w4a8_mainloop.cuh: the mixed-input W4A8 mainloop for every M above the streaming kernels':
 // no conversion pass, the packed 4-bit weights go straight to the tensor cores. Two weight formats:
-//   INT4 x INT8 with integer or float group scales (Integer Scale, arXiv 2405.14597; docs/W4A8.md);
-//   FP4 (E2M1) x FP8 with power-of-two or float group scales (ZeroQuant-FP; docs/FP8.md), converted
-//     to E4M3 with the scales applied.
+//   INT4 x INT8 with integer or float group scales (Integer Scale, arXiv 2405.14597; docs/W4A8.md),
+//     described first below (mma_spans: per-group folds; mma_fused: scales <= 16 in the weights);
+//   FP4 (E2M1) x FP8 with power-of-two or float group scales (ZeroQuant-FP; docs/FP8.md): the same
+//     producer, consumers that convert to E4M3 with the scales applied (mma_fp4, at its end).
 //
 // Orientation: swap-AB. The weights are the wgmma's A operand, fed from registers (only A can be),
 // the tokens its B operand from shared memory: D^T [N, M] = W [N, K] x X^T, stored column-major,
 // i.e. y [M, N] row-major (the swap-AB epilogue of sm90_gemm_rowwise.cuh).
 //
 //   producer (one elected thread): per k-tile of 128, into one pipeline stage,
-//     - the packed weights: the layouts (m16k32, m16k64) keep a 16-row tile's 64-wide chunks contiguous
+//     - the packed weights: the layout m16k32 keeps a 16-row tile's 64-wide chunks contiguous
 //       (512 bytes each), so a CTA's 128 rows x 128 k are 8 bulk copies of 1 KB (cp.async.bulk);
 //     - the group scales of the k-tile's groups for the tile's rows (rows of sg_t [G, N]);
 //     - the tokens' k-tile by TMA (the base collective's descriptor for B);
 //     all completing on the stage's transaction barrier.
-//   consumers (two warpgroups, 64 weight rows each): per k-block of 32, each thread reads its A
-//     fragment straight from shared memory, converts it to 8 bits in registers (INT4: bytewise sign
-//     extension, 7 instructions per 8 codes; FP4: E4M3 by byte permutes with the group's scale) and
-//     issues a register-sourced wgmma, then converts the next k-block while it runs. Spans of
-//     k-blocks sum into a partial sum that is folded in at the span's end (mma_spans):
-//       INT4 int scales:   iacc += s_int[n, j] * temp  (flushed to an fp32 sum in shared memory
-//                          every `flush` spans: no int32 overflow for any input)
-//       INT4 float scales: acc += r[n, j] * float(temp)
-//       FP4:               acc += temp every k-tile (the scales are in the converted weights)
-//     or, for INT4 scales <= 16 multiplied into the weights, one exact int32 sum (mma_fused).
+//   consumers (two warpgroups, 64 weight rows each): per span of kPK k-blocks of 32 (a span lies in
+//     one group), each thread reads its A fragments straight from shared memory (8 bytes per
+//     k-block: the layout stores them in the MMA's register order, row r in the low nibbles and
+//     row r + 8 in the high ones), sign-extends the INT4 codes into int8 with 7 integer
+//     instructions per 8 codes (w4_convert.cuh) and issues register-sourced wgmmas into an int32
+//     partial sum; while they run it loads the next span's codes; then the partial sum is folded in:
+//       int scales:   iacc += s_int[n, j] * temp   (integer multiply-add; flushed to an fp32 sum in
+//                     shared memory every `flush` spans: no int32 overflow for any input)
+//       float scales: acc += r[n, j] * float(temp)
 //     In this orientation a thread's accumulator rows are just two weight rows (r and r + 8 of its
 //     warp's 16), so a fold reads two scales. One partial sum, drained before its fold (the other
 //     warpgroup's wgmmas fill the tensor cores meanwhile), leaves registers for 128-token tiles.
 //
 // The base is the collective CUTLASS's builder makes for the int8 x int8 (FP4: e4m3 x e4m3, fast
-// accumulation schedule) swap-AB tile: its B TMA, shared-memory layout of B, pipeline, tail and
-// the kernel around it are kept; A's TMA descriptor
+// accumulation schedule) swap-AB tile: its B TMA,
+// shared-memory layout of B, pipeline, tail and the kernel around it are kept; A's TMA descriptor
 // is built on the packed pointer but never used. The accumulator type seen by the kernel is fp32
 // (FloatAccView, as for the group-scaled int8 mainloop).
 //
@@ -208,16 +208,24 @@ struct W4A8MixedMainloop : Base {
     }
   }
 
-  // Consumer: mma_fused for INT4 scales <= 16 (one exact int32 sum), else mma_spans (per-span
-  // folds; FP4: a promotion every k-tile). Each leaves the last k-tile's stage unreleased, as the
-  // base collective's mma() does with K_PIPE_MMAS = 1, so the base mma_tail() releases it.
+  // Consumer. Spans of kPK k-blocks of 32 (a span lies in one k-tile and one group), one int32
+  // partial sum `temp`, drained before its fold: per span s,
+  //   convert span s's INT4 codes (already in registers, `raw`) into the A operand;
+  //   issue its kPK wgmmas into temp (starting from zero); commit;
+  //   while they run: wait for the next span's k-tile if it starts one, load its raw codes;
+  //   wait for the wgmmas; fold temp in (iacc += s_int * temp, or acc += r * float(temp));
+  //   release the k-tile's stage after its last span.
+  // One partial sum (not two alternating, as the int8 group mainloop keeps) leaves registers for
+  // 128-token tiles; the other consumer warpgroup's wgmmas run while this one converts and folds.
+  // Leaves the last k-tile's stage unreleased, as the base collective's mma() does with
+  // K_PIPE_MMAS = 1, so the base mma_tail() releases it.
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
                           int thread_idx, TensorStorage& shared_tensors, Params const& p) {
-    if constexpr (kFused) {
+    if constexpr (kFp4) {
+      return mma_fp4(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
+    } else if constexpr (kFused) {
       return mma_fused(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
-    } else if constexpr (kFp4) {
-      return mma_spans<kBlocks>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
     } else {
       switch (p.promote_blocks) {
         case 1: return mma_spans<1>(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, p);
@@ -268,6 +276,140 @@ struct W4A8MixedMainloop : Base {
         asm volatile("mov.b32 %0, 0;" : "=r"(t(i)));
       }
     }
+  }
+
+  template <int kPK, class FrgTensorC>
+  CUTLASS_DEVICE void mma_spans(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                                int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+    using namespace cute;
+    static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
+    static_assert(kBlocks % kPK == 0, "a span lies inside one k-tile");
+    constexpr int kSpansPerTile = kBlocks / kPK;
+    RsTiledMma rs_mma;
+    auto thr = rs_mma.get_slice(thread_idx);
+    Tensor tCrB = b_descriptors(thr, shared_tensors);
+    // A span's A operand in registers: 4 words (16 int8) per k-block, in the order of the atom's
+    // A values (ALayout_64x32: word 2 q + hi = row r + 8 hi, k 16 q + 4 t .. + 3). Kept as 32-bit
+    // words and viewed as int8 for the MMA, which reads them back as words: no byte shuffling.
+    Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kPK>{})));
+    static_assert(decltype(size(thr.partition_fragment_A(
+                      make_tensor(make_smem_ptr(static_cast<int8_t*>(nullptr)),
+                                  make_layout(make_shape(Int<kTileM>{}, Int<kPK * kMmaK>{}),
+                                              make_stride(Int<kPK * kMmaK>{}, Int<1>{}))))))::value == 16 * kPK,
+                  "16 int8 A values per thread and k-block");
+    uint2 raw[kPK];  // the span's packed codes: 2 words per k-block
+
+    constexpr int kVals = decltype(size(accum))::value;
+    const int r0 = first_row(thread_idx, accum);
+
+    Tensor temp = make_fragment_like<int32_t>(accum);
+    Tensor iacc = make_fragment_like<int32_t>(accum);
+    if constexpr (!kIntScales) opaque_zero(accum);
+    // Zeros each written by its own instruction: a zero the compiler shares between the partial sum
+    // and other registers (copies of a register a wgmma also writes) makes ptxas wait for the
+    // wgmma before those copies (C7517).
+    opaque_zero(temp);
+    opaque_zero(iacc);
+    float* fsum = nullptr;
+    if constexpr (kIntScales) {
+      fsum = shared_tensors.smem_flush.data() + thread_idx;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) fsum[i * kThreads] = 0.f;
+    }
+
+    // This thread's packed bytes in a stage: its warp's 16-row tile, its lane's 16 bytes of a chunk.
+    const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes + (thread_idx % 32) * 16;
+    const ElementScale* scales = shared_tensors.smem_scale.data();
+    const int gk = p.group_blocks;
+    int since_flush = 0;
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    // The stage holding span s's k-tile: waited for at the tile's first span.
+    auto acquire = [&](int s) {
+      if (s % kSpansPerTile == 0) {
+        if (s > 0) ++smem_pipe_read;
+        wait_stage(pipeline, smem_pipe_read);
+      }
+      return smem_pipe_read.index();
+    };
+    auto load_raw = [&](int stage, int sub) {
+      const uint8_t* a_stage = a_base + stage * kStageABytes;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        const int b = sub * kPK + j;  // k-block of the k-tile: chunk b / 2, MMA step b % 2
+        raw[j] = *reinterpret_cast<const uint2*>(a_stage + (b >> 1) * kChunkBytes + (b & 1) * 8);
+      }
+    };
+    auto fold = [&](int stage, int s) {
+      const int kt = s / kSpansPerTile;
+      // A span past K (the last k-tile of K % 128 == 64) holds products with zero-filled tokens:
+      // folded in with the last group's (finite) scales, it adds exactly 0.
+      const int group = min(((s + 1) * kPK - 1) / gk, p.groups - 1);
+      const ElementScale* row = scales + stage * kScaleStageElems + (group - kt * kTileK / p.group_size) * kTileM + r0;
+      const ElementScale s0 = row[0], s1 = row[8];
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) {
+        const ElementScale sc = ((i >> 1) & 1) ? s1 : s0;
+        if constexpr (kIntScales) {
+          iacc(i) += sc * temp(i);
+        } else {
+          accum(i) = fmaf(sc, static_cast<float>(temp(i)), accum(i));
+        }
+      }
+      if constexpr (kIntScales) {
+        if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
+          since_flush = 0;
+          flush_int_sum(iacc, fsum, kThreads);
+        }
+      }
+      if (s % kSpansPerTile == kSpansPerTile - 1 && kt < k_tile_count - 1) {
+        pipeline.consumer_release(smem_pipe_release);
+        ++smem_pipe_release;
+      }
+    };
+
+    const int spans = k_tile_count * kSpansPerTile;
+    int stage = acquire(0);
+    load_raw(stage, 0);
+    if constexpr (!kIntScales) warpgroup_fence_operand(accum);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int s = 0; s < spans; ++s) {
+      const int sub = s % kSpansPerTile;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        const w4::Int8Pair q0 = w4::int4_word_to_int8(raw[j].x), q1 = w4::int4_word_to_int8(raw[j].y);
+        a_frag(0, 0, j) = q0.lo;  // row r,     k 4t .. 4t + 3
+        a_frag(1, 0, j) = q0.hi;  // row r + 8
+        a_frag(2, 0, j) = q1.lo;  // row r,     k 16 + 4t ..
+        a_frag(3, 0, j) = q1.hi;  // row r + 8
+      }
+      // No operand fence on a_frag: an asm that "modifies" the A registers after the wgmmas were
+      // issued makes ptxas wait for them (C7517); the wgmmas read them as inputs, which orders the
+      // conversion before them, and the wait below precedes the next conversion.
+      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      warpgroup_fence_operand(temp);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < kPK; ++j) {
+        cute::gemm(rs_mma, recast<int8_t>(a_frag(_, _, j)), tCrB(_, _, sub * kPK + j, stage), temp);
+        rs_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(temp);
+      const int cur = stage;
+      if (s + 1 < spans) {  // while the wgmmas run
+        stage = acquire(s + 1);
+        load_raw(stage, (s + 1) % kSpansPerTile);
+      }
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(temp);
+      fold(cur, s);
+    }
+    if constexpr (kIntScales) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(iacc(i)) + fsum[i * kThreads];
+    }
+    warpgroup_fence_operand(accum);
   }
 
   // Fused scales (integer group scales s <= 16, the host's bound): s * q fits an int8 for every INT4
@@ -350,171 +492,103 @@ struct W4A8MixedMainloop : Base {
     warpgroup_fence_operand(accum);
   }
 
-  // Spans of kPK k-blocks of 32 (a span lies in one k-tile; INT4: in one group), each summed by the
-  // wgmmas into the partial sum `temp` (INT4: int32, exact; FP4: fp32 - Hopper's FP8 accumulator is
-  // not full fp32) and folded in at its end:
-  //   INT4 int scales:   iacc += s_int[n, j] * temp  (integer multiply-add; flushed to an fp32 sum
-  //                      in shared memory every `flush` spans: no int32 overflow for any input)
-  //   INT4 float scales: acc += r[n, j] * float(temp)
-  //   FP4 (the scales are in the converted weights): acc += temp every k-tile (the accurate
-  //                      fp8_gemm's promotion, 128 of K)
-  // A thread's accumulator rows are two weight rows (r0 and r0 + 8), so a fold reads two scales.
-  // Per k-block: issue its wgmma, then convert the next k-block into its own register slice while it
-  // runs (its previous reader, a block of the previous span, has retired); at a span's end convert
-  // the next block (the next tile's first: wait for its stage), drain, fold, and after a tile's
-  // last span release its stage. One partial sum leaves registers for 128-token tiles; the other
-  // warpgroup's wgmmas keep the tensor cores busy while this one drains and folds.
-  // The A operand, per k-block 4 words (16 8-bit values) in the atom's register order (word 2 q + hi:
-  // row r + 8 hi, k 16 q + 4 t .. + 3):
-  //   INT4 (m16k32 stores exactly that order): the lane's 8 bytes, sign-extended bytewise
-  //     (w4_convert.cuh, 7 instructions per 8 codes);
-  //   FP4 (m16k64 gives a lane 16 consecutive k, made for the streaming kernel): word t of lane
-  //     4 r + 2 S + q (k-block b = chunk b / 2, MMA step S = b % 2) holds k 32 S + 16 q + 4 t .. + 3
-  //     of row r (low 16 bits) and r + 8 (high) - the thread's registers q; converted by the
-  //     streaming kernel's RowScale (exponent tables for power-of-two scales, an fp32 multiply and
-  //     E4M3 rounding for float ratios: the reference's FP8 weights bit for bit).
-  template <int kPK, class FrgTensorC>
-  CUTLASS_DEVICE void mma_spans(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
-                                int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
+  // FP4 weights (layout m16k64, docs/FP8.md) x FP8 activations (ZeroQuant-FP). The layout gives a
+  // lane 16 consecutive k of a chunk; the wgmma reads the activations in natural order, so a thread
+  // gathers its fragment: for k-block b (chunk b / 2, MMA step S = b % 2) and half q, word t of lane
+  // 4 r + 2 S + q holds k 32 S + 16 q + 4 t .. + 3 of row r (low 16 bits) and r + 8 (high): its A
+  // registers (q, row). The streaming kernel's conversion (w4_convert.cuh RowScale) makes them E4M3
+  // with the group's scale: exponent tables for power-of-two scales, an fp32 multiply and E4M3
+  // rounding for float ratios - the reference's FP8 weights bit for bit. A k-tile's wgmmas sum into
+  // the fp32 partial `temp` (Hopper's FP8 accumulator is not full fp32), promoted at the tile's end
+  // (the accurate fp8_gemm's 128 of K). Per k-block: issue its wgmma, convert the next one into its
+  // own register slice meanwhile; at the tile's end convert the next tile's first k-block, drain,
+  // promote (the other warpgroup keeps the tensor cores busy).
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma_fp4(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum,
+                              int k_tile_count, int thread_idx, TensorStorage& shared_tensors, Params const& p) {
     using namespace cute;
     static_assert(std::is_same_v<typename FrgTensorC::value_type, float>, "fp32 accumulator fragment");
-    static_assert(kBlocks % kPK == 0 && kBlocks >= 2, "spans inside a k-tile; the next block converts meanwhile");
-    constexpr bool kIntFold = kIntScales && !kFp4;
+    static_assert(kBlocks >= 2, "the next k-block's conversion overlaps the previous one's wgmma");
     RsTiledMma rs_mma;
     auto thr = rs_mma.get_slice(thread_idx);
     Tensor tCrB = b_descriptors(thr, shared_tensors);
     Tensor a_frag = make_tensor<uint32_t>(make_layout(make_shape(Int<4>{}, Int<1>{}, Int<kBlocks>{})));
     constexpr int kVals = decltype(size(accum))::value;
     const int r0 = first_row(thread_idx, accum);
-    Tensor temp = make_fragment_like<typename IntTiledMma::ValTypeC>(accum);
-    Tensor iacc = make_fragment_like<int32_t>(accum);
-    // Zeros each written by its own instruction: a zero the compiler shares between the partial sum
-    // and other registers makes ptxas wait for the wgmma before those copies (C7517).
+    Tensor temp = make_fragment_like<float>(accum);
+    opaque_zero(accum);
     opaque_zero(temp);
-    if constexpr (kIntFold) {
-      opaque_zero(iacc);
-    } else {
-      opaque_zero(accum);
-    }
-    float* fsum = nullptr;
-    if constexpr (kIntFold) {
-      fsum = shared_tensors.smem_flush.data() + thread_idx;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kVals; ++i) fsum[i * kThreads] = 0.f;
-    }
     const float unit = p.unit;
-    int since_flush = 0;
 
-    // This thread's bytes of chunk 0 in stage 0 (its warp's 16-row tile). FP4: word t of its row
-    // pair's first lane; the two words of a k-block lie 16 bytes apart and rows r, r + 2 would hit
-    // the same banks, so odd r / 2 load the pair in the other order (2-way conflicts, not 4-way).
+    // Word t of lane 4 r (its row pair's first lane) of the thread's 16-row tile, chunk 0, stage 0.
+    // The two words of a k-block lie 16 bytes apart; rows r and r + 2 (64 bytes per row pair) would
+    // hit the same banks, so the threads of odd r / 2 load the pair in the other order (2-way bank
+    // conflicts instead of 4-way: one of two words per load instruction cannot avoid them) and
+    // swap the words back.
     const int lane = thread_idx % 32;
-    const bool swap = kFp4 && ((lane >> 3) & 1);
+    const bool swap = (lane >> 3) & 1;  // (r / 2) odd
     const uint8_t* a_base = shared_tensors.smem_A.data() + (thread_idx / 32) * kChunks * kChunkBytes +
-                            (kFp4 ? (lane & ~3) * 16 + (lane & 3) * 4 + (swap ? 16 : 0) : lane * 16);
+                            (lane & ~3) * 16 + (lane & 3) * 4 + (swap ? 16 : 0);
     const int second = swap ? -16 : 16;
     const ElementScale* scales = shared_tensors.smem_scale.data();
-    // The scale row (rows r0, r0 + 8 at [0], [8]) of the group holding k-block b of k-tile kt, in
-    // that tile's stage; past K (K % 128 == 64) the last group's (finite) scales.
-    auto scale_row = [&](int stage, int kt, int b) {
-      const int k0 = kt * kTileK;
-      const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);
-      return scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
-    };
     auto convert = [&](int stage, int kt, int b) {
-      const uint8_t* w = a_base + stage * kStageABytes + (b >> 1) * kChunkBytes;
-      if constexpr (kFp4) {
-        w += (b & 1) * 32;
-        const uint32_t first_word = *reinterpret_cast<const uint32_t*>(w);
-        const uint32_t second_word = *reinterpret_cast<const uint32_t*>(w + second);
-        const w4::Sel x0 = w4::selectors(swap ? second_word : first_word);  // q = 0
-        const w4::Sel x1 = w4::selectors(swap ? first_word : second_word);  // q = 1
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(scale_row(stage, kt, b));
-        w4::RowScale<kIntScales> s_lo, s_hi;
-        s_lo.set(row[0]);
-        s_hi.set(row[8]);
-        a_frag(0, 0, b) = s_lo(x0.idx, x0.sel);              // row r,     k 4t ..
-        a_frag(1, 0, b) = s_hi(x0.idx >> 16, x0.sel >> 16);  // row r + 8
-        a_frag(2, 0, b) = s_lo(x1.idx, x1.sel);              // row r,     k 16 + 4t ..
-        a_frag(3, 0, b) = s_hi(x1.idx >> 16, x1.sel >> 16);  // row r + 8
-      } else {
-        const uint2 raw = *reinterpret_cast<const uint2*>(w + (b & 1) * 8);
-        const w4::Int8Pair q0 = w4::int4_word_to_int8(raw.x), q1 = w4::int4_word_to_int8(raw.y);
-        a_frag(0, 0, b) = q0.lo;  // row r,     k 4t .. 4t + 3
-        a_frag(1, 0, b) = q0.hi;  // row r + 8
-        a_frag(2, 0, b) = q1.lo;  // row r,     k 16 + 4t ..
-        a_frag(3, 0, b) = q1.hi;  // row r + 8
-      }
-    };
-    // The span ending at k-block b of k-tile kt (its stage still held) into the sums.
-    auto fold = [&](int stage, int kt, int b) {
-      if constexpr (kFp4) {
-        // An FFMA by a runtime 1.0 (as Fp8PromoteMainloop: an FADD lets ptxas serialize the wgmmas).
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kVals; ++i) accum(i) = fmaf(temp(i), unit, accum(i));
-      } else {
-        const ElementScale* row = scale_row(stage, kt, b);
-        const ElementScale s0 = row[0], s1 = row[8];
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kVals; ++i) {
-          const ElementScale sc = ((i >> 1) & 1) ? s1 : s0;
-          if constexpr (kIntFold) {
-            iacc(i) += sc * temp(i);
-          } else {
-            accum(i) = fmaf(sc, static_cast<float>(temp(i)), accum(i));
-          }
-        }
-        if constexpr (kIntFold) {
-          if (++since_flush == p.flush) {  // before the int32 bound can be reached (docs/W4A8.md)
-            since_flush = 0;
-            flush_int_sum(iacc, fsum, kThreads);
-          }
-        }
-      }
+      const uint8_t* w = a_base + stage * kStageABytes + (b >> 1) * kChunkBytes + (b & 1) * 32;
+      const uint32_t first_word = *reinterpret_cast<const uint32_t*>(w);
+      const uint32_t second_word = *reinterpret_cast<const uint32_t*>(w + second);
+      const uint32_t w0 = swap ? second_word : first_word;  // q = 0: lane 4 r + 2 S
+      const uint32_t w1 = swap ? first_word : second_word;  // q = 1: lane 4 r + 2 S + 1
+      const int k0 = kt * kTileK;
+      const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
+      const ElementScale* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
+      w4::RowScale<kIntScales> s_lo, s_hi;
+      s_lo.set(reinterpret_cast<const uint32_t*>(row)[0]);
+      s_hi.set(reinterpret_cast<const uint32_t*>(row)[8]);
+      const w4::Sel x0 = w4::selectors(w0), x1 = w4::selectors(w1);
+      a_frag(0, 0, b) = s_lo(x0.idx, x0.sel);              // row r,     k 4t ..
+      a_frag(1, 0, b) = s_hi(x0.idx >> 16, x0.sel >> 16);  // row r + 8
+      a_frag(2, 0, b) = s_lo(x1.idx, x1.sel);              // row r,     k 16 + 4t ..
+      a_frag(3, 0, b) = s_hi(x1.idx >> 16, x1.sel >> 16);  // row r + 8
     };
 
     PipelineState smem_pipe_release = smem_pipe_read;
     wait_stage(pipeline, smem_pipe_read);
     int stage = smem_pipe_read.index();
     convert(stage, 0, 0);
-    if constexpr (!kIntFold) warpgroup_fence_operand(accum);
+    warpgroup_fence_operand(accum);
     CUTLASS_PRAGMA_NO_UNROLL
     for (int kt = 0; kt < k_tile_count; ++kt) {
+      rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
       CUTLASS_PRAGMA_UNROLL
       for (int b = 0; b < kBlocks; ++b) {
-        if (b % kPK == 0) rs_mma.accumulate_ = GMMA::ScaleOut::Zero;
         warpgroup_fence_operand(temp);
         warpgroup_arrive();
         cute::gemm(rs_mma, recast<Element8>(a_frag(_, _, b)), tCrB(_, _, b, stage), temp);
         rs_mma.accumulate_ = GMMA::ScaleOut::One;
         warpgroup_commit_batch();
-        // No operand fence on a_frag: an asm that "modifies" the A registers after the wgmma was
-        // issued makes ptxas wait for it (C7517); the wgmma reads them as inputs, which orders the
-        // conversion before it.
-        int next = stage;
         if (b + 1 < kBlocks) {
+          // Slice b + 1's previous reader (the previous tile's k-block b + 1) retired before that
+          // tile's promotion: no wait, this tile's wgmmas queue back to back.
           convert(stage, kt, b + 1);
-        } else if (kt + 1 < k_tile_count) {
-          ++smem_pipe_read;
-          wait_stage(pipeline, smem_pipe_read);
-          next = smem_pipe_read.index();
-          convert(next, kt + 1, 0);
-        }
-        if (b % kPK == kPK - 1) {
+        } else {
+          // The next tile's first k-block into slice 0, whose reader (k-block 0) has retired.
+          if (kt + 1 < k_tile_count) {
+            ++smem_pipe_read;
+            wait_stage(pipeline, smem_pipe_read);
+            convert(smem_pipe_read.index(), kt + 1, 0);
+          }
           warpgroup_wait<0>();
           warpgroup_fence_operand(temp);
-          fold(stage, kt, b);
-          if (b + 1 == kBlocks && kt + 1 < k_tile_count) {  // the tile is read (the last: mma_tail)
+          if (kt + 1 < k_tile_count) {  // this tile's stage is read; the last one mma_tail releases
             pipeline.consumer_release(smem_pipe_release);
             ++smem_pipe_release;
+            stage = smem_pipe_read.index();
           }
+          // The promotion: an FFMA by a runtime 1.0 (as Fp8PromoteMainloop: an FADD lets ptxas
+          // serialize the wgmmas).
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < kVals; ++i) accum(i) = fmaf(temp(i), unit, accum(i));
         }
-        stage = next;
       }
-    }
-    if constexpr (kIntFold) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kVals; ++i) accum(i) = static_cast<float>(iacc(i)) + fsum[i * kThreads];
     }
     warpgroup_fence_operand(accum);
   }
