@@ -100,11 +100,12 @@ def test_fp_mixed_activation(act):
 
 def test_fp_mixed_auto_graph_and_compile():
     a = w4a8_inputs(160, 512, 1024, 64, "m2")
-    ref = zqkernels.w4a8_fp_gemm(**a)  # auto: M > 32 takes the mixed path
-    assert torch.equal(mixed(a), ref)
-    assert torch.equal(graph_replay(lambda: zqkernels.w4a8_fp_gemm(**a)), ref)
-    f = torch.compile(lambda x: zqkernels.w4a8_fp_gemm(x, a["wq"], a["sx"], a["sw"], a["sg"]), fullgraph=True)
-    assert torch.equal(f(a["xq"]), ref)
+    ref = mixed(a)
+    assert_fp8_close(ref, ref_of(a), "mixed")
+    with gemm_options(path="mixed"):
+        assert torch.equal(graph_replay(lambda: zqkernels.w4a8_fp_gemm(**a)), ref)
+        f = torch.compile(lambda x: zqkernels.w4a8_fp_gemm(x, a["wq"], a["sx"], a["sw"], a["sg"]), fullgraph=True)
+        assert torch.equal(f(a["xq"]), ref)
 
 
 def test_fp_mixed_bad_tile():

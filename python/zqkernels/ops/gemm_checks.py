@@ -319,7 +319,7 @@ def fast_ok_w4a8(xq, wq, sx, sw, sg, bias, out_dtype, operand, sg_dtypes: tuple,
         return False
     M, K = xs
     N, G = gs
-    if ws[0] != N or 2 * ws[1] != K or N % 16 or K % 64 or M > c.INT32_MAX or N > c.INT32_MAX:
+    if ws[0] != N or 2 * ws[1] != K or N % 16 or K % 64 or not (0 < N <= c.INT32_MAX and 0 < K) or M > c.INT32_MAX:
         return False
     if G == 0 or K % G or (K // G) % 32 or (sg.dtype is _FLOAT_SG and K // G > W4A8_INT_MAX_GROUP):
         return False
