@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -40,7 +39,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-
 import zqkernels
 
 F8 = torch.float8_e4m3fn
