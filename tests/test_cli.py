@@ -664,7 +664,8 @@ def test_smooth_unsupported_model_is_one_line(capsys, tmp_path, monkeypatch):
     rc, out, err = _run(capsys, ["quantize", str(d), "--out", str(tmp_path / "q"), "--smooth", "0.5",
                                  "--calib", str(text)])
     _one_line_error(rc, out, err, "quantize", "scheme w8a8 + smooth a=0.5: smoothing failed: smooth_: found no "
-                    "supported transformer block in BertForMaskedLM; supported: ", "before reading the weights")
+                    "supported transformer block in BertForMaskedLM (BertLayer: post-norm: ", "; supported: ",
+                    "before reading the weights")
 
 
 def test_smooth_unsupported_model_in_eval(capsys, tiny, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""``python -m zqkernels [info | bench | demo | quantize | eval]`` (also installed as the ``zqkernels`` command).
+"""``python -m zqkernels [info | bench | demo | quantize | eval | generate-bench]`` (also installed as the ``zqkernels`` command).
 
 info      what this install can do (zqkernels.info()) as JSON
 bench     a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the kernels); the full
@@ -6,11 +6,13 @@ bench     a quick W8A8 GEMM benchmark against torch peers (needs a GPU with the 
 demo      quantize a small transformer built in code and report the accuracy cost
 quantize  quantize a local HF model (directory or .gguf file) and save it (``cli/quantize.py``)
 eval      perplexity of the float and the quantized model, per-layer error plot (``cli/evaluate.py``)
+generate-bench  HF generate (static cache) on the float and the quantized model: prefill ms, decode
+          tokens/s, memory (``cli/generate.py``)
 
 Without a subcommand: bench where the GPU can run the kernels, otherwise the CPU demo (with a note).
 Asking explicitly for what this machine cannot run (``bench``, ``demo --device cuda``) prints a
 one-line error to stderr and exits with status 2; so do usage errors and the errors of ``quantize`` /
-``eval`` a user can fix (missing directory, remote model id, unsupported scheme).
+``eval`` / ``generate-bench`` a user can fix (missing directory, remote model id, unsupported scheme).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="zqkernels: quantized transformer kernels (W8A8, FP8, W4A8, ...); without a command: "
         "bench on a GPU, else the CPU demo",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo,quantize,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo,quantize,eval,generate-bench}")
     sub.add_parser("info", help="print zqkernels.info() as JSON",
                    description="Print zqkernels.info() as JSON: version, whether the CUDA kernels are built, "
                    "their archs, the GEMM tiles, torch and the GPU.")
@@ -60,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from . import _demo, info
 
-    if args.command in ("quantize", "eval"):
+    if args.command in ("quantize", "eval", "generate-bench"):
         return cli.run(args)
 
     if args.command == "info":

@@ -1,4 +1,4 @@
-"""``python -m zqkernels quantize`` and ``python -m zqkernels eval``: whole HF models from local files.
+"""``python -m zqkernels quantize`` / ``eval`` / ``generate-bench``: whole HF models from local files.
 
 quantize MODEL_DIR --scheme S --out DIR   load a float model (a local HF directory, or a .gguf file),
                                           convert it with ``quantize_`` (smoothing / GPTQ / LoRC / LKD on
@@ -8,8 +8,10 @@ eval MODEL_DIR --text FILE                perplexity of the float model and the 
                                           relative output error of every quantized Linear (PNG plot),
                                           with the paired per-window statistics vs float
                                           (evaluate.py, perplexity.py, stats.py, plot.py)
+generate-bench MODEL_DIR                  HF generate with a static KV cache on the float and the quantized
+                                          model: prefill ms, decode tokens/s, memory (generate.py)
 
-Both check every option before reading a weight: the conversion asked for runs first on a one-layer
+All three check every option before reading a weight: the conversion asked for runs first on a one-layer
 copy of the architecture, built from its config (precheck.py).
 
 Models load from local paths only (``local_files_only=True``; a path that does not exist is refused,
@@ -25,7 +27,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import evaluate, quantize
+from . import evaluate, generate, quantize
 from .common import CLIError
 from .convert import Conversion
 from .load import require_packages
@@ -34,13 +36,14 @@ __all__ = ["CLIError", "Conversion", "add_parsers", "run"]
 
 
 def add_parsers(sub: Any) -> None:
-    """Register the quantize and eval subcommands on the subparsers action `sub`."""
+    """Register the quantize, eval and generate-bench subcommands on the subparsers action `sub`."""
     quantize.add_parser(sub)
     evaluate.add_parser(sub)
+    generate.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `quantize` or `eval`; a CLIError becomes one line on stderr and exit status 2.
+    """Run `quantize`, `eval` or `generate-bench`; a CLIError becomes one line on stderr and exit status 2.
     First, before anything slow, the packages the models given need (``load.require_packages``);
     transformers' progress bars are off unless stderr is a terminal."""
     try:
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             hf_log = None
     try:
-        return quantize.cmd_quantize(args) if args.command == "quantize" else evaluate.cmd_eval(args)
+        cmd = {"quantize": quantize.cmd_quantize, "eval": evaluate.cmd_eval,
+               "generate-bench": generate.cmd_generate_bench}[args.command]
+        return cmd(args)
     except CLIError as e:
         return _error(args, e)
     finally:

@@ -13,6 +13,7 @@ from .schemes import (
     CHOICE_OPTIONS,
     DEFAULT_GROUP_SIZE,
     GROUPED,
+    LM_HEAD,
     SCHEME_HELP,
     flag,
     option_default,
@@ -23,7 +24,7 @@ UNSET: Any = object()  # --group-size not given (None means per channel)
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CALIB_WINDOW, CALIB_SAMPLES, ERROR_WINDOWS = 512, 16, 1  # defaults of --calib-window / --calib-samples / --error-windows
 #: written by `quantize` next to the checkpoint: the conversion it ran ({"conversion": label, "smooth": alpha
-#: or null}); eval reads it (a smoothed checkpoint's Linears expect smoothed inputs, which a --float model
+#: or null, and "lm_head": the --lm-head value unless skip}); eval reads it (a smoothed checkpoint's Linears expect smoothed inputs, which a --float model
 #: does not give them)
 CONVERSION_FILE = "zqkernels_cli.json"
 
@@ -148,6 +149,9 @@ def conversion_options(p: argparse.ArgumentParser, default_scheme: Optional[str]
                    help="which GEMMs of a fused transformer block are quantized, any scheme: int8: all of them "
                    "(default); balanced: the MLP's output projection (fc2) in float; accuracy: fc2 and the "
                    "attention output projection in float")
+    g.add_argument("--lm-head", dest="lm_head", default=None, choices=tuple(LM_HEAD),
+                   help="quantize the output projection (lm_head): " + "; ".join(f"{k}: {v}" for k, v in LM_HEAD.items())
+                   + ". A tied lm_head (its weight the input embedding's) is untied: the embedding stays float")
     g.add_argument("--smooth", type=_alpha, default=None, metavar="ALPHA",
                    help="SmoothQuant activation smoothing of the float model with migration strength ALPHA in "
                    "[0, 1] (zqkernels.smooth_; 0.5 is typical; runs first, before GPTQ / RTN; LKD's teacher is "
@@ -179,3 +183,18 @@ def device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=("cpu", "cuda"),
                    help="where the model runs (default: cuda where the zqkernels kernels run, else cpu, "
                    "with the pure-torch reference ops)")
+
+
+def conversion_flags_given(args: argparse.Namespace) -> list[str]:
+    """The conversion options (conversion_options') given on the command line, as flags: they are
+    errors where MODEL_DIR is already quantized."""
+    return [f for f, given in (
+        ("--scheme", args.scheme is not None), ("--group-size", args.group_size is not UNSET),
+        ("--level", args.level is not None), ("--lm-head", getattr(args, "lm_head", None) is not None),
+        ("--smooth", args.smooth is not None), ("--gptq", args.gptq),
+        ("--lorc-rank", args.lorc_rank is not None),
+        ("--lkd-steps", args.lkd_steps is not None), ("--lkd-lr", args.lkd_lr is not None),
+        ("--lkd-loss", args.lkd_loss is not None), ("--calib", args.calib is not None),
+        ("--calib-window", args.calib_window is not None), ("--calib-samples", args.calib_samples is not None),
+        *((flag(o), getattr(args, o, None) is not None) for o in CHOICE_OPTIONS),
+    ) if given]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import time
 from typing import Any, Callable, Optional
 
@@ -44,10 +45,14 @@ class Conversion:
                            "--gptq / --lkd-steps)")
         self.calib_window = args.calib_window or CALIB_WINDOW
         self.calib_samples = args.calib_samples or CALIB_SAMPLES
+        self.lm_head: str = getattr(args, "lm_head", None) or "skip"  # --lm-head
         try:
             self.config, self.module_configs = schemes.configs(scheme, g, args.level, self.options)
+            head = schemes.lm_head_configs(self.lm_head, self.config)
         except (ValueError, TypeError) as e:
             raise CLIError(str(e)) from e
+        if head:  # first: module_configs' first matching pattern wins (w4/8 has a "*" entry)
+            self.module_configs = {**head, **(self.module_configs or {})}
         if self.calibrated and not args.calib:
             which = "--smooth" if self.smooth is not None else "--gptq" if self.gptq else "--lkd-steps"
             raise CLIError(f"{which} needs calibration text: --calib FILE")
@@ -64,6 +69,7 @@ class Conversion:
             g = self.group_size
             s += f" g{g}" if isinstance(g, int) else f" g={'channel' if g is None else g}"
         s += "".join(f" {o}={v}" for o, v in self.options.items() if v is not None)
+        s += f" lm_head={self.lm_head}" if self.lm_head != "skip" else ""
         # in the order they run
         extras = [f"smooth a={self.smooth:g}"] if self.smooth is not None else []
         extras += [n for n, on in (("GPTQ", self.gptq), (f"LKD {self.lkd_steps} steps", self.lkd_steps),
@@ -110,6 +116,7 @@ class Conversion:
         model_float = None
         if self.lorc_rank or self.lkd_steps:
             model_float = float_model if float_model is not None else copy.deepcopy(model)
+        tied_heads = _tied_lm_heads(model)
         t = time.perf_counter()
         try:
             if self.gptq:
@@ -122,6 +129,7 @@ class Conversion:
             raise CLIError(f"conversion failed: {e}") from e
         times["gptq" if self.gptq else "rtn"] = time.perf_counter() - t
         log(str(summary))
+        log(self._lm_head_line(model, tied_heads))
         groups = schemes.group_size_report(model, schemes.auto_group_sizes(self.config, self.module_configs))
         if groups:
             log(groups)
@@ -153,6 +161,42 @@ class Conversion:
             )
         del model_float
         return times
+
+    def _lm_head_line(self, model: nn.Module, tied: dict[str, str]) -> str:
+        """Check and report what --lm-head did: CLIError when w8 / scheme converted no lm_head; -> the
+        summary's lm_head line. A converted lm_head whose weight was an input embedding's (`tied`: lm_head
+        name -> that embedding) is a QLinear with its own weights now, the embedding still float: the
+        model's HF config is set to tie_word_embeddings=False here, so that no loader ties them again
+        (the checkpoint holds the quantized lm_head and the float embedding)."""
+        from ..nn import QLinear
+
+        heads = {n: m for n, m in model.named_modules() if _is_lm_head(n) and isinstance(m, QLinear)}
+        if self.lm_head == "skip":
+            return "--lm-head skip (the default): lm_head stays in float (--lm-head w8 / scheme quantizes it)"
+        if not heads:
+            raise CLIError(f"--lm-head {self.lm_head}: the model has no Linear named lm_head to quantize "
+                           f"(module names matched: {', '.join(schemes.LM_HEAD_PATTERNS)})")
+        parts = []
+        for n, m in heads.items():
+            what = f"{n} quantized, {m.qscheme.label()}"
+            if n in tied:
+                what += f"; its weight was tied to {tied[n]!r}, which stays float (untied)"
+                cfg = getattr(model, "config", None)
+                if getattr(cfg, "tie_word_embeddings", False):
+                    cfg.tie_word_embeddings = False
+            parts.append(what)
+        return f"--lm-head {self.lm_head}: " + "; ".join(parts)
+
+
+def _is_lm_head(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in schemes.LM_HEAD_PATTERNS)
+
+
+def _tied_lm_heads(model: nn.Module) -> dict[str, str]:
+    """{lm_head module name: the nn.Embedding whose weight it shares} (tied input/output embeddings)."""
+    emb = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    return {n: emb[id(m.weight)] for n, m in model.named_modules()
+            if _is_lm_head(n) and isinstance(getattr(m, "weight", None), nn.Parameter) and id(m.weight) in emb}
 
 
 def _log_lkd(rows: list[dict[str, Any]], log: Callable[[str], None]) -> None:

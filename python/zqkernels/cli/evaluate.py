@@ -19,9 +19,9 @@ from torch import nn
 from .common import (
     CONVERSION_FILE,
     ERROR_WINDOWS,
-    UNSET,
     CLIError,
     add_command,
+    conversion_flags_given,
     conversion_options,
     default_device,
     device_options,
@@ -32,6 +32,7 @@ from .common import (
 )
 from .convert import Conversion, calibration
 from .load import (
+    checkpoint_label,
     is_quantized_dir,
     load_float,
     local_source,
@@ -43,7 +44,6 @@ from .load import (
 from .perplexity import layer_errors, perplexity
 from .plot import plot_errors
 from .precheck import check_conversion
-from .schemes import CHOICE_OPTIONS, flag
 from .stats import Z95, paired_nll_diff
 
 
@@ -85,29 +85,19 @@ def _conversion_of_checkpoint(path: str) -> dict[str, Any]:
     return d if isinstance(d, dict) else {}
 
 
-def _scheme_of_checkpoint(model: nn.Module, smoothed: Optional[float] = None) -> str:
-    """The schemes of the loaded model's QLinears, e.g. "w4a8+w8a8 (checkpoint)", or
-    "w8a8 + smooth a=0.5 (checkpoint)" for one `quantize --smooth 0.5` wrote."""
+def _lm_head_of(model: nn.Module) -> str:
+    """A loaded checkpoint's lm_head: its scheme, or "float"."""
     from ..nn import QLinear
 
-    schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QLinear)})
-    smooth = f" + smooth a={smoothed:g}" if smoothed is not None else ""
-    return ("+".join(schemes) or "no QLinear") + smooth + " (checkpoint)"
+    head = getattr(model, "lm_head", None)
+    return head.scheme if isinstance(head, QLinear) else "float"
 
 
 def _check_options(args: argparse.Namespace, quantized_dir: bool) -> Optional[Conversion]:
     """Refuse options that do not apply (before anything is loaded); -> the conversion for a float
     MODEL_DIR (--scheme defaults to w8a8), None for a quantized checkpoint."""
     if quantized_dir:
-        conversion = [f for f, given in (
-            ("--scheme", args.scheme is not None), ("--group-size", args.group_size is not UNSET),
-            ("--level", args.level is not None), ("--smooth", args.smooth is not None), ("--gptq", args.gptq),
-            ("--lorc-rank", args.lorc_rank is not None),
-            ("--lkd-steps", args.lkd_steps is not None), ("--lkd-lr", args.lkd_lr is not None),
-            ("--lkd-loss", args.lkd_loss is not None), ("--calib", args.calib is not None),
-            ("--calib-window", args.calib_window is not None), ("--calib-samples", args.calib_samples is not None),
-            *((flag(o), getattr(args, o, None) is not None) for o in CHOICE_OPTIONS),
-        ) if given]
+        conversion = conversion_flags_given(args)
         if conversion:
             raise CLIError(f"MODEL_DIR {args.model_dir!r} is already quantized: {' / '.join(conversion)} "
                            f"{verb(conversion)} to a float MODEL_DIR (converted here)")
@@ -156,7 +146,7 @@ def _load_checkpoint(args: argparse.Namespace, device: str) -> tuple[nn.Module, 
     smoothed = _conversion_of_checkpoint(args.model_dir).get("smooth")
     if isinstance(smoothed, bool) or not isinstance(smoothed, (int, float)):
         smoothed = None
-    label = _scheme_of_checkpoint(model_q, smoothed)
+    label = checkpoint_label(model_q, smoothed)
     say(f"loaded quantized {type(model_q).__name__} from {args.model_dir} in {fmt_s(time.perf_counter() - t)}")
     model_f = None
     if args.float_dir is not None:
@@ -302,6 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_f, model_ref, model_q = _load_and_convert(args, conv, tok, device, res)
         label = conv.label
     res["scheme"] = label
+    res["lm_head"] = conv.lm_head if conv is not None else _lm_head_of(model_q)
     say(f"text: {ids.numel()} tokens; {windows.shape[0]} non-overlapping windows of {args.window}")
     _perplexities(args, model_f, model_q, label, windows, device, res)
 

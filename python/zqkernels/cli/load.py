@@ -161,3 +161,15 @@ def token_windows(ids: torch.Tensor, window: int, limit: Optional[int], what: st
     if limit is not None:
         n = min(n, limit)
     return ids[: n * window].reshape(n, window)
+
+
+def checkpoint_label(model: nn.Module, smoothed: Optional[float] = None) -> str:
+    """The schemes of the loaded model's QLinears, e.g. "w4a8+w8a8 (checkpoint)", or
+    "w8a8 + smooth a=0.5 (checkpoint)" for one `quantize --smooth 0.5` wrote."""
+    from ..nn import QLinear
+
+    schemes = sorted({m.scheme for m in model.modules() if isinstance(m, QLinear)})
+    smooth = f" + smooth a={smoothed:g}" if smoothed is not None else ""
+    head = getattr(model, "lm_head", None)
+    head = f" lm_head={head.scheme}" if isinstance(head, QLinear) else ""
+    return ("+".join(schemes) or "no QLinear") + head + smooth + " (checkpoint)"

@@ -35,14 +35,16 @@ class ProbeBlock(nn.Module):
 
 
 class ProbeModel(nn.Module):
-    """The stand-in for a model whose one-layer copy cannot be built: two Linears in one block."""
+    """The stand-in for a model whose one-layer copy cannot be built: two Linears in one block, and
+    an lm_head (float unless --lm-head selects it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.ModuleList([ProbeBlock()])
+        self.lm_head = nn.Linear(256, 256, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers[0](x)
+        return self.lm_head(self.layers[0](x))
 
 
 def _small_copy(root: Path, kw: dict[str, Any], dtype: str) -> Optional[nn.Module]:

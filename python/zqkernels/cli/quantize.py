@@ -113,7 +113,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise CLIError(f"save_quantized: {e}") from e
     if tok is not None:
         tok.save_pretrained(out)
-    (out / CONVERSION_FILE).write_text(json.dumps({"conversion": conv.label, "smooth": conv.smooth}, indent=2) + "\n")
+    record = {"conversion": conv.label, "smooth": conv.smooth}
+    if conv.lm_head != "skip":
+        record["lm_head"] = conv.lm_head
+    (out / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     times["save"] = time.perf_counter() - t
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     say(f"saved to {out} ({size / 2**20:.1f} MiB of safetensors" + (", tokenizer" if tok is not None else ", no tokenizer") + ")")

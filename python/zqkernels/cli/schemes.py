@@ -30,6 +30,15 @@ CHOICE_OPTIONS: dict[str, tuple[str, ...]] = {"scale_policy": POLICIES}
 #: the schemes --group-size applies to
 GROUPED = tuple(name for name, cls in sorted(SCHEMES.items()) if "group_size" in cls.option_names) + ("w4/8",)
 DEFAULT_GROUP_SIZE = AUTO  # per layer: the largest of 128 / 64 / 32 it takes
+#: --lm-head values -> what they do (the help). quantize_ leaves a Linear named lm_head (and one whose
+#: weight is an input embedding's) in float unless a module_configs pattern selects it: these do.
+LM_HEAD: dict[str, str] = {
+    "skip": "lm_head stays in float (default)",
+    "w8": "lm_head gets per-channel int8 weights with per-token int8 activations (the w8a8 scheme), whatever --scheme is",
+    "scheme": "lm_head gets the model's scheme (for w4/8: its w8a8 part)",
+}
+#: the module names --lm-head selects (fnmatch, as quantize_'s own default-float rule: the last name part)
+LM_HEAD_PATTERNS = ("lm_head", "*.lm_head")
 
 
 def flag(option: str) -> str:
@@ -126,3 +135,16 @@ def group_size_report(model: Any, candidates: tuple[int, ...]) -> Optional[str]:
         n = len(ks)
         parts.append(f"{g} for {n} GEMM{'s' if n != 1 else ''}" + (f" (in_features {', '.join(why)})" if why else ""))
     return "group size auto (the largest of " + " / ".join(map(str, candidates)) + " each layer takes): " + ", ".join(parts)
+
+
+def lm_head_configs(choice: str, config: Any) -> dict[str, Any]:
+    """module_configs entries for --lm-head `choice` ({} for "skip"); config: the model's config
+    (``configs(...)[0]``), which "scheme" gives lm_head."""
+    if choice not in LM_HEAD:
+        raise ValueError(f"--lm-head must be one of {', '.join(LM_HEAD)}; got {choice!r}")
+    if choice == "skip":
+        return {}
+    from .. import nn as zn
+
+    cfg = zn.SchemeConfig("w8a8") if choice == "w8" else config
+    return {p: cfg for p in LM_HEAD_PATTERNS}
