@@ -118,7 +118,7 @@ def test_fp_mixed_bad_tile():
 def test_w4a8_fast_checks_accept_the_common_calls():
     """The eager fast check (a few attribute reads instead of the full checks) recognises the common
     CUDA call of both W4A8 GEMMs, and anything unusual goes to the full checks and their errors."""
-    from zqkernels.ops.gemm_checks import fast_ok_w4a8
+    from zqkernels.ops.gemm_fast import fast_ok_w4a8
 
     a = w4a8_inputs(8, 256, 512, 128, "m2", bias=True)
     args = (a["xq"], a["wq"], a["sx"], a["sw"], a["sg"], a["bias"], a["out_dtype"])

@@ -72,13 +72,13 @@ from .gemm_checks import (
     check_rowwise_args,
     check_spec,
     debug_checks,
-    fast_ok_cuda,
 )
 from .gemm_cuda import (
     gemm_tiles,
     resolve_gemm_backend,
     rowwise_gemm_cuda,
 )
+from .gemm_fast import fast_ok_cuda
 from .gemm_group import group_impl, w4a8_fp_impl, w4a8_int_impl
 
 __all__ = [

@@ -17,9 +17,9 @@ from .gemm_checks import (
     check_w4a8_fp_args,
     check_w4a8_int_args,
     debug_pow2_range,
-    fast_ok_w4a8,
 )
 from .gemm_cuda import group_gemm_cuda, w4a8_fp_cuda, w4a8_int_cuda
+from .gemm_fast import fast_ok_w4a8
 
 _FP4_SG = (torch.int8, torch.float32)  # exponents (m1 / m2) or ratios (free)
 _INT4_SG = (torch.int32, torch.float32)
