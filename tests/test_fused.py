@@ -27,10 +27,11 @@ def unfused(op, x, residual=None, w=None, b=None, eps=1e-6):
     """The torch sequence each fused op replaces (torch's own kernels, fp32 math, no zqkernels code
     except the quantizer's reference)."""
     dt = x.dtype
-    if op == "silu_mul":
+    if op in ("silu_mul", "gelu_mul", "gelu_tanh_mul"):
         K = x.shape[1] // 2
         g, u = x[:, :K].float(), x[:, K:].float()
-        return quantize_per_token_ref(F.silu(g).mul(u).to(dt))
+        a = F.silu(g) if op == "silu_mul" else F.gelu(g, approximate="tanh" if op == "gelu_tanh_mul" else "none")
+        return quantize_per_token_ref(a.mul(u).to(dt))
     if op in ("gelu", "gelu_tanh"):
         t = x.float() + (b.float() if b is not None else 0)
         return quantize_per_token_ref(F.gelu(t, approximate="none" if op == "gelu" else "tanh").to(dt))
@@ -86,6 +87,10 @@ def test_activation_quant_matches_unfused(dtype):
     q, s = zqkernels.silu_mul_quant(y)
     assert q.shape == (9, 192)
     assert_quant_close(q, s, *unfused("silu_mul", y), "silu_mul")
+    for approx, op in (("tanh", "gelu_tanh_mul"), ("none", "gelu_mul")):
+        q, s = zqkernels.gelu_mul_quant(y, approx)
+        assert q.shape == (9, 192)
+        assert_quant_close(q, s, *unfused(op, y), op)
 
 
 def test_zero_and_empty_rows():
@@ -102,6 +107,8 @@ OPS = [
     (2, "layernorm", True),
     (3, "gelu", False),
     (5, "silu_mul", False),
+    (6, "gelu_mul", False),
+    (7, "gelu_tanh_mul", False),
 ]
 
 
@@ -115,6 +122,7 @@ def test_opcheck(dtype):
     torch.library.opcheck(op, (2, x, r, w, b, 1e-5, 2))
     torch.library.opcheck(op, (3, x, None, None, b, 0.0, 0))
     torch.library.opcheck(op, (5, x, None, None, None, 0.0, 0))
+    torch.library.opcheck(op, (7, x, None, None, None, 0.0, 0))
     torch.library.opcheck(torch.ops.zqkernels.row_quant_.default, (1, x, r.clone(), w, None, 1e-6, 1))
 
 
@@ -149,6 +157,8 @@ W = torch.ones(64)
         (lambda: zqkernels.add_layernorm_quant(X, X, W, residual_out="x"), ValueError, r"'sum' or 'normed'"),
         (lambda: zqkernels.silu_mul_quant(X[:, :63]), ValueError, r"silu_mul_quant: gate_up must be \[M, 2 \* I\]"),
         (lambda: zqkernels.bias_gelu_quant(X, None, "fast"), ValueError, r"approximate must be 'none' or 'tanh'"),
+        (lambda: zqkernels.gelu_mul_quant(X[:, :63]), ValueError, r"gelu_mul_quant: gate_up must be \[M, 2 \* I\]"),
+        (lambda: zqkernels.gelu_mul_quant(X, "fast"), ValueError, r"gelu_mul_quant: approximate must be"),
         (lambda: zqkernels.bias_gelu_quant(X, torch.ones(64, dtype=torch.int32)), TypeError, r"bias must be a float"),
     ],
 )

@@ -12,6 +12,7 @@ import torch
 import zqkernels
 from conftest import DEV, poison_next_allocation, requires_gpu
 from zqkernels.reference import row_quant_ref
+from zqkernels.reference.fused import GATED_OPS
 
 pytestmark = requires_gpu
 
@@ -36,7 +37,7 @@ def check(q, s, r, q_ref, s_ref, r_ref, what, exact_r=True):
 
 def run_both(op, x, residual=None, w=None, b=None, eps=1e-6, mode="none", inplace=False):
     M = x.shape[0]
-    K = x.shape[1] // 2 if op == "silu_mul" else x.shape[1]
+    K = x.shape[1] // 2 if op in GATED_OPS else x.shape[1]
     ref = row_quant_ref(op, x.cpu(), None if residual is None else residual.cpu(),
                         None if w is None else w.cpu(), None if b is None else b.cpu(), eps, mode)
     poison_next_allocation(M * K, 0x80)
@@ -52,6 +53,8 @@ def run_both(op, x, residual=None, w=None, b=None, eps=1e-6, mode="none", inplac
         out = (*zqkernels.bias_gelu_quant(x, b, "none" if op == "gelu" else "tanh"), None)
     elif op == "silu_mul":
         out = (*zqkernels.silu_mul_quant(x), None)
+    elif op in ("gelu_mul", "gelu_tanh_mul"):
+        out = (*zqkernels.gelu_mul_quant(x, "tanh" if op == "gelu_tanh_mul" else "none"), None)
     else:
         out = (*zqkernels.quantize_per_token(x), None)
     return out, ref
@@ -80,8 +83,9 @@ def test_every_op_every_width(dtype, K):
         (q, s, r), (q_ref, s_ref, r_ref) = run_both(op, x, **kw)
         check(q, s, r, q_ref, s_ref, r_ref, f"{op} {kw.get('mode', '')} K={K}", exact_r=kw.get("mode") != "normed")
     gu = torch.randn(M, 2 * K, dtype=dtype, device=DEV) * 3
-    (q, s, r), (q_ref, s_ref, r_ref) = run_both("silu_mul", gu)
-    check(q, s, r, q_ref, s_ref, r_ref, f"silu_mul K={K}")
+    for op in ("silu_mul", "gelu_mul", "gelu_tanh_mul"):
+        (q, s, r), (q_ref, s_ref, r_ref) = run_both(op, gu)
+        check(q, s, r, q_ref, s_ref, r_ref, f"{op} K={K}")
 
 
 @pytest.mark.parametrize("M", [1, 2, 129])

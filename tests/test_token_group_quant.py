@@ -181,6 +181,7 @@ FUSED = [  # (name, call(x, res, w, b, **kw), op, kwargs of row_output_ref)
     ("bias_gelu_quant tanh", lambda x, r, w, b, **k: zqkernels.bias_gelu_quant(x, b, "tanh", **k), "gelu_tanh",
      dict(b=True)),
     ("silu_mul_quant", lambda x, r, w, b, **k: zqkernels.silu_mul_quant(x, **k), "silu_mul", dict()),
+    ("gelu_mul_quant", lambda x, r, w, b, **k: zqkernels.gelu_mul_quant(x, **k), "gelu_tanh_mul", dict()),
     ("row_quant identity", lambda x, r, w, b, **k: zqkernels.ops.fused.row_quant("q", "identity", x, **k)[:2],
      "identity", dict()),
 ]
@@ -206,7 +207,7 @@ def ref_row(op, kw, x, r, w, b):
 def test_fused_group_output_is_group_quant_of_the_row(dtype, g, name, call, op, kw):
     M, K = 7, 768
     x, r, w, b = fused_inputs(M, K, dtype)
-    if op == "silu_mul":
+    if op in ("silu_mul", "gelu_tanh_mul"):
         x = torch.cat([x, r], 1)
     out = call(x, r.clone(), w, b, dtype=F8, group_size=g)
     q, s = out[0], out[1]
@@ -397,7 +398,7 @@ def test_fused_kernel_group_output(dtype, K, name, call, op, kw):
     summation order (scales ~1e-6, codes one E4M3 step)."""
     M, g = 37, 128
     x, r, w, b = fused_inputs(M, K, dtype, DEV)
-    if op == "silu_mul":
+    if op in ("silu_mul", "gelu_tanh_mul"):
         x = torch.cat([x, r], 1)
     poison_next_allocation(M * K, 0x7F)
     out = call(x, r.clone(), w, b, dtype=F8, group_size=g)

@@ -79,7 +79,7 @@ void bind_quantize(nb::module_& m) {
         const char* name = "row_quant";
         if (out_fmt != 0 && out_fmt != 1) fail(name, "out_fmt must be 0 (int8) or 1 (fp8 e4m3), got " + std::to_string(out_fmt));
         check_group(name, group_size, sx_group_stride, out_fmt, M, K);
-        if (op < 0 || op > 5) fail(name, "op code must be 0..5, got " + std::to_string(op));
+        if (op < 0 || op > 7) fail(name, "op code must be 0..7, got " + std::to_string(op));
         if (dtype < 0 || dtype > 2) fail(name, "dtype code must be 0 (bf16), 1 (fp16) or 2 (fp32)");
         if (residual_mode < 0 || residual_mode > 2) fail(name, "residual_mode must be 0, 1 or 2");
         if (M < 0 || K < 0) fail(name, "M and K must be >= 0");

@@ -9,6 +9,8 @@
 //              kGelu       gelu(x[k] + bias[k])        (erf GeLU)
 //              kGeluTanh   gelu_tanh(x[k] + bias[k])
 //              kSiluMul    silu(x[k]) * x[K + k]       (x holds [gate | up], 2K wide)
+//              kGeluMul,   gelu(x[k]) * x[K + k]       (GeGLU, erf or tanh GeLU; one kernel, the
+//              kGeluTanhMul                            kSiluMul one, picks the activation at run time)
 //   stage 2  y[k] = rms / layer normalisation of v with fp32 weight (and bias); y = v otherwise.
 //            residual_mode == kNormed writes round_T(y) to residual_out (post-LN blocks).
 //   stage 3  sx = amax(y) / 127, q[k] = clamp(rint(y[k] * (127 / amax)), -127, 127), exactly as
@@ -67,6 +69,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
   r.res_out = a.residual_out != nullptr ? static_cast<T*>(a.residual_out) + m * a.residual_out_stride : nullptr;
   r.w = a.weight;
   r.b = a.bias;
+  r.gate = a.op;
   int8_t* out = a.xq + static_cast<int64_t>(m) * K;  // INT8 values or E4M3 bytes
   const bool fp8 = a.out == DType::kFP8E4M3;
   const int nchunks = K / VEC;  // VEC divides K on this path (the launcher checks)
@@ -344,7 +347,9 @@ std::string dispatch_op(const RowQuantArgs& a) {
     case RowOp::kLayerNorm: return launch<T, RowOp::kLayerNorm, kGroup>(a);
     case RowOp::kGelu: return launch<T, RowOp::kGelu, kGroup>(a);
     case RowOp::kGeluTanh: return launch<T, RowOp::kGeluTanh, kGroup>(a);
-    case RowOp::kSiluMul: return launch<T, RowOp::kSiluMul, kGroup>(a);
+    case RowOp::kSiluMul:
+    case RowOp::kGeluMul:
+    case RowOp::kGeluTanhMul: return launch<T, RowOp::kSiluMul, kGroup>(a);  // gated: one kernel
   }
   return "unknown row op";
 }

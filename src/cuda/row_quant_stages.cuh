@@ -131,6 +131,12 @@ __device__ __forceinline__ float gelu_tanh(float v) {
 }
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + __expf(-v)); }
 
+// The gated ops' activation of the gate (one kernel serves the three: `gate` is the call's op,
+// uniform over the grid, so the branch costs no divergence).
+__device__ __forceinline__ float gate_act(RowOp gate, float g) {
+  return gate == RowOp::kGeluTanhMul ? gelu_tanh(g) : gate == RowOp::kGeluMul ? gelu_erf(g) : silu(g);
+}
+
 // VEC consecutive fp32 parameters (weight / bias) starting at p: 16-byte loads when VEC is a
 // multiple of 4 (the vector path requires 16-byte aligned parameters), else scalar; zeros for null.
 template <int VEC>
@@ -153,11 +159,12 @@ __device__ __forceinline__ void load_params(const float* p, float (&out)[VEC]) {
 // The kernel's view of one call (device pointers already offset to row m by the kernel).
 template <typename T>
 struct Row {
-  const T* x;         // row of x (kSiluMul: gate at [0, K), up at [K, 2K))
+  const T* x;         // row of x (gated ops: gate at [0, K), up at [K, 2K))
   const T* res;       // row of residual or nullptr
   T* res_out;         // row of residual_out or nullptr
   const float* w;     // weight [K] or nullptr
   const float* b;     // bias [K] (norm beta, or the GeLU bias) or nullptr
+  RowOp gate;         // the gated ops' kernel (kSiluMul): which activation (kSiluMul, kGeluMul, kGeluTanhMul)
 };
 
 // Stage 1 for VEC consecutive elements starting at k; `from_sum` reads the already-written sum
@@ -173,7 +180,7 @@ __device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_
       uint4 w = *reinterpret_cast<const uint4*>(r.x + K + k);
       const T* up = reinterpret_cast<const T*>(&w);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(silu(to_float(e[j])) * to_float(up[j]));
+      for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(gate_act(r.gate, to_float(e[j])) * to_float(up[j]));
       return;
     } else {
 #pragma unroll
@@ -184,7 +191,7 @@ __device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       if constexpr (kOp == RowOp::kSiluMul) {
-        v[j] = from_float<T>(silu(to_float(src[k + j])) * to_float(r.x[K + k + j]));
+        v[j] = from_float<T>(gate_act(r.gate, to_float(src[k + j])) * to_float(r.x[K + k + j]));
       } else {
         v[j] = src[k + j];
       }

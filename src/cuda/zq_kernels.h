@@ -216,6 +216,8 @@ enum class RowOp : int {
   kGelu = 3,       // gelu_erf(x (+ bias))
   kGeluTanh = 4,   // gelu_tanh(x (+ bias))
   kSiluMul = 5,    // x = [gate | up] (2K wide) -> silu(gate) * up
+  kGeluMul = 6,    // x = [gate | up] (2K wide) -> gelu_erf(gate) * up   (GeGLU)
+  kGeluTanhMul = 7,  // x = [gate | up] (2K wide) -> gelu_tanh(gate) * up (GeGLU, Gemma)
 };
 enum class ResidualMode : int {
   kNone = 0,    // no residual output
@@ -225,7 +227,7 @@ enum class ResidualMode : int {
 struct RowQuantArgs {
   RowOp op = RowOp::kIdentity;
   DType dtype = DType::kBF16;       // of x, residual and residual_out
-  const void* x = nullptr;          // [M, K] (kSiluMul: [M, 2K]), rows x_stride elements apart
+  const void* x = nullptr;          // [M, K] (gated ops: [M, 2K]), rows x_stride elements apart
   int64_t x_stride = 0;
   const void* residual = nullptr;   // [M, K] or nullptr (norm ops)
   int64_t residual_stride = 0;

@@ -229,14 +229,14 @@ class QGemma2DecoderLayer(QLlamaDecoderLayer):
     )
 
     def _act(self, y: torch.Tensor, quantized: bool):
-        """GeGLU: gelu(gate) * up with y = [gate | up]. No fused row op makes it yet: quantized, the
-        product is computed in fp32, rounded once to y's dtype, then quantized per token (group) by
-        the identity row op (quantize_per_token's math); float, as HF computes it."""
-        g, u = y.chunk(2, dim=1)
+        """GeGLU: gelu(gate) * up with y = [gate | up]. Quantized: one fused row op (``gelu_mul_quant``'s
+        kernel: the product in fp32, rounded once to y's dtype, quantized per token or group); float,
+        as HF computes it."""
         if not quantized:
+            g, u = y.chunk(2, dim=1)
             return F.gelu(g, approximate=self.gelu_approx) * u
-        v = (F.gelu(g.float(), approximate=self.gelu_approx) * u.float()).to(y.dtype)
-        q, s, _ = row_quant(f"{type(self).__name__} GeGLU", "identity", v, dtype=self._qdtype, **self._qkw)
+        op = "gelu_tanh_mul" if self.gelu_approx == "tanh" else "gelu_mul"
+        q, s, _ = row_quant(f"{type(self).__name__} GeGLU", op, y, dtype=self._qdtype, **self._qkw)
         return q, s
 
     def forward(

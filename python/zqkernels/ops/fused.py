@@ -13,6 +13,7 @@ is the unfused sequence's, computed in fp32 (docs/FUSED.md):
                                                    or the normalised row (post-LN)
     bias_gelu_quant(y, bias, approximate)       -> quant(gelu(y + bias))
     silu_mul_quant(gate_up)                     -> quant(silu(gate) * up), gate_up = [gate | up]
+    gelu_mul_quant(gate_up, approximate)        -> quant(gelu(gate) * up) (GeGLU: Gemma's tanh GeLU)
 
 ``quant`` returns ``(q [M, K] int8 or float8_e4m3fn, s float32 [M])`` with exactly
 ``quantize_per_token``'s rounding for that dtype. With ``group_size=g`` (32, 64 or 128; FP8 only)
@@ -32,7 +33,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _ext
-from ..reference.fused import RESIDUAL_MODES, ROW_OPS, row_quant_ref
+from ..reference.fused import GATED_OPS, RESIDUAL_MODES, ROW_OPS, row_quant_ref
 from ..reference.token_group import (
     TOKEN_GROUP_SIZES,
     empty_group_scales,
@@ -48,6 +49,7 @@ __all__ = [
     "add_layernorm_quant",
     "bias_gelu_quant",
     "silu_mul_quant",
+    "gelu_mul_quant",
 ]
 
 _cuda_ready: set[int] = set()
@@ -91,7 +93,7 @@ def _check(a: _Row) -> int:
     c.check_act_matrix(name, x)
     M, W = x.shape
     K = W
-    if op == "silu_mul":
+    if op in GATED_OPS:
         if W % 2 != 0:
             raise ValueError(f"{name}: gate_up must be [M, 2 * I] (gate then up), got odd width {W}")
         K = W // 2
@@ -140,9 +142,9 @@ def _fast_ok(a: _Row) -> int:
     if not (type(x) in c._PLAIN and x.is_cuda and x.dtype in c.DTYPE_CODE and x.dim() == 2 and c.has_row_layout(x)):
         return -1
     M, W = x.shape
-    if W > c.INT32_MAX or M > c.INT32_MAX or (op == "silu_mul" and W % 2):
+    if W > c.INT32_MAX or M > c.INT32_MAX or (op in GATED_OPS and W % 2):
         return -1
-    K = W // 2 if op == "silu_mul" else W
+    K = W // 2 if op in GATED_OPS else W
     if group_size is not None and K % group_size:
         return -1
     dev = x.device
@@ -172,7 +174,7 @@ def _launch(a: _Row, residual_out: Optional[torch.Tensor]) -> tuple[torch.Tensor
         c.require_cuda_kernels(name, x.device)
         _cuda_ready.add(idx)
     M = x.shape[0]
-    K = x.shape[1] // 2 if op == "silu_mul" else x.shape[1]
+    K = x.shape[1] // 2 if op in GATED_OPS else x.shape[1]
     q = x.new_empty((M, K), dtype=dtype)
     s = _empty_scales(x, M, K, group_size)
     if M == 0:
@@ -431,4 +433,19 @@ def silu_mul_quant(
     of one GEMM over the concatenated gate and up weights). Returns (q int8 [M, I], s float32 [M]);
     with group_size, s float32 [M, I // group_size] M-major (group_size divides I)."""
     q, s, _ = row_quant("silu_mul_quant", "silu_mul", gate_up, dtype=dtype, group_size=group_size)
+    return q, s
+
+
+def gelu_mul_quant(
+    gate_up: torch.Tensor, approximate: str = "tanh", *, dtype: torch.dtype = torch.int8,
+    group_size: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GeGLU's ``quant(gelu(gate) * up)`` with gate_up = [gate | up] of shape [M, 2 * I];
+    approximate='tanh' (Gemma's gelu_pytorch_tanh, the default) or 'none' (erf). The product is
+    computed in fp32 and rounded once to gate_up's dtype before quantization (as ``silu_mul_quant``).
+    Returns (q [M, I], s float32 [M]); with group_size, s float32 [M, I // group_size] M-major."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu_mul_quant: approximate must be 'none' or 'tanh', got {approximate!r}")
+    q, s, _ = row_quant("gelu_mul_quant", "gelu_tanh_mul" if approximate == "tanh" else "gelu_mul", gate_up,
+                        dtype=dtype, group_size=group_size)
     return q, s

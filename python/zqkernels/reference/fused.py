@@ -20,10 +20,13 @@ import torch
 from ..formats import FP8_E4M3_MAX
 from .quantize import QMAX, _quantize_rows
 
-__all__ = ["row_quant_ref", "row_output_ref", "ROW_OPS", "RESIDUAL_MODES"]
+__all__ = ["row_quant_ref", "row_output_ref", "ROW_OPS", "GATED_OPS", "RESIDUAL_MODES"]
 
 # Codes shared with zq::RowOp / zq::ResidualMode (src/cuda/zq_kernels.h).
-ROW_OPS = {"identity": 0, "rmsnorm": 1, "layernorm": 2, "gelu": 3, "gelu_tanh": 4, "silu_mul": 5}
+ROW_OPS = {"identity": 0, "rmsnorm": 1, "layernorm": 2, "gelu": 3, "gelu_tanh": 4, "silu_mul": 5, "gelu_mul": 6,
+           "gelu_tanh_mul": 7}
+#: The gated ops: x = [gate | up] (2K wide) -> act(gate) * up (SwiGLU; GeGLU with erf or tanh GeLU).
+GATED_OPS = frozenset({"silu_mul", "gelu_mul", "gelu_tanh_mul"})
 RESIDUAL_MODES = {"none": 0, "sum": 1, "normed": 2}
 
 
@@ -46,7 +49,7 @@ def row_quant_ref(
     *,
     dtype: torch.dtype = torch.int8,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """op: one of ROW_OPS; x [M, K] (silu_mul: [M, 2K]); residual [M, K] (norm ops); weight / bias
+    """op: one of ROW_OPS; x [M, K] (the GATED_OPS: [M, 2K]); residual [M, K] (norm ops); weight / bias
     [K] (any float dtype, used in fp32); residual_mode: 'none' | 'sum' | 'normed'; dtype: the
     quantized output, int8 (qmax 127) or float8_e4m3fn (qmax 448, docs/FP8.md)."""
     y, r_out = row_output_ref(op, x, residual, weight, bias, eps, residual_mode)
@@ -75,10 +78,11 @@ def row_output_ref(
         raise ValueError(f"row_quant_ref: op must be one of {sorted(ROW_OPS)}, got {op!r}")
     dt = x.dtype
     xf = x.float()
-    if op == "silu_mul":
+    if op in GATED_OPS:
         K = x.shape[1] // 2
         g, u = xf[:, :K], xf[:, K:]
-        v = (g * torch.sigmoid(g) * u).to(dt)
+        a = g * torch.sigmoid(g) if op == "silu_mul" else _gelu_erf(g) if op == "gelu_mul" else _gelu_tanh(g)
+        v = (a * u).to(dt)
     elif op in ("gelu", "gelu_tanh"):
         t = xf + (bias.float() if bias is not None else 0.0)
         v = (_gelu_erf(t) if op == "gelu" else _gelu_tanh(t)).to(dt)
