@@ -85,7 +85,7 @@ void bind_quantize(nb::module_& m) {
         if (M < 0 || K < 0) fail(name, "M and K must be >= 0");
         if (M == 0 || K == 0) return;
         const uintptr_t esize = dtype == 2 ? 4 : 2;
-        const int64_t width = op == 5 ? 2 * static_cast<int64_t>(K) : K;
+        const int64_t width = op >= 5 ? 2 * static_cast<int64_t>(K) : K;  // gated ops (5, 6, 7): [gate | up]
         if (M > 1 && x_stride < width) fail(name, "x row stride must be >= its width");
         check_ptr(name, "x", x, esize);
         if (residual != 0) check_ptr(name, "residual", residual, esize);
