@@ -21,6 +21,7 @@ namespace nb = nanobind;
 namespace zqb {
 void bind_gemm(nb::module_& m);
 void bind_quantize(nb::module_& m);
+void bind_rope(nb::module_& m);
 }  // namespace zqb
 
 NB_MODULE(_C, m) {
@@ -46,6 +47,7 @@ NB_MODULE(_C, m) {
 
   zqb::bind_gemm(m);
   zqb::bind_quantize(m);
+  zqb::bind_rope(m);
 
   m.def(
       "_debug_delayed_copy",

@@ -253,6 +253,27 @@ std::string row_quant(const RowQuantArgs& args);
 // 1024; 0 = automatic). Not thread-safe; the default needs no call.
 void row_quant_set_threads(int threads);
 
+// The attention input of a decoder layer from its QKV GEMM output (src/cuda/rope_cache.cu): split,
+// rotary embedding of q and k (bit for bit torch's x * cos + rotate_half(x) * sin), k / v to a static
+// KV cache at *cache_offset + s (cache [B, KV, cache_len, head_dim]) or to k_out / v_out.
+struct RopeArgs {
+  DType dtype = DType::kBF16;        // of qkv, cos, sin and every output
+  const void* qkv = nullptr;         // [B * S, (heads + 2 kv_heads) * head_dim], rows qkv_stride apart
+  int64_t qkv_stride = 0;
+  const void* cos = nullptr;         // [.., S, >= rot_dim], element (b, s, j) at b * cs_stride_b + s * cs_stride_s + j
+  const void* sin = nullptr;         // same layout as cos
+  int64_t cs_stride_b = 0, cs_stride_s = 0;
+  void* q_out = nullptr;             // [B, S, heads, head_dim] contiguous
+  void* k_out = nullptr;             // [B, S, kv_heads, head_dim], or the k cache [B, kv_heads, cache_len, head_dim]
+  void* v_out = nullptr;             // as k_out
+  const int64_t* cache_offset = nullptr;  // device scalar: the cache's write position (nullptr: no cache)
+  int64_t cache_len = 0;
+  int64_t B = 0, S = 0;
+  int heads = 0, kv_heads = 0, head_dim = 0, rot_dim = 0;
+  cudaStream_t stream = nullptr;
+};
+std::string rope_qkv(const RopeArgs& args);
+
 // Test support for programmatic dependent launch: a kernel that signals
 // griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`
 // from src to dst. A PDL-launched successor that reads dst before griddepcontrol.wait reads stale

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import quantize_per_token
+from ..ops import quantize_per_token, rope_qkv
 from ..ops.fused import bias_gelu_quant, row_quant, silu_mul_quant
+from ..reference.rope import rotary
 from ..schemes import W8A8, Scheme
 from .grad import block_with_input_grad
 from .linear import QLinear, run_weight_quantizer
@@ -197,19 +198,24 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on the first cos.shape[-1] channels of each head (all of them, or a part: Phi-3's
-    partial_rotary_factor), as HF's apply_rotary_pos_emb."""
-    rd = cos.shape[-1]
-    if rd == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
-    xr, xp = x[..., :rd], x[..., rd:]
-    return torch.cat((xr * cos + _rotate_half(xr) * sin, xp), dim=-1)
+def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
+    """The cache layer ``rope_qkv`` may write into directly: an initialized HF ``StaticLayer`` (full
+    attention; the API this was written against: ``keys`` / ``values`` [B, KV, L, hd] and the int64
+    device scalar ``cumulative_length`` where the next token goes), of this batch and dtype, with no
+    offloading. Anything else (dynamic, sliding-window or offloaded caches, other transformers
+    versions' layouts): None, and ``cache.update`` runs as HF wrote it."""
+    layers = getattr(cache, "layers", None)
+    if getattr(cache, "offloading", False) or layers is None or len(layers) <= idx:
+        return None
+    layer = layers[idx]
+    if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
+        return None
+    k, v, n = getattr(layer, "keys", None), getattr(layer, "values", None), getattr(layer, "cumulative_length", None)
+    if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and isinstance(n, torch.Tensor)):
+        return None
+    if k.dtype is not dtype or k.shape[0] != B or n.dtype != torch.int64 or n.device != k.device:
+        return None
+    return layer
 
 
 def _eps(norm: nn.Module) -> float:
@@ -404,6 +410,21 @@ class QuantizedBlock(nn.Module):
 
     def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs) -> torch.Tensor:
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        if cache is not None:
+            cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
+        if (self.rope and qkv.is_cuda and "q_norm" not in self.PARTS and pos is not None and pos[0].dtype is qkv.dtype
+                and not (qkv.requires_grad and torch.is_grad_enabled())):
+            # one kernel: split, RoPE and (static cache) the KV write (ops/rope.py); no autograd
+            layer = _static_layer(cache, self.layer_idx, B, qkv.dtype) if cache is not None else None
+            if layer is not None:
+                q, k, v = rope_qkv(qkv.reshape(B, S, -1), pos[0], pos[1], H, KV, hd, k_cache=layer.keys,
+                                   v_cache=layer.values, cache_offset=layer.cumulative_length)
+                layer.cumulative_length.add_(S)
+            else:
+                q, k, v = rope_qkv(qkv.reshape(B, S, -1), pos[0], pos[1], H, KV, hd)
+                if cache is not None:
+                    k, v = cache.update(k, v, self.layer_idx)
+            return self._sdpa(q, k, v, B, S, mask, kwargs)
         q, k, v = qkv.split((H * hd, KV * hd, KV * hd), dim=1)
         q = q.view(B, S, H, hd).transpose(1, 2)
         k = k.view(B, S, KV, hd).transpose(1, 2)
@@ -414,10 +435,13 @@ class QuantizedBlock(nn.Module):
             if pos is None:
                 raise ValueError(f"{type(self).__name__}: position_embeddings (cos, sin) are required")
             cos, sin = pos[0].unsqueeze(1), pos[1].unsqueeze(1)
-            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         if cache is not None:
-            cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
             k, v = cache.update(k, v, self.layer_idx)
+        return self._sdpa(q, k, v, B, S, mask, kwargs)
+
+    def _sdpa(self, q, k, v, B: int, S: int, mask, kwargs) -> torch.Tensor:
+        H, hd = self.heads, self.head_dim
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
         out, _ = self._attn_fn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)

@@ -34,6 +34,7 @@ from .gemm import (
 from .linear import activation_dtype, gemm_quantized, quantized_linear
 from .quantize import dequantize, quantize_per_token, quantize_weight
 from .quantize_group import quantize_per_token_group
+from .rope import rope_qkv
 from .w4a8 import fp4_to_fp8
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "w8a8_group_gemm",
     "run_gemm",
     "fp4_to_fp8",
+    "rope_qkv",
     *fused.__all__,
     "quantized_linear",
     "gemm_quantized",
