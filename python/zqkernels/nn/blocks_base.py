@@ -198,6 +198,11 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
+#: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
+#: rotate_half, multiplies, ``cache.update``), for A/B measurements (bench_schemes_layer --torch-rope).
+FUSED_ROPE = True
+
+
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
     """The cache layer ``rope_qkv`` may write into directly: an initialized HF ``StaticLayer`` (full
     attention; the API this was written against: ``keys`` / ``values`` [B, KV, L, hd] and the int64
@@ -412,7 +417,7 @@ class QuantizedBlock(nn.Module):
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         if cache is not None:
             cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
-        if (self.rope and qkv.is_cuda and "q_norm" not in self.PARTS and pos is not None and pos[0].dtype is qkv.dtype
+        if (FUSED_ROPE and self.rope and qkv.is_cuda and "q_norm" not in self.PARTS and pos is not None and pos[0].dtype is qkv.dtype
                 and not (qkv.requires_grad and torch.is_grad_enabled())):
             # one kernel: split, RoPE and (static cache) the KV write (ops/rope.py); no autograd
             layer = _static_layer(cache, self.layer_idx, B, qkv.dtype) if cache is not None else None
