@@ -481,7 +481,8 @@ def minilm(res: dict, data: Path, books: dict, log) -> None:
     def put(name, impl, emb):
         cos = (emb * ref).sum(-1)
         res["minilm_cos"][f"{name} [{impl}]"] = {"mean": float(cos.mean()), "min": float(cos.min()), "impl": impl,
-                                                  "one_minus_cos_mean": float(1 - cos.mean())}
+                                                  "one_minus_cos_mean": float(1 - cos.mean()),
+                                                  "se": float(cos.std() / math.sqrt(cos.numel()))}
         log(f"MiniLM {name} [{impl}]: cos mean {float(cos.mean()):.5f} min {float(cos.min()):.5f}")
 
     for name, (afn, wfn) in MINI_SIM:
@@ -528,8 +529,9 @@ def render(res: dict) -> str:
     if res["minilm_cos"]:
         s = res["minilm_cos"].get("_sentences", {})
         lines += ["", f"all-MiniLM-L6-v2 embedding cosine vs fp32 ({s.get('n', '?')} sentences, {s.get('text', '')}):",
-                  "", "| scheme | cos mean | 1 - cos mean | cos min |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {v['mean']:.5f} | {v['one_minus_cos_mean']:.5f} | {v['min']:.5f} |"
+                  "", "| scheme | cos mean | SE | 1 - cos mean | cos min |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['mean']:.5f} | {v.get('se', float('nan')):.5f} | {v['one_minus_cos_mean']:.5f} | "
+                  f"{v['min']:.5f} |"
                   for k, v in res["minilm_cos"].items() if not k.startswith("_")]
     if res["times_s"]:
         lines += ["", "Conversion times (CPU, shared 2 cores, not clean):", "", "| step | s |", "|---|---:|"]

