@@ -93,9 +93,10 @@ def test_cuda_graph_replay_advances_with_the_offset():
     assert int(off) == 5 and torch.equal(kc.cpu(), kr) and torch.equal(vc.cpu(), vr)
 
 
-def test_fused_block_static_cache_decode_matches_unfused_rope():
-    """The fused LLaMA block's decode (rope_qkv writing the StaticLayer) gives the logits of the
-    same block with the torch RoPE + cache.update path, exactly: the values are the same bits."""
+def test_fused_block_static_cache_decode_matches_torch_rope():
+    """The fused LLaMA block's decode with rope_qkv (writing the StaticLayer; and without the cache
+    write, k / v through cache.update) gives the logits of the torch RoPE + cache.update sequence
+    exactly: the values are the same bits."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from zqkernels.nn import blocks_base
 
@@ -106,14 +107,20 @@ def test_fused_block_static_cache_decode_matches_unfused_rope():
     ids = torch.randint(0, 1000, (2, 12), device=DEV)
     kw = dict(max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids), cache_implementation="static",
               output_logits=True, return_dict_in_generate=True)
-    with torch.no_grad():
-        fused = m.generate(ids, **kw)
+
+    def run(fused: bool, cache_write: bool = True):
         real = blocks_base._static_layer
-        blocks_base._static_layer = lambda *a: None  # the torch path: rope_qkv without the cache, cache.update
+        blocks_base.FUSED_ROPE = fused
+        if not cache_write:
+            blocks_base._static_layer = lambda *a: None
         try:
-            plain = m.generate(ids, **kw)
+            with torch.no_grad():
+                return m.generate(ids, **kw)
         finally:
-            blocks_base._static_layer = real
-    assert torch.equal(fused.sequences, plain.sequences)
-    for a, b in zip(fused.logits, plain.logits):
-        assert torch.equal(a, b)
+            blocks_base.FUSED_ROPE, blocks_base._static_layer = False, real
+
+    torch_path = run(False)
+    for out in (run(True), run(True, cache_write=False)):
+        assert torch.equal(out.sequences, torch_path.sequences)
+        for a, b in zip(out.logits, torch_path.logits):
+            assert torch.equal(a, b)

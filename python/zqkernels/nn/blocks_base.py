@@ -199,8 +199,9 @@ def _version(t: torch.Tensor) -> int:
 
 
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
-#: rotate_half, multiplies, ``cache.update``), for A/B measurements (bench_schemes_layer --torch-rope).
-FUSED_ROPE = True
+#: rotate_half, multiplies, ``cache.update``). Off by default until its kernel has run on a GPU
+#: (tests/test_rope_gpu.py, written and CPU-checked only); bench_schemes_layer --fused-rope turns it on.
+FUSED_ROPE = False
 
 
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
