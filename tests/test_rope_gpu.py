@@ -93,10 +93,14 @@ def test_cuda_graph_replay_advances_with_the_offset():
     assert int(off) == 5 and torch.equal(kc.cpu(), kr) and torch.equal(vc.cpu(), vr)
 
 
-def test_fused_block_static_cache_decode_matches_torch_rope():
+@pytest.mark.parametrize("hf_compile", [False, True])
+def test_fused_block_static_cache_decode_matches_torch_rope(hf_compile):
     """The fused LLaMA block's decode with rope_qkv (writing the StaticLayer; and without the cache
-    write, k / v through cache.update) gives the logits of the torch RoPE + cache.update sequence
-    exactly: the values are the same bits."""
+    write, k / v through cache.update) against the torch RoPE + cache.update sequence. Eager
+    (generate's auto-compile off): the same logits bit for bit. With transformers' auto-compile of
+    static-cache decoding (on by default on CUDA), inductor fuses the torch sequence and rounds its
+    intermediates differently (measured on an H100: the same tokens, logits apart by bf16 rounding),
+    while rope_qkv stays one opaque op: the same tokens and logits to a cosine of 0.999."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from zqkernels.nn import blocks_base
 
@@ -106,7 +110,7 @@ def test_fused_block_static_cache_decode_matches_torch_rope():
     m = zqkernels.quantize_model(LlamaForCausalLM(cfg).to(DEV, torch.bfloat16).eval())
     ids = torch.randint(0, 1000, (2, 12), device=DEV)
     kw = dict(max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids), cache_implementation="static",
-              output_logits=True, return_dict_in_generate=True)
+              output_logits=True, return_dict_in_generate=True, disable_compile=not hf_compile)
 
     def run(fused: bool, cache_write: bool = True):
         real = blocks_base._static_layer
@@ -123,4 +127,7 @@ def test_fused_block_static_cache_decode_matches_torch_rope():
     for out in (run(True), run(True, cache_write=False)):
         assert torch.equal(out.sequences, torch_path.sequences)
         for a, b in zip(out.logits, torch_path.logits):
-            assert torch.equal(a, b)
+            if hf_compile:
+                assert torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0) > 0.999
+            else:
+                assert torch.equal(a, b)
