@@ -214,6 +214,24 @@ def ensure_alive(device: torch.device, after: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def startup_error(prog: str, dry_run: bool, dry_what: str, modules: Sequence[str] = ("zqkernels",)) -> bool:
+    """A benchmark's preconditions before any work: a CUDA GPU (unless --dry-run, which runs
+    `dry_what` on the CPU) and the importable `modules`. Prints the one-line reason on stderr and
+    returns True when the run cannot start (the caller exits with status 2)."""
+    if not dry_run and not torch.cuda.is_available():
+        print(f"{prog}: needs a CUDA GPU (--dry-run runs {dry_what} on CPU)", file=sys.stderr)
+        return True
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            print(f"{prog}: cannot import {m} ({e}); install it first", file=sys.stderr)
+            return True
+    return False
+
+
 def error_text(e: BaseException) -> str:
     """'TypeName: first line of the message', as the JSON files record errors."""
     return f"{type(e).__name__}: {first_line(e)}"

@@ -76,6 +76,7 @@ from _common import (  # noqa: E402
     error_text,
     package_versions,
     rotation_copies,
+    startup_error,
     sync_for,
     time_calls,
     write_json,
@@ -617,13 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(v not in ("comp", "comp_tq") for v in peers):
         print(f"bench_fused: --peers: expected comp, comp_tq or none, got {args.peers!r}", file=sys.stderr)
         return 2
-    if not args.dry_run and not torch.cuda.is_available():
-        print("bench_fused: needs a CUDA GPU (--dry-run runs tiny shapes on CPU)", file=sys.stderr)
-        return 2
-    try:
-        import zqkernels  # noqa: F401
-    except ImportError as e:
-        print(f"bench_fused: cannot import zqkernels ({e}); install it first: pip install .", file=sys.stderr)
+    if startup_error("bench_fused", args.dry_run, "tiny shapes"):
         return 2
     ops = args.ops or OPS
     if args.dry_run:

@@ -584,14 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cases or not modes:
         print("bench_llm: no case or mode matches --quick / --cases / --schemes / --modes", file=sys.stderr)
         return 2
-    if not args.dry_run and not torch.cuda.is_available():
-        print("bench_llm: needs a CUDA GPU (--dry-run runs a tiny model on CPU)", file=sys.stderr)
-        return 2
-    try:
-        import transformers  # noqa: F401
-        import zqkernels  # noqa: F401
-    except ImportError as e:
-        print(f"bench_llm: {e} (needs zqkernels and transformers installed)", file=sys.stderr)
+    if bm.startup_error("bench_llm", args.dry_run, "a tiny model", ("zqkernels", "transformers")):
         return 2
     budget = args.budget_s
     if budget is None and not args.dry_run:

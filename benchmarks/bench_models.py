@@ -90,6 +90,7 @@ from _common import (  # noqa: E402
     environment,
     error_text,
     package_versions,
+    startup_error,
     sync_for,
     write_json,
 )
@@ -854,14 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print("bench_models: no case matches --models / --quick / --cases", file=sys.stderr)
         return 2
-    if not args.dry_run and not torch.cuda.is_available():
-        print("bench_models: needs a CUDA GPU (--dry-run runs tiny models on CPU)", file=sys.stderr)
-        return 2
-    try:
-        import transformers  # noqa: F401
-        import zqkernels  # noqa: F401
-    except ImportError as e:
-        print(f"bench_models: {e} (needs zqkernels and transformers installed)", file=sys.stderr)
+    if startup_error("bench_models", args.dry_run, "tiny models", ("zqkernels", "transformers")):
         return 2
     budget = args.budget_s
     if budget is None and not args.dry_run:
