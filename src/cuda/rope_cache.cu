@@ -22,22 +22,11 @@
 #include <cstdint>
 #include <string>
 
+#include "float_convert.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
 namespace {
-
-__device__ __forceinline__ float f32(float v) { return v; }
-__device__ __forceinline__ float f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float f32(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T round_to(float v);
-template <>
-__device__ __forceinline__ float round_to<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 round_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half round_to<__half>(float v) { return __float2half_rn(v); }
 
 constexpr int kHeadsPerCta = 4;
 
@@ -72,10 +61,10 @@ __global__ void __launch_bounds__(1024) rope_qkv_kernel(RopeArgs a) {
   for (int j = threadIdx.x; j < hd; j += blockDim.x) {
     T v = x[j];
     if (rotate && j < a.rot_dim) {
-      const float partner = j < half ? -f32(x[j + half]) : f32(x[j - half]);
-      const T p1 = round_to<T>(__fmul_rn(f32(v), f32(cs[j])));
-      const T p2 = round_to<T>(__fmul_rn(partner, f32(sn[j])));
-      v = round_to<T>(__fadd_rn(f32(p1), f32(p2)));
+      const float partner = j < half ? -to_float(x[j + half]) : to_float(x[j - half]);
+      const T p1 = from_float<T>(__fmul_rn(to_float(v), to_float(cs[j])));
+      const T p2 = from_float<T>(__fmul_rn(partner, to_float(sn[j])));
+      v = from_float<T>(__fadd_rn(to_float(p1), to_float(p2)));
     }
     dst[j] = v;
   }
@@ -105,13 +94,7 @@ std::string rope_qkv(const RopeArgs& a) {
   if (a.rot_dim > 0 && (a.cos == nullptr || a.sin == nullptr)) return "null cos / sin";
   if (a.cache_offset != nullptr && a.cache_len <= 0) return "cache_len must be positive with a cache";
   if (a.B * a.S > 2147483647LL) return "B * S must fit the grid";
-  switch (a.dtype) {
-    case DType::kBF16: return launch<__nv_bfloat16>(a);
-    case DType::kFP16: return launch<__half>(a);
-    case DType::kFP32: return launch<float>(a);
-    default: break;
-  }
-  return "unsupported dtype";
+  return with_float_type(a.dtype, [&](auto t) { return launch<decltype(t)>(a); }, "unsupported dtype");
 }
 
 }  // namespace zq

@@ -387,13 +387,8 @@ std::string row_quant(const RowQuantArgs& a) {
              std::to_string(a.sx_group_stride);
     }
   }
-  switch (a.dtype) {
-    case DType::kBF16: return dispatch_group<__nv_bfloat16>(a);
-    case DType::kFP16: return dispatch_group<__half>(a);
-    case DType::kFP32: return dispatch_group<float>(a);
-    default: break;
-  }
-  return "unsupported input dtype";
+  return with_float_type(a.dtype, [&](auto t) { return dispatch_group<decltype(t)>(a); },
+                         "unsupported input dtype");
 }
 
 namespace {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "float_convert.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
@@ -17,18 +18,6 @@ namespace {
 int g_threads_override = 0;  // 0 = automatic; 128/256/512/1024 for tuning experiments
 constexpr int kStreamThreads = 256;
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // max(|.|) that propagates NaN (fmaxf would drop it and hide bad input behind a finite scale).
 __device__ __forceinline__ float nan_max(float m, float v) {
