@@ -211,3 +211,31 @@ def test_every_scheme_block_traces_without_graph_break(scheme):
     eager = eager[0] if isinstance(eager, tuple) else eager
     compiled = compiled[0] if isinstance(compiled, tuple) else compiled
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_one_token_gqa_attention_packs_query_heads(cache, monkeypatch):
+    """A one-token step with grouped KV heads runs SDPA on [B, KV, G, hd] (no repeat_kv copies of the
+    cache); it must give what HF's own SDPA path gives, mask (static cache) or not (dynamic)."""
+    m = zqkernels.quantize_model(llama(num_attention_heads=8, num_key_value_heads=2))
+    blocks = [b for b in m.modules() if type(b).__name__ == "QLlamaDecoderLayer"]
+    assert blocks and all(b._packed_gqa for b in blocks)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: calls.append(tuple(q.shape)) or sdpa(q, *a, **k))
+    ids = IDS[:2, :6]
+    out = {}
+    with torch.no_grad():
+        for packed in (True, False):
+            for b in blocks:
+                b._packed_gqa = packed
+            calls.clear()
+            out[packed] = m.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation=cache,
+                                     attention_mask=torch.ones_like(ids), output_logits=True,
+                                     return_dict_in_generate=True)
+            if packed:  # the decode steps' queries: [B, KV, G, hd]
+                assert (2, 2, 4, 8) in calls, calls
+    assert torch.equal(out[True].sequences, out[False].sequences)
+    for a, b in zip(out[True].logits, out[False].logits):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1197,3 +1197,21 @@ def test_ops_import_graph_has_no_cycle():
     for m in sorted(mods):
         visit(m, [])
     assert "_group_cuda" not in mods  # merged into gemm_cuda (the w4a8 <-> _group_cuda cycle)
+
+
+@pytest.mark.parametrize(
+    "M,pow2,out_dtype,path",
+    [
+        (1, True, torch.bfloat16, "stream"),
+        (32, False, torch.float16, "stream"),
+        (33, True, torch.bfloat16, "mixed"),
+        (256, True, torch.bfloat16, "mixed"),
+        (257, True, torch.bfloat16, "convert"),
+        (64, False, torch.bfloat16, "mixed"),
+        (65, False, torch.bfloat16, "convert"),
+        (4096, False, torch.float32, "mixed"),  # no convert path for float32 output
+    ],
+)
+def test_w4a8_fp_auto_path(M, pow2, out_dtype, path):
+    """w4a8_fp_gemm's path="auto" by M and scale kind (the H100 measurements in gemm_cuda's comments)."""
+    assert gemm_cuda.w4a8_fp_path(M, pow2, out_dtype) == path

@@ -176,7 +176,7 @@ def _attention_function(attn: nn.Module):
 
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    impl = getattr(attn.config, "_attn_implementation", None) or "sdpa"
+    impl = getattr(getattr(attn, "config", None), "_attn_implementation", None) or "sdpa"
     if impl == "eager":  # each model defines its own eager attention next to its layers
         return sys.modules[type(attn).__module__].eager_attention_forward
     return ALL_ATTENTION_FUNCTIONS[impl]
@@ -200,9 +200,10 @@ def _version(t: torch.Tensor) -> int:
 
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
 #: rotate_half, multiplies, ``cache.update``). Its kernel equals the torch sequence bit for bit on an
-#: H100 (tests/test_rope_gpu.py); off by default until its speed is measured (bench_schemes_layer
-#: --fused-rope turns it on).
-FUSED_ROPE = False
+#: H100 (tests/test_rope_gpu.py) and makes a Llama-3-8B decode layer 17-18 % faster at batch 1
+#: (CUDA graph, H100: W8A8 0.145 -> 0.121 ms; benchmarks/results/layer_rope_*); bench_schemes_layer
+#: --torch-rope is the A/B.
+FUSED_ROPE = True
 
 
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
@@ -289,6 +290,7 @@ class QuantizedBlock(nn.Module):
         kw = {"sliding_window": getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None)),
               "softcap": getattr(attn, "attn_logit_softcapping", None)}
         self._attn_kw: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
+        self._packed_gqa = heads > kv_heads and self._attn_fn is _attention_function(None)  # HF's SDPA
         self._next: Optional["QuantizedBlock"] = None  # set by link(); not a submodule
         self._handoff: Optional[tuple[torch.Tensor, int, Any]] = None
 
@@ -451,6 +453,18 @@ class QuantizedBlock(nn.Module):
         H, hd = self.heads, self.head_dim
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
+        if S == 1 and self._packed_gqa and kwargs.keys() <= _SDPA_IGNORES and not torch.compiler.is_compiling():
+            # One query token, grouped KV heads: each KV head's G query heads become G query rows
+            # (q [B, H, 1, hd] -> [B, KV, G, hd]), so SDPA reads the cache once, as it is. HF's SDPA
+            # function instead copies k and v G times (repeat_kv) whenever a mask is given, as for a
+            # static cache: 2 x 8 MB copies per layer at context 1024 on Llama-3-8B (H100 profile,
+            # benchmarks/profile_llm.py). Same products and softmax rows; the mask [B, 1, 1, L] of the
+            # single query position broadcasts over the G rows.
+            KV = self.kv_heads
+            m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
+            out = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=m,
+                                                 scale=self._meta.scaling)  # fmt: skip
+            return out.reshape(B, H * hd)
         out, _ = self._attn_fn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
         return out.reshape(B * S, H * hd)
 
@@ -490,6 +504,9 @@ class QuantizedBlock(nn.Module):
         return out if qs.name == "w8a8" else f"{out}, scheme={qs.label()}"
 
 
+#: Keyword arguments HF's SDPA attention function accepts and does not use (the sliding window is in
+#: the mask), so the packed one-token path may take them too.
+_SDPA_IGNORES = {"sliding_window", "is_causal"}
 _NOT_FOR_ATTENTION = ("output_attentions", "past_key_values", "cache", "cache_position", "use_cache", "position_ids")
 
 

@@ -452,12 +452,13 @@ def w4a8_fp_gemm(
     K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu' after the bias, in fp32.
 
     path (CUDA; for tests and benchmarks, also settable with ``gemm_options``): 'auto' (by M),
-    'stream' ('auto' takes it for M <= 32 and for float32 output: one kernel streams the packed
-    weights once per 64 tokens, converts them in registers and runs FP8 mma.sync; decode is
-    weight-bandwidth bound), 'convert' ('auto' above M = 32: fp4_to_fp8 writes the FP8 weights
-    [N, K] into a temporary, then the fp8_rowwise GEMM runs on wgmma; bf16 / fp16 output only) or
-    'mixed' (the Hopper mixed-input wgmma mainloop converts the packed weights in registers, no
-    conversion pass, promoting to fp32 every 128 of K; not yet the default: not yet measured). All
+    'stream' ('auto' takes it for M <= 32: one kernel streams the packed weights once per 64
+    tokens, converts them in registers and runs FP8 mma.sync; decode is weight-bandwidth bound),
+    'mixed' ('auto' above, up to M = 256 with power-of-two scales and M = 64 with float scales, and
+    for float32 output: the Hopper mixed-input wgmma mainloop converts the packed weights in
+    registers, no conversion pass, promoting to fp32 every 128 of K) or 'convert' ('auto' above
+    that: fp4_to_fp8 writes the FP8 weights [N, K] into a temporary, then the fp8_rowwise GEMM runs
+    on wgmma; bf16 / fp16 output only). All
     compute the same products; they differ only in how the fp32 partial sums are grouped. CPU
     tensors run the float64 reference. Runs ``zqkernels::gemm`` with spec "w4a8_fp".
     """

@@ -73,6 +73,13 @@ def w4a8_fused(int_scales: bool, max_scale: Optional[int], K: int) -> bool:
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
 # M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
 STREAM_MAX_M = 32
+# Largest M the FP4 mixed-input mainloop serves under path="auto", by scale kind (w4a8_fp_path; H100,
+# benchmarks/results/w4a8_h100-80gb-hbm3_4846f3d.json). Power-of-two scales: 54 us at M = 64 on 8B
+# gate_up against 112 us converted, 205 against 246 us on 70B down at M = 256, a tie on gate_up at
+# 256; converting wins from M = 1024 (271 against 423 us). Float scales pay a multiply per group:
+# mixed wins at M = 64 on gate_up (71 against 113 us) but loses on 70B down (232 against 212) and at
+# M = 256 (159 against 129 us); 64 keeps the larger gain.
+FP_MIXED_MAX_M = {True: 256, False: 64}
 # path="auto" for INT4 x INT8 (w4a8_int_path), measured on an H100 (benchmarks/bench_w4a8.py,
 # benchmarks/results/w4a8_*, docs/W4A8.md). The mixed-input mainloop's time is flat from M = 1 to 64
 # (its 128-row weight tiles stream the weights once per 64 tokens: 8B gate_up 45 us at every such
@@ -88,6 +95,14 @@ INT_CONVERT_MIN_M = 2048
 @functools.lru_cache(maxsize=16)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def w4a8_fp_path(M: int, pow2: bool, out_dtype: torch.dtype) -> str:
+    """The path w4a8_fp_gemm's "auto" takes (see STREAM_MAX_M and FP_MIXED_MAX_M above); float32
+    output has no 'convert' path (fp8_gemm writes 16-bit output only)."""
+    if M <= STREAM_MAX_M:
+        return "stream"
+    return "mixed" if M <= FP_MIXED_MAX_M[pow2] or out_dtype == torch.float32 else "convert"
 
 
 def w4a8_int_path(M: int, N: int, index: int, fused: bool, int_scales: bool) -> str:
@@ -350,8 +365,7 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     if path == "auto":
-        # The mixed path is not the default yet: it has not run on a GPU (docs/FP8.md, "Status").
-        path = "stream" if M <= STREAM_MAX_M or out_dtype == torch.float32 else "convert"
+        path = w4a8_fp_path(M, sg.dtype == torch.int8, out_dtype)
     if path == "mixed":
         recipe = "w4a8_fp_mixed_pow2" if sg.dtype == torch.int8 else "w4a8_fp_mixed_float"
         # The FP4 consumers promote every k-tile whatever the group size; promote_blocks only has to
