@@ -155,14 +155,16 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-compile", action="store_true", help="bf16 in eager and graph only (no torch.compile)")
     ap.add_argument("--torchao", action="store_true", help="also torchao's FP8 row-wise layer (graph, compile, reduce-overhead)")
+    ap.add_argument("--sdpa-decode", action="store_true",
+                    help="fused blocks' one-token steps take SDPA (packed query heads) instead of decode_attention (A/B)")
     ap.add_argument("--torch-rope", action="store_true",
                     help="fused blocks take the torch RoPE + cache.update instead of rope_qkv (one kernel; A/B)")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test: a tiny layer, 32 tokens, eager only")
     args = ap.parse_args()
-    if args.torch_rope:
-        from zqkernels.nn import blocks_base
+    from zqkernels.nn import blocks_base
 
-        blocks_base.FUSED_ROPE = False
+    blocks_base.FUSED_ROPE = not args.torch_rope
+    blocks_base.DECODE_ATTENTION = not args.sdpa_decode
     schemes = [s for s in args.schemes.split(",") if s]
     dev = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     st = bm.Settings(dev, 1 if args.dry_run else args.rounds, 0.05, 0.0 if args.dry_run else 0.1)
@@ -177,7 +179,8 @@ def main() -> int:
     print("\n".join(table(rows, schemes)))
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": environment(st.device), "rope": "torch" if args.torch_rope
-                                               else "rope_qkv", "rows": rows}, indent=1))
+                                               else "rope_qkv",
+                                               "decode_attention": not args.sdpa_decode, "rows": rows}, indent=1))
     return 0
 
 

@@ -219,7 +219,7 @@ def test_one_token_gqa_attention_packs_query_heads(cache, monkeypatch):
     cache); it must give what HF's own SDPA path gives, mask (static cache) or not (dynamic)."""
     m = zqkernels.quantize_model(llama(num_attention_heads=8, num_key_value_heads=2))
     blocks = [b for b in m.modules() if type(b).__name__ == "QLlamaDecoderLayer"]
-    assert blocks and all(b._packed_gqa for b in blocks)
+    assert blocks and all(b._one_token_sdpa for b in blocks)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
@@ -229,7 +229,7 @@ def test_one_token_gqa_attention_packs_query_heads(cache, monkeypatch):
     with torch.no_grad():
         for packed in (True, False):
             for b in blocks:
-                b._packed_gqa = packed
+                b._one_token_sdpa = packed
             calls.clear()
             out[packed] = m.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation=cache,
                                      attention_mask=torch.ones_like(ids), output_logits=True,

@@ -30,6 +30,7 @@ from .algorithms import LoRCReport, gptq, gptq_quantize_weight, lkd, lorc, smoot
 from .formats import GemmSpec
 from .nn import *  # noqa: F403 - modules, conversion, checkpoints, apply_lorc (nn.__all__)
 from .ops import (
+    decode_attention,
     dequantize,
     fp4_to_fp8,
     fp8_block_gemm,
@@ -62,6 +63,7 @@ __all__ = [
     "w8a8_group_gemm",
     "fp4_to_fp8",
     "rope_qkv",
+    "decode_attention",
     "quantize_per_token",
     "quantize_per_token_group",
     "quantize_weight",

@@ -22,6 +22,7 @@ namespace zqb {
 void bind_gemm(nb::module_& m);
 void bind_quantize(nb::module_& m);
 void bind_rope(nb::module_& m);
+void bind_attention(nb::module_& m);
 }  // namespace zqb
 
 NB_MODULE(_C, m) {
@@ -48,6 +49,7 @@ NB_MODULE(_C, m) {
   zqb::bind_gemm(m);
   zqb::bind_quantize(m);
   zqb::bind_rope(m);
+  zqb::bind_attention(m);
 
   m.def(
       "_debug_delayed_copy",

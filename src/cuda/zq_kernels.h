@@ -274,6 +274,30 @@ struct RopeArgs {
 };
 std::string rope_qkv(const RopeArgs& args);
 
+// One query token per sequence against a KV cache (decode_attention.cu): out [B, heads, head_dim]
+// contiguous = softmax(scale * q k^T + mask) v per head, KV head h / (heads / kv_heads). The keys are
+// split into `splits` chunks of `chunk` (<= kDecodeChunkMax) keys; partial_acc [B * heads * splits,
+// head_dim] and partial_ml [B * heads * splits, 2] (fp32) are the caller's workspace.
+constexpr int kDecodeChunkMax = 256;
+struct DecodeAttnArgs {
+  DType dtype = DType::kBF16;  // of q, k, v, out
+  const void* q = nullptr;     // [B, heads, head_dim]: element (b, h, d) at b * q_stride_b + h * q_stride_h + d
+  int64_t q_stride_b = 0, q_stride_h = 0;
+  const void* k = nullptr;     // [B, kv_heads, >= L, head_dim], unit stride along head_dim
+  const void* v = nullptr;     // as k, with k's strides
+  int64_t kv_stride_b = 0, kv_stride_h = 0, kv_stride_l = 0;
+  const void* mask = nullptr;  // bool [B, L] at b * mask_stride_b + j * mask_stride_l (true: attend); nullptr: all
+  int64_t mask_stride_b = 0, mask_stride_l = 0;
+  void* out = nullptr;
+  float* partial_acc = nullptr;
+  float* partial_ml = nullptr;
+  int64_t B = 0, L = 0;
+  int heads = 0, kv_heads = 0, head_dim = 0, splits = 0, chunk = 0;
+  float scale = 1.f;
+  cudaStream_t stream = nullptr;
+};
+std::string decode_attention(const DecodeAttnArgs& args);
+
 // Test support for programmatic dependent launch: a kernel that signals
 // griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`
 // from src to dst. A PDL-launched successor that reads dst before griddepcontrol.wait reads stale

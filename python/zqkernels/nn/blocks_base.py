@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import quantize_per_token, rope_qkv
+from ..ops.attention import decode_attention, decode_attention_supported
 from ..ops.fused import bias_gelu_quant, row_quant, silu_mul_quant
 from ..reference.rope import rotary
 from ..schemes import W8A8, Scheme
@@ -198,6 +199,11 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
+#: One-token steps (decode) on CUDA through ``decode_attention`` (one kernel, the cache read once,
+#: ops/attention.py) where HF's SDPA would run; False: SDPA on the packed query heads. A/B:
+#: bench_schemes_layer.py --sdpa-decode.
+DECODE_ATTENTION = True
+
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
 #: rotate_half, multiplies, ``cache.update``). Its kernel equals the torch sequence bit for bit on an
 #: H100 (tests/test_rope_gpu.py) and makes a Llama-3-8B decode layer 17-18 % faster at batch 1
@@ -290,7 +296,7 @@ class QuantizedBlock(nn.Module):
         kw = {"sliding_window": getattr(attn, "sliding_window", getattr(attn.config, "sliding_window", None)),
               "softcap": getattr(attn, "attn_logit_softcapping", None)}
         self._attn_kw: dict[str, Any] = {k: v for k, v in kw.items() if v is not None}
-        self._packed_gqa = heads > kv_heads and self._attn_fn is _attention_function(None)  # HF's SDPA
+        self._one_token_sdpa = self._attn_fn is _attention_function(None)  # HF's SDPA: decode steps take ours
         self._next: Optional["QuantizedBlock"] = None  # set by link(); not a submodule
         self._handoff: Optional[tuple[torch.Tensor, int, Any]] = None
 
@@ -453,18 +459,21 @@ class QuantizedBlock(nn.Module):
         H, hd = self.heads, self.head_dim
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
-        if S == 1 and self._packed_gqa and kwargs.keys() <= _SDPA_IGNORES and not torch.compiler.is_compiling():
-            # One query token, grouped KV heads: each KV head's G query heads become G query rows
-            # (q [B, H, 1, hd] -> [B, KV, G, hd]), so SDPA reads the cache once, as it is. HF's SDPA
-            # function instead copies k and v G times (repeat_kv) whenever a mask is given, as for a
-            # static cache: 2 x 8 MB copies per layer at context 1024 on Llama-3-8B (H100 profile,
-            # benchmarks/profile_llm.py). Same products and softmax rows; the mask [B, 1, 1, L] of the
-            # single query position broadcasts over the G rows.
-            KV = self.kv_heads
+        if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES:
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
-            out = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=m,
-                                                 scale=self._meta.scaling)  # fmt: skip
-            return out.reshape(B, H * hd)
+            plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
+            if DECODE_ATTENTION and q.is_cuda and plain and decode_attention_supported(q, k):
+                # One kernel reading the cache once (ops/attention.py), the same softmax(q k^T) v
+                return decode_attention(q, k, v, m, self._meta.scaling).reshape(B, H * hd)
+            if self.heads > self.kv_heads and not torch.compiler.is_compiling():
+                # Grouped KV heads: each KV head's G query heads become G query rows (q [B, H, 1, hd]
+                # -> [B, KV, G, hd]), so SDPA reads the cache as it is; HF's SDPA function instead
+                # copies k and v G times (repeat_kv) whenever a mask is given, as for a static cache.
+                # Same products and softmax rows; the mask of the one query position broadcasts.
+                KV = self.kv_heads
+                out = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=m,
+                                                     scale=self._meta.scaling)  # fmt: skip
+                return out.reshape(B, H * hd)
         out, _ = self._attn_fn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
         return out.reshape(B * S, H * hd)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import fused
 from ._common import has_row_layout, set_debug_checks
+from .attention import decode_attention
 from .fused import *  # noqa: F403 - the fused row ops, listed once in fused.__all__
 from .gemm import (
     BACKENDS,
@@ -51,6 +52,7 @@ __all__ = [
     "run_gemm",
     "fp4_to_fp8",
     "rope_qkv",
+    "decode_attention",
     *fused.__all__,
     "quantized_linear",
     "gemm_quantized",

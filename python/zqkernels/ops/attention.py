@@ -1,0 +1,158 @@
+"""Attention of one query token per sequence against a KV cache (src/cuda/decode_attention.cu): the
+attention of a decode step, grouped KV heads (GQA / MQA) read once, split over the keys.
+
+    decode_attention(q, k, v, mask=None, scale=None) -> out [B, heads, 1, head_dim]
+
+q [B, heads, 1, hd]; k, v [B, kv_heads, L, hd] (a static cache as it is: any strides with unit stride
+along hd); mask bool [B or 1, 1, 1, L] (True: attend; HF's SDPA mask of one query position) or None.
+It equals ``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)``
+up to fp32 summation order (reference: ``reference/attention.py``), reading the cache once with
+B * kv_heads * splits CTAs where SDPA's kernels either copy k and v per query head or leave most of
+the GPU idle (docs/FUSED.md, "Decode attention"). CUDA: bf16 / fp16 with head_dim 64, 128 or 256,
+fp32 with 64 or 128, heads / kv_heads <= 8, 16-byte aligned rows; ``decode_attention_supported``
+says whether a call fits. CPU tensors run the reference. A ``torch.library`` custom op (compile,
+CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+
+from .. import _ext
+from ..reference.attention import decode_attention_ref
+from . import _common as c
+
+__all__ = ["decode_attention", "decode_attention_supported"]
+
+_FLOATS = (torch.bfloat16, torch.float16, torch.float32)
+CHUNK_MAX = 256  # keys per CTA at most (kDecodeChunkMax)
+MAX_GROUP = 8  # heads / kv_heads the kernel serves
+_cuda_ready: set[int] = set()
+
+
+def decode_attention_supported(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the CUDA kernel serves these shapes and dtype (else the caller takes SDPA)."""
+    hd, G = q.shape[-1], q.shape[1] // max(k.shape[1], 1)
+    return (q.dtype in _FLOATS and hd in (64, 128, 256) and not (q.dtype == torch.float32 and hd == 256)
+            and 1 <= G <= MAX_GROUP)  # fmt: skip
+
+
+def _check(name, q, k, v, mask, scale) -> None:
+    for n, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {n} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype is not q.dtype or t.dtype not in _FLOATS:
+            raise TypeError(f"{name}: {n} must be bfloat16, float16 or float32 and share q's dtype, got "
+                            f"{c.dtype_name(t.dtype)} (q: {c.dtype_name(q.dtype)})")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: {n} must be 4-D, got {list(t.shape)}")
+    B, H, S, hd = q.shape
+    if S != 1:
+        raise ValueError(f"{name}: q must be [B, heads, 1, head_dim] (one query token), got {list(q.shape)}")
+    if k.shape[0] != B or k.shape[3] != hd or k.shape[1] < 1 or H % k.shape[1]:
+        raise ValueError(f"{name}: k must be [B, kv_heads, L, head_dim] == [{B}, a divisor of {H}, L, {hd}], "
+                         f"got {list(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"{name}: v must have k's shape {list(k.shape)}, got {list(v.shape)}")
+    if k.shape[2] == 0:
+        raise ValueError(f"{name}: k and v must hold at least one key (L >= 1), got L = 0")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype is not torch.bool:
+            raise TypeError(f"{name}: mask must be a bool tensor (True: attend) or None, got "
+                            f"{c.desc(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        if mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[1:3] != (1, 1) or mask.shape[3] != k.shape[2]:
+            raise ValueError(f"{name}: mask must be [B or 1, 1, 1, L] == [{B} or 1, 1, 1, {k.shape[2]}], got "
+                             f"{list(mask.shape)}")
+    if scale is not None and (not isinstance(scale, (int, float)) or not math.isfinite(scale)):
+        raise ValueError(f"{name}: scale must be a finite number or None, got {scale!r}")
+    c.check_same_device(name, "q", q, k=k, v=v, mask=mask)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _splits(B: int, KV: int, L: int, sms: int) -> tuple[int, int]:
+    """(splits, chunk): enough CTAs to fill the GPU twice over, <= CHUNK_MAX keys each, >= 16 keys a
+    CTA where the cache allows; every split non-empty."""
+    want = max(1, -(-2 * sms // max(B * KV, 1)))
+    splits = max(-(-L // CHUNK_MAX), min(want, -(-L // 16)))
+    chunk = -(-L // splits)
+    return -(-L // chunk), chunk
+
+
+def _launch(q, k, v, mask, scale: float) -> torch.Tensor:
+    idx = q.get_device()
+    if idx not in _cuda_ready:
+        c.require_cuda_kernels("decode_attention", q.device)
+        if not hasattr(_ext._C, "decode_attention"):
+            raise RuntimeError("decode_attention: this build of zqkernels._C has no decode_attention; rebuild")
+        _cuda_ready.add(idx)
+    B, H, _, hd = q.shape
+    KV, L = k.shape[1], k.shape[2]
+    if not decode_attention_supported(q, k):
+        raise ValueError(f"decode_attention: the CUDA kernel serves bf16 / fp16 with head_dim 64, 128 or 256, "
+                         f"fp32 with 64 or 128, and heads / kv_heads <= {MAX_GROUP}; got {c.dtype_name(q.dtype)}, "
+                         f"head_dim {hd}, {H} / {KV} heads")
+    es = q.element_size()
+    vec = 16 // es
+    if (q.stride(3) != 1 or k.stride(3) != 1 or v.stride() != k.stride() or q.stride(0) % vec or q.stride(1) % vec
+            or any(s % vec for s in k.stride()[:3]) or q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
+        raise ValueError(f"decode_attention: q, k, v need unit stride along head_dim, 16-byte aligned rows and v with "
+                         f"k's strides; got strides q {q.stride()}, k {k.stride()}, v {v.stride()}")
+    out = q.new_empty((B, H, 1, hd))
+    if B == 0:
+        return out
+    splits, chunk = _splits(B, KV, L, _sm_count(idx))
+    acc = torch.empty((B * H * splits, hd), dtype=torch.float32, device=q.device)
+    ml = torch.empty((B * H * splits, 2), dtype=torch.float32, device=q.device)
+    msb = msl = 0
+    if mask is not None:
+        msb = mask.stride(0) if mask.shape[0] > 1 else 0
+        msl = mask.stride(3)
+    _ext._C.decode_attention(
+        c.DTYPE_CODE[q.dtype], q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
+        k.stride(1), k.stride(2), 0 if mask is None else mask.data_ptr(), msb, msl, out.data_ptr(), acc.data_ptr(),
+        ml.data_ptr(), B, L, H, KV, hd, splits, chunk, float(scale), idx, c.current_stream(idx),
+    )
+    return out
+
+
+def _impl(q, k, v, mask, scale: Optional[float]) -> torch.Tensor:
+    _check("decode_attention", q, k, v, mask, scale)
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if q.is_cuda:
+        return _launch(q, k, v, mask, s)
+    if q.device.type not in ("cpu", "meta"):
+        c.require_cuda_kernels("decode_attention", q.device)  # raises: names the device type
+    if q.is_meta:
+        return q.new_empty(q.shape)
+    return decode_attention_ref(q, k, v, mask, s)
+
+
+@torch.library.custom_op("zqkernels::decode_attention", mutates_args=())
+def _op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+        scale: Optional[float]) -> torch.Tensor:
+    return _impl(q, k, v, mask, scale)
+
+
+@_op.register_fake
+def _fake(q, k, v, mask, scale):
+    _check("decode_attention", q, k, v, mask, scale)
+    return q.new_empty(q.shape)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                     scale: Optional[float] = None) -> torch.Tensor:
+    """softmax(scale * q k^T, masked) v for one query token per sequence: q [B, heads, 1, hd], k / v
+    [B, kv_heads, L, hd] (query head h reads KV head h // (heads // kv_heads)), mask bool [B or 1, 1,
+    1, L] or None, scale default 1 / sqrt(hd). Returns [B, heads, 1, hd] (contiguous) in q's dtype;
+    rows with every key masked give 0."""
+    if c.eager(q, k, v, mask):
+        return _impl(q, k, v, mask, scale)
+    return torch.ops.zqkernels.decode_attention.default(q, k, v, mask, scale)

@@ -1,0 +1,250 @@
+// decode_attention.cu: attention of one query token per sequence against a KV cache, with grouped KV
+// heads (GQA / MQA), split over the keys (flash-decoding).
+//
+//   out[b, h, :] = softmax_j(scale * q[b, h] . k[b, h / G, j] + mask[b, j]) @ v[b, h / G, :]
+//
+// for j < L where mask[b, j] is true (no mask: every j < L), G = heads / kv_heads. At decode the
+// cost is reading the cache once: B * kv_heads * L * head_dim * 2 elements. SDPA's kernels are built
+// for many query rows: given one row per head they either copy k and v G times (HF's repeat_kv when a
+// mask is given) or run 64-row tiles on B * kv_heads CTAs (8 on Llama-3-8B at batch 1: most of the
+// GPU idles; docs/FUSED.md has the profile). Here each CTA takes one KV head's G query rows and a
+// chunk of <= kChunkMax keys, so B * kv_heads * splits CTAs stream the cache once:
+//
+//   split kernel  grid (B * kv_heads, splits), 4 warps. Pass 1: a group of LPK lanes per key, each
+//                 lane 16 bytes of the key row, dots for the G rows reduced by shuffles, scores (log2
+//                 domain) into shared memory. Pass 2: per row, the chunk's max m and sum l of
+//                 exp2(s - m). Pass 3: each lane accumulates p * v for its 16 bytes of dims over its
+//                 keys; lanes, then warps, are summed. Writes acc (unnormalised), m and l per row.
+//   combine       grid B * heads: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
+//
+// All arithmetic fp32; out rounded to T once. A row whose keys are all masked gives 0 (SDPA's math
+// path gives NaN; nothing in a decoder masks every key). NaN / Inf in q, k, v propagate.
+// Reference: python/zqkernels/reference/attention.py. Tests: tests/test_attention*.py.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <string>
+
+#include "float_convert.cuh"
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T, int kN>
+__device__ __forceinline__ void load_row(const T* p, float (&f)[kN]) {
+  static_assert(kN * sizeof(T) == 16, "one 16-byte load");
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int e = 0; e < kN; ++e) f[e] = to_float(v[e]);
+}
+
+template <typename T, int kHD, int kG>
+__global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArgs a) {
+  constexpr int kEPL = 16 / static_cast<int>(sizeof(T));  // elements per lane: one 16-byte load
+  constexpr int kLPK = kHD / kEPL;                         // lanes per key row
+  static_assert(kLPK >= 1 && kLPK <= 32 && 32 % kLPK == 0, "head_dim / (16 bytes) must divide 32");
+  constexpr int kKPW = 32 / kLPK;  // keys per warp per step
+  constexpr int kKPS = kKPW * kWarps;
+
+  __shared__ float s_score[kG][kDecodeChunkMax];
+  __shared__ float s_ml[kG][2];
+  __shared__ float s_acc[kWarps][kG][kHD];
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int bk = blockIdx.x;  // b * kv_heads + kvh
+  const int b = bk / a.kv_heads, kvh = bk % a.kv_heads;
+  const int split = blockIdx.y;
+  const int64_t j0 = static_cast<int64_t>(split) * a.chunk;
+  const int n = static_cast<int>(min(static_cast<int64_t>(a.chunk), a.L - j0));
+  const int G = a.heads / a.kv_heads;
+  const int d0 = (lane % kLPK) * kEPL;
+  const int key_lane = warp * kKPW + lane / kLPK;  // this lane group's key within a step
+
+  const T* q = static_cast<const T*>(a.q);
+  const T* kbase = static_cast<const T*>(a.k) + b * a.kv_stride_b + kvh * a.kv_stride_h + j0 * a.kv_stride_l;
+  const T* vbase = static_cast<const T*>(a.v) + b * a.kv_stride_b + kvh * a.kv_stride_h + j0 * a.kv_stride_l;
+  const uint8_t* mask = a.mask == nullptr ? nullptr : static_cast<const uint8_t*>(a.mask) + b * a.mask_stride_b;
+
+  float qf[kG][kEPL];
+#pragma unroll
+  for (int g = 0; g < kG; ++g) {
+    if (g < G) {
+      load_row<T, kEPL>(q + b * a.q_stride_b + (kvh * G + g) * a.q_stride_h + d0, qf[g]);
+#pragma unroll
+      for (int e = 0; e < kEPL; ++e) qf[g][e] *= a.scale * kLog2e;
+    } else {
+#pragma unroll
+      for (int e = 0; e < kEPL; ++e) qf[g][e] = 0.f;
+    }
+  }
+
+  // Pass 1: scores (log2 domain), masked keys -inf.
+  for (int base = 0; base < n; base += kKPS) {
+    const int j = base + key_lane;
+    float kf[kEPL];
+    if (j < n) {
+      load_row<T, kEPL>(kbase + j * a.kv_stride_l + d0, kf);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kEPL; ++e) kf[e] = 0.f;
+    }
+    float dot[kG];
+#pragma unroll
+    for (int g = 0; g < kG; ++g) {
+      dot[g] = 0.f;
+#pragma unroll
+      for (int e = 0; e < kEPL; ++e) dot[g] = fmaf(qf[g][e], kf[e], dot[g]);
+#pragma unroll
+      for (int off = kLPK / 2; off > 0; off /= 2) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+    }
+    if (j < n && lane % kLPK == 0) {
+      const bool keep = mask == nullptr || mask[(j0 + j) * a.mask_stride_l] != 0;
+#pragma unroll
+      for (int g = 0; g < kG; ++g) s_score[g][j] = keep ? dot[g] : -INFINITY;
+    }
+  }
+  __syncthreads();
+
+  // Pass 2: per row, max and sum of exp2(s - max); the scores become probabilities (unnormalised).
+  for (int g = warp; g < kG; g += kWarps) {
+    float m = -INFINITY;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, s_score[g][j]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    const float mu = m == -INFINITY ? 0.f : m;  // all masked: every p is 0
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float p = exp2f(s_score[g][j] - mu);
+      s_score[g][j] = p;
+      l += p;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
+    if (lane == 0) {
+      s_ml[g][0] = m;
+      s_ml[g][1] = l;
+    }
+  }
+  __syncthreads();
+
+  // Pass 3: acc[g][d] = sum_j p[g][j] * v[j][d]; lanes of one dim slice, then warps, summed.
+  float acc[kG][kEPL];
+#pragma unroll
+  for (int g = 0; g < kG; ++g)
+#pragma unroll
+    for (int e = 0; e < kEPL; ++e) acc[g][e] = 0.f;
+  for (int base = 0; base < n; base += kKPS) {
+    const int j = base + key_lane;
+    if (j < n) {
+      float vf[kEPL];
+      load_row<T, kEPL>(vbase + j * a.kv_stride_l + d0, vf);
+#pragma unroll
+      for (int g = 0; g < kG; ++g) {
+        const float p = s_score[g][j];
+#pragma unroll
+        for (int e = 0; e < kEPL; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < kG; ++g)
+#pragma unroll
+    for (int e = 0; e < kEPL; ++e) {
+#pragma unroll
+      for (int off = kLPK; off < 32; off *= 2) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
+    }
+  if (lane < kLPK) {
+#pragma unroll
+    for (int g = 0; g < kG; ++g)
+#pragma unroll
+      for (int e = 0; e < kEPL; ++e) s_acc[warp][g][d0 + e] = acc[g][e];
+  }
+  __syncthreads();
+  for (int i = tid; i < G * kHD; i += kThreads) {
+    const int g = i / kHD, d = i % kHD;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += s_acc[w][g][d];
+    const int64_t row = (static_cast<int64_t>(b) * a.heads + kvh * G + g) * a.splits + split;
+    a.partial_acc[row * kHD + d] = s;
+    if (d == 0) {
+      a.partial_ml[row * 2] = s_ml[g][0];
+      a.partial_ml[row * 2 + 1] = s_ml[g][1];
+    }
+  }
+}
+
+template <typename T, int kHD>
+__global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnArgs a) {
+  const int64_t bh = blockIdx.x;  // b * heads + h
+  const float* ml = a.partial_ml + bh * a.splits * 2;
+  float M = -INFINITY;
+  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, ml[2 * s]);
+  const float mu = M == -INFINITY ? 0.f : M;
+  float l = 0.f;
+  for (int s = 0; s < a.splits; ++s) l += exp2f(ml[2 * s] - mu) * ml[2 * s + 1];
+  const float inv = l == 0.f ? 0.f : 1.f / l;  // all keys masked: acc is 0, so is out
+  T* out = static_cast<T*>(a.out) + bh * kHD;
+  for (int d = threadIdx.x; d < kHD; d += kThreads) {
+    float acc = 0.f;
+    for (int s = 0; s < a.splits; ++s) acc += exp2f(ml[2 * s] - mu) * a.partial_acc[(bh * a.splits + s) * kHD + d];
+    out[d] = from_float<T>(acc * inv);
+  }
+}
+
+template <typename T, int kHD>
+std::string launch_hd(const DecodeAttnArgs& a) {
+  constexpr int kLPK = kHD * static_cast<int>(sizeof(T)) / 16;
+  if constexpr (kLPK > 32) {
+    return "head_dim " + std::to_string(kHD) + " is not supported for this dtype (at most 32 x 16 bytes per row)";
+  } else {
+    const int G = a.heads / a.kv_heads;
+    const dim3 grid(static_cast<unsigned>(a.B * a.kv_heads), static_cast<unsigned>(a.splits));
+    if (G == 1) {
+      decode_attention_split<T, kHD, 1><<<grid, kThreads, 0, a.stream>>>(a);
+    } else if (G == 2) {
+      decode_attention_split<T, kHD, 2><<<grid, kThreads, 0, a.stream>>>(a);
+    } else if (G <= 4) {
+      decode_attention_split<T, kHD, 4><<<grid, kThreads, 0, a.stream>>>(a);
+    } else if (G <= 8) {
+      decode_attention_split<T, kHD, 8><<<grid, kThreads, 0, a.stream>>>(a);
+    } else {
+      return "heads / kv_heads must be <= 8, got " + std::to_string(G);
+    }
+    decode_attention_combine<T, kHD><<<static_cast<unsigned>(a.B * a.heads), kThreads, 0, a.stream>>>(a);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(err);
+    return {};
+  }
+}
+
+}  // namespace
+
+std::string decode_attention(const DecodeAttnArgs& a) {
+  if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return "heads must be a multiple of kv_heads";
+  if (a.chunk <= 0 || a.chunk > kDecodeChunkMax) return "chunk must be in 1.." + std::to_string(kDecodeChunkMax);
+  if (a.splits <= 0 || static_cast<int64_t>(a.splits) * a.chunk < a.L || static_cast<int64_t>(a.splits - 1) * a.chunk >= a.L)
+    return "splits * chunk must cover L exactly (no empty split)";
+  if (a.B == 0) return {};
+  return with_float_type(
+      a.dtype,
+      [&](auto t) -> std::string {
+        using T = decltype(t);
+        switch (a.head_dim) {
+          case 64: return launch_hd<T, 64>(a);
+          case 128: return launch_hd<T, 128>(a);
+          case 256: return launch_hd<T, 256>(a);
+          default: return "head_dim must be 64, 128 or 256, got " + std::to_string(a.head_dim);
+        }
+      },
+      "dtype must be bf16, fp16 or fp32");
+}
+
+}  // namespace zq
