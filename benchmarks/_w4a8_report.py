@@ -10,6 +10,7 @@ from pathlib import Path
 import accuracy_fp as afp
 import torch
 import torch.nn.functional as F
+from zqkernels.cli.stats import paired_nll_diff
 
 WINDOW = 512  # accuracy_fp.py's perplexity window
 
@@ -42,13 +43,13 @@ def ppl_at(nll: torch.Tensor, windows: int) -> float:
 
 
 def paired(nll_a: torch.Tensor, nll_b: torch.Tensor) -> dict:
-    """b against a, window by window: ppl(b) / ppl(a) - 1 and the standard error of the mean
-    per-token NLL difference (windows as samples), and how many windows b is worse on."""
-    d = (nll_b - nll_a) / (WINDOW - 1)
-    n = d.numel()
-    se = float(d.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return {"ppl_ratio_minus_1": math.exp(float(d.mean())) - 1, "mean_nll_diff": float(d.mean()),
-            "se_nll_diff": se, "windows_worse": int((d > 0).sum()), "windows": n}
+    """b against a, window by window (cli/stats.paired_nll_diff on the per-token mean NLLs): ppl(b) /
+    ppl(a) - 1, the mean NLL difference and its standard error, and how many windows b is worse on."""
+    a, b = (nll_a / (WINDOW - 1)).tolist(), (nll_b / (WINDOW - 1)).tolist()
+    st = paired_nll_diff(a, b)
+    return {"ppl_ratio_minus_1": st["ppl_ratio"] - 1, "mean_nll_diff": st["mean_diff"],
+            "se_nll_diff": float("nan") if st["se"] is None else st["se"],
+            "windows_worse": sum(y > x for x, y in zip(a, b)), "windows": st["windows"]}
 
 
 def write_text(res: dict, path: Path) -> None:

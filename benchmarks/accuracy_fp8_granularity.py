@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 import zqkernels
+from zqkernels.cli.stats import paired_nll_diff as paired
 
 F8 = torch.float8_e4m3fn
 B = 128
@@ -237,15 +238,6 @@ def fp8_weight_stats(w: torch.Tensor) -> dict:
                      "subnormal_frac": int(((v < FP8_MIN_NORMAL) & nz).sum()) / cnt,
                      "flushed_frac": int(((v < FP8_MIN_SUB / 2) & nz).sum()) / cnt}
     return out
-
-
-def paired(ref: list[float], other: list[float]) -> dict:
-    d = [b - a for a, b in zip(ref, other)]
-    n = len(d)
-    m = sum(d) / n
-    se = math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n) if n > 1 else None
-    return {"windows": n, "mean_diff": m, "se": se, "ppl_ratio": math.exp(m),
-            "ratio_low": math.exp(m - 1.96 * se) if se else None, "ratio_high": math.exp(m + 1.96 * se) if se else None}
 
 
 def ppl(nll: list[float]) -> float:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy as acc  # noqa: E402  (the pure-torch fake quantization, independent of zqkernels)
 import zqkernels as zq  # noqa: E402
 import zqkernels.nn as zn  # noqa: E402
+from zqkernels.cli.stats import paired_nll_diff  # noqa: E402
 
 WINDOW = 1024
 G = 64
@@ -82,12 +83,10 @@ def ppl(nll: torch.Tensor) -> float:
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """ppl(a) / ppl(b) - 1 and the standard error of that ratio from the per-window differences."""
-    d = (a - b) / (WINDOW - 1)  # per-token mean NLL difference of each window
-    n = d.numel()
-    mean = float(d.mean())
-    se = float(d.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
-    return {"rel": math.expm1(mean), "se": se, "windows": n}
+    """ppl(a) / ppl(b) - 1 and the standard error of the per-token NLL difference (cli/stats.paired_nll_diff
+    over the windows)."""
+    st = paired_nll_diff((b / (WINDOW - 1)).tolist(), (a / (WINDOW - 1)).tolist())
+    return {"rel": st["ppl_ratio"] - 1, "se": float("nan") if st["se"] is None else st["se"], "windows": st["windows"]}
 
 
 def sync() -> None:
