@@ -200,9 +200,10 @@ def _version(t: torch.Tensor) -> int:
 
 
 #: One-token steps (decode) on CUDA through ``decode_attention`` (one kernel, the cache read once,
-#: ops/attention.py) where HF's SDPA would run; False: SDPA on the packed query heads. A/B:
-#: bench_schemes_layer.py --sdpa-decode.
-DECODE_ATTENTION = True
+#: ops/attention.py) where HF's SDPA would run; False: SDPA on the packed query heads. Off until the
+#: kernel has run on a GPU (tests/test_attention_gpu.py) and measured faster (A/B:
+#: bench_schemes_layer.py / profile_llm.py --decode-attention on|off).
+DECODE_ATTENTION = False
 
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
 #: rotate_half, multiplies, ``cache.update``). Its kernel equals the torch sequence bit for bit on an
