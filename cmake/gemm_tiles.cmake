@@ -1,4 +1,5 @@
-# cmake/gemm_tiles.cmake: THE table of GEMM tiles, and the generator of their translation units.
+# cmake/gemm_tiles.cmake: the generator of the GEMM kernels' translation units, from THE table of
+# GEMM tiles (cmake/gemm_tile_table.cmake).
 #
 # Each zq_gemm_tile() row is one CTA shape / schedule of one kernel family (arch + recipe); it
 # becomes a register function that instantiates the recipe's template (src/cuda/${arch}_<header>.cuh,
@@ -64,13 +65,34 @@ set(_zq_out_enum_int8 "zq::DType::kInt8")
 # sm90 int8_rowwise 128x128x128: 1 kernel 43 s, 2 tiles 62 s, 4 outputs 70 s, ~0.5 GB more memory per
 # kernel) is paid once per unit instead of once per tile. Few cores: large units (fewer fixed costs);
 # many cores: small ones (the longest unit bounds the build).
+# The default size: on <= 4 cores 8 kernels a unit (measured on 2 cores: 16 sm90 + 2 sm80 units,
+# 728 s against 1154 s for one tile a unit; a 12-kernel unit took 120 s and 9.7 GB); on more cores
+# the fewest kernels a unit that still gives every core one unit, ceil(kernels / cores), so that
+# the units run in one wave (about 70 kernels on 16 cores: 5 a unit). Both capped by memory: about
+# 1.3 GB + 0.7 GB per kernel a unit (the 12-kernel unit's 9.7 GB), one unit per core, within 3/4
+# of the machine's memory.
 cmake_host_system_information(RESULT _zq_cores QUERY NUMBER_OF_LOGICAL_CORES)
-if(_zq_cores LESS_EQUAL 4)
-  set(_zq_per_tu_default 8)
-else()
-  set(_zq_per_tu_default 3)
-endif()
-set(ZQ_KERNELS_PER_TU "${_zq_per_tu_default}" CACHE STRING "GEMM kernels per generated translation unit (1 = one tile per unit)")
+cmake_host_system_information(RESULT _zq_mem_mib QUERY TOTAL_PHYSICAL_MEMORY)
+math(EXPR _zq_mem_gb "${_zq_mem_mib} / 1024")
+function(zq_kernels_per_tu kernels out_var)
+  if(_zq_cores LESS_EQUAL 4)
+    set(k 8)
+  else()
+    math(EXPR k "(${kernels} + ${_zq_cores} - 1) / ${_zq_cores}")
+  endif()
+  # memory: cores * (1.3 + 0.7 k) GB <= 0.75 * mem  <=>  k <= (75 mem / cores - 130) / 70
+  math(EXPR kmem "(75 * ${_zq_mem_gb} / ${_zq_cores} - 130) / 70")
+  if(k GREATER kmem)
+    set(k ${kmem})
+  endif()
+  if(k GREATER 8)
+    set(k 8)
+  endif()
+  if(k LESS 1)
+    set(k 1)
+  endif()
+  set(${out_var} ${k} PARENT_SCOPE)
+endfunction()
 
 set(_zq_gen_dir "${CMAKE_BINARY_DIR}/gen")
 set_property(GLOBAL PROPERTY ZQ_GEMM_GROUPS "")
@@ -129,6 +151,13 @@ function(zq_gemm_tile arch recipe tile status outs params)
   if(ZQ_GEMM_RECIPES AND NOT recipe IN_LIST ZQ_GEMM_RECIPES)
     return()
   endif()
+  if(_zq_counting)  # first reading of the table: count this build's kernels only
+    list(LENGTH outs n)
+    get_property(c GLOBAL PROPERTY ZQ_KERNEL_COUNT)
+    math(EXPR c "${c} + ${n}")
+    set_property(GLOBAL PROPERTY ZQ_KERNEL_COUNT ${c})
+    return()
+  endif()
   set(dispatched "true")
   if(status STREQUAL "EXPERIMENT")
     set(dispatched "false")
@@ -176,75 +205,18 @@ ${rows}}
 endfunction()
 
 # ---------------------------------------------------------------------------------------------
-# The table. Why each tile exists and which M it serves: src/cuda/gemm_dispatch.cpp (the dispatch
-# tables) and docs/PERF_NOTES.md (the measurements).
-#
-# sm90 TileConfig<TileM, TileN, TileK, ClusterM, ClusterN, Sched, StreamK, SwapAB>
-set(_pp "zq::sm90::Sched::kPingpong")
-set(_coop "zq::sm90::Sched::kCooperative")
-zq_gemm_tile(sm90 int8_rowwise swap_64x16x256_pp       DISPATCHED "bf16;fp16"           "64, 16, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 int8_rowwise swap_64x32x256_pp       DISPATCHED "bf16;fp16;fp32;int8" "64, 32, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 int8_rowwise swap_64x64x256_pp       DISPATCHED "bf16;fp16"           "64, 64, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 int8_rowwise swap_128x64x256_coop_sk DISPATCHED "bf16;fp16"           "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
-zq_gemm_tile(sm90 int8_rowwise 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16;fp32;int8" "128, 128, 128, 2, 1, ${_pp}, false, false")
-zq_gemm_tile(sm90 int8_rowwise 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16;int8"      "128, 256, 128, 2, 1, ${_coop}, false, false")
-# FP8 (docs/FP8.md). Fast accumulation: the int8 tiles (same bytes per element, same wgmma shapes).
-zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x16x256_pp       DISPATCHED "bf16;fp16" "64, 16, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x32x256_pp       DISPATCHED "bf16;fp16" "64, 32, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_64x64x256_pp       DISPATCHED "bf16;fp16" "64, 64, 256, 1, 1, ${_pp}, false, true")
-zq_gemm_tile(sm90 fp8_rowwise_fastacc swap_128x64x256_coop_sk DISPATCHED "bf16;fp16" "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
-zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x128x128_c2x1_pp     DISPATCHED "bf16;fp16" "128, 128, 128, 2, 1, ${_pp}, false, false")
-zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x256x128_c2x1_coop   DISPATCHED "bf16;fp16" "128, 256, 128, 2, 1, ${_coop}, false, false")
-# Accurate FP8, row-wise and block-scaled (src/cuda/sm90_fp8_promote_mainloop.cuh): three
-# accumulator sets per consumer thread, so tiles of at most 64 values a set (128 x 128 cooperative,
-# 64-row ping-pong, narrow swap-AB); the block-scaled tiles' weight extent divides 128.
-foreach(_r fp8_rowwise fp8_blockwise)
-  zq_gemm_tile(sm90 ${_r} swap_64x16x256_pp       DISPATCHED "bf16;fp16" "64, 16, 256, 1, 1, ${_pp}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_64x32x256_pp       DISPATCHED "bf16;fp16" "64, 32, 256, 1, 1, ${_pp}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_64x64x256_pp       DISPATCHED "bf16;fp16" "64, 64, 256, 1, 1, ${_pp}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_128x64x256_coop_sk DISPATCHED "bf16;fp16" "128, 64, 256, 1, 1, ${_coop}, true, true" NO_PDL)
-  zq_gemm_tile(sm90 ${_r} 128x128x128_c1x2_coop   DISPATCHED "bf16;fp16" "128, 128, 128, 1, 2, ${_coop}, false, false")
-  zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_coop   EXPERIMENT "bf16"      "128, 128, 128, 2, 1, ${_coop}, false, false")
-  zq_gemm_tile(sm90 ${_r} 64x128x128_c1x2_pp      EXPERIMENT "bf16"      "64, 128, 128, 1, 2, ${_pp}, false, false")
-endforeach()
-zq_gemm_tile(sm90 fp8_rowwise 128x128x128_coop             DISPATCHED "bf16;fp16" "128, 128, 128, 1, 1, ${_coop}, false, false")
-zq_gemm_tile(sm90 fp8_blockwise 128x128x128_coop           EXPERIMENT "bf16"      "128, 128, 128, 1, 1, ${_coop}, false, false")
-# One partial sum, drained per fold (96 values a set): the widest tile the promoting mainloop allows.
-zq_gemm_tile(sm90 fp8_rowwise 128x192x128_c2x1_coop        DISPATCHED "bf16;fp16" "128, 192, 128, 2, 1, ${_coop}, false, false")
-zq_gemm_tile(sm90 fp8_rowwise_fastacc 128x128x128_c2x1_coop EXPERIMENT "bf16"     "128, 128, 128, 2, 1, ${_coop}, false, false")
-# Group-scaled int8 (docs/W4A8.md, src/cuda/sm90_group_mainloop.cuh): integer (Integer Scale) and
-# float group scales, one cooperative 128 x 128 tile (three accumulator sets per thread).
-foreach(_r int8_group_int int8_group_float)
-  zq_gemm_tile(sm90 ${_r} 128x128x128_coop     DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, false")
-  zq_gemm_tile(sm90 ${_r} 128x128x128_c2x1_coop EXPERIMENT "bf16;fp16"     "128, 128, 128, 2, 1, ${_coop}, false, false")
-endforeach()
-# W4A8 mixed input (docs/W4A8.md, src/cuda/sm90_w4a8_mainloop.cuh): packed INT4 weights converted in
-# registers (the wgmma's A operand: swap-AB, 64 weight rows per consumer warpgroup), integer and float
-# group scales. Two int32 sets per consumer thread (the partial sum and the integer sum): up to 128
-# tokens a tile.
-foreach(_r w4a8_mixed_int w4a8_mixed_float)
-  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
-endforeach()
-# Integer scales <= 16 fused into the weights (no fold: one accumulator set, so 256-token tiles fit).
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
-# FP4 x FP8 mixed input (docs/FP8.md): two fp32 sets per consumer thread (the promoted sum and the
-# k-tile's partial sum): up to 128 tokens a tile.
-foreach(_r w4a8_fp_mixed_pow2 w4a8_fp_mixed_float)
-  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
-  zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
-endforeach()
-zq_gemm_tile(sm90 int8_rowwise 128x128x128_coop        EXPERIMENT "bf16"                "128, 128, 128, 1, 1, ${_coop}, false, false")
-zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)
-zq_gemm_tile(sm90 int8_rowwise 64x128x128_c1x2_pp      EXPERIMENT "bf16;fp16"           "64, 128, 128, 1, 2, ${_pp}, false, false")
-zq_gemm_tile(sm90 int8_rowwise 128x256x64_c2x1_coop    EXPERIMENT "bf16;fp16"           "128, 256, 64, 2, 1, ${_coop}, false, false")
-# sm80 TileConfig<TileM, TileN, TileK, WarpM, WarpN, Stages>
-zq_gemm_tile(sm80 int8_rowwise 32x64x128_w32x32_s6     DISPATCHED "bf16;fp16;fp32;int8" "32, 64, 128, 32, 32, 6")
-zq_gemm_tile(sm80 int8_rowwise 64x64x128_w32x32_s5     DISPATCHED "bf16;fp16"           "64, 64, 128, 32, 32, 5")
-zq_gemm_tile(sm80 int8_rowwise 128x128x64_w64x64_s5    DISPATCHED "bf16;fp16;fp32;int8" "128, 128, 64, 64, 64, 5")
-zq_gemm_tile(sm80 int8_rowwise 128x256x64_w64x64_s3    DISPATCHED "bf16;fp16"           "128, 256, 64, 64, 64, 3")
+# The table (cmake/gemm_tile_table.cmake), read twice: first only counting this build's kernels,
+# which sets the translation-unit size, then generating the units.
+set(_zq_counting ON)
+set_property(GLOBAL PROPERTY ZQ_KERNEL_COUNT 0)
+include("${CMAKE_CURRENT_LIST_DIR}/gemm_tile_table.cmake")
+set(_zq_counting OFF)
+get_property(ZQ_KERNEL_COUNT GLOBAL PROPERTY ZQ_KERNEL_COUNT)
+zq_kernels_per_tu("${ZQ_KERNEL_COUNT}" _zq_per_tu_default)
+set(ZQ_KERNELS_PER_TU "${_zq_per_tu_default}" CACHE STRING "GEMM kernels per generated translation unit (1 = one tile per unit)")
+message(STATUS "zqkernels: ${ZQ_KERNEL_COUNT} GEMM kernels, at most ${ZQ_KERNELS_PER_TU} per translation unit "
+               "(${_zq_cores} cores, ${_zq_mem_gb} GB; -DZQ_KERNELS_PER_TU=N overrides)")
+include("${CMAKE_CURRENT_LIST_DIR}/gemm_tile_table.cmake")
 
 # The last unit of every group, then the source lists and the registry (every row, in table order).
 get_property(_zq_groups GLOBAL PROPERTY ZQ_GEMM_GROUPS)
