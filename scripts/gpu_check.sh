@@ -21,6 +21,9 @@
 #                int8_gemm, fp8_gemm; Llama-3 8B / 70B shapes; W4A8_ARGS, e.g. "--quick --host")
 #   layers    -> benchmarks/bench_schemes_layer.py: every scheme's LLaMA layer, fused vs per-Linear vs
 #                bf16 best mode (LAYER_CASES, default prefill,b1,b16)
+#   decode    -> the decode path's A/B (issue 19): decode_attention's GPU tests, then the W8A8 / W4A8
+#                decode layers (b1, b16) and a whole Llama-3-8B decode step's kernel profile
+#                (benchmarks/profile_llm.py) with --decode-attention on and off, same run
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
@@ -168,6 +171,19 @@ if [[ " $STEPS " == *" layers "* ]]; then
   python3 benchmarks/bench_schemes_layer.py --cases "${LAYER_CASES:-prefill,b1,b16}" ${LAYER_ARGS:-} --json "$OUT/schemes_layer.json" \
     2>&1 | tee "$OUT/layers.log" | tail -24
   summary+=("layers: $(( $(date +%s) - tl )) s, $OUT/layers.log")
+fi
+
+if [[ " $STEPS " == *" decode "* ]]; then
+  td=$(date +%s)
+  python3 -m pytest -q -x -p no:cacheprovider tests/test_attention_gpu.py >"$OUT/decode_tests.log" 2>&1
+  summary+=("decode tests: rc=$?, $(tail -1 "$OUT/decode_tests.log")")
+  for da in on off; do
+    python3 benchmarks/bench_schemes_layer.py --cases b1,b16 --schemes w8a8,w4a8 --no-compile --decode-attention $da \
+      --json "$OUT/layer_decode_$da.json" 2>&1 | tail -5 | tee -a "$OUT/decode.log"
+    python3 benchmarks/profile_llm.py --sides w8a8 --top 8 --decode-attention $da --json "$OUT/profile_decode_$da.json" \
+      2>&1 | grep -v -e USDT -e _warn | tail -12 | tee -a "$OUT/decode.log"
+  done
+  summary+=("decode: $(( $(date +%s) - td )) s, $OUT/decode.log")
 fi
 
 echo
