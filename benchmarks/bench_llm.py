@@ -95,14 +95,17 @@ DEFAULT_BUDGET_S = 240.0
 GB = 1e9
 
 
-def zq_config(side: str) -> Any:
-    """The quantize_ config of a zqkernels side: 'w4a8', or with options 'w4a8@alpha=16+group_size=64'."""
+def zq_config(side: str) -> tuple[Any, str]:
+    """(quantize_ config, lm_head choice) of a zqkernels side: 'w4a8', or with options
+    'w4a8@alpha=16+group_size=64'; the option lm_head=w8 / scheme quantizes lm_head too (the CLI's
+    --lm-head choices; default skip: bf16)."""
     from zqkernels.nn import FP8Config, W4A8Config, W4A8FPConfig, W8A8Config
 
     name, _, opts = side.partition("@")
     kw = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
+    lm_head = str(kw.pop("lm_head", "skip"))
     cls = {"w8a8": W8A8Config, "fp8": FP8Config, "w4a8": W4A8Config, "w4a8-fp": W4A8FPConfig}[name]
-    return cls(**{"group_size": 128, **kw}) if name == "w4a8" else cls(**kw)
+    return (cls(**{"group_size": 128, **kw}) if name == "w4a8" else cls(**kw)), lm_head
 
 
 def side_tags(side: str) -> tuple[str, ...]:
@@ -169,8 +172,11 @@ def build_side(side: str, bf16: nn.Module) -> tuple[nn.Module, nn.Module, dict[s
         if side in AO:
             dec, changes = bm.build_ao(bf16.model, side)
             return dec, bf16.lm_head, changes, "torchao quantize_ of the decoder; lm_head: bf16's"
+        from zqkernels.cli.schemes import lm_head_configs
+
         q = copy.deepcopy(bf16)
-        summary = zqkernels.quantize_(q, zq_config(side))
+        config, lm_head = zq_config(side)
+        summary = zqkernels.quantize_(q, config, module_configs=lm_head_configs(lm_head, config))
     return q.model, q.lm_head, {}, str(summary).splitlines()[0]
 
 
@@ -545,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Details: the module docstring")  # fmt: skip
     p.add_argument("--schemes", type=_list, default=[*ZQ, *AO], metavar="SIDES",
                    help=f"sides besides bf16, of {','.join(ZQ + AO)} (default: all); a zqkernels scheme "
-                   "may take config options: 'w4a8@alpha=16+group_size=64'")  # fmt: skip
+                   "may take config options: 'w4a8@alpha=16+group_size=64', 'w8a8@lm_head=w8' (lm_head quantized too)")  # fmt: skip
     p.add_argument("--modes", type=_list, default=None, metavar="PATTERNS",
                    help="fnmatch patterns on mode ids <side>-<eager|graph|compile|ro>, e.g. "
                    "'*-eager,*-graph' (default: all but zqkernels' / torchao's -ro; '*': all)")  # fmt: skip
