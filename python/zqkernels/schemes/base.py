@@ -224,6 +224,72 @@ class Scheme:
         for key in self.loaded:
             setattr(m, key, state.get(key))
 
+    # -- tensor parallelism (nn/tp.py): the weight tensors cut along N (colwise) or K (rowwise) ----
+    def cols_per_buffer_col(self, buffer: str) -> Optional[int]:
+        """How many input channels one column of a weight buffer covers in ``plain_buffers``' form:
+        1 for the weight codes; None for a buffer with no K axis or one column spanning all of K (per
+        output channel scales: every K-slice keeps them whole); group scales: the group size; fp8-block
+        scales: 128. A rowwise split may cut only at multiples of it."""
+        return 1 if buffer == "weight_q" else None
+
+    def unpack_weight(self, wq: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+        """weight_q as the layer holds it -> its codes [out_features, in_features], row-major (packed
+        layouts unpacked; padded rows dropped)."""
+        return wq[:out_features]
+
+    def pack_weight(self, codes: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``unpack_weight`` (codes [N, K] -> weight_q as ``load`` takes it)."""
+        return codes
+
+    def plain_buffers(self, m: Any) -> dict[str, torch.Tensor]:
+        """{buffer name: tensor} of a layer's quantized weights with unpadded rows and the weight
+        codes unpacked ([N, K]): the form a split cuts (``rows_per_buffer_row`` /
+        ``cols_per_buffer_col`` say how) and ``shard_buffers`` returns."""
+        n = m.out_features
+        out = {}
+        for key in self.buffer_layout(m._buffers["weight_scale"].shape[0], m.in_features):
+            t = m._buffers[key]
+            out[key] = (self.unpack_weight(t, n, m.in_features) if key == "weight_q"
+                        else t[: -(-n // self.rows_per_buffer_row(key))])  # fmt: skip
+        return out
+
+    def shard_buffers(self, m: Any, style: str, start: int, stop: int) -> tuple["Scheme", dict[str, torch.Tensor]]:
+        """The part of a layer that one rank holds: output channels [start, stop) (style "colwise") or
+        input channels [start, stop) ("rowwise"). Returns (the part's layer scheme, {buffer name:
+        tensor} for ``QLinear.from_quantized``). ValueError when the cut breaks a group, a block of
+        scales or a packed layout (naming the rule and the unit it needs)."""
+        N, K = m.out_features, m.in_features
+        full = N if style == "colwise" else K
+        if not 0 <= start < stop <= full:
+            raise ValueError(f"shard: [{start}, {stop}) is not a non-empty range of the {full} "
+                             f"{'output' if style == 'colwise' else 'input'} channels")  # fmt: skip
+        plain = self.plain_buffers(m)
+        out = {}
+        for key, t in plain.items():
+            unit = self.rows_per_buffer_row(key) if style == "colwise" else self.cols_per_buffer_col(key)
+            if unit is None:
+                out[key] = t
+                continue
+            cut_ok = start % unit == 0 and (stop % unit == 0 or stop == full)
+            if not cut_ok:
+                what = {"weight_q": "the weights", "weight_scale": "the weight scales",
+                        "weight_group_scale": "the group scales"}.get(key, key)  # fmt: skip
+                raise ValueError(
+                    f"shard: scheme {self.name!r} cannot split {'out' if style == 'colwise' else 'in'}_features at "
+                    f"[{start}, {stop}): {what} come in units of {unit} {'rows' if style == 'colwise' else 'columns'}"
+                    f" (a {style} split must cut at multiples of {unit})"
+                )
+            a, b = start // unit, -(-stop // unit)
+            out[key] = t[a:b] if style == "colwise" else t[:, a:b]
+        n, k = (stop - start, K) if style == "colwise" else (N, stop - start)
+        try:
+            part = self.general().for_layer("shard", n, k)
+        except ValueError as e:
+            raise ValueError(f"shard: a {style} part [{n}, {k}] of the layer [{N}, {K}] breaks its scheme's layout: {e}") from None
+        if "weight_q" in out:
+            out["weight_q"] = part.pack_weight(out["weight_q"].contiguous())
+        return part, {key: t.contiguous() for key, t in out.items()}
+
     # -- forward ---------------------------------------------------------------------------------
     @property
     def recipe(self) -> str:

@@ -121,6 +121,10 @@ class FP8Block(Scheme):
         """weight_scale: one row per 128 output rows (a fused block's parts split at multiples of 128)."""
         return BLOCK if buffer == "weight_scale" else 1
 
+    def cols_per_buffer_col(self, buffer):
+        """weight_scale: one column per 128 input channels."""
+        return BLOCK if buffer == "weight_scale" else super().cols_per_buffer_col(buffer)
+
     def buffer_layout(self, rows, in_features):
         return {
             "weight_q": ((rows, in_features), _F8),

@@ -111,6 +111,12 @@ class GroupedScheme(Scheme):
             return self
         return type(self)(**{**self.options(), "group_size": self.group()})
 
+    def cols_per_buffer_col(self, buffer: str) -> Optional[int]:
+        """Group scales: one column per group (none when one group spans the row: per channel)."""
+        if buffer == "weight_group_scale":
+            return None if self.group_size == getattr(self, "_k", None) else self.group_size
+        return super().cols_per_buffer_col(buffer)
+
     def group(self, K: Optional[int] = None) -> Optional[int]:
         """quantize_weight's group_size: None per channel (group_size None, or in_features of the
         layer: `K` or the layer scheme's own), else the group size."""

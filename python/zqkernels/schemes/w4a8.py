@@ -32,6 +32,12 @@ class _W4A8Base(IntGroupScheme):
         codes = unpack_int4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
         return {"weight_packed": pack_ct(codes), "weight_shape": torch.tensor([n, K], dtype=torch.int64)}, FORMAT_PACKED
 
+    def unpack_weight(self, wq, out_features, in_features):
+        return unpack_int4(wq, wq.shape[0], in_features)[:out_features]
+
+    def pack_weight(self, codes):
+        return pack_int4(codes)
+
     ct_strategies = ("channel", "group")  # int4 per channel too
 
     @classmethod

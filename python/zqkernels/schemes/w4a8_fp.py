@@ -99,6 +99,12 @@ class W4A8FP(GroupedScheme):
     def dequant_format(self):
         return "fp4"
 
+    def unpack_weight(self, wq, out_features, in_features):
+        return unpack_fp4(wq, wq.shape[0], in_features)[:out_features]
+
+    def pack_weight(self, codes):
+        return pack_fp4(codes)
+
     def buffer_layout(self, rows, in_features):
         sg = torch.float32 if self.scale_policy == "free" else torch.int8
         return {

@@ -1,0 +1,161 @@
+"""Tensor parallelism for quantized layers through torch.distributed (issue 21; first part: per-Linear).
+
+A QLinear is split the way Megatron-style tensor parallelism splits an nn.Linear, by the rules its
+scheme owns (``Scheme.shard_buffers``: the quantized tensors are cut, never re-quantized):
+
+- ``"colwise"``: rank r holds output channels [r N / P, (r + 1) N / P): weight rows, channel scales,
+  group-scale rows and bias. It reads the whole input and writes its slice of the output (all-gathered
+  on request). Each rank quantizes the same activations the unsplit layer does, so the gathered output
+  equals the unsplit layer's exactly.
+- ``"rowwise"``: rank r holds input channels [r K / P, (r + 1) K / P): weight columns and group-scale
+  columns, cut at group boundaries; per-channel scales whole; the bias on rank 0 only. It reads its
+  slice of the input, quantizes it token-wise itself (its own per-token scale over its K-slice: the
+  partial sum is then exact for what it quantized) and the partial outputs are summed (all-reduce, in
+  float32). Against the unsplit layer, which quantizes each token over all of K with one scale, the
+  result differs by activation rounding only (the weights are the same bits).
+
+A split that would cut a group of scales, a 128 x 128 block (fp8-block) or a packed INT4 / FP4 tile
+row raises ValueError naming the rule. LoRC factors are split alongside (lorc_b by columns for
+colwise, lorc_a by rows for rowwise: the rank-r term is linear in x).
+
+    from zqkernels.nn.tp import parallelize_qlinear
+    up = parallelize_qlinear(qlinear_up, "colwise")              # torch.distributed initialised
+    down = parallelize_qlinear(qlinear_down, "rowwise", input_is_parallel=True)
+    y = down(act(up(x)))                                          # = the unsplit MLP (activation rounding)
+
+``shard_qlinear(m, style, rank, world)`` is the split alone (no process group: checkpoints, tests).
+Not yet: fused blocks, transformers' ``tp_plan`` and per-rank checkpoint loading (issue 21, items 1-2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .linear import QLinear
+
+__all__ = ["STYLES", "split_range", "shard_qlinear", "ColwiseQLinear", "RowwiseQLinear", "parallelize_qlinear"]
+
+STYLES = ("colwise", "rowwise")
+
+
+def split_range(op: str, full: int, rank: int, world: int, what: str) -> tuple[int, int]:
+    """[start, stop) of rank's equal part of `full` channels; ValueError unless world divides it."""
+    if type(world) is not int or world < 1:
+        raise ValueError(f"{op}: world size must be a positive int, got {world!r}")
+    if type(rank) is not int or not 0 <= rank < world:
+        raise ValueError(f"{op}: rank must be an int in [0, {world}), got {rank!r}")
+    if full % world:
+        raise ValueError(f"{op}: {what} {full} does not split into {world} equal parts")
+    step = full // world
+    return rank * step, (rank + 1) * step
+
+
+def shard_qlinear(m: QLinear, style: str, rank: int, world: int) -> QLinear:
+    """The QLinear rank `rank` of `world` holds of layer `m` split `style` ("colwise" / "rowwise",
+    the module docstring): the quantized tensors cut (no re-quantization), a new module on m's device."""
+    op = "shard_qlinear"
+    if not isinstance(m, QLinear):
+        raise TypeError(f"{op}: m must be a QLinear, got {type(m).__name__}")
+    if style not in STYLES:
+        raise ValueError(f"{op}: style must be one of {STYLES}, got {style!r}")
+    col = style == "colwise"
+    full = m.out_features if col else m.in_features
+    start, stop = split_range(op, full, rank, world, "out_features" if col else "in_features")
+    try:
+        part, tensors = m.qscheme.shard_buffers(m, style, start, stop)
+    except ValueError as e:
+        raise ValueError(f"{op}: {world} ranks: {str(e).removeprefix('shard: ')}") from None
+    bias = m._buffers["bias"]
+    if bias is not None:
+        bias = bias[start:stop] if col else (bias[: m.out_features] if rank == 0 else None)
+    n, k = (stop - start, m.in_features) if col else (m.out_features, stop - start)
+    dtype = m._buffers["bias"].dtype if m._buffers["bias"] is not None else torch.bfloat16
+    q = QLinear.from_quantized(part, n, k, tensors, None if bias is None else bias.clone(), dtype=dtype)
+    a, b = m._buffers["lorc_a"], m._buffers["lorc_b"]
+    if a is not None:
+        q.lorc_a = a.clone() if col else a[start:stop].clone()
+        q.lorc_b = b[:, start:stop].clone() if col else b.clone()
+    q.training = m.training
+    return q
+
+
+def _group_info(group: Any) -> tuple[Any, int, int]:
+    """(process group, rank, world size) of a ProcessGroup, a 1-D DeviceMesh or None (the default group)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("parallelize_qlinear: torch.distributed is not initialised (init_process_group first)")
+    if group is not None and hasattr(group, "get_group"):  # DeviceMesh
+        if group.ndim != 1:
+            raise ValueError(f"parallelize_qlinear: a DeviceMesh must be 1-D, got {group.ndim}-D")
+        group = group.get_group()
+    return group, dist.get_rank(group), dist.get_world_size(group)
+
+
+class ColwiseQLinear(nn.Module):
+    """This rank's output channels of a QLinear. forward(x [..., in_features]) -> [..., out_features /
+    world] (gather_output=True: [..., out_features], all ranks' slices gathered in order)."""
+
+    def __init__(self, shard: QLinear, group: Any, rank: int, world: int, gather_output: bool = False) -> None:
+        super().__init__()
+        self.shard, self.group, self.rank, self.world, self.gather_output = shard, group, rank, world, gather_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.shard(x)
+        if not self.gather_output or self.world == 1:
+            return y
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(y) for _ in range(self.world)]
+        dist.all_gather(parts, y.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, world={self.world}, gather_output={self.gather_output}"
+
+
+class RowwiseQLinear(nn.Module):
+    """This rank's input channels of a QLinear. forward(x): x [..., in_features / world] (input_is_parallel:
+    the slice a colwise layer produced) or [..., in_features] (sliced here) -> [..., out_features], the
+    ranks' partial outputs summed in float32 (all-reduce) and returned in x's dtype."""
+
+    def __init__(self, shard: QLinear, group: Any, rank: int, world: int, input_is_parallel: bool = False) -> None:
+        super().__init__()
+        self.shard, self.group, self.rank, self.world = shard, group, rank, world
+        self.input_is_parallel = input_is_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.shard.in_features
+        if not self.input_is_parallel:
+            if x.shape[-1] != k * self.world:
+                raise ValueError(f"RowwiseQLinear: x must be [..., {k * self.world}] (the whole input), got "
+                                 f"{list(x.shape)}")  # fmt: skip
+            x = x[..., self.rank * k : (self.rank + 1) * k]
+        y = self.shard(x)
+        if self.world == 1:
+            return y
+        import torch.distributed as dist
+
+        acc = y.to(torch.float32)
+        dist.all_reduce(acc, group=self.group)
+        return acc.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, world={self.world}, input_is_parallel={self.input_is_parallel}"
+
+
+def parallelize_qlinear(m: QLinear, style: str, group: Any = None, *, gather_output: bool = False,
+                        input_is_parallel: bool = False) -> nn.Module:  # fmt: skip
+    """This process's part of QLinear `m` under torch.distributed: a ``ColwiseQLinear`` or
+    ``RowwiseQLinear`` over `group` (a ProcessGroup, a 1-D DeviceMesh, or None: the default group).
+    Every rank passes the same (whole) layer; each keeps its shard."""
+    if style not in STYLES:
+        raise ValueError(f"parallelize_qlinear: style must be one of {STYLES}, got {style!r}")
+    pg, rank, world = _group_info(group)
+    shard = shard_qlinear(m, style, rank, world)
+    if style == "colwise":
+        return ColwiseQLinear(shard, pg, rank, world, gather_output)
+    return RowwiseQLinear(shard, pg, rank, world, input_is_parallel)
