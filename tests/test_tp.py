@@ -86,3 +86,37 @@ def test_per_channel_group_scales_stay_whole_in_a_rowwise_split():
     parts = [shard_qlinear(m, "rowwise", r, 2) for r in range(2)]
     assert all(p.weight_group_scale.shape == (128, 1) for p in parts)
     assert torch.equal(torch.cat([p.qscheme.dequantize(p) for p in parts], dim=1), m.qscheme.dequantize(m))
+
+
+def _llama_blocks():
+    transformers = pytest.importorskip("transformers")
+    import zqkernels
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=256, num_hidden_layers=1)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    zqkernels.quantize_(m, zqkernels.nn.W8A8Config())
+    return m
+
+
+def test_shard_block_rules():
+    from zqkernels.nn.tp import shard_block
+
+    m = _llama_blocks()
+    blk = m.model.layers[0]
+    with pytest.raises(ValueError, match="4 query heads and 2 KV heads: both must split into 4 equal parts"):
+        shard_block(blk, 0, 4)
+    with pytest.raises(TypeError, match="blk must be a fused QuantizedBlock, got Linear"):
+        shard_block(torch.nn.Linear(4, 4), 0, 2)
+    ids = torch.randint(0, 100, (1, 5))
+    with torch.no_grad():
+        ref = m(ids).logits
+        shard_block(blk, 0, 1)  # one rank: the whole block, no all-reduce
+        assert torch.equal(m(ids).logits, ref)
+    part = shard_block(_llama_blocks().model.layers[0], 1, 2)  # rank 1 of 2: its heads and MLP rows
+    assert (part.heads, part.kv_heads) == (2, 1)
+    assert part.qkv.out_features == (2 + 1 + 1) * 32 and part.attn_out.in_features == 64
+    assert part.fc1.out_features == 256 and part.fc2.in_features == 128 and part.attn_out.bias is None
+    with pytest.raises(ValueError, match="already split"):
+        shard_block(part, 0, 2)

@@ -24,6 +24,60 @@ def _mlp(scheme):
     return QLinear.from_linear(up, scheme).eval(), QLinear.from_linear(down, scheme).eval()
 
 
+def _llama(scheme_config):
+    import transformers
+    import zqkernels
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
+                                   intermediate_size=512, num_hidden_layers=2, attn_implementation="sdpa")
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    zqkernels.quantize_(m, scheme_config)
+    return m
+
+
+def _block_worker(rank: int, world: int, init: str) -> None:
+    import copy
+
+    from zqkernels.nn import FP8Config, W4A8Config, W8A8Config
+    from zqkernels.nn.tp import parallelize_blocks
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+        # logits cosine against the unsplit model: the rowwise GEMMs quantize their K-slices per token
+        for config, floor in ((W8A8Config(), 0.999), (FP8Config(), 0.995), (W4A8Config(group_size=64), 0.995)):
+            m = _llama(config)
+            with torch.no_grad():
+                ref = m(ids).logits.float()
+            tp = copy.deepcopy(m)
+            assert parallelize_blocks(tp) == 2
+            blk = tp.model.layers[0]
+            assert (blk.heads, blk.kv_heads) == (8 // world, 4 // world)
+            with torch.no_grad():
+                out = tp(ids).logits.float()
+                # decoding with a dynamic cache on the rank's heads: the same next tokens
+                gen = tp.generate(ids[:1, :6], max_new_tokens=3, do_sample=False, attention_mask=torch.ones(1, 6, dtype=torch.long))
+                gen_ref = m.generate(ids[:1, :6], max_new_tokens=3, do_sample=False, attention_mask=torch.ones(1, 6, dtype=torch.long))
+            cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+            assert cos > floor, (type(config).__name__, cos)
+            assert gen.shape == gen_ref.shape
+            outs = [torch.empty_like(out) for _ in range(world)]
+            dist.all_gather(outs, out)
+            assert all(torch.equal(o, out) for o in outs)  # every rank holds the same logits
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
+@pytest.mark.parametrize("world", [2, 4])
+def test_fused_llama_blocks_across_processes(world):
+    pytest.importorskip("transformers")
+    with tempfile.TemporaryDirectory() as d:
+        init = "file://" + os.path.join(d, "rendezvous")
+        torch.multiprocessing.spawn(_block_worker, args=(world, init), nprocs=world, join=True)
+
+
 def _worker(rank: int, world: int, init: str) -> None:
     from zqkernels.nn.tp import parallelize_qlinear, shard_qlinear
 

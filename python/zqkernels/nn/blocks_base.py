@@ -255,6 +255,9 @@ class QuantizedBlock(nn.Module):
 
     pre_norm = True
     norm = "rmsnorm"  # or "layernorm"
+    #: Tensor parallelism (nn/tp.py shard_block): (process group, world size) of the ranks that sum the
+    #: rowwise GEMMs' partial outputs (attention's output projection and FC2); None: not split.
+    _tp: Any = None
     rope = False
     #: Added to every norm weight: 1.0 for RMSNorms that compute x_hat * (1 + weight) (Gemma); the
     #: kernels then read 1 + weight (fp32), and the extra norms multiply in fp32 before rounding, as
@@ -405,6 +408,16 @@ class QuantizedBlock(nn.Module):
         h = module(v)
         return h, (v if mode == "sum" else h)
 
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """A rowwise GEMM's output summed over the tensor-parallel ranks (float32), or t itself."""
+        if self._tp is None:
+            return t
+        import torch.distributed as dist
+
+        acc = t.to(torch.float32)
+        dist.all_reduce(acc, group=self._tp[0])
+        return acc.to(t.dtype)
+
     def _quantize(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x2 quantized where no other kernel touches it (attention's output; post-norm input), in the
         scheme's activation format: per token, or per token group (``act_group_size``)."""
@@ -488,10 +501,12 @@ class QuantizedBlock(nn.Module):
         x2 = hidden_states.reshape(-1, D)
         inp = self._qkv_input(hidden_states, x2)
         a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
-        o = self._post("post_attn_norm", self._linear(self.attn_out, self._quantize(a2) if lv["attn_out"] else a2, dt))
+        o = self._post("post_attn_norm",
+                       self._reduce(self._linear(self.attn_out, self._quantize(a2) if lv["attn_out"] else a2, dt)))
         # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o
         inp1, r = self._norm(2 if self.pre_norm else 1, x2, o, "sum" if self.pre_norm else "normed", lv["fc1"])
-        y = self._post("post_mlp_norm", self._linear(self.fc2, self._act(self._linear(self.fc1, inp1, dt), lv["fc2"]), dt))
+        y = self._post("post_mlp_norm",
+                       self._reduce(self._linear(self.fc2, self._act(self._linear(self.fc1, inp1, dt), lv["fc2"]), dt)))
         nxt = self._next
         handoff = (nxt is not None and type(nxt) is type(self) and nxt.level["qkv"] and nxt._qdtype is self._qdtype
                    and nxt._qkw == self._qkw and not torch.compiler.is_compiling())

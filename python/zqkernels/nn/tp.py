@@ -24,7 +24,14 @@ colwise, lorc_a by rows for rowwise: the rank-r term is linear in x).
     y = down(act(up(x)))                                          # = the unsplit MLP (activation rounding)
 
 ``shard_qlinear(m, style, rank, world)`` is the split alone (no process group: checkpoints, tests).
-Not yet: fused blocks, transformers' ``tp_plan`` and per-rank checkpoint loading (issue 21, items 1-2).
+Fused blocks (``parallelize_blocks(model)``, ``shard_block``) split by whole heads: the merged QKV
+GEMM colwise (each rank's q heads, then its k and v heads: heads / P and kv_heads / P of them), the
+attention output projection rowwise over those heads, FC1 colwise (gate | up: matching gate and up
+rows), FC2 rowwise; the block all-reduces the two rowwise outputs before its residual add, so norms,
+residuals and the hand-over to the next block stay whole on every rank. Attention runs on the rank's
+heads; a dynamic KV cache follows, a static one must be built with kv_heads / P heads.
+
+Not yet: transformers' ``tp_plan`` and per-rank checkpoint loading (issue 21, items 1-2), GPUs.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .blocks_base import QuantizedBlock
 from .linear import QLinear
 
-__all__ = ["STYLES", "split_range", "shard_qlinear", "ColwiseQLinear", "RowwiseQLinear", "parallelize_qlinear"]
+__all__ = ["STYLES", "split_range", "shard_qlinear", "shard_block", "ColwiseQLinear", "RowwiseQLinear",
+           "parallelize_qlinear", "parallelize_blocks"]
 
 STYLES = ("colwise", "rowwise")
 
@@ -63,23 +72,90 @@ def shard_qlinear(m: QLinear, style: str, rank: int, world: int) -> QLinear:
         raise ValueError(f"{op}: style must be one of {STYLES}, got {style!r}")
     col = style == "colwise"
     full = m.out_features if col else m.in_features
-    start, stop = split_range(op, full, rank, world, "out_features" if col else "in_features")
-    try:
-        part, tensors = m.qscheme.shard_buffers(m, style, start, stop)
-    except ValueError as e:
-        raise ValueError(f"{op}: {world} ranks: {str(e).removeprefix('shard: ')}") from None
-    bias = m._buffers["bias"]
+    rng = split_range(op, full, rank, world, "out_features" if col else "in_features")
+    return shard_linear(op, m, style, [rng], rank == 0, f"{world} ranks")
+
+
+def shard_linear(op: str, m: nn.Module, style: str, ranges: list[tuple[int, int]], keeps_bias: bool,
+                 who: str) -> nn.Module:  # fmt: skip
+    """The part of a QLinear or nn.Linear over channel `ranges` (colwise: output channels, several
+    ranges concatenated; rowwise: one range of input channels, the bias kept where `keeps_bias`)."""
+    col = style == "colwise"
+    bias = m._buffers.get("bias") if isinstance(m, QLinear) else m.bias
     if bias is not None:
-        bias = bias[start:stop] if col else (bias[: m.out_features] if rank == 0 else None)
-    n, k = (stop - start, m.in_features) if col else (m.out_features, stop - start)
+        if col:
+            bias = torch.cat([bias[a:b] for a, b in ranges])
+        else:
+            bias = bias[: m.out_features] if keeps_bias else None
+    if not isinstance(m, QLinear):  # a float role of a fused block
+        w = m.weight.detach()
+        w = torch.cat([w[a:b] for a, b in ranges]) if col else w[:, ranges[0][0] : ranges[0][1]]
+        out = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if bias is not None:
+                out.bias.copy_(bias)
+        return out.train(m.training)
+    try:
+        part, tensors = m.qscheme.shard_buffers(m, style, ranges)
+    except ValueError as e:
+        raise ValueError(f"{op}: {who}: {str(e).removeprefix('shard: ')}") from None
+    width = sum(b - a for a, b in ranges)
+    n, k = (width, m.in_features) if col else (m.out_features, width)
     dtype = m._buffers["bias"].dtype if m._buffers["bias"] is not None else torch.bfloat16
     q = QLinear.from_quantized(part, n, k, tensors, None if bias is None else bias.clone(), dtype=dtype)
     a, b = m._buffers["lorc_a"], m._buffers["lorc_b"]
     if a is not None:
-        q.lorc_a = a.clone() if col else a[start:stop].clone()
-        q.lorc_b = b[:, start:stop].clone() if col else b.clone()
+        q.lorc_a = a.clone() if col else a[ranges[0][0] : ranges[0][1]].clone()
+        q.lorc_b = torch.cat([b[:, lo:hi] for lo, hi in ranges], dim=1) if col else b.clone()
     q.training = m.training
     return q
+
+
+def shard_block(blk: QuantizedBlock, rank: int, world: int, group: Any = None) -> QuantizedBlock:
+    """Split a fused block in place for rank `rank` of `world` (module docstring); `group` is the
+    process group its all-reduces use (None: the default group). Returns the block."""
+    op = "shard_block"
+    if not isinstance(blk, QuantizedBlock):
+        raise TypeError(f"{op}: blk must be a fused QuantizedBlock, got {type(blk).__name__}")
+    if type(world) is not int or world < 1 or type(rank) is not int or not 0 <= rank < world:
+        raise ValueError(f"{op}: need 0 <= rank < world, got rank {rank!r}, world {world!r}")
+    if getattr(blk, "_tp", None) is not None:
+        raise ValueError(f"{op}: the block is already split")
+    H, KV, hd = blk.heads, blk.kv_heads, blk.head_dim
+    if H % world or KV % world:
+        raise ValueError(f"{op}: {type(blk).__name__} has {H} query heads and {KV} KV heads: both must split into "
+                         f"{world} equal parts (whole heads per rank)")  # fmt: skip
+    h, kv = H // world, KV // world
+    q = (rank * h * hd, (rank + 1) * h * hd)
+    k = (H * hd + rank * kv * hd, H * hd + (rank + 1) * kv * hd)
+    v = ((H + KV) * hd + rank * kv * hd, (H + KV) * hd + (rank + 1) * kv * hd)
+    who = f"{type(blk).__name__}, {world} ranks"
+    width = blk.fc2.in_features
+    f = (rank * width // world, (rank + 1) * width // world)
+    if width % world:
+        raise ValueError(f"{op}: {who}: the MLP width {width} does not split into {world} equal parts")
+    gated = blk.fc1.out_features == 2 * width  # [gate | up]
+    blk.qkv = shard_linear(op, blk.qkv, "colwise", [q, k, v], True, who)
+    blk.attn_out = shard_linear(op, blk.attn_out, "rowwise", [q], rank == 0, who)
+    blk.fc1 = shard_linear(op, blk.fc1, "colwise", [f, (width + f[0], width + f[1])] if gated else [f], True, who)
+    blk.fc2 = shard_linear(op, blk.fc2, "rowwise", [f], rank == 0, who)
+    blk.heads, blk.kv_heads = h, kv
+    blk._tp = (group, world) if world > 1 else None
+    return blk
+
+
+def parallelize_blocks(model: nn.Module, group: Any = None) -> int:
+    """Split every fused block of `model` in place across the ranks of `group` (a ProcessGroup, a 1-D
+    DeviceMesh, or None: the default group); every rank passes the same model. Returns how many."""
+    pg, rank, world = _group_info(group)
+    blocks = [m for m in model.modules() if isinstance(m, QuantizedBlock)]
+    if not blocks:
+        raise ValueError("parallelize_blocks: the model has no fused block (quantize_model / quantize_ with fused "
+                         "blocks first; per-Linear layers: parallelize_qlinear)")  # fmt: skip
+    for blk in blocks:
+        shard_block(blk, rank, world, pg)
+    return len(blocks)
 
 
 def _group_info(group: Any) -> tuple[Any, int, int]:

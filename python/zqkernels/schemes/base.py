@@ -253,35 +253,41 @@ class Scheme:
                         else t[: -(-n // self.rows_per_buffer_row(key))])  # fmt: skip
         return out
 
-    def shard_buffers(self, m: Any, style: str, start: int, stop: int) -> tuple["Scheme", dict[str, torch.Tensor]]:
-        """The part of a layer that one rank holds: output channels [start, stop) (style "colwise") or
-        input channels [start, stop) ("rowwise"). Returns (the part's layer scheme, {buffer name:
-        tensor} for ``QLinear.from_quantized``). ValueError when the cut breaks a group, a block of
-        scales or a packed layout (naming the rule and the unit it needs)."""
+    def shard_buffers(self, m: Any, style: str, ranges: Any) -> tuple["Scheme", dict[str, torch.Tensor]]:
+        """The part of a layer that one rank holds: the output channels of `ranges` (style "colwise";
+        [(start, stop), ...], concatenated in order: e.g. a merged QKV GEMM's q, k and v heads of one
+        rank) or the input channels of one range ("rowwise"). Returns (the part's layer scheme,
+        {buffer name: tensor} for ``QLinear.from_quantized``). ValueError when a cut breaks a group, a
+        block of scales or a packed layout (naming the rule and the unit it needs)."""
         N, K = m.out_features, m.in_features
-        full = N if style == "colwise" else K
-        if not 0 <= start < stop <= full:
-            raise ValueError(f"shard: [{start}, {stop}) is not a non-empty range of the {full} "
-                             f"{'output' if style == 'colwise' else 'input'} channels")  # fmt: skip
+        col = style == "colwise"
+        full = N if col else K
+        ranges = [(int(a), int(b)) for a, b in ranges]
+        if not ranges or (not col and len(ranges) != 1) or any(not 0 <= a < b <= full for a, b in ranges):
+            raise ValueError(f"shard: {ranges} must be {'non-empty ranges' if col else 'one non-empty range'} of the "
+                             f"{full} {'output' if col else 'input'} channels")  # fmt: skip
         plain = self.plain_buffers(m)
         out = {}
         for key, t in plain.items():
-            unit = self.rows_per_buffer_row(key) if style == "colwise" else self.cols_per_buffer_col(key)
+            unit = self.rows_per_buffer_row(key) if col else self.cols_per_buffer_col(key)
             if unit is None:
                 out[key] = t
                 continue
-            cut_ok = start % unit == 0 and (stop % unit == 0 or stop == full)
-            if not cut_ok:
-                what = {"weight_q": "the weights", "weight_scale": "the weight scales",
-                        "weight_group_scale": "the group scales"}.get(key, key)  # fmt: skip
-                raise ValueError(
-                    f"shard: scheme {self.name!r} cannot split {'out' if style == 'colwise' else 'in'}_features at "
-                    f"[{start}, {stop}): {what} come in units of {unit} {'rows' if style == 'colwise' else 'columns'}"
-                    f" (a {style} split must cut at multiples of {unit})"
-                )
-            a, b = start // unit, -(-stop // unit)
-            out[key] = t[a:b] if style == "colwise" else t[:, a:b]
-        n, k = (stop - start, K) if style == "colwise" else (N, stop - start)
+            pieces = []
+            for start, stop in ranges:
+                if start % unit or (stop % unit and stop != full):
+                    what = {"weight_q": "the weights", "weight_scale": "the weight scales",
+                            "weight_group_scale": "the group scales"}.get(key, key)  # fmt: skip
+                    raise ValueError(
+                        f"shard: scheme {self.name!r} cannot split {'out' if col else 'in'}_features at "
+                        f"[{start}, {stop}): {what} come in units of {unit} {'rows' if col else 'columns'} (a "
+                        f"{style} split must cut at multiples of {unit})"
+                    )
+                a, b = start // unit, -(-stop // unit)
+                pieces.append(t[a:b] if col else t[:, a:b])
+            out[key] = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        width = sum(b - a for a, b in ranges)
+        n, k = (width, K) if col else (N, width)
         try:
             part = self.general().for_layer("shard", n, k)
         except ValueError as e:
