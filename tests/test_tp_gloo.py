@@ -69,6 +69,45 @@ def _block_worker(rank: int, world: int, init: str) -> None:
         dist.destroy_process_group()
 
 
+def _plan_worker(rank: int, world: int, init: str) -> None:
+    import copy
+
+    import transformers
+    import zqkernels
+    from zqkernels.nn.tp import ColwiseQLinear, RowwiseQLinear, parallelize_model
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
+                                       intermediate_size=512, num_hidden_layers=2, attn_implementation="sdpa")
+        m = transformers.LlamaForCausalLM(cfg).eval()
+        zqkernels.quantize_model(m, fused_blocks=False)  # per-Linear QLinears; lm_head stays float
+        ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            ref = m(ids).logits.float()
+        tp = copy.deepcopy(m)
+        done = parallelize_model(tp)  # transformers' tp_plan
+        assert done["model.layers.0.self_attn.q_proj"] == "colwise" and done["lm_head"] == "colwise_gather_output"
+        assert done["model.embed_tokens"].startswith("replicated")
+        assert isinstance(tp.model.layers[1].mlp.down_proj, RowwiseQLinear)
+        assert isinstance(tp.model.layers[1].self_attn.k_proj, ColwiseQLinear)
+        with torch.no_grad():
+            out = tp(ids).logits.float()
+        cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
+        assert cos > 0.999, cos
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
+def test_per_linear_llama_by_transformers_tp_plan():
+    pytest.importorskip("transformers")
+    with tempfile.TemporaryDirectory() as d:
+        init = "file://" + os.path.join(d, "rendezvous")
+        torch.multiprocessing.spawn(_plan_worker, args=(2, init), nprocs=2, join=True)
+
+
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
 @pytest.mark.parametrize("world", [2, 4])
 def test_fused_llama_blocks_across_processes(world):

@@ -31,7 +31,13 @@ rows), FC2 rowwise; the block all-reduces the two rowwise outputs before its res
 residuals and the hand-over to the next block stay whole on every rank. Attention runs on the rank's
 heads; a dynamic KV cache follows, a static one must be built with kv_heads / P heads.
 
-Not yet: transformers' ``tp_plan`` and per-rank checkpoint loading (issue 21, items 1-2), GPUs.
+Whole models (``parallelize_model``): fused blocks as above; every other Linear / QLinear named by the
+model's tensor-parallel plan (transformers' ``model.tp_plan``, e.g. Llama's: q / k / v / gate / up
+"colwise", o / down "rowwise", lm_head "colwise_gather_output") wrapped in ``ColwiseQLinear`` /
+``RowwiseQLinear`` (rowwise inputs are the colwise outputs: HF's attention reshapes by -1 heads, so it
+runs on the rank's heads); embeddings stay replicated.
+
+Not yet: per-rank checkpoint loading (each rank reads every tensor, then keeps its part), GPUs.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from .blocks_base import QuantizedBlock
 from .linear import QLinear
 
 __all__ = ["STYLES", "split_range", "shard_qlinear", "shard_block", "ColwiseQLinear", "RowwiseQLinear",
-           "parallelize_qlinear", "parallelize_blocks"]
+           "parallelize_qlinear", "parallelize_blocks", "parallelize_model"]
 
 STYLES = ("colwise", "rowwise")
 
@@ -235,3 +241,59 @@ def parallelize_qlinear(m: QLinear, style: str, group: Any = None, *, gather_out
     if style == "colwise":
         return ColwiseQLinear(shard, pg, rank, world, gather_output)
     return RowwiseQLinear(shard, pg, rank, world, input_is_parallel)
+
+
+def _style_of(name: str, plan: dict[str, str]) -> Any:
+    import fnmatch
+
+    for pattern, style in plan.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return style
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> dict[str, str]:
+    """Split a converted model in place across the ranks of `group` (every rank passes the same model):
+    its fused blocks (``shard_block``), then every Linear / QLinear the plan names ("colwise",
+    "colwise_gather_output", "rowwise"); `plan`: {fnmatch pattern on module names: style}, default the
+    model's own ``tp_plan`` (transformers). Modules of other kinds the plan names (embeddings) stay
+    replicated. Returns {module name: what was done}."""
+    pg, rank, world = _group_info(group)
+    done: dict[str, str] = {}
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedBlock)}
+    for name, blk in blocks.items():
+        shard_block(blk, rank, world, pg)
+        done[name] = f"fused block: {blk.heads} of {blk.heads * world} heads"
+    if plan is None:
+        plan = getattr(model, "tp_plan", None) or getattr(model, "_tp_plan", None) or {}
+    in_block = tuple(f"{n}." for n in blocks)
+    for name, mod in list(model.named_modules()):
+        style = _style_of(name, plan) if name and not name.startswith(in_block) else None
+        if style is None:
+            continue
+        if not isinstance(mod, (QLinear, nn.Linear)):
+            done[name] = f"replicated ({type(mod).__name__}; plan {style!r})"
+            continue
+        if style in ("colwise", "colwise_gather_output"):
+            full = mod.out_features
+            shard = shard_linear("parallelize_model", mod, "colwise", [split_range(name, full, rank, world, "out_features")],
+                                 True, f"{name}, {world} ranks")  # fmt: skip
+            _set_submodule(model, name, ColwiseQLinear(shard, pg, rank, world, style == "colwise_gather_output"))
+        elif style == "rowwise":
+            full = mod.in_features
+            shard = shard_linear("parallelize_model", mod, "rowwise", [split_range(name, full, rank, world, "in_features")],
+                                 rank == 0, f"{name}, {world} ranks")  # fmt: skip
+            _set_submodule(model, name, RowwiseQLinear(shard, pg, rank, world, input_is_parallel=True))
+        else:
+            raise NotImplementedError(f"parallelize_model: {name}: tensor-parallel style {style!r} is not supported "
+                                      "(colwise, colwise_gather_output, rowwise)")  # fmt: skip
+        done[name] = style
+    if not done:
+        raise ValueError("parallelize_model: nothing to split: no fused block, and no module matches the plan")
+    return done
+
