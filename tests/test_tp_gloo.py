@@ -69,7 +69,7 @@ def _block_worker(rank: int, world: int, init: str) -> None:
         dist.destroy_process_group()
 
 
-def _plan_worker(rank: int, world: int, init: str) -> None:
+def _plan_worker(rank: int, world: int, init: str, ckpt: str = "") -> None:
     import copy
 
     import transformers
@@ -96,16 +96,36 @@ def _plan_worker(rank: int, world: int, init: str) -> None:
             out = tp(ids).logits.float()
         cos = float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0))
         assert cos > 0.999, cos
+        if ckpt:  # every rank loads the fused checkpoint, then keeps its part
+            loaded = zqkernels.load_quantized(ckpt)
+            with torch.no_grad():
+                ref2 = loaded(ids).logits.float()
+            done = parallelize_model(loaded)
+            assert any(v.startswith("fused block") for v in done.values())
+            with torch.no_grad():
+                out2 = loaded(ids).logits.float()
+            cos2 = float(torch.nn.functional.cosine_similarity(out2.flatten(), ref2.flatten(), dim=0))
+            assert cos2 > 0.999, cos2
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
-def test_per_linear_llama_by_transformers_tp_plan():
-    pytest.importorskip("transformers")
+def test_per_linear_llama_by_transformers_tp_plan_and_a_loaded_checkpoint():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    import zqkernels
+
     with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
+                                       intermediate_size=512, num_hidden_layers=2)
+        m = transformers.LlamaForCausalLM(cfg).eval()
+        zqkernels.quantize_model(m)  # fused W8A8 blocks
+        ckpt = os.path.join(d, "ckpt")
+        zqkernels.save_quantized(m, ckpt)
         init = "file://" + os.path.join(d, "rendezvous")
-        torch.multiprocessing.spawn(_plan_worker, args=(2, init), nprocs=2, join=True)
+        torch.multiprocessing.spawn(_plan_worker, args=(2, init, ckpt), nprocs=2, join=True)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
