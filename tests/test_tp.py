@@ -120,3 +120,13 @@ def test_shard_block_rules():
     assert part.fc1.out_features == 256 and part.fc2.in_features == 128 and part.attn_out.bias is None
     with pytest.raises(ValueError, match="already split"):
         shard_block(part, 0, 2)
+
+
+def test_a_split_model_is_not_saved(tmp_path):
+    import zqkernels
+    from zqkernels.nn.tp import shard_block
+
+    m = _llama_blocks()
+    shard_block(m.model.layers[0], 0, 2)
+    with pytest.raises(ValueError, match="one rank's part of a tensor-parallel split"):
+        zqkernels.save_quantized(m, tmp_path / "ckpt")

@@ -119,6 +119,11 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     from safetensors.torch import save_file
 
     for name, mod in model.named_modules():
+        if getattr(mod, "_tp", None) is not None or type(mod).__name__ in ("ColwiseQLinear", "RowwiseQLinear"):
+            raise ValueError(
+                f"save_quantized: {name!r} is one rank's part of a tensor-parallel split (nn/tp.py); save the "
+                "unsplit model (every rank loads it and splits it again: load_quantized, then parallelize_model)"
+            )
         if isinstance(mod, QLinear) and mod._buffers.get("lorc_a") is not None:
             raise NotImplementedError(
                 f"save_quantized: {name!r} has LoRC factors (lorc_a / lorc_b, rank {mod.lorc_rank}); the "
