@@ -43,14 +43,20 @@ def _mlp(scheme):
     return QLinear.from_linear(up, scheme).eval(), QLinear.from_linear(down, scheme).eval()
 
 
-def _llama(scheme_config):
+def _llama_float():
+    """The float 2-layer Llama every test here converts (8 heads, 4 KV heads: whole heads on 2 or 4 ranks)."""
     import transformers
-    import zqkernels
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
                                    intermediate_size=512, num_hidden_layers=2, attn_implementation="sdpa")
-    m = transformers.LlamaForCausalLM(cfg).eval()
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _llama(scheme_config):
+    import zqkernels
+
+    m = _llama_float()
     zqkernels.quantize_(m, scheme_config)
     return m
 
@@ -93,16 +99,12 @@ def _block_worker(rank: int, world: int, init: str) -> None:
 def _plan_worker(rank: int, world: int, init: str, ckpt: str = "") -> None:
     import copy
 
-    import transformers
     import zqkernels
     from zqkernels.nn.tp import ColwiseQLinear, RowwiseQLinear, parallelize_model
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
-                                       intermediate_size=512, num_hidden_layers=2, attn_implementation="sdpa")
-        m = transformers.LlamaForCausalLM(cfg).eval()
+        m = _llama_float()
         zqkernels.quantize_model(m, fused_blocks=False)  # per-Linear QLinears; lm_head stays float
         ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
@@ -135,15 +137,12 @@ def _plan_worker(rank: int, world: int, init: str, ckpt: str = "") -> None:
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
 def test_per_linear_llama_by_transformers_tp_plan_and_a_loaded_checkpoint():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     pytest.importorskip("safetensors")
     import zqkernels
 
     with tempfile.TemporaryDirectory() as d:
-        torch.manual_seed(0)
-        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=256, num_attention_heads=8, num_key_value_heads=4,
-                                       intermediate_size=512, num_hidden_layers=2)
-        m = transformers.LlamaForCausalLM(cfg).eval()
+        m = _llama_float()
         zqkernels.quantize_model(m)  # fused W8A8 blocks
         ckpt = os.path.join(d, "ckpt")
         zqkernels.save_quantized(m, ckpt)

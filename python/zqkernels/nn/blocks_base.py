@@ -47,6 +47,7 @@ from ..ops.attention import decode_attention, decode_attention_supported
 from ..ops.fused import bias_gelu_quant, row_quant, silu_mul_quant
 from ..reference.rope import rotary
 from ..schemes import W8A8, Scheme
+from .collectives import all_reduce_sum
 from .grad import block_with_input_grad
 from .linear import QLinear, run_weight_quantizer
 
@@ -410,13 +411,7 @@ class QuantizedBlock(nn.Module):
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         """A rowwise GEMM's output summed over the tensor-parallel ranks (float32), or t itself."""
-        if self._tp is None:
-            return t
-        import torch.distributed as dist
-
-        acc = t.to(torch.float32)
-        dist.all_reduce(acc, group=self._tp[0])
-        return acc.to(t.dtype)
+        return t if self._tp is None else all_reduce_sum(t, self._tp[0])
 
     def _quantize(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x2 quantized where no other kernel touches it (attention's output; post-norm input), in the

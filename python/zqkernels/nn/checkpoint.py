@@ -64,6 +64,7 @@ from .convert import record_loaded
 from .hf_model import _build_hf, _fuse, _get, _parts, _rows, _split_linear
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
+from .tp import ColwiseQLinear, RowwiseQLinear
 
 __all__ = ["save_quantized", "load_quantized", "QUANT_CONFIG", "W8A8_GROUP"]
 
@@ -119,7 +120,7 @@ def save_quantized(model: nn.Module, out_dir: Union[str, os.PathLike]) -> None:
     from safetensors.torch import save_file
 
     for name, mod in model.named_modules():
-        if getattr(mod, "_tp", None) is not None or type(mod).__name__ in ("ColwiseQLinear", "RowwiseQLinear"):
+        if getattr(mod, "_tp", None) is not None or isinstance(mod, (ColwiseQLinear, RowwiseQLinear)):
             raise ValueError(
                 f"save_quantized: {name!r} is one rank's part of a tensor-parallel split (nn/tp.py); save the "
                 "unsplit model (every rank loads it and splits it again: load_quantized, then parallelize_model)"

@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from .blocks_base import QuantizedBlock
+from .collectives import all_reduce_sum
+from .hf_model import _get
 from .linear import QLinear
 
 __all__ = ["STYLES", "split_range", "shard_qlinear", "shard_block", "ColwiseQLinear", "RowwiseQLinear",
@@ -76,6 +78,11 @@ def shard_qlinear(m: QLinear, style: str, rank: int, world: int) -> QLinear:
         raise TypeError(f"{op}: m must be a QLinear, got {type(m).__name__}")
     if style not in STYLES:
         raise ValueError(f"{op}: style must be one of {STYLES}, got {style!r}")
+    return _even_part(op, m, style, rank, world)
+
+
+def _even_part(op: str, m: nn.Module, style: str, rank: int, world: int) -> nn.Module:
+    """Rank's equal part of a QLinear / nn.Linear split `style` (shard_linear over one range)."""
     col = style == "colwise"
     full = m.out_features if col else m.in_features
     rng = split_range(op, full, rank, world, "out_features" if col else "in_features")
@@ -138,9 +145,7 @@ def shard_block(blk: QuantizedBlock, rank: int, world: int, group: Any = None) -
     v = ((H + KV) * hd + rank * kv * hd, (H + KV) * hd + (rank + 1) * kv * hd)
     who = f"{type(blk).__name__}, {world} ranks"
     width = blk.fc2.in_features
-    f = (rank * width // world, (rank + 1) * width // world)
-    if width % world:
-        raise ValueError(f"{op}: {who}: the MLP width {width} does not split into {world} equal parts")
+    f = split_range(op, width, rank, world, f"{who}: the MLP width")
     gated = blk.fc1.out_features == 2 * width  # [gate | up]
     blk.qkv = shard_linear(op, blk.qkv, "colwise", [q, k, v], True, who)
     blk.attn_out = shard_linear(op, blk.attn_out, "rowwise", [q], rank == 0, who)
@@ -217,13 +222,7 @@ class RowwiseQLinear(nn.Module):
                                  f"{list(x.shape)}")  # fmt: skip
             x = x[..., self.rank * k : (self.rank + 1) * k]
         y = self.shard(x)
-        if self.world == 1:
-            return y
-        import torch.distributed as dist
-
-        acc = y.to(torch.float32)
-        dist.all_reduce(acc, group=self.group)
-        return acc.to(y.dtype)
+        return y if self.world == 1 else all_reduce_sum(y, self.group)
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, world={self.world}, input_is_parallel={self.input_is_parallel}"
@@ -237,7 +236,11 @@ def parallelize_qlinear(m: QLinear, style: str, group: Any = None, *, gather_out
     if style not in STYLES:
         raise ValueError(f"parallelize_qlinear: style must be one of {STYLES}, got {style!r}")
     pg, rank, world = _group_info(group)
-    shard = shard_qlinear(m, style, rank, world)
+    return _wrap(shard_qlinear(m, style, rank, world), style, pg, rank, world, gather_output, input_is_parallel)
+
+
+def _wrap(shard: nn.Module, style: str, pg: Any, rank: int, world: int, gather_output: bool,
+          input_is_parallel: bool) -> nn.Module:  # fmt: skip
     if style == "colwise":
         return ColwiseQLinear(shard, pg, rank, world, gather_output)
     return RowwiseQLinear(shard, pg, rank, world, input_is_parallel)
@@ -250,11 +253,6 @@ def _style_of(name: str, plan: dict[str, str]) -> Any:
         if fnmatch.fnmatchcase(name, pattern):
             return style
     return None
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> dict[str, str]:
@@ -279,19 +277,13 @@ def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> 
         if not isinstance(mod, (QLinear, nn.Linear)):
             done[name] = f"replicated ({type(mod).__name__}; plan {style!r})"
             continue
-        if style in ("colwise", "colwise_gather_output"):
-            full = mod.out_features
-            shard = shard_linear("parallelize_model", mod, "colwise", [split_range(name, full, rank, world, "out_features")],
-                                 True, f"{name}, {world} ranks")  # fmt: skip
-            _set_submodule(model, name, ColwiseQLinear(shard, pg, rank, world, style == "colwise_gather_output"))
-        elif style == "rowwise":
-            full = mod.in_features
-            shard = shard_linear("parallelize_model", mod, "rowwise", [split_range(name, full, rank, world, "in_features")],
-                                 rank == 0, f"{name}, {world} ranks")  # fmt: skip
-            _set_submodule(model, name, RowwiseQLinear(shard, pg, rank, world, input_is_parallel=True))
-        else:
+        kind = "colwise" if style == "colwise_gather_output" else style
+        if kind not in STYLES:
             raise NotImplementedError(f"parallelize_model: {name}: tensor-parallel style {style!r} is not supported "
                                       "(colwise, colwise_gather_output, rowwise)")  # fmt: skip
+        shard = _even_part(f"parallelize_model: {name}", mod, kind, rank, world)
+        parent, attr, _ = _get(model, name)
+        setattr(parent, attr, _wrap(shard, kind, pg, rank, world, style != kind, input_is_parallel=True))
         done[name] = style
     if not done:
         raise ValueError("parallelize_model: nothing to split: no fused block, and no module matches the plan")

@@ -16,7 +16,6 @@ CUDA graphs).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -25,6 +24,7 @@ import torch
 from .. import _ext
 from ..reference.attention import decode_attention_ref
 from . import _common as c
+from .gemm_cuda import _sm_count
 
 __all__ = ["decode_attention", "decode_attention_supported"]
 
@@ -70,11 +70,6 @@ def _check(name, q, k, v, mask, scale) -> None:
     if scale is not None and (not isinstance(scale, (int, float)) or not math.isfinite(scale)):
         raise ValueError(f"{name}: scale must be a finite number or None, got {scale!r}")
     c.check_same_device(name, "q", q, k=k, v=v, mask=mask)
-
-
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _splits(B: int, KV: int, L: int, sms: int) -> tuple[int, int]:

@@ -237,9 +237,11 @@ class Scheme:
         layouts unpacked; padded rows dropped)."""
         return wq[:out_features]
 
-    def pack_weight(self, codes: torch.Tensor) -> torch.Tensor:
-        """The inverse of ``unpack_weight`` (codes [N, K] -> weight_q as ``load`` takes it)."""
-        return codes
+    @classmethod
+    def pack_weight(cls, codes: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``unpack_weight``: codes [N, K] -> weight_q as ``load`` takes it (unpadded
+        rows; also what ``from_compressed_tensors`` builds from a checkpoint's codes)."""
+        return codes.contiguous()
 
     def plain_buffers(self, m: Any) -> dict[str, torch.Tensor]:
         """{buffer name: tensor} of a layer's quantized weights with unpadded rows and the weight

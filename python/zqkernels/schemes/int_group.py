@@ -215,11 +215,6 @@ class IntGroupScheme(GroupedScheme):
         return cls.fixed_scale is None or cls.fixed_scale == group_scales
 
     @classmethod
-    def _ct_weight_q(cls, codes: torch.Tensor) -> torch.Tensor:
-        """int8 codes [N, K] -> the weight_q buffer (unpadded rows)."""
-        return codes.contiguous()
-
-    @classmethod
     def from_compressed_tensors(cls, name, tensors, info, group_scales):
         """Real group scales s [N, K / g] -> sw, sg (``ct_group_scales``); the scale kind is the scheme's,
         w8a8-group's from zqkernels.json, else `group_scales`; alpha from zqkernels.json when ours."""
@@ -244,7 +239,7 @@ class IntGroupScheme(GroupedScheme):
                 f"load_quantized: {name} [{N}, {K}] with group size {g} cannot be a {cls.name!r} QLinear: {e}"
             ) from None
         sw, sg, _ = ct_group_scales(name, s, cls.bits, g, K, scale_kind, info.get("alpha"))
-        buffers = {"weight_q": cls._ct_weight_q(codes), "weight_scale": sw, "weight_group_scale": sg}
+        buffers = {"weight_q": cls.pack_weight(codes), "weight_scale": sw, "weight_group_scale": sg}
         return CTLayer(qs, N, K, buffers, tensors.get("bias"))
 
 

@@ -29,20 +29,17 @@ class _W4A8Base(IntGroupScheme):
 
     def _ct_weight(self, m, n):
         K = m.in_features
-        codes = unpack_int4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+        codes = self.unpack_weight(m.weight_q.detach().cpu(), n, K)
         return {"weight_packed": pack_ct(codes), "weight_shape": torch.tensor([n, K], dtype=torch.int64)}, FORMAT_PACKED
 
     def unpack_weight(self, wq, out_features, in_features):
         return unpack_int4(wq, wq.shape[0], in_features)[:out_features]
 
-    def pack_weight(self, codes):
-        return pack_int4(codes)
+    @classmethod
+    def pack_weight(cls, codes):
+        return pack_int4(codes)  # our layout m16k32
 
     ct_strategies = ("channel", "group")  # int4 per channel too
-
-    @classmethod
-    def _ct_weight_q(cls, codes):
-        return pack_int4(codes)  # our layout m16k32
 
 
 @register

@@ -102,8 +102,9 @@ class W4A8FP(GroupedScheme):
     def unpack_weight(self, wq, out_features, in_features):
         return unpack_fp4(wq, wq.shape[0], in_features)[:out_features]
 
-    def pack_weight(self, codes):
-        return pack_fp4(codes)
+    @classmethod
+    def pack_weight(cls, codes):
+        return pack_fp4(codes.contiguous())
 
     def buffer_layout(self, rows, in_features):
         sg = torch.float32 if self.scale_policy == "free" else torch.int8
@@ -139,7 +140,7 @@ class W4A8FP(GroupedScheme):
             )
         n, K = m.out_features, m.in_features
         g = m.group_size
-        codes = unpack_fp4(m.weight_q.detach().cpu(), m.weight_q.shape[0], K)[:n]
+        codes = self.unpack_weight(m.weight_q.detach().cpu(), n, K)
         sw = m.weight_scale[:n].detach().cpu()
         e = m.weight_group_scale[:n].detach().cpu().to(torch.int32)
         mant, ex = torch.frexp(sw)
@@ -243,7 +244,7 @@ class W4A8FP(GroupedScheme):
         except ValueError as err:
             raise NotImplementedError(f"load_quantized: {name} [{N}, {K}] cannot be a 'w4a8-fp' QLinear: {err}") from None
         buffers = {
-            "weight_q": pack_fp4(codes.contiguous()),
+            "weight_q": cls.pack_weight(codes),
             "weight_scale": sw.to(torch.float32).contiguous(),
             "weight_group_scale": e.to(torch.int8).contiguous(),
         }
