@@ -177,6 +177,8 @@ if [[ " $STEPS " == *" decode "* ]]; then
   td=$(date +%s)
   python3 -m pytest -q -x -p no:cacheprovider tests/test_attention_gpu.py >"$OUT/decode_tests.log" 2>&1
   summary+=("decode tests: rc=$?, $(tail -1 "$OUT/decode_tests.log")")
+  python3 benchmarks/bench_attention.py ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | grep -v -e USDT -e _warn \
+    | tee "$OUT/attention.log" | tail -16
   for da in on off; do
     python3 benchmarks/bench_schemes_layer.py --cases b1,b16 --schemes w8a8,w4a8 --no-compile --decode-attention $da \
       --json "$OUT/layer_decode_$da.json" 2>&1 | tail -5 | tee -a "$OUT/decode.log"

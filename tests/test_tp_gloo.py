@@ -96,7 +96,7 @@ def _block_worker(rank: int, world: int, init: str) -> None:
         dist.destroy_process_group()
 
 
-def _plan_worker(rank: int, world: int, init: str, ckpt: str = "") -> None:
+def _plan_worker(rank: int, world: int, init: str, ckpt: str = "", ckpt_per_linear: str = "") -> None:
     import copy
 
     import zqkernels
@@ -129,10 +129,51 @@ def _plan_worker(rank: int, world: int, init: str, ckpt: str = "") -> None:
                 out2 = loaded(ids).logits.float()
             cos2 = float(torch.nn.functional.cosine_similarity(out2.flatten(), ref2.flatten(), dim=0))
             assert cos2 > 0.999, cos2
+            _check_streamed_load(ckpt, ids, out2, fused=True)
+        if ckpt_per_linear:  # the per-Linear checkpoint: split by the plan while loading
+            loaded = zqkernels.load_quantized(ckpt_per_linear)
+            parallelize_model(loaded)
+            with torch.no_grad():
+                out3 = loaded(ids).logits.float()
+            _check_streamed_load(ckpt_per_linear, ids, out3, fused=False)
         dist.barrier()  # every rank done before any tears its connections down
         _mark_done(init, rank)
     finally:
         dist.destroy_process_group()
+
+
+def _check_streamed_load(ckpt: str, ids: torch.Tensor, want: torch.Tensor, fused: bool) -> None:
+    """load_quantized(ckpt, tp=True) gives the logits of load_quantized + parallelize_model bit for
+    bit, and splits each layer before it reads the next one's tensors."""
+    import zqkernels
+    from zqkernels.nn import checkpoint, tp_load
+
+    events: list[str] = []
+    pop, finish = checkpoint._Lazy.pop, tp_load.TPStream.finish
+
+    def spy_pop(self, k):
+        events.append("read " + k)
+        return pop(self, k)
+
+    def spy_finish(self, take):
+        if self.current is not None:
+            events.append("split " + self.current)
+        return finish(self, take)
+
+    checkpoint._Lazy.pop, tp_load.TPStream.finish = spy_pop, spy_finish
+    try:
+        streamed = zqkernels.load_quantized(ckpt, tp=True)
+    finally:
+        checkpoint._Lazy.pop, tp_load.TPStream.finish = pop, finish
+    with torch.no_grad():
+        got = streamed(ids).logits.float()
+    assert torch.equal(got, want)
+    layers = streamed.model.layers
+    if fused:  # the blocks are linked as load_quantized links them (the next block's input handed over)
+        assert layers[0]._next is layers[1]
+    split0 = events.index("split model.layers.0")
+    assert not any(e.startswith("read model.layers.1.") for e in events[:split0]), events[: split0 + 1]
+    assert any(e.startswith("read model.layers.1.") for e in events[split0:])
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")
@@ -146,7 +187,11 @@ def test_per_linear_llama_by_transformers_tp_plan_and_a_loaded_checkpoint():
         zqkernels.quantize_model(m)  # fused W8A8 blocks
         ckpt = os.path.join(d, "ckpt")
         zqkernels.save_quantized(m, ckpt)
-        _spawn(_plan_worker, 2, d, ckpt)
+        m = _llama_float()
+        zqkernels.quantize_model(m, fused_blocks=False)
+        ckpt2 = os.path.join(d, "ckpt_per_linear")
+        zqkernels.save_quantized(m, ckpt2)
+        _spawn(_plan_worker, 2, d, ckpt, ckpt2)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")

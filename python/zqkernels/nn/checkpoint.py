@@ -104,6 +104,33 @@ QUANT_CONFIG: dict[str, Any] = {
 #: What load_quantized reads (its NotImplementedError for any other config group lists it).
 
 
+class _Lazy:
+    """The checkpoint's tensors by name, read from the .safetensors files only when taken (``pop``),
+    so a loader holds one layer's tensors at a time rather than the whole file."""
+
+    def __init__(self, model_dir: str, files: list[str]) -> None:
+        from safetensors import safe_open
+
+        self._where: dict[str, Any] = {}
+        for n in files:
+            f = safe_open(os.path.join(model_dir, n), framework="pt", device="cpu")
+            for k in f.keys():
+                self._where[k] = f
+
+    def __contains__(self, k: object) -> bool:
+        return k in self._where
+
+    def __iter__(self):
+        return iter(list(self._where))
+
+    def pop(self, k: str) -> torch.Tensor:
+        return self._where.pop(k).get_tensor(k)
+
+    def take(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Every remaining tensor under `prefix`, popped, keyed by the rest of its name."""
+        return {k[len(prefix):]: self.pop(k) for k in list(self._where) if k.startswith(prefix)}
+
+
 # ------------------------------------------------------------------------------------------------
 # save
 
@@ -335,6 +362,7 @@ def load_quantized(
     *,
     fuse: Optional[bool] = None,
     group_scales: str = "int",
+    tp: Any = None,
 ) -> nn.Module:
     """Load a compressed-tensors checkpoint (ours or another tool's) into QLinear modules.
 
@@ -356,12 +384,16 @@ def load_quantized(
     group_scales: for another tool's int4 / int8 group weights: "int" (default; integer scales sg =
     rint(s / s_max * alpha) with quantize_weight's default alpha, schemes "w4a8" / "w8a8-group") or
     "float" (float32 ratios s / s_max: "w4a8-floatscale" / "w8a8-group" with scale="float").
+    tp: None, or the process group this rank's part is loaded for (a ProcessGroup, a 1-D DeviceMesh, or
+    True: the default group): each transformer layer is split as soon as it is read (``nn/tp_load.py``),
+    so the rank never holds more than its part plus one whole layer; the model equals
+    ``parallelize_model(load_quantized(dir))`` (docs/TP.md). The plan: the model's transformers
+    ``tp_plan``.
     Raises NotImplementedError for other schemes (asymmetric, static activations, NVFP4 / other MX
     formats, int4 with fp8 activations, ...). Returns the model in eval mode.
     """
     if group_scales not in ("int", "float"):
         raise ValueError(f"load_quantized: group_scales must be 'int' or 'float', got {group_scales!r}")
-    from safetensors.torch import load_file
 
     model_dir = os.fspath(model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
@@ -379,9 +411,7 @@ def load_quantized(
     files = sorted(n for n in os.listdir(model_dir) if n.endswith(".safetensors"))
     if not files:
         raise ValueError(f"load_quantized: no .safetensors file in {model_dir}")
-    sd: dict[str, torch.Tensor] = {}
-    for n in files:
-        sd.update(load_file(os.path.join(model_dir, n)))
+    sd = _Lazy(model_dir, files)
     if model is None:
         model = _build_hf(model_dir, cfg)
     model.eval()
@@ -395,9 +425,18 @@ def load_quantized(
                     f"load_quantized: tensor {k!r} belongs to a scheme not implemented here (asymmetric weights, "
                     f"static activations, act-order g_idx or global scales); implemented: {supported()}"
                 )
+    if fuse is None:
+        fuse = bool(meta.get("fused", True)) if meta else True
+    stream = None
+    if tp is not None and tp is not False:
+        from .tp_load import TPStream
+
+        stream = TPStream(model, None if tp is True else tp, fuse)
     warned = set()
     qnames = sorted(k[: -len(".weight_scale")] for k in sd if k.endswith(".weight_scale"))
     for name in qnames:
+        if stream is not None:
+            stream.before(name, sd.take)
         parent, attr, old = _get(model, name)
         conv = _is_conv1d(old)
         if not (isinstance(old, (QLinear, nn.Linear)) or conv):
@@ -445,7 +484,9 @@ def load_quantized(
             for a, child in list(mod._modules.items()):
                 if child is old:
                     setattr(mod, a, new)
-    res = model.load_state_dict(sd, strict=False, assign=True)
+    if stream is not None:
+        stream.close(sd.take)
+    res = model.load_state_dict(sd.take(""), strict=False, assign=True)
     tied = meta.get("tied", {})
     for dup, orig in tied.items():  # storage shared when saved: share it again
         if dup in res.missing_keys:
@@ -466,9 +507,9 @@ def load_quantized(
     still_meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if still_meta:
         raise ValueError(f"load_quantized: the checkpoint has no values for {still_meta[:8]}")
-    if fuse is None:
-        fuse = bool(meta.get("fused", True)) if meta else True
-    if fuse:
+    if stream is not None:
+        stream.split_rest()
+    elif fuse:
         _fuse(model)
     record_loaded(model, model_dir)  # conversion_report(model) describes it like a converted model
     return model.eval()  # the QLinears built above (e.g. an unfused lm_head) too

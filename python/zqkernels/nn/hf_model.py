@@ -251,13 +251,16 @@ def _load_merged(merged: QLinear, ms: list[QLinear], part_names: Optional[list[s
     qs.load(merged, tensors, b)
 
 
-def _fuse(model: nn.Module) -> None:
+def _fuse(model: nn.Module, only: Optional[nn.Module] = None) -> list[QuantizedBlock]:
     """Replace each recognised HF layer whose linears are all loaded, and quantized with one scheme
     (whose parts line up with its buffers' rows: ``_lines_up``), by its fused block of that scheme, with the parts' tensors concatenated (as the conversion merged
-    them; nothing re-quantized)."""
+    them; nothing re-quantized). `only`: that layer alone, left unlinked (the caller links: ``link_blocks``).
+    Returns the new blocks."""
     blocks = []
     for prefix, parent in list(model.named_modules()):
         for attr, layer in list(parent._modules.items()):
+            if only is not None and layer is not only:
+                continue
             cls = block_class(layer) if layer is not None else None
             if cls is None or not cls.PARTS:
                 continue
@@ -285,9 +288,18 @@ def _fuse(model: nn.Module) -> None:
                 if level[r]:
                     _load_merged(getattr(blk, r), ms, [pre + n for n in roles[r]])
             blocks.append((parent, attr, blk))
-    by_parent: dict[int, list[QuantizedBlock]] = {}
     for parent, attr, blk in blocks:
         setattr(parent, attr, blk)
+    if only is None:
+        link_blocks([(parent, blk) for parent, _, blk in blocks])
+    return [blk for _, _, blk in blocks]
+
+
+def link_blocks(blocks: list[tuple[nn.Module, QuantizedBlock]]) -> None:
+    """Link consecutive fused blocks of one parent (in the given order) of the same class: each
+    block's last residual add prepares the next one's quantized input."""
+    by_parent: dict[int, list[QuantizedBlock]] = {}
+    for parent, blk in blocks:
         by_parent.setdefault(id(parent), []).append(blk)
     for seq in by_parent.values():
         for a, b in zip(seq, seq[1:]):

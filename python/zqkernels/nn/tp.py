@@ -267,11 +267,29 @@ def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> 
     for name, blk in blocks.items():
         shard_block(blk, rank, world, pg)
         done[name] = f"fused block: {blk.heads} of {blk.heads * world} heads"
+    done.update(split_planned(model, plan_of(model, plan), (pg, rank, world), tuple(f"{n}." for n in blocks)))
+    if not done:
+        raise ValueError("parallelize_model: nothing to split: no fused block, and no module matches the plan")
+    return done
+
+
+def plan_of(model: nn.Module, plan: Any = None) -> dict[str, str]:
+    """`plan`, else the model's transformers ``tp_plan`` ({} if it has none)."""
     if plan is None:
         plan = getattr(model, "tp_plan", None) or getattr(model, "_tp_plan", None) or {}
-    in_block = tuple(f"{n}." for n in blocks)
-    for name, mod in list(model.named_modules()):
-        style = _style_of(name, plan) if name and not name.startswith(in_block) else None
+    return plan
+
+
+def split_planned(root: nn.Module, plan: dict[str, str], where: tuple[Any, int, int], skip: tuple[str, ...] = (),
+                  prefix: str = "") -> dict[str, str]:
+    """Wrap every Linear / QLinear under `root` whose full name (`prefix` + its name in root) the plan
+    names, and not under a `skip` prefix, as the rank's ColwiseQLinear / RowwiseQLinear part;
+    `where` = (process group, rank, world). Returns {full name: what was done}."""
+    pg, rank, world = where
+    done: dict[str, str] = {}
+    for local, mod in list(root.named_modules()):
+        name = f"{prefix}{local}" if local else prefix.rstrip(".")
+        style = _style_of(name, plan) if name and not name.startswith(skip) else None
         if style is None:
             continue
         if not isinstance(mod, (QLinear, nn.Linear)):
@@ -282,10 +300,7 @@ def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> 
             raise NotImplementedError(f"parallelize_model: {name}: tensor-parallel style {style!r} is not supported "
                                       "(colwise, colwise_gather_output, rowwise)")  # fmt: skip
         shard = _even_part(f"parallelize_model: {name}", mod, kind, rank, world)
-        parent, attr, _ = _get(model, name)
+        parent, attr, _ = _get(root, local)
         setattr(parent, attr, _wrap(shard, kind, pg, rank, world, style != kind, input_is_parallel=True))
         done[name] = style
-    if not done:
-        raise ValueError("parallelize_model: nothing to split: no fused block, and no module matches the plan")
     return done
-
