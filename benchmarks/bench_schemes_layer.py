@@ -155,9 +155,8 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-compile", action="store_true", help="bf16 in eager and graph only (no torch.compile)")
     ap.add_argument("--torchao", action="store_true", help="also torchao's FP8 row-wise layer (graph, compile, reduce-overhead)")
-    ap.add_argument("--decode-attention", choices=("on", "off"), default=None,
-                    help="fused blocks' one-token steps through decode_attention (on) or SDPA on packed query heads "
-                    "(off); default: the library's (nn.blocks_base.DECODE_ATTENTION)")
+    ap.add_argument("--decode-attention", choices=("gqa", "packed", "kernel", "hf"), default=None,
+                    help="fused blocks' one-token attention (nn.blocks_base.DECODE_ATTENTION; default: the library's)")
     ap.add_argument("--torch-rope", action="store_true",
                     help="fused blocks take the torch RoPE + cache.update instead of rope_qkv (one kernel; A/B)")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test: a tiny layer, 32 tokens, eager only")
@@ -166,7 +165,7 @@ def main() -> int:
 
     blocks_base.FUSED_ROPE = not args.torch_rope
     if args.decode_attention is not None:
-        blocks_base.DECODE_ATTENTION = args.decode_attention == "on"
+        blocks_base.DECODE_ATTENTION = args.decode_attention
     schemes = [s for s in args.schemes.split(",") if s]
     dev = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     st = bm.Settings(dev, 1 if args.dry_run else args.rounds, 0.05, 0.0 if args.dry_run else 0.1)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=14, help="kernels listed per side")
     p.add_argument("--copy-tbs", type=float, default=3.0, help="copy bandwidth for the floor, TB/s (default 3.0)")
-    p.add_argument("--decode-attention", choices=("on", "off"), default=None,
-                   help="one-token attention through decode_attention (on) or SDPA (off); default: the library's")
+    p.add_argument("--decode-attention", choices=("gqa", "packed", "kernel", "hf"), default=None,
+                   help="fused blocks' one-token attention (nn.blocks_base.DECODE_ATTENTION; default: the library's)")
     p.add_argument("--json", default=None)
     p.add_argument("--dry-run", action="store_true", help="CPU: tiny model, no kernel times")
     args = p.parse_args(argv)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from zqkernels.nn import blocks_base
 
     if args.decode_attention is not None:
-        blocks_base.DECODE_ATTENTION = args.decode_attention == "on"
+        blocks_base.DECODE_ATTENTION = args.decode_attention
     dev = torch.device("cpu") if args.dry_run else torch.device("cuda", 0)
     bf16 = bl.build_bf16(dev, args.dry_run, args.layers)
     out: dict[str, Any] = {"environment": environment(dev), "case": case.name, "layers": args.layers, "sides": {}}

@@ -23,7 +23,7 @@
 #                bf16 best mode (LAYER_CASES, default prefill,b1,b16)
 #   decode    -> the decode path's A/B (issue 19): decode_attention's GPU tests, then the W8A8 / W4A8
 #                decode layers (b1, b16) and a whole Llama-3-8B decode step's kernel profile
-#                (benchmarks/profile_llm.py) with --decode-attention on and off, same run
+#                (benchmarks/profile_llm.py) for each --decode-attention mode (DECODE_MODES), same run
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
@@ -179,7 +179,7 @@ if [[ " $STEPS " == *" decode "* ]]; then
   summary+=("decode tests: rc=$?, $(tail -1 "$OUT/decode_tests.log")")
   python3 benchmarks/bench_attention.py ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | grep -v -e USDT -e _warn \
     | tee "$OUT/attention.log" | tail -16
-  for da in on off; do
+  for da in ${DECODE_MODES:-gqa packed kernel}; do
     python3 benchmarks/bench_schemes_layer.py --cases b1,b16 --schemes w8a8,w4a8 --no-compile --decode-attention $da \
       --json "$OUT/layer_decode_$da.json" 2>&1 | tail -5 | tee -a "$OUT/decode.log"
     python3 benchmarks/profile_llm.py --sides w8a8 --top 8 --decode-attention $da --json "$OUT/profile_decode_$da.json" \

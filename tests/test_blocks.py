@@ -214,28 +214,36 @@ def test_every_scheme_block_traces_without_graph_break(scheme):
 
 
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
-def test_one_token_gqa_attention_packs_query_heads(cache, monkeypatch):
-    """A one-token step with grouped KV heads runs SDPA on [B, KV, G, hd] (no repeat_kv copies of the
-    cache); it must give what HF's own SDPA path gives, mask (static cache) or not (dynamic)."""
+def test_one_token_gqa_attention_modes(cache, monkeypatch):
+    """A one-token step with grouped KV heads reads the cache as it is (no repeat_kv copies): SDPA with
+    enable_gqa=True ("gqa", the default) or on [B, KV, G, hd] query rows ("packed"); each must give
+    what HF's own SDPA path gives ("hf"), mask (static cache) or not (dynamic)."""
+    from zqkernels.nn import blocks_base
+
     m = zqkernels.quantize_model(llama(num_attention_heads=8, num_key_value_heads=2))
     blocks = [b for b in m.modules() if type(b).__name__ == "QLlamaDecoderLayer"]
     assert blocks and all(b._one_token_sdpa for b in blocks)
+    assert blocks_base.DECODE_ATTENTION == "gqa"
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda q, *a, **k: calls.append(tuple(q.shape)) or sdpa(q, *a, **k))
+                        lambda q, k, *a, **kw: calls.append((tuple(q.shape), tuple(k.shape), kw.get("enable_gqa")))
+                        or sdpa(q, k, *a, **kw))
     ids = IDS[:2, :6]
     out = {}
     with torch.no_grad():
-        for packed in (True, False):
-            for b in blocks:
-                b._one_token_sdpa = packed
+        for mode in ("gqa", "packed", "hf"):
+            monkeypatch.setattr(blocks_base, "DECODE_ATTENTION", mode)
             calls.clear()
-            out[packed] = m.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation=cache,
-                                     attention_mask=torch.ones_like(ids), output_logits=True,
-                                     return_dict_in_generate=True)
-            if packed:  # the decode steps' queries: [B, KV, G, hd]
-                assert (2, 2, 4, 8) in calls, calls
-    assert torch.equal(out[True].sequences, out[False].sequences)
-    for a, b in zip(out[True].logits, out[False].logits):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            out[mode] = m.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation=cache,
+                                   attention_mask=torch.ones_like(ids), output_logits=True,
+                                   return_dict_in_generate=True)
+            steps = [c for c in calls if c[0][2] == 1 or mode == "packed" and c[0][1:3] == (2, 4)]
+            if mode == "gqa":  # the decode steps' queries: [B, H, 1, hd] against [B, KV, L, hd]
+                assert any(c[0] == (2, 8, 1, 8) and c[1][1] == 2 and c[2] for c in steps), calls
+            if mode == "packed":  # [B, KV, G, hd]
+                assert any(c[0] == (2, 2, 4, 8) for c in steps), calls
+    for mode in ("gqa", "packed"):
+        assert torch.equal(out[mode].sequences, out["hf"].sequences)
+        for a, b in zip(out[mode].logits, out["hf"].logits):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

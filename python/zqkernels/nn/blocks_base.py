@@ -200,11 +200,14 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-#: One-token steps (decode) on CUDA through ``decode_attention`` (one kernel, the cache read once,
-#: ops/attention.py) where HF's SDPA would run; False: SDPA on the packed query heads. Off until the
-#: kernel has run on a GPU (tests/test_attention_gpu.py) and measured faster (A/B:
-#: bench_schemes_layer.py / profile_llm.py --decode-attention on|off).
-DECODE_ATTENTION = False
+#: How fused blocks attend in one-token steps (decode) with HF's SDPA attention: "gqa" (one SDPA call
+#: with enable_gqa=True: cuDNN / flash read the grouped KV cache as it is), "packed" (each KV head's
+#: query heads as query rows, q [B, KV, G, hd]), "kernel" (``decode_attention``, ops/attention.py, on
+#: CUDA where it applies), "hf" (HF's function: k and v copied per query head when a mask is given).
+#: Default "gqa": measured fastest on an H100 (bench_attention.py, bench_schemes_layer.py /
+#: profile_llm.py --decode-attention MODE are the A/B; docs/FUSED.md, "Decode attention").
+DECODE_ATTENTION = "gqa"
+DECODE_MODES = ("gqa", "packed", "kernel", "hf")
 
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
 #: rotate_half, multiplies, ``cache.update``). Its kernel equals the torch sequence bit for bit on an
@@ -468,21 +471,23 @@ class QuantizedBlock(nn.Module):
         H, hd = self.heads, self.head_dim
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
-        if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES:
+        mode = DECODE_ATTENTION
+        if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES and mode != "hf":
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
             plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
-            if DECODE_ATTENTION and q.is_cuda and plain and decode_attention_supported(q, k):
+            if mode == "kernel" and q.is_cuda and plain and decode_attention_supported(q, k):
                 # One kernel reading the cache once (ops/attention.py), the same softmax(q k^T) v
                 return decode_attention(q, k, v, m, self._meta.scaling).reshape(B, H * hd)
             if self.heads > self.kv_heads and not torch.compiler.is_compiling():
-                # Grouped KV heads: each KV head's G query heads become G query rows (q [B, H, 1, hd]
-                # -> [B, KV, G, hd]), so SDPA reads the cache as it is; HF's SDPA function instead
-                # copies k and v G times (repeat_kv) whenever a mask is given, as for a static cache.
-                # Same products and softmax rows; the mask of the one query position broadcasts.
-                KV = self.kv_heads
-                out = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=m,
-                                                     scale=self._meta.scaling)  # fmt: skip
-                return out.reshape(B, H * hd)
+                # Grouped KV heads read as they are; HF's SDPA function instead copies k and v G times
+                # (repeat_kv) whenever a mask is given, as for a static cache.
+                if mode == "packed":  # each KV head's G query heads as G query rows: q -> [B, KV, G, hd]
+                    KV = self.kv_heads
+                    out = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=m,
+                                                         scale=self._meta.scaling)  # fmt: skip
+                else:
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=self._meta.scaling, enable_gqa=True)
+                return out.reshape(B, H * hd)  # [B, H, 1, hd] (or [B, KV, G, hd]): head-major rows
         out, _ = self._attn_fn(self._meta, q, k, v, mask, dropout=0.0, scaling=self._meta.scaling, **kwargs)
         return out.reshape(B * S, H * hd)
 

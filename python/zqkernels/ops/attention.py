@@ -8,7 +8,9 @@ along hd); mask bool [B or 1, 1, 1, L] (True: attend; HF's SDPA mask of one quer
 It equals ``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)``
 up to fp32 summation order (reference: ``reference/attention.py``), reading the cache once with
 B * kv_heads * splits CTAs where SDPA's kernels either copy k and v per query head or leave most of
-the GPU idle (docs/FUSED.md, "Decode attention"; the kernel has not yet run on a GPU). CUDA: bf16 / fp16 with head_dim 64, 128 or 256,
+the GPU idle (docs/FUSED.md, "Decode attention": on an H100 it passes its GPU tests but is slower than
+SDPA's cuDNN backend with enable_gqa=True from context 1024 on, so fused blocks do not use it by
+default). CUDA: bf16 / fp16 with head_dim 64, 128 or 256,
 fp32 with 64 or 128, heads / kv_heads <= 8, 16-byte aligned rows; ``decode_attention_supported``
 says whether a call fits. CPU tensors run the reference. A ``torch.library`` custom op (compile,
 CUDA graphs).
