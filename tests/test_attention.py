@@ -47,8 +47,17 @@ def test_split_policy_covers_every_key():
     for B, KV, L in [(1, 8, 1025), (16, 8, 1025), (64, 8, 4097), (1, 1, 1), (1, 8, 8192), (2, 2, 17)]:
         splits, chunk = att._splits(B, KV, L, 132)
         assert 1 <= chunk <= att.CHUNK_MAX and (splits - 1) * chunk < L <= splits * chunk, (B, KV, L)
-    assert att._splits(1, 8, 1025, 132)[0] >= 33  # batch 1: fill the GPU twice (8 KV heads)
+    assert att._splits(1, 8, 8192, 132)[0] == 66  # batch 1: fill the GPU four times (8 KV heads)
+    assert att._splits(1, 8, 1025, 132)[1] >= att.MIN_CHUNK  # ... with >= 32 keys a CTA
     assert att._splits(64, 8, 1025, 132)[0] == 5  # enough CTAs already: chunks of <= 256 keys
+    assert att._splits(1, 8, att.SPLITS_MAX * att.CHUNK_MAX, 132)[0] == att.SPLITS_MAX
+
+
+def test_too_many_keys_raise():
+    q = torch.zeros(1, 2, 1, 64)
+    k = torch.zeros(1, 1, 1, 64).expand(1, 2, att.SPLITS_MAX * att.CHUNK_MAX + 1, 64)  # no memory
+    with pytest.raises(ValueError, match="at most 2097152 keys"):
+        zqkernels.decode_attention(q, k, k)
 
 
 def test_supported():

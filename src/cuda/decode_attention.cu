@@ -11,11 +11,15 @@
 // chunk of <= kChunkMax keys, so B * kv_heads * splits CTAs stream the cache once:
 //
 //   split kernel  grid (B * kv_heads, splits), 4 warps. Pass 1: a group of LPK lanes per key, each
-//                 lane 16 bytes of the key row, dots for the G rows reduced by shuffles, scores (log2
-//                 domain) into shared memory. Pass 2: per row, the chunk's max m and sum l of
+//                 lane 16 bytes of the key row (kUnroll rows loaded before any is used, so a lane
+//                 keeps kUnroll loads in flight), dots for the G rows reduced by shuffles, scores
+//                 (log2 domain) into shared memory. Pass 2: per row, the chunk's max m and sum l of
 //                 exp2(s - m). Pass 3: each lane accumulates p * v for its 16 bytes of dims over its
-//                 keys; lanes, then warps, are summed. Writes acc (unnormalised), m and l per row.
-//   combine       grid B * heads: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
+//                 keys (kUnroll rows in flight); lanes, then warps, are summed. Writes acc
+//                 (unnormalised), m and l per row.
+//   combine       grid B * heads: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, M = max_s m_s;
+//                 the splits' (m, l) read by all threads at once, the weights in shared memory, the
+//                 acc rows read kUnroll splits at a time.
 //
 // All arithmetic fp32; out rounded to T once. A row whose keys are all masked gives 0 (SDPA's math
 // path gives NaN; nothing in a decoder masks every key). NaN / Inf in q, k, v propagate.
@@ -36,13 +40,19 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
+constexpr int kUnroll = 4;  // key / value rows (or combine splits) a lane loads before using any
+
 template <typename T, int kN>
-__device__ __forceinline__ void load_row(const T* p, float (&f)[kN]) {
+__device__ __forceinline__ void to_floats(const uint4& raw, float (&f)[kN]) {
   static_assert(kN * sizeof(T) == 16, "one 16-byte load");
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
   const T* v = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int e = 0; e < kN; ++e) f[e] = to_float(v[e]);
+}
+
+template <typename T, int kN>
+__device__ __forceinline__ void load_row(const T* p, float (&f)[kN]) {
+  to_floats<T, kN>(*reinterpret_cast<const uint4*>(p), f);
 }
 
 template <typename T, int kHD, int kG>
@@ -86,28 +96,33 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
   }
 
   // Pass 1: scores (log2 domain), masked keys -inf.
-  for (int base = 0; base < n; base += kKPS) {
-    const int j = base + key_lane;
-    float kf[kEPL];
-    if (j < n) {
-      load_row<T, kEPL>(kbase + j * a.kv_stride_l + d0, kf);
-    } else {
+  for (int base = 0; base < n; base += kKPS * kUnroll) {
+    uint4 raw[kUnroll];
+    bool keep[kUnroll];
 #pragma unroll
-      for (int e = 0; e < kEPL; ++e) kf[e] = 0.f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kKPS + key_lane;
+      raw[u] = j < n ? *reinterpret_cast<const uint4*>(kbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
+      keep[u] = mask == nullptr || (j < n && lane % kLPK == 0 && mask[(j0 + j) * a.mask_stride_l] != 0);
     }
-    float dot[kG];
 #pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      dot[g] = 0.f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kKPS + key_lane;
+      float kf[kEPL];
+      to_floats<T, kEPL>(raw[u], kf);
+      float dot[kG];
 #pragma unroll
-      for (int e = 0; e < kEPL; ++e) dot[g] = fmaf(qf[g][e], kf[e], dot[g]);
+      for (int g = 0; g < kG; ++g) {
+        dot[g] = 0.f;
 #pragma unroll
-      for (int off = kLPK / 2; off > 0; off /= 2) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
-    }
-    if (j < n && lane % kLPK == 0) {
-      const bool keep = mask == nullptr || mask[(j0 + j) * a.mask_stride_l] != 0;
+        for (int e = 0; e < kEPL; ++e) dot[g] = fmaf(qf[g][e], kf[e], dot[g]);
 #pragma unroll
-      for (int g = 0; g < kG; ++g) s_score[g][j] = keep ? dot[g] : -INFINITY;
+        for (int off = kLPK / 2; off > 0; off /= 2) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+      }
+      if (j < n && lane % kLPK == 0) {
+#pragma unroll
+        for (int g = 0; g < kG; ++g) s_score[g][j] = keep[u] ? dot[g] : -INFINITY;
+      }
     }
   }
   __syncthreads();
@@ -140,16 +155,25 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
   for (int g = 0; g < kG; ++g)
 #pragma unroll
     for (int e = 0; e < kEPL; ++e) acc[g][e] = 0.f;
-  for (int base = 0; base < n; base += kKPS) {
-    const int j = base + key_lane;
-    if (j < n) {
-      float vf[kEPL];
-      load_row<T, kEPL>(vbase + j * a.kv_stride_l + d0, vf);
+  for (int base = 0; base < n; base += kKPS * kUnroll) {
+    uint4 raw[kUnroll];
 #pragma unroll
-      for (int g = 0; g < kG; ++g) {
-        const float p = s_score[g][j];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kKPS + key_lane;
+      raw[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
-        for (int e = 0; e < kEPL; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = base + u * kKPS + key_lane;
+      if (j < n) {
+        float vf[kEPL];
+        to_floats<T, kEPL>(raw[u], vf);
+#pragma unroll
+        for (int g = 0; g < kG; ++g) {
+          const float p = s_score[g][j];
+#pragma unroll
+          for (int e = 0; e < kEPL; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+        }
       }
     }
   }
@@ -183,18 +207,49 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
 
 template <typename T, int kHD>
 __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnArgs a) {
+  extern __shared__ float s_w[];  // [splits]: 2^(m_s - M)
+  __shared__ float s_red[kWarps];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t bh = blockIdx.x;  // b * heads + h
   const float* ml = a.partial_ml + bh * a.splits * 2;
   float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, ml[2 * s]);
+  for (int s = tid; s < a.splits; s += kThreads) M = fmaxf(M, ml[2 * s]);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+  if (lane == 0) s_red[warp] = M;
+  __syncthreads();
+  M = s_red[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) M = fmaxf(M, s_red[w]);
   const float mu = M == -INFINITY ? 0.f : M;
+  __syncthreads();  // s_red is reused below
   float l = 0.f;
-  for (int s = 0; s < a.splits; ++s) l += exp2f(ml[2 * s] - mu) * ml[2 * s + 1];
+  for (int s = tid; s < a.splits; s += kThreads) {
+    const float w = exp2f(ml[2 * s] - mu);
+    s_w[s] = w;
+    l += w * ml[2 * s + 1];
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
+  if (lane == 0) s_red[warp] = l;
+  __syncthreads();
+  l = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) l += s_red[w];
   const float inv = l == 0.f ? 0.f : 1.f / l;  // all keys masked: acc is 0, so is out
   T* out = static_cast<T*>(a.out) + bh * kHD;
-  for (int d = threadIdx.x; d < kHD; d += kThreads) {
+  const float* pacc = a.partial_acc + bh * a.splits * kHD;
+  for (int d = tid; d < kHD; d += kThreads) {
     float acc = 0.f;
-    for (int s = 0; s < a.splits; ++s) acc += exp2f(ml[2 * s] - mu) * a.partial_acc[(bh * a.splits + s) * kHD + d];
+    int s = 0;
+    for (; s + kUnroll <= a.splits; s += kUnroll) {
+      float x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) x[u] = pacc[(s + u) * kHD + d];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) acc = fmaf(s_w[s + u], x[u], acc);
+    }
+    for (; s < a.splits; ++s) acc = fmaf(s_w[s], pacc[s * kHD + d], acc);
     out[d] = from_float<T>(acc * inv);
   }
 }
@@ -218,7 +273,8 @@ std::string launch_hd(const DecodeAttnArgs& a) {
     } else {
       return "heads / kv_heads must be <= 8, got " + std::to_string(G);
     }
-    decode_attention_combine<T, kHD><<<static_cast<unsigned>(a.B * a.heads), kThreads, 0, a.stream>>>(a);
+    const size_t smem = static_cast<size_t>(a.splits) * sizeof(float);
+    decode_attention_combine<T, kHD><<<static_cast<unsigned>(a.B * a.heads), kThreads, smem, a.stream>>>(a);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(err);
     return {};
@@ -230,6 +286,7 @@ std::string launch_hd(const DecodeAttnArgs& a) {
 std::string decode_attention(const DecodeAttnArgs& a) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return "heads must be a multiple of kv_heads";
   if (a.chunk <= 0 || a.chunk > kDecodeChunkMax) return "chunk must be in 1.." + std::to_string(kDecodeChunkMax);
+  if (a.splits > kDecodeSplitsMax) return "splits must be <= " + std::to_string(kDecodeSplitsMax);
   if (a.splits <= 0 || static_cast<int64_t>(a.splits) * a.chunk < a.L || static_cast<int64_t>(a.splits - 1) * a.chunk >= a.L)
     return "splits * chunk must cover L exactly (no empty split)";
   if (a.B == 0) return {};

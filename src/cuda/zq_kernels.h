@@ -279,6 +279,7 @@ std::string rope_qkv(const RopeArgs& args);
 // split into `splits` chunks of `chunk` (<= kDecodeChunkMax) keys; partial_acc [B * heads * splits,
 // head_dim] and partial_ml [B * heads * splits, 2] (fp32) are the caller's workspace.
 constexpr int kDecodeChunkMax = 256;
+constexpr int kDecodeSplitsMax = 8192;  // the combine keeps one float per split in shared memory (32 KB)
 struct DecodeAttnArgs {
   DType dtype = DType::kBF16;  // of q, k, v, out
   const void* q = nullptr;     // [B, heads, head_dim]: element (b, h, d) at b * q_stride_b + h * q_stride_h + d

@@ -32,6 +32,8 @@ __all__ = ["decode_attention", "decode_attention_supported"]
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 CHUNK_MAX = 256  # keys per CTA at most (kDecodeChunkMax)
+MIN_CHUNK = 32  # keys per CTA at least where L allows (one unrolled step of 4 warps x 2 keys x 4 rows)
+SPLITS_MAX = 8192  # kDecodeSplitsMax: L <= SPLITS_MAX * CHUNK_MAX keys
 MAX_GROUP = 8  # heads / kv_heads the kernel serves
 _cuda_ready: set[int] = set()
 
@@ -62,6 +64,8 @@ def _check(name, q, k, v, mask, scale) -> None:
         raise ValueError(f"{name}: v must have k's shape {list(k.shape)}, got {list(v.shape)}")
     if k.shape[2] == 0:
         raise ValueError(f"{name}: k and v must hold at least one key (L >= 1), got L = 0")
+    if k.shape[2] > SPLITS_MAX * CHUNK_MAX:
+        raise ValueError(f"{name}: at most {SPLITS_MAX * CHUNK_MAX} keys (L), got {k.shape[2]}")
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype is not torch.bool:
             raise TypeError(f"{name}: mask must be a bool tensor (True: attend) or None, got "
@@ -75,10 +79,11 @@ def _check(name, q, k, v, mask, scale) -> None:
 
 
 def _splits(B: int, KV: int, L: int, sms: int) -> tuple[int, int]:
-    """(splits, chunk): enough CTAs to fill the GPU twice over, <= CHUNK_MAX keys each, >= 16 keys a
-    CTA where the cache allows; every split non-empty."""
-    want = max(1, -(-2 * sms // max(B * KV, 1)))
-    splits = max(-(-L // CHUNK_MAX), min(want, -(-L // 16)))
+    """(splits, chunk): enough CTAs to fill the GPU four times over (a CTA's pass over its keys is
+    latency-bound at small batch), <= CHUNK_MAX keys each, >= MIN_CHUNK keys a CTA where the cache
+    allows; every split non-empty."""
+    want = max(1, -(-4 * sms // max(B * KV, 1)))
+    splits = max(-(-L // CHUNK_MAX), min(want, -(-L // MIN_CHUNK)))
     chunk = -(-L // splits)
     return -(-L // chunk), chunk
 
