@@ -81,7 +81,18 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int c = tid + i * stride;
-      if (c < nchunks) stage1<kOp, T, VEC>(r, K, c * VEC, false, a.residual_mode, buf[i]);
+      if (c < nchunks) stage1<kOp, T, VEC, false>(r, K, c * VEC, false, a.residual_mode, buf[i]);
+    }
+    // The residual sum's write after every load: a store between them would serialise the loads'
+    // latencies (residual_out may alias the residual), kIters round trips instead of one.
+    if constexpr (is_norm(kOp)) {
+      if (r.res != nullptr && a.residual_mode == ResidualMode::kSum) {
+#pragma unroll
+        for (int i = 0; i < kIters; ++i) {
+          const int c = tid + i * stride;
+          if (c < nchunks) *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(buf[i]);
+        }
+      }
     }
     if constexpr (is_norm(kOp)) {
       float s = 0.f;

@@ -157,8 +157,10 @@ struct Row {
 };
 
 // Stage 1 for VEC consecutive elements starting at k; `from_sum` reads the already-written sum
-// (residual_out) instead of recomputing x + residual.
-template <RowOp kOp, typename T, int VEC>
+// (residual_out) instead of recomputing x + residual. kStoreSum = false leaves the kSum write of
+// x + residual to the caller: residual_out may alias the residual, so a store here orders every
+// later load of the thread after it (the register-resident path issues all its loads first).
+template <RowOp kOp, typename T, int VEC, bool kStoreSum = true>
 __device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_sum, ResidualMode mode,
                                        T (&v)[VEC]) {
   if constexpr (VEC * sizeof(T) == 16) {
@@ -207,7 +209,7 @@ __device__ __forceinline__ void stage1(const Row<T>& r, int K, int k, bool from_
       }
 #pragma unroll
       for (int j = 0; j < VEC; ++j) v[j] = from_float<T>(to_float(v[j]) + to_float(rv[j]));
-      if (mode == ResidualMode::kSum) {
+      if (kStoreSum && mode == ResidualMode::kSum) {
         if constexpr (VEC * sizeof(T) == 16) {
           *reinterpret_cast<uint4*>(r.res_out + k) = *reinterpret_cast<const uint4*>(v);
         } else {
