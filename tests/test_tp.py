@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zqkernels
 from zqkernels.nn import QLinear
 from zqkernels.nn.tp import shard_qlinear
 from zqkernels.schemes import SCHEMES
@@ -130,3 +131,17 @@ def test_a_split_model_is_not_saved(tmp_path):
     shard_block(m.model.layers[0], 0, 2)
     with pytest.raises(ValueError, match="one rank's part of a tensor-parallel split"):
         zqkernels.save_quantized(m, tmp_path / "ckpt")
+
+
+def test_load_split_needs_an_initialised_process_group(tmp_path):
+    pytest.importorskip("safetensors")
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        pytest.skip("a process group is initialised in this process")
+    m = QLinear.from_linear(torch.nn.Linear(64, 64))
+    wrapper = torch.nn.Sequential(m)
+    zqkernels.save_quantized(wrapper, tmp_path / "ckpt")
+    with pytest.raises(RuntimeError, match="load_quantized: torch.distributed is not initialised"):
+        zqkernels.load_quantized(tmp_path / "ckpt", model=torch.nn.Sequential(torch.nn.Linear(64, 64)), tp=True)
+

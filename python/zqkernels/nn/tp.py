@@ -159,7 +159,7 @@ def shard_block(blk: QuantizedBlock, rank: int, world: int, group: Any = None) -
 def parallelize_blocks(model: nn.Module, group: Any = None) -> int:
     """Split every fused block of `model` in place across the ranks of `group` (a ProcessGroup, a 1-D
     DeviceMesh, or None: the default group); every rank passes the same model. Returns how many."""
-    pg, rank, world = _group_info(group)
+    pg, rank, world = _group_info(group, "parallelize_blocks")
     blocks = [m for m in model.modules() if isinstance(m, QuantizedBlock)]
     if not blocks:
         raise ValueError("parallelize_blocks: the model has no fused block (quantize_model / quantize_ with fused "
@@ -169,15 +169,16 @@ def parallelize_blocks(model: nn.Module, group: Any = None) -> int:
     return len(blocks)
 
 
-def _group_info(group: Any) -> tuple[Any, int, int]:
-    """(process group, rank, world size) of a ProcessGroup, a 1-D DeviceMesh or None (the default group)."""
+def _group_info(group: Any, op: str = "parallelize_qlinear") -> tuple[Any, int, int]:
+    """(process group, rank, world size) of a ProcessGroup, a 1-D DeviceMesh or None (the default
+    group); errors name `op`."""
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("parallelize_qlinear: torch.distributed is not initialised (init_process_group first)")
+        raise RuntimeError(f"{op}: torch.distributed is not initialised (init_process_group first)")
     if group is not None and hasattr(group, "get_group"):  # DeviceMesh
         if group.ndim != 1:
-            raise ValueError(f"parallelize_qlinear: a DeviceMesh must be 1-D, got {group.ndim}-D")
+            raise ValueError(f"{op}: a DeviceMesh must be 1-D, got {group.ndim}-D")
         group = group.get_group()
     return group, dist.get_rank(group), dist.get_world_size(group)
 
@@ -261,7 +262,7 @@ def parallelize_model(model: nn.Module, group: Any = None, plan: Any = None) -> 
     "colwise_gather_output", "rowwise"); `plan`: {fnmatch pattern on module names: style}, default the
     model's own ``tp_plan`` (transformers). Modules of other kinds the plan names (embeddings) stay
     replicated. Returns {module name: what was done}."""
-    pg, rank, world = _group_info(group)
+    pg, rank, world = _group_info(group, "parallelize_model")
     done: dict[str, str] = {}
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedBlock)}
     for name, blk in blocks.items():

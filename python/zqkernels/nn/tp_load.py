@@ -27,7 +27,7 @@ class TPStream:
     """One rank's split of a model while ``load_quantized`` builds it (module docstring)."""
 
     def __init__(self, model: nn.Module, group: Any, fuse: bool, plan: Optional[dict[str, str]] = None) -> None:
-        self.where = _group_info(group)
+        self.where = _group_info(group, "load_quantized")
         self.model, self.fuse = model, fuse
         self.plan = plan_of(model, plan)
         self.units = sorted((n for n, m in model.named_modules() if n and block_class(m) is not None),
@@ -82,4 +82,7 @@ class TPStream:
         """After the remaining tensors were assigned: every other module the plan names (lm_head,
         float Linears outside the layers). Returns {module name: what was done} for the whole model."""
         self.done.update(split_planned(self.model, self.plan, self.where, skip=self._skip()))
+        if not self.done:
+            raise ValueError("load_quantized: tp was given but nothing was split: no fused block and no module named by "
+                             "the model's tp_plan (parallelize_model's rule)")  # fmt: skip
         return self.done
