@@ -96,7 +96,7 @@ def _block_worker(rank: int, world: int, init: str) -> None:
         dist.destroy_process_group()
 
 
-def _plan_worker(rank: int, world: int, init: str, ckpt: str = "", ckpt_per_linear: str = "") -> None:
+def _plan_worker(rank: int, world: int, init: str, ckpt: str = "", *per_linear: str) -> None:
     import copy
 
     import zqkernels
@@ -130,7 +130,7 @@ def _plan_worker(rank: int, world: int, init: str, ckpt: str = "", ckpt_per_line
             cos2 = float(torch.nn.functional.cosine_similarity(out2.flatten(), ref2.flatten(), dim=0))
             assert cos2 > 0.999, cos2
             _check_streamed_load(ckpt, ids, out2, fused=True)
-        if ckpt_per_linear:  # the per-Linear checkpoint: split by the plan while loading
+        for ckpt_per_linear in per_linear:  # per-Linear checkpoints: split by the plan while loading
             loaded = zqkernels.load_quantized(ckpt_per_linear)
             parallelize_model(loaded)
             with torch.no_grad():
@@ -149,28 +149,40 @@ def _check_streamed_load(ckpt: str, ids: torch.Tensor, want: torch.Tensor, fused
     from zqkernels.nn import checkpoint, tp_load
 
     events: list[str] = []
-    pop, finish = checkpoint._Lazy.pop, tp_load.TPStream.finish
+    pop, pop_rows, finish = checkpoint._Lazy.pop, checkpoint._Lazy.pop_rows, tp_load.TPStream.finish
 
     def spy_pop(self, k):
         events.append("read " + k)
         return pop(self, k)
+
+    def spy_pop_rows(self, k, *a):
+        events.append("read " + k)
+        events.append("slice " + k)
+        return pop_rows(self, k, *a)
 
     def spy_finish(self, take):
         if self.current is not None:
             events.append("split " + self.current)
         return finish(self, take)
 
-    checkpoint._Lazy.pop, tp_load.TPStream.finish = spy_pop, spy_finish
+    checkpoint._Lazy.pop, checkpoint._Lazy.pop_rows, tp_load.TPStream.finish = spy_pop, spy_pop_rows, spy_finish
     try:
         streamed = zqkernels.load_quantized(ckpt, tp=True)
     finally:
-        checkpoint._Lazy.pop, tp_load.TPStream.finish = pop, finish
+        checkpoint._Lazy.pop, checkpoint._Lazy.pop_rows, tp_load.TPStream.finish = pop, pop_rows, finish
     with torch.no_grad():
         got = streamed(ids).logits.float()
     assert torch.equal(got, want)
     layers = streamed.model.layers
     if fused:  # the blocks are linked as load_quantized links them (the next block's input handed over)
         assert layers[0]._next is layers[1]
+    else:  # the colwise layers were read as this rank's rows only, the rowwise ones whole
+        q = layers[0].self_attn.q_proj
+        assert type(q).__name__ == "ColwiseQLinear" and q.shard.out_features == 256 // dist.get_world_size()
+        assert type(layers[0].mlp.down_proj).__name__ == "RowwiseQLinear"
+        sliced = [e for e in events if e.startswith("slice ")]
+        assert any(e.startswith("slice model.layers.0.self_attn.q_proj.weight") for e in sliced), sliced[:4]
+        assert not any("down_proj" in e or "o_proj" in e for e in sliced)
     split0 = events.index("split model.layers.0")
     assert not any(e.startswith("read model.layers.1.") for e in events[:split0]), events[: split0 + 1]
     assert any(e.startswith("read model.layers.1.") for e in events[split0:])
@@ -191,7 +203,11 @@ def test_per_linear_llama_by_transformers_tp_plan_and_a_loaded_checkpoint():
         zqkernels.quantize_model(m, fused_blocks=False)
         ckpt2 = os.path.join(d, "ckpt_per_linear")
         zqkernels.save_quantized(m, ckpt2)
-        _spawn(_plan_worker, 2, d, ckpt, ckpt2)
+        m = _llama_float()
+        zqkernels.quantize_(m, zqkernels.nn.W4A8Config(group_size=64, fused_blocks=False))  # packed INT4 rows
+        ckpt3 = os.path.join(d, "ckpt_per_linear_w4a8")
+        zqkernels.save_quantized(m, ckpt3)
+        _spawn(_plan_worker, 2, d, ckpt, ckpt2, ckpt3)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo")

@@ -126,6 +126,23 @@ class _Lazy:
     def pop(self, k: str) -> torch.Tensor:
         return self._where.pop(k).get_tensor(k)
 
+    def pop_rows(self, k: str, start: int, stop: int, rows: int) -> torch.Tensor:
+        """Rows [start, stop) of output channels of tensor `k` (a layer with `rows` of them), read
+        alone: a tensor of R rows holds rows / R channels a row (fp8 block scales: 128), so the cut
+        must fall on whole rows of it (ValueError otherwise); ``weight_shape`` gets the part's N."""
+        f = self._where.pop(k)
+        if k.endswith(".weight_shape"):
+            t = f.get_tensor(k).clone()
+            t[0] = stop - start
+            return t
+        sl = f.get_slice(k)
+        n = sl.get_shape()[0]
+        unit = rows // n if n and rows % n == 0 else 0
+        if not unit or start % unit or (stop % unit and stop != rows):
+            raise ValueError(f"load_quantized: {k} has {n} rows for {rows} output channels: rows [{start}, {stop}) "
+                             "cannot be read as a part of it")  # fmt: skip
+        return sl[start // unit: -(-stop // unit)]
+
     def take(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every remaining tensor under `prefix`, popped, keyed by the rest of its name."""
         return {k[len(prefix):]: self.pop(k) for k in list(self._where) if k.startswith(prefix)}
@@ -453,7 +470,11 @@ def load_quantized(
                 f"{CONV1D_KEY!r} key (expected: zqkernels' Linear layout of a converted Conv1D, weight [out, in]); "
                 "compressed-tensors' layout of a Conv1D is undefined, so it is not guessed"
             )
-        t = {k: sd.pop(f"{name}.{k}") for k in CT_TENSORS if f"{name}.{k}" in sd}
+        part = stream.colwise_rows(name, old) if stream is not None and not conv else None
+        if part is None:
+            t = {k: sd.pop(f"{name}.{k}") for k in CT_TENSORS if f"{name}.{k}" in sd}
+        else:  # this rank's output channels only (the plan splits the layer colwise)
+            t = {k: sd.pop_rows(f"{name}.{k}", *part, old.out_features) for k in CT_TENSORS if f"{name}.{k}" in sd}
         b = t.get("bias")
         has_bias = old.bias is not None
         if b is not None and not has_bias:
@@ -473,6 +494,8 @@ def load_quantized(
         )
         new = QLinear.from_quantized(r.scheme, r.out_features, r.in_features, r.tensors, r.bias, dtype)
         old_in, old_out = (old.weight.shape[0], old.nf) if conv else (old.in_features, old.out_features)
+        if part is not None:
+            old_out = part[1] - part[0]
         if conv or groups[gname].get(CONV1D_KEY):
             new._zq_from_conv1d = True  # save_quantized writes the key again
         if (new.in_features, new.out_features) != (old_in, old_out):
@@ -480,6 +503,8 @@ def load_quantized(
                 f"load_quantized: {name} is [{old_out}, {old_in}] in the model but "
                 f"[{new.out_features}, {new.in_features}] in the checkpoint"
             )
+        if part is not None:
+            new = stream.wrap_part(name, new)
         for _, mod in list(model.named_modules(remove_duplicate=False)):  # every slot of a shared Linear
             for a, child in list(mod._modules.items()):
                 if child is old:

@@ -284,13 +284,14 @@ def plan_of(model: nn.Module, plan: Any = None) -> dict[str, str]:
 def split_planned(root: nn.Module, plan: dict[str, str], where: tuple[Any, int, int], skip: tuple[str, ...] = (),
                   prefix: str = "") -> dict[str, str]:
     """Wrap every Linear / QLinear under `root` whose full name (`prefix` + its name in root) the plan
-    names, and not under a `skip` prefix, as the rank's ColwiseQLinear / RowwiseQLinear part;
+    names, and neither a `skip` prefix ("name.") nor under one, as the rank's ColwiseQLinear /
+    RowwiseQLinear part;
     `where` = (process group, rank, world). Returns {full name: what was done}."""
     pg, rank, world = where
     done: dict[str, str] = {}
     for local, mod in list(root.named_modules()):
         name = f"{prefix}{local}" if local else prefix.rstrip(".")
-        style = _style_of(name, plan) if name and not name.startswith(skip) else None
+        style = _style_of(name, plan) if name and not (name + ".").startswith(skip) else None
         if style is None:
             continue
         if not isinstance(mod, (QLinear, nn.Linear)):

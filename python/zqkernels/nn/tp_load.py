@@ -8,8 +8,10 @@ and cut by ``shard_block``, or its Linears are wrapped by the model's tensor-par
 (``split_planned``); the unsplit tensors of that layer are dropped before the next layer is read.
 A rank thus holds at most its part of the model plus one whole layer, instead of the whole model,
 and the result is the model ``load_quantized(dir)`` followed by ``parallelize_model`` gives, bit for
-bit (same tensors, same cuts). Every rank still reads each quantized tensor of the file once (the
-conversion from the checkpoint's layout needs whole rows, and a rowwise cut needs whole rows too).
+bit (same tensors, same cuts). Layers the plan splits colwise outside a fused block (per-Linear
+models: q / k / v / gate / up, lm_head) are read as the rank's rows only (safetensors slices; the
+conversion from the checkpoint layout is row-local); rowwise layers and fused blocks are read whole
+(a rowwise cut needs whole rows; a block is cut after its parts are merged).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from .blocks import block_class
 from .hf_model import _fuse, link_blocks
-from .tp import _group_info, plan_of, shard_block, split_planned
+from .tp import _group_info, _style_of, _wrap, plan_of, shard_block, split_planned, split_range
 
 
 class TPStream:
@@ -48,6 +50,24 @@ class TPStream:
             self.finish(take)
         self.current = unit
 
+    def colwise_rows(self, name: str, old: nn.Module) -> Optional[tuple[int, int]]:
+        """This rank's output channels of the Linear `name` when it will be split colwise by the plan
+        and not fused first (then only those rows are read), else None (read whole)."""
+        if self.fuse and self.unit_of(name) is not None:
+            return None  # a fused block is cut as a whole (shard_block) after the merge
+        style = _style_of(name, self.plan)
+        if style not in ("colwise", "colwise_gather_output"):
+            return None
+        _, rank, world = self.where
+        return split_range(f"load_quantized: {name}", old.out_features, rank, world, "the output channels")
+
+    def wrap_part(self, name: str, part: nn.Module) -> nn.Module:
+        """The rank's part of `name` (read as such) in its colwise wrapper, recorded as done."""
+        pg, rank, world = self.where
+        style = _style_of(name, self.plan)
+        self.done[name] = f"{style} (only this rank's rows read)"
+        return _wrap(part, "colwise", pg, rank, world, style != "colwise", input_is_parallel=True)
+
     def _skip(self) -> tuple[str, ...]:
         return tuple(f"{n}." for n in self.done) + tuple(f"{u}." for u in self.finished)
 
@@ -71,7 +91,8 @@ class TPStream:
             self.blocks.append((parent, blk))
             self.done[unit] = f"fused block: {blk.heads} of {blk.heads * world} heads"
         else:
-            self.done.update(split_planned(layer, self.plan, self.where, prefix=unit + "."))
+            read_split = tuple(f"{n}." for n in self.done)  # parts already read as this rank's rows
+            self.done.update(split_planned(layer, self.plan, self.where, skip=read_split, prefix=unit + "."))
 
     def close(self, take: Callable[[str], dict[str, Any]]) -> None:
         """After the last quantized Linear: finish its layer and link the fused blocks."""
