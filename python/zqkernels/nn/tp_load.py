@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from torch import nn
 
 from .blocks import block_class
-from .hf_model import _fuse, link_blocks
+from .hf_model import _fuse, _get, link_blocks
 from .tp import _group_info, _style_of, _wrap, plan_of, shard_block, split_planned, split_range
 
 
@@ -77,10 +77,7 @@ class TPStream:
         unit, self.current = self.current, None
         if unit is None:
             return
-        self.finished.append(unit)
-        parent_name, _, attr = unit.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        layer = getattr(parent, attr)
+        parent, _, layer = _get(self.model, unit)
         res = layer.load_state_dict(take(unit + "."), strict=False, assign=True)
         if res.unexpected_keys:
             raise ValueError(f"load_quantized: tensors not in the model: {[f'{unit}.{k}' for k in res.unexpected_keys][:8]}")
@@ -90,9 +87,9 @@ class TPStream:
             blk = shard_block(blocks[0], rank, world, pg)
             self.blocks.append((parent, blk))
             self.done[unit] = f"fused block: {blk.heads} of {blk.heads * world} heads"
-        else:
-            read_split = tuple(f"{n}." for n in self.done)  # parts already read as this rank's rows
-            self.done.update(split_planned(layer, self.plan, self.where, skip=read_split, prefix=unit + "."))
+        else:  # skip: the parts already read as this rank's rows
+            self.done.update(split_planned(layer, self.plan, self.where, skip=self._skip(), prefix=unit + "."))
+        self.finished.append(unit)
 
     def close(self, take: Callable[[str], dict[str, Any]]) -> None:
         """After the last quantized Linear: finish its layer and link the fused blocks."""
