@@ -247,3 +247,13 @@ def test_one_token_gqa_attention_modes(cache, monkeypatch):
         assert torch.equal(out[mode].sequences, out["hf"].sequences)
         for a, b in zip(out[mode].logits, out["hf"].logits):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_decode_attention_mode_raises(monkeypatch):
+    """A misspelt DECODE_ATTENTION is an error naming the setting, not a silent fallback."""
+    from zqkernels.nn import blocks_base
+
+    m = zqkernels.quantize_model(llama(num_attention_heads=8, num_key_value_heads=2))
+    monkeypatch.setattr(blocks_base, "DECODE_ATTENTION", "kernal")
+    with torch.no_grad(), pytest.raises(ValueError, match=r"DECODE_ATTENTION must be one of .*'gqa'.*got 'kernal'"):
+        m(IDS[:1, :4])

@@ -472,6 +472,8 @@ class QuantizedBlock(nn.Module):
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
         mode = DECODE_ATTENTION
+        if mode not in DECODE_MODES:
+            raise ValueError(f"zqkernels.nn.blocks_base.DECODE_ATTENTION must be one of {DECODE_MODES}, got {mode!r}")
         if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES and mode != "hf":
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
             plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
