@@ -104,8 +104,19 @@ def zq_config(side: str) -> tuple[Any, str]:
     name, _, opts = side.partition("@")
     kw = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
     lm_head = str(kw.pop("lm_head", "skip"))
+    kw.pop("attn", None)  # side_attention's
     cls = {"w8a8": W8A8Config, "fp8": FP8Config, "w4a8": W4A8Config, "w4a8-fp": W4A8FPConfig}[name]
     return (cls(**{"group_size": 128, **kw}) if name == "w4a8" else cls(**kw)), lm_head
+
+
+def side_attention(side: str) -> str | None:
+    """The fused blocks' one-token attention of a zqkernels side ('w8a8@attn=kernel': one of
+    nn.blocks_base.DECODE_MODES; None: the library's default), set while that side runs."""
+    opts = side.partition("@")[2]
+    for o in opts.split("+"):
+        if o.startswith("attn="):
+            return o.split("=", 1)[1]
+    return None
 
 
 def side_tags(side: str) -> tuple[str, ...]:
@@ -488,9 +499,17 @@ def run(sides: list[str], modes: list[str], cases: list[bm.Case], *, dry: bool =
             header["ao_inductor_config"].update({side: ao_changes} if ao_changes else {})
             other_gb = 0.0 if side == "bf16" else bf16_gb - shared_gb
             print_fn(f"{side}: built in {info['build_s']:.1f} s" + (f" ({summary})" if summary else ""))
+            from zqkernels.nn import blocks_base
+
+            attn = side_attention(side)
+            default_attn = blocks_base.DECODE_ATTENTION
             for case, row in zip(cases, rows):
-                spent = run_side_case(side, dec, head, case, cfg, modes, st, row, refs[case.name],
-                                      lambda: budget.ok(0.0), other_gb, ao_changes, dry)  # fmt: skip
+                blocks_base.DECODE_ATTENTION = attn or default_attn
+                try:
+                    spent = run_side_case(side, dec, head, case, cfg, modes, st, row, refs[case.name],
+                                          lambda: budget.ok(0.0), other_gb, ao_changes, dry)  # fmt: skip
+                finally:
+                    blocks_base.DECODE_ATTENTION = default_attn
                 budget.spend(spent)
                 free()
                 got = [f"{t} {bm._ms(v)}" for (s, t), v in ((split_mode(m), v) for m, v in row["ms"].items())
@@ -551,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Details: the module docstring")  # fmt: skip
     p.add_argument("--schemes", type=_list, default=[*ZQ, *AO], metavar="SIDES",
                    help=f"sides besides bf16, of {','.join(ZQ + AO)} (default: all); a zqkernels scheme "
-                   "may take config options: 'w4a8@alpha=16+group_size=64', 'w8a8@lm_head=w8' (lm_head quantized too)")  # fmt: skip
+                   "may take config options: 'w4a8@alpha=16+group_size=64', 'w8a8@lm_head=w8' (lm_head quantized too), "
+                   "'w8a8@attn=kernel' (the fused blocks' decode attention mode, nn.blocks_base.DECODE_MODES)")  # fmt: skip
     p.add_argument("--modes", type=_list, default=None, metavar="PATTERNS",
                    help="fnmatch patterns on mode ids <side>-<eager|graph|compile|ro>, e.g. "
                    "'*-eager,*-graph' (default: all but zqkernels' / torchao's -ro; '*': all)")  # fmt: skip
@@ -575,7 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    bad = [s for s in args.schemes if not (s in AO or s.partition("@")[0] in ZQ)]
+    from zqkernels.nn.blocks_base import DECODE_MODES
+
+    bad = [s for s in args.schemes if not (s in AO or s.partition("@")[0] in ZQ)
+           or side_attention(s) not in (None, *DECODE_MODES)]
     if bad:
         print(f"bench_llm: unknown scheme {bad}; choose from {', '.join(ZQ + AO)}", file=sys.stderr)
         return 2
