@@ -303,6 +303,8 @@ void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+constexpr int kFewRows = 64;  // rows up to which the CTA policy favours latency (launch())
+
 template <typename T, RowOp kOp, bool kGroup>
 std::string launch(const RowQuantArgs& a) {
   constexpr int kVec = 16 / static_cast<int>(sizeof(T));
@@ -330,9 +332,13 @@ std::string launch(const RowQuantArgs& a) {
     }
   } else {
     const int nvec = a.K / kVec;
-    // The smallest CTA that holds the row with <= 4 vectors per thread (or the tuning override).
-    int threads = 128;
-    while (threads < 1024 && nvec > threads * 4) threads *= 2;
+    // Many rows: the smallest CTA that holds the row with <= 4 vectors per thread (occupancy: more
+    // resident CTAs, more loads in flight). Few rows (decode, M <= kFewRows): one row's latency
+    // chain is the cost, so >= 512 threads with <= 2 vectors each (H200, M = 1..64, bf16: K = 4096
+    // 4.4 -> 3.2 us, add + RMSNorm K = 8192 5.7 -> 4.6 us, SwiGLU K = 14336 7.4 -> 6.2 us;
+    // benchmarks/probe_row_threads.py). The tuning override wins over both.
+    int threads = a.M <= kFewRows ? 512 : 128;
+    while (threads < 1024 && nvec > threads * (a.M <= kFewRows ? 2 : 4)) threads *= 2;
     if (g_threads_override > 0) threads = g_threads_override;
     const int iters = (nvec + threads - 1) / threads;
     if (iters <= 1) {
