@@ -1,7 +1,8 @@
 """Probe: where the eager host time of a W4A8 GEMM call goes (issue 18: w4a8_gemm's host time is
 1.5-2.0x torch._int_mm's against a 1.3x target). Each row times one layer of the call stack with the
 layers above it removed, back to back with one sync per round (bench_w4a8.py --host's method), at a
-tiny shape (M = 128 -> the mixed path, M = 16 -> the streaming kernel, N = K = 256):
+tiny shape (M = 32 / 128 -> the mixed path, M = 16 -> the streaming kernel, N = K = 256; torch._int_mm
+needs M > 16: M = 16 is compared with torch.matmul):
 
     op           zqkernels.w4a8_gemm / w4a8_fp_gemm / int8_gemm as a user calls them
     impl         the eager implementation (checks, path choice, launch)
@@ -43,7 +44,7 @@ def rows(M: int, N: int, K: int, dev: torch.device) -> dict:
     idx = xi.get_device()
     stream = oc.current_stream(idx)
     fns = {
-        "torch._int_mm": lambda: torch._int_mm(xi, wi.t()),
+        "torch.matmul": lambda: torch.matmul(x, w.t()),
         "torch.empty": lambda: torch.empty((M, N), device=dev, dtype=bf),
         "int8_gemm op": lambda: zq.int8_gemm(xi, wi, sxi, swi),
         "w4a8_gemm a16 op": lambda: zq.w4a8_gemm(xi, w4, sxi, sw4, sg4, max_scale=16),
@@ -77,9 +78,12 @@ def rows(M: int, N: int, K: int, dev: torch.device) -> dict:
         fns["int8 _C.gemm_run"] = lambda: _ext._C.gemm_run(*args8)
     except TypeError as e:  # the binding's signature differs: say so instead of guessing
         print(f"probe_host_w4a8: int8 gemm_run row skipped: {cm.error_text(e)}")
+    if M > 16:  # torch._int_mm takes M > 16 only
+        fns = {"torch._int_mm": lambda: torch._int_mm(xi, wi.t()), **fns}
     res = cm.back_to_back(fns, cm.sync_for(dev))
-    base = res["torch._int_mm"]["s"]
-    print(f"\nM={M} N={N} K={K} (w4a8 a16 path: {path}); eager host us per call, x torch._int_mm")
+    peer = "torch._int_mm" if "torch._int_mm" in res else "torch.matmul"
+    base = res[peer]["s"]
+    print(f"\nM={M} N={N} K={K} (w4a8 a16 path: {path}); eager host us per call, x {peer}")
     for k, v in res.items():
         print(f"  {k:>26} {v['s'] * 1e6:8.2f}  x{v['s'] / base:.2f}")
     return {"path": path, **{k: {"us": v["s"] * 1e6, "spread": v["spread"]} for k, v in res.items()}}
@@ -94,7 +98,7 @@ def main() -> int:
         return 2
     dev = torch.device("cuda")
     doc = {"env": cm.environment(dev), "cases": {}}
-    for M in (16, 128):
+    for M in (16, 32, 128):
         doc["cases"][f"M{M}"] = rows(M, 256, 256, dev)
     if args.json:
         cm.write_json(args.json, doc)
