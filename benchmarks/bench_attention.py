@@ -8,8 +8,6 @@ CUDA graphs of a cycle over cache copies rotated past L2; median us, the cache's
 (B 1, context 128), back to back with one sync, zq against SDPA default.
 
     python benchmarks/bench_attention.py [--batches 1,16,64] [--contexts 512,1024,4096,8192] [--json F]
-        [--kernels 2]   # also time zq's split kernel variants (_C._debug_set_decode_attention_kernel):
-                        # 1 two-pass, 2 one-pass; columns zq_k1 / zq_k2 next to zq (the library's choice)
 """
 
 from __future__ import annotations
@@ -51,7 +49,6 @@ def main() -> int:
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--contexts", default="512,1024,4096,8192")
     ap.add_argument("--mask", choices=["none", "bool"], default="bool", help="HF passes a bool mask with a static cache")
-    ap.add_argument("--kernels", default="", help="split kernel variants to time beside the default, e.g. 1,2")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -66,14 +63,8 @@ def main() -> int:
     for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
         if hasattr(SDPBackend, name):
             peers[name.lower()] = _sdpa(getattr(SDPBackend, name))
-    variants = [int(v) for v in args.kernels.split(",") if v]
-    knob = getattr(zq._ext._C, "_debug_set_decode_attention_kernel", None)
-    if variants and knob is None:
-        print("bench_attention: this build has no _debug_set_decode_attention_kernel; --kernels ignored")
-        variants = []
     rows = []
-    print(f"{'B':>3} {'ctx':>5} {'zq us':>8} {'GB/s':>6} " + "".join(f"{'k' + str(v) + ' us':>8}" for v in variants)
-          + " " + " ".join(f"{p[:12]:>12}" for p in peers) + "  best/zq")
+    print(f"{'B':>3} {'ctx':>5} {'zq us':>8} {'GB/s':>6} " + " ".join(f"{p[:12]:>12}" for p in peers) + "  best/zq")
     for B in map(int, args.batches.split(",")):
         for L in map(int, args.contexts.split(",")):
             cache_bytes = 2 * B * KV * L * HD * 2
@@ -98,13 +89,6 @@ def main() -> int:
             r = bc.time_calls([lambda s=s: zq.decode_attention(*s) for s in sets], dev)
             row["zq_us"] = r["us"]
             row["zq_GBps"] = cache_bytes / (r["us"] * 1e-6) / 1e9
-            for kv in variants:
-                knob(kv)
-                try:
-                    row[f"zq_k{kv}_max_abs_err"] = (zq.decode_attention(q, k, v, m).float() - ref).abs().max().item()
-                    row[f"zq_k{kv}_us"] = bc.time_calls([lambda s=s: zq.decode_attention(*s) for s in sets], dev)["us"]
-                finally:
-                    knob(0)
             for name, fn in peers.items():
                 try:
                     fn(*sets[0])
@@ -118,10 +102,8 @@ def main() -> int:
             row["best_sdpa_over_zq"] = best / row["zq_us"] if best else None
             rows.append(row)
             cells = " ".join(f"{row[f'{p}_us']:>12.1f}" if row.get(f"{p}_us") else f"{'-':>12}" for p in peers)
-            kcells = "".join(f"{row[f'zq_k{kv}_us']:>8.1f}" for kv in variants)
-            kerr = "".join(f", k{kv} {row[f'zq_k{kv}_max_abs_err']:.1e}" for kv in variants)
-            print(f"{B:>3} {L:>5} {row['zq_us']:>8.1f} {row['zq_GBps']:>6.0f}{kcells} {cells}  "
-                  f"{row['best_sdpa_over_zq'] or 0:.2f}x  (err {err:.1e}{kerr})", flush=True)
+            print(f"{B:>3} {L:>5} {row['zq_us']:>8.1f} {row['zq_GBps']:>6.0f} {cells}  {row['best_sdpa_over_zq'] or 0:.2f}x"
+                  f"  (err {err:.1e})", flush=True)
             del sets, q, k, v, m, ref, out
             torch.cuda.empty_cache()
 

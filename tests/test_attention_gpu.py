@@ -47,31 +47,6 @@ def test_shapes(dtype, hd):
                 check(*inputs(B, H, KV, L, hd, dtype, masked, seed=L), what=f"{B} {H}/{KV} L={L} {dtype} {hd} m={masked}")
 
 
-@pytest.fixture(params=[1, 2], ids=["two_pass", "one_pass"])
-def split_kernel(request):
-    """Each split kernel variant in turn (the experiment knob), reset to the library's choice after."""
-    knob = getattr(zqkernels._C, "_debug_set_decode_attention_kernel", None)
-    if knob is None:
-        pytest.skip("this build has no _debug_set_decode_attention_kernel")
-    knob(request.param)
-    yield request.param
-    knob(0)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_split_kernel_variants(split_kernel, dtype):
-    """Both split kernels against float64 SDPA: GQA 1..8, both lane layouts (hd 64 / 128, 256 for bf16),
-    lengths around the chunk boundaries, masks (some rows keep a single key), a strided cache view."""
-    for hd in (64, 128, 256):
-        if dtype == torch.float32 and hd == 256:
-            continue
-        for B, H, KV in [(1, 32, 8), (2, 16, 2), (1, 8, 1), (2, 8, 8), (3, 64, 8)]:
-            for L in (1, 17, 256, 257, 4100):
-                for masked in (False, True):
-                    check(*inputs(B, H, KV, L, hd, dtype, masked, seed=L + hd, Lmax=L + 7),
-                          what=f"kernel {split_kernel}: {B} {H}/{KV} L={L} {dtype} {hd} m={masked}")
-
-
 def test_static_cache_view_scale_and_batch_broadcast_mask():
     q, k, v, _ = inputs(4, 32, 8, 1000, 128, torch.bfloat16, False, Lmax=1500)  # strided: a longer cache's view
     assert not k.is_contiguous()

@@ -66,16 +66,6 @@ void bind_attention(nb::module_& m) {
       nb::arg("device"), nb::arg("stream"),
       "Attention of one query token per sequence against a KV cache with grouped KV heads, split over the keys;\n"
       "out [B, heads, head_dim] = softmax(scale * q k^T, masked) v.");
-
-  m.def(
-      "_debug_set_decode_attention_kernel",
-      [](int kernel) {
-        if (kernel < 0 || kernel > 2) {
-          fail("_debug_set_decode_attention_kernel", "kernel must be 0 (auto), 1 (two-pass) or 2 (one-pass)");
-        }
-        zq::decode_attention_set_kernel(kernel);
-      },
-      nb::arg("kernel"), "Experiment knob: decode_attention's split kernel (0 = auto, 1 = two-pass, 2 = one-pass).");
 }
 
 }  // namespace zqb

@@ -205,158 +205,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
   }
 }
 
-// One pass (kernel 2, an experiment until measured): each warp streams its keys once, loading a
-// key's k and v rows together (2 * kUnroll rows in flight per lane instead of kUnroll, and no
-// barrier between the score and the value passes), with an online softmax per warp: the warp's
-// running max m (shared by its key groups: block maxima are reduced over the warp), sums l and
-// accumulators rescaled when m grows. The warps' (m, l, acc) are merged through shared memory into
-// the same partial (acc, m, l) the two-pass kernel writes, so the combine kernel serves both.
-template <typename T, int kHD, int kG>
-__global__ void __launch_bounds__(kThreads) decode_attention_onepass(DecodeAttnArgs a) {
-  constexpr int kEPL = 16 / static_cast<int>(sizeof(T));
-  constexpr int kLPK = kHD / kEPL;
-  static_assert(kLPK >= 1 && kLPK <= 32 && 32 % kLPK == 0, "head_dim / (16 bytes) must divide 32");
-  constexpr int kKPW = 32 / kLPK;
-  constexpr int kKPS = kKPW * kWarps;
-  constexpr int kU = kG >= 8 ? 2 : kUnroll;  // registers: 8 query rows leave room for 2 k/v pairs
-
-  __shared__ float s_acc[kWarps][kG][kHD];
-  __shared__ float s_ml[kWarps][kG][2];
-
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int bk = blockIdx.x;
-  const int b = bk / a.kv_heads, kvh = bk % a.kv_heads;
-  const int split = blockIdx.y;
-  const int64_t j0 = static_cast<int64_t>(split) * a.chunk;
-  const int n = static_cast<int>(min(static_cast<int64_t>(a.chunk), a.L - j0));
-  const int G = a.heads / a.kv_heads;
-  const int d0 = (lane % kLPK) * kEPL;
-  const int key_lane = warp * kKPW + lane / kLPK;
-
-  const T* q = static_cast<const T*>(a.q);
-  const T* kbase = static_cast<const T*>(a.k) + b * a.kv_stride_b + kvh * a.kv_stride_h + j0 * a.kv_stride_l;
-  const T* vbase = static_cast<const T*>(a.v) + b * a.kv_stride_b + kvh * a.kv_stride_h + j0 * a.kv_stride_l;
-  const uint8_t* mask = a.mask == nullptr ? nullptr : static_cast<const uint8_t*>(a.mask) + b * a.mask_stride_b;
-
-  float qf[kG][kEPL];
-#pragma unroll
-  for (int g = 0; g < kG; ++g) {
-    if (g < G) {
-      load_row<T, kEPL>(q + b * a.q_stride_b + (kvh * G + g) * a.q_stride_h + d0, qf[g]);
-#pragma unroll
-      for (int e = 0; e < kEPL; ++e) qf[g][e] *= a.scale * kLog2e;
-    } else {
-#pragma unroll
-      for (int e = 0; e < kEPL; ++e) qf[g][e] = 0.f;
-    }
-  }
-
-  float m[kG], l[kG], acc[kG][kEPL];
-#pragma unroll
-  for (int g = 0; g < kG; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-#pragma unroll
-    for (int e = 0; e < kEPL; ++e) acc[g][e] = 0.f;
-  }
-
-  for (int base = 0; base < n; base += kKPS * kU) {
-    uint4 kr[kU], vr[kU];
-    bool keep[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int j = base + u * kKPS + key_lane;
-      const bool in = j < n;
-      kr[u] = in ? *reinterpret_cast<const uint4*>(kbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
-      vr[u] = in ? *reinterpret_cast<const uint4*>(vbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
-      keep[u] = in && (mask == nullptr || mask[(j0 + j) * a.mask_stride_l] != 0);
-    }
-    float sc[kU][kG];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      float kf[kEPL];
-      to_floats<T, kEPL>(kr[u], kf);
-#pragma unroll
-      for (int g = 0; g < kG; ++g) {
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < kEPL; ++e) dot = fmaf(qf[g][e], kf[e], dot);
-#pragma unroll
-        for (int off = kLPK / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        sc[u][g] = keep[u] ? dot : -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      float bm = sc[0][g];
-#pragma unroll
-      for (int u = 1; u < kU; ++u) bm = fmaxf(bm, sc[u][g]);
-#pragma unroll
-      for (int off = kLPK; off < 32; off *= 2) bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, off));
-      const float mn = fmaxf(m[g], bm);
-      const float mu = mn == -INFINITY ? 0.f : mn;  // nothing kept yet: every p is 0
-      const float corr = exp2f(m[g] - mu);
-      m[g] = mn;
-      l[g] *= corr;
-#pragma unroll
-      for (int e = 0; e < kEPL; ++e) acc[g][e] *= corr;
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const float p = exp2f(sc[u][g] - mu);
-        l[g] += p;
-        float vf[kEPL];
-        to_floats<T, kEPL>(vr[u], vf);
-#pragma unroll
-        for (int e = 0; e < kEPL; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
-      }
-    }
-  }
-  // The warp's key groups share m: sum their l and acc (each lane group counted l once per key).
-#pragma unroll
-  for (int g = 0; g < kG; ++g) {
-#pragma unroll
-    for (int off = kLPK; off < 32; off *= 2) {
-      l[g] += __shfl_xor_sync(0xffffffffu, l[g], off);
-#pragma unroll
-      for (int e = 0; e < kEPL; ++e) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], off);
-    }
-  }
-  if (lane < kLPK) {
-#pragma unroll
-    for (int g = 0; g < kG; ++g)
-#pragma unroll
-      for (int e = 0; e < kEPL; ++e) s_acc[warp][g][d0 + e] = acc[g][e];
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      s_ml[warp][g][0] = m[g];
-      s_ml[warp][g][1] = l[g];
-    }
-  }
-  __syncthreads();
-  for (int i = tid; i < G * kHD; i += kThreads) {
-    const int g = i / kHD, d = i % kHD;
-    float M = s_ml[0][g][0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) M = fmaxf(M, s_ml[w][g][0]);
-    const float mu = M == -INFINITY ? 0.f : M;
-    float s = 0.f, lsum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float wt = exp2f(s_ml[w][g][0] - mu);
-      s = fmaf(wt, s_acc[w][g][d], s);
-      lsum = fmaf(wt, s_ml[w][g][1], lsum);
-    }
-    const int64_t row = (static_cast<int64_t>(b) * a.heads + kvh * G + g) * a.splits + split;
-    a.partial_acc[row * kHD + d] = s;
-    if (d == 0) {
-      a.partial_ml[row * 2] = M;
-      a.partial_ml[row * 2 + 1] = lsum;
-    }
-  }
-}
-
 template <typename T, int kHD>
 __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnArgs a) {
   extern __shared__ float s_w[];  // [splits]: 2^(m_s - M)
@@ -406,18 +254,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnA
   }
 }
 
-// 0: the library's choice (two-pass), 1: two-pass, 2: one-pass (decode_attention_set_kernel).
-int g_decode_kernel = 0;
-
-template <typename T, int kHD, int kG>
-void launch_split(bool one_pass, dim3 grid, const DecodeAttnArgs& a) {
-  if (one_pass) {
-    decode_attention_onepass<T, kHD, kG><<<grid, kThreads, 0, a.stream>>>(a);
-  } else {
-    decode_attention_split<T, kHD, kG><<<grid, kThreads, 0, a.stream>>>(a);
-  }
-}
-
 template <typename T, int kHD>
 std::string launch_hd(const DecodeAttnArgs& a) {
   constexpr int kLPK = kHD * static_cast<int>(sizeof(T)) / 16;
@@ -426,15 +262,14 @@ std::string launch_hd(const DecodeAttnArgs& a) {
   } else {
     const int G = a.heads / a.kv_heads;
     const dim3 grid(static_cast<unsigned>(a.B * a.kv_heads), static_cast<unsigned>(a.splits));
-    const bool one = g_decode_kernel == 2;
     if (G == 1) {
-      launch_split<T, kHD, 1>(one, grid, a);
+      decode_attention_split<T, kHD, 1><<<grid, kThreads, 0, a.stream>>>(a);
     } else if (G == 2) {
-      launch_split<T, kHD, 2>(one, grid, a);
+      decode_attention_split<T, kHD, 2><<<grid, kThreads, 0, a.stream>>>(a);
     } else if (G <= 4) {
-      launch_split<T, kHD, 4>(one, grid, a);
+      decode_attention_split<T, kHD, 4><<<grid, kThreads, 0, a.stream>>>(a);
     } else if (G <= 8) {
-      launch_split<T, kHD, 8>(one, grid, a);
+      decode_attention_split<T, kHD, 8><<<grid, kThreads, 0, a.stream>>>(a);
     } else {
       return "heads / kv_heads must be <= 8, got " + std::to_string(G);
     }
@@ -447,8 +282,6 @@ std::string launch_hd(const DecodeAttnArgs& a) {
 }
 
 }  // namespace
-
-void decode_attention_set_kernel(int kernel) { g_decode_kernel = kernel; }
 
 std::string decode_attention(const DecodeAttnArgs& a) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return "heads must be a multiple of kv_heads";

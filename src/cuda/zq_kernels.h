@@ -298,8 +298,6 @@ struct DecodeAttnArgs {
   cudaStream_t stream = nullptr;
 };
 std::string decode_attention(const DecodeAttnArgs& args);
-// Experiment knob: 0 = the library's choice, 1 = the two-pass split kernel, 2 = the one-pass one.
-void decode_attention_set_kernel(int kernel);
 
 // Test support for programmatic dependent launch: a kernel that signals
 // griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`
