@@ -402,11 +402,7 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     if path == "convert":
         return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
     if path == "mixed":
-        # Straight to the launch: the W4A8 checks and _cuda_operands already did what group_gemm_cuda
-        # checks (sm_90a, N % 16, K % 64, 16-byte alignment and row strides), and the eager host time
-        # of this path is part of the op's cost (benchmarks/probe_host_w4a8.py).
-        recipe, pb, flush = _w4a8_mixed_setup(g, K, max_scale, int_scales)
-        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile)
+        return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8, tile=tile, int4=True)
     flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
@@ -507,18 +503,6 @@ def int4_to_int8_cuda(wq: torch.Tensor, K: int) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _w4a8_mixed_setup(g: int, K: int, max_scale: Optional[int], int_scales: bool) -> tuple[str, int, int]:
-    """(recipe, promote_blocks, flush) of the W4A8 mixed-input mainloop (INT4 codes, |w| <= 8) for a
-    group size, K and scale bound (None: the quantizer's largest), as group_gemm_cuda derives them."""
-    if int_scales and max_scale is None:
-        max_scale = default_max_scale(g, 8)
-    pb, flush = group_gemm_intervals(g, 8, max_scale if int_scales else None)
-    if w4a8_fused(int_scales, max_scale, K):
-        return "w4a8_mixed_fused", pb, flush
-    return "w4a8_mixed_" + ("int" if int_scales else "float"), pb, flush
-
-
 def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_scale: Optional[int],
                     wmax: int, tile: Optional[str] = None, int4: bool = False) -> torch.Tensor:
     """Launch the group-scaled GEMM on CUDA. Arguments already checked by the op: xq int8 [M, K]
@@ -548,13 +532,13 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     int_scales = sg.dtype == torch.int32
     G = sg.shape[1]
     g = K // G
-    if int4:  # the scales multiply the codes in registers when fused: one int32 sum, no fold
-        recipe, pb, flush = _w4a8_mixed_setup(g, K, max_scale, int_scales)
-        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    recipe = "int8_group_" + ("int" if int_scales else "float")
+    if int4 and w4a8_fused(int_scales, max_scale, K):
+        recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: one int32 sum, no fold
+    else:
+        recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
     return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
 
 
