@@ -80,58 +80,17 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402  (its helpers include _common's: environment, write_json, ...)
+from _llm_sides import AO, TAGS, ZQ, all_modes, side_attention, side_tags, split_mode, zq_config  # noqa: E402,F401
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                  vocab_size=128256, num_hidden_layers=32, rope_theta=500000.0, max_position_embeddings=8192)
 TINY = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,  # --dry-run
             vocab_size=256, num_hidden_layers=2, rope_theta=500000.0, max_position_embeddings=256)
-ZQ = ("w8a8", "fp8", "w4a8", "w4a8-fp")
-AO = ("ao-int8", "ao-fp8")
-TAGS = ("eager", "graph", "compile", "ro")
 SHORT = {"eager": "e", "graph": "g", "compile": "c", "ro": "ro"}
 BM_MODE = {"eager": "bf16-eager", "graph": "bf16-graph", "compile": "bf16-compile", "ro": "bf16-ro"}
 COS_MIN = 0.95  # a scheme's logits cosine vs bf16-eager below this fails the run (a broken conversion)
 DEFAULT_BUDGET_S = 240.0
 GB = 1e9
-
-
-def zq_config(side: str) -> tuple[Any, str]:
-    """(quantize_ config, lm_head choice) of a zqkernels side: 'w4a8', or with options
-    'w4a8@alpha=16+group_size=64'; the option lm_head=w8 / scheme quantizes lm_head too (the CLI's
-    --lm-head choices; default skip: bf16)."""
-    from zqkernels.nn import FP8Config, W4A8Config, W4A8FPConfig, W8A8Config
-
-    name, _, opts = side.partition("@")
-    kw = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
-    lm_head = str(kw.pop("lm_head", "skip"))
-    kw.pop("attn", None)  # side_attention's
-    cls = {"w8a8": W8A8Config, "fp8": FP8Config, "w4a8": W4A8Config, "w4a8-fp": W4A8FPConfig}[name]
-    return (cls(**{"group_size": 128, **kw}) if name == "w4a8" else cls(**kw)), lm_head
-
-
-def side_attention(side: str) -> str | None:
-    """The fused blocks' one-token attention of a zqkernels side ('w8a8@attn=kernel': one of
-    nn.blocks_base.DECODE_MODES; None: the library's default), set while that side runs."""
-    opts = side.partition("@")[2]
-    for o in opts.split("+"):
-        if o.startswith("attn="):
-            return o.split("=", 1)[1]
-    return None
-
-
-def side_tags(side: str) -> tuple[str, ...]:
-    return ("compile", "ro") if side in AO else TAGS
-
-
-def all_modes(sides: list[str], default: bool = False) -> list[str]:
-    """Mode ids <side>-<tag>; default: without the zqkernels / torchao -ro modes."""
-    return [f"{s}-{t}" for s in sides for t in side_tags(s) if not (default and t == "ro" and s != "bf16")]
-
-
-def split_mode(mode: str) -> tuple[str, str]:
-    """'w4a8-fp-eager' -> ('w4a8-fp', 'eager')."""
-    side, _, tag = mode.rpartition("-")
-    return side, tag
 
 
 def all_cases(dry: bool = False) -> list[bm.Case]:
