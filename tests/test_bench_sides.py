@@ -1,0 +1,29 @@
+"""benchmarks/_llm_sides.py: the side syntax of bench_llm.py / profile_llm.py (scheme, config options,
+lm_head, decode attention) parsed as documented."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import _llm_sides as sides  # noqa: E402
+
+
+def test_side_options():
+    from zqkernels.nn import W4A8Config, W8A8Config
+
+    cfg, head = sides.zq_config("w4a8@alpha=16+lm_head=w8+attn=kernel")
+    assert isinstance(cfg, W4A8Config) and cfg.alpha == 16 and cfg.group_size == 128 and head == "w8"
+    cfg, head = sides.zq_config("w8a8")
+    assert isinstance(cfg, W8A8Config) and head == "skip"
+    assert sides.side_attention("w8a8@lm_head=w8+attn=kernel") == "kernel"
+    assert sides.side_attention("w8a8@lm_head=w8") is None and sides.side_attention("bf16") is None
+
+
+def test_modes():
+    assert sides.split_mode("w4a8-fp-eager") == ("w4a8-fp", "eager")
+    modes = sides.all_modes(["bf16", "w8a8", "ao-int8"], default=True)
+    assert "bf16-ro" in modes and "w8a8-ro" not in modes and "ao-int8-compile" in modes
+    assert "ao-int8-eager" not in modes
