@@ -1,0 +1,128 @@
+"""Accuracy of the two-level W4A8 weight formats (issue 18, item 2) on SmolLM2-135M, CPU, real text:
+the library's symmetric one against a zero-point one (QServe style), paired window by window.
+
+Both formats turn the weights into int8 values in registers (a plain int8 MMA, no per-group float
+work), so they cost the same in a kernel; only their rounding differs:
+
+- ``sym a16`` (the library, ``quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=16)``):
+  a float scale per output channel, integer group scales in 0..16, symmetric INT4 codes in -8..7;
+  w ~= sw * sg * q.
+- ``zp`` (QServe's progressive scheme, simulated; no kernel serves it): level 1, symmetric INT8 per
+  channel in the protective range -119..119 (s1 = max|w| / 119); level 2, per group of the INT8
+  values, unsigned 4-bit codes with an integer scale s2 = max(1, ceil((max - min) / 15)) and a zero
+  point z = clamp(rint(-min / s2), 0, 15): q = clamp(rint(v / s2) + z, 0, 15); w ~= s1 * s2 * (q - z).
+  The int8 value s2 * (q - z) can leave -128..127 (counted: ``int8_overflow``).
+
+The perplexity harness is accuracy_w4a8.py's (its loaders, windows of 512 tokens over the first 32768
+tokens of Pride and Prejudice, per-token INT8 activations, the float64 formulation of the GEMM),
+imported, not copied; lm_head and embeddings stay float.
+
+    python benchmarks/accuracy_w4a8_zeropoint.py [--group 64] [--tokens 32768] [--data /tmp/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy_fp as afp  # noqa: E402
+from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
+from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight, y_float64  # noqa: E402
+
+
+def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
+    """The zp format's dequantized weight (float64 [N, K]) and how many int8 values left -128..127."""
+    w = w.double()
+    N, K = w.shape
+    s1 = (w.abs().amax(dim=1, keepdim=True) / 119).clamp_min(torch.finfo(torch.float32).tiny)
+    v = torch.clamp(torch.round(w / s1), -119, 119).reshape(N, K // g, g)
+    mn, mx = v.amin(dim=2, keepdim=True), v.amax(dim=2, keepdim=True)
+    s2 = torch.clamp(torch.ceil((mx - mn) / 15), min=1)
+    z = torch.clamp(torch.round(-mn / s2), 0, 15)
+    q = torch.clamp(torch.round(v / s2) + z, 0, 15)
+    i8 = s2 * (q - z)
+    over = int(((i8 < -128) | (i8 > 127)).sum())
+    return (s1 * i8.reshape(N, K)), over
+
+
+class ZeroPointLinears(QuantLinears):
+    """QuantLinears with the zp format's weights (float64 GEMM, per-token INT8 activations)."""
+
+    def set_zp(self, g: int) -> int:
+        self.set(None)
+        over = 0
+        for m in self.linears.values():
+            deq, o = zero_point_deq(m.weight.detach().float(), g)
+            over += o
+
+            def fwd(x, m=m, deq=deq):
+                shp = x.shape
+                y = y_float64(x.reshape(-1, shp[-1]), deq)[2]
+                if m.bias is not None:
+                    y = y + m.bias.double()
+                return y.to(x.dtype).reshape(*shp[:-1], deq.shape[0])
+
+            m.forward = fwd
+        return over
+
+
+def weight_mse(linears: dict, g: int) -> dict:
+    """Mean squared error of each format's dequantized weights against the float weights."""
+    se = {"sym a16": 0.0, "zp": 0.0}
+    n = 0
+    for m in linears.values():
+        w = m.weight.detach().float()
+        se["sym a16"] += float(((qweight(w, 4, g, "int", 16)["deq"] - w.double()) ** 2).sum())
+        se["zp"] += float(((zero_point_deq(w, g)[0] - w.double()) ** 2).sum())
+        n += w.numel()
+    return {k: v / n for k, v in se.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--group", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--data", default="/tmp/data")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    t0 = time.time()
+    torch.manual_seed(afp.SEED)
+    books = afp.load_austen(Path(args.data))
+    model, tok, gguf = afp.load_smollm2(Path(args.data))
+    linears = afp.block_linears(model, PREFIX)
+    pp = torch.tensor(tok(books["prideprejudice"], add_special_tokens=False)["input_ids"][: args.tokens])
+    g = args.group
+    res: dict = {"model": f"SmolLM2-135M ({gguf})", "text": "Pride and Prejudice", "tokens": int(pp.numel()),
+                 "window": WINDOW, "group": g, "weight_mse": weight_mse(linears, g), "ppl": {}, "window_nll": {}}
+    nll = {}
+    with ZeroPointLinears(linears) as ql:
+        for name in ("fp32", "sym a16", "zp"):
+            t1 = time.time()
+            if name == "sym a16":
+                ql.set((4, g, "int", 16), "f64")
+            elif name == "zp":
+                res["int8_overflow"] = ql.set_zp(g)
+            else:
+                ql.set(None)
+            nll[name] = window_nlls(model, pp, WINDOW, BATCH)
+            res["ppl"][name] = ppl_at(nll[name], len(nll[name]))
+            res["window_nll"][name] = [round(float(v), 6) for v in nll[name]]
+            print(f"[{time.time() - t0:6.0f}s] {name}: ppl {res['ppl'][name]:.3f} ({time.time() - t1:.0f} s)", flush=True)
+    res["zp vs sym a16"] = paired(nll["sym a16"], nll["zp"])
+    res["sym a16 vs fp32"] = paired(nll["fp32"], nll["sym a16"])
+    res["seconds"] = round(time.time() - t0, 1)
+    res["commit"] = afp.git_commit()
+    print(json.dumps({k: v for k, v in res.items() if k != "window_nll"}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
