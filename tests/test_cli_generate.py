@@ -76,6 +76,32 @@ def test_scheme_and_lm_head_and_batch(capsys, tiny, tmp_path):
     assert len(q["tokens"]) == 2
 
 
+def test_decode_attention_option(capsys, tiny, tmp_path, monkeypatch):
+    """--decode-attention: the quantized side's fused blocks attend that way (set while it runs,
+    restored after), recorded in the JSON; an unknown mode is argparse's error."""
+    from zqkernels.nn import blocks_base
+
+    seen = []
+    real = blocks_base.QuantizedBlock._sdpa
+
+    def spy(self, *a, **kw):
+        seen.append(blocks_base.DECODE_ATTENTION)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(blocks_base.QuantizedBlock, "_sdpa", spy)
+    js = tmp_path / "g.json"
+    rc, out, err = run_cli(capsys, ["generate-bench", tiny["dir"], "--decode-attention", "packed", "--json", str(js),
+                                    *FAST])
+    assert rc == 0, err
+    assert "decode attention 'packed'" in out
+    assert json.loads(js.read_text())["decode_attention"] == "packed"
+    assert seen and set(seen) == {"packed"}  # the fused blocks ran with it (only the quantized side has them)
+    assert blocks_base.DECODE_ATTENTION == "gqa"  # restored
+    with pytest.raises(SystemExit):
+        run_cli(capsys, ["generate-bench", tiny["dir"], "--decode-attention", "fast", *FAST])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+
+
 def test_prompts_from_a_text(capsys, tiny, tmp_path):
     """--text: the prompts are consecutive windows of the text (tokenizer needed); a text too short for
     --batch windows, or a model without a tokenizer, is a one-line error before loading."""

@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..nn import blocks_base
+from ..nn.blocks_base import DECODE_ATTENTION, DECODE_MODES
 from .common import (
     DTYPES,
     CLIError,
@@ -80,6 +82,10 @@ def add_parser(sub: Any) -> None:
                    help="dtype of the float model (default: bfloat16 on a GPU, float32 on the CPU; auto: as saved)")
     g.add_argument("--device", default=None, choices=("cpu", "cuda"),
                    help="where the models run (default: cuda where the zqkernels kernels run, else cpu)")
+    g.add_argument("--decode-attention", default=None, choices=DECODE_MODES,
+                   help="how the quantized model's fused blocks attend at one-token steps (default: the library's, "
+                   f"'{DECODE_ATTENTION}'); 'kernel' runs zqkernels.decode_attention on a GPU (docs/FUSED.md, "
+                   "\"Decode attention\")")
 
 
 # -- checks before anything loads ------------------------------------------------------------------
@@ -313,10 +319,19 @@ def cmd_generate_bench(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     src = f"from {Path(args.text).name}" if args.text is not None else "random ids"
     say(f"generate: batch {args.batch}, prompt {args.prompt_len} tokens ({src}), {args.new_tokens} new tokens, "
-        f"static cache, {mode} on {device}, median of {args.repeats}")
+        f"static cache, {mode} on {device}, median of {args.repeats}"
+        + (f"; decode attention '{args.decode_attention}'" if args.decode_attention else ""))
+
+    res["decode_attention"] = args.decode_attention or blocks_base.DECODE_ATTENTION
 
     def bench(model: nn.Module, label: str, side: str) -> None:
-        r = measure(model, prompt(model), args.new_tokens, args.repeats, mode, label)
+        before = blocks_base.DECODE_ATTENTION
+        if side == "quantized" and args.decode_attention is not None:
+            blocks_base.DECODE_ATTENTION = args.decode_attention
+        try:
+            r = measure(model, prompt(model), args.new_tokens, args.repeats, mode, label)
+        finally:
+            blocks_base.DECODE_ATTENTION = before
         r.update(label=label, side=side)
         rows.append(r)
         tok = f"{r['decode_tok_s']:.1f} tok/s" if r["decode_tok_s"] else "n/a"
