@@ -18,14 +18,19 @@ AO = ("ao-int8", "ao-fp8")
 TAGS = ("eager", "graph", "compile", "ro")
 
 
+def side_options(side: str) -> tuple[str, dict[str, Any]]:
+    """'w4a8@alpha=16+lm_head=w8' -> ('w4a8', {'alpha': 16, 'lm_head': 'w8'}): digits become ints."""
+    name, _, opts = side.partition("@")
+    return name, {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
+
+
 def zq_config(side: str) -> tuple[Any, str]:
     """(quantize_ config, lm_head choice) of a zqkernels side: 'w4a8', or with options
     'w4a8@alpha=16+group_size=64'; the option lm_head=w8 / scheme quantizes lm_head too (the CLI's
     --lm-head choices; default skip: bf16)."""
     from zqkernels.nn import FP8Config, W4A8Config, W4A8FPConfig, W8A8Config
 
-    name, _, opts = side.partition("@")
-    kw = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split("+") if o)}
+    name, kw = side_options(side)
     lm_head = str(kw.pop("lm_head", "skip"))
     kw.pop("attn", None)  # side_attention's
     cls = {"w8a8": W8A8Config, "fp8": FP8Config, "w4a8": W4A8Config, "w4a8-fp": W4A8FPConfig}[name]
@@ -35,11 +40,8 @@ def zq_config(side: str) -> tuple[Any, str]:
 def side_attention(side: str) -> str | None:
     """The fused blocks' one-token attention of a zqkernels side ('w8a8@attn=kernel': one of
     nn.blocks_base.DECODE_MODES; None: the library's default), set while that side runs."""
-    opts = side.partition("@")[2]
-    for o in opts.split("+"):
-        if o.startswith("attn="):
-            return o.split("=", 1)[1]
-    return None
+    attn = side_options(side)[1].get("attn")
+    return None if attn is None else str(attn)
 
 
 def side_tags(side: str) -> tuple[str, ...]:

@@ -458,17 +458,12 @@ def run(sides: list[str], modes: list[str], cases: list[bm.Case], *, dry: bool =
             header["ao_inductor_config"].update({side: ao_changes} if ao_changes else {})
             other_gb = 0.0 if side == "bf16" else bf16_gb - shared_gb
             print_fn(f"{side}: built in {info['build_s']:.1f} s" + (f" ({summary})" if summary else ""))
-            from zqkernels.nn import blocks_base
+            from zqkernels.nn.blocks_base import decode_attention_mode
 
-            attn = side_attention(side)
-            default_attn = blocks_base.DECODE_ATTENTION
             for case, row in zip(cases, rows):
-                blocks_base.DECODE_ATTENTION = attn or default_attn
-                try:
+                with decode_attention_mode(side_attention(side)):
                     spent = run_side_case(side, dec, head, case, cfg, modes, st, row, refs[case.name],
                                           lambda: budget.ok(0.0), other_gb, ao_changes, dry)  # fmt: skip
-                finally:
-                    blocks_base.DECODE_ATTENTION = default_attn
                 budget.spend(spent)
                 free()
                 got = [f"{t} {bm._ms(v)}" for (s, t), v in ((split_mode(m), v) for m, v in row["ms"].items())

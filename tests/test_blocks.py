@@ -257,3 +257,12 @@ def test_unknown_decode_attention_mode_raises(monkeypatch):
     monkeypatch.setattr(blocks_base, "DECODE_ATTENTION", "kernal")
     with torch.no_grad(), pytest.raises(ValueError, match=r"DECODE_ATTENTION must be one of .*'gqa'.*got 'kernal'"):
         m(IDS[:1, :4])
+    monkeypatch.setattr(blocks_base, "DECODE_ATTENTION", "gqa")
+    with pytest.raises(ValueError, match=r"DECODE_ATTENTION must be one of .*got 'kernal'"):
+        with blocks_base.decode_attention_mode("kernal"):
+            pass
+    with blocks_base.decode_attention_mode("packed"):
+        assert blocks_base.DECODE_ATTENTION == "packed"
+    with blocks_base.decode_attention_mode(None):
+        assert blocks_base.DECODE_ATTENTION == "gqa"
+    assert blocks_base.DECODE_ATTENTION == "gqa"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..nn import blocks_base
-from ..nn.blocks_base import DECODE_ATTENTION, DECODE_MODES
+from ..nn.blocks_base import DECODE_ATTENTION, DECODE_MODES, decode_attention_mode
 from .common import (
     DTYPES,
     CLIError,
@@ -325,13 +325,8 @@ def cmd_generate_bench(args: argparse.Namespace) -> int:
     res["decode_attention"] = args.decode_attention or blocks_base.DECODE_ATTENTION
 
     def bench(model: nn.Module, label: str, side: str) -> None:
-        before = blocks_base.DECODE_ATTENTION
-        if side == "quantized" and args.decode_attention is not None:
-            blocks_base.DECODE_ATTENTION = args.decode_attention
-        try:
+        with decode_attention_mode(args.decode_attention if side == "quantized" else None):
             r = measure(model, prompt(model), args.new_tokens, args.repeats, mode, label)
-        finally:
-            blocks_base.DECODE_ATTENTION = before
         r.update(label=label, side=side)
         rows.append(r)
         tok = f"{r['decode_tok_s']:.1f} tok/s" if r["decode_tok_s"] else "n/a"

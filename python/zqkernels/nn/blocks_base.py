@@ -34,6 +34,7 @@ then raises RuntimeError.
 
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union
@@ -208,6 +209,25 @@ def _version(t: torch.Tensor) -> int:
 #: profile_llm.py --decode-attention MODE are the A/B; docs/FUSED.md, "Decode attention").
 DECODE_ATTENTION = "gqa"
 DECODE_MODES = ("gqa", "packed", "kernel", "hf")
+
+
+def _bad_decode_mode(mode: Any) -> ValueError:
+    return ValueError(f"zqkernels.nn.blocks_base.DECODE_ATTENTION must be one of {DECODE_MODES}, got {mode!r}")
+
+
+@contextlib.contextmanager
+def decode_attention_mode(mode: Optional[str]):
+    """DECODE_ATTENTION set to `mode` (one of DECODE_MODES; None: left as it is) inside the block, restored
+    after (the benchmarks' and generate-bench's per-side choice)."""
+    global DECODE_ATTENTION
+    if mode is not None and mode not in DECODE_MODES:
+        raise _bad_decode_mode(mode)
+    before = DECODE_ATTENTION
+    DECODE_ATTENTION = mode or before
+    try:
+        yield
+    finally:
+        DECODE_ATTENTION = before
 
 #: Attention input through ``rope_qkv`` (one kernel) on CUDA; False: the torch sequence (views,
 #: rotate_half, multiplies, ``cache.update``). Its kernel equals the torch sequence bit for bit on an
@@ -473,7 +493,7 @@ class QuantizedBlock(nn.Module):
         kwargs = {**self._attn_kw, **kwargs}
         mode = DECODE_ATTENTION
         if mode not in DECODE_MODES:
-            raise ValueError(f"zqkernels.nn.blocks_base.DECODE_ATTENTION must be one of {DECODE_MODES}, got {mode!r}")
+            raise _bad_decode_mode(mode)
         if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES and mode != "hf":
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
             plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
