@@ -311,24 +311,29 @@ class QuantLinears:
             gemm = library_gemm(q, bits, g, alpha) if mode == "lib" else None
             if mode == "lib" and gemm is None:
                 raise ValueError("no library GEMM for this scheme")
-            deq = q["deq"] if mode != "f32" else q["deq"].float()
+            self.install(m, q["deq"] if mode != "f32" else q["deq"].float(), gemm, mode)
 
-            def fwd(x, m=m, deq=deq, gemm=gemm):
-                shp = x.shape
-                x2 = x.reshape(-1, shp[-1])
-                if mode == "f32":  # the control: the same operands, the GEMM in float32
-                    xq, sx = zq.quantize_per_token(x2.float().contiguous())
-                    y = ((xq.float() * sx[:, None]) @ deq.T).double()
-                elif gemm is None:
-                    y = y_float64(x2, deq)[2]
-                else:
-                    xq, sx = zq.quantize_per_token(x2.float().contiguous())
-                    y = gemm(xq, sx).double()
-                if m.bias is not None:
-                    y = y + m.bias.double()
-                return y.to(x.dtype).reshape(*shp[:-1], deq.shape[0])
+    @staticmethod
+    def install(m, deq: torch.Tensor, gemm=None, mode: str = "f64") -> None:
+        """m.forward = per-token INT8 activations times the weight deq (see the class docstring for the
+        modes; gemm: the library GEMM of mode "lib")."""
 
-            m.forward = fwd
+        def fwd(x, m=m, deq=deq, gemm=gemm):
+            shp = x.shape
+            x2 = x.reshape(-1, shp[-1])
+            if mode == "f32":  # the control: the same operands, the GEMM in float32
+                xq, sx = zq.quantize_per_token(x2.float().contiguous())
+                y = ((xq.float() * sx[:, None]) @ deq.T).double()
+            elif gemm is None:
+                y = y_float64(x2, deq)[2]
+            else:
+                xq, sx = zq.quantize_per_token(x2.float().contiguous())
+                y = gemm(xq, sx).double()
+            if m.bias is not None:
+                y = y + m.bias.double()
+            return y.to(x.dtype).reshape(*shp[:-1], deq.shape[0])
+
+        m.forward = fwd
 
     def __exit__(self, *a):
         self.set(None)

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
 from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
-from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight, y_float64  # noqa: E402
+from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight  # noqa: E402
 
 
 def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
@@ -60,15 +60,7 @@ class ZeroPointLinears(QuantLinears):
         for m in self.linears.values():
             deq, o = zero_point_deq(m.weight.detach().float(), g)
             over += o
-
-            def fwd(x, m=m, deq=deq):
-                shp = x.shape
-                y = y_float64(x.reshape(-1, shp[-1]), deq)[2]
-                if m.bias is not None:
-                    y = y + m.bias.double()
-                return y.to(x.dtype).reshape(*shp[:-1], deq.shape[0])
-
-            m.forward = fwd
+            self.install(m, deq)
         return over
 
 
