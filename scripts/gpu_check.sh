@@ -8,7 +8,8 @@
 #   install   -> instead of build: install the carried .wheelhouse/zqkernels-*.whl and overlay the
 #                working tree's python/zqkernels (Python-only changes, no compile; ZQ_NO_OVERLAY=1:
 #                the wheel alone)
-#   test      -> the whole pytest suite, GPU tests included
+#   test      -> the whole pytest suite, GPU tests included (ZQ_TESTS_OUT_OF_TREE=1: every *_gpu.py file
+#                from a copy of tests/ outside the source tree, against the installed package alone)
 #   sanitize  -> compute-sanitizer memcheck + racecheck over scripts/sanitize_check.py (every kernel)
 #   overhead  -> benchmarks/bench_overhead.py (eager host time per call vs torch)
 #   bench     -> benchmarks/bench_w8a8.py (full, or --short with BENCH=short), JSON under $OUT
@@ -97,7 +98,16 @@ if [[ -n "$ao" ]]; then python3 -m pip install -q --no-deps "$ao" >/dev/null 2>&
 
 if [[ " $STEPS " == *" test "* ]]; then
   tt=$(date +%s)
-  python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider ${PYTEST_TARGETS:-tests} ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
+  if [[ -n "${ZQ_TESTS_OUT_OF_TREE:-}" ]]; then
+    # The installed package with no source tree beside it: a copy of tests/ run from /tmp (the
+    # targets default to every GPU test file; name others relative to tests/).
+    rm -rf /tmp/zq_tests && cp -r tests /tmp/zq_tests
+    targets="${PYTEST_TARGETS:-$(cd tests && ls *_gpu.py | tr '\n' ' ')}"
+    (cd /tmp/zq_tests && python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider --rootdir=/tmp/zq_tests \
+      $targets ${PYTEST_ARGS:-}) >"$OUT/pytest.log" 2>&1
+  else
+    python3 -m pytest -q -rs --timeout=600 -p no:cacheprovider ${PYTEST_TARGETS:-tests} ${PYTEST_ARGS:-} >"$OUT/pytest.log" 2>&1
+  fi
   rc=$?
   tail -40 "$OUT/pytest.log"
   summary+=("tests: rc=$rc, $(tail -1 "$OUT/pytest.log") ($(( $(date +%s) - tt )) s)")
