@@ -131,5 +131,16 @@ def test_w4a8_fast_checks_accept_the_common_calls():
     wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=64)
     xq, sx = zqkernels.quantize_per_token(torch.randn(8, 512, device=DEV))
     assert fast_ok_w4a8(xq, wq, sx, sw, sg, None, torch.bfloat16, torch.int8, (torch.int32, torch.float32))
+    # max_scale (what a W4A8 QLinear passes on every call) takes the fast check as a plain int in range;
+    # a bool, a float, an out-of-range bound or float scales go to the full checks and their errors.
+    i4 = (xq, wq, sx, sw, sg, None, torch.bfloat16, torch.int8, (torch.int32, torch.float32))
+    assert fast_ok_w4a8(*i4, 16) and fast_ok_w4a8(*i4, 2**15)
+    for bad_bound in (True, 16.0, 0, 2**16):
+        assert not fast_ok_w4a8(*i4, bad_bound)
+    assert not fast_ok_w4a8(*i4[:4], sg.float(), *i4[5:], 16)
+    with pytest.raises(ValueError, match=r"w4a8_gemm: max_scale must be an int in \[1, 65535\]"):
+        zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, max_scale=16.0)
+    with pytest.raises(ValueError, match="w4a8_gemm: max_scale applies to integer scales"):
+        zqkernels.w4a8_gemm(xq, wq, sx, sw, sg.float(), max_scale=16)
     with pytest.raises(TypeError, match="w4a8_gemm: sg must be the group scales"):
         zqkernels.w4a8_gemm(xq, wq, sx, sw, sg.to(torch.int16))

@@ -402,7 +402,11 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     if path == "convert":
         return group_gemm_cuda(op, xq, int4_to_int8_cuda(wq, K), sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8)
     if path == "mixed":
-        return group_gemm_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, max_scale, wmax=8, tile=tile, int4=True)
+        # group_gemm_cuda's launch without its per-call work: the operands were checked above (sm_90a,
+        # N % 16, K % 64, 16-byte xq / wq and xq rows) and the recipe and intervals depend only on
+        # (g, scale kind, max_scale, K): cached (the eager host time, issue 18).
+        recipe, pb, flush = _w4a8_mixed_setup(g, int_scales, max_scale, K)
+        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile)
     flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
@@ -540,6 +544,18 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     else:
         recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
     return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
+
+
+@functools.lru_cache(maxsize=256)
+def _w4a8_mixed_setup(g: int, int_scales: bool, max_scale: Optional[int], K: int) -> tuple[str, int, int]:
+    """(recipe, promote_blocks, flush) of the W4A8 mixed-input mainloop: group_gemm_cuda's choice for
+    INT4 weights (wmax 8), computed once per (group size, scale kind, bound, K)."""
+    if int_scales and max_scale is None:
+        max_scale = default_max_scale(g, 8)
+    pb, flush = group_gemm_intervals(g, 8, max_scale if int_scales else None)
+    if w4a8_fused(int_scales, max_scale, K):
+        return "w4a8_mixed_fused", pb, flush
+    return "w4a8_mixed_" + ("int" if int_scales else "float"), pb, flush
 
 
 def _group_launch(recipe: str, xq, wq, sx, sw, sg_t, g: int, pb: int, flush: int, bias, out_dtype,

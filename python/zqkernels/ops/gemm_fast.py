@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reference.quantize import INT4_MAX_SCALE
 from . import _common as c
 from .gemm_checks import INT8_MAX_K, W4A8_INT_MAX_GROUP
 
@@ -20,6 +21,7 @@ _I8 = torch.int8
 _U8 = torch.uint8
 _F32 = torch.float32
 _FLOAT_SG = torch.float32
+_INT_SG = torch.int32
 
 
 def fast_ok_cuda(xq, wq, sx, sw, bias, out_dtype, operand=_I8, max_k=INT8_MAX_K) -> bool:
@@ -72,13 +74,17 @@ def _fast_ok_rest(xq, wq, sx, sw, bias, bias_dtype, M: int, N: int) -> bool:
 def fast_ok_w4a8(xq, wq, sx, sw, sg, bias, out_dtype, operand, sg_dtypes: tuple, max_scale=None) -> bool:
     """The common valid CUDA call of a W4A8 GEMM (contiguous operands, group scales [N, G] of a group
     size that is a multiple of 32 dividing K, sg contiguous on the same device), recognised in a few
-    attribute reads; False: run the full checks (check_w4a8_int_args / check_w4a8_fp_args)."""
+    attribute reads; False: run the full checks (check_w4a8_int_args / check_w4a8_fp_args). max_scale
+    (w4a8_gemm's integer-scale bound) passes as a plain int in [1, INT4_MAX_SCALE] with int32 sg."""
     if out_dtype is not torch.bfloat16 and out_dtype is not torch.float16 and out_dtype is not _F32:
         return False
     if xq.dtype is not operand or wq.dtype is not _U8 or sx.dtype is not _F32 or sw.dtype is not _F32:
         return False
-    if sg.dtype not in sg_dtypes or max_scale is not None:
-        return False  # max_scale: the full checks validate it (rare outside benchmarks)
+    if sg.dtype not in sg_dtypes:
+        return False
+    if max_scale is not None and (type(max_scale) is not int or sg.dtype is not _INT_SG
+                                  or not 1 <= max_scale <= INT4_MAX_SCALE):
+        return False  # the full checks raise the precise error (a bool, a float, float scales...)
     xs, ws, gs = xq.shape, wq.shape, sg.shape
     if len(xs) != 2 or len(ws) != 2 or len(gs) != 2:
         return False
