@@ -25,6 +25,8 @@
 #   decode    -> the decode path's A/B (issue 19): decode_attention's GPU tests, then the W8A8 / W4A8
 #                decode layers (b1, b16) and a whole Llama-3-8B decode step's kernel profile
 #                (benchmarks/profile_llm.py) for each --decode-attention mode (DECODE_MODES), same run
+#   llm       -> benchmarks/bench_llm.py (issue 19: the whole Llama-3-8B-shaped model, bf16's four modes
+#                against each scheme; LLM_ARGS, default --quick), JSON + log under $OUT
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
@@ -196,6 +198,14 @@ if [[ " $STEPS " == *" decode "* ]]; then
       2>&1 | grep -v -e USDT -e _warn | tail -12 | tee -a "$OUT/decode.log"
   done
   summary+=("decode: $(( $(date +%s) - td )) s, $OUT/decode.log")
+fi
+
+if [[ " $STEPS " == *" llm "* ]]; then
+  tm=$(date +%s)
+  python3 benchmarks/bench_llm.py ${LLM_ARGS:---quick} --json "$OUT/llm.json" 2>&1 | grep -v -e USDT -e _warn \
+    | tee "$OUT/llm.log" | tail -${LLM_TAIL:-40}
+  rc=${PIPESTATUS[0]}
+  summary+=("llm: rc=$rc, $(( $(date +%s) - tm )) s, $OUT/llm.log")
 fi
 
 echo
