@@ -398,10 +398,16 @@ def test_gpu_backend_and_tile_errors():
 
 def test_registry_can_implement_without_launching():
     """Every registry row answers can-implement for a shape without a launch: aligned problems yes,
-    K % 16 != 0, N % 8 != 0, strides below K or past the int32 bound no, each saying why."""
+    K % 16 != 0, N % 8 != 0, strides below K or past the int32 bound no, each saying why; the
+    group-scaled and block-scaled recipes name their missing scales first."""
     for kid, (arch, recipe, tile, code, _d) in enumerate(C.gemm_kernels()):
-        if recipe.startswith("int8_group"):  # needs its group scales: checked before anything else
-            assert "group scales (sg_t) must be non-null" in C.gemm_can_implement(kid, 37, 24, 64, 64, 64)
+        if recipe.startswith("int8_group") or "_mixed" in recipe:  # needs its group scales (W4A8 mixed:
+            # after the packed layout's N % 16, K % 64), checked before anything else
+            assert "group scales (sg_t) must be non-null" in C.gemm_can_implement(kid, 37, 32, 64, 64, 64), (recipe, tile)
+            continue
+        if recipe == "fp8_blockwise":  # K in whole 128-blocks, then its block scales
+            assert "K must be a multiple of 128 for block scales" in C.gemm_can_implement(kid, 37, 24, 48, 48, 48)
+            assert "activation block scales must be non-null" in C.gemm_can_implement(kid, 37, 24, 128, 128, 128)
             continue
         N = 32 if OUT_CODE[code] == torch.int8 else 24
         assert C.gemm_can_implement(kid, 37, N, 48, 48, 48) == "", (arch, tile)
