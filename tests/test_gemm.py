@@ -1215,3 +1215,31 @@ def test_ops_import_graph_has_no_cycle():
 def test_w4a8_fp_auto_path(M, pow2, out_dtype, path):
     """w4a8_fp_gemm's path="auto" by M and scale kind (the H100 measurements in gemm_cuda's comments)."""
     assert gemm_cuda.w4a8_fp_path(M, pow2, out_dtype) == path
+
+
+def test_cached_layout_follows_identity_version_and_inference(monkeypatch):
+    """ops/gemm_cuda.cached_layout (a scale tensor's kernel layout, derived once): a hit needs the same
+    tensor (not a recycled id) at the same version; an in-place update rebuilds; inference tensors
+    (no version counter) are rebuilt every call and never cached."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(gemm_cuda, "_derived", {})
+    builds = []
+
+    def build(t):
+        builds.append(1)
+        return t.t().contiguous()
+
+    sg = torch.arange(6, dtype=torch.int32).reshape(2, 3)
+    a = gemm_cuda.cached_layout("t", sg, build)
+    assert gemm_cuda.cached_layout("t", sg, build) is a and len(builds) == 1
+    sg.add_(1)  # a new version: rebuilt, with the new values
+    b = gemm_cuda.cached_layout("t", sg, build)
+    assert len(builds) == 2 and torch.equal(b, sg.t())
+    other = torch.zeros(2, 3, dtype=torch.int32)
+    gemm_cuda._derived["t"][id(other)] = gemm_cuda._derived["t"][id(sg)]  # an entry under other's id
+    assert torch.equal(gemm_cuda.cached_layout("t", other, build), other.t()) and len(builds) == 3
+    with torch.inference_mode():
+        inf = torch.ones(2, 3, dtype=torch.int32)
+    for _ in range(2):
+        assert torch.equal(gemm_cuda.cached_layout("t", inf, build), inf.t())
+    assert len(builds) == 5 and id(inf) not in gemm_cuda._derived["t"]

@@ -314,19 +314,20 @@ _ready: set[tuple[str, int]] = set()  # (op, device index) that passed require_s
 FP_KERNELS = "needs FP8 tensor cores and this build's W4A8-FP kernels are"
 
 
-def _cuda_operands(op: str, xq, wq, sx, sw, what: str, binding: str = ""):
+def _cuda_operands(op: str, xq, wq, sx, sw, what: str, binding: str = "", M: int = -1, N: int = -1):
     """What both W4A8 GEMMs do on CUDA before launching (arguments checked): the sm_90a check once
     per device, per-tensor scales expanded to vectors, 16-byte alignment of xq / wq (both kernels and
     fp4_to_fp8 read them in 16-byte pieces; nothing is read when M == 0). Returns (device index,
     sx, sw). binding: the _C function the op launches, checked once with the device (a build from
-    before it existed lacks it)."""
+    before it existed lacks it). M, N: the caller's, when it has read them."""
     idx = xq.get_device()
     if (op, idx) not in _ready:
         require_sm90(op, xq.device, what)
         if binding and not hasattr(_ext._C, binding):
             raise RuntimeError(f"{op}: this build of zqkernels._C has no {binding} (built before it existed); rebuild")
         _ready.add((op, idx))
-    M, N = xq.shape[0], wq.shape[0]
+    if M < 0:
+        M, N = xq.shape[0], wq.shape[0]
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
@@ -361,7 +362,7 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
     (experiments; None: the dispatch table's)."""
     M, K = xq.shape
     N = wq.shape[0]
-    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, FP_KERNELS)
+    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, FP_KERNELS, "", M, N)
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     if path == "auto":
@@ -371,7 +372,8 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
         # The FP4 consumers promote every k-tile whatever the group size; promote_blocks only has to
         # pass the shared group checks.
         pb = group_gemm_intervals(g, 8, None)[0]
-        return _group_launch(recipe, xq, wq, sx, sw, _fp4_scales_t(sg), g, pb, 0, bias, out_dtype, act, tile)
+        return _group_launch(recipe, xq, wq, sx, sw, _fp4_scales_t(sg), g, pb, 0, bias, out_dtype, act, tile,
+                             dims=(M, N, K, idx))
     if path == "convert":
         if out_dtype == torch.float32:
             raise ValueError(f"{op}: float32 output is served by the 'stream' and 'mixed' paths, not 'convert'")
@@ -393,7 +395,7 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     M, K = xq.shape
     N = wq.shape[0]
     idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, "this build's W4A8 integer-scale kernels are",
-                                 "w4a8_int_gemm_run")
+                                 "w4a8_int_gemm_run", M, N)
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     int_scales = sg.dtype == torch.int32
@@ -406,7 +408,8 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
         # N % 16, K % 64, 16-byte xq / wq and xq rows) and the recipe and intervals depend only on
         # (g, scale kind, max_scale, K): cached (the eager host time, issue 18).
         recipe, pb, flush = _w4a8_mixed_setup(g, int_scales, max_scale, K)
-        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile)
+        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile,
+                             dims=(M, N, K, idx))
     flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
@@ -476,14 +479,15 @@ _CACHE_MAX = 4096
 
 def cached_layout(name: str, t: torch.Tensor, build) -> torch.Tensor:
     """build(t), cached under `name` for this tensor and its version (see above)."""
-    if t.is_inference():
+    cache = _derived.setdefault(name, {})
+    hit = cache.get(id(t))
+    if hit is not None and hit[0]() is t:  # a cached tensor is never an inference tensor (below)
+        if hit[1] == t._version:
+            return hit[2]
+    elif t.is_inference():
         # Inference tensors (a QLinear built under torch.inference_mode) have no version counter,
         # so an in-place update (load_state_dict under inference_mode) could not be seen: no cache.
         return build(t)
-    cache = _derived.setdefault(name, {})
-    hit = cache.get(id(t))
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
-        return hit[2]
     out = build(t)
     if torch.cuda.is_current_stream_capturing():
         return out  # no cache writes while capturing a graph (out lives in the graph's memory pool)
@@ -559,19 +563,24 @@ def _w4a8_mixed_setup(g: int, int_scales: bool, max_scale: Optional[int], K: int
 
 
 def _group_launch(recipe: str, xq, wq, sx, sw, sg_t, g: int, pb: int, flush: int, bias, out_dtype,
-                  act: int, tile: Optional[str], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  act: int, tile: Optional[str], out: Optional[torch.Tensor] = None,
+                  dims: Optional[tuple[int, int, int, int]] = None) -> torch.Tensor:
     """Launch a group-scaled recipe of the GEMM registry (M >= 1; operands checked, scales sg_t [G, N]
-    in the kernel's layout)."""
-    M, K = xq.shape
-    N = wq.shape[0]
-    idx = xq.get_device()
+    in the kernel's layout). dims: (M, N, K, device index) from a caller that read them and already
+    expanded per-tensor sx / sw to vectors (_cuda_operands): the eager path reads nothing twice."""
+    if dims is None:
+        M, K = xq.shape
+        N = wq.shape[0]
+        idx = xq.get_device()
+        if sx.numel() != M:
+            sx = sx.reshape(1).expand(M).contiguous()
+        if sw.numel() != N:
+            sw = sw.reshape(1).expand(N).contiguous()
+    else:
+        M, N, K, idx = dims
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
     if out is None:
         out = xq.new_empty((M, N), dtype=out_dtype)
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
     workspace = xq.new_empty((ws,), dtype=torch.uint8) if ws > 0 else None
     _ext._C.gemm_run(
         kid, xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), K, sx.data_ptr(), sw.data_ptr(),
