@@ -407,7 +407,7 @@ def test_registry_can_implement_without_launching():
             continue
         if recipe == "fp8_blockwise":  # K in whole 128-blocks, then its block scales
             assert "K must be a multiple of 128 for block scales" in C.gemm_can_implement(kid, 37, 24, 48, 48, 48)
-            assert "activation block scales must be non-null" in C.gemm_can_implement(kid, 37, 24, 128, 128, 128)
+            assert C.gemm_can_implement(kid, 37, 24, 128, 128, 128) == "", (arch, tile)  # scales checked at run
             continue
         N = 32 if OUT_CODE[code] == torch.int8 else 24
         assert C.gemm_can_implement(kid, 37, N, 48, 48, 48) == "", (arch, tile)
