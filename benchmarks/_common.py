@@ -375,7 +375,10 @@ def package_versions(*names: str) -> dict[str, str | None]:
 def git_commit(paths: Sequence[Any] = ()) -> str:
     """``git rev-parse --short HEAD`` of the first of ``paths`` (then this checkout, then the cwd)
     inside a git work tree, with ``-dirty`` when tracked files differ; ``"unknown"`` if none is or
-    git is missing."""
+    git is missing. The environment variable ZQ_COMMIT, when set, wins: a copy of the working tree
+    (the GPU machine's) may carry git metadata older than its files."""
+    if os.environ.get("ZQ_COMMIT"):
+        return os.environ["ZQ_COMMIT"]
 
     def git(p: Path, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(

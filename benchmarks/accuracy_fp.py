@@ -48,6 +48,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (git_commit)
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
@@ -565,14 +568,6 @@ def fixed_chunks(tok, text: str, n: int, length: int, skip: int) -> torch.Tensor
     return ids
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
 def fmt_table(title: str, rows: list[tuple], head: tuple) -> str:
     w = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [title, "  ".join(str(h).ljust(w[i]) for i, h in enumerate(head))]
@@ -663,7 +658,7 @@ def main(argv=None) -> int:
 
     import transformers
 
-    commit = git_commit()
+    commit = _common.git_commit()
     res["meta"] = {
         "commit": commit,
         "device": "cpu",

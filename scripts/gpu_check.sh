@@ -28,6 +28,8 @@
 #   llm       -> benchmarks/bench_llm.py (issue 19: the whole Llama-3-8B-shaped model, bf16's four modes
 #                against each scheme; LLM_ARGS, default --quick), JSON + log under $OUT
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
+# ZQ_COMMIT: the commit the benchmarks record (benchmarks/_common.git_commit); set it when calling the
+#   device, whose copy of the working tree may carry git metadata older than its files.
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
 # Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
 set -uo pipefail
@@ -133,7 +135,7 @@ if [[ " $STEPS " == *" overhead "* ]]; then
 fi
 
 if [[ " $STEPS " == *" bench "* ]]; then
-  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  commit=${ZQ_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
   args=(--json "$OUT/bench_w8a8.json")
   [[ "${BENCH:-full}" == "short" ]] && args+=(--short)
   [[ -n "${BENCH_CONFIGS:-}" ]] && args+=(--configs)

@@ -27,3 +27,15 @@ def test_modes():
     modes = sides.all_modes(["bf16", "w8a8", "ao-int8"], default=True)
     assert "bf16-ro" in modes and "w8a8-ro" not in modes and "ao-int8-compile" in modes
     assert "ao-int8-eager" not in modes
+
+
+def test_git_commit_takes_zq_commit(monkeypatch):
+    """benchmarks/_common.git_commit: ZQ_COMMIT (set when the device's copy has stale git metadata)
+    wins over git; without it, a short hash (with -dirty) or "unknown"."""
+    import _common
+
+    monkeypatch.setenv("ZQ_COMMIT", "c0ffee1")
+    assert _common.git_commit() == "c0ffee1"
+    monkeypatch.delenv("ZQ_COMMIT")
+    got = _common.git_commit()
+    assert got == "unknown" or len(got.split("-")[0]) >= 7
