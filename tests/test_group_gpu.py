@@ -60,7 +60,7 @@ def inputs(M, N, K, g, bits, scale, out_dtype=torch.bfloat16, bias=False, seed=0
     x = torch.randn(M, K, device=DEV)
     x[:, :3] *= 20  # outlier channels
     xq, sx = zqkernels.quantize_per_token(x)
-    wq, sw, sg = zqkernels.quantize_weight(w, bits=bits, group_size=g, scale=scale)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt=f"int{bits}", group_size=g, scale=scale)
     b = torch.randn(N, device=DEV).to(out_dtype) if bias else None
     return dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=b, out_dtype=out_dtype)
 
@@ -147,8 +147,8 @@ def test_w8a8_group_explicit_alpha(scale):
     for g, alpha in ((32, 2048), (128, 512), (256, 1), (64, 16)):
         a = inputs(65, 272, 512, g, 8, scale, torch.bfloat16, bias=True)
         if scale == "int":
-            a["wq"], a["sw"], a["sg"] = zqkernels.quantize_weight(torch.randn(272, 512, device=DEV), bits=8,
-                                                                  group_size=g, alpha=alpha)
+            a["wq"], a["sw"], a["sg"] = zqkernels.quantize_weight(torch.randn(272, 512, device=DEV), fmt="int8",
+                                                                  scale="int", group_size=g, alpha=alpha)
             assert int(a["sg"].max()) == alpha
         out = zqkernels.w8a8_group_gemm(**a, max_scale=alpha if scale == "int" else None)
         check(out, a, 8, f"g={g} alpha={alpha} {scale}")
@@ -295,8 +295,8 @@ def test_qlinear_cuda_vs_cpu(scheme, options, M):
 def test_quantize_weight_cuda_matches_cpu(bits, g, scale):
     """quantize_weight runs the reference's torch ops on w's device: the same bits on both."""
     w = torch.randn(272, 1024) * torch.rand(272, 1) * torch.rand(1, 1024).pow(3)
-    cpu = zqkernels.quantize_weight(w, bits=bits, group_size=g, scale=scale)
-    gpu = zqkernels.quantize_weight(w.to(DEV), bits=bits, group_size=g, scale=scale)
+    cpu = zqkernels.quantize_weight(w, fmt=f"int{bits}", group_size=g, scale=scale)
+    gpu = zqkernels.quantize_weight(w.to(DEV), fmt=f"int{bits}", group_size=g, scale=scale)
     for a, b in zip(cpu, gpu):
         assert a.dtype == b.dtype and torch.equal(a, b.cpu())
 

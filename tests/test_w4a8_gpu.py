@@ -28,7 +28,7 @@ def inputs(M, N, K, g, scale, out_dtype=torch.bfloat16, bias=False):
     w = torch.randn(N, K, device=DEV) * 0.02
     w[:, : K // 3] *= 6  # groups of different scales
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
-    wq, sw, sg = zqkernels.quantize_weight(w, bits=4, group_size=g, scale=scale)
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale)
     b = torch.randn(N, device=DEV).to(out_dtype) if bias else None
     return dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=b, out_dtype=out_dtype)
 
