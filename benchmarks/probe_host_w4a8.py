@@ -9,6 +9,8 @@ needs M > 16: M = 16 is compared with torch.matmul):
     launch       ops/gemm_cuda.py's launcher (scale layouts, intervals, plan, output allocation)
     gemm_run     the _C binding alone with every argument precomputed (output reused)
     torch.empty  one allocation, for scale
+    QLinear      the W4A8 layer a converted model runs (alpha 16), against nn.Linear in bf16, both
+                 under torch.inference_mode (the layer quantizes its bf16 input: one more kernel)
 
     python benchmarks/probe_host_w4a8.py [--json F]
 """
@@ -23,6 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as cm  # noqa: E402
+
+
+def _inference(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return layer(x)
 
 
 def rows(M: int, N: int, K: int, dev: torch.device) -> dict:
@@ -78,6 +85,12 @@ def rows(M: int, N: int, K: int, dev: torch.device) -> dict:
         fns["int8 _C.gemm_run"] = lambda: _ext._C.gemm_run(*args8)
     except TypeError as e:  # the binding's signature differs: say so instead of guessing
         print(f"probe_host_w4a8: int8 gemm_run row skipped: {cm.error_text(e)}")
+    # The layer a user calls (QLinear: trusted shapes, no per-call checks) against nn.Linear, both
+    # under inference_mode, input bf16 (QLinear's time includes quantizing the activations).
+    lin = torch.nn.Linear(K, N, bias=False, device=dev, dtype=bf)
+    qlin = zq.QLinear.from_linear(lin, "w4a8", group_size=128, alpha=16).eval()
+    fns["nn.Linear bf16 (inference)"] = lambda: _inference(lin, x)
+    fns["QLinear w4a8 a16 (inference)"] = lambda: _inference(qlin, x)
     if M > 16:  # torch._int_mm takes M > 16 only
         fns = {"torch._int_mm": lambda: torch._int_mm(xi, wi.t()), **fns}
     res = cm.back_to_back(fns, cm.sync_for(dev))
