@@ -314,20 +314,18 @@ _ready: set[tuple[str, int]] = set()  # (op, device index) that passed require_s
 FP_KERNELS = "needs FP8 tensor cores and this build's W4A8-FP kernels are"
 
 
-def _cuda_operands(op: str, xq, wq, sx, sw, what: str, binding: str = "", M: int = -1, N: int = -1):
+def _cuda_operands(op: str, xq, wq, sx, sw, M: int, N: int, what: str, binding: str = ""):
     """What both W4A8 GEMMs do on CUDA before launching (arguments checked): the sm_90a check once
     per device, per-tensor scales expanded to vectors, 16-byte alignment of xq / wq (both kernels and
     fp4_to_fp8 read them in 16-byte pieces; nothing is read when M == 0). Returns (device index,
     sx, sw). binding: the _C function the op launches, checked once with the device (a build from
-    before it existed lacks it). M, N: the caller's, when it has read them."""
+    before it existed lacks it). M, N: xq's rows and wq's rows, as the caller read them."""
     idx = xq.get_device()
     if (op, idx) not in _ready:
         require_sm90(op, xq.device, what)
         if binding and not hasattr(_ext._C, binding):
             raise RuntimeError(f"{op}: this build of zqkernels._C has no {binding} (built before it existed); rebuild")
         _ready.add((op, idx))
-    if M < 0:
-        M, N = xq.shape[0], wq.shape[0]
     if sx.numel() != M:
         sx = sx.reshape(1).expand(M).contiguous()
     if sw.numel() != N:
@@ -362,7 +360,7 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
     (experiments; None: the dispatch table's)."""
     M, K = xq.shape
     N = wq.shape[0]
-    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, FP_KERNELS, "", M, N)
+    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, M, N, FP_KERNELS)
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     if path == "auto":
@@ -394,8 +392,8 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     tile of the mixed-input recipe (experiments; None: the dispatch table's)."""
     M, K = xq.shape
     N = wq.shape[0]
-    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, "this build's W4A8 integer-scale kernels are",
-                                 "w4a8_int_gemm_run", M, N)
+    idx, sx, sw = _cuda_operands(op, xq, wq, sx, sw, M, N, "this build's W4A8 integer-scale kernels are",
+                                 "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     int_scales = sg.dtype == torch.int32
@@ -540,20 +538,21 @@ def group_gemm_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, max_
     int_scales = sg.dtype == torch.int32
     G = sg.shape[1]
     g = K // G
+    if int4:  # the W4A8 mixed-input recipes: one derivation, shared with w4a8_int_cuda
+        recipe, pb, flush = _w4a8_mixed_setup(g, int_scales, max_scale, K)
+        return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, wmax)
     pb, flush = group_gemm_intervals(g, wmax, max_scale if int_scales else None)
-    if int4 and w4a8_fused(int_scales, max_scale, K):
-        recipe = "w4a8_mixed_fused"  # the scales multiply the codes in registers: one int32 sum, no fold
-    else:
-        recipe = ("w4a8_mixed_" if int4 else "int8_group_") + ("int" if int_scales else "float")
+    recipe = "int8_group_" + ("int" if int_scales else "float")
     return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile, out)
 
 
 @functools.lru_cache(maxsize=256)
 def _w4a8_mixed_setup(g: int, int_scales: bool, max_scale: Optional[int], K: int) -> tuple[str, int, int]:
-    """(recipe, promote_blocks, flush) of the W4A8 mixed-input mainloop: group_gemm_cuda's choice for
-    INT4 weights (wmax 8), computed once per (group size, scale kind, bound, K)."""
+    """(recipe, promote_blocks, flush) of the W4A8 mixed-input mainloop for INT4 weights (|w| <= 8):
+    fused when the integer scales are bounded by 16 (the scales multiply the codes in registers: one
+    int32 sum, no fold), computed once per (group size, scale kind, bound, K)."""
     if int_scales and max_scale is None:
         max_scale = default_max_scale(g, 8)
     pb, flush = group_gemm_intervals(g, 8, max_scale if int_scales else None)

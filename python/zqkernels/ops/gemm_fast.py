@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.quantize import INT4_MAX_SCALE
 from . import _common as c
-from .gemm_checks import INT8_MAX_K, W4A8_INT_MAX_GROUP
+from .gemm_checks import INT4_MAX_SCALE, INT8_MAX_K, W4A8_INT_MAX_GROUP
 
 __all__ = ["fast_ok_cuda", "fast_ok_w4a8"]
 
