@@ -166,7 +166,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
   const int rt = blockIdx.x * R + warp / W;  // row tile (16 weight rows)
   const int kp = warp % W;
   const int nchunks = a.K >> 6;
-  const int G = a.K / a.group_size;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
 
@@ -191,15 +190,25 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
     }
+    // The group scales, group-major sg_t [G, N] of 32 bits (int32 exponents or float ratios, the
+    // host's cached transpose shared with the mixed-input mainloop): rows r and r + 8 of the group
+    // of this lane's 16 k of chunk c, floor((4 c + t) / d) with d = group_size / 16, computed as
+    // umulhi(2 (4 c + t), ceil(2^31 / d)) (exact while K < 2^19, checked on the host): no division.
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 4);
+    const uint32_t gmul = (0x80000000u + d - 1) / d;
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;
+    const auto scales_of = [&](int c, uint32_t& lo, uint32_t& hi) {
+      const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(8 * c + 2 * t), gmul)) * a.N;
+      lo = __ldg(p);
+      hi = __ldg(p + 8);
+    };
     if constexpr (kRing > 0) {
       __shared__ uint4 ring[kWarps][kRing > 0 ? kRing : 1][32];
       uint32_t rlo[kRing > 0 ? kRing : 1], rhi[kRing > 0 ? kRing : 1];
       const auto issue = [&](int c, int slot) {  // chunk c into the ring (nothing past the end)
         if (c < nchunks) {
           cp_async16(&ring[warp][slot][lane], wp + static_cast<int64_t>(c) * 32);
-          const int grp = (c * 64 + 16 * t) / a.group_size;
-          rlo[slot] = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
-          rhi[slot] = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+          scales_of(c, rlo[slot], rhi[slot]);
         }
         cp_async_commit();  // one group per slot, empty past the end: uniform counting
       };
@@ -245,9 +254,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
     uint32_t slo[kBatch], shi[kBatch];
     const auto fetch = [&](int c, uint4& w, uint32_t& lo, uint32_t& hi) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
-      const int grp = (c * 64 + 16 * t) / a.group_size;
-      lo = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
-      hi = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+      scales_of(c, lo, hi);
     };
     if constexpr (kPipe) {
 #pragma unroll
@@ -510,13 +517,17 @@ void dispatch_scale(const W4A8FPArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> INT8 by bytewise
-// sign extension (w4_convert.cuh), INT8 mma.sync into an int32 step result P
-// (one MMA step = 32 consecutive k, inside one group), then per step:
-//   int scales:   acc_i += s_int * P  (integer multiply-add; acc_i flushed to fp32 every F steps,
-//                 F * 2^15 * max(s_int) < 2^31: no overflow for any input, docs/W4A8.md)
-//   float scales: acc_f += r * float(P)  (the int32 -> float conversion and FMA per group)
-// and one conversion at the end: y = act(sx[m] * sw[n] * acc + bias[n]).
+// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> the int8 bytes 16 q
+// (w4_convert.cuh, int4_word_to_int8x16: 3 instructions per 8 codes), INT8 mma.sync into an int32
+// step result P16 = 16 P (one MMA step = 32 consecutive k, inside one group; |P16| <= 2^19), then
+// per step:
+//   int scales:   acc_i += s_int * P16  (integer multiply-add; acc_i flushed to fp32 every F steps,
+//                 F * 2^19 * max(s_int) < 2^31: no overflow for any input; the host sends bounds
+//                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
+//   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
+// and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
+// The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
+// mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -541,7 +552,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
   const int rt = blockIdx.x * R + warp / W;
   const int kp = warp % W;
   const int nchunks = a.K >> 6;
-  const int G = a.K / a.group_size;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
 
@@ -567,10 +577,14 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
     }
-    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group).
-    const auto scale_at = [&](int64_t row, int c, int s) -> uint32_t {
-      const int grp = (c * 64 + 32 * s) / a.group_size;
-      return static_cast<const uint32_t*>(a.sg)[row * G + grp];  // int32 or float32 bits
+    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
+    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
+    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
+    const uint32_t gmul = (0x80000000u + d - 1) / d;
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
+    const auto scale_at = [&](int c, int s) -> const uint32_t* {
+      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
     };
     int steps = 0;
     const int step = W * kBatch;
@@ -580,8 +594,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
-        scv[2 * s] = scale_at(n_lo, c, s);
-        scv[2 * s + 1] = scale_at(n_lo + 8, c, s);
+        const uint32_t* p = scale_at(c, s);
+        scv[2 * s] = __ldg(p);
+        scv[2 * s + 1] = __ldg(p + 8);
       }
     };
 #pragma unroll
@@ -610,8 +625,8 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
         const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-          const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
-          const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3
+          const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+          const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
 #pragma unroll
           for (int j = 0; j < kNT; ++j) {
             int32_t p[4];
@@ -652,7 +667,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]);
+    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
 
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
@@ -696,8 +711,9 @@ std::string launch_status() {
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
-  std::string err = check_stream_args(a, 16, a.pow2 ? 1 : 4);
+  std::string err = check_stream_args(a, 16, 4);
   if (!err.empty()) return err;
+  if (a.K >= (1 << 19)) return "K must be below 2^19, got " + std::to_string(a.K);
   switch (a.out_dtype) {
     case DType::kBF16: dispatch_scale<__nv_bfloat16>(a); break;
     case DType::kFP16: dispatch_scale<__half>(a); break;
@@ -737,6 +753,7 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   std::string err = check_stream_args(a, 32, 4);
   if (!err.empty()) return err;
   if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
   switch (a.out_dtype) {
     case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
     case DType::kFP16: dispatch_int_scale<__half>(a); break;

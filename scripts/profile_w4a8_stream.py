@@ -1,0 +1,83 @@
+"""The W4A8 decode kernels under a profiler (issue 18: the streaming kernels reach 1.3-1.8 TB/s of
+weight bandwidth against a 2.4 TB/s target). Runs each case a few times on fresh inputs so that
+`ncu` (or any kernel profiler) sees one steady launch per case; prints the graph-replay time and the
+weight bandwidth of each case too, so the run is useful without a profiler.
+
+    ncu --clock-control none -k regex:stream --launch-skip 2 --launch-count 1 ... \
+        python scripts/profile_w4a8_stream.py --cases 8b.gateup:1
+    python scripts/profile_w4a8_stream.py            # timings only
+
+A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
+integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
+(int8_gemm, the W8A8 reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import _common as cm  # noqa: E402
+from bench_w4a8 import SHAPES  # noqa: E402
+
+DEFAULT = "8b.gateup:1,8b.gateup:16,8b.down:1,8b.down:16,8b.o:1,8b.gateup:64"
+
+
+def weights(fmt: str, N: int, K: int, dev: torch.device):
+    import zqkernels as zq
+
+    w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * 0.02
+    kw = {"int": {"fmt": "int4", "scale": "int", "group_size": 128, "alpha": 16},
+          "float": {"fmt": "int4", "scale": "float", "group_size": 128},
+          "fp4": {"fmt": "fp4", "group_size": 128}, "int8": {}}[fmt]
+    return zq.quantize_weight(w, **kw)
+
+
+def call(fmt: str, W, M: int, K: int, dev: torch.device):
+    import zqkernels as zq
+
+    x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+    if fmt == "fp4":
+        xq, sx = zq.quantize_per_token(x, torch.float8_e4m3fn)
+        return lambda: zq.w4a8_fp_gemm(xq, W[0], sx, W[1], W[2], path="stream")
+    xq, sx = zq.quantize_per_token(x)
+    if fmt == "int8":
+        return lambda: zq.int8_gemm(xq, W[0], sx, W[1])
+    extra = {"max_scale": 16} if fmt == "int" else {}
+    return lambda: zq.w4a8_gemm(xq, W[0], sx, W[1], W[2], path="stream", **extra)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default=DEFAULT)
+    ap.add_argument("--formats", default="int,float,fp4,int8")
+    ap.add_argument("--no-time", action="store_true", help="only the profiled launches (3 per case)")
+    args = ap.parse_args()
+    dev = torch.device("cuda", 0)
+    if not args.no_time:
+        print(f"copy bandwidth {cm.copy_bandwidth(dev) / 1e12:.2f} TB/s (read + write)")
+    print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")
+    for case in args.cases.split(","):
+        shape, m = case.split(":")
+        N, K = SHAPES[shape] if shape in SHAPES else (int(v) for v in shape.split("x"))
+        M = int(m)
+        for fmt in args.formats.split(","):
+            copies = 1 if args.no_time else cm.rotation_copies(N * K // 2, cm.device_rotate_bytes(dev))
+            fns = [call(fmt, weights(fmt, N, K, dev), M, K, dev) for _ in range(copies)]
+            for _ in range(3):  # the profiled launches: the third is steady
+                fns[0]()
+            torch.cuda.synchronize()
+            if args.no_time:
+                continue
+            t = cm.time_calls(fns, dev)
+            wbytes = N * K * (1 if fmt == "int8" else 0.5)
+            print(f"{case:>16} {fmt:>6} {t['us']:8.2f} {wbytes / t['us'] / 1e6:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
