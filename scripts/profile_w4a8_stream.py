@@ -9,7 +9,8 @@ weight bandwidth of each case too, so the run is useful without a profiler.
 
 A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
 integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
-(int8_gemm, the W8A8 reference).
+(int8_gemm, the W8A8 reference). --variant 6 puts w4a8_gemm at M <= 16 back on the register-pipelined
+kernel (A / B against the bulk-copy ring in one build).
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def main() -> int:
     ap.add_argument("--cases", default=DEFAULT)
     ap.add_argument("--formats", default="int,float,fp4,int8")
     ap.add_argument("--no-time", action="store_true", help="only the profiled launches (3 per case)")
+    ap.add_argument("--variant", type=int, default=None,
+                    help="zqkernels._ext._C._debug_set_w4a8_variant(N) first (6: w4a8_gemm at M <= 16 on the "
+                         "register-pipelined kernel instead of the bulk-copy ring)")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
+    if args.variant is not None:
+        from zqkernels import _ext
+
+        _ext._C._debug_set_w4a8_variant(args.variant)
     if not args.no_time:
         print(f"copy bandwidth {cm.copy_bandwidth(dev) / 1e12:.2f} TB/s (read + write)")
     print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")

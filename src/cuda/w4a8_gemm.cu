@@ -45,6 +45,7 @@
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
 #include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
+#include "w4a8_stream_pipe.cuh"     // zq::pipe: the bulk-copy ring of the decode kernels
 #include "zq_kernels.h"
 
 namespace zq {
@@ -80,6 +81,32 @@ template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bf
 }
 template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
 
+// y = act(sx[m] * (sw[n] * acc) + bias[n]) for the 16 rows x 8 kNT tokens of row tile rt (the MMA's
+// accumulator layout: lane 4 r + t holds rows r, r + 8 and tokens 2 t, 2 t + 1 of each 8).
+template <int kNT, typename OutT, class Args>
+__device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT][4], int lane, int rt, int tok0) {
+  const int r = lane >> 2, t = lane & 3;
+  const int act = static_cast<int>(a.activation);
+  const OutT* bias = static_cast<const OutT*>(a.bias);
+  OutT* out = static_cast<OutT*>(a.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
+    const int n = rt * 16 + r + 8 * h;
+    const float sw = a.sb[n];
+    const float b = bias_f(bias, n);
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int m = tok0 + j * 8 + 2 * t + i;
+        if (m >= a.M) continue;
+        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
+        if (act != 0) v = epi::activate(v, act);
+        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
+      }
+  }
+}
+
 // The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
 // (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
 // y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
@@ -104,26 +131,7 @@ __device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4],
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
   }
-  const int r = lane >> 2, t = lane & 3;
-  const int act = static_cast<int>(a.activation);
-  const OutT* bias = static_cast<const OutT*>(a.bias);
-  OutT* out = static_cast<OutT*>(a.out);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
-    const int n = rt * 16 + r + 8 * h;
-    const float sw = a.sb[n];
-    const float b = bias_f(bias, n);
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int m = tok0 + j * 8 + 2 * t + i;
-        if (m >= a.M) continue;
-        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
-        if (act != 0) v = epi::activate(v, act);
-        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
-      }
-  }
+  store_tile<kNT, OutT>(a, acc, lane, rt, tok0);
 }
 
 // One chunk of 64 of K for one warp: convert the lane's 32 codes (rows r, r + 8) with the group
@@ -543,6 +551,49 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
   return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
 }
 
+// One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
+// steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
+// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
+// float scales into accf.
+template <int kNT, bool kIntScale>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
+                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
+                                          int flush_steps) {
+  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      int32_t p[4];
+      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+      if constexpr (kIntScale) {
+        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
+        acci[j][0] += lo * p[0];
+        acci[j][1] += lo * p[1];
+        acci[j][2] += hi * p[2];
+        acci[j][3] += hi * p[3];
+      } else {
+        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
+        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+      }
+    }
+    if constexpr (kIntScale) {
+      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
+        steps = 0;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+      }
+    }
+  }
+}
+
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
@@ -622,39 +673,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
 #pragma unroll
           for (int s = 0; s < 2; ++s)
             xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-          const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
-          const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            int32_t p[4];
-            mma_s8(p, af, xv[j][s].x, xv[j][s].y);
-            if constexpr (kIntScale) {
-              const int32_t lo = static_cast<int32_t>(sc[u][2 * s]), hi = static_cast<int32_t>(sc[u][2 * s + 1]);
-              acci[j][0] += lo * p[0];
-              acci[j][1] += lo * p[1];
-              acci[j][2] += hi * p[2];
-              acci[j][3] += hi * p[3];
-            } else {
-              const float lo = __uint_as_float(sc[u][2 * s]), hi = __uint_as_float(sc[u][2 * s + 1]);
-              accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
-              accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
-              accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
-              accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
-            }
-          }
-          if constexpr (kIntScale) {
-            if (++steps == a.flush_steps) {  // the overflow bound: flush before it can be reached
-              steps = 0;
-#pragma unroll
-              for (int j = 0; j < kNT; ++j)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-            }
-          }
-        }
+        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -672,6 +691,155 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
+// The decode kernel for M <= 16 (w4a8_stream_pipe.cuh: persistent CTAs, a producer warp bulk-copying
+// each row tile's codes through a 4-stage shared-memory ring, 8 consumer warps splitting every stage's
+// 16 chunks; group scales and activation fragments fetched one stage ahead into registers).
+template <int kNT, bool kIntScale, typename OutT>
+__global__ void __launch_bounds__(pipe::kThreads, 2) w4a8_int_pipe(W4A8IntArgs a) {
+  using namespace pipe;
+  constexpr int kU = kStageChunks / kConsumers;  // chunks of a stage per consumer warp
+  __shared__ __align__(128) uint4 stage[kStages][kStageChunks * 32];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+  __shared__ float red[kConsumers][kNT * 4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ntiles = a.N >> 4;
+  const int nchunks = a.K >> 6;
+  const int nkb = (nchunks + kStageChunks - 1) / kStageChunks;
+  const int bx = static_cast<int>(blockIdx.x), gx = static_cast<int>(gridDim.x);
+  const int my_tiles = bx < ntiles ? (ntiles - 1 - bx) / gx + 1 : 0;
+  const Ring ring{stage, full, empty, nkb, nchunks, my_tiles * nkb};
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  if (warp == kConsumers) {  // the producer: one lane issues every copy; no barrier below waits for it
+    if (lane == 0) ring.produce(static_cast<const uint8_t*>(a.b));
+    return;
+  }
+  const int kp = warp, r = lane >> 2, t = lane & 3;
+  const int tok0 = static_cast<int>(blockIdx.y) * 8 * kNT;
+  const uint8_t* xrow[kNT];
+  bool tok_ok[kNT];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j) {
+    const int m = tok0 + j * 8 + r;
+    tok_ok[j] = m < a.M;
+    xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
+  }
+  const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);  // group of step st: umulhi(2 st, gmul)
+  const uint32_t gmul = (0x80000000u + d - 1) / d;
+  struct Ahead {  // a stage's scales and activation fragments for this warp's chunks
+    uint32_t sc[kU][4];
+    uint2 xv[kU][kNT][2];
+  };
+  const auto fetch = [&](int q, Ahead& f) {
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + ring.tile_of(q) * 16 + r;
+    const int c0 = (q % nkb) * kStageChunks;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int c = c0 + kp + kConsumers * u;
+      if (c >= nchunks) continue;
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
+        f.sc[u][2 * s] = __ldg(p);
+        f.sc[u][2 * s + 1] = __ldg(p + 8);
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+          f.xv[u][j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+      }
+    }
+  };
+  float accf[kNT][4];
+  int32_t acci[kNT][4];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
+  int steps = 0;
+  Ahead cur, nxt;
+  if (ring.Q > 0) fetch(0, cur);
+  for (int q = 0; q < ring.Q; ++q) {
+    if (q + 1 < ring.Q) fetch(q + 1, nxt);
+    const int s = q % kStages;
+    const int c0 = (q % nkb) * kStageChunks;
+    mbar_wait(&full[s], (q / kStages) & 1);
+    uint4 wv[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) wv[u] = stage[s][(kp + kConsumers * u) * 32 + lane];
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);  // the codes are in registers: the stage may be refilled
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (c0 + kp + kConsumers * u < nchunks) int_chunk<kNT, kIntScale>(wv[u], cur.sc[u], cur.xv[u], acci, accf, steps, a.flush_steps);
+    }
+    if (q % nkb == nkb - 1) {  // the row tile is done: reduce the K-slices, warp 0 stores
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
+          acci[j][i] = 0;
+        }
+      steps = 0;
+      if (kp != 0) {
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) red[kp][j * 4 + i][lane] = accf[j][i];
+      }
+      consumers_sync();
+      if (kp == 0) {
+        for (int o = 1; o < kConsumers; ++o) {
+#pragma unroll
+          for (int j = 0; j < kNT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) accf[j][i] += red[o][j * 4 + i][lane];
+        }
+        store_tile<kNT, OutT>(a, accf, lane, ring.tile_of(q), tok0);
+      }
+      consumers_sync();  // red is free again
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) accf[j][i] = 0.f;
+    }
+    cur = nxt;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <int kNT, bool kIntScale, typename OutT>
+void launch_int_pipe(const W4A8IntArgs& a) {
+  constexpr auto kernel = w4a8_int_pipe<kNT, kIntScale, OutT>;
+  static const int occupancy = [] {
+    int o = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, pipe::kThreads, 0);
+    return o < 1 ? 1 : o;
+  }();
+  const int ntiles = a.N / 16;
+  const int slots = occupancy * (a.sm_count > 0 ? a.sm_count : 132);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ntiles < slots ? ntiles : slots, (a.M + 8 * kNT - 1) / (8 * kNT));
+  cfg.blockDim = dim3(pipe::kThreads);
+  cfg.stream = a.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, kernel, a);
+}
+
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int(const W4A8IntArgs& a) {
   constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
@@ -681,6 +849,10 @@ void launch_int(const W4A8IntArgs& a) {
 
 template <bool kIntScale, typename OutT>
 void dispatch_int(const W4A8IntArgs& a) {
+  if (gemm_tuning().w4a8_variant != 6) {  // 6: the register-pipelined kernel at M <= 16 too (A/B probes)
+    if (a.M <= 8) return launch_int_pipe<1, kIntScale, OutT>(a);
+    if (a.M <= 16) return launch_int_pipe<2, kIntScale, OutT>(a);
+  }
   if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
   if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
   if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);

@@ -122,8 +122,9 @@ struct GemmTuning {
   // fp8_rowwise / fp8_blockwise (accurate accumulation): promote the wgmma partial sums to fp32
   // every this many elements of K: 64 or 128 (docs/FP8.md: the measured trade-off).
   int fp8_promote_k = 128;
-  // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..5 experiments, built only
-  // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_gemm.cu).
+  // The W4A8 streaming kernels' schedule (0 = default; 1..5: w4a8_fp_gemm experiments, built only
+  // with ZQ_EXPERIMENT_TILES; 6: w4a8_gemm at M <= 16 on the register-pipelined kernel, not the
+  // bulk-copy ring: src/cuda/w4a8_gemm.cu).
   int w4a8_variant = 0;
 };
 GemmTuning& gemm_tuning();
