@@ -773,7 +773,8 @@ __global__ void __launch_bounds__(pipe::kThreads, 2) w4a8_int_pipe(W4A8IntArgs a
     mbar_wait(&full[s], (q / kStages) & 1);
     uint4 wv[kU];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) wv[u] = stage[s][(kp + kConsumers * u) * 32 + lane];
+    for (int u = 0; u < kU; ++u)  // (a short last stage leaves the rest of the slot unwritten)
+      wv[u] = c0 + kp + kConsumers * u < nchunks ? stage[s][(kp + kConsumers * u) * 32 + lane] : make_uint4(0, 0, 0, 0);
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);  // the codes are in registers: the stage may be refilled
 #pragma unroll
