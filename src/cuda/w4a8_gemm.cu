@@ -711,6 +711,27 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
 //   consume(wv, c0, f)        multiply the warp's chunks (codes wv, from the stage) into its sums
 //   finish(acc)               the row tile's sums in fp32 at their true scale (then reset)
 
+// The activation rows of a lane's tokens (the MMA's B columns tok0 + 8 j + r, j < kNT), from the
+// lane's first byte: rows past M point at row 0 and are never loaded (ok) nor stored.
+template <int kNT>
+struct TokenRows {
+  const uint8_t* row[kNT];
+  bool ok[kNT];
+  template <class Args>
+  __device__ __forceinline__ TokenRows(const Args& a, int tok0, int r, int byte0) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      ok[j] = m < a.M;
+      row[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(ok[j] ? m : 0) * a.lda + byte0;
+    }
+  }
+};
+
+// ceil(2^31 / d): floor(u / d) == umulhi(2 u, group_mul(d)) while u * d < 2^31 (the group index of a
+// k unit without a division; the hosts check K against it).
+__device__ __forceinline__ uint32_t group_mul(uint32_t d) { return (0x80000000u + d - 1) / d; }
+
 template <int kNT_, bool kIntScale, typename OutT_>
 struct IntPipeBody {  // INT4 x INT8, integer or float group scales (w4a8_int_stream's arithmetic)
   static constexpr int kNT = kNT_;
@@ -724,25 +745,17 @@ struct IntPipeBody {  // INT4 x INT8, integer or float group scales (w4a8_int_st
   const Args& a;
   int kp, r;
   uint32_t gmul;  // the group of step st: umulhi(2 st, gmul), gmul = ceil(2^31 / (group_size / 32))
-  const uint8_t* xrow[kNT];
-  bool tok_ok[kNT];
+  TokenRows<kNT> x;
   float accf[kNT][4];
   int32_t acci[kNT][4];
   int steps = 0;
 
-  __device__ __forceinline__ IntPipeBody(const Args& args, int lane, int warp, int tok0) : a(args), kp(warp) {
-    r = lane >> 2;
-    const int t = lane & 3;
-    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
-    gmul = (0x80000000u + d - 1) / d;
+  __device__ __forceinline__ IntPipeBody(const Args& args, int lane, int warp, int tok0)
+      : a(args), kp(warp), r(lane >> 2), gmul(group_mul(args.group_size >> 5)), x(args, tok0, lane >> 2, 4 * (lane & 3)) {
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
+    for (int j = 0; j < kNT; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
-    }
   }
   __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
     const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
@@ -757,7 +770,7 @@ struct IntPipeBody {  // INT4 x INT8, integer or float group scales (w4a8_int_st
         f.sc[u][2 * s + 1] = __ldg(p + 8);
 #pragma unroll
         for (int j = 0; j < kNT; ++j)
-          f.xv[u][j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+          f.xv[u][j][s] = x.ok[j] ? load_b_frag(x.row[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
       }
     }
   }
@@ -792,23 +805,16 @@ struct FPPipeBody {  // FP4 x FP8, power-of-two or free group scales (w4a8_fp_st
   const Args& a;
   int kp, r, t;
   uint32_t gmul;  // the group of this lane's 16 k of chunk c: umulhi(2 (4 c + t), gmul), d = group_size / 16
-  const uint8_t* xrow[kNT];
-  bool tok_ok[kNT];
+  TokenRows<kNT> x;
   float acc_[kNT][4];
 
-  __device__ __forceinline__ FPPipeBody(const Args& args, int lane, int warp, int tok0) : a(args), kp(warp) {
-    r = lane >> 2;
-    t = lane & 3;
-    const uint32_t d = static_cast<uint32_t>(a.group_size >> 4);
-    gmul = (0x80000000u + d - 1) / d;
+  __device__ __forceinline__ FPPipeBody(const Args& args, int lane, int warp, int tok0)
+      : a(args), kp(warp), r(lane >> 2), t(lane & 3), gmul(group_mul(args.group_size >> 4)),
+        x(args, tok0, lane >> 2, 16 * (lane & 3)) {
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
+    for (int j = 0; j < kNT; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc_[j][i] = 0.f;
-    }
   }
   __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
     const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
@@ -821,7 +827,7 @@ struct FPPipeBody {  // FP4 x FP8, power-of-two or free group scales (w4a8_fp_st
       f.hi[u] = __ldg(p + 8);
 #pragma unroll
       for (int j = 0; j < kNT; ++j)
-        f.xv[u][j] = tok_ok[j] ? __ldg(reinterpret_cast<const uint4*>(xrow[j] + static_cast<int64_t>(c) * 64))
+        f.xv[u][j] = x.ok[j] ? __ldg(reinterpret_cast<const uint4*>(x.row[j] + static_cast<int64_t>(c) * 64))
                                : make_uint4(0, 0, 0, 0);
     }
   }
