@@ -107,6 +107,25 @@ __device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT
   }
 }
 
+// The K-slice reduction through shared memory (red: [warps][kNT * 4][32] floats): every slice but the
+// first writes its sums, the first (warp w0) adds those of warps w0 + 1 .. w0 + W - 1.
+template <int kNT>
+__device__ __forceinline__ void slice_write(float (*red)[kNT * 4][32], const float (&acc)[kNT][4], int warp, int lane) {
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
+}
+template <int kNT>
+__device__ __forceinline__ void slice_add(float (*red)[kNT * 4][32], float (&acc)[kNT][4], int w0, int W, int lane) {
+  for (int o = 1; o < W; ++o) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] += red[w0 + o][j * 4 + i][lane];
+  }
+}
+
 // The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
 // (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
 // y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
@@ -114,23 +133,13 @@ template <int kNT, typename OutT, class Args>
 __device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4], int warp, int lane, int kp, int W,
                                             bool active, int rt, int tok0) {
   __shared__ float red[kWarps][kNT * 4][32];
-  if (kp != 0) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
-  }
+  if (kp != 0) slice_write<kNT>(red, acc, warp, lane);
   __syncthreads();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
   if (kp != 0 || !active) return;
-  for (int o = 1; o < W; ++o) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
-  }
+  slice_add<kNT>(red, acc, warp, W, lane);
   store_tile<kNT, OutT>(a, acc, lane, rt, tok0);
 }
 
@@ -902,20 +911,10 @@ __global__ void __launch_bounds__(pipe::kThreads, 2) w4a8_pipe(typename Body::Ar
     if (q % nkb == nkb - 1) {  // the row tile is done: reduce the K-slices, warp 0 stores
       float acc[kNT][4];
       body.finish(acc);
-      if (kp != 0) {
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) red[kp][j * 4 + i][lane] = acc[j][i];
-      }
+      if (kp != 0) slice_write<kNT>(red, acc, kp, lane);
       consumers_sync();
       if (kp == 0) {
-        for (int o = 1; o < kConsumers; ++o) {
-#pragma unroll
-          for (int j = 0; j < kNT; ++j)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[j][i] += red[o][j * 4 + i][lane];
-        }
+        slice_add<kNT>(red, acc, 0, kConsumers, lane);
         store_tile<kNT, typename Body::OutT>(a, acc, lane, ring.tile_of(q), tok0);
       }
       consumers_sync();  // red is free again
