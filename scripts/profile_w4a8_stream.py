@@ -9,8 +9,9 @@ weight bandwidth of each case too, so the run is useful without a profiler.
 
 A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
 integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
-(int8_gemm, the W8A8 reference). --variant 6 puts w4a8_gemm at M <= 16 back on the register-pipelined
-kernel (A / B against the bulk-copy ring in one build).
+(int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
+(_C._debug_set_w4a8_variant; pending/w4a8-decode-pipe.patch adds 6: the register-pipelined kernel
+against its bulk-copy ring in one build).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def main() -> int:
     ap.add_argument("--formats", default="int,float,fp4,int8")
     ap.add_argument("--no-time", action="store_true", help="only the profiled launches (3 per case)")
     ap.add_argument("--variant", type=int, default=None,
-                    help="zqkernels._ext._C._debug_set_w4a8_variant(N) first (6: w4a8_gemm at M <= 16 on the "
-                         "register-pipelined kernel instead of the bulk-copy ring)")
+                    help="zqkernels._ext._C._debug_set_w4a8_variant(N) first (the streaming kernels' loading "
+                         "schedule)")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
     if args.variant is not None:
