@@ -27,6 +27,9 @@
 #                (benchmarks/profile_llm.py) for each --decode-attention mode (DECODE_MODES), same run
 #   llm       -> benchmarks/bench_llm.py (issue 19: the whole Llama-3-8B-shaped model, bf16's four modes
 #                against each scheme; LLM_ARGS, default --quick), JSON + log under $OUT
+#   stream    -> the W4A8 decode kernels: racecheck + memcheck at small shapes, then
+#                scripts/profile_w4a8_stream.py (STREAM_ARGS) for the installed package and, with a wheel
+#                in $BASE_WHEELHOUSE (default .wheelhouse_base/), for that wheel in the same run
 # Usage: scripts/gpu_check.sh [steps...]   (default: build test sanitize overhead bench)
 # ZQ_COMMIT: the commit the benchmarks record (benchmarks/_common.git_commit); set it when calling the
 #   device, whose copy of the working tree may carry git metadata older than its files.
@@ -208,6 +211,26 @@ if [[ " $STEPS " == *" llm "* ]]; then
     | tee "$OUT/llm.log" | tail -${LLM_TAIL:-40}
   rc=${PIPESTATUS[0]}
   summary+=("llm: rc=$rc, $(( $(date +%s) - tm )) s, $OUT/llm.log")
+fi
+
+if [[ " $STEPS " == *" stream "* ]]; then
+  # The W4A8 decode kernels (issue 18): compute-sanitizer racecheck + memcheck over them at small
+  # shapes (a short last pipeline stage included), then their timings for the installed package and,
+  # when $BASE_WHEELHOUSE (default .wheelhouse_base/) holds a wheel, for that wheel in the same run.
+  tsr=$(date +%s)
+  P=scripts/profile_w4a8_stream.py
+  for tool in racecheck memcheck; do
+    timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 python3 $P --no-time \
+      --cases 256x512:1,512x4224:16 --formats int,float,fp4 >"$OUT/stream_$tool.log" 2>&1
+    summary+=("stream $tool: rc=$? ($(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/stream_$tool.log" | tail -1))")
+  done
+  python3 $P ${STREAM_ARGS:-} 2>&1 | tee "$OUT/stream_after.txt"
+  base_whl=$(ls "${BASE_WHEELHOUSE:-.wheelhouse_base}"/zqkernels-*.whl 2>/dev/null | head -1)
+  if [[ -n "$base_whl" ]]; then
+    rm -rf /tmp/zq_stream_base && python3 -m pip install -q --no-deps --target /tmp/zq_stream_base "$base_whl"
+    PYTHONPATH=/tmp/zq_stream_base python3 $P ${STREAM_BASE_ARGS:-${STREAM_ARGS:-}} 2>&1 | tee "$OUT/stream_before.txt"
+  fi
+  summary+=("stream: $(( $(date +%s) - tsr )) s, $OUT/stream_after.txt${base_whl:+ against $base_whl}")
 fi
 
 echo
