@@ -241,6 +241,16 @@ def plan(index: int, xq: torch.Tensor, backend: str, tile: Optional[str], out_dt
 # Row-wise 8-bit GEMMs.
 
 
+def _scale_vectors(sx: torch.Tensor, sw: torch.Tensor, M: int, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scales expanded to the vectors of M / N values the kernels read (a tiny copy; vectors
+    pass through)."""
+    if sx.numel() != M:
+        sx = sx.reshape(1).expand(M).contiguous()
+    if sw.numel() != N:
+        sw = sw.reshape(1).expand(N).contiguous()
+    return sx, sw
+
+
 def rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int = 0, out_scale: float = 1.0,
                       recipe: str = _RECIPE) -> torch.Tensor:
     """Launch on CUDA; arguments already checked (act, out_scale: from check_epilogue)."""
@@ -267,10 +277,7 @@ def rowwise_gemm_cuda(xq, wq, sx, sw, bias, out_dtype, backend, tile, act: int =
     kid, ws = plan(index, xq, backend, tile, out_dtype, M, N, K, recipe)
     # Per-tensor scales are expanded to vectors (a tiny copy): the kernels read sx / sw as vectors,
     # after griddepcontrol.wait (see sm90_gemm_rowwise.cuh for why not a scalar broadcast).
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
+    sx, sw = _scale_vectors(sx, sw, M, N)
     workspace = xq.new_empty((ws,), dtype=torch.uint8) if ws > 0 else None
     _ext._C.gemm_run(
         kid,
@@ -326,10 +333,7 @@ def _cuda_operands(op: str, xq, wq, sx, sw, M: int, N: int, what: str, binding: 
         if binding and not hasattr(_ext._C, binding):
             raise RuntimeError(f"{op}: this build of zqkernels._C has no {binding} (built before it existed); rebuild")
         _ready.add((op, idx))
-    if sx.numel() != M:
-        sx = sx.reshape(1).expand(M).contiguous()
-    if sw.numel() != N:
-        sw = sw.reshape(1).expand(N).contiguous()
+    sx, sw = _scale_vectors(sx, sw, M, N)
     if M and (xq.data_ptr() % 16 or wq.data_ptr() % 16):
         c.check_aligned_ptr(op, "xq", xq)
         c.check_aligned_ptr(op, "wq", wq)
@@ -571,10 +575,7 @@ def _group_launch(recipe: str, xq, wq, sx, sw, sg_t, g: int, pb: int, flush: int
         M, K = xq.shape
         N = wq.shape[0]
         idx = xq.get_device()
-        if sx.numel() != M:
-            sx = sx.reshape(1).expand(M).contiguous()
-        if sw.numel() != N:
-            sw = sw.reshape(1).expand(N).contiguous()
+        sx, sw = _scale_vectors(sx, sw, M, N)
     else:
         M, N, K, idx = dims
     kid, ws = plan(idx, xq, "sm90", tile, out_dtype, M, N, K, recipe)
