@@ -248,6 +248,17 @@ def test_w4a8_fp_stream_sweep(policy, g):
 
 @needs_sm90
 @pytest.mark.parametrize("policy", ["m2", "free"])
+def test_w4a8_fp_stream_many_row_tiles(policy):
+    """The decode kernel's persistent CTAs over 513 row tiles (several each) and a short last stage
+    (K = 4224: 66 chunks of 64), M = 1..16."""
+    for M in (1, 9, 16):
+        a = w4a8_inputs(M, 8208, 4224, 64, policy, torch.bfloat16, bias=True)
+        out = zqkernels.w4a8_fp_gemm(**a, path="stream")
+        assert_fp8_close(out, ref_of(a), f"stream {policy} M={M}")
+
+
+@needs_sm90
+@pytest.mark.parametrize("policy", ["m2", "free"])
 def test_w4a8_fp_convert_path_and_auto(policy):
     for M, N, K in [(64, 512, 1024), (129, 512, 1024), (1000, 2048, 4096), (4096, 1536, 576)]:
         g = 64

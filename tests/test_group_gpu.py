@@ -25,7 +25,7 @@ from zqkernels import QLinear
 from zqkernels.ops.gemm_cuda import default_max_scale as _default_max_scale
 from zqkernels.ops.gemm_cuda import group_gemm_intervals
 from zqkernels.reference import group_max_scale, pack_int4, unpack_int4, w4a8_gemm_ref, w8a8_group_gemm_ref
-from zqkernels.reference.quantize import w4a8_int_flush_steps
+from zqkernels.reference.quantize import w4a8_stream_flush_steps
 
 pytestmark = requires_gpu
 
@@ -219,8 +219,8 @@ def _flushes(bits: int, g: int, K: int, path, max_scale) -> int:
     """How many times the kernel that runs converts its int32 sum to fp32 over K."""
     wmax = 8 if bits == 4 else 128
     ms = max_scale if max_scale is not None else _default_max_scale(g, wmax)
-    if path == "stream":
-        return K // 32 // w4a8_int_flush_steps(ms)
+    if path == "stream":  # 16 q products: w4a8_stream_flush_steps; 0: an fp32 rounding every step
+        return K // 32 // max(1, w4a8_stream_flush_steps(ms))
     pb, flush = group_gemm_intervals(g, wmax, ms)
     return K // 32 // pb // flush
 

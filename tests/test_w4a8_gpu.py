@@ -72,6 +72,28 @@ def test_w4a8_gemm_sweep(scale, g):
 
 
 @needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+def test_w4a8_gemm_decode_many_row_tiles(scale):
+    """The decode kernel's persistent CTAs (2 per SM) take several 16-row tiles each once N / 16
+    exceeds them: 8208 rows are 513 tiles, and K = 4224 is 66 chunks of 64, a short last stage of the
+    16-chunk ring. M = 1..16 covers both token tiles. Integer scales run with max_scale 16 (the 16 q
+    flush interval, 255 steps) and with the default bound (the float variant on float(s_int))."""
+    N, K, g = 8208, 4224, 64
+    torch.manual_seed(0)
+    w = torch.randn(N, K, device=DEV) * 0.02
+    w[:, : K // 3] *= 6
+    kw = {"alpha": 16} if scale == "int" else {}
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
+    for M in (1, 5, 9, 16):
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+        a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+        ref = ref_of(a)
+        for ms in (16, None) if scale == "int" else (None,):
+            out = zqkernels.w4a8_gemm(**a, max_scale=ms, path="stream")
+            assert_close(out.cpu(), ref, f"{scale} M={M} max_scale={ms}", scale == "int")
+
+
+@needs_sm90
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
 def test_w4a8_gemm_activation(act):
     a = inputs(7, 256, 512, 128, "int", bias=True)

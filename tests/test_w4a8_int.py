@@ -174,6 +174,18 @@ def test_flush_steps_bound():
             R.w4a8_int_flush_steps(bad)
 
 
+def test_stream_flush_steps_bound():
+    """The streaming kernel multiplies 16 q: one step's |P16| <= 2^19; from 2^12 on not one step fits."""
+    for s in (1, 16, 1024, 4095):
+        F = R.w4a8_stream_flush_steps(s)
+        assert F >= 1 and F * 2**19 * s < 2**31 and (F + 1) * 2**19 * s >= 2**31
+    assert R.w4a8_stream_flush_steps(16) == 255
+    for s in (4096, 2**15, 2**16 - 1):
+        assert R.w4a8_stream_flush_steps(s) == 0
+    with pytest.raises(ValueError, match=r"w4a8_int_flush_steps: max_sint must be an int"):
+        R.w4a8_stream_flush_steps(2**16)
+
+
 @pytest.mark.parametrize("K", [16384, 28672])
 @pytest.mark.parametrize("scale", ["int", "float"])
 def test_adversarial_exact(K, scale):

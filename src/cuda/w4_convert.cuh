@@ -116,4 +116,10 @@ struct Int8Pair {
 };
 __device__ __forceinline__ Int8Pair int4_word_to_int8(uint32_t w) { return {sext_nibbles(w), sext_nibbles(w >> 4)}; }
 
+// The same codes as 16 q: a nibble moved (or left) into the high half of its byte, the low half
+// cleared, is the int8 16 q exactly (q in [-8, 7] -> [-128, 112]). 3 instructions per 8 codes
+// instead of 7; a product sum over them is 16 times the true one (exact in int32: its bound grows by
+// 2^4, which the streaming kernel's flush interval accounts for), undone by one exact scale by 2^-4.
+__device__ __forceinline__ Int8Pair int4_word_to_int8x16(uint32_t w) { return {(w << 4) & 0xF0F0F0F0u, w & 0xF0F0F0F0u}; }
+
 }  // namespace zq::w4

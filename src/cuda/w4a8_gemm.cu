@@ -45,6 +45,7 @@
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
 #include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
+#include "w4a8_stream_pipe.cuh"     // zq::pipe: the bulk-copy ring of the decode kernels
 #include "zq_kernels.h"
 
 namespace zq {
@@ -80,30 +81,10 @@ template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bf
 }
 template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
 
-// The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
-// (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
-// y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
+// y = act(sx[m] * (sw[n] * acc) + bias[n]) for the 16 rows x 8 kNT tokens of row tile rt (the MMA's
+// accumulator layout: lane 4 r + t holds rows r, r + 8 and tokens 2 t, 2 t + 1 of each 8).
 template <int kNT, typename OutT, class Args>
-__device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4], int warp, int lane, int kp, int W,
-                                            bool active, int rt, int tok0) {
-  __shared__ float red[kWarps][kNT * 4][32];
-  if (kp != 0) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
-  }
-  __syncthreads();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-  if (kp != 0 || !active) return;
-  for (int o = 1; o < W; ++o) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][i] += red[warp + o][j * 4 + i][lane];
-  }
+__device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT][4], int lane, int rt, int tok0) {
   const int r = lane >> 2, t = lane & 3;
   const int act = static_cast<int>(a.activation);
   const OutT* bias = static_cast<const OutT*>(a.bias);
@@ -124,6 +105,42 @@ __device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4],
         out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
       }
   }
+}
+
+// The K-slice reduction through shared memory (red: [warps][kNT * 4][32] floats): every slice but the
+// first writes its sums, the first (warp w0) adds those of warps w0 + 1 .. w0 + W - 1.
+template <int kNT>
+__device__ __forceinline__ void slice_write(float (*red)[kNT * 4][32], const float (&acc)[kNT][4], int warp, int lane) {
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
+}
+template <int kNT>
+__device__ __forceinline__ void slice_add(float (*red)[kNT * 4][32], float (&acc)[kNT][4], int w0, int W, int lane) {
+  for (int o = 1; o < W; ++o) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] += red[w0 + o][j * 4 + i][lane];
+  }
+}
+
+// The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
+// (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
+// y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
+template <int kNT, typename OutT, class Args>
+__device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4], int warp, int lane, int kp, int W,
+                                            bool active, int rt, int tok0) {
+  __shared__ float red[kWarps][kNT * 4][32];
+  if (kp != 0) slice_write<kNT>(red, acc, warp, lane);
+  __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+  if (kp != 0 || !active) return;
+  slice_add<kNT>(red, acc, warp, W, lane);
+  store_tile<kNT, OutT>(a, acc, lane, rt, tok0);
 }
 
 // One chunk of 64 of K for one warp: convert the lane's 32 codes (rows r, r + 8) with the group
@@ -166,7 +183,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
   const int rt = blockIdx.x * R + warp / W;  // row tile (16 weight rows)
   const int kp = warp % W;
   const int nchunks = a.K >> 6;
-  const int G = a.K / a.group_size;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
 
@@ -191,15 +207,25 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 16 * t;
     }
+    // The group scales, group-major sg_t [G, N] of 32 bits (int32 exponents or float ratios, the
+    // host's cached transpose shared with the mixed-input mainloop): rows r and r + 8 of the group
+    // of this lane's 16 k of chunk c, floor((4 c + t) / d) with d = group_size / 16, computed as
+    // umulhi(2 (4 c + t), ceil(2^31 / d)) (exact while K < 2^19, checked on the host): no division.
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 4);
+    const uint32_t gmul = (0x80000000u + d - 1) / d;
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;
+    const auto scales_of = [&](int c, uint32_t& lo, uint32_t& hi) {
+      const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(8 * c + 2 * t), gmul)) * a.N;
+      lo = __ldg(p);
+      hi = __ldg(p + 8);
+    };
     if constexpr (kRing > 0) {
       __shared__ uint4 ring[kWarps][kRing > 0 ? kRing : 1][32];
       uint32_t rlo[kRing > 0 ? kRing : 1], rhi[kRing > 0 ? kRing : 1];
       const auto issue = [&](int c, int slot) {  // chunk c into the ring (nothing past the end)
         if (c < nchunks) {
           cp_async16(&ring[warp][slot][lane], wp + static_cast<int64_t>(c) * 32);
-          const int grp = (c * 64 + 16 * t) / a.group_size;
-          rlo[slot] = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
-          rhi[slot] = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+          scales_of(c, rlo[slot], rhi[slot]);
         }
         cp_async_commit();  // one group per slot, empty past the end: uniform counting
       };
@@ -245,9 +271,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
     uint32_t slo[kBatch], shi[kBatch];
     const auto fetch = [&](int c, uint4& w, uint32_t& lo, uint32_t& hi) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
-      const int grp = (c * 64 + 16 * t) / a.group_size;
-      lo = RowScale<kPow2>::raw(a.sg, n_lo * G + grp);
-      hi = RowScale<kPow2>::raw(a.sg, (n_lo + 8) * G + grp);
+      scales_of(c, lo, hi);
     };
     if constexpr (kPipe) {
 #pragma unroll
@@ -495,8 +519,19 @@ void launch_variant(const W4A8FPArgs& a) {
   }
 }
 
+// M <= 16: the bulk-copy ring (below); the register-pipelined kernel above only when a probe asks for
+// it (GemmTuning::w4a8_variant != 0).
+template <int kNT_, bool kPow2, typename OutT_>
+struct FPPipeBody;
+template <class Body>
+void launch_pipe(const typename Body::Args& a);
+
 template <bool kPow2, typename OutT>
 void dispatch_nt(const W4A8FPArgs& a) {
+  if (gemm_tuning().w4a8_variant == 0) {
+    if (a.M <= 8) return launch_pipe<FPPipeBody<1, kPow2, OutT>>(a);
+    if (a.M <= 16) return launch_pipe<FPPipeBody<2, kPow2, OutT>>(a);
+  }
   if (a.M <= 8) return launch_variant<1, kPow2, OutT>(a);
   if (a.M <= 16) return launch_variant<2, kPow2, OutT>(a);
   if (a.M <= 32) return launch_variant<4, kPow2, OutT>(a);
@@ -510,13 +545,17 @@ void dispatch_scale(const W4A8FPArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> INT8 by bytewise
-// sign extension (w4_convert.cuh), INT8 mma.sync into an int32 step result P
-// (one MMA step = 32 consecutive k, inside one group), then per step:
-//   int scales:   acc_i += s_int * P  (integer multiply-add; acc_i flushed to fp32 every F steps,
-//                 F * 2^15 * max(s_int) < 2^31: no overflow for any input, docs/W4A8.md)
-//   float scales: acc_f += r * float(P)  (the int32 -> float conversion and FMA per group)
-// and one conversion at the end: y = act(sx[m] * sw[n] * acc + bias[n]).
+// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> the int8 bytes 16 q
+// (w4_convert.cuh, int4_word_to_int8x16: 3 instructions per 8 codes), INT8 mma.sync into an int32
+// step result P16 = 16 P (one MMA step = 32 consecutive k, inside one group; |P16| <= 2^19), then
+// per step:
+//   int scales:   acc_i += s_int * P16  (integer multiply-add; acc_i flushed to fp32 every F steps,
+//                 F * 2^19 * max(s_int) < 2^31: no overflow for any input; the host sends bounds
+//                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
+//   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
+// and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
+// The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
+// mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -532,6 +571,49 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
   return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
 }
 
+// One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
+// steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
+// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
+// float scales into accf.
+template <int kNT, bool kIntScale>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
+                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
+                                          int flush_steps) {
+  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      int32_t p[4];
+      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+      if constexpr (kIntScale) {
+        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
+        acci[j][0] += lo * p[0];
+        acci[j][1] += lo * p[1];
+        acci[j][2] += hi * p[2];
+        acci[j][3] += hi * p[3];
+      } else {
+        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
+        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+      }
+    }
+    if constexpr (kIntScale) {
+      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
+        steps = 0;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+      }
+    }
+  }
+}
+
 template <int kNT, bool kIntScale, typename OutT>
 __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
@@ -541,7 +623,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
   const int rt = blockIdx.x * R + warp / W;
   const int kp = warp % W;
   const int nchunks = a.K >> 6;
-  const int G = a.K / a.group_size;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
 
@@ -567,10 +648,14 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
       tok_ok[j] = m < a.M;
       xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
     }
-    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group).
-    const auto scale_at = [&](int64_t row, int c, int s) -> uint32_t {
-      const int grp = (c * 64 + 32 * s) / a.group_size;
-      return static_cast<const uint32_t*>(a.sg)[row * G + grp];  // int32 or float32 bits
+    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
+    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
+    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
+    const uint32_t gmul = (0x80000000u + d - 1) / d;
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
+    const auto scale_at = [&](int c, int s) -> const uint32_t* {
+      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
     };
     int steps = 0;
     const int step = W * kBatch;
@@ -580,8 +665,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
-        scv[2 * s] = scale_at(n_lo, c, s);
-        scv[2 * s + 1] = scale_at(n_lo + 8, c, s);
+        const uint32_t* p = scale_at(c, s);
+        scv[2 * s] = __ldg(p);
+        scv[2 * s + 1] = __ldg(p + 8);
       }
     };
 #pragma unroll
@@ -607,39 +693,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
 #pragma unroll
           for (int s = 0; s < 2; ++s)
             xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        const uint32_t w[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-          const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
-          const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            int32_t p[4];
-            mma_s8(p, af, xv[j][s].x, xv[j][s].y);
-            if constexpr (kIntScale) {
-              const int32_t lo = static_cast<int32_t>(sc[u][2 * s]), hi = static_cast<int32_t>(sc[u][2 * s + 1]);
-              acci[j][0] += lo * p[0];
-              acci[j][1] += lo * p[1];
-              acci[j][2] += hi * p[2];
-              acci[j][3] += hi * p[3];
-            } else {
-              const float lo = __uint_as_float(sc[u][2 * s]), hi = __uint_as_float(sc[u][2 * s + 1]);
-              accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
-              accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
-              accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
-              accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
-            }
-          }
-          if constexpr (kIntScale) {
-            if (++steps == a.flush_steps) {  // the overflow bound: flush before it can be reached
-              steps = 0;
-#pragma unroll
-              for (int j = 0; j < kNT; ++j)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-            }
-          }
-        }
+        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -652,9 +706,246 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]);
+    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
 
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decode kernels for M <= 16 (w4a8_stream_pipe.cuh: persistent CTAs, a producer warp bulk-copying
+// each row tile's codes through a 4-stage shared-memory ring, 8 consumer warps splitting every stage's
+// 16 chunks). One kernel for both formats; a Body supplies what differs:
+//   Ahead                     a stage's group scales and activation fragments for one warp, in registers
+//   fetch(rt, c0, f)          load them for the warp's chunks of the stage at chunk c0 of row tile rt
+//   consume(wv, c0, f)        multiply the warp's chunks (codes wv, from the stage) into its sums
+//   finish(acc)               the row tile's sums in fp32 at their true scale (then reset)
+
+// The activation rows of a lane's tokens (the MMA's B columns tok0 + 8 j + r, j < kNT), from the
+// lane's first byte: rows past M point at row 0 and are never loaded (ok) nor stored.
+template <int kNT>
+struct TokenRows {
+  const uint8_t* row[kNT];
+  bool ok[kNT];
+  template <class Args>
+  __device__ __forceinline__ TokenRows(const Args& a, int tok0, int r, int byte0) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      ok[j] = m < a.M;
+      row[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(ok[j] ? m : 0) * a.lda + byte0;
+    }
+  }
+};
+
+// ceil(2^31 / d): floor(u / d) == umulhi(2 u, group_mul(d)) while u * d < 2^31 (the group index of a
+// k unit without a division; the hosts check K against it).
+__device__ __forceinline__ uint32_t group_mul(uint32_t d) { return (0x80000000u + d - 1) / d; }
+
+template <int kNT_, bool kIntScale, typename OutT_>
+struct IntPipeBody {  // INT4 x INT8, integer or float group scales (w4a8_int_stream's arithmetic)
+  static constexpr int kNT = kNT_;
+  static constexpr int kU = pipe::kStageChunks / pipe::kConsumers;
+  using OutT = OutT_;
+  using Args = W4A8IntArgs;
+  struct Ahead {
+    uint32_t sc[kU][4];
+    uint2 xv[kU][kNT][2];
+  };
+  const Args& a;
+  int kp, r;
+  uint32_t gmul;  // the group of step st: umulhi(2 st, gmul), gmul = ceil(2^31 / (group_size / 32))
+  TokenRows<kNT> x;
+  float accf[kNT][4];
+  int32_t acci[kNT][4];
+  int steps = 0;
+
+  __device__ __forceinline__ IntPipeBody(const Args& args, int lane, int warp, int tok0)
+      : a(args), kp(warp), r(lane >> 2), gmul(group_mul(args.group_size >> 5)), x(args, tok0, lane >> 2, 4 * (lane & 3)) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
+  }
+  __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int c = c0 + kp + pipe::kConsumers * u;
+      if (c >= (a.K >> 6)) continue;
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
+        f.sc[u][2 * s] = __ldg(p);
+        f.sc[u][2 * s + 1] = __ldg(p + 8);
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+          f.xv[u][j][s] = x.ok[j] ? load_b_frag(x.row[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+      }
+    }
+  }
+  __device__ __forceinline__ void consume(const uint4 (&wv)[kU], int c0, const Ahead& f) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (c0 + kp + pipe::kConsumers * u < (a.K >> 6)) int_chunk<kNT, kIntScale>(wv[u], f.sc[u], f.xv[u], acci, accf, steps, a.flush_steps);
+  }
+  __device__ __forceinline__ void finish(float (&acc)[kNT][4]) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        acc[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
+        accf[j][i] = 0.f;
+        acci[j][i] = 0;
+      }
+    steps = 0;
+  }
+};
+
+template <int kNT_, bool kPow2, typename OutT_>
+struct FPPipeBody {  // FP4 x FP8, power-of-two or free group scales (w4a8_fp_stream's arithmetic)
+  static constexpr int kNT = kNT_;
+  static constexpr int kU = pipe::kStageChunks / pipe::kConsumers;
+  using OutT = OutT_;
+  using Args = W4A8FPArgs;
+  struct Ahead {
+    uint32_t lo[kU], hi[kU];
+    uint4 xv[kU][kNT];
+  };
+  const Args& a;
+  int kp, r, t;
+  uint32_t gmul;  // the group of this lane's 16 k of chunk c: umulhi(2 (4 c + t), gmul), d = group_size / 16
+  TokenRows<kNT> x;
+  float acc_[kNT][4];
+
+  __device__ __forceinline__ FPPipeBody(const Args& args, int lane, int warp, int tok0)
+      : a(args), kp(warp), r(lane >> 2), t(lane & 3), gmul(group_mul(args.group_size >> 4)),
+        x(args, tok0, lane >> 2, 16 * (lane & 3)) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc_[j][i] = 0.f;
+  }
+  __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int c = c0 + kp + pipe::kConsumers * u;
+      if (c >= (a.K >> 6)) continue;
+      const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(8 * c + 2 * t), gmul)) * a.N;
+      f.lo[u] = __ldg(p);
+      f.hi[u] = __ldg(p + 8);
+#pragma unroll
+      for (int j = 0; j < kNT; ++j)
+        f.xv[u][j] = x.ok[j] ? __ldg(reinterpret_cast<const uint4*>(x.row[j] + static_cast<int64_t>(c) * 64))
+                               : make_uint4(0, 0, 0, 0);
+    }
+  }
+  __device__ __forceinline__ void consume(const uint4 (&wv)[kU], int c0, const Ahead& f) {
+    float part[kNT][4];  // this stage's MMAs from zero, promoted into fp32 after it (FP8 MMA accumulators)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (c0 + kp + pipe::kConsumers * u < (a.K >> 6)) mma_chunk<kNT, kPow2>(wv[u], f.lo[u], f.hi[u], f.xv[u], part);
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc_[j][i] += part[j][i];
+  }
+  __device__ __forceinline__ void finish(float (&acc)[kNT][4]) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] = acc_[j][i], acc_[j][i] = 0.f;
+  }
+};
+
+template <class Body>
+__global__ void __launch_bounds__(pipe::kThreads, 2) w4a8_pipe(typename Body::Args a) {
+  using namespace pipe;
+  constexpr int kNT = Body::kNT, kU = Body::kU;
+  __shared__ __align__(128) uint4 stage[kStages][kStageChunks * 32];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+  __shared__ float red[kConsumers][kNT * 4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ntiles = a.N >> 4;
+  const int nchunks = a.K >> 6;
+  const int nkb = (nchunks + kStageChunks - 1) / kStageChunks;
+  const int bx = static_cast<int>(blockIdx.x), gx = static_cast<int>(gridDim.x);
+  const int my_tiles = bx < ntiles ? (ntiles - 1 - bx) / gx + 1 : 0;
+  const Ring ring{stage, full, empty, nkb, nchunks, my_tiles * nkb};
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  if (warp == kConsumers) {  // the producer: one lane issues every copy; no barrier below waits for it
+    if (lane == 0) ring.produce(static_cast<const uint8_t*>(a.b));
+    return;
+  }
+  const int kp = warp;
+  const int tok0 = static_cast<int>(blockIdx.y) * 8 * kNT;
+  Body body(a, lane, warp, tok0);
+  typename Body::Ahead cur, nxt;
+  if (ring.Q > 0) body.fetch(ring.tile_of(0), 0, cur);
+  for (int q = 0; q < ring.Q; ++q) {
+    if (q + 1 < ring.Q) body.fetch(ring.tile_of(q + 1), ((q + 1) % nkb) * kStageChunks, nxt);
+    const int s = q % kStages;
+    const int c0 = (q % nkb) * kStageChunks;
+    mbar_wait(&full[s], (q / kStages) & 1);
+    uint4 wv[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)  // (a short last stage leaves the rest of the slot unwritten)
+      wv[u] = c0 + kp + kConsumers * u < nchunks ? stage[s][(kp + kConsumers * u) * 32 + lane] : make_uint4(0, 0, 0, 0);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);  // the codes are in registers: the stage may be refilled
+    body.consume(wv, c0, cur);
+    if (q % nkb == nkb - 1) {  // the row tile is done: reduce the K-slices, warp 0 stores
+      float acc[kNT][4];
+      body.finish(acc);
+      if (kp != 0) slice_write<kNT>(red, acc, kp, lane);
+      consumers_sync();
+      if (kp == 0) {
+        slice_add<kNT>(red, acc, 0, kConsumers, lane);
+        store_tile<kNT, typename Body::OutT>(a, acc, lane, ring.tile_of(q), tok0);
+      }
+      consumers_sync();  // red is free again
+    }
+    cur = nxt;
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <class Body>
+void launch_pipe(const typename Body::Args& a) {
+  constexpr auto kernel = w4a8_pipe<Body>;
+  static const int occupancy = [] {
+    int o = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, pipe::kThreads, 0);
+    return o < 1 ? 1 : o;
+  }();
+  const int ntiles = a.N / 16;
+  const int slots = occupancy * (a.sm_count > 0 ? a.sm_count : 132);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ntiles < slots ? ntiles : slots, (a.M + 8 * Body::kNT - 1) / (8 * Body::kNT));
+  cfg.blockDim = dim3(pipe::kThreads);
+  cfg.stream = a.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, kernel, a);
 }
 
 template <int kNT, bool kIntScale, typename OutT>
@@ -666,6 +957,10 @@ void launch_int(const W4A8IntArgs& a) {
 
 template <bool kIntScale, typename OutT>
 void dispatch_int(const W4A8IntArgs& a) {
+  if (gemm_tuning().w4a8_variant == 0) {  // else the register-pipelined kernel at M <= 16 too (A / B probes)
+    if (a.M <= 8) return launch_pipe<IntPipeBody<1, kIntScale, OutT>>(a);
+    if (a.M <= 16) return launch_pipe<IntPipeBody<2, kIntScale, OutT>>(a);
+  }
   if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
   if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
   if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
@@ -696,8 +991,9 @@ std::string launch_status() {
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
-  std::string err = check_stream_args(a, 16, a.pow2 ? 1 : 4);
+  std::string err = check_stream_args(a, 16, 4);
   if (!err.empty()) return err;
+  if (a.K >= (1 << 19)) return "K must be below 2^19, got " + std::to_string(a.K);
   switch (a.out_dtype) {
     case DType::kBF16: dispatch_scale<__nv_bfloat16>(a); break;
     case DType::kFP16: dispatch_scale<__half>(a); break;
@@ -737,6 +1033,7 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   std::string err = check_stream_args(a, 32, 4);
   if (!err.empty()) return err;
   if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
   switch (a.out_dtype) {
     case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
     case DType::kFP16: dispatch_int_scale<__half>(a); break;

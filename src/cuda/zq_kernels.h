@@ -122,8 +122,9 @@ struct GemmTuning {
   // fp8_rowwise / fp8_blockwise (accurate accumulation): promote the wgmma partial sums to fp32
   // every this many elements of K: 64 or 128 (docs/FP8.md: the measured trade-off).
   int fp8_promote_k = 128;
-  // w4a8_fp_gemm streaming kernel: the loading schedule (0 = default; 1..5 experiments, built only
-  // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_gemm.cu).
+  // The W4A8 streaming kernels' schedule (0 = default; 1..5: w4a8_fp_gemm experiments, built only
+  // with ZQ_EXPERIMENT_TILES; 6: w4a8_gemm at M <= 16 on the register-pipelined kernel, not the
+  // bulk-copy ring: src/cuda/w4a8_gemm.cu).
   int w4a8_variant = 0;
 };
 GemmTuning& gemm_tuning();
@@ -137,7 +138,7 @@ struct W4A8FPArgs {
   const void* a = nullptr;     // [M, K] e4m3, 16-byte aligned, lda % 16 == 0
   int64_t lda = 0;
   const void* b = nullptr;     // packed codes, N * K / 2 bytes, 16-byte aligned
-  const void* sg = nullptr;    // group exponents (int8) or ratios (float32), [N, K / group_size]
+  const void* sg = nullptr;    // group exponents (int32) or ratios (float32), [K / group_size, N] (sg_t)
   bool pow2 = true;
   int group_size = 0;          // multiple of 16 dividing K (K itself: per channel)
   const float* sa = nullptr;   // [M]
@@ -160,10 +161,10 @@ struct W4A8IntArgs {
   const void* a = nullptr;     // [M, K] int8, 16-byte aligned, lda % 16 == 0
   int64_t lda = 0;
   const void* b = nullptr;     // packed INT4 codes, N * K / 2 bytes, 16-byte aligned
-  const void* sg = nullptr;    // [N, K / group_size] int32 or float32
+  const void* sg = nullptr;    // [K / group_size, N] int32 or float32 (group-major: sg_t)
   bool int_scales = true;
   int group_size = 0;          // multiple of 32 dividing K
-  int flush_steps = 0;         // integer scales: steps between flushes, * 2^15 * max(sg) < 2^31
+  int flush_steps = 0;         // integer scales: steps between flushes, * 2^19 * max(sg) < 2^31
   const float* sa = nullptr;   // [M]
   const float* sb = nullptr;   // [N]
   const void* bias = nullptr;  // [N] of out_dtype, or nullptr

@@ -36,7 +36,7 @@ import torch
 from .. import _ext
 from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
-from ..reference.quantize import w4a8_int_flush_steps
+from ..reference.quantize import w4a8_stream_flush_steps
 from . import _common as c
 from .gemm_checks import INT8_MAX_K, OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
 
@@ -382,8 +382,8 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
         wf = fp4_to_fp8_cuda(wq, sg, K)
         return rowwise_gemm_cuda(xq, wf, sx, sw, bias, out_dtype, "auto", None, act, 1.0, "fp8_rowwise")
     out = xq.new_empty((M, N), dtype=out_dtype)
-    _ext._C.w4a8_fp_gemm_run(
-        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg.data_ptr(), sg.dtype == torch.int8, g,
+    _ext._C.w4a8_fp_gemm_run(  # the scales group-major, as the mixed path reads them
+        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), _fp4_scales_t(sg).data_ptr(), sg.dtype == torch.int8, g,
         sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
         OUT_CODE[out_dtype], act, idx, c.current_stream(idx),
     )
@@ -412,10 +412,17 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
         recipe, pb, flush = _w4a8_mixed_setup(g, int_scales, max_scale, K)
         return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile,
                              dims=(M, N, K, idx))
-    flush = w4a8_int_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
+    # The streaming kernel reads the scales group-major (sg_t [G, N]) and multiplies 16 q: its flush
+    # interval has 4 bits less headroom, and from max_scale 2^12 on not one step fits int32, so the
+    # integer scales go through the float variant as float(s_int) (docs/W4A8.md, "Overflow").
+    flush = w4a8_stream_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
+    if int_scales and flush == 0:
+        int_scales, sg_t = False, cached_layout("int_scales_f32_t", sg, lambda t: t.t().float().contiguous())
+    else:
+        sg_t = _scales_t(sg)
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
-        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg.data_ptr(), int_scales, g,
+        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg_t.data_ptr(), int_scales, g,
         sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
         OUT_CODE[out_dtype], act, flush, idx, c.current_stream(idx),
     )

@@ -32,6 +32,7 @@ from .quantize import (
     unpack_fp4,
     unpack_int4,
     w4a8_int_flush_steps,
+    w4a8_stream_flush_steps,
 )
 from .token_group import quantize_per_token_group_ref, row_quant_group_ref
 
@@ -52,6 +53,7 @@ __all__ = [
     "pack_int4",
     "unpack_int4",
     "w4a8_int_flush_steps",
+    "w4a8_stream_flush_steps",
     "quantize_int8_group_ref",
     "group_max_scale",
     "group_alpha_max",

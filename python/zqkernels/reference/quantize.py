@@ -46,6 +46,7 @@ __all__ = [
     "pack_int4",
     "unpack_int4",
     "w4a8_int_flush_steps",
+    "w4a8_stream_flush_steps",
     "quantize_int8_group_ref",
     "group_max_scale",
     "group_alpha_max",
@@ -407,4 +408,5 @@ from .int_group import (  # noqa: E402
     quantize_int8_group_ref,  # noqa: F401
     unpack_int4,  # noqa: F401
     w4a8_int_flush_steps,  # noqa: F401
+    w4a8_stream_flush_steps,  # noqa: F401
 )
