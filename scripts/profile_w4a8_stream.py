@@ -10,13 +10,15 @@ weight bandwidth of each case too, so the run is useful without a profiler.
 A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
 integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
 (int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
-(_C._debug_set_w4a8_variant; pending/w4a8-decode-pipe.patch adds 6: the register-pipelined kernel
-against its bulk-copy ring in one build).
+(_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds); --rows-per-cta R forces R 16-row
+tiles per CTA instead of the wave heuristic (_C._debug_set_w4a8_rows_per_cta; any build), a
+comma-separated list times each in turn.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,12 +63,23 @@ def main() -> int:
     ap.add_argument("--variant", type=int, default=None,
                     help="zqkernels._ext._C._debug_set_w4a8_variant(N) first (the streaming kernels' loading "
                          "schedule)")
+    ap.add_argument("--rows-per-cta", default=None, metavar="R[,R...]",
+                    help="zqkernels._ext._C._debug_set_w4a8_rows_per_cta(R) (0: the heuristic); a list times each")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
-    if args.variant is not None:
-        from zqkernels import _ext
+    from zqkernels import _ext
 
+    if args.variant is not None:
         _ext._C._debug_set_w4a8_variant(args.variant)
+    if args.rows_per_cta is not None and "," in args.rows_per_cta:
+        for r in args.rows_per_cta.split(","):
+            print(f"== rows per CTA {r}")
+            rest = [a for i, a in enumerate(sys.argv[1:]) if a != "--rows-per-cta" and sys.argv[i] != "--rows-per-cta"]
+            if subprocess.call([sys.executable, __file__, *rest, "--rows-per-cta", r]) != 0:
+                return 1
+        return 0
+    if args.rows_per_cta is not None:
+        _ext._C._debug_set_w4a8_rows_per_cta(int(args.rows_per_cta))
     if not args.no_time:
         print(f"copy bandwidth {cm.copy_bandwidth(dev) / 1e12:.2f} TB/s (read + write)")
     print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")

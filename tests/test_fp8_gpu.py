@@ -249,8 +249,8 @@ def test_w4a8_fp_stream_sweep(policy, g):
 @needs_sm90
 @pytest.mark.parametrize("policy", ["m2", "free"])
 def test_w4a8_fp_stream_many_row_tiles(policy):
-    """The decode kernel's persistent CTAs over 513 row tiles (several each) and a short last stage
-    (K = 4224: 66 chunks of 64), M = 1..16."""
+    """The decode kernel over 513 row tiles and K = 4224 (66 chunks of 64: a short last batch),
+    M = 1..16."""
     for M in (1, 9, 16):
         a = w4a8_inputs(M, 8208, 4224, 64, policy, torch.bfloat16, bias=True)
         out = zqkernels.w4a8_fp_gemm(**a, path="stream")

@@ -74,10 +74,10 @@ def test_w4a8_gemm_sweep(scale, g):
 @needs_sm90
 @pytest.mark.parametrize("scale", ["int", "float"])
 def test_w4a8_gemm_decode_many_row_tiles(scale):
-    """The decode kernel's persistent CTAs (2 per SM) take several 16-row tiles each once N / 16
-    exceeds them: 8208 rows are 513 tiles, and K = 4224 is 66 chunks of 64, a short last stage of the
-    16-chunk ring. M = 1..16 covers both token tiles. Integer scales run with max_scale 16 (the 16 q
-    flush interval, 255 steps) and with the default bound (the float variant on float(s_int))."""
+    """The decode kernel over many row tiles (8208 rows: 513 tiles, not a multiple of any rows-per-CTA
+    choice) with K = 4224 (66 chunks of 64: a short last batch for every warp split). M = 1..16 covers
+    both token tiles. Integer scales run with max_scale 16 (the 16 q flush interval, 255 steps) and with
+    the default bound (the float variant on float(s_int))."""
     N, K, g = 8208, 4224, 64
     torch.manual_seed(0)
     w = torch.randn(N, K, device=DEV) * 0.02

@@ -276,14 +276,25 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_w4a8_variant",
       [](int v) {
-        if (v < 0 || v > 6) fail("_debug_set_w4a8_variant", "variant must be 0..6");
+        if (v < 0 || v > 5) fail("_debug_set_w4a8_variant", "variant must be 0..5");
         const int previous = zq::gemm_tuning().w4a8_variant;
         zq::gemm_tuning().w4a8_variant = v;
         return previous;
       },
       nb::arg("variant"),
-      "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 w4a8_gemm "
-      "at M <= 16 on the register-pipelined kernel instead of the bulk-copy ring (any build).");
+      "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only).");
+  m.def(
+      "_debug_set_w4a8_rows_per_cta",
+      [](int r) {
+        if (r != 0 && r != 1 && r != 2 && r != 4 && r != 8) {
+          fail("_debug_set_w4a8_rows_per_cta", "rows per CTA must be 0 (the heuristic), 1, 2, 4 or 8");
+        }
+        const int previous = zq::gemm_tuning().w4a8_rows_per_cta;
+        zq::gemm_tuning().w4a8_rows_per_cta = r;
+        return previous;
+      },
+      nb::arg("rows"),
+      "W4A8 streaming kernels' 16-row tiles per CTA: 0 the wave heuristic (default), else forced (probes).");
   m.def(
       "_debug_set_fp8_promotion",
       [](int k) {

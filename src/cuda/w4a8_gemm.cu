@@ -45,7 +45,6 @@
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
 #include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
-#include "w4a8_stream_pipe.cuh"     // zq::pipe: the bulk-copy ring of the decode kernels
 #include "zq_kernels.h"
 
 namespace zq {
@@ -464,6 +463,7 @@ void launch_row_tiles(void (*kernel)(Args, int), const Args& a, int tokens_per_c
       R = cand;
     }
   }
+  if (gemm_tuning().w4a8_rows_per_cta > 0) R = gemm_tuning().w4a8_rows_per_cta;  // a probe's choice
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((ntiles + R - 1) / R, ytiles);
   cfg.blockDim = dim3(kWarps * 32);
@@ -519,19 +519,8 @@ void launch_variant(const W4A8FPArgs& a) {
   }
 }
 
-// M <= 16: the bulk-copy ring (below); the register-pipelined kernel above only when a probe asks for
-// it (GemmTuning::w4a8_variant != 0).
-template <int kNT_, bool kPow2, typename OutT_>
-struct FPPipeBody;
-template <class Body>
-void launch_pipe(const typename Body::Args& a);
-
 template <bool kPow2, typename OutT>
 void dispatch_nt(const W4A8FPArgs& a) {
-  if (gemm_tuning().w4a8_variant == 0) {
-    if (a.M <= 8) return launch_pipe<FPPipeBody<1, kPow2, OutT>>(a);
-    if (a.M <= 16) return launch_pipe<FPPipeBody<2, kPow2, OutT>>(a);
-  }
   if (a.M <= 8) return launch_variant<1, kPow2, OutT>(a);
   if (a.M <= 16) return launch_variant<2, kPow2, OutT>(a);
   if (a.M <= 32) return launch_variant<4, kPow2, OutT>(a);
@@ -711,243 +700,6 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-// ---------------------------------------------------------------------------------------------
-// The decode kernels for M <= 16 (w4a8_stream_pipe.cuh: persistent CTAs, a producer warp bulk-copying
-// each row tile's codes through a 4-stage shared-memory ring, 8 consumer warps splitting every stage's
-// 16 chunks). One kernel for both formats; a Body supplies what differs:
-//   Ahead                     a stage's group scales and activation fragments for one warp, in registers
-//   fetch(rt, c0, f)          load them for the warp's chunks of the stage at chunk c0 of row tile rt
-//   consume(wv, c0, f)        multiply the warp's chunks (codes wv, from the stage) into its sums
-//   finish(acc)               the row tile's sums in fp32 at their true scale (then reset)
-
-// The activation rows of a lane's tokens (the MMA's B columns tok0 + 8 j + r, j < kNT), from the
-// lane's first byte: rows past M point at row 0 and are never loaded (ok) nor stored.
-template <int kNT>
-struct TokenRows {
-  const uint8_t* row[kNT];
-  bool ok[kNT];
-  template <class Args>
-  __device__ __forceinline__ TokenRows(const Args& a, int tok0, int r, int byte0) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      ok[j] = m < a.M;
-      row[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(ok[j] ? m : 0) * a.lda + byte0;
-    }
-  }
-};
-
-// ceil(2^31 / d): floor(u / d) == umulhi(2 u, group_mul(d)) while u * d < 2^31 (the group index of a
-// k unit without a division; the hosts check K against it).
-__device__ __forceinline__ uint32_t group_mul(uint32_t d) { return (0x80000000u + d - 1) / d; }
-
-template <int kNT_, bool kIntScale, typename OutT_>
-struct IntPipeBody {  // INT4 x INT8, integer or float group scales (w4a8_int_stream's arithmetic)
-  static constexpr int kNT = kNT_;
-  static constexpr int kU = pipe::kStageChunks / pipe::kConsumers;
-  using OutT = OutT_;
-  using Args = W4A8IntArgs;
-  struct Ahead {
-    uint32_t sc[kU][4];
-    uint2 xv[kU][kNT][2];
-  };
-  const Args& a;
-  int kp, r;
-  uint32_t gmul;  // the group of step st: umulhi(2 st, gmul), gmul = ceil(2^31 / (group_size / 32))
-  TokenRows<kNT> x;
-  float accf[kNT][4];
-  int32_t acci[kNT][4];
-  int steps = 0;
-
-  __device__ __forceinline__ IntPipeBody(const Args& args, int lane, int warp, int tok0)
-      : a(args), kp(warp), r(lane >> 2), gmul(group_mul(args.group_size >> 5)), x(args, tok0, lane >> 2, 4 * (lane & 3)) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
-  }
-  __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
-    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int c = c0 + kp + pipe::kConsumers * u;
-      if (c >= (a.K >> 6)) continue;
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
-        f.sc[u][2 * s] = __ldg(p);
-        f.sc[u][2 * s + 1] = __ldg(p + 8);
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-          f.xv[u][j][s] = x.ok[j] ? load_b_frag(x.row[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-      }
-    }
-  }
-  __device__ __forceinline__ void consume(const uint4 (&wv)[kU], int c0, const Ahead& f) {
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-      if (c0 + kp + pipe::kConsumers * u < (a.K >> 6)) int_chunk<kNT, kIntScale>(wv[u], f.sc[u], f.xv[u], acci, accf, steps, a.flush_steps);
-  }
-  __device__ __forceinline__ void finish(float (&acc)[kNT][4]) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        acc[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
-        accf[j][i] = 0.f;
-        acci[j][i] = 0;
-      }
-    steps = 0;
-  }
-};
-
-template <int kNT_, bool kPow2, typename OutT_>
-struct FPPipeBody {  // FP4 x FP8, power-of-two or free group scales (w4a8_fp_stream's arithmetic)
-  static constexpr int kNT = kNT_;
-  static constexpr int kU = pipe::kStageChunks / pipe::kConsumers;
-  using OutT = OutT_;
-  using Args = W4A8FPArgs;
-  struct Ahead {
-    uint32_t lo[kU], hi[kU];
-    uint4 xv[kU][kNT];
-  };
-  const Args& a;
-  int kp, r, t;
-  uint32_t gmul;  // the group of this lane's 16 k of chunk c: umulhi(2 (4 c + t), gmul), d = group_size / 16
-  TokenRows<kNT> x;
-  float acc_[kNT][4];
-
-  __device__ __forceinline__ FPPipeBody(const Args& args, int lane, int warp, int tok0)
-      : a(args), kp(warp), r(lane >> 2), t(lane & 3), gmul(group_mul(args.group_size >> 4)),
-        x(args, tok0, lane >> 2, 16 * (lane & 3)) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc_[j][i] = 0.f;
-  }
-  __device__ __forceinline__ void fetch(int rt, int c0, Ahead& f) const {
-    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + rt * 16 + r;
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int c = c0 + kp + pipe::kConsumers * u;
-      if (c >= (a.K >> 6)) continue;
-      const uint32_t* p = sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(8 * c + 2 * t), gmul)) * a.N;
-      f.lo[u] = __ldg(p);
-      f.hi[u] = __ldg(p + 8);
-#pragma unroll
-      for (int j = 0; j < kNT; ++j)
-        f.xv[u][j] = x.ok[j] ? __ldg(reinterpret_cast<const uint4*>(x.row[j] + static_cast<int64_t>(c) * 64))
-                               : make_uint4(0, 0, 0, 0);
-    }
-  }
-  __device__ __forceinline__ void consume(const uint4 (&wv)[kU], int c0, const Ahead& f) {
-    float part[kNT][4];  // this stage's MMAs from zero, promoted into fp32 after it (FP8 MMA accumulators)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) part[j][i] = 0.f;
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-      if (c0 + kp + pipe::kConsumers * u < (a.K >> 6)) mma_chunk<kNT, kPow2>(wv[u], f.lo[u], f.hi[u], f.xv[u], part);
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc_[j][i] += part[j][i];
-  }
-  __device__ __forceinline__ void finish(float (&acc)[kNT][4]) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][i] = acc_[j][i], acc_[j][i] = 0.f;
-  }
-};
-
-template <class Body>
-__global__ void __launch_bounds__(pipe::kThreads, 2) w4a8_pipe(typename Body::Args a) {
-  using namespace pipe;
-  constexpr int kNT = Body::kNT, kU = Body::kU;
-  __shared__ __align__(128) uint4 stage[kStages][kStageChunks * 32];
-  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
-  __shared__ float red[kConsumers][kNT * 4][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int ntiles = a.N >> 4;
-  const int nchunks = a.K >> 6;
-  const int nkb = (nchunks + kStageChunks - 1) / kStageChunks;
-  const int bx = static_cast<int>(blockIdx.x), gx = static_cast<int>(gridDim.x);
-  const int my_tiles = bx < ntiles ? (ntiles - 1 - bx) / gx + 1 : 0;
-  const Ring ring{stage, full, empty, nkb, nchunks, my_tiles * nkb};
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], kConsumers);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-  if (warp == kConsumers) {  // the producer: one lane issues every copy; no barrier below waits for it
-    if (lane == 0) ring.produce(static_cast<const uint8_t*>(a.b));
-    return;
-  }
-  const int kp = warp;
-  const int tok0 = static_cast<int>(blockIdx.y) * 8 * kNT;
-  Body body(a, lane, warp, tok0);
-  typename Body::Ahead cur, nxt;
-  if (ring.Q > 0) body.fetch(ring.tile_of(0), 0, cur);
-  for (int q = 0; q < ring.Q; ++q) {
-    if (q + 1 < ring.Q) body.fetch(ring.tile_of(q + 1), ((q + 1) % nkb) * kStageChunks, nxt);
-    const int s = q % kStages;
-    const int c0 = (q % nkb) * kStageChunks;
-    mbar_wait(&full[s], (q / kStages) & 1);
-    uint4 wv[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u)  // (a short last stage leaves the rest of the slot unwritten)
-      wv[u] = c0 + kp + kConsumers * u < nchunks ? stage[s][(kp + kConsumers * u) * 32 + lane] : make_uint4(0, 0, 0, 0);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);  // the codes are in registers: the stage may be refilled
-    body.consume(wv, c0, cur);
-    if (q % nkb == nkb - 1) {  // the row tile is done: reduce the K-slices, warp 0 stores
-      float acc[kNT][4];
-      body.finish(acc);
-      if (kp != 0) slice_write<kNT>(red, acc, kp, lane);
-      consumers_sync();
-      if (kp == 0) {
-        slice_add<kNT>(red, acc, 0, kConsumers, lane);
-        store_tile<kNT, typename Body::OutT>(a, acc, lane, ring.tile_of(q), tok0);
-      }
-      consumers_sync();  // red is free again
-    }
-    cur = nxt;
-  }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-template <class Body>
-void launch_pipe(const typename Body::Args& a) {
-  constexpr auto kernel = w4a8_pipe<Body>;
-  static const int occupancy = [] {
-    int o = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, pipe::kThreads, 0);
-    return o < 1 ? 1 : o;
-  }();
-  const int ntiles = a.N / 16;
-  const int slots = occupancy * (a.sm_count > 0 ? a.sm_count : 132);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ntiles < slots ? ntiles : slots, (a.M + 8 * Body::kNT - 1) / (8 * Body::kNT));
-  cfg.blockDim = dim3(pipe::kThreads);
-  cfg.stream = a.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, kernel, a);
-}
-
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int(const W4A8IntArgs& a) {
   constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
@@ -957,10 +709,6 @@ void launch_int(const W4A8IntArgs& a) {
 
 template <bool kIntScale, typename OutT>
 void dispatch_int(const W4A8IntArgs& a) {
-  if (gemm_tuning().w4a8_variant == 0) {  // else the register-pipelined kernel at M <= 16 too (A / B probes)
-    if (a.M <= 8) return launch_pipe<IntPipeBody<1, kIntScale, OutT>>(a);
-    if (a.M <= 16) return launch_pipe<IntPipeBody<2, kIntScale, OutT>>(a);
-  }
   if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
   if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
   if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
