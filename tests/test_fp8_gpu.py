@@ -247,12 +247,27 @@ def test_w4a8_fp_stream_sweep(policy, g):
 
 
 @needs_sm90
+@pytest.mark.parametrize("rows", [0, 1, 8])
 @pytest.mark.parametrize("policy", ["m2", "free"])
-def test_w4a8_fp_stream_many_row_tiles(policy):
+def test_w4a8_fp_stream_many_row_tiles(policy, rows):
     """The decode kernel over 513 row tiles and K = 4224 (66 chunks of 64: a short last batch),
-    M = 1..16."""
+    M = 1..16, at the launcher's own rows per CTA and forced to 1 and 8 (a partial last CTA)."""
+    previous = _ext._C._debug_set_w4a8_rows_per_cta(rows)
+    try:
+        for M in (1, 9, 16):
+            a = w4a8_inputs(M, 8208, 4224, 64, policy, torch.bfloat16, bias=True)
+            out = zqkernels.w4a8_fp_gemm(**a, path="stream")
+            assert_fp8_close(out, ref_of(a), f"stream {policy} M={M} rows={rows}")
+    finally:
+        _ext._C._debug_set_w4a8_rows_per_cta(previous)
+
+
+@needs_sm90
+@pytest.mark.parametrize("policy", ["m2", "free"])
+def test_w4a8_fp_stream_wide(policy):
+    """N = 28688 (1793 row tiles): the launcher's own rows per CTA is > 1, with a partial last CTA."""
     for M in (1, 9, 16):
-        a = w4a8_inputs(M, 8208, 4224, 64, policy, torch.bfloat16, bias=True)
+        a = w4a8_inputs(M, 28688, 512, 128, policy, torch.bfloat16, bias=True)
         out = zqkernels.w4a8_fp_gemm(**a, path="stream")
         assert_fp8_close(out, ref_of(a), f"stream {policy} M={M}")
 

@@ -444,24 +444,22 @@ std::string check_stream_args(const Args& a, int group_multiple, uintptr_t sg_by
   return {};
 }
 
-// Launch a streaming kernel over the row tiles: R row tiles per CTA, the choice that wastes the
-// least of the last wave (CTAs resident at once = occupancy x SMs; a decode GEMM is one or two
-// waves, so a partial last wave idles the rest of the GPU), more row tiles per CTA on ties (their
-// warps share activation loads in L1). occupancy: the kernel's CTAs per SM (the caller caches it).
+// Launch a streaming kernel over the row tiles, R 16-row tiles per CTA (the CTA's warps split K
+// into W = 8 / R slices and reduce them in shared memory). R: the largest that still gives every CTA
+// slot (occupancy x SMs) a CTA in the first wave, else 1. A larger R makes each warp stream more
+// chunks with fewer prologues, drains and reductions, which pays more than a partial last wave costs
+// while the slots are full (H100, scripts/profile_w4a8_stream.py --rows-per-cta,
+// benchmarks/results/w4a8_stream_rows_h100-80gb-hbm3_5423d26.txt: INT4 28672 x 4096 M = 1 takes
+// 33.0 / 30.8 / 29.7 / 29.5 us at R = 1 / 2 / 4 / 8, but 4096 x 14336 16.3 / 24.6 / 43.4 / 84.6, where
+// R = 2 leaves SMs idle). occupancy: the kernel's CTAs per SM (the caller caches it).
 template <class Args>
 void launch_row_tiles(void (*kernel)(Args, int), const Args& a, int tokens_per_cta, int occupancy) {
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + tokens_per_cta - 1) / tokens_per_cta;
   const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
   int R = 1;
-  double best = -1.0;
-  for (int cand = 1; cand <= kWarps; cand *= 2) {
-    const double ctas = static_cast<double>((ntiles + cand - 1) / cand) * ytiles;
-    const double eff = ctas / (slots * std::ceil(ctas / slots));
-    if (eff >= best - 1e-9) {
-      best = eff;
-      R = cand;
-    }
+  for (int cand = 2; cand <= kWarps; cand *= 2) {
+    if (static_cast<double>((ntiles + cand - 1) / cand) * ytiles >= slots) R = cand;
   }
   if (gemm_tuning().w4a8_rows_per_cta > 0) R = gemm_tuning().w4a8_rows_per_cta;  // a probe's choice
   cudaLaunchConfig_t cfg = {};
