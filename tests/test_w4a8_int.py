@@ -471,3 +471,13 @@ def test_default_alpha_codes_unchanged():
     s = w.abs().reshape(32, 4, 64).amax(2) / 7
     want = torch.round(w / s.repeat_interleave(64, dim=1)).clamp(-7, 7)
     assert torch.equal(R.unpack_int4(wq, 32, 256).float(), want)
+
+
+def test_auto_path_streams_one_token_tile():
+    """path="auto" streams every M of one 8-token tile at any N (no device query needed for it)."""
+    from zqkernels.ops.gemm_cuda import INT_STREAM_ONE_TILE_M, w4a8_int_path
+
+    assert INT_STREAM_ONE_TILE_M == 8
+    for M in range(1, INT_STREAM_ONE_TILE_M + 1):
+        for fused, int_scales in ((True, True), (False, True), (False, False)):
+            assert w4a8_int_path(M, 28672, 0, fused, int_scales) == "stream"

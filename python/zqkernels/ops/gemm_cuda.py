@@ -86,9 +86,12 @@ FP_MIXED_MAX_M = {True: 256, False: 64}
 # M) while the streaming kernel's grows with M (41 us at M = 1, 62 at 16, 179 at 64). The mixed grid
 # has N / 128 weight tiles: with fewer than the GPU's SMs (70B down_proj, N = 8192: 64 tiles) it
 # cannot stream at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
+# One 8-token tile streams at about its M = 1 speed at every N (w4a8_decode_h100-80gb-hbm3_a487f1d:
+# gate_up 29.5 us at M = 1, 31.7 at 4, mixed 45.2; M = 8 not timed): INT_STREAM_ONE_TILE_M.
 # Integer scales that need the per-group fold (max_scale > 16) ran 13-15% faster converted to int8
 # first at M = 2048 (693 against 796 us, 1329 against 1486); fused scales (<= 16) never need it.
 INT_STREAM_MAX_M = 16
+INT_STREAM_ONE_TILE_M = 8
 INT_CONVERT_MIN_M = 2048
 
 
@@ -106,8 +109,8 @@ def w4a8_fp_path(M: int, pow2: bool, out_dtype: torch.dtype) -> str:
 
 
 def w4a8_int_path(M: int, N: int, index: int, fused: bool, int_scales: bool) -> str:
-    """The path w4a8_gemm's "auto" takes (see INT_STREAM_MAX_M above)."""
-    if M == 1 or (M <= INT_STREAM_MAX_M and N // 128 < _sm_count(index)):
+    """The path w4a8_gemm's "auto" takes (see INT_STREAM_MAX_M and INT_STREAM_ONE_TILE_M above)."""
+    if M <= INT_STREAM_ONE_TILE_M or (M <= INT_STREAM_MAX_M and N // 128 < _sm_count(index)):
         return "stream"
     if int_scales and not fused and M >= INT_CONVERT_MIN_M:
         return "convert"
