@@ -562,8 +562,8 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
 // r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
 // float scales into accf.
-template <int kNT, bool kIntScale, int kSc>
-__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
+template <int kNT, bool kIntScale>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
                                           int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
                                           int flush_steps) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
@@ -576,13 +576,13 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
       int32_t p[4];
       mma_s8(p, af, xv[j][s].x, xv[j][s].y);
       if constexpr (kIntScale) {
-        const int32_t lo = static_cast<int32_t>(sc[(2 * s) % kSc]), hi = static_cast<int32_t>(sc[(2 * s + 1) % kSc]);
+        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
         acci[j][0] += lo * p[0];
         acci[j][1] += lo * p[1];
         acci[j][2] += hi * p[2];
         acci[j][3] += hi * p[3];
       } else {
-        const float lo = __uint_as_float(sc[(2 * s) % kSc]), hi = __uint_as_float(sc[(2 * s + 1) % kSc]);
+        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
         accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
         accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
         accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
@@ -601,11 +601,8 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
   }
 }
 
-// kOneGroup: the group size is a multiple of 64, so both MMA steps of a chunk share their group's
-// scales: 2 scale loads and registers per chunk instead of 4.
-template <int kNT, bool kIntScale, typename OutT, bool kOneGroup>
-__global__ void __launch_bounds__(kWarps * 32, kOneGroup && kNT == 1 ? 3 : 1) w4a8_int_stream(W4A8IntArgs a, int R) {
-  constexpr int kSc = kOneGroup ? 2 : 4;
+template <int kNT, bool kIntScale, typename OutT>
+__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
   constexpr int kBatch = 4;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
@@ -650,11 +647,11 @@ __global__ void __launch_bounds__(kWarps * 32, kOneGroup && kNT == 1 ? 3 : 1) w4
     int steps = 0;
     const int step = W * kBatch;
     uint4 wv[kBatch];
-    uint32_t sc[kBatch][kSc];
-    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
+    uint32_t sc[kBatch][4];
+    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
 #pragma unroll
-      for (int s = 0; s < kSc / 2; ++s) {
+      for (int s = 0; s < 2; ++s) {
         const uint32_t* p = scale_at(c, s);
         scv[2 * s] = __ldg(p);
         scv[2 * s + 1] = __ldg(p + 8);
@@ -667,7 +664,7 @@ __global__ void __launch_bounds__(kWarps * 32, kOneGroup && kNT == 1 ? 3 : 1) w4
     }
     for (int c0 = kp; c0 < nchunks; c0 += step) {
       uint4 nw[kBatch];
-      uint32_t nsc[kBatch][kSc];
+      uint32_t nsc[kBatch][4];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + step + u * W;
@@ -683,13 +680,13 @@ __global__ void __launch_bounds__(kWarps * 32, kOneGroup && kNT == 1 ? 3 : 1) w4
 #pragma unroll
           for (int s = 0; s < 2; ++s)
             xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
+        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         wv[u] = nw[u];
 #pragma unroll
-        for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
+        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
       }
     }
   }
@@ -703,12 +700,7 @@ __global__ void __launch_bounds__(kWarps * 32, kOneGroup && kNT == 1 ? 3 : 1) w4
 
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int(const W4A8IntArgs& a) {
-  if (a.group_size % 64 == 0) {
-    constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, true>;
-    static const int occupancy = occupancy_of(kernel);
-    return launch_row_tiles(kernel, a, 8 * kNT, occupancy);
-  }
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, false>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
