@@ -86,8 +86,8 @@ FP_MIXED_MAX_M = {True: 256, False: 64}
 # M) while the streaming kernel's grows with M (41 us at M = 1, 62 at 16, 179 at 64). The mixed grid
 # has N / 128 weight tiles: with fewer than the GPU's SMs (70B down_proj, N = 8192: 64 tiles) it
 # cannot stream at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
-# One 8-token tile streams at about its M = 1 speed at every N (w4a8_decode_h100-80gb-hbm3_a487f1d:
-# gate_up 29.5 us at M = 1, 31.7 at 4, mixed 45.2; M = 8 not timed): INT_STREAM_ONE_TILE_M.
+# One 8-token tile streams faster than the mixed mainloop at every N (w4a8_decode_h100-80gb-hbm3_a487f1d,
+# w4a8_stream_onegroup_ab_*: gate_up 29.5 / 31.7 / 34.3 us at M = 1 / 4 / 8, mixed 45.2): INT_STREAM_ONE_TILE_M.
 # Integer scales that need the per-group fold (max_scale > 16) ran 13-15% faster converted to int8
 # first at M = 2048 (693 against 796 us, 1329 against 1486); fused scales (<= 16) never need it.
 INT_STREAM_MAX_M = 16
