@@ -82,10 +82,9 @@ STREAM_MAX_M = 32
 FP_MIXED_MAX_M = {True: 256, False: 64}
 # path="auto" for INT4 x INT8 (w4a8_int_path), measured on an H100 (benchmarks/bench_w4a8.py,
 # benchmarks/results/w4a8_*, docs/W4A8.md). The mixed-input mainloop's time is flat from M = 1 to 64
-# (its 128-row weight tiles stream the weights once per 64 tokens: 8B gate_up 45 us at every such
-# M) while the streaming kernel's grows with M (41 us at M = 1, 62 at 16, 179 at 64). The mixed grid
-# has N / 128 weight tiles: with fewer than the GPU's SMs (70B down_proj, N = 8192: 64 tiles) it
-# cannot stream at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
+# (128-row weight tiles: the weights streamed once per 64 tokens) while the streaming kernel's grows
+# with M. With fewer weight tiles (N / 128) than SMs (70B down_proj: 64) the mixed grid cannot stream
+# at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
 # One 8-token tile streams faster than the mixed mainloop at every N (w4a8_decode_h100-80gb-hbm3_a487f1d,
 # w4a8_stream_onegroup_ab_*: gate_up 29.5 / 31.7 / 34.3 us at M = 1 / 4 / 8, mixed 45.2): INT_STREAM_ONE_TILE_M.
 # Integer scales that need the per-group fold (max_scale > 16) ran 13-15% faster converted to int8
