@@ -34,7 +34,9 @@
 # ZQ_COMMIT: the commit the benchmarks record (benchmarks/_common.git_commit); set it when calling the
 #   device, whose copy of the working tree may carry git metadata older than its files.
 # Needs: the nvidia-cutlass wheel in .whl/ (carried: it is in .git/info/exclude) or CUTLASS_DIR set.
-# Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT).
+# Prints a short summary last; full logs go to $OUT (or ./gpu_out without $OUT). The device tool brings
+# back at most 8 files from $OUT, so with more than 7 there the logs and JSON (every file but the
+# wheels) are packed into $OUT/logs.tgz at the end (tar -xzf logs.tgz to read them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -236,3 +238,10 @@ fi
 echo
 echo "==== gpu_check summary ($(( $(date +%s) - t0 )) s) ===="
 for s in "${summary[@]}"; do echo "$s"; done
+
+# At most 8 files come back from the device machine: pack the rest (wheels stay as they are).
+n=$(find "$OUT" -maxdepth 2 -type f | wc -l)
+if (( n > 7 )); then
+  (cd "$OUT" && find . -maxdepth 2 -type f ! -name '*.whl' ! -name logs.tgz -print0 \
+     | tar -czf logs.tgz --null -T - --remove-files) && echo "gpu_check: $n files under \$OUT, logs packed into logs.tgz"
+fi
