@@ -18,7 +18,7 @@ from conftest import OUT_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from zqkernels import _ext
 from zqkernels.formats import GemmSpec
-from zqkernels.ops import _common, gemm_checks, gemm_cuda, gemm_options
+from zqkernels.ops import _common, gemm_checks, gemm_cuda, gemm_options, gemm_paths
 from zqkernels.ops import gemm as gemm_mod
 from zqkernels.ops import linear as lin_ops
 from zqkernels.reference import int8_gemm_ref
@@ -1213,8 +1213,27 @@ def test_ops_import_graph_has_no_cycle():
     ],
 )
 def test_w4a8_fp_auto_path(M, pow2, out_dtype, path):
-    """w4a8_fp_gemm's path="auto" by M and scale kind (the H100 measurements in gemm_cuda's comments)."""
-    assert gemm_cuda.w4a8_fp_path(M, pow2, out_dtype) == path
+    """w4a8_fp_gemm's path="auto" by M and scale kind (the H100 measurements in gemm_paths' comments)."""
+    assert gemm_paths.w4a8_fp_path(M, pow2, out_dtype) == path
+
+
+@pytest.mark.parametrize(
+    "M,N,K,pow2,out_dtype,path",
+    [
+        (64, 4096, 14336, True, torch.bfloat16, "convert"),  # 8B down: narrow and small
+        (64, 4096, 4096, True, torch.bfloat16, "convert"),  # 8B o
+        (33, 6144, 4096, True, torch.float16, "convert"),  # 8B qkv
+        (64, 8192, 28672, True, torch.bfloat16, "mixed"),  # 70B down: 235 M weights
+        (64, 28672, 4096, True, torch.bfloat16, "mixed"),  # 8B gate_up: wide (224 tiles >= 132 SMs)
+        (65, 4096, 4096, True, torch.bfloat16, "mixed"),  # above the measured M
+        (64, 4096, 4096, False, torch.bfloat16, "mixed"),  # float scales: not timed converted
+        (64, 4096, 4096, True, torch.float32, "mixed"),  # no convert path for float32 output
+        (32, 4096, 4096, True, torch.bfloat16, "stream"),
+    ],
+)
+def test_w4a8_fp_auto_path_narrow(M, N, K, pow2, out_dtype, path):
+    """Narrow, small matrices at 32 < M <= 64 take the convert path (the mixed grid leaves SMs idle)."""
+    assert gemm_paths.w4a8_fp_path(M, pow2, out_dtype, N, K, sm_count=132) == path
 
 
 def test_cached_layout_follows_identity_version_and_inference(monkeypatch):

@@ -475,7 +475,7 @@ def test_default_alpha_codes_unchanged():
 
 def test_auto_path_streams_one_token_tile():
     """path="auto" streams every M of one 8-token tile at any N (no device query needed for it)."""
-    from zqkernels.ops.gemm_cuda import INT_STREAM_ONE_TILE_M, w4a8_int_path
+    from zqkernels.ops.gemm_paths import INT_STREAM_ONE_TILE_M, w4a8_int_path
 
     assert INT_STREAM_ONE_TILE_M == 8
     for M in range(1, INT_STREAM_ONE_TILE_M + 1):

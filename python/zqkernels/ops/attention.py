@@ -26,7 +26,7 @@ import torch
 from .. import _ext
 from ..reference.attention import decode_attention_ref
 from . import _common as c
-from .gemm_cuda import _sm_count
+from .gemm_paths import _sm_count
 
 __all__ = ["decode_attention", "decode_attention_supported"]
 

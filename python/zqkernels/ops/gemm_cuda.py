@@ -3,7 +3,7 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
 
     rowwise_gemm_cuda   int8_rowwise / fp8_rowwise(_fastacc): the registry GEMM (sm90_gemm_rowwise.cuh,
                         sm80_gemm_rowwise.cuh)
-    w4a8_fp_cuda        FP8 x FP4: "stream" (w4a8_gemm.cu; auto at M <= 32 and for float32 output),
+    w4a8_fp_cuda        FP8 x FP4: "stream" (w4a8_gemm.cu; auto at M <= 32; ops/gemm_paths.py),
                         "mixed" (the packed weights converted to E4M3 in registers by the wgmma
                         mainloop, sm90_w4a8_mainloop.cuh, recipes w4a8_fp_mixed_pow2 / _float; on
                         request until measured) or "convert" (fp4_to_fp8, then the fp8_rowwise GEMM;
@@ -11,7 +11,7 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
     w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, decode), "mixed" (the packed weights
                         converted in registers by the wgmma mainloop, sm90_w4a8_mainloop.cuh) or
                         "convert" (int4_to_int8, then the group-scaled int8 GEMM); "auto" by
-                        measurement (w4a8_int_path)
+                        measurement (ops/gemm_paths.py)
     group_gemm_cuda     int8_group_int / int8_group_float (sm90_group_mainloop.cuh; contract docs/W4A8.md)
                         and w4a8_mixed_int / w4a8_mixed_float / w4a8_mixed_fused (the same contract,
                         INT4 weights; fused: integer scales <= 16 multiplied into the weights)
@@ -38,7 +38,8 @@ from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_stream_flush_steps
 from . import _common as c
-from .gemm_checks import INT8_MAX_K, OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
+from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
+from .gemm_paths import _sm_count, w4a8_fp_path, w4a8_fused, w4a8_int_path
 
 __all__ = ["resolve_gemm_backend", "gemm_tiles", "group_gemm_intervals"]
 
@@ -58,62 +59,6 @@ _RECIPE_OP = {
     "w4a8_fp_mixed_pow2": "w4a8_fp_gemm",
     "w4a8_fp_mixed_float": "w4a8_fp_gemm",
 }
-# Integer group scales up to this bound (max_scale) run the W4A8 mixed mainloop's fused mode: every
-# scale times an INT4 code fits an int8 (16 * -8 = -128), so the scales are multiplied into the
-# weights in registers and the GEMM keeps one exact int32 sum, with no per-group fold
-# (sm90_w4a8_mainloop.cuh). quantize_weight(..., alpha=16) produces such scales (docs/W4A8.md).
-W4A8_FUSED_MAX_SCALE = 16
-
-
-def w4a8_fused(int_scales: bool, max_scale: Optional[int], K: int) -> bool:
-    """Whether the W4A8 mixed mainloop runs its fused mode: integer scales bounded by 16, and K
-    within one int32 sum of int8 products."""
-    return int_scales and max_scale is not None and max_scale <= W4A8_FUSED_MAX_SCALE and K <= INT8_MAX_K
-# Largest M the FP4 streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
-# benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
-# M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
-STREAM_MAX_M = 32
-# Largest M the FP4 mixed-input mainloop serves under path="auto", by scale kind (w4a8_fp_path; H100,
-# benchmarks/results/w4a8_h100-80gb-hbm3_4846f3d.json). Power-of-two scales: 54 us at M = 64 on 8B
-# gate_up against 112 us converted, 205 against 246 us on 70B down at M = 256, a tie on gate_up at
-# 256; converting wins from M = 1024 (271 against 423 us). Float scales pay a multiply per group:
-# mixed wins at M = 64 on gate_up (71 against 113 us) but loses on 70B down (232 against 212) and at
-# M = 256 (159 against 129 us); 64 keeps the larger gain.
-FP_MIXED_MAX_M = {True: 256, False: 64}
-# path="auto" for INT4 x INT8 (w4a8_int_path), measured on an H100 (benchmarks/bench_w4a8.py,
-# benchmarks/results/w4a8_*, docs/W4A8.md). The mixed-input mainloop's time is flat from M = 1 to 64
-# (128-row weight tiles: the weights streamed once per 64 tokens) while the streaming kernel's grows
-# with M. With fewer weight tiles (N / 128) than SMs (70B down_proj: 64) the mixed grid cannot stream
-# at full bandwidth and the streaming kernel wins up to M = 16 (104 against 143 us).
-# One 8-token tile streams faster than the mixed mainloop at every N (w4a8_decode_h100-80gb-hbm3_a487f1d,
-# w4a8_stream_onegroup_ab_*: gate_up 29.5 / 31.7 / 34.3 us at M = 1 / 4 / 8, mixed 45.2): INT_STREAM_ONE_TILE_M.
-# Integer scales that need the per-group fold (max_scale > 16) ran 13-15% faster converted to int8
-# first at M = 2048 (693 against 796 us, 1329 against 1486); fused scales (<= 16) never need it.
-INT_STREAM_MAX_M = 16
-INT_STREAM_ONE_TILE_M = 8
-INT_CONVERT_MIN_M = 2048
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def w4a8_fp_path(M: int, pow2: bool, out_dtype: torch.dtype) -> str:
-    """The path w4a8_fp_gemm's "auto" takes (see STREAM_MAX_M and FP_MIXED_MAX_M above); float32
-    output has no 'convert' path (fp8_gemm writes 16-bit output only)."""
-    if M <= STREAM_MAX_M:
-        return "stream"
-    return "mixed" if M <= FP_MIXED_MAX_M[pow2] or out_dtype == torch.float32 else "convert"
-
-
-def w4a8_int_path(M: int, N: int, index: int, fused: bool, int_scales: bool) -> str:
-    """The path w4a8_gemm's "auto" takes (see INT_STREAM_MAX_M and INT_STREAM_ONE_TILE_M above)."""
-    if M <= INT_STREAM_ONE_TILE_M or (M <= INT_STREAM_MAX_M and N // 128 < _sm_count(index)):
-        return "stream"
-    if int_scales and not fused and M >= INT_CONVERT_MIN_M:
-        return "convert"
-    return "mixed"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,7 +315,7 @@ def w4a8_fp_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int,
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
     if path == "auto":
-        path = w4a8_fp_path(M, sg.dtype == torch.int8, out_dtype)
+        path = w4a8_fp_path(M, sg.dtype == torch.int8, out_dtype, N, K, _sm_count(idx))
     if path == "mixed":
         recipe = "w4a8_fp_mixed_pow2" if sg.dtype == torch.int8 else "w4a8_fp_mixed_float"
         # The FP4 consumers promote every k-tile whatever the group size; promote_blocks only has to
