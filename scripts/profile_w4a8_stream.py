@@ -10,7 +10,8 @@ weight bandwidth of each case too, so the run is useful without a profiler.
 A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
 integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
 (int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
-(_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds); --rows-per-cta R forces R 16-row
+(_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds; 6 in any build: FP4 at M <= 8 on
+register batches, not the shared-memory ring); --rows-per-cta R forces R 16-row
 tiles per CTA instead of the wave heuristic (_C._debug_set_w4a8_rows_per_cta; any build), a
 comma-separated list times each in turn.
 """

@@ -264,6 +264,21 @@ def test_w4a8_fp_stream_many_row_tiles(policy, rows):
 
 @needs_sm90
 @pytest.mark.parametrize("policy", ["m2", "free"])
+def test_w4a8_fp_stream_register_variant(policy):
+    """_debug_set_w4a8_variant(6): M <= 8 on register batches instead of the shared-memory ring (a
+    probe's A / B in one build) gives the reference's results too."""
+    previous = _ext._C._debug_set_w4a8_variant(6)
+    try:
+        for M, N, K in ((1, 8208, 4224), (5, 256, 512), (8, 28688, 512)):
+            a = w4a8_inputs(M, N, K, 64, policy, torch.bfloat16, bias=True)
+            out = zqkernels.w4a8_fp_gemm(**a, path="stream")
+            assert_fp8_close(out, ref_of(a), f"variant 6 {policy} M={M} N={N} K={K}")
+    finally:
+        _ext._C._debug_set_w4a8_variant(previous)
+
+
+@needs_sm90
+@pytest.mark.parametrize("policy", ["m2", "free"])
 def test_w4a8_fp_stream_wide(policy):
     """N = 28688 (1793 row tiles): the launcher's own rows per CTA is > 1, with a partial last CTA."""
     for M in (1, 9, 16):

@@ -276,13 +276,14 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_w4a8_variant",
       [](int v) {
-        if (v < 0 || v > 5) fail("_debug_set_w4a8_variant", "variant must be 0..5");
+        if (v < 0 || v > 6) fail("_debug_set_w4a8_variant", "variant must be 0..6");
         const int previous = zq::gemm_tuning().w4a8_variant;
         zq::gemm_tuning().w4a8_variant = v;
         return previous;
       },
       nb::arg("variant"),
-      "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only).");
+      "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 "
+      "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build).");
   m.def(
       "_debug_set_w4a8_rows_per_cta",
       [](int r) {

@@ -493,6 +493,9 @@ void launch_stream(const W4A8FPArgs& a) {
 // warp, chosen at run time by GemmTuning::w4a8_variant (1..5) for scripts/probe_w4a8_stream.py.
 template <int kNT, bool kPow2, typename OutT>
 void launch_variant(const W4A8FPArgs& a) {
+  if constexpr (kNT == 1) {  // variant 6 (any build): M <= 8 on register batches of 4, no shared-memory ring
+    if (gemm_tuning().w4a8_variant == 6) return launch_stream<1, kPow2, OutT, 4, true>(a);
+  }
 #if defined(ZQ_EXPERIMENT_TILES)
   switch (gemm_tuning().w4a8_variant) {
     case 1: return launch_stream<kNT, kPow2, OutT, 4, false>(a);

@@ -123,7 +123,8 @@ struct GemmTuning {
   // every this many elements of K: 64 or 128 (docs/FP8.md: the measured trade-off).
   int fp8_promote_k = 128;
   // The W4A8 streaming kernels' schedule (0 = default; 1..5: w4a8_fp_gemm experiments, built only
-  // with ZQ_EXPERIMENT_TILES: src/cuda/w4a8_gemm.cu).
+  // with ZQ_EXPERIMENT_TILES; 6: w4a8_fp_gemm at M <= 8 on register batches instead of the
+  // shared-memory ring, any build: src/cuda/w4a8_gemm.cu).
   int w4a8_variant = 0;
   // The W4A8 streaming kernels' row tiles per CTA (0 = the wave heuristic of launch_row_tiles; 1, 2,
   // 4, 8: forced, for probes).
