@@ -19,7 +19,6 @@ comma-separated list times each in turn.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -72,33 +71,30 @@ def main() -> int:
 
     if args.variant is not None:
         _ext._C._debug_set_w4a8_variant(args.variant)
-    if args.rows_per_cta is not None and "," in args.rows_per_cta:
-        for r in args.rows_per_cta.split(","):
-            print(f"== rows per CTA {r}")
-            rest = [a for i, a in enumerate(sys.argv[1:]) if a != "--rows-per-cta" and sys.argv[i] != "--rows-per-cta"]
-            if subprocess.call([sys.executable, __file__, *rest, "--rows-per-cta", r]) != 0:
-                return 1
-        return 0
-    if args.rows_per_cta is not None:
-        _ext._C._debug_set_w4a8_rows_per_cta(int(args.rows_per_cta))
+    rows = [None] if args.rows_per_cta is None else [int(r) for r in args.rows_per_cta.split(",")]
     if not args.no_time:
         print(f"copy bandwidth {cm.copy_bandwidth(dev) / 1e12:.2f} TB/s (read + write)")
-    print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")
-    for case in args.cases.split(","):
-        shape, m = case.split(":")
-        N, K = SHAPES[shape] if shape in SHAPES else (int(v) for v in shape.split("x"))
-        M = int(m)
-        for fmt in args.formats.split(","):
-            wbytes = N * K if fmt == "int8" else N * K // 2
-            copies = 1 if args.no_time else cm.rotation_copies(wbytes, cm.device_rotate_bytes(dev))
-            fns = [call(fmt, weights(fmt, N, K, dev), M, K, dev) for _ in range(copies)]
-            for _ in range(3):  # the profiled launches: the third is steady
-                fns[0]()
-            torch.cuda.synchronize()
-            if args.no_time:
-                continue
-            t = cm.time_calls(fns, dev)
-            print(f"{case:>16} {fmt:>6} {t['us']:8.2f} {wbytes / t['us'] / 1e6:6.2f}")
+    for r in rows:
+        if r is not None:
+            _ext._C._debug_set_w4a8_rows_per_cta(r)
+            if len(rows) > 1:
+                print(f"== rows per CTA {r}")
+        print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")
+        for case in args.cases.split(","):
+            shape, m = case.split(":")
+            N, K = SHAPES[shape] if shape in SHAPES else (int(v) for v in shape.split("x"))
+            M = int(m)
+            for fmt in args.formats.split(","):
+                wbytes = N * K if fmt == "int8" else N * K // 2
+                copies = 1 if args.no_time else cm.rotation_copies(wbytes, cm.device_rotate_bytes(dev))
+                fns = [call(fmt, weights(fmt, N, K, dev), M, K, dev) for _ in range(copies)]
+                for _ in range(3):  # the profiled launches: the third is steady
+                    fns[0]()
+                torch.cuda.synchronize()
+                if args.no_time:
+                    continue
+                t = cm.time_calls(fns, dev)
+                print(f"{case:>16} {fmt:>6} {t['us']:8.2f} {wbytes / t['us'] / 1e6:6.2f}")
     return 0
 
 

@@ -9,6 +9,7 @@ failures, never skips.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import pytest
@@ -85,6 +86,18 @@ def poison_next_allocation(nbytes: int, byte: int) -> None:
     block to the next allocation of that size on this stream, so output the kernel never writes shows
     up as NaN (0xFF in bf16/fp16/fp32) or -128 (0x80 in int8, a value quantization never produces)."""
     torch.empty(max(nbytes, 1), dtype=torch.uint8, device=DEV).fill_(byte)
+
+
+@contextlib.contextmanager
+def debug_setting(name: str, value):
+    """Set one of the extension's launch-time switches (``_C._debug_set_<name>``, which returns the value
+    it replaces) for the block, and put the previous value back after it, also when the block fails."""
+    setter = getattr(_ext._C, f"_debug_set_{name}")
+    previous = setter(value)
+    try:
+        yield
+    finally:
+        setter(previous)
 
 
 def capture(fn):

@@ -8,7 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, calc_diff, graph_replay, poison_next_allocation, requires_gpu, requires_sm90
+from conftest import (
+    DEV,
+    calc_diff,
+    debug_setting,
+    graph_replay,
+    poison_next_allocation,
+    requires_gpu,
+    requires_sm90,
+)
 from zqkernels import _ext
 from zqkernels.reference import fp8_gemm_ref, quantize_per_token_fp8_ref, w4a8_fp_gemm_ref
 from zqkernels.reference.quantize import pack_fp4
@@ -252,14 +260,11 @@ def test_w4a8_fp_stream_sweep(policy, g):
 def test_w4a8_fp_stream_many_row_tiles(policy, rows):
     """The decode kernel over 513 row tiles and K = 4224 (66 chunks of 64: a short last batch),
     M = 1..16, at the launcher's own rows per CTA and forced to 1 and 8 (a partial last CTA)."""
-    previous = _ext._C._debug_set_w4a8_rows_per_cta(rows)
-    try:
+    with debug_setting("w4a8_rows_per_cta", rows):
         for M in (1, 9, 16):
             a = w4a8_inputs(M, 8208, 4224, 64, policy, torch.bfloat16, bias=True)
             out = zqkernels.w4a8_fp_gemm(**a, path="stream")
             assert_fp8_close(out, ref_of(a), f"stream {policy} M={M} rows={rows}")
-    finally:
-        _ext._C._debug_set_w4a8_rows_per_cta(previous)
 
 
 @needs_sm90
@@ -267,14 +272,11 @@ def test_w4a8_fp_stream_many_row_tiles(policy, rows):
 def test_w4a8_fp_stream_register_variant(policy):
     """_debug_set_w4a8_variant(6): M <= 8 on register batches instead of the shared-memory ring (a
     probe's A / B in one build) gives the reference's results too."""
-    previous = _ext._C._debug_set_w4a8_variant(6)
-    try:
+    with debug_setting("w4a8_variant", 6):
         for M, N, K in ((1, 8208, 4224), (5, 256, 512), (8, 28688, 512)):
             a = w4a8_inputs(M, N, K, 64, policy, torch.bfloat16, bias=True)
             out = zqkernels.w4a8_fp_gemm(**a, path="stream")
             assert_fp8_close(out, ref_of(a), f"variant 6 {policy} M={M} N={N} K={K}")
-    finally:
-        _ext._C._debug_set_w4a8_variant(previous)
 
 
 @needs_sm90

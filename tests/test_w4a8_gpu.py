@@ -11,6 +11,7 @@ from conftest import (
     DEV,
     assert_gemm_close,
     calc_diff,
+    debug_setting,
     graph_replay,
     poison_next_allocation,
     requires_gpu,
@@ -71,38 +72,28 @@ def test_w4a8_gemm_sweep(scale, g):
             assert_close(out.cpu(), ref_of(a), f"{scale} g={g} M={M} N={N} K={K} {out_dtype}", scale == "int")
 
 
-@pytest.fixture
-def rows_per_cta():
-    """Force the streaming kernels' 16-row tiles per CTA (0: the launcher's own choice); reset after."""
-    from zqkernels import _ext
-
-    previous = _ext._C._debug_set_w4a8_rows_per_cta(0)
-    yield _ext._C._debug_set_w4a8_rows_per_cta
-    _ext._C._debug_set_w4a8_rows_per_cta(previous)
-
-
 @needs_sm90
 @pytest.mark.parametrize("rows", [0, 1, 2, 4, 8])
 @pytest.mark.parametrize("scale", ["int", "float"])
-def test_w4a8_gemm_decode_many_row_tiles(scale, rows, rows_per_cta):
+def test_w4a8_gemm_decode_many_row_tiles(scale, rows):
     """The decode kernel over many row tiles (8208 rows: 513 tiles, not a multiple of any rows-per-CTA
     choice, so the last CTA is partial at every forced R) with K = 4224 (66 chunks of 64: a short last
     batch for every warp split). M = 1..16 covers both token tiles. Integer scales run with max_scale 16
     (the 16 q flush interval, 255 steps) and with the default bound (the float variant on float(s_int))."""
-    rows_per_cta(rows)
-    N, K, g = 8208, 4224, 64
-    torch.manual_seed(0)
-    w = torch.randn(N, K, device=DEV) * 0.02
-    w[:, : K // 3] *= 6
-    kw = {"alpha": 16} if scale == "int" else {}
-    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
-    for M in (1, 5, 9, 16):
-        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
-        a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
-        ref = ref_of(a)
-        for ms in (16, None) if scale == "int" else (None,):
-            out = zqkernels.w4a8_gemm(**a, max_scale=ms, path="stream")
-            assert_close(out.cpu(), ref, f"{scale} M={M} max_scale={ms}", scale == "int")
+    with debug_setting("w4a8_rows_per_cta", rows):
+        N, K, g = 8208, 4224, 64
+        torch.manual_seed(0)
+        w = torch.randn(N, K, device=DEV) * 0.02
+        w[:, : K // 3] *= 6
+        kw = {"alpha": 16} if scale == "int" else {}
+        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
+        for M in (1, 5, 9, 16):
+            xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+            a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+            ref = ref_of(a)
+            for ms in (16, None) if scale == "int" else (None,):
+                out = zqkernels.w4a8_gemm(**a, max_scale=ms, path="stream")
+                assert_close(out.cpu(), ref, f"{scale} M={M} max_scale={ms}", scale == "int")
 
 
 @needs_sm90

@@ -27,6 +27,8 @@ def w4a8_fused(int_scales: bool, max_scale: Optional[int], K: int) -> bool:
     """Whether the W4A8 mixed mainloop runs its fused mode: integer scales bounded by 16, and K
     within one int32 sum of int8 products."""
     return int_scales and max_scale is not None and max_scale <= W4A8_FUSED_MAX_SCALE and K <= INT8_MAX_K
+
+
 # Largest M the FP4 streaming kernel serves under path="auto": measured on an H100 (docs/FP8.md,
 # benchmarks/results/fp8_*): at M = 32 streaming beat converting + fp8_gemm at every shape, at
 # M = 64 converting won (e.g. 22016 x 4096: ~72 against 102 us).
