@@ -11,9 +11,12 @@ A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats
 integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
 (int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
 (_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds; 6 in any build: FP4 at M <= 8 on
-register batches, not the shared-memory ring); --rows-per-cta R forces R 16-row
-tiles per CTA instead of the wave heuristic (_C._debug_set_w4a8_rows_per_cta; any build), a
-comma-separated list times each in turn.
+register batches, not the shared-memory ring); --sweep NAME=V[,V...] times every case once per value
+of one of the extension's switches, _C._debug_set_NAME(V), in one process: `w4a8_rows_per_cta=1,2,4,8`
+(16-row tiles per CTA instead of the wave heuristic), `w4a8_early_weights=1,0` (the weights requested
+before griddepcontrol.wait or after it), `pdl=1,0`. --quant puts the activation quantization (the row
+op a layer runs before each GEMM) in every timed call, so that what programmatic dependent launch
+overlaps is what a model overlaps; the bandwidth column still counts the weight bytes only.
 """
 
 from __future__ import annotations
@@ -41,18 +44,25 @@ def weights(fmt: str, N: int, K: int, dev: torch.device):
     return zq.quantize_weight(w, **kw)
 
 
-def call(fmt: str, W, M: int, K: int, dev: torch.device):
+def call(fmt: str, W, M: int, K: int, dev: torch.device, quant: bool = False):
+    """One timed call: the GEMM on quantized activations, or (quant) the quantization and the GEMM."""
     import zqkernels as zq
 
     x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
     if fmt == "fp4":
-        xq, sx = zq.quantize_per_token(x, torch.float8_e4m3fn)
-        return lambda: zq.w4a8_fp_gemm(xq, W[0], sx, W[1], W[2], path="stream")
-    xq, sx = zq.quantize_per_token(x)
-    if fmt == "int8":
-        return lambda: zq.int8_gemm(xq, W[0], sx, W[1])
-    extra = {"max_scale": 16} if fmt == "int" else {}
-    return lambda: zq.w4a8_gemm(xq, W[0], sx, W[1], W[2], path="stream", **extra)
+        gemm = lambda xq, sx: zq.w4a8_fp_gemm(xq, W[0], sx, W[1], W[2], path="stream")  # noqa: E731
+        dtype = torch.float8_e4m3fn
+    elif fmt == "int8":
+        gemm = lambda xq, sx: zq.int8_gemm(xq, W[0], sx, W[1])  # noqa: E731
+        dtype = torch.int8
+    else:
+        extra = {"max_scale": 16} if fmt == "int" else {}
+        gemm = lambda xq, sx: zq.w4a8_gemm(xq, W[0], sx, W[1], W[2], path="stream", **extra)  # noqa: E731
+        dtype = torch.int8
+    if quant:
+        return lambda: gemm(*zq.quantize_per_token(x, dtype))
+    xq, sx = zq.quantize_per_token(x, dtype)
+    return lambda: gemm(xq, sx)
 
 
 def main() -> int:
@@ -63,22 +73,32 @@ def main() -> int:
     ap.add_argument("--variant", type=int, default=None,
                     help="zqkernels._ext._C._debug_set_w4a8_variant(N) first (the streaming kernels' loading "
                          "schedule)")
-    ap.add_argument("--rows-per-cta", default=None, metavar="R[,R...]",
-                    help="zqkernels._ext._C._debug_set_w4a8_rows_per_cta(R) (0: the heuristic); a list times each")
+    ap.add_argument("--sweep", default=None, metavar="NAME=V[,V...]",
+                    help="zqkernels._ext._C._debug_set_NAME(V) for each value in turn, e.g. w4a8_rows_per_cta=1,2,4,8 "
+                         "or w4a8_early_weights=1,0")
+    ap.add_argument("--quant", action="store_true", help="time quantize_per_token + the GEMM (a layer's pair)")
     args = ap.parse_args()
     dev = torch.device("cuda", 0)
     from zqkernels import _ext
 
     if args.variant is not None:
         _ext._C._debug_set_w4a8_variant(args.variant)
-    rows = [None] if args.rows_per_cta is None else [int(r) for r in args.rows_per_cta.split(",")]
+    knob, values = None, [None]
+    if args.sweep is not None:
+        knob, _, vals = args.sweep.partition("=")
+        setter = getattr(_ext._C, f"_debug_set_{knob}", None)
+        if setter is None or not vals:
+            ap.error(f"--sweep: no switch _C._debug_set_{knob} or no values (NAME=V[,V...])")
+        values = [int(v) for v in vals.split(",")]
     if not args.no_time:
         print(f"copy bandwidth {cm.copy_bandwidth(dev) / 1e12:.2f} TB/s (read + write)")
-    for r in rows:
-        if r is not None:
-            _ext._C._debug_set_w4a8_rows_per_cta(r)
-            if len(rows) > 1:
-                print(f"== rows per CTA {r}")
+    for v in values:
+        if v is not None:
+            try:
+                setter(v)
+            except TypeError:  # an on / off switch takes a bool
+                setter(bool(v))
+            print(f"== {knob} = {v}" + (" (with quantize_per_token)" if args.quant else ""))
         print(f"{'case':>16} {'fmt':>6} {'us':>8} {'TB/s':>6}")
         for case in args.cases.split(","):
             shape, m = case.split(":")
@@ -87,7 +107,7 @@ def main() -> int:
             for fmt in args.formats.split(","):
                 wbytes = N * K if fmt == "int8" else N * K // 2
                 copies = 1 if args.no_time else cm.rotation_copies(wbytes, cm.device_rotate_bytes(dev))
-                fns = [call(fmt, weights(fmt, N, K, dev), M, K, dev) for _ in range(copies)]
+                fns = [call(fmt, weights(fmt, N, K, dev), M, K, dev, args.quant) for _ in range(copies)]
                 for _ in range(3):  # the profiled launches: the third is steady
                     fns[0]()
                 torch.cuda.synchronize()

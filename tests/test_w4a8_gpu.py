@@ -17,7 +17,8 @@ from conftest import (
     requires_gpu,
     requires_sm90,
 )
-from zqkernels.reference import w4a8_gemm_ref
+from zqkernels import _ext
+from zqkernels.reference import w4a8_fp_gemm_ref, w4a8_gemm_ref
 from zqkernels.reference.quantize import pack_int4
 
 pytestmark = requires_gpu
@@ -141,6 +142,70 @@ def test_w4a8_gemm_overflow_bound_adversarial(K):
     assert torch.allclose(out.double().cpu(), exact.expand(M, N), rtol=2**-22, atol=0), (out[0, :2], exact[:2])
     ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu(), None, torch.float32)
     torch.testing.assert_close(out.cpu(), ref, rtol=2**-22, atol=0)
+
+
+@needs_sm90
+@pytest.mark.parametrize("early", [True, False])
+@pytest.mark.parametrize("fmt", ["int4", "fp4"])
+def test_w4a8_stream_waits_for_a_late_producer(fmt, early):
+    """Under programmatic dependent launch the streaming kernels request their first weights before
+    griddepcontrol.wait (``early``, the default; src/cuda/w4a8_gemm.cu, StreamLaunch) and may read the
+    activations and their scales only after it. A producer that triggers its dependents at entry, spins
+    50 us and only then writes xq and sx runs right before the GEMM, eagerly and under graph replay:
+    the output must equal the same call on ready inputs bit for bit (and that one the reference)."""
+    C = _ext._C
+    if not C._debug_pdl():
+        pytest.skip("PDL is switched off (ZQKERNELS_PDL=0)")
+    N, K, g = 2048, 4096, 128
+    torch.manual_seed(2)
+    w = torch.randn(N, K, device=DEV) * 0.02
+    w[:, : K // 3] *= 6
+    with debug_setting("w4a8_early_weights", early):
+        for M in (1, 16, 40):
+            x = torch.randn(M, K, device=DEV)
+            if fmt == "int4":
+                wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale="int", alpha=16)
+                xq, sx = zqkernels.quantize_per_token(x)
+
+                def gemm(xq_, sx_, wq=wq, sw=sw, sg=sg):
+                    return zqkernels.w4a8_gemm(xq_, wq, sx_, sw, sg, max_scale=16, path="stream")
+
+                ref = ref_of(dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16))
+            else:
+                wq, sw, sg = zqkernels.quantize_weight(w, fmt="fp4", group_size=g, scale="m2")
+                xq, sx = zqkernels.quantize_per_token(x, dtype=torch.float8_e4m3fn)
+
+                def gemm(xq_, sx_, wq=wq, sw=sw, sg=sg):
+                    return zqkernels.w4a8_fp_gemm(xq_, wq, sx_, sw, sg, path="stream")
+
+                ref = w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, None, torch.bfloat16)
+            ready = gemm(xq, sx)
+            assert calc_diff(ready.double().cpu(), ref.double().cpu()) < 1e-5, f"{fmt} M={M}: ready inputs"
+            stream = torch.cuda.current_stream().cuda_stream
+            dst_x, dst_s = torch.zeros_like(xq), torch.zeros_like(sx)
+
+            def late(dst_x=dst_x, dst_s=dst_s, xq=xq, sx=sx, gemm=gemm):
+                C._debug_delayed_copy(xq.data_ptr(), dst_x.data_ptr(), xq.numel(), 50, 0, stream)
+                C._debug_delayed_copy(sx.data_ptr(), dst_s.data_ptr(), 4 * sx.numel(), 50, 0, stream)
+                return gemm(dst_x, dst_s)
+
+            for _ in range(2):
+                dst_x.zero_()
+                dst_s.zero_()
+                assert torch.equal(late(), ready), f"{fmt} M={M} early={early}: eager after a late producer"
+            dst_x.zero_()
+            dst_s.zero_()
+            g_, out = torch.cuda.CUDAGraph(), None
+            with torch.cuda.graph(g_):
+                stream = torch.cuda.current_stream().cuda_stream
+                out = late()
+            for _ in range(2):
+                dst_x.zero_()
+                dst_s.zero_()
+                g_.replay()
+                torch.cuda.synchronize()
+                assert torch.equal(out, ready), f"{fmt} M={M} early={early}: graph replay after a late producer"
+            stream = torch.cuda.current_stream().cuda_stream
 
 
 @needs_sm90

@@ -297,6 +297,16 @@ void bind_gemm(nb::module_& m) {
       nb::arg("rows"),
       "W4A8 streaming kernels' 16-row tiles per CTA: 0 the wave heuristic (default), else forced (probes).");
   m.def(
+      "_debug_set_w4a8_early_weights",
+      [](bool on) {
+        const bool previous = zq::gemm_tuning().w4a8_early_weights;
+        zq::gemm_tuning().w4a8_early_weights = on;
+        return previous;
+      },
+      nb::arg("enabled"),
+      "W4A8 streaming kernels: request the first weights before griddepcontrol.wait (default on; off: wait "
+      "first). Returns the previous setting.");
+  m.def(
       "_debug_set_fp8_promotion",
       [](int k) {
         if (k != 64 && k != 128) fail("_debug_set_fp8_promotion", "the interval must be 64 or 128 elements of K");

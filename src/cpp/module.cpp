@@ -44,6 +44,8 @@ NB_MODULE(_C, m) {
   {
     const char* e = std::getenv("ZQKERNELS_PDL");
     if (e && std::string(e) == "0") zq::gemm_tuning().pdl = false;
+    const char* w = std::getenv("ZQKERNELS_W4A8_EARLY_WEIGHTS");  // for A / B runs of whole models
+    if (w && std::string(w) == "0") zq::gemm_tuning().w4a8_early_weights = false;
   }
 
   zqb::bind_gemm(m);

@@ -59,6 +59,7 @@ namespace {
 // body: the per-token kernels keep their names and compile to the PTX they had before.
 template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
 __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
+  allow_dependents_to_launch();  // at entry: the next GEMM streams its weights meanwhile
   const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
   if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
   const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
@@ -269,13 +270,6 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
       const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
       for (int c = tid; c < nchunks; c += stride) write_chunk(c, inv, pre, fp8);
     }  // !kGroup
-  }
-  if constexpr (kWarpRow) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");  // per warp: no CTA barrier
-#endif
-  } else {
-    allow_dependents_to_launch();
   }
 }
 

@@ -52,6 +52,25 @@ namespace {
 
 constexpr int kWarps = 8;  // per CTA
 
+// How a streaming kernel's grid is laid out and when its threads wait for the previous kernel.
+// early: the weights and group scales of a warp's first two batches are requested before
+// griddepcontrol.wait and only the activations (and the epilogue's inputs) after it, so that under
+// programmatic dependent launch the first DRAM round trip overlaps the previous kernel's tail (at
+// decode the weights are nearly all the bytes). The contract this needs: a streaming GEMM's weights
+// and scales are never written by the kernel launched just before it (no kernel of this library
+// writes packed codes or group scales and triggers its dependents early). Off (a probe's switch,
+// _C._debug_set_w4a8_early_weights): every thread waits first.
+struct StreamLaunch {
+  int R;       // 16-row tiles per CTA (the CTA's warps split K into 8 / R slices)
+  bool early;  // weights before the wait
+};
+
+__device__ __forceinline__ void wait_for_predecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");  // the activations may come from the previous kernel
+#endif
+}
+
 using namespace w4;
 
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -175,7 +194,8 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // kRing > 0: instead, each warp keeps kRing chunks in flight in a shared-memory ring filled by
 // cp.async (no registers held by loads in flight; the group scales ride a register ring).
 template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
-__global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int R) {
+__global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, StreamLaunch L) {
+  const int R = L.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
   const int W = kWarps / R;
@@ -184,10 +204,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
   const int nchunks = a.K >> 6;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // the activations may come from the previous kernel
-#endif
+  // A thread that skips the wait (early, inactive or without a chunk) reads no activation and
+  // writes nothing to global memory: only slice 0 of an active tile stores, after its wait.
+  if (!L.early) wait_for_predecessor();
 
   float acc[kNT][4];
 #pragma unroll
@@ -230,6 +249,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
       };
 #pragma unroll
       for (int u = 0; u < kRing; ++u) issue(kp + u * W, u);
+      if (L.early) wait_for_predecessor();
       for (int c0 = kp; c0 < nchunks; c0 += kRing * W) {
         float part[kNT][4];
 #pragma unroll
@@ -293,6 +313,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, int 
           if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
         }
       }
+      if (L.early && c0 == kp) wait_for_predecessor();  // two batches of weights requested
       uint4 xh[kHoistX ? kBatch : 1][kNT];
       if constexpr (kHoistX) {
 #pragma unroll
@@ -453,7 +474,7 @@ std::string check_stream_args(const Args& a, int group_multiple, uintptr_t sg_by
 // 33.0 / 30.8 / 29.7 / 29.5 us at R = 1 / 2 / 4 / 8, but 4096 x 14336 16.3 / 24.6 / 43.4 / 84.6, where
 // R = 2 leaves SMs idle). occupancy: the kernel's CTAs per SM (the caller caches it).
 template <class Args>
-void launch_row_tiles(void (*kernel)(Args, int), const Args& a, int tokens_per_cta, int occupancy) {
+void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tokens_per_cta, int occupancy) {
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + tokens_per_cta - 1) / tokens_per_cta;
   const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
@@ -471,11 +492,12 @@ void launch_row_tiles(void (*kernel)(Args, int), const Args& a, int tokens_per_c
   attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, kernel, a, R);
+  const StreamLaunch L{R, gemm_tuning().pdl && gemm_tuning().w4a8_early_weights};
+  cudaLaunchKernelEx(&cfg, kernel, a, L);
 }
 
 template <class Args>
-int occupancy_of(void (*kernel)(Args, int)) {
+int occupancy_of(void (*kernel)(Args, StreamLaunch)) {
   int occupancy = 0;
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
   return occupancy < 1 ? 1 : occupancy;
@@ -605,8 +627,9 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
 }
 
 template <int kNT, bool kIntScale, typename OutT>
-__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, int R) {
+__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
   constexpr int kBatch = 4;
+  const int R = L.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
   const int W = kWarps / R;
@@ -615,10 +638,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
   const int nchunks = a.K >> 6;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  if (!L.early) wait_for_predecessor();  // else after the first two batches' weights (StreamLaunch)
 
   float accf[kNT][4];
   int32_t acci[kNT][4];
@@ -673,6 +693,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, in
         const int c = c0 + step + u * W;
         if (c < nchunks) fetch(c, nw[u], nsc[u]);
       }
+      if (L.early && c0 == kp) wait_for_predecessor();  // two batches of weights requested
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * W;

@@ -129,6 +129,9 @@ struct GemmTuning {
   // The W4A8 streaming kernels' row tiles per CTA (0 = the wave heuristic of launch_row_tiles; 1, 2,
   // 4, 8: forced, for probes).
   int w4a8_rows_per_cta = 0;
+  // The W4A8 streaming kernels request their first weights before griddepcontrol.wait (under PDL),
+  // so the first DRAM round trip overlaps the previous kernel (src/cuda/w4a8_gemm.cu, StreamLaunch).
+  bool w4a8_early_weights = true;
 };
 GemmTuning& gemm_tuning();
 
