@@ -8,7 +8,8 @@ weight bandwidth of each case too, so the run is useful without a profiler.
     python scripts/profile_w4a8_stream.py            # timings only
 
 A case is SHAPE:M with SHAPE one of benchmarks/bench_w4a8.SHAPES or NxK; formats: int (INT4,
-integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), int8
+integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales x FP8), mixed (int's
+weights through the mixed-input mainloop, path="mixed", instead of the streaming kernel), int8
 (int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
 (_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds; 6 in any build: FP4 at M <= 8 on
 register batches, not the shared-memory ring); --sweep NAME=V[,V...] times every case once per value
@@ -39,6 +40,7 @@ def weights(fmt: str, N: int, K: int, dev: torch.device):
 
     w = torch.randn(N, K, device=dev, dtype=torch.bfloat16) * 0.02
     kw = {"int": {"fmt": "int4", "scale": "int", "group_size": 128, "alpha": 16},
+          "mixed": {"fmt": "int4", "scale": "int", "group_size": 128, "alpha": 16},
           "float": {"fmt": "int4", "scale": "float", "group_size": 128},
           "fp4": {"fmt": "fp4", "group_size": 128}, "int8": {}}[fmt]
     return zq.quantize_weight(w, **kw)
@@ -56,8 +58,9 @@ def call(fmt: str, W, M: int, K: int, dev: torch.device, quant: bool = False):
         gemm = lambda xq, sx: zq.int8_gemm(xq, W[0], sx, W[1])  # noqa: E731
         dtype = torch.int8
     else:
-        extra = {"max_scale": 16} if fmt == "int" else {}
-        gemm = lambda xq, sx: zq.w4a8_gemm(xq, W[0], sx, W[1], W[2], path="stream", **extra)  # noqa: E731
+        extra = {"max_scale": 16} if fmt in ("int", "mixed") else {}
+        path = "mixed" if fmt == "mixed" else "stream"
+        gemm = lambda xq, sx: zq.w4a8_gemm(xq, W[0], sx, W[1], W[2], path=path, **extra)  # noqa: E731
         dtype = torch.int8
     if quant:
         return lambda: gemm(*zq.quantize_per_token(x, dtype))

@@ -31,6 +31,7 @@
 #include <string>
 
 #include "float_convert.cuh"
+#include "pdl.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
@@ -67,6 +68,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
   __shared__ float s_ml[kG][2];
   __shared__ float s_acc[kWarps][kG][kHD];
 
+  pdl_trigger();  // launched with PDL (pdl.cuh): the combine launches now and waits for this grid
+  pdl_wait();     // q and the cache come from the kernels before
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int bk = blockIdx.x;  // b * kv_heads + kvh
   const int b = bk / a.kv_heads, kvh = bk % a.kv_heads;
@@ -209,6 +212,8 @@ template <typename T, int kHD>
 __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnArgs a) {
   extern __shared__ float s_w[];  // [splits]: 2^(m_s - M)
   __shared__ float s_red[kWarps];
+  pdl_trigger();
+  pdl_wait();  // the split kernel's partials
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t bh = blockIdx.x;  // b * heads + h
   const float* ml = a.partial_ml + bh * a.splits * 2;
@@ -263,18 +268,19 @@ std::string launch_hd(const DecodeAttnArgs& a) {
     const int G = a.heads / a.kv_heads;
     const dim3 grid(static_cast<unsigned>(a.B * a.kv_heads), static_cast<unsigned>(a.splits));
     if (G == 1) {
-      decode_attention_split<T, kHD, 1><<<grid, kThreads, 0, a.stream>>>(a);
+      launch_pdl(decode_attention_split<T, kHD, 1>, grid, dim3(kThreads), 0, a.stream, a);
     } else if (G == 2) {
-      decode_attention_split<T, kHD, 2><<<grid, kThreads, 0, a.stream>>>(a);
+      launch_pdl(decode_attention_split<T, kHD, 2>, grid, dim3(kThreads), 0, a.stream, a);
     } else if (G <= 4) {
-      decode_attention_split<T, kHD, 4><<<grid, kThreads, 0, a.stream>>>(a);
+      launch_pdl(decode_attention_split<T, kHD, 4>, grid, dim3(kThreads), 0, a.stream, a);
     } else if (G <= 8) {
-      decode_attention_split<T, kHD, 8><<<grid, kThreads, 0, a.stream>>>(a);
+      launch_pdl(decode_attention_split<T, kHD, 8>, grid, dim3(kThreads), 0, a.stream, a);
     } else {
       return "heads / kv_heads must be <= 8, got " + std::to_string(G);
     }
     const size_t smem = static_cast<size_t>(a.splits) * sizeof(float);
-    decode_attention_combine<T, kHD><<<static_cast<unsigned>(a.B * a.heads), kThreads, smem, a.stream>>>(a);
+    launch_pdl(decode_attention_combine<T, kHD>, dim3(static_cast<unsigned>(a.B * a.heads)), dim3(kThreads), smem,
+               a.stream, a);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(err);
     return {};

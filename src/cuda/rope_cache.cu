@@ -23,6 +23,7 @@
 #include <string>
 
 #include "float_convert.cuh"
+#include "pdl.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
@@ -32,6 +33,8 @@ constexpr int kHeadsPerCta = 4;
 
 template <typename T>
 __global__ void __launch_bounds__(1024) rope_qkv_kernel(RopeArgs a) {
+  pdl_trigger();  // launched with PDL (pdl.cuh): let the next kernel launch, then wait for qkv
+  pdl_wait();
   const int64_t t = blockIdx.x;  // token b * S + s
   const int h = blockIdx.y * kHeadsPerCta + threadIdx.y;
   const int H = a.heads, KV = a.kv_heads, hd = a.head_dim;
@@ -76,7 +79,7 @@ std::string launch(const RopeArgs& a) {
   const int tx = a.head_dim >= 128 ? 128 : ((a.head_dim + 31) / 32) * 32;
   const dim3 block(tx, kHeadsPerCta);
   const dim3 grid(static_cast<unsigned>(a.B * a.S), (nh + kHeadsPerCta - 1) / kHeadsPerCta);
-  rope_qkv_kernel<T><<<grid, block, 0, a.stream>>>(a);
+  launch_pdl(rope_qkv_kernel<T>, grid, block, 0, a.stream, a);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(err);
   return {};

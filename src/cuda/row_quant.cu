@@ -59,7 +59,8 @@ namespace {
 // body: the per-token kernels keep their names and compile to the PTX they had before.
 template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
 __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
-  allow_dependents_to_launch();  // at entry: the next GEMM streams its weights meanwhile
+  pdl_trigger();  // at entry: the next kernel launches now (a streaming GEMM requests its weights)
+  pdl_wait();     // launched with PDL: the input comes from the kernel before (pdl.cuh)
   const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
   if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
   const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
@@ -289,9 +290,9 @@ row_quant_group_kernel(RowQuantArgs a) {
 template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
 void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
   if constexpr (kGroup) {
-    row_quant_group_kernel<T, kOp, VEC, kIters, kWarpRow><<<grid, threads, 0, a.stream>>>(a);
+    launch_pdl(row_quant_group_kernel<T, kOp, VEC, kIters, kWarpRow>, grid, dim3(threads), 0, a.stream, a);
   } else {
-    row_quant_kernel<T, kOp, VEC, kIters, kWarpRow><<<grid, threads, 0, a.stream>>>(a);
+    launch_pdl(row_quant_kernel<T, kOp, VEC, kIters, kWarpRow>, grid, dim3(threads), 0, a.stream, a);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "float_convert.cuh"
+#include "pdl.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
@@ -48,20 +49,6 @@ __device__ __forceinline__ float row_reduce(float v, Op op) {
     __syncthreads();
   }
   return v;
-}
-
-// Lets a kernel launched after this one with programmatic dependent launch (the GEMM that reads
-// this row op's output) launch now, at this kernel's entry: its CTAs take the SM slots this grid
-// leaves free (at decode one row is one CTA) and request their weights, which do not depend on this
-// kernel (the W4A8 streaming GEMMs: src/cuda/w4a8_gemm.cu, StreamLaunch; the sm90 GEMMs run their
-// prologue). Only a scheduling hint: the GEMM's griddepcontrol.wait returns once this whole grid
-// has completed and its writes are visible, so correctness never depends on where the trigger sits
-// (docs/PERF_NOTES.md). tests/test_gemm_gpu.py::test_pdl_gemm_waits_for_a_late_producer and
-// tests/test_w4a8_gpu.py::test_w4a8_stream_waits_for_a_late_producer guard the waits.
-__device__ __forceinline__ void allow_dependents_to_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
 }
 
 constexpr float kTiny = 0x1p-64f;  // rows with amax below this are pre-scaled by 2^64 (exact)

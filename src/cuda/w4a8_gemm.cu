@@ -44,6 +44,7 @@
 #include <string>
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
+#include "pdl.cuh"                  // launch_pdl, pdl_wait
 #include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
 #include "zq_kernels.h"
 
@@ -57,19 +58,16 @@ constexpr int kWarps = 8;  // per CTA
 // griddepcontrol.wait and only the activations (and the epilogue's inputs) after it, so that under
 // programmatic dependent launch the first DRAM round trip overlaps the previous kernel's tail (at
 // decode the weights are nearly all the bytes). The contract this needs: a streaming GEMM's weights
-// and scales are never written by the kernel launched just before it (no kernel of this library
-// writes packed codes or group scales and triggers its dependents early). Off (a probe's switch,
+// and scales are not written by any kernel that may still run when it starts, i.e. by the chain of
+// PDL-launched kernels before it (pdl.cuh: the row ops trigger at entry, so a chain runs back to
+// the last kernel that did not trigger early, e.g. any torch kernel or copy). No kernel of this
+// library that triggers early writes packed codes or group scales. Off (a probe's switch,
 // _C._debug_set_w4a8_early_weights): every thread waits first.
 struct StreamLaunch {
   int R;       // 16-row tiles per CTA (the CTA's warps split K into 8 / R slices)
   bool early;  // weights before the wait
 };
 
-__device__ __forceinline__ void wait_for_predecessor() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");  // the activations may come from the previous kernel
-#endif
-}
 
 using namespace w4;
 
@@ -153,9 +151,7 @@ __device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4],
   __shared__ float red[kWarps][kNT * 4][32];
   if (kp != 0) slice_write<kNT>(red, acc, warp, lane);
   __syncthreads();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
+  pdl_trigger();  // the next kernel launches now and waits for this grid (pdl.cuh)
   if (kp != 0 || !active) return;
   slice_add<kNT>(red, acc, warp, W, lane);
   store_tile<kNT, OutT>(a, acc, lane, rt, tok0);
@@ -206,7 +202,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, Stre
   const bool active = rt < (a.N >> 4);
   // A thread that skips the wait (early, inactive or without a chunk) reads no activation and
   // writes nothing to global memory: only slice 0 of an active tile stores, after its wait.
-  if (!L.early) wait_for_predecessor();
+  if (!L.early) pdl_wait();
 
   float acc[kNT][4];
 #pragma unroll
@@ -249,7 +245,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, Stre
       };
 #pragma unroll
       for (int u = 0; u < kRing; ++u) issue(kp + u * W, u);
-      if (L.early) wait_for_predecessor();
+      if (L.early) pdl_wait();
       for (int c0 = kp; c0 < nchunks; c0 += kRing * W) {
         float part[kNT][4];
 #pragma unroll
@@ -313,7 +309,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, Stre
           if (c < nchunks) fetch(c, wv[u], slo[u], shi[u]);
         }
       }
-      if (L.early && c0 == kp) wait_for_predecessor();  // two batches of weights requested
+      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
       uint4 xh[kHoistX ? kBatch : 1][kNT];
       if constexpr (kHoistX) {
 #pragma unroll
@@ -483,17 +479,8 @@ void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tok
     if (static_cast<double>((ntiles + cand - 1) / cand) * ytiles >= slots) R = cand;
   }
   if (gemm_tuning().w4a8_rows_per_cta > 0) R = gemm_tuning().w4a8_rows_per_cta;  // a probe's choice
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((ntiles + R - 1) / R, ytiles);
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = a.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = gemm_tuning().pdl ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  const StreamLaunch L{R, gemm_tuning().pdl && gemm_tuning().w4a8_early_weights};
-  cudaLaunchKernelEx(&cfg, kernel, a, L);
+  const StreamLaunch L{R, pdl_enabled() && gemm_tuning().w4a8_early_weights};
+  launch_pdl(kernel, dim3((ntiles + R - 1) / R, ytiles), dim3(kWarps * 32), 0, a.stream, a, L);
 }
 
 template <class Args>
@@ -638,7 +625,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, St
   const int nchunks = a.K >> 6;
   const int tok0 = blockIdx.y * 8 * kNT;
   const bool active = rt < (a.N >> 4);
-  if (!L.early) wait_for_predecessor();  // else after the first two batches' weights (StreamLaunch)
+  if (!L.early) pdl_wait();  // else after the first two batches' weights (StreamLaunch)
 
   float accf[kNT][4];
   int32_t acci[kNT][4];
@@ -693,7 +680,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, St
         const int c = c0 + step + u * W;
         if (c < nchunks) fetch(c, nw[u], nsc[u]);
       }
-      if (L.early && c0 == kp) wait_for_predecessor();  // two batches of weights requested
+      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * W;
