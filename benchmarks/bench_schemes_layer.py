@@ -155,7 +155,7 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-compile", action="store_true", help="bf16 in eager and graph only (no torch.compile)")
     ap.add_argument("--torchao", action="store_true", help="also torchao's FP8 row-wise layer (graph, compile, reduce-overhead)")
-    ap.add_argument("--decode-attention", choices=("gqa", "packed", "kernel", "hf"), default=None,
+    ap.add_argument("--decode-attention", choices=("auto", "gqa", "packed", "kernel", "hf"), default=None,
                     help="fused blocks' one-token attention (nn.blocks_base.DECODE_ATTENTION; default: the library's)")
     ap.add_argument("--torch-rope", action="store_true",
                     help="fused blocks take the torch RoPE + cache.update instead of rope_qkv (one kernel; A/B)")

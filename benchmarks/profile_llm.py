@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=14, help="kernels listed per side")
     p.add_argument("--copy-tbs", type=float, default=3.0, help="copy bandwidth for the floor, TB/s (default 3.0)")
-    p.add_argument("--decode-attention", choices=("gqa", "packed", "kernel", "hf"), default=None,
+    p.add_argument("--decode-attention", choices=("auto", "gqa", "packed", "kernel", "hf"), default=None,
                    help="fused blocks' one-token attention (nn.blocks_base.DECODE_ATTENTION; default: the library's)")
     p.add_argument("--json", default=None)
     p.add_argument("--dry-run", action="store_true", help="CPU: tiny model, no kernel times")

@@ -223,7 +223,7 @@ def test_one_token_gqa_attention_modes(cache, monkeypatch):
     m = zqkernels.quantize_model(llama(num_attention_heads=8, num_key_value_heads=2))
     blocks = [b for b in m.modules() if type(b).__name__ == "QLlamaDecoderLayer"]
     assert blocks and all(b._one_token_sdpa for b in blocks)
-    assert blocks_base.DECODE_ATTENTION == "gqa"
+    assert blocks_base.DECODE_ATTENTION == "auto"  # on the CPU: "gqa" (the kernel is CUDA's)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
@@ -232,18 +232,18 @@ def test_one_token_gqa_attention_modes(cache, monkeypatch):
     ids = IDS[:2, :6]
     out = {}
     with torch.no_grad():
-        for mode in ("gqa", "packed", "hf"):
+        for mode in ("auto", "gqa", "packed", "hf"):
             monkeypatch.setattr(blocks_base, "DECODE_ATTENTION", mode)
             calls.clear()
             out[mode] = m.generate(ids, max_new_tokens=3, do_sample=False, cache_implementation=cache,
                                    attention_mask=torch.ones_like(ids), output_logits=True,
                                    return_dict_in_generate=True)
             steps = [c for c in calls if c[0][2] == 1 or mode == "packed" and c[0][1:3] == (2, 4)]
-            if mode == "gqa":  # the decode steps' queries: [B, H, 1, hd] against [B, KV, L, hd]
+            if mode in ("auto", "gqa"):  # the decode steps' queries: [B, H, 1, hd] against [B, KV, L, hd]
                 assert any(c[0] == (2, 8, 1, 8) and c[1][1] == 2 and c[2] for c in steps), calls
             if mode == "packed":  # [B, KV, G, hd]
                 assert any(c[0] == (2, 2, 4, 8) for c in steps), calls
-    for mode in ("gqa", "packed"):
+    for mode in ("auto", "gqa", "packed"):
         assert torch.equal(out[mode].sequences, out["hf"].sequences)
         for a, b in zip(out[mode].logits, out["hf"].logits):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -96,7 +96,7 @@ def test_decode_attention_option(capsys, tiny, tmp_path, monkeypatch):
     assert "decode attention 'packed'" in out
     assert json.loads(js.read_text())["decode_attention"] == "packed"
     assert seen and set(seen) == {"packed"}  # the fused blocks ran with it (only the quantized side has them)
-    assert blocks_base.DECODE_ATTENTION == "gqa"  # restored
+    assert blocks_base.DECODE_ATTENTION == "auto"  # restored
     with pytest.raises(SystemExit):
         run_cli(capsys, ["generate-bench", tiny["dir"], "--decode-attention", "fast", *FAST])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
