@@ -84,7 +84,8 @@ def add_parser(sub: Any) -> None:
                    help="where the models run (default: cuda where the zqkernels kernels run, else cpu)")
     g.add_argument("--decode-attention", default=None, choices=DECODE_MODES,
                    help="how the quantized model's fused blocks attend at one-token steps (default: the library's, "
-                   f"'{DECODE_ATTENTION}'); 'kernel' runs zqkernels.decode_attention on a GPU (docs/FUSED.md, "
+                   f"'{DECODE_ATTENTION}'); 'kernel' runs zqkernels.decode_attention on a GPU, 'auto' does up to 16 "
+                   "sequences (docs/FUSED.md, "
                    "\"Decode attention\")")
 
 
