@@ -201,16 +201,10 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-#: How fused blocks attend in one-token steps (decode) with HF's SDPA attention: "gqa" (one SDPA call
-#: with enable_gqa=True: cuDNN / flash read the grouped KV cache as it is), "packed" (each KV head's
-#: query heads as query rows, q [B, KV, G, hd]), "kernel" (``decode_attention``, ops/attention.py, on
-#: CUDA where it applies, else "gqa"), "hf" (HF's function: k and v copied per query head when a mask
-#: is given), "auto" (the default): "kernel" up to AUTO_KERNEL_MAX_BATCH sequences, "gqa" above.
-#: Measured in the whole Llama-3-8B-shaped model (bench_llm.py, H100, commit dd3aa67, CUDA graphs,
-#: W4A8 / W8A8 ms, gqa -> kernel): batch 1 ctx 1024 3.248 -> 3.075 (W4A8); batch 16 ctx 1024 5.061 ->
-#: 4.826 / 4.708 -> 4.540; batch 1 ctx 4096 3.449 -> 3.283 / 4.088 -> 3.967; batch 16 ctx 4096 7.412
-#: -> 7.379 / 7.063 -> 7.026; batch 64 ctx 1024 9.721 -> 9.830 / 7.204 -> 7.351 (docs/FUSED.md,
-#: "Decode attention"; bench_attention.py, profile_llm.py --decode-attention MODE are the A/B tools).
+#: One-token (decode) attention of the fused blocks under HF's SDPA: "gqa" (SDPA, enable_gqa=True), "packed"
+#: (q as [B, KV, G, hd] rows), "kernel" (``decode_attention`` on CUDA where it applies, else "gqa"), "hf"
+#: (HF's function), "auto" (default): "kernel" up to AUTO_KERNEL_MAX_BATCH sequences, "gqa" above, as
+#: measured in a whole Llama-3-8B-shaped model (docs/FUSED.md, "Decode attention").
 DECODE_ATTENTION = "auto"
 DECODE_MODES = ("auto", "gqa", "packed", "kernel", "hf")
 AUTO_KERNEL_MAX_BATCH = 16
@@ -499,8 +493,7 @@ class QuantizedBlock(nn.Module):
         mode = DECODE_ATTENTION
         if mode not in DECODE_MODES:
             raise _bad_decode_mode(mode)
-        if mode == "auto":
-            mode = "kernel" if B <= AUTO_KERNEL_MAX_BATCH else "gqa"
+        mode = ("kernel" if B <= AUTO_KERNEL_MAX_BATCH else "gqa") if mode == "auto" else mode
         if S == 1 and self._one_token_sdpa and kwargs.keys() <= _SDPA_IGNORES and mode != "hf":
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
             plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
