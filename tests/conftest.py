@@ -100,6 +100,52 @@ def debug_setting(name: str, value):
         setter(previous)
 
 
+LATE_SPIN_US = 50  # how late the PDL probe producer writes (check_after_late_producer)
+
+
+def late_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Copy src into dst with the PDL probe kernel: it triggers its dependents at entry and writes dst
+    LATE_SPIN_US later."""
+    stream = torch.cuda.current_stream().cuda_stream
+    _ext._C._debug_delayed_copy(src.data_ptr(), dst.data_ptr(), src.numel() * src.element_size(), LATE_SPIN_US, 0, stream)
+
+
+def check_after_late_producer(op, inputs: list[torch.Tensor], what: str) -> None:
+    """The guard of a kernel's griddepcontrol.wait: op(*inputs) on ready inputs must equal, bit for bit,
+    op on copies of the inputs that a producer triggering its dependents at entry writes LATE_SPIN_US
+    late (late_copy), eagerly and under CUDA graph replay. op returns a tensor or a tuple of them."""
+    if not _ext._C._debug_pdl():
+        pytest.skip("PDL is switched off (ZQKERNELS_PDL=0)")
+    ready = op(*inputs)
+    ready = ready if isinstance(ready, tuple) else (ready,)
+    dsts = [torch.zeros_like(t) for t in inputs]
+
+    def late():
+        for s, d in zip(inputs, dsts):
+            late_copy(s, d)
+        out = op(*dsts)
+        return out if isinstance(out, tuple) else (out,)
+
+    def same(outs, where):
+        for i, (o, r) in enumerate(zip(outs, ready)):
+            assert torch.equal(o, r), f"{what}: output {i} differs {where} after a late producer"
+
+    for _ in range(2):
+        for d in dsts:
+            d.zero_()
+        same(late(), "eagerly")
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = late()
+    for _ in range(2):
+        for d in dsts:
+            d.zero_()
+        g.replay()
+        torch.cuda.synchronize()
+        same(outs, "in a graph replay")
+
+
 def capture(fn):
     """A CUDA graph of one call of fn, after a warm-up call on a side stream (as torch recommends
     before capture); returns (graph, the captured call's outputs, rewritten by each replay)."""

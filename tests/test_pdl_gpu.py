@@ -11,55 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, debug_setting, requires_gpu, requires_sm90
-from zqkernels import _ext
+from conftest import DEV, check_after_late_producer, debug_setting, requires_gpu, requires_sm90
 from zqkernels.ops import decode_attention
 from zqkernels.ops.rope import rope_qkv
 
 pytestmark = [requires_gpu, requires_sm90("programmatic dependent launch (sm_90)")]
-
-SPIN_US = 50
-
-
-def _late(src: torch.Tensor, dst: torch.Tensor) -> None:
-    """Copy src into dst with the PDL probe kernel: it triggers its dependents at entry and writes dst
-    SPIN_US later."""
-    stream = torch.cuda.current_stream().cuda_stream
-    _ext._C._debug_delayed_copy(src.data_ptr(), dst.data_ptr(), src.numel() * src.element_size(), SPIN_US, 0, stream)
-
-
-def _check_after_late_producer(op, inputs: list[torch.Tensor], what: str) -> None:
-    """op(*inputs) on ready inputs against op on copies written late, eagerly and in a graph."""
-    if not _ext._C._debug_pdl():
-        pytest.skip("PDL is switched off (ZQKERNELS_PDL=0)")
-    ready = op(*inputs)
-    ready = ready if isinstance(ready, tuple) else (ready,)
-    dsts = [torch.zeros_like(t) for t in inputs]
-
-    def late():
-        for s, d in zip(inputs, dsts):
-            _late(s, d)
-        out = op(*dsts)
-        return out if isinstance(out, tuple) else (out,)
-
-    def same(outs, where):
-        for i, (o, r) in enumerate(zip(outs, ready)):
-            assert torch.equal(o, r), f"{what}: output {i} differs {where} after a late producer"
-
-    for _ in range(2):
-        for d in dsts:
-            d.zero_()
-        same(late(), "eagerly")
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = late()
-    for _ in range(2):
-        for d in dsts:
-            d.zero_()
-        g.replay()
-        torch.cuda.synchronize()
-        same(outs, "in a graph replay")
 
 
 @pytest.mark.parametrize("M", [1, 16, 300])
@@ -68,11 +24,11 @@ def test_row_ops_wait(M):
     x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
     r = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
     w = torch.rand(K, device=DEV, dtype=torch.bfloat16) + 0.5
-    _check_after_late_producer(lambda a: zqkernels.quantize_per_token(a), [x], f"quantize_per_token M={M}")
-    _check_after_late_producer(lambda a, b: zqkernels.ops.add_rmsnorm_quant(a, b, w), [x, r],
+    check_after_late_producer(lambda a: zqkernels.quantize_per_token(a), [x], f"quantize_per_token M={M}")
+    check_after_late_producer(lambda a, b: zqkernels.ops.add_rmsnorm_quant(a, b, w), [x, r],
                                f"add_rmsnorm_quant M={M}")
     gu = torch.randn(M, 2 * K, device=DEV, dtype=torch.bfloat16)
-    _check_after_late_producer(lambda a: zqkernels.ops.silu_mul_quant(a), [gu], f"silu_mul_quant M={M}")
+    check_after_late_producer(lambda a: zqkernels.ops.silu_mul_quant(a), [gu], f"silu_mul_quant M={M}")
 
 
 def test_rope_qkv_waits():
@@ -80,7 +36,7 @@ def test_rope_qkv_waits():
     qkv = torch.randn(B, S, (H + 2 * KV) * hd, device=DEV, dtype=torch.bfloat16)
     cos = torch.randn(B, S, hd, device=DEV, dtype=torch.bfloat16)
     sin = torch.randn(B, S, hd, device=DEV, dtype=torch.bfloat16)
-    _check_after_late_producer(lambda a, c, s: rope_qkv(a, c, s, H, KV, hd), [qkv, cos, sin], "rope_qkv")
+    check_after_late_producer(lambda a, c, s: rope_qkv(a, c, s, H, KV, hd), [qkv, cos, sin], "rope_qkv")
 
 
 @pytest.mark.parametrize("L", [200, 1024])
@@ -91,7 +47,7 @@ def test_decode_attention_waits(L):
     v = torch.randn(B, KV, L, hd, device=DEV, dtype=torch.bfloat16)
     mask = torch.ones(B, 1, 1, L, device=DEV, dtype=torch.bool)
     mask[:, :, :, L - L // 8:] = False
-    _check_after_late_producer(lambda a, b, c: decode_attention(a, b, c, mask), [q, k, v], f"decode_attention L={L}")
+    check_after_late_producer(lambda a, b, c: decode_attention(a, b, c, mask), [q, k, v], f"decode_attention L={L}")
 
 
 @pytest.mark.parametrize("early", [True, False])
@@ -113,4 +69,4 @@ def test_decode_chain_waits(early):
 
     x = torch.randn(M, K, device=DEV, dtype=torch.bfloat16)
     with debug_setting("w4a8_early_weights", early):
-        _check_after_late_producer(chain, [x], f"decode chain early={early}")
+        check_after_late_producer(chain, [x], f"decode chain early={early}")

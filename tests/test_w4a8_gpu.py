@@ -11,13 +11,13 @@ from conftest import (
     DEV,
     assert_gemm_close,
     calc_diff,
+    check_after_late_producer,
     debug_setting,
     graph_replay,
     poison_next_allocation,
     requires_gpu,
     requires_sm90,
 )
-from zqkernels import _ext
 from zqkernels.reference import w4a8_fp_gemm_ref, w4a8_gemm_ref
 from zqkernels.reference.quantize import pack_int4
 
@@ -153,9 +153,6 @@ def test_w4a8_stream_waits_for_a_late_producer(fmt, early):
     activations and their scales only after it. A producer that triggers its dependents at entry, spins
     50 us and only then writes xq and sx runs right before the GEMM, eagerly and under graph replay:
     the output must equal the same call on ready inputs bit for bit (and that one the reference)."""
-    C = _ext._C
-    if not C._debug_pdl():
-        pytest.skip("PDL is switched off (ZQKERNELS_PDL=0)")
     N, K, g = 2048, 4096, 128
     torch.manual_seed(2)
     w = torch.randn(N, K, device=DEV) * 0.02
@@ -181,31 +178,7 @@ def test_w4a8_stream_waits_for_a_late_producer(fmt, early):
                 ref = w4a8_fp_gemm_ref(xq, wq, sw, sg, sx, g, None, torch.bfloat16)
             ready = gemm(xq, sx)
             assert calc_diff(ready.double().cpu(), ref.double().cpu()) < 1e-5, f"{fmt} M={M}: ready inputs"
-            stream = torch.cuda.current_stream().cuda_stream
-            dst_x, dst_s = torch.zeros_like(xq), torch.zeros_like(sx)
-
-            def late(dst_x=dst_x, dst_s=dst_s, xq=xq, sx=sx, gemm=gemm):
-                C._debug_delayed_copy(xq.data_ptr(), dst_x.data_ptr(), xq.numel(), 50, 0, stream)
-                C._debug_delayed_copy(sx.data_ptr(), dst_s.data_ptr(), 4 * sx.numel(), 50, 0, stream)
-                return gemm(dst_x, dst_s)
-
-            for _ in range(2):
-                dst_x.zero_()
-                dst_s.zero_()
-                assert torch.equal(late(), ready), f"{fmt} M={M} early={early}: eager after a late producer"
-            dst_x.zero_()
-            dst_s.zero_()
-            g_, out = torch.cuda.CUDAGraph(), None
-            with torch.cuda.graph(g_):
-                stream = torch.cuda.current_stream().cuda_stream
-                out = late()
-            for _ in range(2):
-                dst_x.zero_()
-                dst_s.zero_()
-                g_.replay()
-                torch.cuda.synchronize()
-                assert torch.equal(out, ready), f"{fmt} M={M} early={early}: graph replay after a late producer"
-            stream = torch.cuda.current_stream().cuda_stream
+            check_after_late_producer(gemm, [xq, sx], f"{fmt} M={M} early={early}")
 
 
 @needs_sm90
