@@ -149,7 +149,7 @@ def test_w4a8_gemm_overflow_bound_adversarial(K):
 @pytest.mark.parametrize("fmt", ["int4", "fp4"])
 def test_w4a8_stream_waits_for_a_late_producer(fmt, early):
     """Under programmatic dependent launch the streaming kernels request their first weights before
-    griddepcontrol.wait (``early``, the default; src/cuda/w4a8_gemm.cu, StreamLaunch) and may read the
+    griddepcontrol.wait (``early``, the default; src/cuda/w4a8_stream_common.cuh, StreamLaunch) and may read the
     activations and their scales only after it. A producer that triggers its dependents at entry, spins
     50 us and only then writes xq and sx runs right before the GEMM, eagerly and under graph replay:
     the output must equal the same call on ready inputs bit for bit (and that one the reference)."""

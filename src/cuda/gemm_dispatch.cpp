@@ -109,7 +109,7 @@ constexpr Rule kSm80Int8Rowwise8[] = {
 // Group-scaled int8 (integer or float group scales, sm90_group_mainloop.cuh): one tile. The
 // mainloop keeps three 64-value accumulator sets per thread (partial sum, int32 sum, fp32 sum),
 // which the 128 x 128 cooperative tile affords and 128 x 256 does not. Decode-sized M runs the
-// streaming kernel of w4a8_gemm.cu instead (the Python layer picks by M).
+// streaming kernel of w4a8_int_gemm.cu instead (the Python layer picks by M).
 constexpr Rule kSm90Int8Group[] = {
     {kAny, kAny, "128x128x128_coop"},
 };

@@ -1,5 +1,5 @@
 // w4_convert.cuh: 4-bit weight codes -> 8-bit MMA operands in registers, by byte permutes (prmt).
-// Shared by the W4A8 streaming kernels (w4a8_gemm.cu) and the Hopper mixed-input mainloop
+// Shared by the W4A8 streaming kernels (w4a8_gemm.cu, w4a8_int_gemm.cu) and the Hopper mixed-input mainloop
 // (sm90_w4a8_mainloop.cuh). FP4 (layout m16k64, docs/FP8.md): a 32-bit word holds 8 codes, code j
 // in bits 4j..4j+3; its low 16 bits give one 4-byte MMA register, its high 16 bits another; per 4
 // codes 3 permutes, plus 3 logic ops per word for the selectors; no float instruction touches a

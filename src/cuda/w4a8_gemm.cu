@@ -1,5 +1,5 @@
-// w4a8_gemm.cu: the W4A8 streaming and conversion kernels. W4A8 with integer group scales is in the
-// section "W4A8 with integer group scales" below; first:
+// w4a8_gemm.cu: the W4A8-FP streaming and conversion kernels (W4A8 with integer group scales, INT4 x
+// INT8: w4a8_int_gemm.cu; what both streaming GEMMs share: w4a8_stream_common.cuh).
 // W4A8-FP (ZeroQuant-FP): FP4 E2M1 weights with group scales x FP8 E4M3
 // per-token activations on FP8 tensor cores, for any GPU with FP8 mma.sync (sm_89+; built for
 // sm_90a here). docs/FP8.md defines the formats and the packed layout `m16k64`.
@@ -43,33 +43,11 @@
 #include <cstdint>
 #include <string>
 
-#include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
-#include "pdl.cuh"                  // launch_pdl, pdl_wait
-#include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
+#include "w4a8_stream_common.cuh"  // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
 #include "zq_kernels.h"
 
 namespace zq {
 namespace {
-
-constexpr int kWarps = 8;  // per CTA
-
-// How a streaming kernel's grid is laid out and when its threads wait for the previous kernel.
-// early: the weights and group scales of a warp's first two batches are requested before
-// griddepcontrol.wait and only the activations (and the epilogue's inputs) after it, so that under
-// programmatic dependent launch the first DRAM round trip overlaps the previous kernel's tail (at
-// decode the weights are nearly all the bytes). The contract this needs: a streaming GEMM's weights
-// and scales are not written by any kernel that may still run when it starts, i.e. by the chain of
-// PDL-launched kernels before it (pdl.cuh: the row ops trigger at entry, so a chain runs back to
-// the last kernel that did not trigger early, e.g. any torch kernel or copy). No kernel of this
-// library that triggers early writes packed codes or group scales. Off (a probe's switch,
-// _C._debug_set_w4a8_early_weights): every thread waits first.
-struct StreamLaunch {
-  int R;       // 16-row tiles per CTA (the CTA's warps split K into 8 / R slices)
-  bool early;  // weights before the wait
-};
-
-
-using namespace w4;
 
 __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -77,84 +55,6 @@ __device__ __forceinline__ void mma_e4m3(float (&d)[4], const uint32_t (&a)[4], 
       "{%0,%1,%2,%3};"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {  // read once: keep it out of L1
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-template <typename T> __device__ __forceinline__ T out_cast(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 out_cast<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half out_cast<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ float out_cast<float>(float v) { return v; }
-template <typename T> __device__ __forceinline__ float bias_f(const T* b, int n) { return b ? static_cast<float>(b[n]) : 0.f; }
-template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bfloat16* b, int n) {
-  return b ? __bfloat162float(b[n]) : 0.f;
-}
-template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
-
-// y = act(sx[m] * (sw[n] * acc) + bias[n]) for the 16 rows x 8 kNT tokens of row tile rt (the MMA's
-// accumulator layout: lane 4 r + t holds rows r, r + 8 and tokens 2 t, 2 t + 1 of each 8).
-template <int kNT, typename OutT, class Args>
-__device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT][4], int lane, int rt, int tok0) {
-  const int r = lane >> 2, t = lane & 3;
-  const int act = static_cast<int>(a.activation);
-  const OutT* bias = static_cast<const OutT*>(a.bias);
-  OutT* out = static_cast<OutT*>(a.out);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
-    const int n = rt * 16 + r + 8 * h;
-    const float sw = a.sb[n];
-    const float b = bias_f(bias, n);
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int m = tok0 + j * 8 + 2 * t + i;
-        if (m >= a.M) continue;
-        float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
-        if (act != 0) v = epi::activate(v, act);
-        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
-      }
-  }
-}
-
-// The K-slice reduction through shared memory (red: [warps][kNT * 4][32] floats): every slice but the
-// first writes its sums, the first (warp w0) adds those of warps w0 + 1 .. w0 + W - 1.
-template <int kNT>
-__device__ __forceinline__ void slice_write(float (*red)[kNT * 4][32], const float (&acc)[kNT][4], int warp, int lane) {
-#pragma unroll
-  for (int j = 0; j < kNT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) red[warp][j * 4 + i][lane] = acc[j][i];
-}
-template <int kNT>
-__device__ __forceinline__ void slice_add(float (*red)[kNT * 4][32], float (&acc)[kNT][4], int w0, int W, int lane) {
-  for (int o = 1; o < W; ++o) {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[j][i] += red[w0 + o][j * 4 + i][lane];
-  }
-}
-
-// The end of every streaming kernel: reduce the W K-slices of each row tile through shared memory
-// (slices 1..W-1 write, slice 0 adds), then slice 0 applies the epilogue,
-// y = act(sx[m] * (sw[n] * acc) + bias[n]), and stores its 16 rows x 8 kNT tokens.
-template <int kNT, typename OutT, class Args>
-__device__ __forceinline__ void finish_tile(const Args& a, float (&acc)[kNT][4], int warp, int lane, int kp, int W,
-                                            bool active, int rt, int tok0) {
-  __shared__ float red[kWarps][kNT * 4][32];
-  if (kp != 0) slice_write<kNT>(red, acc, warp, lane);
-  __syncthreads();
-  pdl_trigger();  // the next kernel launches now and waits for this grid (pdl.cuh)
-  if (kp != 0 || !active) return;
-  slice_add<kNT>(red, acc, warp, W, lane);
-  store_tile<kNT, OutT>(a, acc, lane, rt, tok0);
 }
 
 // One chunk of 64 of K for one warp: convert the lane's 32 codes (rows r, r + 8) with the group
@@ -409,87 +309,6 @@ __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int gro
   *reinterpret_cast<uint4*>(out + (n_lo + 8) * K + k0) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
 }
 
-// INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
-// (the "convert" baseline of w4a8_gemm, and the tests). One thread per lane chunk of 16 bytes: byte j
-// of word 2s + q holds rows r (low nibble) and r + 8 (high nibble) at k = 64c + 32s + 16q + 4t + j
-// (the int8 MMA's natural A fragment); int4_word_to_int8 sign-extends both halves.
-__global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int nchunks = K >> 6;
-  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
-  const int lane = static_cast<int>(i & 31);
-  const int64_t tc = i >> 5;
-  const int c = static_cast<int>(tc % nchunks);
-  const int rt = static_cast<int>(tc / nchunks);
-  const int r = lane >> 2, t = lane & 3;
-  const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
-#pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
-    const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 4 * t;  // word 2s + q: k0 + 16q + j
-    uint32_t* lo = reinterpret_cast<uint32_t*>(out + n_lo * K + k0);
-    uint32_t* hi = reinterpret_cast<uint32_t*>(out + (n_lo + 8) * K + k0);
-    lo[0] = q0.lo;
-    lo[4] = q1.lo;
-    hi[0] = q0.hi;
-    hi[4] = q1.hi;
-  }
-}
-
-// The checks every streaming GEMM runs before a launch. group_multiple: the group size must be a
-// multiple of it (16: a lane's 16 k in one group; 32: an MMA step in one group); sg_bytes: the
-// element size of the group scales.
-template <class Args>
-std::string check_stream_args(const Args& a, int group_multiple, uintptr_t sg_bytes) {
-  if (a.M <= 0 || a.N <= 0 || a.K <= 0) return "M, N, K must be > 0";
-  if (a.N % 16 != 0) return "N must be a multiple of 16, got " + std::to_string(a.N);
-  if (a.K % 64 != 0) return "K must be a multiple of 64, got " + std::to_string(a.K);
-  if (a.group_size <= 0 || a.group_size % group_multiple != 0 || a.K % a.group_size != 0) {
-    return "group_size must be a multiple of " + std::to_string(group_multiple) + " dividing K, got " +
-           std::to_string(a.group_size);
-  }
-  if (a.lda < a.K || a.lda % 16 != 0) return "lda must be >= K and a multiple of 16";
-  const auto aligned = [](const void* p, uintptr_t n) { return p != nullptr && reinterpret_cast<uintptr_t>(p) % n == 0; };
-  if (!aligned(a.a, 16) || !aligned(a.b, 16)) return "xq and wq must be 16-byte aligned";
-  if (!aligned(a.sg, sg_bytes) || !aligned(a.sa, 4) || !aligned(a.sb, 4) || a.out == nullptr) {
-    return "null or misaligned scale / output pointer";
-  }
-  const int act = static_cast<int>(a.activation);
-  if (act < 0 || act > 3) return "activation code must be 0..3";
-  return {};
-}
-
-// Launch a streaming kernel over the row tiles, R 16-row tiles per CTA (the CTA's warps split K
-// into W = 8 / R slices and reduce them in shared memory). R: the largest that still gives every CTA
-// slot (occupancy x SMs) a CTA in the first wave, else 1. A larger R makes each warp stream more
-// chunks with fewer prologues, drains and reductions, which pays more than a partial last wave costs
-// while the slots are full (H100, scripts/profile_w4a8_stream.py --rows-per-cta,
-// benchmarks/results/w4a8_stream_rows_h100-80gb-hbm3_5423d26.txt: INT4 28672 x 4096 M = 1 takes
-// 33.0 / 30.8 / 29.7 / 29.5 us at R = 1 / 2 / 4 / 8, but 4096 x 14336 16.3 / 24.6 / 43.4 / 84.6, where
-// R = 2 leaves SMs idle). occupancy: the kernel's CTAs per SM (the caller caches it).
-template <class Args>
-void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tokens_per_cta, int occupancy) {
-  const int ntiles = a.N / 16;
-  const int ytiles = (a.M + tokens_per_cta - 1) / tokens_per_cta;
-  const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
-  int R = 1;
-  for (int cand = 2; cand <= kWarps; cand *= 2) {
-    if (static_cast<double>((ntiles + cand - 1) / cand) * ytiles >= slots) R = cand;
-  }
-  if (gemm_tuning().w4a8_rows_per_cta > 0) R = gemm_tuning().w4a8_rows_per_cta;  // a probe's choice
-  const StreamLaunch L{R, pdl_enabled() && gemm_tuning().w4a8_early_weights};
-  launch_pdl(kernel, dim3((ntiles + R - 1) / R, ytiles), dim3(kWarps * 32), 0, a.stream, a, L);
-}
-
-template <class Args>
-int occupancy_of(void (*kernel)(Args, StreamLaunch)) {
-  int occupancy = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
-  return occupancy < 1 ? 1 : occupancy;
-}
-
 template <int kNT, bool kPow2, typename OutT, int kBatch, bool kPipe, int kRing = 0>
 void launch_stream(const W4A8FPArgs& a) {
   constexpr auto kernel = w4a8_fp_stream<kNT, kPow2, OutT, kBatch, kPipe, kRing>;
@@ -543,208 +362,6 @@ void dispatch_scale(const W4A8FPArgs& a) {
   return dispatch_nt<false, OutT>(a);
 }
 
-// ---------------------------------------------------------------------------------------------
-// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> the int8 bytes 16 q
-// (w4_convert.cuh, int4_word_to_int8x16: 3 instructions per 8 codes), INT8 mma.sync into an int32
-// step result P16 = 16 P (one MMA step = 32 consecutive k, inside one group; |P16| <= 2^19), then
-// per step:
-//   int scales:   acc_i += s_int * P16  (integer multiply-add; acc_i flushed to fp32 every F steps,
-//                 F * 2^19 * max(s_int) < 2^31: no overflow for any input; the host sends bounds
-//                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
-//   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
-// and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
-// The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
-// mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
-
-__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};"
-      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
-}
-
-// The B fragment of one int8 mma.m16n8k32 step in the natural k order (layout m16k32 keeps it):
-// lane t's bytes k = 4t..4t+3 and 16+4t..16+4t+3 of the step (p already offset by 4t).
-__device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
-  return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
-}
-
-// One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
-// steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
-// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
-// float scales into accf.
-template <int kNT, bool kIntScale>
-__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
-                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
-                                          int flush_steps) {
-  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
-    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      int32_t p[4];
-      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
-      if constexpr (kIntScale) {
-        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
-        acci[j][0] += lo * p[0];
-        acci[j][1] += lo * p[1];
-        acci[j][2] += hi * p[2];
-        acci[j][3] += hi * p[3];
-      } else {
-        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
-        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
-        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
-        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
-        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
-      }
-    }
-    if constexpr (kIntScale) {
-      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
-        steps = 0;
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-      }
-    }
-  }
-}
-
-template <int kNT, bool kIntScale, typename OutT>
-__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
-  constexpr int kBatch = 4;
-  const int R = L.R;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int r = lane >> 2, t = lane & 3;
-  const int W = kWarps / R;
-  const int rt = blockIdx.x * R + warp / W;
-  const int kp = warp % W;
-  const int nchunks = a.K >> 6;
-  const int tok0 = blockIdx.y * 8 * kNT;
-  const bool active = rt < (a.N >> 4);
-  if (!L.early) pdl_wait();  // else after the first two batches' weights (StreamLaunch)
-
-  float accf[kNT][4];
-  int32_t acci[kNT][4];
-#pragma unroll
-  for (int j = 0; j < kNT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
-
-  if (active) {
-    const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
-    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
-    const uint8_t* xrow[kNT];
-    bool tok_ok[kNT];
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
-    }
-    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
-    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
-    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
-    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
-    const uint32_t gmul = (0x80000000u + d - 1) / d;
-    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
-    const auto scale_at = [&](int c, int s) -> const uint32_t* {
-      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
-    };
-    int steps = 0;
-    const int step = W * kBatch;
-    uint4 wv[kBatch];
-    uint32_t sc[kBatch][4];
-    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
-      w = load_stream(wp + static_cast<int64_t>(c) * 32);
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t* p = scale_at(c, s);
-        scv[2 * s] = __ldg(p);
-        scv[2 * s + 1] = __ldg(p + 8);
-      }
-    };
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int c = kp + u * W;
-      if (c < nchunks) fetch(c, wv[u], sc[u]);
-    }
-    for (int c0 = kp; c0 < nchunks; c0 += step) {
-      uint4 nw[kBatch];
-      uint32_t nsc[kBatch][4];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + step + u * W;
-        if (c < nchunks) fetch(c, nw[u], nsc[u]);
-      }
-      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + u * W;
-        if (c >= nchunks) break;
-        uint2 xv[kNT][2];
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int s = 0; s < 2; ++s)
-            xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        wv[u] = nw[u];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
-      }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kNT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
-
-  finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
-}
-
-template <int kNT, bool kIntScale, typename OutT>
-void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
-  static const int occupancy = occupancy_of(kernel);
-  launch_row_tiles(kernel, a, 8 * kNT, occupancy);
-}
-
-template <bool kIntScale, typename OutT>
-void dispatch_int(const W4A8IntArgs& a) {
-  if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
-  if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
-  if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
-  return launch_int<8, kIntScale, OutT>(a);
-}
-
-template <typename OutT>
-void dispatch_int_scale(const W4A8IntArgs& a) {
-  if (a.int_scales) return dispatch_int<true, OutT>(a);
-  return dispatch_int<false, OutT>(a);
-}
-
-// The conversion kernels (fp4_to_fp8, int4_to_int8): one thread per 16-byte lane chunk of the packed
-// layout, N / 16 row tiles x K / 64 chunks x 32 lanes.
-constexpr int kConvertBlock = 256;
-unsigned convert_blocks(int N, int K) {
-  const int64_t threads = static_cast<int64_t>(N / 16) * (K / 64) * 32;
-  return static_cast<unsigned>((threads + kConvertBlock - 1) / kConvertBlock);
-}
-
-// "" when the last launch on this thread was accepted, else why not.
-std::string launch_status() {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
-  return {};
-}
-
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
@@ -771,31 +388,6 @@ std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int gro
     fp4_to_fp8_kernel<true><<<blocks, block, 0, stream>>>(packed, sg, group_size, N, K, o);
   } else {
     fp4_to_fp8_kernel<false><<<blocks, block, 0, stream>>>(packed, sg, group_size, N, K, o);
-  }
-  return launch_status();
-}
-
-std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream) {
-  if (N <= 0 || K <= 0 || N % 16 != 0 || K % 64 != 0) return "N must be a positive multiple of 16 and K of 64";
-  if (reinterpret_cast<uintptr_t>(packed) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
-    return "packed and out must be 16-byte aligned";
-  }
-  const unsigned blocks = convert_blocks(N, K);
-  constexpr int block = kConvertBlock;
-  int4_to_int8_kernel<<<blocks, block, 0, stream>>>(packed, N, K, static_cast<uint8_t*>(out));
-  return launch_status();
-}
-
-std::string w4a8_int_gemm(const W4A8IntArgs& a) {
-  std::string err = check_stream_args(a, 32, 4);
-  if (!err.empty()) return err;
-  if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
-  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
-  switch (a.out_dtype) {
-    case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
-    case DType::kFP16: dispatch_int_scale<__half>(a); break;
-    case DType::kFP32: dispatch_int_scale<float>(a); break;
-    default: return "out_dtype must be bf16, fp16 or fp32";
   }
   return launch_status();
 }

@@ -130,7 +130,7 @@ struct GemmTuning {
   // 4, 8: forced, for probes).
   int w4a8_rows_per_cta = 0;
   // The W4A8 streaming kernels request their first weights before griddepcontrol.wait (under PDL),
-  // so the first DRAM round trip overlaps the previous kernel (src/cuda/w4a8_gemm.cu, StreamLaunch).
+  // so the first DRAM round trip overlaps the previous kernel (src/cuda/w4a8_stream_common.cuh, StreamLaunch).
   bool w4a8_early_weights = true;
 };
 GemmTuning& gemm_tuning();
@@ -158,7 +158,7 @@ struct W4A8FPArgs {
   cudaStream_t stream = nullptr;
 };
 std::string w4a8_fp_gemm(const W4A8FPArgs& args);
-// W4A8 with integer (or float) group scales (Integer Scale, docs/W4A8.md; src/cuda/w4a8_gemm.cu):
+// W4A8 with integer (or float) group scales (Integer Scale, docs/W4A8.md; src/cuda/w4a8_int_gemm.cu):
 //   y[m, n] = act(sa[m] * sb[n] * sum_j sg[n, j] * P[m, n, j] + bias[n]),
 //   P[m, n, j] = sum_{k in group j} a[m, k] * q[n, k] (int32), a int8 [M, K], q INT4 codes in
 //   layout m16k32; sg int32 (integer scales: int32 multiply-adds, flushed to fp32 every

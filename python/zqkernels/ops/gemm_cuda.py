@@ -8,7 +8,7 @@ cached) and the launches into ``zqkernels._C``. Arguments arrive checked (ops/ge
                         mainloop, sm90_w4a8_mainloop.cuh, recipes w4a8_fp_mixed_pow2 / _float; on
                         request until measured) or "convert" (fp4_to_fp8, then the fp8_rowwise GEMM;
                         auto above M = 32)
-    w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_gemm.cu, decode), "mixed" (the packed weights
+    w4a8_int_cuda       INT8 x INT4: "stream" (w4a8_int_gemm.cu, decode), "mixed" (the packed weights
                         converted in registers by the wgmma mainloop, sm90_w4a8_mainloop.cuh) or
                         "convert" (int4_to_int8, then the group-scaled int8 GEMM); "auto" by
                         measurement (ops/gemm_paths.py)

@@ -1,4 +1,4 @@
-"""Reference of the quantization kernels (src/cuda/row_quant.cu, src/cuda/w4a8_gemm.cu's conversions).
+"""Reference of the quantization kernels (src/cuda/row_quant.cu, the conversions of src/cuda/w4a8_gemm.cu and w4a8_int_gemm.cu).
 
 Two torch details matter for bit-exactness, and both are avoided on purpose here:
 - ``127.0 / t`` is evaluated by torch as ``t.reciprocal() * 127`` (two roundings), not as an IEEE

@@ -1,0 +1,256 @@
+// w4a8_int_gemm.cu: the W4A8 streaming GEMM with integer (or float) group scales, INT4 weights x
+// INT8 activations (Integer Scale, docs/W4A8.md), and the INT4 -> int8 conversion kernel. What it
+// shares with the FP4 streaming GEMM (w4a8_gemm.cu): w4a8_stream_common.cuh.
+//
+// W4A8 with integer group scales (docs/W4A8.md): INT4 codes (layout m16k32) -> the int8 bytes 16 q
+// (w4_convert.cuh, int4_word_to_int8x16: 3 instructions per 8 codes), INT8 mma.sync into an int32
+// step result P16 = 16 P (one MMA step = 32 consecutive k, inside one group; |P16| <= 2^19), then
+// per step:
+//   int scales:   acc_i += s_int * P16  (integer multiply-add; acc_i flushed to fp32 every F steps,
+//                 F * 2^19 * max(s_int) < 2^31: no overflow for any input; the host sends bounds
+//                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
+//   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
+// and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
+// The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
+// mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
+
+#include <cstdint>
+#include <string>
+
+#include "w4a8_stream_common.cuh"  // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
+#include "zq_kernels.h"
+
+namespace zq {
+namespace {
+
+// INT4 codes (layout m16k32) -> int8 [N, K] row-major, for the group-scaled wgmma GEMM at large M
+// (the "convert" baseline of w4a8_gemm, and the tests). One thread per lane chunk of 16 bytes: byte j
+// of word 2s + q holds rows r (low nibble) and r + 8 (high nibble) at k = 64c + 32s + 16q + 4t + j
+// (the int8 MMA's natural A fragment); int4_word_to_int8 sign-extends both halves.
+__global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int nchunks = K >> 6;
+  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
+  const int lane = static_cast<int>(i & 31);
+  const int64_t tc = i >> 5;
+  const int c = static_cast<int>(tc % nchunks);
+  const int rt = static_cast<int>(tc / nchunks);
+  const int r = lane >> 2, t = lane & 3;
+  const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);
+    const int64_t k0 = static_cast<int64_t>(c) * 64 + 32 * s + 4 * t;  // word 2s + q: k0 + 16q + j
+    uint32_t* lo = reinterpret_cast<uint32_t*>(out + n_lo * K + k0);
+    uint32_t* hi = reinterpret_cast<uint32_t*>(out + (n_lo + 8) * K + k0);
+    lo[0] = q0.lo;
+    lo[4] = q1.lo;
+    hi[0] = q0.hi;
+    hi[4] = q1.hi;
+  }
+}
+
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+
+// The B fragment of one int8 mma.m16n8k32 step in the natural k order (layout m16k32 keeps it):
+// lane t's bytes k = 4t..4t+3 and 16+4t..16+4t+3 of the step (p already offset by 4t).
+__device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
+  return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
+}
+
+// One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
+// steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
+// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
+// float scales into accf.
+template <int kNT, bool kIntScale>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
+                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
+                                          int flush_steps) {
+  const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      int32_t p[4];
+      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+      if constexpr (kIntScale) {
+        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
+        acci[j][0] += lo * p[0];
+        acci[j][1] += lo * p[1];
+        acci[j][2] += hi * p[2];
+        acci[j][3] += hi * p[3];
+      } else {
+        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
+        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+      }
+    }
+    if constexpr (kIntScale) {
+      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
+        steps = 0;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+      }
+    }
+  }
+}
+
+template <int kNT, bool kIntScale, typename OutT>
+__global__ void __launch_bounds__(kWarps * 32) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
+  constexpr int kBatch = 4;
+  const int R = L.R;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, t = lane & 3;
+  const int W = kWarps / R;
+  const int rt = blockIdx.x * R + warp / W;
+  const int kp = warp % W;
+  const int nchunks = a.K >> 6;
+  const int tok0 = blockIdx.y * 8 * kNT;
+  const bool active = rt < (a.N >> 4);
+  if (!L.early) pdl_wait();  // else after the first two batches' weights (StreamLaunch)
+
+  float accf[kNT][4];
+  int32_t acci[kNT][4];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
+
+  if (active) {
+    const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
+    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
+    const uint8_t* xrow[kNT];
+    bool tok_ok[kNT];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      tok_ok[j] = m < a.M;
+      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
+    }
+    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
+    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
+    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
+    const uint32_t gmul = (0x80000000u + d - 1) / d;
+    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
+    const auto scale_at = [&](int c, int s) -> const uint32_t* {
+      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
+    };
+    int steps = 0;
+    const int step = W * kBatch;
+    uint4 wv[kBatch];
+    uint32_t sc[kBatch][4];
+    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
+      w = load_stream(wp + static_cast<int64_t>(c) * 32);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t* p = scale_at(c, s);
+        scv[2 * s] = __ldg(p);
+        scv[2 * s + 1] = __ldg(p + 8);
+      }
+    };
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int c = kp + u * W;
+      if (c < nchunks) fetch(c, wv[u], sc[u]);
+    }
+    for (int c0 = kp; c0 < nchunks; c0 += step) {
+      uint4 nw[kBatch];
+      uint32_t nsc[kBatch][4];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + step + u * W;
+        if (c < nchunks) fetch(c, nw[u], nsc[u]);
+      }
+      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int c = c0 + u * W;
+        if (c >= nchunks) break;
+        uint2 xv[kNT][2];
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+#pragma unroll
+          for (int s = 0; s < 2; ++s)
+            xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        wv[u] = nw[u];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
+
+  finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
+}
+
+template <int kNT, bool kIntScale, typename OutT>
+void launch_int(const W4A8IntArgs& a) {
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT>;
+  static const int occupancy = occupancy_of(kernel);
+  launch_row_tiles(kernel, a, 8 * kNT, occupancy);
+}
+
+template <bool kIntScale, typename OutT>
+void dispatch_int(const W4A8IntArgs& a) {
+  if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
+  if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
+  if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
+  return launch_int<8, kIntScale, OutT>(a);
+}
+
+template <typename OutT>
+void dispatch_int_scale(const W4A8IntArgs& a) {
+  if (a.int_scales) return dispatch_int<true, OutT>(a);
+  return dispatch_int<false, OutT>(a);
+}
+
+}  // namespace
+
+std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream) {
+  if (N <= 0 || K <= 0 || N % 16 != 0 || K % 64 != 0) return "N must be a positive multiple of 16 and K of 64";
+  if (reinterpret_cast<uintptr_t>(packed) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    return "packed and out must be 16-byte aligned";
+  }
+  const unsigned blocks = convert_blocks(N, K);
+  constexpr int block = kConvertBlock;
+  int4_to_int8_kernel<<<blocks, block, 0, stream>>>(packed, N, K, static_cast<uint8_t*>(out));
+  return launch_status();
+}
+
+std::string w4a8_int_gemm(const W4A8IntArgs& a) {
+  std::string err = check_stream_args(a, 32, 4);
+  if (!err.empty()) return err;
+  if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
+  switch (a.out_dtype) {
+    case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
+    case DType::kFP16: dispatch_int_scale<__half>(a); break;
+    case DType::kFP32: dispatch_int_scale<float>(a); break;
+    default: return "out_dtype must be bf16, fp16 or fp32";
+  }
+  return launch_status();
+}
+
+}  // namespace zq
