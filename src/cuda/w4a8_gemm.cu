@@ -348,33 +348,15 @@ void launch_variant(const W4A8FPArgs& a) {
   }
 }
 
-template <bool kPow2, typename OutT>
-void dispatch_nt(const W4A8FPArgs& a) {
-  if (a.M <= 8) return launch_variant<1, kPow2, OutT>(a);
-  if (a.M <= 16) return launch_variant<2, kPow2, OutT>(a);
-  if (a.M <= 32) return launch_variant<4, kPow2, OutT>(a);
-  return launch_variant<8, kPow2, OutT>(a);
-}
-
-template <typename OutT>
-void dispatch_scale(const W4A8FPArgs& a) {
-  if (a.pow2) return dispatch_nt<true, OutT>(a);
-  return dispatch_nt<false, OutT>(a);
-}
-
 }  // namespace
 
 std::string w4a8_fp_gemm(const W4A8FPArgs& a) {
   std::string err = check_stream_args(a, 16, 4);
   if (!err.empty()) return err;
   if (a.K >= (1 << 19)) return "K must be below 2^19, got " + std::to_string(a.K);
-  switch (a.out_dtype) {
-    case DType::kBF16: dispatch_scale<__nv_bfloat16>(a); break;
-    case DType::kFP16: dispatch_scale<__half>(a); break;
-    case DType::kFP32: dispatch_scale<float>(a); break;
-    default: return "out_dtype must be bf16, fp16 or fp32";
-  }
-  return launch_status();
+  return dispatch_stream(a, a.pow2, [&](auto t, auto nt, auto pow2) {
+    launch_variant<decltype(nt)::value, decltype(pow2)::value, decltype(t)>(a);
+  });
 }
 
 std::string fp4_to_fp8(const uint8_t* packed, const void* sg, bool pow2, int group_size, int N, int K, void* out,

@@ -212,20 +212,6 @@ void launch_int(const W4A8IntArgs& a) {
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
 
-template <bool kIntScale, typename OutT>
-void dispatch_int(const W4A8IntArgs& a) {
-  if (a.M <= 8) return launch_int<1, kIntScale, OutT>(a);
-  if (a.M <= 16) return launch_int<2, kIntScale, OutT>(a);
-  if (a.M <= 32) return launch_int<4, kIntScale, OutT>(a);
-  return launch_int<8, kIntScale, OutT>(a);
-}
-
-template <typename OutT>
-void dispatch_int_scale(const W4A8IntArgs& a) {
-  if (a.int_scales) return dispatch_int<true, OutT>(a);
-  return dispatch_int<false, OutT>(a);
-}
-
 }  // namespace
 
 std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStream_t stream) {
@@ -244,13 +230,9 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   if (!err.empty()) return err;
   if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
   if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
-  switch (a.out_dtype) {
-    case DType::kBF16: dispatch_int_scale<__nv_bfloat16>(a); break;
-    case DType::kFP16: dispatch_int_scale<__half>(a); break;
-    case DType::kFP32: dispatch_int_scale<float>(a); break;
-    default: return "out_dtype must be bf16, fp16 or fp32";
-  }
-  return launch_status();
+  return dispatch_stream(a, a.int_scales, [&](auto t, auto nt, auto int_scales) {
+    launch_int<decltype(nt)::value, decltype(int_scales)::value, decltype(t)>(a);
+  });
 }
 
 }  // namespace zq

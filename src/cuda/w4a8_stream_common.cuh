@@ -10,8 +10,10 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cutlass_gemm_common.cuh"  // zq::epi::activate: the GEMM epilogue's activation, shared
+#include "float_convert.cuh"        // to_float / from_float, with_float_type
 #include "pdl.cuh"                  // launch_pdl, pdl_trigger, pdl_wait
 #include "w4_convert.cuh"           // zq::w4: 4-bit codes -> 8-bit operands (prmt tables)
 #include "zq_kernels.h"
@@ -47,16 +49,6 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {  // read once: ke
   return v;
 }
 
-template <typename T> __device__ __forceinline__ T out_cast(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 out_cast<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half out_cast<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ float out_cast<float>(float v) { return v; }
-template <typename T> __device__ __forceinline__ float bias_f(const T* b, int n) { return b ? static_cast<float>(b[n]) : 0.f; }
-template <> __device__ __forceinline__ float bias_f<__nv_bfloat16>(const __nv_bfloat16* b, int n) {
-  return b ? __bfloat162float(b[n]) : 0.f;
-}
-template <> __device__ __forceinline__ float bias_f<__half>(const __half* b, int n) { return b ? __half2float(b[n]) : 0.f; }
-
 // y = act(sx[m] * (sw[n] * acc) + bias[n]) for the 16 rows x 8 kNT tokens of row tile rt (the MMA's
 // accumulator layout: lane 4 r + t holds rows r, r + 8 and tokens 2 t, 2 t + 1 of each 8).
 template <int kNT, typename OutT, class Args>
@@ -69,7 +61,7 @@ __device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT
   for (int h = 0; h < 2; ++h) {  // rows r (acc 0, 1) and r + 8 (acc 2, 3)
     const int n = rt * 16 + r + 8 * h;
     const float sw = a.sb[n];
-    const float b = bias_f(bias, n);
+    const float b = bias != nullptr ? to_float(bias[n]) : 0.f;
 #pragma unroll
     for (int j = 0; j < kNT; ++j)
 #pragma unroll
@@ -78,7 +70,7 @@ __device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[kNT
         if (m >= a.M) continue;
         float v = fmaf(a.sa[m], sw * acc[j][2 * h + i], b);
         if (act != 0) v = epi::activate(v, act);
-        out[static_cast<int64_t>(m) * a.N + n] = out_cast<OutT>(v);
+        out[static_cast<int64_t>(m) * a.N + n] = from_float<OutT>(v);
       }
   }
 }
@@ -182,6 +174,36 @@ std::string launch_status() {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(e);
   return {};
+}
+
+// The host dispatch of a streaming GEMM: launch(OutT{}, std::integral_constant<int, kNT>{},
+// std::bool_constant<flag>{}) for a's output type, the token tile that covers a.M (kNT MMAs of 8
+// tokens per warp: a CTA takes 8, 16, 32 or 64 tokens, more CTAs along the tokens beyond 64) and the
+// kernel's one run-time choice (FP4: power-of-two scales; INT4: integer scales); then the launch's status.
+template <class Args, class F>
+std::string dispatch_stream(const Args& a, bool flag, F&& launch) {
+  return with_float_type(
+      a.out_dtype,
+      [&](auto t) {
+        const auto by_flag = [&](auto nt) {
+          if (flag) {
+            launch(t, nt, std::true_type{});
+          } else {
+            launch(t, nt, std::false_type{});
+          }
+        };
+        if (a.M <= 8) {
+          by_flag(std::integral_constant<int, 1>{});
+        } else if (a.M <= 16) {
+          by_flag(std::integral_constant<int, 2>{});
+        } else if (a.M <= 32) {
+          by_flag(std::integral_constant<int, 4>{});
+        } else {
+          by_flag(std::integral_constant<int, 8>{});
+        }
+        return launch_status();
+      },
+      "out_dtype must be bf16, fp16 or fp32");
 }
 
 }  // namespace
