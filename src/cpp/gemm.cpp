@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -277,9 +278,7 @@ void bind_gemm(nb::module_& m) {
       "_debug_set_w4a8_variant",
       [](int v) {
         if (v < 0 || v > 6) fail("_debug_set_w4a8_variant", "variant must be 0..6");
-        const int previous = zq::gemm_tuning().w4a8_variant;
-        zq::gemm_tuning().w4a8_variant = v;
-        return previous;
+        return std::exchange(zq::gemm_tuning().w4a8_variant, v);
       },
       nb::arg("variant"),
       "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 "
@@ -290,19 +289,13 @@ void bind_gemm(nb::module_& m) {
         if (r != 0 && r != 1 && r != 2 && r != 4 && r != 8) {
           fail("_debug_set_w4a8_rows_per_cta", "rows per CTA must be 0 (the heuristic), 1, 2, 4 or 8");
         }
-        const int previous = zq::gemm_tuning().w4a8_rows_per_cta;
-        zq::gemm_tuning().w4a8_rows_per_cta = r;
-        return previous;
+        return std::exchange(zq::gemm_tuning().w4a8_rows_per_cta, r);
       },
       nb::arg("rows"),
       "W4A8 streaming kernels' 16-row tiles per CTA: 0 the wave heuristic (default), else forced (probes).");
   m.def(
       "_debug_set_w4a8_early_weights",
-      [](bool on) {
-        const bool previous = zq::gemm_tuning().w4a8_early_weights;
-        zq::gemm_tuning().w4a8_early_weights = on;
-        return previous;
-      },
+      [](bool on) { return std::exchange(zq::gemm_tuning().w4a8_early_weights, on); },
       nb::arg("enabled"),
       "W4A8 streaming kernels: request the first weights before griddepcontrol.wait (default on; off: wait "
       "first). Returns the previous setting.");
@@ -310,9 +303,7 @@ void bind_gemm(nb::module_& m) {
       "_debug_set_fp8_promotion",
       [](int k) {
         if (k != 64 && k != 128) fail("_debug_set_fp8_promotion", "the interval must be 64 or 128 elements of K");
-        const int previous = zq::gemm_tuning().fp8_promote_k;
-        zq::gemm_tuning().fp8_promote_k = k;
-        return previous;
+        return std::exchange(zq::gemm_tuning().fp8_promote_k, k);
       },
       nb::arg("k"),
       "fp8_gemm accurate mode: promote to fp32 every k (64 or 128) elements of K; returns the previous.");
