@@ -1,6 +1,7 @@
 // float_convert.cuh: the activation float types (bf16 / fp16 / fp32) of the non-GEMM kernels:
 // conversions to and from fp32 (round to nearest even) and the host dispatch from DType to the type.
-// Included by row_quant_stages.cuh (row_quant.cu) and rope_cache.cu.
+// Included by row_quant_stages.cuh (row_quant.cu), rope_cache.cu, decode_attention.cu and
+// w4a8_stream_common.cuh (the W4A8 streaming GEMMs' epilogue and output-type dispatch).
 #pragma once
 
 #include <cuda_bf16.h>
