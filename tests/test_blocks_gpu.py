@@ -271,7 +271,31 @@ def test_arch_blocks_eager_graph_compile(arch, scheme):
         for _ in range(2):
             outc = compiled(emb)
         assert cos(outc, eager) > 0.995, (arch, scheme)
-        prompt = ids[:1, :12]
-        gen = m.generate(prompt, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompt))
-        full = m(gen).logits[0, 11:-1].argmax(-1)
-    assert torch.equal(full, gen[0, 12:]), (arch, scheme)
+        for mode in ("gqa", "kernel"):
+            _check_cached_decode(m, ids[:1, :12], mode, (arch, scheme))
+
+
+def _check_cached_decode(m, prompt, mode, what):
+    """Greedy generate over the cache against one full forward of its output, per decode-attention mode.
+    "gqa" (SDPA over the cache): the full forward's next tokens exactly. "kernel" (decode_attention,
+    the default at <= 16 sequences): its own summation order, which the quantizers downstream amplify
+    (a rounding-level change flips an int8 / FP8 code), so each step's logits must be close (cosine)
+    and the tokens must agree wherever the full forward's top-2 margin exceeds twice the step's largest
+    logit difference (random models have near-ties: H100, qwen3 FP8, margin 0.039 against 0.148)."""
+    from zqkernels.nn import blocks_base
+
+    with torch.no_grad(), blocks_base.decode_attention_mode(mode):
+        g = m.generate(prompt, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompt),
+                       output_logits=True, return_dict_in_generate=True)
+        full = m(g.sequences).logits[0, prompt.shape[1] - 1:-1].float()
+    new = g.sequences[0, prompt.shape[1]:]
+    if mode == "gqa":
+        assert torch.equal(full.argmax(-1), new), (what, mode)
+        return
+    steps = torch.cat([x.float() for x in g.logits])
+    for i in range(len(new)):
+        c = cos(steps[i], full[i])
+        assert c > 0.99, (what, mode, i, c)
+        top2 = full[i].topk(2).values
+        if top2[0] - top2[1] > 2 * (steps[i] - full[i]).abs().max():
+            assert int(full[i].argmax()) == int(new[i]), (what, mode, i)
