@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zqkernels
-from conftest import DEV, poison_next_allocation, requires_gpu
+from conftest import DEV, debug_setting, poison_next_allocation, requires_gpu
 from zqkernels.reference import row_quant_ref
 from zqkernels.reference.fused import GATED_OPS
 
@@ -184,3 +184,63 @@ def test_device_mismatch_is_an_error():
     x = torch.randn(2, 64, dtype=torch.bfloat16, device=DEV)
     with pytest.raises(ValueError, match="rmsnorm_quant: all tensors must be on one device"):
         zqkernels.rmsnorm_quant(x, torch.ones(64))
+
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+@pytest.mark.parametrize("K", [2304, 4096, 5000, 14336, 70000])
+@pytest.mark.parametrize("M", [1, 5, 32])
+def test_few_rows_split_over_a_cluster(M, K, dtype):
+    """Few wide rows (decode) split over a cluster of 2 / 4 / 8 CTAs (row_quant.cu, cluster_of; K = 2304,
+    4096, 5000 and 14336 give 2, 4, 4 and 8 CTAs in bf16, 70000 spans of two vectors a thread): every op
+    against the reference, and against the one-CTA kernel (0: no cluster) bit for bit where the row's only
+    reduction is its amax (which no order changes)."""
+    torch.manual_seed(K + M)
+    x = torch.randn(M, K, dtype=dtype, device=DEV) * 2
+    x[M // 2] *= 300  # an outlier row
+    res = torch.randn(M, K, dtype=dtype, device=DEV)
+    w = torch.rand(K, device=DEV) + 0.5
+    b = torch.randn(K, device=DEV) * 0.1
+    gu = torch.randn(M, 2 * K, dtype=dtype, device=DEV) * 3
+    cases = [
+        ("rmsnorm", x, dict(w=w)),
+        ("rmsnorm", x, dict(residual=res, w=w, mode="sum")),
+        ("layernorm", x, dict(residual=res, w=w, b=b, eps=1e-5, mode="normed")),
+        ("gelu", x, dict(b=b)),
+        ("silu_mul", gu, dict()),
+        ("gelu_tanh_mul", gu, dict()),
+        ("quant", x, dict()),
+    ]
+    for op, inp, kw in cases:
+        what = f"{op} {kw.get('mode', '')} M={M} K={K} {dtype}"
+        (q, s, r), (q_ref, s_ref, r_ref) = run_both(op, inp, **kw)
+        check(q, s, r, q_ref, s_ref, r_ref, what, exact_r=kw.get("mode") != "normed")
+        if op in ("gelu", "silu_mul", "gelu_tanh_mul", "quant"):
+            with debug_setting("row_cluster", 0):
+                (q1, s1, _), _ = run_both(op, inp, **kw)
+            assert torch.equal(q, q1) and torch.equal(s, s1), what
+
+
+@pytest.mark.parametrize("ctas", [2, 4, 8])
+def test_forced_cluster_sizes_and_fp8(ctas):
+    """Every cluster size on one shape (forced), INT8 and FP8 output, a zero row and a NaN row."""
+    M, K = 3, 4096
+    x = torch.randn(M, K, dtype=torch.bfloat16, device=DEV)
+    x[1] = 0
+    w = torch.rand(K, device=DEV) + 0.5
+    with debug_setting("row_cluster", ctas):
+        (q, s, _), (q_ref, s_ref, _) = run_both("rmsnorm", x, w=w)
+        check(q, s, None, q_ref, s_ref, None, f"rmsnorm {ctas} CTAs")
+        q8, s8 = zqkernels.quantize_per_token(x, dtype=torch.float8_e4m3fn)
+    with debug_setting("row_cluster", 0):
+        q8_0, s8_0 = zqkernels.quantize_per_token(x, dtype=torch.float8_e4m3fn)
+    assert torch.equal(q8.view(torch.uint8), q8_0.view(torch.uint8)) and torch.equal(s8, s8_0)
+    x[2, 77] = float("nan")
+    with debug_setting("row_cluster", ctas):
+        _, s_nan = zqkernels.quantize_per_token(x)
+    assert torch.isnan(s_nan[2]).all() and not torch.isnan(s_nan[0]).any()
+
+
+def test_row_cluster_switch_rejects_bad_sizes():
+    with pytest.raises(RuntimeError, match=r"_debug_set_row_cluster: .*-1 \(auto\), 0 \(never\), 2, 4 or 8, got 3"):
+        debug_setting("row_cluster", 3).__enter__()

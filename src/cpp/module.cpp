@@ -46,6 +46,8 @@ NB_MODULE(_C, m) {
     if (e && std::string(e) == "0") zq::gemm_tuning().pdl = false;
     const char* w = std::getenv("ZQKERNELS_W4A8_EARLY_WEIGHTS");  // for A / B runs of whole models
     if (w && std::string(w) == "0") zq::gemm_tuning().w4a8_early_weights = false;
+    const char* c = std::getenv("ZQKERNELS_ROW_CLUSTER");  // for A / B runs of whole models
+    if (c && std::string(c) == "0") zq::row_quant_set_cluster(0);
   }
 
   zqb::bind_gemm(m);

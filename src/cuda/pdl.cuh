@@ -33,19 +33,47 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// Whether the current device runs PDL (compute capability 9.0+) and it is switched on
-// (gemm_tuning().pdl, env ZQKERNELS_PDL=0). Cached per device.
-inline bool pdl_enabled() {
-  if (!gemm_tuning().pdl) return false;
+// The current device's compute capability major (0 when it cannot be read). Cached per device.
+inline int device_major() {
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
   static int major[64] = {};  // 0: not yet read
   if (major[dev] == 0) {
     int m = 0;
     cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev);
     major[dev] = m > 0 ? m : -1;
   }
-  return major[dev] >= 9;
+  return major[dev] > 0 ? major[dev] : 0;
+}
+
+// Whether the current device runs PDL (compute capability 9.0+) and it is switched on
+// (gemm_tuning().pdl, env ZQKERNELS_PDL=0).
+inline bool pdl_enabled() { return gemm_tuning().pdl && device_major() >= 9; }
+
+// kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of cluster_x CTAs along x
+// (1: no cluster attribute; > 1 needs compute capability 9.0+), with programmatic stream
+// serialization allowed when pdl_enabled(). Returns the launch's error code.
+template <class... KArgs, class... Args>
+cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                               unsigned cluster_x, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (cluster_x > 1) {
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = cluster_x;
+    attr[1].val.clusterDim.y = 1;
+    attr[1].val.clusterDim.z = 1;
+    cfg.numAttrs = 2;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization allowed
@@ -53,17 +81,7 @@ inline bool pdl_enabled() {
 template <class... KArgs, class... Args>
 cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                        Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  return launch_pdl_cluster(kernel, grid, block, smem, stream, 1u, std::forward<Args>(args)...);
 }
 
 }  // namespace zq

@@ -45,6 +45,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "row_quant_stages.cuh"
 #include "zq_kernels.h"
@@ -57,11 +58,15 @@ namespace {
 // otherwise the CTA owns one row.
 // kGroup: per-token-group FP8 output (a.group_size > 0). The two outputs are two kernels with one
 // body: the per-token kernels keep their names and compile to the PTX they had before.
-template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
+// kCluster > 1: a cluster of kCluster CTAs (along x; the row is blockIdx.y) splits the row into
+// kCluster spans of chunks, each CTA's span register-resident (kIters > 0), per-token output only;
+// the row's reductions combine the CTAs' values through distributed shared memory (reduce_row).
+template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup, int kCluster = 1>
 __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
+  static_assert(kCluster == 1 || (kIters > 0 && !kWarpRow && !kGroup), "a cluster splits register-resident rows");
   pdl_trigger();  // at entry: the next kernel launches now (a streaming GEMM requests its weights)
   pdl_wait();     // launched with PDL: the input comes from the kernel before (pdl.cuh)
-  const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : blockIdx.x;
+  const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : kCluster > 1 ? blockIdx.y : blockIdx.x;
   if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
   const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
   const int K = a.K;
@@ -79,11 +84,16 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
   Stats st;
 
   if constexpr (kIters > 0) {
+    // This CTA's chunks: [c0, c_end), the whole row unless a cluster splits it.
+    const int part = kCluster > 1 ? static_cast<int>(blockIdx.x) : 0;
+    const int per = kCluster > 1 ? (nchunks + kCluster - 1) / kCluster : nchunks;
+    const int c0 = part * per + tid;  // this thread's first chunk; then every stride
+    const int c_end = min(nchunks, part * per + per);
     T buf[kIters][VEC];
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int c = tid + i * stride;
-      if (c < nchunks) stage1<kOp, T, VEC, false>(r, K, c * VEC, false, a.residual_mode, buf[i]);
+      const int c = c0 + i * stride;
+      if (c < c_end) stage1<kOp, T, VEC, false>(r, K, c * VEC, false, a.residual_mode, buf[i]);
     }
     // The residual sum's write after every load: a store between them would serialise the loads'
     // latencies (residual_out may alias the residual), kIters round trips instead of one.
@@ -91,8 +101,8 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
       if (r.res != nullptr && a.residual_mode == ResidualMode::kSum) {
 #pragma unroll
         for (int i = 0; i < kIters; ++i) {
-          const int c = tid + i * stride;
-          if (c < nchunks) *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(buf[i]);
+          const int c = c0 + i * stride;
+          if (c < c_end) *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(buf[i]);
         }
       }
     }
@@ -101,21 +111,21 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
       if constexpr (kOp == RowOp::kLayerNorm) {
 #pragma unroll
         for (int i = 0; i < kIters; ++i)
-          if (tid + i * stride < nchunks)
+          if (c0 + i * stride < c_end)
 #pragma unroll
             for (int j = 0; j < VEC; ++j) s += to_float(buf[i][j]);
-        st.mean = row_reduce<kWarpRow>(s, Sum{}) / K;
+        st.mean = reduce_row<kWarpRow, kCluster>(s, Sum{}, 0) / K;
         s = 0.f;
       }
 #pragma unroll
       for (int i = 0; i < kIters; ++i)
-        if (tid + i * stride < nchunks)
+        if (c0 + i * stride < c_end)
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             const float d = to_float(buf[i][j]) - st.mean;
             s += d * d;
           }
-      st.rstd = rsqrtf(row_reduce<kWarpRow>(s, Sum{}) / K + a.eps);
+      st.rstd = rsqrtf(reduce_row<kWarpRow, kCluster>(s, Sum{}, 1) / K + a.eps);
     }
     if constexpr (kGroup) {
       // Chunk c belongs to group c / L; the L chunks of a group sit on L adjacent lanes of one warp
@@ -156,21 +166,21 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
       float amax = 0.f;
 #pragma unroll
       for (int i = 0; i < kIters; ++i) {
-        const int c = tid + i * stride;
-        if (c < nchunks) {
+        const int c = c0 + i * stride;
+        if (c < c_end) {
           float y[VEC];
           stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
         }
       }
-      amax = row_reduce<kWarpRow>(amax, AbsMax{});
+      amax = reduce_row<kWarpRow, kCluster>(amax, AbsMax{}, 2);
       float pre;
-      const float inv = finish_scale(amax, a.sx + m, pre, tid, fp8 ? 448.0f : 127.0f);
+      const float inv = finish_scale(amax, a.sx + m, pre, part == 0 ? tid : 1, fp8 ? 448.0f : 127.0f);
 #pragma unroll
       for (int i = 0; i < kIters; ++i) {
-        const int c = tid + i * stride;
-        if (c < nchunks) {
+        const int c = c0 + i * stride;
+        if (c < c_end) {
           int8_t q[VEC];
           T y[VEC];
           float f[VEC];
@@ -191,6 +201,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
         }
       }
     }  // !kGroup
+    cluster_end<kCluster>();
   } else {
     // Streaming: pass over chunks, recomputing stage 1. After the first pass the residual sum (if
     // any) lives in res_out and is read from there.
@@ -286,6 +297,11 @@ row_quant_group_kernel(RowQuantArgs a) {
   row_quant_body<T, kOp, VEC, kIters, kWarpRow, true>(a);
 }
 
+template <typename T, RowOp kOp, int VEC, int kIters, int kCluster>
+__global__ void __launch_bounds__(1024) row_quant_cluster_kernel(RowQuantArgs a) {
+  row_quant_body<T, kOp, VEC, kIters, false, false, kCluster>(a);
+}
+
 // The kernel of one launch shape, per-token or per-token-group.
 template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup>
 void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
@@ -299,6 +315,27 @@ void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 constexpr int kFewRows = 64;  // rows up to which the CTA policy favours latency (launch())
+constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a cluster (cluster_of)
+
+// CTAs per row for M rows of nvec vectors (1: one CTA or warp per row). At few rows a wide row op is
+// one CTA's latency chain (loads, up to three CTA reductions, the parameters, the stores) on one SM
+// of 132 while the rest idle; a cluster of C CTAs splits the row, each a span of <= 1024 vectors
+// held in registers, and combines the reductions through distributed shared memory. sm_90+ only.
+int cluster_of(int M, int nvec, bool group) {
+  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || device_major() < 9) return 1;
+  const int C = g_cluster_override > 1 ? g_cluster_override : M > kClusterRows ? 1 : nvec >= 1024 ? 8 : nvec >= 512 ? 4 : 2;
+  return (nvec + C - 1) / C <= 2048 ? C : 1;  // the span fits 1024 threads x 2 vectors
+}
+
+template <typename T, RowOp kOp, int VEC, int kCluster>
+void launch_cluster(const RowQuantArgs& a, int nvec) {
+  const int per = (nvec + kCluster - 1) / kCluster;
+  const int iters = per <= 1024 ? 1 : 2;
+  const int threads = ((per + iters - 1) / iters + 31) / 32 * 32;
+  const auto kernel = iters == 1 ? row_quant_cluster_kernel<T, kOp, VEC, 1, kCluster>
+                                 : row_quant_cluster_kernel<T, kOp, VEC, 2, kCluster>;
+  launch_pdl_cluster(kernel, dim3(kCluster, a.M), dim3(threads), 0, a.stream, kCluster, a);
+}
 
 template <typename T, RowOp kOp, bool kGroup>
 std::string launch(const RowQuantArgs& a) {
@@ -310,8 +347,15 @@ std::string launch(const RowQuantArgs& a) {
                    rows_ok(a.residual_out, a.residual_out_stride) && aligned16(a.xq) &&
                    (a.weight == nullptr || aligned16(a.weight)) && (a.bias == nullptr || aligned16(a.bias));
   const dim3 grid(a.M);
+  const int C = vec ? cluster_of(a.M, a.K / kVec, kGroup) : 1;
   if (!vec) {
     launch_kernel<T, kOp, 1, 0, false, kGroup>(grid, kStreamThreads, a);
+  } else if (C == 2) {
+    launch_cluster<T, kOp, kVec, 2>(a, a.K / kVec);
+  } else if (C == 4) {
+    launch_cluster<T, kOp, kVec, 4>(a, a.K / kVec);
+  } else if (C == 8) {
+    launch_cluster<T, kOp, kVec, 8>(a, a.K / kVec);
   } else if (a.K / kVec <= 32 * 8 && g_threads_override == 0) {
     // Narrow rows (<= 2048 bf16 / fp16, 1024 fp32): a warp per row, 4 rows per 128-thread CTA.
     const int nvec = a.K / kVec;
@@ -374,6 +418,8 @@ std::string dispatch_group(const RowQuantArgs& a) {
 }  // namespace
 
 void row_quant_set_threads(int threads) { g_threads_override = threads; }
+
+int row_quant_set_cluster(int ctas) { return std::exchange(g_cluster_override, ctas); }
 
 std::string row_quant(const RowQuantArgs& a) {
   if (a.M <= 0 || a.K <= 0) return {};  // nothing to do; the Python layer never launches this

@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <cooperative_groups.h>
+
 #include <cstdint>
 
 #include "float_convert.cuh"
@@ -17,6 +19,7 @@ namespace zq {
 namespace {
 
 int g_threads_override = 0;  // 0 = automatic; 128/256/512/1024 for tuning experiments
+int g_cluster_override = -1;  // CTAs per row at few rows: -1 automatic, 0 / 1 never, 2 / 4 / 8 forced
 constexpr int kStreamThreads = 256;
 
 
@@ -48,6 +51,43 @@ __device__ __forceinline__ float row_reduce(float v, Op op) {
     for (int w = 1; w < warps; ++w) v = op(v, part[w]);
     __syncthreads();
   }
+  return v;
+}
+
+// The cluster's share of a row reduction (kCluster > 1 CTAs split one row, row_quant.cu): v, already
+// reduced over this CTA, goes to this CTA's slot; after a cluster barrier every thread combines the
+// kCluster values in rank order, so every CTA gets the same bits. Each reduction of a kernel uses its
+// own slot (0 mean, 1 variance / sum of squares, 2 amax): no slot is rewritten, and the kernel ends
+// with cluster_end() so that no CTA exits while another still reads its slots.
+template <int kCluster, class Op>
+__device__ __forceinline__ float cluster_combine(float v, Op op, int slot) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  __shared__ float slots[3];
+  if (threadIdx.x == 0) slots[slot] = v;
+  cg::cluster_group cl = cg::this_cluster();
+  cl.sync();
+  v = *cl.map_shared_rank(&slots[slot], 0);
+#pragma unroll
+  for (int r = 1; r < kCluster; ++r) v = op(v, *cl.map_shared_rank(&slots[slot], r));
+#else
+  __trap();  // clusters need sm_90: the host launches this path only there
+#endif
+  return v;
+}
+
+template <int kCluster>
+__device__ __forceinline__ void cluster_end() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kCluster > 1) cooperative_groups::this_cluster().sync();
+#endif
+}
+
+// row_reduce, then (kCluster > 1) over the cluster's CTAs through `slot` (cluster_combine).
+template <bool kWarpRow, int kCluster, class Op>
+__device__ __forceinline__ float reduce_row(float v, Op op, int slot) {
+  v = row_reduce<kWarpRow>(v, op);
+  if constexpr (kCluster > 1) v = cluster_combine<kCluster>(v, op, slot);
   return v;
 }
 

@@ -259,6 +259,9 @@ std::string row_quant(const RowQuantArgs& args);
 // Tuning knob for experiments: threads per row of the register-resident path (128, 256, 512 or
 // 1024; 0 = automatic). Not thread-safe; the default needs no call.
 void row_quant_set_threads(int threads);
+// CTAs per row of the row ops at few rows (row_quant.cu, cluster_of): -1 automatic (default), 0 never,
+// 2 / 4 / 8 forced where a row fits; returns the previous setting.
+int row_quant_set_cluster(int ctas);
 
 // The attention input of a decoder layer from its QKV GEMM output (src/cuda/rope_cache.cu): split,
 // rotary embedding of q and k (bit for bit torch's x * cos + rotate_half(x) * sin), k / v to a static
