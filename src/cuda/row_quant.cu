@@ -175,6 +175,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
         }
       }
       amax = reduce_row<kWarpRow, kCluster>(amax, AbsMax{}, 2);
+      cluster_done_reading<kCluster>();
       float pre;
       const float inv = finish_scale(amax, a.sx + m, pre, part == 0 ? tid : 1, fp8 ? 448.0f : 127.0f);
 #pragma unroll

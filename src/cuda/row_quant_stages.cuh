@@ -57,8 +57,9 @@ __device__ __forceinline__ float row_reduce(float v, Op op) {
 // The cluster's share of a row reduction (kCluster > 1 CTAs split one row, row_quant.cu): v, already
 // reduced over this CTA, goes to this CTA's slot; after a cluster barrier every thread combines the
 // kCluster values in rank order, so every CTA gets the same bits. Each reduction of a kernel uses its
-// own slot (0 mean, 1 variance / sum of squares, 2 amax): no slot is rewritten, and the kernel ends
-// with cluster_end() so that no CTA exits while another still reads its slots.
+// own slot (0 mean, 1 variance / sum of squares, 2 amax): no slot is rewritten. After its last read
+// of other CTAs' slots a thread calls cluster_done_reading(), and at its end cluster_end(): no CTA
+// exits while another may still read its slots, and nobody waits for the others' stores.
 template <int kCluster, class Op>
 __device__ __forceinline__ float cluster_combine(float v, Op op, int slot) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -77,9 +78,16 @@ __device__ __forceinline__ float cluster_combine(float v, Op op, int slot) {
 }
 
 template <int kCluster>
+__device__ __forceinline__ void cluster_done_reading() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if constexpr (kCluster > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+
+template <int kCluster>
 __device__ __forceinline__ void cluster_end() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if constexpr (kCluster > 1) cooperative_groups::this_cluster().sync();
+  if constexpr (kCluster > 1) asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 #endif
 }
 
