@@ -90,11 +90,26 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
     const int c0 = part * per + tid;  // this thread's first chunk; then every stride
     const int c_end = min(nchunks, part * per + per);
     T buf[kIters][VEC];
+    // The norm parameters requested with the row (no round trip for them after the reductions) where
+    // the registers allow: up to two vectors a thread (the few-rows CTAs and clusters); the wider
+    // warp-row spans (up to 8) would spill, and load them in stage 2.
+    constexpr bool kPreload = kIters <= 2;
+    Params<kOp, VEC> prm[kPreload ? kIters : 1];
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int c = c0 + i * stride;
-      if (c < c_end) stage1<kOp, T, VEC, false>(r, K, c * VEC, false, a.residual_mode, buf[i]);
+      if (c < c_end) {
+        stage1<kOp, T, VEC, false>(r, K, c * VEC, false, a.residual_mode, buf[i]);
+        if constexpr (kPreload) prm[i].load(r.w, r.b, c * VEC);
+      }
     }
+    const auto values = [&](int i, int c, float (&y)[VEC]) {  // stage 2 of the thread's i-th chunk, c
+      if constexpr (kPreload) {
+        stage2<kOp, T, VEC>(buf[i], prm[i], st, y);
+      } else {
+        stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
+      }
+    };
     // The residual sum's write after every load: a store between them would serialise the loads'
     // latencies (residual_out may alias the residual), kIters round trips instead of one.
     if constexpr (is_norm(kOp)) {
@@ -139,7 +154,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
         float f[VEC];
         float gmax = 0.f;
         if (live) {
-          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
+          values(i, c, f);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) gmax = nan_max(gmax, f[j]);
         }
@@ -169,7 +184,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
         const int c = c0 + i * stride;
         if (c < c_end) {
           float y[VEC];
-          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, y);
+          values(i, c, y);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) amax = nan_max(amax, y[j]);
         }
@@ -185,7 +200,7 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
           int8_t q[VEC];
           T y[VEC];
           float f[VEC];
-          stage2<kOp, T, VEC>(buf[i], c * VEC, r.w, r.b, st, f);
+          values(i, c, f);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             q[j] = quant(f[j], inv, pre, fp8);

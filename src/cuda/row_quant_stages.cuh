@@ -263,21 +263,39 @@ struct Stats {
   float mean = 0.f, rstd = 1.f;
 };
 
-// Stage 2 of one element.
-// Stage 2 of VEC consecutive elements starting at k: y = norm(v) (or v), in fp32.
+// The fp32 parameters stage 2 of the VEC elements at k reads: the norm weight (and LayerNorm's bias);
+// none for the other ops. Loaded apart from stage 2 so that the register path requests them with the
+// row, before its reductions, instead of one more round trip after them.
+template <RowOp kOp, int VEC>
+struct Params {
+  float w[VEC], b[VEC];
+  __device__ __forceinline__ void load(const float* wp, const float* bp, int k) {
+    if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
+      load_params<VEC>(wp + k, w);
+      load_params<VEC>(kOp == RowOp::kLayerNorm && bp != nullptr ? bp + k : nullptr, b);
+    }
+  }
+};
+
+// Stage 2 of VEC consecutive elements with their parameters: y = norm(v) (or v), in fp32.
 template <RowOp kOp, typename T, int VEC>
-__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
-                                       float (&y)[VEC]) {
+__device__ __forceinline__ void stage2(const T (&v)[VEC], const Params<kOp, VEC>& p, const Stats& s, float (&y)[VEC]) {
   if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
-    float wv[VEC], bv[VEC];
-    load_params<VEC>(w + k, wv);
-    load_params<VEC>(kOp == RowOp::kLayerNorm && b != nullptr ? b + k : nullptr, bv);
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * wv[j] + bv[j];
+    for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * p.w[j] + p.b[j];
   } else {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) y[j] = to_float(v[j]);
   }
+}
+
+// Stage 2 of VEC consecutive elements starting at k, loading their parameters.
+template <RowOp kOp, typename T, int VEC>
+__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
+                                       float (&y)[VEC]) {
+  Params<kOp, VEC> p;
+  p.load(w, b, k);
+  stage2<kOp, T, VEC>(v, p, s, y);
 }
 
 __host__ __device__ constexpr bool is_norm(RowOp op) { return op == RowOp::kRMSNorm || op == RowOp::kLayerNorm; }
