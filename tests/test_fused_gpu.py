@@ -191,10 +191,16 @@ def test_device_mismatch_is_an_error():
 @pytest.mark.parametrize("K", [2304, 4096, 5000, 14336, 70000])
 @pytest.mark.parametrize("M", [1, 5, 32])
 def test_few_rows_split_over_a_cluster(M, K, dtype):
-    """Few wide rows (decode) split over a cluster of 2 / 4 / 8 CTAs (row_quant.cu, cluster_of; K = 2304,
-    4096, 5000 and 14336 give 2, 4, 4 and 8 CTAs in bf16, 70000 spans of two vectors a thread): every op
-    against the reference, and against the one-CTA kernel (0: no cluster) bit for bit where the row's only
-    reduction is its amax (which no order changes)."""
+    """Few wide rows (decode) split over a cluster (row_quant.cu, cluster_of: 8 CTAs from 12288 bf16
+    values; K = 14336 and 70000, spans of two vectors a thread, take it; the others the one-CTA kernel,
+    and every K the forced cluster sizes below): every op against the reference, and against the one-CTA
+    kernel (0: no cluster) bit for bit where the row's only reduction is its amax (no order changes it)."""
+    for ctas in (-1, 2, 4):
+        with debug_setting("row_cluster", ctas):
+            _cluster_case(M, K, dtype)
+
+
+def _cluster_case(M, K, dtype):
     torch.manual_seed(K + M)
     x = torch.randn(M, K, dtype=dtype, device=DEV) * 2
     x[M // 2] *= 300  # an outlier row
@@ -209,13 +215,13 @@ def test_few_rows_split_over_a_cluster(M, K, dtype):
         ("gelu", x, dict(b=b)),
         ("silu_mul", gu, dict()),
         ("gelu_tanh_mul", gu, dict()),
-        ("quant", x, dict()),
+        ("identity", x, dict()),
     ]
     for op, inp, kw in cases:
         what = f"{op} {kw.get('mode', '')} M={M} K={K} {dtype}"
         (q, s, r), (q_ref, s_ref, r_ref) = run_both(op, inp, **kw)
         check(q, s, r, q_ref, s_ref, r_ref, what, exact_r=kw.get("mode") != "normed")
-        if op in ("gelu", "silu_mul", "gelu_tanh_mul", "quant"):
+        if op in ("gelu", "silu_mul", "gelu_tanh_mul", "identity"):
             with debug_setting("row_cluster", 0):
                 (q1, s1, _), _ = run_both(op, inp, **kw)
             assert torch.equal(q, q1) and torch.equal(s, s1), what

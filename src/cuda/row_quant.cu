@@ -333,13 +333,18 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 constexpr int kFewRows = 64;  // rows up to which the CTA policy favours latency (launch())
 constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a cluster (cluster_of)
 
-// CTAs per row for M rows of nvec vectors (1: one CTA or warp per row). At few rows a wide row op is
-// one CTA's latency chain (loads, up to three CTA reductions, the parameters, the stores) on one SM
-// of 132 while the rest idle; a cluster of C CTAs splits the row, each a span of <= 1024 vectors
-// held in registers, and combines the reductions through distributed shared memory. sm_90+ only.
+// CTAs per row for M rows of nvec vectors (1: one CTA or warp per row). At few rows a row op is one
+// CTA's latency chain on one SM of 132; where the row is wide enough that the CTA's own work (loads,
+// SwiGLU's exponentials, the quantization) outweighs a cluster barrier, a cluster of C CTAs splits it,
+// each a span of <= 2048 vectors in registers, and combines the reductions through distributed shared
+// memory. H100, CUDA graph of 16 PDL-chained calls (benchmarks/probe_row_threads.py --knob row_cluster,
+// benchmarks/results/probe_row_cluster_h100-80gb-hbm3_*.json), us at M = 1 / 16 / 32 / 64, one CTA against
+// 8: silu_mul_quant K = 14336 5.74 / 5.83 / 5.89 / 6.00 against 3.53 / 4.12 / 4.83 / 6.53; add_rmsnorm_quant
+// K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at every cluster
+// size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
 int cluster_of(int M, int nvec, bool group) {
   if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || device_major() < 9) return 1;
-  const int C = g_cluster_override > 1 ? g_cluster_override : M > kClusterRows ? 1 : nvec >= 1024 ? 8 : nvec >= 512 ? 4 : 2;
+  const int C = g_cluster_override > 1 ? g_cluster_override : (M <= kClusterRows && nvec >= 1536 ? 8 : 1);
   return (nvec + C - 1) / C <= 2048 ? C : 1;  // the span fits 1024 threads x 2 vectors
 }
 
