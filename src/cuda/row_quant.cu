@@ -338,7 +338,7 @@ constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a
 // SwiGLU's exponentials, the quantization) outweighs a cluster barrier, a cluster of C CTAs splits it,
 // each a span of <= 2048 vectors in registers, and combines the reductions through distributed shared
 // memory. H100, CUDA graph of 16 PDL-chained calls (benchmarks/probe_row_threads.py --knob row_cluster,
-// benchmarks/results/probe_row_cluster_h100-80gb-hbm3_*.json), us at M = 1 / 16 / 32 / 64, one CTA against
+// benchmarks/results/probe_row_cluster_h100-80gb-hbm3_d712ba6.json), us at M = 1 / 16 / 32 / 64, one CTA against
 // 8: silu_mul_quant K = 14336 5.74 / 5.83 / 5.89 / 6.00 against 3.53 / 4.12 / 4.83 / 6.53; add_rmsnorm_quant
 // K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at every cluster
 // size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
