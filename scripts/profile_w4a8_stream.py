@@ -12,7 +12,8 @@ integer scales, alpha 16, g 128), float (INT4, float scales), fp4 (FP4 m2 scales
 weights through the mixed-input mainloop, path="mixed", instead of the streaming kernel), int8
 (int8_gemm, the W8A8 reference). --variant N sets the streaming kernels' loading schedule first
 (_C._debug_set_w4a8_variant: 1..5 in ZQ_EXPERIMENT_TILES builds; 6 in any build: FP4 at M <= 8 on
-register batches, not the shared-memory ring); --sweep NAME=V[,V...] times every case once per value
+register batches, not the shared-memory ring; 7 in any build: INT4 at M <= 8 capped at 80 registers,
+3 CTAs an SM); --sweep NAME=V[,V...] times every case once per value
 of one of the extension's switches, _C._debug_set_NAME(V), in one process: `w4a8_rows_per_cta=1,2,4,8`
 (16-row tiles per CTA instead of the wave heuristic), `w4a8_early_weights=1,0` (the weights requested
 before griddepcontrol.wait or after it), `pdl=1,0`. --quant puts the activation quantization (the row

@@ -115,6 +115,24 @@ def test_w4a8_gemm_decode_wide(scale):
 
 
 @needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+def test_w4a8_gemm_register_capped_variant(scale):
+    """_debug_set_w4a8_variant(7): the M <= 8 kernel capped at 80 registers for 3 CTAs an SM (a probe's
+    A / B in one build) gives the reference's results too, at the launcher's own rows per CTA."""
+    torch.manual_seed(2)
+    for N, K, g in ((6144, 4096, 128), (28688, 512, 64), (256, 1024, 32)):
+        w = torch.randn(N, K, device=DEV) * 0.02
+        kw = {"alpha": 16} if scale == "int" else {}
+        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
+        for M in (1, 8):
+            xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+            a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+            with debug_setting("w4a8_variant", 7):
+                out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
+            assert_close(out.cpu(), ref_of(a), f"variant 7 {scale} N={N} M={M}", scale == "int")
+
+
+@needs_sm90
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
 def test_w4a8_gemm_activation(act):
     a = inputs(7, 256, 512, 128, "int", bias=True)
