@@ -27,6 +27,8 @@
 #                (benchmarks/profile_llm.py) for each --decode-attention mode (DECODE_MODES), same run
 #   llm       -> benchmarks/bench_llm.py (issue 19: the whole Llama-3-8B-shaped model, bf16's four modes
 #                against each scheme; LLM_ARGS, default --quick), JSON + log under $OUT
+#   llmab     -> an environment switch's whole-model A / B in alternating processes (LLM_AB_ENV, default
+#                ZQKERNELS_ROW_CLUSTER=0; LLM_AB_ARGS, default W4A8 decode b1 CUDA graph; LLM_AB_ROUNDS)
 #   stream    -> the W4A8 decode kernels: racecheck + memcheck at small shapes, then
 #                scripts/profile_w4a8_stream.py (STREAM_ARGS) for the installed package and, with a wheel
 #                in $BASE_WHEELHOUSE (default .wheelhouse_base/), for that wheel in the same run
@@ -213,6 +215,23 @@ if [[ " $STEPS " == *" llm "* ]]; then
     | tee "$OUT/llm.log" | tail -${LLM_TAIL:-40}
   rc=${PIPESTATUS[0]}
   summary+=("llm: rc=$rc, $(( $(date +%s) - tm )) s, $OUT/llm.log")
+fi
+
+if [[ " $STEPS " == *" llmab "* ]]; then
+  # An environment switch's whole-model A / B (LLM_AB_ENV, default ZQKERNELS_ROW_CLUSTER=0): bench_llm
+  # with LLM_AB_ARGS (default: W4A8 decode b1, CUDA graph) in alternating processes, LLM_AB_ROUNDS pairs.
+  LLM_AB_ENV=${LLM_AB_ENV:-ZQKERNELS_ROW_CLUSTER=0}
+  ab_default="--cases 'decode b1 ctx1024' --schemes 'w4a8@alpha=16+lm_head=w8' --modes 'w4a8*-graph'"
+  ab_args=${LLM_AB_ARGS:-$ab_default}  # parsed again by bash -c: quote inside it
+  for i in $(seq 1 "${LLM_AB_ROUNDS:-2}"); do
+    for side in default switched; do
+      envs=(); [[ $side == switched ]] && read -ra envs <<< "$LLM_AB_ENV"
+      env "${envs[@]}" bash -c "python3 benchmarks/bench_llm.py $ab_args --json $OUT/llm_ab_${side}_$i.json" 2>&1 \
+        | grep -v -e USDT -e _warn > "$OUT/llm_ab_${side}_$i.log"
+      line=$(grep ' ms: ' "$OUT/llm_ab_${side}_$i.log" | grep -v ' bf16 ' | tr -s ' ' | tr '\n' ';' | cut -c1-160)
+      summary+=("llm A/B #$i $side ($([[ $side == switched ]] && echo "$LLM_AB_ENV" || echo as built)): $line")
+    done
+  done
 fi
 
 if [[ " $STEPS " == *" stream "* ]]; then

@@ -2,7 +2,7 @@
 scripts/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck).
 
 Covers quantize_per_token (each input dtype, both the register path and the two-pass path), the
-fused row ops (register, element and streaming paths, residual outputs), every
+fused row ops (register, element and streaming paths, the few-rows cluster path, residual outputs), every
 GEMM kernel of the registry (each tile and output type, with bias, per-tensor scales and a row-
 strided xq; int8 output with a static out_scale, a float32 bias and gelu), and the PDL probe
 followed by a GEMM. Exits non-zero on a mismatch; the sanitizer's own exit code reports memory
@@ -38,7 +38,10 @@ def main() -> int:
     # residual outputs (also in place).
     from zqkernels.reference import row_quant_ref
 
-    for K in (1000, 1001, 40000):
+    # K = 14336: the few-rows cluster path (8 CTAs a row, distributed shared memory); 4096 with the
+    # cluster sizes forced (2 and 4 CTAs), then back to the library's choice.
+    for K, ctas in ((1000, -1), (1001, -1), (40000, -1), (14336, -1), (4096, 2), (4096, 4)):
+        C._debug_set_row_cluster(ctas)
         x = torch.randn(3, K, device=dev, dtype=torch.bfloat16)
         r = torch.randn(3, K, device=dev, dtype=torch.bfloat16)
         w, b = torch.rand(K, device=dev), torch.randn(K, device=dev)
@@ -59,8 +62,9 @@ def main() -> int:
         for name, got in outs.items():
             d = (got[0].cpu().int() - refs[name][0].int()).abs().max()
             if int(d) > 1:
-                print(f"fused {name} K={K}: codes differ by {int(d)}")
+                print(f"fused {name} K={K} cluster {ctas}: codes differ by {int(d)}")
                 bad += 1
+    C._debug_set_row_cluster(-1)
     cc = torch.cuda.get_device_capability()
     for arch, recipe, tile, code, _ in C.gemm_kernels():
         if arch == "sm90" and cc != (9, 0):
