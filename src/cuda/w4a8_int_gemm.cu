@@ -213,8 +213,12 @@ void launch_int(const W4A8IntArgs& a) {
 }
 
 // The token tile's kernel: at M <= 8, GemmTuning::w4a8_variant 7 (an experiment, any build) caps the
-// registers for 3 CTAs an SM instead of 2 (104 registers): more warps in flight and, for the small
-// projections (8B qkv: 384 row tiles against 264 CTA slots), one wave instead of 1.45.
+// registers for 3 CTAs an SM instead of 2 (101 / 107 registers): more warps in flight and, for the small
+// projections (8B qkv: 384 row tiles against 264 CTA slots), one wave instead of 1.45. The same bound
+// together with one-group scales measured 8.5 against 10.9 us at 8B qkv M = 1 but slower everywhere
+// else (70B down 58.8 against 49.4; benchmarks/results/w4a8_stream_onegroup_ab_h100-80gb-hbm3_f329bf3.txt):
+// if the bound alone repeats the qkv gain, the rule to try is "3 CTAs an SM where the row tiles fill one
+// wave only at 3" (2 x SMs < N / 16 <= 3 x SMs).
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int_variant(const W4A8IntArgs& a) {
   if constexpr (kNT == 1) {
