@@ -29,6 +29,12 @@ def test_row_ops_wait(M):
                                f"add_rmsnorm_quant M={M}")
     gu = torch.randn(M, 2 * K, device=DEV, dtype=torch.bfloat16)
     check_after_late_producer(lambda a: zqkernels.ops.silu_mul_quant(a), [gu], f"silu_mul_quant M={M}")
+    # 14336 wide: at M <= 32 a cluster of 8 CTAs a row (row_quant.cu, cluster_of); 4096 forced into 4
+    gu = torch.randn(M, 2 * 14336, device=DEV, dtype=torch.bfloat16)
+    check_after_late_producer(lambda a: zqkernels.ops.silu_mul_quant(a), [gu], f"silu_mul_quant K=14336 M={M}")
+    with debug_setting("row_cluster", 4):
+        check_after_late_producer(lambda a, b: zqkernels.ops.add_rmsnorm_quant(a, b, w), [x, r],
+                                   f"add_rmsnorm_quant 4 CTAs M={M}")
 
 
 def test_rope_qkv_waits():
