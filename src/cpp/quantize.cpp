@@ -147,7 +147,7 @@ void bind_quantize(nb::module_& m) {
       },
       nb::arg("ctas"),
       "Row ops at few rows: CTAs per row (a cluster splits the row; -1 automatic, the default; 0 never; 2, 4, 8 "
-      "forced where the row fits). Returns the previous setting (env ZQKERNELS_ROW_CLUSTER=0: never).");
+      "forced where the row fits and the device runs clusters). Returns the previous setting (env ZQKERNELS_ROW_CLUSTER=0: never).");
 }
 
 }  // namespace zqb

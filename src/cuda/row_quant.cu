@@ -333,6 +333,18 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 constexpr int kFewRows = 64;  // rows up to which the CTA policy favours latency (launch())
 constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a cluster (cluster_of)
 
+// Whether the current device runs this file's cluster code: compute capability 9.0+ and a binary built
+// for it (a build for sm_80 alone also runs on an H100, where the cluster path would trap).
+bool cluster_code_runs() {
+  static const int version = [] {
+    cudaFuncAttributes at{};
+    return cudaFuncGetAttributes(&at, row_quant_cluster_kernel<float, RowOp::kIdentity, 4, 1, 2>) == cudaSuccess
+               ? at.binaryVersion
+               : 0;
+  }();
+  return version >= 90 && device_major() >= 9;
+}
+
 // CTAs per row for M rows of nvec vectors (1: one CTA or warp per row). At few rows a row op is one
 // CTA's latency chain on one SM of 132; where the row is wide enough that the CTA's own work (loads,
 // SwiGLU's exponentials, the quantization) outweighs a cluster barrier, a cluster of C CTAs splits it,
@@ -343,7 +355,7 @@ constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a
 // K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at every cluster
 // size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
 int cluster_of(int M, int nvec, bool group) {
-  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || device_major() < 9) return 1;
+  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || !cluster_code_runs()) return 1;
   const int C = g_cluster_override > 1 ? g_cluster_override : (M <= kClusterRows && nvec >= 1536 ? 8 : 1);
   return (nvec + C - 1) / C <= 2048 ? C : 1;  // the span fits 1024 threads x 2 vectors
 }
