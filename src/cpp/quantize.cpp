@@ -141,13 +141,15 @@ void bind_quantize(nb::module_& m) {
       "_debug_set_row_cluster",
       [](int ctas) {
         if (ctas != -1 && ctas != 0 && ctas != 2 && ctas != 4 && ctas != 8) {
-          fail("_debug_set_row_cluster", "CTAs per row must be -1 (auto), 0 (never), 2, 4 or 8, got " + std::to_string(ctas));
+          fail("_debug_set_row_cluster",
+               "CTAs per row must be -1 (auto), 0 (never), 2, 4 or 8, got " + std::to_string(ctas));
         }
         return zq::row_quant_set_cluster(ctas);
       },
       nb::arg("ctas"),
-      "Row ops at few rows: CTAs per row (a cluster splits the row; -1 automatic, the default; 0 never; 2, 4, 8 "
-      "forced where the row fits and the device runs clusters). Returns the previous setting (env ZQKERNELS_ROW_CLUSTER=0: never).");
+      "Row ops at few rows: CTAs per row (a cluster splits the row; -1 automatic, the default; 0 never; "
+      "2, 4, 8 forced where the row fits and the device runs clusters). Returns the previous setting "
+      "(env ZQKERNELS_ROW_CLUSTER=0: never).");
 }
 
 }  // namespace zqb
