@@ -282,8 +282,8 @@ void bind_gemm(nb::module_& m) {
       },
       nb::arg("variant"),
       "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 "
-      "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build); 7 w4a8_gemm (INT4) at "
-      "M <= 8 capped at 80 registers for 3 CTAs an SM (any build).");
+      "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build); 7 "
+      "w4a8_gemm (INT4) at M <= 8 capped at 80 registers for 3 CTAs an SM (any build).");
   m.def(
       "_debug_set_w4a8_rows_per_cta",
       [](int r) {

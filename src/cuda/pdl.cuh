@@ -54,8 +54,8 @@ inline bool pdl_enabled() { return gemm_tuning().pdl && device_major() >= 9; }
 // (1: no cluster attribute; > 1 needs compute capability 9.0+), with programmatic stream
 // serialization allowed when pdl_enabled(). Returns the launch's error code.
 template <class... KArgs, class... Args>
-cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                               unsigned cluster_x, Args&&... args) {
+cudaError_t launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                               cudaStream_t stream, unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;

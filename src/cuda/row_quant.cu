@@ -63,10 +63,13 @@ namespace {
 // the row's reductions combine the CTAs' values through distributed shared memory (reduce_row).
 template <typename T, RowOp kOp, int VEC, int kIters, bool kWarpRow, bool kGroup, int kCluster = 1>
 __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
-  static_assert(kCluster == 1 || (kIters > 0 && !kWarpRow && !kGroup), "a cluster splits register-resident rows");
+  static_assert(kCluster == 1 || (kIters > 0 && !kWarpRow && !kGroup),
+                "a cluster splits register-resident rows");
   pdl_trigger();  // at entry: the next kernel launches now (a streaming GEMM requests its weights)
   pdl_wait();     // launched with PDL: the input comes from the kernel before (pdl.cuh)
-  const int m = kWarpRow ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32 : kCluster > 1 ? blockIdx.y : blockIdx.x;
+  const int m = kWarpRow       ? blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32
+                : kCluster > 1 ? blockIdx.y
+                               : blockIdx.x;
   if (kWarpRow && m >= a.M) return;  // whole warps only; warp rows use no CTA barrier
   const int tid = kWarpRow ? threadIdx.x % 32 : threadIdx.x;
   const int K = a.K;
@@ -117,7 +120,8 @@ __device__ __forceinline__ void row_quant_body(const RowQuantArgs& a) {
 #pragma unroll
         for (int i = 0; i < kIters; ++i) {
           const int c = c0 + i * stride;
-          if (c < c_end) *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(buf[i]);
+          if (c < c_end)
+            *reinterpret_cast<uint4*>(r.res_out + c * VEC) = *reinterpret_cast<const uint4*>(buf[i]);
         }
       }
     }
@@ -338,9 +342,8 @@ constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a
 bool cluster_code_runs() {
   static const int version = [] {
     cudaFuncAttributes at{};
-    return cudaFuncGetAttributes(&at, row_quant_cluster_kernel<float, RowOp::kIdentity, 4, 1, 2>) == cudaSuccess
-               ? at.binaryVersion
-               : 0;
+    const auto probe = row_quant_cluster_kernel<float, RowOp::kIdentity, 4, 1, 2>;
+    return cudaFuncGetAttributes(&at, probe) == cudaSuccess ? at.binaryVersion : 0;
   }();
   return version >= 90 && device_major() >= 9;
 }
@@ -350,12 +353,13 @@ bool cluster_code_runs() {
 // SwiGLU's exponentials, the quantization) outweighs a cluster barrier, a cluster of C CTAs splits it,
 // each a span of <= 2048 vectors in registers, and combines the reductions through distributed shared
 // memory. H100, CUDA graph of 16 PDL-chained calls (benchmarks/probe_row_threads.py --knob row_cluster,
-// benchmarks/results/probe_row_cluster_h100-80gb-hbm3_d712ba6.json), us at M = 1 / 16 / 32 / 64, one CTA against
-// 8: silu_mul_quant K = 14336 5.74 / 5.83 / 5.89 / 6.00 against 3.53 / 4.12 / 4.83 / 6.53; add_rmsnorm_quant
-// K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at every cluster
-// size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
+// benchmarks/results/probe_row_cluster_h100-80gb-hbm3_d712ba6.json), us at M = 1 / 16 / 32 / 64, one CTA
+// against 8: silu_mul_quant K = 14336 5.74 / 5.83 / 5.89 / 6.00 against 3.53 / 4.12 / 4.83 / 6.53;
+// add_rmsnorm_quant K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at
+// every cluster size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
 int cluster_of(int M, int nvec, bool group) {
-  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || !cluster_code_runs()) return 1;
+  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || !cluster_code_runs())
+    return 1;
   const int C = g_cluster_override > 1 ? g_cluster_override : (M <= kClusterRows && nvec >= 1536 ? 8 : 1);
   return (nvec + C - 1) / C <= 2048 ? C : 1;  // the span fits 1024 threads x 2 vectors
 }

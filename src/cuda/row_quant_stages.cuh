@@ -279,7 +279,8 @@ struct Params {
 
 // Stage 2 of VEC consecutive elements with their parameters: y = norm(v) (or v), in fp32.
 template <RowOp kOp, typename T, int VEC>
-__device__ __forceinline__ void stage2(const T (&v)[VEC], const Params<kOp, VEC>& p, const Stats& s, float (&y)[VEC]) {
+__device__ __forceinline__ void stage2(const T (&v)[VEC], const Params<kOp, VEC>& p, const Stats& s,
+                                       float (&y)[VEC]) {
   if constexpr (kOp == RowOp::kRMSNorm || kOp == RowOp::kLayerNorm) {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) y[j] = (to_float(v[j]) - s.mean) * s.rstd * p.w[j] + p.b[j];
@@ -291,8 +292,8 @@ __device__ __forceinline__ void stage2(const T (&v)[VEC], const Params<kOp, VEC>
 
 // Stage 2 of VEC consecutive elements starting at k, loading their parameters.
 template <RowOp kOp, typename T, int VEC>
-__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b, const Stats& s,
-                                       float (&y)[VEC]) {
+__device__ __forceinline__ void stage2(const T (&v)[VEC], int k, const float* w, const float* b,
+                                       const Stats& s, float (&y)[VEC]) {
   Params<kOp, VEC> p;
   p.load(w, b, k);
   stage2<kOp, T, VEC>(v, p, s, y);
