@@ -68,12 +68,11 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 
 // One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
-// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
-// float scales into accf.
+// r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
+// batch whose steps could reach the overflow bound), float scales into accf.
 template <int kNT, bool kIntScale>
 __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
-                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
-                                          int flush_steps) {
+                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
@@ -97,21 +96,15 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
         accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
       }
     }
-    if constexpr (kIntScale) {
-      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
-        steps = 0;
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-      }
-    }
   }
 }
 
+constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
+constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
+
 template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
-  constexpr int kBatch = 4;
+  constexpr int kBatch = kBatchChunks;
   const int R = L.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
@@ -177,6 +170,19 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         if (c < nchunks) fetch(c, nw[u], nsc[u]);
       }
       if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
+      if constexpr (kIntScale) {
+        // The overflow bound, checked once a batch (2 kBatch steps; the host sends flush_steps >= 2 kBatch,
+        // w4a8_int_gemm): flush before this batch if its steps could pass flush_steps unflushed. A
+        // per-step check cost ~13 predicated instructions a step (ptxas if-converts it).
+        if (steps > a.flush_steps - 2 * kBatch) {
+          steps = 0;
+#pragma unroll
+          for (int j = 0; j < kNT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+        }
+        steps += 2 * kBatch;
+      }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * W;
@@ -187,7 +193,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
 #pragma unroll
           for (int s = 0; s < 2; ++s)
             xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
+        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -243,7 +249,10 @@ std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStr
 std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   std::string err = check_stream_args(a, 32, 4);
   if (!err.empty()) return err;
-  if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  if (a.int_scales && a.flush_steps < kMinFlushSteps) {
+    return "flush_steps must be >= " + std::to_string(kMinFlushSteps) + " for integer scales, got " +
+           std::to_string(a.flush_steps);
+  }
   if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
   return dispatch_stream(a, a.int_scales, [&](auto t, auto nt, auto int_scales) {
     launch_int_variant<decltype(nt)::value, decltype(int_scales)::value, decltype(t)>(a);
