@@ -133,6 +133,26 @@ def test_w4a8_gemm_register_capped_variant(scale):
 
 
 @needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+def test_w4a8_gemm_two_group_scale_loads(scale):
+    """Group sizes that are multiples of 64 load one group's scales a chunk; _debug_set_w4a8_variant(8)
+    forces the two-group loads (the g = 32 kernel) there: both give the reference's results."""
+    torch.manual_seed(3)
+    N, K, g = 4096, 2048, 128
+    w = torch.randn(N, K, device=DEV) * 0.02
+    kw = {"alpha": 16} if scale == "int" else {}
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
+    for M in (1, 12, 40):
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+        a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+        ref = ref_of(a)
+        for variant in (0, 8):
+            with debug_setting("w4a8_variant", variant):
+                out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
+            assert_close(out.cpu(), ref, f"variant {variant} {scale} M={M}", scale == "int")
+
+
+@needs_sm90
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
 def test_w4a8_gemm_activation(act):
     a = inputs(7, 256, 512, 128, "int", bias=True)

@@ -70,8 +70,8 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
 // r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
 // batch whose steps could reach the overflow bound), float scales into accf.
-template <int kNT, bool kIntScale>
-__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
+template <int kNT, bool kIntScale, int kSc>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
                                           int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
@@ -83,13 +83,15 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
       int32_t p[4];
       mma_s8(p, af, xv[j][s].x, xv[j][s].y);
       if constexpr (kIntScale) {
-        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
+        const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
+        const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
         acci[j][0] += lo * p[0];
         acci[j][1] += lo * p[1];
         acci[j][2] += hi * p[2];
         acci[j][3] += hi * p[3];
       } else {
-        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
+        const int g = kSc == 4 ? 2 * s : 0;
+        const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
         accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
         accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
         accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
@@ -102,8 +104,9 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
 constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
 constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
+  constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
   const int R = L.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -146,11 +149,11 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     int steps = 0;
     const int step = W * kBatch;
     uint4 wv[kBatch];
-    uint32_t sc[kBatch][4];
-    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
+    uint32_t sc[kBatch][kSc];
+    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
 #pragma unroll
-      for (int s = 0; s < 2; ++s) {
+      for (int s = 0; s < kSc / 2; ++s) {
         const uint32_t* p = scale_at(c, s);
         scv[2 * s] = __ldg(p);
         scv[2 * s + 1] = __ldg(p + 8);
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     }
     for (int c0 = kp; c0 < nchunks; c0 += step) {
       uint4 nw[kBatch];
-      uint32_t nsc[kBatch][4];
+      uint32_t nsc[kBatch][kSc];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + step + u * W;
@@ -193,13 +196,13 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
 #pragma unroll
           for (int s = 0; s < 2; ++s)
             xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf);
+        int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         wv[u] = nw[u];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
+        for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
       }
     }
   }
@@ -211,9 +214,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
@@ -230,6 +233,9 @@ void launch_int_variant(const W4A8IntArgs& a) {
   if constexpr (kNT == 1) {
     if (gemm_tuning().w4a8_variant == 7) return launch_int<kNT, kIntScale, OutT, 3>(a);
   }
+  // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
+  // registers a chunk, not 4 (w4a8_variant 8 forces the two-group kernel, for A / B).
+  if (a.group_size % 64 == 0 && gemm_tuning().w4a8_variant != 8) return launch_int<kNT, kIntScale, OutT, 1, true>(a);
   launch_int<kNT, kIntScale, OutT>(a);
 }
 
