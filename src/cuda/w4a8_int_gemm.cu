@@ -230,13 +230,16 @@ void launch_int(const W4A8IntArgs& a) {
 // wave only at 3" (2 x SMs < N / 16 <= 3 x SMs).
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int_variant(const W4A8IntArgs& a) {
-  if constexpr (kNT == 1) {
-    if (gemm_tuning().w4a8_variant == 7) return launch_int<kNT, kIntScale, OutT, 3>(a);
-  }
   // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
   // registers a chunk, not 4 (w4a8_variant 8 forces the two-group kernel, for A / B).
-  if (a.group_size % 64 == 0 && gemm_tuning().w4a8_variant != 8) return launch_int<kNT, kIntScale, OutT, 1, true>(a);
-  launch_int<kNT, kIntScale, OutT>(a);
+  const int variant = gemm_tuning().w4a8_variant;
+  const bool one_group = a.group_size % 64 == 0 && variant != 8;
+  if constexpr (kNT == 1) {
+    if (variant == 7) {
+      return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
+    }
+  }
+  return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }
 
 }  // namespace
