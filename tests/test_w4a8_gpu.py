@@ -26,11 +26,12 @@ pytestmark = requires_gpu
 needs_sm90 = requires_sm90("the W4A8 kernels (sm_90a)")
 
 
-def inputs(M, N, K, g, scale, out_dtype=torch.bfloat16, bias=False):
+def inputs(M, N, K, g, scale, out_dtype=torch.bfloat16, bias=False, alpha=None):
     w = torch.randn(N, K, device=DEV) * 0.02
     w[:, : K // 3] *= 6  # groups of different scales
     xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
-    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale)
+    kw = {} if alpha is None else {"alpha": alpha}
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
     b = torch.randn(N, device=DEV).to(out_dtype) if bias else None
     return dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=b, out_dtype=out_dtype)
 
@@ -121,12 +122,8 @@ def test_w4a8_gemm_register_capped_variant(scale):
     A / B in one build) gives the reference's results too, at the launcher's own rows per CTA."""
     torch.manual_seed(2)
     for N, K, g in ((6144, 4096, 128), (28688, 512, 64), (256, 1024, 32)):
-        w = torch.randn(N, K, device=DEV) * 0.02
-        kw = {"alpha": 16} if scale == "int" else {}
-        wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
         for M in (1, 8):
-            xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
-            a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+            a = inputs(M, N, K, g, scale, alpha=16 if scale == "int" else None)
             with debug_setting("w4a8_variant", 7):
                 out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
             assert_close(out.cpu(), ref_of(a), f"variant 7 {scale} N={N} M={M}", scale == "int")

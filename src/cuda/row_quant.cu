@@ -358,10 +358,10 @@ bool cluster_code_runs() {
 // add_rmsnorm_quant K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at
 // every cluster size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
 int cluster_of(int M, int nvec, bool group) {
-  if (group || g_cluster_override == 0 || g_cluster_override == 1 || nvec <= 32 * 8 || !cluster_code_runs())
-    return 1;
+  if (group || g_cluster_override == 0 || nvec <= 32 * 8) return 1;
   const int C = g_cluster_override > 1 ? g_cluster_override : (M <= kClusterRows && nvec >= 1536 ? 8 : 1);
-  return (nvec + C - 1) / C <= 2048 ? C : 1;  // the span fits 1024 threads x 2 vectors
+  // the span fits 1024 threads x 2 vectors; the device check (a cudaGetDevice) only when a cluster is wanted
+  return C > 1 && (nvec + C - 1) / C <= 2048 && cluster_code_runs() ? C : 1;
 }
 
 template <typename T, RowOp kOp, int VEC, int kCluster>

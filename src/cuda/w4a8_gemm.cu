@@ -281,21 +281,16 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8_fp_stream(W4A8FPArgs a, Stre
 
 template <bool kPow2>
 __global__ void fp4_to_fp8_kernel(const uint8_t* packed, const void* sg, int group_size, int N, int K, uint8_t* out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // one lane-chunk
-  const int nchunks = K >> 6;
-  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
-  const int lane = static_cast<int>(i & 31);
-  const int64_t tc = i >> 5;
-  const int c = static_cast<int>(tc % nchunks);
-  const int rt = static_cast<int>(tc / nchunks);
-  const int r = lane >> 2, t = lane & 3;
+  ConvertChunk ch;
+  if (!convert_chunk(N, K, ch)) return;
+  const int64_t n_lo = ch.n_lo;
+  const int c = ch.c, t = ch.t;
   const int G = K / group_size;
-  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
   const int grp = (c * 64 + 16 * t) / group_size;
   RowScale<kPow2> s_lo, s_hi;
   s_lo.load(sg, n_lo * G + grp);
   s_hi.load(sg, (n_lo + 8) * G + grp);
-  const uint4 v = reinterpret_cast<const uint4*>(packed)[i];
+  const uint4 v = reinterpret_cast<const uint4*>(packed)[ch.i];
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
   uint32_t lo[4], hi[4];
 #pragma unroll

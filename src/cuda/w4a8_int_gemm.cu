@@ -28,17 +28,12 @@ namespace {
 // of word 2s + q holds rows r (low nibble) and r + 8 (high nibble) at k = 64c + 32s + 16q + 4t + j
 // (the int8 MMA's natural A fragment); int4_word_to_int8 sign-extends both halves.
 __global__ void int4_to_int8_kernel(const uint8_t* packed, int N, int K, uint8_t* out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int nchunks = K >> 6;
-  if (i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return;
-  const int lane = static_cast<int>(i & 31);
-  const int64_t tc = i >> 5;
-  const int c = static_cast<int>(tc % nchunks);
-  const int rt = static_cast<int>(tc / nchunks);
-  const int r = lane >> 2, t = lane & 3;
-  const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + i);
+  ConvertChunk ch;
+  if (!convert_chunk(N, K, ch)) return;
+  const int64_t n_lo = ch.n_lo;
+  const int c = ch.c, t = ch.t;
+  const uint4 v = load_stream(reinterpret_cast<const uint4*>(packed) + ch.i);
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-  const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     const Int8Pair q0 = int4_word_to_int8(w[2 * s]), q1 = int4_word_to_int8(w[2 * s + 1]);

@@ -169,6 +169,25 @@ unsigned convert_blocks(int N, int K) {
   return static_cast<unsigned>((threads + kConvertBlock - 1) / kConvertBlock);
 }
 
+// A conversion thread's lane chunk: index i of the 16-byte chunks (row tile rt, chunk c of K / 64, lane
+// 4 r + t), the tile's row n_lo = 16 rt + r (its codes cover rows n_lo and n_lo + 8), c and t. False
+// for the threads past the last chunk.
+struct ConvertChunk {
+  int64_t i, n_lo;
+  int c, t;
+};
+__device__ __forceinline__ bool convert_chunk(int N, int K, ConvertChunk& ch) {
+  ch.i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int nchunks = K >> 6;
+  if (ch.i >= static_cast<int64_t>(N >> 4) * nchunks * 32) return false;
+  const int lane = static_cast<int>(ch.i & 31);
+  const int64_t tc = ch.i >> 5;
+  ch.c = static_cast<int>(tc % nchunks);
+  ch.t = lane & 3;
+  ch.n_lo = (tc / nchunks) * 16 + (lane >> 2);
+  return true;
+}
+
 // "" when the last launch on this thread was accepted, else why not.
 std::string launch_status() {
   const cudaError_t e = cudaGetLastError();
