@@ -150,6 +150,31 @@ def test_w4a8_gemm_two_group_scale_loads(scale):
 
 
 @needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+def test_w4a8_gemm_contiguous_slices_variant(scale):
+    """_debug_set_w4a8_variant(9): each warp streams one contiguous K slice. Cases: one warp a row tile
+    over K = 16384 (512 MMA steps: the integer accumulators flush twice at alpha 16), K / 64 = 5 chunks
+    over the launcher's own slices (uneven), and K = 64 over 8 warps (seven empty slices, warp 0's
+    among them: it still waits for the previous kernel before it stores)."""
+    torch.manual_seed(4)
+    for N, K, g, rows in ((256, 16384, 128, 8), (4096, 320, 64, 0), (512, 64, 64, 1)):
+        for M in (1, 12, 40):
+            a = inputs(M, N, K, g, scale, alpha=16 if scale == "int" else None)
+            with debug_setting("w4a8_variant", 9), debug_setting("w4a8_rows_per_cta", rows):
+                out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
+            assert_close(out.cpu(), ref_of(a), f"variant 9 {scale} N={N} K={K} M={M}", scale == "int")
+    # The empty slices' wait: a producer that writes xq / sx 50 us late must not change the output.
+    a = inputs(1, 512, 64, 64, scale, alpha=16 if scale == "int" else None)
+
+    def gemm(xq, sx, a=a):
+        return zqkernels.w4a8_gemm(xq, a["wq"], sx, a["sw"], a["sg"], max_scale=16 if scale == "int" else None,
+                                   path="stream")
+
+    with debug_setting("w4a8_variant", 9), debug_setting("w4a8_rows_per_cta", 1):
+        check_after_late_producer(gemm, [a["xq"], a["sx"]], f"variant 9 empty slices {scale}")
+
+
+@needs_sm90
 @pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "silu"])
 def test_w4a8_gemm_activation(act):
     a = inputs(7, 256, 512, 128, "int", bias=True)

@@ -99,7 +99,10 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
 constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
 constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
+// kContig (an experiment, w4a8_variant 9): warp kp of a row tile streams one contiguous K slice, chunks
+// [kp nchunks / W, (kp + 1) nchunks / W), instead of every W-th chunk from kp: a chunk's weight, scale and
+// activation addresses are then the batch's base plus compile-time offsets (no per-chunk multiply by W).
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
   constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
@@ -142,7 +145,11 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
       return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
     };
     int steps = 0;
-    const int step = W * kBatch;
+    // Chunk u of the batch at c0: c0 + u * stride; the slice [cbeg, cend).
+    const int stride = kContig ? 1 : W;
+    const int step = stride * kBatch;
+    const int cbeg = kContig ? static_cast<int>((static_cast<int64_t>(kp) * nchunks) / W) : kp;
+    const int cend = kContig ? static_cast<int>((static_cast<int64_t>(kp + 1) * nchunks) / W) : nchunks;
     uint4 wv[kBatch];
     uint32_t sc[kBatch][kSc];
     const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
@@ -156,18 +163,18 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     };
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int c = kp + u * W;
-      if (c < nchunks) fetch(c, wv[u], sc[u]);
+      const int c = cbeg + u * stride;
+      if (c < cend) fetch(c, wv[u], sc[u]);
     }
-    for (int c0 = kp; c0 < nchunks; c0 += step) {
+    for (int c0 = cbeg; c0 < cend; c0 += step) {
       uint4 nw[kBatch];
       uint32_t nsc[kBatch][kSc];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + step + u * W;
-        if (c < nchunks) fetch(c, nw[u], nsc[u]);
+        const int c = c0 + step + u * stride;
+        if (c < cend) fetch(c, nw[u], nsc[u]);
       }
-      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
+      if (L.early && c0 == cbeg) pdl_wait();  // two batches of weights requested
       if constexpr (kIntScale) {
         // The overflow bound, checked once a batch (2 kBatch steps; the host sends flush_steps >= 2 kBatch,
         // w4a8_int_gemm): flush before this batch if its steps could pass flush_steps unflushed. A
@@ -183,8 +190,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + u * W;
-        if (c >= nchunks) break;
+        const int c = c0 + u * stride;
+        if (c >= cend) break;
         uint2 xv[kNT][2];
 #pragma unroll
         for (int j = 0; j < kNT; ++j)
@@ -200,6 +207,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
       }
     }
+    // An empty slice (K / 64 < W under kContig, or kp past the last chunk) never reached the wait in the
+    // loop; warp 0 stores the tile, so it must have waited for the previous grid.
+    if (L.early && cbeg >= cend) pdl_wait();
   }
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
@@ -209,9 +219,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kContig>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
@@ -234,6 +244,8 @@ void launch_int_variant(const W4A8IntArgs& a) {
       return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
     }
   }
+  // w4a8_variant 9 (an experiment): contiguous K slices a warp (w4a8_int_stream's kContig), one-group scales.
+  if (variant == 9 && one_group) return launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
   return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }
 
