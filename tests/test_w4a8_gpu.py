@@ -150,9 +150,11 @@ def test_w4a8_gemm_two_group_scale_loads(scale):
 
 
 @needs_sm90
+@pytest.mark.parametrize("variant", [9, 10])
 @pytest.mark.parametrize("scale", ["int", "float"])
-def test_w4a8_gemm_contiguous_slices_variant(scale):
-    """_debug_set_w4a8_variant(9): each warp streams one contiguous K slice. Cases: one warp a row tile
+def test_w4a8_gemm_contiguous_slices_variant(scale, variant):
+    """_debug_set_w4a8_variant(9): each warp streams one contiguous K slice (10: and reads the group
+    scales row-major, as stored, instead of the cached group-major copy). Cases: one warp a row tile
     over K = 16384 (512 MMA steps: the integer accumulators flush twice at alpha 16), K / 64 = 5 chunks
     over the launcher's own slices (uneven), and K = 64 over 8 warps (seven empty slices, warp 0's
     among them: it still waits for the previous kernel before it stores)."""
@@ -160,9 +162,14 @@ def test_w4a8_gemm_contiguous_slices_variant(scale):
     for N, K, g, rows in ((256, 16384, 128, 8), (4096, 320, 64, 0), (512, 64, 64, 1)):
         for M in (1, 12, 40):
             a = inputs(M, N, K, g, scale, alpha=16 if scale == "int" else None)
-            with debug_setting("w4a8_variant", 9), debug_setting("w4a8_rows_per_cta", rows):
+            with debug_setting("w4a8_variant", variant), debug_setting("w4a8_rows_per_cta", rows):
                 out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
-            assert_close(out.cpu(), ref_of(a), f"variant 9 {scale} N={N} K={K} M={M}", scale == "int")
+            assert_close(out.cpu(), ref_of(a), f"variant {variant} {scale} N={N} K={K} M={M}", scale == "int")
+    if scale == "int":  # max_scale 1024: the float kernel on a float copy of the scales (no row-major one)
+        a = inputs(3, 1024, 1024, 128, "int", alpha=1024)
+        with debug_setting("w4a8_variant", variant):
+            out = zqkernels.w4a8_gemm(**a, max_scale=1024, path="stream")
+        assert_close(out.cpu(), ref_of(a), f"variant {variant} int alpha 1024", False)
     # The empty slices' wait: a producer that writes xq / sx 50 us late must not change the output.
     a = inputs(1, 512, 64, 64, scale, alpha=16 if scale == "int" else None)
 
@@ -170,8 +177,8 @@ def test_w4a8_gemm_contiguous_slices_variant(scale):
         return zqkernels.w4a8_gemm(xq, a["wq"], sx, a["sw"], a["sg"], max_scale=16 if scale == "int" else None,
                                    path="stream")
 
-    with debug_setting("w4a8_variant", 9), debug_setting("w4a8_rows_per_cta", 1):
-        check_after_late_producer(gemm, [a["xq"], a["sx"]], f"variant 9 empty slices {scale}")
+    with debug_setting("w4a8_variant", variant), debug_setting("w4a8_rows_per_cta", 1):
+        check_after_late_producer(gemm, [a["xq"], a["sx"]], f"variant {variant} empty slices {scale}")
 
 
 @needs_sm90

@@ -102,7 +102,11 @@ constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a
 // kContig (an experiment, w4a8_variant 9): warp kp of a row tile streams one contiguous K slice, chunks
 // [kp nchunks / W, (kp + 1) nchunks / W), instead of every W-th chunk from kp: a chunk's weight, scale and
 // activation addresses are then the batch's base plus compile-time offsets (no per-chunk multiply by W).
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false>
+// kRowScales (w4a8_variant 10, with kContig): the group scales read row-major, a.sg_rows [N, G] as stored,
+// instead of group-major: a row tile's scales are one contiguous 64 G-byte run in DRAM, and a row's next
+// groups come from the L1 sector its first load brought.
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false,
+          bool kRowScales = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
   constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
@@ -140,9 +144,14 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
     const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
     const uint32_t gmul = (0x80000000u + d - 1) / d;
-    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
+    // Group-major: row n_lo's scale of group g at g N; row-major: at g of row n_lo's run (G a row).
+    const int G = a.K / a.group_size;
+    const uint32_t* sg_rows = kRowScales ? static_cast<const uint32_t*>(a.sg_rows) + n_lo * static_cast<int64_t>(G)
+                                         : static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
+    const int64_t row8 = kRowScales ? 8 * static_cast<int64_t>(G) : 8;  // rows r -> r + 8
+    const int64_t gstride = kRowScales ? 1 : a.N;
     const auto scale_at = [&](int c, int s) -> const uint32_t* {
-      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
+      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * gstride;
     };
     int steps = 0;
     // Chunk u of the batch at c0: c0 + u * stride; the slice [cbeg, cend).
@@ -158,7 +167,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
       for (int s = 0; s < kSc / 2; ++s) {
         const uint32_t* p = scale_at(c, s);
         scv[2 * s] = __ldg(p);
-        scv[2 * s + 1] = __ldg(p + 8);
+        scv[2 * s + 1] = __ldg(p + row8);
       }
     };
 #pragma unroll
@@ -219,9 +228,10 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false,
+          bool kRowScales = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kContig>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kContig, kRowScales>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
@@ -246,6 +256,11 @@ void launch_int_variant(const W4A8IntArgs& a) {
   }
   // w4a8_variant 9 (an experiment): contiguous K slices a warp (w4a8_int_stream's kContig), one-group scales.
   if (variant == 9 && one_group) return launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
+  // w4a8_variant 10: the same with the scales read row-major (a.sg_rows; without them, variant 9's kernel).
+  if (variant == 10 && one_group) {
+    return a.sg_rows != nullptr ? launch_int<kNT, kIntScale, OutT, 1, true, true, true>(a)
+                                : launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
+  }
   return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }
 
