@@ -150,11 +150,12 @@ def test_w4a8_gemm_two_group_scale_loads(scale):
 
 
 @needs_sm90
-@pytest.mark.parametrize("variant", [9, 10])
+@pytest.mark.parametrize("variant", [9, 10, 11])
 @pytest.mark.parametrize("scale", ["int", "float"])
 def test_w4a8_gemm_contiguous_slices_variant(scale, variant):
     """_debug_set_w4a8_variant(9): each warp streams one contiguous K slice (10: and reads the group
-    scales row-major, as stored, instead of the cached group-major copy). Cases: one warp a row tile
+    scales row-major, as stored, instead of the cached group-major copy; 11: 10 with the weights in a
+    shared-memory ring of bulk copies, 4 batches a warp). Cases: one warp a row tile
     over K = 16384 (512 MMA steps: the integer accumulators flush twice at alpha 16), K / 64 = 5 chunks
     over the launcher's own slices (uneven), and K = 64 over 8 warps (seven empty slices, warp 0's
     among them: it still waits for the previous kernel before it stores)."""

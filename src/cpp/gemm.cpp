@@ -281,7 +281,7 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_w4a8_variant",
       [](int v) {
-        if (v < 0 || v > 10) fail("_debug_set_w4a8_variant", "variant must be 0..10");
+        if (v < 0 || v > 11) fail("_debug_set_w4a8_variant", "variant must be 0..11");
         return std::exchange(zq::gemm_tuning().w4a8_variant, v);
       },
       nb::arg("variant"),
@@ -289,7 +289,8 @@ void bind_gemm(nb::module_& m) {
       "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build); 7 "
       "w4a8_gemm (INT4) at M <= 8 capped at 80 registers for 3 CTAs an SM (any build); 8 w4a8_gemm with the "
       "two-group scale loads at every group size (any build); 9 w4a8_gemm with contiguous K slices a warp at group "
-      "sizes that are multiples of 64 (any build); 10 the same reading the group scales row-major (any build).");
+      "sizes that are multiples of 64 (any build); 10 the same reading the group scales row-major; 11 variant 10 with the weights in a "
+      "shared-memory ring filled by bulk copies (any build).");
   m.def(
       "_debug_set_w4a8_rows_per_cta",
       [](int r) {

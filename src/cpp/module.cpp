@@ -48,10 +48,10 @@ NB_MODULE(_C, m) {
     if (w && std::string(w) == "0") zq::gemm_tuning().w4a8_early_weights = false;
     const char* c = std::getenv("ZQKERNELS_ROW_CLUSTER");  // for A / B runs of whole models
     if (c && std::string(c) == "0") zq::row_quant_set_cluster(0);
-    const char* v = std::getenv("ZQKERNELS_W4A8_VARIANT");  // an experiment's loading schedule, 0..10
+    const char* v = std::getenv("ZQKERNELS_W4A8_VARIANT");  // an experiment's loading schedule, 0..11
     if (v) {
       const std::string s(v);
-      if (s == "10") zq::gemm_tuning().w4a8_variant = 10;
+      if (s == "10" || s == "11") zq::gemm_tuning().w4a8_variant = std::stoi(s);
       else if (s.size() == 1 && s[0] >= '0' && s[0] <= '9') zq::gemm_tuning().w4a8_variant = s[0] - '0';
     }
   }

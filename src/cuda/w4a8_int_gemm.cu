@@ -17,7 +17,9 @@
 #include <cstdint>
 #include <string>
 
-#include "w4a8_stream_common.cuh"  // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
+#include "cute/arch/copy_sm90_tma.hpp"  // SM90_BULK_COPY_G2S (the ring kernel's 1-D bulk copies)
+#include "cutlass/arch/barrier.h"       // ClusterTransactionBarrier
+#include "w4a8_stream_common.cuh"       // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
 #include "zq_kernels.h"
 
 namespace zq {
@@ -99,6 +101,74 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
 constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
 constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
 
+// Where a lane's group scales are: rows r and r + 8 of row tile rt, for both MMA steps of a chunk (a
+// step lies in one group). The group of step st is floor(st / d), d = group_size / 32, as
+// umulhi(2 st, ceil(2^31 / d)) (exact while st * d < 2^31: K < 2^20 is checked on the host), no
+// division in the loop. Group-major (a.sg [G, N]): row n's scale of group g at g N + n; row-major
+// (kRowScales, a.sg_rows [N, G]): at n G + g.
+template <bool kRowScales>
+struct ScaleRows {
+  const uint32_t* rows;  // int32 or float32 bits
+  int64_t row8, gstride;
+  uint32_t gmul;
+  __device__ __forceinline__ ScaleRows(const W4A8IntArgs& a, int64_t n_lo) {
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
+    gmul = (0x80000000u + d - 1) / d;
+    const int64_t G = a.K / a.group_size;
+    rows = kRowScales ? static_cast<const uint32_t*>(a.sg_rows) + n_lo * G : static_cast<const uint32_t*>(a.sg) + n_lo;
+    row8 = kRowScales ? 8 * G : 8;
+    gstride = kRowScales ? 1 : a.N;
+  }
+  // The scale words of chunk c: rows r, r + 8 of step 0's group (then step 1's when kSc == 4).
+  template <int kSc>
+  __device__ __forceinline__ void load(int c, uint32_t (&scv)[kSc]) const {
+#pragma unroll
+    for (int s = 0; s < kSc / 2; ++s) {
+      const uint32_t* p = rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * gstride;
+      scv[2 * s] = __ldg(p);
+      scv[2 * s + 1] = __ldg(p + row8);
+    }
+  }
+};
+
+// A lane's tokens: the B fragments of chunk c for its kNT token tiles (zeros past M).
+template <int kNT>
+struct TokenRows {
+  const uint8_t* x[kNT];
+  bool ok[kNT];
+  __device__ __forceinline__ TokenRows(const W4A8IntArgs& a, int tok0, int r, int t) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      ok[j] = m < a.M;
+      x[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(ok[j] ? m : 0) * a.lda + 4 * t;
+    }
+  }
+  __device__ __forceinline__ void load(int c, uint2 (&xv)[kNT][2]) const {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+        xv[j][s] = ok[j] ? load_b_frag(x[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+  }
+};
+
+// The overflow bound, checked once a batch (2 kBatch steps; the host sends flush_steps >= 2 kBatch,
+// w4a8_int_gemm): flush the integer sums before a batch whose steps could pass flush_steps unflushed.
+// A per-step check cost ~13 predicated instructions a step (ptxas if-converts it).
+template <int kNT>
+__device__ __forceinline__ void flush_before_batch(int& steps, int flush_steps, int32_t (&acci)[kNT][4],
+                                                   float (&accf)[kNT][4]) {
+  if (steps > flush_steps - 2 * kBatchChunks) {
+    steps = 0;
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+  }
+  steps += 2 * kBatchChunks;
+}
+
 // kContig (an experiment, w4a8_variant 9): warp kp of a row tile streams one contiguous K slice, chunks
 // [kp nchunks / W, (kp + 1) nchunks / W), instead of every W-th chunk from kp: a chunk's weight, scale and
 // activation addresses are then the batch's base plus compile-time offsets (no per-chunk multiply by W).
@@ -130,29 +200,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
 
   if (active) {
     const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
-    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
-    const uint8_t* xrow[kNT];
-    bool tok_ok[kNT];
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
-    }
-    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
-    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
-    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
-    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
-    const uint32_t gmul = (0x80000000u + d - 1) / d;
-    // Group-major: row n_lo's scale of group g at g N; row-major: at g of row n_lo's run (G a row).
-    const int G = a.K / a.group_size;
-    const uint32_t* sg_rows = kRowScales ? static_cast<const uint32_t*>(a.sg_rows) + n_lo * static_cast<int64_t>(G)
-                                         : static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
-    const int64_t row8 = kRowScales ? 8 * static_cast<int64_t>(G) : 8;  // rows r -> r + 8
-    const int64_t gstride = kRowScales ? 1 : a.N;
-    const auto scale_at = [&](int c, int s) -> const uint32_t* {
-      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * gstride;
-    };
+    const TokenRows<kNT> xs(a, tok0, r, t);
+    const ScaleRows<kRowScales> scales(a, static_cast<int64_t>(rt) * 16 + r);
     int steps = 0;
     // Chunk u of the batch at c0: c0 + u * stride; the slice [cbeg, cend).
     const int stride = kContig ? 1 : W;
@@ -163,12 +212,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     uint32_t sc[kBatch][kSc];
     const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
-#pragma unroll
-      for (int s = 0; s < kSc / 2; ++s) {
-        const uint32_t* p = scale_at(c, s);
-        scv[2 * s] = __ldg(p);
-        scv[2 * s + 1] = __ldg(p + row8);
-      }
+      scales.template load<kSc>(c, scv);
     };
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
@@ -184,29 +228,13 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         if (c < cend) fetch(c, nw[u], nsc[u]);
       }
       if (L.early && c0 == cbeg) pdl_wait();  // two batches of weights requested
-      if constexpr (kIntScale) {
-        // The overflow bound, checked once a batch (2 kBatch steps; the host sends flush_steps >= 2 kBatch,
-        // w4a8_int_gemm): flush before this batch if its steps could pass flush_steps unflushed. A
-        // per-step check cost ~13 predicated instructions a step (ptxas if-converts it).
-        if (steps > a.flush_steps - 2 * kBatch) {
-          steps = 0;
-#pragma unroll
-          for (int j = 0; j < kNT; ++j)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-        }
-        steps += 2 * kBatch;
-      }
+      if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * stride;
         if (c >= cend) break;
         uint2 xv[kNT][2];
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int s = 0; s < 2; ++s)
-            xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+        xs.load(c, xv);
         int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
@@ -226,6 +254,117 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
 
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
+}
+
+// The ring kernel (an experiment, w4a8_variant 11): variant 10's contiguous slices and one-group scales,
+// with the weights landing in a shared-memory ring of kRingSlots batches per warp instead of registers.
+// Lane 0 requests a whole batch (4 chunks, 2 KB contiguous in the row tile's stream) with one 1-D bulk
+// copy that completes on the slot's transaction barrier, so a warp keeps kRingSlots batches (8 KB at 4)
+// in flight at no register cost, against one batch ahead in registers: an SM's bytes in flight (what a
+// latency-bound stream needs) 2-4x the register kernel's. The CTA's ring: kRingBytes of dynamic shared
+// memory.
+constexpr int kRingSlots = 4;
+constexpr int kRingBytes = kWarps * kRingSlots * kBatchChunks * 512;
+
+template <int kNT, bool kIntScale, typename OutT, bool kRowScales>
+__global__ void __launch_bounds__(kWarps * 32, 1) w4a8_int_stream_ring(W4A8IntArgs a, StreamLaunch L) {
+  constexpr int kSc = 2;
+  constexpr int kBatch = kBatchChunks;
+  extern __shared__ __align__(128) uint4 ring_smem[];
+  __shared__ uint64_t bars[kWarps][kRingSlots];
+  const int R = L.R;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r = lane >> 2, t = lane & 3;
+  const int W = kWarps / R;
+  const int rt = blockIdx.x * R + warp / W;
+  const int kp = warp % W;
+  const int nchunks = a.K >> 6;
+  const int tok0 = blockIdx.y * 8 * kNT;
+  const bool active = rt < (a.N >> 4);
+  if (!L.early) pdl_wait();
+
+  float accf[kNT][4];
+  int32_t acci[kNT][4];
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
+
+  if (active) {
+    const uint4* tile = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32;
+    const TokenRows<kNT> xs(a, tok0, r, t);
+    const ScaleRows<kRowScales> scales(a, static_cast<int64_t>(rt) * 16 + r);
+    const int cbeg = static_cast<int>((static_cast<int64_t>(kp) * nchunks) / W);
+    const int cend = static_cast<int>((static_cast<int64_t>(kp + 1) * nchunks) / W);
+    const int nb = (cend - cbeg + kBatch - 1) / kBatch;
+    uint4* ring = ring_smem + warp * kRingSlots * kBatch * 32;
+    uint64_t* bar = bars[warp];
+    using Barrier = cutlass::arch::ClusterTransactionBarrier;
+    if (lane == 0) {
+#pragma unroll
+      for (int s = 0; s < kRingSlots; ++s) Barrier::init(&bar[s], 1);
+      cutlass::arch::fence_barrier_init();
+    }
+    __syncwarp();
+    const auto issue = [&](int b) {  // lane 0: batch b into slot b % kRingSlots
+      const int c = cbeg + b * kBatch;
+      const int bytes = min(kBatch, cend - c) * 512;
+      uint64_t* mb = &bar[b % kRingSlots];
+      Barrier::arrive_and_expect_tx(mb, bytes);
+      cute::SM90_BULK_COPY_G2S::copy(tile + static_cast<int64_t>(c) * 32, mb, ring + (b % kRingSlots) * kBatch * 32,
+                                     bytes);
+    };
+    if (lane == 0) {
+      for (int b = 0; b < kRingSlots && b < nb; ++b) issue(b);
+    }
+    if (L.early) pdl_wait();  // the weights of the first kRingSlots batches requested
+
+    uint32_t sc[kBatch][kSc];
+    const auto fetch_scales = [&](int c0, uint32_t (&dst)[kBatch][kSc]) {
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u)
+        if (c0 + u < cend) scales.template load<kSc>(c0 + u, dst[u]);
+    };
+    if (nb > 0) fetch_scales(cbeg, sc);
+    int steps = 0;
+    for (int b = 0; b < nb; ++b) {
+      const int c0 = cbeg + b * kBatch;
+      uint32_t nsc[kBatch][kSc];
+      if (b + 1 < nb) fetch_scales(c0 + kBatch, nsc);
+      if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
+      cutlass::arch::ClusterBarrier::wait(&bar[b % kRingSlots], (b / kRingSlots) & 1);
+      const uint4* slot = ring + (b % kRingSlots) * kBatch * 32;
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (c0 + u >= cend) break;
+        uint2 xv[kNT][2];
+        xs.load(c0 + u, xv);
+        int_chunk<kNT, kIntScale, kSc>(slot[u * 32 + lane], sc[u], xv, acci, accf);
+      }
+      __syncwarp();  // every lane has read the slot: it may be refilled
+      if (lane == 0 && b + kRingSlots < nb) issue(b + kRingSlots);
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u)
+#pragma unroll
+        for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
+
+  finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
+}
+
+template <int kNT, bool kIntScale, typename OutT, bool kRowScales>
+void launch_int_ring(const W4A8IntArgs& a) {
+  constexpr auto kernel = w4a8_int_stream_ring<kNT, kIntScale, OutT, kRowScales>;
+  static const int occupancy = [] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes);
+    return occupancy_of(kernel, kRingBytes);
+  }();
+  launch_row_tiles(kernel, a, 8 * kNT, occupancy, kRingBytes);
 }
 
 template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false,
@@ -256,6 +395,11 @@ void launch_int_variant(const W4A8IntArgs& a) {
   }
   // w4a8_variant 9 (an experiment): contiguous K slices a warp (w4a8_int_stream's kContig), one-group scales.
   if (variant == 9 && one_group) return launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
+  // w4a8_variant 11: variant 10 with the weights in a shared-memory ring filled by bulk copies.
+  if (variant == 11 && one_group) {
+    return a.sg_rows != nullptr ? launch_int_ring<kNT, kIntScale, OutT, true>(a)
+                                : launch_int_ring<kNT, kIntScale, OutT, false>(a);
+  }
   // w4a8_variant 10: the same with the scales read row-major (a.sg_rows; without them, variant 9's kernel).
   if (variant == 10 && one_group) {
     return a.sg_rows != nullptr ? launch_int<kNT, kIntScale, OutT, 1, true, true, true>(a)
