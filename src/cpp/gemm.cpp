@@ -216,15 +216,13 @@ void bind_gemm(nb::module_& m) {
       "W4A8-FP GEMM (FP4 codes in layout m16k64 x FP8 activations); pointers are ints, bias 0 = none.");
   m.def(
       "w4a8_int_gemm_run",
-      [](uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, uintptr_t sg_rows, bool int_scales, int group_size,
-         uintptr_t sa, uintptr_t sb, uintptr_t bias, uintptr_t out, int M, int N, int K, int out_dtype, int activation,
+      [](uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, bool int_scales, int group_size, uintptr_t sa,
+         uintptr_t sb, uintptr_t bias, uintptr_t out, int M, int N, int K, int out_dtype, int activation,
          int flush_steps, int device, uintptr_t stream) {
         const char* op = "w4a8_gemm";
 #ifdef ZQ_HAVE_SM90
         auto g = w4a8_args<zq::W4A8IntArgs>(op, a, lda, b, sg, group_size, sa, sb, bias, out, M, N, K, out_dtype,
                                             activation, device, stream);
-        if (sg_rows != 0) check_ptr(op, "sg_rows", sg_rows, 4);
-        g.sg_rows = reinterpret_cast<const void*>(sg_rows);
         g.int_scales = int_scales;
         g.flush_steps = flush_steps;
         DeviceGuard guard(device);
@@ -234,12 +232,10 @@ void bind_gemm(nb::module_& m) {
         fail(op, "this build has no sm_90a kernels (ZQ_CUDA_ARCHS without 90a)");
 #endif
       },
-      nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("sg"), nb::arg("sg_rows"), nb::arg("int_scales"),
-      nb::arg("group_size"), nb::arg("sa"), nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"),
-      nb::arg("K"), nb::arg("out_dtype"), nb::arg("activation"), nb::arg("flush_steps"), nb::arg("device"),
-      nb::arg("stream"),
-      "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations); sg "
-      "group-major [G, N], sg_rows the same scales row-major [N, G] or 0 (read by w4a8_variant 10 only).");
+      nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("sg"), nb::arg("int_scales"), nb::arg("group_size"),
+      nb::arg("sa"), nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"),
+      nb::arg("out_dtype"), nb::arg("activation"), nb::arg("flush_steps"), nb::arg("device"), nb::arg("stream"),
+      "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations).");
   m.def(
       "int4_to_int8",
       [](uintptr_t packed, int N, int K, uintptr_t out, int device, uintptr_t stream) {
@@ -281,16 +277,14 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_w4a8_variant",
       [](int v) {
-        if (v < 0 || v > 11) fail("_debug_set_w4a8_variant", "variant must be 0..11");
+        if (v < 0 || v > 9) fail("_debug_set_w4a8_variant", "variant must be 0..9");
         return std::exchange(zq::gemm_tuning().w4a8_variant, v);
       },
       nb::arg("variant"),
       "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 "
       "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build); 7 "
       "w4a8_gemm (INT4) at M <= 8 capped at 80 registers for 3 CTAs an SM (any build); 8 w4a8_gemm with the "
-      "two-group scale loads at every group size (any build); 9 w4a8_gemm with contiguous K slices a warp at group "
-      "sizes that are multiples of 64 (any build); 10 the same reading the group scales row-major; 11 variant 10 with the weights in a "
-      "shared-memory ring filled by bulk copies (any build).");
+      "two-group scale loads at every group size; 9 w4a8_gemm never on the 80-register kernel (any build).");
   m.def(
       "_debug_set_w4a8_rows_per_cta",
       [](int r) {

@@ -17,9 +17,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cute/arch/copy_sm90_tma.hpp"  // SM90_BULK_COPY_G2S (the ring kernel's 1-D bulk copies)
-#include "cutlass/arch/barrier.h"       // ClusterTransactionBarrier
-#include "w4a8_stream_common.cuh"       // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
+#include "w4a8_stream_common.cuh"  // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
 #include "zq_kernels.h"
 
 namespace zq {
@@ -104,20 +102,16 @@ constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a
 // Where a lane's group scales are: rows r and r + 8 of row tile rt, for both MMA steps of a chunk (a
 // step lies in one group). The group of step st is floor(st / d), d = group_size / 32, as
 // umulhi(2 st, ceil(2^31 / d)) (exact while st * d < 2^31: K < 2^20 is checked on the host), no
-// division in the loop. Group-major (a.sg [G, N]): row n's scale of group g at g N + n; row-major
-// (kRowScales, a.sg_rows [N, G]): at n G + g.
-template <bool kRowScales>
+// division in the loop. The scales are group-major (a.sg [G, N]): row n's scale of group g at g N + n.
 struct ScaleRows {
   const uint32_t* rows;  // int32 or float32 bits
-  int64_t row8, gstride;
+  int64_t gstride;
   uint32_t gmul;
   __device__ __forceinline__ ScaleRows(const W4A8IntArgs& a, int64_t n_lo) {
     const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
     gmul = (0x80000000u + d - 1) / d;
-    const int64_t G = a.K / a.group_size;
-    rows = kRowScales ? static_cast<const uint32_t*>(a.sg_rows) + n_lo * G : static_cast<const uint32_t*>(a.sg) + n_lo;
-    row8 = kRowScales ? 8 * G : 8;
-    gstride = kRowScales ? 1 : a.N;
+    rows = static_cast<const uint32_t*>(a.sg) + n_lo;
+    gstride = a.N;
   }
   // The scale words of chunk c: rows r, r + 8 of step 0's group (then step 1's when kSc == 4).
   template <int kSc>
@@ -126,7 +120,7 @@ struct ScaleRows {
     for (int s = 0; s < kSc / 2; ++s) {
       const uint32_t* p = rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * gstride;
       scv[2 * s] = __ldg(p);
-      scv[2 * s + 1] = __ldg(p + row8);
+      scv[2 * s + 1] = __ldg(p + 8);
     }
   }
 };
@@ -169,14 +163,7 @@ __device__ __forceinline__ void flush_before_batch(int& steps, int flush_steps, 
   steps += 2 * kBatchChunks;
 }
 
-// kContig (an experiment, w4a8_variant 9): warp kp of a row tile streams one contiguous K slice, chunks
-// [kp nchunks / W, (kp + 1) nchunks / W), instead of every W-th chunk from kp: a chunk's weight, scale and
-// activation addresses are then the batch's base plus compile-time offsets (no per-chunk multiply by W).
-// kRowScales (w4a8_variant 10, with kContig): the group scales read row-major, a.sg_rows [N, G] as stored,
-// instead of group-major: a row tile's scales are one contiguous 64 G-byte run in DRAM, and a row's next
-// groups come from the L1 sector its first load brought.
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false,
-          bool kRowScales = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
   constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
@@ -201,13 +188,13 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   if (active) {
     const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
     const TokenRows<kNT> xs(a, tok0, r, t);
-    const ScaleRows<kRowScales> scales(a, static_cast<int64_t>(rt) * 16 + r);
+    const ScaleRows scales(a, static_cast<int64_t>(rt) * 16 + r);
     int steps = 0;
-    // Chunk u of the batch at c0: c0 + u * stride; the slice [cbeg, cend).
-    const int stride = kContig ? 1 : W;
+    // Chunk u of the batch at c0: c0 + u * W (the warp's K slice: every W-th chunk from kp).
+    const int stride = W;
     const int step = stride * kBatch;
-    const int cbeg = kContig ? static_cast<int>((static_cast<int64_t>(kp) * nchunks) / W) : kp;
-    const int cend = kContig ? static_cast<int>((static_cast<int64_t>(kp + 1) * nchunks) / W) : nchunks;
+    const int cbeg = kp;
+    const int cend = nchunks;
     uint4 wv[kBatch];
     uint32_t sc[kBatch][kSc];
     const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
@@ -244,8 +231,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
       }
     }
-    // An empty slice (K / 64 < W under kContig, or kp past the last chunk) never reached the wait in the
-    // loop; warp 0 stores the tile, so it must have waited for the previous grid.
+    // A warp past the last chunk (K / 64 < W) never reached the wait in the loop (warp 0, which stores
+    // the tile, always has chunks; waiting is harmless).
     if (L.early && cbeg >= cend) pdl_wait();
   }
 #pragma unroll
@@ -256,154 +243,31 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-// The ring kernel (an experiment, w4a8_variant 11): variant 10's contiguous slices and one-group scales,
-// with the weights landing in a shared-memory ring of kRingSlots batches per warp instead of registers.
-// Lane 0 requests a whole batch (4 chunks, 2 KB contiguous in the row tile's stream) with one 1-D bulk
-// copy that completes on the slot's transaction barrier, so a warp keeps kRingSlots batches (8 KB at 4)
-// in flight at no register cost, against one batch ahead in registers: an SM's bytes in flight (what a
-// latency-bound stream needs) 2-4x the register kernel's. The CTA's ring: kRingBytes of dynamic shared
-// memory.
-constexpr int kRingSlots = 4;
-constexpr int kRingBytes = kWarps * kRingSlots * kBatchChunks * 512;
-
-template <int kNT, bool kIntScale, typename OutT, bool kRowScales>
-__global__ void __launch_bounds__(kWarps * 32, 1) w4a8_int_stream_ring(W4A8IntArgs a, StreamLaunch L) {
-  constexpr int kSc = 2;
-  constexpr int kBatch = kBatchChunks;
-  extern __shared__ __align__(128) uint4 ring_smem[];
-  __shared__ uint64_t bars[kWarps][kRingSlots];
-  const int R = L.R;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int r = lane >> 2, t = lane & 3;
-  const int W = kWarps / R;
-  const int rt = blockIdx.x * R + warp / W;
-  const int kp = warp % W;
-  const int nchunks = a.K >> 6;
-  const int tok0 = blockIdx.y * 8 * kNT;
-  const bool active = rt < (a.N >> 4);
-  if (!L.early) pdl_wait();
-
-  float accf[kNT][4];
-  int32_t acci[kNT][4];
-#pragma unroll
-  for (int j = 0; j < kNT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] = 0.f, acci[j][i] = 0;
-
-  if (active) {
-    const uint4* tile = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32;
-    const TokenRows<kNT> xs(a, tok0, r, t);
-    const ScaleRows<kRowScales> scales(a, static_cast<int64_t>(rt) * 16 + r);
-    const int cbeg = static_cast<int>((static_cast<int64_t>(kp) * nchunks) / W);
-    const int cend = static_cast<int>((static_cast<int64_t>(kp + 1) * nchunks) / W);
-    const int nb = (cend - cbeg + kBatch - 1) / kBatch;
-    uint4* ring = ring_smem + warp * kRingSlots * kBatch * 32;
-    uint64_t* bar = bars[warp];
-    using Barrier = cutlass::arch::ClusterTransactionBarrier;
-    if (lane == 0) {
-#pragma unroll
-      for (int s = 0; s < kRingSlots; ++s) Barrier::init(&bar[s], 1);
-      cutlass::arch::fence_barrier_init();
-    }
-    __syncwarp();
-    const auto issue = [&](int b) {  // lane 0: batch b into slot b % kRingSlots
-      const int c = cbeg + b * kBatch;
-      const int bytes = min(kBatch, cend - c) * 512;
-      uint64_t* mb = &bar[b % kRingSlots];
-      Barrier::arrive_and_expect_tx(mb, bytes);
-      cute::SM90_BULK_COPY_G2S::copy(tile + static_cast<int64_t>(c) * 32, mb, ring + (b % kRingSlots) * kBatch * 32,
-                                     bytes);
-    };
-    if (lane == 0) {
-      for (int b = 0; b < kRingSlots && b < nb; ++b) issue(b);
-    }
-    if (L.early) pdl_wait();  // the weights of the first kRingSlots batches requested
-
-    uint32_t sc[kBatch][kSc];
-    const auto fetch_scales = [&](int c0, uint32_t (&dst)[kBatch][kSc]) {
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u)
-        if (c0 + u < cend) scales.template load<kSc>(c0 + u, dst[u]);
-    };
-    if (nb > 0) fetch_scales(cbeg, sc);
-    int steps = 0;
-    for (int b = 0; b < nb; ++b) {
-      const int c0 = cbeg + b * kBatch;
-      uint32_t nsc[kBatch][kSc];
-      if (b + 1 < nb) fetch_scales(c0 + kBatch, nsc);
-      if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
-      cutlass::arch::ClusterBarrier::wait(&bar[b % kRingSlots], (b / kRingSlots) & 1);
-      const uint4* slot = ring + (b % kRingSlots) * kBatch * 32;
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (c0 + u >= cend) break;
-        uint2 xv[kNT][2];
-        xs.load(c0 + u, xv);
-        int_chunk<kNT, kIntScale, kSc>(slot[u * 32 + lane], sc[u], xv, acci, accf);
-      }
-      __syncwarp();  // every lane has read the slot: it may be refilled
-      if (lane == 0 && b + kRingSlots < nb) issue(b + kRingSlots);
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u)
-#pragma unroll
-        for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kNT; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
-
-  finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
-}
-
-template <int kNT, bool kIntScale, typename OutT, bool kRowScales>
-void launch_int_ring(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream_ring<kNT, kIntScale, OutT, kRowScales>;
-  static const int occupancy = [] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kRingBytes);
-    return occupancy_of(kernel, kRingBytes);
-  }();
-  launch_row_tiles(kernel, a, 8 * kNT, occupancy, kRingBytes);
-}
-
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kContig = false,
-          bool kRowScales = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kContig, kRowScales>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
 
-// The token tile's kernel: at M <= 8, GemmTuning::w4a8_variant 7 (an experiment, any build) caps the
-// registers for 3 CTAs an SM instead of 2 (101 / 107 registers): more warps in flight and, for the small
-// projections (8B qkv: 384 row tiles against 264 CTA slots), one wave instead of 1.45. The same bound
-// together with one-group scales measured 8.5 against 10.9 us at 8B qkv M = 1 but slower everywhere
-// else (70B down 58.8 against 49.4; benchmarks/results/w4a8_stream_onegroup_ab_h100-80gb-hbm3_f329bf3.txt):
-// if the bound alone repeats the qkv gain, the rule to try is "3 CTAs an SM where the row tiles fill one
-// wave only at 3" (2 x SMs < N / 16 <= 3 x SMs).
+// The token tile's kernel. At M <= 8 a kernel capped at 80 registers runs 3 CTAs an SM instead of 2
+// (95 registers): more warps in flight, and where the row tiles fill one wave only at 3 CTAs an SM
+// (2 x SMs < N / 16 <= 3 x SMs: 8B qkv's 384 tiles against 264 / 396 slots) one wave instead of 1.45.
+// H100 (benchmarks/results/w4a8_stream_variants_h100-80gb-hbm3_84bf8f2.txt): 8B qkv M = 1 9.60 -> 8.08 us;
+// elsewhere the cap is slower (8B gate_up 27.4 -> 34.1, down 15.2 -> 16.6), so only there.
+// GemmTuning::w4a8_variant (A / B runs): 7 the capped kernel at every shape, 8 the two-group scale
+// loads at every group size, 9 never the capped kernel.
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int_variant(const W4A8IntArgs& a) {
   // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
-  // registers a chunk, not 4 (w4a8_variant 8 forces the two-group kernel, for A / B).
+  // registers a chunk, not 4 (8B gate_up M = 1: 29.1 -> 27.4 us with the batch flush; same file).
   const int variant = gemm_tuning().w4a8_variant;
   const bool one_group = a.group_size % 64 == 0 && variant != 8;
   if constexpr (kNT == 1) {
-    if (variant == 7) {
+    const int sms = a.sm_count > 0 ? a.sm_count : 132, tiles = a.N / 16;
+    if (variant == 7 || (variant == 0 && 2 * sms < tiles && tiles <= 3 * sms)) {
       return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
     }
-  }
-  // w4a8_variant 9 (an experiment): contiguous K slices a warp (w4a8_int_stream's kContig), one-group scales.
-  if (variant == 9 && one_group) return launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
-  // w4a8_variant 11: variant 10 with the weights in a shared-memory ring filled by bulk copies.
-  if (variant == 11 && one_group) {
-    return a.sg_rows != nullptr ? launch_int_ring<kNT, kIntScale, OutT, true>(a)
-                                : launch_int_ring<kNT, kIntScale, OutT, false>(a);
-  }
-  // w4a8_variant 10: the same with the scales read row-major (a.sg_rows; without them, variant 9's kernel).
-  if (variant == 10 && one_group) {
-    return a.sg_rows != nullptr ? launch_int<kNT, kIntScale, OutT, 1, true, true, true>(a)
-                                : launch_int<kNT, kIntScale, OutT, 1, true, true>(a);
   }
   return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }

@@ -141,8 +141,7 @@ std::string check_stream_args(const Args& a, int group_multiple, uintptr_t sg_by
 // 33.0 / 30.8 / 29.7 / 29.5 us at R = 1 / 2 / 4 / 8, but 4096 x 14336 16.3 / 24.6 / 43.4 / 84.6, where
 // R = 2 leaves SMs idle). occupancy: the kernel's CTAs per SM (the caller caches it).
 template <class Args>
-void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tokens_per_cta, int occupancy,
-                      size_t smem = 0) {
+void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tokens_per_cta, int occupancy) {
   const int ntiles = a.N / 16;
   const int ytiles = (a.M + tokens_per_cta - 1) / tokens_per_cta;
   const double slots = static_cast<double>(occupancy) * (a.sm_count > 0 ? a.sm_count : 132);
@@ -152,13 +151,13 @@ void launch_row_tiles(void (*kernel)(Args, StreamLaunch), const Args& a, int tok
   }
   if (gemm_tuning().w4a8_rows_per_cta > 0) R = gemm_tuning().w4a8_rows_per_cta;  // a probe's choice
   const StreamLaunch L{R, pdl_enabled() && gemm_tuning().w4a8_early_weights};
-  launch_pdl(kernel, dim3((ntiles + R - 1) / R, ytiles), dim3(kWarps * 32), smem, a.stream, a, L);
+  launch_pdl(kernel, dim3((ntiles + R - 1) / R, ytiles), dim3(kWarps * 32), 0, a.stream, a, L);
 }
 
 template <class Args>
-int occupancy_of(void (*kernel)(Args, StreamLaunch), size_t smem = 0) {
+int occupancy_of(void (*kernel)(Args, StreamLaunch)) {
   int occupancy = 0;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, smem);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kWarps * 32, 0);
   return occupancy < 1 ? 1 : occupancy;
 }
 

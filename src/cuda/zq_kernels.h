@@ -170,7 +170,6 @@ struct W4A8IntArgs {
   int64_t lda = 0;
   const void* b = nullptr;     // packed INT4 codes, N * K / 2 bytes, 16-byte aligned
   const void* sg = nullptr;    // [K / group_size, N] int32 or float32 (group-major: sg_t)
-  const void* sg_rows = nullptr;  // optional: the same scales [N, K / group_size] row-major (w4a8_variant 10)
   bool int_scales = true;
   int group_size = 0;          // multiple of 32 dividing K
   int flush_steps = 0;         // integer scales: steps between flushes, * 2^19 * max(sg) < 2^31

@@ -364,16 +364,13 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     # one batch fits int32, so the integer scales go through the float variant as float(s_int)
     # (docs/W4A8.md, "Overflow").
     flush = w4a8_stream_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
-    # sg itself ([N, G] row-major, as stored) goes along for the experiment variant that reads it directly.
-    sg_rows = sg.data_ptr()
     if int_scales and flush == 0:
         int_scales, sg_t = False, cached_layout("int_scales_f32_t", sg, lambda t: t.t().float().contiguous())
-        sg_rows = 0  # sg holds int32, the kernel float32
     else:
         sg_t = _scales_t(sg)
     out = xq.new_empty((M, N), dtype=out_dtype)
     _ext._C.w4a8_int_gemm_run(
-        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg_t.data_ptr(), sg_rows, int_scales, g,
+        xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), sg_t.data_ptr(), int_scales, g,
         sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
         OUT_CODE[out_dtype], act, flush, idx, c.current_stream(idx),
     )
