@@ -118,15 +118,40 @@ def test_w4a8_gemm_decode_wide(scale):
 @needs_sm90
 @pytest.mark.parametrize("scale", ["int", "float"])
 def test_w4a8_gemm_register_capped_variant(scale):
-    """_debug_set_w4a8_variant(7): the M <= 8 kernel capped at 80 registers for 3 CTAs an SM (a probe's
-    A / B in one build) gives the reference's results too, at the launcher's own rows per CTA."""
+    """The M <= 8 kernel capped at 80 registers for 3 CTAs an SM (by default where the row tiles fill
+    one wave only at 3 CTAs an SM; _debug_set_w4a8_variant 7 everywhere, 9 nowhere) gives the
+    reference's results too, at the launcher's own rows per CTA."""
     torch.manual_seed(2)
     for N, K, g in ((6144, 4096, 128), (28688, 512, 64), (256, 1024, 32)):
         for M in (1, 8):
             a = inputs(M, N, K, g, scale, alpha=16 if scale == "int" else None)
-            with debug_setting("w4a8_variant", 7):
+            ref = ref_of(a)
+            # 7: capped at every shape; 0: capped only where the tiles fill one wave at 3 CTAs an SM
+            # (N = 6144 on 132 SMs); 9: never capped.
+            for variant in (7, 0, 9):
+                with debug_setting("w4a8_variant", variant):
+                    out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
+                assert_close(out.cpu(), ref, f"variant {variant} {scale} N={N} M={M}", scale == "int")
+
+
+@needs_sm90
+@pytest.mark.parametrize("scale", ["int", "float"])
+def test_w4a8_gemm_two_group_scale_loads(scale):
+    """Group sizes that are multiples of 64 load one group's scales a chunk; _debug_set_w4a8_variant(8)
+    forces the two-group loads (the g = 32 kernel) there: both give the reference's results."""
+    torch.manual_seed(3)
+    N, K, g = 4096, 2048, 128
+    w = torch.randn(N, K, device=DEV) * 0.02
+    kw = {"alpha": 16} if scale == "int" else {}
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", group_size=g, scale=scale, **kw)
+    for M in (1, 12, 40):
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
+        a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=torch.bfloat16)
+        ref = ref_of(a)
+        for variant in (0, 8):
+            with debug_setting("w4a8_variant", variant):
                 out = zqkernels.w4a8_gemm(**a, max_scale=16 if scale == "int" else None, path="stream")
-            assert_close(out.cpu(), ref_of(a), f"variant 7 {scale} N={N} M={M}", scale == "int")
+            assert_close(out.cpu(), ref, f"variant {variant} {scale} M={M}", scale == "int")
 
 
 @needs_sm90

@@ -175,12 +175,15 @@ def test_flush_steps_bound():
 
 
 def test_stream_flush_steps_bound():
-    """The streaming kernel multiplies 16 q: one step's |P16| <= 2^19; from 2^12 on not one step fits."""
-    for s in (1, 16, 1024, 4095):
+    """The streaming kernel multiplies 16 q: one step's |P16| <= 2^19; it flushes at whole batches of 8
+    steps, so from 2^9 on not one batch fits."""
+    from zqkernels.reference.int_group import W4A8_STREAM_FLUSH_BATCH as B
+
+    for s in (1, 16, 100, 511):
         F = R.w4a8_stream_flush_steps(s)
-        assert F >= 1 and F * 2**19 * s < 2**31 and (F + 1) * 2**19 * s >= 2**31
-    assert R.w4a8_stream_flush_steps(16) == 255
-    for s in (4096, 2**15, 2**16 - 1):
+        assert F >= B and F % B == 0 and F * 2**19 * s < 2**31 and (F + B) * 2**19 * s >= 2**31
+    assert R.w4a8_stream_flush_steps(16) == 248
+    for s in (512, 1024, 4096, 2**15, 2**16 - 1):
         assert R.w4a8_stream_flush_steps(s) == 0
     with pytest.raises(ValueError, match=r"w4a8_int_flush_steps: max_sint must be an int"):
         R.w4a8_stream_flush_steps(2**16)

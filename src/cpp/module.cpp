@@ -48,6 +48,8 @@ NB_MODULE(_C, m) {
     if (w && std::string(w) == "0") zq::gemm_tuning().w4a8_early_weights = false;
     const char* c = std::getenv("ZQKERNELS_ROW_CLUSTER");  // for A / B runs of whole models
     if (c && std::string(c) == "0") zq::row_quant_set_cluster(0);
+    const char* v = std::getenv("ZQKERNELS_W4A8_VARIANT");  // an experiment's loading schedule, 0..9
+    if (v && v[0] >= '0' && v[0] <= '9' && v[1] == '\0') zq::gemm_tuning().w4a8_variant = v[0] - '0';
   }
 
   zqb::bind_gemm(m);

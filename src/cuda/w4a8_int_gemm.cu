@@ -63,12 +63,11 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 
 // One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
-// r + 8 of step 0, then of step 1): integer scales into acci (flushed to accf every flush_steps steps),
-// float scales into accf.
-template <int kNT, bool kIntScale>
-__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[4], const uint2 (&xv)[kNT][2],
-                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4], int& steps,
-                                          int flush_steps) {
+// r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
+// batch whose steps could reach the overflow bound), float scales into accf.
+template <int kNT, bool kIntScale, int kSc>
+__device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
+                                          int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
@@ -79,34 +78,95 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
       int32_t p[4];
       mma_s8(p, af, xv[j][s].x, xv[j][s].y);
       if constexpr (kIntScale) {
-        const int32_t lo = static_cast<int32_t>(sc[2 * s]), hi = static_cast<int32_t>(sc[2 * s + 1]);
+        const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
+        const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
         acci[j][0] += lo * p[0];
         acci[j][1] += lo * p[1];
         acci[j][2] += hi * p[2];
         acci[j][3] += hi * p[3];
       } else {
-        const float lo = __uint_as_float(sc[2 * s]), hi = __uint_as_float(sc[2 * s + 1]);
+        const int g = kSc == 4 ? 2 * s : 0;
+        const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
         accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
         accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
         accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
         accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
       }
     }
-    if constexpr (kIntScale) {
-      if (++steps == flush_steps) {  // the overflow bound: flush before it can be reached
-        steps = 0;
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
-      }
-    }
   }
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1>
+constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
+constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
+
+// Where a lane's group scales are: rows r and r + 8 of row tile rt, for both MMA steps of a chunk (a
+// step lies in one group). The group of step st is floor(st / d), d = group_size / 32, as
+// umulhi(2 st, ceil(2^31 / d)) (exact while st * d < 2^31: K < 2^20 is checked on the host), no
+// division in the loop. The scales are group-major (a.sg [G, N]): row n's scale of group g at g N + n.
+struct ScaleRows {
+  const uint32_t* rows;  // int32 or float32 bits
+  int64_t gstride;
+  uint32_t gmul;
+  __device__ __forceinline__ ScaleRows(const W4A8IntArgs& a, int64_t n_lo) {
+    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
+    gmul = (0x80000000u + d - 1) / d;
+    rows = static_cast<const uint32_t*>(a.sg) + n_lo;
+    gstride = a.N;
+  }
+  // The scale words of chunk c: rows r, r + 8 of step 0's group (then step 1's when kSc == 4).
+  template <int kSc>
+  __device__ __forceinline__ void load(int c, uint32_t (&scv)[kSc]) const {
+#pragma unroll
+    for (int s = 0; s < kSc / 2; ++s) {
+      const uint32_t* p = rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * gstride;
+      scv[2 * s] = __ldg(p);
+      scv[2 * s + 1] = __ldg(p + 8);
+    }
+  }
+};
+
+// A lane's tokens: the B fragments of chunk c for its kNT token tiles (zeros past M).
+template <int kNT>
+struct TokenRows {
+  const uint8_t* x[kNT];
+  bool ok[kNT];
+  __device__ __forceinline__ TokenRows(const W4A8IntArgs& a, int tok0, int r, int t) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      const int m = tok0 + j * 8 + r;
+      ok[j] = m < a.M;
+      x[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(ok[j] ? m : 0) * a.lda + 4 * t;
+    }
+  }
+  __device__ __forceinline__ void load(int c, uint2 (&xv)[kNT][2]) const {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+        xv[j][s] = ok[j] ? load_b_frag(x[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
+  }
+};
+
+// The overflow bound, checked once a batch (2 kBatch steps; the host sends flush_steps >= 2 kBatch,
+// w4a8_int_gemm): flush the integer sums before a batch whose steps could pass flush_steps unflushed.
+// A per-step check cost ~13 predicated instructions a step (ptxas if-converts it).
+template <int kNT>
+__device__ __forceinline__ void flush_before_batch(int& steps, int flush_steps, int32_t (&acci)[kNT][4],
+                                                   float (&accf)[kNT][4]) {
+  if (steps > flush_steps - 2 * kBatchChunks) {
+    steps = 0;
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) accf[j][i] += static_cast<float>(acci[j][i]), acci[j][i] = 0;
+  }
+  steps += 2 * kBatchChunks;
+}
+
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
-  constexpr int kBatch = 4;
+  constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
+  constexpr int kBatch = kBatchChunks;
   const int R = L.R;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r = lane >> 2, t = lane & 3;
@@ -127,70 +187,53 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
 
   if (active) {
     const uint4* wp = reinterpret_cast<const uint4*>(a.b) + static_cast<int64_t>(rt) * nchunks * 32 + lane;
-    const int64_t n_lo = static_cast<int64_t>(rt) * 16 + r;
-    const uint8_t* xrow[kNT];
-    bool tok_ok[kNT];
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int m = tok0 + j * 8 + r;
-      tok_ok[j] = m < a.M;
-      xrow[j] = static_cast<const uint8_t*>(a.a) + static_cast<int64_t>(tok_ok[j] ? m : 0) * a.lda + 4 * t;
-    }
-    // The scales of rows r and r + 8 for both MMA steps of a chunk (a step lies in one group): the
-    // group of step st is floor(st / d), d = group_size / 32, as umulhi(2 st, ceil(2^31 / d)) (exact
-    // while st * d < 2^31: K < 2^20 is checked on the host), no division in the loop.
-    const uint32_t d = static_cast<uint32_t>(a.group_size >> 5);
-    const uint32_t gmul = (0x80000000u + d - 1) / d;
-    const uint32_t* sg_rows = static_cast<const uint32_t*>(a.sg) + n_lo;  // int32 or float32 bits
-    const auto scale_at = [&](int c, int s) -> const uint32_t* {
-      return sg_rows + static_cast<int64_t>(__umulhi(static_cast<uint32_t>(4 * c + 2 * s), gmul)) * a.N;
-    };
+    const TokenRows<kNT> xs(a, tok0, r, t);
+    const ScaleRows scales(a, static_cast<int64_t>(rt) * 16 + r);
     int steps = 0;
-    const int step = W * kBatch;
+    // Chunk u of the batch at c0: c0 + u * W (the warp's K slice: every W-th chunk from kp).
+    const int stride = W;
+    const int step = stride * kBatch;
+    const int cbeg = kp;
+    const int cend = nchunks;
     uint4 wv[kBatch];
-    uint32_t sc[kBatch][4];
-    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[4]) {
+    uint32_t sc[kBatch][kSc];
+    const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
       w = load_stream(wp + static_cast<int64_t>(c) * 32);
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t* p = scale_at(c, s);
-        scv[2 * s] = __ldg(p);
-        scv[2 * s + 1] = __ldg(p + 8);
-      }
+      scales.template load<kSc>(c, scv);
     };
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int c = kp + u * W;
-      if (c < nchunks) fetch(c, wv[u], sc[u]);
+      const int c = cbeg + u * stride;
+      if (c < cend) fetch(c, wv[u], sc[u]);
     }
-    for (int c0 = kp; c0 < nchunks; c0 += step) {
+    for (int c0 = cbeg; c0 < cend; c0 += step) {
       uint4 nw[kBatch];
-      uint32_t nsc[kBatch][4];
+      uint32_t nsc[kBatch][kSc];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + step + u * W;
-        if (c < nchunks) fetch(c, nw[u], nsc[u]);
+        const int c = c0 + step + u * stride;
+        if (c < cend) fetch(c, nw[u], nsc[u]);
       }
-      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
+      if (L.early && c0 == cbeg) pdl_wait();  // two batches of weights requested
+      if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + u * W;
-        if (c >= nchunks) break;
+        const int c = c0 + u * stride;
+        if (c >= cend) break;
         uint2 xv[kNT][2];
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-#pragma unroll
-          for (int s = 0; s < 2; ++s)
-            xv[j][s] = tok_ok[j] ? load_b_frag(xrow[j] + static_cast<int64_t>(c) * 64 + 32 * s) : make_uint2(0, 0);
-        int_chunk<kNT, kIntScale>(wv[u], sc[u], xv, acci, accf, steps, a.flush_steps);
+        xs.load(c, xv);
+        int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         wv[u] = nw[u];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) sc[u][i] = nsc[u][i];
+        for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
       }
     }
+    // A warp past the last chunk (K / 64 < W) never reached the wait in the loop (warp 0, which stores
+    // the tile, always has chunks; waiting is harmless).
+    if (L.early && cbeg >= cend) pdl_wait();
   }
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
@@ -200,26 +243,33 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
 
-// The token tile's kernel: at M <= 8, GemmTuning::w4a8_variant 7 (an experiment, any build) caps the
-// registers for 3 CTAs an SM instead of 2 (101 / 107 registers): more warps in flight and, for the small
-// projections (8B qkv: 384 row tiles against 264 CTA slots), one wave instead of 1.45. The same bound
-// together with one-group scales measured 8.5 against 10.9 us at 8B qkv M = 1 but slower everywhere
-// else (70B down 58.8 against 49.4; benchmarks/results/w4a8_stream_onegroup_ab_h100-80gb-hbm3_f329bf3.txt):
-// if the bound alone repeats the qkv gain, the rule to try is "3 CTAs an SM where the row tiles fill one
-// wave only at 3" (2 x SMs < N / 16 <= 3 x SMs).
+// The token tile's kernel. At M <= 8 a kernel capped at 80 registers runs 3 CTAs an SM instead of 2
+// (95 registers): more warps in flight, and where the row tiles fill one wave only at 3 CTAs an SM
+// (2 x SMs < N / 16 <= 3 x SMs: 8B qkv's 384 tiles against 264 / 396 slots) one wave instead of 1.45.
+// H100 (benchmarks/results/w4a8_stream_variants_h100-80gb-hbm3_84bf8f2.txt): 8B qkv M = 1 9.60 -> 8.08 us;
+// elsewhere the cap is slower (8B gate_up 27.4 -> 34.1, down 15.2 -> 16.6), so only there.
+// GemmTuning::w4a8_variant (A / B runs): 7 the capped kernel at every shape, 8 the two-group scale
+// loads at every group size, 9 never the capped kernel.
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int_variant(const W4A8IntArgs& a) {
+  // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
+  // registers a chunk, not 4 (8B gate_up M = 1: 29.1 -> 27.4 us with the batch flush; same file).
+  const int variant = gemm_tuning().w4a8_variant;
+  const bool one_group = a.group_size % 64 == 0 && variant != 8;
   if constexpr (kNT == 1) {
-    if (gemm_tuning().w4a8_variant == 7) return launch_int<kNT, kIntScale, OutT, 3>(a);
+    const int sms = a.sm_count > 0 ? a.sm_count : 132, tiles = a.N / 16;
+    if (variant == 7 || (variant == 0 && 2 * sms < tiles && tiles <= 3 * sms)) {
+      return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
+    }
   }
-  launch_int<kNT, kIntScale, OutT>(a);
+  return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }
 
 }  // namespace
@@ -238,7 +288,10 @@ std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStr
 std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   std::string err = check_stream_args(a, 32, 4);
   if (!err.empty()) return err;
-  if (a.int_scales && a.flush_steps < 1) return "flush_steps must be >= 1 for integer scales";
+  if (a.int_scales && a.flush_steps < kMinFlushSteps) {
+    return "flush_steps must be >= " + std::to_string(kMinFlushSteps) + " for integer scales, got " +
+           std::to_string(a.flush_steps);
+  }
   if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
   return dispatch_stream(a, a.int_scales, [&](auto t, auto nt, auto int_scales) {
     launch_int_variant<decltype(nt)::value, decltype(int_scales)::value, decltype(t)>(a);

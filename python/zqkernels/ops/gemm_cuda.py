@@ -360,8 +360,9 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
         return _group_launch(recipe, xq, wq, sx, sw, _scales_t(sg), g, pb, flush, bias, out_dtype, act, tile,
                              dims=(M, N, K, idx))
     # The streaming kernel reads the scales group-major (sg_t [G, N]) and multiplies 16 q: its flush
-    # interval has 4 bits less headroom, and from max_scale 2^12 on not one step fits int32, so the
-    # integer scales go through the float variant as float(s_int) (docs/W4A8.md, "Overflow").
+    # interval has 4 bits less headroom and counts whole batches of 8 steps; from max_scale 2^9 on not
+    # one batch fits int32, so the integer scales go through the float variant as float(s_int)
+    # (docs/W4A8.md, "Overflow").
     flush = w4a8_stream_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     if int_scales and flush == 0:
         int_scales, sg_t = False, cached_layout("int_scales_f32_t", sg, lambda t: t.t().float().contiguous())

@@ -281,12 +281,18 @@ def w4a8_int_flush_steps(max_sint: int) -> int:
     return (2**31 - 1) // (_STEP_MAX * max_sint)
 
 
+#: The streaming kernel checks its overflow bound once a batch of this many MMA steps (4 chunks of 2).
+W4A8_STREAM_FLUSH_BATCH = 8
+
+
 def w4a8_stream_flush_steps(max_sint: int) -> int:
     """The streaming kernel's F (docs/W4A8.md, "Overflow"): it multiplies 16 q (a nibble in the high
     half of its byte, w4_convert.cuh) so one step's |P16| <= 2^19, and may add ``s_int * P16`` into its
-    int32 accumulator ``floor((2^31 - 1) / (2^19 max_sint))`` times before flushing it to fp32. 0 when
-    not one step fits (max_sint >= 2^12): the host then runs the float-scale variant on float(s_int),
-    one exact product and one fp32 rounding per step (what an int32 flush every step gives).
-    Raises ValueError as ``w4a8_int_flush_steps`` does."""
+    int32 accumulator ``floor((2^31 - 1) / (2^19 max_sint))`` times before flushing it to fp32; it checks
+    once a batch of W4A8_STREAM_FLUSH_BATCH steps, so F is that bound rounded down to whole batches. 0
+    when not one batch fits (max_sint >= 2^9): the host then runs the float-scale variant on
+    float(s_int), one exact product and one fp32 rounding per step. Raises ValueError as
+    ``w4a8_int_flush_steps`` does."""
     w4a8_int_flush_steps(max_sint)  # the argument checks
-    return (2**31 - 1) // (16 * _STEP_MAX * max_sint)
+    f = (2**31 - 1) // (16 * _STEP_MAX * max_sint)
+    return f - f % W4A8_STREAM_FLUSH_BATCH
