@@ -335,6 +335,7 @@ void launch_kernel(dim3 grid, int threads, const RowQuantArgs& a) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 constexpr int kFewRows = 64;  // rows up to which the CTA policy favours latency (launch())
+constexpr int kWarpRowVecs = 32 * 8;  // vectors a row up to which a warp owns the row (launch())
 constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a cluster (cluster_of)
 
 // Whether the current device runs this file's cluster code: compute capability 9.0+ and a binary built
@@ -358,7 +359,7 @@ bool cluster_code_runs() {
 // add_rmsnorm_quant K = 8192 3.79 / 3.90 / 4.13 against 3.68 / 4.24 / 4.83; K = 4096 ops 0.5-1 us slower at
 // every cluster size. Hence 8 CTAs from 1536 vectors (a 12288-wide bf16 row) at M <= 32. sm_90+ only.
 int cluster_of(int M, int nvec, bool group) {
-  if (group || g_cluster_override == 0 || nvec <= 32 * 8) return 1;
+  if (group || g_cluster_override == 0 || nvec <= kWarpRowVecs) return 1;
   const int C = g_cluster_override > 1 ? g_cluster_override : (M <= kClusterRows && nvec >= 1536 ? 8 : 1);
   // the span fits 1024 threads x 2 vectors; the device check (a cudaGetDevice) only when a cluster is wanted
   return C > 1 && (nvec + C - 1) / C <= 2048 && cluster_code_runs() ? C : 1;
@@ -393,7 +394,7 @@ std::string launch(const RowQuantArgs& a) {
     launch_cluster<T, kOp, kVec, 4>(a, a.K / kVec);
   } else if (C == 8) {
     launch_cluster<T, kOp, kVec, 8>(a, a.K / kVec);
-  } else if (a.K / kVec <= 32 * 8 && g_threads_override == 0) {
+  } else if (a.K / kVec <= kWarpRowVecs && g_threads_override == 0) {
     // Narrow rows (<= 2048 bf16 / fp16, 1024 fp32): a warp per row, 4 rows per 128-thread CTA.
     const int nvec = a.K / kVec;
     const dim3 wgrid((a.M + 3) / 4);

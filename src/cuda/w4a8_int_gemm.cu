@@ -190,11 +190,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     const TokenRows<kNT> xs(a, tok0, r, t);
     const ScaleRows scales(a, static_cast<int64_t>(rt) * 16 + r);
     int steps = 0;
-    // Chunk u of the batch at c0: c0 + u * W (the warp's K slice: every W-th chunk from kp).
-    const int stride = W;
-    const int step = stride * kBatch;
-    const int cbeg = kp;
-    const int cend = nchunks;
+    const int step = W * kBatch;  // the warp's K slice: every W-th chunk from kp, kBatch at a time
     uint4 wv[kBatch];
     uint32_t sc[kBatch][kSc];
     const auto fetch = [&](int c, uint4& w, uint32_t (&scv)[kSc]) {
@@ -203,23 +199,23 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
     };
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int c = cbeg + u * stride;
-      if (c < cend) fetch(c, wv[u], sc[u]);
+      const int c = kp + u * W;
+      if (c < nchunks) fetch(c, wv[u], sc[u]);
     }
-    for (int c0 = cbeg; c0 < cend; c0 += step) {
+    for (int c0 = kp; c0 < nchunks; c0 += step) {
       uint4 nw[kBatch];
       uint32_t nsc[kBatch][kSc];
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + step + u * stride;
-        if (c < cend) fetch(c, nw[u], nsc[u]);
+        const int c = c0 + step + u * W;
+        if (c < nchunks) fetch(c, nw[u], nsc[u]);
       }
-      if (L.early && c0 == cbeg) pdl_wait();  // two batches of weights requested
+      if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
       if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
-        const int c = c0 + u * stride;
-        if (c >= cend) break;
+        const int c = c0 + u * W;
+        if (c >= nchunks) break;
         uint2 xv[kNT][2];
         xs.load(c, xv);
         int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
@@ -231,9 +227,6 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         for (int i = 0; i < kSc; ++i) sc[u][i] = nsc[u][i];
       }
     }
-    // A warp past the last chunk (K / 64 < W) never reached the wait in the loop (warp 0, which stores
-    // the tile, always has chunks; waiting is harmless).
-    if (L.early && cbeg >= cend) pdl_wait();
   }
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
