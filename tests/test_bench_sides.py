@@ -39,3 +39,17 @@ def test_git_commit_takes_zq_commit(monkeypatch):
     monkeypatch.delenv("ZQ_COMMIT")
     got = _common.git_commit()
     assert got == "unknown" or len(got.split("-")[0]) >= 7
+
+
+def test_profile_critical_path():
+    """profile_llm's span attribution: overlapping (PDL) kernels count only past the frontier, idle
+    time goes to the kernel after it, and exposed + gap add up to the span."""
+    import profile_llm
+
+    spans = [(0.0, 10.0, "gemm"), (8.0, 12.0, "norm"), (15.0, 16.0, "add"), (15.5, 20.0, "gemm"), (16.0, 18.0, "x")]
+    exposed, gap, span = profile_llm.critical_path(spans)
+    assert span == 20.0
+    assert exposed == {"gemm": 10.0 + 4.0, "norm": 2.0, "add": 1.0, "x": 0.0}
+    assert gap == {"gemm": 0.0, "norm": 0.0, "add": 3.0, "x": 0.0}
+    assert sum(exposed.values()) + sum(gap.values()) == span
+    assert profile_llm.critical_path([]) == ({}, {}, 0.0)

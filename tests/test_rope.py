@@ -61,6 +61,25 @@ def test_cache_write_matches_hf_static_layer():
         assert torch.equal(keys, hk) and torch.equal(values, hv)
 
 
+def test_advance_moves_the_offset_as_hf_does():
+    """advance=True: the same writes as without it, and the offset advanced by S (HF StaticLayer.update)."""
+    H, KV, hd, L = 4, 2, 16, 12
+    keys, values = torch.zeros(2, KV, L, hd, dtype=torch.bfloat16), torch.zeros(2, KV, L, hd, dtype=torch.bfloat16)
+    k2, v2 = keys.clone(), values.clone()
+    off, off2 = torch.tensor(0), torch.tensor(0)
+    for step, S in enumerate((5, 1, 1)):
+        qkv, cos, sin = inputs(S=S, seed=step)
+        q, _, _ = zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, k_cache=keys, v_cache=values, cache_offset=off,
+                                     advance=True)  # fmt: skip
+        q2, _, _ = zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, k_cache=k2, v_cache=v2, cache_offset=off2)
+        off2 += S
+        assert int(off) == int(off2) and torch.equal(q, q2) and torch.equal(keys, k2) and torch.equal(values, v2)
+    with pytest.raises(ValueError, match=r"rope_qkv: advance=True needs a cache"):
+        zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, advance=True)
+    with pytest.raises(TypeError, match=r"rope_qkv: advance must be a bool, got int"):
+        zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, k_cache=keys, v_cache=values, cache_offset=off, advance=1)
+
+
 def test_cache_positions_past_the_end_are_not_written():
     H, KV, hd, L = 2, 1, 8, 6
     qkv, cos, sin = inputs(B=1, S=4, H=H, KV=KV, hd=hd)
@@ -78,6 +97,19 @@ def test_custom_ops_opcheck_and_compile():
     keys, values = torch.zeros(2, KV, 9, hd, dtype=torch.bfloat16), torch.zeros(2, KV, 9, hd, dtype=torch.bfloat16)
     torch.library.opcheck(torch.ops.zqkernels.rope_qkv_cache_.default,
                           (qkv, cos, sin, H, KV, hd, keys, values, torch.tensor(2)))
+    torch.library.opcheck(torch.ops.zqkernels.rope_qkv_cache_advance_.default,
+                          (qkv, cos, sin, H, KV, hd, keys, values, torch.tensor(2)))
+
+    def g(x, c, s, kc, vc, off):
+        q, _, _ = zqkernels.rope_qkv(x, c, s, H, KV, hd, k_cache=kc, v_cache=vc, cache_offset=off, advance=True)
+        return q.float().sum(1)
+
+    offs = (torch.tensor(1), torch.tensor(1))
+    caches = [(keys.clone(), values.clone()) for _ in range(2)]
+    ya = torch.compile(g, fullgraph=True)(qkv, cos, sin, *caches[0], offs[0])
+    ye = g(qkv, cos, sin, *caches[1], offs[1])
+    assert torch.equal(ya, ye) and int(offs[0]) == int(offs[1]) == 1 + qkv.shape[1]
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
 
     def f(x, c, s):
         q, k, v = zqkernels.rope_qkv(x, c, s, H, KV, hd)

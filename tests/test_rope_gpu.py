@@ -60,8 +60,16 @@ def test_cache_write_matches_reference(offset):
     assert torch.equal(q.cpu(), qr) and torch.equal(kc.cpu(), kr) and torch.equal(vc.cpu(), vr)
 
 
-def test_cuda_graph_replay_advances_with_the_offset():
-    B, S, H, KV, hd, L = 4, 1, 8, 2, 64, 16
+@pytest.mark.parametrize("B, H, KV, hd, advance", [
+    (4, 8, 2, 64, False),
+    (4, 8, 2, 64, True),     # 2 CTAs of 8 heads a token x 4 tokens: one cluster of 8 advances in the kernel
+    (16, 8, 2, 64, True),    # 32 CTAs: more than one cluster, an add_ after the kernel advances
+    (1, 32, 8, 128, True),   # Llama-3-8B decode: one cluster of 6 CTAs advances in the kernel
+    (1, 4, 2, 64, True),     # 8 heads: one CTA advances in the kernel
+    (2, 12, 4, 64, True),    # 2 x 3 CTAs: one cluster of 6
+])  # fmt: skip
+def test_cuda_graph_replay_advances_with_the_offset(B, H, KV, hd, advance):
+    S, L = 1, 16
     kc = torch.zeros(B, KV, L, hd, device=DEV, dtype=torch.bfloat16)
     vc = torch.zeros_like(kc)
     off = torch.zeros((), dtype=torch.int64, device=DEV)
@@ -69,9 +77,11 @@ def test_cuda_graph_replay_advances_with_the_offset():
     static_q = torch.empty(B, H, S, hd, device=DEV, dtype=torch.bfloat16)
 
     def step():
-        q, _, _ = zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, k_cache=kc, v_cache=vc, cache_offset=off)
+        q, _, _ = zqkernels.rope_qkv(qkv, cos, sin, H, KV, hd, k_cache=kc, v_cache=vc, cache_offset=off,
+                                     advance=advance)  # fmt: skip
         static_q.copy_(q)
-        off.add_(S)
+        if not advance:
+            off.add_(S)
 
     step()  # warm-up (first-call checks) outside the capture
     kc.zero_(), vc.zero_(), off.zero_()
@@ -113,7 +123,7 @@ def test_fused_block_static_cache_decode_matches_torch_rope(hf_compile):
               output_logits=True, return_dict_in_generate=True, disable_compile=not hf_compile)
 
     def run(fused: bool, cache_write: bool = True):
-        real = blocks_base._static_layer
+        real, before = blocks_base._static_layer, blocks_base.FUSED_ROPE
         blocks_base.FUSED_ROPE = fused
         if not cache_write:
             blocks_base._static_layer = lambda *a: None
@@ -121,7 +131,7 @@ def test_fused_block_static_cache_decode_matches_torch_rope(hf_compile):
             with torch.no_grad():
                 return m.generate(ids, **kw)
         finally:
-            blocks_base.FUSED_ROPE, blocks_base._static_layer = False, real
+            blocks_base.FUSED_ROPE, blocks_base._static_layer = before, real
 
     torch_path = run(False)
     for out in (run(True), run(True, cache_write=False)):

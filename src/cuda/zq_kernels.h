@@ -279,13 +279,14 @@ struct RopeArgs {
   void* q_out = nullptr;             // [B, S, heads, head_dim] contiguous
   void* k_out = nullptr;             // [B, S, kv_heads, head_dim], or the k cache [B, kv_heads, cache_len, head_dim]
   void* v_out = nullptr;             // as k_out
-  const int64_t* cache_offset = nullptr;  // device scalar: the cache's write position (nullptr: no cache)
+  int64_t* cache_offset = nullptr;  // device scalar: the cache's write position (nullptr: no cache)
   int64_t cache_len = 0;
+  bool advance = false;              // add S to *cache_offset in the kernel where the launch allows (rope_qkv's *advanced)
   int64_t B = 0, S = 0;
   int heads = 0, kv_heads = 0, head_dim = 0, rot_dim = 0;
   cudaStream_t stream = nullptr;
 };
-std::string rope_qkv(const RopeArgs& args);
+std::string rope_qkv(const RopeArgs& args, bool* advanced);
 
 // One query token per sequence against a KV cache (decode_attention.cu): out [B, heads, head_dim]
 // contiguous = softmax(scale * q k^T + mask) v per head, KV head h / (heads / kv_heads). The keys are

@@ -35,6 +35,7 @@ then raises RuntimeError.
 from __future__ import annotations
 
 import contextlib
+import os
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union
@@ -234,6 +235,11 @@ def decode_attention_mode(mode: Optional[str]):
 #: (CUDA graph, H100: W8A8 0.145 -> 0.121 ms; benchmarks/results/layer_rope_*); bench_schemes_layer
 #: --torch-rope is the A/B.
 FUSED_ROPE = True
+
+#: ``rope_qkv`` advances the static cache's write position itself (``advance=True``: in the kernel at
+#: decode batch 1, one launch fewer a layer); False (or env ``ZQKERNELS_ROPE_ADVANCE=0``, for whole-model
+#: A / B runs): HF's ``cumulative_length.add_(S)`` after it.
+ROPE_ADVANCE = os.environ.get("ZQKERNELS_ROPE_ADVANCE", "1") != "0"
 
 
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
@@ -464,8 +470,10 @@ class QuantizedBlock(nn.Module):
             layer = _static_layer(cache, self.layer_idx, B, qkv.dtype) if cache is not None else None
             if layer is not None:
                 q, k, v = rope_qkv(qkv.reshape(B, S, -1), pos[0], pos[1], H, KV, hd, k_cache=layer.keys,
-                                   v_cache=layer.values, cache_offset=layer.cumulative_length)
-                layer.cumulative_length.add_(S)
+                                   v_cache=layer.values, cache_offset=layer.cumulative_length,
+                                   advance=ROPE_ADVANCE)  # fmt: skip
+                if not ROPE_ADVANCE:
+                    layer.cumulative_length.add_(S)
             else:
                 q, k, v = rope_qkv(qkv.reshape(B, S, -1), pos[0], pos[1], H, KV, hd)
                 if cache is not None:

@@ -10,8 +10,9 @@ It replaces the ~15 launches of the torch sequence (views, rotate_half's cat and
 multiplies and adds, HF ``StaticLayer``'s index_copy) with one; at decode those launches, not the
 bytes, are the cost. The values are the torch sequence's bit for bit (``reference/rope.py``): each
 product and the sum are rounded to the input dtype as torch rounds them. ``cache_offset`` is a device
-scalar (HF ``StaticLayer.cumulative_length``) read by the kernel, so the call is CUDA-graph safe; it
-is not advanced here (the caller adds S). Positions at or past L are not written (the caller checks
+scalar (HF ``StaticLayer.cumulative_length``) read by the kernel, so the call is CUDA-graph safe;
+``advance=True`` also adds S to it (on CUDA in the kernel itself where the launch is one cluster of at
+most 8 CTAs, decode at batch 1: no separate ``add_`` launch; otherwise by an ``add_`` after it). Positions at or past L are not written (the caller checks
 the length, as HF's cache does). q, k, v are returned as [B, S, heads, hd] memory seen as [B, heads,
 S, hd] (the layout the split-and-transpose views give; SDPA takes it as is). CPU tensors run the
 reference; each form is a ``torch.library`` custom op (torch.compile, CUDA graphs).
@@ -87,7 +88,14 @@ def _check(name, qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cac
     return rd
 
 
-def _launch(qkv, cos, sin, H, KV, hd, rd, q, k, v, off: Optional[torch.Tensor]) -> None:
+def _check_advance(advance, cache_offset) -> None:
+    if type(advance) is not bool:
+        raise TypeError(f"rope_qkv: advance must be a bool, got {type(advance).__name__}")
+    if advance and cache_offset is None:
+        raise ValueError("rope_qkv: advance=True needs a cache (k_cache, v_cache, cache_offset)")
+
+
+def _launch(qkv, cos, sin, H, KV, hd, rd, q, k, v, off: Optional[torch.Tensor], advance: bool = False) -> None:
     idx = qkv.get_device()
     if idx not in _cuda_ready:
         c.require_cuda_kernels("rope_qkv", qkv.device)
@@ -95,17 +103,20 @@ def _launch(qkv, cos, sin, H, KV, hd, rd, q, k, v, off: Optional[torch.Tensor]) 
     B, S, _ = qkv.shape
     if B == 0 or S == 0:
         return
-    _ext._C.rope_qkv(
+    done = _ext._C.rope_qkv(
         c.DTYPE_CODE[qkv.dtype], qkv.data_ptr(), qkv.stride(1), cos.data_ptr(), sin.data_ptr(),
         cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(1), q.data_ptr(), k.data_ptr(), v.data_ptr(),
-        0 if off is None else off.data_ptr(), 0 if off is None else k.shape[2], B, S, H, KV, hd, rd, idx,
-        c.current_stream(idx),
+        0 if off is None else off.data_ptr(), 0 if off is None else k.shape[2], B, S, H, KV, hd, rd,
+        bool(advance), idx, c.current_stream(idx),
     )
+    if advance and not done:  # the kernel advances the offset only where its launch is one cluster
+        off.add_(S)
 
 
-def _impl(qkv, cos, sin, H, KV, hd, k_cache=None, v_cache=None, cache_offset=None):
+def _impl(qkv, cos, sin, H, KV, hd, k_cache=None, v_cache=None, cache_offset=None, advance=False):
     """Checked call on any device: (q, k, v) as [B, S, heads, hd]-ordered memory (no cache), or
-    (q, k_cache, v_cache)."""
+    (q, k_cache, v_cache), with the cache offset advanced by S when ``advance``."""
+    _check_advance(advance, cache_offset)
     rd = _check("rope_qkv", qkv, cos, sin, H, KV, hd, k_cache, v_cache, cache_offset)
     B, S, _ = qkv.shape
     if qkv.is_cuda:
@@ -114,7 +125,7 @@ def _impl(qkv, cos, sin, H, KV, hd, k_cache=None, v_cache=None, cache_offset=Non
             k, v = qkv.new_empty((B, S, KV, hd)), qkv.new_empty((B, S, KV, hd))
             _launch(qkv, cos, sin, H, KV, hd, rd, q, k, v, None)
             return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        _launch(qkv, cos, sin, H, KV, hd, rd, q, k_cache, v_cache, cache_offset)
+        _launch(qkv, cos, sin, H, KV, hd, rd, q, k_cache, v_cache, cache_offset, advance)
         return q.transpose(1, 2), k_cache, v_cache
     if qkv.device.type not in ("cpu", "meta"):
         c.require_cuda_kernels("rope_qkv", qkv.device)  # raises: names the device type
@@ -123,7 +134,10 @@ def _impl(qkv, cos, sin, H, KV, hd, k_cache=None, v_cache=None, cache_offset=Non
         if k_cache is None:
             return q, qkv.new_empty((B, S, KV, hd)).transpose(1, 2), qkv.new_empty((B, S, KV, hd)).transpose(1, 2)
         return q, k_cache, v_cache
-    return rope_qkv_ref(qkv, cos, sin, H, KV, hd, k_cache, v_cache, cache_offset)
+    out = rope_qkv_ref(qkv, cos, sin, H, KV, hd, k_cache, v_cache, cache_offset)
+    if advance:
+        cache_offset.add_(S)
+    return out
 
 
 @torch.library.custom_op("zqkernels::rope_qkv", mutates_args=())
@@ -156,10 +170,27 @@ def _rope_cache_fake(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache,
     return qkv.new_empty((B, S, heads, head_dim))
 
 
+# The advancing form: cache_offset is mutated too (a separate op, so the plain form keeps the offset
+# read-only for functionalization).
+@torch.library.custom_op("zqkernels::rope_qkv_cache_advance_", mutates_args=("k_cache", "v_cache", "cache_offset"))
+def _rope_cache_adv_op(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int,
+                       head_dim: int, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       cache_offset: torch.Tensor) -> torch.Tensor:
+    q, _, _ = _impl(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset, True)
+    return q.transpose(1, 2).contiguous()
+
+
+@_rope_cache_adv_op.register_fake
+def _rope_cache_adv_fake(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset):
+    _check("rope_qkv", qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset)
+    B, S, _ = qkv.shape
+    return qkv.new_empty((B, S, heads, head_dim))
+
+
 def rope_qkv(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, head_dim: int, *,
     k_cache: Optional[torch.Tensor] = None, v_cache: Optional[torch.Tensor] = None,
-    cache_offset: Optional[torch.Tensor] = None,
+    cache_offset: Optional[torch.Tensor] = None, advance: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split qkv [B, S, (heads + 2 kv_heads) * head_dim] (a QKV GEMM's output, q then k then v heads)
     into q [B, heads, S, hd], k and v [B, kv_heads, S, hd], with HF's rotary embedding applied to q
@@ -167,13 +198,16 @@ def rope_qkv(
     head_dim, the rotated leading channels of each head). With k_cache, v_cache [B, kv_heads, L,
     head_dim] (contiguous, qkv's dtype) and cache_offset (an int64 device scalar): k and v are written
     at positions cache_offset .. cache_offset + S - 1 (those < L) and (q, k_cache, v_cache) is
-    returned; cache_offset is read by the kernel and not advanced."""
+    returned; cache_offset is read by the kernel, and with ``advance=True`` then advanced by S (HF's
+    ``StaticLayer.update`` does ``cumulative_length.add_(S)``): in the kernel itself where its launch
+    allows (decode at batch 1: no extra launch), else by an ``add_`` after it."""
     if c.eager(qkv, cos, sin, k_cache, v_cache, cache_offset):
-        return _impl(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset)
+        return _impl(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset, advance)
+    _check_advance(advance, cache_offset)
     _check("rope_qkv", qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset)
     if k_cache is None:
         q, k, v = torch.ops.zqkernels.rope_qkv.default(qkv, cos, sin, heads, kv_heads, head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    q = torch.ops.zqkernels.rope_qkv_cache_.default(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache,
-                                                    cache_offset)
+    op = torch.ops.zqkernels.rope_qkv_cache_advance_ if advance else torch.ops.zqkernels.rope_qkv_cache_
+    q = op.default(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset)
     return q.transpose(1, 2), k_cache, v_cache
