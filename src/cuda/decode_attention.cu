@@ -13,7 +13,8 @@
 //   split kernel  grid (B * kv_heads, splits), 4 warps. Pass 1: a group of LPK lanes per key, each
 //                 lane 16 bytes of the key row (kUnroll rows loaded before any is used, so a lane
 //                 keeps kUnroll loads in flight), dots for the G rows reduced by shuffles, scores
-//                 (log2 domain) into shared memory. Pass 2: per row, the chunk's max m and sum l of
+//                 (log2 domain) into shared memory; the first kUnroll value rows are requested with
+//                 the keys (they do not depend on the scores). Pass 2: per row, the chunk's max m and sum l of
 //                 exp2(s - m). Pass 3: each lane accumulates p * v for its 16 bytes of dims over its
 //                 keys (kUnroll rows in flight); lanes, then warps, are summed. Writes acc
 //                 (unnormalised), m and l per row.
@@ -98,6 +99,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
     }
   }
 
+  // The first batch of value rows is requested now, with the keys: it does not depend on the scores,
+  // and at decode most CTAs' chunks are one batch (kKPS * kUnroll keys), so pass 3 then waits on no load.
+  uint4 vfirst[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int j = u * kKPS + key_lane;
+    vfirst[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
+  }
+
   // Pass 1: scores (log2 domain), masked keys -inf.
   for (int base = 0; base < n; base += kKPS * kUnroll) {
     uint4 raw[kUnroll];
@@ -163,7 +173,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_split(DecodeAttnArg
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kKPS + key_lane;
-      raw[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
+      if (base == 0) {
+        raw[u] = vfirst[u];
+      } else {
+        raw[u] = j < n ? *reinterpret_cast<const uint4*>(vbase + j * a.kv_stride_l + d0) : make_uint4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
