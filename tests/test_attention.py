@@ -93,3 +93,20 @@ def test_compile_traces_the_custom_op():
     q, k, v, mask = inputs(2, 4, 2, 9, 64, masked=True)
     f = torch.compile(lambda *a: zqkernels.decode_attention(*a), backend="eager", fullgraph=True)
     torch.testing.assert_close(f(q, k, v, mask), zqkernels.decode_attention(q, k, v, mask))
+
+
+@pytest.mark.parametrize("quant", [torch.int8, torch.float8_e4m3fn])
+def test_quantized_output_is_quantize_per_token_of_the_output(quant):
+    """quant=...: (xq, sx) equal to quantize_per_token(out.reshape(B, H * hd)) (CPU: the two ops in turn)."""
+    q, k, v, mask = inputs(3, 8, 2, 40, 64, torch.bfloat16, masked=True)
+    xq, sx = zqkernels.decode_attention(q, k, v, mask, 0.2, quant=quant)
+    eq, es = zqkernels.quantize_per_token(zqkernels.decode_attention(q, k, v, mask, 0.2).reshape(3, -1), dtype=quant)
+    assert xq.dtype == quant and xq.shape == (3, 8 * 64) and sx.shape == (3,)
+    assert torch.equal(xq.view(torch.int8), eq.view(torch.int8)) and torch.equal(sx, es)
+    f = torch.compile(lambda *a: zqkernels.decode_attention(*a, quant=quant), backend="eager", fullgraph=True)
+    fq, fs = f(q, k, v, mask, 0.2)
+    assert torch.equal(fq.view(torch.int8), eq.view(torch.int8)) and torch.equal(fs, es)
+    with pytest.raises(TypeError, match=r"decode_attention: quant must be None, torch.int8 or torch.float8_e4m3fn, "
+                       r"got torch.float16"):
+        zqkernels.decode_attention(q, k, v, quant=torch.float16)
+    assert not att.decode_attention_quant_fused(q)  # CPU: never the fused kernel

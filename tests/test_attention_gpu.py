@@ -83,3 +83,39 @@ def test_cuda_errors():
         zqkernels.decode_attention(q, k.transpose(2, 3).contiguous().transpose(2, 3), v)
     with pytest.raises(ValueError, match="must be on one device|same device|device"):
         zqkernels.decode_attention(q, k.cpu(), v)
+
+
+@pytest.mark.parametrize("quant", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantized_output_bit_for_bit(quant, dtype):
+    """The combine's quantized output (one cluster of 8 CTAs a token) equals quantize_per_token of the
+    plain output bit for bit; head counts the fused kernel cannot take run the two ops (same values)."""
+    from zqkernels.ops.attention import decode_attention_quant_fused
+
+    for B, H, KV, L, hd in [(1, 32, 8, 1025, 128), (3, 8, 8, 40, 64), (16, 32, 8, 300, 128), (2, 64, 8, 17, 256),
+                            (2, 12, 4, 100, 64)]:  # fmt: skip
+        q, k, v, mask = inputs(B, H, KV, L, hd, dtype, True, seed=L)
+        xq, sx = zqkernels.decode_attention(q, k, v, mask, quant=quant)
+        eq, es = zqkernels.quantize_per_token(zqkernels.decode_attention(q, k, v, mask).reshape(B, -1), dtype=quant)
+        assert decode_attention_quant_fused(q) == (H % 8 == 0), (B, H)
+        assert torch.equal(xq.view(torch.int8), eq.view(torch.int8)) and torch.equal(sx, es), (B, H, KV, L, hd)
+    # an all-masked row: sx = 0, xq = 0; a tiny row quantizes like any other (the 2^64 pre-scale)
+    q, k, v, _ = inputs(2, 32, 8, 64, 128, dtype, False)
+    mask = torch.zeros(2, 1, 1, 64, dtype=torch.bool, device=DEV)
+    mask[1, ..., :3] = True
+    if dtype == torch.bfloat16:
+        v = v * 1e-25  # outputs below 2^-64: the pre-scaled path
+    xq, sx = zqkernels.decode_attention(q, k, v, mask, quant=quant)
+    eq, es = zqkernels.quantize_per_token(zqkernels.decode_attention(q, k, v, mask).reshape(2, -1), dtype=quant)
+    assert float(sx[0]) == 0 and not xq[0].view(torch.int8).any()
+    assert torch.equal(xq.view(torch.int8), eq.view(torch.int8)) and torch.equal(sx, es)
+
+
+def test_quantized_output_in_graphs_and_compile():
+    q, k, v, mask = inputs(4, 32, 8, 1025, 128, torch.bfloat16, True)
+    ref = zqkernels.decode_attention(q, k, v, mask, quant=torch.int8)
+    out = graph_replay(lambda: zqkernels.decode_attention(q, k, v, mask, quant=torch.int8))
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    f = torch.compile(lambda *a: zqkernels.decode_attention(*a, quant=torch.int8), fullgraph=True)
+    out = f(q, k, v, mask)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])

@@ -21,6 +21,9 @@
 //   combine       grid B * heads: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, M = max_s m_s;
 //                 the splits' (m, l) read by all threads at once, the weights in shared memory, the
 //                 acc rows read kUnroll splits at a time.
+//   combine_quant (xq given) the same sums, one cluster of 8 CTAs a token, and the token's outputs
+//                 quantized per token for the next GEMM (o_proj) instead of written: the launch of a
+//                 separate quantize_per_token saved at decode.
 //
 // All arithmetic fp32; out rounded to T once. A row whose keys are all masked gives 0 (SDPA's math
 // path gives NaN; nothing in a decoder masks every key). NaN / Inf in q, k, v propagate.
@@ -33,6 +36,7 @@
 
 #include "float_convert.cuh"
 #include "pdl.cuh"
+#include "row_reduce.cuh"
 #include "zq_kernels.h"
 
 namespace zq {
@@ -273,6 +277,91 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnA
   }
 }
 
+// The combine with the next GEMM's input quantization fused (a.xq != nullptr): grid (kC, B), one
+// cluster of kC CTAs a token; CTA r combines heads [r HC, (r + 1) HC), HC = heads / kC <= kMaxHC, into
+// registers, rounded to T as `out` would be; the token's amax is reduced over the CTA, then the cluster
+// (row_reduce.cuh, as the row-op kernels do), and each CTA writes its heads' bytes with
+// quantize_per_token's formula (finish_scale / quant): bit for bit quantize_per_token(out).
+constexpr int kMaxHC = 8;
+
+template <typename T, int kHD, int kC>
+__global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(DecodeAttnArgs a) {
+  constexpr int kPer = kMaxHC * kHD / kThreads;  // outputs a thread holds at most
+  extern __shared__ float s_w[];                  // [HC][splits]: 2^(m_s - M) per head
+  __shared__ float s_inv[kMaxHC];
+  pdl_trigger();
+  pdl_wait();  // the split kernel's partials
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int HC = a.heads / kC;
+  const int64_t b = blockIdx.y;
+  const int h0 = static_cast<int>(blockIdx.x) * HC;
+  // Per head (a warp each, round robin): the splits' max, weights and normaliser.
+  for (int hh = warp; hh < HC; hh += kWarps) {
+    const float* ml = a.partial_ml + (b * a.heads + h0 + hh) * a.splits * 2;
+    float M = -INFINITY;
+    for (int s = lane; s < a.splits; s += 32) M = fmaxf(M, ml[2 * s]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    const float mu = M == -INFINITY ? 0.f : M;
+    float l = 0.f;
+    for (int s = lane; s < a.splits; s += 32) {
+      const float w = exp2f(ml[2 * s] - mu);
+      s_w[hh * a.splits + s] = w;
+      l += w * ml[2 * s + 1];
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) l += __shfl_xor_sync(0xffffffffu, l, off);
+    if (lane == 0) s_inv[hh] = l == 0.f ? 0.f : 1.f / l;
+  }
+  __syncthreads();
+  float val[kPer];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int idx = tid + i * kThreads;  // hh * kHD + d
+    val[i] = 0.f;
+    if (idx < HC * kHD) {
+      const int hh = idx / kHD, d = idx % kHD;
+      const float* pacc = a.partial_acc + (b * a.heads + h0 + hh) * a.splits * kHD + d;
+      const float* w = s_w + hh * a.splits;
+      float acc = 0.f;
+      int s = 0;
+      for (; s + kUnroll <= a.splits; s += kUnroll) {
+        float x[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) x[u] = pacc[(s + u) * kHD];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) acc = fmaf(w[s + u], x[u], acc);
+      }
+      for (; s < a.splits; ++s) acc = fmaf(w[s], pacc[s * kHD], acc);
+      val[i] = to_float(from_float<T>(acc * s_inv[hh]));  // the value `out` would hold
+      amax = nan_max(amax, val[i]);
+    }
+  }
+  amax = reduce_row<false, kC>(amax, AbsMax{}, 2);
+  cluster_done_reading<kC>();
+  float pre;
+  const float inv = finish_scale(amax, a.sx + b, pre, blockIdx.x == 0 ? tid : 1, a.fp8 ? 448.f : 127.f);
+  int8_t* xq = a.xq + b * a.heads * kHD + static_cast<int64_t>(h0) * kHD;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int idx = tid + i * kThreads;
+    if (idx < HC * kHD) xq[idx] = quant(val[i], inv, pre, a.fp8);
+  }
+  cluster_end<kC>();
+}
+
+// Whether this build runs the cluster kernel on the current device (an sm_80-only build also runs on
+// an H100, where the cluster path would trap).
+bool quant_cluster_runs() {
+  static const int version = [] {
+    cudaFuncAttributes at{};
+    const auto probe = decode_attention_combine_quant<float, 64, kDecodeQuantCtas>;
+    return cudaFuncGetAttributes(&at, probe) == cudaSuccess ? at.binaryVersion : 0;
+  }();
+  return version >= 90 && device_major() >= 9;
+}
+
 template <typename T, int kHD>
 std::string launch_hd(const DecodeAttnArgs& a) {
   constexpr int kLPK = kHD * static_cast<int>(sizeof(T)) / 16;
@@ -292,9 +381,20 @@ std::string launch_hd(const DecodeAttnArgs& a) {
     } else {
       return "heads / kv_heads must be <= 8, got " + std::to_string(G);
     }
-    const size_t smem = static_cast<size_t>(a.splits) * sizeof(float);
-    launch_pdl(decode_attention_combine<T, kHD>, dim3(static_cast<unsigned>(a.B * a.heads)), dim3(kThreads), smem,
-               a.stream, a);
+    if (a.xq != nullptr) {
+      const size_t smem = static_cast<size_t>(a.heads / kDecodeQuantCtas) * a.splits * sizeof(float);
+      const auto kernel = decode_attention_combine_quant<T, kHD, kDecodeQuantCtas>;
+      if (smem > 48 * 1024) {
+        const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (e != cudaSuccess) return std::string("combine shared memory: ") + cudaGetErrorString(e);
+      }
+      launch_pdl_cluster(kernel, dim3(kDecodeQuantCtas, static_cast<unsigned>(a.B)), dim3(kThreads), smem, a.stream,
+                         static_cast<unsigned>(kDecodeQuantCtas), a);
+    } else {
+      const size_t smem = static_cast<size_t>(a.splits) * sizeof(float);
+      launch_pdl(decode_attention_combine<T, kHD>, dim3(static_cast<unsigned>(a.B * a.heads)), dim3(kThreads), smem,
+                 a.stream, a);
+    }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return std::string("launch failed: ") + cudaGetErrorString(err);
     return {};
@@ -303,8 +403,16 @@ std::string launch_hd(const DecodeAttnArgs& a) {
 
 }  // namespace
 
+bool decode_attention_quant_ok(int heads) {
+  return heads > 0 && heads % kDecodeQuantCtas == 0 && heads / kDecodeQuantCtas <= kMaxHC && quant_cluster_runs();
+}
+
 std::string decode_attention(const DecodeAttnArgs& a) {
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return "heads must be a multiple of kv_heads";
+  if (a.xq != nullptr && (a.sx == nullptr || !decode_attention_quant_ok(a.heads))) {
+    return "a quantized output needs sx, heads a multiple of " + std::to_string(kDecodeQuantCtas) + " up to " +
+           std::to_string(kDecodeQuantCtas * kMaxHC) + " and an sm_90 build on an sm_90 device";
+  }
   if (a.chunk <= 0 || a.chunk > kDecodeChunkMax) return "chunk must be in 1.." + std::to_string(kDecodeChunkMax);
   if (a.splits > kDecodeSplitsMax) return "splits must be <= " + std::to_string(kDecodeSplitsMax);
   if (a.splits <= 0 || static_cast<int64_t>(a.splits) * a.chunk < a.L || static_cast<int64_t>(a.splits - 1) * a.chunk >= a.L)

@@ -309,9 +309,19 @@ struct DecodeAttnArgs {
   int64_t B = 0, L = 0;
   int heads = 0, kv_heads = 0, head_dim = 0, splits = 0, chunk = 0;
   float scale = 1.f;
+  // Quantized output instead of `out` (xq != nullptr): the combine also quantizes each token's
+  // heads * head_dim outputs per token, as quantize_per_token does the rounded output (INT8, or FP8
+  // E4M3 with fp8): xq [B, heads * head_dim] contiguous, sx float32 [B]. Needs decode_attention_quant_ok.
+  int8_t* xq = nullptr;
+  float* sx = nullptr;
+  bool fp8 = false;
   cudaStream_t stream = nullptr;
 };
 std::string decode_attention(const DecodeAttnArgs& args);
+// Whether decode_attention can quantize its output for `heads` query heads on the current device: one
+// cluster of kDecodeQuantCtas CTAs a token, heads / kDecodeQuantCtas <= 8 heads each (sm_90 builds).
+constexpr int kDecodeQuantCtas = 8;
+bool decode_attention_quant_ok(int heads);
 
 // Test support for programmatic dependent launch: a kernel that signals
 // griddepcontrol.launch_dependents at entry, spins for spin_us microseconds, then copies `bytes`

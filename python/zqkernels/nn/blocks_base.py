@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Optional, Union
 
@@ -51,7 +50,7 @@ from ..reference.rope import rotary
 from ..schemes import W8A8, Scheme
 from .collectives import all_reduce_sum
 from .grad import block_with_input_grad
-from .linear import QLinear, run_weight_quantizer
+from .merged_linear import _merge_linears
 
 __all__ = [
     "LEVELS",
@@ -114,50 +113,6 @@ def resolve_level(level: Union[str, dict[str, bool]]) -> dict[str, bool]:
             raise ValueError(f"quantize_model: level has unknown roles {bad}; roles are {list(ROLES)}")
         return {r: bool(level.get(r, True)) for r in ROLES}
     raise TypeError(f"quantize_model: level must be a preset name or a dict, got {type(level).__name__}")
-
-
-# Set by the conversion (convert._convert) while blocks are built: callable(linear[, weight_format])
-# -> the part's quantized tensors or None, the weight quantizer of each part of a merged linear
-# (None: round to nearest). Checkpoint loading sets it to hand over each part's exact tensors.
-_WEIGHT_QUANTIZER: ContextVar[Optional[Callable[[nn.Module], Any]]] = ContextVar("_WEIGHT_QUANTIZER", default=None)
-
-
-def _merge_linears(op: str, linears: list[nn.Linear], quantized: bool, qscheme: Scheme) -> nn.Module:
-    """One linear over the concatenated output features of `linears` (same input): a QLinear of
-    `qscheme`, or a float nn.Linear when the role stays in float. A missing bias of one part becomes
-    zeros."""
-    w = torch.cat([lin.weight.detach() for lin in linears], 0)
-    has_bias = any(lin.bias is not None for lin in linears)
-    b = None
-    if has_bias:
-        b = torch.cat(
-            [
-                lin.bias.detach() if lin.bias is not None else w.new_zeros(lin.out_features)
-                for lin in linears
-            ]
-        )
-    merged = nn.Linear(w.shape[1], w.shape[0], bias=has_bias, device="meta")
-    merged.training = linears[0].training  # the parts' train / eval mode (QLinear.from_linear keeps it)
-    merged.weight = nn.Parameter(w, requires_grad=False)
-    merged.bias = nn.Parameter(b, requires_grad=False) if b is not None else None
-    if not quantized:
-        return merged
-    quantizer = _WEIGHT_QUANTIZER.get()
-    try:
-        if quantizer is not None:
-            # Each part quantized on its own (channel and group scales: the rows are independent), then
-            # concatenated row-wise (packed layouts too: they pack whole tiles of 16 rows, and every
-            # part has out_features % 16 == 0 there); the parts share their input, so e.g. GPTQ uses
-            # the same Hessian for all.
-            parts = []
-            for lin in linears:
-                part = qscheme.for_layer(op, lin.out_features, lin.in_features)
-                parts.append(run_weight_quantizer(op, quantizer, lin, part) or part.quantize(lin.weight.detach()))
-            q = tuple(torch.cat(ts, 0) for ts in zip(*parts))
-            return QLinear.from_linear(merged, qscheme, weight_quantizer=lambda _lin: q)
-        return QLinear.from_linear(merged, qscheme)
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"{op}: {e}") from e
 
 
 def _f32(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -240,6 +195,11 @@ FUSED_ROPE = True
 #: decode batch 1, one launch fewer a layer); False (or env ``ZQKERNELS_ROPE_ADVANCE=0``, for whole-model
 #: A / B runs): HF's ``cumulative_length.add_(S)`` after it.
 ROPE_ADVANCE = os.environ.get("ZQKERNELS_ROPE_ADVANCE", "1") != "0"
+
+#: The decode-attention kernel's combine quantizes o_proj's per-token input itself
+#: (``decode_attention(..., quant=...)``: one launch fewer a layer at decode); False (or env
+#: ``ZQKERNELS_ATTN_QUANT=0``, for whole-model A / B runs): quantize_per_token after it.
+ATTN_QUANT = os.environ.get("ZQKERNELS_ATTN_QUANT", "1") != "0"
 
 
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
@@ -460,7 +420,9 @@ class QuantizedBlock(nn.Module):
             return bias_gelu_quant(y, None, self.gelu_approx, dtype=self._qdtype, **self._qkw)
         return F.gelu(y, approximate=self.gelu_approx)
 
-    def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs) -> torch.Tensor:
+    def _attend(self, qkv: torch.Tensor, B: int, S: int, mask, pos, cache, kwargs, quant=None):
+        """Attention of the block: [B * S, H * hd], or where ``quant`` (the o_proj input's per-token
+        dtype) is given and the decode kernel serves the call, that output quantized, (xq, sx)."""
         H, KV, hd = self.heads, self.kv_heads, self.head_dim
         if cache is not None:
             cache = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
@@ -478,7 +440,7 @@ class QuantizedBlock(nn.Module):
                 q, k, v = rope_qkv(qkv.reshape(B, S, -1), pos[0], pos[1], H, KV, hd)
                 if cache is not None:
                     k, v = cache.update(k, v, self.layer_idx)
-            return self._sdpa(q, k, v, B, S, mask, kwargs)
+            return self._sdpa(q, k, v, B, S, mask, kwargs, quant)
         q, k, v = qkv.split((H * hd, KV * hd, KV * hd), dim=1)
         q = q.view(B, S, H, hd).transpose(1, 2)
         k = k.view(B, S, KV, hd).transpose(1, 2)
@@ -492,9 +454,9 @@ class QuantizedBlock(nn.Module):
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-        return self._sdpa(q, k, v, B, S, mask, kwargs)
+        return self._sdpa(q, k, v, B, S, mask, kwargs, quant)
 
-    def _sdpa(self, q, k, v, B: int, S: int, mask, kwargs) -> torch.Tensor:
+    def _sdpa(self, q, k, v, B: int, S: int, mask, kwargs, quant=None):
         H, hd = self.heads, self.head_dim
         kwargs = {n: a for n, a in kwargs.items() if n not in _NOT_FOR_ATTENTION}
         kwargs = {**self._attn_kw, **kwargs}
@@ -506,7 +468,10 @@ class QuantizedBlock(nn.Module):
             m = mask if mask is None else mask[:, :, :, : k.shape[-2]]
             plain = m is None or (m.dtype is torch.bool and m.dim() == 4 and m.shape[1] == m.shape[2] == 1)
             if mode == "kernel" and q.is_cuda and plain and decode_attention_supported(q, k):
-                # One kernel reading the cache once (ops/attention.py), the same softmax(q k^T) v
+                # One kernel reading the cache once (ops/attention.py), the same softmax(q k^T) v; with
+                # `quant`, its combine also quantizes the output for o_proj (one launch fewer)
+                if quant is not None:
+                    return decode_attention(q, k, v, m, self._meta.scaling, quant=quant)
                 return decode_attention(q, k, v, m, self._meta.scaling).reshape(B, H * hd)
             if self.heads > self.kv_heads and not torch.compiler.is_compiling():
                 # Grouped KV heads read as they are; HF's SDPA function instead copies k and v G times
@@ -530,9 +495,11 @@ class QuantizedBlock(nn.Module):
         lv = self.level
         x2 = hidden_states.reshape(-1, D)
         inp = self._qkv_input(hidden_states, x2)
-        a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {})
-        o = self._post("post_attn_norm",
-                       self._reduce(self._linear(self.attn_out, self._quantize(a2) if lv["attn_out"] else a2, dt)))
+        quant = self._qdtype if lv["attn_out"] and not self._qkw and ATTN_QUANT else None
+        a2 = self._attend(self._linear(self.qkv, inp, dt), B, S, mask, pos, cache, kwargs or {}, quant)
+        if not isinstance(a2, tuple):  # attention's output as it is: quantized here if o_proj takes int8 / fp8
+            a2 = self._quantize(a2) if lv["attn_out"] else a2
+        o = self._post("post_attn_norm", self._reduce(self._linear(self.attn_out, a2, dt)))
         # residual add + norm 2 (pre-norm: r = x + o; post-norm: r = norm1(x + o)), r over o
         inp1, r = self._norm(2 if self.pre_norm else 1, x2, o, "sum" if self.pre_norm else "normed", lv["fc1"])
         y = self._post("post_mlp_norm",

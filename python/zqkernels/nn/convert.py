@@ -9,10 +9,10 @@ from torch import nn
 
 from ..schemes import Scheme, get_scheme
 from .blocks import BLOCKS, LEVELS, ROLES, QuantizedBlock, block_class, parts_of, resolve_level
-from .blocks_base import _WEIGHT_QUANTIZER
 from .linear import QLinear
 from .linear import is_conv1d as _is_conv1d
 from .linear import linear_from_conv1d as _as_linear
+from .merged_linear import _WEIGHT_QUANTIZER
 
 __all__ = ["quantize_model", "conversion_report"]
 

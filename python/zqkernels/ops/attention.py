@@ -2,6 +2,7 @@
 attention of a decode step, grouped KV heads (GQA / MQA) read once, split over the keys.
 
     decode_attention(q, k, v, mask=None, scale=None) -> out [B, heads, 1, head_dim]
+    decode_attention(q, k, v, mask, scale, quant=torch.int8) -> (xq [B, heads * hd], sx [B])
 
 q [B, heads, 1, hd]; k, v [B, kv_heads, L, hd] (a static cache as it is: any strides with unit stride
 along hd); mask bool [B or 1, 1, 1, L] (True: attend; HF's SDPA mask of one query position) or None.
@@ -14,6 +15,12 @@ default). CUDA: bf16 / fp16 with head_dim 64, 128 or 256,
 fp32 with 64 or 128, heads / kv_heads <= 8, 16-byte aligned rows; ``decode_attention_supported``
 says whether a call fits. CPU tensors run the reference. A ``torch.library`` custom op (compile,
 CUDA graphs).
+
+``quant=torch.int8`` (or ``torch.float8_e4m3fn``) returns the output quantized per token for the next
+GEMM instead, bit for bit ``quantize_per_token(out.reshape(B, heads * hd), quant)``: on CUDA the
+combine kernel quantizes it (one cluster of 8 CTAs a token; heads a multiple of 8, at most 64, an sm_90
+build on an sm_90 device: ``decode_attention_quant_fused``), which saves the launch of a separate
+quantize at decode; elsewhere the two ops run one after the other.
 """
 
 from __future__ import annotations
@@ -27,15 +34,18 @@ from .. import _ext
 from ..reference.attention import decode_attention_ref
 from . import _common as c
 from .gemm_paths import _sm_count
+from .quantize import quantize_per_token
 
-__all__ = ["decode_attention", "decode_attention_supported"]
+__all__ = ["decode_attention", "decode_attention_quant_fused", "decode_attention_supported"]
 
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 CHUNK_MAX = 256  # keys per CTA at most (kDecodeChunkMax)
 MIN_CHUNK = 32  # keys per CTA at least where L allows (one unrolled step of 4 warps x 2 keys x 4 rows)
 SPLITS_MAX = 8192  # kDecodeSplitsMax: L <= SPLITS_MAX * CHUNK_MAX keys
 MAX_GROUP = 8  # heads / kv_heads the kernel serves
+_QUANT = (torch.int8, torch.float8_e4m3fn)
 _cuda_ready: set[int] = set()
+_quant_ok: dict[tuple[int, int], bool] = {}
 
 
 def decode_attention_supported(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -88,7 +98,19 @@ def _splits(B: int, KV: int, L: int, sms: int) -> tuple[int, int]:
     return -(-L // chunk), chunk
 
 
-def _launch(q, k, v, mask, scale: float) -> torch.Tensor:
+def decode_attention_quant_fused(q: torch.Tensor) -> bool:
+    """Whether ``decode_attention(..., quant=...)`` quantizes in its combine kernel for q's head count
+    and device (else a separate quantize_per_token runs after it)."""
+    if not q.is_cuda or _ext._C is None or not hasattr(_ext._C, "decode_attention_quant_ok"):
+        return False
+    key = (q.get_device(), q.shape[1])
+    ok = _quant_ok.get(key)
+    if ok is None:
+        ok = _quant_ok[key] = bool(_ext._C.decode_attention_quant_ok(q.shape[1], key[0]))
+    return ok
+
+
+def _launch(q, k, v, mask, scale: float, quant: Optional[torch.dtype] = None):
     idx = q.get_device()
     if idx not in _cuda_ready:
         c.require_cuda_kernels("decode_attention", q.device)
@@ -107,9 +129,16 @@ def _launch(q, k, v, mask, scale: float) -> torch.Tensor:
             or any(s % vec for s in k.stride()[:3]) or q.data_ptr() % 16 or k.data_ptr() % 16 or v.data_ptr() % 16):
         raise ValueError(f"decode_attention: q, k, v need unit stride along head_dim, 16-byte aligned rows and v with "
                          f"k's strides; got strides q {q.stride()}, k {k.stride()}, v {v.stride()}")
-    out = q.new_empty((B, H, 1, hd))
+    if quant is None:
+        out, xq, sx = q.new_empty((B, H, 1, hd)), None, None
+        result = out
+    else:
+        out = None
+        xq = torch.empty((B, H * hd), dtype=quant, device=q.device)
+        sx = torch.empty((B,), dtype=torch.float32, device=q.device)
+        result = (xq, sx)
     if B == 0:
-        return out
+        return result
     splits, chunk = _splits(B, KV, L, _sm_count(idx))
     acc = torch.empty((B * H * splits, hd), dtype=torch.float32, device=q.device)
     ml = torch.empty((B * H * splits, 2), dtype=torch.float32, device=q.device)
@@ -119,10 +148,11 @@ def _launch(q, k, v, mask, scale: float) -> torch.Tensor:
         msl = mask.stride(3)
     _ext._C.decode_attention(
         c.DTYPE_CODE[q.dtype], q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0),
-        k.stride(1), k.stride(2), 0 if mask is None else mask.data_ptr(), msb, msl, out.data_ptr(), acc.data_ptr(),
-        ml.data_ptr(), B, L, H, KV, hd, splits, chunk, float(scale), idx, c.current_stream(idx),
+        k.stride(1), k.stride(2), 0 if mask is None else mask.data_ptr(), msb, msl, 0 if out is None else out.data_ptr(),
+        acc.data_ptr(), ml.data_ptr(), 0 if xq is None else xq.data_ptr(), 0 if sx is None else sx.data_ptr(),
+        quant is torch.float8_e4m3fn, B, L, H, KV, hd, splits, chunk, float(scale), idx, c.current_stream(idx),
     )
-    return out
+    return result
 
 
 def _impl(q, k, v, mask, scale: Optional[float]) -> torch.Tensor:
@@ -149,12 +179,41 @@ def _fake(q, k, v, mask, scale):
     return q.new_empty(q.shape)
 
 
+def _impl_quant(q, k, v, mask, scale: Optional[float], quant: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    _check("decode_attention", q, k, v, mask, scale)
+    if q.is_cuda and decode_attention_supported(q, k) and decode_attention_quant_fused(q):
+        return _launch(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale), quant)
+    out = _impl(q, k, v, mask, scale)
+    return quantize_per_token(out.reshape(q.shape[0], -1), dtype=quant)
+
+
+@torch.library.custom_op("zqkernels::decode_attention_quant", mutates_args=())
+def _quant_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+              scale: Optional[float], quant: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _impl_quant(q, k, v, mask, scale, quant)
+
+
+@_quant_op.register_fake
+def _quant_fake(q, k, v, mask, scale, quant):
+    _check("decode_attention", q, k, v, mask, scale)
+    B, H, _, hd = q.shape
+    return q.new_empty((B, H * hd), dtype=quant), q.new_empty((B,), dtype=torch.float32)
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                     scale: Optional[float] = None) -> torch.Tensor:
+                     scale: Optional[float] = None, *, quant: Optional[torch.dtype] = None):
     """softmax(scale * q k^T, masked) v for one query token per sequence: q [B, heads, 1, hd], k / v
     [B, kv_heads, L, hd] (query head h reads KV head h // (heads // kv_heads)), mask bool [B or 1, 1,
     1, L] or None, scale default 1 / sqrt(hd). Returns [B, heads, 1, hd] (contiguous) in q's dtype;
-    rows with every key masked give 0."""
+    rows with every key masked give 0. ``quant`` (torch.int8 or torch.float8_e4m3fn): returns
+    ``quantize_per_token(out.reshape(B, heads * hd), dtype=quant)`` instead, (xq, sx), computed in
+    the combine kernel where ``decode_attention_quant_fused`` says so."""
+    if quant is not None:
+        if quant not in _QUANT:
+            raise TypeError(f"decode_attention: quant must be None, torch.int8 or torch.float8_e4m3fn, got {quant!r}")
+        if c.eager(q, k, v, mask):
+            return _impl_quant(q, k, v, mask, scale, quant)
+        return torch.ops.zqkernels.decode_attention_quant.default(q, k, v, mask, scale, quant)
     if c.eager(q, k, v, mask):
         return _impl(q, k, v, mask, scale)
     return torch.ops.zqkernels.decode_attention.default(q, k, v, mask, scale)
