@@ -179,9 +179,14 @@ def _fake(q, k, v, mask, scale):
     return q.new_empty(q.shape)
 
 
+_QUANT_SMEM = 48 * 1024  # the quantizing combine keeps (heads / 8) x splits weights in shared memory
+
+
 def _impl_quant(q, k, v, mask, scale: Optional[float], quant: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     _check("decode_attention", q, k, v, mask, scale)
-    if q.is_cuda and decode_attention_supported(q, k) and decode_attention_quant_fused(q):
+    if (q.is_cuda and decode_attention_supported(q, k) and decode_attention_quant_fused(q)
+            and q.shape[1] // 8 * _splits(q.shape[0], k.shape[1], k.shape[2], _sm_count(q.get_device()))[0] * 4
+            <= _QUANT_SMEM):  # fmt: skip
         return _launch(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale), quant)
     out = _impl(q, k, v, mask, scale)
     return quantize_per_token(out.reshape(q.shape[0], -1), dtype=quant)
