@@ -277,15 +277,14 @@ void bind_gemm(nb::module_& m) {
   m.def(
       "_debug_set_w4a8_variant",
       [](int v) {
-        if (v < 0 || v > 10) fail("_debug_set_w4a8_variant", "variant must be 0..10");
+        if (v < 0 || v > 9) fail("_debug_set_w4a8_variant", "variant must be 0..9");
         return std::exchange(zq::gemm_tuning().w4a8_variant, v);
       },
       nb::arg("variant"),
       "W4A8 streaming kernels' schedule: 0 default; 1..5 w4a8_fp_gemm's (ZQ_EXPERIMENT_TILES builds only); 6 "
       "w4a8_fp_gemm at M <= 8 on register batches instead of the shared-memory ring (any build); 7 "
       "w4a8_gemm (INT4) at M <= 8 capped at 80 registers for 3 CTAs an SM (any build); 8 w4a8_gemm with the "
-      "two-group scale loads at every group size; 9 w4a8_gemm never on the 80-register kernel; 10 w4a8_gemm with\n"
-      "one-group scale loads but without the paired MMA steps (any build).");
+      "two-group scale loads at every group size; 9 w4a8_gemm never on the 80-register kernel (any build).");
   m.def(
       "_debug_set_w4a8_rows_per_cta",
       [](int r) {

@@ -55,35 +55,6 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 
-// d += a b (the step's sums added onto d's).
-__device__ __forceinline__ void mma_s8_acc(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// p (rows r, r + 8 of one step's or a pair's P16) folded into the accumulators with scales sc[g],
-// sc[g + 1]: integer scales into acci, float scales into accf.
-template <bool kIntScale, int kSc>
-__device__ __forceinline__ void fold(const int32_t (&p)[4], const uint32_t (&sc)[kSc], int g, int32_t (&acci)[4],
-                                     float (&accf)[4]) {
-  if constexpr (kIntScale) {
-    const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
-    acci[0] += lo * p[0];
-    acci[1] += lo * p[1];
-    acci[2] += hi * p[2];
-    acci[3] += hi * p[3];
-  } else {
-    const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
-    accf[0] = fmaf(lo, static_cast<float>(p[0]), accf[0]);
-    accf[1] = fmaf(lo, static_cast<float>(p[1]), accf[1]);
-    accf[2] = fmaf(hi, static_cast<float>(p[2]), accf[2]);
-    accf[3] = fmaf(hi, static_cast<float>(p[3]), accf[3]);
-  }
-}
-
 // The B fragment of one int8 mma.m16n8k32 step in the natural k order (layout m16k32 keeps it):
 // lane t's bytes k = 4t..4t+3 and 16+4t..16+4t+3 of the step (p already offset by 4t).
 __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
@@ -93,36 +64,33 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
 // One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
 // r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
-// batch whose steps could reach the overflow bound), float scales into accf. kPair (both steps in one
-// group, kSc == 2): the second step's MMA adds onto the first's sums and the pair is folded once, half
-// the folds (|P16| of a pair <= 2^20 fits int32; the flush bound counts steps, so it holds as before;
-// float scales: one rounding a pair instead of two).
-template <int kNT, bool kIntScale, int kSc, bool kPair = false>
+// batch whose steps could reach the overflow bound), float scales into accf.
+template <int kNT, bool kIntScale, int kSc>
 __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
                                           int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
-  static_assert(!kPair || kSc == 2, "pairs share one group's scales");
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
-  if constexpr (kPair) {
-    const Int8Pair q0 = int4_word_to_int8x16(w[0]), q1 = int4_word_to_int8x16(w[1]);
-    const Int8Pair q2 = int4_word_to_int8x16(w[2]), q3 = int4_word_to_int8x16(w[3]);
-    const uint32_t af0[4] = {q0.lo, q0.hi, q1.lo, q1.hi}, af1[4] = {q2.lo, q2.hi, q3.lo, q3.hi};
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
       int32_t p[4];
-      mma_s8(p, af0, xv[j][0].x, xv[j][0].y);
-      mma_s8_acc(p, af1, xv[j][1].x, xv[j][1].y);
-      fold<kIntScale, kSc>(p, sc, 0, acci[j], accf[j]);
-    }
-  } else {
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
-      const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        int32_t p[4];
-        mma_s8(p, af, xv[j][s].x, xv[j][s].y);
-        fold<kIntScale, kSc>(p, sc, kSc == 4 ? 2 * s : 0, acci[j], accf[j]);  // kSc == 2: one group
+      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+      if constexpr (kIntScale) {
+        const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
+        const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
+        acci[j][0] += lo * p[0];
+        acci[j][1] += lo * p[1];
+        acci[j][2] += hi * p[2];
+        acci[j][3] += hi * p[3];
+      } else {
+        const int g = kSc == 4 ? 2 * s : 0;
+        const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
+        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
       }
     }
   }
@@ -195,7 +163,7 @@ __device__ __forceinline__ void flush_before_batch(int& steps, int flush_steps, 
   steps += 2 * kBatchChunks;
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kPair = kOneGroup>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
   constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
@@ -250,7 +218,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         if (c >= nchunks) break;
         uint2 xv[kNT][2];
         xs.load(c, xv);
-        int_chunk<kNT, kIntScale, kSc, kPair>(wv[u], sc[u], xv, acci, accf);
+        int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -268,9 +236,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kPair = kOneGroup>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kPair>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
@@ -281,30 +249,20 @@ void launch_int(const W4A8IntArgs& a) {
 // H100 (benchmarks/results/w4a8_stream_variants_h100-80gb-hbm3_84bf8f2.txt): 8B qkv M = 1 9.60 -> 8.08 us;
 // elsewhere the cap is slower (8B gate_up 27.4 -> 34.1, down 15.2 -> 16.6), so only there.
 // GemmTuning::w4a8_variant (A / B runs): 7 the capped kernel at every shape, 8 the two-group scale
-// loads at every group size, 9 never the capped kernel, 10 one-group loads without the paired MMA steps.
-// One- or two-group scale loads (one_group: group sizes that are multiples of 64, a chunk's two MMA
-// steps in one group), with the paired steps (pair) where one group holds both.
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks>
-void launch_groups(const W4A8IntArgs& a, bool one_group, bool pair) {
-  if (!one_group) return launch_int<kNT, kIntScale, OutT, kMinBlocks>(a);
-  if (!pair) return launch_int<kNT, kIntScale, OutT, kMinBlocks, true, false>(a);
-  return launch_int<kNT, kIntScale, OutT, kMinBlocks, true>(a);
-}
-
+// loads at every group size, 9 never the capped kernel.
 template <int kNT, bool kIntScale, typename OutT>
 void launch_int_variant(const W4A8IntArgs& a) {
   // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
   // registers a chunk, not 4 (8B gate_up M = 1: 29.1 -> 27.4 us with the batch flush; same file).
   const int variant = gemm_tuning().w4a8_variant;
   const bool one_group = a.group_size % 64 == 0 && variant != 8;
-  const bool pair = variant != 10;
   if constexpr (kNT == 1) {
     const int sms = a.sm_count > 0 ? a.sm_count : 132, tiles = a.N / 16;
-    if (variant == 7 || ((variant == 0 || variant == 10) && 2 * sms < tiles && tiles <= 3 * sms)) {
-      return launch_groups<kNT, kIntScale, OutT, 3>(a, one_group, pair);
+    if (variant == 7 || (variant == 0 && 2 * sms < tiles && tiles <= 3 * sms)) {
+      return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
     }
   }
-  return launch_groups<kNT, kIntScale, OutT, 1>(a, one_group, pair);
+  return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
 }
 
 }  // namespace

@@ -126,8 +126,8 @@ struct GemmTuning {
   // with ZQ_EXPERIMENT_TILES; 6: w4a8_fp_gemm at M <= 8 on register batches instead of the
   // shared-memory ring, any build: src/cuda/w4a8_gemm.cu; 7: w4a8_int_gemm at M <= 8 capped at 80
   // registers for 3 CTAs an SM at every shape; 8: w4a8_int_gemm with two groups' scale loads a chunk at
-  // every group size; 9: w4a8_int_gemm never on the 80-register kernel; 10: w4a8_int_gemm's one-group
-  // loads without the paired MMA steps; any build: src/cuda/w4a8_int_gemm.cu).
+  // every group size; 9: w4a8_int_gemm never on the 80-register kernel; any build:
+  // src/cuda/w4a8_int_gemm.cu).
   int w4a8_variant = 0;
   // The W4A8 streaming kernels' row tiles per CTA (0 = the wave heuristic of launch_row_tiles; 1, 2,
   // 4, 8: forced, for probes).

@@ -196,10 +196,12 @@ FUSED_ROPE = True
 #: A / B runs): HF's ``cumulative_length.add_(S)`` after it.
 ROPE_ADVANCE = os.environ.get("ZQKERNELS_ROPE_ADVANCE", "1") != "0"
 
-#: The decode-attention kernel's combine quantizes o_proj's per-token input itself
-#: (``decode_attention(..., quant=...)``: one launch fewer a layer at decode); False (or env
-#: ``ZQKERNELS_ATTN_QUANT=0``, for whole-model A / B runs): quantize_per_token after it.
-ATTN_QUANT = os.environ.get("ZQKERNELS_ATTN_QUANT", "1") != "0"
+#: True (or env ``ZQKERNELS_ATTN_QUANT=1``): the decode-attention kernel's combine quantizes o_proj's
+#: per-token input itself (``decode_attention(..., quant=...)``, one launch fewer a layer). Off by
+#: default: measured slower in a whole W4A8 Llama-3-8B-shaped model (H100, decode b1 ctx1024, CUDA graph,
+#: alternating processes: 2.749 / 2.756 ms on against 2.667 off; its combine runs 9.2 us a layer on the
+#: step's critical path: each thread sums 4 outputs over all splits one after another; docs/FUSED.md).
+ATTN_QUANT = os.environ.get("ZQKERNELS_ATTN_QUANT", "0") == "1"
 
 
 def _static_layer(cache: Any, idx: int, B: int, dtype: torch.dtype) -> Any:
