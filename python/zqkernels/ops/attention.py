@@ -19,8 +19,10 @@ CUDA graphs).
 ``quant=torch.int8`` (or ``torch.float8_e4m3fn``) returns the output quantized per token for the next
 GEMM instead, bit for bit ``quantize_per_token(out.reshape(B, heads * hd), quant)``: on CUDA the
 combine kernel quantizes it (one cluster of 8 CTAs a token; heads a multiple of 8, at most 64, an sm_90
-build on an sm_90 device: ``decode_attention_quant_fused``), which saves the launch of a separate
-quantize at decode; elsewhere the two ops run one after the other.
+build on an sm_90 device: ``decode_attention_quant_fused``), one launch instead of two; elsewhere the
+two ops run one after the other. Measured slower than the two ops in a whole W4A8 Llama-3-8B-shaped
+decode step (H100: its combine sums each thread's 4 outputs one after another), so the fused blocks
+do not use it by default (docs/FUSED.md, "A quantizing combine").
 """
 
 from __future__ import annotations
