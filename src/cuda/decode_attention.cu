@@ -354,11 +354,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(Decod
 // Whether this build runs the cluster kernel on the current device (an sm_80-only build also runs on
 // an H100, where the cluster path would trap).
 bool quant_cluster_runs() {
-  static const int version = [] {
-    cudaFuncAttributes at{};
-    const auto probe = decode_attention_combine_quant<float, 64, kDecodeQuantCtas>;
-    return cudaFuncGetAttributes(&at, probe) == cudaSuccess ? at.binaryVersion : 0;
-  }();
+  static const int version = binary_version(decode_attention_combine_quant<float, 64, kDecodeQuantCtas>);
   return version >= 90 && device_major() >= 9;
 }
 

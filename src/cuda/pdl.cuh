@@ -50,6 +50,15 @@ inline int device_major() {
 // (gemm_tuning().pdl, env ZQKERNELS_PDL=0).
 inline bool pdl_enabled() { return gemm_tuning().pdl && device_major() >= 9; }
 
+// Whether `probe` (a kernel using sm_90 features: thread-block clusters) runs on the current device:
+// compute capability 9.0+ and a binary built for it (an sm_80-only build also runs on an H100, where
+// the cluster path would trap). Call sites keep the binary's half in a function-local static.
+template <class... KArgs>
+int binary_version(void (*probe)(KArgs...)) {
+  cudaFuncAttributes at{};
+  return cudaFuncGetAttributes(&at, probe) == cudaSuccess ? at.binaryVersion : 0;
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) in thread-block clusters of cluster_x CTAs along x
 // (1: no cluster attribute; > 1 needs compute capability 9.0+), with programmatic stream
 // serialization allowed when pdl_enabled(). Returns the launch's error code.

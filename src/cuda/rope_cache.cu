@@ -114,10 +114,7 @@ __global__ void __launch_bounds__(1024) rope_qkv_advance_kernel(RopeArgs a) {
 // Whether this build runs the cluster variant on the current device (compute capability 9.0+ and a
 // binary built for it: an sm_80-only build also runs on an H100, where the cluster path would trap).
 bool cluster_runs() {
-  static const int version = [] {
-    cudaFuncAttributes at{};
-    return cudaFuncGetAttributes(&at, rope_qkv_advance_kernel<float, true>) == cudaSuccess ? at.binaryVersion : 0;
-  }();
+  static const int version = binary_version(rope_qkv_advance_kernel<float, true>);
   return version >= 90 && device_major() >= 9;
 }
 

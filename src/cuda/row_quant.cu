@@ -341,11 +341,7 @@ constexpr int kClusterRows = 32;  // rows up to which a wide row is split over a
 // Whether the current device runs this file's cluster code: compute capability 9.0+ and a binary built
 // for it (a build for sm_80 alone also runs on an H100, where the cluster path would trap).
 bool cluster_code_runs() {
-  static const int version = [] {
-    cudaFuncAttributes at{};
-    const auto probe = row_quant_cluster_kernel<float, RowOp::kIdentity, 4, 1, 2>;
-    return cudaFuncGetAttributes(&at, probe) == cudaSuccess ? at.binaryVersion : 0;
-  }();
+  static const int version = binary_version(row_quant_cluster_kernel<float, RowOp::kIdentity, 4, 1, 2>);
   return version >= 90 && device_major() >= 9;
 }
 

@@ -157,9 +157,14 @@ def _launch(q, k, v, mask, scale: float, quant: Optional[torch.dtype] = None):
     return result
 
 
+def _scale_of(q: torch.Tensor, scale: Optional[float]) -> float:
+    """The softmax scale: ``scale``, or 1 / sqrt(head_dim)."""
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+
+
 def _impl(q, k, v, mask, scale: Optional[float]) -> torch.Tensor:
     _check("decode_attention", q, k, v, mask, scale)
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    s = _scale_of(q, scale)
     if q.is_cuda:
         return _launch(q, k, v, mask, s)
     if q.device.type not in ("cpu", "meta"):
@@ -181,15 +186,16 @@ def _fake(q, k, v, mask, scale):
     return q.new_empty(q.shape)
 
 
-_QUANT_SMEM = 48 * 1024  # the quantizing combine keeps (heads / 8) x splits weights in shared memory
+_QUANT_CTAS = 8  # kDecodeQuantCtas: the quantizing combine's CTAs a token, heads / 8 each
+_QUANT_SMEM = 48 * 1024  # it keeps (heads / _QUANT_CTAS) x splits weights in shared memory
 
 
 def _impl_quant(q, k, v, mask, scale: Optional[float], quant: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     _check("decode_attention", q, k, v, mask, scale)
     if (q.is_cuda and decode_attention_supported(q, k) and decode_attention_quant_fused(q)
-            and q.shape[1] // 8 * _splits(q.shape[0], k.shape[1], k.shape[2], _sm_count(q.get_device()))[0] * 4
+            and q.shape[1] // _QUANT_CTAS * _splits(q.shape[0], k.shape[1], k.shape[2], _sm_count(q.get_device()))[0] * 4
             <= _QUANT_SMEM):  # fmt: skip
-        return _launch(q, k, v, mask, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale), quant)
+        return _launch(q, k, v, mask, _scale_of(q, scale), quant)
     out = _impl(q, k, v, mask, scale)
     return quantize_per_token(out.reshape(q.shape[0], -1), dtype=quant)
 

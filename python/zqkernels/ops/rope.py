@@ -180,11 +180,7 @@ def _rope_cache_adv_op(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     return q.transpose(1, 2).contiguous()
 
 
-@_rope_cache_adv_op.register_fake
-def _rope_cache_adv_fake(qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset):
-    _check("rope_qkv", qkv, cos, sin, heads, kv_heads, head_dim, k_cache, v_cache, cache_offset)
-    B, S, _ = qkv.shape
-    return qkv.new_empty((B, S, heads, head_dim))
+_rope_cache_adv_op.register_fake(_rope_cache_fake)  # the same output as the plain form
 
 
 def rope_qkv(
