@@ -12,6 +12,9 @@ Attention variants (per head; exact integer products, float64 sums):
 - ``qk+pv``: also p . v in INT8: p (in [0, 1]) per query row in UINT8 (amax / 255), v per channel
   over the sequence's keys (symmetric INT8, one scale per head and channel: the scale a static or
   calibrated V scale would give; a decode kernel would keep a running or calibrated one).
+- ``qk+pv-fp8``: q . k in INT8 as ``qk``, p . v in FP8 E4M3 (FlashAttention-3's choice): p per query
+  row scaled to 448 / amax, v per head and channel to 448 / amax, both rounded to E4M3 (products
+  exact in float64).
 
 Linears: float (attention alone), or W8A8 (accuracy.py's simulation: per-token INT8 activations x
 per-channel INT8 weights, the library's scheme) to see the attention's share next to the GEMMs'.
@@ -56,6 +59,13 @@ def _p_uint8(p: torch.Tensor) -> torch.Tensor:
     return torch.round(p / s).clamp(0, 255) * s
 
 
+def _e4m3(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Symmetric E4M3 fake quantization, one scale (amax / 448) per slice along ``dim``, in float64."""
+    t = t.double()
+    s = t.abs().amax(dim, keepdim=True).clamp_min(1e-30) / 448.0
+    return (t / s).to(torch.float8_e4m3fn).double() * s
+
+
 def int8_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention function: query [B, H, S, hd], key / value [B, KV, L, hd]; returns
     ([B, S, H, hd], None)."""
@@ -65,18 +75,20 @@ def int8_attention(module, query, key, value, attention_mask, scaling=None, drop
     v = value.repeat_interleave(G, 1)
     S, L = query.shape[-2], k.shape[-2]
     scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-    q2, k2 = (_rows_int8(query), _rows_int8(k)) if mode in ("qk", "qk+pv") else (query.double(), k.double())
+    q2, k2 = (_rows_int8(query), _rows_int8(k)) if mode in ("qk", "qk+pv", "qk+pv-fp8") else (query.double(), k.double())
     s = (q2 @ k2.transpose(-1, -2)) * scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             s = s.masked_fill(~attention_mask[..., :L], float("-inf"))
         else:
             s = s + attention_mask[..., :L].double()
-    elif S > 1:  # causal, mask skipped by transformers
+    elif S > 1 and getattr(module, "is_causal", True):  # causal, mask skipped by transformers (not an encoder's)
         s = s.masked_fill(torch.ones(S, L, dtype=torch.bool).triu(L - S + 1), float("-inf"))
     p = torch.softmax(s, dim=-1)
     if mode == "qk+pv":
         out = _p_uint8(p) @ _cols_int8(v)
+    elif mode == "qk+pv-fp8":
+        out = _e4m3(p, -1) @ _e4m3(v, -2)
     else:
         out = p @ v.double()
     return out.to(query.dtype).transpose(1, 2).contiguous(), None

@@ -61,6 +61,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy_fp, also when imported from elsewhere
 import accuracy_fp as afp  # noqa: E402
+from _common import git_commit  # noqa: E402
 import zqkernels as zq  # noqa: E402
 from zqkernels.reference import unpack_int4  # noqa: E402
 
@@ -430,7 +431,7 @@ def main(argv=None) -> int:
     def log(*a):
         print(f"[{time.time() - t0:7.1f}s]", *a, flush=True)
 
-    commit = afp.git_commit()  # at the start: others may commit while this runs
+    commit = git_commit()  # at the start: others may commit while this runs
     dirty = subprocess.run(["git", "status", "--porcelain", "python"], cwd=REPO, capture_output=True,
                            text=True).stdout.split("\n")
     out = Path(args.out)

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
+from _common import git_commit  # noqa: E402
 from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
 from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight  # noqa: E402
 
@@ -109,7 +110,7 @@ def main() -> int:
     res["zp vs sym a16"] = paired(nll["sym a16"], nll["zp"])
     res["sym a16 vs fp32"] = paired(nll["fp32"], nll["sym a16"])
     res["seconds"] = round(time.time() - t0, 1)
-    res["commit"] = afp.git_commit()
+    res["commit"] = git_commit()
     print(json.dumps({k: v for k, v in res.items() if k != "window_nll"}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
