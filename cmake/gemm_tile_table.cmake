@@ -52,10 +52,13 @@ foreach(_r w4a8_mixed_int w4a8_mixed_float)
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
 endforeach()
-# Integer scales <= 16 fused into the weights (no fold: one accumulator set, so 256-token tiles fit).
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
-zq_gemm_tile(sm90 w4a8_mixed_fused swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
+# Integer scales <= 16 fused into the weights (no fold: one accumulator set, so 256-token tiles fit);
+# the zero-point format (w4a8_mixed_fused_zp) is the same mainloop with a per-group zero point.
+foreach(_r w4a8_mixed_fused w4a8_mixed_fused_zp)
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
+endforeach()
 # FP4 x FP8 mixed input (docs/FP8.md): two fp32 sets per consumer thread (the promoted sum and the
 # k-tile's partial sum): up to 128 tokens a tile.
 foreach(_r w4a8_fp_mixed_pow2 w4a8_fp_mixed_float)

@@ -17,6 +17,7 @@
 #             DeepSeek-style block scales: 1 x 128 per token, 128 x 128 per weight block),
 #             w4a8_mixed_int / w4a8_mixed_float / w4a8_mixed_fused (packed INT4 weights x int8, group
 #             scales; swap-AB; fused: integer scales <= 16 multiplied into the weights),
+#             w4a8_mixed_fused_zp (the fused mode for the zero-point INT4 format),
 #             w4a8_fp_mixed_pow2 / w4a8_fp_mixed_float (packed FP4 weights x e4m3, power-of-two /
 #             float group scales applied in the conversion; swap-AB)
 #     TILE    the name tests, benchmarks and the dispatch tables (src/cuda/gemm_dispatch.cpp) use
@@ -48,6 +49,7 @@ set(_zq_recipe_header_int8_group_float "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_int "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_float "gemm_rowwise")
 set(_zq_recipe_header_w4a8_mixed_fused "gemm_rowwise")
+set(_zq_recipe_header_w4a8_mixed_fused_zp "gemm_rowwise")
 set(_zq_recipe_header_w4a8_fp_mixed_pow2 "gemm_rowwise")
 set(_zq_recipe_header_w4a8_fp_mixed_float "gemm_rowwise")
 set(_zq_out_type_bf16 "cutlass::bfloat16_t")

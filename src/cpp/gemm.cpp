@@ -218,12 +218,13 @@ void bind_gemm(nb::module_& m) {
       "w4a8_int_gemm_run",
       [](uintptr_t a, int64_t lda, uintptr_t b, uintptr_t sg, bool int_scales, int group_size, uintptr_t sa,
          uintptr_t sb, uintptr_t bias, uintptr_t out, int M, int N, int K, int out_dtype, int activation,
-         int flush_steps, int device, uintptr_t stream) {
+         int flush_steps, int device, uintptr_t stream, bool zero_point) {
         const char* op = "w4a8_gemm";
 #ifdef ZQ_HAVE_SM90
         auto g = w4a8_args<zq::W4A8IntArgs>(op, a, lda, b, sg, group_size, sa, sb, bias, out, M, N, K, out_dtype,
                                             activation, device, stream);
         g.int_scales = int_scales;
+        g.zero_point = zero_point;
         g.flush_steps = flush_steps;
         DeviceGuard guard(device);
         const std::string err = zq::w4a8_int_gemm(g);
@@ -235,7 +236,9 @@ void bind_gemm(nb::module_& m) {
       nb::arg("a"), nb::arg("lda"), nb::arg("b"), nb::arg("sg"), nb::arg("int_scales"), nb::arg("group_size"),
       nb::arg("sa"), nb::arg("sb"), nb::arg("bias"), nb::arg("out"), nb::arg("M"), nb::arg("N"), nb::arg("K"),
       nb::arg("out_dtype"), nb::arg("activation"), nb::arg("flush_steps"), nb::arg("device"), nb::arg("stream"),
-      "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations).");
+      nb::arg("zero_point") = false,
+      "W4A8 GEMM with integer (int32) or float group scales (INT4 codes in layout m16k32 x int8 activations); "
+      "zero_point: sg holds the zero-point format's words s | (s z) << 8.");
   m.def(
       "int4_to_int8",
       [](uintptr_t packed, int N, int K, uintptr_t out, int device, uintptr_t stream) {

@@ -182,6 +182,8 @@ constexpr Table kTables[] = {
     table("sm90", "w4a8_mixed_float", OutClass::k16, kSm90W4A8Mixed),
     table("sm90", "w4a8_mixed_fused", OutClass::k16, kSm90W4A8Fused),
     table("sm90", "w4a8_mixed_fused", OutClass::kFP32, kSm90W4A8Fused),
+    table("sm90", "w4a8_mixed_fused_zp", OutClass::k16, kSm90W4A8Fused),
+    table("sm90", "w4a8_mixed_fused_zp", OutClass::kFP32, kSm90W4A8Fused),
     table("sm90", "w4a8_mixed_float", OutClass::kFP32, kSm90W4A8Mixed),
     table("sm90", "w4a8_fp_mixed_pow2", OutClass::k16, kSm90W4A8FpMixed),
     table("sm90", "w4a8_fp_mixed_pow2", OutClass::kFP32, kSm90W4A8FpMixed),

@@ -15,6 +15,7 @@
 //                         group-wise weight scales, swap-AB only (sm90_w4a8_mainloop.cuh)
 //   "w4a8_mixed_fused"    the same with integer group scales <= 16 multiplied into the weights in
 //                         registers: one int32 accumulator, no per-group fold
+//   "w4a8_mixed_fused_zp" the same for the zero-point format (codes' values s (u - z), s <= 16)
 //   "w4a8_fp_mixed_pow2/float" packed FP4 weights converted in registers to e4m3 with their
 //                         power-of-two (exponent arithmetic) or float group scales x e4m3
 //                         activations, promoted to fp32 every 128 of K; swap-AB only
@@ -122,7 +123,8 @@ struct TileConfig {
 // kIntFused: integer scales <= 16 multiplied into the INT4 weights in registers (the W4A8 mixed
 // mainloop's fold-free mode). With FP4 weights (e4m3 operands): kInt = power-of-two exponents
 // (int32), kFloat = float ratios, both applied in the conversion.
-enum class GroupScales { kNone, kInt, kFloat, kIntFused };
+// kIntFusedZp: the same with group zero points (scale words s | (s z) << 8; W4A8's zero-point format).
+enum class GroupScales { kNone, kInt, kFloat, kIntFused, kIntFusedZp };
 
 // How a recipe accumulates: int8's exact int32 sums; FP8 on Hopper's FP8 accumulator throughout
 // (fast); FP8 promoted to fp32 every 64 / 128 of K by Fp8PromoteMainloop (accurate, with or
@@ -143,7 +145,8 @@ struct Operands {
   static constexpr bool kGrouped = kGroup != GroupScales::kNone;
   static constexpr bool kW4 = kW4_;  // A: packed 4-bit weights converted in registers (swap-AB)
   static_assert(!kW4 || kGrouped, "the INT4 mainloop is group-scaled");
-  static_assert(kW4 || kGroup != GroupScales::kIntFused, "fused scales need INT4 weights");
+  static constexpr bool kFusedScales = kGroup == GroupScales::kIntFused || kGroup == GroupScales::kIntFusedZp;
+  static_assert(kW4 || !kFusedScales, "fused scales need INT4 weights");
   static constexpr bool kPromote = kAccum == Accum::kPromote || kAccum == Accum::kBlock;
   static constexpr bool kBlock = kAccum == Accum::kBlock;
   static_assert(kInt8 || std::is_same_v<ElementAB, cutlass::float_e4m3_t>, "int8 or e4m3 operands");
@@ -151,12 +154,12 @@ struct Operands {
   // FP4 x FP8 (kW4 with e4m3) builds its base with the fast-accumulation schedule and promotes
   // every k-tile itself (W4A8MixedMainloop::mma_fp4).
   static_assert(!kGrouped || kInt8 || (kW4 && kAccum == Accum::kFast), "group scales: int8, or FP4 weights");
-  static_assert(kInt8 || kGroup != GroupScales::kIntFused, "fused scales are INT4's");
+  static_assert(kInt8 || !kFusedScales, "fused scales are INT4's");
   using ElementAcc = cute::conditional_t<kInt8, int32_t, float>;     // the wgmma accumulator
   using ElementEpiAcc = cute::conditional_t<kGrouped, float, ElementAcc>;  // what the epilogue reads
   template <class Built, bool kSwapAB>
   using Mainloop = cute::conditional_t<
-      kW4, W4A8MixedMainloop<Built, kGroup != GroupScales::kFloat, kGroup == GroupScales::kIntFused>,
+      kW4, W4A8MixedMainloop<Built, kGroup != GroupScales::kFloat, kFusedScales, kGroup == GroupScales::kIntFusedZp>,
       cute::conditional_t<kGrouped, GroupScaledMainloop<Built, kGroup == GroupScales::kInt>,
       cute::conditional_t<kPromote, Fp8PromoteMainloop<Built, kBlock, kSwapAB>, Built>>>;
   // The largest K the recipe accepts: int8 sums must fit int32 (gemm_registry.h); an fp32 sum has
@@ -437,6 +440,11 @@ template <class Cfg, class ElementOut>
 GemmKernel make_w4a8_mixed_fused(const char* tile, DType out, bool dispatched) {
   return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kIntFused, true>, ElementOut>("w4a8_mixed_fused",
                                                                                                   tile, out, dispatched);
+}
+template <class Cfg, class ElementOut>
+GemmKernel make_w4a8_mixed_fused_zp(const char* tile, DType out, bool dispatched) {
+  return make_row<Cfg, Operands<int8_t, Accum::kExact, GroupScales::kIntFusedZp, true>, ElementOut>(
+      "w4a8_mixed_fused_zp", tile, out, dispatched);
 }
 template <class Cfg, class ElementOut>
 GemmKernel make_w4a8_mixed_float(const char* tile, DType out, bool dispatched) {

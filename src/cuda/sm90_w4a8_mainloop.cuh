@@ -67,10 +67,13 @@ struct RegisterATiledMma<cute::TiledMMA<cute::MMA_Atom<Op>, AtomLayout, Permutat
 
 // kIntScales: 32-bit integer scales (INT4: Integer Scale's group scales; FP4: the groups'
 // power-of-two exponents), else float ones. kFused: INT4 integer scales <= 16 multiplied into the
-// weights. The weight format follows the base: int8 wgmma = INT4 weights, e4m3 wgmma = FP4 weights.
-template <class Base, bool kIntScales, bool kFused = false>
+// weights. kZeroPoint (with kFused): the zero-point format (python/zqkernels/reference/zero_point.py),
+// each scale word s | (s z) << 8, the codes' int8 values s (u - z). The weight format follows the
+// base: int8 wgmma = INT4 weights, e4m3 wgmma = FP4 weights.
+template <class Base, bool kIntScales, bool kFused = false, bool kZeroPoint = false>
 struct W4A8MixedMainloop : Base {
   static_assert(!kFused || kIntScales, "fused scales are integer scales");
+  static_assert(!kZeroPoint || kFused, "zero points are a fused-scale format");
   ZQ_BASE_COLLECTIVE_TYPES(Base);
   using IntTiledMma = typename Base::TiledMma;  // the base's shared-memory TiledMma (int8 or e4m3)
   using RsTiledMma = typename RegisterATiledMma<IntTiledMma>::type;
@@ -447,8 +450,17 @@ struct W4A8MixedMainloop : Base {
       const int k0 = kt * kTileK;
       const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
       const int32_t* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
-      const uint32_t s0 = static_cast<uint32_t>(row[0]), s1 = static_cast<uint32_t>(row[8]);
-      const uint32_t c0 = 0x80808080u - s0 * 0x08080808u, c1 = 0x80808080u - s1 * 0x08080808u;
+      uint32_t s0 = static_cast<uint32_t>(row[0]), s1 = static_cast<uint32_t>(row[8]);
+      uint32_t c0, c1;
+      if constexpr (kZeroPoint) {  // word s | (s z) << 8: bytes u s + 128 - s z, i.e. s (u - z) + 128
+        c0 = 0x80808080u - (s0 >> 8) * 0x01010101u;
+        c1 = 0x80808080u - (s1 >> 8) * 0x01010101u;
+        s0 &= 0xFFu;
+        s1 &= 0xFFu;
+      } else {  // z = 8: the symmetric codes
+        c0 = 0x80808080u - s0 * 0x08080808u;
+        c1 = 0x80808080u - s1 * 0x08080808u;
+      }
       const auto scaled = [](uint32_t u, uint32_t sc, uint32_t c) { return (u * sc + c) ^ 0x80808080u; };
       a_frag(0, 0, b) = scaled((w.x & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 4t ..
       a_frag(1, 0, b) = scaled(((w.x >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8

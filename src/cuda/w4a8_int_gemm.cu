@@ -11,6 +11,8 @@
 //                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
 //   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
 // and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
+// The zero-point INT4 format (zero_point: scale words s | (s z) << 8, zp_bytes below) converts the
+// codes to their exact int8 values and sums them in one int32 accumulator, with no per-step fold.
 // The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
 // mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
 
@@ -61,14 +63,45 @@ __device__ __forceinline__ uint2 load_b_frag(const uint8_t* p) {
   return make_uint2(__ldg(reinterpret_cast<const uint32_t*>(p)), __ldg(reinterpret_cast<const uint32_t*>(p + 16)));
 }
 
+__device__ __forceinline__ void mma_s8_acc(int32_t (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The zero-point format (python/zqkernels/reference/zero_point.py): 4 codes u - 8 (nibbles in the low
+// halves of the bytes) and their row's scale word s | (s z) << 8 (the host's layout) -> the int8
+// bytes s (u - z): u s + 128 - s z lies in 1..255 for every stored code (|s (u - z)| <= 127 by
+// construction), so one IMAD computes all four without carries, and an XOR of 0x80 re-centres them.
+__device__ __forceinline__ uint32_t zp_bytes(uint32_t nibbles, uint32_t word) {
+  const uint32_t c = 0x80808080u - (word >> 8) * 0x01010101u;
+  return (((nibbles & 0x0F0F0F0Fu) ^ 0x08080808u) * (word & 0xFFu) + c) ^ 0x80808080u;
+}
+
 // One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
 // r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
-// batch whose steps could reach the overflow bound), float scales into accf.
-template <int kNT, bool kIntScale, int kSc>
+// batch whose steps could reach the overflow bound), float scales into accf. kZp (the zero-point
+// format): the codes become their exact int8 values s (u - z) with the scale words and the MMA sums
+// them into acci directly: no fold, no flush (|x s (u - z)| <= 2^14, K < 2^17: exact in int32).
+template <int kNT, bool kIntScale, int kSc, bool kZp = false>
 __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
                                           int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+  if constexpr (kZp) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int g = kSc == 4 ? 2 * s : 0;
+      const uint32_t lo = sc[g], hi = sc[g + 1];  // rows r and r + 8
+      const uint32_t af[4] = {zp_bytes(w[2 * s], lo), zp_bytes(w[2 * s] >> 4, hi), zp_bytes(w[2 * s + 1], lo),
+                              zp_bytes(w[2 * s + 1] >> 4, hi)};
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) mma_s8_acc(acci[j], af, xv[j][s].x, xv[j][s].y);
+    }
+    return;
+  }
 #pragma unroll
   for (int s = 0; s < 2; ++s) {
     const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
@@ -97,6 +130,7 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
 }
 
 constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
+constexpr int kZeroPointMaxK = (0x7fffffff) / (128 * 128);  // |x s (u - z)| <= 2^14: one exact int32 sum
 constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
 
 // Where a lane's group scales are: rows r and r + 8 of row tile rt, for both MMA steps of a chunk (a
@@ -163,8 +197,9 @@ __device__ __forceinline__ void flush_before_batch(int& steps, int flush_steps, 
   steps += 2 * kBatchChunks;
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kZp = false>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8IntArgs a, StreamLaunch L) {
+  static_assert(!kZp || kIntScale, "the zero-point format has integer scales");
   constexpr int kSc = kOneGroup ? 2 : 4;  // scale words a chunk: rows r, r + 8 of its one or two groups
   constexpr int kBatch = kBatchChunks;
   const int R = L.R;
@@ -211,14 +246,14 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
         if (c < nchunks) fetch(c, nw[u], nsc[u]);
       }
       if (L.early && c0 == kp) pdl_wait();  // two batches of weights requested
-      if constexpr (kIntScale) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
+      if constexpr (kIntScale && !kZp) flush_before_batch<kNT>(steps, a.flush_steps, acci, accf);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int c = c0 + u * W;
         if (c >= nchunks) break;
         uint2 xv[kNT][2];
         xs.load(c, xv);
-        int_chunk<kNT, kIntScale, kSc>(wv[u], sc[u], xv, acci, accf);
+        int_chunk<kNT, kIntScale, kSc, kZp>(wv[u], sc[u], xv, acci, accf);
       }
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
@@ -228,17 +263,18 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) w4a8_int_stream(W4A8I
       }
     }
   }
+  constexpr float kUnscale = kZp ? 1.0f : 0.0625f;  // 16 q -> q (the zero-point values are exact)
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * 0.0625f;  // 16 q -> q
+    for (int i = 0; i < 4; ++i) accf[j][i] = (accf[j][i] + static_cast<float>(acci[j][i])) * kUnscale;
 
   finish_tile<kNT, OutT>(a, accf, warp, lane, kp, W, active, rt, tok0);
 }
 
-template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false>
+template <int kNT, bool kIntScale, typename OutT, int kMinBlocks = 1, bool kOneGroup = false, bool kZp = false>
 void launch_int(const W4A8IntArgs& a) {
-  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup>;
+  constexpr auto kernel = w4a8_int_stream<kNT, kIntScale, OutT, kMinBlocks, kOneGroup, kZp>;
   static const int occupancy = occupancy_of(kernel);
   launch_row_tiles(kernel, a, 8 * kNT, occupancy);
 }
@@ -250,7 +286,7 @@ void launch_int(const W4A8IntArgs& a) {
 // elsewhere the cap is slower (8B gate_up 27.4 -> 34.1, down 15.2 -> 16.6), so only there.
 // GemmTuning::w4a8_variant (A / B runs): 7 the capped kernel at every shape, 8 the two-group scale
 // loads at every group size, 9 never the capped kernel.
-template <int kNT, bool kIntScale, typename OutT>
+template <int kNT, bool kIntScale, typename OutT, bool kZp = false>
 void launch_int_variant(const W4A8IntArgs& a) {
   // Group sizes that are multiples of 64: a chunk's two MMA steps share one group, so 2 scale loads and
   // registers a chunk, not 4 (8B gate_up M = 1: 29.1 -> 27.4 us with the batch flush; same file).
@@ -259,10 +295,11 @@ void launch_int_variant(const W4A8IntArgs& a) {
   if constexpr (kNT == 1) {
     const int sms = a.sm_count > 0 ? a.sm_count : 132, tiles = a.N / 16;
     if (variant == 7 || (variant == 0 && 2 * sms < tiles && tiles <= 3 * sms)) {
-      return one_group ? launch_int<kNT, kIntScale, OutT, 3, true>(a) : launch_int<kNT, kIntScale, OutT, 3>(a);
+      return one_group ? launch_int<kNT, kIntScale, OutT, 3, true, kZp>(a)
+                       : launch_int<kNT, kIntScale, OutT, 3, false, kZp>(a);
     }
   }
-  return one_group ? launch_int<kNT, kIntScale, OutT, 1, true>(a) : launch_int<kNT, kIntScale, OutT>(a);
+  return one_group ? launch_int<kNT, kIntScale, OutT, 1, true, kZp>(a) : launch_int<kNT, kIntScale, OutT, 1, false, kZp>(a);
 }
 
 }  // namespace
@@ -286,6 +323,13 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
            std::to_string(a.flush_steps);
   }
   if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
+  if (a.zero_point) {  // the zero-point format: integer scale words, one exact int32 sum
+    if (!a.int_scales) return "the zero-point format has integer scale words (int_scales)";
+    if (a.K > kZeroPointMaxK) return "K must be <= " + std::to_string(kZeroPointMaxK) + " for the zero-point format";
+    return dispatch_stream(a, true, [&](auto t, auto nt, auto) {
+      launch_int_variant<decltype(nt)::value, true, decltype(t), true>(a);
+    });
+  }
   return dispatch_stream(a, a.int_scales, [&](auto t, auto nt, auto int_scales) {
     launch_int_variant<decltype(nt)::value, decltype(int_scales)::value, decltype(t)>(a);
   });

@@ -172,6 +172,7 @@ struct W4A8IntArgs {
   const void* b = nullptr;     // packed INT4 codes, N * K / 2 bytes, 16-byte aligned
   const void* sg = nullptr;    // [K / group_size, N] int32 or float32 (group-major: sg_t)
   bool int_scales = true;
+  bool zero_point = false;     // sg: int32 words s | (s z) << 8 of the zero-point format (int_scales too)
   int group_size = 0;          // multiple of 32 dividing K
   int flush_steps = 0;         // integer scales: steps between flushes, * 2^19 * max(sg) < 2^31
   const float* sa = nullptr;   // [M]

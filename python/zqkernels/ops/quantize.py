@@ -36,6 +36,7 @@ from ..reference.quantize import (
     unpack_fp4,
     unpack_int4,
 )
+from ..reference.zero_point import ZP_GROUP_DTYPE, check_scale_zero, dequantize_int4_zp_ref, quantize_int4_zp_ref
 from . import _common as c
 from .weight_format import (  # noqa: F401 - re-exported: ops.quantize is where they were defined
     _WEIGHT_FMTS,
@@ -207,6 +208,11 @@ def quantize_weight(
       INT4 with group scales for ``w4a8_gemm`` (docs/W4A8.md) -> (wq uint8 [N, K // 2] in layout
       m16k32, sw float32 [N], sg [N, K // g] int32 or float32); alpha (scale "int" only) a power of
       two in [2^0, 2^15], default the heuristic. Needs N % 16 == 0 and K % 64 == 0.
+    - ``fmt="int4", scale="zp", group_size=32 | 64 | 128 | 256 | None``: the two-level format with
+      group zero points (docs/W4A8.md, "Zero-point INT4"): INT8 per channel in [-119, 119], then per
+      group an integer scale s in 1..16, a zero point z in 0..15 and unsigned codes u in 0..15 ->
+      (wq uint8 [N, K // 2] (the codes u - 8, layout m16k32), sw float32 [N], sz int16 [N, K // g]
+      = s | z << 8); ``w ~ sw * s * (u - z)``, for ``w4a8_gemm``. No alpha. Same shape rules.
     - ``fmt="fp8"``: FP8 E4M3, one float scale per row -> (wq float8_e4m3fn [N, K], sw float32 [N]),
       the math of ``quantize_per_token(..., torch.float8_e4m3fn)`` on the rows (docs/FP8.md); for
       ``fp8_gemm``. No options.
@@ -245,6 +251,9 @@ def quantize_weight(
     if f.scale is None:
         return quantize_weight_ref(w, _WEIGHT_FMTS[f.fmt])
     if f.fmt == "int4":
+        if f.scale == "zp":
+            codes, sw, sz = quantize_int4_zp_ref(w, f.group_size)
+            return pack_int4(codes), sw, sz
         codes, sw, sg = quantize_int4_group_ref(w, f.group_size, f.scale, f.alpha)
         return pack_int4(codes), sw, sg
     return quantize_int8_group_ref(w, f.group_size, f.scale, f.alpha)
@@ -268,7 +277,8 @@ def dequantize(
     or ``fp8(e2m1 * r)`` (free: rounded as the kernel rounds), so dequantize + a float GEMM is the
     kernel's math. fmt "int4" WITH sg: wq uint8 [N, K // 2] in layout m16k32 (``quantize_weight(w,
     fmt="int4", scale=..., group_size=g)``), sg int32 integer scales or float32 ratios [N, K // g]; the
-    value is ``sw[n] * sg[n, k // g] * q[n, k]``, computed in float64 and rounded once to float32.
+    value is ``sw[n] * sg[n, k // g] * q[n, k]``, computed in float64 and rounded once to float32; sg
+    int16 (scale "zp": s | z << 8): ``sw[n] * s * (q + 8 - z)``, likewise.
     fmt "int8" WITH sg: wq int8 [N, K] (``quantize_weight(w, fmt="int8", scale=..., group_size=g)``), sg
     int32 or float32 [N, K // g], the same value ``sw[n] * sg[n, k // g] * q[n, k]``.
     group_size (fp4, int4, int8 with sg) is inferred from sg when None; shape, when given, is checked against the
@@ -347,10 +357,15 @@ def _sg_group_size(op: str, sg: torch.Tensor, N: int, K: int, group_size: Option
 def _dequantize_int_group(op, q, swc, sg, N, K, group_size, fmt, check_shape, packed=None) -> torch.Tensor:
     """fmt 'int4' / 'int8' with group scales: sw[n] * sg[n, k // g] * q[n, k], float64, one rounding.
     q: the codes as float64 [N, K], or None to unpack `packed` (INT4, layout m16k32) after the checks."""
-    if not isinstance(sg, torch.Tensor) or sg.dtype not in (torch.int32, torch.float32):
+    zp = fmt == "int4" and isinstance(sg, torch.Tensor) and sg.dtype == ZP_GROUP_DTYPE
+    if not isinstance(sg, torch.Tensor) or (sg.dtype not in (torch.int32, torch.float32) and not zp):
         got = c.desc(sg) if isinstance(sg, torch.Tensor) else type(sg).__name__
-        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales) for fmt={fmt!r}, got {got}")
+        also = ", or int16 (scales and zero points, scale='zp')" if fmt == "int4" else ""
+        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales){also} for fmt={fmt!r}, got {got}")
     _sg_group_size(op, sg, N, K, group_size, check_shape)
+    if zp:
+        check_scale_zero(op, sg)
+        return dequantize_int4_zp_ref(packed, swc.reshape(-1).expand(N), sg, K)
     if q is None:
         q = unpack_int4(packed, N, K).double()
     return (q * expand_groups(sg.double(), K) * swc.double()).float()

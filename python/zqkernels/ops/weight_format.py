@@ -250,8 +250,9 @@ def resolve_weight_format(
         if scale is None:
             res = WeightFormat(fmt, None, None, None)  # per channel; int4: values in [-7, 7], int8 container
         else:
-            if scale not in INT4_SCALES:
-                raise ValueError(f"{op}: scale must be one of {INT4_SCALES} (fmt={fmt!r}), got {scale!r}")
+            kinds = INT4_SCALES + ("zp",) if fmt == "int4" else INT4_SCALES
+            if scale not in kinds:
+                raise ValueError(f"{op}: scale must be one of {kinds} (fmt={fmt!r}), got {scale!r}")
             if alpha is not None and scale != "int":
                 raise ValueError(
                     f"{op}: alpha applies to integer group scales only (scale='int'), got scale={scale!r} with "

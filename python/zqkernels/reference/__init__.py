@@ -35,6 +35,7 @@ from .quantize import (
     w4a8_stream_flush_steps,
 )
 from .token_group import quantize_per_token_group_ref, row_quant_group_ref
+from .zero_point import dequantize_int4_zp_ref, pack_scale_zero, quantize_int4_zp_ref, split_scale_zero
 
 __all__ = [
     "quantize_per_token_ref",
@@ -69,4 +70,8 @@ __all__ = [
     "quantize_weight_fp8_block_ref",
     "dequantize_fp8_block_ref",
     "fp8_block_gemm_ref",
+    "quantize_int4_zp_ref",
+    "dequantize_int4_zp_ref",
+    "pack_scale_zero",
+    "split_scale_zero",
 ]

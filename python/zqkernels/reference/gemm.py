@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from .quantize import fp4_to_fp8_float_ref, fp4_to_fp8_ref, unpack_fp4, unpack_int4
+from .zero_point import ZP_GROUP_DTYPE, zp_int8_values
 
 __all__ = ["int8_gemm_ref", "fp8_gemm_ref", "w4a8_fp_gemm_ref", "w4a8_gemm_ref", "w8a8_group_gemm_ref", "ACTIVATIONS"]
 
@@ -207,10 +208,15 @@ def w4a8_gemm_ref(
       product exact, the sum rounded to float64). The kernel multiplies each group's P by sg in fp32
       (an FMA into an fp32 accumulator), so it differs by those fp32 roundings: ~G * 2^-24 relative
       to the largest group term, far below a bf16 / fp16 output ulp but visible in fp32 outputs.
+    - int16 sg (the zero-point format, ``quantize_weight(w, fmt="int4", scale="zp")``; sz = s | z << 8,
+      reference/zero_point.py): every weight's int8 value ``s * (q + 8 - z)``, ``acc = sum_k xq * value``
+      exactly (float64 sums of integers below 2^53), then as above.
     """
     op = "w4a8_gemm_ref"
-    _check_group_operands(op, xq, wq.shape[0], sg, activation)
+    _check_group_operands(op, xq, wq.shape[0], sg, activation, zero_point=True)
     q = unpack_int4(wq, wq.shape[0], xq.shape[1])
+    if sg.dtype == ZP_GROUP_DTYPE:
+        return _epilogue(xq.double() @ zp_int8_values(q, sg).double().t(), sx, sw, bias, activation).to(out_dtype)
     return _group_gemm(xq, q, sx, sw, sg, bias, activation).to(out_dtype)
 
 
@@ -241,13 +247,16 @@ def w8a8_group_gemm_ref(
     return _group_gemm(xq, wq, sx, sw, sg, bias, activation).to(out_dtype)
 
 
-def _check_group_operands(op: str, xq: torch.Tensor, N: int, sg: torch.Tensor, activation: str) -> None:
+def _check_group_operands(op: str, xq: torch.Tensor, N: int, sg: torch.Tensor, activation: str,
+                          zero_point: bool = False) -> None:
     _check_activation(op, activation)
     if xq.dtype != torch.int8 or xq.dim() != 2:
         raise TypeError(f"{op}: xq must be int8 [M, K], got {xq.dtype} {list(xq.shape)}")
     K = xq.shape[1]
-    if sg.dtype not in (torch.int32, torch.float32):
-        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales), got {sg.dtype}")
+    kinds = (torch.int32, torch.float32, ZP_GROUP_DTYPE) if zero_point else (torch.int32, torch.float32)
+    if sg.dtype not in kinds:
+        zp = ", or int16 (scales and zero points)" if zero_point else ""
+        raise TypeError(f"{op}: sg must be int32 (integer scales) or float32 (float scales){zp}, got {sg.dtype}")
     if sg.dim() != 2 or sg.shape[0] != N or sg.shape[1] == 0 or K % sg.shape[1] != 0:
         raise ValueError(f"{op}: sg must be [N, G] == [{N}, G] with G dividing K == {K}, got {list(sg.shape)}")
 

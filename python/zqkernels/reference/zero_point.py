@@ -1,0 +1,107 @@
+"""Reference of the two-level INT4 format with group zero points (QServe-style progressive
+quantization; docs/W4A8.md, "Zero-point INT4"): the quantizer, the value of a weight, the GEMM.
+
+A weight row n is quantized twice. Level 1: symmetric INT8 per channel in the protective range
+[-119, 119], ``sw[n] = amax / 119`` (float32). Level 2, per group of the INT8 values ``v``: an
+integer scale ``s`` in 1..16 and a zero point ``z`` in 0..15, and unsigned 4-bit codes ``u`` in
+0..15, with ``s * (u - z)`` the group's approximation of ``v``:
+
+    w[n, k] ~ sw[n] * s[n, j] * (u[n, k] - z[n, j])          (j = k // group_size)
+
+``s * (u - z)`` always lies in [-127, 127] (below), so a kernel turns every code into an exact int8
+in registers, ``u * s + (128 - z * s)`` bytewise then an XOR of 0x80 (the symmetric fused mode's
+instruction with z = 8), and the GEMM is one plain int8 product sum: no per-group fold, no float
+work per group.
+
+Storage (what ``quantize_weight(w, fmt="int4", scale="zp", group_size=g)`` returns): ``wq`` uint8
+[N, K // 2], the codes as ``q = u - 8`` (-8..7) packed by ``pack_int4`` (layout m16k32, the symmetric
+format's); ``sw`` float32 [N]; ``sz`` int16 [N, K // g], ``s | z << 8`` (the dtype tells this format
+from the integer-scale one, whose sg is int32).
+
+The level-2 rule: ``lo, hi`` the group's smallest and largest v (``lo <= 0 <= hi`` is not assumed),
+``s = max(1, ceil((hi - lo) / 15))``, ``z = clamp(rint(-lo / s), 0, 15)``, ``u = clamp(rint(v / s) + z,
+0, 15)``. Why in range: |v| <= 119 and hi - lo <= 238 give s <= 16, and ``s * (u - z)`` is
+``s * rint(v / s)`` moved towards 0 by the clamp, at most 119 + s / 2 <= 127 in magnitude.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .common import _check_2d
+from .int_group import unpack_int4
+
+ZP_LEVEL1_MAX = 119  # the protective INT8 range of level 1 (QServe's): keeps s * (u - z) in int8
+ZP_MAX_SCALE = 16
+ZP_MAX_ZERO = 15
+ZP_GROUP_DTYPE = torch.int16  # sz: s | z << 8
+ZP_MAX_K = (2**31 - 1) // (128 * 128)  # |x| <= 128 and |s (u - z)| <= 128: the int32 sum is exact
+
+
+def pack_scale_zero(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Integer scales s (1..16) and zero points z (0..15) [N, G] -> sz int16 ``s | z << 8``."""
+    return (s.to(torch.int16) | (z.to(torch.int16) << 8)).contiguous()
+
+
+def split_scale_zero(sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sz int16 [N, G] -> (s, z) int32 [N, G]."""
+    v = sz.to(torch.int32)
+    return v & 0xFF, (v >> 8) & 0xFF
+
+
+def quantize_int4_zp_ref(w: torch.Tensor, group_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two-level zero-point INT4 format of w [N, K] (finite; callers check), group size g
+    dividing K (None: per channel). Returns (codes int8 [N, K] UNPACKED, ``u - 8`` in -8..7, sw
+    float32 [N], sz int16 [N, K // g]); the module docstring has the rule. An all-zero row gets sw =
+    0 and codes 8 - 8 = 0 with s = 1, z = 0 (u = 0): value exactly 0."""
+    op = "quantize_int4_zp_ref"
+    _check_2d(op, "w", w, "N, K")
+    N, K = w.shape
+    g = K if group_size is None else group_size
+    if isinstance(g, bool) or not isinstance(g, int) or g <= 0 or K % g != 0:
+        raise ValueError(f"{op}: group_size must be a positive divisor of K == {K}, got {group_size!r}")
+    wf = w.detach().to(torch.float32)
+    amax = wf.abs().amax(dim=1)
+    sw = amax / ZP_LEVEL1_MAX
+    safe = torch.where(sw > 0, sw, torch.ones_like(sw))
+    v = torch.clamp(torch.round(wf / safe[:, None]), -ZP_LEVEL1_MAX, ZP_LEVEL1_MAX).reshape(N, K // g, g)
+    lo, hi = v.amin(dim=2), v.amax(dim=2)
+    s = torch.clamp(torch.ceil((hi - lo) / ZP_MAX_ZERO), min=1)
+    z = torch.clamp(torch.round(-lo / s), 0, ZP_MAX_ZERO)
+    u = torch.clamp(torch.round(v / s[..., None]) + z[..., None], 0, ZP_MAX_ZERO)
+    codes = (u - 8).reshape(N, K).to(torch.int8).contiguous()
+    return codes, sw.contiguous(), pack_scale_zero(s, z)
+
+
+def zp_int8_values(codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """The exact int8 values ``s * (u - z)`` [N, K] (int16 tensor) of codes ``u - 8`` int8 [N, K] and
+    sz int16 [N, G]: what the kernels feed the int8 MMA."""
+    N, K = codes.shape
+    s, z = split_scale_zero(sz)
+    g = K // sz.shape[1]
+    u = codes.to(torch.int32) + 8
+    return ((u - z.repeat_interleave(g, dim=1)) * s.repeat_interleave(g, dim=1)).to(torch.int16)
+
+
+def check_scale_zero(op: str, sz: torch.Tensor) -> None:
+    """ValueError unless every s is in 1..16 and every z in 0..15 (a sync: debug checks and loading)."""
+    if sz.numel() == 0:
+        return
+    s, z = split_scale_zero(sz)
+    bad = (s < 1) | (s > ZP_MAX_SCALE) | (z > ZP_MAX_ZERO) | (sz.to(torch.int32) >> 12 != 0)
+    if bool(bad.any()):
+        i = int(bad.flatten().nonzero()[0])
+        raise ValueError(
+            f"{op}: sz must hold s | z << 8 with s in 1..{ZP_MAX_SCALE} and z in 0..{ZP_MAX_ZERO} "
+            f"(quantize_weight(w, fmt='int4', scale='zp')), got {int(sz.flatten()[i])} at flat index {i}"
+        )
+
+
+def dequantize_int4_zp_ref(wq: torch.Tensor, sw: torch.Tensor, sz: torch.Tensor, K: int) -> torch.Tensor:
+    """float32 [N, K]: ``sw[n] * s * (u - z)``, computed in float64 and rounded once."""
+    codes = unpack_int4(wq, wq.shape[0], K)
+    vals = zp_int8_values(codes, sz).double()
+    return (vals * sw.double().reshape(-1, 1)).to(torch.float32)
+
