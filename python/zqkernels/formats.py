@@ -41,7 +41,8 @@ WEIGHT_FORMATS = ("int8", "int4", "fp8_e4m3", "fp4_e2m1")
 # one scale per group_size x group_size weight block; DeepSeek-V3 / compressed-tensors FP8 block).
 ACT_SCALES = ("token", "tensor", "token_group")
 WEIGHT_SCALES = ("channel", "tensor", "group", "block")
-SCALE_KINDS = ("float", "pow2", "int")
+# "zp": integer group scales with group zero points (the zero-point INT4 format, docs/W4A8.md)
+SCALE_KINDS = ("float", "pow2", "int", "zp")
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu")  # order = zq::GemmActivation codes
 # Output quantization: "none" (bf16 / fp16 / fp32 output) or "int8_tensor" (int8 output with a static
 # per-tensor scale, ZeroQuant-HERO's, for a consumer that takes int8).
@@ -127,10 +128,11 @@ class GemmSpec:
             self.act == "int8"
             and self.weight == "int4"
             and self.weight_scale == "group"
-            and self.scale_kind in ("int", "float")
+            and self.scale_kind in ("int", "float", "zp")
             and self.group_size % 32 == 0
         ):
-            return "w4a8_int"  # docs/W4A8.md (decode: streaming kernel; larger M: int4_to_int8 + int8_group_*)
+            # docs/W4A8.md (decode: streaming kernel; larger M: the mixed-input mainloop); "zp": sg int16
+            return "w4a8_int"
         if (
             self.act == "int8"
             and self.weight == "int8"

@@ -318,18 +318,18 @@ std::string int4_to_int8(const uint8_t* packed, int N, int K, void* out, cudaStr
 std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   std::string err = check_stream_args(a, 32, 4);
   if (!err.empty()) return err;
-  if (a.int_scales && a.flush_steps < kMinFlushSteps) {
-    return "flush_steps must be >= " + std::to_string(kMinFlushSteps) + " for integer scales, got " +
-           std::to_string(a.flush_steps);
-  }
-  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
-  if (a.zero_point) {  // the zero-point format: integer scale words, one exact int32 sum
+  if (a.zero_point) {  // the zero-point format: integer scale words, one exact int32 sum, no flush
     if (!a.int_scales) return "the zero-point format has integer scale words (int_scales)";
     if (a.K > kZeroPointMaxK) return "K must be <= " + std::to_string(kZeroPointMaxK) + " for the zero-point format";
     return dispatch_stream(a, true, [&](auto t, auto nt, auto) {
       launch_int_variant<decltype(nt)::value, true, decltype(t), true>(a);
     });
   }
+  if (a.int_scales && a.flush_steps < kMinFlushSteps) {
+    return "flush_steps must be >= " + std::to_string(kMinFlushSteps) + " for integer scales, got " +
+           std::to_string(a.flush_steps);
+  }
+  if (a.K >= (1 << 20)) return "K must be below 2^20, got " + std::to_string(a.K);
   return dispatch_stream(a, a.int_scales, [&](auto t, auto nt, auto int_scales) {
     launch_int_variant<decltype(nt)::value, decltype(int_scales)::value, decltype(t)>(a);
   });

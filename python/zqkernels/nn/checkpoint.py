@@ -436,7 +436,7 @@ def load_quantized(
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
 
     for k in sd:
-        for bad in ("weight_zero_point", "input_scale", "weight_g_idx", "weight_global_scale", "input_global_scale"):
+        for bad in ("input_scale", "weight_g_idx", "weight_global_scale", "input_global_scale"):
             if k.endswith("." + bad):
                 raise NotImplementedError(
                     f"load_quantized: tensor {k!r} belongs to a scheme not implemented here (asymmetric weights, "
@@ -475,6 +475,12 @@ def load_quantized(
             t = {k: sd.pop(f"{name}.{k}") for k in CT_TENSORS if f"{name}.{k}" in sd}
         else:  # this rank's output channels only (the plan splits the layer colwise)
             t = {k: sd.pop_rows(f"{name}.{k}", *part, old.out_features) for k in CT_TENSORS if f"{name}.{k}" in sd}
+        if "weight_zero_point" in t:  # asymmetric weights: only a group that says so (scheme w4a8-zp reads it)
+            if (groups[gname].get("weights") or {}).get("symmetric", True):
+                raise NotImplementedError(f"load_quantized: {name}.weight_zero_point in the symmetric config group {gname!r}")
+            if part is not None:
+                raise NotImplementedError(f"load_quantized: {name}: tensor-parallel loading of zero-point weights "
+                                          "(scheme 'w4a8-zp') is not implemented; load it whole")
         b = t.get("bias")
         has_bias = old.bias is not None
         if b is not None and not has_bias:

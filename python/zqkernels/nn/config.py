@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from torch import nn
 
-from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W8A8Group, get_scheme
+from ..schemes import FP8, W4A8, W4A8FP, W8A8, Scheme, W4A8FloatScale, W4A8ZeroPoint, W8A8Group, get_scheme
 from .blocks import resolve_level
 from .convert import _convert, _convertible, why_not_fused
 
@@ -130,7 +130,9 @@ class FP8Config(QuantConfig):
 class W4A8Config(QuantConfig):
     """int4 group-wise weights x int8 per-token activations (ZeroQuant's W4A8 with Integer Scale,
     ``w4a8_gemm``, docs/W4A8.md): QLinear scheme "w4a8" (scale="int", the default: integer group
-    scales) or "w4a8-floatscale" (scale="float").
+    scales), "w4a8-floatscale" (scale="float") or "w4a8-zp" (scale="zp": integer scales 1..16 with
+    group zero points, the two-level format; as fast as alpha=16 and more accurate where measured,
+    docs/W4A8.md "Zero-point INT4"; no alpha).
 
     group_size: 32, 64, 128 (default), 256 or None (per channel). alpha (scale="int"): a power of two
     in [1, 2^15], None for quantize_weight's heuristic (2^10..2^15). alpha=16 is the fast choice on
@@ -150,12 +152,13 @@ class W4A8Config(QuantConfig):
     fused_blocks: bool = True
 
     def _make(self, op: str) -> Scheme:
-        if self.scale == "float":
+        if self.scale in ("float", "zp"):
             if self.alpha is not None:
-                raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={self.alpha!r} with scale='float'")
-            return W4A8FloatScale(op, group_size=self.group_size)
+                raise ValueError(f"{op}: alpha applies to scale='int' only, got alpha={self.alpha!r} with scale={self.scale!r}")
+            cls = W4A8FloatScale if self.scale == "float" else W4A8ZeroPoint
+            return cls(op, group_size=self.group_size)
         if self.scale != "int":
-            raise ValueError(f"{op}: scale must be 'int' or 'float', got {self.scale!r}")
+            raise ValueError(f"{op}: scale must be 'int', 'float' or 'zp', got {self.scale!r}")
         return W4A8(op, group_size=self.group_size, alpha=self.alpha)
 
 

@@ -293,7 +293,7 @@ def run_gemm(
     """The GEMM of recipe ``spec`` (a key of ``GEMM_SPECS``, e.g. ``GemmSpec.recipe``): what the named
     wrappers do, chosen by the key (eager fast path on plain tensors, else ``zqkernels::gemm``)."""
     if c._debug_checks:
-        debug_checks(spec, check_spec(spec, sg, out_scale, max_scale).op, xq, sx, sw, sg, bias, max_scale)
+        debug_checks(spec, check_spec(spec, sg, out_scale, max_scale).op, xq, sx, sw, sg, bias, max_scale, wq)
     if c.eager(xq, wq, sx, sw, sg, bias):
         return _run(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale, max_scale)
     c.check_tensor_args("run_gemm", bias, sg)
@@ -496,7 +496,10 @@ def w4a8_gemm(
     ``quantize_weight(w, fmt="int4", scale="int" | "float", group_size=g)``: wq uint8 [N, K // 2]
     (layout m16k32), sw float32 [N], sg [N, K // g] int32 (integer scales: summed in int32, one
     conversion to float at the end) or float32 (each group's P converted and scaled in fp32, the
-    baseline). The group size is K // sg.shape[1], a multiple of 32 dividing K (float scales: at
+    baseline). The zero-point format (``scale="zp"``, docs/W4A8.md "Zero-point INT4"): sg int16
+    [N, K // g] of s | z << 8, ``y = act(sx[m] * sw[n] * sum_k xq[m, k] * s (q + 8 - z) (+ bias))``, the
+    codes turned into exact int8 values in registers and summed in one int32 (K <= 131071; the
+    'stream' and 'mixed' paths). The group size is K // sg.shape[1], a multiple of 32 dividing K (float scales: at
     most W4A8_INT_MAX_GROUP). bias [N] of out_dtype (bf16, fp16 or fp32). On CUDA: compute
     capability 9.0, N % 16 == 0, K % 64 == 0. activation: 'none', 'gelu', 'gelu_tanh', 'silu'
     after the bias.
@@ -520,7 +523,7 @@ def w4a8_gemm(
     ``zqkernels::gemm`` with spec "w4a8_int".
     """
     if c._debug_checks:
-        debug_checks("w4a8_int", "w4a8_gemm", xq, sx, sw, sg, bias, max_scale)
+        debug_checks("w4a8_int", "w4a8_gemm", xq, sx, sw, sg, bias, max_scale, wq)
     if c.eager(xq, wq, sx, sw, sg, bias):
         tile = None
         if _active:

@@ -24,6 +24,7 @@ import torch
 
 from ..formats import ACTIVATIONS
 from ..reference.quantize import INT4_ALPHA_RANGE, INT4_MAX_SCALE, INT8_MAX_GROUP, group_max_scale
+from ..reference.zero_point import ZP_GROUP_DTYPE, ZP_MAX_K, check_scale_zero, check_zp_values
 from . import _common as c
 
 __all__ = [
@@ -351,11 +352,14 @@ def check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> i
             f"K={K}; pad w with zero rows to N={-(-N // 16) * 16} and zero columns to K={-(-K // 64) * 64} "
             "before quantizing"
         )
-    if sg.dtype not in (_INT_SG, _FLOAT_SG) or sg.dim() != 2 or sg.shape[0] != N:
+    if sg.dtype not in (_INT_SG, _FLOAT_SG, ZP_GROUP_DTYPE) or sg.dim() != 2 or sg.shape[0] != N:
         raise TypeError(
             f"{op}: sg must be the group scales [N, K // group_size] from quantize_weight(w, fmt='int4', ...): "
-            f"int32 (scale='int') or float32 (scale='float'), with N == {N}; got {c.desc(sg)}"
+            f"int32 (scale='int'), float32 (scale='float') or int16 (scale='zp': scales and zero points), with "
+            f"N == {N}; got {c.desc(sg)}"
         )
+    if sg.dtype == ZP_GROUP_DTYPE and K > ZP_MAX_K:
+        raise ValueError(f"{op}: K must be <= {ZP_MAX_K} for the zero-point format (one exact int32 sum), got {K}")
     G = _group_columns(op, sg, K, 32, " (one MMA step of 32 k lies inside a group)")
     if sg.dtype == _FLOAT_SG and K // G > W4A8_INT_MAX_GROUP:
         raise ValueError(
@@ -428,7 +432,10 @@ def debug_pow2_range(op: str, sg: torch.Tensor) -> None:
 
 def debug_w4a8_int_scales(op: str, sg: torch.Tensor, max_scale: Optional[int]) -> None:
     """INT4 integer scales outside [0, max_scale]. A negative scale is never produced (zero only for
-    an all-zero group); one above the bound could overflow int32."""
+    an all-zero group); one above the bound could overflow int32. The zero-point format (int16): s in
+    1..16 and z in 0..15."""
+    if sg.dtype == ZP_GROUP_DTYPE:
+        check_scale_zero(op, sg)
     if sg.dtype == _INT_SG and sg.numel() > 0:
         hi = W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale
         lo_v, hi_v = int(sg.min()), int(sg.max())
@@ -541,8 +548,9 @@ def check_gemm(spec, xq, wq, sx, sw, sg, bias, out_dtype, activation, out_scale,
     return r
 
 
-def debug_checks(spec: str, op: str, xq, sx, sw, sg, bias, max_scale) -> None:
-    """The value checks of set_debug_checks(True) (a sync each)."""
+def debug_checks(spec: str, op: str, xq, sx, sw, sg, bias, max_scale, wq=None) -> None:
+    """The value checks of set_debug_checks(True) (a sync each). wq: the weights, for the formats whose
+    validity depends on them (the zero-point format's values)."""
     check_finite_inputs(op, sx, sw, sg, bias)
     if sg is None:
         return
@@ -550,5 +558,7 @@ def debug_checks(spec: str, op: str, xq, sx, sw, sg, bias, max_scale) -> None:
         debug_pow2_range(op, sg)
     elif spec == "w4a8_int":
         debug_w4a8_int_scales(op, sg, max_scale)
+        if sg.dtype == ZP_GROUP_DTYPE and wq is not None and wq.dim() == 2 and xq.dim() == 2:
+            check_zp_values(op, wq, sg, xq.shape[1])
     elif spec in _GROUP_SG:
         debug_group_int_scales(op, xq, sg, max_scale)

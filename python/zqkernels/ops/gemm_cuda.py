@@ -37,6 +37,7 @@ from .. import _ext
 from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_stream_flush_steps
+from ..reference.zero_point import ZP_GROUP_DTYPE, ZP_MAX_K
 from . import _common as c
 from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
 from .gemm_paths import _sm_count, w4a8_fp_path, w4a8_fused, w4a8_int_path
@@ -56,6 +57,7 @@ _RECIPE_OP = {
     "w4a8_mixed_int": "w4a8_gemm",
     "w4a8_mixed_float": "w4a8_gemm",
     "w4a8_mixed_fused": "w4a8_gemm",
+    "w4a8_mixed_fused_zp": "w4a8_gemm",
     "w4a8_fp_mixed_pow2": "w4a8_fp_gemm",
     "w4a8_fp_mixed_float": "w4a8_fp_gemm",
 }
@@ -347,6 +349,8 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
                                  "w4a8_int_gemm_run")
     if M == 0:
         return xq.new_empty((0, N), dtype=out_dtype)
+    if sg.dtype == ZP_GROUP_DTYPE:
+        return _w4a8_zp_cuda(op, xq, wq, sx, sw, sg, bias, out_dtype, act, g, path, tile, (M, N, K, idx))
     int_scales = sg.dtype == torch.int32
     if path == "auto":
         path = w4a8_int_path(M, N, idx, w4a8_fused(int_scales, max_scale, K), int_scales)
@@ -374,6 +378,43 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
         sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
         OUT_CODE[out_dtype], act, flush, idx, c.current_stream(idx),
     )
+    return out
+
+
+def _zp_words_t(sz: torch.Tensor) -> torch.Tensor:
+    """The zero-point format's sz int16 [N, G] (s | z << 8) -> the kernels' int32 words [G, N], s | (s z)
+    << 8: the bytewise conversion's multiplier and offset (reference/zero_point.py)."""
+    v = sz.to(torch.int32)
+    s = v & 0xFF
+    return (s | ((s * ((v >> 8) & 0xFF)) << 8)).t().contiguous()
+
+
+def _w4a8_zp_cuda(op, xq, wq, sx, sw, sz, bias, out_dtype, act: int, g: int, path: str, tile, dims) -> torch.Tensor:
+    """w4a8_gemm on the zero-point format (sz int16): the streaming kernel's zero-point mode or the
+    mixed mainloop's fused mode with zero points; the codes become exact int8 values in registers on
+    both, so there is no conversion pass ('convert' raises)."""
+    M, N, K, idx = dims
+    if K > ZP_MAX_K:
+        raise ValueError(f"{op}: K must be <= {ZP_MAX_K} for the zero-point format (one exact int32 sum), got {K}")
+    if path == "auto":
+        path = "stream" if w4a8_int_path(M, N, idx, True, True) == "stream" else "mixed"
+    if path == "convert":
+        raise ValueError(f"{op}: the zero-point format (int16 sg) runs on the 'stream' and 'mixed' paths, got path='convert'")
+    words = cached_layout("zp_words_t", sz, _zp_words_t)
+    if path == "mixed":
+        pb, flush = _w4a8_mixed_setup(g, True, 16, K)[1:]
+        return _group_launch("w4a8_mixed_fused_zp", xq, wq, sx, sw, words, g, pb, flush, bias, out_dtype, act, tile,
+                             dims=dims)
+    out = xq.new_empty((M, N), dtype=out_dtype)
+    try:
+        _ext._C.w4a8_int_gemm_run(
+            xq.data_ptr(), xq.stride(0) if M > 1 else K, wq.data_ptr(), words.data_ptr(), True, g,
+            sx.data_ptr(), sw.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(), M, N, K,
+            OUT_CODE[out_dtype], act, 0, idx, c.current_stream(idx), True,
+        )
+    except TypeError as e:  # a build from before the zero-point format: its binding has no zero_point
+        raise RuntimeError(f"{op}: this build of zqkernels._C has no zero-point streaming kernel (built before it "
+                           f"existed); rebuild ({e})") from None
     return out
 
 

@@ -22,7 +22,7 @@ from .gemm_cuda import group_gemm_cuda, w4a8_fp_cuda, w4a8_int_cuda
 from .gemm_fast import fast_ok_w4a8
 
 _FP4_SG = (torch.int8, torch.float32)  # exponents (m1 / m2) or ratios (free)
-_INT4_SG = (torch.int32, torch.float32)
+_INT4_SG = (torch.int32, torch.float32, torch.int16)  # integer scales, float ratios, scales + zero points
 
 
 __all__ = ["w4a8_fp_impl", "w4a8_int_impl", "group_impl"]

@@ -2,7 +2,8 @@
 quantization; docs/W4A8.md, "Zero-point INT4"): the quantizer, the value of a weight, the GEMM.
 
 A weight row n is quantized twice. Level 1: symmetric INT8 per channel in the protective range
-[-119, 119], ``sw[n] = amax / 119`` (float32). Level 2, per group of the INT8 values ``v``: an
+[-119, 119], ``sw[n] = amax / 119`` (float32, rounded up to 19 significant bits so that every real
+group scale ``sw * s`` is exact in float32: what a compressed-tensors checkpoint stores). Level 2, per group of the INT8 values ``v``: an
 integer scale ``s`` in 1..16 and a zero point ``z`` in 0..15, and unsigned 4-bit codes ``u`` in
 0..15, with ``s * (u - z)`` the group's approximation of ``v``:
 
@@ -51,26 +52,52 @@ def split_scale_zero(sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v & 0xFF, (v >> 8) & 0xFF
 
 
+ZP_SW_BITS = 19  # sw's significant bits: sw * s (s <= 16) is exact in float32 (a checkpoint's real scale)
+
+
+def zp_channel_scale(w: torch.Tensor) -> torch.Tensor:
+    """Level 1's sw [N] of w [N, K] (float32): amax / 119 rounded UP to ZP_SW_BITS significant bits,
+    so that |w| / sw <= 119 still and every real group scale sw * s is exact in float32. 0 for an
+    all-zero row."""
+    amax = w.detach().to(torch.float32).abs().amax(dim=1).double() / ZP_LEVEL1_MAX
+    m, e = torch.frexp(amax)  # amax = m 2^e, m in [0.5, 1)
+    return torch.ldexp(torch.ceil(m * 2.0**ZP_SW_BITS) / 2.0**ZP_SW_BITS, e).to(torch.float32)
+
+
+def zp_level1(w: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    """Level 1's INT8 values rint(w / sw) in [-119, 119] (float32 [N, K]; 0 on an all-zero row)."""
+    safe = torch.where(sw > 0, sw, torch.ones_like(sw))
+    return torch.clamp(torch.round(w.to(torch.float32) / safe[:, None]), -ZP_LEVEL1_MAX, ZP_LEVEL1_MAX)
+
+
+def zp_group_params(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level 2's (s, z) of groups of INT8 values v [..., g] (float32): s = max(1, ceil((hi - lo) / 15)),
+    z = clamp(rint(-lo / s), 0, 15), each [...]."""
+    lo, hi = v.amin(dim=-1), v.amax(dim=-1)
+    s = torch.clamp(torch.ceil((hi - lo) / ZP_MAX_ZERO), min=1)
+    return s, torch.clamp(torch.round(-lo / s), 0, ZP_MAX_ZERO)
+
+
+def zp_codes(v: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Level 2's unsigned codes u = clamp(rint(v / s) + z, 0, 15) (float32, s and z broadcast to v)."""
+    return torch.clamp(torch.round(v / s) + z, 0, ZP_MAX_ZERO)
+
+
 def quantize_int4_zp_ref(w: torch.Tensor, group_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two-level zero-point INT4 format of w [N, K] (finite; callers check), group size g
     dividing K (None: per channel). Returns (codes int8 [N, K] UNPACKED, ``u - 8`` in -8..7, sw
-    float32 [N], sz int16 [N, K // g]); the module docstring has the rule. An all-zero row gets sw =
-    0 and codes 8 - 8 = 0 with s = 1, z = 0 (u = 0): value exactly 0."""
+    float32 [N] (``zp_channel_scale``), sz int16 [N, K // g]); the module docstring has the rule. An
+    all-zero row gets sw = 0 and u = z = 0, s = 1: value exactly 0."""
     op = "quantize_int4_zp_ref"
     _check_2d(op, "w", w, "N, K")
     N, K = w.shape
     g = K if group_size is None else group_size
     if isinstance(g, bool) or not isinstance(g, int) or g <= 0 or K % g != 0:
         raise ValueError(f"{op}: group_size must be a positive divisor of K == {K}, got {group_size!r}")
-    wf = w.detach().to(torch.float32)
-    amax = wf.abs().amax(dim=1)
-    sw = amax / ZP_LEVEL1_MAX
-    safe = torch.where(sw > 0, sw, torch.ones_like(sw))
-    v = torch.clamp(torch.round(wf / safe[:, None]), -ZP_LEVEL1_MAX, ZP_LEVEL1_MAX).reshape(N, K // g, g)
-    lo, hi = v.amin(dim=2), v.amax(dim=2)
-    s = torch.clamp(torch.ceil((hi - lo) / ZP_MAX_ZERO), min=1)
-    z = torch.clamp(torch.round(-lo / s), 0, ZP_MAX_ZERO)
-    u = torch.clamp(torch.round(v / s[..., None]) + z[..., None], 0, ZP_MAX_ZERO)
+    sw = zp_channel_scale(w)
+    v = zp_level1(w, sw).reshape(N, K // g, g)
+    s, z = zp_group_params(v)
+    u = zp_codes(v, s[..., None], z[..., None])
     codes = (u - 8).reshape(N, K).to(torch.int8).contiguous()
     return codes, sw.contiguous(), pack_scale_zero(s, z)
 
@@ -96,6 +123,21 @@ def check_scale_zero(op: str, sz: torch.Tensor) -> None:
         raise ValueError(
             f"{op}: sz must hold s | z << 8 with s in 1..{ZP_MAX_SCALE} and z in 0..{ZP_MAX_ZERO} "
             f"(quantize_weight(w, fmt='int4', scale='zp')), got {int(sz.flatten()[i])} at flat index {i}"
+        )
+
+
+def check_zp_values(op: str, wq: torch.Tensor, sz: torch.Tensor, K: int) -> None:
+    """check_scale_zero, and every code's value s (u - z) inside int8 (what the kernels' bytewise
+    conversion needs; quantize_weight guarantees it). A sync: debug checks and loading."""
+    check_scale_zero(op, sz)
+    if sz.numel() == 0 or wq.numel() == 0:
+        return
+    v = zp_int8_values(unpack_int4(wq, wq.shape[0], K), sz)
+    lo, hi = int(v.min()), int(v.max())
+    if lo < -128 or hi > 127:
+        raise ValueError(
+            f"{op}: the zero-point weights' values s * (u - z) must lie in [-128, 127] (the kernels convert each "
+            f"code to an int8), got values in [{lo}, {hi}]"
         )
 
 

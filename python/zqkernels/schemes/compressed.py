@@ -90,7 +90,7 @@ def per_channel_tensors(m: Any) -> dict[str, torch.Tensor]:
 # Loading: what the schemes' ``ct_accepts`` / ``from_compressed_tensors`` share
 
 #: The tensors of one layer that a scheme's mapping may read, by local name (``<module>.<name>``).
-CT_TENSORS = ("weight", "weight_packed", "weight_shape", "weight_scale", "bias")
+CT_TENSORS = ("weight", "weight_packed", "weight_shape", "weight_scale", "weight_zero_point", "bias")
 
 #: What load_quantized reads (its NotImplementedError for any other config group lists it).
 def supported() -> str:
@@ -99,7 +99,7 @@ def supported() -> str:
 
     layouts = "; ".join(f"{cls.ct_layout} ({name})" for name, cls in sorted(SCHEMES.items()) if cls.ct_layout)
     return (
-        f"{layouts}; all symmetric and static, with dynamic per-token activations of the weights' kind "
+        f"{layouts}; all static (symmetric unless said), with dynamic per-token activations of the weights' kind "
         "(int8 / fp8) or none (weight-only: run with dynamic int8 / fp8 activations)"
     )
 

@@ -31,6 +31,7 @@ from ..reference.quantize import (
     expand_groups,
     group_alpha_max,
 )
+from ..reference.zero_point import ZP_GROUP_DTYPE
 from .base import layer_scheme
 from .compressed import (
     ACT_INT8,
@@ -142,7 +143,7 @@ class IntGroupScheme(GroupedScheme):
         raise NotImplementedError
 
     def buffer_layout(self, rows, in_features):
-        sg = torch.int32 if self.scale_kind == "int" else torch.float32
+        sg = {"int": torch.int32, "float": torch.float32, "zp": ZP_GROUP_DTYPE}[self.scale_kind]
         return {
             "weight_q": self._weight_layout(rows, in_features),
             "weight_scale": ((rows,), torch.float32),
