@@ -152,7 +152,7 @@ def weight_formats(res: dict, mini, sets: dict, ref: dict) -> None:
                        {"section": "B", "group": g, "format": label,
                         "weight_mse": mse(lambda w: qweight(w, 4, g, scale, alpha)["deq"])})
             over = ql.set_zp(g)
-            record(res, f"B W4A8 g{g} zero point (sim)", ref, embed_sets(mini, sets),
+            record(res, f"B W4A8 g{g} zero point (w4a8-zp)", ref, embed_sets(mini, sets),
                    {"section": "B", "group": g, "format": "zero point", "int8_overflow": over,
                     "weight_mse": mse(lambda w: zero_point_deq(w, g)[0])})
         ql.set((4, 64, "int", 16), "lib")  # the library's w4a8_gemm (CPU reference) on the same operands
@@ -169,7 +169,7 @@ def pairs(res: dict) -> None:
     want = []
     for g in GROUPS:
         want += [(f"B W4A8 g{g} float scales", f"B W4A8 g{g} int a16"),
-                 (f"B W4A8 g{g} int a16", f"B W4A8 g{g} zero point (sim)"),
+                 (f"B W4A8 g{g} int a16", f"B W4A8 g{g} zero point (w4a8-zp)"),
                  (f"B W4A8 g{g} int default alpha", f"B W4A8 g{g} int a16")]
     want += [("B W4A8 g32 int a16", "B W4A8 g64 int a16"), ("B W4A8 g64 int a16", "B W4A8 g128 int a16")]
     for lin in ("float",) + tuple(f"W8A8 {lv}" for lv in LEVELS):

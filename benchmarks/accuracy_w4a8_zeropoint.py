@@ -7,11 +7,13 @@ work), so they cost the same in a kernel; only their rounding differs:
 - ``sym a16`` (the library, ``quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=16)``):
   a float scale per output channel, integer group scales in 0..16, symmetric INT4 codes in -8..7;
   w ~= sw * sg * q.
-- ``zp`` (QServe's progressive scheme, simulated; no kernel serves it): level 1, symmetric INT8 per
-  channel in the protective range -119..119 (s1 = max|w| / 119); level 2, per group of the INT8
-  values, unsigned 4-bit codes with an integer scale s2 = max(1, ceil((max - min) / 15)) and a zero
-  point z = clamp(rint(-min / s2), 0, 15): q = clamp(rint(v / s2) + z, 0, 15); w ~= s1 * s2 * (q - z).
-  The int8 value s2 * (q - z) can leave -128..127 (counted: ``int8_overflow``).
+- ``zp`` (QServe's progressive scheme; the library's ``quantize_weight(w, fmt="int4", scale="zp")``,
+  scheme "w4a8-zp", reference/zero_point.py): level 1, symmetric INT8 per channel in the protective
+  range -119..119; level 2, per group of the INT8 values, unsigned 4-bit codes with an integer scale
+  s2 = max(1, ceil((max - min) / 15)) over the range widened to hold 0 and a zero point z =
+  clamp(rint(-min / s2), 0, 15): u = clamp(rint(v / s2) + z, 0, 15); w ~= s1 * s2 * (u - z). The int8
+  value s2 * (u - z) never leaves -128..127 (counted as a check: ``int8_overflow``). Results before
+  2026-12-07 came from a simulation without the widening (one-sided groups clipped).
 
 The perplexity harness is accuracy_w4a8.py's (its loaders, windows of 512 tokens over the first 32768
 tokens of Pride and Prejudice, per-token INT8 activations, the float64 formulation of the GEMM),
@@ -32,24 +34,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
+import zqkernels as zq  # noqa: E402
+from zqkernels.reference.quantize import unpack_int4  # noqa: E402
+from zqkernels.reference.zero_point import zp_int8_values  # noqa: E402
 from _common import git_commit  # noqa: E402
 from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
 from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight  # noqa: E402
 
 
 def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
-    """The zp format's dequantized weight (float64 [N, K]) and how many int8 values left -128..127."""
-    w = w.double()
+    """The zp format's dequantized weight (float64 [N, K], exact: sw * s (u - z)) as the library
+    quantizes it (``quantize_weight(w, fmt="int4", scale="zp")``), and how many of its int8 values
+    left -128..127 (none by construction; counted as a check)."""
     N, K = w.shape
-    s1 = (w.abs().amax(dim=1, keepdim=True) / 119).clamp_min(torch.finfo(torch.float32).tiny)
-    v = torch.clamp(torch.round(w / s1), -119, 119).reshape(N, K // g, g)
-    mn, mx = v.amin(dim=2, keepdim=True), v.amax(dim=2, keepdim=True)
-    s2 = torch.clamp(torch.ceil((mx - mn) / 15), min=1)
-    z = torch.clamp(torch.round(-mn / s2), 0, 15)
-    q = torch.clamp(torch.round(v / s2) + z, 0, 15)
-    i8 = s2 * (q - z)
+    wq, sw, sz = zq.quantize_weight(w.float().contiguous(), fmt="int4", scale="zp", group_size=g)
+    i8 = zp_int8_values(unpack_int4(wq, N, K), sz).double()
     over = int(((i8 < -128) | (i8 > 127)).sum())
-    return (s1 * i8.reshape(N, K)), over
+    return sw.double()[:, None] * i8, over
 
 
 class ZeroPointLinears(QuantLinears):

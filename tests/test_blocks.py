@@ -152,6 +152,7 @@ SCHEME_CONFIGS = {
     "fp8": lambda **kw: zqkernels.FP8Config(**kw),
     "w4a8": lambda **kw: zqkernels.W4A8Config(group_size=32, **kw),
     "w4a8-floatscale": lambda **kw: zqkernels.W4A8Config(group_size=64, scale="float", **kw),
+    "w4a8-zp": lambda **kw: zqkernels.W4A8Config(group_size=64, scale="zp", **kw),
     "w8a8-group": lambda **kw: zqkernels.W8A8GroupConfig(group_size=32, **kw),
     "w4a8-fp": lambda **kw: zqkernels.W4A8FPConfig(group_size=32, **kw),
     "fp8-block": lambda **kw: zqkernels.SchemeConfig("fp8-block", **kw),

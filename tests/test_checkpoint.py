@@ -257,6 +257,8 @@ _CONFIGS = {
     "w4a8-alpha": lambda: zqkernels.W4A8Config(group_size=128, alpha=4096, fused_blocks=False),
     "w4a8-floatscale": lambda: zqkernels.W4A8Config(group_size=32, scale="float", fused_blocks=False),
     "w4a8-perchannel": lambda: zqkernels.W4A8Config(group_size=None, fused_blocks=False),
+    "w4a8-zp": lambda: zqkernels.W4A8Config(group_size=64, scale="zp", fused_blocks=False),
+    "w4a8-zp-perchannel": lambda: zqkernels.W4A8Config(group_size=None, scale="zp", fused_blocks=False),
     "w8a8-group": lambda: zqkernels.W8A8GroupConfig(group_size=32, fused_blocks=False),
     "w8a8-group-float": lambda: zqkernels.W8A8GroupConfig(group_size=64, scale="float", fused_blocks=False),
     "w8a8-group-perchannel": lambda: zqkernels.W8A8GroupConfig(group_size=None, fused_blocks=False),
@@ -265,6 +267,7 @@ _CONFIGS = {
     "w4a8-fp-m1-perchannel": lambda: zqkernels.W4A8FPConfig(group_size=None, scale_policy="m1", fused_blocks=False),
     "fp8-fused": lambda: zqkernels.FP8Config(),
     "w4a8-fused": lambda: zqkernels.W4A8Config(group_size=64),
+    "w4a8-zp-fused": lambda: zqkernels.W4A8Config(group_size=32, scale="zp"),
     "w8a8-group-fused": lambda: zqkernels.W8A8GroupConfig(group_size=32),
     "w4a8-fp-m1-fused": lambda: zqkernels.W4A8FPConfig(group_size=64, scale_policy="m1"),
 }
@@ -305,7 +308,7 @@ def _close_ulp(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(((a.double() - b.double()).abs() <= 2.0**-23 * b.double().abs()).all())
 
 
-SCHEMES_CT = ["fp8", "w4a8", "w4a8-alpha", "w4a8-floatscale", "w8a8-group", "w8a8-group-float", "w8a8-group-perchannel", "w4/8",
+SCHEMES_CT = ["fp8", "w4a8", "w4a8-alpha", "w4a8-floatscale", "w4a8-zp", "w4a8-zp-perchannel", "w8a8-group", "w8a8-group-float", "w8a8-group-perchannel", "w4/8",
               "w4a8-fp-m1", "w4a8-fp-m1-perchannel"]
 
 
@@ -339,7 +342,14 @@ def test_ct_decompress_ours_schemes(tmp_path, which):
             assert torch.equal(theirs.float(), _our_deq(q)), name
             continue
         assert local["weight_scale"].dtype == torch.float32
-        if q.scheme in ("w4a8", "w4a8-floatscale"):
+        if q.scheme == "w4a8-zp":  # asymmetric: compressed-tensors' own packing of the zero points
+            from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+            from zqkernels.reference.zero_point import split_scale_zero
+
+            assert not scheme.weights.symmetric and local["weight_zero_point"].dtype == torch.int32
+            z = split_scale_zero(q.weight_group_scale[: q.out_features])[1]
+            assert torch.equal(pack_to_int32((z - 8).to(torch.int8), 4, packed_dim=0), local["weight_zero_point"])
+        if q.scheme in ("w4a8", "w4a8-floatscale", "w4a8-zp"):
             assert compressor.__name__ == "PackedQuantizationCompressor"
             assert local["weight_packed"].dtype == torch.int32
             assert local["weight_packed"].shape == (q.out_features, q.in_features // 8)
@@ -353,7 +363,7 @@ def test_ct_decompress_ours_schemes(tmp_path, which):
         theirs = compressor.decompress(local, scheme)["weight"]
         ours = _our_deq(q)
         assert theirs.dtype == torch.float32 and theirs.shape == ours.shape
-        if q.scheme in ("w8a8", "fp8"):
+        if q.scheme in ("w8a8", "fp8", "w4a8-zp"):  # zero points: sw * s exact in float32 (19-bit sw)
             assert torch.equal(theirs, ours), name
         else:
             assert _close_ulp(theirs, ours), name
@@ -383,7 +393,7 @@ _TF524_MIXED = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("which", [pytest.param("w4/8", marks=_TF524_MIXED), "w4a8", "fp8", "w4a8-fp-m1"])
+@pytest.mark.parametrize("which", [pytest.param("w4/8", marks=_TF524_MIXED), "w4a8", "fp8", "w4a8-fp-m1", "w4a8-zp"])
 def test_hf_loader_reads_ours_schemes(tmp_path, which):
     """transformers' compressed-tensors loader (dequantize=True) reads our pack-quantized /
     mixed-precision / float-quantized checkpoints."""
@@ -630,7 +640,8 @@ def test_load_ct_fp8_dynamic(tmp_path, dtype):
      ("w8a8-group-perchannel", torch.bfloat16), ("w4a8-perchannel", torch.float32), ("w4/8", torch.float32),
      ("w4a8-fp-m1", torch.float32), ("w4a8-fp-m1-g32", torch.bfloat16), ("w4a8-fp-m1-perchannel", torch.float32),
      ("fp8-fused", torch.float32), ("w4a8-fused", torch.bfloat16), ("w8a8-group-fused", torch.float32),
-     ("w4a8-fp-m1-fused", torch.float32)],
+     ("w4a8-fp-m1-fused", torch.float32), ("w4a8-zp", torch.bfloat16), ("w4a8-zp-perchannel", torch.float32),
+     ("w4a8-zp-fused", torch.float32)],
 )
 def test_round_trip_schemes_fresh_process(tmp_path, which, dtype):
     """Save -> load in a fresh process: bit-identical outputs; the group scales come back bit for bit

@@ -268,7 +268,7 @@ def test_eval_without_matplotlib_says_so(capsys, tiny, tmp_path, monkeypatch):
     assert "plot: matplotlib is not installed" in out and not png.exists()
 
 
-@pytest.mark.parametrize("scheme", ["fp8", "w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8"])
+@pytest.mark.parametrize("scheme", ["fp8", "w4a8", "w4a8-floatscale", "w4a8-zp", "w4a8-fp", "w8a8-group", "w4/8"])
 def test_eval_schemes_in_process(capsys, tiny, tmp_path, scheme):
     js = tmp_path / "r.json"
     rc, out, err = _run(capsys, ["eval", tiny["dir"], "--text", tiny["text"], "--window", "32", "--max-windows", "2",
@@ -281,7 +281,7 @@ def test_eval_schemes_in_process(capsys, tiny, tmp_path, scheme):
     assert {r["scheme"] for r in res["layer_errors"]} == want
 
 
-@pytest.mark.parametrize("scheme", ["w8a8", "fp8", "w4a8", "w4a8-floatscale", "w4a8-fp", "w8a8-group", "w4/8"])
+@pytest.mark.parametrize("scheme", ["w8a8", "fp8", "w4a8", "w4a8-floatscale", "w4a8-zp", "w4a8-fp", "w8a8-group", "w4/8"])
 def test_quantize_each_scheme_saves_or_fails_before_converting(capsys, tiny, tmp_path, scheme):
     """Whatever save_quantized / load_quantized support today: a scheme either round-trips through
     quantize + eval, or fails with one line before the model's weights are read (nothing written)."""

@@ -275,6 +275,8 @@ FORMATS = [
     ("int4-int-g64-a16", {"fmt": "int4", "group_size": 64, "alpha": 16}, "int4"),  # fused-GEMM scales
     ("int4-float-g64", {"fmt": "int4", "group_size": 64, "scale": "float"}, "int4"),
     ("int4-int-channel", {"fmt": "int4", "scale": "int"}, "int4"),
+    ("int4-zp-g64", {"fmt": "int4", "group_size": 64, "scale": "zp"}, "int4"),  # zero points
+    ("int4-zp-channel", {"fmt": "int4", "scale": "zp"}, "int4"),
     ("int8-int-g128", {"fmt": "int8", "group_size": 128}, "int8"),
     ("int8-int-g32", {"fmt": "int8", "group_size": 32}, "int8"),
     ("int8-float-g64", {"fmt": "int8", "group_size": 64, "scale": "float"}, "int8"),
@@ -367,6 +369,13 @@ def test_formats_on_grid_and_packed_round_trip(name, kw, fmt):
             assert torch.equal(d, v)
         else:  # free: ratios in (0, 1]
             assert bool((sg > 0).all()) and bool((sg <= 1).all())
+    elif fmt == "int4" and sg is not None and sg.dtype == torch.int16:  # zero points: s | z << 8
+        from zqkernels.reference.zero_point import check_zp_values, zp_int8_values
+
+        codes = unpack_int4(wq, N, K)
+        assert torch.equal(pack_int4(codes), wq)
+        check_zp_values("test", wq, sg, K)  # s in 1..16, z in 0..15, every value s (u - z) an int8
+        assert torch.equal(d, (zp_int8_values(codes, sg).double() * sw.double()[:, None]).float())
     elif fmt == "int4" and sg is not None:
         codes = unpack_int4(wq, N, K)
         assert torch.equal(pack_int4(codes), wq)
@@ -389,8 +398,15 @@ def test_formats_on_grid_and_packed_round_trip(name, kw, fmt):
         assert int(sg.min()) >= 1
         rtn_sg = quantize_weight(W, **kw)[2]
         assert int(sg.max()) <= int(rtn_sg.max()) * 2  # the same alpha (the row's largest group <= alpha)
-    # per-channel formats keep RTN's scales; group formats keep RTN's row scale sw
-    assert torch.equal(sw, quantize_weight(W, **kw)[1])
+    # per-channel formats keep RTN's scales; group formats keep RTN's row scale sw (zero points: its
+    # level-1 scale times the row's gcd of integer scales, zp_canonical)
+    if sg is not None and sg.dtype == torch.int16:
+        from zqkernels.reference.zero_point import zp_channel_scale
+
+        ratio = sw.double() / zp_channel_scale(W).double()
+        assert torch.equal(ratio, torch.round(ratio)) and bool(((ratio >= 1) & (ratio <= 16)).all())
+    else:
+        assert torch.equal(sw, quantize_weight(W, **kw)[1])
     # the weights it stands for stay near W (GPTQ trades weight error for output error: on these
     # correlated inputs its weight error is up to ~3x RTN's on the fine int8 grid, ~1.1x on 4-bit)
     rel = float((d - W).norm() / W.norm())
@@ -439,6 +455,7 @@ SCHEMES = [
     ("w4a8", {}),
     ("w4a8", {"group_size": 128, "alpha": 2048}),
     ("w4a8-floatscale", {"group_size": 32}),
+    ("w4a8-zp", {"group_size": 64}),
     ("w8a8-group", {}),
     ("w8a8-group", {"group_size": 64, "scale": "float"}),
 ]

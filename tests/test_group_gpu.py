@@ -264,7 +264,7 @@ def test_graph(bits, scale, M):
 
 @needs_sm90
 @pytest.mark.parametrize("scheme, options", [
-    ("w4a8", {}), ("w4a8-floatscale", {"group_size": 64}), ("w8a8-group", {}),
+    ("w4a8", {}), ("w4a8-floatscale", {"group_size": 64}), ("w4a8-zp", {"group_size": 64}), ("w8a8-group", {}),
     ("w8a8-group", {"group_size": 32, "scale": "float"}), ("w8a8-group", {"group_size": 64}),
 ])
 @pytest.mark.parametrize("M", [1, 48, 300])

@@ -54,6 +54,7 @@ WEIGHT_CASES = [
     ("w4a8", dict(group_size=32, alpha=4096), dict(bits=4, group_size=32, scale="int", alpha=4096), "int4"),
     ("w4a8", dict(group_size=256), dict(bits=4, group_size=None, scale="int"), "int4"),  # per channel
     ("w4a8-floatscale", dict(group_size=128), dict(bits=4, group_size=128, scale="float"), "int4"),
+    ("w4a8-zp", dict(group_size=64), dict(fmt="int4", group_size=64, scale="zp"), "int4"),
     ("w8a8-group", dict(group_size=32, scale="int"), dict(bits=8, group_size=32, scale="int"), "int8"),
     ("w8a8-group", dict(group_size=128, scale="float"), dict(bits=8, group_size=128, scale="float"), "int8"),
     ("w8a8-group", dict(group_size=256, scale="int"), dict(bits=8, group_size=None, scale="int"), "int8"),

@@ -480,6 +480,7 @@ SCHEMES = [
     ("w4a8-fp", {"group_size": 64, "scale_policy": "free"}, "fp4"),
     ("w4a8", {}, "int4"),
     ("w4a8-floatscale", {"group_size": 64}, "int4"),
+    ("w4a8-zp", {"group_size": 64}, "int4"),
     ("w8a8-group", {}, "int8"),
     ("w8a8-group", {"group_size": 32, "scale": "float"}, "int8"),
 ]

@@ -29,6 +29,8 @@ CASES = [
     ("w4a8", {}),
     ("w4a8", {"group_size": 64, "alpha": 256}),
     ("w4a8-floatscale", {"group_size": 32}),
+    ("w4a8-zp", {}),
+    ("w4a8-zp", {"group_size": 32}),
     ("w8a8-group", {}),
     ("w8a8-group", {"group_size": 64, "scale": "float"}),
     ("w4a8-fp", {}),
@@ -37,7 +39,8 @@ CASES = [
 ]
 IDS = [f"{s}-{'-'.join(f'{k}{v}' for k, v in o.items()) or 'default'}" for s, o in CASES]
 # relative Frobenius error of dequantize(quantize(w)) on Gaussian weights, per element format
-WEIGHT_ERR = {"w8a8": 0.02, "fp8": 0.05, "fp8-block": 0.05, "w8a8-group": 0.02, "w4a8": 0.2, "w4a8-floatscale": 0.2, "w4a8-fp": 0.2}
+WEIGHT_ERR = {"w8a8": 0.02, "fp8": 0.05, "fp8-block": 0.05, "w8a8-group": 0.02, "w4a8": 0.2, "w4a8-floatscale": 0.2, "w4a8-fp": 0.2,
+              "w4a8-zp": 0.2}
 N, K = 48, 256
 
 

@@ -1,6 +1,6 @@
 """The per-format quantize-dequantize grids GPTQ sweeps over (algorithms/gptq.py): one ``_Grid``
 subclass per weight format of ``quantize_weight`` (per channel int / FP8, 128 x 128 FP8 blocks,
-INT4 / INT8 groups with integer or float scales, FP4 groups), and the resolution of
+INT4 / INT8 groups with integer or float scales, INT4 with zero points, FP4 groups), and the resolution of
 ``quantize_weight``'s format arguments to a grid."""
 
 from __future__ import annotations
@@ -277,6 +277,42 @@ class _FP4Grid(_Grid):
         return pack_fp4(codes.to(torch.uint8)), self.sw.contiguous(), self.sg.contiguous()
 
 
+class _ZeroPointGrid(_Grid):
+    """The zero-point INT4 format (quantize_weight(w, fmt="int4", scale="zp"); reference/zero_point.py):
+    level 1's sw per row from the original weight; a group's integer scale s and zero point z from the
+    level-1 values of its current columns when the loop reaches it; codes u = clamp(rint(v / s) + z, 0,
+    15) of v = rint(w / sw) in [-119, 119]; the error fed back is w - sw * s * (u - z) (the value the
+    kernels use, float64, one rounding)."""
+
+    def __init__(self, W: torch.Tensor, g: int) -> None:
+        from ..reference.zero_point import zp_channel_scale
+
+        N, K = W.shape
+        self.group = g
+        self.sw = zp_channel_scale(W)
+        self.s = torch.ones((N, K // g), dtype=torch.float32, device=W.device)
+        self.z = torch.zeros((N, K // g), dtype=torch.float32, device=W.device)
+
+    def start_group(self, j, values):
+        from ..reference.zero_point import zp_group_params, zp_level1
+
+        self.s[:, j], self.z[:, j] = zp_group_params(zp_level1(values, self.sw))
+
+    def quant(self, col, j):
+        from ..reference.zero_point import zp_codes, zp_level1
+
+        s, z = self.s[:, j : j + 1], self.z[:, j : j + 1]
+        u = zp_codes(zp_level1(col, self.sw), s, z)
+        return u - 8, ((u - z).double() * s.double() * self.sw.double()[:, None]).float()
+
+    def result(self, codes):
+        from ..reference.quantize import pack_int4
+        from ..reference.zero_point import pack_scale_zero, zp_canonical
+
+        sw, s = zp_canonical(self.sw, self.s)
+        return pack_int4(codes.to(torch.int8).contiguous()), sw.contiguous(), pack_scale_zero(s, self.z)
+
+
 def _resolve_format(
     op: str, w: torch.Tensor, bits: Optional[int], fmt: Optional[str], group_size: Optional[int],
     scale: Optional[str], alpha: Optional[int], block_size: Optional[int] = None,
@@ -302,6 +338,8 @@ def _resolve_format(
         return "fp4", (f.group_size, f.scale)
     if f.scale is None:  # per channel, one float scale per row
         return "channel", (2 ** (_WEIGHT_BITS[f.fmt] - 1) - 1, False)
+    if f.scale == "zp":
+        return "zero_point", (f.group_size or K,)
     return "int_group", (_WEIGHT_BITS[f.fmt], f.group_size, f.scale, f.alpha)
 
 
@@ -315,4 +353,6 @@ def _make_grid(kind: str, args: Any, W: torch.Tensor) -> _Grid:
         return _FP4Grid(W, *args)
     if kind == "fp8_block":
         return _FP8BlockGrid(W, *args)
+    if kind == "zero_point":
+        return _ZeroPointGrid(W, *args)
     return _IntGroupGrid(W, *args)

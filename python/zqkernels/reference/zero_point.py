@@ -19,8 +19,8 @@ Storage (what ``quantize_weight(w, fmt="int4", scale="zp", group_size=g)`` retur
 format's); ``sw`` float32 [N]; ``sz`` int16 [N, K // g], ``s | z << 8`` (the dtype tells this format
 from the integer-scale one, whose sg is int32).
 
-The level-2 rule: ``lo, hi`` the group's smallest and largest v (``lo <= 0 <= hi`` is not assumed),
-``s = max(1, ceil((hi - lo) / 15))``, ``z = clamp(rint(-lo / s), 0, 15)``, ``u = clamp(rint(v / s) + z,
+The level-2 rule: ``lo, hi`` the group's smallest and largest v, widened to hold 0 (``lo <= 0 <= hi``:
+a one-sided group keeps its whole range, from 0), ``s = max(1, ceil((hi - lo) / 15))``, ``z = clamp(rint(-lo / s), 0, 15)``, ``u = clamp(rint(v / s) + z,
 0, 15)``. Why in range: |v| <= 119 and hi - lo <= 238 give s <= 16, and ``s * (u - z)`` is
 ``s * rint(v / s)`` moved towards 0 by the clamp, at most 119 + s / 2 <= 127 in magnitude.
 """
@@ -71,9 +71,10 @@ def zp_level1(w: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
 
 
 def zp_group_params(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Level 2's (s, z) of groups of INT8 values v [..., g] (float32): s = max(1, ceil((hi - lo) / 15)),
-    z = clamp(rint(-lo / s), 0, 15), each [...]."""
-    lo, hi = v.amin(dim=-1), v.amax(dim=-1)
+    """Level 2's (s, z) of groups of INT8 values v [..., g] (float32): with lo = min(min v, 0) and hi =
+    max(max v, 0) (the range always holds 0, so a one-sided group is not clipped), s = max(1, ceil((hi
+    - lo) / 15)), z = clamp(rint(-lo / s), 0, 15), each [...]."""
+    lo, hi = v.amin(dim=-1).clamp(max=0), v.amax(dim=-1).clamp(min=0)
     s = torch.clamp(torch.ceil((hi - lo) / ZP_MAX_ZERO), min=1)
     return s, torch.clamp(torch.round(-lo / s), 0, ZP_MAX_ZERO)
 
@@ -83,10 +84,23 @@ def zp_codes(v: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(v / s) + z, 0, ZP_MAX_ZERO)
 
 
+def zp_canonical(sw: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's integer scales s [N, G] divided by their greatest common divisor d and sw [N] times d
+    (exact in float32: sw has ZP_SW_BITS significant bits, d < 2^4): the same real scales sw * s and
+    weights, and the factorization a checkpoint loader recovers from those real scales alone (the
+    largest per-channel scale that leaves integers; schemes/w4a8_zp.py, ``factor_scales``)."""
+    si = s.to(torch.int64)
+    d = si[:, 0].clone() if si.shape[1] else torch.ones(si.shape[0], dtype=torch.int64, device=s.device)
+    for j in range(1, si.shape[1]):
+        d = torch.gcd(d, si[:, j])
+    d = d.clamp(min=1)
+    return (sw.double() * d.double()).to(torch.float32), (si // d[:, None]).to(s.dtype)
+
+
 def quantize_int4_zp_ref(w: torch.Tensor, group_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two-level zero-point INT4 format of w [N, K] (finite; callers check), group size g
     dividing K (None: per channel). Returns (codes int8 [N, K] UNPACKED, ``u - 8`` in -8..7, sw
-    float32 [N] (``zp_channel_scale``), sz int16 [N, K // g]); the module docstring has the rule. An
+    float32 [N], sz int16 [N, K // g]); the module docstring has the rule; then ``zp_canonical``. An
     all-zero row gets sw = 0 and u = z = 0, s = 1: value exactly 0."""
     op = "quantize_int4_zp_ref"
     _check_2d(op, "w", w, "N, K")
@@ -99,6 +113,7 @@ def quantize_int4_zp_ref(w: torch.Tensor, group_size: Optional[int] = None) -> t
     s, z = zp_group_params(v)
     u = zp_codes(v, s[..., None], z[..., None])
     codes = (u - 8).reshape(N, K).to(torch.int8).contiguous()
+    sw, s = zp_canonical(sw, s)
     return codes, sw.contiguous(), pack_scale_zero(s, z)
 
 

@@ -51,7 +51,8 @@ def _unpack_zero_points(packed: torch.Tensor, N: int, G: int) -> torch.Tensor:
 def factor_scales(name: str, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Real group scales s [N, G] (float32, > 0) -> (sw float32 [N], si int [N, G] in 1..16) with
     ``sw * si == s`` exactly: per row the largest sw = max(s) / k, k = 1..16, that divides every scale
-    of the row into an integer in 1..16. ValueError naming the layer when a row has none."""
+    of the row into an integer in 1..16 (the quantizer's canonical factorization, ``zp_canonical``, so
+    our checkpoints load bit for bit). ValueError naming the layer when a row has none."""
     s64 = s.double()
     smax = s64.amax(dim=1, keepdim=True)
     best_k = torch.zeros(s.shape[0], dtype=torch.int64)
