@@ -19,6 +19,8 @@ quantized from those):
                     max_scale = 1024; path stream (M <= 256 only) / mixed / convert / auto (the default)
     w4i16_<path>    the same with alpha = 16, max_scale = 16 (small integer scales: the library may
                     dispatch another kernel for max_scale <= 16; timed through the public API)
+    w4zp_<path>     w4a8_gemm on the zero-point format (quantize_weight(fmt="int4", scale="zp"), scheme
+                    w4a8-zp), paths stream (M <= 256 only) / mixed / auto
     w4f_<path>      w4a8_gemm with float group scales (scale="float"), paths mixed / auto
     w4fp4_<path>    zqkernels.w4a8_fp_gemm: FP4 weights (quantize_weight(fmt="fp4", group_size=128),
                     power-of-two scales "m2") x FP8 activations (quantize_per_token(x, e4m3)), path
@@ -81,11 +83,12 @@ WFORMATS: dict[str, dict[str, Any] | None] = {
     "i4a1024": {"fmt": "int4", "scale": "int", "group_size": GROUP, "alpha": 1024},
     "i4a16": {"fmt": "int4", "scale": "int", "group_size": GROUP, "alpha": 16},
     "i4f": {"fmt": "int4", "scale": "float", "group_size": GROUP},
+    "i4zp": {"fmt": "int4", "scale": "zp", "group_size": GROUP},
     "fp4": {"fmt": "fp4", "group_size": GROUP},
     "fp4f": {"fmt": "fp4", "group_size": GROUP, "scale": "free"},
 }
 ACT_OF = {"bf16": "bf16", "fp8": "fp8", "int8": "int8", "i4a1024": "int8", "i4a16": "int8", "i4f": "int8",
-          "fp4": "fp8", "fp4f": "fp8"}
+          "i4zp": "int8", "fp4": "fp8", "fp4f": "fp8"}
 
 
 class Col:
@@ -125,6 +128,12 @@ def columns() -> list[Col]:
                 lambda a, W, s=alpha, p=path: zq.w4a8_gemm(a["xi"], W[0], a["sxi"], W[1], W[2], max_scale=s, path=p),
                 when=(lambda M: M <= STREAM_MAX_M) if path == "stream" else None, w4=True,
                 desc=f"zqkernels.w4a8_gemm int scales g={GROUP} alpha={alpha} max_scale={alpha} path={path}"))
+    for path in ("stream", "mixed", "auto"):  # the zero-point format (scheme w4a8-zp)
+        cols.append(Col(
+            f"w4zp_{path}", f"zp.{path[0]}", "i4zp",
+            lambda a, W, p=path: zq.w4a8_gemm(a["xi"], W[0], a["sxi"], W[1], W[2], path=p),
+            when=(lambda M: M <= STREAM_MAX_M) if path == "stream" else None, w4=True,
+            desc=f"zqkernels.w4a8_gemm zero-point format (int16 sz) g={GROUP} path={path}"))
     for path in ("mixed", "auto"):
         cols.append(Col(
             f"w4f_{path}", f"if.{path[0]}", "i4f",
@@ -355,6 +364,7 @@ def host_times(dev: torch.device, dry: bool) -> dict[str, Any]:
         i1k = zq.quantize_weight(w, **WFORMATS["i4a1024"])
         i16 = zq.quantize_weight(w, **WFORMATS["i4a16"])
         i4f = zq.quantize_weight(w, **WFORMATS["i4f"])
+        i4z = zq.quantize_weight(w, **WFORMATS["i4zp"])
         fp4 = zq.quantize_weight(w, **WFORMATS["fp4"])
         sx8c, sw8r = sx8.reshape(-1, 1), sw8.reshape(1, -1)
         fns = {
@@ -367,6 +377,7 @@ def host_times(dev: torch.device, dry: bool) -> dict[str, Any]:
             "w4a8_gemm int a1024": lambda: zq.w4a8_gemm(xi, i1k[0], sxi, i1k[1], i1k[2], max_scale=1024),
             "w4a8_gemm int a16": lambda: zq.w4a8_gemm(xi, i16[0], sxi, i16[1], i16[2], max_scale=16),
             "w4a8_gemm float": lambda: zq.w4a8_gemm(xi, i4f[0], sxi, i4f[1], i4f[2]),
+            "w4a8_gemm zero point": lambda: zq.w4a8_gemm(xi, i4z[0], sxi, i4z[1], i4z[2]),
             "w4a8_fp_gemm": lambda: zq.w4a8_fp_gemm(x8, fp4[0], sx8, fp4[1], fp4[2]),
         }
         res: dict[str, Any] = {}

@@ -21,7 +21,8 @@
 //   combine       grid B * heads: out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, M = max_s m_s;
 //                 the splits' (m, l) read by all threads at once, the weights in shared memory, the
 //                 acc rows read kUnroll splits at a time.
-//   combine_quant (xq given) the same sums, one cluster of 8 CTAs a token, and the token's outputs
+//   combine_quant (xq given) the same sums, one cluster of 8 CTAs a token (512 threads: one output a
+//                 thread at Llama-3-8B's 4 heads of 128 a CTA), and the token's outputs
 //                 quantized per token for the next GEMM (o_proj) instead of written: the launch of a
 //                 separate quantize_per_token saved at decode.
 //
@@ -282,12 +283,18 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine(DecodeAttnA
 // registers, rounded to T as `out` would be; the token's amax is reduced over the CTA, then the cluster
 // (row_reduce.cuh, as the row-op kernels do), and each CTA writes its heads' bytes with
 // quantize_per_token's formula (finish_scale / quant): bit for bit quantize_per_token(out).
+// kQThreads threads a CTA, so that a thread sums one output over the splits where HC * head_dim <=
+// kQThreads (Llama-3-8B: 4 heads of 128 a CTA): the first version's 128 threads summed 4 outputs
+// each, one after the other, and measured slower than the two separate launches (docs/FUSED.md).
 constexpr int kMaxHC = 8;
+constexpr int kQThreads = 512;
+constexpr int kQWarps = kQThreads / 32;
+constexpr int kQUnroll = 8;  // splits a thread loads before using any
 
 template <typename T, int kHD, int kC>
-__global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(DecodeAttnArgs a) {
-  constexpr int kPer = kMaxHC * kHD / kThreads;  // outputs a thread holds at most
-  extern __shared__ float s_w[];                  // [HC][splits]: 2^(m_s - M) per head
+__global__ void __launch_bounds__(kQThreads) decode_attention_combine_quant(DecodeAttnArgs a) {
+  constexpr int kPer = (kMaxHC * kHD + kQThreads - 1) / kQThreads;  // outputs a thread holds at most
+  extern __shared__ float s_w[];                                     // [HC][splits]: 2^(m_s - M) per head
   __shared__ float s_inv[kMaxHC];
   pdl_trigger();
   pdl_wait();  // the split kernel's partials
@@ -296,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(Decod
   const int64_t b = blockIdx.y;
   const int h0 = static_cast<int>(blockIdx.x) * HC;
   // Per head (a warp each, round robin): the splits' max, weights and normaliser.
-  for (int hh = warp; hh < HC; hh += kWarps) {
+  for (int hh = warp; hh < HC; hh += kQWarps) {
     const float* ml = a.partial_ml + (b * a.heads + h0 + hh) * a.splits * 2;
     float M = -INFINITY;
     for (int s = lane; s < a.splits; s += 32) M = fmaxf(M, ml[2 * s]);
@@ -318,7 +325,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(Decod
   float amax = 0.f;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
-    const int idx = tid + i * kThreads;  // hh * kHD + d
+    const int idx = tid + i * kQThreads;  // hh * kHD + d
     val[i] = 0.f;
     if (idx < HC * kHD) {
       const int hh = idx / kHD, d = idx % kHD;
@@ -326,12 +333,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(Decod
       const float* w = s_w + hh * a.splits;
       float acc = 0.f;
       int s = 0;
-      for (; s + kUnroll <= a.splits; s += kUnroll) {
-        float x[kUnroll];
+      for (; s + kQUnroll <= a.splits; s += kQUnroll) {
+        float x[kQUnroll];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) x[u] = pacc[(s + u) * kHD];
+        for (int u = 0; u < kQUnroll; ++u) x[u] = pacc[(s + u) * kHD];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) acc = fmaf(w[s + u], x[u], acc);
+        for (int u = 0; u < kQUnroll; ++u) acc = fmaf(w[s + u], x[u], acc);
       }
       for (; s < a.splits; ++s) acc = fmaf(w[s], pacc[s * kHD], acc);
       val[i] = to_float(from_float<T>(acc * s_inv[hh]));  // the value `out` would hold
@@ -345,7 +352,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_combine_quant(Decod
   int8_t* xq = a.xq + b * a.heads * kHD + static_cast<int64_t>(h0) * kHD;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
-    const int idx = tid + i * kThreads;
+    const int idx = tid + i * kQThreads;
     if (idx < HC * kHD) xq[idx] = quant(val[i], inv, pre, a.fp8);
   }
   cluster_end<kC>();
@@ -384,7 +391,7 @@ std::string launch_hd(const DecodeAttnArgs& a) {
         const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
         if (e != cudaSuccess) return std::string("combine shared memory: ") + cudaGetErrorString(e);
       }
-      launch_pdl_cluster(kernel, dim3(kDecodeQuantCtas, static_cast<unsigned>(a.B)), dim3(kThreads), smem, a.stream,
+      launch_pdl_cluster(kernel, dim3(kDecodeQuantCtas, static_cast<unsigned>(a.B)), dim3(kQThreads), smem, a.stream,
                          static_cast<unsigned>(kDecodeQuantCtas), a);
     } else {
       const size_t smem = static_cast<size_t>(a.splits) * sizeof(float);
