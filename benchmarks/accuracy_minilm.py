@@ -45,12 +45,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
-from _common import git_commit  # noqa: E402
 import accuracy_int8_attention as ia  # noqa: E402
-from accuracy_w4a8 import QuantLinears, qweight  # noqa: E402
-from accuracy_w4a8_zeropoint import ZeroPointLinears, zero_point_deq  # noqa: E402
-
 import zqkernels as zq  # noqa: E402
+from _common import git_commit  # noqa: E402
+from accuracy_w4a8 import qweight  # noqa: E402
+from accuracy_w4a8_zeropoint import ZeroPointLinears, zero_point_deq  # noqa: E402
 
 PREFIX = "encoder.layer."
 LEVELS = ("int8", "balanced", "accuracy")

@@ -61,8 +61,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy_fp, also when imported from elsewhere
 import accuracy_fp as afp  # noqa: E402
-from _common import git_commit  # noqa: E402
 import zqkernels as zq  # noqa: E402
+from _common import git_commit  # noqa: E402
 from zqkernels.reference import unpack_int4  # noqa: E402
 
 try:  # INT8 group weights' alpha bound (packages with group-wise W8A8)

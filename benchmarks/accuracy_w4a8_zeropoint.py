@@ -19,7 +19,7 @@ The perplexity harness is accuracy_w4a8.py's (its loaders, windows of 512 tokens
 tokens of Pride and Prejudice, per-token INT8 activations, the float64 formulation of the GEMM),
 imported, not copied; lm_head and embeddings stay float.
 
-    python benchmarks/accuracy_w4a8_zeropoint.py [--group 64] [--tokens 32768] [--data /tmp/data]
+    python benchmarks/accuracy_w4a8_zeropoint.py [--group 64] [--tokens 32768] [--data /tmp/data] [--gptq]
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_fp as afp  # noqa: E402
 import zqkernels as zq  # noqa: E402
-from zqkernels.reference.quantize import unpack_int4  # noqa: E402
-from zqkernels.reference.zero_point import zp_int8_values  # noqa: E402
 from _common import git_commit  # noqa: E402
 from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
 from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight  # noqa: E402
+from zqkernels.reference.quantize import unpack_int4  # noqa: E402
+from zqkernels.reference.zero_point import zp_int8_values  # noqa: E402
 
 
 def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
@@ -66,6 +66,27 @@ class ZeroPointLinears(QuantLinears):
         return over
 
 
+def exact_deq(q) -> torch.Tensor:
+    """A converted QLinear's weight [N, K] in float64, exactly what its GEMM multiplies (sw * sg * q, or
+    sw * s (u - z) for the zero-point format)."""
+    N, K = q.out_features, q.in_features
+    codes = unpack_int4(q.weight_q, q.weight_q.shape[0], K)[:N]
+    sw, sg = q.weight_scale[:N].double()[:, None], q.weight_group_scale[:N]
+    if sg.dtype == torch.int16:
+        return sw * zp_int8_values(codes, sg).double()
+    return sw * codes.double() * sg.double().repeat_interleave(K // sg.shape[1], dim=1)
+
+
+def gptq_weights(model, calib: list, cfg) -> dict:
+    """{block Linear name: float64 weight} of the library's GPTQ conversion (``zq.gptq``) of a copy of
+    the model with the config (fused_blocks=False: every Linear keeps its name)."""
+    import copy
+
+    mg = copy.deepcopy(model)
+    zq.gptq(mg, calib, config=cfg)
+    return {n: exact_deq(m) for n, m in mg.named_modules() if isinstance(m, zq.QLinear) and n.startswith(PREFIX)}
+
+
 def weight_mse(linears: dict, g: int) -> dict:
     """Mean squared error of each format's dequantized weights against the float weights."""
     se = {"sym a16": 0.0, "zp": 0.0}
@@ -84,6 +105,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--data", default="/tmp/data")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--gptq", action="store_true",
+                    help="also both formats with the library's GPTQ (calibration: Persuasion, 8 x 256 tokens from token 1000)")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(afp.SEED)
@@ -95,13 +118,28 @@ def main() -> int:
     res: dict = {"model": f"SmolLM2-135M ({gguf})", "text": "Pride and Prejudice", "tokens": int(pp.numel()),
                  "window": WINDOW, "group": g, "weight_mse": weight_mse(linears, g), "ppl": {}, "window_nll": {}}
     nll = {}
+    names = ["fp32", "sym a16", "zp"]
+    gptq_w = {}
+    if args.gptq:
+        pers = tok(books["persuasion"], add_special_tokens=False)["input_ids"]
+        calib = [{"input_ids": torch.tensor(pers[1000 + i * 256: 1000 + (i + 1) * 256])[None]} for i in range(8)]
+        for name, cfg in (("sym a16 GPTQ", zq.W4A8Config(group_size=g, alpha=16, fused_blocks=False)),
+                          ("zp GPTQ", zq.W4A8Config(group_size=g, scale="zp", fused_blocks=False))):
+            t1 = time.time()
+            gptq_w[name] = gptq_weights(model, calib, cfg)
+            res.setdefault("gptq_seconds", {})[name] = round(time.time() - t1, 1)
+            names.append(name)
     with ZeroPointLinears(linears) as ql:
-        for name in ("fp32", "sym a16", "zp"):
+        for name in names:
             t1 = time.time()
             if name == "sym a16":
                 ql.set((4, g, "int", 16), "f64")
             elif name == "zp":
                 res["int8_overflow"] = ql.set_zp(g)
+            elif name in gptq_w:
+                ql.set(None)
+                for n, m in linears.items():
+                    ql.install(m, gptq_w[name][n])
             else:
                 ql.set(None)
             nll[name] = window_nlls(model, pp, WINDOW, BATCH)
@@ -109,6 +147,9 @@ def main() -> int:
             res["window_nll"][name] = [round(float(v), 6) for v in nll[name]]
             print(f"[{time.time() - t0:6.0f}s] {name}: ppl {res['ppl'][name]:.3f} ({time.time() - t1:.0f} s)", flush=True)
     res["zp vs sym a16"] = paired(nll["sym a16"], nll["zp"])
+    if args.gptq:
+        res["zp GPTQ vs sym a16 GPTQ"] = paired(nll["sym a16 GPTQ"], nll["zp GPTQ"])
+        res["sym a16 GPTQ vs sym a16"] = paired(nll["sym a16"], nll["sym a16 GPTQ"])
     res["sym a16 vs fp32"] = paired(nll["fp32"], nll["sym a16"])
     res["seconds"] = round(time.time() - t0, 1)
     res["commit"] = git_commit()

@@ -36,7 +36,12 @@ from ..reference.quantize import (
     unpack_fp4,
     unpack_int4,
 )
-from ..reference.zero_point import ZP_GROUP_DTYPE, check_scale_zero, dequantize_int4_zp_ref, quantize_int4_zp_ref
+from ..reference.zero_point import (
+    ZP_GROUP_DTYPE,
+    check_scale_zero,
+    dequantize_int4_zp_ref,
+    quantize_int4_zp_ref,
+)
 from . import _common as c
 from .weight_format import (  # noqa: F401 - re-exported: ops.quantize is where they were defined
     _WEIGHT_FMTS,

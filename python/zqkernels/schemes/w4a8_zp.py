@@ -34,7 +34,17 @@ from ..reference.zero_point import (
     zp_int8_values,
 )
 from .base import layer_scheme, register
-from .compressed import ACT_INT8, FORMAT_PACKED, CTLayer, accepts_args, bias_tensor, ct_args, int_codes, pack_ct, unpack_ct
+from .compressed import (
+    ACT_INT8,
+    FORMAT_PACKED,
+    CTLayer,
+    accepts_args,
+    bias_tensor,
+    ct_args,
+    int_codes,
+    pack_ct,
+    unpack_ct,
+)
 from .w4a8 import _W4A8Base
 
 
