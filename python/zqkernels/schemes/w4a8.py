@@ -51,12 +51,17 @@ class W4A8(_W4A8Base):
     loaded = ("alpha", "max_scale")
 
 
+class _W4A8NoAlpha(_W4A8Base):
+    """The INT4 formats without the integer scales' alpha option (float scales, zero points)."""
+
+    option_names = ("group_size",)
+    loaded = ()
+    alpha = None
+
+
 @register
-class W4A8FloatScale(_W4A8Base):
+class W4A8FloatScale(_W4A8NoAlpha):
     name = "w4a8-floatscale"
     description = "int8 per-token activations x int4 group-wise weights, float group scales"
     ct_layout = "int4 group / per-channel weights loaded with group_scales='float'"
     fixed_scale = "float"
-    option_names = ("group_size",)
-    loaded = ()
-    alpha = None  # float scales take no alpha

@@ -45,7 +45,7 @@ from .compressed import (
     pack_ct,
     unpack_ct,
 )
-from .w4a8 import _W4A8Base
+from .w4a8 import _W4A8NoAlpha
 
 
 def _pack_zero_points(zct: torch.Tensor) -> torch.Tensor:
@@ -84,14 +84,11 @@ def factor_scales(name: str, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @register
-class W4A8ZeroPoint(_W4A8Base):
+class W4A8ZeroPoint(_W4A8NoAlpha):
     name = "w4a8-zp"
     description = "int8 per-token activations x int4 group-wise weights, integer scales 1..16 with group zero points"
     ct_layout = "asymmetric int4 group weights (weight_zero_point) whose scales factor into a per-channel float x 1..16"
     fixed_scale = "zp"
-    option_names = ("group_size",)
-    loaded = ()
-    alpha = None
 
     def weight_format(self):
         return {"fmt": "int4", "group_size": self.group(), "scale": "zp"}
