@@ -1,6 +1,6 @@
 """GPTQ (Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
 Transformers", 2022) as a weight quantizer for every weight format of ``quantize_weight`` (hence
-every QLinear scheme: w8a8, fp8, fp8-block, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group).
+every QLinear scheme: w8a8, fp8, fp8-block, w4a8-fp, w4a8, w4a8-floatscale, w4a8-zp, w8a8-group).
 
 GPTQ quantizes a weight [N, K] one input column at a time and, after each column, moves that
 column's rounding error onto the columns not quantized yet, weighted by the inverse Hessian of the

@@ -328,7 +328,7 @@ def lkd(
 
     model_float: the float model (teacher; not changed). model_quant: a quantized copy of it
     (``quantize_`` / ``quantize_model`` / ``gptq``; fused blocks or per-Linear QLinears of schemes
-    w8a8, fp8, w4a8, w4a8-floatscale, w8a8-group, w4a8-fp; another scheme raises NotImplementedError).
+    w8a8, fp8, w4a8, w4a8-floatscale, w4a8-zp, w8a8-group, w4a8-fp; another scheme raises NotImplementedError).
     calib_batches: model inputs as for ``gptq`` (dicts -> ``model(**b)``, tensors, tuples); any token
     batches work (no labels or training data needed); they are read once.
     steps: optimizer steps per block, one calibration batch per step (cycling through them).

@@ -262,7 +262,7 @@ def quantize_(
       (every scheme: a quantizer taking ``weight_format=`` is told the layer's format).
 
     Each config converts the Linears outside fused blocks to QLinears of its scheme ("w8a8", "fp8",
-    "w4a8-fp", "w4a8" or "w4a8-floatscale", "w8a8-group"). A Linear whose shape the scheme cannot
+    "w4a8-fp", "w4a8", "w4a8-floatscale" or "w4a8-zp", "w8a8-group"). A Linear whose shape the scheme cannot
     run raises ValueError naming it, before anything changes.
     """
     if not isinstance(model, nn.Module):

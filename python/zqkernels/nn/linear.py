@@ -31,10 +31,11 @@ class QLinear(nn.Module):
     default "w8a8": int8 per-channel weights x int8 per-token activations; "fp8": FP8 E4M3 weights and
     activations; "w4a8-fp": FP4 E2M1 group-wise weights x FP8 activations; "w4a8" /
     "w4a8-floatscale": INT4 group-wise weights with integer / float group scales x int8 activations;
-    "w8a8-group": INT8 group-wise weights x int8 activations).
+    "w4a8-zp": INT4 with integer scales and group zero points x int8 activations; "w8a8-group": INT8
+    group-wise weights x int8 activations).
 
     ``scheme`` is a name with the scheme's per-layer options as keyword arguments (``group_size=``:
-    w4a8-fp, w4a8, w4a8-floatscale, w8a8-group, default 128, in_features for per channel;
+    w4a8-fp, w4a8, w4a8-floatscale, w4a8-zp, w8a8-group, default 128, in_features for per channel;
     ``scale_policy=``: w4a8-fp; ``scale=``: w8a8-group; ``alpha=``: w4a8, w8a8-group; giving one to a
     scheme that does not take it raises ValueError), or a ``Scheme`` object (``schemes.W4A8(
     group_size=None)``: per channel). ``qscheme`` is the layer's resolved scheme object.
@@ -43,7 +44,7 @@ class QLinear(nn.Module):
     empty one and ``load_state_dict`` into it; the state holds no float weights. Unpacked weight rows
     (w8a8, fp8, w8a8-group) are padded to a multiple of 8 (``Np``; the rows past out_features are
     zero), so any out_features runs on the CUDA kernels; the packed formats (w4a8, w4a8-floatscale,
-    w4a8-fp) need out_features % 16 == 0 instead. in_features must be a multiple of 16 on CUDA. The state also records
+    w4a8-zp, w4a8-fp) need out_features % 16 == 0 instead. in_features must be a multiple of 16 on CUDA. The state also records
     in_features / out_features / scheme, and ``load_state_dict`` rejects a checkpoint of another
     shape or scheme.
 

@@ -1,6 +1,6 @@
 """LoRC's math on one QLinear: ZeroQuant-V2's low-rank compensation of the weight quantization error.
 
-For a QLinear of any scheme (w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w8a8-group) quantized
+For a QLinear of any scheme (w8a8, fp8, w4a8-fp, w4a8, w4a8-floatscale, w4a8-zp, w8a8-group) quantized
 from the float weight W [N, K], the error E = W - deq(Wq) (deq(Wq): ``dequantize`` of the layer's
 weight_q / weight_scale / weight_group_scale in its format, unpacking INT4 / FP4; the value the
 kernels multiply) is approximated by its rank-r truncated SVD
