@@ -260,7 +260,7 @@ def _layer(scheme: str, n=48, k=256, dtype=torch.float32):
 
 @pytest.mark.parametrize("scheme", SCHEME_NAMES)
 def test_qlinear_grad_is_grad_y_times_w_deq(scheme):
-    n = 64 if scheme in ("w4a8", "w4a8-floatscale", "w4a8-fp") else 40  # packed formats: N % 16 == 0
+    n = 64 if getattr(zqkernels.schemes.SCHEMES[scheme], "packed", None) else 40  # packed formats: N % 16 == 0
     lin, q = _layer(scheme, n=n)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 5, 256, generator=g)
