@@ -515,6 +515,16 @@ def _ct_written(path, preset, dtype, fmt=None, qmax=None):
     return load_file(os.path.join(path, "model.safetensors")), QuantizationConfig.model_validate(qc_json), qc_json
 
 
+def test_load_ct_int4_asymmetric_foreign_scales_raise(tmp_path):
+    """compressed-tensors' asymmetric INT4 (W4A16_ASYM): read by scheme w4a8-zp only where a row's group
+    scales are one float32 times integers 1..16; arbitrary float scales raise naming the layer and row."""
+    sd, qc, qc_json = _ct_written(tmp_path, "W4A16_ASYM", torch.float32, None, qmax=7.5)
+    assert any(k.endswith(".weight_zero_point") for k in sd) and not qc_json["config_groups"]["group_0"]["weights"]["symmetric"]
+    with pytest.warns(UserWarning, match="weight-only"), pytest.raises(
+            ValueError, match=r"load_quantized: .*row \d+'s group scales do not factor"):
+        zqkernels.load_quantized(tmp_path)
+
+
 @pytest.mark.parametrize(
     "preset,fmt,dtype",
     [
