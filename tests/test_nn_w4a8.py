@@ -344,7 +344,7 @@ def test_configs_per_channel_and_errors():
     for make, match in [
         (lambda: W4A8Config(group_size=48), r"W4A8Config: group_size must be one of \(32, 64, 128, 256\) or None"),
         (lambda: W4A8Config(group_size=0), r"W4A8Config: group_size must be a positive int"),
-        (lambda: W4A8Config(scale="pow2"), r"W4A8Config: scale must be 'int' or 'float'"),
+        (lambda: W4A8Config(scale="pow2"), r"W4A8Config: scale must be 'int', 'float' or 'zp', got 'pow2'"),
         (lambda: W4A8Config(scale="float", alpha=64), r"W4A8Config: alpha applies to scale='int' only"),
         (lambda: W4A8Config(alpha=3), r"W4A8Config: alpha must be a power of two int in \[2\^0, 2\^15\]"),
         (lambda: W8A8GroupConfig(group_size=128, alpha=1024), r"W8A8GroupConfig: alpha=1024 exceeds 512"),

@@ -334,7 +334,7 @@ ERRORS = [
     ("qw_K64", lambda: QW(_w(32, 96), fmt="int4", scale="int", group_size=32), ValueError,
      r"quantize_weight: INT4 group scales \(packed layout m16k32\) needs K % 64 == 0, got K == 96"),
     ("qw_scale", lambda: QW(_w(), fmt="int4", scale="m2", group_size=32), ValueError,
-     r"quantize_weight: scale must be one of \('int', 'float'\) \(fmt='int4'\), got 'm2'"),
+     r"quantize_weight: scale must be one of \('int', 'float', 'zp'\) \(fmt='int4'\), got 'm2'"),
     ("qw_alpha_pow2", lambda: QW(_w(), fmt="int4", scale="int", group_size=32, alpha=1000), ValueError,
      r"quantize_weight: alpha must be a power of two int in \[2\^0, 2\^15\].*got 1000"),
     ("qw_alpha_big", lambda: QW(_w(), fmt="int4", scale="int", group_size=32, alpha=2**16), ValueError,
@@ -351,7 +351,8 @@ ERRORS = [
      r"quantize_weight: fmt='fp8' takes no group_size, scale or alpha"),
     ("dq_sg_dtype", lambda: zqkernels.dequantize(*_args()[1:2], _args()[3], torch.zeros(32, 4, dtype=I8),
                                                   fmt="int4"), TypeError,
-     r"dequantize: sg must be int32 \(integer scales\) or float32 \(float scales\) for fmt='int4', got int8"),
+     r"dequantize: sg must be int32 \(integer scales\) or float32 \(float scales\), or int16 \(scales and zero "
+     r"points, scale='zp'\) for fmt='int4', got int8"),
     ("dq_wq_dtype", lambda: zqkernels.dequantize(torch.zeros(32, 128, dtype=I8), torch.ones(32),
                                                   torch.ones(32, 4, dtype=I32), fmt="int4"), TypeError,
      r"dequantize: wq must be uint8 for fmt='int4' with sg \(packed INT4 with group scales\), got int8"),
@@ -371,7 +372,8 @@ ERRORS = [
     ("K64", lambda: _call(xq=torch.zeros(2, 96, dtype=I8), wq=torch.zeros(32, 48, dtype=U8)), ValueError,
      r"w4a8_gemm: the packed INT4 layout m16k32 needs N % 16 == 0 and K % 64 == 0 .*K=96"),
     ("sg_dtype", lambda: _call(sg=torch.ones(32, 4, dtype=I8)), TypeError,
-     r"w4a8_gemm: sg must be the group scales .*int32 \(scale='int'\) or float32"),
+     r"w4a8_gemm: sg must be the group scales .*int32 \(scale='int'\), float32 \(scale='float'\) or int16 "
+     r"\(scale='zp'"),
     ("sg_group", lambda: _call(sg=torch.ones(32, 8, dtype=I32)), ValueError,
      r"w4a8_gemm: sg must have K // group_size columns .*multiple of 32.*got 8 columns"),
     ("sg_divides", lambda: _call(sg=torch.ones(32, 3, dtype=I32)), ValueError,
