@@ -17,7 +17,9 @@ B. **4-bit weight formats and group sizes** (issue 18, item 2; W4A8.md's group-s
    library's symmetric format (integer group scales, alpha 16 and the default heuristic; float group
    scales) and the simulated zero-point format (``accuracy_w4a8_zeropoint.py``), g = 32, 64, 128;
    W8A8 per channel as the anchor; one row through the library's own GEMM (CPU reference) to check
-   the float64 formulation.
+   the float64 formulation; with ``--gptq`` alpha 16 and the zero-point format also through the
+   library's GPTQ (``zq.gptq``, calibration 8 x 256 tokens of *Mansfield Park*; run through the
+   converted QLinears).
 
 Metric: cosine of mean-pooled, normalized embeddings to the fp32 model's, on two text sets: 64
 sentences of *Sense and Sensibility* (padded batch, as ``accuracy.py``) and 16 passages of 512 tokens
@@ -130,7 +132,7 @@ def hero_levels(res: dict, mini, sets: dict, ref: dict) -> None:
     ia.MODE["attn"] = "fp"
 
 
-def weight_formats(res: dict, mini, sets: dict, ref: dict) -> None:
+def weight_formats(res: dict, mini, sets: dict, ref: dict, calib: list | None = None) -> None:
     """B: 4-bit formats x group sizes (per-token INT8 activations, float64 GEMM), W8A8 as the anchor."""
     lins = afp.block_linears(mini, PREFIX)
     ws = {n: m.weight.detach().float() for n, m in lins.items()}
@@ -156,6 +158,15 @@ def weight_formats(res: dict, mini, sets: dict, ref: dict) -> None:
                     "weight_mse": mse(lambda w: zero_point_deq(w, g)[0])})
         ql.set((4, 64, "int", 16), "lib")  # the library's w4a8_gemm (CPU reference) on the same operands
         lib = embed_sets(mini, sets)
+    if calib is not None:  # the library's GPTQ, run through its own QLinears (CPU references)
+        for g in (32, 64):
+            for label, cfg in (("int a16", zq.W4A8Config(group_size=g, alpha=16, fused_blocks=False)),
+                               ("zero point (w4a8-zp)", zq.W4A8Config(group_size=g, scale="zp", fused_blocks=False))):
+                mg = copy.deepcopy(mini)
+                zq.gptq(mg, calib, config=cfg)
+                record(res, f"B W4A8 g{g} {label} GPTQ", ref, embed_sets(mg, sets),
+                       {"section": "B", "group": g, "format": label, "recipe": "GPTQ"})
+                del mg
     f64 = res["rows"]["B W4A8 g64 int a16"]
     record(res, "B W4A8 g64 int a16 [library GEMM]", ref, lib, {"section": "B", "group": 64, "format": "int a16 lib"})
     res["lib_vs_f64_max_abs_one_minus_cos"] = max(
@@ -171,6 +182,10 @@ def pairs(res: dict) -> None:
                  (f"B W4A8 g{g} int a16", f"B W4A8 g{g} zero point (w4a8-zp)"),
                  (f"B W4A8 g{g} int default alpha", f"B W4A8 g{g} int a16")]
     want += [("B W4A8 g32 int a16", "B W4A8 g64 int a16"), ("B W4A8 g64 int a16", "B W4A8 g128 int a16")]
+    for g in (32, 64):
+        for f in ("int a16", "zero point (w4a8-zp)"):
+            want += [(f"B W4A8 g{g} {f}", f"B W4A8 g{g} {f} GPTQ")]
+        want += [(f"B W4A8 g{g} int a16 GPTQ", f"B W4A8 g{g} zero point (w4a8-zp) GPTQ")]
     for lin in ("float",) + tuple(f"W8A8 {lv}" for lv in LEVELS):
         want += [(f"A {lin}, attention fp", f"A {lin}, attention {m}") for m in ATTN[1:]]
     want += [("A W8A8 int8, attention fp", "A W8A8 balanced, attention fp"),
@@ -207,6 +222,8 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--passages", type=int, default=16)
     ap.add_argument("--passage-len", type=int, default=512)
+    ap.add_argument("--gptq", action="store_true", help="section B also with the library's GPTQ (calibration: "
+                    "8 x 256 tokens of Mansfield Park)")
     args = ap.parse_args()
     t0 = time.time()
     torch.manual_seed(afp.SEED)
@@ -221,7 +238,13 @@ def main() -> int:
     if args.only in (None, "A"):
         hero_levels(res, mini, sets, ref)
     if args.only in (None, "B"):
-        weight_formats(res, mini, sets, ref)
+        calib = None
+        if args.gptq:
+            ids = tok(books["mansfieldpark"], add_special_tokens=False)["input_ids"]
+            calib = [{"input_ids": torch.tensor([tok.cls_token_id] + ids[1000 + 254 * i: 1000 + 254 * (i + 1)]
+                                                + [tok.sep_token_id])[None]} for i in range(8)]
+            res["calibration"] = "GPTQ: 8 x 256 tokens of Mansfield Park from token 1000"
+        weight_formats(res, mini, sets, ref, calib)
     pairs(res)
     res["seconds"] = round(time.time() - t0, 1)
     txt = render(res)
