@@ -24,7 +24,7 @@ import torch
 
 from ..formats import ACTIVATIONS
 from ..reference.quantize import INT4_ALPHA_RANGE, INT4_MAX_SCALE, INT8_MAX_GROUP, group_max_scale
-from ..reference.zero_point import ZP_GROUP_DTYPE, ZP_MAX_K, check_scale_zero, check_zp_values
+from ..reference.zero_point import ZP_GROUP_DTYPE, check_scale_zero, check_zp_k, check_zp_values
 from . import _common as c
 
 __all__ = [
@@ -358,8 +358,8 @@ def check_w4a8_int_args(op, xq, wq, sx, sw, sg, bias, out_dtype, max_scale) -> i
             f"int32 (scale='int'), float32 (scale='float') or int16 (scale='zp': scales and zero points), with "
             f"N == {N}; got {c.desc(sg)}"
         )
-    if sg.dtype == ZP_GROUP_DTYPE and K > ZP_MAX_K:
-        raise ValueError(f"{op}: K must be <= {ZP_MAX_K} for the zero-point format (one exact int32 sum), got {K}")
+    if sg.dtype == ZP_GROUP_DTYPE:
+        check_zp_k(op, K)
     G = _group_columns(op, sg, K, 32, " (one MMA step of 32 k lies inside a group)")
     if sg.dtype == _FLOAT_SG and K // G > W4A8_INT_MAX_GROUP:
         raise ValueError(

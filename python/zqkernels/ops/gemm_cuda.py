@@ -37,7 +37,7 @@ from .. import _ext
 from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_stream_flush_steps
-from ..reference.zero_point import ZP_GROUP_DTYPE, ZP_MAX_K
+from ..reference.zero_point import ZP_GROUP_DTYPE, check_zp_k
 from . import _common as c
 from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
 from .gemm_paths import _sm_count, w4a8_fp_path, w4a8_fused, w4a8_int_path
@@ -394,8 +394,7 @@ def _w4a8_zp_cuda(op, xq, wq, sx, sw, sz, bias, out_dtype, act: int, g: int, pat
     mixed mainloop's fused mode with zero points; the codes become exact int8 values in registers on
     both, so there is no conversion pass ('convert' raises)."""
     M, N, K, idx = dims
-    if K > ZP_MAX_K:
-        raise ValueError(f"{op}: K must be <= {ZP_MAX_K} for the zero-point format (one exact int32 sum), got {K}")
+    check_zp_k(op, K)  # the fast path skipped check_w4a8_int_args
     if path == "auto":
         path = "stream" if w4a8_int_path(M, N, idx, True, True) == "stream" else "mixed"
     if path == "convert":

@@ -127,6 +127,12 @@ def zp_int8_values(codes: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
     return ((u - z.repeat_interleave(g, dim=1)) * s.repeat_interleave(g, dim=1)).to(torch.int16)
 
 
+def check_zp_k(op: str, K: int) -> None:
+    """ValueError when K is past the zero-point GEMM's exact int32 sum (ZP_MAX_K)."""
+    if K > ZP_MAX_K:
+        raise ValueError(f"{op}: K must be <= {ZP_MAX_K} for the zero-point format (one exact int32 sum), got {K}")
+
+
 def check_scale_zero(op: str, sz: torch.Tensor) -> None:
     """ValueError unless every s is in 1..16 and every z in 0..15 (a sync: debug checks and loading)."""
     if sz.numel() == 0:
