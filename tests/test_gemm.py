@@ -18,7 +18,7 @@ from conftest import OUT_DTYPES, make_gemm_inputs
 from torch._subclasses.fake_tensor import FakeTensorMode
 from zqkernels import _ext
 from zqkernels.formats import GemmSpec
-from zqkernels.ops import _common, gemm_checks, gemm_cuda, gemm_options, gemm_paths
+from zqkernels.ops import _common, gemm_checks, gemm_cuda, gemm_options, gemm_paths, layout_cache
 from zqkernels.ops import gemm as gemm_mod
 from zqkernels.ops import linear as lin_ops
 from zqkernels.reference import int8_gemm_ref
@@ -1237,11 +1237,11 @@ def test_w4a8_fp_auto_path_narrow(M, N, K, pow2, out_dtype, path):
 
 
 def test_cached_layout_follows_identity_version_and_inference(monkeypatch):
-    """ops/gemm_cuda.cached_layout (a scale tensor's kernel layout, derived once): a hit needs the same
+    """ops/layout_cache.cached_layout (a scale tensor's kernel layout, derived once): a hit needs the same
     tensor (not a recycled id) at the same version; an in-place update rebuilds; inference tensors
     (no version counter) are rebuilt every call and never cached."""
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setattr(gemm_cuda, "_derived", {})
+    monkeypatch.setattr(layout_cache, "_derived", {})
     builds = []
 
     def build(t):
@@ -1249,16 +1249,16 @@ def test_cached_layout_follows_identity_version_and_inference(monkeypatch):
         return t.t().contiguous()
 
     sg = torch.arange(6, dtype=torch.int32).reshape(2, 3)
-    a = gemm_cuda.cached_layout("t", sg, build)
-    assert gemm_cuda.cached_layout("t", sg, build) is a and len(builds) == 1
+    a = layout_cache.cached_layout("t", sg, build)
+    assert layout_cache.cached_layout("t", sg, build) is a and len(builds) == 1
     sg.add_(1)  # a new version: rebuilt, with the new values
-    b = gemm_cuda.cached_layout("t", sg, build)
+    b = layout_cache.cached_layout("t", sg, build)
     assert len(builds) == 2 and torch.equal(b, sg.t())
     other = torch.zeros(2, 3, dtype=torch.int32)
-    gemm_cuda._derived["t"][id(other)] = gemm_cuda._derived["t"][id(sg)]  # an entry under other's id
-    assert torch.equal(gemm_cuda.cached_layout("t", other, build), other.t()) and len(builds) == 3
+    layout_cache._derived["t"][id(other)] = layout_cache._derived["t"][id(sg)]  # an entry under other's id
+    assert torch.equal(layout_cache.cached_layout("t", other, build), other.t()) and len(builds) == 3
     with torch.inference_mode():
         inf = torch.ones(2, 3, dtype=torch.int32)
     for _ in range(2):
-        assert torch.equal(gemm_cuda.cached_layout("t", inf, build), inf.t())
-    assert len(builds) == 5 and id(inf) not in gemm_cuda._derived["t"]
+        assert torch.equal(layout_cache.cached_layout("t", inf, build), inf.t())
+    assert len(builds) == 5 and id(inf) not in layout_cache._derived["t"]

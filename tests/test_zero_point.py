@@ -261,3 +261,21 @@ def test_gpu_zero_point_qlinear_compile():
     _close(y, want, "qlinear")  # both bf16: one output ulp
     yc = torch.compile(q, fullgraph=True)(x)
     assert torch.equal(yc, y)
+
+
+@requires_gpu
+@needs_sm90
+@pytest.mark.parametrize("g", [32, 128])
+def test_gpu_symmetric_alpha16_through_the_zero_point_stream_mode(monkeypatch, g):
+    """The experiment ZQKERNELS_W4A8_STREAM_FUSED (ops/gemm_paths.py): symmetric alpha-16 weights on the
+    streaming kernel's zero-point mode with z = 8 give the reference's sums."""
+    from zqkernels.ops import gemm_paths
+
+    monkeypatch.setattr(gemm_paths, "W4A8_STREAM_FUSED", True)
+    w = torch.randn(528, 1024, device=DEV) * 0.02
+    wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=16)
+    for M in (1, 5, 16, 40):
+        xq, sx = zqkernels.quantize_per_token(torch.randn(M, 1024, device=DEV))
+        out = zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, max_scale=16, path="stream")
+        ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu())
+        assert_gemm_close(out.cpu(), ref, f"g={g} M={M}")

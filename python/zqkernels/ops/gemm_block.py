@@ -26,7 +26,8 @@ from .. import _ext
 from ..reference.block import fp8_block_gemm_ref
 from . import _common as c
 from .gemm_checks import FP8, _check_bias, check_epilogue
-from .gemm_cuda import cached_layout, plan, require_sm90
+from .gemm_cuda import plan, require_sm90
+from .layout_cache import cached_layout
 
 __all__ = ["BLOCK", "check_block_args", "fp8_block_impl"]
 
@@ -108,7 +109,7 @@ def _replicate(sw: torch.Tensor) -> torch.Tensor:
 def weight_scales_replicated(sw: torch.Tensor) -> torch.Tensor:
     """sw [NB, KB] -> [KB, NB, 4] contiguous, each scale 4 times (a 16-byte copy in the kernel lands it
     at a known place), cached per scale tensor like the group GEMMs' transposed scales
-    (gemm_cuda.cached_layout)."""
+    (layout_cache.cached_layout)."""
     return cached_layout("block_scales_replicated", sw, _replicate)
 
 

@@ -28,7 +28,6 @@ Nothing here falls back silently: a build without CUDA kernels, a GPU older than
 from __future__ import annotations
 
 import functools
-import weakref
 from typing import Optional
 
 import torch
@@ -39,8 +38,10 @@ from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_stream_flush_steps
 from ..reference.zero_point import ZP_GROUP_DTYPE, check_zp_k
 from . import _common as c
+from . import gemm_paths
 from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
 from .gemm_paths import _sm_count, w4a8_fp_path, w4a8_fused, w4a8_int_path
+from .layout_cache import cached_layout
 
 __all__ = ["resolve_gemm_backend", "gemm_tiles", "group_gemm_intervals"]
 
@@ -367,6 +368,9 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     # interval has 4 bits less headroom and counts whole batches of 8 steps; from max_scale 2^9 on not
     # one batch fits int32, so the integer scales go through the float variant as float(s_int)
     # (docs/W4A8.md, "Overflow").
+    if gemm_paths.W4A8_STREAM_FUSED and w4a8_fused(int_scales, max_scale, K):
+        words = cached_layout("sym_words_t", sg, lambda t: (t | ((8 * t) << 8)).t().contiguous())  # z = 8
+        return _zp_stream(op, xq, wq, sx, sw, words, bias, out_dtype, act, g, (M, N, K, idx))
     flush = w4a8_stream_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     if int_scales and flush == 0:
         int_scales, sg_t = False, cached_layout("int_scales_f32_t", sg, lambda t: t.t().float().contiguous())
@@ -404,6 +408,12 @@ def _w4a8_zp_cuda(op, xq, wq, sx, sw, sz, bias, out_dtype, act: int, g: int, pat
         pb, flush = _w4a8_mixed_setup(g, True, 16, K)[1:]
         return _group_launch("w4a8_mixed_fused_zp", xq, wq, sx, sw, words, g, pb, flush, bias, out_dtype, act, tile,
                              dims=dims)
+    return _zp_stream(op, xq, wq, sx, sw, words, bias, out_dtype, act, g, dims)
+
+
+def _zp_stream(op, xq, wq, sx, sw, words, bias, out_dtype, act: int, g: int, dims) -> torch.Tensor:
+    """The streaming kernel's zero-point mode on kernel words s | (s z) << 8 [G, N]."""
+    M, N, K, idx = dims
     out = xq.new_empty((M, N), dtype=out_dtype)
     try:
         _ext._C.w4a8_int_gemm_run(
@@ -464,34 +474,6 @@ def default_max_scale(g: int, wmax: int) -> int:
     if wmax == 8:
         return 2**15
     return max(1, min(_INT32_MAX // (g * _ACT_MAX * wmax), _INT32_MAX // (_BLOCK_K * _ACT_MAX * wmax)))
-
-
-# Layouts the kernels read, derived from a scale tensor once and cached per tensor (by identity,
-# checked through a weak reference) and its version counter: a QLinear's scales are converted once
-# (inference tensors, which have no version counter, every call). One cache per derivation, each
-# bounded: cleared when it grows past _CACHE_MAX entries.
-_derived: dict[str, dict[int, tuple["weakref.ref[torch.Tensor]", int, torch.Tensor]]] = {}
-_CACHE_MAX = 4096
-
-
-def cached_layout(name: str, t: torch.Tensor, build) -> torch.Tensor:
-    """build(t), cached under `name` for this tensor and its version (see above)."""
-    cache = _derived.setdefault(name, {})
-    hit = cache.get(id(t))
-    if hit is not None and hit[0]() is t:  # a cached tensor is never an inference tensor (below)
-        if hit[1] == t._version:
-            return hit[2]
-    elif t.is_inference():
-        # Inference tensors (a QLinear built under torch.inference_mode) have no version counter,
-        # so an in-place update (load_state_dict under inference_mode) could not be seen: no cache.
-        return build(t)
-    out = build(t)
-    if torch.cuda.is_current_stream_capturing():
-        return out  # no cache writes while capturing a graph (out lives in the graph's memory pool)
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[id(t)] = (weakref.ref(t), t._version, out)
-    return out
 
 
 def _scales_t(sg: torch.Tensor) -> torch.Tensor:

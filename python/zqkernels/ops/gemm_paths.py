@@ -10,6 +10,7 @@ so they run (and are tested) without a GPU when the SM count is passed.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -21,6 +22,10 @@ from .gemm_checks import INT8_MAX_K
 # weights in registers and the GEMM keeps one exact int32 sum, with no per-group fold
 # (sm90_w4a8_mainloop.cuh). quantize_weight(..., alpha=16) produces such scales (docs/W4A8.md).
 W4A8_FUSED_MAX_SCALE = 16
+# Experiment (not measured yet; env ZQKERNELS_W4A8_STREAM_FUSED=1): the streaming decode kernel on
+# fused scales too, through its zero-point mode with z = 8 (words s | 8 s << 8: the codes' int8 values
+# s q, one int32 sum, no per-step fold and no flush) instead of the 16 q codes folded per MMA step.
+W4A8_STREAM_FUSED = os.environ.get("ZQKERNELS_W4A8_STREAM_FUSED", "0") == "1"
 
 
 def w4a8_fused(int_scales: bool, max_scale: Optional[int], K: int) -> bool:
