@@ -232,6 +232,12 @@ def test_gpu_zero_point_sweep(path, g):
                 assert_gemm_close(out.cpu(), _ref(a), what)
             else:
                 _close(out, _ref(a), what)
+    if path != "stream" and g in (64, None):  # prefill sizes
+        for M in (1024, 4096):
+            a = _gpu_inputs(M, 272, 512, g, torch.bfloat16, bias=True)
+            with zqkernels.ops.gemm_options(path=path):
+                out = zqkernels.w4a8_gemm(**a)
+            assert_gemm_close(out.cpu(), _ref(a), f"{path} g={g} M={M}")
 
 
 @requires_gpu
