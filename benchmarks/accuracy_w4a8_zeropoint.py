@@ -39,7 +39,7 @@ from _common import git_commit  # noqa: E402
 from _w4a8_report import WINDOW, paired, ppl_at, window_nlls  # noqa: E402
 from accuracy_w4a8 import BATCH, PREFIX, QuantLinears, qweight  # noqa: E402
 from zqkernels.reference.quantize import unpack_int4  # noqa: E402
-from zqkernels.reference.zero_point import zp_int8_values  # noqa: E402
+from zqkernels.reference.zero_point import zp_int8_values, zp_weight64  # noqa: E402
 
 
 def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
@@ -48,9 +48,10 @@ def zero_point_deq(w: torch.Tensor, g: int) -> tuple[torch.Tensor, int]:
     left -128..127 (none by construction; counted as a check)."""
     N, K = w.shape
     wq, sw, sz = zq.quantize_weight(w.float().contiguous(), fmt="int4", scale="zp", group_size=g)
-    i8 = zp_int8_values(unpack_int4(wq, N, K), sz).double()
+    codes = unpack_int4(wq, N, K)
+    i8 = zp_int8_values(codes, sz)
     over = int(((i8 < -128) | (i8 > 127)).sum())
-    return sw.double()[:, None] * i8, over
+    return zp_weight64(codes, sw, sz), over
 
 
 class ZeroPointLinears(QuantLinears):
@@ -73,7 +74,7 @@ def exact_deq(q) -> torch.Tensor:
     codes = unpack_int4(q.weight_q, q.weight_q.shape[0], K)[:N]
     sw, sg = q.weight_scale[:N].double()[:, None], q.weight_group_scale[:N]
     if sg.dtype == torch.int16:
-        return sw * zp_int8_values(codes, sg).double()
+        return zp_weight64(codes, q.weight_scale[:N], sg)
     return sw * codes.double() * sg.double().repeat_interleave(K // sg.shape[1], dim=1)
 
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <string>
 
+#include "gemm_registry.h"        // kInt8MaxK
 #include "w4a8_stream_common.cuh"  // kWarps, StreamLaunch, finish_tile, launch_row_tiles, checks
 #include "zq_kernels.h"
 
@@ -90,47 +91,41 @@ template <int kNT, bool kIntScale, int kSc, bool kZp = false>
 __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[kSc], const uint2 (&xv)[kNT][2],
                                           int32_t (&acci)[kNT][4], float (&accf)[kNT][4]) {
   const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
-  if constexpr (kZp) {
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const int g = kSc == 4 ? 2 * s : 0;
+  for (int s = 0; s < 2; ++s) {
+    const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
+    if constexpr (kZp) {
       const uint32_t lo = sc[g], hi = sc[g + 1];  // rows r and r + 8
       const uint32_t af[4] = {zp_bytes(w[2 * s], lo), zp_bytes(w[2 * s] >> 4, hi), zp_bytes(w[2 * s + 1], lo),
                               zp_bytes(w[2 * s + 1] >> 4, hi)};
 #pragma unroll
       for (int j = 0; j < kNT; ++j) mma_s8_acc(acci[j], af, xv[j][s].x, xv[j][s].y);
-    }
-    return;
-  }
+    } else {
+      const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
+      const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
 #pragma unroll
-  for (int s = 0; s < 2; ++s) {
-    const Int8Pair q0 = int4_word_to_int8x16(w[2 * s]), q1 = int4_word_to_int8x16(w[2 * s + 1]);
-    const uint32_t af[4] = {q0.lo, q0.hi, q1.lo, q1.hi};  // the MMA's A registers a0..a3 (16 q)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      int32_t p[4];
-      mma_s8(p, af, xv[j][s].x, xv[j][s].y);
-      if constexpr (kIntScale) {
-        const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
-        const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
-        acci[j][0] += lo * p[0];
-        acci[j][1] += lo * p[1];
-        acci[j][2] += hi * p[2];
-        acci[j][3] += hi * p[3];
-      } else {
-        const int g = kSc == 4 ? 2 * s : 0;
-        const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
-        accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
-        accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
-        accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
-        accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+      for (int j = 0; j < kNT; ++j) {
+        int32_t p[4];
+        mma_s8(p, af, xv[j][s].x, xv[j][s].y);
+        if constexpr (kIntScale) {
+          const int32_t lo = static_cast<int32_t>(sc[g]), hi = static_cast<int32_t>(sc[g + 1]);
+          acci[j][0] += lo * p[0];
+          acci[j][1] += lo * p[1];
+          acci[j][2] += hi * p[2];
+          acci[j][3] += hi * p[3];
+        } else {
+          const float lo = __uint_as_float(sc[g]), hi = __uint_as_float(sc[g + 1]);
+          accf[j][0] = fmaf(lo, static_cast<float>(p[0]), accf[j][0]);
+          accf[j][1] = fmaf(lo, static_cast<float>(p[1]), accf[j][1]);
+          accf[j][2] = fmaf(hi, static_cast<float>(p[2]), accf[j][2]);
+          accf[j][3] = fmaf(hi, static_cast<float>(p[3]), accf[j][3]);
+        }
       }
     }
   }
 }
 
 constexpr int kBatchChunks = 4;                  // chunks a warp requests at once (w4a8_int_stream)
-constexpr int kZeroPointMaxK = (0x7fffffff) / (128 * 128);  // |x s (u - z)| <= 2^14: one exact int32 sum
 constexpr int kMinFlushSteps = 2 * kBatchChunks;  // the flush is checked once a batch of 2 kBatch steps
 
 // Where a lane's group scales are: rows r and r + 8 of row tile rt, for both MMA steps of a chunk (a
@@ -320,7 +315,8 @@ std::string w4a8_int_gemm(const W4A8IntArgs& a) {
   if (!err.empty()) return err;
   if (a.zero_point) {  // the zero-point format: integer scale words, one exact int32 sum, no flush
     if (!a.int_scales) return "the zero-point format has integer scale words (int_scales)";
-    if (a.K > kZeroPointMaxK) return "K must be <= " + std::to_string(kZeroPointMaxK) + " for the zero-point format";
+    // |x s (u - z)| <= 2^14: the int8 x int8 bound of one exact int32 sum
+    if (a.K > kInt8MaxK) return "K must be <= " + std::to_string(kInt8MaxK) + " for the zero-point format";
     return dispatch_stream(a, true, [&](auto t, auto nt, auto) {
       launch_int_variant<decltype(nt)::value, true, decltype(t), true>(a);
     });

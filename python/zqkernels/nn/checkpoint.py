@@ -439,7 +439,7 @@ def load_quantized(
         for bad in ("input_scale", "weight_g_idx", "weight_global_scale", "input_global_scale"):
             if k.endswith("." + bad):
                 raise NotImplementedError(
-                    f"load_quantized: tensor {k!r} belongs to a scheme not implemented here (asymmetric weights, "
+                    f"load_quantized: tensor {k!r} belongs to a scheme not implemented here ("
                     f"static activations, act-order g_idx or global scales); implemented: {supported()}"
                 )
     if fuse is None:

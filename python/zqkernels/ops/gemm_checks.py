@@ -432,10 +432,7 @@ def debug_pow2_range(op: str, sg: torch.Tensor) -> None:
 
 def debug_w4a8_int_scales(op: str, sg: torch.Tensor, max_scale: Optional[int]) -> None:
     """INT4 integer scales outside [0, max_scale]. A negative scale is never produced (zero only for
-    an all-zero group); one above the bound could overflow int32. The zero-point format (int16): s in
-    1..16 and z in 0..15."""
-    if sg.dtype == ZP_GROUP_DTYPE:
-        check_scale_zero(op, sg)
+    an all-zero group); one above the bound could overflow int32."""
     if sg.dtype == _INT_SG and sg.numel() > 0:
         hi = W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale
         lo_v, hi_v = int(sg.min()), int(sg.max())
@@ -557,8 +554,11 @@ def debug_checks(spec: str, op: str, xq, sx, sw, sg, bias, max_scale, wq=None) -
     if spec == "w4a8_fp":
         debug_pow2_range(op, sg)
     elif spec == "w4a8_int":
-        debug_w4a8_int_scales(op, sg, max_scale)
-        if sg.dtype == ZP_GROUP_DTYPE and wq is not None and wq.dim() == 2 and xq.dim() == 2:
-            check_zp_values(op, wq, sg, xq.shape[1])
+        if sg.dtype != ZP_GROUP_DTYPE:
+            debug_w4a8_int_scales(op, sg, max_scale)
+        elif wq is not None and wq.dim() == 2 and xq.dim() == 2:
+            check_zp_values(op, wq, sg, xq.shape[1])  # s in 1..16, z in 0..15, every value an int8
+        else:
+            check_scale_zero(op, sg)
     elif spec in _GROUP_SG:
         debug_group_int_scales(op, xq, sg, max_scale)

@@ -36,7 +36,7 @@ from .. import _ext
 from ..formats import ACTIVATIONS, INT8_ROWWISE
 from ..reference.gemm import fp8_gemm_ref, int8_gemm_ref
 from ..reference.quantize import w4a8_stream_flush_steps
-from ..reference.zero_point import ZP_GROUP_DTYPE, check_zp_k
+from ..reference.zero_point import ZP_GROUP_DTYPE, check_zp_k, split_scale_zero
 from . import _common as c
 from . import gemm_paths
 from .gemm_checks import OUT_CODE, W4A8_DEFAULT_MAX_SCALE, check_options
@@ -369,7 +369,7 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     # one batch fits int32, so the integer scales go through the float variant as float(s_int)
     # (docs/W4A8.md, "Overflow").
     if gemm_paths.W4A8_STREAM_FUSED and w4a8_fused(int_scales, max_scale, K):
-        words = cached_layout("sym_words_t", sg, lambda t: (t | ((8 * t) << 8)).t().contiguous())  # z = 8
+        words = cached_layout("sym_words_t", sg, lambda t: _zp_words_t(t, 8))
         return _zp_stream(op, xq, wq, sx, sw, words, bias, out_dtype, act, g, (M, N, K, idx))
     flush = w4a8_stream_flush_steps(W4A8_DEFAULT_MAX_SCALE if max_scale is None else max_scale) if int_scales else 0
     if int_scales and flush == 0:
@@ -385,12 +385,11 @@ def w4a8_int_cuda(op: str, xq, wq, sx, sw, sg, bias, out_dtype, act: int, g: int
     return out
 
 
-def _zp_words_t(sz: torch.Tensor) -> torch.Tensor:
-    """The zero-point format's sz int16 [N, G] (s | z << 8) -> the kernels' int32 words [G, N], s | (s z)
-    << 8: the bytewise conversion's multiplier and offset (reference/zero_point.py)."""
-    v = sz.to(torch.int32)
-    s = v & 0xFF
-    return (s | ((s * ((v >> 8) & 0xFF)) << 8)).t().contiguous()
+def _zp_words_t(s: torch.Tensor, z) -> torch.Tensor:
+    """Integer scales s [N, G] and zero points z ([N, G], or 8 for the symmetric codes) -> the zero-point
+    kernels' int32 words [G, N], s | (s z) << 8: the bytewise conversion's multiplier and offset."""
+    s = s.to(torch.int32)
+    return (s | ((s * z) << 8)).t().contiguous()
 
 
 def _w4a8_zp_cuda(op, xq, wq, sx, sw, sz, bias, out_dtype, act: int, g: int, path: str, tile, dims) -> torch.Tensor:
@@ -403,7 +402,7 @@ def _w4a8_zp_cuda(op, xq, wq, sx, sw, sz, bias, out_dtype, act: int, g: int, pat
         path = "stream" if w4a8_int_path(M, N, idx, True, True) == "stream" else "mixed"
     if path == "convert":
         raise ValueError(f"{op}: the zero-point format (int16 sg) runs on the 'stream' and 'mixed' paths, got path='convert'")
-    words = cached_layout("zp_words_t", sz, _zp_words_t)
+    words = cached_layout("zp_words_t", sz, lambda t: _zp_words_t(*split_scale_zero(t)))
     if path == "mixed":
         pb, flush = _w4a8_mixed_setup(g, True, 16, K)[1:]
         return _group_launch("w4a8_mixed_fused_zp", xq, wq, sx, sw, words, g, pb, flush, bias, out_dtype, act, tile,

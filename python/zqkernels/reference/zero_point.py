@@ -32,13 +32,13 @@ from typing import Optional
 import torch
 
 from .common import _check_2d
-from .int_group import unpack_int4
+from .int_group import INT8_MAX_GROUP, unpack_int4
 
 ZP_LEVEL1_MAX = 119  # the protective INT8 range of level 1 (QServe's): keeps s * (u - z) in int8
 ZP_MAX_SCALE = 16
 ZP_MAX_ZERO = 15
 ZP_GROUP_DTYPE = torch.int16  # sz: s | z << 8
-ZP_MAX_K = (2**31 - 1) // (128 * 128)  # |x| <= 128 and |s (u - z)| <= 128: the int32 sum is exact
+ZP_MAX_K = INT8_MAX_GROUP  # |x| <= 128 and |s (u - z)| <= 128: int8 x int8 products, one exact int32 sum
 
 
 def pack_scale_zero(s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -162,9 +162,13 @@ def check_zp_values(op: str, wq: torch.Tensor, sz: torch.Tensor, K: int) -> None
         )
 
 
+def zp_weight64(codes: torch.Tensor, sw: torch.Tensor, sz: torch.Tensor) -> torch.Tensor:
+    """The weight [N, K] the kernels multiply, ``sw[n] * s * (u - z)``, exactly in float64, of codes
+    ``u - 8`` int8 [N, K] (unpacked), sw [N] and sz int16 [N, G]."""
+    return zp_int8_values(codes, sz).double() * sw.double().reshape(-1, 1)
+
+
 def dequantize_int4_zp_ref(wq: torch.Tensor, sw: torch.Tensor, sz: torch.Tensor, K: int) -> torch.Tensor:
     """float32 [N, K]: ``sw[n] * s * (u - z)``, computed in float64 and rounded once."""
-    codes = unpack_int4(wq, wq.shape[0], K)
-    vals = zp_int8_values(codes, sz).double()
-    return (vals * sw.double().reshape(-1, 1)).to(torch.float32)
+    return zp_weight64(unpack_int4(wq, wq.shape[0], K), sw, sz).to(torch.float32)
 

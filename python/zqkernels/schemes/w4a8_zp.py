@@ -31,7 +31,7 @@ from ..reference.zero_point import (
     pack_scale_zero,
     quantize_int4_zp_ref,
     split_scale_zero,
-    zp_int8_values,
+    zp_weight64,
 )
 from .base import layer_scheme, register
 from .compressed import (
@@ -41,6 +41,7 @@ from .compressed import (
     accepts_args,
     bias_tensor,
     ct_args,
+    group_scale,
     int_codes,
     pack_ct,
     unpack_ct,
@@ -97,8 +98,7 @@ class W4A8ZeroPoint(_W4A8NoAlpha):
         return quantize_int4_zp_ref(w, g)
 
     def fake_weight(self, w):
-        codes, sw, sz = quantize_int4_zp_ref(w, self.group(w.shape[1]))
-        return (zp_int8_values(codes, sz).double() * sw.double()[:, None]).float()
+        return zp_weight64(*quantize_int4_zp_ref(w, self.group(w.shape[1]))).float()
 
     def to_compressed_tensors(self, m, name):
         n, K = m.out_features, m.in_features
@@ -108,7 +108,7 @@ class W4A8ZeroPoint(_W4A8NoAlpha):
         out = {
             "weight_packed": pack_ct(codes),
             "weight_shape": torch.tensor([n, K], dtype=torch.int64),
-            "weight_scale": (sw.double()[:, None] * s.double()).to(torch.float32).contiguous(),  # exact
+            "weight_scale": group_scale(sw, s),  # exact: sw has 19 significant bits, s <= 16
             "weight_zero_point": _pack_zero_points((z - 8).to(torch.int8)),
         }
         args = {**ct_args(4, "int", "group", m.group_size), "symmetric": False}
