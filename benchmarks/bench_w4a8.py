@@ -21,6 +21,8 @@ quantized from those):
                     dispatch another kernel for max_scale <= 16; timed through the public API)
     w4zp_<path>     w4a8_gemm on the zero-point format (quantize_weight(fmt="int4", scale="zp"), scheme
                     w4a8-zp), paths stream (M <= 256 only) / mixed / auto
+    w4i16_sk, w4zp_sk  alpha 16 / zero points on the mixed path with the stream-K tile
+                    swap_128x64x128_coop_sk forced (gemm_options(tile=...)): the K loop over every SM
     w4f_<path>      w4a8_gemm with float group scales (scale="float"), paths mixed / auto
     w4fp4_<path>    zqkernels.w4a8_fp_gemm: FP4 weights (quantize_weight(fmt="fp4", group_size=128),
                     power-of-two scales "m2") x FP8 activations (quantize_per_token(x, e4m3)), path
@@ -134,6 +136,14 @@ def columns() -> list[Col]:
             lambda a, W, p=path: zq.w4a8_gemm(a["xi"], W[0], a["sxi"], W[1], W[2], path=p),
             when=(lambda M: M <= STREAM_MAX_M) if path == "stream" else None, w4=True,
             desc=f"zqkernels.w4a8_gemm zero-point format (int16 sz) g={GROUP} path={path}"))
+    # The mixed mainloop's stream-K tile (few weight tiles at N <= 8192: the K loop over every SM).
+    sk = "swap_128x64x128_coop_sk"
+    for name, label, wkey, scale in (("w4i16_sk", "i16.k", "i4a16", 16), ("w4zp_sk", "zp.k", "i4zp", None)):
+        cols.append(Col(
+            name, label, wkey,
+            lambda a, W, s=scale: _with_tile(sk, zq.w4a8_gemm, a["xi"], W[0], a["sxi"], W[1], W[2], max_scale=s,
+                                            path="mixed"),
+            w4=True, desc=f"zqkernels.w4a8_gemm {wkey} g={GROUP} path=mixed tile={sk}"))
     for path in ("mixed", "auto"):
         cols.append(Col(
             f"w4f_{path}", f"if.{path[0]}", "i4f",
@@ -147,6 +157,13 @@ def columns() -> list[Col]:
                 when=(lambda M: M <= STREAM_MAX_M) if path == "stream" else None, w4=True,
                 desc=f"zqkernels.w4a8_fp_gemm FP4 weights ({policy} scales, g={GROUP}) x FP8, path={path}"))
     return cols
+
+
+def _with_tile(tile: str, fn, *args, **kw):
+    from zqkernels.ops import gemm_options
+
+    with gemm_options(tile=tile):
+        return fn(*args, **kw)
 
 
 def nbytes(ts) -> int:

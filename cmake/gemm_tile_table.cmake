@@ -58,6 +58,10 @@ foreach(_r w4a8_mixed_fused w4a8_mixed_fused_zp)
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
+  # Stream-K (the K loop of few weight tiles spread over every SM: N / 128 tiles against 132 SMs at
+  # N <= 8192). The fused mainloop indexes its staged group scales relative to the k-tile, so a
+  # work unit may start at any k-tile.
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop_sk DISPATCHED "bf16;fp16"    "128, 64, 128, 1, 1, ${_coop}, true, true" NO_PDL)
 endforeach()
 # FP4 x FP8 mixed input (docs/FP8.md): two fp32 sets per consumer thread (the promoted sum and the
 # k-tile's partial sum): up to 128 tokens a tile.
