@@ -21,7 +21,7 @@ quantized from those):
                     dispatch another kernel for max_scale <= 16; timed through the public API)
     w4zp_<path>     w4a8_gemm on the zero-point format (quantize_weight(fmt="int4", scale="zp"), scheme
                     w4a8-zp), paths stream (M <= 256 only) / mixed / auto
-    w4i16_sk, w4zp_sk  alpha 16 / zero points on the mixed path with the stream-K tile
+    w4i16_sk, w4zp_sk, w4fp4_sk  alpha 16 / zero points / FP4 on the mixed path with the stream-K tile
                     swap_128x64x128_coop_sk forced (gemm_options(tile=...)): the K loop over every SM
     w4f_<path>      w4a8_gemm with float group scales (scale="float"), paths mixed / auto
     w4fp4_<path>    zqkernels.w4a8_fp_gemm: FP4 weights (quantize_weight(fmt="fp4", group_size=128),
@@ -144,6 +144,10 @@ def columns() -> list[Col]:
             lambda a, W, s=scale: _with_tile(sk, zq.w4a8_gemm, a["xi"], W[0], a["sxi"], W[1], W[2], max_scale=s,
                                             path="mixed"),
             w4=True, desc=f"zqkernels.w4a8_gemm {wkey} g={GROUP} path=mixed tile={sk}"))
+    cols.append(Col(
+        "w4fp4_sk", "fp4.k", "fp4",
+        lambda a, W: _with_tile(sk, zq.w4a8_fp_gemm, a["x8"], W[0], a["sx8"], W[1], W[2], path="mixed"),
+        w4=True, desc=f"zqkernels.w4a8_fp_gemm FP4 (m2 scales, g={GROUP}) path=mixed tile={sk}"))
     for path in ("mixed", "auto"):
         cols.append(Col(
             f"w4f_{path}", f"if.{path[0]}", "i4f",

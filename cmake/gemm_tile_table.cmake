@@ -51,6 +51,7 @@ endforeach()
 foreach(_r w4a8_mixed_int w4a8_mixed_float)
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop_sk DISPATCHED "bf16;fp16" "128, 64, 128, 1, 1, ${_coop}, true, true" NO_PDL)
 endforeach()
 # Integer scales <= 16 fused into the weights (no fold: one accumulator set, so 256-token tiles fit);
 # the zero-point format (w4a8_mixed_fused_zp) is the same mainloop with a per-group zero point.
@@ -59,8 +60,8 @@ foreach(_r w4a8_mixed_fused w4a8_mixed_fused_zp)
   zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x256x128_coop DISPATCHED "bf16;fp16;fp32" "128, 256, 128, 1, 1, ${_coop}, false, true")
   # Stream-K (the K loop of few weight tiles spread over every SM: N / 128 tiles against 132 SMs at
-  # N <= 8192). The fused mainloop indexes its staged group scales relative to the k-tile, so a
-  # work unit may start at any k-tile.
+  # N <= 8192; every mixed recipe has one). The mainloop indexes its staged group scales relative to
+  # the k-tile, so a work unit may start at any k-tile.
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop_sk DISPATCHED "bf16;fp16"    "128, 64, 128, 1, 1, ${_coop}, true, true" NO_PDL)
 endforeach()
 # FP4 x FP8 mixed input (docs/FP8.md): two fp32 sets per consumer thread (the promoted sum and the
@@ -68,6 +69,7 @@ endforeach()
 foreach(_r w4a8_fp_mixed_pow2 w4a8_fp_mixed_float)
   zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop  DISPATCHED "bf16;fp16;fp32" "128, 64, 128, 1, 1, ${_coop}, false, true")
   zq_gemm_tile(sm90 ${_r} swap_128x128x128_coop DISPATCHED "bf16;fp16;fp32" "128, 128, 128, 1, 1, ${_coop}, false, true")
+  zq_gemm_tile(sm90 ${_r} swap_128x64x128_coop_sk DISPATCHED "bf16;fp16" "128, 64, 128, 1, 1, ${_coop}, true, true" NO_PDL)
 endforeach()
 zq_gemm_tile(sm90 int8_rowwise 128x128x128_coop        EXPERIMENT "bf16"                "128, 128, 128, 1, 1, ${_coop}, false, false")
 zq_gemm_tile(sm90 int8_rowwise swap_128x32x256_coop_sk EXPERIMENT "bf16;fp16"           "128, 32, 256, 1, 1, ${_coop}, true, true" NO_PDL)

@@ -286,34 +286,3 @@ def test_gpu_symmetric_alpha16_through_the_zero_point_stream_mode(monkeypatch, g
         ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu())
         assert_gemm_close(out.cpu(), ref, f"g={g} M={M}")
 
-
-@requires_gpu
-@needs_sm90
-@pytest.mark.parametrize("fmt", ["zp", "alpha16"])
-@pytest.mark.parametrize("g", [32, 64, 128, 256, None])
-def test_gpu_mixed_stream_k_tile(fmt, g):
-    """The fused mixed mainloop on the stream-K tile (swap_128x64x128_coop_sk): work units that start
-    and end at any k-tile (long K over few weight tiles), K % 128 == 64, against the exact reference."""
-    for N, K in [(128, 14336), (272, 4160), (1040, 8192)]:
-        if g is not None and K % g:
-            continue
-        for i, M in enumerate([1, 16, 64, 65, 200]):
-            out_dtype = (torch.bfloat16, torch.float16)[i % 2]
-            if fmt == "zp":
-                a = _gpu_inputs(M, N, K, g, out_dtype, bias=i % 2 == 0)
-                kw = {}
-            else:
-                w = torch.randn(N, K, device=DEV) * 0.02
-                w[:, : K // 3] *= 6
-                xq, sx = zqkernels.quantize_per_token(torch.randn(M, K, device=DEV))
-                wq, sw, sg = zqkernels.quantize_weight(w, fmt="int4", scale="int", group_size=g, alpha=16)
-                a = dict(xq=xq, wq=wq, sx=sx, sw=sw, sg=sg, bias=None, out_dtype=out_dtype)
-                kw = {"max_scale": 16}
-            poison_next_allocation(M * N * 4, 0xFF)
-            with zqkernels.ops.gemm_options(tile="swap_128x64x128_coop_sk", path="mixed"):
-                out = zqkernels.w4a8_gemm(**a, **kw)
-            what = f"{fmt} g={g} M={M} N={N} K={K} {out_dtype}"
-            if out.numel() >= 4096:
-                assert_gemm_close(out.cpu(), _ref(a), what)
-            else:
-                _close(out, _ref(a), what)

@@ -195,16 +195,23 @@ struct W4A8MixedMainloop : Base {
       const uint32_t a_bytes = static_cast<uint32_t>(nchunks * kChunkBytes);
       int first, last;
       p.ktile_groups(kt, kTileK, first, last);
+      // The rows a whole k-tile reads. The last k-tile of K % 128 == 64 has fewer groups; its slots
+      // past `last` get the last row again, so the consumers' k-blocks past K (zero tokens) read a
+      // finite scale of this tile wherever they index from: the consumers count k-tiles from their
+      // work unit's start (a stream-K unit starts at any k-tile), so they cannot clamp to K's end.
+      const int tile_rows = kTileK > p.group_size ? kTileK / p.group_size : 1;
+      const int pad = first + tile_rows - 1 - last;
       // Everything this stage will receive joins its expected transaction before any copy is issued.
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(
-          bar, a_bytes * static_cast<uint32_t>(row_tiles) + scale_row_bytes * static_cast<uint32_t>(last - first + 1));
+          bar, a_bytes * static_cast<uint32_t>(row_tiles) + scale_row_bytes * static_cast<uint32_t>(last - first + 1 + pad));
       uint8_t* a_dst = shared_tensors.smem_A.data() + stage * kStageABytes;
       for (int rt = 0; rt < row_tiles; ++rt) {
         SM90_BULK_COPY_G2S::copy(w_tile + (static_cast<int64_t>(rt) * chunks_total + c0) * kChunkBytes, bar,
                                  a_dst + rt * kChunks * kChunkBytes, static_cast<int32_t>(a_bytes));
       }
-      p.copy_scale_rows(bar, first, last, n0, scale_row_bytes,
-                        shared_tensors.smem_scale.data() + stage * kScaleStageElems, kTileM);
+      ElementScale* s_dst = shared_tensors.smem_scale.data() + stage * kScaleStageElems;
+      p.copy_scale_rows(bar, first, last, n0, scale_row_bytes, s_dst, kTileM);
+      for (int j = 1; j <= pad; ++j) p.copy_scale_rows(bar, last, last, n0, scale_row_bytes, s_dst + (last - first + j) * kTileM, kTileM);
       copy(p.tma_load_b.with(*bar, 0), tBgB(_, _, _, *k_tile_iter), tBsB(_, _, _, stage));
       ++k_tile_iter;
       ++smem_pipe_write;
