@@ -106,8 +106,8 @@ def test_reference_gemm_is_exact(act, out_dtype):
 
 
 def test_kernel_conversion_model():
-    """The kernels' bytewise conversion (w4a8_int_gemm.cu zp_bytes, the mixed mainloop's fused mode
-    with zero points) modelled on 32-bit words: for every (s, z) with all 16 codes in range, and every
+    """The kernels' bytewise conversion (w4_convert.cuh fused_row / fused_bytes: the streaming kernel's
+    zero-point mode and the mixed mainloop's fused modes) modelled on 32-bit words: for every (s, z) with all 16 codes in range, and every
     packed word of 4 codes, it yields the int8 bytes s (u - z) with no carry between bytes."""
     M32 = 0xFFFFFFFF
     for s in range(1, 17):

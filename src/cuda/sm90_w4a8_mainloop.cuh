@@ -422,14 +422,12 @@ struct W4A8MixedMainloop : Base {
     warpgroup_fence_operand(accum);
   }
 
-  // Fused scales (integer group scales s <= 16, the host's bound): s * q fits an int8 for every INT4
-  // code q (-8 * 16 = -128, 7 * 16 = 112), so the conversion multiplies the codes by their group's
-  // scale and the wgmmas accumulate y's exact integer sum sum_j s_j P_j in one int32 accumulator
-  // across all of K: no partial sums, no folds, one accumulator set (the plain int8 GEMM's
-  // mainloop with a converting A load). Bytewise, with u = q + 8 in 0..15 (one LOP3):
-  //   s * q + 128 = u * s + (128 - 8 s)  in [128 - 8 s, 128 + 7 s], inside 0..255 for s <= 16,
-  // so one IMAD per 4 codes computes it without carries and an XOR of 0x80 gives the int8 bytes.
-  // The accumulator is exact for K <= 131071 (|x| <= 128, |s q| <= 128). Per k-block, as CUTLASS's
+  // Fused scales (integer group scales s <= 16, the host's bound; or the zero-point format): s * q
+  // fits an int8 for every INT4 code q (-8 * 16 = -128, 7 * 16 = 112), so the conversion multiplies
+  // the codes by their group's scale (w4::fused_bytes: one IMAD per 4 codes) and the wgmmas
+  // accumulate y's exact integer sum sum_j s_j P_j in one int32 accumulator across all of K: no
+  // partial sums, no folds, one accumulator set (the plain int8 GEMM's mainloop with a converting A
+  // load). The accumulator is exact for K <= 131071 (|x| <= 128, |s q| <= 128). Per k-block, as CUTLASS's
   // mixed-input mainloop: issue its wgmma, wait until one is in flight, convert the next k-block
   // into its own register slice (the slice's last reader has retired), release the previous
   // k-tile's stage once its last wgmma retired.
@@ -457,22 +455,12 @@ struct W4A8MixedMainloop : Base {
       const int k0 = kt * kTileK;
       const int group = min((k0 + kMmaK * b) / p.group_size, p.groups - 1);  // past K: any finite scale
       const int32_t* row = scales + stage * kScaleStageElems + (group - k0 / p.group_size) * kTileM + r0;
-      uint32_t s0 = static_cast<uint32_t>(row[0]), s1 = static_cast<uint32_t>(row[8]);
-      uint32_t c0, c1;
-      if constexpr (kZeroPoint) {  // word s | (s z) << 8: bytes u s + 128 - s z, i.e. s (u - z) + 128
-        c0 = 0x80808080u - (s0 >> 8) * 0x01010101u;
-        c1 = 0x80808080u - (s1 >> 8) * 0x01010101u;
-        s0 &= 0xFFu;
-        s1 &= 0xFFu;
-      } else {  // z = 8: the symmetric codes
-        c0 = 0x80808080u - s0 * 0x08080808u;
-        c1 = 0x80808080u - s1 * 0x08080808u;
-      }
-      const auto scaled = [](uint32_t u, uint32_t sc, uint32_t c) { return (u * sc + c) ^ 0x80808080u; };
-      a_frag(0, 0, b) = scaled((w.x & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 4t ..
-      a_frag(1, 0, b) = scaled(((w.x >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8
-      a_frag(2, 0, b) = scaled((w.y & 0x0F0F0F0Fu) ^ 0x08080808u, s0, c0);         // row r,     k 16 + 4t ..
-      a_frag(3, 0, b) = scaled(((w.y >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u, s1, c1);  // row r + 8
+      const w4::FusedRow f0 = w4::fused_row<kZeroPoint>(static_cast<uint32_t>(row[0]));  // row r
+      const w4::FusedRow f1 = w4::fused_row<kZeroPoint>(static_cast<uint32_t>(row[8]));  // row r + 8
+      a_frag(0, 0, b) = w4::fused_bytes(w.x, f0);       // row r,     k 4t ..
+      a_frag(1, 0, b) = w4::fused_bytes(w.x >> 4, f1);  // row r + 8
+      a_frag(2, 0, b) = w4::fused_bytes(w.y, f0);       // row r,     k 16 + 4t ..
+      a_frag(3, 0, b) = w4::fused_bytes(w.y >> 4, f1);  // row r + 8
     };
 
     PipelineState smem_pipe_release = smem_pipe_read;

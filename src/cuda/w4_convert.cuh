@@ -122,4 +122,21 @@ __device__ __forceinline__ Int8Pair int4_word_to_int8(uint32_t w) { return {sext
 // 2^4, which the streaming kernel's flush interval accounts for), undone by one exact scale by 2^-4.
 __device__ __forceinline__ Int8Pair int4_word_to_int8x16(uint32_t w) { return {(w << 4) & 0xF0F0F0F0u, w & 0xF0F0F0F0u}; }
 
+// Fused scales (docs/W4A8.md): codes times their group's small integer scale as exact int8 bytes,
+// for the mixed mainloop's fused modes and the streaming kernel's zero-point mode. With u = q + 8 in
+// 0..15 (one LOP3), s (u - z) + 128 = u s + (128 - s z) lies in 0..255 for every stored code, so one
+// IMAD computes 4 bytes without carries and an XOR of 0x80 re-centres them. A row's word: the
+// zero-point format's s | (s z) << 8, or the symmetric format's s (z = 8, s <= 16).
+struct FusedRow {
+  uint32_t s, c;  // the scale, and 0x80 - s z in every byte
+};
+template <bool kZeroPoint>
+__device__ __forceinline__ FusedRow fused_row(uint32_t word) {
+  if constexpr (kZeroPoint) return {word & 0xFFu, 0x80808080u - (word >> 8) * 0x01010101u};
+  return {word, 0x80808080u - word * 0x08080808u};
+}
+__device__ __forceinline__ uint32_t fused_bytes(uint32_t nibbles, FusedRow r) {  // 4 codes in the low nibbles
+  return (((nibbles & 0x0F0F0F0Fu) ^ 0x08080808u) * r.s + r.c) ^ 0x80808080u;
+}
+
 }  // namespace zq::w4

@@ -11,7 +11,7 @@
 //                 from 2^12 on, where not one step fits, to the float variant with float(s_int))
 //   float scales: acc_f += r * float(P16)  (exact product, one rounding: as an int32 flush per step)
 // and one conversion at the end: y = act(sx[m] * sw[n] * acc / 16 + bias[n]) (the 2^-4 is exact).
-// The zero-point INT4 format (zero_point: scale words s | (s z) << 8, zp_bytes below) converts the
+// The zero-point INT4 format (zero_point: scale words s | (s z) << 8, w4::fused_bytes) converts the
 // codes to their exact int8 values and sums them in one int32 accumulator, with no per-step fold.
 // The group scales come group-major, sg_t [G, N] (the host's cached transpose, shared with the
 // mixed-input mainloop): the 8 rows of a warp's scale load lie in one 32-byte sector.
@@ -72,15 +72,6 @@ __device__ __forceinline__ void mma_s8_acc(int32_t (&d)[4], const uint32_t (&a)[
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The zero-point format (python/zqkernels/reference/zero_point.py): 4 codes u - 8 (nibbles in the low
-// halves of the bytes) and their row's scale word s | (s z) << 8 (the host's layout) -> the int8
-// bytes s (u - z): u s + 128 - s z lies in 1..255 for every stored code (|s (u - z)| <= 127 by
-// construction), so one IMAD computes all four without carries, and an XOR of 0x80 re-centres them.
-__device__ __forceinline__ uint32_t zp_bytes(uint32_t nibbles, uint32_t word) {
-  const uint32_t c = 0x80808080u - (word >> 8) * 0x01010101u;
-  return (((nibbles & 0x0F0F0F0Fu) ^ 0x08080808u) * (word & 0xFFu) + c) ^ 0x80808080u;
-}
-
 // One chunk of 64 of K of the INT4 kernels: the lane's 32 codes (rows r, r + 8) as 16 q, two int8 MMA
 // steps per 8 tokens, each step's P16 folded into the accumulators with its group scales sc (rows r and
 // r + 8 of step 0, then of step 1): integer scales into acci (the caller flushes them to accf before a
@@ -95,9 +86,9 @@ __device__ __forceinline__ void int_chunk(const uint4& wv, const uint32_t (&sc)[
   for (int s = 0; s < 2; ++s) {
     const int g = kSc == 4 ? 2 * s : 0;  // kSc == 2: both steps in one group
     if constexpr (kZp) {
-      const uint32_t lo = sc[g], hi = sc[g + 1];  // rows r and r + 8
-      const uint32_t af[4] = {zp_bytes(w[2 * s], lo), zp_bytes(w[2 * s] >> 4, hi), zp_bytes(w[2 * s + 1], lo),
-                              zp_bytes(w[2 * s + 1] >> 4, hi)};
+      const FusedRow lo = fused_row<true>(sc[g]), hi = fused_row<true>(sc[g + 1]);  // rows r and r + 8
+      const uint32_t af[4] = {fused_bytes(w[2 * s], lo), fused_bytes(w[2 * s] >> 4, hi), fused_bytes(w[2 * s + 1], lo),
+                              fused_bytes(w[2 * s + 1] >> 4, hi)};
 #pragma unroll
       for (int j = 0; j < kNT; ++j) mma_s8_acc(acci[j], af, xv[j][s].x, xv[j][s].y);
     } else {
