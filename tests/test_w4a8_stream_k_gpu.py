@@ -64,34 +64,34 @@ def close(out, ref, what, exact):
     assert calc_diff(o, r) < 1e-5, what
 
 
+def cases(g):
+    """(M, N, K, out_dtype, i) of the sweep: every shape whose K the group size divides, every M."""
+    for N, K in SHAPES:
+        if g is None or K % g == 0:
+            for i, M in enumerate(MS):
+                yield M, N, K, (torch.bfloat16, torch.float16)[i % 2], i
+
+
 @pytest.mark.parametrize("fmt", list(INT4))
 @pytest.mark.parametrize("g", [32, 64, 128, 256, None])
 def test_int4_stream_k(fmt, g):
-    for N, K in SHAPES:
-        if g is not None and K % g:
-            continue
-        for i, M in enumerate(MS):
-            out_dtype = (torch.bfloat16, torch.float16)[i % 2]
-            a = int4_inputs(M, N, K, g, fmt, out_dtype)
-            poison_next_allocation(M * N * 4, 0xFF)
-            with gemm_options(tile=SK, path="mixed"):
-                out = zqkernels.w4a8_gemm(**a, **INT4[fmt][1])
-            close(out, int4_ref(a), f"{fmt} g={g} M={M} N={N} K={K} {out_dtype}", exact=fmt != "float")
+    for M, N, K, out_dtype, _ in cases(g):
+        a = int4_inputs(M, N, K, g, fmt, out_dtype)
+        poison_next_allocation(M * N * 4, 0xFF)
+        with gemm_options(tile=SK, path="mixed"):
+            out = zqkernels.w4a8_gemm(**a, **INT4[fmt][1])
+        close(out, int4_ref(a), f"{fmt} g={g} M={M} N={N} K={K} {out_dtype}", exact=fmt != "float")
 
 
 @pytest.mark.parametrize("policy", ["m2", "free"])
 @pytest.mark.parametrize("g", [32, 64, 128, None])
 def test_fp4_stream_k(policy, g):
-    for N, K in SHAPES:
-        if g is not None and K % g:
-            continue
-        for i, M in enumerate(MS):
-            out_dtype = (torch.bfloat16, torch.float16)[i % 2]
-            a = w4a8_inputs(M, N, K, g, policy, out_dtype, bias=i % 2 == 0)
-            poison_next_allocation(M * N * 4, 0xFF)
-            with gemm_options(tile=SK, path="mixed"):
-                out = zqkernels.w4a8_fp_gemm(**a)
-            assert_fp8_close(out, ref_of(a), f"{policy} g={g} M={M} N={N} K={K} {out_dtype}")
+    for M, N, K, out_dtype, i in cases(g):
+        a = w4a8_inputs(M, N, K, g, policy, out_dtype, bias=i % 2 == 0)
+        poison_next_allocation(M * N * 4, 0xFF)
+        with gemm_options(tile=SK, path="mixed"):
+            out = zqkernels.w4a8_fp_gemm(**a)
+        assert_fp8_close(out, ref_of(a), f"{policy} g={g} M={M} N={N} K={K} {out_dtype}")
 
 
 def test_stream_k_graph_and_default_tile_agree():

@@ -107,8 +107,8 @@ def test_reference_gemm_is_exact(act, out_dtype):
 
 def test_kernel_conversion_model():
     """The kernels' bytewise conversion (w4_convert.cuh fused_row / fused_bytes: the streaming kernel's
-    zero-point mode and the mixed mainloop's fused modes) modelled on 32-bit words: for every (s, z) with all 16 codes in range, and every
-    packed word of 4 codes, it yields the int8 bytes s (u - z) with no carry between bytes."""
+    zero-point mode and the mixed mainloop's fused modes) modelled on 32-bit words: for every (s, z)
+    with all 16 codes in range, and every packed word of 4 codes, it yields the int8 bytes s (u - z) with no carry between bytes."""
     M32 = 0xFFFFFFFF
     for s in range(1, 17):
         for z in range(16):
@@ -285,4 +285,3 @@ def test_gpu_symmetric_alpha16_through_the_zero_point_stream_mode(monkeypatch, g
         out = zqkernels.w4a8_gemm(xq, wq, sx, sw, sg, max_scale=16, path="stream")
         ref = w4a8_gemm_ref(xq.cpu(), wq.cpu(), sx.cpu(), sw.cpu(), sg.cpu())
         assert_gemm_close(out.cpu(), ref, f"g={g} M={M}")
-
